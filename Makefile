@@ -1,0 +1,90 @@
+# pgingest: `make deps` sets everything up, `make test` runs the checks. `make help` lists targets.
+
+# ---- variables ---------------------------------------------------------------------------
+SHELL        := /bin/bash
+.SHELLFLAGS  := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON       ?= python3
+VENV         := .venv
+VBIN         := $(VENV)/bin
+STAMPS       := .stamps
+VENV_STAMP   := $(STAMPS)/venv
+PGCLUSTER    := scripts/pgcluster.sh
+PYTEST_ARGS  ?=
+
+# DATABASE_URL from the environment (or the command line) wins over the private cluster in
+# .pgdata (scripts/pgcluster.sh); every recipe sees it.
+ifeq ($(origin DATABASE_URL),undefined)
+DATABASE_URL := $(shell $(PGCLUSTER) url)
+PRIVATE_DB   := 1
+endif
+export DATABASE_URL
+
+.PHONY: help system venv deps db db-stop print-database-url install install.sql lint test clean \
+        demo bench chaos
+
+# ---- targets -----------------------------------------------------------------------------
+help:
+	@echo "make deps                 system packages + extensions (system) and .venv (venv)"
+	@echo "make db / db-stop         start / stop the private cluster in .pgdata"
+	@echo "make print-database-url   the URL everything uses (DATABASE_URL overrides)"
+	@echo "make install              install pgingest into DATABASE_URL"
+	@echo "make install.sql          write the install script to install.sql"
+	@echo "make lint                 ruff, ruff format, sqlfluff, mypy"
+	@echo "make test                 deps, db, lint, pytest (PYTEST_ARGS=...)"
+	@echo "make clean                stop the cluster, remove .pgdata .venv .stamps"
+
+system:
+	scripts/install-system.sh
+
+venv: $(VENV_STAMP)
+
+$(VENV)/pyvenv.cfg:
+	$(PYTHON) -m venv $(VENV)
+
+# Re-done only when pyproject.toml changes (or the venv is recreated).
+$(VENV_STAMP): pyproject.toml $(VENV)/pyvenv.cfg
+	$(VBIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@mkdir -p $(STAMPS) && touch $@
+
+deps: system venv
+
+db: system
+ifdef PRIVATE_DB
+	$(PGCLUSTER) start
+else
+	@echo "DATABASE_URL is set: not starting the private cluster"
+	pg_isready -d "$$DATABASE_URL"
+endif
+
+db-stop:
+	$(PGCLUSTER) stop
+
+print-database-url:
+	@echo "$(DATABASE_URL)"
+
+install: db venv
+	$(VBIN)/pgingest install
+
+install.sql: venv
+	$(VBIN)/pgingest install --print > $@.tmp
+	mv $@.tmp $@
+
+lint: venv
+	$(VBIN)/ruff check src tests
+	$(VBIN)/ruff format --check src tests
+	$(VBIN)/sqlfluff lint sql migrations
+	$(VBIN)/mypy
+
+test: deps db lint
+	$(VBIN)/pytest $(PYTEST_ARGS)
+
+clean:
+	-$(PGCLUSTER) destroy-second
+	-$(PGCLUSTER) destroy
+	rm -rf .pgdata $(VENV) $(STAMPS)
+
+demo bench chaos:
+	@echo "make $@: not yet" >&2
+	@exit 1
