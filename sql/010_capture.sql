@@ -1,0 +1,159 @@
+-- Change capture: statement-level triggers with transition tables.
+-- One pgmq message per (document version, live model), sent with pgmq.send_batch;
+-- one NOTIFY per statement and model so that idle workers wake up at once.
+
+CREATE OR REPLACE FUNCTION pgingest._enqueue_versions(p_doc_ids bigint[], p_hashes bytea[])
+RETURNS integer
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_model record;
+    v_msgs jsonb[];
+    v_sent integer := 0;
+BEGIN
+    IF coalesce(cardinality(p_doc_ids), 0) = 0 THEN
+        RETURN 0;
+    END IF;
+    FOR v_model IN
+        SELECT m.name, m.queue_name
+        FROM pgingest.models AS m
+        WHERE m.state <> 'retired'
+        ORDER BY m.name
+    LOOP
+        IF v_msgs IS NULL THEN
+            SELECT array_agg(
+                jsonb_build_object('doc_id', x.id, 'hash', encode(x.h, 'hex'), 'attempts', 0)
+            )
+            INTO v_msgs
+            FROM unnest(p_doc_ids, p_hashes) AS x (id, h);
+        END IF;
+        PERFORM pgmq.send_batch(v_model.queue_name, v_msgs);
+        PERFORM pg_notify('pgingest', v_model.name);
+        v_sent := v_sent + cardinality(v_msgs);
+    END LOOP;
+    RETURN v_sent;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._enqueue_versions(bigint[], bytea[]) IS
+'Queues one message per given document version and live model (internal; called by the capture triggers).';
+
+CREATE OR REPLACE FUNCTION pgingest._capture_insert()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_ids bigint[];
+    v_hashes bytea[];
+BEGIN
+    SELECT array_agg(n.id), array_agg(n.content_hash)
+    INTO v_ids, v_hashes
+    FROM new_rows AS n;
+    PERFORM pgingest._enqueue_versions(v_ids, v_hashes);
+    RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._capture_insert() IS
+'Statement-level AFTER INSERT trigger on pgingest.documents: queues every new document for every live model.';
+
+CREATE OR REPLACE FUNCTION pgingest._capture_update()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_ids bigint[];
+    v_hashes bytea[];
+BEGIN
+    SELECT array_agg(n.id), array_agg(n.content_hash)
+    INTO v_ids, v_hashes
+    FROM new_rows AS n
+    INNER JOIN old_rows AS o ON o.id = n.id
+    WHERE n.content_hash IS DISTINCT FROM o.content_hash;
+    PERFORM pgingest._enqueue_versions(v_ids, v_hashes);
+    RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._capture_update() IS
+'Statement-level AFTER UPDATE trigger: queues only the documents whose content hash changed.';
+
+CREATE OR REPLACE FUNCTION pgingest._capture_delete()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    DELETE FROM pgingest.chunks AS c USING old_rows AS o WHERE c.doc_id = o.id;
+    DELETE FROM pgingest.embedding_state AS s USING old_rows AS o WHERE s.doc_id = o.id;
+    DELETE FROM pgingest.dead_letters AS l USING old_rows AS o WHERE l.doc_id = o.id;
+    RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._capture_delete() IS
+'Statement-level AFTER DELETE trigger: removes the chunks, state and dead letters of deleted documents. '
+'Their queued messages are acknowledged later as stale.';
+
+CREATE OR REPLACE FUNCTION pgingest._capture_truncate()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    TRUNCATE pgingest.chunks, pgingest.embedding_state;
+    DELETE FROM pgingest.dead_letters WHERE doc_id IS NOT NULL;
+    RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._capture_truncate() IS
+'AFTER TRUNCATE trigger: truncating the documents empties the chunks and the embedding state too.';
+
+CREATE OR REPLACE FUNCTION pgingest._touch_updated_at()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    IF NEW IS DISTINCT FROM OLD THEN
+        NEW.updated_at := now();
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._touch_updated_at() IS
+'Row-level BEFORE UPDATE trigger: maintains documents.updated_at.';
+
+CREATE OR REPLACE TRIGGER documents_capture_insert
+AFTER INSERT ON pgingest.documents
+REFERENCING NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION pgingest._capture_insert();
+
+CREATE OR REPLACE TRIGGER documents_capture_update
+AFTER UPDATE ON pgingest.documents
+REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION pgingest._capture_update();
+
+CREATE OR REPLACE TRIGGER documents_capture_delete
+AFTER DELETE ON pgingest.documents
+REFERENCING OLD TABLE AS old_rows
+FOR EACH STATEMENT EXECUTE FUNCTION pgingest._capture_delete();
+
+CREATE OR REPLACE TRIGGER documents_capture_truncate
+AFTER TRUNCATE ON pgingest.documents
+FOR EACH STATEMENT EXECUTE FUNCTION pgingest._capture_truncate();
+
+CREATE OR REPLACE TRIGGER documents_touch_updated_at
+BEFORE UPDATE ON pgingest.documents
+FOR EACH ROW EXECUTE FUNCTION pgingest._touch_updated_at();

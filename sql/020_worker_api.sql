@@ -1,0 +1,438 @@
+-- Worker API: the only routines a worker calls. Versioned names (_v1): a breaking change adds _v2
+-- and keeps _v1 until no old worker runs. Each runs as one short transaction.
+-- Routines use `SET search_path FROM CURRENT`: the installer sets it to
+-- pg_catalog, <the schema of the vector extension>, pg_temp before applying this folder.
+
+CREATE OR REPLACE FUNCTION pgingest._model(p_model text)
+RETURNS pgingest.models
+LANGUAGE plpgsql
+STABLE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_m pgingest.models;
+BEGIN
+    SELECT * INTO v_m FROM pgingest.models AS m WHERE m.name = p_model AND m.state <> 'retired';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgingest: no live model named %', quote_literal(p_model)
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'SELECT name, state FROM pgingest.models; register one with pgingest.register_model(...)';
+    END IF;
+    RETURN v_m;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._model(text) IS
+'The registry row of a live (not retired) model; raises undefined_object (42704) otherwise.';
+
+CREATE OR REPLACE FUNCTION pgingest._column_type(p_m pgingest.models)
+RETURNS text
+LANGUAGE sql
+IMMUTABLE
+SET search_path FROM CURRENT
+RETURN format('%s(%s)', p_m.storage, p_m.dimensions);
+
+COMMENT ON FUNCTION pgingest._column_type(pgingest.models) IS
+'The SQL type of a model''s embedding column, e.g. vector(384) or halfvec(768).';
+
+CREATE OR REPLACE FUNCTION pgingest.read_batch_v1(p_model text, p_vt integer, p_qty integer)
+RETURNS TABLE (
+    msg_id bigint,
+    read_ct integer,
+    message jsonb,
+    doc_id bigint,
+    doc_key text,
+    title text,
+    body text,
+    status text
+)
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_m pgingest.models := pgingest._model(p_model);
+BEGIN
+    IF p_vt < 1 OR p_qty < 1 THEN
+        RAISE EXCEPTION 'pgingest: visibility timeout and quantity must be positive (got %, %)', p_vt, p_qty
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN QUERY
+    WITH msgs AS (
+        SELECT
+            r.msg_id,
+            r.read_ct,
+            r.message,
+            CASE
+                WHEN jsonb_typeof(r.message) = 'object' AND r.message ->> 'doc_id' ~ '^[0-9]{1,18}$'
+                    THEN (r.message ->> 'doc_id')::bigint
+            END AS doc_id,
+            CASE
+                WHEN jsonb_typeof(r.message) = 'object' AND r.message ->> 'hash' ~ '^[0-9a-f]{64}$'
+                    THEN decode(r.message ->> 'hash', 'hex')
+            END AS hash
+        FROM pgmq.read(v_m.queue_name, p_vt, p_qty) AS r
+    )
+    SELECT
+        m.msg_id,
+        m.read_ct,
+        m.message,
+        m.doc_id,
+        d.key,
+        CASE WHEN d.content_hash = m.hash AND s.doc_id IS NULL THEN d.title END,
+        CASE WHEN d.content_hash = m.hash AND s.doc_id IS NULL THEN d.body END,
+        CASE
+            WHEN m.doc_id IS NULL OR m.hash IS NULL THEN 'invalid'
+            WHEN d.id IS NULL OR d.content_hash <> m.hash THEN 'stale'
+            WHEN s.doc_id IS NOT NULL THEN 'done'
+            ELSE 'current'
+        END
+    FROM msgs AS m
+    LEFT JOIN pgingest.documents AS d ON d.id = m.doc_id
+    LEFT JOIN pgingest.embedding_state AS s
+        ON s.doc_id = m.doc_id AND s.model = v_m.name AND s.content_hash = m.hash
+    ORDER BY m.msg_id;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.read_batch_v1(text, integer, integer) IS
+'Worker: claims up to p_qty messages of a model''s queue for p_vt seconds and returns them with the '
+'document text. status: current (to embed), stale (document changed or deleted), done (this version is '
+'already embedded: a redelivery), invalid (unreadable message: dead-letter it).';
+
+CREATE OR REPLACE FUNCTION pgingest.complete_batch_v1(
+    p_model text,
+    p_msg_ids bigint[],
+    p_doc_ids bigint[],
+    p_hashes bytea[],
+    p_chunk_doc_ids bigint[],
+    p_ordinals integer[],
+    p_contents text[],
+    p_chunk_hashes bytea[],
+    p_token_counts integer[],
+    p_char_starts integer[],
+    p_char_ends integer[],
+    p_embeddings vector[],
+    p_chunker text
+)
+RETURNS TABLE (written integer, stale integer, chunks integer)
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_m pgingest.models := pgingest._model(p_model);
+    v_current bigint[];
+    v_reset text := '';
+    v_other record;
+    v_chunks integer := 0;
+BEGIN
+    -- Lock the versions we write (FOR SHARE): a concurrent UPDATE or DELETE of one of these
+    -- documents waits for this transaction, then queues its own message or removes our chunks.
+    SELECT coalesce(array_agg(l.id), '{}')
+    INTO v_current
+    FROM (
+        SELECT d.id
+        FROM pgingest.documents AS d
+        INNER JOIN unnest(p_doc_ids, p_hashes) AS x (id, h) ON d.id = x.id AND d.content_hash = x.h
+        ORDER BY d.id
+        FOR SHARE OF d
+    ) AS l;
+
+    IF cardinality(v_current) > 0 THEN
+        -- Other models' vectors stay valid only where the chunk text is unchanged.
+        FOR v_other IN
+            SELECT m.column_name FROM pgingest.models AS m
+            WHERE m.state <> 'retired' AND m.name <> v_m.name
+            ORDER BY m.name
+        LOOP
+            v_reset := v_reset || format(
+                ', %1$I = CASE WHEN c.chunk_hash = EXCLUDED.chunk_hash THEN c.%1$I END',
+                v_other.column_name
+            );
+        END LOOP;
+
+        EXECUTE format(
+            $sql$
+            INSERT INTO pgingest.chunks AS c
+                (doc_id, ordinal, content, chunk_hash, token_count, char_start, char_end, chunker, updated_at, %1$I)
+            SELECT u.doc_id, u.ordinal, u.content, u.chunk_hash, u.token_count, u.char_start, u.char_end,
+                   $9, now(), u.emb::%2$s
+            FROM unnest($1, $2, $3, $4, $5, $6, $7, $8)
+                AS u (doc_id, ordinal, content, chunk_hash, token_count, char_start, char_end, emb)
+            WHERE u.doc_id = ANY ($10)
+            ON CONFLICT (doc_id, ordinal) DO UPDATE SET
+                content = EXCLUDED.content,
+                chunk_hash = EXCLUDED.chunk_hash,
+                token_count = EXCLUDED.token_count,
+                char_start = EXCLUDED.char_start,
+                char_end = EXCLUDED.char_end,
+                chunker = EXCLUDED.chunker,
+                updated_at = EXCLUDED.updated_at,
+                %1$I = EXCLUDED.%1$I %3$s
+            $sql$,
+            v_m.column_name, pgingest._column_type(v_m), v_reset
+        ) USING p_chunk_doc_ids, p_ordinals, p_contents, p_chunk_hashes, p_token_counts,
+                p_char_starts, p_char_ends, p_embeddings, p_chunker, v_current;
+        GET DIAGNOSTICS v_chunks = ROW_COUNT;
+
+        -- Surplus chunks of a shorter new version.
+        DELETE FROM pgingest.chunks AS c
+        USING (
+            SELECT u.doc_id, count(*) AS n
+            FROM unnest(p_chunk_doc_ids) AS u (doc_id)
+            WHERE u.doc_id = ANY (v_current)
+            GROUP BY u.doc_id
+        ) AS k
+        WHERE c.doc_id = k.doc_id AND c.ordinal >= k.n;
+
+        INSERT INTO pgingest.embedding_state AS s (doc_id, model, content_hash, chunk_count, embedded_at)
+        SELECT x.id, v_m.name, x.h, coalesce(k.n, 0), now()
+        FROM unnest(p_doc_ids, p_hashes) AS x (id, h)
+        LEFT JOIN (
+            SELECT u.doc_id, count(*)::integer AS n FROM unnest(p_chunk_doc_ids) AS u (doc_id) GROUP BY u.doc_id
+        ) AS k ON k.doc_id = x.id
+        WHERE x.id = ANY (v_current)
+        ON CONFLICT (doc_id, model) DO UPDATE SET
+            content_hash = EXCLUDED.content_hash,
+            chunk_count = EXCLUDED.chunk_count,
+            embedded_at = EXCLUDED.embedded_at;
+
+        DELETE FROM pgingest.dead_letters AS l
+        WHERE l.model = v_m.name AND l.doc_id = ANY (v_current);
+    END IF;
+
+    IF cardinality(p_msg_ids) > 0 THEN
+        PERFORM pgmq.delete(v_m.queue_name, p_msg_ids);
+    END IF;
+
+    written := cardinality(v_current);
+    stale := coalesce(cardinality(p_doc_ids), 0) - cardinality(v_current);
+    chunks := v_chunks;
+    RETURN NEXT;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.complete_batch_v1(
+    text, bigint[], bigint[], bytea[], bigint[], integer[], text[], bytea[], integer[], integer[],
+    integer[], vector[], text
+) IS
+'Worker: in one transaction, writes the chunks and vectors of the document versions that are still '
+'current (upsert), deletes their surplus chunks, records the embedding state and acknowledges every '
+'message of the batch (stale ones included).';
+
+CREATE OR REPLACE FUNCTION pgingest.dead_letter_v1(
+    p_model text,
+    p_msg_ids bigint[],
+    p_doc_ids bigint[],
+    p_hashes bytea[],
+    p_error_classes text[],
+    p_error_messages text[],
+    p_attempts integer[],
+    p_payloads jsonb[]
+)
+RETURNS integer
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_m pgingest.models := pgingest._model(p_model);
+    v_n integer;
+    v_n2 integer;
+    v_dead bigint[];
+BEGIN
+    -- Document versions that are still current get (or update) a dead letter.
+    WITH x AS (
+        SELECT u.*
+        FROM unnest(p_doc_ids, p_hashes, p_error_classes, p_error_messages, p_attempts, p_payloads)
+            AS u (doc_id, h, error_class, error_message, attempts, payload)
+        INNER JOIN pgingest.documents AS d ON d.id = u.doc_id AND d.content_hash = u.h
+    ), ins AS (
+        INSERT INTO pgingest.dead_letters AS l
+            (doc_id, doc_key, model, content_hash, error_class, error_message, attempts, payload)
+        SELECT x.doc_id, d.key, v_m.name, x.h, x.error_class, left(x.error_message, 2000),
+               greatest(x.attempts, 1), x.payload
+        FROM x INNER JOIN pgingest.documents AS d ON d.id = x.doc_id
+        ON CONFLICT (doc_id, model) WHERE doc_id IS NOT NULL DO UPDATE SET
+            content_hash = EXCLUDED.content_hash,
+            error_class = EXCLUDED.error_class,
+            error_message = EXCLUDED.error_message,
+            attempts = EXCLUDED.attempts,
+            last_failed_at = now(),
+            first_failed_at = CASE
+                WHEN l.content_hash = EXCLUDED.content_hash THEN l.first_failed_at ELSE now()
+            END,
+            payload = EXCLUDED.payload
+        RETURNING l.doc_id
+    )
+    SELECT count(*)::integer, array_agg(ins.doc_id) INTO v_n, v_dead FROM ins;
+
+    -- This model's vectors of those documents belong to an older version: drop them.
+    IF v_n > 0 THEN
+        EXECUTE format('UPDATE pgingest.chunks SET %1$I = NULL WHERE doc_id = ANY ($1) AND %1$I IS NOT NULL',
+                       v_m.column_name)
+        USING v_dead;
+        DELETE FROM pgingest.embedding_state AS s WHERE s.model = v_m.name AND s.doc_id = ANY (v_dead);
+    END IF;
+
+    -- Unreadable messages (no document to attach to) are kept whole.
+    INSERT INTO pgingest.dead_letters (doc_id, model, error_class, error_message, attempts, payload)
+    SELECT NULL, v_m.name, u.error_class, left(u.error_message, 2000), greatest(u.attempts, 1), u.payload
+    FROM unnest(p_doc_ids, p_error_classes, p_error_messages, p_attempts, p_payloads)
+        AS u (doc_id, error_class, error_message, attempts, payload)
+    WHERE u.doc_id IS NULL;
+    GET DIAGNOSTICS v_n2 = ROW_COUNT;
+
+    IF cardinality(p_msg_ids) > 0 THEN
+        PERFORM pgmq.delete(v_m.queue_name, p_msg_ids);
+    END IF;
+    RETURN v_n + v_n2;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.dead_letter_v1(
+    text, bigint[], bigint[], bytea[], text[], text[], integer[], jsonb[]
+) IS
+'Worker: records dead letters (error class, message, attempts) for the still-current document versions '
+'and acknowledges the messages, in one transaction. Stale versions are only acknowledged.';
+
+CREATE OR REPLACE FUNCTION pgingest.defer_v1(
+    p_model text,
+    p_msg_ids bigint[],
+    p_messages jsonb[],
+    p_delay_seconds integer
+)
+RETURNS integer
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_m pgingest.models := pgingest._model(p_model);
+BEGIN
+    IF cardinality(p_msg_ids) IS DISTINCT FROM cardinality(p_messages) THEN
+        RAISE EXCEPTION 'pgingest: defer_v1 needs one new message per message id'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF cardinality(p_msg_ids) = 0 THEN
+        RETURN 0;
+    END IF;
+    PERFORM pgmq.send_batch(v_m.queue_name, p_messages, greatest(p_delay_seconds, 0));
+    PERFORM pgmq.delete(v_m.queue_name, p_msg_ids);
+    RETURN cardinality(p_msg_ids);
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.defer_v1(text, bigint[], jsonb[], integer) IS
+'Worker: replaces messages by new ones (with an updated attempts count) visible after a delay, '
+'in one transaction. Used for backoff after transient errors and for 429 deferrals (no attempt spent).';
+
+CREATE OR REPLACE FUNCTION pgingest.release_v1(p_model text, p_msg_ids bigint[], p_delay_seconds integer)
+RETURNS integer
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_m pgingest.models := pgingest._model(p_model);
+    v_n integer;
+BEGIN
+    SELECT count(*)::integer INTO v_n
+    FROM pgmq.set_vt(v_m.queue_name, p_msg_ids, greatest(p_delay_seconds, 0));
+    RETURN v_n;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.release_v1(text, bigint[], integer) IS
+'Worker: makes claimed messages visible again after p_delay_seconds (shutdown, paused model).';
+
+CREATE OR REPLACE FUNCTION pgingest.pause_model(p_model text, p_reason text)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    UPDATE pgingest.models
+    SET paused = true, paused_reason = left(p_reason, 500)
+    WHERE name = (pgingest._model(p_model)).name;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.pause_model(text, text) IS
+'Pauses a model (workers stop embedding for it; its messages wait in the queue). '
+'Workers do this themselves on 401/403/404 from the provider.';
+
+CREATE OR REPLACE FUNCTION pgingest.resume_model(p_model text)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    UPDATE pgingest.models
+    SET paused = false, paused_reason = NULL
+    WHERE name = (pgingest._model(p_model)).name;
+    PERFORM pg_notify('pgingest', p_model);
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.resume_model(text) IS 'Resumes a paused model.';
+
+CREATE OR REPLACE FUNCTION pgingest.requeue_dead_letters(
+    p_model text DEFAULT NULL,
+    p_error_class text DEFAULT NULL,
+    p_older_than interval DEFAULT NULL,
+    p_ids bigint[] DEFAULT NULL
+)
+RETURNS integer
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_model record;
+    v_msgs jsonb[];
+    v_total integer := 0;
+BEGIN
+    FOR v_model IN
+        SELECT m.name, m.queue_name FROM pgingest.models AS m
+        WHERE m.state <> 'retired' AND (p_model IS NULL OR m.name = p_model)
+        ORDER BY m.name
+    LOOP
+        WITH picked AS (
+            DELETE FROM pgingest.dead_letters AS l
+            WHERE l.model = v_model.name
+              AND (p_error_class IS NULL OR l.error_class = p_error_class)
+              AND (p_older_than IS NULL OR l.last_failed_at < now() - p_older_than)
+              AND (p_ids IS NULL OR l.id = ANY (p_ids))
+            RETURNING l.doc_id, l.content_hash
+        )
+        SELECT array_agg(jsonb_build_object('doc_id', d.id, 'hash', encode(d.content_hash, 'hex'), 'attempts', 0))
+        INTO v_msgs
+        FROM picked AS p
+        INNER JOIN pgingest.documents AS d ON d.id = p.doc_id AND d.content_hash = p.content_hash;
+
+        IF v_msgs IS NOT NULL THEN
+            PERFORM pgmq.send_batch(v_model.queue_name, v_msgs);
+            PERFORM pg_notify('pgingest', v_model.name);
+            v_total := v_total + cardinality(v_msgs);
+        END IF;
+    END LOOP;
+    RETURN v_total;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.requeue_dead_letters(text, text, interval, bigint[]) IS
+'Puts dead letters back in their model''s queue with a fresh attempt budget, filtered by model, error '
+'class, age and ids (NULL = any). Letters of versions that no longer exist are dropped. Returns the count '
+'requeued.';

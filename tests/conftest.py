@@ -1,0 +1,78 @@
+"""Fixtures: a real PostgreSQL (the private cluster or $DATABASE_URL), a template database with
+pgingest installed once per run and cloned for every test (pytest-postgresql), and the fake
+embedding provider (a real HTTP server on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import psycopg
+import pytest
+from pytest_postgresql import factories
+
+from pgingest import db, install
+from pgingest.fake_server import FakeEmbeddingServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _server_url() -> str:
+    url = os.environ.get("PGINGEST_TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    if url:
+        return url
+    out = subprocess.run(
+        [str(ROOT / "scripts" / "pgcluster.sh"), "url"], capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+_URL = urlparse(_server_url())
+PG_HOST = _URL.hostname or "127.0.0.1"
+PG_PORT = _URL.port or 5432
+PG_USER = _URL.username or "postgres"
+PG_PASSWORD = _URL.password or ""
+
+
+def conninfo_for(dbname: str) -> str:
+    return psycopg.conninfo.make_conninfo(
+        host=PG_HOST, port=PG_PORT, user=PG_USER, password=PG_PASSWORD or None, dbname=dbname
+    )
+
+
+def _load_pgingest(host: str, port: int, user: str, dbname: str, password: str | None, **_: Any) -> None:
+    install.install(conninfo_for(dbname))
+
+
+pg_server = factories.postgresql_noproc(
+    host=PG_HOST,
+    port=PG_PORT,
+    user=PG_USER,
+    password=PG_PASSWORD,
+    dbname="pgingest_test",
+    load=[_load_pgingest],
+)
+pg_clone = factories.postgresql("pg_server")
+
+
+@pytest.fixture
+def dsn(pg_clone: psycopg.Connection[Any]) -> str:
+    """Connection string of this test's own database (a clone of the installed template)."""
+    return conninfo_for(pg_clone.info.dbname)
+
+
+@pytest.fixture
+def conn(dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    c = db.connect(dsn)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeEmbeddingServer]:
+    with FakeEmbeddingServer() as srv:
+        yield srv

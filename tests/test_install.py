@@ -1,0 +1,126 @@
+"""Installer: tracked, checksummed, idempotent, concurrent-safe; fresh install == migration chain."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgingest import install
+from tests.conftest import ROOT, conninfo_for
+
+
+@pytest.fixture
+def empty_db(pg_server: Any) -> Any:
+    """A fresh database with nothing installed; yields a factory of connection strings."""
+    made: list[str] = []
+    admin = psycopg.connect(conninfo_for("postgres"), autocommit=True)
+
+    def make(suffix: str) -> str:
+        name = f"pgingest_empty_{suffix}"
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return conninfo_for(name)
+
+    yield make
+    for name in made:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+def _migration_rows(dsn: str) -> list[tuple[str, str]]:
+    with psycopg.connect(dsn) as c:
+        return [
+            (r[0], r[1])
+            for r in c.execute("SELECT version, checksum FROM pgingest.schema_migrations ORDER BY 1")
+        ]
+
+
+def test_migrations_are_tracked_with_checksums_and_install_is_idempotent(empty_db: Any) -> None:
+    dsn = empty_db("idem")
+    first = install.install(dsn)
+    assert any("applied migration 0001_initial" in n for n in first)
+    rows = _migration_rows(dsn)
+    files = install.migrations()
+    assert [r[0] for r in rows] == [f.name.removesuffix(".sql") for f in files]
+    assert [r[1] for r in rows] == [f.checksum for f in files]
+    second = install.install(dsn)
+    assert not any("applied migration" in n for n in second)
+    assert _migration_rows(dsn) == rows
+
+
+def test_concurrent_installs_serialise(empty_db: Any) -> None:
+    dsn = empty_db("conc")
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            install.install(dsn)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(_migration_rows(dsn)) == len(install.migrations())
+
+
+def test_edited_applied_migration_is_refused(empty_db: Any, tmp_path: Path) -> None:
+    dsn = empty_db("edit")
+    install.install(dsn)
+    for folder in ("migrations", "sql", "plpython"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    m = tmp_path / "migrations" / "0001_initial.sql"
+    m.write_text(m.read_text() + "\n-- an innocent edit\n")
+    script = install.render_script(tmp_path)
+    with psycopg.connect(dsn, autocommit=True) as c, pytest.raises(psycopg.errors.DataCorrupted) as ei:
+        with c.transaction():
+            c.execute(script.encode())
+    assert "0001_initial was edited" in str(ei.value)
+
+
+def _dump(dsn: str) -> str:
+    out = subprocess.run(
+        ["pg_dump", "--schema-only", "--no-owner", "--schema=pgingest", "-d", dsn],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return "\n".join(
+        line for line in out.stdout.splitlines() if not line.startswith(("--", "\\restrict", "\\unrestrict"))
+    )
+
+
+def test_fresh_install_equals_the_migration_chain(empty_db: Any) -> None:
+    fresh = empty_db("fresh")
+    install.install(fresh)
+    chain = empty_db("chain")
+    for m in install.migrations():
+        install.install(chain, upto=m.name.removesuffix(".sql"))
+    install.install(chain)
+    assert _dump(fresh) == _dump(chain)
+
+
+def test_printed_script_installs_with_psql(empty_db: Any, tmp_path: Path) -> None:
+    dsn = empty_db("psql")
+    script = tmp_path / "install.sql"
+    out = subprocess.run(
+        [str(ROOT / ".venv/bin/pgingest"), "install", "--print"],
+        capture_output=True, text=True, check=True,
+    )
+    script.write_text(out.stdout)
+    for _ in range(2):  # the script is idempotent too
+        subprocess.run(["psql", "-X", "-q", "-d", dsn, "-f", str(script)], check=True,
+                       capture_output=True)
+    assert [r[0] for r in _migration_rows(dsn)] == [
+        f.name.removesuffix(".sql") for f in install.migrations()
+    ]
