@@ -1,0 +1,1014 @@
+"""Embedding providers: the protocol, the OpenAI-compatible HTTP client, and its policies.
+
+What the worker gets from here
+    * :class:`EmbeddingProvider`: ``name``, ``dimensions``, ``embed(inputs) -> float32 (n, d)``
+      and ``embed_detailed(inputs) -> EmbedResult``.
+    * :class:`OpenAICompatibleProvider`: ``POST {base_url}/embeddings`` (OpenAI, vLLM, TEI,
+      Ollama, the bundled local model, the fake server), with retries inside ``embed``.
+    * ``embed_detailed`` (:func:`embed_isolating`): never lets one bad input fail the others: a
+      400/413/422 is bisected down to the rejected inputs, and an answer whose vectors differ
+      in length is handed over row by row for the worker to check.
+    * error classes, each with the ``error_class`` string used in dead letters and metrics:
+
+      =============================== ======================= ==============================
+      exception                       ``error_class``         what the worker should do
+      =============================== ======================= ==============================
+      :class:`RateLimited`            rate_limited            defer by ``retry_after``, no
+                                                              attempt spent
+      :class:`TransientProviderError` server_error, timeout,  defer, attempt spent; feeds
+                                      connection              the circuit breaker
+      :class:`BadResponse`            bad_response            as transient (a subclass)
+      :class:`InputRejected`          rejected_input          dead-letter those inputs only
+      :class:`AuthError`              auth                    pause the model
+      :class:`ModelNotFound`          model_not_found         pause the model
+      :class:`QuotaExceeded`          insufficient_quota      pause the model
+      :class:`InvalidRequest`         invalid_request,        pause the model (the request
+                                      client_error            is wrong, not an input)
+      :class:`CircuitOpen`            circuit_open            defer, no attempt spent
+      =============================== ======================= ==============================
+
+      :class:`ModelUnavailable` is the base of the four "pause the model" classes.
+    * :class:`CircuitBreaker` (pure, fake clock in tests) and :func:`plan_requests`.
+
+API keys are never logged and never appear in ``repr`` or in exception messages: the key is
+held in a :class:`_Secret` and every message built from a server's answer is redacted.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.utils
+import http.client
+import json
+import logging
+import math
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import requests
+import urllib3.exceptions
+
+__all__ = [
+    "AuthError",
+    "BadResponse",
+    "CircuitBreaker",
+    "CircuitOpen",
+    "EmbedResult",
+    "EmbeddingProvider",
+    "InputRejected",
+    "InvalidRequest",
+    "ModelNotFound",
+    "ModelUnavailable",
+    "OpenAICompatibleProvider",
+    "ProviderBase",
+    "ProviderError",
+    "QuotaExceeded",
+    "RaggedResponse",
+    "RateLimited",
+    "TransientProviderError",
+    "embed_isolating",
+    "parse_retry_after",
+    "plan_requests",
+]
+
+logger = logging.getLogger("pgingest.providers")
+
+_MAX_MESSAGE = 500
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+
+
+class ProviderError(Exception):
+    """Base of every embedding provider error.
+
+    ``error_class`` is the short stable string stored in dead letters and used as a metric
+    label; ``status`` the HTTP status when a response was received; ``retry_after`` the delay
+    in seconds the provider asked for, if any. ``str(err)`` is safe to store: it never holds
+    an API key.
+    """
+
+    error_class: str = "provider_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        error_class: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        if len(message) > _MAX_MESSAGE:
+            message = message[: _MAX_MESSAGE - 3] + "..."
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+        if error_class is not None:
+            self.error_class = error_class
+
+    def __str__(self) -> str:
+        status = f" (HTTP {self.status})" if self.status is not None else ""
+        return f"{self.error_class}{status}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
+
+
+class RateLimited(ProviderError):
+    """429 that outlasted the provider's rate-limit budget: defer by ``retry_after`` seconds."""
+
+    error_class = "rate_limited"
+
+
+class TransientProviderError(ProviderError):
+    """5xx (``server_error``), ``timeout`` or ``connection`` failure, after retries."""
+
+    error_class = "server_error"
+
+
+class BadResponse(TransientProviderError):
+    """A response that is not a valid embeddings answer (HTML page, invalid or truncated JSON,
+    a 200 carrying ``{"error": ...}``, wrong count of vectors, missing or duplicate indices).
+    Retried like a transient error."""
+
+    error_class = "bad_response"
+
+
+class RaggedResponse(BadResponse):
+    """The vectors of one response differ in length, so they cannot make one matrix.
+
+    Raised by :meth:`OpenAICompatibleProvider.embed` without retrying (the answer is a function
+    of the inputs); ``rows`` holds each input's raw vector. :func:`embed_isolating` turns it into
+    per-input rows, so the worker's validation rejects only the odd ones.
+    """
+
+    def __init__(self, message: str, rows: list[np.ndarray], *, status: int | None = None) -> None:
+        super().__init__(message, status=status)
+        self.rows = rows
+
+
+class InputRejected(ProviderError):
+    """400/413/422 about the inputs of this request: bisect, then dead-letter the bad ones."""
+
+    error_class = "rejected_input"
+
+
+class ModelUnavailable(ProviderError):
+    """The model cannot be used at all until an operator acts: pause it."""
+
+    error_class = "model_unavailable"
+
+
+class AuthError(ModelUnavailable):
+    """401/403: missing, wrong or revoked key, or no access."""
+
+    error_class = "auth"
+
+
+class ModelNotFound(ModelUnavailable):
+    """404: unknown model (or a base URL that does not serve ``/embeddings``)."""
+
+    error_class = "model_not_found"
+
+
+class QuotaExceeded(ModelUnavailable):
+    """429 with OpenAI's ``insufficient_quota``: billing, not rate; waiting will not help."""
+
+    error_class = "insufficient_quota"
+
+
+class InvalidRequest(ModelUnavailable):
+    """A 4xx about the request itself rather than the inputs (a 400 whose ``param`` is
+    ``dimensions``, ``model``, ...; 405, 415, an unexpected 3xx): configuration to fix."""
+
+    error_class = "invalid_request"
+
+
+class CircuitOpen(ProviderError):
+    """The model's circuit breaker is open: defer for ``retry_after`` seconds."""
+
+    error_class = "circuit_open"
+
+
+# --------------------------------------------------------------------------------------------
+# Protocol and results
+# --------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class EmbeddingProvider(Protocol):
+    """Anything that embeds texts.
+
+    ``embed`` returns a float32 array of shape ``(len(inputs), d)``, raw: neither validated nor
+    normalised (the worker does both). It raises :class:`ProviderError` subclasses.
+    ``embed_detailed`` never lets one bad input fail the others (see :func:`embed_isolating`);
+    subclass :class:`ProviderBase` to get it from ``embed``.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dimensions(self) -> int: ...
+
+    def embed(self, inputs: Sequence[str]) -> np.ndarray: ...
+
+    def embed_detailed(self, inputs: Sequence[str]) -> EmbedResult: ...
+
+
+@dataclass
+class EmbedResult:
+    """Per-input outcome of :func:`embed_isolating`.
+
+    ``vectors[i]`` is input i's raw float32 1-D vector (any length, maybe non-finite: validate
+    it) or None when ``errors[i]`` holds why the provider rejected that input.
+    """
+
+    vectors: list[np.ndarray | None]
+    errors: dict[int, ProviderError] = field(default_factory=dict)
+    requests: int = 0
+    """HTTP-level calls of ``embed`` made (bisection adds some)."""
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    @property
+    def ok_indices(self) -> list[int]:
+        return [i for i, v in enumerate(self.vectors) if v is not None]
+
+
+class _Embeds(Protocol):
+    def embed(self, inputs: Sequence[str]) -> np.ndarray: ...
+
+
+def embed_isolating(provider: _Embeds, inputs: Sequence[str]) -> EmbedResult:
+    """Embed ``inputs`` so that one bad input cannot fail the others.
+
+    :class:`InputRejected` for a group of inputs splits it in halves until the rejected single
+    inputs are found (``k`` bad inputs among ``n`` cost about ``2k·log2(n)`` extra requests);
+    :class:`RaggedResponse` hands over its rows as they are. Every other error (rate limit,
+    transient after retries, model unavailable) propagates: it is about the batch, not an input.
+    """
+    vectors: list[np.ndarray | None] = [None] * len(inputs)
+    errors: dict[int, ProviderError] = {}
+    calls = 0
+    stack = [(0, len(inputs))] if inputs else []
+    while stack:
+        lo, hi = stack.pop()
+        calls += 1
+        try:
+            matrix = provider.embed(inputs[lo:hi])
+        except RaggedResponse as exc:
+            for k, row in enumerate(exc.rows):
+                vectors[lo + k] = row
+            continue
+        except InputRejected as exc:
+            if hi - lo == 1:
+                errors[lo] = exc
+            else:
+                mid = (lo + hi) // 2
+                stack.append((mid, hi))
+                stack.append((lo, mid))
+            continue
+        for k in range(hi - lo):
+            vectors[lo + k] = matrix[k]
+    return EmbedResult(vectors, errors, calls)
+
+
+class ProviderBase:
+    """Base for providers: implement ``name``, ``dimensions`` and ``embed``; ``embed_detailed``
+    comes from :func:`embed_isolating`."""
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def dimensions(self) -> int:
+        raise NotImplementedError
+
+    def embed(self, inputs: Sequence[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def embed_detailed(self, inputs: Sequence[str]) -> EmbedResult:
+        """Per-input vectors and errors: see :func:`embed_isolating`."""
+        return embed_isolating(self, inputs)
+
+
+# --------------------------------------------------------------------------------------------
+# Request planning
+# --------------------------------------------------------------------------------------------
+
+
+def plan_requests(token_counts: Sequence[int], max_inputs: int, max_tokens: int) -> list[range]:
+    """Split inputs, in order, into requests of at most ``max_inputs`` inputs and
+    ``max_tokens`` tokens in all. An input over ``max_tokens`` by itself gets a request of its
+    own (the provider will accept or reject it; it is never dropped here)."""
+    if max_inputs < 1:
+        raise ValueError(f"max_inputs must be >= 1, got {max_inputs}")
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    plans: list[range] = []
+    start = 0
+    tokens = 0
+    for i, count in enumerate(token_counts):
+        if count < 0:
+            raise ValueError(f"token count {count} at index {i} is negative")
+        if i > start and (i - start >= max_inputs or tokens + count > max_tokens):
+            plans.append(range(start, i))
+            start, tokens = i, 0
+        tokens += count
+    if start < len(token_counts):
+        plans.append(range(start, len(token_counts)))
+    return plans
+
+
+# --------------------------------------------------------------------------------------------
+# Circuit breaker
+# --------------------------------------------------------------------------------------------
+
+
+class CircuitBreaker:
+    """Closed / open / half-open breaker, one per model in the worker.
+
+    * closed: calls allowed; ``failure_threshold`` consecutive failures open it.
+    * open: calls refused for ``reset_timeout`` seconds, then it is half-open.
+    * half-open: ``half_open_max_calls`` trial calls allowed; a success closes it, a failure
+      opens it again for another ``reset_timeout``.
+
+    What counts as a failure is the caller's choice: transient errors and timeouts, not
+    rejected inputs. Pure apart from a lock: time comes from ``clock``.
+    """
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+    def __init__(
+        self,
+        failure_threshold: int = 5,
+        reset_timeout: float = 30.0,
+        *,
+        half_open_max_calls: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if failure_threshold < 1:
+            raise ValueError("failure_threshold must be >= 1")
+        if reset_timeout < 0:
+            raise ValueError("reset_timeout must be >= 0")
+        if half_open_max_calls < 1:
+            raise ValueError("half_open_max_calls must be >= 1")
+        self.failure_threshold = failure_threshold
+        self.reset_timeout = reset_timeout
+        self.half_open_max_calls = half_open_max_calls
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state = self.CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._trials = 0
+
+    def _advance(self) -> None:
+        if self._state == self.OPEN and self._clock() - self._opened_at >= self.reset_timeout:
+            self._state = self.HALF_OPEN
+            self._trials = 0
+
+    @property
+    def state(self) -> str:
+        with self._lock:
+            self._advance()
+            return self._state
+
+    @property
+    def failures(self) -> int:
+        return self._failures
+
+    def allow(self) -> bool:
+        """May a call go out now? In half-open state this takes one of the trial slots."""
+        with self._lock:
+            self._advance()
+            if self._state == self.CLOSED:
+                return True
+            if self._state == self.HALF_OPEN and self._trials < self.half_open_max_calls:
+                self._trials += 1
+                return True
+            return False
+
+    def retry_in(self) -> float:
+        """Seconds until the breaker lets a trial call through (0 when it would now)."""
+        with self._lock:
+            self._advance()
+            if self._state == self.OPEN:
+                return max(self.reset_timeout - (self._clock() - self._opened_at), 0.0)
+            return 0.0
+
+    def check(self) -> None:
+        """:meth:`allow` or raise :class:`CircuitOpen` with ``retry_after``."""
+        if not self.allow():
+            wait = self.retry_in()
+            raise CircuitOpen(f"circuit open, retry in {wait:.1f}s", retry_after=wait)
+
+    def record_success(self) -> None:
+        with self._lock:
+            self._state = self.CLOSED
+            self._failures = 0
+            self._trials = 0
+
+    def record_failure(self) -> None:
+        with self._lock:
+            self._advance()
+            if self._state == self.HALF_OPEN:
+                self._open()
+                return
+            self._failures += 1
+            if self._state == self.CLOSED and self._failures >= self.failure_threshold:
+                self._open()
+
+    def _open(self) -> None:
+        self._state = self.OPEN
+        self._opened_at = self._clock()
+        self._trials = 0
+
+    def __repr__(self) -> str:
+        return f"CircuitBreaker(state={self.state!r}, failures={self._failures})"
+
+
+# --------------------------------------------------------------------------------------------
+# Retry-After
+# --------------------------------------------------------------------------------------------
+
+
+def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP date), or None."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        seconds = when.timestamp() - now()
+    if not math.isfinite(seconds):
+        return None
+    return max(seconds, 0.0)
+
+
+def _retry_after_from(headers: Any, now: Callable[[], float]) -> float | None:
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            value = float(ms) / 1000.0
+            if math.isfinite(value):
+                return max(value, 0.0)
+        except ValueError:
+            pass
+    return parse_retry_after(headers.get("retry-after"), now=now)
+
+
+# --------------------------------------------------------------------------------------------
+# API key
+# --------------------------------------------------------------------------------------------
+
+
+class _Secret:
+    """Holds an API key; shows as ``***`` everywhere."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:
+        raise TypeError("API keys are not picklable")
+
+
+# --------------------------------------------------------------------------------------------
+# The OpenAI-compatible client
+# --------------------------------------------------------------------------------------------
+
+_BEARER_RE = re.compile(r"(?i)(bearer\s+)\S+")
+
+
+class OpenAICompatibleProvider(ProviderBase):
+    """Client for ``POST {base_url}/embeddings`` (``base_url`` like ``https://api.openai.com/v1``).
+
+    The API key comes from ``api_key``, else the environment variable named ``api_key_env``,
+    else the file ``api_key_file`` (stripped); none of them is required (local servers). After
+    a 401 the key is read again from its variable or file, once, in case it was rotated.
+
+    ``encoding_format`` is ``"base64"`` (little-endian float32, the default: 4x smaller and
+    exact) or ``"float"``; either form is accepted in the answer. ``request_dimensions`` sends
+    ``dimensions`` (for models that can shorten their vectors, e.g. text-embedding-3-*).
+
+    Retry policy, inside :meth:`embed`:
+
+    * 5xx, 408/409, timeouts, connection errors and bad responses are retried up to
+      ``max_retries`` times, with exponential backoff and full jitter:
+      ``rand() * min(backoff_max, backoff_base * 2**n)``; a ``Retry-After`` on such an answer is
+      used instead (capped at ``backoff_max``). Then the error is raised.
+    * 429s do not count against ``max_retries``: the wait (``Retry-After``, OpenAI's
+      ``retry-after-ms``, else the backoff) is taken while the total waited for 429s in this
+      call stays within ``max_retry_after`` seconds and at most ``max_rate_limit_retries``
+      times; past that :class:`RateLimited` is raised with ``retry_after`` so the worker can
+      defer the work without spending an attempt.
+    * everything else is raised at once.
+
+    The policy is written out here rather than taken from a library: urllib3's ``Retry`` (under
+    requests) cannot see errors in a 200 body, keep 429s out of the attempt budget or end in a
+    deferral, and ``tenacity`` is not a dependency and would need the same custom stop, wait and
+    retry predicates, which are most of this code. ``sleep`` and ``rand`` are injectable.
+
+    Timeouts: ``connect_timeout`` for the TCP/TLS connect and ``timeout`` for the whole answer,
+    headers and body together (a body trickling in a byte at a time is cut off too).
+
+    Thread safety: one ``requests.Session`` per thread (``session_factory``), so a provider can
+    be shared by the worker's request threads. ``close()`` closes them all.
+
+    Observers (metrics): ``on_request(status, seconds, n_inputs)`` after every HTTP attempt,
+    with ``status`` the HTTP status code as a string, or ``"timeout"`` / ``"connection"`` when
+    no answer came; ``on_retry(error_class)`` before every retry wait.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        dimensions: int,
+        *,
+        api_key: str | None = None,
+        api_key_env: str | None = None,
+        api_key_file: str | os.PathLike[str] | None = None,
+        name: str | None = None,
+        timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        request_dimensions: bool = False,
+        encoding_format: str = "base64",
+        max_retries: int = 4,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        max_retry_after: float = 60.0,
+        max_rate_limit_retries: int = 20,
+        session_factory: Callable[[], requests.Session] = requests.Session,
+        sleep: Callable[[float], None] = time.sleep,
+        rand: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        on_request: Callable[[str, float, int], None] | None = None,
+        on_retry: Callable[[str], None] | None = None,
+        user_agent: str = "pgingest",
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+        if dimensions < 1:
+            raise ValueError(f"dimensions must be >= 1, got {dimensions}")
+        if encoding_format not in ("base64", "float"):
+            raise ValueError(
+                f"encoding_format must be 'base64' or 'float', got {encoding_format!r}"
+            )
+        if timeout <= 0 or connect_timeout <= 0:
+            raise ValueError("timeouts must be > 0")
+        if max_retries < 0 or max_rate_limit_retries < 0:
+            raise ValueError("retry counts must be >= 0")
+        base = base_url.rstrip("/")
+        self.base_url = base
+        self.url = base if base.endswith("/embeddings") else base + "/embeddings"
+        self.model = model
+        self._dimensions = int(dimensions)
+        self._name = name or model
+        self.timeout = float(timeout)
+        self.connect_timeout = min(float(connect_timeout), self.timeout)
+        self.request_dimensions = request_dimensions
+        self.encoding_format = encoding_format
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.max_retry_after = max_retry_after
+        self.max_rate_limit_retries = max_rate_limit_retries
+        self.on_request = on_request
+        self.on_retry = on_retry
+        self.user_agent = user_agent
+        self._session_factory = session_factory
+        self._sleep = sleep
+        self._rand = rand
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._api_key_env = api_key_env
+        self._api_key_file = None if api_key_file is None else Path(api_key_file)
+        self._api_key: _Secret | None = None if api_key is None else _Secret(api_key)
+        self._key_loaded = api_key is not None
+        self._known_keys: list[_Secret] = [] if self._api_key is None else [self._api_key]
+        self._key_source = (
+            "given"
+            if api_key is not None
+            else f"env {api_key_env}"
+            if api_key_env
+            else "file"
+            if api_key_file is not None
+            else "none"
+        )
+        self._key_lock = threading.Lock()
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._sessions_lock = threading.Lock()
+
+    # -- identity --------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def dimensions(self) -> int:
+        return self._dimensions
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self._name!r}, url={self.url!r}, model={self.model!r}, "
+            f"dimensions={self._dimensions}, api_key=<{self._key_source}>)"
+        )
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def _key(self) -> _Secret | None:
+        """The key, read from its variable or file on first use (not at construction, so that
+        a missing file pauses this model instead of stopping the worker)."""
+        if not self._key_loaded:
+            with self._key_lock:
+                if not self._key_loaded:
+                    self._api_key = self._load_key()
+                    if self._api_key is not None:
+                        self._known_keys.append(self._api_key)
+                    self._key_loaded = True
+        return self._api_key
+
+    def _key_hint(self) -> str:
+        if self._key() is not None:
+            return ""
+        if self._api_key_env or self._api_key_file is not None:
+            where = " or ".join(
+                w
+                for w in (
+                    f"environment variable {self._api_key_env}" if self._api_key_env else "",
+                    f"file {str(self._api_key_file)!r}" if self._api_key_file is not None else "",
+                )
+                if w
+            )
+            return f" (no API key found in {where})"
+        return " (no API key configured)"
+
+    def _load_key(self) -> _Secret | None:
+        if self._api_key_env:
+            value = os.environ.get(self._api_key_env)
+            if value:
+                return _Secret(value.strip())
+        if self._api_key_file is not None:
+            try:
+                value = self._api_key_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise AuthError(
+                    f"cannot read the API key file {str(self._api_key_file)!r}: "
+                    f"{exc.strerror or type(exc).__name__}"
+                ) from None
+            if value:
+                return _Secret(value)
+        return None
+
+    def _reload_key(self) -> bool:
+        """Re-read the key from its variable or file; True when it changed."""
+        if not self._api_key_env and self._api_key_file is None:
+            return False
+        old_secret = self._key()
+        with self._key_lock:
+            old = old_secret.reveal() if old_secret is not None else None
+            try:
+                new = self._load_key()
+            except AuthError:
+                return False
+            if new is None or new.reveal() == old:
+                return False
+            self._api_key = new
+            self._known_keys.append(new)
+            return True
+
+    def _redact(self, text: str) -> str:
+        """``text`` without any key this provider has held (a rotated one included)."""
+        for key in self._known_keys:
+            if key.reveal():
+                text = text.replace(key.reveal(), "***")
+        return _BEARER_RE.sub(r"\1***", text)
+
+    # -- sessions --------------------------------------------------------------------------
+
+    def _session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self._session_factory()
+            self._local.session = session
+            with self._sessions_lock:
+                self._sessions.append(session)
+        return session
+
+    def close(self) -> None:
+        with self._sessions_lock:
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.close()
+        self._local = threading.local()
+
+    def __enter__(self) -> OpenAICompatibleProvider:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- embedding -------------------------------------------------------------------------
+
+    def embed(self, inputs: Sequence[str]) -> np.ndarray:
+        """Raw float32 vectors, shape ``(len(inputs), d)``, with the retry policy applied."""
+        inputs = list(inputs)
+        if not inputs:
+            return np.empty((0, self._dimensions), dtype=np.float32)
+        attempt = 0
+        rate_limit_waits = 0
+        rate_limit_waited = 0.0
+        key_reloaded = False
+        while True:
+            try:
+                return self._request(inputs)
+            except RaggedResponse:
+                raise
+            except RateLimited as exc:
+                delay = exc.retry_after
+                if delay is None:
+                    delay = self._backoff(rate_limit_waits)
+                if (
+                    rate_limit_waits >= self.max_rate_limit_retries
+                    or rate_limit_waited + delay > self.max_retry_after
+                ):
+                    exc.retry_after = delay
+                    raise
+                rate_limit_waits += 1
+                rate_limit_waited += delay
+                self._wait(exc, delay, f"rate limit {rate_limit_waits}")
+            except TransientProviderError as exc:
+                if attempt >= self.max_retries:
+                    raise
+                delay = self._backoff(attempt)
+                if exc.retry_after is not None:
+                    delay = min(exc.retry_after, self.backoff_max)
+                attempt += 1
+                self._wait(exc, delay, f"retry {attempt}/{self.max_retries}")
+            except AuthError:
+                if key_reloaded or not self._reload_key():
+                    raise
+                key_reloaded = True
+                logger.info("embedding provider %s: API key re-read after a 401", self._name)
+
+    def _backoff(self, n: int) -> float:
+        cap = min(self.backoff_max, self.backoff_base * (2.0 ** min(n, 60)))
+        return float(self._rand()) * cap
+
+    def _wait(self, exc: ProviderError, delay: float, what: str) -> None:
+        logger.debug(
+            "embedding provider %s: %s, %s in %.2fs", self._name, exc.error_class, what, delay
+        )
+        if self.on_retry is not None:
+            self.on_retry(exc.error_class)
+        self._sleep(delay)
+
+    def _headers(self) -> dict[str, str]:
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": self.user_agent,
+        }
+        key = self._key()
+        if key is not None:
+            headers["Authorization"] = "Bearer " + key.reveal()
+        return headers
+
+    def _observe(self, status: str, started: float, n_inputs: int) -> None:
+        if self.on_request is not None:
+            self.on_request(status, self._clock() - started, n_inputs)
+
+    def _request(self, inputs: list[str]) -> np.ndarray:
+        """One HTTP attempt: the vectors, or a classified :class:`ProviderError`."""
+        payload: dict[str, Any] = {
+            "model": self.model,
+            "input": inputs,
+            "encoding_format": self.encoding_format,
+        }
+        if self.request_dimensions:
+            payload["dimensions"] = self._dimensions
+        try:
+            body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: let the server judge the escaped text
+            body = json.dumps(payload).encode("ascii")
+        started = self._clock()
+        deadline = started + self.timeout
+        n = len(inputs)
+        try:
+            resp = self._session().post(
+                self.url,
+                data=body,
+                headers=self._headers(),
+                timeout=(self.connect_timeout, self.timeout),
+                stream=True,
+                allow_redirects=False,
+            )
+        except requests.Timeout as exc:
+            self._observe("timeout", started, n)
+            raise TransientProviderError(
+                f"no answer within {self.timeout:g}s: {type(exc).__name__}", error_class="timeout"
+            ) from None
+        except requests.RequestException as exc:
+            self._observe("connection", started, n)
+            raise TransientProviderError(self._describe(exc), error_class="connection") from None
+        try:
+            content = self._read_body(resp, deadline)
+        except TransientProviderError as exc:
+            self._observe(exc.error_class, started, n)
+            raise
+        finally:
+            resp.close()
+        self._observe(str(resp.status_code), started, n)
+        if not 200 <= resp.status_code < 300:
+            raise self._classify(resp, content)
+        return self._decode(content, n)
+
+    def _read_body(self, resp: requests.Response, deadline: float) -> bytes:
+        """The whole body, within the overall deadline (a per-read timeout alone would let a
+        server trickling a byte at a time hold the call for ever)."""
+        raw = resp.raw
+        chunks: list[bytes] = []
+        try:
+            while True:
+                if self._clock() > deadline:
+                    raise TransientProviderError(
+                        f"answer not complete within {self.timeout:g}s", error_class="timeout"
+                    )
+                chunk = raw.read1(1 << 16, decode_content=True)  # gzip from OpenAI & co
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except (urllib3.exceptions.TimeoutError, requests.Timeout, TimeoutError) as exc:
+            raise TransientProviderError(
+                f"answer not complete within {self.timeout:g}s: {type(exc).__name__}",
+                error_class="timeout",
+            ) from None
+        except urllib3.exceptions.DecodeError as exc:
+            raise BadResponse(
+                f"cannot decode the answer: {self._describe(exc)}", status=resp.status_code
+            ) from None
+        except (
+            urllib3.exceptions.HTTPError,
+            requests.RequestException,
+            http.client.HTTPException,
+            OSError,
+        ) as exc:
+            raise TransientProviderError(
+                f"connection broken while reading the answer: {self._describe(exc)}",
+                error_class="connection",
+            ) from None
+        return b"".join(chunks)
+
+    def _describe(self, exc: BaseException) -> str:
+        return self._redact(f"{type(exc).__name__}: {exc}")
+
+    def _error_info(self, content: bytes) -> tuple[str, str | None, str | None]:
+        """(message, code, param) from an OpenAI-style error body, or a body excerpt."""
+        try:
+            doc = json.loads(content)
+        except (ValueError, UnicodeDecodeError):
+            doc = None
+        if isinstance(doc, dict):
+            err = doc.get("error")
+            if isinstance(err, dict):
+                message = str(err.get("message") or err.get("type") or "error")
+                code = err.get("code")
+                param = err.get("param")
+                return (
+                    self._redact(message),
+                    None if code is None else str(code),
+                    None if param is None else str(param),
+                )
+            if isinstance(err, str):
+                return self._redact(err), None, None
+            if isinstance(doc.get("detail"), str):  # FastAPI-style servers
+                return self._redact(str(doc["detail"])), None, None
+        text = content[:200].decode("utf-8", "replace").strip()
+        text = " ".join(text.split())
+        return self._redact(text or "(empty body)"), None, None
+
+    def _classify(self, resp: requests.Response, content: bytes) -> ProviderError:
+        status = resp.status_code
+        message, code, param = self._error_info(content)
+        retry_after = _retry_after_from(resp.headers, self._wall_clock)
+        if status == 429:
+            if code == "insufficient_quota":
+                return QuotaExceeded(message, status=status)
+            return RateLimited(message, status=status, retry_after=retry_after)
+        if status in (401, 403):
+            return AuthError(message + self._key_hint(), status=status)
+        if status == 404:
+            return ModelNotFound(message, status=status)
+        if status == 408:
+            return TransientProviderError(message, status=status, error_class="timeout")
+        if status == 409 or status >= 500:
+            return TransientProviderError(
+                message, status=status, error_class="server_error", retry_after=retry_after
+            )
+        if status in (400, 422):
+            if param is not None and not param.lstrip("$.").startswith("input"):
+                return InvalidRequest(f"{message} (param: {param})", status=status)
+            return InputRejected(message, status=status)
+        if status == 413:
+            return InputRejected(message, status=status)
+        return InvalidRequest(message, status=status, error_class="client_error")
+
+    def _decode(self, content: bytes, n: int) -> np.ndarray:
+        try:
+            doc = json.loads(content)
+        except (ValueError, UnicodeDecodeError):
+            message, _, _ = self._error_info(content)
+            raise BadResponse(f"not valid JSON: {message}", status=200) from None
+        if not isinstance(doc, dict):
+            raise BadResponse("answer is not a JSON object", status=200)
+        if "error" in doc and doc.get("data") is None:
+            message, _, _ = self._error_info(content)
+            raise BadResponse(f"200 with an error body: {message}", status=200)
+        data = doc.get("data")
+        if not isinstance(data, list):
+            raise BadResponse("answer has no 'data' list", status=200)
+        if len(data) != n:
+            raise BadResponse(f"{len(data)} vectors for {n} inputs", status=200)
+        rows: list[np.ndarray | None] = [None] * n
+        for pos, item in enumerate(data):
+            if not isinstance(item, dict):
+                raise BadResponse(f"data[{pos}] is not an object", status=200)
+            index = item.get("index", pos)
+            if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < n:
+                raise BadResponse(f"data[{pos}] has a bad index {index!r}", status=200)
+            if rows[index] is not None:
+                raise BadResponse(f"index {index} appears twice", status=200)
+            rows[index] = self._decode_vector(item.get("embedding"), index)
+        complete = [r for r in rows if r is not None]
+        if len(complete) != n:  # unreachable with n items and no duplicate, kept for safety
+            raise BadResponse("missing indices", status=200)
+        lengths = {len(r) for r in complete}
+        if len(lengths) > 1:
+            raise RaggedResponse(
+                f"vectors of different lengths {sorted(lengths)} in one answer",
+                complete,
+                status=200,
+            )
+        return np.stack(complete) if complete else np.empty((0, self._dimensions), np.float32)
+
+    @staticmethod
+    def _decode_vector(value: Any, index: int) -> np.ndarray:
+        if isinstance(value, str):
+            try:
+                raw = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise BadResponse(f"embedding {index} is not valid base64", status=200) from None
+            if len(raw) % 4:
+                raise BadResponse(
+                    f"embedding {index} has {len(raw)} bytes, not a float32 array", status=200
+                )
+            return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+        if isinstance(value, list):
+            try:
+                with np.errstate(over="ignore"):  # 1e300 becomes inf: validation rejects it
+                    vector = np.asarray(value, dtype=np.float32)
+            except (TypeError, ValueError):
+                vector = None
+            if vector is None or vector.ndim != 1:
+                raise BadResponse(f"embedding {index} is not a list of numbers", status=200)
+            return vector
+        raise BadResponse(
+            f"embedding {index} is missing or of type {type(value).__name__}", status=200
+        )

@@ -1,0 +1,646 @@
+"""The worker loop: claim messages, chunk, embed, validate, write back, dead-letter.
+
+Only orchestration lives here: chunking (``chunking``), vector checks (``vectors``), HTTP
+(``providers``) and SQL (``db``) are separate. No transaction is open while HTTP runs: a batch is
+claimed in one short autocommit call, embedded with no transaction, and written back with one
+short transaction (``complete_batch_v1`` + ``dead_letter_v1`` + ``defer_v1``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import psycopg
+
+from pgingest import __version__, chunking, db, providers, vectors
+from pgingest.metrics import Metrics
+
+log = logging.getLogger("pgingest.worker")
+
+# Priority when one document's chunks hit several failures in one batch.
+_FAILURE_PRIORITY = {"auth": 0, "rejected": 1, "transient": 2, "rate_limited": 3}
+
+
+@dataclass
+class WorkerSettings:
+    conninfo: str | None = None
+    models: Sequence[str] | None = None
+    batch_size: int = 64
+    min_batch_size: int = 4
+    max_batch_size: int = 512
+    visibility_timeout: int = 120
+    max_attempts: int | None = None
+    in_flight: int = 4
+    request_max_inputs: int = 64
+    request_max_tokens: int = 16000
+    drain: bool = False
+    poll_interval: float = 5.0
+    probe_interval: float = 30.0
+    http_timeout: float = 30.0
+    commit_target_seconds: float = 0.5
+    backfill_batch: int = 5000
+    max_chunks_per_document: int = 5000
+    metrics_port: int | None = None
+    breaker_threshold: int = 5
+    breaker_reset_seconds: float = 30.0
+    max_retry_after: float = 10.0
+    provider_factory: Callable[[db.Model], providers.EmbeddingProvider] | None = None
+    install_signal_handlers: bool = True
+
+
+@dataclass
+class _Doc:
+    msg_ids: list[int]
+    doc_id: int
+    doc_key: str | None
+    content_hash: bytes
+    attempts_before: int
+    message: dict[str, Any]
+    chunks: list[chunking.Chunk] = field(default_factory=list)
+    vectors: np.ndarray | None = None
+    failure: tuple[str, str, str] | None = None  # (kind, error_class, message)
+    retry_after: float = 0.0
+
+
+@dataclass
+class BatchStats:
+    read: int = 0
+    written: int = 0
+    stale: int = 0
+    chunks: int = 0
+    dead: int = 0
+    deferred: int = 0
+    released: int = 0
+
+
+def backoff_delay(attempts: int, base: float = 2.0, cap: float = 300.0) -> int:
+    """Seconds before a failed version is retried: exponential with full jitter, at least 1 s."""
+    return max(1, int(random.uniform(0, min(cap, base * (2**attempts)))))
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings, metrics: Metrics | None = None) -> None:
+        self.s = settings
+        self.metrics = metrics or Metrics()
+        self.stopping = threading.Event()
+        self.batch_size = settings.batch_size
+        self._providers: dict[str, providers.EmbeddingProvider] = {}
+        self._breakers: dict[str, providers.CircuitBreaker] = {}
+        self._last_probe: dict[str, float] = {}
+        self._pool = ThreadPoolExecutor(max_workers=max(1, settings.in_flight))
+        self._conn: psycopg.Connection[Any] | None = None
+        self._listen: psycopg.Connection[Any] | None = None
+        self._config: dict[str, str] = {}
+        self._chunker: chunking.ChunkerConfig | None = None
+        self.hostname = socket.gethostname()
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = db.connect(self.s.conninfo, application_name="pgingest-worker")
+            self._config = db.get_config(self._conn)
+            self._chunker = chunking.ChunkerConfig(
+                tokenizer=self._config.get("chunk_tokenizer", "all-MiniLM-L6-v2"),
+                max_tokens=int(self._config.get("chunk_max_tokens", "200")),
+                overlap_tokens=int(self._config.get("chunk_overlap_tokens", "20")),
+                include_title=self._config.get("chunk_include_title", "true") == "true",
+            )
+        return self._conn
+
+    def _listener(self) -> psycopg.Connection[Any]:
+        if self._listen is None or self._listen.closed:
+            self._listen = db.connect(
+                self.s.conninfo, register_vector=False, application_name="pgingest-listen"
+            )
+            db.listen(self._listen)
+        return self._listen
+
+    def _reset_connections(self) -> None:
+        for c in (self._conn, self._listen):
+            if c is not None:
+                try:
+                    c.close()
+                except Exception:  # closing a broken connection may fail: nothing to recover
+                    log.debug("close failed", exc_info=True)
+        self._conn = None
+        self._listen = None
+
+    @property
+    def max_attempts(self) -> int:
+        if self.s.max_attempts is not None:
+            return self.s.max_attempts
+        return int(self._config.get("max_attempts", "5"))
+
+    @property
+    def chunker(self) -> chunking.ChunkerConfig:
+        assert self._chunker is not None
+        return self._chunker
+
+    # -- providers -----------------------------------------------------------------------------
+
+    def provider(self, m: db.Model) -> providers.EmbeddingProvider:
+        p = self._providers.get(m.name)
+        if p is None:
+            if self.s.provider_factory is not None:
+                p = self.s.provider_factory(m)
+            else:
+                p = providers.OpenAICompatibleProvider(
+                    base_url=m.base_url,
+                    model=m.model_id,
+                    dimensions=m.dimensions,
+                    api_key_env=m.api_key_env,
+                    timeout=self.s.http_timeout,
+                    request_dimensions=m.request_dimensions,
+                    max_retry_after=self.s.max_retry_after,
+                    on_request=functools.partial(self.metrics.embed_request, m.name),
+                    on_retry=functools.partial(self.metrics.retry, m.name),
+                )
+            self._providers[m.name] = p
+        return p
+
+    def breaker(self, model: str) -> providers.CircuitBreaker:
+        b = self._breakers.get(model)
+        if b is None:
+            b = providers.CircuitBreaker(
+                failure_threshold=self.s.breaker_threshold,
+                reset_timeout=self.s.breaker_reset_seconds,
+            )
+            self._breakers[model] = b
+        return b
+
+    # -- main loop -----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        if self.s.install_signal_handlers:
+            signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+            signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        log.info("worker started", extra={"pid": os.getpid(), "version": __version__})
+        failures = 0
+        try:
+            while not self.stopping.is_set():
+                try:
+                    worked, pending = self.tick()
+                    failures = 0
+                except psycopg.OperationalError as exc:
+                    failures += 1
+                    delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                    log.warning(
+                        "database unavailable, reconnecting",
+                        extra={"error": str(exc).strip()[:200], "retry_in_s": delay},
+                    )
+                    self._reset_connections()
+                    self.stopping.wait(delay)
+                    continue
+                if worked:
+                    continue
+                if self.s.drain and not pending:
+                    log.info("queues drained, exiting")
+                    break
+                self._wait_for_work(self.s.poll_interval if not self.s.drain else 0.2)
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._reset_connections()
+            log.info("worker stopped")
+        return 0
+
+    def _wait_for_work(self, timeout: float) -> None:
+        try:
+            gen = self._listener().notifies(timeout=timeout, stop_after=1)
+            for _ in gen:
+                break
+        except psycopg.OperationalError:
+            self._listen = None
+            self.stopping.wait(min(timeout, 1.0))
+
+    def tick(self) -> tuple[int, bool]:
+        """One pass over the live models. Returns (messages handled, anything left pending)."""
+        conn = self._connection()
+        models = db.live_models(conn)
+        if self.s.models:
+            models = [m for m in models if m.name in self.s.models]
+        worked = 0
+        pending = False
+        for m in models:
+            if self.stopping.is_set():
+                break
+            if m.paused:
+                self._maybe_probe(m)
+                continue
+            if not m.backfill_done:
+                queued = db.backfill_step(conn, m.name, self.s.backfill_batch)
+                if queued:
+                    log.info("backfill queued", extra={"model": m.name, "documents": queued})
+                    pending = True
+            if not self.breaker(m.name).allow():
+                pending = True
+                continue
+            stats = self.process_batch(m)
+            worked += stats.read
+            if stats.read or stats.deferred:
+                pending = True
+            elif db.queue_depth(conn, m.queue_name) > 0:
+                pending = True
+        return worked, pending
+
+    # -- probing paused models ------------------------------------------------------------------
+
+    def _maybe_probe(self, m: db.Model) -> None:
+        now = time.monotonic()
+        if now - self._last_probe.get(m.name, 0.0) < self.s.probe_interval:
+            return
+        self._last_probe[m.name] = now
+        self._providers.pop(m.name, None)  # re-read the key from the environment or file
+        try:
+            self.provider(m).embed(["pgingest probe"])
+        except providers.ProviderError as exc:
+            log.info(
+                "model still failing",
+                extra={"model": m.name, "error_class": exc.error_class},
+            )
+            return
+        db.resume_model(self._connection(), m.name)
+        log.warning("model resumed after a successful probe", extra={"model": m.name})
+
+    # -- one batch -------------------------------------------------------------------------------
+
+    def process_batch(self, m: db.Model) -> BatchStats:
+        conn = self._connection()
+        stats = BatchStats()
+        msgs = db.read_batch(conn, m.name, self.s.visibility_timeout, self.batch_size)
+        stats.read = len(msgs)
+        if not msgs:
+            return stats
+        t0 = time.perf_counter()
+
+        ack: list[int] = []
+        dead: list[tuple[int, int | None, bytes | None, str, str, int, Any]] = []
+        docs: dict[int, _Doc] = {}
+        texts: dict[int, tuple[str | None, str]] = {}
+        for msg in msgs:
+            if msg.status in ("stale", "done"):
+                ack.append(msg.msg_id)
+                continue
+            if msg.status == "invalid" or msg.doc_id is None or msg.content_hash is None:
+                dead.append(
+                    (
+                        msg.msg_id,
+                        None,
+                        None,
+                        "invalid_message",
+                        "queue message is not a pgingest job (expected doc_id and hash)",
+                        msg.read_ct,
+                        {"message": msg.message},
+                    )
+                )
+                continue
+            existing = docs.get(msg.doc_id)
+            if existing is not None:  # a duplicate message of the same version
+                existing.msg_ids.append(msg.msg_id)
+                continue
+            docs[msg.doc_id] = _Doc(
+                msg_ids=[msg.msg_id],
+                doc_id=msg.doc_id,
+                doc_key=msg.doc_key,
+                content_hash=msg.content_hash,
+                attempts_before=msg.attempts_before,
+                message=msg.message,
+            )
+            if msg.attempts_before >= self.max_attempts:
+                docs[msg.doc_id].failure = (
+                    "dead",
+                    "attempts_exhausted",
+                    f"gave up after {msg.attempts_before} attempts (the worker died or timed out "
+                    "on every delivery)",
+                )
+            else:
+                texts[msg.doc_id] = (msg.title, msg.body or "")
+        self._chunk_all(docs, texts)
+        t_chunk = time.perf_counter()
+        self.metrics.chunking_seconds(m.name, t_chunk - t0)
+
+        todo = [d for d in docs.values() if d.failure is None]
+        for d in todo:
+            if not d.chunks:
+                d.failure = ("dead", "empty_document", "the document has no text to embed")
+            elif len(d.chunks) > self.s.max_chunks_per_document:
+                d.failure = (
+                    "dead",
+                    "too_many_chunks",
+                    f"{len(d.chunks)} chunks exceed the limit of {self.s.max_chunks_per_document}",
+                )
+        todo = [d for d in docs.values() if d.failure is None]
+        if todo:
+            outcome = self._embed(m, todo)
+            if outcome == "paused":
+                all_ids = [i for d in docs.values() for i in d.msg_ids] + ack
+                db.release(conn, m.name, all_ids, int(self.s.probe_interval))
+                stats.released = len(all_ids)
+                return stats
+        t_embed = time.perf_counter()
+
+        # Validation and normalisation.
+        for d in todo:
+            if d.failure is None and d.vectors is not None:
+                try:
+                    d.vectors = vectors.validate_and_normalize(
+                        d.vectors, dimensions=m.dimensions, metric=m.metric
+                    )
+                except vectors.VectorError as exc:
+                    d.failure = ("dead", f"invalid_vector_{exc.reason}", str(exc))
+                    self.metrics.embed_error(m.name, "validation")
+
+        stats = self._write_back(m, docs, ack, dead, stats)
+        t_done = time.perf_counter()
+        self._adapt_batch(t_done - t_embed, stats.read)
+        self.metrics.batch(m.name, t_done - t_embed, stats.read)
+        log.info(
+            "batch",
+            extra={
+                "model": m.name,
+                "messages": stats.read,
+                "written": stats.written,
+                "stale": stats.stale,
+                "chunks": stats.chunks,
+                "dead": stats.dead,
+                "deferred": stats.deferred,
+                "chunk_ms": round((t_chunk - t0) * 1000, 1),
+                "embed_ms": round((t_embed - t_chunk) * 1000, 1),
+                "write_ms": round((t_done - t_embed) * 1000, 1),
+                "next_batch": self.batch_size,
+            },
+        )
+        return stats
+
+    def _chunk_all(self, docs: dict[int, _Doc], texts: dict[int, tuple[str | None, str]]) -> None:
+        ids = list(texts)
+        try:
+            results = chunking.chunk_documents([texts[i] for i in ids], self.chunker)
+        except ValueError:  # find the culprit(s) one by one
+            results = []
+            for i in ids:
+                try:
+                    results.append(chunking.chunk_document(*texts[i], self.chunker))
+                except ValueError as exc:
+                    docs[i].failure = ("dead", "chunking", str(exc))
+                    results.append([])
+        for i, chunks in zip(ids, results, strict=True):
+            docs[i].chunks = chunks
+
+    def _embed(self, m: db.Model, todo: list[_Doc]) -> str:
+        """Fills ``vectors`` or ``failure`` of each document. Returns 'paused' on an auth error."""
+        provider = self.provider(m)
+        inputs: list[str] = []
+        owners: list[_Doc] = []
+        for d in todo:
+            for c in d.chunks:
+                inputs.append(c.embed_input)
+                owners.append(d)
+        token_counts = [c.token_count for d in todo for c in d.chunks]
+        plans = providers.plan_requests(
+            token_counts, self.s.request_max_inputs, self.s.request_max_tokens
+        )
+        out = np.zeros((len(inputs), m.dimensions), dtype=np.float32)
+        ok = np.zeros(len(inputs), dtype=bool)
+
+        def call(r: range) -> tuple[range, Any, BaseException | None]:
+            try:
+                return r, provider.embed_detailed([inputs[i] for i in r]), None
+            except providers.ProviderError as exc:
+                return r, None, exc
+
+        breaker = self.breaker(m.name)
+        paused = False
+        for r, result, exc in self._pool.map(call, plans):
+            if exc is not None:
+                assert isinstance(exc, providers.ProviderError)
+                kind = self._classify(exc)
+                if kind == "auth":
+                    paused = True
+                    reason = f"{exc.error_class}: {exc}"
+                    db.pause_model(self._connection(), m.name, reason)
+                    log.error(
+                        "model paused: the provider refused the credentials or the model",
+                        extra={"model": m.name, "error_class": exc.error_class, "error": str(exc)},
+                    )
+                elif kind == "transient":
+                    breaker.record_failure()
+                for i in r:
+                    self._fail(owners[i], kind, exc.error_class, str(exc), exc)
+                continue
+            breaker.record_success()
+            for offset, i in enumerate(r):
+                err = result.errors.get(offset)
+                if err is not None:
+                    self._fail(owners[i], "rejected", err.error_class, str(err), err)
+                    continue
+                vec = result.vectors[offset]
+                if vec is None:
+                    self._fail(owners[i], "dead", "bad_response", "no vector for this input", None)
+                    continue
+                arr = np.asarray(vec)
+                if arr.ndim != 1 or arr.shape[0] != m.dimensions:
+                    self._fail(
+                        owners[i],
+                        "dead",
+                        "invalid_vector_dimension",
+                        f"chunk vector has {arr.size} dimensions, model {m.name} expects "
+                        f"{m.dimensions}",
+                        None,
+                    )
+                    continue
+                out[i] = arr
+                ok[i] = True
+        if paused:
+            return "paused"
+        pos = 0
+        for d in todo:
+            n = len(d.chunks)
+            if d.failure is None and bool(ok[pos : pos + n].all()):
+                d.vectors = out[pos : pos + n]
+            pos += n
+        return "ok"
+
+    @staticmethod
+    def _classify(exc: providers.ProviderError) -> str:
+        if isinstance(exc, providers.ModelUnavailable):
+            return "auth"
+        if isinstance(exc, providers.RateLimited | providers.CircuitOpen):
+            return "rate_limited"
+        if isinstance(exc, providers.InputRejected):
+            return "rejected"
+        return "transient"
+
+    @staticmethod
+    def _fail(
+        d: _Doc, kind: str, error_class: str, message: str, exc: BaseException | None
+    ) -> None:
+        prio = _FAILURE_PRIORITY.get(kind, 1)
+        if d.failure is not None and _FAILURE_PRIORITY.get(d.failure[0], 1) <= prio:
+            return
+        d.failure = (kind, error_class, message)
+        if isinstance(exc, providers.RateLimited):
+            d.retry_after = max(d.retry_after, float(exc.retry_after or 1.0))
+
+    def _write_back(
+        self,
+        m: db.Model,
+        docs: dict[int, _Doc],
+        ack: list[int],
+        dead: list[tuple[int, int | None, bytes | None, str, str, int, Any]],
+        stats: BatchStats,
+    ) -> BatchStats:
+        conn = self._connection()
+        rows = db.ChunkRows([], [], [], [], [], [], [], [])
+        done: list[_Doc] = []
+        defer_rl: list[_Doc] = []
+        defer_tr: list[_Doc] = []
+        for d in docs.values():
+            if d.failure is None and d.vectors is not None:
+                done.append(d)
+                for c, v in zip(d.chunks, d.vectors, strict=True):
+                    rows.doc_ids.append(d.doc_id)
+                    rows.ordinals.append(c.ordinal)
+                    rows.contents.append(c.text)
+                    rows.chunk_hashes.append(hashlib.sha256(c.embed_input.encode()).digest())
+                    rows.token_counts.append(c.token_count)
+                    rows.char_starts.append(c.char_start)
+                    rows.char_ends.append(c.char_end)
+                    rows.embeddings.append(v)
+                continue
+            kind, error_class, message = d.failure or ("dead", "bad_response", "no vectors")
+            attempts = d.attempts_before + 1
+            if kind == "rate_limited":
+                defer_rl.append(d)
+            elif kind == "transient" and attempts < self.max_attempts:
+                defer_tr.append(d)
+            else:
+                if kind == "transient":
+                    message = f"{message} (gave up after {attempts} attempts)"
+                dead.extend(
+                    (i, d.doc_id, d.content_hash, error_class, message, attempts, None)
+                    for i in d.msg_ids[:1]
+                )
+                ack.extend(d.msg_ids[1:])
+
+        with conn.transaction():
+            msg_ids = ack + [i for d in done for i in d.msg_ids]
+            if msg_ids or done:
+                written, stale, nchunks = db.complete_batch(
+                    conn,
+                    m.name,
+                    msg_ids,
+                    [d.doc_id for d in done],
+                    [d.content_hash for d in done],
+                    rows,
+                    self.chunker.version,
+                )
+                stats.written, stats.stale, stats.chunks = written, stale, nchunks
+            if dead:
+                db.dead_letter(conn, m.name, *map(list, zip(*dead, strict=True)))
+                stats.dead = len(dead)
+            if defer_rl:
+                delay = int(max(d.retry_after for d in defer_rl)) or 1
+                db.defer(
+                    conn,
+                    m.name,
+                    [i for d in defer_rl for i in d.msg_ids],
+                    [
+                        {**d.message, "attempts": d.attempts_before}
+                        for d in defer_rl
+                        for _ in d.msg_ids
+                    ],
+                    delay,
+                )
+                stats.deferred += sum(len(d.msg_ids) for d in defer_rl)
+            if defer_tr:
+                delay = backoff_delay(max(d.attempts_before for d in defer_tr))
+                db.defer(
+                    conn,
+                    m.name,
+                    [i for d in defer_tr for i in d.msg_ids],
+                    [
+                        {**d.message, "attempts": d.attempts_before + 1}
+                        for d in defer_tr
+                        for _ in d.msg_ids
+                    ],
+                    delay,
+                )
+                stats.deferred += sum(len(d.msg_ids) for d in defer_tr)
+        self.metrics.documents(m.name, "embedded", stats.written)
+        self.metrics.documents(m.name, "stale", stats.stale + len(ack))
+        self.metrics.chunks(m.name, stats.chunks)
+        for row in dead:
+            self.metrics.dead_letter(m.name, row[3])
+        if defer_rl:
+            self.metrics.deferred(m.name, "rate_limited", sum(len(d.msg_ids) for d in defer_rl))
+        if defer_tr:
+            self.metrics.deferred(m.name, "transient", sum(len(d.msg_ids) for d in defer_tr))
+        for d in docs.values():
+            if d.failure is not None and d.failure[0] in ("dead", "rejected"):
+                log.warning(
+                    "document dead-lettered",
+                    extra={
+                        "model": m.name,
+                        "doc_id": d.doc_id,
+                        "doc_key": d.doc_key,
+                        "error_class": d.failure[1],
+                        "error": d.failure[2][:300],
+                    },
+                )
+        return stats
+
+    def _adapt_batch(self, commit_seconds: float, n: int) -> None:
+        """AIMD on the batch size: grow while write-back stays under target, halve above it."""
+        target = self.s.commit_target_seconds
+        if commit_seconds > target:
+            self.batch_size = max(self.s.min_batch_size, self.batch_size // 2)
+        elif n >= self.batch_size and commit_seconds < target / 2:
+            self.batch_size = min(self.s.max_batch_size, int(self.batch_size * 1.25) + 1)
+        self.metrics.batch_size(self.batch_size)
+
+
+def run(settings: WorkerSettings) -> int:
+    metrics = Metrics.start(settings.metrics_port)
+    return Worker(settings, metrics=metrics).run()
+
+
+def run_processes(settings: WorkerSettings, processes: int) -> int:
+    """Runs N worker processes (fork) and waits; SIGTERM/SIGINT are forwarded."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = []
+    for i in range(processes):
+        s = WorkerSettings(**{**settings.__dict__})
+        if settings.metrics_port is not None:
+            s.metrics_port = settings.metrics_port + i
+        p = ctx.Process(target=run, args=(s,), name=f"pgingest-worker-{i}")
+        p.start()
+        procs.append(p)
+
+    def forward(signum: int, _frame: Any) -> None:
+        for p in procs:
+            if p.pid is not None and p.is_alive():
+                os.kill(p.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = 0
+    for p in procs:
+        p.join()
+        code = code or (p.exitcode or 0)
+    return code
