@@ -53,7 +53,7 @@ pg_server = factories.postgresql_noproc(
     port=PG_PORT,
     user=PG_USER,
     password=PG_PASSWORD,
-    dbname="pgingest_test",
+    dbname=f"pgingest_test_{os.getpid()}",
     load=[_load_pgingest],
 )
 pg_clone = factories.postgresql("pg_server")

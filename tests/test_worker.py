@@ -1,0 +1,365 @@
+"""The worker against the real database and the fake provider: the design's invariants."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+
+from pgingest import chunking, db, worker
+from pgingest.fake_server import FakeEmbeddingServer, RequestInfo
+from tests.conftest import ROOT
+from tests.helpers import queue_count, register, wait_for
+
+WORDS = (
+    "postgres vector index chunk embedding queue worker model token batch search query table "
+    "replica backfill normalize dimension cosine metric latency throughput"
+).split()
+
+
+def make_body(i: int, sentences: int = 30) -> str:
+    rng = np.random.default_rng(i)
+    paras = []
+    for p in range(1 + sentences // 10):
+        sents = [
+            " ".join(rng.choice(WORDS, size=int(rng.integers(6, 16)))).capitalize() + "."
+            for _ in range(10)
+        ]
+        paras.append(f"Paragraph {p} of document {i}. " + " ".join(sents))
+    return "\n\n".join(paras)
+
+
+def settings(dsn: str, **kw: Any) -> worker.WorkerSettings:
+    base: dict[str, Any] = {
+        "conninfo": dsn,
+        "drain": True,
+        "install_signal_handlers": False,
+        "poll_interval": 0.2,
+        "probe_interval": 0.5,
+        "visibility_timeout": 30,
+    }
+    base.update(kw)
+    return worker.WorkerSettings(**base)
+
+
+def drain(dsn: str, **kw: Any) -> worker.Worker:
+    w = worker.Worker(settings(dsn, **kw))
+    w.run()
+    return w
+
+
+def insert_corpus(conn: psycopg.Connection[Any], n: int, start: int = 0) -> None:
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO pgingest.documents (key, title, body) VALUES (%s, %s, %s)",
+            [(f"doc-{i}", f"Document {i}", make_body(i)) for i in range(start, start + n)],
+        )
+
+
+def expected_chunks(conn: psycopg.Connection[Any]) -> dict[int, list[chunking.Chunk]]:
+    cfg = chunking.ChunkerConfig()
+    rows = conn.execute("SELECT id, title, body FROM pgingest.documents ORDER BY id").fetchall()
+    chunks = chunking.chunk_documents([(r[1], r[2]) for r in rows], cfg)
+    return {r[0]: c for r, c in zip(rows, chunks, strict=True)}
+
+
+def assert_exactly_predicted(conn: psycopg.Connection[Any], model: str = "v1", dims: int = 384) -> None:
+    exp = expected_chunks(conn)
+    got: dict[int, list[tuple[Any, ...]]] = {}
+    for r in conn.execute(
+        f"SELECT doc_id, ordinal, content, char_start, char_end, token_count,"  # noqa: S608
+        f" vector_dims(emb_{model}), vector_norm(emb_{model})"
+        " FROM pgingest.chunks ORDER BY doc_id, ordinal"
+    ):
+        got.setdefault(r[0], []).append(r)
+    assert set(got) == set(exp)
+    for doc_id, chunks in exp.items():
+        rows = got[doc_id]
+        assert [(r[1], r[2], r[3], r[4], r[5]) for r in rows] == [
+            (c.ordinal, c.text, c.char_start, c.char_end, c.token_count) for c in chunks
+        ]
+        for r in rows:
+            assert r[6] == dims
+            assert abs(r[7] - 1.0) < 1e-5
+
+
+def test_thousand_documents_end_with_exactly_the_predicted_chunks(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    register(conn, "v1", fake.url)
+    conn.execute(
+        "INSERT INTO pgingest.documents (key, title, body)"
+        " SELECT 'k' || g, 'Title ' || g, repeat('Sentence number ' || g || ' about vectors. ', 20 + g % 60)"
+        " FROM generate_series(1, 1000) AS g"
+    )
+    drain(dsn)
+    assert_exactly_predicted(conn)
+    assert queue_count(conn, "v1") == 0
+    assert conn.execute("SELECT count(*) FROM pgingest.dead_letters").fetchone() == (0,)
+    # The stored vector is the provider's vector, normalised.
+    row = conn.execute(
+        "SELECT c.emb_v1, d.title, c.content FROM pgingest.chunks c JOIN pgingest.documents d"
+        " ON d.id = c.doc_id ORDER BY c.doc_id, c.ordinal LIMIT 1"
+    ).fetchone()
+    assert row is not None
+    raw = fake.vector_for(f"{row[1]}\n\n{row[2]}", "fake-384")
+    np.testing.assert_allclose(row[0].to_numpy(), raw / np.linalg.norm(raw), atol=1e-6)
+
+
+def test_duplicate_and_replayed_messages_leave_one_set_of_chunks(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    register(conn, "v1", fake.url)
+    insert_corpus(conn, 20)
+    # Duplicate every message.
+    conn.execute("SELECT pgmq.send_batch('pgingest_v1', array_agg(message)) FROM pgmq.q_pgingest_v1")
+    assert queue_count(conn, "v1") == 40
+
+    class CrashBeforeCommit(worker.Worker):
+        crashed = False
+
+        def _write_back(self, *a: Any, **kw: Any) -> Any:
+            if not self.crashed:
+                self.crashed = True
+                raise RuntimeError("simulated crash between embedding and commit")
+            return super()._write_back(*a, **kw)
+
+    w = CrashBeforeCommit(settings(dsn, visibility_timeout=1, batch_size=10))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        w.run()
+    time.sleep(1.2)  # the claimed messages come back after the visibility timeout
+    drain(dsn)
+    assert_exactly_predicted(conn)
+    dup = conn.execute(
+        "SELECT count(*) FROM (SELECT doc_id, ordinal FROM pgingest.chunks GROUP BY 1, 2 HAVING count(*) > 1) s"
+    ).fetchone()
+    assert dup == (0,)
+    assert queue_count(conn, "v1") == 0
+
+
+@pytest.mark.parametrize("change", ["update", "delete"])
+def test_document_changed_while_embedding_ends_with_the_new_version(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer, change: str
+) -> None:
+    register(conn, "v1", fake.url)
+    conn.execute("INSERT INTO pgingest.documents (key, title, body) VALUES ('x', 'X', 'old text of x')")
+    done = threading.Event()
+
+    def hook(info: RequestInfo) -> None:
+        if done.is_set() or not any("old text" in t for t in info.inputs):
+            return
+        done.set()
+        with psycopg.connect(dsn, autocommit=True) as c:
+            if change == "update":
+                c.execute("UPDATE pgingest.documents SET body = 'new text of x' WHERE key = 'x'")
+            else:
+                c.execute("DELETE FROM pgingest.documents WHERE key = 'x'")
+
+    fake.on_request = hook
+    drain(dsn)
+    assert done.is_set()
+    contents = [r[0] for r in conn.execute("SELECT content FROM pgingest.chunks")]
+    assert contents == (["new text of x"] if change == "update" else [])
+    assert queue_count(conn, "v1") == 0
+    assert conn.execute("SELECT count(*) FROM pgingest.dead_letters").fetchone() == (0,)
+
+
+def test_no_transaction_is_open_during_http_calls(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    register(conn, "v1", fake.url)
+    insert_corpus(conn, 50)
+    seen: list[tuple[Any, ...]] = []
+    watcher = psycopg.connect(dsn, autocommit=True)
+    lock = threading.Lock()
+
+    def hook(info: RequestInfo) -> None:
+        with lock:
+            rows = watcher.execute(
+                "SELECT application_name, state, xact_start FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name LIKE 'pgingest%%'"
+            ).fetchall()
+        seen.extend(rows)
+
+    fake.on_request = hook
+    try:
+        drain(dsn, in_flight=2, request_max_inputs=8)
+    finally:
+        watcher.close()
+    assert fake.stats()["requests"] >= 5
+    assert any(r[0] == "pgingest-worker" for r in seen)
+    assert [r for r in seen if r[2] is not None or r[1] != "idle"] == []
+
+
+def test_rate_limits_and_unavailable_are_retried_without_spending_attempts(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    register(conn, "v1", fake.url)
+    insert_corpus(conn, 200)
+    fake.configure(rates={"rate_limit": 0.2, "unavailable": 0.1}, retry_after=0, seed=3)
+    # max_attempts=1: a single spent attempt would dead-letter. The provider's own retries
+    # absorb 503s; 429s are never counted as attempts.
+    w = drain(dsn, max_attempts=1, request_max_inputs=4, in_flight=2)
+    assert w is not None
+    stats = fake.stats()
+    assert stats["by_status"].get(429, 0) > 10
+    assert stats["by_status"].get(503, 0) > 5
+    assert conn.execute("SELECT count(*) FROM pgingest.dead_letters").fetchone() == (0,)
+    assert_exactly_predicted(conn)
+
+
+def test_auth_error_pauses_the_model_and_a_fixed_key_resumes(
+    conn: psycopg.Connection[Any], dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FakeEmbeddingServer(api_key="right-key") as fake:
+        register(conn, "v1", fake.url, api_key_env="PGINGEST_TEST_KEY")
+        insert_corpus(conn, 30)
+        monkeypatch.setenv("PGINGEST_TEST_KEY", "wrong-key")
+        w = worker.Worker(settings(dsn, drain=False))
+        t = threading.Thread(target=w.run)
+        t.start()
+        try:
+            wait_for(lambda: conn.execute("SELECT paused FROM pgingest.models").fetchone() == (True,))
+            reason = conn.execute("SELECT paused_reason FROM pgingest.models").fetchone()
+            assert reason is not None and "auth" in reason[0]
+            assert "wrong-key" not in reason[0]
+            assert conn.execute("SELECT count(*) FROM pgingest.dead_letters").fetchone() == (0,)
+            assert queue_count(conn, "v1") == 30
+            monkeypatch.setenv("PGINGEST_TEST_KEY", "right-key")
+            wait_for(
+                lambda: conn.execute("SELECT count(*) FROM pgingest.embedding_state").fetchone()
+                == (30,),
+                timeout=60,
+            )
+        finally:
+            w.stopping.set()
+            t.join()
+    assert conn.execute("SELECT paused FROM pgingest.models").fetchone() == (False,)
+
+
+def test_bad_vectors_and_rejected_inputs_are_dead_lettered_and_requeued(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    register(conn, "v1", fake.url)
+    insert_corpus(conn, 20)
+    bad = {
+        "nan": "this text has __NAN__ inside",
+        "dim": "this text has __DIM__ inside",
+        "zero": "this text has __ZERO__ inside",
+        "inf": "this text has __INF__ inside",
+        "rejected": "the provider refuses __REJECT__ this one",
+        "blank": "\u200b\u200b\u200b",
+    }
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO pgingest.documents (key, body) VALUES (%s, %s)", list(bad.items())
+        )
+    drain(dsn)
+    letters = dict(
+        conn.execute(
+            "SELECT doc_key, error_class || ': ' || error_message FROM pgingest.dead_letters"
+        ).fetchall()
+    )
+    assert set(letters) == set(bad)
+    assert letters["nan"].startswith("invalid_vector_non_finite")
+    assert letters["inf"].startswith("invalid_vector_non_finite")
+    assert letters["dim"].startswith("invalid_vector_dimension")
+    assert letters["zero"].startswith("invalid_vector_zero_vector")
+    assert letters["rejected"].startswith("rejected_input")
+    assert letters["blank"].startswith("empty_document")
+    assert conn.execute("SELECT count(*) FROM pgingest.embedding_state").fetchone() == (20,)
+    assert queue_count(conn, "v1") == 0
+
+    # Fix the documents, or requeue after fixing the provider: requeue brings them back.
+    conn.execute(
+        "UPDATE pgingest.documents SET body = replace(body, '__NAN__', 'nan') WHERE key = 'nan'"
+    )
+    drain(dsn)
+    assert conn.execute(
+        "SELECT count(*) FROM pgingest.dead_letters WHERE doc_key = 'nan'"
+    ).fetchone() == (0,)
+    n = conn.execute(
+        "SELECT pgingest.requeue_dead_letters(p_error_class => 'invalid_vector_dimension')"
+    ).fetchone()
+    assert n == (1,)
+    assert queue_count(conn, "v1") == 1
+    drain(dsn)  # still poisoned: dead-lettered again, with its reason
+    assert conn.execute(
+        "SELECT error_class FROM pgingest.dead_letters WHERE doc_key = 'dim'"
+    ).fetchone() == ("invalid_vector_dimension",)
+
+
+def test_two_workers_drain_five_thousand_documents(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    register(conn, "v1", fake.url)
+    conn.execute(
+        "INSERT INTO pgingest.documents (key, title, body)"
+        " SELECT 'k' || g, NULL, 'Short document number ' || g || '. ' || repeat('word ', g % 300)"
+        " FROM generate_series(1, 5000) AS g"
+    )
+    workers = [worker.Worker(settings(dsn)) for _ in range(2)]
+    threads = [threading.Thread(target=w.run) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert_exactly_predicted(conn)
+    assert queue_count(conn, "v1") == 0
+
+
+def test_sigkill_mid_batch_loses_nothing(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    register(conn, "v1", fake.url)
+    insert_corpus(conn, 300)
+    fake.configure(latency_ms=100)
+    cmd = [
+        sys.executable, "-m", "pgingest.cli", "worker", "--database-url", dsn,
+        "--visibility-timeout", "2", "--batch-size", "20", "--in-flight", "1", "--drain",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    for _ in range(3):
+        p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    embedded = conn.execute("SELECT count(*) FROM pgingest.embedding_state").fetchone()
+    assert embedded is not None and embedded[0] < 300  # it really was killed mid-run
+    fake.configure(latency_ms=0)
+    time.sleep(2.1)
+    subprocess.run([*cmd, "--poll-interval", "0.2"], env=env, check=True, timeout=120,
+                   capture_output=True)
+    assert_exactly_predicted(conn)
+    assert queue_count(conn, "v1") == 0
+    assert conn.execute("SELECT count(*) FROM pgingest.dead_letters").fetchone() == (0,)
+
+
+def test_sigterm_exits_cleanly_and_releases_nothing_half_done(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    register(conn, "v1", fake.url)
+    insert_corpus(conn, 100)
+    fake.configure(latency_ms=50)
+    cmd = [sys.executable, "-m", "pgingest.cli", "worker", "--database-url", dsn,
+           "--batch-size", "10", "--in-flight", "1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: (conn.execute("SELECT count(*) FROM pgingest.embedding_state").fetchone() or (0,))[0] > 0)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=30)
+    assert p.returncode == 0, out
+    assert "worker stopped" in out
+    # Whatever it claimed and did not finish is either written or still queued.
+    embedded = conn.execute("SELECT count(*) FROM pgingest.embedding_state").fetchone()
+    assert embedded is not None
+    assert embedded[0] + queue_count(conn, "v1") == 100
+    _ = db  # the worker API module is exercised through the worker
