@@ -130,9 +130,29 @@ def render_script(root: Path | None = None, *, upto: str | None = None, psql: bo
             break
     for f in [] if upto is not None else idempotent_files(root):
         parts.append(f"\n-- {f.name}\n{f.text}\n")
+    if upto is None:
+        parts.append(_python_path_sql())
     if psql:
         parts.append("\nCOMMIT;\n")
     return "".join(parts)
+
+
+def python_path() -> str:
+    """Where PL/Python finds this package and its dependencies (recorded in pgingest.config)."""
+    import site
+
+    package_parent = str(Path(__file__).resolve().parent.parent)
+    paths = [package_parent, *site.getsitepackages()]
+    return ":".join(dict.fromkeys(p for p in paths if ":" not in p))
+
+
+def _python_path_sql() -> str:
+    value = python_path().replace("'", "''")
+    return (
+        "\n-- Where PL/Python imports pgingest from (edit for another server layout).\n"
+        "INSERT INTO pgingest.config (key, value) VALUES ('python_path', "
+        f"'{value}') ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now();\n"
+    )
 
 
 def install(conninfo: str | None = None, *, upto: str | None = None) -> list[str]:

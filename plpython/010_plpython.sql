@@ -1,0 +1,89 @@
+-- PL/Python: query embedding and chunk preview, from psql. Thin bodies over pgingest.plpy_support.
+
+CREATE OR REPLACE FUNCTION pgingest._plpy_bootstrap()
+RETURNS void
+LANGUAGE plpython3u
+VOLATILE
+SET search_path FROM CURRENT
+AS $$
+if GD.get("pgingest_path_ready"):
+    return None
+import sys
+rows = plpy.execute("SELECT value FROM pgingest.config WHERE key = 'python_path'")
+if rows:
+    for path in reversed(rows[0]["value"].split(":")):
+        if path and path not in sys.path:
+            sys.path.insert(0, path)
+GD["pgingest_path_ready"] = True
+return None
+$$;
+
+COMMENT ON FUNCTION pgingest._plpy_bootstrap() IS
+'Puts pgingest.config''s python_path on the PL/Python sys.path (once per session).';
+
+CREATE OR REPLACE FUNCTION pgingest.chunk_preview(body text, title text DEFAULT NULL)
+RETURNS TABLE (
+    ordinal integer,
+    content text,
+    char_start integer,
+    char_end integer,
+    token_count integer,
+    embed_input text
+)
+LANGUAGE plpython3u
+STABLE
+SET search_path FROM CURRENT
+AS $$
+if not GD.get("pgingest_path_ready"):
+    plpy.execute("SELECT pgingest._plpy_bootstrap()")
+from pgingest import plpy_support
+return plpy_support.chunk_preview(plpy, body, title)
+$$;
+
+COMMENT ON FUNCTION pgingest.chunk_preview(text, text) IS
+'How the worker would cut this text into chunks (same chunker and profile): ordinal, content, span, '
+'token count and the exact text sent to the model.';
+
+CREATE OR REPLACE FUNCTION pgingest.embed_query(query text, model text DEFAULT NULL)
+RETURNS vector
+LANGUAGE plpython3u
+VOLATILE
+SET search_path FROM CURRENT
+AS $$
+if not GD.get("pgingest_path_ready"):
+    plpy.execute("SELECT pgingest._plpy_bootstrap()")
+from pgingest import plpy_support
+return plpy_support.embed_query(plpy, SD, query, model)
+$$;
+
+COMMENT ON FUNCTION pgingest.embed_query(text, text) IS
+'Embeds a query text through the active model''s endpoint (or `model`''s); unit-normalised. '
+'SET pgingest.embedding_url to override the endpoint, pgingest.embedding_timeout (s) the timeout.';
+
+CREATE OR REPLACE FUNCTION pgingest.search_text(
+    query text,
+    k integer DEFAULT 10,
+    filter jsonb DEFAULT '{}',
+    per_document boolean DEFAULT false
+)
+RETURNS TABLE (
+    doc_id bigint,
+    doc_key text,
+    title text,
+    ordinal integer,
+    content text,
+    distance double precision,
+    metadata jsonb,
+    model_name text
+)
+LANGUAGE sql
+VOLATILE
+SET search_path FROM CURRENT
+BEGIN ATOMIC
+    SELECT s.doc_id, s.doc_key, s.title, s.ordinal, s.content, s.distance, s.metadata, s.model_name
+    FROM pgingest.search(pgingest.embed_query(search_text.query), search_text.k, search_text.filter,
+        search_text.per_document) AS s;
+END;
+
+COMMENT ON FUNCTION pgingest.search_text(text, integer, jsonb, boolean) IS
+'Natural-language search from psql: embeds the query with the active model, then pgingest.search().';

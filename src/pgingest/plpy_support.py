@@ -1,0 +1,96 @@
+"""The Python behind the PL/Python functions (plpython/): thin bodies call these with ``plpy``.
+
+They run inside the PostgreSQL server process, in the system Python; ``pgingest.config``'s
+``python_path`` (written by ``pgingest install``) points them at this package and its
+dependencies. Everything here takes ``plpy`` as an argument so that tests can call it too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pgingest import chunking, providers, vectors
+
+DEFAULT_TIMEOUT_S = 10.0
+
+
+def _setting(plpy: Any, name: str) -> str | None:
+    rows = plpy.execute(
+        plpy.prepare("SELECT current_setting($1, true) AS v", ["text"]), [name]
+    )
+    value = rows[0]["v"] if rows else None
+    return value or None
+
+
+def chunker_config(plpy: Any) -> chunking.ChunkerConfig:
+    rows = plpy.execute("SELECT key, value FROM pgingest.config")
+    cfg = {r["key"]: r["value"] for r in rows}
+    return chunking.ChunkerConfig(
+        tokenizer=cfg.get("chunk_tokenizer", chunking.ChunkerConfig.tokenizer),
+        max_tokens=int(cfg.get("chunk_max_tokens", "200")),
+        overlap_tokens=int(cfg.get("chunk_overlap_tokens", "20")),
+        include_title=cfg.get("chunk_include_title", "true") == "true",
+    )
+
+
+def chunk_preview(plpy: Any, body: str, title: str | None) -> list[dict[str, Any]]:
+    """The chunks the worker would store for this text (same chunker, same profile)."""
+    return [
+        {
+            "ordinal": c.ordinal,
+            "content": c.text,
+            "char_start": c.char_start,
+            "char_end": c.char_end,
+            "token_count": c.token_count,
+            "embed_input": c.embed_input,
+        }
+        for c in chunking.chunk_document(title, body or "", chunker_config(plpy))
+    ]
+
+
+def embed_query(plpy: Any, cache: dict[str, Any], query: str, model: str | None) -> str:
+    """Embeds one query text through the model's endpoint; returns pgvector's text form."""
+    if model is None:
+        rows = plpy.execute("SELECT * FROM pgingest.models WHERE state = 'active'")
+        if not rows:
+            plpy.error("pgingest: no active model", sqlstate="42704")
+    else:
+        plan = plpy.prepare(
+            "SELECT * FROM pgingest.models WHERE name = $1 AND state <> 'retired'", ["text"]
+        )
+        rows = plpy.execute(plan, [model])
+        if not rows:
+            plpy.error(f"pgingest: no live model named {model!r}", sqlstate="42704")
+    m = rows[0]
+    base_url = _setting(plpy, "pgingest.embedding_url") or m["base_url"]
+    timeout = float(_setting(plpy, "pgingest.embedding_timeout") or DEFAULT_TIMEOUT_S)
+    key = (m["name"], base_url, m["model_id"], timeout)
+    provider = cache.get(repr(key))
+    if provider is None:
+        provider = providers.OpenAICompatibleProvider(
+            base_url=base_url,
+            model=m["model_id"],
+            dimensions=m["dimensions"],
+            api_key_env=m["api_key_env"],
+            timeout=timeout,
+            connect_timeout=min(timeout, 3.0),
+            request_dimensions=m["request_dimensions"],
+            max_retries=1,
+            max_retry_after=min(timeout, 5.0),
+            max_rate_limit_retries=2,
+        )
+        cache[repr(key)] = provider
+    try:
+        raw = provider.embed([query])
+        vec = vectors.validate_and_normalize(raw, dimensions=m["dimensions"], metric=m["metric"])[0]
+    except providers.ProviderError as exc:
+        plpy.error(
+            f"pgingest: embedding the query through model {m['name']} at {base_url} failed: {exc}",
+            detail=f"error class: {exc.error_class}",
+            hint="Is the embedding server running? Override the endpoint with "
+            "SET pgingest.embedding_url = 'http://127.0.0.1:8765/v1'.",
+            sqlstate="08000",
+        )
+    except vectors.VectorError as exc:
+        plpy.error(f"pgingest: the query vector is invalid: {exc}", sqlstate="22000")
+    return "[" + ",".join(repr(float(x)) for x in vec) + "]"
