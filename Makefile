@@ -32,6 +32,7 @@ help:
 	@echo "make install              install pgingest into DATABASE_URL"
 	@echo "make install.sql          write the install script to install.sql"
 	@echo "make lint                 ruff, ruff format, sqlfluff, mypy"
+	@echo "make demo                 the main job: a real corpus through the pipeline, then searches"
 	@echo "make test                 deps, db, lint, pytest (PYTEST_ARGS=...)"
 	@echo "make clean                stop the cluster, remove .pgdata .venv .stamps"
 
@@ -44,8 +45,10 @@ $(VENV)/pyvenv.cfg:
 	$(PYTHON) -m venv $(VENV)
 
 # Re-done only when pyproject.toml changes (or the venv is recreated).
+# torch first, pinned: 2.13.0 is the CPU build on this machine's disk; anything else downloads GBs.
 $(VENV_STAMP): pyproject.toml $(VENV)/pyvenv.cfg
-	$(VBIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(VBIN)/python -m pip install -q --disable-pip-version-check 'torch==2.13.0'
+	$(VBIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,local]'
 	@mkdir -p $(STAMPS) && touch $@
 
 deps: system venv
@@ -85,6 +88,12 @@ clean:
 	-$(PGCLUSTER) destroy
 	rm -rf .pgdata $(VENV) $(STAMPS)
 
-demo bench chaos:
+# The main job: the Python standard library's documentation through the whole pipeline with the
+# bundled local model, then searches. DEMO_ARGS=--keep-running leaves the model server and worker up.
+DEMO_ARGS ?=
+demo: install
+	$(VBIN)/pgingest demo $(DEMO_ARGS)
+
+bench chaos:
 	@echo "make $@: not yet" >&2
 	@exit 1

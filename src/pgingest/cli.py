@@ -57,6 +57,58 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return worker.run(settings)
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    import json
+
+    from pgingest import db, providers, vectors
+
+    with db.connect(args.database_url) as conn:
+        name = args.model
+        model = db.get_model(conn, name) if name else db.active_model(conn)
+        if model is None:
+            print("pgingest search: no such model (or no active model)", file=sys.stderr)
+            return 2
+        provider = providers.OpenAICompatibleProvider(
+            base_url=args.embedding_url or model.base_url,
+            model=model.model_id,
+            dimensions=model.dimensions,
+            api_key_env=model.api_key_env,
+            timeout=args.timeout,
+            request_dimensions=model.request_dimensions,
+            max_retries=1,
+        )
+        try:
+            qvec = vectors.validate_and_normalize(
+                provider.embed([args.query]), dimensions=model.dimensions, metric=model.metric
+            )[0]
+        except providers.ProviderError as exc:
+            print(f"pgingest search: embedding the query failed: {exc}", file=sys.stderr)
+            return 1
+        rows = db.search(conn, qvec, args.k, json.loads(args.filter), args.per_document, model.name)
+    if args.json:
+        print(json.dumps([dict(r, score=1 - r["distance"]) for r in rows], default=str, indent=2))
+        return 0
+    print(f"model {model.name}: top {len(rows)} for {args.query!r}")
+    print(f"{'#':>2}  {'score':>6}  {'document':<40}  chunk")
+    for i, r in enumerate(rows, 1):
+        title = (r["title"] or r["doc_key"])[:40]
+        snippet = " ".join(r["content"].split())[:70]
+        print(f"{i:>2}  {1 - r['distance']:>6.3f}  {title:<40}  {snippet}")
+    return 0
+
+
+def cmd_serve_model(args: argparse.Namespace) -> int:
+    from pgingest import local_model
+
+    return local_model.main(args.rest)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pgingest import demo
+
+    return demo.main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pgingest", description=__doc__)
     parser.add_argument("--version", action="version", version=f"pgingest {__version__}")
@@ -97,6 +149,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics on this port")
     p.add_argument("--processes", type=int, default=1, help="worker processes on this machine")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("search", help="natural-language search over the active model")
+    _add_db(p)
+    p.add_argument("query")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--filter", default="{}", help='metadata containment filter, e.g. \'{"lang": "en"}\'')
+    p.add_argument("--per-document", action="store_true", help="one row per document")
+    p.add_argument("--model", default=None, help="default: the active model")
+    p.add_argument("--embedding-url", default=None, help="override the model's endpoint")
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser(
+        "serve-model",
+        help="serve the bundled all-MiniLM-L6-v2 as /v1/embeddings (needs pgingest[local])",
+        add_help=False,
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_serve_model)
+
+    p = sub.add_parser("demo", help="the demo: a real corpus through the pipeline, then searches", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
@@ -106,7 +182,17 @@ def configure_logging(level: str, fmt: str) -> None:
     logs.configure(level=level, fmt=fmt)
 
 
+_PASSTHROUGH = {"serve-model": "pgingest.local_model", "demo": "pgingest.demo"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _PASSTHROUGH:  # these parse their own options
+        import importlib
+
+        configure_logging("INFO", "text")
+        module = importlib.import_module(_PASSTHROUGH[argv[0]])
+        return int(module.main(argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.log_level, args.log_format)

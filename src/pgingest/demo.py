@@ -1,0 +1,244 @@
+"""``pgingest demo``: a real corpus through the whole pipeline with the bundled local model.
+
+Starts (unless already running) the local model server and a worker, loads the Python standard
+library's documentation into ``pgingest.documents`` with plain SQL (an upsert by key: a second run
+changes nothing and queues nothing), shows the queue draining, prints a summary next to the
+model's raw encode throughput on the same texts, then runs natural-language searches from SQL
+(``pgingest.search_text``, the PL/Python path a psql user takes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from pgingest import corpus, db
+
+MODEL_NAME = "minilm"
+SERVER_HOST = "127.0.0.1"
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as r:  # noqa: S310 - loopback URL we built
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def _start(cmd: list[str], log_path: str) -> subprocess.Popen[bytes]:
+    log = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(p: subprocess.Popen[bytes] | None, name: str) -> None:
+    if p is None or p.poll() is not None:
+        return
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+    print(f"stopped {name} (pid {p.pid})")
+
+
+def load_corpus(conn: Any, limit: int | None) -> tuple[int, int]:
+    """Upserts the corpus by key; returns (documents in the corpus, versions queued)."""
+    docs = list(corpus.iter_corpus(limit=limit))
+    before = conn.execute("SELECT count(*) FROM pgmq.q_pgingest_" + MODEL_NAME).fetchone()[0]
+    with conn.transaction():
+        conn.execute(
+            "CREATE TEMP TABLE demo_load (key text, title text, body text, metadata jsonb)"
+            " ON COMMIT DROP"
+        )
+        with conn.cursor().copy("COPY demo_load (key, title, body, metadata) FROM STDIN") as cp:
+            for d in docs:
+                cp.write_row((d.key, d.title, d.body, json.dumps(d.metadata)))
+        conn.execute(
+            "INSERT INTO pgingest.documents AS t (key, title, body, metadata)"
+            " SELECT key, title, body, metadata FROM demo_load"
+            " ON CONFLICT (key) DO UPDATE SET title = EXCLUDED.title, body = EXCLUDED.body,"
+            " metadata = EXCLUDED.metadata"
+            " WHERE (t.title, t.body, t.metadata) IS DISTINCT FROM"
+            " (EXCLUDED.title, EXCLUDED.body, EXCLUDED.metadata)"
+        )
+    after = conn.execute("SELECT count(*) FROM pgmq.q_pgingest_" + MODEL_NAME).fetchone()[0]
+    return len(docs), max(0, after - before)
+
+
+def _progress_counts(conn: Any) -> tuple[int, int, int]:
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM pgingest.documents),"
+        " (SELECT count(*) FROM pgingest.embedding_state s JOIN pgingest.documents d"
+        "   ON d.id = s.doc_id AND d.content_hash = s.content_hash WHERE s.model = %s),"
+        " (SELECT count(*) FROM pgingest.dead_letters WHERE model = %s)",
+        (MODEL_NAME, MODEL_NAME),
+    ).fetchone()
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def wait_for_drain(conn: Any, timeout: float, workers: list[subprocess.Popen[bytes]]) -> float:
+    from tqdm import tqdm
+
+    total, done, dead = _progress_counts(conn)
+    start = time.monotonic()
+    interactive = sys.stderr.isatty()
+    bar = tqdm(
+        total=total, initial=done + dead, unit="doc", desc="embedding", disable=not interactive
+    )
+    last_print = 0.0
+    base = done + dead
+    while done + dead < total:
+        if time.monotonic() - start > timeout:
+            bar.close()
+            raise TimeoutError(f"the queue did not drain within {timeout:.0f} s")
+        if any(w.poll() is not None for w in workers):
+            bar.close()
+            raise RuntimeError("the worker exited early: see .pgdata/demo-worker.log")
+        time.sleep(0.5)
+        total, done, dead = _progress_counts(conn)
+        bar.update(done + dead - bar.n)
+        elapsed = time.monotonic() - start
+        rate = (done + dead - base) / elapsed if elapsed else 0.0
+        bar.set_postfix(docs_per_s=f"{rate:.1f}", dead=dead)
+        if not interactive and time.monotonic() - last_print > 5:
+            last_print = time.monotonic()
+            print(f"  {done + dead}/{total} documents ({rate:.1f} docs/s, {dead} dead letters)")
+    bar.close()
+    return time.monotonic() - start
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="pgingest demo", description=__doc__)
+    p.add_argument("--database-url", default=None)
+    p.add_argument("--port", type=int, default=int(os.environ.get("PGINGEST_MODEL_PORT", "8765")))
+    p.add_argument("--limit", type=int, default=None, help="load at most this many documents")
+    p.add_argument("--keep-running", action="store_true", help="leave the model server and worker up")
+    p.add_argument("--timeout", type=float, default=900.0)
+    p.add_argument("--log-dir", default=".pgdata")
+    p.add_argument("--skip-raw-benchmark", action="store_true")
+    args = p.parse_args(argv)
+
+    os.makedirs(args.log_dir, exist_ok=True)
+    base_url = f"http://{SERVER_HOST}:{args.port}/v1"
+    server: subprocess.Popen[bytes] | None = None
+    workers: list[subprocess.Popen[bytes]] = []
+    exe = [sys.executable, "-m", "pgingest.cli"]
+    conn = db.connect(args.database_url)
+    try:
+        if _healthy(f"http://{SERVER_HOST}:{args.port}/health"):
+            print(f"model server already running on {base_url}")
+        else:
+            print(f"starting the local model server on {base_url} (all-MiniLM-L6-v2, CPU)")
+            server = _start(
+                [*exe, "serve-model", "--host", SERVER_HOST, "--port", str(args.port)],
+                os.path.join(args.log_dir, "demo-model.log"),
+            )
+            deadline = time.monotonic() + 180
+            while not _healthy(f"http://{SERVER_HOST}:{args.port}/health"):
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the model server did not start: see demo-model.log")
+                time.sleep(0.3)
+
+        if db.get_model(conn, MODEL_NAME) is None:
+            conn.execute(
+                "SELECT pgingest.register_model(%s, 'all-MiniLM-L6-v2', 384, %s,"
+                " max_input_tokens => 256)",
+                (MODEL_NAME, base_url),
+            )
+            print(f"registered model {MODEL_NAME} (all-MiniLM-L6-v2, vector(384), cosine)")
+        conn.execute("SELECT pgingest.resume_model(%s)", (MODEL_NAME,))
+
+        t0 = time.monotonic()
+        n_docs, queued = load_corpus(conn, args.limit)
+        load_s = time.monotonic() - t0
+        print(
+            f"loaded {n_docs} documents of the Python standard library's documentation in"
+            f" {load_s:.1f} s ({queued} new versions queued)"
+        )
+        chunks_before = conn.execute("SELECT count(*) FROM pgingest.chunks").fetchone()[0]
+        workers.append(
+            _start(
+                [*exe, "worker", "--model", MODEL_NAME, "--in-flight", "2", "--batch-size", "32"],
+                os.path.join(args.log_dir, "demo-worker.log"),
+            )
+        )
+        elapsed = wait_for_drain(conn, args.timeout, workers)
+        total, done, dead = _progress_counts(conn)
+        chunks = conn.execute("SELECT count(*), coalesce(sum(token_count), 0) FROM pgingest.chunks").fetchone()
+        new_chunks = chunks[0] - chunks_before if queued else 0
+        print("\nsummary")
+        print(f"  documents      {total}")
+        print(f"  embedded       {done}")
+        print(f"  chunks         {chunks[0]} ({chunks[1]} tokens)")
+        print(f"  dead letters   {dead}")
+        print(f"  time           {elapsed:.1f} s")
+        if queued and elapsed > 0:
+            pipe_rate = new_chunks / elapsed
+            print(f"  throughput     {queued / elapsed:.1f} documents/s, {pipe_rate:.1f} chunks/s")
+            if not args.skip_raw_benchmark:
+                _compare_raw(conn, pipe_rate)
+        else:
+            print("  throughput     nothing new to embed (a second run changes nothing)")
+
+        print("\nsearches (SELECT * FROM pgingest.search_text(query, 5, per_document => true))")
+        conn.execute("SELECT set_config('pgingest.embedding_url', %s, false)", (base_url,))
+        for q in corpus.DEMO_QUERIES:
+            rows = conn.execute(
+                "SELECT doc_key, title, 1 - distance FROM pgingest.search_text(%s, 5, per_document => true)",
+                (q.query,),
+            ).fetchall()
+            print(f"\n  {q.query!r}")
+            for rank, (key, title, score) in enumerate(rows, 1):
+                mark = "  <- expected" if key == q.expected_key else ""
+                print(f"    {rank}. {score:.3f}  {title}  [{key}]{mark}")
+        if args.keep_running:
+            print(
+                f"\nleft running: model server pid {server.pid if server else '(external)'},"
+                f" worker pid {workers[0].pid}; stop them with: kill {workers[0].pid}"
+                + (f" {server.pid}" if server else "")
+            )
+            server = None
+            workers = []
+        return 0
+    finally:
+        for w in workers:
+            _stop(w, "worker")
+        _stop(server, "model server")
+        conn.close()
+
+
+def _compare_raw(conn: Any, pipe_rate: float) -> None:
+    from pgingest import chunking, local_model
+
+    cfg = chunking.ChunkerConfig(**_chunker_kwargs(conn))
+    docs = conn.execute(
+        "SELECT title, body FROM pgingest.documents ORDER BY id LIMIT 250"
+    ).fetchall()
+    texts = [c.embed_input for cs in chunking.chunk_documents(docs, cfg) for c in cs][:600]
+    raw = local_model.raw_encode_throughput(texts)
+    print(f"  model raw      {raw:.1f} chunks/s (the same chunk texts, no HTTP, no database)")
+    print(f"  efficiency     {pipe_rate / raw:.0%} of the model's raw encode throughput")
+
+
+def _chunker_kwargs(conn: Any) -> dict[str, Any]:
+    cfg = db.get_config(conn)
+    return {
+        "tokenizer": cfg.get("chunk_tokenizer", "all-MiniLM-L6-v2"),
+        "max_tokens": int(cfg.get("chunk_max_tokens", "200")),
+        "overlap_tokens": int(cfg.get("chunk_overlap_tokens", "20")),
+        "include_title": cfg.get("chunk_include_title", "true") == "true",
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
