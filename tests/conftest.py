@@ -44,7 +44,9 @@ def conninfo_for(dbname: str) -> str:
     )
 
 
-def _load_pgingest(host: str, port: int, user: str, dbname: str, password: str | None, **_: Any) -> None:
+def _load_pgingest(
+    host: str, port: int, user: str, dbname: str, password: str | None, **_: Any
+) -> None:
     install.install(conninfo_for(dbname))
 
 

@@ -126,9 +126,18 @@ def test_messages_of_deleted_documents_are_reported_stale(
 
 def test_plain_insert_from_psql(two_models: psycopg.Connection[Any], dsn: str) -> None:
     subprocess.run(
-        ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-c",
-         "INSERT INTO pgingest.documents (key, title, body) VALUES ('from-psql', 'Hi', 'from psql')"],
-        check=True, capture_output=True,
+        [
+            "psql",
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            dsn,
+            "-c",
+            "INSERT INTO pgingest.documents (key, title, body) VALUES ('from-psql', 'Hi', 'from psql')",
+        ],
+        check=True,
+        capture_output=True,
     )
     assert queue_count(two_models, "v1") == 1
     assert queue_count(two_models, "v2") == 1

@@ -38,7 +38,9 @@ def _migration_rows(dsn: str) -> list[tuple[str, str]]:
     with psycopg.connect(dsn) as c:
         return [
             (r[0], r[1])
-            for r in c.execute("SELECT version, checksum FROM pgingest.schema_migrations ORDER BY 1")
+            for r in c.execute(
+                "SELECT version, checksum FROM pgingest.schema_migrations ORDER BY 1"
+            )
         ]
 
 
@@ -82,9 +84,12 @@ def test_edited_applied_migration_is_refused(empty_db: Any, tmp_path: Path) -> N
     m = tmp_path / "migrations" / "0001_initial.sql"
     m.write_text(m.read_text() + "\n-- an innocent edit\n")
     script = install.render_script(tmp_path)
-    with psycopg.connect(dsn, autocommit=True) as c, pytest.raises(psycopg.errors.DataCorrupted) as ei:
-        with c.transaction():
-            c.execute(script.encode())
+    with (
+        psycopg.connect(dsn, autocommit=True) as c,
+        pytest.raises(psycopg.errors.DataCorrupted) as ei,
+        c.transaction(),
+    ):
+        c.execute(script.encode())
     assert "0001_initial was edited" in str(ei.value)
 
 
@@ -96,7 +101,9 @@ def _dump(dsn: str) -> str:
         check=True,
     )
     return "\n".join(
-        line for line in out.stdout.splitlines() if not line.startswith(("--", "\\restrict", "\\unrestrict"))
+        line
+        for line in out.stdout.splitlines()
+        if not line.startswith(("--", "\\restrict", "\\unrestrict"))
     )
 
 
@@ -115,12 +122,15 @@ def test_printed_script_installs_with_psql(empty_db: Any, tmp_path: Path) -> Non
     script = tmp_path / "install.sql"
     out = subprocess.run(
         [str(ROOT / ".venv/bin/pgingest"), "install", "--print"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     script.write_text(out.stdout)
     for _ in range(2):  # the script is idempotent too
-        subprocess.run(["psql", "-X", "-q", "-d", dsn, "-f", str(script)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["psql", "-X", "-q", "-d", dsn, "-f", str(script)], check=True, capture_output=True
+        )
     assert [r[0] for r in _migration_rows(dsn)] == [
         f.name.removesuffix(".sql") for f in install.migrations()
     ]

@@ -14,7 +14,9 @@ from tests.test_worker import drain, insert_corpus
 
 
 @pytest.fixture
-def corpus(conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer) -> psycopg.Connection[Any]:
+def corpus(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> psycopg.Connection[Any]:
     register(conn, "v1", fake.url)
     insert_corpus(conn, 60)
     conn.execute(

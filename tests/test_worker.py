@@ -19,10 +19,29 @@ from pgingest.fake_server import FakeEmbeddingServer, RequestInfo
 from tests.conftest import ROOT
 from tests.helpers import queue_count, register, wait_for
 
-WORDS = (
-    "postgres vector index chunk embedding queue worker model token batch search query table "
-    "replica backfill normalize dimension cosine metric latency throughput"
-).split()
+WORDS = [
+    "postgres",
+    "vector",
+    "index",
+    "chunk",
+    "embedding",
+    "queue",
+    "worker",
+    "model",
+    "token",
+    "batch",
+    "search",
+    "query",
+    "table",
+    "replica",
+    "backfill",
+    "normalize",
+    "dimension",
+    "cosine",
+    "metric",
+    "latency",
+    "throughput",
+]
 
 
 def make_body(i: int, sentences: int = 30) -> str:
@@ -71,7 +90,9 @@ def expected_chunks(conn: psycopg.Connection[Any]) -> dict[int, list[chunking.Ch
     return {r[0]: c for r, c in zip(rows, chunks, strict=True)}
 
 
-def assert_exactly_predicted(conn: psycopg.Connection[Any], model: str = "v1", dims: int = 384) -> None:
+def assert_exactly_predicted(
+    conn: psycopg.Connection[Any], model: str = "v1", dims: int = 384
+) -> None:
     exp = expected_chunks(conn)
     got: dict[int, list[tuple[Any, ...]]] = {}
     for r in conn.execute(
@@ -120,7 +141,9 @@ def test_duplicate_and_replayed_messages_leave_one_set_of_chunks(
     register(conn, "v1", fake.url)
     insert_corpus(conn, 20)
     # Duplicate every message.
-    conn.execute("SELECT pgmq.send_batch('pgingest_v1', array_agg(message)) FROM pgmq.q_pgingest_v1")
+    conn.execute(
+        "SELECT pgmq.send_batch('pgingest_v1', array_agg(message)) FROM pgmq.q_pgingest_v1"
+    )
     assert queue_count(conn, "v1") == 40
 
     class CrashBeforeCommit(worker.Worker):
@@ -150,7 +173,9 @@ def test_document_changed_while_embedding_ends_with_the_new_version(
     conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer, change: str
 ) -> None:
     register(conn, "v1", fake.url)
-    conn.execute("INSERT INTO pgingest.documents (key, title, body) VALUES ('x', 'X', 'old text of x')")
+    conn.execute(
+        "INSERT INTO pgingest.documents (key, title, body) VALUES ('x', 'X', 'old text of x')"
+    )
     done = threading.Event()
 
     def hook(info: RequestInfo) -> None:
@@ -227,7 +252,9 @@ def test_auth_error_pauses_the_model_and_a_fixed_key_resumes(
         t = threading.Thread(target=w.run)
         t.start()
         try:
-            wait_for(lambda: conn.execute("SELECT paused FROM pgingest.models").fetchone() == (True,))
+            wait_for(
+                lambda: conn.execute("SELECT paused FROM pgingest.models").fetchone() == (True,)
+            )
             reason = conn.execute("SELECT paused_reason FROM pgingest.models").fetchone()
             assert reason is not None and "auth" in reason[0]
             assert "wrong-key" not in reason[0]
@@ -235,8 +262,10 @@ def test_auth_error_pauses_the_model_and_a_fixed_key_resumes(
             assert queue_count(conn, "v1") == 30
             monkeypatch.setenv("PGINGEST_TEST_KEY", "right-key")
             wait_for(
-                lambda: conn.execute("SELECT count(*) FROM pgingest.embedding_state").fetchone()
-                == (30,),
+                lambda: (
+                    conn.execute("SELECT count(*) FROM pgingest.embedding_state").fetchone()
+                    == (30,)
+                ),
                 timeout=60,
             )
         finally:
@@ -323,8 +352,19 @@ def test_sigkill_mid_batch_loses_nothing(
     insert_corpus(conn, 300)
     fake.configure(latency_ms=100)
     cmd = [
-        sys.executable, "-m", "pgingest.cli", "worker", "--database-url", dsn,
-        "--visibility-timeout", "2", "--batch-size", "20", "--in-flight", "1", "--drain",
+        sys.executable,
+        "-m",
+        "pgingest.cli",
+        "worker",
+        "--database-url",
+        dsn,
+        "--visibility-timeout",
+        "2",
+        "--batch-size",
+        "20",
+        "--in-flight",
+        "1",
+        "--drain",
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     for _ in range(3):
@@ -336,8 +376,9 @@ def test_sigkill_mid_batch_loses_nothing(
     assert embedded is not None and embedded[0] < 300  # it really was killed mid-run
     fake.configure(latency_ms=0)
     time.sleep(2.1)
-    subprocess.run([*cmd, "--poll-interval", "0.2"], env=env, check=True, timeout=120,
-                   capture_output=True)
+    subprocess.run(
+        [*cmd, "--poll-interval", "0.2"], env=env, check=True, timeout=120, capture_output=True
+    )
     assert_exactly_predicted(conn)
     assert queue_count(conn, "v1") == 0
     assert conn.execute("SELECT count(*) FROM pgingest.dead_letters").fetchone() == (0,)
@@ -349,11 +390,26 @@ def test_sigterm_exits_cleanly_and_releases_nothing_half_done(
     register(conn, "v1", fake.url)
     insert_corpus(conn, 100)
     fake.configure(latency_ms=50)
-    cmd = [sys.executable, "-m", "pgingest.cli", "worker", "--database-url", dsn,
-           "--batch-size", "10", "--in-flight", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pgingest.cli",
+        "worker",
+        "--database-url",
+        dsn,
+        "--batch-size",
+        "10",
+        "--in-flight",
+        "1",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for(lambda: (conn.execute("SELECT count(*) FROM pgingest.embedding_state").fetchone() or (0,))[0] > 0)
+    wait_for(
+        lambda: (
+            (conn.execute("SELECT count(*) FROM pgingest.embedding_state").fetchone() or (0,))[0]
+            > 0
+        )
+    )
     p.send_signal(signal.SIGTERM)
     out, _ = p.communicate(timeout=30)
     assert p.returncode == 0, out

@@ -154,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db(p)
     p.add_argument("query")
     p.add_argument("--k", type=int, default=5)
-    p.add_argument("--filter", default="{}", help='metadata containment filter, e.g. \'{"lang": "en"}\'')
+    p.add_argument(
+        "--filter", default="{}", help='metadata containment filter, e.g. \'{"lang": "en"}\''
+    )
     p.add_argument("--per-document", action="store_true", help="one row per document")
     p.add_argument("--model", default=None, help="default: the active model")
     p.add_argument("--embedding-url", default=None, help="override the model's endpoint")
@@ -170,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_serve_model)
 
-    p = sub.add_parser("demo", help="the demo: a real corpus through the pipeline, then searches", add_help=False)
+    p = sub.add_parser(
+        "demo", help="the demo: a real corpus through the pipeline, then searches", add_help=False
+    )
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_demo)
     return parser

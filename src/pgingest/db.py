@@ -263,3 +263,391 @@ def queue_depth(conn: psycopg.Connection[Any], queue_name: str) -> int:
     ).fetchone()
     assert row is not None
     return int(row[0])
+
+
+# -- model lifecycle: register, progress, indexes, comparison, swap, retire -------------------
+# (sql/030_models.sql and sql/040_lifecycle.sql; used by models_cli.py and index.py)
+
+_DISTANCE_OPERATORS = {"cosine": "<=>", "ip": "<#>", "l2": "<->"}
+_STORAGES = ("vector", "halfvec")
+
+
+def register_model(
+    conn: psycopg.Connection[Any],
+    name: str,
+    model_id: str,
+    dimensions: int,
+    base_url: str,
+    *,
+    storage: str = "vector",
+    metric: str = "cosine",
+    max_input_tokens: int = 256,
+    api_key_env: str | None = None,
+    index_method: str = "hnsw",
+    index_options: dict[str, Any] | None = None,
+    request_dimensions: bool = False,
+) -> str:
+    """``pgingest.register_model(...)``; returns the new model's state (active or shadow)."""
+    row = conn.execute(
+        "SELECT pgingest.register_model(name => %s, model_id => %s, dimensions => %s,"
+        " base_url => %s, storage => %s, metric => %s, max_input_tokens => %s,"
+        " api_key_env => %s, index_method => %s, index_options => %s::jsonb,"
+        " request_dimensions => %s)",
+        (
+            name,
+            model_id,
+            dimensions,
+            base_url,
+            storage,
+            metric,
+            max_input_tokens,
+            api_key_env,
+            index_method,
+            json.dumps(index_options or {}),
+            request_dimensions,
+        ),
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def swap_model(conn: psycopg.Connection[Any], name: str, *, force: bool = False) -> str:
+    row = conn.execute("SELECT pgingest.swap_model(%s, force => %s)", (name, force)).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def retire_model(conn: psycopg.Connection[Any], name: str) -> str:
+    row = conn.execute("SELECT pgingest.retire_model(%s)", (name,)).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def run_backfill(conn: psycopg.Connection[Any], name: str, batch: int = 5000) -> None:
+    """``CALL pgingest.run_backfill``: commits after every batch, so ``conn`` must be autocommit."""
+    conn.execute("CALL pgingest.run_backfill(%s, %s)", (name, batch))
+
+
+def all_models(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """Every registered model, retired ones included, in name order."""
+    cur = conn.cursor(row_factory=dict_row)
+    return cur.execute(
+        "SELECT name, model_id, base_url, dimensions, storage, metric, max_input_tokens, state,"
+        " paused, paused_reason, index_method, index_options, created_at, activated_at,"
+        " retired_at FROM pgingest.models ORDER BY name"
+    ).fetchall()
+
+
+def backfill_progress(conn: psycopg.Connection[Any], name: str | None = None) -> list[dict[str, Any]]:
+    cur = conn.cursor(row_factory=dict_row)
+    return cur.execute(
+        "SELECT model, state, paused, documents, embedded, dead_lettered, pending, percent,"
+        " backfill_queued_all, backfill_queued, rate_per_s, eta FROM pgingest.backfill_progress"
+        " WHERE %(name)s::text IS NULL OR model = %(name)s ORDER BY model",
+        {"name": name},
+    ).fetchall()
+
+
+def model_index_status(
+    conn: psycopg.Connection[Any], name: str | None = None
+) -> list[dict[str, Any]]:
+    cur = conn.cursor(row_factory=dict_row)
+    return cur.execute("SELECT * FROM pgingest.model_index_status(%s)", (name,)).fetchall()
+
+
+def index_ddl(conn: psycopg.Connection[Any], name: str, *, concurrent: bool = True) -> str:
+    """The CREATE INDEX statement of a model's ANN index, built by the server with format('%I')."""
+    row = conn.execute("SELECT pgingest.index_ddl(%s, %s)", (name, concurrent)).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def execute_ddl(conn: psycopg.Connection[Any], ddl: str) -> None:
+    """Runs DDL text composed by the server (``index_ddl``); ``conn`` must be autocommit."""
+    conn.execute(sql.SQL(ddl))  # built by pgingest.index_ddl with format('%I')
+
+
+def drop_index_concurrently(conn: psycopg.Connection[Any], index_name: str) -> None:
+    conn.execute(
+        sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(
+            sql.Identifier("pgingest"), sql.Identifier(index_name)
+        )
+    )
+
+
+def reindex_concurrently(conn: psycopg.Connection[Any], index_name: str) -> None:
+    conn.execute(
+        sql.SQL("REINDEX INDEX CONCURRENTLY {}.{}").format(
+            sql.Identifier("pgingest"), sql.Identifier(index_name)
+        )
+    )
+
+
+def set_session(conn: psycopg.Connection[Any], setting: str, value: str) -> str:
+    """``SET`` for the session (``set_config(..., false)``); returns the value now in effect."""
+    row = conn.execute("SELECT set_config(%s, %s, false)", (setting, value)).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def show(conn: psycopg.Connection[Any], setting: str) -> str | None:
+    row = conn.execute("SELECT current_setting(%s, true)", (setting,)).fetchone()
+    return None if row is None or row[0] is None else str(row[0])
+
+
+def create_index_progress(conn: psycopg.Connection[Any], pid: int) -> dict[str, Any] | None:
+    """The row of ``pg_stat_progress_create_index`` for backend ``pid`` (None when idle)."""
+    cur = conn.cursor(row_factory=dict_row)
+    return cur.execute(
+        "SELECT phase, blocks_total, blocks_done, tuples_total, tuples_done, lockers_total,"
+        " lockers_done, partitions_total, partitions_done"
+        " FROM pg_stat_progress_create_index WHERE pid = %s",
+        (pid,),
+    ).fetchone()
+
+
+def sample_chunk_texts(
+    conn: psycopg.Connection[Any], columns: Sequence[str], n: int, seed: float | None = None
+) -> list[str]:
+    """Texts of the first chunk of ``n`` random documents embedded in every one of ``columns``."""
+    with conn.transaction():
+        if seed is not None:
+            conn.execute("SELECT setseed(%s)", (seed,))
+        filters = sql.SQL(" AND ").join(
+            sql.SQL("c.{} IS NOT NULL").format(sql.Identifier(col)) for col in columns
+        )
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT c.content FROM pgingest.chunks AS c WHERE c.ordinal = 0 AND {}"
+                " ORDER BY random() LIMIT %s"
+            ).format(filters),
+            (n,),
+        ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def knn(
+    conn: psycopg.Connection[Any],
+    model: Model,
+    query: np.ndarray,
+    k: int,
+    *,
+    exact: bool = False,
+) -> list[tuple[int, int]]:
+    """(doc_id, ordinal) of the ``k`` chunks nearest to ``query`` in ``model``'s column, through
+    its ANN index, or by exact search (index scans off, in a transaction) when ``exact``."""
+    if model.storage not in _STORAGES:
+        raise ValueError(f"unknown storage {model.storage!r}")
+    query_sql = sql.SQL(
+        "SELECT doc_id, ordinal FROM pgingest.chunks WHERE {col} IS NOT NULL"
+        " ORDER BY {col} {op} %s::{typ} LIMIT %s"
+    ).format(
+        col=sql.Identifier(model.column_name),
+        op=sql.SQL(_DISTANCE_OPERATORS[model.metric]),
+        typ=sql.SQL(model.storage),
+    )
+    params = (np.asarray(query, dtype=np.float32), k)
+    if not exact:
+        return [(int(r[0]), int(r[1])) for r in conn.execute(query_sql, params).fetchall()]
+    with conn.transaction():
+        conn.execute("SET LOCAL enable_indexscan = off")
+        return [(int(r[0]), int(r[1])) for r in conn.execute(query_sql, params).fetchall()]
+
+
+def compare_models_sql(
+    conn: psycopg.Connection[Any], a: str, b: str, k: int, sample: int
+) -> list[dict[str, Any]]:
+    """``pgingest.compare_models``: the in-database comparison on stored chunk vectors."""
+    cur = conn.cursor(row_factory=dict_row)
+    return cur.execute(
+        "SELECT * FROM pgingest.compare_models(%s, %s, %s, %s)", (a, b, k, sample)
+    ).fetchall()
+
+
+# -- search (CLI) ------------------------------------------------------------------------------
+
+
+def active_model(conn: psycopg.Connection[Any]) -> Model | None:
+    cur = conn.cursor(row_factory=dict_row)
+    row = cur.execute(
+        f"SELECT {_MODEL_COLUMNS} FROM pgingest.models WHERE state = 'active'"  # noqa: S608
+    ).fetchone()
+    return Model(**row) if row else None
+
+
+def search(
+    conn: psycopg.Connection[Any],
+    query_vector: np.ndarray,
+    k: int,
+    filter_: dict[str, Any],
+    per_document: bool,
+    model: str | None,
+) -> list[dict[str, Any]]:
+    from pgvector import Vector
+
+    cur = conn.cursor(row_factory=dict_row)
+    return cur.execute(
+        "SELECT doc_id, doc_key, title, ordinal, content, distance, metadata, model_name"
+        " FROM pgingest.search(%s, %s, %s::jsonb, %s, %s)",
+        (Vector(query_vector), k, json.dumps(filter_), per_document, model),
+    ).fetchall()
+
+
+# -- operations: heartbeats and the status views (sql/050_status.sql) ---------------------------
+
+STATUS_VIEWS = (
+    "model_status",
+    "dead_letter_summary",
+    "worker_status",
+    "vector_health",
+    "index_builds",
+)
+_STATUS_ORDER = {
+    "model_status": ("model",),
+    "dead_letter_summary": ("model", "error_class"),
+    "worker_status": ("host", "pid", "started_at"),
+    "vector_health": ("model",),
+    "index_builds": ("pid",),
+}
+
+
+def heartbeat(
+    conn: psycopg.Connection[Any],
+    worker_id: str,
+    host: str,
+    pid: int,
+    version: str,
+    models: Sequence[str],
+    in_flight: int,
+    batch_size: int | None,
+    documents: int,
+    seconds_since_batch: float | None,
+    details: dict[str, Any],
+) -> int:
+    """Upserts this worker's row in pgingest.workers; returns the heartbeat interval (s)."""
+    row = conn.execute(
+        "SELECT pgingest.heartbeat_v1(%s::uuid, %s, %s, %s, %s::text[], %s, %s, %s, %s, %s::jsonb)",
+        (
+            worker_id,
+            host,
+            pid,
+            version,
+            list(models),
+            in_flight,
+            batch_size,
+            documents,
+            seconds_since_batch,
+            json.dumps(details),
+        ),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def worker_exit(conn: psycopg.Connection[Any], worker_id: str) -> bool:
+    row = conn.execute("SELECT pgingest.worker_exit_v1(%s::uuid)", (worker_id,)).fetchone()
+    return bool(row and row[0])
+
+
+def forget_stale_workers(conn: psycopg.Connection[Any], older_than_seconds: float | None) -> int:
+    row = conn.execute(
+        "SELECT pgingest.forget_stale_workers(%s * interval '1 second')", (older_than_seconds,)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def queue_stats(conn: psycopg.Connection[Any], model: str | None = None) -> list[dict[str, Any]]:
+    """Per live model: queue_length, ready, in_flight, delayed, oldest_age_seconds (pgmq)."""
+    cur = conn.cursor(row_factory=dict_row)
+    return cur.execute(
+        "SELECT model, queue_name, queue_length, ready, in_flight, delayed, oldest_enqueued_at,"
+        " oldest_age_seconds FROM pgingest.queue_stats_v1(%s)",
+        (model,),
+    ).fetchall()
+
+
+def pending_messages(conn: psycopg.Connection[Any], model: str) -> int:
+    """Messages in a model's queue (through queue_stats_v1: the worker role cannot read pgmq)."""
+    rows = queue_stats(conn, model)
+    return int(rows[0]["queue_length"] or 0) if rows else 0
+
+
+def status_view(conn: psycopg.Connection[Any], view: str) -> list[dict[str, Any]]:
+    """All rows of one of the status views (``STATUS_VIEWS``), in a stable order."""
+    if view not in STATUS_VIEWS:
+        raise ValueError(f"not a status view: {view!r}")
+    query = sql.SQL("SELECT * FROM {} ORDER BY {}").format(
+        sql.Identifier("pgingest", view),
+        sql.SQL(", ").join(sql.Identifier(c) for c in _STATUS_ORDER[view]),
+    )
+    return conn.cursor(row_factory=dict_row).execute(query).fetchall()
+
+
+# -- demo --------------------------------------------------------------------------------------
+
+
+def upsert_documents(conn: psycopg.Connection[Any], docs: Sequence[tuple[str, str, str, Any]]) -> None:
+    """Upserts (key, title, body, metadata) by key with COPY; unchanged rows are not touched."""
+    with conn.transaction():
+        conn.execute(
+            "CREATE TEMP TABLE pgingest_load (key text, title text, body text, metadata jsonb)"
+            " ON COMMIT DROP"
+        )
+        with conn.cursor().copy(
+            "COPY pgingest_load (key, title, body, metadata) FROM STDIN"
+        ) as cp:
+            for key, title, body, metadata in docs:
+                cp.write_row((key, title, body, json.dumps(metadata)))
+        conn.execute(
+            "INSERT INTO pgingest.documents AS t (key, title, body, metadata)"
+            " SELECT key, title, body, metadata FROM pgingest_load"
+            " ON CONFLICT (key) DO UPDATE SET title = EXCLUDED.title, body = EXCLUDED.body,"
+            " metadata = EXCLUDED.metadata"
+            " WHERE (t.title, t.body, t.metadata) IS DISTINCT FROM"
+            " (EXCLUDED.title, EXCLUDED.body, EXCLUDED.metadata)"
+        )
+
+
+def model_progress(conn: psycopg.Connection[Any], model: str) -> tuple[int, int, int]:
+    """(documents, embedded at their current version, dead-lettered) for a model."""
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM pgingest.documents),"
+        " (SELECT count(*) FROM pgingest.embedding_state s JOIN pgingest.documents d"
+        "   ON d.id = s.doc_id AND d.content_hash = s.content_hash WHERE s.model = %s),"
+        " (SELECT count(*) FROM pgingest.dead_letters WHERE model = %s)",
+        (model, model),
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def chunk_stats(conn: psycopg.Connection[Any]) -> tuple[int, int]:
+    row = conn.execute(
+        "SELECT count(*), coalesce(sum(token_count), 0) FROM pgingest.chunks"
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def search_text(
+    conn: psycopg.Connection[Any], query: str, k: int, per_document: bool, embedding_url: str | None
+) -> list[tuple[Any, ...]]:
+    """pgingest.search_text() (the PL/Python path), optionally with the endpoint overridden."""
+    with conn.transaction():
+        if embedding_url:
+            conn.execute("SELECT set_config('pgingest.embedding_url', %s, true)", (embedding_url,))
+        return conn.execute(
+            "SELECT doc_key, title, distance FROM pgingest.search_text(%s, %s,"
+            " per_document => %s)",
+            (query, k, per_document),
+        ).fetchall()
+
+
+def sample_documents(conn: psycopg.Connection[Any], limit: int) -> list[tuple[str | None, str]]:
+    return [
+        (r[0], r[1])
+        for r in conn.execute(
+            "SELECT title, body FROM pgingest.documents ORDER BY id LIMIT %s", (limit,)
+        )
+    ]

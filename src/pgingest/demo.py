@@ -10,7 +10,6 @@ model's raw encode throughput on the same texts, then runs natural-language sear
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -28,7 +27,7 @@ SERVER_HOST = "127.0.0.1"
 
 def _healthy(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=1.0) as r:  # noqa: S310 - loopback URL we built
+        with urllib.request.urlopen(url, timeout=1.0) as r:
             return bool(r.status == 200)
     except OSError:
         return False
@@ -54,36 +53,16 @@ def _stop(p: subprocess.Popen[bytes] | None, name: str) -> None:
 def load_corpus(conn: Any, limit: int | None) -> tuple[int, int]:
     """Upserts the corpus by key; returns (documents in the corpus, versions queued)."""
     docs = list(corpus.iter_corpus(limit=limit))
-    before = conn.execute("SELECT count(*) FROM pgmq.q_pgingest_" + MODEL_NAME).fetchone()[0]
-    with conn.transaction():
-        conn.execute(
-            "CREATE TEMP TABLE demo_load (key text, title text, body text, metadata jsonb)"
-            " ON COMMIT DROP"
-        )
-        with conn.cursor().copy("COPY demo_load (key, title, body, metadata) FROM STDIN") as cp:
-            for d in docs:
-                cp.write_row((d.key, d.title, d.body, json.dumps(d.metadata)))
-        conn.execute(
-            "INSERT INTO pgingest.documents AS t (key, title, body, metadata)"
-            " SELECT key, title, body, metadata FROM demo_load"
-            " ON CONFLICT (key) DO UPDATE SET title = EXCLUDED.title, body = EXCLUDED.body,"
-            " metadata = EXCLUDED.metadata"
-            " WHERE (t.title, t.body, t.metadata) IS DISTINCT FROM"
-            " (EXCLUDED.title, EXCLUDED.body, EXCLUDED.metadata)"
-        )
-    after = conn.execute("SELECT count(*) FROM pgmq.q_pgingest_" + MODEL_NAME).fetchone()[0]
+    model = db.get_model(conn, MODEL_NAME)
+    assert model is not None
+    before = db.queue_depth(conn, model.queue_name)
+    db.upsert_documents(conn, [(d.key, d.title, d.body, d.metadata) for d in docs])
+    after = db.queue_depth(conn, model.queue_name)
     return len(docs), max(0, after - before)
 
 
 def _progress_counts(conn: Any) -> tuple[int, int, int]:
-    row = conn.execute(
-        "SELECT (SELECT count(*) FROM pgingest.documents),"
-        " (SELECT count(*) FROM pgingest.embedding_state s JOIN pgingest.documents d"
-        "   ON d.id = s.doc_id AND d.content_hash = s.content_hash WHERE s.model = %s),"
-        " (SELECT count(*) FROM pgingest.dead_letters WHERE model = %s)",
-        (MODEL_NAME, MODEL_NAME),
-    ).fetchone()
-    return int(row[0]), int(row[1]), int(row[2])
+    return db.model_progress(conn, MODEL_NAME)
 
 
 def wait_for_drain(conn: Any, timeout: float, workers: list[subprocess.Popen[bytes]]) -> float:
@@ -122,7 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--database-url", default=None)
     p.add_argument("--port", type=int, default=int(os.environ.get("PGINGEST_MODEL_PORT", "8765")))
     p.add_argument("--limit", type=int, default=None, help="load at most this many documents")
-    p.add_argument("--keep-running", action="store_true", help="leave the model server and worker up")
+    p.add_argument(
+        "--keep-running", action="store_true", help="leave the model server and worker up"
+    )
     p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--log-dir", default=".pgdata")
     p.add_argument("--skip-raw-benchmark", action="store_true")
@@ -150,13 +131,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 time.sleep(0.3)
 
         if db.get_model(conn, MODEL_NAME) is None:
-            conn.execute(
-                "SELECT pgingest.register_model(%s, 'all-MiniLM-L6-v2', 384, %s,"
-                " max_input_tokens => 256)",
-                (MODEL_NAME, base_url),
+            db.register_model(
+                conn, MODEL_NAME, "all-MiniLM-L6-v2", 384, base_url, max_input_tokens=256
             )
             print(f"registered model {MODEL_NAME} (all-MiniLM-L6-v2, vector(384), cosine)")
-        conn.execute("SELECT pgingest.resume_model(%s)", (MODEL_NAME,))
+        db.resume_model(conn, MODEL_NAME)
 
         t0 = time.monotonic()
         n_docs, queued = load_corpus(conn, args.limit)
@@ -165,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"loaded {n_docs} documents of the Python standard library's documentation in"
             f" {load_s:.1f} s ({queued} new versions queued)"
         )
-        chunks_before = conn.execute("SELECT count(*) FROM pgingest.chunks").fetchone()[0]
+        chunks_before = db.chunk_stats(conn)[0]
         workers.append(
             _start(
                 [*exe, "worker", "--model", MODEL_NAME, "--in-flight", "2", "--batch-size", "32"],
@@ -174,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         elapsed = wait_for_drain(conn, args.timeout, workers)
         total, done, dead = _progress_counts(conn)
-        chunks = conn.execute("SELECT count(*), coalesce(sum(token_count), 0) FROM pgingest.chunks").fetchone()
+        chunks = db.chunk_stats(conn)
         new_chunks = chunks[0] - chunks_before if queued else 0
         print("\nsummary")
         print(f"  documents      {total}")
@@ -191,14 +170,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("  throughput     nothing new to embed (a second run changes nothing)")
 
         print("\nsearches (SELECT * FROM pgingest.search_text(query, 5, per_document => true))")
-        conn.execute("SELECT set_config('pgingest.embedding_url', %s, false)", (base_url,))
         for q in corpus.DEMO_QUERIES:
-            rows = conn.execute(
-                "SELECT doc_key, title, 1 - distance FROM pgingest.search_text(%s, 5, per_document => true)",
-                (q.query,),
-            ).fetchall()
+            rows = db.search_text(conn, q.query, 5, True, base_url)
             print(f"\n  {q.query!r}")
-            for rank, (key, title, score) in enumerate(rows, 1):
+            for rank, (key, title, distance) in enumerate(rows, 1):
+                score = 1 - distance
                 mark = "  <- expected" if key == q.expected_key else ""
                 print(f"    {rank}. {score:.3f}  {title}  [{key}]{mark}")
         if args.keep_running:
@@ -221,9 +197,7 @@ def _compare_raw(conn: Any, pipe_rate: float) -> None:
     from pgingest import chunking, local_model
 
     cfg = chunking.ChunkerConfig(**_chunker_kwargs(conn))
-    docs = conn.execute(
-        "SELECT title, body FROM pgingest.documents ORDER BY id LIMIT 250"
-    ).fetchall()
+    docs = db.sample_documents(conn, 250)
     texts = [c.embed_input for cs in chunking.chunk_documents(docs, cfg) for c in cs][:600]
     raw = local_model.raw_encode_throughput(texts)
     print(f"  model raw      {raw:.1f} chunks/s (the same chunk texts, no HTTP, no database)")

@@ -15,9 +15,7 @@ DEFAULT_TIMEOUT_S = 10.0
 
 
 def _setting(plpy: Any, name: str) -> str | None:
-    rows = plpy.execute(
-        plpy.prepare("SELECT current_setting($1, true) AS v", ["text"]), [name]
-    )
+    rows = plpy.execute(plpy.prepare("SELECT current_setting($1, true) AS v", ["text"]), [name])
     value = rows[0]["v"] if rows else None
     return value or None
 
@@ -26,7 +24,7 @@ def chunker_config(plpy: Any) -> chunking.ChunkerConfig:
     rows = plpy.execute("SELECT key, value FROM pgingest.config")
     cfg = {r["key"]: r["value"] for r in rows}
     return chunking.ChunkerConfig(
-        tokenizer=cfg.get("chunk_tokenizer", chunking.ChunkerConfig.tokenizer),
+        tokenizer=cfg.get("chunk_tokenizer", chunking.DEFAULT_TOKENIZER),
         max_tokens=int(cfg.get("chunk_max_tokens", "200")),
         overlap_tokens=int(cfg.get("chunk_overlap_tokens", "20")),
         include_title=cfg.get("chunk_include_title", "true") == "true",

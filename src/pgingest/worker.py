@@ -250,9 +250,7 @@ class Worker:
                 continue
             stats = self.process_batch(m)
             worked += stats.read
-            if stats.read or stats.deferred:
-                pending = True
-            elif db.queue_depth(conn, m.queue_name) > 0:
+            if stats.read or stats.deferred or db.queue_depth(conn, m.queue_name) > 0:
                 pending = True
         return worked, pending
 
