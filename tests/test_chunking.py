@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 import math
 import random
 import re
@@ -10,6 +11,7 @@ import sysconfig
 import unicodedata
 from functools import cache
 from importlib import resources
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -223,6 +225,18 @@ def test_get_tokenizer() -> None:
         get_tokenizer("bert")
 
 
+def test_vendored_tokenizer_is_pinned() -> None:
+    """A different tokenizer file changes every chunk: it needs a new chunker version."""
+    data = resources.files("pgingest").joinpath("data")
+    digest = hashlib.sha256(data.joinpath("all-MiniLM-L6-v2.tokenizer.json").read_bytes())
+    assert digest.hexdigest() == (
+        "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
+    )
+    notice = data.joinpath("NOTICE").read_text(encoding="utf-8")
+    assert "sentence-transformers/all-MiniLM-L6-v2" in notice and "Apache" in notice
+    assert digest.hexdigest() in notice
+
+
 def test_vendored_tokenizer_has_no_truncation() -> None:
     """The file truncates to 128 and pads to 128: the chunker must count without either."""
     text = " ".join(["word"] * 300)
@@ -383,17 +397,15 @@ def test_overlap() -> None:
     cfg = ChunkerConfig(max_tokens=100, overlap_tokens=20)
     chunks = chunk_document(None, body, cfg)
     assert_valid(None, body, cfg, chunks)
-    overlaps = [
-        bare_tokens(MINILM, body[b.char_start : a.char_end]) for a, b in zip(chunks, chunks[1:])
-    ]
+    overlaps = [bare_tokens(MINILM, body[b.char_start : a.char_end]) for a, b in pairwise(chunks)]
     assert all(1 <= n <= 20 for n in overlaps), overlaps
     assert sum(overlaps) / len(overlaps) >= 14, "about overlap_tokens of overlap"
-    for a, b in zip(chunks, chunks[1:]):
+    for a, b in pairwise(chunks):
         assert body[b.char_start - 1] == " ", "overlap starts at a word"
         assert a.text.endswith(body[b.char_start : a.char_end])
 
     none = chunk_document(None, body, ChunkerConfig(max_tokens=100, overlap_tokens=0))
-    assert all(b.char_start > a.char_end for a, b in zip(none, none[1:]))
+    assert all(b.char_start > a.char_end for a, b in pairwise(none))
     assert len(none) < len(chunks)
 
 
@@ -403,7 +415,7 @@ def test_large_overlap_still_progresses() -> None:
     chunks = chunk_document(None, body, cfg)
     assert_valid(None, body, cfg, chunks)
     # Capped at half the budget: each chunk brings at least as much new text as it repeats.
-    for a, b in zip(chunks, chunks[1:-1]):
+    for a, b in pairwise(chunks[:-1]):
         assert bare_tokens(MINILM, body[b.char_start : a.char_end]) <= (40 - 2) // 2
 
 
@@ -591,10 +603,7 @@ def random_text(rng: random.Random, max_len: int) -> str:
     target = rng.randint(0, max_len)
     special_rate = rng.choice([0.0, 0.02, 0.1, 0.5])
     while size < target:
-        if rng.random() < special_rate:
-            piece = rng.choice(SPECIALS)
-        else:
-            piece = rng.choice(words)
+        piece = rng.choice(SPECIALS) if rng.random() < special_rate else rng.choice(words)
         sep = rng.choices(
             [" ", "  ", "\n", "\n\n", "", "\t", ". ", "\r\n\r\n"], [60, 5, 8, 5, 3, 2, 8, 2]
         )[0]

@@ -8,23 +8,25 @@ Algorithm (``pgingest-chunker/1``)
 1. The body is tokenized ONCE, with character offsets. From the offsets the chunker derives the
    *words* of the tokenizer's pre-tokenizer (for the MiniLM WordPiece tokenizer: runs split at
    whitespace and punctuation, one word per CJK character) and the *gaps* between consecutive
-   words. A cut inside a gap is exact: the text on each side tokenizes to exactly the tokens the
+   words. A cut in a gap is exact: the text on each side tokenizes to exactly the tokens the
    whole body had there, so chunk sizes are prefix-sum arithmetic on token offsets, with no
-   re-tokenization.
-2. Each gap gets a level: paragraph (a blank line) > line break > sentence end > whitespace >
-   no whitespace (e.g. between ``foo`` and ``.`` in ``foo.bar``, or between two CJK characters).
+   re-tokenization. (Not a gap: a place where a combining mark follows, or where only
+   characters the tokenizer drops separate two words.)
+2. Each gap gets a level: paragraph (a blank line) > line break > sentence end > whitespace
+   (or next to a CJK character) > none (e.g. between ``foo`` and ``.`` in ``foo.bar``).
 3. Greedy packing: from the start of a chunk, the window is everything that fits the budget
    (``max_tokens`` minus the special tokens minus the title). The chunk ends at the strongest gap
-   in the second half of the window (the furthest one among equals), so chunks are at least half
-   full unless the structure of the text or its end says otherwise. This is the recursive
-   paragraphs > lines > sentences > words split, merged greedily, computed in one pass.
+   of the window, the furthest one among equals, except that a gap leaving the chunk less than a
+   quarter full (the tail of a paragraph) is used only when there is no other. This is the
+   recursive paragraphs > lines > sentences > words split, merged greedily, in one pass: a
+   paragraph that fits is never split.
 4. When no gap fits (one word longer than the budget, e.g. a 5,000-character base64 blob), the
    chunk is cut hard at a token boundary (inside a word the tokenizer could not split: at a
-   character). Hard-cut chunks are the only ones re-tokenized, to verify and if needed shrink
-   them.
+   character, never before a combining mark or after a zero-width joiner when avoidable).
+   Hard-cut chunks are the only ones re-tokenized, to verify and if needed shrink them.
 5. The next chunk starts about ``overlap_tokens`` before the end of the previous one, at a
-   whitespace gap (never more than half the budget, so every chunk brings as much new text as it
-   repeats).
+   word gap (never more than half the budget, so that every chunk brings at least as much new
+   text as it repeats).
 
 Invariants: ``body[c.char_start:c.char_end] == c.text``; every ``embed_input`` tokenizes to at
 most ``max_tokens`` tokens, special tokens included; chunks never start or end with whitespace;
@@ -103,6 +105,7 @@ _C_END: Final = 4  # sentence end
 _C_CLOSER: Final = 8  # closing quote or bracket (may follow a sentence end)
 _C_CJK_END: Final = 16  # full-width sentence end: a boundary even without a space after it
 _C_CJK: Final = 32  # CJK ideograph (BERT's "Chinese character" ranges): a word on its own
+_C_MARK: Final = 64  # combining mark (Mn, Mc, Me): never the first character after a cut
 
 
 def _class_table() -> npt.NDArray[np.uint8]:
@@ -114,6 +117,7 @@ def _class_table() -> npt.NDArray[np.uint8]:
     table[[ord(c) for c in "\u3002\uff01\uff1f\uff61"]] |= _C_CJK_END
     for lo, hi in ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF)):
         table[lo : hi + 1] |= _C_CJK
+    table[[c for c in range(0x10000) if unicodedata.category(chr(c))[0] == "M"]] |= _C_MARK
     return table
 
 
@@ -234,6 +238,11 @@ def _classes(text: str) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint8]]:
     if astral.any():  # CJK extensions B..F and compatibility supplement
         cjk = ((cp >= 0x20000) & (cp <= 0x2CEAF)) | ((cp >= 0x2F800) & (cp <= 0x2FA1F))
         cls = np.where(astral, np.where(cjk, _C_CJK, 0), cls).astype(np.uint8)
+        # Astral combining marks (Brahmi, musical symbols, variation selectors, ...); emoji
+        # (U+1F000..) and CJK (U+20000..) have none.
+        for i in np.flatnonzero(astral & ((cp < 0x1F000) | (cp >= 0xE0000))).tolist():
+            if unicodedata.category(text[i])[0] == "M":
+                cls[i] |= _C_MARK
     return cp, cls
 
 
@@ -265,19 +274,24 @@ def _gaps(
 ) -> tuple[IntArray, IntArray, npt.NDArray[np.int8]]:
     """Cut positions and levels of the gaps ``[g0, g1)`` between consecutive words.
 
-    A gap is whitespace, possibly with characters the tokenizer drops (control characters,
-    zero-width spaces, stray combining marks): those stay with the text they touch, so that only
-    whitespace ever falls between two chunks.
+    A gap may hold, besides whitespace, characters the tokenizer drops (control characters,
+    zero-width spaces, stray combining marks): a chunk ends before the gap's first whitespace
+    and the next starts after that run of whitespace, so that only whitespace ever falls
+    between two chunks.
     """
-    if g0.size == 0:
-        return g0, g1, np.zeros(0, dtype=np.int8)
     ws = (cls & _C_SPACE) != 0
     ws_prefix = _prefix(ws)
     n_ws = ws_prefix[g1] - ws_prefix[g0]
+    # Exact cuts only: at whitespace, or between two words that touch, unless a combining
+    # mark follows (canonical reordering of marks would cross the cut). Gaps of dropped
+    # characters only (e.g. "e\u0301.") are not cut at all.
+    keep = (n_ws > 0) | ((g1 == g0) & ((cls[np.minimum(g1, cls.shape[0] - 1)] & _C_MARK) == 0))
+    if not keep.all():
+        g0, g1, n_ws = g0[keep], g1[keep], n_ws[keep]
+    if g0.size == 0:
+        return g0, g1, np.zeros(0, dtype=np.int8)
     ge = g0.copy()
     gs = g1.copy()
-    no_ws = n_ws == 0
-    ge[no_ws] = g1[no_ws]  # dropped characters only: they stay with the previous word
     for i in np.flatnonzero((n_ws > 0) & (n_ws < g1 - g0)).tolist():  # rare: mixed gaps
         a, b = int(g0[i]), int(g1[i])
         k = a
@@ -752,6 +766,8 @@ def _verify(
         else:
             ends += list(range(start + 1, end))
         candidates = sorted({e for e in ends if not text[e - 1].isspace()})
+        if not candidates:
+            raise RuntimeError(f"chunker: cannot cut the text at offset {start} any shorter")
         # Binary search the largest fitting end (token counts grow with the end, almost always),
         # then step down until one really fits.
         lo, hi = 0, len(candidates) - 1
