@@ -87,3 +87,34 @@ END;
 
 COMMENT ON FUNCTION pgingest.search_text(text, integer, jsonb, boolean) IS
 'Natural-language search from psql: embeds the query with the active model, then pgingest.search().';
+
+CREATE OR REPLACE FUNCTION pgingest.hybrid_search_text(
+    query text,
+    k integer DEFAULT 10,
+    filter jsonb DEFAULT '{}',
+    vector_weight double precision DEFAULT 1.0,
+    text_weight double precision DEFAULT 1.0
+)
+RETURNS TABLE (
+    doc_id bigint,
+    doc_key text,
+    title text,
+    ordinal integer,
+    content text,
+    score double precision,
+    vector_rank integer,
+    text_rank integer
+)
+LANGUAGE sql
+VOLATILE
+SET search_path FROM CURRENT
+BEGIN ATOMIC
+    SELECT h.doc_id, h.doc_key, h.title, h.ordinal, h.content, h.score, h.vector_rank, h.text_rank
+    FROM pgingest.hybrid_search(
+        hybrid_search_text.query, pgingest.embed_query(hybrid_search_text.query), hybrid_search_text.k,
+        hybrid_search_text.filter, hybrid_search_text.vector_weight, hybrid_search_text.text_weight
+    ) AS h;
+END;
+
+COMMENT ON FUNCTION pgingest.hybrid_search_text(text, integer, jsonb, double precision, double precision) IS
+'Hybrid (full-text + vector, reciprocal rank fusion) search from psql: embeds the query with the active model.';

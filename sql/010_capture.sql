@@ -91,7 +91,24 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path FROM CURRENT
 AS $$
+DECLARE
+    v_model record;
 BEGIN
+    -- Keep the vectors of the deleted chunks for reuse (re-inserted or restored documents).
+    FOR v_model IN
+        SELECT m.name, m.column_name FROM pgingest.models AS m WHERE m.state <> 'retired' ORDER BY m.name
+    LOOP
+        EXECUTE format(
+            $sql$
+            INSERT INTO pgingest.embedding_cache AS e (model, chunk_hash, embedding)
+            SELECT DISTINCT ON (c.chunk_hash) %1$L, c.chunk_hash, c.%2$I::vector
+            FROM pgingest.chunks AS c INNER JOIN old_rows AS o ON c.doc_id = o.id
+            WHERE c.%2$I IS NOT NULL
+            ON CONFLICT (model, chunk_hash) DO UPDATE SET used_at = now()
+            $sql$,
+            v_model.name, v_model.column_name
+        );
+    END LOOP;
     DELETE FROM pgingest.chunks AS c USING old_rows AS o WHERE c.doc_id = o.id;
     DELETE FROM pgingest.embedding_state AS s USING old_rows AS o WHERE s.doc_id = o.id;
     DELETE FROM pgingest.dead_letters AS l USING old_rows AS o WHERE l.doc_id = o.id;

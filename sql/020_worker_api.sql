@@ -142,6 +142,24 @@ BEGIN
     ) AS l;
 
     IF cardinality(v_current) > 0 THEN
+        -- Vectors about to be replaced or dropped go to the embedding cache (every live model).
+        FOR v_other IN
+            SELECT m.name, m.column_name FROM pgingest.models AS m
+            WHERE m.state <> 'retired'
+            ORDER BY m.name
+        LOOP
+            EXECUTE format(
+                $sql$
+                INSERT INTO pgingest.embedding_cache AS e (model, chunk_hash, embedding)
+                SELECT DISTINCT ON (c.chunk_hash) %1$L, c.chunk_hash, c.%2$I::vector
+                FROM pgingest.chunks AS c
+                WHERE c.doc_id = ANY ($1) AND c.%2$I IS NOT NULL AND c.chunk_hash <> ALL ($2)
+                ON CONFLICT (model, chunk_hash) DO UPDATE SET used_at = now()
+                $sql$,
+                v_other.name, v_other.column_name
+            ) USING v_current, p_chunk_hashes;
+        END LOOP;
+
         -- Other models' vectors stay valid only where the chunk text is unchanged.
         FOR v_other IN
             SELECT m.column_name FROM pgingest.models AS m
@@ -436,3 +454,32 @@ COMMENT ON FUNCTION pgingest.requeue_dead_letters(text, text, interval, bigint[]
 'Puts dead letters back in their model''s queue with a fresh attempt budget, filtered by model, error '
 'class, age and ids (NULL = any). Letters of versions that no longer exist are dropped. Returns the count '
 'requeued.';
+
+CREATE OR REPLACE FUNCTION pgingest.cached_vectors_v1(p_model text, p_hashes bytea[])
+RETURNS TABLE (chunk_hash bytea, embedding vector)
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_m pgingest.models := pgingest._model(p_model);
+BEGIN
+    RETURN QUERY EXECUTE format(
+        $sql$
+        SELECT DISTINCT ON (c.chunk_hash) c.chunk_hash, c.%1$I::vector
+        FROM pgingest.chunks AS c
+        WHERE c.chunk_hash = ANY ($1) AND c.%1$I IS NOT NULL
+        $sql$,
+        v_m.column_name
+    ) USING p_hashes;
+    RETURN QUERY
+    UPDATE pgingest.embedding_cache AS e SET used_at = now()
+    WHERE e.model = v_m.name AND e.chunk_hash = ANY (p_hashes)
+    RETURNING e.chunk_hash, e.embedding;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.cached_vectors_v1(text, bytea[]) IS
+'Worker: vectors already computed by a model for these exact inputs (sha256 of the model input), from '
+'live chunks and from the embedding cache, so the provider is called only for inputs never seen.';

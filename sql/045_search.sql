@@ -1,11 +1,54 @@
--- Search over the active model (or a named one): ANN index scans with pgvector 0.8 iterative
--- scans, so selective metadata filters still return k rows.
+-- Search over the active model (or a named one). Filters: promoted metadata keys (register_filter)
+-- become typed predicates on their indexed columns, other keys a jsonb containment. A selective
+-- filter is searched exactly over the matching documents; a broad one through the ANN index with
+-- pgvector 0.8 iterative scans, so that k rows come back either way.
+
+CREATE OR REPLACE FUNCTION pgingest._filter_predicate(p_filter jsonb)
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_key text;
+    v_value jsonb;
+    v_f pgingest.filters;
+    v_parts text[] := '{}';
+BEGIN
+    IF p_filter IS NULL OR p_filter = '{}'::jsonb THEN
+        RETURN 'true';
+    END IF;
+    IF jsonb_typeof(p_filter) <> 'object' THEN
+        RAISE EXCEPTION 'pgingest: filter must be a JSON object, not %', jsonb_typeof(p_filter)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR v_key, v_value IN SELECT e.key, e.value FROM jsonb_each(p_filter) AS e ORDER BY e.key LOOP
+        SELECT * INTO v_f FROM pgingest.filters AS f WHERE f.key = v_key;
+        IF FOUND AND v_f.type = 'text[]' THEN
+            v_parts := v_parts || format(
+                'd.%I @> %L::text[]', v_f.column_name,
+                CASE WHEN jsonb_typeof(v_value) = 'array'
+                     THEN (SELECT coalesce(array_agg(x), '{}') FROM jsonb_array_elements_text(v_value) AS x)
+                     ELSE ARRAY[v_value #>> '{}'] END
+            );
+        ELSIF FOUND AND jsonb_typeof(v_value) NOT IN ('object', 'array', 'null') THEN
+            v_parts := v_parts || format('d.%I = %L::%s', v_f.column_name, v_value #>> '{}', v_f.type);
+        ELSE
+            v_parts := v_parts || format('d.metadata @> %L::jsonb', jsonb_build_object(v_key, v_value));
+        END IF;
+    END LOOP;
+    RETURN array_to_string(v_parts, ' AND ');
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._filter_predicate(jsonb) IS
+'SQL predicate on pgingest.documents AS d for a search filter (promoted keys use their typed columns).';
 
 CREATE OR REPLACE FUNCTION pgingest.search(
     query_vector vector,
     k integer DEFAULT 10,
     filter jsonb DEFAULT '{}',
-    per_document boolean DEFAULT false,
+    per_document boolean DEFAULT FALSE,
     model text DEFAULT NULL
 )
 RETURNS TABLE (
@@ -22,8 +65,8 @@ LANGUAGE plpgsql
 STABLE
 SECURITY DEFINER
 SET search_path FROM CURRENT
-SET hnsw.iterative_scan = 'relaxed_order'
-SET ivfflat.iterative_scan = 'relaxed_order'
+SET "hnsw.iterative_scan" = 'relaxed_order'
+SET "ivfflat.iterative_scan" = 'relaxed_order'
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -31,13 +74,12 @@ DECLARE
     v_op text;
     v_type text;
     v_limit integer;
+    v_pred text;
+    v_matching bigint;
+    v_exact_below constant integer := 5000;
 BEGIN
     IF k IS NULL OR k < 1 OR k > 1000 THEN
         RAISE EXCEPTION 'pgingest: k must be between 1 and 1000, not %', k
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF filter IS NOT NULL AND jsonb_typeof(filter) <> 'object' THEN
-        RAISE EXCEPTION 'pgingest: filter must be a JSON object, not %', jsonb_typeof(filter)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF search.model IS NULL THEN
@@ -58,33 +100,120 @@ BEGIN
     v_op := pgingest._distance_operator(v_m.metric);
     v_type := pgingest._column_type(v_m);
     v_limit := CASE WHEN per_document THEN least(k * 8, 8000) ELSE k END;
+    v_pred := pgingest._filter_predicate(filter);
+
+    IF v_pred <> 'true' THEN
+        EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM pgingest.documents AS d WHERE %s LIMIT %s) AS s',
+                       v_pred, v_exact_below)
+        INTO v_matching;
+    END IF;
 
     RETURN QUERY EXECUTE format(
         $sql$
-        WITH hits AS MATERIALIZED (
+        WITH %5$s hits AS MATERIALIZED (
             SELECT c.doc_id, c.ordinal, c.content, (c.%1$I %2$s $1::%3$s)::float8 AS distance
             FROM pgingest.chunks AS c
-            INNER JOIN pgingest.documents AS d ON d.id = c.doc_id
-            WHERE c.%1$I IS NOT NULL AND ($3 IS NULL OR $3 = '{}'::jsonb OR d.metadata @> $3)
-            ORDER BY c.%1$I %2$s $1::%3$s
+            INNER JOIN %6$s AS d ON d.id = c.doc_id
+            WHERE c.%1$I IS NOT NULL AND %4$s
+            ORDER BY %7$s
             LIMIT $2
         ), ranked AS (
             SELECT h.*, row_number() OVER (PARTITION BY h.doc_id ORDER BY h.distance) AS rn
             FROM hits AS h
         )
-        SELECT r.doc_id, d.key, d.title, r.ordinal, r.content, r.distance, d.metadata, %4$L::text
+        SELECT r.doc_id, d.key, d.title, r.ordinal, r.content, r.distance, d.metadata, %8$L::text
         FROM ranked AS r
         INNER JOIN pgingest.documents AS d ON d.id = r.doc_id
-        WHERE NOT $4 OR r.rn = 1
+        WHERE NOT $3 OR r.rn = 1
         ORDER BY r.distance
-        LIMIT $5
+        LIMIT $4
         $sql$,
-        v_m.column_name, v_op, v_type, v_m.name
-    ) USING query_vector, v_limit, filter, per_document, k;
+        v_m.column_name, v_op, v_type,
+        CASE WHEN v_matching < v_exact_below THEN 'true' ELSE v_pred END,
+        -- Selective filter: the matching documents first (their index), then exact distances.
+        CASE WHEN v_matching < v_exact_below
+             THEN format('docs AS MATERIALIZED (SELECT d.* FROM pgingest.documents AS d WHERE %s),', v_pred)
+             ELSE '' END,
+        CASE WHEN v_matching < v_exact_below THEN 'docs' ELSE 'pgingest.documents' END,
+        CASE WHEN v_matching < v_exact_below THEN 'distance'
+             ELSE format('c.%I %s $1::%s', v_m.column_name, v_op, v_type) END,
+        v_m.name
+    ) USING query_vector, v_limit, per_document, k;
 END;
 $$;
 
 COMMENT ON FUNCTION pgingest.search(vector, integer, jsonb, boolean, text) IS
-'Nearest chunks to a query vector under the active model (or `model`), optionally filtered by a '
-'metadata containment filter (jsonb @>) and grouped one row per document. distance is the model''s '
-'metric (cosine distance, negative inner product or L2).';
+'Nearest chunks to a query vector under the active model (or `model`), optionally filtered (jsonb: '
+'promoted keys use their typed indexed columns, other keys containment) and grouped one row per '
+'document. distance is the model''s metric (cosine distance, negative inner product or L2).';
+
+CREATE OR REPLACE FUNCTION pgingest.hybrid_search(
+    query_text text,
+    query_vector vector,
+    k integer DEFAULT 10,
+    filter jsonb DEFAULT '{}',
+    vector_weight double precision DEFAULT 1.0,
+    text_weight double precision DEFAULT 1.0,
+    rrf_k integer DEFAULT 60,
+    candidates integer DEFAULT 100
+)
+RETURNS TABLE (
+    doc_id bigint,
+    doc_key text,
+    title text,
+    ordinal integer,
+    content text,
+    score double precision,
+    vector_rank integer,
+    text_rank integer
+)
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_cfg regconfig;
+    v_pred text := pgingest._filter_predicate(filter);
+BEGIN
+    SELECT c.value::regconfig INTO v_cfg FROM pgingest.config AS c WHERE c.key = 'text_search_config';
+    RETURN QUERY EXECUTE format(
+        $sql$
+        WITH v AS (
+            SELECT s.doc_id, s.ordinal, row_number() OVER (ORDER BY s.distance)::integer AS rnk
+            FROM pgingest.search($1, $3, $4) AS s
+        ), t AS (
+            SELECT c.doc_id, c.ordinal,
+                   row_number() OVER (ORDER BY ts_rank_cd(c.tsv, q.q) DESC, c.doc_id, c.ordinal)::integer AS rnk
+            FROM pgingest.chunks AS c
+            INNER JOIN pgingest.documents AS d ON d.id = c.doc_id
+            CROSS JOIN (SELECT websearch_to_tsquery($2, $5) AS q) AS q
+            WHERE c.tsv @@ q.q AND %1$s
+            ORDER BY ts_rank_cd(c.tsv, q.q) DESC, c.doc_id, c.ordinal
+            LIMIT $3
+        ), fused AS (
+            SELECT coalesce(v.doc_id, t.doc_id) AS doc_id, coalesce(v.ordinal, t.ordinal) AS ordinal,
+                   coalesce($6 / ($8 + v.rnk), 0) + coalesce($7 / ($8 + t.rnk), 0) AS score,
+                   v.rnk AS vector_rank, t.rnk AS text_rank
+            FROM v FULL JOIN t ON v.doc_id = t.doc_id AND v.ordinal = t.ordinal
+        )
+        SELECT f.doc_id, d.key, d.title, f.ordinal, c.content, f.score, f.vector_rank, f.text_rank
+        FROM fused AS f
+        INNER JOIN pgingest.documents AS d ON d.id = f.doc_id
+        INNER JOIN pgingest.chunks AS c ON c.doc_id = f.doc_id AND c.ordinal = f.ordinal
+        ORDER BY f.score DESC, f.doc_id, f.ordinal
+        LIMIT $9
+        $sql$,
+        v_pred
+    ) USING query_vector, v_cfg, greatest(candidates, k), filter, query_text,
+            vector_weight, text_weight, rrf_k::double precision, k;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.hybrid_search(
+    text, vector, integer, jsonb, double precision, double precision,
+    integer, integer
+) IS
+'Hybrid search: vector search (active model) and full-text search (chunks.tsv, websearch syntax) fused '
+'by reciprocal rank fusion: score = vector_weight/(rrf_k + vector rank) + text_weight/(rrf_k + text rank).';

@@ -84,7 +84,14 @@ def cmd_search(args: argparse.Namespace) -> int:
         except providers.ProviderError as exc:
             print(f"pgingest search: embedding the query failed: {exc}", file=sys.stderr)
             return 1
-        rows = db.search(conn, qvec, args.k, json.loads(args.filter), args.per_document, model.name)
+        if args.hybrid:
+            rows = db.hybrid_search(conn, args.query, qvec, args.k, json.loads(args.filter))
+            for r in rows:
+                r["distance"] = 1 - r["score"]
+        else:
+            rows = db.search(
+                conn, qvec, args.k, json.loads(args.filter), args.per_document, model.name
+            )
     if args.json:
         print(json.dumps([dict(r, score=1 - r["distance"]) for r in rows], default=str, indent=2))
         return 0
@@ -94,6 +101,15 @@ def cmd_search(args: argparse.Namespace) -> int:
         title = (r["title"] or r["doc_key"])[:40]
         snippet = " ".join(r["content"].split())[:70]
         print(f"{i:>2}  {1 - r['distance']:>6.3f}  {title:<40}  {snippet}")
+    return 0
+
+
+def cmd_maintenance(args: argparse.Namespace) -> int:
+    from pgingest import db
+
+    with db.connect(args.database_url) as conn:
+        result = db.run_maintenance(conn)
+    print(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in result.items()))
     return 0
 
 
@@ -162,7 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding-url", default=None, help="override the model's endpoint")
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--hybrid", action="store_true", help="full-text + vector, reciprocal rank fusion"
+    )
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser(
+        "maintenance", help="dead-letter retention and embedding-cache bounds (cron-friendly)"
+    )
+    _add_db(p)
+    p.set_defaults(func=cmd_maintenance)
 
     p = sub.add_parser(
         "serve-model",

@@ -651,3 +651,46 @@ def sample_documents(conn: psycopg.Connection[Any], limit: int) -> list[tuple[st
             "SELECT title, body FROM pgingest.documents ORDER BY id LIMIT %s", (limit,)
         )
     ]
+
+
+# -- embedding cache, maintenance ----------------------------------------------------------------
+
+
+def cached_vectors(
+    conn: psycopg.Connection[Any], model: str, hashes: Sequence[bytes]
+) -> dict[bytes, np.ndarray]:
+    """Vectors this model already computed for these exact inputs (live chunks, then the cache)."""
+    if not hashes:
+        return {}
+    cur = conn.cursor(binary=True)
+    rows = cur.execute(
+        "SELECT chunk_hash, embedding FROM pgingest.cached_vectors_v1(%b, %b::bytea[])",
+        (model, list(hashes)),
+    ).fetchall()
+    return {
+        bytes(h): np.asarray(v.to_numpy() if hasattr(v, "to_numpy") else v, dtype=np.float32)
+        for h, v in rows
+    }
+
+
+def run_maintenance(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    row = conn.execute("SELECT pgingest.run_maintenance()").fetchone()
+    assert row is not None
+    return {k: int(v) for k, v in row[0].items()}
+
+
+def hybrid_search(
+    conn: psycopg.Connection[Any],
+    query_text: str,
+    query_vector: np.ndarray,
+    k: int,
+    filter_: dict[str, Any],
+) -> list[dict[str, Any]]:
+    from pgvector import Vector
+
+    cur = conn.cursor(row_factory=dict_row)
+    return cur.execute(
+        "SELECT doc_id, doc_key, title, ordinal, content, score, vector_rank, text_rank"
+        " FROM pgingest.hybrid_search(%s, %s, %s, %s::jsonb)",
+        (query_text, Vector(query_vector), k, json.dumps(filter_)),
+    ).fetchall()

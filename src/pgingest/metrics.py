@@ -67,6 +67,14 @@ class Metrics:
         self._batch_docs = meter.create_histogram(
             "pgingest.batch.messages", unit="{message}", description="Messages per batch"
         )
+        self._purged = meter.create_counter(
+            "pgingest.dead_letters.purged",
+            unit="{document}",
+            description="Dead letters removed by the retention policy",
+        )
+        self._pruned = meter.create_counter(
+            "pgingest.embedding.cache.pruned", unit="{vector}", description="Cached vectors evicted"
+        )
         self._cache = meter.create_counter(
             "pgingest.embedding.cache",
             unit="{chunk}",
@@ -159,6 +167,10 @@ class Metrics:
             self._cache.add(hits, {"model": model, "result": "hit"})
         if misses:
             self._cache.add(misses, {"model": model, "result": "miss"})
+
+    def maintenance(self, result: dict[str, int]) -> None:
+        self._purged.add(result.get("purged_dead_letters", 0))
+        self._pruned.add(result.get("pruned_cache_rows", 0))
 
     def batch_size(self, size: int) -> None:
         self._set("pgingest.batch.size", size)

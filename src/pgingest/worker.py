@@ -57,6 +57,7 @@ class WorkerSettings:
     breaker_threshold: int = 5
     breaker_reset_seconds: float = 30.0
     max_retry_after: float = 10.0
+    maintenance_interval: float = 300.0
     provider_factory: Callable[[db.Model], providers.EmbeddingProvider] | None = None
     install_signal_handlers: bool = True
 
@@ -71,6 +72,7 @@ class _Doc:
     message: dict[str, Any]
     chunks: list[chunking.Chunk] = field(default_factory=list)
     vectors: np.ndarray | None = None
+    hashes: list[bytes] = field(default_factory=list)  # sha256 of each chunk's model input
     failure: tuple[str, str, str] | None = None  # (kind, error_class, message)
     retry_after: float = 0.0
 
@@ -100,6 +102,7 @@ class Worker:
         self._providers: dict[str, providers.EmbeddingProvider] = {}
         self._breakers: dict[str, providers.CircuitBreaker] = {}
         self._last_probe: dict[str, float] = {}
+        self._last_maintenance = time.monotonic()
         self._pool = ThreadPoolExecutor(max_workers=max(1, settings.in_flight))
         self._conn: psycopg.Connection[Any] | None = None
         self._listen: psycopg.Connection[Any] | None = None
@@ -226,9 +229,21 @@ class Worker:
             self._listen = None
             self.stopping.wait(min(timeout, 1.0))
 
+    def _maybe_maintain(self, conn: psycopg.Connection[Any]) -> None:
+        """Dead-letter retention and cache bounds, every maintenance_interval seconds."""
+        now = time.monotonic()
+        if now - self._last_maintenance < self.s.maintenance_interval:
+            return
+        self._last_maintenance = now
+        result = db.run_maintenance(conn)
+        self.metrics.maintenance(result)
+        if any(result.values()):
+            log.info("maintenance", extra=result)
+
     def tick(self) -> tuple[int, bool]:
         """One pass over the live models. Returns (messages handled, anything left pending)."""
         conn = self._connection()
+        self._maybe_maintain(conn)
         models = db.live_models(conn)
         if self.s.models:
             models = [m for m in models if m.name in self.s.models]
@@ -399,24 +414,49 @@ class Worker:
             docs[i].chunks = chunks
 
     def _embed(self, m: db.Model, todo: list[_Doc]) -> str:
-        """Fills ``vectors`` or ``failure`` of each document. Returns 'paused' on an auth error."""
-        provider = self.provider(m)
+        """Fills ``vectors`` or ``failure`` of each document. Returns 'paused' on an auth error.
+
+        Inputs whose exact text this model has embedded before (a live chunk or the embedding
+        cache) are not sent again, nor are duplicates within the batch.
+        """
         inputs: list[str] = []
         owners: list[_Doc] = []
+        token_counts: list[int] = []
         for d in todo:
+            d.hashes = []
             for c in d.chunks:
+                h = hashlib.sha256(c.embed_input.encode("utf-8")).digest()
+                d.hashes.append(h)
                 inputs.append(c.embed_input)
                 owners.append(d)
-        token_counts = [c.token_count for d in todo for c in d.chunks]
-        plans = providers.plan_requests(
-            token_counts, self.s.request_max_inputs, self.s.request_max_tokens
-        )
+                token_counts.append(c.token_count)
+        hashes = [h for d in todo for h in d.hashes]
         out = np.zeros((len(inputs), m.dimensions), dtype=np.float32)
         ok = np.zeros(len(inputs), dtype=bool)
 
+        positions: dict[bytes, list[int]] = {}
+        for i, h in enumerate(hashes):
+            positions.setdefault(h, []).append(i)
+        cached = db.cached_vectors(self._connection(), m.name, list(positions))
+        for h, vec in cached.items():
+            if vec.shape == (m.dimensions,):
+                for i in positions.pop(h, []):
+                    out[i] = vec
+                    ok[i] = True
+        send = [idx[0] for idx in positions.values()]  # one request input per unseen text
+        self.metrics.cache(m.name, len(inputs) - len(send), len(send))
+        if not send:
+            self._collect(todo, out, ok)
+            return "ok"
+
+        provider = self.provider(m)
+        plans = providers.plan_requests(
+            [token_counts[i] for i in send], self.s.request_max_inputs, self.s.request_max_tokens
+        )
+
         def call(r: range) -> tuple[range, Any, BaseException | None]:
             try:
-                return r, provider.embed_detailed([inputs[i] for i in r]), None
+                return r, provider.embed_detailed([inputs[send[j]] for j in r]), None
             except providers.ProviderError as exc:
                 return r, None, exc
 
@@ -436,41 +476,48 @@ class Worker:
                     )
                 elif kind == "transient":
                     breaker.record_failure()
-                for i in r:
-                    self._fail(owners[i], kind, exc.error_class, str(exc), exc)
+                for j in r:
+                    for i in positions[hashes[send[j]]]:
+                        self._fail(owners[i], kind, exc.error_class, str(exc), exc)
                 continue
             breaker.record_success()
-            for offset, i in enumerate(r):
+            for offset, j in enumerate(r):
+                group = positions[hashes[send[j]]]
                 err = result.errors.get(offset)
                 if err is not None:
-                    self._fail(owners[i], "rejected", err.error_class, str(err), err)
+                    for i in group:
+                        self._fail(owners[i], "rejected", err.error_class, str(err), err)
                     continue
                 vec = result.vectors[offset]
-                if vec is None:
-                    self._fail(owners[i], "dead", "bad_response", "no vector for this input", None)
+                arr = np.asarray(vec) if vec is not None else None
+                if arr is None or arr.ndim != 1 or arr.shape[0] != m.dimensions:
+                    got = "no vector" if arr is None else f"a vector of {arr.size} dimensions"
+                    for i in group:
+                        self._fail(
+                            owners[i],
+                            "dead",
+                            "invalid_vector_dimension",
+                            f"the provider returned {got} for a chunk; model {m.name} expects "
+                            f"{m.dimensions}",
+                            None,
+                        )
                     continue
-                arr = np.asarray(vec)
-                if arr.ndim != 1 or arr.shape[0] != m.dimensions:
-                    self._fail(
-                        owners[i],
-                        "dead",
-                        "invalid_vector_dimension",
-                        f"chunk vector has {arr.size} dimensions, model {m.name} expects "
-                        f"{m.dimensions}",
-                        None,
-                    )
-                    continue
-                out[i] = arr
-                ok[i] = True
+                for i in group:
+                    out[i] = arr
+                    ok[i] = True
         if paused:
             return "paused"
+        self._collect(todo, out, ok)
+        return "ok"
+
+    @staticmethod
+    def _collect(todo: list[_Doc], out: np.ndarray, ok: np.ndarray) -> None:
         pos = 0
         for d in todo:
             n = len(d.chunks)
             if d.failure is None and bool(ok[pos : pos + n].all()):
                 d.vectors = out[pos : pos + n]
             pos += n
-        return "ok"
 
     @staticmethod
     def _classify(exc: providers.ProviderError) -> str:
@@ -509,11 +556,11 @@ class Worker:
         for d in docs.values():
             if d.failure is None and d.vectors is not None:
                 done.append(d)
-                for c, v in zip(d.chunks, d.vectors, strict=True):
+                for c, h, v in zip(d.chunks, d.hashes, d.vectors, strict=True):
                     rows.doc_ids.append(d.doc_id)
                     rows.ordinals.append(c.ordinal)
                     rows.contents.append(c.text)
-                    rows.chunk_hashes.append(hashlib.sha256(c.embed_input.encode()).digest())
+                    rows.chunk_hashes.append(h)
                     rows.token_counts.append(c.token_count)
                     rows.char_starts.append(c.char_start)
                     rows.char_ends.append(c.char_end)

@@ -1,0 +1,237 @@
+-- Embedding cache maintenance, promoted metadata filters, text search configuration, dead-letter
+-- retention.
+
+CREATE OR REPLACE FUNCTION pgingest.clear_embedding_cache(p_model text)
+RETURNS bigint
+LANGUAGE plpgsql
+VOLATILE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_n bigint;
+BEGIN
+    DELETE FROM pgingest.embedding_cache AS e WHERE e.model = (pgingest._model(p_model)).name;
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    RETURN v_n;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.clear_embedding_cache(text) IS
+'Drops a model''s retained vectors (pgingest.embedding_cache). Vectors of live chunks are still reused '
+'for identical inputs: register a new model when the provider''s model itself changed.';
+
+CREATE OR REPLACE FUNCTION pgingest.prune_embedding_cache()
+RETURNS bigint
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_max bigint;
+    v_n bigint;
+BEGIN
+    SELECT c.value::bigint INTO v_max FROM pgingest.config AS c WHERE c.key = 'cache_max_rows';
+    WITH ranked AS (
+        SELECT e.model, e.chunk_hash,
+               row_number() OVER (PARTITION BY e.model ORDER BY e.used_at DESC, e.chunk_hash) AS rn
+        FROM pgingest.embedding_cache AS e
+    )
+    DELETE FROM pgingest.embedding_cache AS e
+    USING ranked AS r
+    WHERE e.model = r.model AND e.chunk_hash = r.chunk_hash AND r.rn > coalesce(v_max, 1000000);
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    RETURN v_n;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.prune_embedding_cache() IS
+'Keeps the cache_max_rows most recently used cached vectors per model; returns how many were dropped.';
+
+-- Typed accessors for promoted metadata keys: immutable (generated columns need it), and the error
+-- names the key.
+CREATE OR REPLACE FUNCTION pgingest._meta_cast(p_metadata jsonb, p_key text, p_type text)
+RETURNS text
+LANGUAGE plpgsql
+IMMUTABLE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_value jsonb := p_metadata -> p_key;
+BEGIN
+    IF v_value IS NULL OR jsonb_typeof(v_value) = 'null' THEN
+        RETURN NULL;
+    END IF;
+    IF p_type IN ('integer', 'bigint', 'numeric') AND jsonb_typeof(v_value) <> 'number'
+       OR p_type = 'boolean' AND jsonb_typeof(v_value) <> 'boolean'
+       OR p_type = 'text' AND jsonb_typeof(v_value) NOT IN ('string', 'number', 'boolean')
+       OR p_type = 'text[]' AND jsonb_typeof(v_value) <> 'array' THEN
+        RAISE EXCEPTION 'pgingest: metadata key "%" must be %, got %', p_key, p_type, v_value::text
+            USING ERRCODE = 'invalid_text_representation',
+                  HINT = 'The key was promoted with pgingest.register_filter(); fix the value or drop the filter.';
+    END IF;
+    IF p_type IN ('integer', 'bigint') AND (v_value #>> '{}') !~ '^-?[0-9]+$' THEN
+        RAISE EXCEPTION 'pgingest: metadata key "%" must be %, got %', p_key, p_type, v_value::text
+            USING ERRCODE = 'invalid_text_representation';
+    END IF;
+    RETURN v_value #>> '{}';
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._meta_cast(jsonb, text, text) IS
+'Checks a metadata value against a promoted key''s type; raises 22P02 naming the key.';
+
+CREATE OR REPLACE FUNCTION pgingest._meta_text_array(p_metadata jsonb, p_key text)
+RETURNS text[]
+LANGUAGE sql
+IMMUTABLE
+SET search_path FROM CURRENT
+RETURN (
+    SELECT array_agg(x.v ORDER BY x.n)
+    FROM jsonb_array_elements_text(
+        CASE
+            WHEN pgingest._meta_cast(p_metadata, p_key, 'text[]') IS NULL THEN '[]'::jsonb
+            ELSE p_metadata -> p_key
+        END
+    ) WITH ORDINALITY AS x (v, n)
+);
+
+COMMENT ON FUNCTION pgingest._meta_text_array(jsonb, text) IS
+'A promoted text[] metadata key as an array (NULL when absent).';
+
+CREATE OR REPLACE FUNCTION pgingest.register_filter(key text, type text DEFAULT 'text')
+RETURNS text
+LANGUAGE plpgsql
+VOLATILE
+SET search_path FROM CURRENT
+AS $$
+#variable_conflict use_variable
+DECLARE
+    v_column text;
+    v_expr text;
+BEGIN
+    IF key IS NULL OR key !~ '^[a-zA-Z_][a-zA-Z0-9_]{0,40}$' THEN
+        RAISE EXCEPTION 'pgingest: invalid filter key %', coalesce(quote_literal(key), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'A filter key is 1 to 41 letters, digits or _, not starting with a digit.';
+    END IF;
+    IF type NOT IN ('text', 'integer', 'bigint', 'numeric', 'boolean', 'text[]') THEN
+        RAISE EXCEPTION 'pgingest: unsupported filter type %', quote_literal(type)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use text, integer, bigint, numeric, boolean or text[].';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pgingest.filters AS f WHERE f.key = register_filter.key) THEN
+        RAISE EXCEPTION 'pgingest: metadata key % is already promoted', quote_literal(key)
+            USING ERRCODE = 'duplicate_object';
+    END IF;
+    v_column := 'meta_' || lower(key);
+    v_expr := CASE type
+        WHEN 'text[]' THEN format('pgingest._meta_text_array(metadata, %L)', key)
+        ELSE format('pgingest._meta_cast(metadata, %L, %L)::%s', key, type, type)
+    END;
+    INSERT INTO pgingest.filters (key, type, column_name) VALUES (key, type, v_column);
+    EXECUTE format('ALTER TABLE pgingest.documents ADD COLUMN %I %s GENERATED ALWAYS AS (%s) STORED',
+                   v_column, type, v_expr);
+    EXECUTE format('CREATE INDEX %I ON pgingest.documents USING %s (%I)',
+                   'documents_' || v_column || '_idx',
+                   CASE WHEN type = 'text[]' THEN 'gin' ELSE 'btree' END, v_column);
+    RETURN v_column;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.register_filter(text, text) IS
+'Promotes a metadata key to a typed, indexed column of pgingest.documents (B-tree, GIN for text[]); '
+'search() then filters on it through that index. Documents whose value fails the type are refused at '
+'INSERT with an error naming the key.';
+
+CREATE OR REPLACE FUNCTION pgingest.set_text_search_config(p_config regconfig)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    ALTER TABLE pgingest.chunks DROP COLUMN tsv;
+    EXECUTE format(
+        'ALTER TABLE pgingest.chunks ADD COLUMN tsv tsvector GENERATED ALWAYS AS (to_tsvector(%L::regconfig, content)) STORED',
+        p_config::text
+    );
+    CREATE INDEX chunks_tsv ON pgingest.chunks USING gin (tsv);
+    UPDATE pgingest.config SET value = p_config::text, updated_at = now() WHERE key = 'text_search_config';
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.set_text_search_config(regconfig) IS
+'Rebuilds the chunks'' full-text column (tsv) and its index for another text search configuration.';
+
+CREATE OR REPLACE FUNCTION pgingest.set_dead_letter_retention(
+    p_model text, p_keep interval DEFAULT NULL, p_max_rows integer DEFAULT NULL
+)
+RETURNS void
+LANGUAGE sql
+VOLATILE
+SET search_path FROM CURRENT
+BEGIN ATOMIC
+    UPDATE pgingest.models
+    SET dead_letter_retention = p_keep, dead_letter_max_rows = p_max_rows
+    WHERE name = (pgingest._model(p_model)).name;
+END;
+
+COMMENT ON FUNCTION pgingest.set_dead_letter_retention(text, interval, integer) IS
+'Retention policy of a model''s dead letters: keep those younger than p_keep and at most p_max_rows '
+'(newest first); NULL keeps everything. Applied by pgingest.purge_dead_letters().';
+
+CREATE OR REPLACE FUNCTION pgingest.purge_dead_letters(p_model text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_n bigint := 0;
+    v_k bigint;
+    v_m record;
+BEGIN
+    FOR v_m IN
+        SELECT m.name, m.dead_letter_retention, m.dead_letter_max_rows FROM pgingest.models AS m
+        WHERE (p_model IS NULL OR m.name = p_model)
+          AND (m.dead_letter_retention IS NOT NULL OR m.dead_letter_max_rows IS NOT NULL)
+        ORDER BY m.name
+    LOOP
+        WITH ranked AS (
+            SELECT l.id, l.last_failed_at,
+                   row_number() OVER (ORDER BY l.last_failed_at DESC, l.id DESC) AS rn
+            FROM pgingest.dead_letters AS l
+            WHERE l.model = v_m.name
+        )
+        DELETE FROM pgingest.dead_letters AS l
+        USING ranked AS r
+        WHERE l.id = r.id
+          AND (v_m.dead_letter_retention IS NOT NULL AND r.last_failed_at < now() - v_m.dead_letter_retention
+               OR v_m.dead_letter_max_rows IS NOT NULL AND r.rn > v_m.dead_letter_max_rows);
+        GET DIAGNOSTICS v_k = ROW_COUNT;
+        v_n := v_n + v_k;
+    END LOOP;
+    RETURN v_n;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.purge_dead_letters(text) IS
+'Applies the dead-letter retention policies (all models, or one); returns how many letters were purged.';
+
+CREATE OR REPLACE FUNCTION pgingest.run_maintenance()
+RETURNS jsonb
+LANGUAGE sql
+VOLATILE
+SET search_path FROM CURRENT
+BEGIN ATOMIC
+    SELECT jsonb_build_object(
+        'purged_dead_letters', pgingest.purge_dead_letters(NULL),
+        'pruned_cache_rows', pgingest.prune_embedding_cache()
+    );
+END;
+
+COMMENT ON FUNCTION pgingest.run_maintenance() IS
+'Dead-letter retention and cache bounds in one call: for pgingest maintenance, the workers, or pg_cron '
+'(SELECT cron.schedule(''pgingest'', ''*/10 * * * *'', ''SELECT pgingest.run_maintenance()'')).';
