@@ -147,6 +147,12 @@ COMMENT ON FUNCTION pgingest.search(vector, integer, jsonb, boolean, text) IS
 'promoted keys use their typed indexed columns, other keys containment) and grouped one row per '
 'document. distance is the model''s metric (cosine distance, negative inner product or L2).';
 
+-- Obsolete signature (before match_all): dropped so that calls stay unambiguous; hybrid_search_text
+-- (plpython/) depends on it and is re-created after this folder.
+DROP FUNCTION IF EXISTS pgingest.hybrid_search(
+    text, vector, integer, jsonb, double precision, double precision, integer, integer
+) CASCADE;
+
 CREATE OR REPLACE FUNCTION pgingest.hybrid_search(
     query_text text,
     query_vector vector,
@@ -155,7 +161,8 @@ CREATE OR REPLACE FUNCTION pgingest.hybrid_search(
     vector_weight double precision DEFAULT 1.0,
     text_weight double precision DEFAULT 1.0,
     rrf_k integer DEFAULT 60,
-    candidates integer DEFAULT 100
+    candidates integer DEFAULT 100,
+    match_all boolean DEFAULT false
 )
 RETURNS TABLE (
     doc_id bigint,
@@ -176,8 +183,17 @@ AS $$
 DECLARE
     v_cfg regconfig;
     v_pred text := pgingest._filter_predicate(filter);
+    v_query tsquery;
 BEGIN
     SELECT c.value::regconfig INTO v_cfg FROM pgingest.config AS c WHERE c.key = 'text_search_config';
+    IF match_all THEN
+        v_query := websearch_to_tsquery(v_cfg, query_text);
+    ELSE
+        -- Natural-language questions: any of the query's lexemes, ranked by how many match.
+        SELECT coalesce(string_agg(quote_literal(l.lexeme), ' | '), '')::tsquery
+        INTO v_query
+        FROM unnest(tsvector_to_array(to_tsvector(v_cfg, query_text))) AS l (lexeme);
+    END IF;
     RETURN QUERY EXECUTE format(
         $sql$
         WITH v AS (
@@ -188,7 +204,7 @@ BEGIN
                    row_number() OVER (ORDER BY ts_rank_cd(c.tsv, q.q) DESC, c.doc_id, c.ordinal)::integer AS rnk
             FROM pgingest.chunks AS c
             INNER JOIN pgingest.documents AS d ON d.id = c.doc_id
-            CROSS JOIN (SELECT websearch_to_tsquery($2, $5) AS q) AS q
+            CROSS JOIN (SELECT $2::tsquery AS q) AS q
             WHERE c.tsv @@ q.q AND %1$s
             ORDER BY ts_rank_cd(c.tsv, q.q) DESC, c.doc_id, c.ordinal
             LIMIT $3
@@ -206,14 +222,16 @@ BEGIN
         LIMIT $9
         $sql$,
         v_pred
-    ) USING query_vector, v_cfg, greatest(candidates, k), filter, query_text,
+    ) USING query_vector, v_query, greatest(candidates, k), filter, query_text,
             vector_weight, text_weight, rrf_k::double precision, k;
 END;
 $$;
 
 COMMENT ON FUNCTION pgingest.hybrid_search(
     text, vector, integer, jsonb, double precision, double precision,
-    integer, integer
+    integer, integer, boolean
 ) IS
 'Hybrid search: vector search (active model) and full-text search (chunks.tsv, websearch syntax) fused '
-'by reciprocal rank fusion: score = vector_weight/(rrf_k + vector rank) + text_weight/(rrf_k + text rank).';
+'by reciprocal rank fusion: score = vector_weight/(rrf_k + vector rank) + text_weight/(rrf_k + text rank). '
+'The text side matches any query term (ranked by ts_rank_cd), or all of them in websearch syntax with '
+'match_all => true.';

@@ -694,3 +694,21 @@ def hybrid_search(
         " FROM pgingest.hybrid_search(%s, %s, %s, %s::jsonb)",
         (query_text, Vector(query_vector), k, json.dumps(filter_)),
     ).fetchall()
+
+
+def hybrid_search_weighted(
+    conn: psycopg.Connection[Any],
+    query_text: str,
+    query_vector: np.ndarray,
+    k: int,
+    vector_weight: float,
+    text_weight: float,
+) -> list[dict[str, Any]]:
+    from pgvector import Vector
+
+    cur = conn.cursor(row_factory=dict_row)
+    return cur.execute(
+        "SELECT doc_key, score, vector_rank, text_rank FROM pgingest.hybrid_search(%s, %s, %s,"
+        " vector_weight => %s, text_weight => %s)",
+        (query_text, Vector(query_vector), k, vector_weight, text_weight),
+    ).fetchall()
