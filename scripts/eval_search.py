@@ -16,7 +16,6 @@ import sys
 
 from pgingest import db, providers, vectors
 
-
 QUESTIONS: list[tuple[str, str]] = [
     ("merge overlapping IP networks into the smallest list", "pydoc:ipaddress.collapse_addresses"),
     ("replace ~ with the user's home directory in a path", "pydoc:posixpath.expanduser"),

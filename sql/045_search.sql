@@ -162,7 +162,7 @@ CREATE OR REPLACE FUNCTION pgingest.hybrid_search(
     text_weight double precision DEFAULT 1.0,
     rrf_k integer DEFAULT 60,
     candidates integer DEFAULT 100,
-    match_all boolean DEFAULT false
+    match_all boolean DEFAULT FALSE
 )
 RETURNS TABLE (
     doc_id bigint,
