@@ -53,11 +53,16 @@ SET search_path FROM CURRENT
 AS $$
 DECLARE
     v_m pgingest.models := pgingest._model(p_model);
+    v_msgs pgmq.message_record[];
 BEGIN
     IF p_vt < 1 OR p_qty < 1 THEN
         RAISE EXCEPTION 'pgingest: visibility timeout and quantity must be positive (got %, %)', p_vt, p_qty
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- Two statements on purpose: the second one's snapshot is taken after the claim, so it sees
+    -- every document whose message was claimed (one statement could claim a message committed
+    -- after its own snapshot and report the document as stale).
+    SELECT array_agg(r) INTO v_msgs FROM pgmq.read(v_m.queue_name, p_vt, p_qty) AS r;
     RETURN QUERY
     WITH msgs AS (
         SELECT
@@ -72,7 +77,7 @@ BEGIN
                 WHEN jsonb_typeof(r.message) = 'object' AND r.message ->> 'hash' ~ '^[0-9a-f]{64}$'
                     THEN decode(r.message ->> 'hash', 'hex')
             END AS hash
-        FROM pgmq.read(v_m.queue_name, p_vt, p_qty) AS r
+        FROM unnest(v_msgs) AS r
     )
     SELECT
         m.msg_id,

@@ -47,6 +47,73 @@ RETURN CASE p_metric WHEN 'cosine' THEN '<=>' WHEN 'ip' THEN '<#>' ELSE '<->' EN
 
 COMMENT ON FUNCTION pgingest._distance_operator(text) IS 'pgvector distance operator for a metric.';
 
+CREATE OR REPLACE FUNCTION pgingest._lifecycle_lock()
+RETURNS void
+LANGUAGE sql
+VOLATILE
+SET search_path FROM CURRENT
+-- The installer's key (0x7067696E67657374) plus one.
+RETURN pg_advisory_xact_lock(8099558377751147381);
+
+COMMENT ON FUNCTION pgingest._lifecycle_lock() IS
+'Serialises the model lifecycle (register_model, swap_model, retire_model) until the end of the '
+'transaction.';
+
+CREATE OR REPLACE FUNCTION pgingest._check_index_options(p_method text, p_options jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql
+IMMUTABLE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_opts jsonb := coalesce(p_options, '{}');
+    v_key text;
+    v_val jsonb;
+    v_allowed text[];
+    v_lo integer;
+    v_hi integer;
+BEGIN
+    IF jsonb_typeof(v_opts) <> 'object' THEN
+        RAISE EXCEPTION 'pgingest: index_options must be a JSON object, not %', v_opts
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_allowed := CASE p_method
+        WHEN 'hnsw' THEN ARRAY['m', 'ef_construction']
+        WHEN 'ivfflat' THEN ARRAY['lists']
+        ELSE '{}'::text[]
+    END;
+    FOR v_key, v_val IN SELECT o.key, o.value FROM jsonb_each(v_opts) AS o LOOP
+        IF NOT v_key = ANY (v_allowed) THEN
+            RAISE EXCEPTION 'pgingest: unknown index option % for index_method %', quote_literal(v_key),
+                quote_literal(p_method)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'hnsw takes m and ef_construction, ivfflat takes lists, none takes nothing.';
+        END IF;
+        v_lo := CASE v_key WHEN 'm' THEN 2 WHEN 'ef_construction' THEN 4 ELSE 1 END;
+        v_hi := CASE v_key WHEN 'm' THEN 100 WHEN 'ef_construction' THEN 1000 ELSE 32768 END;
+        IF jsonb_typeof(v_val) <> 'number' OR v_val::text !~ '^[0-9]+$'
+           OR v_val::text::numeric NOT BETWEEN v_lo AND v_hi THEN
+            RAISE EXCEPTION 'pgingest: index option % must be an integer from % to %, not %', v_key, v_lo,
+                v_hi, v_val
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END LOOP;
+    IF p_method = 'hnsw' THEN
+        v_opts := jsonb_build_object('m', 16, 'ef_construction', 64) || v_opts;
+        IF (v_opts ->> 'ef_construction')::integer < 2 * (v_opts ->> 'm')::integer THEN
+            RAISE EXCEPTION 'pgingest: hnsw ef_construction (%) must be at least twice m (%)',
+                v_opts ->> 'ef_construction', v_opts ->> 'm'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END IF;
+    RETURN v_opts;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._check_index_options(text, jsonb) IS
+'Validates a model''s index options for its index method (hnsw: m 2-100, ef_construction 4-1000 and at '
+'least 2 m; ivfflat: lists 1-32768) and returns them with the hnsw defaults filled in; raises 22023.';
+
 CREATE OR REPLACE FUNCTION pgingest._refresh_search_view()
 RETURNS void
 LANGUAGE plpgsql
@@ -55,22 +122,34 @@ SET search_path FROM CURRENT
 AS $$
 DECLARE
     v_m pgingest.models;
+    v_active boolean;
 BEGIN
     SELECT * INTO v_m FROM pgingest.models AS m WHERE m.state = 'active';
-    IF to_regclass('pgingest.search_chunks') IS NOT NULL THEN
+    v_active := FOUND;
+    -- `embedding` has no typmod (vector, not vector(384)): a swap between two models of the same
+    -- storage type keeps the view's row type, so it is replaced in place (same oid, grants and
+    -- dependants kept) and statements prepared by clients survive the swap. Only a change of
+    -- storage type (vector <-> halfvec) drops and re-creates it.
+    IF to_regclass('pgingest.search_chunks') IS NOT NULL AND (
+        NOT v_active OR NOT EXISTS (
+            SELECT 1 FROM pg_attribute AS a
+            WHERE a.attrelid = to_regclass('pgingest.search_chunks') AND a.attname = 'embedding'
+              AND a.atttypid = v_m.storage::regtype AND a.atttypmod = -1 AND NOT a.attisdropped
+        )
+    ) THEN
         DROP VIEW pgingest.search_chunks;
     END IF;
-    IF FOUND THEN
+    IF v_active THEN
         EXECUTE format(
             $sql$
-            CREATE VIEW pgingest.search_chunks WITH (security_barrier = false) AS
-            SELECT c.doc_id, d.key AS doc_key, d.title, c.ordinal, c.content, c.%1$I AS embedding,
+            CREATE OR REPLACE VIEW pgingest.search_chunks WITH (security_barrier = false) AS
+            SELECT c.doc_id, d.key AS doc_key, d.title, c.ordinal, c.content, c.%1$I::%3$s AS embedding,
                    %2$L::text AS model, d.metadata
             FROM pgingest.chunks AS c
             INNER JOIN pgingest.documents AS d ON d.id = c.doc_id
             WHERE c.%1$I IS NOT NULL
             $sql$,
-            v_m.column_name, v_m.name
+            v_m.column_name, v_m.name, v_m.storage
         );
         EXECUTE format(
             'COMMENT ON VIEW pgingest.search_chunks IS %L',
@@ -111,7 +190,9 @@ DECLARE
     v_state text;
     v_chunk_max integer;
     v_m pgingest.models;
+    v_options jsonb;
 BEGIN
+    PERFORM pgingest._lifecycle_lock();
     IF EXISTS (SELECT 1 FROM pgingest.models AS m WHERE m.name = v_name) THEN
         RAISE EXCEPTION 'pgingest: a model named % already exists', v_name
             USING ERRCODE = 'duplicate_object',
@@ -125,15 +206,36 @@ BEGIN
                   HINT = 'Chunking is shared by all models (one chunk set, one vector column per model): '
                          'every model must accept the pipeline''s chunk size.';
     END IF;
-    IF index_method NOT IN ('hnsw', 'ivfflat', 'none') THEN
-        RAISE EXCEPTION 'pgingest: index_method must be hnsw, ivfflat or none, not %', quote_literal(index_method)
+    IF index_method IS NULL OR index_method NOT IN ('hnsw', 'ivfflat', 'none') THEN
+        RAISE EXCEPTION 'pgingest: index_method must be hnsw, ivfflat or none, not %',
+            coalesce(quote_literal(index_method), 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF storage = 'halfvec' AND dimensions > 4000 OR storage = 'vector' AND dimensions > 2000
-       AND index_method <> 'none' THEN
+    IF storage IS NULL OR storage NOT IN ('vector', 'halfvec') THEN
+        RAISE EXCEPTION 'pgingest: storage must be vector or halfvec, not %', coalesce(quote_literal(storage), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF metric IS NULL OR metric NOT IN ('cosine', 'ip', 'l2') THEN
+        RAISE EXCEPTION 'pgingest: metric must be cosine, ip or l2, not %', coalesce(quote_literal(metric), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_options := pgingest._check_index_options(index_method, index_options);
+    IF index_method <> 'none' AND (storage = 'halfvec' AND dimensions > 4000 OR storage = 'vector' AND dimensions > 2000)
+    THEN
         RAISE EXCEPTION 'pgingest: % dimensions is too many for an ANN index on %', dimensions, storage
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'vector indexes 2,000 dimensions at most, halfvec 4,000; use halfvec or index_method => ''none''.';
+    END IF;
+
+    -- ADD COLUMN would wait for a running CREATE INDEX CONCURRENTLY on the chunks (and deadlock with
+    -- it) while holding the documents lock below, which stops every INSERT meanwhile.
+    IF EXISTS (
+        SELECT 1 FROM pg_catalog.pg_stat_progress_create_index AS p
+        WHERE p.relid = 'pgingest.chunks'::regclass
+    ) THEN
+        RAISE EXCEPTION 'pgingest: cannot register model % while an index is being built on pgingest.chunks', v_name
+            USING ERRCODE = 'object_in_use',
+                  HINT = 'Retry when it ends: SELECT * FROM pgingest.model_index_status();';
     END IF;
 
     -- Wait for in-flight writers and hold new ones until we commit: every document is then either
@@ -149,7 +251,7 @@ BEGIN
     ) VALUES (
         v_name, model_id, base_url, api_key_env, dimensions, storage, metric, max_input_tokens,
         request_dimensions, v_state, 'emb_' || v_name, 'pgingest_' || v_name, index_method,
-        coalesce(index_options, '{}'), now(), (SELECT max(d.id) FROM pgingest.documents AS d),
+        v_options, now(), (SELECT max(d.id) FROM pgingest.documents AS d),
         CASE WHEN v_state = 'active' THEN now() END
     )
     RETURNING * INTO v_m;

@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from pgingest import __version__
+from pgingest import __version__, models_cli
 
 
 def _add_db(p: argparse.ArgumentParser) -> None:
@@ -196,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_serve_model)
+
+    models_cli.add_model_commands(sub)
 
     p = sub.add_parser(
         "demo", help="the demo: a real corpus through the pipeline, then searches", add_help=False

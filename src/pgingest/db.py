@@ -338,7 +338,9 @@ def all_models(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
     ).fetchall()
 
 
-def backfill_progress(conn: psycopg.Connection[Any], name: str | None = None) -> list[dict[str, Any]]:
+def backfill_progress(
+    conn: psycopg.Connection[Any], name: str | None = None
+) -> list[dict[str, Any]]:
     cur = conn.cursor(row_factory=dict_row)
     return cur.execute(
         "SELECT model, state, paused, documents, embedded, dead_lettered, pending, percent,"
@@ -587,16 +589,16 @@ def status_view(conn: psycopg.Connection[Any], view: str) -> list[dict[str, Any]
 # -- demo --------------------------------------------------------------------------------------
 
 
-def upsert_documents(conn: psycopg.Connection[Any], docs: Sequence[tuple[str, str, str, Any]]) -> None:
+def upsert_documents(
+    conn: psycopg.Connection[Any], docs: Sequence[tuple[str, str, str, Any]]
+) -> None:
     """Upserts (key, title, body, metadata) by key with COPY; unchanged rows are not touched."""
     with conn.transaction():
         conn.execute(
             "CREATE TEMP TABLE pgingest_load (key text, title text, body text, metadata jsonb)"
             " ON COMMIT DROP"
         )
-        with conn.cursor().copy(
-            "COPY pgingest_load (key, title, body, metadata) FROM STDIN"
-        ) as cp:
+        with conn.cursor().copy("COPY pgingest_load (key, title, body, metadata) FROM STDIN") as cp:
             for key, title, body, metadata in docs:
                 cp.write_row((key, title, body, json.dumps(metadata)))
         conn.execute(
@@ -638,8 +640,7 @@ def search_text(
         if embedding_url:
             conn.execute("SELECT set_config('pgingest.embedding_url', %s, true)", (embedding_url,))
         return conn.execute(
-            "SELECT doc_key, title, distance FROM pgingest.search_text(%s, %s,"
-            " per_document => %s)",
+            "SELECT doc_key, title, distance FROM pgingest.search_text(%s, %s, per_document => %s)",
             (query, k, per_document),
         ).fetchall()
 
@@ -712,3 +713,15 @@ def hybrid_search_weighted(
         " vector_weight => %s, text_weight => %s)",
         (query_text, Vector(query_vector), k, vector_weight, text_weight),
     ).fetchall()
+
+
+def reindex_leftovers(conn: psycopg.Connection[Any], index_name: str) -> list[str]:
+    """Invalid ``<index>_ccnew``/``_ccold`` indexes on pgingest.chunks left by a failed
+    ``REINDEX INDEX CONCURRENTLY`` (still maintained by every write until dropped)."""
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid"
+        " WHERE i.indrelid = 'pgingest.chunks'::regclass AND NOT i.indisvalid"
+        " AND c.relname ~ ('^' || %s || '_cc(new|old)[0-9]*$') ORDER BY c.relname",
+        (index_name,),
+    ).fetchall()
+    return [str(r[0]) for r in rows]

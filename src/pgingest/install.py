@@ -165,5 +165,7 @@ def install(conninfo: str | None = None, *, upto: str | None = None) -> list[str
             with conn.transaction():
                 conn.execute(script.encode("utf-8"))
         except psycopg.errors.DataCorrupted as exc:
-            raise InstallError(str(exc.diag.message_primary) + "\n" + str(exc.diag.message_hint)) from exc
+            raise InstallError(
+                str(exc.diag.message_primary) + "\n" + str(exc.diag.message_hint)
+            ) from exc
     return [n for n in notices if n.startswith("pgingest:")]

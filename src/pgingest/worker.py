@@ -30,6 +30,14 @@ from pgingest.metrics import Metrics
 
 log = logging.getLogger("pgingest.worker")
 
+# What a batch of a model retired under the worker's feet raises (no live model, no queue
+# table, no column): the batch is dropped, the worker goes on.
+_MODEL_GONE = (
+    psycopg.errors.UndefinedObject,
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.UndefinedColumn,
+)
+
 # Priority when one document's chunks hit several failures in one batch.
 _FAILURE_PRIORITY = {"auth": 0, "rejected": 1, "transient": 2, "rate_limited": 3}
 
@@ -253,7 +261,8 @@ class Worker:
             if self.stopping.is_set():
                 break
             if m.paused:
-                self._maybe_probe(m)
+                if self._maybe_probe(m):
+                    pending = True  # resumed: its released messages come back (--drain waits)
                 continue
             if not m.backfill_done:
                 queued = db.backfill_step(conn, m.name, self.s.backfill_batch)
@@ -263,18 +272,31 @@ class Worker:
             if not self.breaker(m.name).allow():
                 pending = True
                 continue
-            stats = self.process_batch(m)
+            try:
+                stats = self.process_batch(m)
+                busy = bool(stats.read or stats.deferred)
+                if not busy:
+                    busy = db.queue_depth(conn, m.queue_name) > 0
+            except _MODEL_GONE as exc:
+                # retire_model() ran while this batch was in flight: the model's queue and
+                # column are gone, nothing is left to write or acknowledge. Not worth dying for.
+                log.warning(
+                    "model retired while its batch was in flight; batch dropped",
+                    extra={"model": m.name, "error": str(exc).splitlines()[0][:200]},
+                )
+                continue
             worked += stats.read
-            if stats.read or stats.deferred or db.queue_depth(conn, m.queue_name) > 0:
+            if busy:
                 pending = True
         return worked, pending
 
     # -- probing paused models ------------------------------------------------------------------
 
-    def _maybe_probe(self, m: db.Model) -> None:
+    def _maybe_probe(self, m: db.Model) -> bool:
+        """Probe a paused model when it is time; True when the probe resumed it."""
         now = time.monotonic()
         if now - self._last_probe.get(m.name, 0.0) < self.s.probe_interval:
-            return
+            return False
         self._last_probe[m.name] = now
         self._providers.pop(m.name, None)  # re-read the key from the environment or file
         try:
@@ -284,9 +306,10 @@ class Worker:
                 "model still failing",
                 extra={"model": m.name, "error_class": exc.error_class},
             )
-            return
+            return False
         db.resume_model(self._connection(), m.name)
         log.warning("model resumed after a successful probe", extra={"model": m.name})
+        return True
 
     # -- one batch -------------------------------------------------------------------------------
 

@@ -1,0 +1,552 @@
+-- Model lifecycle, after register_model (030_models.sql): backfill progress, per-model index status
+-- and DDL, model comparison, swap_model (the search view re-pointed in one transaction, rollback by
+-- swapping back) and retire_model. The index itself is built with CREATE INDEX CONCURRENTLY, which
+-- cannot run inside a function: `pgingest model index <name>`, or `SELECT pgingest.index_ddl(<name>)
+-- \gexec` from psql.
+
+CREATE OR REPLACE FUNCTION pgingest._backfill_progress(p_m pgingest.models)
+RETURNS TABLE (
+    documents bigint,
+    embedded bigint,
+    dead_lettered bigint,
+    pending bigint,
+    percent numeric,
+    backfill_queued_all boolean,
+    rate_per_s numeric,
+    eta interval
+)
+LANGUAGE plpgsql
+STABLE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_window interval;
+    v_recent bigint;
+BEGIN
+    -- A document counts once: embedded (its current version), else dead-lettered (that version), else pending.
+    SELECT count(*), count(s.doc_id), count(l.doc_id) FILTER (WHERE s.doc_id IS NULL)
+    INTO documents, embedded, dead_lettered
+    FROM pgingest.documents AS d
+    LEFT JOIN pgingest.embedding_state AS s
+        ON s.doc_id = d.id AND s.model = p_m.name AND s.content_hash = d.content_hash
+    LEFT JOIN pgingest.dead_letters AS l
+        ON l.doc_id = d.id AND l.model = p_m.name AND l.content_hash = d.content_hash;
+    pending := documents - embedded - dead_lettered;
+    percent := round(100.0 * embedded / greatest(documents, 1), 1);
+    backfill_queued_all := p_m.backfill_completed_at IS NOT NULL;
+    -- The rate: over the last minute, or since the backfill started when that is shorter.
+    v_window := greatest(least(interval '60 s', now() - coalesce(p_m.backfill_started_at, p_m.created_at)),
+                         interval '1 s');
+    SELECT count(*) INTO v_recent
+    FROM pgingest.embedding_state AS s
+    WHERE s.model = p_m.name AND s.embedded_at > now() - v_window;
+    rate_per_s := round(v_recent / extract(EPOCH FROM v_window), 1);
+    eta := CASE
+        WHEN pending = 0 THEN interval '0 s'
+        WHEN v_recent > 0 THEN make_interval(secs => round(pending * extract(EPOCH FROM v_window) / v_recent))
+    END;
+    RETURN NEXT;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._backfill_progress(pgingest.models) IS
+'Backfill figures of one model (see the view pgingest.backfill_progress).';
+
+CREATE OR REPLACE VIEW pgingest.backfill_progress AS
+SELECT
+    m.name AS model,
+    m.state,
+    m.paused,
+    p.documents,
+    p.embedded,
+    p.dead_lettered,
+    p.pending,
+    p.percent,
+    p.backfill_queued_all,
+    m.backfill_queued,
+    m.backfill_started_at,
+    m.backfill_completed_at,
+    p.rate_per_s,
+    p.eta
+FROM pgingest.models AS m
+CROSS JOIN LATERAL pgingest._backfill_progress(m) AS p
+WHERE m.state <> 'retired';
+
+COMMENT ON VIEW pgingest.backfill_progress IS
+'Per live model: documents whose current version is embedded, dead-lettered or pending, percent done, '
+'whether the whole backfill is queued (backfill_queued_all, backfill_queued documents so far), the '
+'embedding rate over the last minute (documents/s) and the estimated time left. swap_model() refuses '
+'while pending > 0 or backfill_queued_all is false.';
+
+CREATE OR REPLACE FUNCTION pgingest.model_index_status(p_model text DEFAULT NULL)
+RETURNS TABLE (
+    model text,
+    state text,
+    index_method text,
+    index_name text,
+    present boolean,
+    valid boolean,
+    on_column boolean,
+    size_bytes bigint,
+    size text,
+    definition text,
+    build_pid integer,
+    build_phase text,
+    build_done bigint,
+    build_total bigint
+)
+LANGUAGE sql
+STABLE
+SET search_path FROM CURRENT
+BEGIN ATOMIC
+    WITH ix AS (
+        SELECT
+            m.name AS model,
+            m.state,
+            m.index_method,
+            i.indexrelid,
+            pgingest._index_name(m.name) AS index_name,
+            i.indexrelid IS NOT NULL AS present,
+            coalesce(i.indisvalid AND i.indisready, FALSE) AS valid,
+            coalesce(
+                i.indrelid = 'pgingest.chunks'::regclass AND i.indnatts = 1 AND a.attname = m.column_name, FALSE
+            ) AS on_column,
+            pg_relation_size(i.indexrelid) AS size_bytes,
+            pg_size_pretty(pg_relation_size(i.indexrelid)) AS size,
+            pg_get_indexdef(i.indexrelid) AS definition
+        FROM pgingest.models AS m
+        LEFT JOIN pg_catalog.pg_index AS i
+            ON to_regclass(format('pgingest.%I', pgingest._index_name(m.name))) = i.indexrelid
+        LEFT JOIN pg_catalog.pg_attribute AS a ON i.indrelid = a.attrelid AND i.indkey[0] = a.attnum
+        WHERE (p_model IS NULL OR m.name = p_model) AND m.state <> 'retired'
+    )
+
+    SELECT
+        ix.model,
+        ix.state,
+        ix.index_method,
+        ix.index_name,
+        ix.present,
+        ix.valid,
+        ix.on_column,
+        ix.size_bytes,
+        ix.size,
+        ix.definition,
+        p.pid AS build_pid,
+        p.phase AS build_phase,
+        coalesce(nullif(p.tuples_done, 0), p.blocks_done) AS build_done,
+        coalesce(nullif(p.tuples_total, 0), p.blocks_total) AS build_total
+    FROM ix
+    LEFT JOIN pg_catalog.pg_stat_progress_create_index AS p
+        ON ix.indexrelid = p.index_relid AND p.relid = 'pgingest.chunks'::regclass
+    ORDER BY ix.model;
+END;
+
+COMMENT ON FUNCTION pgingest.model_index_status(text) IS
+'ANN index of each live model (or of p_model): name, whether it exists, is valid (pg_index.indisvalid: a '
+'failed or running CREATE INDEX CONCURRENTLY leaves it invalid) and covers the model''s column, its size '
+'and definition, and the progress of a build running now (pg_stat_progress_create_index).';
+
+CREATE OR REPLACE FUNCTION pgingest.index_ddl(name text, concurrent boolean DEFAULT TRUE)
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+SET search_path FROM CURRENT
+AS $$
+#variable_conflict use_variable
+DECLARE
+    v_m pgingest.models := pgingest._model(pgingest._check_model_name(index_ddl.name));
+    v_opts jsonb := pgingest._check_index_options(v_m.index_method, v_m.index_options);
+    v_rows bigint;
+    v_with text;
+BEGIN
+    IF v_m.index_method = 'none' THEN
+        RAISE EXCEPTION 'pgingest: model % has index_method none: it is searched exactly, without an index',
+            v_m.name
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF v_m.index_method = 'hnsw' THEN
+        v_with := format('m = %s, ef_construction = %s', (v_opts ->> 'm')::integer,
+                         (v_opts ->> 'ef_construction')::integer);
+    ELSE
+        IF v_opts ? 'lists' THEN
+            v_rows := (v_opts ->> 'lists')::integer;
+        ELSE
+            -- pgvector's advice: rows / 1000 up to a million rows, sqrt(rows) above.
+            EXECUTE format('SELECT count(*) FROM pgingest.chunks WHERE %I IS NOT NULL', v_m.column_name)
+            INTO v_rows;
+            v_rows := greatest(1, CASE WHEN v_rows <= 1000000 THEN v_rows / 1000 ELSE sqrt(v_rows)::bigint END);
+        END IF;
+        v_with := format('lists = %s', v_rows);
+    END IF;
+    RETURN format(
+        'CREATE INDEX %s %I ON pgingest.chunks USING %I (%I %I) WITH (%s)',
+        CASE WHEN concurrent THEN 'CONCURRENTLY' ELSE '' END,
+        pgingest._index_name(v_m.name), v_m.index_method, v_m.column_name, pgingest._opclass(v_m), v_with
+    );
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.index_ddl(text, boolean) IS
+'The CREATE INDEX [CONCURRENTLY] statement of a model''s ANN index (method, operator class for its '
+'storage and metric, m/ef_construction or lists). From psql: SELECT pgingest.index_ddl(''v2'') \gexec '
+'(after SET maintenance_work_mem / max_parallel_maintenance_workers). `pgingest model index` runs it '
+'with progress and replaces an invalid leftover.';
+
+CREATE OR REPLACE FUNCTION pgingest._swap_problems(p_m pgingest.models)
+RETURNS TABLE (blocking boolean, reason text, detail text, hint text)
+LANGUAGE plpgsql
+STABLE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_p pgingest.backfill_progress;
+    v_ix record;
+BEGIN
+    SELECT * INTO v_p FROM pgingest.backfill_progress AS b WHERE b.model = p_m.name;
+    blocking := TRUE;
+    IF p_m.backfill_completed_at IS NULL THEN
+        reason := 'its backfill is not fully queued yet';
+        detail := format('backfill: %s documents queued so far (up to document id %s, last queued id %s)',
+                         p_m.backfill_queued, coalesce(p_m.backfill_upto::text, '-'), p_m.backfill_cursor);
+        hint := format('Run workers (they queue the backfill) or CALL pgingest.run_backfill(%L).', p_m.name);
+        RETURN NEXT;
+    END IF;
+    IF v_p.pending > 0 THEN
+        reason := format('%s documents are not embedded for it yet', v_p.pending);
+        detail := format('backfill: %s of %s documents embedded (%s%%), %s pending, %s dead-lettered',
+                         v_p.embedded, v_p.documents, v_p.percent, v_p.pending, v_p.dead_lettered);
+        hint := 'Let the workers finish: SELECT * FROM pgingest.backfill_progress;';
+        RETURN NEXT;
+    END IF;
+    IF p_m.paused THEN
+        reason := 'it is paused';
+        detail := format('paused: %s', coalesce(p_m.paused_reason, 'no reason given'));
+        hint := format('Fix the provider, then SELECT pgingest.resume_model(%L);', p_m.name);
+        RETURN NEXT;
+    END IF;
+    IF p_m.index_method <> 'none' THEN
+        SELECT * INTO v_ix FROM pgingest.model_index_status(p_m.name) AS s;
+        IF NOT v_ix.present THEN
+            reason := format('its index %s does not exist', v_ix.index_name);
+            detail := format('index %s (%s): missing', v_ix.index_name, p_m.index_method);
+            hint := format('Build it: pgingest model index %s (or SELECT pgingest.index_ddl(%L) \gexec).',
+                           p_m.name, p_m.name);
+            RETURN NEXT;
+        ELSIF v_ix.build_phase IS NOT NULL THEN
+            reason := format('its index %s is still being built', v_ix.index_name);
+            detail := format('index %s: %s, %s of %s (pid %s)', v_ix.index_name, v_ix.build_phase,
+                             coalesce(v_ix.build_done::text, '?'), coalesce(v_ix.build_total::text, '?'),
+                             v_ix.build_pid);
+            hint := 'Wait for the build to end: SELECT * FROM pgingest.model_index_status();';
+            RETURN NEXT;
+        ELSIF NOT v_ix.valid THEN
+            reason := format('its index %s is invalid', v_ix.index_name);
+            detail := format('index %s: pg_index.indisvalid is false (a failed CREATE INDEX CONCURRENTLY)',
+                             v_ix.index_name);
+            hint := format('Rebuild it: pgingest model index %s (drops the invalid index first).', p_m.name);
+            RETURN NEXT;
+        ELSIF NOT v_ix.on_column THEN
+            reason := format('its index %s is not on column %s', v_ix.index_name, p_m.column_name);
+            detail := format('index %s: %s', v_ix.index_name, v_ix.definition);
+            hint := format('Drop it (DROP INDEX CONCURRENTLY pgingest.%I) and run pgingest model index %s.',
+                           v_ix.index_name, p_m.name);
+            RETURN NEXT;
+        END IF;
+    END IF;
+    IF v_p.dead_lettered > 0 THEN
+        blocking := FALSE;
+        reason := format('%s documents are dead-lettered for it: search will not find them', v_p.dead_lettered);
+        detail := format('backfill: %s of %s documents embedded, %s dead-lettered',
+                         v_p.embedded, v_p.documents, v_p.dead_lettered);
+        hint := format('SELECT error_class, count(*) FROM pgingest.dead_letters WHERE model = %L GROUP BY 1;',
+                       p_m.name);
+        RETURN NEXT;
+    END IF;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._swap_problems(pgingest.models) IS
+'Why a model cannot become active yet (blocking: backfill not queued, documents pending, paused, index '
+'missing, building, invalid or on another column) or what to know first (not blocking: dead letters), '
+'one row per reason with details and a hint; none when ready.';
+
+CREATE OR REPLACE FUNCTION pgingest.swap_model(name text, force boolean DEFAULT FALSE)
+RETURNS text
+LANGUAGE plpgsql
+VOLATILE
+SET search_path FROM CURRENT
+AS $$
+#variable_conflict use_variable
+DECLARE
+    v_name text := pgingest._check_model_name(swap_model.name);
+    v_target pgingest.models;
+    v_prev pgingest.models;
+    v_reasons text[];
+    v_details text[];
+    v_hints text[];
+    v_notes text[];
+    v_note_details text[];
+    v_note_hints text[];
+    v_i integer;
+BEGIN
+    PERFORM pgingest._lifecycle_lock();
+    SELECT * INTO v_target FROM pgingest.models AS m WHERE m.name = v_name FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgingest: no model named %', quote_literal(v_name)
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'SELECT name, state FROM pgingest.models;';
+    END IF;
+    IF v_target.state = 'retired' THEN
+        RAISE EXCEPTION 'pgingest: model % is retired and cannot become active', v_name
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('retired at %s: its column and index were dropped', v_target.retired_at),
+                  HINT = 'Register a new model (with a new name) and swap to it once it is backfilled.';
+    END IF;
+    IF v_target.state = 'active' THEN
+        RAISE NOTICE 'pgingest: % is already the active model; nothing to do', v_name;
+        RETURN format('%s is already active', v_name);
+    END IF;
+
+    -- Every check runs before the view is touched: readers wait on the view only for the swap itself.
+    SELECT
+        array_agg(p.reason) FILTER (WHERE p.blocking),
+        array_agg(p.detail) FILTER (WHERE p.blocking),
+        array_agg(p.hint) FILTER (WHERE p.blocking),
+        array_agg(p.reason) FILTER (WHERE NOT p.blocking),
+        array_agg(p.detail) FILTER (WHERE NOT p.blocking),
+        array_agg(p.hint) FILTER (WHERE NOT p.blocking)
+    INTO v_reasons, v_details, v_hints, v_notes, v_note_details, v_note_hints
+    FROM pgingest._swap_problems(v_target) AS p;
+    FOR v_i IN 1 .. coalesce(cardinality(v_notes), 0) LOOP
+        RAISE WARNING 'pgingest: model %: %', v_name, v_notes[v_i]
+            USING DETAIL = v_note_details[v_i], HINT = v_note_hints[v_i];
+    END LOOP;
+    IF v_reasons IS NOT NULL THEN
+        IF NOT force THEN
+            RAISE EXCEPTION 'pgingest: cannot swap to model %: %', v_name, array_to_string(v_reasons, '; ')
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = array_to_string(v_details, E'\n'),
+                      HINT = array_to_string(v_hints, ' ')
+                      || format(' To swap anyway: SELECT pgingest.swap_model(%L, force => true);', v_name);
+        END IF;
+        RAISE WARNING 'pgingest: swapping to model % although %', v_name, array_to_string(v_reasons, '; ')
+            USING DETAIL = array_to_string(v_details, E'\n');
+    END IF;
+
+    SELECT * INTO v_prev FROM pgingest.models AS m WHERE m.state = 'active' FOR NO KEY UPDATE;
+    IF FOUND THEN
+        UPDATE pgingest.models AS m SET state = 'standby' WHERE m.name = v_prev.name;
+    END IF;
+    UPDATE pgingest.models AS m SET state = 'active', activated_at = now() WHERE m.name = v_name;
+    PERFORM pgingest._refresh_search_view();
+    RAISE NOTICE 'pgingest: % is the active model (pgingest.search_chunks.embedding = %), % is standby',
+        v_name, v_target.column_name, coalesce(v_prev.name, 'no model')
+        USING HINT = CASE WHEN v_prev.name IS NOT NULL
+            THEN format('Roll back with SELECT pgingest.swap_model(%L);', v_prev.name) END;
+    RETURN format('%s active, %s standby', v_name, coalesce(v_prev.name, 'no model'));
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.swap_model(text, boolean) IS
+'Makes a model the active one in one transaction: the previous active model becomes standby (still '
+'written: the rollback target, swap_model(<it>) rolls back) and pgingest.search_chunks is re-pointed. '
+'Refuses (SQLSTATE 55000, with numbers in DETAIL and the remedy in HINT) while the model''s backfill is '
+'incomplete, it is paused, or its index is missing or invalid, unless force => true.';
+
+CREATE OR REPLACE FUNCTION pgingest.retire_model(name text)
+RETURNS text
+LANGUAGE plpgsql
+VOLATILE
+SET search_path FROM CURRENT
+AS $$
+#variable_conflict use_variable
+DECLARE
+    v_name text := pgingest._check_model_name(retire_model.name);
+    v_m pgingest.models;
+    v_pid integer;
+    v_states bigint;
+    v_letters bigint;
+BEGIN
+    PERFORM pgingest._lifecycle_lock();
+    -- Waits for a backfill_step_v1 running on this model (FOR UPDATE); NO KEY so that the foreign key
+    -- checks of the workers' writes (FOR KEY SHARE on this row) are not blocked, which would deadlock
+    -- with the DROP COLUMN below.
+    SELECT * INTO v_m FROM pgingest.models AS m WHERE m.name = v_name FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgingest: no model named %', quote_literal(v_name)
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'SELECT name, state FROM pgingest.models;';
+    END IF;
+    IF v_m.state = 'retired' THEN
+        RAISE NOTICE 'pgingest: model % is already retired', v_name;
+        RETURN 'retired';
+    END IF;
+    IF v_m.state = 'active' THEN
+        RAISE EXCEPTION 'pgingest: cannot retire model %: it is the active model', v_name
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'pgingest.search_chunks reads its column.',
+                  HINT = 'Swap to another model first (SELECT pgingest.swap_model(''<name>'');), then retire this one.';
+    END IF;
+    -- DROP COLUMN needs an exclusive lock on the chunks table: it would wait for the whole build.
+    SELECT p.pid INTO v_pid FROM pg_catalog.pg_stat_progress_create_index AS p
+    WHERE p.relid = 'pgingest.chunks'::regclass
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'pgingest: cannot retire model % while an index is being built on pgingest.chunks', v_name
+            USING ERRCODE = 'object_in_use',
+                  DETAIL = format('CREATE INDEX running in backend %s', v_pid),
+                  HINT = 'Retry when it ends: SELECT * FROM pgingest.model_index_status();';
+    END IF;
+
+    -- Wait for in-flight writers of documents and hold new ones until we commit: a capture trigger
+    -- that saw this model live must finish sending to its queue before the queue is dropped, and
+    -- later ones see it retired and skip it. EXCLUSIVE (not SHARE) also waits for the worker batches
+    -- being written (complete_batch_v1 locks documents FOR SHARE first) and holds new ones, which
+    -- then read the model list after the column is gone. Plain reads go on.
+    LOCK TABLE pgingest.documents IN EXCLUSIVE MODE;
+    UPDATE pgingest.models AS m
+    SET state = 'retired', retired_at = now(), paused = FALSE, paused_reason = NULL,
+        backfill_completed_at = coalesce(m.backfill_completed_at, now())
+    WHERE m.name = v_name;
+    EXECUTE format('DROP INDEX IF EXISTS pgingest.%I', pgingest._index_name(v_name));
+    EXECUTE format('ALTER TABLE pgingest.chunks DROP COLUMN IF EXISTS %I', v_m.column_name);
+    IF EXISTS (SELECT 1 FROM pgmq.meta AS q WHERE q.queue_name = v_m.queue_name) THEN
+        PERFORM pgmq.drop_queue(v_m.queue_name);
+    END IF;
+    DELETE FROM pgingest.embedding_state AS s WHERE s.model = v_name;
+    GET DIAGNOSTICS v_states = ROW_COUNT;
+    DELETE FROM pgingest.dead_letters AS l WHERE l.model = v_name;
+    GET DIAGNOSTICS v_letters = ROW_COUNT;
+    IF to_regclass('pgingest.embedding_cache') IS NOT NULL THEN  -- cached vectors (migration 0004)
+        EXECUTE 'DELETE FROM pgingest.embedding_cache WHERE model = $1' USING v_name;
+    END IF;
+    RAISE NOTICE 'pgingest: model % retired: dropped index %, column %, queue %, % embedding states, % dead letters',
+        v_name, pgingest._index_name(v_name), v_m.column_name, v_m.queue_name, v_states, v_letters;
+    RETURN 'retired';
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.retire_model(text) IS
+'Retires a model that is not active: drops its ANN index, its column in pgingest.chunks, its queue, its '
+'embedding states, dead letters and cached vectors; new documents are no longer queued for it. The name '
+'is not reusable.';
+
+CREATE OR REPLACE FUNCTION pgingest.compare_models(a text, b text, k integer DEFAULT 10, sample integer DEFAULT 50)
+RETURNS TABLE (
+    model text,
+    queries integer,
+    top_k integer,
+    overlap numeric,
+    recall numeric,
+    p50_ms numeric,
+    p95_ms numeric
+)
+LANGUAGE plpgsql
+VOLATILE
+SET search_path FROM CURRENT
+AS $$
+#variable_conflict use_variable
+DECLARE
+    v_a pgingest.models := pgingest._model(pgingest._check_model_name(compare_models.a));
+    v_b pgingest.models := pgingest._model(pgingest._check_model_name(compare_models.b));
+    v_m pgingest.models;
+    v_q record;
+    v_sql text;
+    v_t0 timestamptz;
+    v_ann text[];
+    v_exact text[];
+    v_docs bigint[];
+    v_docs_a bigint[];
+    v_exact_docs bigint[];
+    v_ms_a double precision[] := '{}';
+    v_ms_b double precision[] := '{}';
+    v_rec_a double precision[] := '{}';
+    v_rec_b double precision[] := '{}';
+    v_ov double precision[] := '{}';
+    v_ms double precision;
+    v_rec double precision;
+    v_n integer := 0;
+    v_i integer;
+    v_idxscan text := current_setting('enable_indexscan');
+BEGIN
+    IF k IS NULL OR k NOT BETWEEN 1 AND 1000 OR sample IS NULL OR sample NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION 'pgingest: k must be 1-1000 and sample 1-10000 (got %, %)', k, sample
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Queries: sampled chunks embedded by both models (chunking is shared, so a chunk has a vector in
+    -- both columns); each model searches its own column with its own vector of that chunk.
+    FOR v_q IN EXECUTE format(
+        'SELECT c.doc_id, c.ordinal FROM pgingest.chunks AS c WHERE c.%I IS NOT NULL AND c.%I IS NOT NULL '
+        'ORDER BY random() LIMIT $1', v_a.column_name, v_b.column_name
+    ) USING sample LOOP
+        v_n := v_n + 1;
+        FOR v_i IN 1 .. 2 LOOP
+            v_m := CASE v_i WHEN 1 THEN v_a ELSE v_b END;
+            -- The query vector is a scalar subquery (an InitPlan parameter), so the ANN index can
+            -- order the scan.
+            v_sql := format(
+                $sql$
+                SELECT array_agg(x.doc_id ORDER BY x.rn), array_agg(x.doc_id || ':' || x.ordinal ORDER BY x.rn)
+                FROM (
+                    SELECT c.doc_id, c.ordinal, row_number() OVER () AS rn
+                    FROM (
+                        SELECT c.doc_id, c.ordinal FROM pgingest.chunks AS c
+                        WHERE c.%1$I IS NOT NULL
+                        ORDER BY c.%1$I %2$s (
+                            SELECT q.%1$I FROM pgingest.chunks AS q WHERE q.doc_id = $1 AND q.ordinal = $2
+                        )
+                        LIMIT $3
+                    ) AS c
+                ) AS x
+                $sql$,
+                v_m.column_name, pgingest._distance_operator(v_m.metric)
+            );
+            v_t0 := clock_timestamp();
+            EXECUTE v_sql INTO v_docs, v_ann USING v_q.doc_id, v_q.ordinal, k;
+            v_ms := 1000 * extract(EPOCH FROM clock_timestamp() - v_t0);
+            PERFORM set_config('enable_indexscan', 'off', TRUE);
+            EXECUTE v_sql INTO v_exact_docs, v_exact USING v_q.doc_id, v_q.ordinal, k;
+            PERFORM set_config('enable_indexscan', v_idxscan, TRUE);
+            SELECT count(*)::double precision / greatest(cardinality(v_exact), 1) INTO v_rec
+            FROM (SELECT unnest(v_ann) INTERSECT SELECT unnest(v_exact)) AS i;
+            IF v_i = 1 THEN
+                v_ms_a := v_ms_a || v_ms;
+                v_rec_a := v_rec_a || v_rec;
+                v_docs_a := v_docs;
+            ELSE
+                v_ms_b := v_ms_b || v_ms;
+                v_rec_b := v_rec_b || v_rec;
+                -- Overlap: documents of A's top k chunks also among B's, over the larger of the two sets.
+                v_ov := v_ov || (
+                    SELECT count(*)::double precision / greatest(
+                        (SELECT count(DISTINCT d) FROM unnest(v_docs_a) AS d),
+                        (SELECT count(DISTINCT d) FROM unnest(v_docs) AS d), 1)
+                    FROM (SELECT unnest(v_docs_a) INTERSECT SELECT unnest(v_docs)) AS i
+                );
+            END IF;
+        END LOOP;
+    END LOOP;
+    FOR v_i IN 1 .. 2 LOOP
+        model := CASE v_i WHEN 1 THEN v_a.name ELSE v_b.name END;
+        queries := v_n;
+        top_k := k;
+        overlap := (SELECT round(avg(o)::numeric, 3) FROM unnest(v_ov) AS o);
+        SELECT
+            round(avg(x.r)::numeric, 3),
+            round((percentile_cont(0.5) WITHIN GROUP (ORDER BY x.t))::numeric, 2),
+            round((percentile_cont(0.95) WITHIN GROUP (ORDER BY x.t))::numeric, 2)
+        INTO recall, p50_ms, p95_ms
+        FROM unnest(
+            CASE v_i WHEN 1 THEN v_rec_a ELSE v_rec_b END, CASE v_i WHEN 1 THEN v_ms_a ELSE v_ms_b END
+        ) AS x (r, t);
+        RETURN NEXT;
+    END LOOP;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.compare_models(text, text, integer, integer) IS
+'Compares two models from psql without calling any endpoint: `sample` random chunks are used as queries '
+'(each model searches its own column with its own vector of the chunk). Per model: overlap (mean share '
+'of the documents of the top-k chunks found by both models), recall (ANN top k against exact search on '
+'the same column) and ANN query latency p50/p95 in ms. `pgingest model compare` embeds real query texts.';

@@ -1,0 +1,291 @@
+"""Per-model ANN indexes: ``CREATE INDEX CONCURRENTLY`` with progress.
+
+The statement comes from ``pgingest.index_ddl(model)`` (HNSW or IVFFlat, the operator class that
+matches the model's storage and metric, ``m``/``ef_construction`` or ``lists``). It runs here, on an
+autocommit connection, because ``CREATE INDEX CONCURRENTLY`` cannot run inside a function or a
+transaction block; readers and the workers' writes go on during the build.
+
+* ``maintenance_work_mem`` and ``max_parallel_maintenance_workers`` are set for the building
+  session only (an HNSW graph that fits in ``maintenance_work_mem`` builds much faster).
+* Progress is polled from ``pg_stat_progress_create_index`` over a second connection and shown
+  with tqdm on a terminal, as plain lines otherwise, or handed to a callback.
+* An invalid index left by a failed or interrupted build is dropped (``DROP INDEX
+  CONCURRENTLY``) and built again; ``rebuild=True`` rebuilds a valid one with ``REINDEX INDEX
+  CONCURRENTLY`` (searches keep using the old one meanwhile).
+* For a backfill, build after the load: inserting into a live HNSW graph is many times slower
+  than building it once (``scripts/bench_index.py`` measures it).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import psycopg
+
+from pgingest import db
+
+log = logging.getLogger("pgingest.index")
+
+__all__ = ["IndexBuildError", "IndexResult", "Progress", "build_index"]
+
+
+class IndexBuildError(RuntimeError):
+    """The index cannot be built (no such model, index_method none, a build already running)."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One sample of ``pg_stat_progress_create_index`` for the building backend."""
+
+    phase: str
+    done: int | None
+    total: int | None
+    elapsed: float
+
+    @property
+    def fraction(self) -> float | None:
+        if self.total and self.done is not None:
+            return min(1.0, self.done / self.total)
+        return None
+
+    def describe(self) -> str:
+        frac = self.fraction
+        amount = (
+            f" {self.done}/{self.total} ({frac:.0%})" if frac is not None and self.total else ""
+        )
+        return f"{self.phase}{amount}, {self.elapsed:.0f} s"
+
+
+@dataclass
+class IndexResult:
+    model: str
+    index_name: str
+    action: str  # "exists" | "built" | "rebuilt"
+    seconds: float
+    size_bytes: int | None
+    valid: bool
+    dropped_invalid: bool = False
+    dropped_leftovers: list[str] = field(default_factory=list)
+    ddl: str | None = None
+    settings: dict[str, str] = field(default_factory=dict)
+    phases: list[str] = field(default_factory=list)
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def _sample(row: dict[str, Any] | None, started: float) -> Progress | None:
+    if row is None:
+        return None
+    tuples_total = row.get("tuples_total") or 0
+    if tuples_total:
+        done, total = row.get("tuples_done"), tuples_total
+    elif row.get("blocks_total"):
+        done, total = row.get("blocks_done"), row.get("blocks_total")
+    elif row.get("lockers_total"):
+        done, total = row.get("lockers_done"), row.get("lockers_total")
+    else:
+        done, total = None, None
+    return Progress(
+        phase=str(row.get("phase") or "starting"),
+        done=None if done is None else int(done),
+        total=None if total is None else int(total),
+        elapsed=time.monotonic() - started,
+    )
+
+
+class _Reporter:
+    """tqdm on a terminal, one plain line per phase (and every ``every`` seconds) otherwise."""
+
+    def __init__(self, label: str, out: TextIO, tty: bool, every: float = 10.0) -> None:
+        self.label = label
+        self.out = out
+        self.tty = tty
+        self.every = every
+        self._bar: Any = None
+        self._phase: str | None = None
+        self._last_line = 0.0
+
+    def __call__(self, p: Progress) -> None:
+        if self.tty:
+            self._tqdm(p)
+            return
+        now = time.monotonic()
+        if p.phase != self._phase or now - self._last_line >= self.every:
+            self._phase = p.phase
+            self._last_line = now
+            print(f"{self.label}: {p.describe()}", file=self.out, flush=True)
+
+    def _tqdm(self, p: Progress) -> None:
+        from tqdm import tqdm
+
+        if self._bar is None or p.phase != self._phase:
+            if self._bar is not None:
+                self._bar.close()
+            self._phase = p.phase
+            self._bar = tqdm(
+                total=p.total, desc=f"{self.label}: {p.phase}", file=self.out, leave=False
+            )
+        if p.total is not None and self._bar.total != p.total:
+            self._bar.total = p.total
+        if p.done is not None:
+            self._bar.n = p.done
+        self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _poll(
+    conninfo: str | None,
+    pid: int,
+    stop: threading.Event,
+    interval: float,
+    started: float,
+    callback: ProgressCallback,
+    phases: list[str],
+) -> None:
+    try:
+        with db.connect(
+            conninfo, register_vector=False, application_name="pgingest-index-progress"
+        ) as conn:
+            while not stop.wait(interval):
+                p = _sample(db.create_index_progress(conn, pid), started)
+                if p is None:
+                    continue
+                if not phases or phases[-1] != p.phase:
+                    phases.append(p.phase)
+                callback(p)
+    except psycopg.Error as exc:  # progress is cosmetic: never fail the build because of it
+        log.warning("index progress unavailable", extra={"error": str(exc).strip()[:200]})
+
+
+def build_index(
+    conninfo: str | None,
+    model: str,
+    *,
+    maintenance_work_mem: str | None = None,
+    parallel_workers: int | None = None,
+    rebuild: bool = False,
+    progress: bool | ProgressCallback | None = None,
+    poll_interval: float = 0.5,
+    out: TextIO | None = None,
+) -> IndexResult:
+    """Builds (or verifies) ``model``'s ANN index; returns what was done.
+
+    ``progress``: shown on ``out`` (default stderr) with tqdm when it is a terminal and as plain
+    lines otherwise; False hides it; a callable receives every :class:`Progress` sample instead.
+    """
+    out = out if out is not None else sys.stderr
+    started = time.monotonic()
+    with db.connect(conninfo, register_vector=False, application_name="pgingest-index") as conn:
+        rows = db.model_index_status(conn, model)
+        if not rows:
+            raise IndexBuildError(f"no live model named {model!r}")
+        st = rows[0]
+        index_name = str(st["index_name"])
+        if st["index_method"] == "none":
+            raise IndexBuildError(
+                f"model {model} has index_method 'none': it is searched exactly, without an index"
+            )
+        if st["build_phase"] is not None:
+            raise IndexBuildError(
+                f"index {index_name} is being built by backend {st['build_pid']} "
+                f"({st['build_phase']}); wait for it to end"
+            )
+        result = IndexResult(
+            model=model,
+            index_name=index_name,
+            action="exists",
+            seconds=0.0,
+            size_bytes=st["size_bytes"],
+            valid=bool(st["valid"]),
+        )
+        for leftover in db.reindex_leftovers(conn, index_name):
+            log.warning(
+                "dropping an invalid index left by a failed REINDEX CONCURRENTLY",
+                extra={"model": model, "index": leftover},
+            )
+            db.drop_index_concurrently(conn, leftover)
+            result.dropped_leftovers.append(leftover)
+        if st["present"] and st["valid"] and st["on_column"] and not rebuild:
+            return result
+        if st["present"] and (not st["valid"] or not st["on_column"]):
+            log.warning(
+                "dropping an invalid index left by a failed build",
+                extra={"model": model, "index": index_name},
+            )
+            db.drop_index_concurrently(conn, index_name)
+            result.dropped_invalid = True
+        reindex = bool(st["present"] and st["valid"] and st["on_column"] and rebuild)
+
+        if maintenance_work_mem is not None:
+            result.settings["maintenance_work_mem"] = db.set_session(
+                conn, "maintenance_work_mem", maintenance_work_mem
+            )
+        if parallel_workers is not None:
+            result.settings["max_parallel_maintenance_workers"] = db.set_session(
+                conn, "max_parallel_maintenance_workers", str(int(parallel_workers))
+            )
+        result.ddl = None if reindex else db.index_ddl(conn, model)
+
+        callback: ProgressCallback | None = None
+        reporter: _Reporter | None = None
+        if callable(progress):
+            callback = progress
+        elif progress is not False:
+            tty = bool(getattr(out, "isatty", lambda: False)())
+            reporter = _Reporter(f"index {index_name}", out, tty=tty)
+            callback = reporter
+
+        stop = threading.Event()
+        poller: threading.Thread | None = None
+        if callback is not None:
+            poller = threading.Thread(
+                target=_poll,
+                args=(
+                    conninfo,
+                    conn.info.backend_pid,
+                    stop,
+                    poll_interval,
+                    started,
+                    callback,
+                    result.phases,
+                ),
+                name=f"pgingest-index-progress-{model}",
+                daemon=True,
+            )
+            poller.start()
+        t0 = time.monotonic()
+        try:
+            if reindex:
+                db.reindex_concurrently(conn, index_name)
+            else:
+                assert result.ddl is not None
+                db.execute_ddl(conn, result.ddl)
+        except BaseException:
+            log.error(
+                "index build failed; the next run drops the invalid leftover and rebuilds",
+                extra={"model": model, "index": index_name},
+            )
+            raise
+        finally:
+            stop.set()
+            if poller is not None:
+                poller.join(timeout=5)
+            if reporter is not None:
+                reporter.close()
+        result.seconds = time.monotonic() - t0
+        result.action = "rebuilt" if (reindex or result.dropped_invalid) else "built"
+        after = db.model_index_status(conn, model)[0]
+        result.size_bytes = after["size_bytes"]
+        result.valid = bool(after["valid"])
+        return result

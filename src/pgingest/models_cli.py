@@ -1,0 +1,827 @@
+"""``pgingest model add|list|index|compare|swap|retire|resume|backfill``: the model lifecycle.
+
+``cli.py`` calls :func:`add_model_commands` with its subparsers. Every command takes
+``--database-url`` (default ``$DATABASE_URL``, else the libpq ``PG*`` variables). The SQL lives in
+``sql/030_models.sql`` and ``sql/040_lifecycle.sql`` (called through ``db``); a DBA can do the same
+from psql (docs/model-lifecycle.md).
+
+Exit codes: 0 done, 1 error, 2 invalid arguments (bad model name, unknown model), 3 refused
+(``swap`` before the backfill or the index is complete, ``retire`` of the active model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:  # imported lazily at run time: `pgingest --help` stays fast
+    import numpy as np
+    import psycopg
+
+    from pgingest import db as dbmod
+    from pgingest import providers as providersmod
+
+__all__ = [
+    "CompareReport",
+    "ModelSide",
+    "add_model_commands",
+    "compare_models",
+    "format_compare",
+    "format_models",
+]
+
+EXIT_ERROR = 1
+EXIT_INVALID = 2
+EXIT_REFUSED = 3
+
+
+# -- argument parsing ------------------------------------------------------------------------
+
+
+def _add_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--database-url",
+        default=None,
+        help="libpq connection string or URL (default: $DATABASE_URL, else the PG* variables)",
+    )
+
+
+def add_model_commands(subparsers: Any) -> argparse.ArgumentParser:
+    """Adds ``model`` and its sub-commands to ``subparsers`` (from ``add_subparsers()``)."""
+    model = subparsers.add_parser(
+        "model",
+        help="model lifecycle: add, list, index, compare, swap, retire, resume",
+        description="Model lifecycle: shadow (dual write + backfill) -> active -> standby -> "
+        "retired. See docs/model-lifecycle.md.",
+    )
+    sub = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "add",
+        help="register a model: column, queue, backfill, dual write",
+        description="Registers a model. The first one becomes active; later ones start in "
+        "shadow: every new or changed document is embedded for them too, and the workers queue "
+        "a backfill of the existing documents in bounded batches.",
+    )
+    _add_db(p)
+    p.add_argument("name", help="model name: a lower-case letter, then letters, digits or _")
+    p.add_argument("--model-id", required=True, help="the provider's model id")
+    p.add_argument("--dimensions", type=int, required=True)
+    p.add_argument("--base-url", required=True, help="OpenAI-compatible base URL (…/v1)")
+    p.add_argument("--storage", choices=("vector", "halfvec"), default="vector")
+    p.add_argument("--metric", choices=("cosine", "ip", "l2"), default="cosine")
+    p.add_argument(
+        "--max-input-tokens",
+        type=int,
+        default=256,
+        help="the model's context; must be at least the pipeline's chunk size (chunking is "
+        "shared by all models)",
+    )
+    p.add_argument("--api-key-env", help="environment variable of the workers holding the key")
+    p.add_argument("--index-method", choices=("hnsw", "ivfflat", "none"), default="hnsw")
+    p.add_argument("--m", type=int, help="hnsw: links per node (default 16)")
+    p.add_argument("--ef-construction", type=int, help="hnsw: build candidate list (default 64)")
+    p.add_argument("--lists", type=int, help="ivfflat: lists (default rows/1000 at build time)")
+    p.add_argument(
+        "--request-dimensions",
+        action="store_true",
+        help="send `dimensions` to the provider (models that can shorten their vectors)",
+    )
+    p.add_argument(
+        "--backfill",
+        action="store_true",
+        help="queue the whole backfill now (CALL pgingest.run_backfill) instead of by the workers",
+    )
+    p.set_defaults(func=cmd_add)
+
+    p = sub.add_parser("list", help="models with state, backfill progress and index")
+    _add_db(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser(
+        "index",
+        help="build a model's ANN index (CREATE INDEX CONCURRENTLY, with progress)",
+        description="Builds the model's HNSW or IVFFlat index concurrently. An invalid index left "
+        "by a failed build is dropped and built again. Build after the backfill: much faster "
+        "than inserting into a live index.",
+    )
+    _add_db(p)
+    p.add_argument("name")
+    p.add_argument("--maintenance-work-mem", help="e.g. 1GB (SET for the building session)")
+    p.add_argument(
+        "--parallel-workers",
+        type=int,
+        help="max_parallel_maintenance_workers for the building session",
+    )
+    p.add_argument("--rebuild", action="store_true", help="rebuild a valid index (REINDEX)")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until the model's backfill is complete, then build",
+    )
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser(
+        "compare",
+        help="compare two models on sample queries: top-k overlap, recall, latency",
+        description="Embeds sample queries through both models' endpoints and reports the "
+        "overlap of their top-k documents, each index's recall against exact search on the same "
+        "column, and search latency p50/p95.",
+    )
+    _add_db(p)
+    p.add_argument("a", help="model A (usually the active one)")
+    p.add_argument("b", help="model B (usually the candidate)")
+    p.add_argument(
+        "--queries",
+        type=Path,
+        help="file of query texts, one per line (default: the first chunk of random documents)",
+    )
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--sample", type=int, default=50, help="queries drawn from the corpus")
+    p.add_argument("--seed", type=float, help="seed (-1..1) for the corpus sample")
+    p.add_argument("--ef-search", type=int, help="hnsw.ef_search for the searches")
+    p.add_argument("--probes", type=int, help="ivfflat.probes for the searches")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "swap",
+        help="make a model active (the active one becomes standby); swap back to roll back",
+    )
+    _add_db(p)
+    p.add_argument("name")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="swap even though the backfill or the index is incomplete",
+    )
+    p.set_defaults(func=cmd_swap)
+
+    p = sub.add_parser(
+        "retire",
+        help="drop a non-active model's column, index, queue and state",
+    )
+    _add_db(p)
+    p.add_argument("name")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(func=cmd_retire)
+
+    p = sub.add_parser("resume", help="resume a paused model")
+    _add_db(p)
+    p.add_argument("name")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("backfill", help="queue a model's whole backfill now (run_backfill)")
+    _add_db(p)
+    p.add_argument("name")
+    p.add_argument("--batch", type=int, default=5000, help="documents per committed batch")
+    p.set_defaults(func=cmd_backfill)
+    return model
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _connect(args: argparse.Namespace) -> psycopg.Connection[Any]:
+    from pgingest import db
+
+    return db.connect(args.database_url, application_name="pgingest-model")
+
+
+def _notices(conn: psycopg.Connection[Any], out: TextIO) -> None:
+    def show(d: Any) -> None:
+        sev = d.severity_nonlocalized or d.severity or "NOTICE"
+        prefix = "" if sev == "NOTICE" else f"{sev}: "
+        print(f"{prefix}{d.message_primary}", file=out)
+        if d.message_detail:
+            print(f"  {d.message_detail}", file=out)
+        if d.message_hint:
+            print(f"  hint: {d.message_hint}", file=out)
+
+    conn.add_notice_handler(show)
+
+
+def _report_db_error(command: str, exc: Exception) -> int:
+    """Prints a database error with its DETAIL and HINT; returns the exit code for it."""
+    import psycopg
+
+    diag = getattr(exc, "diag", None)
+    primary = (diag.message_primary if diag else None) or str(exc).strip()
+    print(f"pgingest model {command}: {primary}", file=sys.stderr)
+    if diag is not None and diag.message_detail:
+        for line in diag.message_detail.splitlines():
+            print(f"  {line}", file=sys.stderr)
+    if diag is not None and diag.message_hint:
+        print(f"  hint: {diag.message_hint}", file=sys.stderr)
+    if isinstance(exc, psycopg.errors.ObjectNotInPrerequisiteState | psycopg.errors.ObjectInUse):
+        return EXIT_REFUSED
+    if isinstance(
+        exc,
+        psycopg.errors.InvalidParameterValue
+        | psycopg.errors.UndefinedObject
+        | psycopg.errors.DuplicateObject
+        | psycopg.errors.CheckViolation,
+    ):
+        return EXIT_INVALID
+    return EXIT_ERROR
+
+
+def _run(command: str, fn: Callable[[], int]) -> int:
+    import psycopg
+
+    try:
+        return fn()
+    except psycopg.errors.DatabaseError as exc:
+        return _report_db_error(command, exc)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[("" if v is None else str(v)) for v in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in cells:
+        lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def _fmt_eta(eta: timedelta | None) -> str:
+    if eta is None:
+        return "-"
+    s = int(eta.total_seconds())
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, timedelta):
+        return v.total_seconds()
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    return str(v)
+
+
+# -- add / list / resume / backfill ------------------------------------------------------------
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from pgingest import db
+
+    options: dict[str, int] = {}
+    for key in ("m", "ef_construction", "lists"):
+        value = getattr(args, key)
+        if value is not None:
+            options[key] = value
+
+    def run() -> int:
+        with _connect(args) as conn:
+            _notices(conn, sys.stderr)
+            state = db.register_model(
+                conn,
+                args.name,
+                args.model_id,
+                args.dimensions,
+                args.base_url,
+                storage=args.storage,
+                metric=args.metric,
+                max_input_tokens=args.max_input_tokens,
+                api_key_env=args.api_key_env,
+                index_method=args.index_method,
+                index_options=options,
+                request_dimensions=args.request_dimensions,
+            )
+            print(
+                f"registered model {args.name} ({state}): column emb_{args.name} "
+                f"{args.storage}({args.dimensions}) {args.metric}, queue pgingest_{args.name}"
+            )
+            if args.backfill:
+                db.run_backfill(conn, args.name)
+                print(f"backfill of {args.name} queued")
+            else:
+                print(
+                    "the workers queue its backfill in batches; new documents are embedded for it"
+                )
+            if state == "shadow":
+                print(
+                    f"next: pgingest model list; pgingest model index {args.name} --wait; "
+                    f"pgingest model compare <active> {args.name}; pgingest model swap {args.name}"
+                )
+        return 0
+
+    return _run("add", run)
+
+
+def list_models(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """One dict per model (retired included): registry, backfill progress and index status."""
+    from pgingest import db
+
+    progress = {r["model"]: r for r in db.backfill_progress(conn)}
+    indexes = {r["model"]: r for r in db.model_index_status(conn)}
+    out = []
+    for m in db.all_models(conn):
+        p = progress.get(m["name"], {})
+        ix = indexes.get(m["name"], {})
+        out.append(
+            {
+                "name": m["name"],
+                "state": m["state"],
+                "paused": m["paused"],
+                "paused_reason": m["paused_reason"],
+                "model_id": m["model_id"],
+                "type": f"{m['storage']}({m['dimensions']})",
+                "metric": m["metric"],
+                "documents": p.get("documents"),
+                "embedded": p.get("embedded"),
+                "pending": p.get("pending"),
+                "dead_lettered": p.get("dead_lettered"),
+                "percent": None if p.get("percent") is None else float(p["percent"]),
+                "backfill_queued_all": p.get("backfill_queued_all"),
+                "rate_per_s": None if p.get("rate_per_s") is None else float(p["rate_per_s"]),
+                "eta": p.get("eta"),
+                "index_method": m["index_method"],
+                "index_name": ix.get("index_name"),
+                "index_present": ix.get("present"),
+                "index_valid": ix.get("valid"),
+                "index_size": ix.get("size"),
+                "index_build_phase": ix.get("build_phase"),
+            }
+        )
+    return out
+
+
+def _index_cell(r: dict[str, Any]) -> str:
+    if r["state"] == "retired":
+        return "-"
+    if r["index_method"] == "none":
+        return "none (exact)"
+    if r.get("index_build_phase"):
+        return f"{r['index_method']} building: {r['index_build_phase']}"
+    if not r.get("index_present"):
+        return f"{r['index_method']} missing"
+    if not r.get("index_valid"):
+        return f"{r['index_method']} INVALID"
+    return f"{r['index_method']} valid {r.get('index_size') or ''}".rstrip()
+
+
+def format_models(rows: Sequence[dict[str, Any]]) -> str:
+    body = []
+    for r in rows:
+        live = r["state"] != "retired"
+        state = r["state"] + (" (paused)" if r["paused"] else "")
+        body.append(
+            [
+                r["name"],
+                state,
+                r["model_id"],
+                r["type"],
+                r["metric"],
+                f"{r['embedded']}/{r['documents']}" if live else "-",
+                f"{r['percent']:.1f}%" if live and r["percent"] is not None else "-",
+                r["pending"] if live else "-",
+                r["dead_lettered"] if live else "-",
+                ("yes" if r["backfill_queued_all"] else "no") if live else "-",
+                f"{r['rate_per_s']:.1f}" if live and r["rate_per_s"] is not None else "-",
+                _fmt_eta(r["eta"]) if live else "-",
+                _index_cell(r),
+            ]
+        )
+    headers = [
+        "model",
+        "state",
+        "model id",
+        "type",
+        "metric",
+        "embedded",
+        "done",
+        "pending",
+        "dead",
+        "all queued",
+        "docs/s",
+        "eta",
+        "index",
+    ]
+    text = _table(headers, body)
+    paused = [r for r in rows if r["paused"]]
+    for r in paused:
+        text += f"\n{r['name']} is paused: {r['paused_reason']}"
+    return text
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    def run() -> int:
+        with _connect(args) as conn:
+            rows = list_models(conn)
+        if args.json:
+            print(json.dumps(rows, default=_json_default, indent=2))
+        elif not rows:
+            print("no model registered: pgingest model add NAME --model-id ... ")
+        else:
+            print(format_models(rows))
+        return 0
+
+    return _run("list", run)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from pgingest import db
+
+    def run() -> int:
+        with _connect(args) as conn:
+            db.resume_model(conn, args.name)
+        print(f"model {args.name} resumed")
+        return 0
+
+    return _run("resume", run)
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from pgingest import db
+
+    def run() -> int:
+        with _connect(args) as conn:
+            db.run_backfill(conn, args.name, args.batch)
+            p = db.backfill_progress(conn, args.name)
+        if p:
+            print(
+                f"backfill of {args.name} queued: {p[0]['pending']} documents pending, "
+                f"{p[0]['embedded']} embedded"
+            )
+        return 0
+
+    return _run("backfill", run)
+
+
+# -- index -----------------------------------------------------------------------------------
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from pgingest import db, index
+
+    def run() -> int:
+        with _connect(args) as conn:
+            rows = db.backfill_progress(conn, args.name)
+            if not rows:
+                print(f"pgingest model index: no live model named {args.name!r}", file=sys.stderr)
+                return EXIT_INVALID
+            if args.wait:
+                while True:
+                    p = db.backfill_progress(conn, args.name)[0]
+                    if p["backfill_queued_all"] and p["pending"] == 0:
+                        break
+                    print(
+                        f"waiting for the backfill of {args.name}: {p['embedded']}/"
+                        f"{p['documents']} embedded, {p['pending']} pending, eta "
+                        f"{_fmt_eta(p['eta'])}",
+                        file=sys.stderr,
+                    )
+                    time.sleep(5)
+            elif rows[0]["pending"]:
+                print(
+                    f"note: {rows[0]['pending']} documents of {args.name} are not embedded yet; "
+                    "their vectors will go into the live index (slower than building after the "
+                    "load: --wait builds once the backfill is done)",
+                    file=sys.stderr,
+                )
+        try:
+            res = index.build_index(
+                args.database_url,
+                args.name,
+                maintenance_work_mem=args.maintenance_work_mem,
+                parallel_workers=args.parallel_workers,
+                rebuild=args.rebuild,
+                progress=False if args.no_progress else None,
+            )
+        except index.IndexBuildError as exc:
+            print(f"pgingest model index: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
+        if res.dropped_invalid:
+            print(f"dropped the invalid index {res.index_name} left by a failed build")
+        for leftover in res.dropped_leftovers:
+            print(f"dropped the invalid index {leftover} left by a failed rebuild")
+        if res.action == "exists":
+            print(f"index {res.index_name} exists and is valid (--rebuild to rebuild it)")
+        else:
+            size = f"{(res.size_bytes or 0) / 2**20:.1f} MiB"
+            print(
+                f"index {res.index_name} {res.action} in {res.seconds:.1f} s ({size}, "
+                f"{'valid' if res.valid else 'INVALID'})"
+            )
+        return 0 if res.valid else EXIT_ERROR
+
+    return _run("index", run)
+
+
+# -- compare ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelSide:
+    name: str
+    state: str
+    model_id: str
+    column_type: str
+    metric: str
+    index: str
+    recall: float | None
+    search_p50_ms: float
+    search_p95_ms: float
+    exact_p50_ms: float
+    exact_p95_ms: float
+    embed_ms_per_query: float
+
+
+@dataclass
+class CompareReport:
+    queries: int
+    source: str
+    k: int
+    a: ModelSide
+    b: ModelSide
+    overlap_mean: float
+    overlap_median: float
+    overlap_min: float
+    settings: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def _default_provider(m: dbmod.Model) -> providersmod.EmbeddingProvider:
+    from pgingest import providers
+
+    return providers.OpenAICompatibleProvider(
+        m.base_url,
+        m.model_id,
+        m.dimensions,
+        api_key_env=m.api_key_env,
+        request_dimensions=m.request_dimensions,
+        name=m.name,
+    )
+
+
+def _embed_queries(
+    m: dbmod.Model, provider: providersmod.EmbeddingProvider, texts: Sequence[str]
+) -> tuple[np.ndarray, float]:
+    import numpy as np
+
+    from pgingest import vectors
+
+    t0 = time.perf_counter()
+    parts = [provider.embed(list(texts[i : i + 64])) for i in range(0, len(texts), 64)]
+    seconds = time.perf_counter() - t0
+    raw = np.concatenate(parts) if parts else np.zeros((0, m.dimensions), dtype=np.float32)
+    vecs = vectors.validate_and_normalize(
+        raw, dimensions=m.dimensions, metric=m.metric, count=len(texts), storage=m.storage
+    )
+    return vecs, seconds
+
+
+def compare_models(
+    conninfo: str | None,
+    a: str,
+    b: str,
+    *,
+    queries: Sequence[str] | None = None,
+    k: int = 10,
+    sample: int = 50,
+    seed: float | None = None,
+    ef_search: int | None = None,
+    probes: int | None = None,
+    provider_factory: Callable[[dbmod.Model], providersmod.EmbeddingProvider] | None = None,
+) -> CompareReport:
+    """Runs the same query texts through models ``a`` and ``b`` (embedding each through its own
+    endpoint) and measures top-k document overlap, ANN recall against exact search on the same
+    column, and search latency."""
+    from pgingest import db
+
+    if k < 1 or sample < 1:
+        raise ValueError("k and sample must be positive")
+    factory = provider_factory or _default_provider
+    with db.connect(conninfo, application_name="pgingest-compare") as conn:
+        models: list[db.Model] = []
+        for name in (a, b):
+            m = db.get_model(conn, name)
+            if m is None or m.state == "retired":
+                raise LookupError(f"no live model named {name!r}")
+            models.append(m)
+        ma, mb = models
+        if queries:
+            texts = [q for q in queries if q.strip()]
+            source = "file"
+        else:
+            texts = db.sample_chunk_texts(conn, [ma.column_name, mb.column_name], sample, seed)
+            source = "corpus (first chunk of random documents)"
+        if not texts:
+            raise LookupError(
+                f"no query: no document is embedded by both {a} and {b} yet (or the file is empty)"
+            )
+
+        settings: dict[str, str] = {}
+        current_ef = db.show(conn, "hnsw.ef_search")
+        want_ef = ef_search if ef_search is not None else max(k, int(current_ef or 40))
+        settings["hnsw.ef_search"] = db.set_session(conn, "hnsw.ef_search", str(want_ef))
+        if probes is not None:
+            settings["ivfflat.probes"] = db.set_session(conn, "ivfflat.probes", str(probes))
+        else:
+            settings["ivfflat.probes"] = db.show(conn, "ivfflat.probes") or "1"
+
+        status = {r["model"]: r for r in db.model_index_status(conn)}
+        sides: list[ModelSide] = []
+        top_docs: list[list[set[int]]] = []
+        for m in models:
+            provider = factory(m)
+            try:
+                vecs, embed_s = _embed_queries(m, provider, texts)
+            finally:
+                close = getattr(provider, "close", None)
+                if callable(close):
+                    close()
+            st = status.get(m.name, {})
+            indexed = bool(st.get("present") and st.get("valid") and st.get("on_column"))
+            db.knn(conn, m, vecs[0], k)  # warm-up, not measured
+            ann_ms: list[float] = []
+            exact_ms: list[float] = []
+            recalls: list[float] = []
+            docs: list[set[int]] = []
+            for q in vecs:
+                t0 = time.perf_counter()
+                ann = db.knn(conn, m, q, k)
+                t1 = time.perf_counter()
+                exact = db.knn(conn, m, q, k, exact=True)
+                t2 = time.perf_counter()
+                ann_ms.append((t1 - t0) * 1000)
+                exact_ms.append((t2 - t1) * 1000)
+                recalls.append(len(set(ann) & set(exact)) / max(len(exact), 1))
+                docs.append({d for d, _ in ann})
+            top_docs.append(docs)
+            if m.index_method == "none":
+                index_desc = "none (exact search)"
+            elif indexed:
+                index_desc = f"{m.index_method}, valid, {st.get('size')}"
+            elif st.get("present"):
+                index_desc = f"{m.index_method}, INVALID"
+            else:
+                index_desc = f"{m.index_method}, missing (exact search)"
+            sides.append(
+                ModelSide(
+                    name=m.name,
+                    state=m.state,
+                    model_id=m.model_id,
+                    column_type=f"{m.storage}({m.dimensions})",
+                    metric=m.metric,
+                    index=index_desc,
+                    recall=round(statistics.fmean(recalls), 4) if indexed else None,
+                    search_p50_ms=round(_percentile(ann_ms, 0.5), 3),
+                    search_p95_ms=round(_percentile(ann_ms, 0.95), 3),
+                    exact_p50_ms=round(_percentile(exact_ms, 0.5), 3),
+                    exact_p95_ms=round(_percentile(exact_ms, 0.95), 3),
+                    embed_ms_per_query=round(embed_s * 1000 / len(texts), 3),
+                )
+            )
+    overlaps = [
+        len(da & db_) / max(len(da), len(db_), 1)
+        for da, db_ in zip(top_docs[0], top_docs[1], strict=True)
+    ]
+    return CompareReport(
+        queries=len(texts),
+        source=source,
+        k=k,
+        a=sides[0],
+        b=sides[1],
+        overlap_mean=round(statistics.fmean(overlaps), 4),
+        overlap_median=round(statistics.median(overlaps), 4),
+        overlap_min=round(min(overlaps), 4),
+        settings=settings,
+    )
+
+
+def format_compare(r: CompareReport) -> str:
+    a, b = r.a, r.b
+
+    def recall(s: ModelSide) -> str:
+        return "n/a (no index)" if s.recall is None else f"{s.recall:.3f}"
+
+    rows = [
+        ["model", f"{a.model_id}", f"{b.model_id}"],
+        ["column", f"{a.column_type} {a.metric}", f"{b.column_type} {b.metric}"],
+        ["index", a.index, b.index],
+        [f"recall@{r.k} vs exact", recall(a), recall(b)],
+        [
+            "search p50 / p95",
+            f"{a.search_p50_ms:.2f} / {a.search_p95_ms:.2f} ms",
+            f"{b.search_p50_ms:.2f} / {b.search_p95_ms:.2f} ms",
+        ],
+        [
+            "exact p50 / p95",
+            f"{a.exact_p50_ms:.2f} / {a.exact_p95_ms:.2f} ms",
+            f"{b.exact_p50_ms:.2f} / {b.exact_p95_ms:.2f} ms",
+        ],
+        ["embed per query", f"{a.embed_ms_per_query:.2f} ms", f"{b.embed_ms_per_query:.2f} ms"],
+    ]
+    head = (
+        f"compare {a.name} and {b.name}: {r.queries} queries from {r.source}, k = {r.k} "
+        f"(hnsw.ef_search {r.settings.get('hnsw.ef_search')}, ivfflat.probes "
+        f"{r.settings.get('ivfflat.probes')})\n\n"
+    )
+    table = _table(["", f"{a.name} ({a.state})", f"{b.name} ({b.state})"], rows)
+    tail = (
+        f"\n\ntop-{r.k} document overlap {a.name}/{b.name}: mean {r.overlap_mean:.2f}, "
+        f"median {r.overlap_median:.2f}, min {r.overlap_min:.2f} "
+        "(share of the documents found by both)"
+    )
+    return head + table + tail
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pgingest import providers
+
+    queries: list[str] | None = None
+    if args.queries is not None:
+        queries = [
+            line.strip()
+            for line in args.queries.read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
+
+    def run() -> int:
+        try:
+            report = compare_models(
+                args.database_url,
+                args.a,
+                args.b,
+                queries=queries,
+                k=args.k,
+                sample=args.sample,
+                seed=args.seed,
+                ef_search=args.ef_search,
+                probes=args.probes,
+            )
+        except (LookupError, ValueError, providers.ProviderError) as exc:
+            print(f"pgingest model compare: {exc}", file=sys.stderr)
+            return EXIT_INVALID if isinstance(exc, LookupError | ValueError) else EXIT_ERROR
+        print(report.to_json() if args.json else format_compare(report))
+        return 0
+
+    return _run("compare", run)
+
+
+# -- swap / retire ---------------------------------------------------------------------------
+
+
+def cmd_swap(args: argparse.Namespace) -> int:
+    from pgingest import db
+
+    def run() -> int:
+        with _connect(args) as conn:
+            _notices(conn, sys.stderr)
+            print(db.swap_model(conn, args.name, force=args.force))
+        return 0
+
+    return _run("swap", run)
+
+
+def cmd_retire(args: argparse.Namespace) -> int:
+    from pgingest import db
+
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print(
+                "pgingest model retire: this drops the model's vectors; add --yes to confirm",
+                file=sys.stderr,
+            )
+            return EXIT_INVALID
+        answer = input(f"retire model {args.name} and drop its column, index and queue? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("not retired")
+            return EXIT_ERROR
+
+    def run() -> int:
+        with _connect(args) as conn:
+            _notices(conn, sys.stderr)
+            print(f"model {args.name}: {db.retire_model(conn, args.name)}")
+        return 0
+
+    return _run("retire", run)
