@@ -181,6 +181,7 @@ CREATE OR REPLACE FUNCTION pgingest.register_model(
 )
 RETURNS text
 LANGUAGE plpgsql
+SECURITY DEFINER
 VOLATILE
 SET search_path FROM CURRENT
 AS $$

@@ -16,6 +16,7 @@ RETURNS TABLE (
     eta interval
 )
 LANGUAGE plpgsql
+SECURITY DEFINER
 STABLE
 SET search_path FROM CURRENT
 AS $$
@@ -274,6 +275,7 @@ COMMENT ON FUNCTION pgingest._swap_problems(pgingest.models) IS
 CREATE OR REPLACE FUNCTION pgingest.swap_model(name text, force boolean DEFAULT FALSE)
 RETURNS text
 LANGUAGE plpgsql
+SECURITY DEFINER
 VOLATILE
 SET search_path FROM CURRENT
 AS $$
@@ -357,6 +359,7 @@ COMMENT ON FUNCTION pgingest.swap_model(text, boolean) IS
 CREATE OR REPLACE FUNCTION pgingest.retire_model(name text)
 RETURNS text
 LANGUAGE plpgsql
+SECURITY DEFINER
 VOLATILE
 SET search_path FROM CURRENT
 AS $$

@@ -4,6 +4,7 @@
 CREATE OR REPLACE FUNCTION pgingest.clear_embedding_cache(p_model text)
 RETURNS bigint
 LANGUAGE plpgsql
+SECURITY DEFINER
 VOLATILE
 SET search_path FROM CURRENT
 AS $$
@@ -102,6 +103,7 @@ COMMENT ON FUNCTION pgingest._meta_text_array(jsonb, text) IS
 CREATE OR REPLACE FUNCTION pgingest.register_filter(key text, type text DEFAULT 'text')
 RETURNS text
 LANGUAGE plpgsql
+SECURITY DEFINER
 VOLATILE
 SET search_path FROM CURRENT
 AS $$
@@ -147,6 +149,7 @@ COMMENT ON FUNCTION pgingest.register_filter(text, text) IS
 CREATE OR REPLACE FUNCTION pgingest.set_text_search_config(p_config regconfig)
 RETURNS void
 LANGUAGE plpgsql
+SECURITY DEFINER
 VOLATILE
 SET search_path FROM CURRENT
 AS $$
@@ -169,6 +172,7 @@ CREATE OR REPLACE FUNCTION pgingest.set_dead_letter_retention(
 )
 RETURNS void
 LANGUAGE sql
+SECURITY DEFINER
 VOLATILE
 SET search_path FROM CURRENT
 BEGIN ATOMIC

@@ -166,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=int, default=1, help="worker processes on this machine")
     p.set_defaults(func=cmd_worker)
 
+    from pgingest.status import add_status_command
+
+    add_status_command(sub)
+
     p = sub.add_parser("search", help="natural-language search over the active model")
     _add_db(p)
     p.add_argument("query")

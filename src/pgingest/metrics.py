@@ -21,6 +21,11 @@ log = logging.getLogger("pgingest.metrics")
 
 _BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
+# Histogram boundaries: OpenTelemetry's default ones (0, 5, 10, 25, ... 10000) suit milliseconds;
+# these instruments record seconds and message counts.
+_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_MESSAGES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
 
 class Metrics:
     def __init__(self, readers: list[MetricReader] | None = None) -> None:
@@ -37,12 +42,16 @@ class Metrics:
             "pgingest.chunks", unit="{chunk}", description="Chunks written with their vectors"
         )
         self._chunking = meter.create_histogram(
-            "pgingest.chunking.duration", unit="s", description="Time to chunk one batch"
+            "pgingest.chunking.duration",
+            unit="s",
+            description="Time to chunk one batch",
+            explicit_bucket_boundaries_advisory=_SECONDS,
         )
         self._request = meter.create_histogram(
             "pgingest.embedding.request.duration",
             unit="s",
             description="Embedding HTTP request latency, by status",
+            explicit_bucket_boundaries_advisory=_SECONDS,
         )
         self._inputs = meter.create_counter(
             "pgingest.embedding.inputs", unit="{input}", description="Texts sent to the provider"
@@ -62,10 +71,16 @@ class Metrics:
             "pgingest.dead_letters", unit="{document}", description="Documents dead-lettered"
         )
         self._commit = meter.create_histogram(
-            "pgingest.batch.commit.duration", unit="s", description="Write-back transaction time"
+            "pgingest.batch.commit.duration",
+            unit="s",
+            description="Write-back transaction time",
+            explicit_bucket_boundaries_advisory=_SECONDS,
         )
         self._batch_docs = meter.create_histogram(
-            "pgingest.batch.messages", unit="{message}", description="Messages per batch"
+            "pgingest.batch.messages",
+            unit="{message}",
+            description="Messages per batch",
+            explicit_bucket_boundaries_advisory=_MESSAGES,
         )
         self._purged = meter.create_counter(
             "pgingest.dead_letters.purged",

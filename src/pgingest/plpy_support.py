@@ -60,16 +60,20 @@ def embed_query(plpy: Any, cache: dict[str, Any], query: str, model: str | None)
         if not rows:
             plpy.error(f"pgingest: no live model named {model!r}", sqlstate="42704")
     m = rows[0]
-    base_url = _setting(plpy, "pgingest.embedding_url") or m["base_url"]
+    override = _setting(plpy, "pgingest.embedding_url")
+    base_url = override or m["base_url"]
+    # The model's API key goes only to the model's own endpoint: a session that points
+    # pgingest.embedding_url elsewhere must not receive it.
+    api_key_env = m["api_key_env"] if override in (None, m["base_url"]) else None
     timeout = float(_setting(plpy, "pgingest.embedding_timeout") or DEFAULT_TIMEOUT_S)
-    key = (m["name"], base_url, m["model_id"], timeout)
+    key = (m["name"], base_url, m["model_id"], timeout, api_key_env)
     provider = cache.get(repr(key))
     if provider is None:
         provider = providers.OpenAICompatibleProvider(
             base_url=base_url,
             model=m["model_id"],
             dimensions=m["dimensions"],
-            api_key_env=m["api_key_env"],
+            api_key_env=api_key_env,
             timeout=timeout,
             connect_timeout=min(timeout, 3.0),
             request_dimensions=m["request_dimensions"],

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from pgingest import __version__, chunking, db, providers, vectors
+from pgingest import __version__, chunking, db, providers, status, vectors
 from pgingest.metrics import Metrics
 
 log = logging.getLogger("pgingest.worker")
@@ -68,6 +68,8 @@ class WorkerSettings:
     maintenance_interval: float = 300.0
     provider_factory: Callable[[db.Model], providers.EmbeddingProvider] | None = None
     install_signal_handlers: bool = True
+    heartbeat: bool = True
+    heartbeat_interval: float | None = None  # None: pgingest.config worker_heartbeat_seconds
 
 
 @dataclass
@@ -117,6 +119,32 @@ class Worker:
         self._config: dict[str, str] = {}
         self._chunker: chunking.ChunkerConfig | None = None
         self.hostname = socket.gethostname()
+        self.in_flight = 0
+        self.documents_done = 0
+        self._last_batch_end: float | None = None
+        self.heartbeat = (
+            status.Heartbeat(
+                settings.conninfo,
+                self.snapshot,
+                metrics=self.metrics,
+                interval=settings.heartbeat_interval,
+                host=self.hostname,
+            )
+            if settings.heartbeat
+            else None
+        )
+
+    def snapshot(self) -> status.WorkerSnapshot:
+        """What the heartbeat thread reports: plain attribute reads, no lock needed."""
+        last = self._last_batch_end
+        return status.WorkerSnapshot(
+            models=list(self.s.models or ()),
+            in_flight=self.in_flight,
+            batch_size=self.batch_size,
+            documents=self.documents_done,
+            seconds_since_batch=None if last is None else time.monotonic() - last,
+            breakers={name: b.state for name, b in list(self._breakers.items())},
+        )
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -200,6 +228,8 @@ class Worker:
             signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
             signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
         log.info("worker started", extra={"pid": os.getpid(), "version": __version__})
+        if self.heartbeat is not None:
+            self.heartbeat.start()
         failures = 0
         try:
             while not self.stopping.is_set():
@@ -223,6 +253,8 @@ class Worker:
                     break
                 self._wait_for_work(self.s.poll_interval if not self.s.drain else 0.2)
         finally:
+            if self.heartbeat is not None:
+                self.heartbeat.stop()
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._reset_connections()
             log.info("worker stopped")
@@ -276,7 +308,7 @@ class Worker:
                 stats = self.process_batch(m)
                 busy = bool(stats.read or stats.deferred)
                 if not busy:
-                    busy = db.queue_depth(conn, m.queue_name) > 0
+                    busy = db.pending_messages(conn, m.name) > 0
             except _MODEL_GONE as exc:
                 # retire_model() ran while this batch was in flight: the model's queue and
                 # column are gone, nothing is left to write or acknowledge. Not worth dying for.
@@ -314,10 +346,21 @@ class Worker:
     # -- one batch -------------------------------------------------------------------------------
 
     def process_batch(self, m: db.Model) -> BatchStats:
+        try:
+            stats = self._process_batch(m)
+        finally:
+            self.in_flight = 0
+        if stats.read:
+            self.documents_done += stats.written
+            self._last_batch_end = time.monotonic()
+        return stats
+
+    def _process_batch(self, m: db.Model) -> BatchStats:
         conn = self._connection()
         stats = BatchStats()
         msgs = db.read_batch(conn, m.name, self.s.visibility_timeout, self.batch_size)
         stats.read = len(msgs)
+        self.in_flight = len(msgs)
         if not msgs:
             return stats
         t0 = time.perf_counter()

@@ -1,0 +1,535 @@
+-- Operations: worker heartbeats, queue statistics and the status views that `pgingest status`,
+-- psql users holding pgingest_monitor and the worker's metrics read.
+-- Views are plain SQL over the tables (they run with their owner's rights); the two figures that
+-- need more (the pgmq queue tables, other sessions' index builds) come from SECURITY DEFINER
+-- functions with a pinned search_path.
+
+-- ---------------------------------------------------------------------------------------------
+-- Heartbeats (worker API)
+-- ---------------------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION pgingest._config_seconds(p_key text, p_default integer)
+RETURNS integer
+LANGUAGE sql
+STABLE
+PARALLEL SAFE
+SET search_path FROM CURRENT
+BEGIN ATOMIC
+    SELECT coalesce(
+        (
+            SELECT c.value::integer FROM pgingest.config AS c
+            WHERE c.key = p_key AND c.value ~ '^[0-9]{1,9}$'
+        ),
+        p_default
+    );
+END;
+
+COMMENT ON FUNCTION pgingest._config_seconds(text, integer) IS
+'An integer setting of pgingest.config (seconds), or p_default when it is missing or not a number.';
+
+CREATE OR REPLACE FUNCTION pgingest.heartbeat_v1(
+    p_worker_id uuid,
+    p_host text,
+    p_pid integer,
+    p_version text,
+    p_models text[] DEFAULT '{}',
+    p_in_flight integer DEFAULT 0,
+    p_batch_size integer DEFAULT NULL,
+    p_documents bigint DEFAULT 0,
+    p_seconds_since_batch double precision DEFAULT NULL,
+    p_details jsonb DEFAULT '{}'
+)
+RETURNS integer
+LANGUAGE sql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+BEGIN ATOMIC
+    WITH forgotten AS (
+        DELETE FROM pgingest.workers AS w
+        WHERE
+            w.last_seen < now() - make_interval(secs => pgingest._config_seconds('worker_forget_after_seconds', 900))
+            AND w.id <> p_worker_id
+        RETURNING w.id
+    )
+
+    INSERT INTO pgingest.workers AS w (
+        id, host, pid, version, started_at, last_seen, models, in_flight, batch_size, documents,
+        last_batch_at, details
+    ) VALUES (
+        p_worker_id, left(p_host, 255), p_pid, left(p_version, 64), now(), now(), coalesce(p_models, '{}'),
+        greatest(coalesce(p_in_flight, 0), 0), p_batch_size, greatest(coalesce(p_documents, 0), 0),
+        now() - make_interval(secs => p_seconds_since_batch), coalesce(p_details, '{}')
+    )
+    ON CONFLICT (id) DO UPDATE SET
+        host = excluded.host,
+        pid = excluded.pid,
+        version = excluded.version,
+        last_seen = excluded.last_seen,
+        models = excluded.models,
+        in_flight = excluded.in_flight,
+        batch_size = excluded.batch_size,
+        documents = excluded.documents,
+        last_batch_at = coalesce(excluded.last_batch_at, w.last_batch_at),
+        details = excluded.details;
+    SELECT pgingest._config_seconds('worker_heartbeat_seconds', 10);
+END;
+
+COMMENT ON FUNCTION pgingest.heartbeat_v1(
+    uuid, text, integer, text, text[], integer, integer, bigint, double precision, jsonb
+) IS
+'Worker: records that this worker process is alive (upsert into pgingest.workers; started_at and '
+'last_seen come from the database clock) and deletes rows silent for worker_forget_after_seconds. '
+'Returns the heartbeat interval in seconds (config worker_heartbeat_seconds).';
+
+CREATE OR REPLACE FUNCTION pgingest.worker_exit_v1(p_worker_id uuid)
+RETURNS boolean
+LANGUAGE sql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+BEGIN ATOMIC
+    WITH gone AS (
+        DELETE FROM pgingest.workers AS w
+        WHERE w.id = p_worker_id
+        RETURNING w.id
+    )
+
+    SELECT count(*) > 0 FROM gone;
+END;
+
+COMMENT ON FUNCTION pgingest.worker_exit_v1(uuid) IS
+'Worker: removes the heartbeat row of a worker that stops cleanly (a killed one goes stale instead).';
+
+CREATE OR REPLACE FUNCTION pgingest.forget_stale_workers(p_older_than interval DEFAULT NULL)
+RETURNS integer
+LANGUAGE sql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+BEGIN ATOMIC
+    WITH gone AS (
+        DELETE FROM pgingest.workers AS w
+        WHERE
+            w.last_seen < now() - coalesce(
+                p_older_than, make_interval(secs => pgingest._config_seconds('worker_stale_after_seconds', 60))
+            )
+        RETURNING w.id
+    )
+
+    SELECT count(*)::integer FROM gone;
+END;
+
+COMMENT ON FUNCTION pgingest.forget_stale_workers(interval) IS
+'Admin: deletes the heartbeat rows of workers silent for p_older_than (default: the stale threshold, '
+'config worker_stale_after_seconds), e.g. after a crashed worker was replaced. Returns the count.';
+
+-- ---------------------------------------------------------------------------------------------
+-- Queue statistics (the pgmq tables are closed to everyone but their owner)
+-- ---------------------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION pgingest.queue_stats_v1(p_model text DEFAULT NULL)
+RETURNS TABLE (
+    model text,
+    queue_name text,
+    queue_length bigint,
+    ready bigint,
+    in_flight bigint,
+    delayed bigint,
+    oldest_enqueued_at timestamptz,
+    oldest_age_seconds double precision
+)
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_m record;
+BEGIN
+    FOR v_m IN
+        SELECT m.name, m.queue_name FROM pgingest.models AS m
+        WHERE m.state <> 'retired' AND (p_model IS NULL OR m.name = p_model)
+        ORDER BY m.name
+    LOOP
+        model := v_m.name;
+        queue_name := v_m.queue_name;
+        IF to_regclass(format('pgmq.%I', 'q_' || v_m.queue_name)) IS NULL THEN
+            queue_length := NULL; ready := NULL; in_flight := NULL; delayed := NULL;
+            oldest_enqueued_at := NULL; oldest_age_seconds := NULL;
+        ELSE
+            EXECUTE format(
+                $sql$
+                SELECT count(*),
+                       count(*) FILTER (WHERE q.vt <= now()),
+                       count(*) FILTER (WHERE q.vt > now() AND q.read_ct > 0),
+                       count(*) FILTER (WHERE q.vt > now() AND q.read_ct = 0),
+                       min(q.enqueued_at)
+                FROM pgmq.%I AS q
+                $sql$,
+                'q_' || v_m.queue_name
+            ) INTO queue_length, ready, in_flight, delayed, oldest_enqueued_at;
+            oldest_age_seconds := greatest(extract(EPOCH FROM now() - oldest_enqueued_at)::double precision, 0);
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.queue_stats_v1(text) IS
+'Messages in each live model''s pgmq queue (or p_model''s): total, ready (visible now), in_flight '
+'(claimed by a worker, or released with a delay), delayed (deferred after a failure or a 429, not yet '
+'visible), and the age of the oldest one (the freshness lag). Counts the queue table: fine for status '
+'and metrics, not for a hot loop.';
+
+-- ---------------------------------------------------------------------------------------------
+-- Index builds in progress (other sessions' progress rows need pg_read_all_stats: definer rights)
+-- ---------------------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION pgingest._index_builds()
+RETURNS TABLE (
+    pid integer,
+    model text,
+    index_name text,
+    command text,
+    phase text,
+    blocks_done bigint,
+    blocks_total bigint,
+    tuples_done bigint,
+    tuples_total bigint,
+    started_at timestamptz
+)
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+BEGIN ATOMIC
+    SELECT  -- noqa: ST06
+        p.pid,
+        coalesce(
+            (
+                SELECT m.name FROM pgingest.models AS m
+                INNER JOIN pg_attribute AS att ON att.attrelid = p.relid AND m.column_name = att.attname
+                INNER JOIN pg_index AS i ON i.indexrelid = p.index_relid
+                WHERE att.attnum = ANY(i.indkey)
+                ORDER BY m.name
+                LIMIT 1
+            ),
+            (
+                SELECT m.name FROM pgingest.models AS m
+                WHERE ic.relname = pgingest._index_name(m.name)
+            )
+        ) AS model,
+        ic.relname::text,
+        p.command,
+        p.phase,
+        p.blocks_done,
+        p.blocks_total,
+        p.tuples_done,
+        p.tuples_total,
+        a.query_start
+    FROM pg_stat_progress_create_index AS p
+    LEFT JOIN pg_class AS ic ON p.index_relid = ic.oid
+    LEFT JOIN pg_stat_activity AS a ON p.pid = a.pid
+    WHERE p.relid = 'pgingest.chunks'::regclass
+    ORDER BY p.pid;
+END;
+
+COMMENT ON FUNCTION pgingest._index_builds() IS
+'CREATE INDEX / REINDEX runs on pgingest.chunks now, with their progress (pg_stat_progress_create_index), '
+'seen with the rights of the function''s owner. Feeds the view pgingest.index_builds.';
+
+-- ---------------------------------------------------------------------------------------------
+-- Views
+-- ---------------------------------------------------------------------------------------------
+
+CREATE OR REPLACE VIEW pgingest.model_status AS
+WITH settings AS (
+    -- Settings are read here rather than through _config_seconds(): a view reads tables with its
+    -- owner's rights but calls functions with the caller's, and monitors cannot read config.
+    SELECT
+        greatest(
+            coalesce(
+                (
+                    SELECT c.value::integer FROM pgingest.config AS c
+                    WHERE c.key = 'throughput_window_seconds' AND c.value ~ '^[0-9]{1,9}$'
+                ),
+                300
+            ),
+            1
+        ) AS window_s
+),
+
+docs AS (
+    SELECT count(*) AS n FROM pgingest.documents
+),
+
+base AS (
+    SELECT
+        m.name,
+        m.state,
+        m.paused,
+        m.paused_reason,
+        m.model_id,
+        m.dimensions,
+        m.storage,
+        m.metric,
+        m.backfill_upto,
+        m.backfill_started_at,
+        m.backfill_completed_at,
+        docs.n AS documents,
+        settings.window_s,
+        e.embedded,
+        e.recent,
+        e.backfill_embedded,
+        e.backfill_recent,
+        l.dead_lettered,
+        l.backfill_dead,
+        l.dead_letters,
+        coalesce(
+            (
+                SELECT count(*) FROM pgingest.documents AS d
+                WHERE d.id <= m.backfill_upto
+            ), 0
+        ) AS backfill_documents
+    FROM pgingest.models AS m
+    CROSS JOIN docs
+    CROSS JOIN settings
+    CROSS JOIN
+        LATERAL (
+            SELECT
+                count(*) AS embedded,
+                count(*) FILTER (
+                    WHERE s.embedded_at > now() - make_interval(secs => settings.window_s)
+                ) AS recent,
+                count(*) FILTER (WHERE d.id <= m.backfill_upto) AS backfill_embedded,
+                count(*) FILTER (
+                    WHERE d.id <= m.backfill_upto
+                    AND s.embedded_at > now() - make_interval(secs => settings.window_s)
+                ) AS backfill_recent
+            FROM pgingest.embedding_state AS s
+            INNER JOIN pgingest.documents AS d ON s.doc_id = d.id AND s.content_hash = d.content_hash
+            WHERE s.model = m.name
+        ) AS e
+    CROSS JOIN
+        LATERAL (
+            SELECT
+                count(d.id) AS dead_lettered,
+                count(d.id) FILTER (WHERE d.id <= m.backfill_upto) AS backfill_dead,
+                count(*) AS dead_letters
+            FROM pgingest.dead_letters AS dl
+            LEFT JOIN pgingest.documents AS d ON dl.doc_id = d.id AND dl.content_hash = d.content_hash
+            WHERE dl.model = m.name
+        ) AS l
+    WHERE m.state <> 'retired'
+)
+
+SELECT  -- noqa: ST06
+    b.name AS model,
+    b.state,
+    b.paused,
+    b.paused_reason,
+    b.model_id,
+    b.dimensions,
+    b.storage,
+    b.metric,
+    b.documents,
+    b.embedded,
+    b.dead_lettered,
+    greatest(b.documents - b.embedded - b.dead_lettered, 0) AS pending,
+    b.dead_letters,
+    CASE
+        WHEN b.documents = 0 THEN 100.0
+        ELSE round(100.0 * b.embedded / b.documents, 2)
+    END AS coverage_pct,
+    q.queue_length,
+    q.ready AS queue_ready,
+    q.in_flight AS queue_in_flight,
+    q.delayed AS queue_delayed,
+    q.oldest_enqueued_at,
+    now() - q.oldest_enqueued_at AS oldest_pending_age,
+    round(coalesce(q.oldest_age_seconds, 0)::numeric, 3) AS freshness_lag_seconds,
+    b.window_s AS throughput_window_seconds,
+    b.recent AS embedded_in_window,
+    round(b.recent::numeric / b.window_s, 3) AS docs_per_second,
+    CASE
+        WHEN b.backfill_upto IS NULL THEN 'none'
+        WHEN b.backfill_completed_at IS NULL THEN 'queueing'
+        WHEN b.backfill_documents - b.backfill_embedded - b.backfill_dead > 0 THEN 'running'
+        ELSE 'done'
+    END AS backfill_state,
+    b.backfill_started_at,
+    b.backfill_completed_at AS backfill_queued_at,
+    b.backfill_documents,
+    b.backfill_embedded,
+    b.backfill_dead,
+    greatest(b.backfill_documents - b.backfill_embedded - b.backfill_dead, 0) AS backfill_pending,
+    CASE
+        WHEN b.backfill_documents = 0 THEN 100.0
+        ELSE round(100.0 * (b.backfill_embedded + b.backfill_dead) / b.backfill_documents, 2)
+    END AS backfill_pct,
+    round(b.backfill_recent::numeric / b.window_s, 3) AS backfill_docs_per_second,
+    CASE
+        WHEN b.backfill_documents - b.backfill_embedded - b.backfill_dead <= 0 THEN interval '0'
+        WHEN b.backfill_recent > 0
+            THEN make_interval(
+                secs => ceil(
+                    (b.backfill_documents - b.backfill_embedded - b.backfill_dead)::numeric
+                    * b.window_s / b.backfill_recent
+                )::double precision
+            )
+    END AS backfill_eta
+FROM base AS b
+LEFT JOIN pgingest.queue_stats_v1() AS q ON b.name = q.model;
+
+COMMENT ON VIEW pgingest.model_status IS
+'One row per live model: lifecycle state, pause and its reason; documents, embedded (current version), '
+'dead_lettered (current version), pending (neither yet), dead_letters (all rows), coverage; the queue '
+'(ready, in flight, delayed, oldest message age = freshness lag); throughput over the last '
+'throughput_window_seconds (config); backfill progress (documents that existed at registration: '
+'embedded, dead, pending, percent handled, rate, ETA).';
+
+CREATE OR REPLACE VIEW pgingest.dead_letter_summary AS
+SELECT
+    dl.model,
+    dl.error_class,
+    count(*) AS dead_letters,
+    count(dl.doc_id) AS documents,
+    min(dl.first_failed_at) AS oldest,
+    max(dl.last_failed_at) AS newest,
+    max(dl.attempts) AS max_attempts,
+    (array_agg(dl.error_message ORDER BY dl.last_failed_at DESC, dl.id DESC))[1] AS sample_message,
+    (array_agg(dl.doc_key ORDER BY dl.last_failed_at DESC, dl.id DESC))[1] AS sample_doc_key,
+    (array_agg(dl.doc_id ORDER BY dl.last_failed_at DESC, dl.id DESC))[1] AS sample_doc_id
+FROM pgingest.dead_letters AS dl
+GROUP BY dl.model, dl.error_class;
+
+COMMENT ON VIEW pgingest.dead_letter_summary IS
+'Dead letters by model and error class: how many (and of how many documents), the oldest first failure, '
+'the newest failure, the most attempts, and the newest message as a sample. '
+'Requeue with pgingest.requeue_dead_letters(model, error_class).';
+
+CREATE OR REPLACE VIEW pgingest.worker_status AS
+WITH settings AS (
+    SELECT
+        coalesce(
+            (
+                SELECT c.value::integer FROM pgingest.config AS c
+                WHERE c.key = 'worker_stale_after_seconds' AND c.value ~ '^[0-9]{1,9}$'
+            ),
+            60
+        ) AS stale_s
+)
+
+SELECT  -- noqa: ST06
+    w.id,
+    w.host,
+    w.pid,
+    w.version,
+    w.started_at,
+    w.last_seen,
+    now() - w.last_seen AS last_seen_age,
+    w.last_seen < now() - make_interval(secs => settings.stale_s) AS stale,
+    w.models,
+    w.in_flight,
+    w.batch_size,
+    w.documents,
+    w.last_batch_at,
+    now() - w.started_at AS uptime,
+    w.details
+FROM pgingest.workers AS w
+CROSS JOIN settings;
+
+COMMENT ON VIEW pgingest.worker_status IS
+'Worker heartbeats: host, pid, version, started, last seen (and how long ago), stale (silent for more '
+'than config worker_stale_after_seconds: the process died or hangs), models served, messages in flight, '
+'current batch size, documents embedded since start, last batch.';
+
+CREATE OR REPLACE VIEW pgingest.index_builds AS
+SELECT  -- noqa: ST06
+    b.pid,
+    b.model,
+    b.index_name,
+    b.command,
+    b.phase,
+    b.blocks_done,
+    b.blocks_total,
+    b.tuples_done,
+    b.tuples_total,
+    CASE
+        WHEN b.blocks_total > 0 THEN round(100.0 * b.blocks_done / b.blocks_total, 1)
+        WHEN b.tuples_total > 0 THEN round(100.0 * b.tuples_done / b.tuples_total, 1)
+    END AS pct,
+    b.started_at,
+    now() - b.started_at AS elapsed
+FROM pgingest._index_builds() AS b;
+
+COMMENT ON VIEW pgingest.index_builds IS
+'Index builds running on pgingest.chunks (CREATE INDEX [CONCURRENTLY], REINDEX): model, phase and '
+'progress in blocks or tuples (pg_stat_progress_create_index).';
+
+CREATE OR REPLACE VIEW pgingest.vector_health AS
+SELECT  -- noqa: ST06
+    m.name AS model,
+    m.state,
+    m.index_method,
+    ix.index_name,
+    ix.access_method,
+    ix.valid,
+    ix.ready,
+    ix.index_name IN (SELECT b.index_name FROM pgingest.index_builds AS b) AS building,
+    ix.size_bytes,
+    pg_size_pretty(ix.size_bytes) AS size,
+    ix.options,
+    CASE
+        WHEN m.index_method = 'none' THEN 'not indexed (exact search)'
+        WHEN ix.index_name IS NULL THEN 'missing'
+        WHEN NOT ix.valid THEN 'invalid or building'
+        ELSE 'ok'
+    END AS index_status,
+    coalesce(current_setting('hnsw.ef_search', TRUE), '40') AS hnsw_ef_search,
+    coalesce(current_setting('ivfflat.probes', TRUE), '1') AS ivfflat_probes,
+    coalesce(
+        current_setting(
+            CASE WHEN m.index_method = 'ivfflat' THEN 'ivfflat.iterative_scan' ELSE 'hnsw.iterative_scan' END,
+            TRUE
+        ),
+        'off'
+    ) AS iterative_scan,
+    t.n_live_tup AS chunks_live_tuples,
+    t.n_dead_tup AS chunks_dead_tuples,
+    CASE
+        WHEN t.n_live_tup + t.n_dead_tup > 0
+            THEN round(100.0 * t.n_dead_tup / (t.n_live_tup + t.n_dead_tup), 1)
+    END AS chunks_dead_pct,
+    pg_total_relation_size('pgingest.chunks'::regclass) AS chunks_total_bytes,
+    t.last_vacuum AS chunks_last_vacuum,
+    t.last_autovacuum AS chunks_last_autovacuum,
+    t.last_analyze AS chunks_last_analyze,
+    t.last_autoanalyze AS chunks_last_autoanalyze
+FROM pgingest.models AS m
+LEFT JOIN LATERAL (
+    SELECT  -- noqa: ST06
+        ic.relname::text AS index_name,
+        am.amname::text AS access_method,
+        i.indisvalid AS valid,
+        i.indisready AS ready,
+        pg_relation_size(i.indexrelid) AS size_bytes,
+        ic.reloptions AS options
+    FROM pg_index AS i
+    INNER JOIN pg_class AS ic ON i.indexrelid = ic.oid
+    INNER JOIN pg_am AS am ON ic.relam = am.oid
+    INNER JOIN pg_attribute AS att
+        ON i.indrelid = att.attrelid AND m.column_name = att.attname AND att.attnum = ANY(i.indkey)
+    WHERE i.indrelid = 'pgingest.chunks'::regclass AND am.amname IN ('hnsw', 'ivfflat')
+    ORDER BY i.indisvalid DESC, ic.oid DESC
+    LIMIT 1
+) AS ix ON TRUE
+LEFT JOIN pg_stat_user_tables AS t ON t.relid = 'pgingest.chunks'::regclass
+WHERE m.state <> 'retired';
+
+COMMENT ON VIEW pgingest.vector_health IS
+'pgvector health per live model: its ANN index on pgingest.chunks (name, access method, valid, ready, '
+'being built, size, options, a status line), the search settings in effect in this session '
+'(hnsw.ef_search, ivfflat.probes, iterative scan; pgvector''s defaults when unset), and the chunks '
+'table''s dead tuples and (auto)vacuum/analyze times.';

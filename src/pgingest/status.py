@@ -1,0 +1,679 @@
+"""``pgingest status``: the pipeline at a glance, and a health check; the worker's heartbeat.
+
+The figures come from the views of ``sql/050_status.sql`` (``pgingest.model_status``,
+``dead_letter_summary``, ``worker_status``, ``vector_health``, ``index_builds``), which any login
+holding ``pgingest_monitor`` can read. ``pgingest status`` prints them as tables (``--json`` for
+machines) and exits:
+
+* 0: healthy;
+* 1: unhealthy: a paused model, a stale worker (a heartbeat older than the stale threshold),
+  more dead letters than ``--max-dead-letters`` (default 0: every dead letter is a document that
+  is not searchable and waits for a decision), an oldest pending message older than ``--max-lag``
+  (when given), an invalid ANN index that no build is fixing;
+* 2: the check itself failed (database unreachable, pgingest not installed, no privilege).
+
+:class:`Heartbeat` is the worker's side of ``pgingest.workers``: a daemon thread with its own
+connection that calls ``pgingest.heartbeat_v1`` every few seconds (the interval comes from
+``pgingest.config``), refreshes the queue depth, freshness lag, paused and circuit-breaker
+gauges of :class:`~pgingest.metrics.Metrics`, and removes the row when the worker stops cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import decimal
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from pgingest import __version__, db
+
+log = logging.getLogger("pgingest.status")
+
+EXIT_HEALTHY = 0
+EXIT_UNHEALTHY = 1
+EXIT_ERROR = 2
+
+DEFAULT_MAX_DEAD_LETTERS = 0
+
+# --------------------------------------------------------------------------------------------
+# Heartbeat (worker side)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerSnapshot:
+    """What a worker reports in each heartbeat (read from the worker loop's attributes)."""
+
+    models: Sequence[str] = ()
+    in_flight: int = 0
+    batch_size: int | None = None
+    documents: int = 0
+    seconds_since_batch: float | None = None
+    breakers: dict[str, str] = field(default_factory=dict)
+
+
+class Heartbeat:
+    """Keeps this worker's row in ``pgingest.workers`` fresh from a background thread.
+
+    Its own autocommit connection (the worker's may be busy in a long batch); database errors
+    are logged and retried at the next beat, so a restart of PostgreSQL costs a few missed beats.
+    ``stop()`` deletes the row (a clean exit is not a stale worker); a killed process leaves it
+    to go stale.
+    """
+
+    def __init__(
+        self,
+        conninfo: str | None,
+        snapshot: Callable[[], WorkerSnapshot],
+        *,
+        metrics: Any | None = None,
+        interval: float | None = None,
+        worker_id: str | None = None,
+        host: str | None = None,
+        version: str = __version__,
+    ) -> None:
+        self.conninfo = conninfo
+        self.snapshot = snapshot
+        self.metrics = metrics
+        self.interval = interval
+        self.worker_id = worker_id or str(uuid.uuid4())
+        self.host = host or socket.gethostname()
+        self.version = version
+        self.pid = os.getpid()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failures = 0
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = db.connect(
+                self.conninfo,
+                register_vector=False,
+                application_name="pgingest-heartbeat",
+                connect_timeout=10,
+            )
+        return self._conn
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                log.debug("closing the heartbeat connection failed", exc_info=True)
+        self._conn = None
+
+    def beat(self) -> float:
+        """One heartbeat now; returns the seconds until the next one."""
+        snap = self.snapshot()
+        conn = self._connection()
+        server_interval = db.heartbeat(
+            conn,
+            self.worker_id,
+            self.host,
+            self.pid,
+            self.version,
+            list(snap.models),
+            snap.in_flight,
+            snap.batch_size,
+            snap.documents,
+            snap.seconds_since_batch,
+            {"breakers": dict(snap.breakers)},
+        )
+        if self.metrics is not None:
+            self._refresh_gauges(conn, snap)
+        return float(self.interval if self.interval is not None else max(server_interval, 1))
+
+    def _refresh_gauges(self, conn: psycopg.Connection[Any], snap: WorkerSnapshot) -> None:
+        assert self.metrics is not None
+        wanted = set(snap.models)
+        for row in db.queue_stats(conn):
+            if wanted and row["model"] not in wanted:
+                continue
+            self.metrics.queue_depth(row["model"], int(row["queue_length"] or 0))
+            self.metrics.freshness_lag(row["model"], float(row["oldest_age_seconds"] or 0.0))
+        for m in db.live_models(conn):
+            if wanted and m.name not in wanted:
+                continue
+            self.metrics.paused(m.name, m.paused)
+            self.metrics.breaker_state(m.name, snap.breakers.get(m.name, "closed"))
+
+    def _run(self) -> None:
+        delay = 0.0
+        while not self._stop.wait(delay):
+            try:
+                delay = self.beat()
+                if self._failures:
+                    log.info("heartbeat restored", extra={"worker_id": self.worker_id})
+                self._failures = 0
+            except psycopg.Error as exc:
+                self._failures += 1
+                delay = float(self.interval or 10.0)
+                if self._failures in (1, 10) or self._failures % 60 == 0:
+                    log.warning(
+                        "heartbeat failed",
+                        extra={
+                            "worker_id": self.worker_id,
+                            "error": str(exc).strip()[:200],
+                            "failures": self._failures,
+                        },
+                    )
+                self._close()
+
+    def start(self) -> Heartbeat:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._run, name="pgingest-heartbeat", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def stop(self, *, remove: bool = True, timeout: float = 10.0) -> None:
+        """Stops the thread and (``remove``) deletes this worker's row."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        if remove:
+            try:
+                db.worker_exit(self._connection(), self.worker_id)
+            except psycopg.Error as exc:
+                log.warning(
+                    "could not remove the heartbeat row",
+                    extra={"worker_id": self.worker_id, "error": str(exc).strip()[:200]},
+                )
+        self._close()
+
+
+# --------------------------------------------------------------------------------------------
+# Status report
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HealthPolicy:
+    max_dead_letters: int = DEFAULT_MAX_DEAD_LETTERS
+    max_lag_seconds: float | None = None
+    stale_after_seconds: float | None = None
+    """None: the view's ``stale`` flag (config worker_stale_after_seconds)."""
+
+
+@dataclass
+class Report:
+    models: list[dict[str, Any]]
+    dead_letters: list[dict[str, Any]]
+    workers: list[dict[str, Any]]
+    vector_health: list[dict[str, Any]]
+    index_builds: list[dict[str, Any]]
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "healthy": self.healthy,
+            "problems": self.problems,
+            "warnings": self.warnings,
+            "models": self.models,
+            "dead_letters": self.dead_letters,
+            "workers": self.workers,
+            "vector_health": self.vector_health,
+            "index_builds": self.index_builds,
+        }
+
+
+def collect(conn: psycopg.Connection[Any]) -> Report:
+    """Reads the five status views (one snapshot: a repeatable-read transaction)."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        return Report(
+            models=db.status_view(conn, "model_status"),
+            dead_letters=db.status_view(conn, "dead_letter_summary"),
+            workers=db.status_view(conn, "worker_status"),
+            vector_health=db.status_view(conn, "vector_health"),
+            index_builds=db.status_view(conn, "index_builds"),
+        )
+
+
+def _seconds(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    return float(value)
+
+
+def evaluate(report: Report, policy: HealthPolicy) -> Report:
+    """Fills ``problems`` (they make the exit code 1) and ``warnings`` (informative)."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    for m in report.models:
+        if m["paused"]:
+            problems.append(
+                f"model {m['model']} is paused: {m['paused_reason'] or 'no reason given'}"
+            )
+        lag = _seconds(m.get("freshness_lag_seconds"))
+        if policy.max_lag_seconds is not None and lag is not None and lag > policy.max_lag_seconds:
+            problems.append(
+                f"model {m['model']}: the oldest pending message is {_duration(lag)} old "
+                f"(--max-lag {_duration(policy.max_lag_seconds)})"
+            )
+    for w in report.workers:
+        age = _seconds(w["last_seen_age"]) or 0.0
+        stale = (
+            bool(w["stale"])
+            if policy.stale_after_seconds is None
+            else age > policy.stale_after_seconds
+        )
+        if stale:
+            problems.append(
+                f"worker {w['host']}:{w['pid']} ({w['id']}) is stale: last seen {_duration(age)} ago"
+            )
+    total_dead = sum(int(d["dead_letters"]) for d in report.dead_letters)
+    if total_dead > policy.max_dead_letters:
+        classes = ", ".join(
+            f"{d['model']}/{d['error_class']}: {d['dead_letters']}" for d in report.dead_letters
+        )
+        problems.append(
+            f"{total_dead} dead letter(s), more than --max-dead-letters {policy.max_dead_letters} "
+            f"({classes})"
+        )
+    building = {b["index_name"] for b in report.index_builds}
+    for v in report.vector_health:
+        if v["index_name"] is not None and not v["valid"] and v["index_name"] not in building:
+            problems.append(
+                f"model {v['model']}: index {v['index_name']} is invalid (a failed build?): "
+                "rebuild it with `pgingest model index`"
+            )
+        elif v["index_status"] == "missing" and v["state"] == "active":
+            warnings.append(
+                f"model {v['model']} (active) has no ANN index: searches scan every chunk"
+            )
+    live = [w for w in report.workers if not w["stale"]]
+    queued = sum(int(m["queue_length"] or 0) for m in report.models)
+    if queued and not live:
+        warnings.append(f"{queued} message(s) queued and no live worker heartbeat")
+    for m in report.models:
+        if m["backfill_state"] == "queueing" and not live:
+            warnings.append(
+                f"model {m['model']}: its backfill is queued by running workers, and none runs "
+                f"(or CALL pgingest.run_backfill('{m['model']}'))"
+            )
+    report.problems = problems
+    report.warnings = warnings
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = max(float(seconds), 0.0)
+    if s < 1:
+        return f"{s * 1000:.0f}ms"
+    if s < 60:
+        return f"{s:.0f}s" if s >= 10 else f"{s:.1f}s"
+    if s < 3600:
+        return f"{int(s // 60)}m{int(s % 60):02d}s"
+    if s < 86400:
+        return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
+    return f"{int(s // 86400)}d{int(s % 86400 // 3600):02d}h"
+
+
+def _ago(ts: Any, now: dt.datetime) -> str:
+    if ts is None:
+        return "-"
+    return _duration((now - ts).total_seconds()) + " ago"
+
+
+def _size(n: Any) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"  # unreachable
+
+
+def _num(x: Any) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float | decimal.Decimal):
+        return f"{float(x):,.2f}".rstrip("0").rstrip(".")
+    return f"{x:,}"
+
+
+def _bar(fraction: float | None, width: int = 20) -> str:
+    if fraction is None:
+        return "[" + "?" * width + "]"
+    filled = int(round(max(0.0, min(1.0, fraction)) * width))
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def _short(text: Any, n: int = 60) -> str:
+    s = " ".join(str(text or "").split())
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def render_text(report: Report, now: dt.datetime | None = None) -> str:
+    now = now or dt.datetime.now(dt.UTC)
+    out: list[str] = []
+    out.append("pgingest status: " + ("healthy" if report.healthy else "UNHEALTHY"))
+    out.extend(f"  problem: {p}" for p in report.problems)
+    out.extend(f"  warning: {w}" for w in report.warnings)
+
+    out.append("\nMODELS")
+    if report.models:
+        rows = []
+        for m in report.models:
+            state = m["state"] + (" (PAUSED)" if m["paused"] else "")
+            queue = (
+                f"{_num(m['queue_length'])} ({_num(m['queue_ready'])}/"
+                f"{_num(m['queue_in_flight'])}/{_num(m['queue_delayed'])})"
+            )
+            backfill = m["backfill_state"]
+            if backfill in ("queueing", "running"):
+                eta = _seconds(m["backfill_eta"])
+                backfill += f" {_num(m['backfill_pct'])}% {_num(m['backfill_pending'])} left" + (
+                    f" eta {_duration(eta)}" if eta is not None else ""
+                )
+            rows.append(
+                [
+                    m["model"],
+                    state,
+                    _num(m["documents"]),
+                    _num(m["embedded"]),
+                    _num(m["pending"]),
+                    _num(m["dead_lettered"]),
+                    f"{_num(m['coverage_pct'])}%",
+                    queue,
+                    (
+                        "-"
+                        if m["oldest_pending_age"] is None
+                        else _duration(_seconds(m["freshness_lag_seconds"]))
+                    ),
+                    _num(m["docs_per_second"]),
+                    backfill,
+                ]
+            )
+        out.append(
+            _table(
+                [
+                    "model",
+                    "state",
+                    "docs",
+                    "embedded",
+                    "pending",
+                    "dead",
+                    "coverage",
+                    "queue (ready/in flight/delayed)",
+                    "lag",
+                    "docs/s",
+                    "backfill",
+                ],
+                rows,
+            )
+        )
+        for m in report.models:
+            if m["paused"]:
+                out.append(f"  {m['model']} paused: {_short(m['paused_reason'], 200)}")
+    else:
+        out.append("  no model registered: SELECT pgingest.register_model(...)")
+
+    out.append("\nDEAD LETTERS")
+    if report.dead_letters:
+        out.append(
+            _table(
+                ["model", "error class", "count", "oldest", "newest", "sample"],
+                [
+                    [
+                        d["model"],
+                        d["error_class"],
+                        _num(d["dead_letters"]),
+                        _ago(d["oldest"], now),
+                        _ago(d["newest"], now),
+                        _short(
+                            (f"{d['sample_doc_key']}: " if d["sample_doc_key"] else "")
+                            + str(d["sample_message"])
+                        ),
+                    ]
+                    for d in report.dead_letters
+                ],
+            )
+        )
+        out.append("  requeue: SELECT pgingest.requeue_dead_letters('<model>', '<error class>');")
+    else:
+        out.append("  none")
+
+    out.append("\nWORKERS")
+    if report.workers:
+        out.append(
+            _table(
+                [
+                    "host",
+                    "pid",
+                    "version",
+                    "up",
+                    "last seen",
+                    "in flight",
+                    "batch",
+                    "docs",
+                    "state",
+                ],
+                [
+                    [
+                        w["host"],
+                        str(w["pid"]),
+                        w["version"],
+                        _duration(_seconds(w["uptime"])),
+                        _duration(_seconds(w["last_seen_age"])) + " ago",
+                        _num(w["in_flight"]),
+                        _num(w["batch_size"]),
+                        _num(w["documents"]),
+                        "STALE" if w["stale"] else "ok",
+                    ]
+                    for w in report.workers
+                ],
+            )
+        )
+    else:
+        out.append("  no heartbeat (no worker running, or none since the last clean stop)")
+
+    out.append("\nVECTOR INDEXES")
+    if report.vector_health:
+        out.append(
+            _table(
+                [
+                    "model",
+                    "index",
+                    "status",
+                    "size",
+                    "ef_search",
+                    "probes",
+                    "dead tuples",
+                    "autovacuum",
+                ],
+                [
+                    [
+                        v["model"],
+                        v["index_name"] or f"({v['index_method']})",
+                        v["index_status"] + (" (building)" if v["building"] else ""),
+                        _size(v["size_bytes"]),
+                        str(v["hnsw_ef_search"]),
+                        str(v["ivfflat_probes"]),
+                        f"{_num(v['chunks_dead_tuples'])}"
+                        + (
+                            f" ({_num(v['chunks_dead_pct'])}%)"
+                            if v["chunks_dead_pct"] is not None
+                            else ""
+                        ),
+                        _ago(v["chunks_last_autovacuum"], now),
+                    ]
+                    for v in report.vector_health
+                ],
+            )
+        )
+    else:
+        out.append("  no model")
+
+    if report.index_builds:
+        out.append("\nINDEX BUILDS")
+        for b in report.index_builds:
+            pct = _seconds(b["pct"])
+            out.append(
+                f"  {b['model'] or '?'} {b['index_name'] or '(new index)'} pid {b['pid']}: "
+                f"{b['phase']} {_bar(None if pct is None else pct / 100)} "
+                f"{'-' if pct is None else f'{pct:.1f}%'} elapsed {_duration(_seconds(b['elapsed']))}"
+            )
+    return "\n".join(out) + "\n"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def render_json(report: Report) -> str:
+    """The report as JSON: intervals in seconds, timestamps ISO 8601."""
+    return json.dumps(report.as_dict(), default=_json_default, indent=2, sort_keys=False) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def check(conninfo: str | None, policy: HealthPolicy) -> Report:
+    with db.connect(conninfo, register_vector=False, application_name="pgingest-status") as conn:
+        return evaluate(collect(conn), policy)
+
+
+def run(args: argparse.Namespace) -> int:
+    policy = HealthPolicy(
+        max_dead_letters=args.max_dead_letters,
+        max_lag_seconds=args.max_lag,
+        stale_after_seconds=args.stale_after,
+    )
+    out = sys.stdout
+    while True:
+        try:
+            report = check(args.database_url, policy)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            print(
+                f"pgingest status: {exc.diag.message_primary}\n"
+                "  hint: GRANT pgingest_monitor TO <this login>;",
+                file=sys.stderr,
+            )
+            return EXIT_ERROR
+        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction) as exc:
+            print(
+                f"pgingest status: {exc.diag.message_primary}\n"
+                "  hint: is pgingest installed in this database, and up to date? pgingest install",
+                file=sys.stderr,
+            )
+            return EXIT_ERROR
+        except psycopg.Error as exc:
+            print(f"pgingest status: {str(exc).strip()}", file=sys.stderr)
+            return EXIT_ERROR
+        code = EXIT_HEALTHY if report.healthy else EXIT_UNHEALTHY
+        text = render_json(report) if args.json else render_text(report)
+        if args.watch is None:
+            out.write(text)
+            out.flush()
+            return code
+        if out.isatty():
+            out.write("\x1b[H\x1b[2J")
+        out.write(text)
+        out.flush()
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return code
+
+
+def add_status_command(subparsers: Any) -> argparse.ArgumentParser:
+    """Adds ``status`` to the ``pgingest`` command line (``subparsers`` of argparse)."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "status",
+        help="models, queues, dead letters, workers and indexes; exit 1 when unhealthy",
+        description=(
+            "Reads the pgingest status views (GRANT pgingest_monitor to the login). Exit status: "
+            "0 healthy; 1 unhealthy (a paused model, a stale worker, too many dead letters, "
+            "a lag above --max-lag, an invalid index); 2 the check failed."
+        ),
+    )
+    p.add_argument(
+        "--database-url",
+        default=None,
+        help="libpq connection string or URL (default: $DATABASE_URL, else the PG* variables)",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON document instead of tables")
+    p.add_argument(
+        "--max-dead-letters",
+        type=int,
+        default=DEFAULT_MAX_DEAD_LETTERS,
+        metavar="N",
+        help="unhealthy above N dead letters in all (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-lag",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="unhealthy when a model's oldest queued message is older (default: no limit)",
+    )
+    p.add_argument(
+        "--stale-after",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="a worker silent this long is stale (default: config worker_stale_after_seconds, 60)",
+    )
+    p.add_argument(
+        "--watch",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="redraw every SECONDS until interrupted",
+    )
+    p.set_defaults(func=run)
+    return p
