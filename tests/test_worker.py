@@ -419,3 +419,27 @@ def test_sigterm_exits_cleanly_and_releases_nothing_half_done(
     assert embedded is not None
     assert embedded[0] + queue_count(conn, "v1") == 100
     _ = db  # the worker API module is exercised through the worker
+
+
+def test_a_body_over_the_document_limit_is_dead_lettered_and_requeued(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    """A body far beyond what the model takes is chunked; past the per-document chunk limit it
+    becomes a dead letter with the reason, and requeue_dead_letters brings it back."""
+    register(conn, "v1", fake.url)
+    conn.execute(
+        "INSERT INTO pgingest.documents (key, body) VALUES ('huge', repeat('many words here. ', 2000))"
+    )
+    insert_corpus(conn, 3)
+    drain(dsn, max_chunks_per_document=20)
+    letter = conn.execute(
+        "SELECT doc_key, error_class, error_message FROM pgingest.dead_letters"
+    ).fetchone()
+    assert letter is not None
+    assert letter[:2] == ("huge", "too_many_chunks")
+    assert "exceed the limit of 20" in letter[2]
+    assert conn.execute("SELECT count(*) FROM pgingest.embedding_state").fetchone() == (3,)
+    assert conn.execute("SELECT pgingest.requeue_dead_letters('v1')").fetchone() == (1,)
+    drain(dsn, max_chunks_per_document=5000)
+    assert conn.execute("SELECT count(*) FROM pgingest.dead_letters").fetchone() == (0,)
+    assert_exactly_predicted(conn)

@@ -51,6 +51,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         probe_interval=args.probe_interval,
         http_timeout=args.http_timeout,
         metrics_port=args.metrics_port,
+        max_chunks_per_document=args.max_chunks_per_document,
     )
     if args.processes > 1:
         return worker.run_processes(settings, args.processes)
@@ -164,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-timeout", type=float, default=30.0)
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics on this port")
     p.add_argument("--processes", type=int, default=1, help="worker processes on this machine")
+    p.add_argument(
+        "--max-chunks-per-document",
+        type=int,
+        default=5000,
+        help="a document cut into more chunks is dead-lettered (too_many_chunks)",
+    )
     p.set_defaults(func=cmd_worker)
 
     from pgingest.status import add_status_command
