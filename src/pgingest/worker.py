@@ -231,25 +231,41 @@ class Worker:
         if self.heartbeat is not None:
             self.heartbeat.start()
         failures = 0
+        code = 0
         try:
             while not self.stopping.is_set():
                 try:
                     worked, pending = self.tick()
                     failures = 0
-                except psycopg.OperationalError as exc:
+                except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction) as exc:
+                    # Connection lost, restart, failover (a standby answers read-only), or a
+                    # statement cancelled on a healthy connection (statement or lock timeout,
+                    # deadlock): retried with a growing delay either way.
                     failures += 1
                     delay = min(30.0, 0.5 * 2 ** min(failures, 6))
-                    log.warning(
-                        "database unavailable, reconnecting",
-                        extra={"error": str(exc).strip()[:200], "retry_in_s": delay},
+                    lost = (
+                        self._conn is None
+                        or self._conn.closed
+                        or isinstance(exc, psycopg.errors.ReadOnlySqlTransaction)
                     )
-                    self._reset_connections()
+                    log.warning(
+                        "database unavailable, reconnecting"
+                        if lost
+                        else "database statement failed, retrying",
+                        extra={
+                            "error": str(exc).strip()[:200],
+                            "sqlstate": exc.sqlstate,
+                            "retry_in_s": delay,
+                        },
+                    )
+                    if lost:
+                        self._reset_connections()
                     self.stopping.wait(delay)
                     continue
                 if worked:
                     continue
                 if self.s.drain and not pending:
-                    log.info("queues drained, exiting")
+                    code = self._drained_exit_code()
                     break
                 self._wait_for_work(self.s.poll_interval if not self.s.drain else 0.2)
         finally:
@@ -258,6 +274,25 @@ class Worker:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._reset_connections()
             log.info("worker stopped")
+        return code
+
+    def _drained_exit_code(self) -> int:
+        """--drain: 0 when every queue is empty; 3 when paused models still hold queued work."""
+        conn = self._connection()
+        waiting = [
+            m.name
+            for m in db.live_models(conn)
+            if m.paused
+            and (not self.s.models or m.name in self.s.models)
+            and db.pending_messages(conn, m.name) > 0
+        ]
+        if waiting:
+            log.warning(
+                "queues drained except for paused models; their work is still queued",
+                extra={"paused_models": ",".join(waiting)},
+            )
+            return 3
+        log.info("queues drained, exiting")
         return 0
 
     def _wait_for_work(self, timeout: float) -> None:

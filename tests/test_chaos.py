@@ -1,0 +1,50 @@
+"""The chaos run at its small size (scripts/chaos.py --small): 1,500 documents written by
+concurrent writers, updated and deleted while 2 workers drain through 429s, 503s and timeouts,
+workers SIGKILLed at least 5 times, 50 planted bad documents; then every check must pass.
+
+It runs in its own database on the test server. PostgreSQL is not restarted here, since other
+tests share the cluster: ``make chaos`` (the full 20,000-document run) does the restart, and
+``PGINGEST_CHAOS_RESTART=1`` turns it on here too (only against the private cluster).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, _server_url
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_small_chaos_run_loses_nothing() -> None:
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "chaos.py"),
+        "--small",
+        "--database-url",
+        _server_url(),
+        "--deadline",
+        "240",
+    ]
+    if os.environ.get("PGINGEST_CHAOS_RESTART") != "1":
+        cmd.append("--no-pg-restart")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=280, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    checks = [line for line in proc.stdout.splitlines() if line[:4] in ("PASS", "FAIL", "SKIP")]
+    assert not [c for c in checks if c.startswith("FAIL")], out[-6000:]
+    for name in (
+        "workers killed",
+        "chunks as predicted",
+        "vectors",
+        "no duplicate chunk",
+        "deleted documents leave nothing",
+        "dead letters",
+        "queue empty",
+    ):
+        assert any(c.startswith(f"PASS  {name}:") for c in checks), (name, out[-6000:])
