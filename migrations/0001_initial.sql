@@ -132,6 +132,41 @@ COMMENT ON TABLE pgingest.chunks IS
 'Chunks of the current version of each document; one embedding column per model (emb_<model>). '
 'Written only by pgingest.complete_batch_v1; removed with their document by triggers.';
 
+-- Install option for large corpora: `pgingest install --chunk-partitions N` (or the custom setting
+-- pgingest.chunk_partitions = 'N' in the installing session) hash-partitions the chunks by document
+-- into chunks_p0 .. chunks_p<N-1>, re-created LIKE the table above (its single definition). Unset or
+-- '0': nothing happens here and the table above stays as it is.
+DO $chunk_partitions$
+DECLARE
+    v_setting text := nullif(btrim(current_setting('pgingest.chunk_partitions', TRUE)), '');
+    v_n integer;
+    v_comment text;
+BEGIN
+    IF v_setting IS NULL OR v_setting = '0' THEN
+        RETURN;
+    END IF;
+    IF v_setting !~ '^[0-9]{1,4}$' OR v_setting::integer NOT BETWEEN 1 AND 1024 THEN
+        RAISE EXCEPTION 'pgingest: pgingest.chunk_partitions must be an integer from 0 to 1024, not %',
+            quote_literal(v_setting)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_n := v_setting::integer;
+    v_comment := obj_description('pgingest.chunks'::regclass, 'pg_class');
+    ALTER TABLE pgingest.chunks RENAME TO _chunks_unpartitioned;
+    ALTER TABLE pgingest._chunks_unpartitioned RENAME CONSTRAINT chunks_pkey TO _chunks_unpartitioned_pkey;
+    CREATE TABLE pgingest.chunks (LIKE pgingest._chunks_unpartitioned INCLUDING ALL) PARTITION BY HASH (doc_id);
+    DROP TABLE pgingest._chunks_unpartitioned;
+    EXECUTE format('COMMENT ON TABLE pgingest.chunks IS %L',
+                   v_comment || format(' Hash-partitioned by doc_id into %s partitions (chunks_p<i>).', v_n));
+    FOR v_i IN 0 .. v_n - 1 LOOP
+        EXECUTE format('CREATE TABLE pgingest.%I PARTITION OF pgingest.chunks FOR VALUES WITH (MODULUS %s, REMAINDER %s)',
+                       'chunks_p' || v_i, v_n, v_i);
+        EXECUTE format('COMMENT ON TABLE pgingest.%I IS %L', 'chunks_p' || v_i,
+                       format('Partition %s of %s of pgingest.chunks (hash of doc_id).', v_i, v_n));
+    END LOOP;
+END;
+$chunk_partitions$;
+
 CREATE TABLE pgingest.embedding_state (
     doc_id bigint NOT NULL,
     model text NOT NULL,

@@ -233,6 +233,7 @@ BEGIN
     IF EXISTS (
         SELECT 1 FROM pg_catalog.pg_stat_progress_create_index AS p
         WHERE p.relid = 'pgingest.chunks'::regclass
+            OR p.relid IN (SELECT t.relid FROM pg_partition_tree('pgingest.chunks') AS t)
     ) THEN
         RAISE EXCEPTION 'pgingest: cannot register model % while an index is being built on pgingest.chunks', v_name
             USING ERRCODE = 'object_in_use',
@@ -340,3 +341,7 @@ $$;
 
 COMMENT ON PROCEDURE pgingest.run_backfill (text, integer) IS
 'Queues a model''s whole backfill from psql, committing after each batch (workers also do this by themselves).';
+
+-- The search view follows the current definition on every install and upgrade (a view created by
+-- an earlier version would otherwise keep that version's definition until the next swap).
+SELECT pgingest._refresh_search_view();

@@ -112,8 +112,15 @@ BEGIN ATOMIC
             coalesce(
                 i.indrelid = 'pgingest.chunks'::regclass AND i.indnatts = 1 AND a.attname = m.column_name, FALSE
             ) AS on_column,
-            pg_relation_size(i.indexrelid) AS size_bytes,
-            pg_size_pretty(pg_relation_size(i.indexrelid)) AS size,
+            -- A partitioned index (install --chunk-partitions) has no storage: its partitions' do.
+            coalesce(
+                (SELECT sum(pg_relation_size(t.relid))::bigint FROM pg_partition_tree(i.indexrelid) AS t),
+                pg_relation_size(i.indexrelid)
+            ) AS size_bytes,
+            pg_size_pretty(coalesce(
+                (SELECT sum(pg_relation_size(t.relid))::bigint FROM pg_partition_tree(i.indexrelid) AS t),
+                pg_relation_size(i.indexrelid)
+            )) AS size,
             pg_get_indexdef(i.indexrelid) AS definition
         FROM pgingest.models AS m
         LEFT JOIN pg_catalog.pg_index AS i
@@ -394,6 +401,7 @@ BEGIN
     -- DROP COLUMN needs an exclusive lock on the chunks table: it would wait for the whole build.
     SELECT p.pid INTO v_pid FROM pg_catalog.pg_stat_progress_create_index AS p
     WHERE p.relid = 'pgingest.chunks'::regclass
+        OR p.relid IN (SELECT t.relid FROM pg_partition_tree('pgingest.chunks') AS t)
     LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'pgingest: cannot retire model % while an index is being built on pgingest.chunks', v_name

@@ -231,7 +231,9 @@ BEGIN ATOMIC
     FROM pg_stat_progress_create_index AS p
     LEFT JOIN pg_class AS ic ON p.index_relid = ic.oid
     LEFT JOIN pg_stat_activity AS a ON p.pid = a.pid
-    WHERE p.relid = 'pgingest.chunks'::regclass
+    WHERE
+        p.relid = 'pgingest.chunks'::regclass
+        OR p.relid IN (SELECT t.relid FROM pg_partition_tree('pgingest.chunks') AS t)
     ORDER BY p.pid;
 END;
 

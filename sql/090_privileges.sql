@@ -32,8 +32,11 @@ BEGIN
         RAISE EXCEPTION 'pgingest: the roles % do not exist and % may not create roles',
             array_to_string(v_missing, ', '), current_user
             USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'A superuser runs once: '
-                         || (SELECT string_agg(format('CREATE ROLE %I NOLOGIN;', m), ' ') FROM unnest(v_missing) AS m);
+                  HINT = 'A superuser runs once (docs/deployment.md): '
+                         || (SELECT string_agg(format('CREATE ROLE %I NOLOGIN;', m), ' ') FROM unnest(v_missing) AS m)
+                         || ' GRANT pgingest_reader, pgingest_monitor TO pgingest_admin;'
+                         || format(' GRANT pgingest_writer, pgingest_reader, pgingest_worker, pgingest_monitor, '
+                                   'pgingest_admin TO %I WITH ADMIN OPTION;', current_user);
     END IF;
     FOREACH v_role IN ARRAY v_missing LOOP
         BEGIN
@@ -74,7 +77,21 @@ TO pgingest_monitor, pgingest_reader;
 GRANT SELECT ON pgingest.models, pgingest.config TO pgingest_reader, pgingest_worker;
 
 -- Admins read every table (dead letters in full, chunks, state) but write only through functions.
-GRANT SELECT ON ALL TABLES IN SCHEMA pgingest TO pgingest_admin;
+DO $$
+DECLARE
+    v_table regclass;
+BEGIN
+    -- Tables only: the views reach admins through pgingest_reader and pgingest_monitor, whatever
+    -- existed when this file ran (swap_model() re-creates the search view).
+    FOR v_table IN
+        SELECT c.oid::regclass FROM pg_catalog.pg_class AS c
+        WHERE c.relnamespace = 'pgingest'::regnamespace AND c.relkind IN ('r', 'p')
+        ORDER BY 1
+    LOOP
+        EXECUTE format('GRANT SELECT ON %s TO pgingest_admin', v_table);
+    END LOOP;
+END;
+$$;
 
 -- Routines, by role. Views call some functions as the caller (who needs EXECUTE on them); the
 -- SECURITY DEFINER ones among them are listed in docs/operations.md and reviewed in tests.

@@ -21,18 +21,7 @@ def _add_db(p: argparse.ArgumentParser) -> None:
 def cmd_install(args: argparse.Namespace) -> int:
     from pgingest import install
 
-    if args.print:
-        sys.stdout.write(install.render_script(psql=True))
-        return 0
-    try:
-        applied = install.install(args.database_url)
-    except install.InstallError as exc:
-        print(f"pgingest install: {exc}", file=sys.stderr)
-        return 2
-    for line in applied:
-        print(line)
-    print("pgingest: installed (migrations applied, sql/ and plpython/ re-applied)")
-    return 0
+    return install.command(args)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -127,6 +116,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pgingest import install  # cheap: psycopg is imported when a database is used
+
     parser = argparse.ArgumentParser(prog="pgingest", description=__doc__)
     parser.add_argument("--version", action="version", version=f"pgingest {__version__}")
     parser.add_argument("--log-level", default="INFO")
@@ -138,11 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
             name, help="apply migrations/ (tracked, checksummed, locked) then sql/ and plpython/"
         )
         _add_db(p)
-        p.add_argument(
-            "--print",
-            action="store_true",
-            help="write the installation as one SQL script to stdout",
-        )
+        install.add_arguments(p)
         p.set_defaults(func=cmd_install)
 
     p = sub.add_parser("worker", help="drain the queues: chunk, embed, validate, write back")

@@ -725,3 +725,164 @@ def reindex_leftovers(conn: psycopg.Connection[Any], index_name: str) -> list[st
         (index_name,),
     ).fetchall()
     return [str(r[0]) for r in rows]
+
+
+# ---- partitioned pgingest.chunks (install --chunk-partitions): per-partition ANN indexes ----
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """What a model's ANN index is made of, from the registry (validated by the server)."""
+
+    column: str
+    method: str
+    opclass: str
+    options: dict[str, Any]
+
+
+def chunk_partitions(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    """(schema, name) of the leaf partitions of pgingest.chunks; empty for a plain table."""
+    rows = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_partition_tree('pgingest.chunks') AS t"
+        " JOIN pg_class AS c ON c.oid = t.relid JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+        " WHERE t.isleaf AND t.level > 0 ORDER BY t.relid"
+    ).fetchall()
+    return [(str(r[0]), str(r[1])) for r in rows]
+
+
+def index_spec(conn: psycopg.Connection[Any], model: str) -> IndexSpec | None:
+    """Column, method, operator class and checked options of a live model's ANN index."""
+    row = conn.execute(
+        "SELECT m.column_name, m.index_method, pgingest._opclass(m),"
+        " pgingest._check_index_options(m.index_method, m.index_options)"
+        " FROM pgingest.models AS m WHERE m.name = %s AND m.state <> 'retired'",
+        (model,),
+    ).fetchone()
+    if row is None:
+        return None
+    return IndexSpec(str(row[0]), str(row[1]), str(row[2]), dict(row[3] or {}))
+
+
+def partition_index(
+    conn: psycopg.Connection[Any], schema: str, table: str, index_name: str
+) -> dict[str, Any] | None:
+    """Index ``index_name`` of one partition: ``valid`` and ``parent`` (the partitioned index it
+    is attached to, or None); None when it does not exist."""
+    cur = conn.cursor(row_factory=dict_row)
+    return cur.execute(
+        "SELECT i.indisvalid AND i.indisready AS valid, pc.relname AS parent"
+        " FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid"
+        " LEFT JOIN pg_inherits AS h ON h.inhrelid = i.indexrelid"
+        " LEFT JOIN pg_class AS pc ON pc.oid = h.inhparent"
+        " WHERE i.indrelid = format('%%I.%%I', %s::text, %s::text)::regclass AND c.relname = %s",
+        (schema, table, index_name),
+    ).fetchone()
+
+
+def partition_reindex_leftovers(
+    conn: psycopg.Connection[Any], schema: str, table: str, index_name: str
+) -> list[str]:
+    """Invalid ``<index>_ccnew``/``_ccold`` leftovers of a failed REINDEX CONCURRENTLY on a
+    partition."""
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid"
+        " WHERE i.indrelid = format('%%I.%%I', %s::text, %s::text)::regclass AND NOT i.indisvalid"
+        " AND c.relname ~ ('^' || %s || '_cc(new|old)[0-9]*$') ORDER BY c.relname",
+        (schema, table, index_name),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def count_embedded(conn: psycopg.Connection[Any], schema: str, table: str, column: str) -> int:
+    row = conn.execute(
+        sql.SQL("SELECT count(*) FROM {}.{} WHERE {} IS NOT NULL").format(
+            sql.Identifier(schema), sql.Identifier(table), sql.Identifier(column)
+        )
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def create_ann_index(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    table: str,
+    index_name: str,
+    spec: IndexSpec,
+    *,
+    lists: int | None = None,
+    concurrently: bool = True,
+    only: bool = False,
+) -> str:
+    """``CREATE INDEX [CONCURRENTLY] <index_name> ON [ONLY] <schema>.<table> USING <method>
+    (<column> <opclass>) WITH (...)``; ``conn`` must be autocommit for CONCURRENTLY. Returns the
+    statement."""
+    if spec.method == "hnsw":
+        with_ = sql.SQL("m = {}, ef_construction = {}").format(
+            sql.SQL(str(int(spec.options["m"]))),
+            sql.SQL(str(int(spec.options["ef_construction"]))),
+        )
+    else:
+        with_ = sql.SQL("lists = {}").format(sql.SQL(str(int(lists or 1))))
+    statement = sql.SQL(
+        "CREATE INDEX {conc}IF NOT EXISTS {name} ON {only}{schema}.{table}"
+        " USING {method} ({column} {opclass}) WITH ({with_})"
+    ).format(
+        conc=sql.SQL("CONCURRENTLY " if concurrently else ""),
+        name=sql.Identifier(index_name),
+        only=sql.SQL("ONLY " if only else ""),
+        schema=sql.Identifier(schema),
+        table=sql.Identifier(table),
+        method=sql.Identifier(spec.method),
+        column=sql.Identifier(spec.column),
+        opclass=sql.Identifier(spec.opclass),
+        with_=with_,
+    )
+    conn.execute(statement)
+    return statement.as_string(conn)
+
+
+def attach_index(
+    conn: psycopg.Connection[Any], parent_index: str, schema: str, index_name: str
+) -> None:
+    """Attaches a partition's index to the partitioned index ``pgingest.<parent_index>``."""
+    conn.execute(
+        sql.SQL("ALTER INDEX {}.{} ATTACH PARTITION {}.{}").format(
+            sql.Identifier("pgingest"),
+            sql.Identifier(parent_index),
+            sql.Identifier(schema),
+            sql.Identifier(index_name),
+        )
+    )
+
+
+def drop_index(conn: psycopg.Connection[Any], schema: str, index_name: str) -> None:
+    """``DROP INDEX`` (not concurrently: a partitioned index cannot be dropped concurrently)."""
+    conn.execute(
+        sql.SQL("DROP INDEX IF EXISTS {}.{}").format(
+            sql.Identifier(schema), sql.Identifier(index_name)
+        )
+    )
+
+
+def index_tree_size(conn: psycopg.Connection[Any], index_name: str) -> int:
+    """Bytes of ``pgingest.<index_name>`` with all its partitions' indexes (pg_partition_tree
+    lists nothing for an index that is not partitioned)."""
+    row = conn.execute(
+        "SELECT coalesce((SELECT sum(pg_relation_size(t.relid)) FROM pg_partition_tree(i.oid) AS t),"
+        " pg_relation_size(i.oid), 0)"
+        " FROM (SELECT to_regclass(format('pgingest.%%I', %s::text)) AS oid) AS i",
+        (index_name,),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def chunk_index_builds(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """Index builds running now on pgingest.chunks or any of its partitions."""
+    cur = conn.cursor(row_factory=dict_row)
+    return cur.execute(
+        "SELECT p.pid, p.relid::regclass::text AS relation, p.index_relid::regclass::text AS index,"
+        " p.phase FROM pg_stat_progress_create_index AS p"
+        " WHERE p.relid = 'pgingest.chunks'::regclass"
+        " OR p.relid IN (SELECT t.relid FROM pg_partition_tree('pgingest.chunks') AS t)"
+        " ORDER BY p.pid"
+    ).fetchall()

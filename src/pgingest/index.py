@@ -12,17 +12,23 @@ transaction block; readers and the workers' writes go on during the build.
 * An invalid index left by a failed or interrupted build is dropped (``DROP INDEX
   CONCURRENTLY``) and built again; ``rebuild=True`` rebuilds a valid one with ``REINDEX INDEX
   CONCURRENTLY`` (searches keep using the old one meanwhile).
+* Hash-partitioned chunks (``pgingest install --chunk-partitions N``): PostgreSQL cannot build a
+  partitioned index concurrently, so each partition's index is built ``CONCURRENTLY``, then the
+  model's index is created ``ON ONLY`` the parent and every partition's index is attached to it
+  (valid once all are). An interrupted run keeps the valid partition indexes and resumes.
 * For a backfill, build after the load: inserting into a live HNSW graph is many times slower
   than building it once (``scripts/bench_index.py`` measures it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -75,6 +81,8 @@ class IndexResult:
     ddl: str | None = None
     settings: dict[str, str] = field(default_factory=dict)
     phases: list[str] = field(default_factory=list)
+    # Partitioned chunks: partition indexes this run built (the others existed, valid).
+    partitions_built: int | None = None
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -168,6 +176,70 @@ def _poll(
         log.warning("index progress unavailable", extra={"error": str(exc).strip()[:200]})
 
 
+@contextmanager
+def _progress(
+    conninfo: str | None,
+    conn: psycopg.Connection[Any],
+    progress: bool | ProgressCallback | None,
+    out: TextIO,
+    label: str,
+    started: float,
+    poll_interval: float,
+    phases: list[str],
+) -> Iterator[None]:
+    """Polls the build's progress from a second connection while the block runs."""
+    callback: ProgressCallback | None = None
+    reporter: _Reporter | None = None
+    if callable(progress):
+        callback = progress
+    elif progress is not False:
+        tty = bool(getattr(out, "isatty", lambda: False)())
+        reporter = _Reporter(label, out, tty=tty)
+        callback = reporter
+    stop = threading.Event()
+    poller: threading.Thread | None = None
+    if callback is not None:
+        poller = threading.Thread(
+            target=_poll,
+            args=(
+                conninfo,
+                conn.info.backend_pid,
+                stop,
+                poll_interval,
+                started,
+                callback,
+                phases,
+            ),
+            name=f"pgingest-{label.replace(' ', '-')}-progress",
+            daemon=True,
+        )
+        poller.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if poller is not None:
+            poller.join(timeout=5)
+        if reporter is not None:
+            reporter.close()
+
+
+def _set_build_session(
+    conn: psycopg.Connection[Any],
+    result: IndexResult,
+    maintenance_work_mem: str | None,
+    parallel_workers: int | None,
+) -> None:
+    if maintenance_work_mem is not None:
+        result.settings["maintenance_work_mem"] = db.set_session(
+            conn, "maintenance_work_mem", maintenance_work_mem
+        )
+    if parallel_workers is not None:
+        result.settings["max_parallel_maintenance_workers"] = db.set_session(
+            conn, "max_parallel_maintenance_workers", str(int(parallel_workers))
+        )
+
+
 def build_index(
     conninfo: str | None,
     model: str,
@@ -183,6 +255,11 @@ def build_index(
 
     ``progress``: shown on ``out`` (default stderr) with tqdm when it is a terminal and as plain
     lines otherwise; False hides it; a callable receives every :class:`Progress` sample instead.
+
+    When pgingest.chunks is hash-partitioned (``pgingest install --chunk-partitions N``), each
+    partition's index is built ``CONCURRENTLY`` in turn (PostgreSQL cannot build a partitioned
+    index concurrently), then the model's index is created ``ON ONLY`` the parent and each
+    partition's index attached to it: it turns valid when the last one is attached.
     """
     out = out if out is not None else sys.stderr
     started = time.monotonic()
@@ -209,6 +286,23 @@ def build_index(
             size_bytes=st["size_bytes"],
             valid=bool(st["valid"]),
         )
+        partitions = db.chunk_partitions(conn)
+        if partitions:
+            return _build_partitioned(
+                conninfo,
+                conn,
+                model,
+                st,
+                result,
+                partitions,
+                maintenance_work_mem=maintenance_work_mem,
+                parallel_workers=parallel_workers,
+                rebuild=rebuild,
+                progress=progress,
+                poll_interval=poll_interval,
+                out=out,
+                started=started,
+            )
         for leftover in db.reindex_leftovers(conn, index_name):
             log.warning(
                 "dropping an invalid index left by a failed REINDEX CONCURRENTLY",
@@ -227,65 +321,174 @@ def build_index(
             result.dropped_invalid = True
         reindex = bool(st["present"] and st["valid"] and st["on_column"] and rebuild)
 
-        if maintenance_work_mem is not None:
-            result.settings["maintenance_work_mem"] = db.set_session(
-                conn, "maintenance_work_mem", maintenance_work_mem
-            )
-        if parallel_workers is not None:
-            result.settings["max_parallel_maintenance_workers"] = db.set_session(
-                conn, "max_parallel_maintenance_workers", str(int(parallel_workers))
-            )
+        _set_build_session(conn, result, maintenance_work_mem, parallel_workers)
         result.ddl = None if reindex else db.index_ddl(conn, model)
 
-        callback: ProgressCallback | None = None
-        reporter: _Reporter | None = None
-        if callable(progress):
-            callback = progress
-        elif progress is not False:
-            tty = bool(getattr(out, "isatty", lambda: False)())
-            reporter = _Reporter(f"index {index_name}", out, tty=tty)
-            callback = reporter
-
-        stop = threading.Event()
-        poller: threading.Thread | None = None
-        if callback is not None:
-            poller = threading.Thread(
-                target=_poll,
-                args=(
-                    conninfo,
-                    conn.info.backend_pid,
-                    stop,
-                    poll_interval,
-                    started,
-                    callback,
-                    result.phases,
-                ),
-                name=f"pgingest-index-progress-{model}",
-                daemon=True,
-            )
-            poller.start()
         t0 = time.monotonic()
         try:
-            if reindex:
-                db.reindex_concurrently(conn, index_name)
-            else:
-                assert result.ddl is not None
-                db.execute_ddl(conn, result.ddl)
+            with _progress(
+                conninfo,
+                conn,
+                progress,
+                out,
+                f"index {index_name}",
+                started,
+                poll_interval,
+                result.phases,
+            ):
+                if reindex:
+                    db.reindex_concurrently(conn, index_name)
+                else:
+                    assert result.ddl is not None
+                    db.execute_ddl(conn, result.ddl)
         except BaseException:
             log.error(
                 "index build failed; the next run drops the invalid leftover and rebuilds",
                 extra={"model": model, "index": index_name},
             )
             raise
-        finally:
-            stop.set()
-            if poller is not None:
-                poller.join(timeout=5)
-            if reporter is not None:
-                reporter.close()
         result.seconds = time.monotonic() - t0
         result.action = "rebuilt" if (reindex or result.dropped_invalid) else "built"
         after = db.model_index_status(conn, model)[0]
         result.size_bytes = after["size_bytes"]
         result.valid = bool(after["valid"])
         return result
+
+
+def partition_index_name(partition: str, column: str) -> str:
+    """Name of a partition's index for a model's column (PostgreSQL's own naming, if it fits)."""
+    name = f"{partition}_{column}_idx"
+    if len(name.encode("utf-8")) > 63:
+        digest = hashlib.sha256(partition.encode("utf-8")).hexdigest()[:8]
+        name = f"chunks_{digest}_{column}_idx"
+    return name
+
+
+def _build_partitioned(
+    conninfo: str | None,
+    conn: psycopg.Connection[Any],
+    model: str,
+    st: dict[str, Any],
+    result: IndexResult,
+    partitions: list[tuple[str, str]],
+    *,
+    maintenance_work_mem: str | None,
+    parallel_workers: int | None,
+    rebuild: bool,
+    progress: bool | ProgressCallback | None,
+    poll_interval: float,
+    out: TextIO,
+    started: float,
+) -> IndexResult:
+    """Per-partition concurrent builds, then the parent index ON ONLY with each one attached.
+
+    Resumable: valid partition indexes are kept, invalid ones (a failed or interrupted build) are
+    dropped and built again, and those already attached are not attached twice.
+    """
+    index_name = result.index_name
+    spec = db.index_spec(conn, model)
+    if spec is None:
+        raise IndexBuildError(f"no live model named {model!r}")
+    names = {partition_index_name(table, spec.column) for _, table in partitions}
+    busy = [b for b in db.chunk_index_builds(conn) if str(b["index"]).split(".")[-1] in names]
+    if busy:
+        raise IndexBuildError(
+            f"index {busy[0]['index']} of {index_name} is being built by backend "
+            f"{busy[0]['pid']} ({busy[0]['phase']}); wait for it to end"
+        )
+    complete = bool(st["present"] and st["valid"] and st["on_column"])
+    if complete and not rebuild:
+        result.size_bytes = db.index_tree_size(conn, index_name)
+        return result
+    if st["present"] and not st["on_column"]:
+        log.warning(
+            "dropping a partitioned index that is not on the model's column",
+            extra={"model": model, "index": index_name},
+        )
+        db.drop_index(conn, "pgingest", index_name)
+        result.dropped_invalid = True
+    _set_build_session(conn, result, maintenance_work_mem, parallel_workers)
+
+    t0 = time.monotonic()
+    try:
+        with _progress(
+            conninfo,
+            conn,
+            progress,
+            out,
+            f"index {index_name}",
+            started,
+            poll_interval,
+            result.phases,
+        ):
+            if complete:  # rebuild: every partition's index, concurrently (PostgreSQL 14+)
+                for schema, table in partitions:
+                    for leftover in db.partition_reindex_leftovers(
+                        conn, schema, table, partition_index_name(table, spec.column)
+                    ):
+                        db.drop_index_concurrently(conn, leftover)
+                        result.dropped_leftovers.append(leftover)
+                db.reindex_concurrently(conn, index_name)
+            else:
+                built = _build_partition_indexes(conn, spec, partitions, result)
+                # Catalog only (no build): a SHARE lock on the parent for an instant.
+                result.ddl = db.create_ann_index(
+                    conn, "pgingest", "chunks", index_name, spec, concurrently=False, only=True
+                )
+                for schema, table in partitions:
+                    name = partition_index_name(table, spec.column)
+                    state = db.partition_index(conn, schema, table, name)
+                    if state is not None and state["parent"] != index_name:
+                        db.attach_index(conn, index_name, schema, name)
+                result.partitions_built = built
+    except BaseException:
+        log.error(
+            "partitioned index build failed; the next run keeps the partitions' valid indexes "
+            "and builds the others",
+            extra={"model": model, "index": index_name},
+        )
+        raise
+    result.seconds = time.monotonic() - t0
+    result.action = "rebuilt" if (complete or result.dropped_invalid) else "built"
+    after = db.model_index_status(conn, model)[0]
+    result.size_bytes = db.index_tree_size(conn, index_name)
+    result.valid = bool(after["valid"])
+    return result
+
+
+def _build_partition_indexes(
+    conn: psycopg.Connection[Any],
+    spec: db.IndexSpec,
+    partitions: list[tuple[str, str]],
+    result: IndexResult,
+) -> int:
+    built = 0
+    for schema, table in partitions:
+        name = partition_index_name(table, spec.column)
+        state = db.partition_index(conn, schema, table, name)
+        if state is not None and not state["valid"]:
+            log.warning(
+                "dropping an invalid partition index left by a failed build",
+                extra={"model": result.model, "index": name},
+            )
+            if schema == "pgingest":
+                db.drop_index_concurrently(conn, name)
+            else:
+                db.drop_index(conn, schema, name)
+            result.dropped_invalid = True
+            state = None
+        if state is not None:
+            continue
+        lists = None
+        if spec.method == "ivfflat":
+            lists = spec.options.get("lists") or _default_lists(
+                db.count_embedded(conn, schema, table, spec.column)
+            )
+        db.create_ann_index(conn, schema, table, name, spec, lists=lists)
+        built += 1
+    return built
+
+
+def _default_lists(rows: int) -> int:
+    """pgvector's advice for IVFFlat: rows / 1000 up to a million rows, sqrt(rows) above."""
+    return max(1, rows // 1000 if rows <= 1_000_000 else int(rows**0.5))

@@ -16,6 +16,9 @@ follow-up that adds them and hands them to the schema's owner.
 
 Install option: ``chunk_partitions`` hash-partitions ``pgingest.chunks`` by ``doc_id`` at the first
 install (``SET LOCAL pgingest.chunk_partitions``, read by migrations/0001_initial.sql).
+
+Importing this module is cheap (psycopg is imported when a database is used): ``pgingest --help``
+builds the install options from :func:`add_arguments`.
 """
 
 from __future__ import annotations
@@ -28,11 +31,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import psycopg
-from psycopg import sql
-
-from pgingest import db
 
 # pg_advisory_xact_lock key: "pgingest" folded into a bigint.
 INSTALL_LOCK_KEY = 0x7067696E67657374 & 0x7FFFFFFFFFFFFFFF
@@ -132,7 +130,7 @@ def _literal(text: str) -> str:
 
 def _migration_block(m: SqlFile) -> str:
     version = m.name.removesuffix(".sql")
-    earlier = AMENDED_MIGRATIONS.get(version, ())
+    earlier = [c for c in AMENDED_MIGRATIONS.get(version, ()) if c != m.checksum]
     amended = ""
     if earlier:
         checksums = ", ".join(f"'{c}'" for c in earlier)
@@ -168,6 +166,8 @@ def superuser_setup_sql(owner: str = "app_owner") -> str:
     Printed by ``pgingest install --print-superuser-setup`` and quoted in docs/deployment.md; the
     installer's errors give the same statements with the real role name.
     """
+    from psycopg import sql
+
     role = sql.Identifier(owner).as_string(None)
     return f"""-- pgingest: run once by a superuser, connected to the target database.
 -- 1. The extensions (vector and plpython3u are not trusted extensions: superuser only).
@@ -340,8 +340,8 @@ $pgingest_install$;
 """  # noqa: S608 - the project's own file names and text
 
 
-def _python_path_sql() -> str:
-    value = python_path().replace("'", "''")
+def _python_path_sql(path: str | None = None) -> str:
+    value = (path or python_path()).replace("'", "''")
     return (
         "\n-- Where PL/Python imports pgingest from (edit for another server layout).\n"
         "INSERT INTO pgingest.config (key, value) VALUES ('python_path', "
@@ -363,12 +363,15 @@ def render_script(
     upto: str | None = None,
     psql: bool = False,
     chunk_partitions: int | None = None,
+    python_path: str | None = None,
 ) -> str:
     """The whole installation as one SQL script (without BEGIN/COMMIT unless ``psql``).
 
     ``upto`` stops after the named migration and skips sql/ (tests replay the chain with it).
     ``chunk_partitions``: hash-partition pgingest.chunks into that many partitions (0: a plain
     table); it takes effect at the first install and must match on later ones.
+    ``python_path``: where the database server's PL/Python finds this package (default: where
+    it is on this machine, see :func:`python_path`).
     """
     _check_partitions(chunk_partitions)
     parts: list[str] = []
@@ -393,7 +396,7 @@ def render_script(
                 parts.append(_plpython_block(f))
             else:
                 parts.append(f"\n-- {f.folder}/{f.name}\n{f.text}\n")
-        parts.append(_python_path_sql())
+        parts.append(_python_path_sql(python_path))
     if psql:
         parts.append("\nCOMMIT;\n")
     return "".join(parts)
@@ -444,7 +447,9 @@ $pgingest_install$;
 """
 
 
-def render_plpython_script(root: Path | None = None, *, psql: bool = False) -> str:
+def render_plpython_script(
+    root: Path | None = None, *, psql: bool = False, python_path: str | None = None
+) -> str:
     """The superuser's follow-up to a DBA install: plpython/, owner set, privileges re-applied."""
     parts: list[str] = []
     if psql:
@@ -456,7 +461,7 @@ def render_plpython_script(root: Path | None = None, *, psql: bool = False) -> s
     for f in plpython_files(root):
         parts.append(f"\n-- plpython/{f.name}\n{f.text}\n")
     parts.append(PLPYTHON_OWNERSHIP)
-    parts.append(_python_path_sql())
+    parts.append(_python_path_sql(python_path))
     for f in privileges_files(root):
         parts.append(f"\n-- sql/{f.name}\n{f.text}\n")
     if psql:
@@ -515,6 +520,10 @@ def _format_notice(d: Any) -> str | None:
 
 
 def _run(conninfo: str | None, script: str) -> list[str]:
+    import psycopg
+
+    from pgingest import db
+
     notices: list[str] = []
 
     def collect(d: Any) -> None:
@@ -541,16 +550,23 @@ def _run(conninfo: str | None, script: str) -> list[str]:
 
 
 def install(
-    conninfo: str | None = None, *, upto: str | None = None, chunk_partitions: int | None = None
+    conninfo: str | None = None,
+    *,
+    upto: str | None = None,
+    chunk_partitions: int | None = None,
+    python_path: str | None = None,
 ) -> list[str]:
     """Applies the installation in one transaction; returns pgingest's notices (applied
     migrations) and warnings (``WARNING: ...``, with their hint)."""
-    return _run(conninfo, render_script(upto=upto, chunk_partitions=chunk_partitions))
+    return _run(
+        conninfo,
+        render_script(upto=upto, chunk_partitions=chunk_partitions, python_path=python_path),
+    )
 
 
-def install_plpython(conninfo: str | None = None) -> list[str]:
+def install_plpython(conninfo: str | None = None, *, python_path: str | None = None) -> list[str]:
     """The superuser's part of a DBA-managed install: the PL/Python functions (see module doc)."""
-    return _run(conninfo, render_plpython_script())
+    return _run(conninfo, render_plpython_script(python_path=python_path))
 
 
 # ---- command line (wired into ``pgingest install`` by cli.py) ------------------------------
@@ -569,6 +585,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="first install only: hash-partition pgingest.chunks by document into N partitions",
+    )
+    p.add_argument(
+        "--python-path",
+        default=None,
+        metavar="PATHS",
+        help="where the database server's PL/Python imports pgingest from (':'-separated; "
+        "default: this machine's; /opt/pgingest/python in Dockerfile.postgres's image)",
     )
     what = p.add_mutually_exclusive_group()
     what.add_argument(
@@ -598,15 +621,25 @@ def command(args: argparse.Namespace, out: Callable[[str], Any] = sys.stdout.wri
             return 0
         if args.plpython_only:
             if args.print:
-                out(render_plpython_script(psql=True))
+                out(render_plpython_script(psql=True, python_path=args.python_path))
                 return 0
-            lines = install_plpython(args.database_url)
+            lines = install_plpython(args.database_url, python_path=args.python_path)
             done = "pgingest: PL/Python functions installed"
         else:
             if args.print:
-                out(render_script(psql=True, chunk_partitions=args.chunk_partitions))
+                out(
+                    render_script(
+                        psql=True,
+                        chunk_partitions=args.chunk_partitions,
+                        python_path=args.python_path,
+                    )
+                )
                 return 0
-            lines = install(args.database_url, chunk_partitions=args.chunk_partitions)
+            lines = install(
+                args.database_url,
+                chunk_partitions=args.chunk_partitions,
+                python_path=args.python_path,
+            )
             done = "pgingest: installed (migrations applied, sql/ and plpython/ re-applied)"
     except InstallError as exc:
         print(f"pgingest install: {exc}", file=sys.stderr)

@@ -1,0 +1,151 @@
+-- Read replicas by logical replication (docs/deployment.md, "Read replicas").
+--
+-- The primary publishes the documents, their chunks (with every model's vector column) and the
+-- embedding state; a replica (another PostgreSQL with pgingest installed) subscribes and serves
+-- pgingest.search() and the view pgingest.search_chunks with its own ANN index. No worker runs on a
+-- replica, and nothing is queued there: the capture triggers are ordinary (ENABLE) triggers, which
+-- the logical replication apply worker does not fire (it runs with session_replication_role =
+-- replica). Do not make them ENABLE ALWAYS.
+--
+-- Not published, because they go with DDL that logical replication does not carry: the model
+-- registry (register_model adds the column emb_<model> to pgingest.chunks), the promoted filters
+-- (columns of pgingest.documents) and the settings. The replica gets them from
+-- pgingest.replica_setup_sql(), run on the primary and applied on the replica BEFORE the primary
+-- registers a new model (else the apply worker stops on the missing column and retries until it
+-- exists: nothing is lost).
+
+CREATE OR REPLACE FUNCTION pgingest.replication_tables()
+RETURNS regclass[]
+LANGUAGE sql
+STABLE
+SET search_path FROM CURRENT
+RETURN ARRAY['pgingest.documents'::regclass, 'pgingest.chunks'::regclass, 'pgingest.embedding_state'::regclass];
+
+COMMENT ON FUNCTION pgingest.replication_tables() IS
+'The tables a read replica subscribes to: documents, chunks (every model''s vectors) and embedding_state.';
+
+CREATE OR REPLACE FUNCTION pgingest.create_publication(
+    p_name text DEFAULT 'pgingest',
+    p_replication_role text DEFAULT NULL
+)
+RETURNS text
+LANGUAGE plpgsql
+VOLATILE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_tables text;
+BEGIN
+    IF p_name IS NULL OR p_name !~ '^[a-z_][a-z0-9_]{0,62}$' THEN
+        RAISE EXCEPTION 'pgingest: invalid publication name %', coalesce(quote_literal(p_name), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Lower-case letters, digits and _, at most 63 characters.';
+    END IF;
+    SELECT string_agg(t::text, ', ' ORDER BY o) INTO v_tables
+    FROM unnest(pgingest.replication_tables()) WITH ORDINALITY AS x (t, o);
+    -- publish_via_partition_root: a hash-partitioned pgingest.chunks (install --chunk-partitions)
+    -- is published as one table, so the replica may be partitioned differently, or not at all.
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_publication AS p WHERE p.pubname = p_name) THEN
+        EXECUTE format('ALTER PUBLICATION %I SET TABLE %s', p_name, v_tables);
+        EXECUTE format(
+            'ALTER PUBLICATION %I SET (publish = %L, publish_via_partition_root = TRUE)',
+            p_name, 'insert, update, delete, truncate'
+        );
+    ELSE
+        EXECUTE format('CREATE PUBLICATION %I FOR TABLE %s WITH (publish_via_partition_root = TRUE)',
+                       p_name, v_tables);
+    END IF;
+    IF p_replication_role IS NOT NULL THEN
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles AS r WHERE r.rolname = p_replication_role) THEN
+            RAISE EXCEPTION 'pgingest: role % does not exist', quote_ident(p_replication_role)
+                USING ERRCODE = 'undefined_object',
+                      HINT = 'A superuser creates it: CREATE ROLE pgingest_replicator LOGIN REPLICATION PASSWORD ...;';
+        END IF;
+        -- The replica's initial copy reads the tables as this role (streaming needs no table rights).
+        EXECUTE format('GRANT USAGE ON SCHEMA pgingest TO %I', p_replication_role);
+        EXECUTE format('GRANT SELECT ON %s TO %I', v_tables, p_replication_role);
+    END IF;
+    IF current_setting('wal_level') <> 'logical' THEN
+        RAISE WARNING 'pgingest: wal_level is %, a replica cannot subscribe yet', current_setting('wal_level')
+            USING HINT = 'A superuser runs ALTER SYSTEM SET wal_level = logical; and restarts the server.';
+    END IF;
+    RETURN p_name;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.create_publication(text, text) IS
+'Creates (or brings up to date) the publication of pgingest.replication_tables() for read replicas, '
+'published via the partition root; grants the initial copy''s SELECT to p_replication_role if given. '
+'Owner only (CREATE on the database, ownership of the tables). Re-runnable.';
+
+CREATE OR REPLACE FUNCTION pgingest.replica_setup_sql()
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_m pgingest.models;
+    v_f pgingest.filters;
+    v_sql text[] := ARRAY[
+        '-- pgingest replica setup, generated on the primary ' || current_database() || ' at ' || now()::text
+        || ': apply on the replica (psql -v ON_ERROR_STOP=1 -f), before a new model is registered on the primary.'
+    ];
+    v_active text;
+    v_tsconfig text;
+BEGIN
+    -- Live models, oldest first: the replica's first model becomes active there, as it did here.
+    FOR v_m IN
+        SELECT * FROM pgingest.models AS m WHERE m.state <> 'retired' ORDER BY m.created_at, m.name
+    LOOP
+        v_sql := v_sql || format(
+            'SELECT pgingest.register_model(%L, %L, %s, %L, storage => %L, metric => %L, max_input_tokens => %s, '
+            'api_key_env => %L, index_method => %L, index_options => %L, request_dimensions => %L) '
+            'WHERE NOT EXISTS (SELECT 1 FROM pgingest.models WHERE name = %L);',
+            v_m.name, v_m.model_id, v_m.dimensions, v_m.base_url, v_m.storage, v_m.metric, v_m.max_input_tokens,
+            v_m.api_key_env, v_m.index_method, v_m.index_options, v_m.request_dimensions, v_m.name
+        );
+        IF v_m.state = 'active' THEN
+            v_active := v_m.name;
+        END IF;
+    END LOOP;
+    -- The same active model (force: the replica runs no backfill; its index is checked by hand).
+    IF v_active IS NOT NULL THEN
+        v_sql := v_sql || format(
+            'SELECT pgingest.swap_model(%L, force => TRUE) '
+            'WHERE EXISTS (SELECT 1 FROM pgingest.models WHERE name = %L AND state <> ''active'');',
+            v_active, v_active
+        );
+    END IF;
+    -- Models retired here: retired there too (their column is no longer replicated).
+    FOR v_m IN SELECT * FROM pgingest.models AS m WHERE m.state = 'retired' ORDER BY m.retired_at, m.name LOOP
+        v_sql := v_sql || format(
+            'SELECT pgingest.retire_model(%L) '
+            'WHERE EXISTS (SELECT 1 FROM pgingest.models WHERE name = %L AND state NOT IN (''retired'', ''active''));',
+            v_m.name, v_m.name
+        );
+    END LOOP;
+    -- Promoted filters (typed columns of documents, computed on the replica) and text search.
+    FOR v_f IN SELECT * FROM pgingest.filters AS f ORDER BY f.created_at, f.key LOOP
+        v_sql := v_sql || format(
+            'SELECT pgingest.register_filter(%L, %L) WHERE NOT EXISTS (SELECT 1 FROM pgingest.filters WHERE key = %L);',
+            v_f.key, v_f.type, v_f.key
+        );
+    END LOOP;
+    SELECT c.value INTO v_tsconfig FROM pgingest.config AS c WHERE c.key = 'text_search_config';
+    IF v_tsconfig IS NOT NULL THEN
+        v_sql := v_sql || format(
+            'SELECT pgingest.set_text_search_config(%L) '
+            'WHERE NOT EXISTS (SELECT 1 FROM pgingest.config WHERE key = ''text_search_config'' AND value = %L);',
+            v_tsconfig, v_tsconfig
+        );
+    END IF;
+    RETURN array_to_string(v_sql, E'\n') || E'\n';
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.replica_setup_sql() IS
+'SQL to run on a read replica so that it mirrors this database''s DDL-bearing registry: register the live '
+'models (same names, so the same emb_<model> columns), the same active model, retire retired ones, the '
+'promoted filters and the text search configuration. Idempotent. Run it on the replica before registering '
+'a new model here.';

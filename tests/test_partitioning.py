@@ -1,0 +1,274 @@
+"""Hash-partitioned chunks (``pgingest install --chunk-partitions N``): install, embed, per-partition
+ANN indexes built concurrently and attached to the model's index, search through the view and
+pgingest.search(), and the model lifecycle on the partitioned table.
+
+The shared template database is the default (unpartitioned) install, so every test here makes
+its own database.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from pgingest import db, index, install, worker
+from pgingest.fake_server import FakeEmbeddingServer
+from tests.conftest import conninfo_for
+from tests.helpers import insert_docs, register
+
+PARTITIONS = 4
+
+
+@pytest.fixture
+def database(pg_server: Any) -> Iterator[Any]:
+    """make(label) -> the conninfo of a new empty database (dropped at the end)."""
+    admin = psycopg.connect(conninfo_for("postgres"), autocommit=True)
+    made: list[str] = []
+
+    def make(label: str) -> str:
+        name = f"pgingest_part_{label}_{uuid.uuid4().hex[:8]}"
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        made.append(name)
+        return conninfo_for(name)
+
+    yield make
+    for name in made:
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+    admin.close()
+
+
+def one(conn: psycopg.Connection[Any], query: str, params: Any = None) -> Any:
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def dump(dsn: str) -> str:
+    out = subprocess.run(
+        ["pg_dump", "--schema-only", "--no-owner", "--schema=pgingest", "-d", dsn],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return "\n".join(
+        line
+        for line in out.stdout.splitlines()
+        if not line.startswith(("--", "\\restrict", "\\unrestrict"))
+    )
+
+
+def drain(dsn: str) -> None:
+    worker.Worker(
+        worker.WorkerSettings(
+            conninfo=dsn, drain=True, install_signal_handlers=False, poll_interval=0.1
+        )
+    ).run()
+
+
+def partition_indexes(conn: psycopg.Connection[Any], parent: str) -> list[tuple[str, str, bool]]:
+    """(partition, index, valid) of the indexes attached to ``pgingest.<parent>``."""
+    return conn.execute(
+        "SELECT t.relname, ic.relname, i.indisvalid FROM pg_inherits AS h"
+        " JOIN pg_class AS ic ON ic.oid = h.inhrelid JOIN pg_index AS i ON i.indexrelid = h.inhrelid"
+        " JOIN pg_class AS t ON t.oid = i.indrelid"
+        " WHERE h.inhparent = to_regclass(format('pgingest.%%I', %s::text)) ORDER BY 1",
+        (parent,),
+    ).fetchall()
+
+
+def test_install_creates_hash_partitions_and_the_default_is_unchanged(
+    database: Any, tmp_path: Path
+) -> None:
+    part = database("cli")
+    notices = install.install(part, chunk_partitions=PARTITIONS)
+    assert any("applied migration 0001_initial" in n for n in notices)
+    with psycopg.connect(part) as c:
+        assert one(c, "SELECT relkind FROM pg_class WHERE oid = 'pgingest.chunks'::regclass") == "p"
+        assert one(c, "SELECT pg_get_partkeydef('pgingest.chunks'::regclass)") == "HASH (doc_id)"
+        parts = c.execute(
+            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits AS h"
+            " JOIN pg_class AS c ON c.oid = h.inhrelid"
+            " WHERE h.inhparent = 'pgingest.chunks'::regclass ORDER BY 1"
+        ).fetchall()
+        assert parts == [
+            (f"chunks_p{i}", f"FOR VALUES WITH (modulus {PARTITIONS}, remainder {i})")
+            for i in range(PARTITIONS)
+        ]
+        # The same constraints and indexes as the plain table, on the parent and each partition.
+        assert {
+            r[0]
+            for r in c.execute(
+                "SELECT conname FROM pg_constraint WHERE conrelid = 'pgingest.chunks'::regclass"
+            )
+        } == {"chunks_pkey", "chunks_ordinal_nonnegative", "chunks_span_valid"}
+        assert one(c, "SELECT count(*) FROM pg_indexes WHERE tablename = 'chunks_p3'") == 3
+    # Installing again: same count passes, another count is refused, no option is fine.
+    install.install(part, chunk_partitions=PARTITIONS)
+    install.install(part)
+    with pytest.raises(install.InstallError, match="has 4 partitions, not 8"):
+        install.install(part, chunk_partitions=8)
+
+    # The printed script takes the option too, and gives the same catalog.
+    printed = database("psql")
+    script = tmp_path / "install.sql"
+    script.write_text(install.render_script(psql=True, chunk_partitions=PARTITIONS))
+    subprocess.run(
+        ["psql", "-X", "-q", "-d", printed, "-f", str(script)], check=True, capture_output=True
+    )
+    assert dump(printed) == dump(part)
+
+    # 0 (or no option): the plain table, byte for byte the default install's catalog.
+    zero, default = database("zero"), database("default")
+    install.install(zero, chunk_partitions=0)
+    install.install(default)
+    assert dump(zero) == dump(default)
+    with psycopg.connect(zero) as c:
+        assert one(c, "SELECT relkind FROM pg_class WHERE oid = 'pgingest.chunks'::regclass") == "r"
+    with pytest.raises(install.InstallError, match="from 0"):
+        install.render_script(chunk_partitions=-1)
+
+
+@pytest.mark.slow
+def test_partitioned_chunks_embed_index_and_search(
+    database: Any, fake: FakeEmbeddingServer
+) -> None:
+    dsn = database("search")
+    install.install(dsn, chunk_partitions=PARTITIONS)
+    conn = db.connect(dsn)
+    try:
+        register(conn, "v1", fake.url)
+        insert_docs(
+            conn, [(f"doc-{i}", f"Title {i}", f"Body of document number {i}.") for i in range(80)]
+        )
+        drain(dsn)
+        spread = conn.execute(
+            "SELECT tableoid::regclass::text, count(*) FROM pgingest.chunks GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        assert [s[0] for s in spread] == [f"pgingest.chunks_p{i}" for i in range(PARTITIONS)]
+        assert sum(s[1] for s in spread) == one(conn, "SELECT count(*) FROM pgingest.chunks")
+        assert one(conn, "SELECT count(*) FROM pgingest.chunks WHERE emb_v1 IS NULL") == 0
+
+        # An interrupted build left two partitions indexed: the build keeps them, does the rest.
+        spec = db.index_spec(conn, "v1")
+        assert spec is not None
+        for table in ("chunks_p0", "chunks_p1"):
+            db.create_ann_index(
+                conn, "pgingest", table, index.partition_index_name(table, "emb_v1"), spec
+            )
+        phases: list[str] = []
+        built = index.build_index(dsn, "v1", progress=lambda p: phases.append(p.phase))
+        assert (built.action, built.valid) == ("built", True)
+        assert built.partitions_built == PARTITIONS - 2
+        assert built.ddl is not None and built.ddl.startswith(
+            'CREATE INDEX IF NOT EXISTS "chunks_emb_v1_idx" ON ONLY "pgingest"."chunks" USING "hnsw"'
+        )
+        assert built.size_bytes and built.size_bytes > 0
+        assert partition_indexes(conn, "chunks_emb_v1_idx") == [
+            (f"chunks_p{i}", f"chunks_p{i}_emb_v1_idx", True) for i in range(PARTITIONS)
+        ]
+        status = conn.execute(
+            "SELECT present, valid, on_column FROM pgingest.model_index_status('v1')"
+        ).fetchone()
+        assert status == (True, True, True)
+        assert index.build_index(dsn, "v1", progress=False).action == "exists"
+
+        # Search: pgingest.search() and the view, through the partitions' indexes.
+        q = one(
+            conn,
+            "SELECT c.emb_v1::text FROM pgingest.chunks AS c JOIN pgingest.documents AS d"
+            " ON d.id = c.doc_id WHERE d.key = 'doc-42'",
+        )
+        hits = conn.execute(
+            "SELECT doc_key, distance FROM pgingest.search(%s::vector, 10)", (q,)
+        ).fetchall()
+        assert len(hits) == 10
+        assert hits[0][0] == "doc-42" and hits[0][1] < 1e-6
+        assert len({h[0] for h in hits}) == 10
+        view_hits = conn.execute(
+            "SELECT doc_key FROM pgingest.search_chunks ORDER BY embedding <=> %s::vector LIMIT 10",
+            (q,),
+        ).fetchall()
+        assert view_hits[0] == ("doc-42",) and len(view_hits) == 10
+
+        with conn.transaction():
+            conn.execute("SET LOCAL enable_seqscan = off")
+            plan = "\n".join(
+                r[0]
+                for r in conn.execute(
+                    "EXPLAIN SELECT doc_id FROM pgingest.search_chunks"
+                    " ORDER BY embedding <=> %s::vector LIMIT 10",
+                    (q,),
+                )
+            )
+        for i in range(PARTITIONS):
+            assert f"Index Scan using chunks_p{i}_emb_v1_idx on chunks_p{i}" in plan, plan
+        assert "Merge Append" in plan
+
+        # The query inside pgingest.search(), shown by auto_explain (superuser: LOAD).
+        nested: list[str] = []
+        with db.connect(dsn) as c2:
+            c2.add_notice_handler(lambda d: nested.append(d.message_primary or ""))
+            c2.execute("LOAD 'auto_explain'")
+            c2.execute("SET auto_explain.log_min_duration = 0")
+            c2.execute("SET auto_explain.log_nested_statements = on")
+            c2.execute("SET auto_explain.log_level = 'notice'")
+            c2.execute("SET enable_seqscan = off")
+            assert (
+                len(c2.execute("SELECT * FROM pgingest.search(%s::vector, 5)", (q,)).fetchall())
+                == 5
+            )
+        search_plan = next(n for n in nested if "pgingest.chunks AS c" in n)
+        assert "chunks_p0_emb_v1_idx" in search_plan and "Merge Append" in search_plan
+
+        # Rebuild (REINDEX CONCURRENTLY of the partitioned index): still valid.
+        rebuilt = index.build_index(dsn, "v1", rebuild=True, progress=False)
+        assert (rebuilt.action, rebuilt.valid) == ("rebuilt", True)
+
+        # The lifecycle on the partitioned table: a second model, its index, swap, retire.
+        register(conn, "v2", fake.url, model_id="fake-768", dimensions=768, storage="halfvec")
+        drain(dsn)
+        assert index.build_index(dsn, "v2", progress=False).valid
+        assert one(conn, "SELECT pgingest.swap_model('v2')") is not None
+        q2 = one(
+            conn,
+            "SELECT c.emb_v2::text FROM pgingest.chunks AS c JOIN pgingest.documents AS d"
+            " ON d.id = c.doc_id WHERE d.key = 'doc-7'",
+        )
+        assert (
+            one(conn, "SELECT doc_key FROM pgingest.search(%s::halfvec::vector, 1)", (q2,))
+            == "doc-7"
+        )
+        conn.execute("SELECT pgingest.retire_model('v1')")
+        assert partition_indexes(conn, "chunks_emb_v1_idx") == []
+        assert (
+            one(
+                conn,
+                "SELECT count(*) FROM pg_attribute WHERE attrelid = 'pgingest.chunks_p2'::regclass"
+                " AND attname = 'emb_v1' AND NOT attisdropped",
+            )
+            == 0
+        )
+
+        # Deletes reach every partition (the capture trigger), and TRUNCATE too.
+        conn.execute("DELETE FROM pgingest.documents WHERE key LIKE 'doc-1%'")
+        assert (
+            one(
+                conn,
+                "SELECT count(*) FROM pgingest.chunks AS c LEFT JOIN pgingest.documents AS d"
+                " ON d.id = c.doc_id WHERE d.id IS NULL",
+            )
+            == 0
+        )
+        conn.execute("TRUNCATE pgingest.documents")
+        assert one(conn, "SELECT count(*) FROM pgingest.chunks") == 0
+    finally:
+        conn.close()

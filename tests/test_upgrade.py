@@ -1,0 +1,400 @@
+"""Upgrade path: a database installed by an earlier commit of this repository, with data in it,
+upgraded by the current installer.
+
+No version is released yet, so "the previous release" is taken from the history: the first commit
+with an installer (``src/pgingest/install.py``), the first commit whose worker runs (every
+``pgingest`` module that its worker.py imports is in its tree), and the newest commit with another
+set of migrations than the working tree (what the next release upgrades; a migration numbered
+below one it already applied then runs after it). Their migrations/, sql/, plpython/
+and src/ are read with ``git archive``; their own installer (and worker) run in a child process.
+Checks: the current installer succeeds over them, the data survives, the catalog of schema
+pgingest (``pg_dump --schema-only``) equals a fresh current install's, and the current worker (and
+the old one: versioned worker functions) still work.
+
+The history must be there: a shallow clone makes these tests fail with a message, not skip.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import uuid
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from pgingest import install, worker
+from pgingest.fake_server import FakeEmbeddingServer
+from tests.conftest import ROOT, conninfo_for
+from tests.helpers import insert_docs, queue_count, register
+
+pytestmark = pytest.mark.slow
+
+
+# --------------------------------------------------------------------------- the history
+
+
+def git(*args: str) -> str:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True
+        )
+    except FileNotFoundError:
+        pytest.fail("the upgrade tests need git (they read earlier commits of this repository)")
+    except subprocess.CalledProcessError as exc:
+        pytest.fail(
+            f"git {' '.join(args)} failed: {exc.stderr.strip()}. The upgrade tests need this "
+            "repository's history (in CI: a full clone, not a shallow one: fetch-depth 0)."
+        )
+    return done.stdout
+
+
+@cache
+def history() -> tuple[str, ...]:
+    """Commits that touched the installable parts, oldest first."""
+    if git("rev-parse", "--is-shallow-repository").strip() == "true":
+        pytest.fail(
+            "this clone is shallow: the upgrade tests need the earlier commits "
+            "(git fetch --unshallow, or a full clone in CI)"
+        )
+    out = git("rev-list", "--reverse", "HEAD", "--", "src/pgingest", "migrations", "sql")
+    return tuple(out.split())
+
+
+def tree(commit: str) -> set[str]:
+    return set(git("ls-tree", "-r", "--name-only", commit).split())
+
+
+@cache
+def first_installer_commit() -> str:
+    for c in history():
+        files = tree(c)
+        if "src/pgingest/install.py" in files and any(f.startswith("migrations/") for f in files):
+            return c
+    pytest.fail("no commit of this repository has src/pgingest/install.py")
+
+
+@cache
+def first_worker_commit() -> str:
+    """The first commit whose worker can run: every pgingest module it imports is in the tree."""
+    for c in history():
+        if "src/pgingest/install.py" in tree(c) and runnable_worker(c):
+            return c
+    pytest.fail("no commit of this repository has a worker with all the modules it imports")
+
+
+@cache
+def previous_migrations_commit() -> str:
+    """The newest commit whose set of migrations differs from the working tree's: what an
+    install made just before the latest migration was added (the next release's upgrade)."""
+    current = {p.name for p in (ROOT / "migrations").glob("*.sql")}
+    for c in reversed(history()):
+        names = {
+            Path(f).name for f in tree(c) if f.startswith("migrations/") and f.endswith(".sql")
+        }
+        if names and names != current and "src/pgingest/install.py" in tree(c):
+            return c
+    return first_installer_commit()
+
+
+def runnable_worker(commit: str) -> bool:
+    """Whether ``commit``'s worker.py has every pgingest module it imports in its tree."""
+    files = tree(commit)
+    if "src/pgingest/worker.py" not in files:
+        return False
+    source = git("show", f"{commit}:src/pgingest/worker.py")
+    needed: set[str] = set()
+    for line in re.findall(r"^from pgingest(?:\.(\w+))? import ([\w, ]+)", source, re.M):
+        needed |= {line[0]} if line[0] else {n.strip() for n in line[1].split(",")}
+    needed -= {"__version__"}
+    return all(f"src/pgingest/{m}.py" in files for m in needed)
+
+
+def checkout(commit: str, dest: Path) -> Path:
+    """migrations/, sql/, plpython/ and src/ of ``commit`` under ``dest`` (git archive)."""
+    present = set(git("ls-tree", "--name-only", commit).split())
+    paths = [p for p in ("migrations", "sql", "plpython", "src") if p in present]
+    data = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", commit, *paths],
+        capture_output=True,
+        check=True,
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
+def run_old(src: Path, code: str) -> None:
+    """Python ``code`` with the old commit's package first on the path, in a child process."""
+    env = {**os.environ, "PYTHONPATH": str(src / "src")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=src, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, f"old code failed:\n{done.stderr[-4000:]}"
+
+
+def old_install(src: Path, dsn: str) -> None:
+    run_old(
+        src,
+        "import pgingest, sys\n"
+        f"assert pgingest.__file__.startswith({str(src)!r}), pgingest.__file__\n"
+        "from pgingest import install\n"
+        f"install.install({dsn!r})\n",
+    )
+
+
+def old_worker(src: Path, dsn: str) -> None:
+    run_old(
+        src,
+        "from pgingest import worker\n"
+        f"worker.Worker(worker.WorkerSettings(conninfo={dsn!r}, drain=True,"
+        " install_signal_handlers=False, poll_interval=0.1)).run()\n",
+    )
+
+
+# --------------------------------------------------------------------------- databases
+
+
+@pytest.fixture
+def database(pg_server: Any) -> Iterator[Any]:
+    """make(label) -> the conninfo of a new empty database (dropped at the end)."""
+    admin = psycopg.connect(conninfo_for("postgres"), autocommit=True)
+    made: list[str] = []
+
+    def make(label: str) -> str:
+        name = f"pgingest_upgrade_{label}_{uuid.uuid4().hex[:8]}"
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        made.append(name)
+        return conninfo_for(name)
+
+    yield make
+    for name in made:
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+    admin.close()
+
+
+def dump(dsn: str) -> list[str]:
+    out = subprocess.run(
+        ["pg_dump", "--schema-only", "--no-owner", "--schema=pgingest", "-d", dsn],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [
+        line
+        for line in out.stdout.splitlines()
+        if not line.startswith(("--", "\\restrict", "\\unrestrict"))
+    ]
+
+
+def columns_in_any_order(lines: list[str]) -> list[str]:
+    """The dump with each CREATE TABLE's lines sorted: a column added by register_model before a
+    later migration's ADD COLUMN sits before it, after it in a fresh install (same table)."""
+    out: list[str] = []
+    block: list[str] | None = None
+    for line in lines:
+        if block is None:
+            out.append(line)
+            if line.startswith("CREATE TABLE ") and line.endswith("("):
+                block = []
+        elif line.startswith(")"):
+            out.extend(sorted(b.rstrip(",") for b in block))
+            out.append(line)
+            block = None
+        else:
+            block.append(line)
+    return out
+
+
+def catalog_diff(fresh: list[str], upgraded: list[str]) -> list[str]:
+    return [
+        d
+        for d in difflib.unified_diff(fresh, upgraded, "fresh", "upgraded", lineterm="", n=0)
+        if d[:1] in "+-" and not d.startswith(("+++", "---"))
+    ]
+
+
+# Differences found by these tests and reported (with patches) to the owners of sql/; while they
+# remain, the comparison is an expected failure that names them, and any other difference fails.
+KNOWN_UPGRADE_DIFFERENCES = {
+    "the view pgingest.search_chunks keeps the definition of the installer that created it "
+    "(sql/ does not re-create it on upgrade: `embedding` keeps its typmod)": re.compile(
+        r"^[+-]\s+\(?c\.emb_\w+\)?(::public\.vector)? AS embedding,$"
+    ),
+    "pgingest_admin's SELECT on pgingest.search_chunks depends on whether the view existed when "
+    "sql/090_privileges.sql ran (GRANT SELECT ON ALL TABLES also grants the views)": re.compile(
+        r"^[+-]GRANT SELECT ON TABLE pgingest\.search_chunks TO pgingest_admin;$"
+    ),
+}
+
+
+def assert_same_catalog(fresh: list[str], upgraded: list[str], *, column_order: bool) -> None:
+    if not column_order:
+        fresh, upgraded = columns_in_any_order(fresh), columns_in_any_order(upgraded)
+    diff = catalog_diff(fresh, upgraded)
+    if not diff:
+        return
+    known = {
+        name
+        for name, pattern in KNOWN_UPGRADE_DIFFERENCES.items()
+        for d in diff
+        if pattern.match(d)
+    }
+    unknown = [d for d in diff if not any(p.match(d) for p in KNOWN_UPGRADE_DIFFERENCES.values())]
+    if not unknown:
+        pytest.xfail("known upgrade differences: " + "; ".join(sorted(known)))
+    raise AssertionError("the upgraded catalog differs from a fresh install:\n" + "\n".join(diff))
+
+
+@pytest.fixture(scope="module")
+def fresh_catalog(pg_server: Any) -> dict[str, list[str]]:
+    """Dumps of a fresh current install: bare, and with model v1 registered."""
+    admin = psycopg.connect(conninfo_for("postgres"), autocommit=True)
+    name = f"pgingest_upgrade_fresh_{uuid.uuid4().hex[:8]}"
+    admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        dsn = conninfo_for(name)
+        install.install(dsn)
+        bare = dump(dsn)
+        with psycopg.connect(dsn, autocommit=True) as c:
+            register(c, "v1", "http://127.0.0.1:9/v1")
+        return {"bare": bare, "v1": dump(dsn)}
+    finally:
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        admin.close()
+
+
+BASES = {
+    "first_installer": first_installer_commit,
+    "first_worker": first_worker_commit,
+    "previous_migrations": previous_migrations_commit,
+}
+
+
+@pytest.fixture(params=sorted(BASES))
+def base(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str, Path]:
+    """(label, commit, its checkout) of an earlier commit to upgrade from."""
+    commit = BASES[request.param]()
+    return request.param, commit, checkout(commit, tmp_path / commit[:12])
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_upgrade_of_a_bare_install_gives_the_fresh_catalog(
+    base: tuple[str, str, Path], database: Any, fresh_catalog: dict[str, list[str]]
+) -> None:
+    label, _commit, src = base
+    dsn = database(label)
+    old_install(src, dsn)
+    notices = install.install(dsn)
+    assert not any(n.startswith("WARNING") for n in notices)
+    with psycopg.connect(dsn) as c:
+        recorded = dict(c.execute("SELECT version, checksum FROM pgingest.schema_migrations"))
+    assert recorded == {m.name.removesuffix(".sql"): m.checksum for m in install.migrations()}
+    assert_same_catalog(fresh_catalog["bare"], dump(dsn), column_order=True)
+
+
+def test_upgrade_keeps_the_data_and_the_workers_go_on(
+    base: tuple[str, str, Path],
+    database: Any,
+    fresh_catalog: dict[str, list[str]],
+    fake: FakeEmbeddingServer,
+) -> None:
+    label, commit, src = base
+    has_worker = runnable_worker(commit)
+    dsn = database(label)
+    old_install(src, dsn)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        assert register(c, "v1", fake.url) == "active"
+        insert_docs(
+            c, [(f"doc-{i}", f"Title {i}", f"Body of document {i}, before.") for i in range(12)]
+        )
+        if has_worker:
+            old_worker(src, dsn)
+            assert queue_count(c, "v1") == 0
+        else:  # no worker at that commit: its messages wait in the queue, in its format
+            assert queue_count(c, "v1") == 12
+
+        def snapshot() -> dict[str, Any]:
+            return {
+                "documents": c.execute(
+                    "SELECT id, key, title, body, metadata, content_hash FROM pgingest.documents ORDER BY id"
+                ).fetchall(),
+                "chunks": c.execute(
+                    "SELECT doc_id, ordinal, content, chunk_hash, emb_v1::text FROM pgingest.chunks"
+                    " ORDER BY doc_id, ordinal"
+                ).fetchall(),
+                "states": c.execute(
+                    "SELECT doc_id, model, content_hash FROM pgingest.embedding_state ORDER BY 1, 2"
+                ).fetchall(),
+                "model": c.execute(
+                    "SELECT name, model_id, dimensions, base_url, state, column_name, queue_name"
+                    " FROM pgingest.models"
+                ).fetchall(),
+                "queued": queue_count(c, "v1"),
+            }
+
+        before = snapshot()
+        assert len(before["chunks"]) == (12 if has_worker else 0)
+
+        notices = install.install(dsn)
+        assert any(
+            "0001_initial was recorded with the checksum of an earlier" in n for n in notices
+        ) or (
+            c.execute(
+                "SELECT checksum FROM pgingest.schema_migrations WHERE version = '0001_initial'"
+            ).fetchone()
+            == (install.migrations()[0].checksum,)
+        )
+        assert snapshot() == before  # nothing lost, nothing changed
+
+        # The current worker takes over (the first installer's queued messages included).
+        insert_docs(c, [("doc-new", "New", "Written after the upgrade.")])
+        c.execute(
+            "UPDATE pgingest.documents SET body = 'Body of document 0, after.' WHERE key = 'doc-0'"
+        )
+        worker.Worker(
+            worker.WorkerSettings(
+                conninfo=dsn, drain=True, install_signal_handlers=False, poll_interval=0.1
+            )
+        ).run()
+        assert queue_count(c, "v1") == 0
+        assert c.execute(
+            "SELECT count(*) FROM pgingest.documents AS d JOIN pgingest.embedding_state AS s"
+            " ON s.doc_id = d.id AND s.model = 'v1' AND s.content_hash = d.content_hash"
+        ).fetchone() == (13,)
+        assert c.execute("SELECT count(*) FROM pgingest.dead_letters").fetchone() == (0,)
+        q = c.execute(
+            "SELECT c.emb_v1::text FROM pgingest.chunks AS c JOIN pgingest.documents AS d"
+            " ON d.id = c.doc_id WHERE d.key = 'doc-new'"
+        ).fetchone()
+        assert q is not None
+        hit = c.execute("SELECT doc_key FROM pgingest.search(%s::vector, 1)", (q[0],)).fetchone()
+        assert hit == ("doc-new",)
+
+        # An old worker still running during the upgrade keeps working (versioned worker API).
+        if has_worker:
+            insert_docs(c, [("doc-old-worker", None, "Embedded by the old worker.")])
+            old_worker(src, dsn)
+            assert queue_count(c, "v1") == 0
+            assert c.execute(
+                "SELECT count(*) FROM pgingest.chunks AS c JOIN pgingest.documents AS d"
+                " ON d.id = c.doc_id WHERE d.key = 'doc-old-worker' AND c.emb_v1 IS NOT NULL"
+            ).fetchone() == (1,)
+
+    assert_same_catalog(fresh_catalog["v1"], dump(dsn), column_order=False)
