@@ -22,7 +22,7 @@ endif
 export DATABASE_URL
 
 .PHONY: help system venv deps db db-stop print-database-url install install.sql lint test clean \
-        demo bench chaos
+        demo bench bench-peers chaos
 
 # ---- targets -----------------------------------------------------------------------------
 help:
@@ -34,6 +34,7 @@ help:
 	@echo "make lint                 ruff, ruff format, sqlfluff, mypy"
 	@echo "make demo                 the main job: a real corpus through the pipeline, then searches"
 	@echo "make test                 deps, db, lint, pytest (PYTEST_ARGS=...)"
+	@echo "make bench / bench-peers  benchmarks as ratios to same-run references; pgingest vs pgai"
 	@echo "make chaos                20,000 documents under faults, kills and a restart; checks nothing was lost"
 	@echo "make clean                stop the cluster, remove .pgdata .venv .stamps"
 
@@ -76,8 +77,8 @@ install.sql: venv
 	mv $@.tmp $@
 
 lint: venv
-	$(VBIN)/ruff check src tests scripts
-	$(VBIN)/ruff format --check src tests scripts
+	$(VBIN)/ruff check src tests scripts bench
+	$(VBIN)/ruff format --check src tests scripts bench
 	$(VBIN)/sqlfluff lint sql migrations
 	$(VBIN)/mypy
 
@@ -101,6 +102,11 @@ CHAOS_ARGS ?=
 chaos: venv db
 	$(VBIN)/python scripts/chaos.py $(CHAOS_ARGS)
 
-bench:
-	@echo "make $@: not yet" >&2
-	@exit 1
+# Benchmarks: every figure next to a reference measured in the same run (bench/README.md).
+BENCH_ARGS ?=
+bench: db venv
+	$(VBIN)/python -m bench.run $(BENCH_ARGS)
+
+# pgai's vectorizer worker on the same corpus, embedder and database (installs pgai into .cache/).
+bench-peers: db venv
+	$(VBIN)/python bench/peers.py $(BENCH_ARGS)

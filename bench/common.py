@@ -1,0 +1,682 @@
+"""Shared pieces of the benchmarks: throw-away databases, child processes measured with
+``wait4`` (CPU seconds, peak RSS), the fake embedding server, synthetic documents, loading.
+
+Every figure of ``bench.run`` and ``bench.peers`` is printed next to a reference measured in the
+same run, because the machine (2 cores, shared with other people's tests) is noisy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_PATH = ROOT / "bench-results.json"
+T = TypeVar("T")
+DB_PREFIX = "pgingest_bench"
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not run (a child failed, a timeout)."""
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- database
+
+
+def _terminated_from_outside(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, psycopg.OperationalError) or (
+        isinstance(exc, BenchError)
+        and ("administrator command" in text or "connection is lost" in text)
+    )
+
+
+def retrying(name: str, fn: Callable[[], T], attempts: int = 2) -> T:
+    """Runs ``fn`` again when the shared cluster's backends were terminated under it (other
+    people's tests restart or kill backends on the development cluster)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except (psycopg.OperationalError, BenchError) as exc:
+            if attempt == attempts or not _terminated_from_outside(exc):
+                raise
+            log(f"{name}: the database connection was cut ({exc!s:.120}); running it again")
+            time.sleep(5.0)
+    raise AssertionError("unreachable")
+
+
+def server_url() -> str:
+    """``$DATABASE_URL``, else the private cluster's URL (scripts/pgcluster.sh url)."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        return url
+    out = subprocess.run(
+        [str(ROOT / "scripts" / "pgcluster.sh"), "url"], capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+def dsn_for(url: str, dbname: str) -> str:
+    return psycopg.conninfo.make_conninfo(url, dbname=dbname)
+
+
+def _drop(admin: psycopg.Connection[Any], name: str) -> None:
+    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def drop_stale_databases(url: str) -> list[str]:
+    """Drops the databases of benchmark runs that died (their process is gone)."""
+    dropped: list[str] = []
+    with psycopg.connect(url, autocommit=True) as admin:
+        names = [
+            str(r[0])
+            for r in admin.execute(
+                "SELECT datname FROM pg_database WHERE datname LIKE %s", (DB_PREFIX + "\\_%",)
+            )
+        ]
+        for name in names:
+            pid = name.rsplit("_", 1)[-1]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                _drop(admin, name)
+                dropped.append(name)
+    return dropped
+
+
+@contextlib.contextmanager
+def fresh_database(
+    url: str, label: str, *, install_pgingest: bool = True, keep: bool = False
+) -> Iterator[str]:
+    """A new database on ``url``'s server (pgingest installed), dropped afterwards."""
+    name = f"{DB_PREFIX}_{label}_{os.getpid()}"
+    with psycopg.connect(url, autocommit=True) as admin:
+        _drop(admin, name)
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    dsn = dsn_for(url, name)
+    try:
+        if install_pgingest:
+            from pgingest import install
+
+            install.install(dsn)
+        yield dsn
+    finally:
+        if keep:
+            log(f"kept database {name}")
+        else:
+            with psycopg.connect(url, autocommit=True) as admin:
+                _drop(admin, name)
+
+
+def set_chunk_profile(
+    conn: psycopg.Connection[Any],
+    tokenizer: str,
+    max_tokens: int,
+    overlap_tokens: int,
+    include_title: bool,
+) -> None:
+    """The pipeline's chunker profile (pgingest.config); set before registering a model."""
+    values = {
+        "chunk_tokenizer": tokenizer,
+        "chunk_max_tokens": str(max_tokens),
+        "chunk_overlap_tokens": str(overlap_tokens),
+        "chunk_include_title": "true" if include_title else "false",
+    }
+    with conn.transaction():
+        for key, value in values.items():
+            conn.execute(
+                "INSERT INTO pgingest.config (key, value) VALUES (%s, %s)"
+                " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                (key, value),
+            )
+
+
+def register_model(
+    conn: psycopg.Connection[Any],
+    name: str,
+    model_id: str,
+    dimensions: int,
+    base_url: str,
+    *,
+    max_input_tokens: int = 8192,
+    index_method: str = "none",
+) -> None:
+    conn.execute(
+        "SELECT pgingest.register_model(name => %s, model_id => %s, dimensions => %s,"
+        " base_url => %s, max_input_tokens => %s, index_method => %s)",
+        (name, model_id, dimensions, base_url, max_input_tokens, index_method),
+    )
+
+
+def embedded_count(conn: psycopg.Connection[Any], model: str) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM pgingest.embedding_state WHERE model = %s", (model,)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def wait_until_embedded(
+    conn: psycopg.Connection[Any], model: str, n: int, timeout: float, child: Child | None = None
+) -> float:
+    """Polls until ``n`` documents are embedded; returns the perf_counter time it saw it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if embedded_count(conn, model) >= n:
+            return time.perf_counter()
+        if child is not None and child.poll() is not None:
+            raise BenchError(
+                f"{child.name} exited early (rc {child.result.rc if child.result else '?'})"
+            )
+        time.sleep(0.05)
+    raise BenchError(f"{n} documents not embedded within {timeout:.0f} s")
+
+
+# --------------------------------------------------------------------------- child processes
+
+
+@dataclass
+class ChildResult:
+    rc: int
+    wall_s: float
+    user_s: float
+    sys_s: float
+    maxrss_kb: int
+    """Peak RSS: the last ``VmHWM`` read from ``/proc/<pid>/status`` (sampled every 20 ms).
+    Not ``ru_maxrss``: Linux carries the parent's RSS at fork/vfork into the child's ru_maxrss
+    across exec, so a big benchmark process would inflate a small worker's figure."""
+    ru_maxrss_kb: int = 0
+
+    @property
+    def cpu_s(self) -> float:
+        return self.user_s + self.sys_s
+
+    @property
+    def maxrss_mb(self) -> float:
+        return self.maxrss_kb / 1024.0
+
+
+class Child:
+    """A subprocess measured on its own: CPU time from ``os.wait4``, peak RSS from ``VmHWM``,
+    and ``VmRSS`` samples every 100 ms (``rss_samples_kb``)."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: dict[str, str] | None = None,
+        stdout: Any = None,
+        stderr: Any = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            self.argv, env=env, stdout=stdout, stderr=stderr, cwd=str(ROOT), text=True
+        )
+        self.result: ChildResult | None = None
+        self.rss_samples_kb: list[int] = []
+        self._hwm_kb = 0
+        self._done = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, name=f"rss-{name}", daemon=True)
+        self._sampler.start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _sample(self) -> None:
+        n = 0
+        while not self._done.is_set():
+            hwm = self._status_kb("VmHWM")
+            if hwm is not None:
+                self._hwm_kb = max(self._hwm_kb, hwm)
+                if n % 5 == 0:
+                    rss = self._status_kb("VmRSS")
+                    if rss is not None:
+                        self.rss_samples_kb.append(rss)
+                n += 1
+            self._done.wait(0.02)
+
+    def _reap(self, options: int) -> ChildResult | None:
+        if self.result is not None:
+            return self.result
+        pid, status, ru = os.wait4(self.proc.pid, options)
+        if pid == 0:
+            return None
+        self._done.set()
+        self._sampler.join(1.0)
+        rc = os.waitstatus_to_exitcode(status)
+        self.proc.returncode = rc  # reaped here: Popen must not wait again
+        self.result = ChildResult(
+            rc=rc,
+            wall_s=time.perf_counter() - self.started,
+            user_s=ru.ru_utime,
+            sys_s=ru.ru_stime,
+            maxrss_kb=self._hwm_kb or int(ru.ru_maxrss),
+            ru_maxrss_kb=int(ru.ru_maxrss),
+        )
+        return self.result
+
+    def poll(self) -> ChildResult | None:
+        return self._reap(os.WNOHANG)
+
+    def wait(self, timeout: float) -> ChildResult:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            res = self.poll()
+            if res is not None:
+                return res
+            time.sleep(0.02)
+        self.kill()
+        raise BenchError(f"{self.name} did not finish within {timeout:.0f} s (killed)")
+
+    def stop(self, timeout: float = 30.0) -> ChildResult:
+        """SIGTERM, then SIGKILL after ``timeout``."""
+        if self.result is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self.poll() is None:
+                time.sleep(0.02)
+            if self.result is None:
+                self.kill()
+        assert self.result is not None
+        return self.result
+
+    def kill(self) -> None:
+        if self.result is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            self._reap(0)
+
+    def cpu_s_now(self) -> float | None:
+        """CPU seconds used so far (``/proc/<pid>/stat``), while it runs."""
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def _status_kb(self, field: str) -> int | None:
+        try:
+            text = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        return None
+
+    def vm_hwm_kb(self) -> int | None:
+        """Peak RSS so far (``/proc/<pid>/status`` VmHWM), while it runs."""
+        return self._status_kb("VmHWM")
+
+    def vm_rss_kb(self) -> int | None:
+        return self._status_kb("VmRSS")
+
+
+def read_line(child: Child, timeout: float, pattern: str = "") -> str:
+    """The first stdout line of ``child`` that contains ``pattern``."""
+    assert child.proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([child.proc.stdout], [], [], 0.2)
+        if ready:
+            line = child.proc.stdout.readline()
+            if not line:
+                break
+            if pattern in line:
+                return line.strip()
+        elif child.poll() is not None:
+            break
+    child.kill()
+    raise BenchError(f"{child.name} did not print {pattern or 'a line'!r} within {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def fake_server(
+    dims: Iterable[str] = (), python: str = sys.executable
+) -> Iterator[tuple[str, Child]]:
+    """``python -m pgingest.fake_server`` on an ephemeral 127.0.0.1 port: (base URL, child)."""
+    argv = [python, "-m", "pgingest.fake_server", "--port", "0"]
+    for d in dims:
+        argv += ["--dims", d]
+    child = Child("fake server", argv, stdout=subprocess.PIPE)
+    try:
+        url = read_line(child, 30.0, "http://")
+        yield url, child
+    finally:
+        child.stop(10.0)
+        if child.proc.stdout is not None:
+            child.proc.stdout.close()
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+@dataclass
+class WorkerRun:
+    result: ChildResult
+    batches: list[dict[str, Any]] = field(default_factory=list)
+    log_path: Path | None = None
+    rss_samples_kb: list[int] = field(default_factory=list)
+
+    def rss_profile(self) -> dict[str, float | None]:
+        """RSS at start-up (first sample) and over the second half of the run (median)."""
+        s = self.rss_samples_kb
+        if not s:
+            return {"rss_first_sample_mb": None, "rss_second_half_median_mb": None}
+        return {
+            "rss_first_sample_mb": round(s[0] / 1024, 1),
+            "rss_second_half_median_mb": round(statistics.median(s[len(s) // 2 :]) / 1024, 1),
+        }
+
+    def stage_totals(self) -> dict[str, float]:
+        """Seconds spent chunking, embedding and writing, summed over the batches."""
+        out = {"chunk_s": 0.0, "embed_s": 0.0, "write_s": 0.0}
+        for b in self.batches:
+            out["chunk_s"] += float(b.get("chunk_ms", 0)) / 1000
+            out["embed_s"] += float(b.get("embed_ms", 0)) / 1000
+            out["write_s"] += float(b.get("write_ms", 0)) / 1000
+        return {k: round(v, 3) for k, v in out.items()}
+
+    def summary(self) -> dict[str, Any]:
+        sizes = [int(b.get("messages", 0)) for b in self.batches]
+        return {
+            "batches": len(self.batches),
+            "median_batch_messages": statistics.median(sizes) if sizes else 0,
+            "last_batch_size": self.batches[-1].get("next_batch") if self.batches else None,
+            **self.stage_totals(),
+        }
+
+
+PROFILE_DIR: Path | None = None
+"""Set by ``--profile DIR``: workers then run under ``py-spy record`` (raw collapsed stacks)."""
+PROFILE_ARGS: list[str] = ["--gil", "--threads"]
+"""py-spy options: ``--gil`` keeps the samples that hold the GIL (Python CPU hot spots);
+``--idle`` instead shows where the wall time goes, waits included."""
+
+
+def worker_argv(dsn: str, *extra: str, python: str = sys.executable, tag: str = "") -> list[str]:
+    prefix: list[str] = []
+    if PROFILE_DIR is not None:
+        spy = Path(sys.executable).with_name("py-spy")
+        PROFILE_DIR.mkdir(parents=True, exist_ok=True)
+        out = PROFILE_DIR / f"worker{('-' + tag) if tag else ''}.txt"
+        prefix = [str(spy), "record", "-r", "250", "-f", "raw", *PROFILE_ARGS, "-o", str(out), "--"]
+    return [
+        *prefix,
+        python,
+        "-m",
+        "pgingest.cli",
+        "--log-format",
+        "json",
+        "worker",
+        "--database-url",
+        dsn,
+        *extra,
+    ]
+
+
+def start_worker(dsn: str, log_path: Path, *extra: str) -> tuple[Child, Any]:
+    fh = log_path.open("w")
+    argv = worker_argv(dsn, *extra, tag=log_path.stem)
+    child = Child("worker", argv, stdout=fh, stderr=subprocess.STDOUT)
+    return child, fh
+
+
+def parse_worker_log(path: Path) -> list[dict[str, Any]]:
+    batches: list[dict[str, Any]] = []
+    with path.open() as fh:
+        for line in fh:
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("msg") == "batch":
+                batches.append(rec)
+    return batches
+
+
+def tail(path: Path, n: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def run_worker_drain(dsn: str, log_path: Path, timeout: float, *extra: str) -> WorkerRun:
+    """``pgingest worker --drain``: runs until the queues are empty; measured with wait4."""
+    child, fh = start_worker(dsn, log_path, "--drain", *extra)
+    try:
+        res = child.wait(timeout)
+    finally:
+        fh.close()
+    if res.rc != 0:
+        raise BenchError(f"worker exited with {res.rc}:\n{tail(log_path)}")
+    return WorkerRun(res, parse_worker_log(log_path), log_path, child.rss_samples_kb)
+
+
+class MachineLoad:
+    """Busy cores of the whole machine over a span (``/proc/stat``): everything that ran, ours
+    and other people's. Printed next to each benchmark so that a noisy run shows."""
+
+    @staticmethod
+    def _sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields[:8]) - idle, sum(fields[:8])
+
+    def __enter__(self) -> MachineLoad:
+        self._busy0, self._total0 = self._sample()
+        self._t0 = time.perf_counter()
+        self.busy_cores: float | None = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy, total = self._sample()
+        hz = os.sysconf("SC_CLK_TCK")
+        seconds = time.perf_counter() - self._t0
+        self.busy_cores = round((busy - self._busy0) / hz / seconds, 2) if seconds > 0 else None
+        self.loadavg = float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of any process of this machine, from ``/proc/<pid>/stat``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class BackendCpu:
+    """CPU seconds of the PostgreSQL backends serving one database (``/proc/<pid>/stat``),
+    sampled in a thread: what the database spent for a benchmark, other databases excluded."""
+
+    def __init__(self, dsn: str, interval: float = 0.1) -> None:
+        self.dsn = dsn
+        self.interval = interval
+        self._ticks: dict[int, int] = {}
+        self._names: dict[int, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="backend-cpu", daemon=True)
+        self._hz = os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self) -> BackendCpu:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+
+    @staticmethod
+    def _read(pid: int) -> int | None:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return int(fields[11]) + int(fields[12])  # utime + stime (fields 14 and 15)
+
+    def _run(self) -> None:
+        try:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                me = conn.info.backend_pid
+                while not self._stop.is_set():
+                    rows = conn.execute(
+                        "SELECT pid, coalesce(application_name, '') FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    ).fetchall()
+                    for pid, app in rows:
+                        if pid == me:
+                            continue
+                        t = self._read(int(pid))
+                        if t is not None:
+                            self._ticks[int(pid)] = max(t, self._ticks.get(int(pid), 0))
+                            self._names[int(pid)] = str(app)
+                    self._stop.wait(self.interval)
+        except psycopg.Error:
+            return
+
+    def seconds(self, application_prefix: str = "", exclude: str | None = None) -> float:
+        ticks = sum(
+            t
+            for pid, t in self._ticks.items()
+            if self._names[pid].startswith(application_prefix)
+            and not (exclude and self._names[pid].startswith(exclude))
+        )
+        return round(ticks / self._hz, 3)
+
+
+# --------------------------------------------------------------------------- documents
+
+_VOCABULARY = """the a of and to in is for on with as by that this it be are from at or an which
+    postgres database table index vector query worker queue chunk embedding model token batch
+    search replica backfill metric latency throughput commit transaction row column schema
+    server client request response error retry timeout buffer memory disk page tuple lock
+    document title body text version hash trigger function procedure statement insert update
+    delete select value array object field record message payload result cursor stream
+    network socket thread process signal handler config option setting default limit offset
+    order group filter join scan plan cost estimate sample cluster node shard partition
+    primary standby failover backup restore archive log checkpoint vacuum analyze stats
+    user role grant permission owner policy security key secret token session connection pool
+    time date interval zone year month day hour minute second clock timer schedule job task
+    data set list map tree graph node edge path cycle depth width height size length count
+    fast slow small large high low new old first last next previous early late good bad
+    read write send receive open close start stop run wait sleep wake build drop create alter
+    simple complex careful quick stable steady noisy quiet busy idle ready done pending failed
+    engineer operator developer application service platform pipeline system machine core
+    python sql json http api library package module class method attribute parameter argument
+    because when while where before after during until unless although however therefore"""
+_WORDS = np.array(_VOCABULARY.split())
+
+
+def synthetic_body(i: int, seed: int = 7) -> str:
+    """A deterministic English-like body of 1,000 to 3,000 characters (paragraphs, sentences)."""
+    rng = np.random.default_rng([seed, i])
+    target = int(rng.integers(1000, 3001))
+    words: list[str] = _WORDS[rng.integers(0, _WORDS.shape[0], size=target // 2)].tolist()
+    lengths: list[int] = rng.integers(6, 19, size=target // 10).tolist()
+    paras: list[int] = rng.integers(4, 13, size=target // 40).tolist()
+    out: list[str] = [f"Document {i} describes how the pipeline works."]
+    n = len(out[0])
+    w = s = p = 0
+    in_para = 1
+    while n < target:
+        k = lengths[s % len(lengths)]
+        s += 1
+        chunk = words[w : w + k] if w + k <= len(words) else words[:k]
+        w = (w + k) % max(1, len(words) - k)
+        sentence = " ".join(chunk)
+        sentence = sentence[0].upper() + sentence[1:] + "."
+        if in_para >= paras[p % len(paras)]:
+            sep = "\n\n"
+            p += 1
+            in_para = 0
+        else:
+            sep = " "
+        out.append(sep)
+        out.append(sentence)
+        in_para += 1
+        n += len(sep) + len(sentence)
+    body = "".join(out)
+    if len(body) > 3000:
+        cut = body.rfind(". ", 1000, 3000)
+        body = body[: cut + 1] if cut > 0 else body[:3000]
+    return body
+
+
+def synthetic_docs(n: int, seed: int = 7, start: int = 0) -> list[tuple[str, str, str]]:
+    """(key, title, body) rows: ``n`` documents of 1,000-3,000 characters."""
+    return [
+        (f"bench-{i}", f"Benchmark document {i}", synthetic_body(i, seed))
+        for i in range(start, start + n)
+    ]
+
+
+def copy_documents(
+    conn: psycopg.Connection[Any],
+    docs: Sequence[tuple[str, str, str]],
+    batch: int = 1000,
+    table: str = "pgingest.documents",
+) -> float:
+    """COPY the documents in statements of ``batch`` rows (each its own transaction): the way an
+    application bulk-loads. Returns the seconds it took."""
+    schema, _, name = table.partition(".")
+    target = sql.Identifier(schema, name)
+    t0 = time.perf_counter()
+    with conn.cursor() as cur:
+        for i in range(0, len(docs), batch):
+            with cur.copy(sql.SQL("COPY {} (key, title, body) FROM STDIN").format(target)) as cp:
+                for row in docs[i : i + batch]:
+                    cp.write_row(row)
+    return time.perf_counter() - t0
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100)."""
+    if not values:
+        return float("nan")
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def ratio(a: float, b: float) -> float:
+    return round(a / b, 4) if b else float("nan")
+
+
+def load_results() -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads(RESULTS_PATH.read_text())
+        return data
+    except (OSError, ValueError):
+        return {}
+
+
+def write_results(update: dict[str, Any]) -> None:
+    """Merges ``update`` into bench-results.json (bench.run and bench.peers share the file)."""
+    data = load_results()
+    data.update(update)
+    tmp = RESULTS_PATH.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(RESULTS_PATH)

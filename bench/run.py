@@ -1,0 +1,913 @@
+"""``make bench``: pgingest's figures, each next to a reference measured in the same run.
+
+    .venv/bin/python -m bench.run [--full] [--only e2e,capture,...] [--keep-logs] [--profile DIR]
+
+Benchmarks (each in its own fresh database on $DATABASE_URL's server, dropped afterwards):
+
+e2e        INSERT -> stored vectors, 768-dim instant fake embedder (``python -m
+           pgingest.fake_server``, base64), documents of 1,000-3,000 characters, ~800-character
+           chunks (heuristic tokenizer, 267 tokens of 3 bytes, no overlap), the worker as a
+           subprocess (``pgingest worker --drain``), at two sizes (5,000 and 20,000 documents;
+           --full: 10,000 and 100,000). Reference: binary COPY of the same rows (id, doc_id,
+           chunk text, vector(768)) into a plain table with no index. The two sizes also give
+           the worker's peak RSS growth.
+capture    INSERT of N rows into pgingest.documents (capture trigger, one live model) against
+           the same INSERT into an identical table without the trigger.
+freshness  INSERT -> embedding_state row present, at a steady 100 documents/s, worker running
+           normally (LISTEN/NOTIFY wake-up): p50/p95/p99.
+local      ``pgingest serve-model`` (all-MiniLM-L6-v2) pipeline throughput against the model's
+           raw encode throughput on the same texts (``local_model.raw_encode_throughput``).
+backfill   binary COPY into a table with a live HNSW index (m=16, ef_construction=64, 768 dims)
+           against COPY then CREATE INDEX.
+
+Prints a table and writes bench-results.json at the checkout's root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from bench import common
+from bench.common import (
+    BackendCpu,
+    BenchError,
+    Child,
+    MachineLoad,
+    copy_documents,
+    drop_stale_databases,
+    embedded_count,
+    fake_server,
+    fresh_database,
+    log,
+    percentile,
+    proc_cpu_s,
+    ratio,
+    read_line,
+    register_model,
+    retrying,
+    run_worker_drain,
+    server_url,
+    set_chunk_profile,
+    start_worker,
+    synthetic_docs,
+    tail,
+    wait_until_embedded,
+    write_results,
+)
+
+FAKE_MODEL = "fake-768"
+FAKE_DIMS = 768
+# ~800-character chunks, as pgai's chunk_size 800: the heuristic tokenizer counts 3 bytes a token.
+CHUNK_PROFILE = {"tokenizer": "heuristic", "max_tokens": 267, "overlap_tokens": 0}
+
+SIZES = {
+    "small": {
+        "e2e_docs": (5_000, 20_000),
+        "capture_rows": 20_000,
+        "freshness_s": 20.0,
+        "local_chunks": 500,
+        "backfill_rows": 3_000,
+    },
+    "full": {
+        "e2e_docs": (10_000, 100_000),
+        "capture_rows": 100_000,
+        "freshness_s": 30.0,
+        "local_chunks": 1_000,
+        "backfill_rows": 20_000,
+    },
+}
+
+TARGETS = {
+    "throughput_vs_copy": (">=", 0.25),
+    "capture_overhead_us_per_row": ("<=", 15.0),
+    "freshness_p95_ms": ("<", 250.0),
+    "rss_growth_ratio": ("<=", 1.10),
+    "local_model_efficiency": (">=", 0.85),
+    "backfill_speedup": (">=", 3.0),
+}
+
+
+def _connect(dsn: str) -> psycopg.Connection[Any]:
+    from pgingest import db
+
+    return db.connect(dsn, application_name="pgingest-bench")
+
+
+def _warm_up_wal(conn: psycopg.Connection[Any], rows: int = 20_000) -> None:
+    """The first COPY into a fresh cluster is ~2x slower (WAL segments being created)."""
+    conn.execute("CREATE TABLE bench_warmup (id bigint, v vector(768))")
+    vec = np.ones(FAKE_DIMS, dtype=np.float32)
+    with (
+        conn.cursor() as cur,
+        cur.copy("COPY bench_warmup (id, v) FROM STDIN (FORMAT BINARY)") as cp,
+    ):
+        cp.set_types(["int8", "vector"])
+        for i in range(rows):
+            cp.write_row((i, vec))
+    conn.execute("DROP TABLE bench_warmup")
+
+
+# --------------------------------------------------------------------------- e2e + RSS
+
+
+def copy_reference(conn: psycopg.Connection[Any], model: str, repeats: int = 3) -> dict[str, Any]:
+    """Binary COPY of the pipeline's own rows (id, doc_id, chunk text, vector(768)) into a plain
+    table with no index: the rate the database can store these rows at. Median of ``repeats``
+    COPYs into fresh tables (a checkpoint landing in one of them, from this run or from someone
+    else's tests, changes its rate by 2x)."""
+    rows = (
+        conn.cursor(binary=True)
+        .execute(
+            sql.SQL(
+                "SELECT doc_id, content, {} FROM pgingest.chunks ORDER BY doc_id, ordinal"
+            ).format(sql.Identifier(f"emb_{model}"))
+        )
+        .fetchall()
+    )
+    backend = conn.info.backend_pid
+    runs: list[tuple[float, float]] = []  # (seconds, cpu seconds)
+    for _ in range(repeats):
+        conn.execute(
+            "CREATE TABLE bench_copy_ref"
+            " (id bigint, doc_id bigint, chunk text, embedding vector(768))"
+        )
+        cpu0 = time.process_time() + proc_cpu_s(backend)
+        t0 = time.perf_counter()
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                "COPY bench_copy_ref (id, doc_id, chunk, embedding) FROM STDIN WITH (FORMAT BINARY)"
+            ) as cp,
+        ):
+            cp.set_types(["int8", "int8", "text", "vector"])
+            for i, (doc_id, content, emb) in enumerate(rows):
+                cp.write_row((i, doc_id, content, emb))
+        seconds = time.perf_counter() - t0
+        runs.append((seconds, time.process_time() + proc_cpu_s(backend) - cpu0))
+        stored = conn.execute("SELECT count(*) FROM bench_copy_ref").fetchone()
+        if not stored or int(stored[0]) != len(rows):
+            raise BenchError(f"COPY reference: {stored} rows stored of {len(rows)}")
+        conn.execute("DROP TABLE bench_copy_ref")
+    seconds, cpu = sorted(runs)[len(runs) // 2]
+    return {
+        "rows": len(rows),
+        "seconds": round(seconds, 3),
+        "rows_per_s": len(rows) / seconds,
+        "rows_per_s_each": [round(len(rows) / r[0]) for r in runs],
+        # client (this process) + its backend: what the rows cost, whoever else uses the CPUs
+        "cpu_s": round(cpu, 3),
+        "cpu_ms_per_row": cpu / len(rows) * 1000,
+    }
+
+
+def e2e_once(
+    url: str,
+    n_docs: int,
+    workdir: Path,
+    with_copy: bool,
+    *,
+    shared_fake: tuple[str, Child] | None = None,
+    model_id: str = FAKE_MODEL,
+) -> dict[str, Any]:
+    """One end-to-end run in a fresh database: COPY ``n_docs`` documents, then ``pgingest worker
+    --drain``. ``shared_fake``: a fake server already running (bench.peers shares one)."""
+    label = f"e2e{n_docs}"
+    with contextlib.ExitStack() as stack:
+        dsn = stack.enter_context(fresh_database(url, label))
+        fake_url, fake = shared_fake or stack.enter_context(fake_server())
+        conn = stack.enter_context(_connect(dsn))
+        _warm_up_wal(conn)
+        set_chunk_profile(conn, include_title=False, **CHUNK_PROFILE)
+        register_model(conn, "v1", model_id, FAKE_DIMS, fake_url)
+        docs = synthetic_docs(n_docs)
+        chars = sum(len(d[2]) for d in docs)
+        fake_cpu0 = fake.cpu_s_now() or 0.0
+        insert_s = copy_documents(conn, docs)
+        del docs
+        log(f"e2e {n_docs}: {n_docs} documents inserted in {insert_s:.1f} s; worker --drain")
+        with BackendCpu(dsn) as pg_cpu:
+            run = run_worker_drain(dsn, workdir / f"worker-{label}.log", 3600.0)
+        res = run.result
+        embedded = embedded_count(conn, "v1")
+        row = conn.execute("SELECT count(*) FROM pgingest.chunks").fetchone()
+        chunks = int(row[0]) if row else 0
+        dead = conn.execute("SELECT count(*) FROM pgingest.dead_letters").fetchone()
+        if embedded != n_docs:
+            raise BenchError(f"e2e: {embedded} of {n_docs} documents embedded (dead: {dead})")
+        total_s = insert_s + res.wall_s
+        out: dict[str, Any] = {
+            "documents": n_docs,
+            "chunks": chunks,
+            "chunks_per_document": round(chunks / n_docs, 3),
+            "mean_document_chars": round(chars / n_docs, 1),
+            "insert_s": round(insert_s, 3),
+            "worker_wall_s": round(res.wall_s, 3),
+            "worker_cpu_s": round(res.cpu_s, 3),
+            "worker_cpu_s_per_document": res.cpu_s / n_docs,
+            "worker_peak_rss_mb": round(res.maxrss_mb, 1),
+            **run.rss_profile(),
+            "postgres_cpu_s": pg_cpu.seconds("pgingest-worker"),
+            "documents_per_s": n_docs / total_s,
+            "chunks_per_s": chunks / total_s,
+            "worker_documents_per_s": n_docs / res.wall_s,
+            "worker_chunks_per_s": chunks / res.wall_s,
+            "worker": run.summary(),
+        }
+        out["fake_server_cpu_s"] = round((fake.cpu_s_now() or 0.0) - fake_cpu0, 3)
+        if with_copy:
+            out["copy_reference"] = copy_reference(conn, "v1")
+        return out
+
+
+def bench_e2e(url: str, sizes: tuple[int, int], workdir: Path) -> dict[str, Any]:
+    small = e2e_once(url, sizes[0], workdir, with_copy=False)
+    large = e2e_once(url, sizes[1], workdir, with_copy=True)
+    copy = large["copy_reference"]
+    # All the CPU the pipeline spent (worker, its backends, the embedder) per chunk.
+    pipeline_cpu = large["worker_cpu_s"] + large["postgres_cpu_s"] + large["fake_server_cpu_s"]
+    large["pipeline_cpu_ms_per_chunk"] = pipeline_cpu / large["chunks"] * 1000
+    return {
+        "small": small,
+        "large": large,
+        "throughput_vs_copy": ratio(large["chunks_per_s"], copy["rows_per_s"]),
+        # The same comparison in CPU time: insensitive to other people's load on the machine.
+        "cpu_efficiency_vs_copy": ratio(copy["cpu_ms_per_row"], large["pipeline_cpu_ms_per_chunk"]),
+        "worker_throughput_vs_copy": ratio(large["worker_chunks_per_s"], copy["rows_per_s"]),
+        "rss_growth_ratio": ratio(large["worker_peak_rss_mb"], small["worker_peak_rss_mb"]),
+    }
+
+
+# --------------------------------------------------------------------------- capture
+
+
+def bench_capture(url: str, rows: int, rounds: int = 9, batch: int = 1000) -> dict[str, Any]:
+    with fresh_database(url, "capture") as dsn, _connect(dsn) as conn:
+        _warm_up_wal(conn)
+        # One live model: the trigger sends to its queue (no worker runs here).
+        register_model(conn, "v1", FAKE_MODEL, FAKE_DIMS, "http://127.0.0.1:9/v1")
+        conn.execute("CREATE TABLE public.documents_plain (LIKE pgingest.documents INCLUDING ALL)")
+        conn.execute(
+            "CREATE UNLOGGED TABLE public.staging (n integer, key text, title text, body text)"
+        )
+        docs = synthetic_docs(rows, seed=11)
+        with (
+            conn.cursor() as cur,
+            cur.copy("COPY public.staging (n, key, title, body) FROM STDIN") as cp,
+        ):
+            for i, (k, t, b) in enumerate(docs):
+                cp.write_row((i, k, t, b))
+        conn.execute("CREATE INDEX ON public.staging (n)")
+        conn.execute("VACUUM ANALYZE public.staging")
+        del docs
+
+        def insert_all(table: str) -> float:
+            target = sql.Identifier(*table.split("."))
+            stmt = sql.SQL(
+                "INSERT INTO {} (key, title, body) SELECT key, title, body FROM public.staging"
+                " WHERE n >= %s AND n < %s"
+            ).format(target)
+            t0 = time.perf_counter()
+            for lo in range(0, rows, batch):
+                conn.execute(stmt, (lo, lo + batch))
+            return time.perf_counter() - t0
+
+        def reset() -> None:
+            conn.execute("TRUNCATE pgingest.documents, public.documents_plain")
+            conn.execute("SELECT pgmq.purge_queue('pgingest_v1')")
+            conn.execute("CHECKPOINT")
+
+        # Interleaved pairs (alternating which goes first); the headline is the median of the
+        # paired differences, which cancels the slow phases of a noisy machine.
+        with_trigger: list[float] = []
+        without: list[float] = []
+        for r in range(rounds):
+            order: list[tuple[str, list[float]]] = [
+                ("pgingest.documents", with_trigger),
+                ("public.documents_plain", without),
+            ]
+            if r % 2:
+                order.reverse()
+            for table, acc in order:
+                reset()
+                acc.append(insert_all(table))
+                if table == "pgingest.documents":
+                    queued = conn.execute("SELECT count(*) FROM pgmq.q_pgingest_v1").fetchone()
+                    if not queued or int(queued[0]) != rows:
+                        raise BenchError(f"capture: {rows} rows inserted, {queued} queued")
+
+        # Single-row INSERTs (one statement and one commit each): the trigger's fixed cost.
+        single_n = 500
+        single: dict[str, float] = {}
+        for table in ("pgingest.documents", "public.documents_plain"):
+            reset()
+            target = sql.Identifier(*table.split("."))
+            stmt = sql.SQL(
+                "INSERT INTO {} (key, title, body) SELECT key, title, body FROM public.staging"
+                " WHERE n = %s"
+            ).format(target)
+            t0 = time.perf_counter()
+            for i in range(single_n):
+                conn.execute(stmt, (i,))
+            single[table] = time.perf_counter() - t0
+
+    t_with = statistics.median(with_trigger)
+    t_without = statistics.median(without)
+    diffs = [a - b for a, b in zip(with_trigger, without, strict=True)]
+    return {
+        "rows": rows,
+        "rows_per_statement": batch,
+        "rounds": rounds,
+        "with_trigger_s": [round(x, 3) for x in with_trigger],
+        "without_trigger_s": [round(x, 3) for x in without],
+        "with_trigger_us_per_row": t_with / rows * 1e6,
+        "without_trigger_us_per_row": t_without / rows * 1e6,
+        "capture_overhead_us_per_row": statistics.median(diffs) / rows * 1e6,
+        "capture_overhead_us_per_row_of_minimums": (min(with_trigger) - min(without)) / rows * 1e6,
+        "single_row_with_trigger_us": single["pgingest.documents"] / single_n * 1e6,
+        "single_row_without_trigger_us": single["public.documents_plain"] / single_n * 1e6,
+        "single_row_overhead_us": (single["pgingest.documents"] - single["public.documents_plain"])
+        / single_n
+        * 1e6,
+    }
+
+
+# --------------------------------------------------------------------------- freshness
+
+
+def bench_freshness(url: str, seconds: float, workdir: Path, rate: float = 100.0) -> dict[str, Any]:
+    warmup_s = 3.0
+    with (
+        fresh_database(url, "fresh") as dsn,
+        fake_server() as (fake_url, _fake),
+        _connect(dsn) as conn,
+    ):
+        set_chunk_profile(conn, include_title=False, **CHUNK_PROFILE)
+        register_model(conn, "v1", FAKE_MODEL, FAKE_DIMS, fake_url)
+        n_total = int((warmup_s + seconds) * rate)
+        docs = synthetic_docs(n_total + 1, seed=13)
+        worker, fh = start_worker(dsn, workdir / "worker-freshness.log")
+        try:
+            # The worker is up when it has embedded a first document.
+            conn.execute(
+                "INSERT INTO pgingest.documents (key, title, body) VALUES (%s, %s, %s)", docs[-1]
+            )
+            wait_until_embedded(conn, "v1", 1, 120.0, worker)
+
+            inserted: dict[int, float] = {}  # doc id -> perf_counter after the INSERT returned
+            seen: dict[int, float] = {}
+            lock = threading.Lock()
+            done = threading.Event()
+            errors: list[BaseException] = []
+
+            def poll() -> None:
+                try:
+                    with _connect(dsn) as pconn:
+                        while True:
+                            with lock:
+                                pending = [i for i in inserted if i not in seen]
+                            if pending:
+                                rows = pconn.execute(
+                                    "SELECT doc_id FROM pgingest.embedding_state"
+                                    " WHERE model = 'v1' AND doc_id = ANY (%s)",
+                                    (pending,),
+                                ).fetchall()
+                                now = time.perf_counter()
+                                with lock:
+                                    for (i,) in rows:
+                                        seen.setdefault(int(i), now)
+                            elif done.is_set():
+                                return
+                            if done.is_set() and time.perf_counter() > deadline_holder[0]:
+                                return
+                            time.sleep(0.005)
+                except BaseException as exc:  # reported by the main thread
+                    errors.append(exc)
+
+            deadline_holder = [float("inf")]
+            poller = threading.Thread(target=poll, name="freshness-poller", daemon=True)
+            poller.start()
+            stmt = (
+                "INSERT INTO pgingest.documents (key, title, body) VALUES (%s, %s, %s) RETURNING id"
+            )
+            warm_ids: set[int] = set()
+            t_start = time.perf_counter()
+            late = 0
+            for i in range(n_total):
+                due = t_start + i / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                elif delay < -0.05:
+                    late += 1
+                row = conn.execute(stmt, docs[i]).fetchone()
+                t_ins = time.perf_counter()
+                assert row is not None
+                with lock:
+                    inserted[int(row[0])] = t_ins
+                if i < warmup_s * rate:
+                    warm_ids.add(int(row[0]))
+            achieved = n_total / (time.perf_counter() - t_start)
+            deadline_holder[0] = time.perf_counter() + 30.0
+            done.set()
+            poller.join(40.0)
+            if errors:
+                raise BenchError(f"freshness poller failed: {errors[0]!r}")
+            server_side = conn.execute(
+                "SELECT extract(epoch FROM s.embedded_at - d.created_at) * 1000"
+                " FROM pgingest.embedding_state AS s JOIN pgingest.documents AS d"
+                " ON d.id = s.doc_id WHERE s.model = 'v1' AND d.id = ANY (%s)",
+                ([i for i in inserted if i not in warm_ids],),
+            ).fetchall()
+        finally:
+            wres = worker.stop(30.0)
+            fh.close()
+        if wres.rc not in (0, -15):
+            log(f"worker exit {wres.rc}: {tail(workdir / 'worker-freshness.log')}")
+    measured = [i for i in inserted if i not in warm_ids]
+    lat = [(seen[i] - inserted[i]) * 1000 for i in measured if i in seen]
+    missing = len(measured) - len(lat)
+    srv = [float(r[0]) for r in server_side]
+    return {
+        "rate_target_per_s": rate,
+        "rate_achieved_per_s": round(achieved, 1),
+        "late_inserts": late,
+        "seconds": seconds,
+        "documents": len(measured),
+        "not_searchable_within_30s": missing,
+        "p50_ms": round(percentile(lat, 50), 1),
+        "p95_ms": round(percentile(lat, 95), 1),
+        "p99_ms": round(percentile(lat, 99), 1),
+        "max_ms": round(max(lat), 1) if lat else None,
+        "server_side_p50_ms": round(percentile(srv, 50), 1),
+        "server_side_p95_ms": round(percentile(srv, 95), 1),
+        "worker_cpu_s": round(wres.cpu_s, 2),
+        "worker_peak_rss_mb": round(wres.maxrss_mb, 1),
+        "poll_interval_ms": 5,
+    }
+
+
+# --------------------------------------------------------------------------- local model
+
+
+def _corpus_docs(n_chunks: int) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """Demo-corpus documents whose chunks (default profile) add up to about ``n_chunks``; and
+    the chunks' exact model inputs."""
+    from pgingest import chunking, corpus
+
+    cfg = chunking.ChunkerConfig()
+    docs: list[tuple[str, str, str]] = []
+    texts: list[str] = []
+    for d in corpus.iter_corpus():
+        chunks = chunking.chunk_document(d.title, d.body, cfg)
+        if not chunks or len(chunks) > 8:
+            continue
+        docs.append((d.key, d.title, d.body))
+        texts.extend(c.embed_input for c in chunks)
+        if len(texts) >= n_chunks:
+            break
+    return docs, texts
+
+
+def bench_local(url: str, n_chunks: int, workdir: Path) -> dict[str, Any]:
+    from pgingest import local_model
+
+    docs, texts = _corpus_docs(n_chunks)
+    log(f"local: {len(docs)} corpus documents, {len(texts)} chunks; loading the model here")
+
+    def raw_encode() -> tuple[float, float]:
+        """(texts/s, CPU seconds per text of this process: warm-up texts included)."""
+        cpu0 = time.process_time()
+        rate = local_model.raw_encode_throughput(texts)
+        return rate, (time.process_time() - cpu0) / (len(texts) + min(32, len(texts)))
+
+    local_model.raw_encode_throughput(texts[:32])  # loads the model: not in the CPU figure
+    raw_before, raw_cpu_before = raw_encode()
+    log(f"local: raw encode {raw_before:.1f} texts/s; starting serve-model")
+    server = Child(
+        "serve-model",
+        [sys.executable, "-m", "pgingest.cli", "serve-model", "--port", "0"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        line = read_line(server, 300.0, "serving")
+        model_url = line.split(" at ", 1)[1].split()[0]
+        # Warm the server up as measure_encode warms the model up (first calls of a new thread
+        # and of new shapes are slow): not timed.
+        import requests
+
+        health_url = model_url.rsplit("/v1", 1)[0] + "/health"
+        for _ in range(2):
+            requests.post(
+                model_url + "/embeddings",
+                json={"model": local_model.MODEL_NAME, "input": texts[:64]},
+                timeout=300,
+            ).raise_for_status()
+        with fresh_database(url, "local") as dsn, _connect(dsn) as conn:
+            # The pipeline's default chunker profile (MiniLM tokenizer, 200 tokens, 20 overlap).
+            register_model(
+                conn,
+                "v1",
+                local_model.MODEL_NAME,
+                local_model.DIMENSIONS,
+                model_url,
+                max_input_tokens=local_model.MAX_INPUT_TOKENS,
+            )
+            worker, fh = start_worker(dsn, workdir / "worker-local.log")
+            try:
+                time.sleep(3.0)  # the worker's start (imports, connect) is not timed
+                h0 = requests.get(health_url, timeout=30).json()
+                cpu0 = (server.cpu_s_now() or 0.0) + (worker.cpu_s_now() or 0.0)
+                with BackendCpu(dsn) as pg_cpu:
+                    t0 = time.perf_counter()
+                    copy_documents(conn, docs)
+                    t1 = wait_until_embedded(conn, "v1", len(docs), 900.0, worker)
+                cpu1 = (server.cpu_s_now() or 0.0) + (worker.cpu_s_now() or 0.0)
+                pipeline_cpu = cpu1 - cpu0 + pg_cpu.seconds("pgingest-worker")
+                h1 = requests.get(health_url, timeout=30).json()
+                row = conn.execute("SELECT count(*) FROM pgingest.chunks").fetchone()
+                chunks = int(row[0]) if row else 0
+            finally:
+                wres = worker.stop(30.0)
+                fh.close()
+    finally:
+        sres = server.stop(30.0)
+        if server.proc.stdout is not None:
+            server.proc.stdout.close()
+    raw_after, raw_cpu_after = raw_encode()
+    raw = (raw_before + raw_after) / 2
+    raw_cpu = (raw_cpu_before + raw_cpu_after) / 2
+    pipeline = chunks / (t1 - t0)
+    busy = float(h1["busy_s"]) - float(h0["busy_s"])
+    encoded = int(h1["texts"]) - int(h0["texts"])
+    return {
+        "documents": len(docs),
+        "chunks": chunks,
+        "chunks_expected": len(texts),
+        "pipeline_seconds": round(t1 - t0, 3),
+        "pipeline_texts_per_s": round(pipeline, 2),
+        "raw_encode_texts_per_s_before": round(raw_before, 2),
+        "raw_encode_texts_per_s_after": round(raw_after, 2),
+        "raw_encode_texts_per_s": round(raw, 2),
+        "local_model_efficiency": ratio(pipeline, raw),
+        # The same in CPU time (model server + worker + its backends, against the model alone in
+        # this process): much less sensitive to other people's load than the wall-clock ratio.
+        "raw_encode_cpu_ms_per_text": round(raw_cpu * 1000, 2),
+        "pipeline_cpu_ms_per_text": round(pipeline_cpu / max(chunks, 1) * 1000, 2),
+        "local_model_cpu_efficiency": ratio(raw_cpu, pipeline_cpu / max(chunks, 1)),
+        # Decomposition: efficiency = model busy fraction x (encode speed inside the server / raw).
+        "model_busy_fraction": round(busy / (t1 - t0), 3),
+        "server_encode_texts_per_s": round(encoded / busy, 2) if busy else None,
+        "server_encode_calls": int(h1["encode_calls"]) - int(h0["encode_calls"]),
+        "worker_cpu_s": round(wres.cpu_s, 2),
+        "model_server_cpu_s": round(sres.cpu_s, 2),
+    }
+
+
+# --------------------------------------------------------------------------- backfill
+
+
+def _unit_vectors(n: int) -> np.ndarray:
+    from pgingest.fake_server import fake_vectors
+
+    v = fake_vectors(FAKE_MODEL, [f"backfill chunk {i}" for i in range(n)], FAKE_DIMS)
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def bench_backfill(url: str, n: int) -> dict[str, Any]:
+    vecs = _unit_vectors(n)
+    texts = [f"chunk text {i} " * 40 for i in range(n)]
+    hnsw = "USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64)"
+    with (
+        fresh_database(url, "backfill", install_pgingest=False) as dsn,
+        _connect_plain(dsn) as conn,
+    ):
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        from pgvector.psycopg import register_vector
+
+        register_vector(conn)
+        _warm_up_wal(conn)
+        # Same session settings for both (what pgingest's index build sets).
+        conn.execute("SET maintenance_work_mem = '1GB'")
+        conn.execute("SET max_parallel_maintenance_workers = 1")
+
+        def create(name: str) -> None:
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE {} (id bigint, doc_id bigint, chunk text, embedding vector(768))"
+                ).format(sql.Identifier(name))
+            )
+
+        def load(name: str) -> float:
+            t0 = time.perf_counter()
+            with (
+                conn.cursor() as cur,
+                cur.copy(
+                    sql.SQL(
+                        "COPY {} (id, doc_id, chunk, embedding) FROM STDIN WITH (FORMAT BINARY)"
+                    ).format(sql.Identifier(name))
+                ) as cp,
+            ):
+                cp.set_types(["int8", "int8", "text", "vector"])
+                for i in range(n):
+                    cp.write_row((i, i // 3, texts[i], vecs[i]))
+            return time.perf_counter() - t0
+
+        create("after_load")
+        load_s = load("after_load")
+        conn.execute("ALTER TABLE after_load SET (parallel_workers = 2)")
+        t0 = time.perf_counter()
+        conn.execute(f"CREATE INDEX after_load_hnsw ON after_load {hnsw}")
+        build_s = time.perf_counter() - t0
+
+        create("live_index")
+        conn.execute(f"CREATE INDEX live_index_hnsw ON live_index {hnsw}")
+        live_s = load("live_index")
+    after = load_s + build_s
+    return {
+        "rows": n,
+        "dimensions": FAKE_DIMS,
+        "index": "hnsw m=16 ef_construction=64 vector_cosine_ops",
+        "live_index_s": round(live_s, 3),
+        "live_index_rows_per_s": round(n / live_s, 1),
+        "load_s": round(load_s, 3),
+        "build_s": round(build_s, 3),
+        "after_load_s": round(after, 3),
+        "after_load_rows_per_s": round(n / after, 1),
+        "backfill_speedup": ratio(live_s, after),
+    }
+
+
+def _connect_plain(dsn: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(dsn, autocommit=True, application_name="pgingest-bench")
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if abs(v) >= 100:
+            return f"{v:,.0f}"
+        return f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)
+
+
+def _verdict(key: str, value: float) -> str:
+    op, target = TARGETS[key]
+    ok = {
+        ">=": value >= target,
+        "<=": value <= target,
+        "<": value < target,
+    }[op]
+    return f"{'met' if ok else 'MISSED'} (target {op} {target:g})"
+
+
+def report(results: dict[str, Any]) -> None:
+    lines: list[str] = []
+    add = lines.append
+    add("")
+    add("pgingest benchmark (each figure against a reference measured in the same run)")
+    add("=" * 100)
+    e = results.get("e2e")
+    if e:
+        lg, sm, cp = e["large"], e["small"], e["large"]["copy_reference"]
+        add(
+            f"end-to-end, {lg['documents']:,} documents ({lg['mean_document_chars']:.0f} chars,"
+            f" {lg['chunks_per_document']} chunks each), fake 768-dim embedder:"
+        )
+        add(
+            f"  pipeline  {_fmt(lg['documents_per_s'])} documents/s, {_fmt(lg['chunks_per_s'])}"
+            f" chunks/s (insert {lg['insert_s']} s + worker {lg['worker_wall_s']} s);"
+            f" worker alone {_fmt(lg['worker_chunks_per_s'])} chunks/s"
+        )
+        add(
+            f"  reference binary COPY of the same {cp['rows']:,} rows: {_fmt(cp['rows_per_s'])}"
+            f" rows/s (median of {cp['rows_per_s_each']})"
+        )
+        add(
+            f"  throughput_vs_copy = {e['throughput_vs_copy']:.3f}  "
+            f"{_verdict('throughput_vs_copy', e['throughput_vs_copy'])}"
+        )
+        add(
+            f"  CPU per chunk: pipeline {lg['pipeline_cpu_ms_per_chunk']:.3f} ms (worker + its"
+            f" backends + embedder), COPY {cp['cpu_ms_per_row']:.3f} ms per row (client +"
+            f" backend): cpu_efficiency_vs_copy = {e['cpu_efficiency_vs_copy']:.3f}"
+        )
+        add(
+            f"  worker CPU {lg['worker_cpu_s']} s ({lg['worker_cpu_s_per_document'] * 1000:.2f} ms"
+            f"/document), its PostgreSQL backends {lg['postgres_cpu_s']} s, fake server"
+            f" {lg['fake_server_cpu_s']} s"
+        )
+        add(f"  worker stages (summed over batches): {lg['worker']}")
+        add(
+            f"worker peak RSS: {sm['worker_peak_rss_mb']} MB at {sm['documents']:,} documents,"
+            f" {lg['worker_peak_rss_mb']} MB at {lg['documents']:,} (median over the second half"
+            f" of each run: {sm['rss_second_half_median_mb']} and {lg['rss_second_half_median_mb']}"
+            f" MB)"
+        )
+        add(
+            f"  rss_growth_ratio = {e['rss_growth_ratio']:.3f}  "
+            f"{_verdict('rss_growth_ratio', e['rss_growth_ratio'])}"
+        )
+    c = results.get("capture")
+    if c:
+        add(
+            f"capture: INSERT of {c['rows']:,} rows ({c['rows_per_statement']} per statement),"
+            f" median of {c['rounds']}"
+        )
+        add(
+            f"  with trigger {c['with_trigger_us_per_row']:.1f} us/row, reference without"
+            f" {c['without_trigger_us_per_row']:.1f} us/row"
+        )
+        add(
+            f"  capture_overhead_us_per_row = {c['capture_overhead_us_per_row']:.2f} (median of"
+            f" paired differences; of minimums {c['capture_overhead_us_per_row_of_minimums']:.2f})"
+            f"  "
+            f"{_verdict('capture_overhead_us_per_row', c['capture_overhead_us_per_row'])}"
+        )
+        add(
+            f"  (single-row INSERT statements: {c['single_row_with_trigger_us']:.0f} vs"
+            f" {c['single_row_without_trigger_us']:.0f} us, +{c['single_row_overhead_us']:.0f} us)"
+        )
+    f = results.get("freshness")
+    if f:
+        add(
+            f"freshness at {f['rate_achieved_per_s']} documents/s for {f['seconds']:.0f} s"
+            f" ({f['documents']} documents):"
+        )
+        add(
+            f"  p50 {f['p50_ms']} ms, p95 {f['p95_ms']} ms, p99 {f['p99_ms']} ms, max"
+            f" {f['max_ms']} ms (server-side p95 {f['server_side_p95_ms']} ms)"
+        )
+        add(f"  freshness_p95_ms = {f['p95_ms']}  {_verdict('freshness_p95_ms', f['p95_ms'])}")
+    lm = results.get("local")
+    if lm:
+        add(f"local model (all-MiniLM-L6-v2), {lm['documents']} documents, {lm['chunks']} chunks:")
+        add(
+            f"  pipeline {lm['pipeline_texts_per_s']} texts/s, reference raw encode"
+            f" {lm['raw_encode_texts_per_s']} texts/s (before {lm['raw_encode_texts_per_s_before']},"
+            f" after {lm['raw_encode_texts_per_s_after']})"
+        )
+        add(
+            f"  model busy {lm['model_busy_fraction']:.0%} of the pipeline's time, encoding"
+            f" {lm['server_encode_texts_per_s']} texts/s while busy ({lm['server_encode_calls']}"
+            f" encode calls)"
+        )
+        add(
+            f"  CPU per text: pipeline {lm['pipeline_cpu_ms_per_text']} ms (model server + worker"
+            f" + its backends), raw encode {lm['raw_encode_cpu_ms_per_text']} ms:"
+            f" local_model_cpu_efficiency = {lm['local_model_cpu_efficiency']:.3f}"
+        )
+        add(
+            f"  local_model_efficiency = {lm['local_model_efficiency']:.3f}  "
+            f"{_verdict('local_model_efficiency', lm['local_model_efficiency'])}"
+        )
+    b = results.get("backfill")
+    if b:
+        add(f"backfill, {b['rows']:,} x 768 vectors, {b['index']}:")
+        add(
+            f"  COPY + CREATE INDEX {b['after_load_s']} s ({b['load_s']} + {b['build_s']}),"
+            f" reference COPY into the indexed table {b['live_index_s']} s"
+        )
+        add(
+            f"  backfill_speedup = {b['backfill_speedup']:.2f}  "
+            f"{_verdict('backfill_speedup', b['backfill_speedup'])}"
+        )
+    add("=" * 100)
+    print("\n".join(lines), flush=True)
+
+
+def flatten(results: dict[str, Any]) -> dict[str, Any]:
+    """The headline keys of bench-results.json (plus every raw figure under its benchmark)."""
+    out: dict[str, Any] = {}
+    e = results.get("e2e")
+    if e:
+        lg = e["large"]
+        out["throughput_vs_copy"] = e["throughput_vs_copy"]
+        out["cpu_efficiency_vs_copy"] = e["cpu_efficiency_vs_copy"]
+        out["rss_growth_ratio"] = e["rss_growth_ratio"]
+        out["pgingest_documents_per_s"] = round(lg["documents_per_s"], 2)
+        out["pgingest_chunks_per_s"] = round(lg["chunks_per_s"], 2)
+        out["copy_rows_per_s"] = round(lg["copy_reference"]["rows_per_s"], 2)
+        out["worker_cpu_s_per_document"] = lg["worker_cpu_s_per_document"]
+        out["worker_peak_rss_mb_small"] = e["small"]["worker_peak_rss_mb"]
+        out["worker_peak_rss_mb_large"] = lg["worker_peak_rss_mb"]
+    if "capture" in results:
+        out["capture_overhead_us_per_row"] = round(
+            results["capture"]["capture_overhead_us_per_row"], 3
+        )
+    if "freshness" in results:
+        f = results["freshness"]
+        out["freshness_p50_ms"] = f["p50_ms"]
+        out["freshness_p95_ms"] = f["p95_ms"]
+        out["freshness_p99_ms"] = f["p99_ms"]
+    if "local" in results:
+        out["local_model_efficiency"] = results["local"]["local_model_efficiency"]
+        out["local_model_cpu_efficiency"] = results["local"]["local_model_cpu_efficiency"]
+    if "backfill" in results:
+        out["backfill_speedup"] = results["backfill"]["backfill_speedup"]
+    return out
+
+
+BENCHES = ("e2e", "capture", "freshness", "local", "backfill")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    p.add_argument("--full", action="store_true", help="the issue's sizes (10k/100k documents...)")
+    p.add_argument("--only", default=",".join(BENCHES), help=f"comma list of {','.join(BENCHES)}")
+    p.add_argument("--keep-logs", action="store_true", help="keep the worker logs (printed path)")
+    p.add_argument(
+        "--profile",
+        metavar="DIR",
+        type=Path,
+        help="run the workers under py-spy (pip install py-spy): raw stacks in DIR (figures"
+        " are then slower than normal)",
+    )
+    p.add_argument(
+        "--profile-idle",
+        action="store_true",
+        help="with --profile: sample waiting threads too (where the wall time goes)",
+    )
+    args = p.parse_args(argv)
+    if args.profile is not None:
+        common.PROFILE_DIR = args.profile.resolve()
+        if args.profile_idle:
+            common.PROFILE_ARGS = ["--idle", "--threads"]
+    only = [x.strip() for x in args.only.split(",") if x.strip()]
+    unknown = set(only) - set(BENCHES)
+    if unknown:
+        p.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    size = SIZES["full" if args.full else "small"]
+    url = server_url()
+    for name in drop_stale_databases(url):
+        log(f"dropped {name} (left by a run that died)")
+    started = time.perf_counter()
+    workdir = Path(tempfile.mkdtemp(prefix="pgingest-bench-"))
+    results: dict[str, Any] = {}
+    runners: dict[str, Callable[[], dict[str, Any]]] = {
+        "e2e": lambda: bench_e2e(url, size["e2e_docs"], workdir),
+        "capture": lambda: bench_capture(url, size["capture_rows"]),
+        "freshness": lambda: bench_freshness(url, size["freshness_s"], workdir),
+        "local": lambda: bench_local(url, size["local_chunks"], workdir),
+        "backfill": lambda: bench_backfill(url, size["backfill_rows"]),
+    }
+    failures: dict[str, str] = {}
+    for name in BENCHES:
+        if name not in only:
+            continue
+        log(f"--- {name}")
+        t0 = time.perf_counter()
+        try:
+            with MachineLoad() as load:
+                results[name] = retrying(name, runners[name])
+        except Exception as exc:  # one failed benchmark must not hide the others' figures
+            failures[name] = f"{type(exc).__name__}: {exc}"
+            log(f"{name} FAILED: {failures[name]}")
+        else:
+            results[name]["machine_busy_cores"] = load.busy_cores
+            results[name]["loadavg_1m"] = load.loadavg
+            log(
+                f"{name} done in {time.perf_counter() - t0:.0f} s (machine: {load.busy_cores} of"
+                f" {os.cpu_count()} cores busy on average, load average {load.loadavg})"
+            )
+    report(results)
+    payload: dict[str, Any] = {
+        **flatten(results),
+        "raw": results,
+        "failures": failures,
+        "mode": "full" if args.full else "small",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    write_results(payload)
+    print(f"wrote bench-results.json ({payload['seconds']} s)")
+    if args.keep_logs:
+        print(f"worker logs in {workdir}")
+    else:
+        with contextlib.suppress(OSError):
+            for f in workdir.iterdir():
+                f.unlink()
+            workdir.rmdir()
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
