@@ -26,6 +26,8 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from pgingest import db
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_PATH = ROOT / "bench-results.json"
 T = TypeVar("T")
@@ -159,10 +161,15 @@ def register_model(
     max_input_tokens: int = 8192,
     index_method: str = "none",
 ) -> None:
-    conn.execute(
-        "SELECT pgingest.register_model(name => %s, model_id => %s, dimensions => %s,"
-        " base_url => %s, max_input_tokens => %s, index_method => %s)",
-        (name, model_id, dimensions, base_url, max_input_tokens, index_method),
+    """``db.register_model`` with the benchmarks' defaults (no index, a large context)."""
+    db.register_model(
+        conn,
+        name,
+        model_id,
+        dimensions,
+        base_url,
+        max_input_tokens=max_input_tokens,
+        index_method=index_method,
     )
 
 

@@ -936,12 +936,7 @@ class Chaos:
 
     def check_chunks(self, conn: psycopg.Connection[Any]) -> None:
         cfg_rows = dict(conn.execute("SELECT key, value FROM pgingest.config").fetchall())
-        cfg = chunking.ChunkerConfig(
-            tokenizer=cfg_rows.get("chunk_tokenizer", chunking.DEFAULT_TOKENIZER),
-            max_tokens=int(cfg_rows.get("chunk_max_tokens", "200")),
-            overlap_tokens=int(cfg_rows.get("chunk_overlap_tokens", "20")),
-            include_title=cfg_rows.get("chunk_include_title", "true") == "true",
-        )
+        cfg = chunking.ChunkerConfig.from_settings(cfg_rows)
         docs = [
             r
             for r in conn.execute(

@@ -44,7 +44,7 @@ import itertools
 import threading
 import unicodedata
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
@@ -167,6 +167,16 @@ class ChunkerConfig:
             )
         if not isinstance(self.include_title, bool):
             raise ValueError(f"include_title must be a bool, got {self.include_title!r}")
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, str]) -> ChunkerConfig:
+        """The profile stored in ``pgingest.config`` (keys ``chunk_*``; defaults when absent)."""
+        return cls(
+            tokenizer=settings.get("chunk_tokenizer", DEFAULT_TOKENIZER),
+            max_tokens=int(settings.get("chunk_max_tokens", "200")),
+            overlap_tokens=int(settings.get("chunk_overlap_tokens", "20")),
+            include_title=settings.get("chunk_include_title", "true") == "true",
+        )
 
     @property
     def version(self) -> str:

@@ -257,14 +257,6 @@ def listen(conn: psycopg.Connection[Any]) -> None:
     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier("pgingest")))
 
 
-def queue_depth(conn: psycopg.Connection[Any], queue_name: str) -> int:
-    row = conn.execute(
-        sql.SQL("SELECT count(*) FROM pgmq.{}").format(sql.Identifier("q_" + queue_name))
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
 # -- model lifecycle: register, progress, indexes, comparison, swap, retire -------------------
 # (sql/030_models.sql and sql/040_lifecycle.sql; used by models_cli.py and index.py)
 

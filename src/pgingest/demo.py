@@ -53,22 +53,16 @@ def _stop(p: subprocess.Popen[bytes] | None, name: str) -> None:
 def load_corpus(conn: Any, limit: int | None) -> tuple[int, int]:
     """Upserts the corpus by key; returns (documents in the corpus, versions queued)."""
     docs = list(corpus.iter_corpus(limit=limit))
-    model = db.get_model(conn, MODEL_NAME)
-    assert model is not None
-    before = db.queue_depth(conn, model.queue_name)
+    before = db.pending_messages(conn, MODEL_NAME)
     db.upsert_documents(conn, [(d.key, d.title, d.body, d.metadata) for d in docs])
-    after = db.queue_depth(conn, model.queue_name)
+    after = db.pending_messages(conn, MODEL_NAME)
     return len(docs), max(0, after - before)
-
-
-def _progress_counts(conn: Any) -> tuple[int, int, int]:
-    return db.model_progress(conn, MODEL_NAME)
 
 
 def wait_for_drain(conn: Any, timeout: float, workers: list[subprocess.Popen[bytes]]) -> float:
     from tqdm import tqdm
 
-    total, done, dead = _progress_counts(conn)
+    total, done, dead = db.model_progress(conn, MODEL_NAME)
     start = time.monotonic()
     interactive = sys.stderr.isatty()
     bar = tqdm(
@@ -84,7 +78,7 @@ def wait_for_drain(conn: Any, timeout: float, workers: list[subprocess.Popen[byt
             bar.close()
             raise RuntimeError("the worker exited early: see .pgdata/demo-worker.log")
         time.sleep(0.5)
-        total, done, dead = _progress_counts(conn)
+        total, done, dead = db.model_progress(conn, MODEL_NAME)
         bar.update(done + dead - bar.n)
         elapsed = time.monotonic() - start
         rate = (done + dead - base) / elapsed if elapsed else 0.0
@@ -152,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
         elapsed = wait_for_drain(conn, args.timeout, workers)
-        total, done, dead = _progress_counts(conn)
+        total, done, dead = db.model_progress(conn, MODEL_NAME)
         chunks = db.chunk_stats(conn)
         new_chunks = chunks[0] - chunks_before if queued else 0
         print("\nsummary")
@@ -196,22 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _compare_raw(conn: Any, pipe_rate: float) -> None:
     from pgingest import chunking, local_model
 
-    cfg = chunking.ChunkerConfig(**_chunker_kwargs(conn))
+    cfg = chunking.ChunkerConfig.from_settings(db.get_config(conn))
     docs = db.sample_documents(conn, 250)
     texts = [c.embed_input for cs in chunking.chunk_documents(docs, cfg) for c in cs][:600]
     raw = local_model.raw_encode_throughput(texts)
     print(f"  model raw      {raw:.1f} chunks/s (the same chunk texts, no HTTP, no database)")
     print(f"  efficiency     {pipe_rate / raw:.0%} of the model's raw encode throughput")
-
-
-def _chunker_kwargs(conn: Any) -> dict[str, Any]:
-    cfg = db.get_config(conn)
-    return {
-        "tokenizer": cfg.get("chunk_tokenizer", "all-MiniLM-L6-v2"),
-        "max_tokens": int(cfg.get("chunk_max_tokens", "200")),
-        "overlap_tokens": int(cfg.get("chunk_overlap_tokens", "20")),
-        "include_title": cfg.get("chunk_include_title", "true") == "true",
-    }
 
 
 if __name__ == "__main__":

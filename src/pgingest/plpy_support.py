@@ -22,13 +22,7 @@ def _setting(plpy: Any, name: str) -> str | None:
 
 def chunker_config(plpy: Any) -> chunking.ChunkerConfig:
     rows = plpy.execute("SELECT key, value FROM pgingest.config")
-    cfg = {r["key"]: r["value"] for r in rows}
-    return chunking.ChunkerConfig(
-        tokenizer=cfg.get("chunk_tokenizer", chunking.DEFAULT_TOKENIZER),
-        max_tokens=int(cfg.get("chunk_max_tokens", "200")),
-        overlap_tokens=int(cfg.get("chunk_overlap_tokens", "20")),
-        include_title=cfg.get("chunk_include_title", "true") == "true",
-    )
+    return chunking.ChunkerConfig.from_settings({r["key"]: r["value"] for r in rows})
 
 
 def chunk_preview(plpy: Any, body: str, title: str | None) -> list[dict[str, Any]]:

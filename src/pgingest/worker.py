@@ -152,12 +152,7 @@ class Worker:
         if self._conn is None or self._conn.closed:
             self._conn = db.connect(self.s.conninfo, application_name="pgingest-worker")
             self._config = db.get_config(self._conn)
-            self._chunker = chunking.ChunkerConfig(
-                tokenizer=self._config.get("chunk_tokenizer", "all-MiniLM-L6-v2"),
-                max_tokens=int(self._config.get("chunk_max_tokens", "200")),
-                overlap_tokens=int(self._config.get("chunk_overlap_tokens", "20")),
-                include_title=self._config.get("chunk_include_title", "true") == "true",
-            )
+            self._chunker = chunking.ChunkerConfig.from_settings(self._config)
         return self._conn
 
     def _listener(self) -> psycopg.Connection[Any]:
