@@ -60,6 +60,9 @@ def main() -> int:
     if model is None:
         print("no active model: run make demo first", file=sys.stderr)
         return 2
+    if "text_search_config" not in db.get_config(conn):  # full text is opt-in (migration 0005)
+        print("full-text search is off: turning it on (rewrites pgingest.chunks)", file=sys.stderr)
+        conn.execute("SELECT pgingest.set_text_search_config('english')")
     provider = providers.OpenAICompatibleProvider(
         args.embedding_url or model.base_url, model.model_id, model.dimensions
     )

@@ -186,6 +186,12 @@ DECLARE
     v_query tsquery;
 BEGIN
     SELECT c.value::regconfig INTO v_cfg FROM pgingest.config AS c WHERE c.key = 'text_search_config';
+    IF v_cfg IS NULL THEN
+        RAISE EXCEPTION 'hybrid search needs full-text search on chunks, which is off'
+        USING ERRCODE = '55000',
+              HINT = 'An admin runs SELECT pgingest.set_text_search_config(''english''); it adds chunks.tsv '
+                     'and its index (rewrites pgingest.chunks).';
+    END IF;
     IF match_all THEN
         v_query := websearch_to_tsquery(v_cfg, query_text);
     ELSE

@@ -139,6 +139,12 @@ BEGIN
             'WHERE NOT EXISTS (SELECT 1 FROM pgingest.config WHERE key = ''text_search_config'' AND value = %L);',
             v_tsconfig, v_tsconfig
         );
+    ELSE
+        v_sql := v_sql || format(
+            'SELECT pgingest.set_text_search_config(NULL) '
+            'WHERE EXISTS (SELECT 1 FROM pgingest.config WHERE key = %L);',
+            'text_search_config'
+        );
     END IF;
     RETURN array_to_string(v_sql, E'\n') || E'\n';
 END;

@@ -147,10 +147,55 @@ def test_metadata_of_the_wrong_type_is_refused_naming_the_key(
         conn.execute("SELECT pgingest.register_filter('x; DROP TABLE y', 'text')")
 
 
+def _has_tsv(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute(
+        "SELECT count(*) FROM pg_attribute"
+        " WHERE attrelid = 'pgingest.chunks'::regclass AND attname = 'tsv' AND NOT attisdropped"
+    ).fetchone()
+    return row == (1,)
+
+
+def test_full_text_is_off_by_default_and_hybrid_search_says_how_to_turn_it_on(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    register(conn, "v1", fake.url)
+    insert_corpus(conn, 5)
+    drain(dsn)
+    assert not _has_tsv(conn)
+    qvec = np.ones(384, dtype=np.float32) / np.sqrt(384)
+    from pgvector import Vector
+
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as err:
+        conn.execute("SELECT * FROM pgingest.hybrid_search('chunk', %s, 5)", (Vector(qvec),))
+    assert err.value.diag.message_hint is not None
+    assert "set_text_search_config('english')" in err.value.diag.message_hint
+    # Turned on after the fact: existing chunks are indexed (the table is rewritten).
+    conn.execute("SELECT pgingest.set_text_search_config('english')")
+    assert _has_tsv(conn)
+    row = conn.execute("SELECT count(*) FROM pgingest.chunks WHERE tsv IS NULL").fetchone()
+    assert row == (0,)
+    words = conn.execute("SELECT content FROM pgingest.chunks LIMIT 1").fetchone()
+    assert words is not None
+    word = max(words[0].split(), key=len).strip(".,")
+    hits = conn.execute(
+        "SELECT count(*) FROM pgingest.hybrid_search(%s, %s, 5) WHERE text_rank IS NOT NULL",
+        (word, Vector(qvec)),
+    ).fetchone()
+    assert hits is not None and hits[0] >= 1
+    # And off again: column, index and setting gone.
+    conn.execute("SELECT pgingest.set_text_search_config(NULL)")
+    assert not _has_tsv(conn)
+    assert conn.execute("SELECT to_regclass('pgingest.chunks_tsv')").fetchone() == (None,)
+    assert conn.execute(
+        "SELECT count(*) FROM pgingest.config WHERE key = 'text_search_config'"
+    ).fetchone() == (0,)
+
+
 def test_hybrid_search_finds_a_rare_term_that_vector_search_ranks_low(
     conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
 ) -> None:
     register(conn, "v1", fake.url)
+    conn.execute("SELECT pgingest.set_text_search_config('english')")
     insert_corpus(conn, 150)
     conn.execute(
         "UPDATE pgingest.documents SET body = body || ' The quuxotron calibration is documented here.'"

@@ -114,6 +114,10 @@ def test_fresh_install_equals_the_migration_chain(empty_db: Any) -> None:
     for m in install.migrations():
         install.install(chain, upto=m.name.removesuffix(".sql"))
     install.install(chain)
+    # One difference by design: the chain applied 0004 (full text on by default) in an earlier
+    # run than 0005 (off by default for new installs), and an upgrade keeps it on.
+    with psycopg.connect(fresh, autocommit=True) as c:
+        c.execute("SELECT pgingest.set_text_search_config('english')")
     assert _dump(fresh) == _dump(chain)
 
 

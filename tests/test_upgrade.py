@@ -267,15 +267,30 @@ def fresh_catalog(pg_server: Any) -> dict[str, list[str]]:
     try:
         dsn = conninfo_for(name)
         install.install(dsn)
-        bare = dump(dsn)
+        # "+full_text": full-text search on, which an install that applied 0004 (on by
+        # default) before 0005 (off by default) keeps; see expected_catalog().
+        out = {"bare": dump(dsn)}
         with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("SELECT pgingest.set_text_search_config('english')")
+            out["bare+full_text"] = dump(dsn)
+            c.execute("SELECT pgingest.set_text_search_config(NULL)")
             register(c, "v1", "http://127.0.0.1:9/v1")
-        return {"bare": bare, "v1": dump(dsn)}
+            out["v1"] = dump(dsn)
+            c.execute("SELECT pgingest.set_text_search_config('english')")
+            out["v1+full_text"] = dump(dsn)
+        return out
     finally:
         admin.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
         admin.close()
+
+
+def expected_catalog(catalogs: dict[str, list[str]], name: str, commit: str) -> list[str]:
+    """The fresh catalog an upgrade from ``commit`` must give: full-text search stays on where
+    that commit's install applied 0004 (migrations/0005_full_text_opt_in.sql)."""
+    had_0004 = "migrations/0004_cache_filters_hybrid.sql" in tree(commit)
+    return catalogs[f"{name}+full_text" if had_0004 else name]
 
 
 BASES = {
@@ -298,7 +313,7 @@ def base(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str, Path
 def test_upgrade_of_a_bare_install_gives_the_fresh_catalog(
     base: tuple[str, str, Path], database: Any, fresh_catalog: dict[str, list[str]]
 ) -> None:
-    label, _commit, src = base
+    label, commit, src = base
     dsn = database(label)
     old_install(src, dsn)
     notices = install.install(dsn)
@@ -306,7 +321,9 @@ def test_upgrade_of_a_bare_install_gives_the_fresh_catalog(
     with psycopg.connect(dsn) as c:
         recorded = dict(c.execute("SELECT version, checksum FROM pgingest.schema_migrations"))
     assert recorded == {m.name.removesuffix(".sql"): m.checksum for m in install.migrations()}
-    assert_same_catalog(fresh_catalog["bare"], dump(dsn), column_order=True)
+    assert_same_catalog(
+        expected_catalog(fresh_catalog, "bare", commit), dump(dsn), column_order=True
+    )
 
 
 def test_upgrade_keeps_the_data_and_the_workers_go_on(
@@ -397,4 +414,6 @@ def test_upgrade_keeps_the_data_and_the_workers_go_on(
                 " ON d.id = c.doc_id WHERE d.key = 'doc-old-worker' AND c.emb_v1 IS NOT NULL"
             ).fetchone() == (1,)
 
-    assert_same_catalog(fresh_catalog["v1"], dump(dsn), column_order=False)
+    assert_same_catalog(
+        expected_catalog(fresh_catalog, "v1", commit), dump(dsn), column_order=False
+    )
