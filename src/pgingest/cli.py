@@ -35,6 +35,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         visibility_timeout=args.visibility_timeout,
         max_attempts=args.max_attempts,
         in_flight=args.in_flight,
+        request_max_inputs=args.request_max_inputs,
+        request_max_tokens=args.request_max_tokens,
         drain=args.drain,
         poll_interval=args.poll_interval,
         probe_interval=args.probe_interval,
@@ -144,6 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-attempts", type=int, default=None, help="default: pgingest.config max_attempts"
     )
     p.add_argument("--in-flight", type=int, default=4, help="embedding requests in flight")
+    p.add_argument(
+        "--request-max-inputs",
+        type=int,
+        default=256,
+        help="inputs per embedding request (OpenAI accepts up to 2,048)",
+    )
+    p.add_argument(
+        "--request-max-tokens",
+        type=int,
+        default=100_000,
+        help="estimated tokens per embedding request (OpenAI accepts up to 300,000)",
+    )
     p.add_argument("--drain", action="store_true", help="exit once the queues are empty")
     p.add_argument("--poll-interval", type=float, default=5.0, help="idle wait between polls (s)")
     p.add_argument(

@@ -52,8 +52,8 @@ class WorkerSettings:
     visibility_timeout: int = 120
     max_attempts: int | None = None
     in_flight: int = 4
-    request_max_inputs: int = 64
-    request_max_tokens: int = 16000
+    request_max_inputs: int = 256
+    request_max_tokens: int = 100_000
     drain: bool = False
     poll_interval: float = 5.0
     probe_interval: float = 30.0
@@ -114,6 +114,11 @@ class Worker:
         self._last_probe: dict[str, float] = {}
         self._last_maintenance = time.monotonic()
         self._pool = ThreadPoolExecutor(max_workers=max(1, settings.in_flight))
+        # Pipelining: batch k is written (its own connection, one transaction) while batch k+1 is
+        # read, chunked and embedded. At most one write in flight (backpressure).
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgingest-writer")
+        self._pending_write: Any = None
+        self._wconn: psycopg.Connection[Any] | None = None
         self._conn: psycopg.Connection[Any] | None = None
         self._listen: psycopg.Connection[Any] | None = None
         self._config: dict[str, str] = {}
@@ -155,6 +160,32 @@ class Worker:
             self._chunker = chunking.ChunkerConfig.from_settings(self._config)
         return self._conn
 
+    def _write_connection(self) -> psycopg.Connection[Any]:
+        if self._wconn is None or self._wconn.closed:
+            self._wconn = db.connect(self.s.conninfo, application_name="pgingest-writer")
+        return self._wconn
+
+    def _flush_write(self) -> None:
+        """Waits for the write in flight; re-raises its error in the calling thread."""
+        fut, self._pending_write = self._pending_write, None
+        if fut is None:
+            return
+        try:
+            fut.result()
+        except _MODEL_GONE as exc:  # retired while its batch was being written: as in tick()
+            log.warning(
+                "model retired while its batch was in flight; batch dropped",
+                extra={"error": str(exc).splitlines()[0][:200]},
+            )
+
+    def _settle_write(self) -> None:
+        """Waits for the write in flight before its connection is closed; a failure only logs
+        (its messages come back after their visibility timeout)."""
+        try:
+            self._flush_write()
+        except Exception:
+            log.warning("write-back of the last batch failed", exc_info=True)
+
     def _listener(self) -> psycopg.Connection[Any]:
         if self._listen is None or self._listen.closed:
             self._listen = db.connect(
@@ -164,7 +195,7 @@ class Worker:
         return self._listen
 
     def _reset_connections(self) -> None:
-        for c in (self._conn, self._listen):
+        for c in (self._conn, self._listen, self._wconn):
             if c is not None:
                 try:
                     c.close()
@@ -172,6 +203,7 @@ class Worker:
                     log.debug("close failed", exc_info=True)
         self._conn = None
         self._listen = None
+        self._wconn = None
 
     @property
     def max_attempts(self) -> int:
@@ -254,6 +286,7 @@ class Worker:
                         },
                     )
                     if lost:
+                        self._settle_write()
                         self._reset_connections()
                     self.stopping.wait(delay)
                     continue
@@ -266,6 +299,8 @@ class Worker:
         finally:
             if self.heartbeat is not None:
                 self.heartbeat.stop()
+            self._settle_write()
+            self._writer.shutdown(wait=True)
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._reset_connections()
             log.info("worker stopped")
@@ -350,6 +385,8 @@ class Worker:
             worked += stats.read
             if busy:
                 pending = True
+        if not worked:
+            self._flush_write()  # --drain must not exit, nor the queue look empty, mid-write
         return worked, pending
 
     # -- probing paused models ------------------------------------------------------------------
@@ -381,8 +418,7 @@ class Worker:
         finally:
             self.in_flight = 0
         if stats.read:
-            self.documents_done += stats.written
-            self._last_batch_end = time.monotonic()
+            self._last_batch_end = time.monotonic()  # documents_done: counted by the writer
         return stats
 
     def _process_batch(self, m: db.Model) -> BatchStats:
@@ -461,21 +497,32 @@ class Worker:
                 return stats
         t_embed = time.perf_counter()
 
-        # Validation and normalisation.
-        for d in todo:
-            if d.failure is None and d.vectors is not None:
-                try:
-                    d.vectors = vectors.validate_and_normalize(
-                        d.vectors, dimensions=m.dimensions, metric=m.metric
-                    )
-                except vectors.VectorError as exc:
-                    d.failure = ("dead", f"invalid_vector_{exc.reason}", str(exc))
-                    self.metrics.embed_error(m.name, "validation")
+        self._validate(m, [d for d in todo if d.failure is None and d.vectors is not None])
 
+        self._flush_write()  # backpressure: one write in flight
+        self._pending_write = self._writer.submit(
+            self._finish_batch, m, docs, ack, dead, stats, t0, t_chunk, t_embed
+        )
+        return stats
+
+    def _finish_batch(
+        self,
+        m: db.Model,
+        docs: dict[int, _Doc],
+        ack: list[int],
+        dead: list[tuple[int, int | None, bytes | None, str, str, int, Any]],
+        stats: BatchStats,
+        t0: float,
+        t_chunk: float,
+        t_embed: float,
+    ) -> BatchStats:
+        """Runs on the writer thread: write-back, batch-size adaptation, the batch log line."""
+        t_write = time.perf_counter()
         stats = self._write_back(m, docs, ack, dead, stats)
         t_done = time.perf_counter()
-        self._adapt_batch(t_done - t_embed, stats.read)
-        self.metrics.batch(m.name, t_done - t_embed, stats.read)
+        self.documents_done += stats.written
+        self._adapt_batch(t_done - t_write, stats.read)
+        self.metrics.batch(m.name, t_done - t_write, stats.read)
         log.info(
             "batch",
             extra={
@@ -488,7 +535,8 @@ class Worker:
                 "deferred": stats.deferred,
                 "chunk_ms": round((t_chunk - t0) * 1000, 1),
                 "embed_ms": round((t_embed - t_chunk) * 1000, 1),
-                "write_ms": round((t_done - t_embed) * 1000, 1),
+                "write_ms": round((t_done - t_write) * 1000, 1),
+                "write_wait_ms": round((t_write - t_embed) * 1000, 1),
                 "next_batch": self.batch_size,
             },
         )
@@ -546,8 +594,13 @@ class Worker:
             return "ok"
 
         provider = self.provider(m)
+        # Large requests (less overhead per input on both sides), but at least ``in_flight`` of
+        # them when the batch allows requests of 16 inputs or more (latency is hidden in parallel).
+        per_request = min(
+            self.s.request_max_inputs, max(16, -(-len(send) // max(1, self.s.in_flight)))
+        )
         plans = providers.plan_requests(
-            [token_counts[i] for i in send], self.s.request_max_inputs, self.s.request_max_tokens
+            [token_counts[i] for i in send], per_request, self.s.request_max_tokens
         )
 
         def call(r: range) -> tuple[range, Any, BaseException | None]:
@@ -606,6 +659,37 @@ class Worker:
         self._collect(todo, out, ok)
         return "ok"
 
+    def _validate(self, m: db.Model, docs: list[_Doc]) -> None:
+        """Checks and normalises the vectors: the whole batch in one call; document by document
+        (to dead-letter only the culprits) when something is wrong."""
+        if not docs:
+            return
+        try:
+            every = vectors.validate_and_normalize(
+                np.concatenate([d.vectors for d in docs if d.vectors is not None]),
+                dimensions=m.dimensions,
+                metric=m.metric,
+            )
+        except vectors.VectorError:
+            pass
+        else:
+            pos = 0
+            for d in docs:
+                n = len(d.chunks)
+                d.vectors = every[pos : pos + n]
+                pos += n
+            return
+        for d in docs:
+            if d.vectors is None:
+                continue
+            try:
+                d.vectors = vectors.validate_and_normalize(
+                    d.vectors, dimensions=m.dimensions, metric=m.metric
+                )
+            except vectors.VectorError as exc:
+                d.failure = ("dead", f"invalid_vector_{exc.reason}", str(exc))
+                self.metrics.embed_error(m.name, "validation")
+
     @staticmethod
     def _collect(todo: list[_Doc], out: np.ndarray, ok: np.ndarray) -> None:
         pos = 0
@@ -644,7 +728,7 @@ class Worker:
         dead: list[tuple[int, int | None, bytes | None, str, str, int, Any]],
         stats: BatchStats,
     ) -> BatchStats:
-        conn = self._connection()
+        conn = self._write_connection()
         rows = db.ChunkRows([], [], [], [], [], [], [], [])
         done: list[_Doc] = []
         defer_rl: list[_Doc] = []
