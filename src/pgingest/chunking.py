@@ -91,6 +91,11 @@ _UNITS: Final = 3
 # 1/_MIN_FILL full and a weaker gap further on exists (no tiny tails of paragraphs).
 _MIN_FILL: Final = 4
 
+# The heuristic tokenizer measures texts joined in groups of about this many characters: enough
+# to spread numpy's overhead per call over many texts, few enough that the temporary arrays
+# (some 20 bytes per character) stay small.
+_GROUP_CHARS: Final = 1 << 17
+
 # Gap levels (higher is a better place to end a chunk).
 _LV_NONE: Final = 0
 _LV_WORD: Final = 1
@@ -125,6 +130,7 @@ _CLASS_TABLE: Final = _class_table()
 
 
 IntArray = npt.NDArray[np.int64]
+CodePoints = npt.NDArray[np.uint8] | npt.NDArray[np.uint32]
 
 
 # --------------------------------------------------------------------------- configuration
@@ -214,16 +220,26 @@ class Chunk:
 
 @dataclass(slots=True)
 class _Layout:
-    """A text measured once: prefix costs and the gaps where it can be cut."""
+    """A text measured once: prefix costs and the gaps where it can be cut.
+
+    Texts may be measured together (``HeuristicTokenizer._joined_layouts``): the arrays and
+    ``text`` are then those of all of them joined, shared by their layouts, and this text is
+    ``text[base:stop]``. Positions are offsets in ``text``; a text's gaps are a contiguous range
+    of the gap arrays, and positions and costs increase along the arrays, so a search for a
+    position or a cost inside this text finds only this text's gaps.
+    """
 
     text: str
+    base: int  # where this text starts in ``text``
+    stop: int  # where it ends
     start: int  # first non-whitespace character
     end: int  # one past the last non-whitespace character
     cost: IntArray  # cost[p]: cost units of text[:p] (len(text) + 1 entries)
     real: IntArray | None  # real[p]: tokens starting before p; None when cost is exact
     ge: IntArray  # per gap: where a chunk ending at the gap ends
     gs: IntArray  # per gap: where the next chunk starting at the gap starts
-    lv: npt.NDArray[np.int8]  # per gap: its level
+    levels: bytes  # per gap: its level (one byte per gap, searched with find/rfind)
+    word_gaps: bytes  # per gap: 1 when its level is at least _LV_WORD, else 0
     pe: IntArray  # cost[ge]
     ps: IntArray  # cost[gs]
     hard_cuts: IntArray | None  # sorted positions allowed for a hard cut; None: any position
@@ -233,33 +249,63 @@ class _Layout:
         return self.start >= self.end
 
 
+def _layouts_of(
+    text: str,
+    spans: Iterable[tuple[int, int, int, int]],
+    cost: IntArray,
+    real: IntArray | None,
+    gaps: tuple[IntArray, IntArray, npt.NDArray[np.int8]],
+    hard_cuts: IntArray | None,
+) -> list[_Layout]:
+    """The layouts of the texts ``(base, stop, start, end)`` of ``text``, sharing its arrays."""
+    ge, gs, lv = gaps
+    levels = lv.tobytes()
+    word_gaps = (lv >= _LV_WORD).tobytes()
+    pe = cost[ge]
+    ps = cost[gs]
+    return [
+        _Layout(text, *span, cost, real, ge, gs, levels, word_gaps, pe, ps, hard_cuts)
+        for span in spans
+    ]
+
+
 def _empty_layout(text: str) -> _Layout:
     z = np.zeros(0, dtype=np.int64)
-    return _Layout(
-        text, 0, 0, np.zeros(len(text) + 1, np.int64), None, z, z, z.astype(np.int8), z, z, None
-    )
+    gaps = (z, z, z.astype(np.int8))
+    cost = np.zeros(len(text) + 1, np.int64)
+    return _layouts_of(text, [(0, len(text), 0, 0)], cost, None, gaps, None)[0]
 
 
-def _classes(text: str) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint8]]:
-    """Code points of ``text`` and their character classes."""
+def _classes(text: str) -> tuple[CodePoints, npt.NDArray[np.uint8]]:
+    """Code points of ``text`` (one byte each when it is ASCII) and their character classes."""
+    if text.isascii():
+        cp: CodePoints = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+        return cp, _CLASS_TABLE.take(cp)
     cp = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
-    cls = _CLASS_TABLE[np.minimum(cp, 0xFFFF)]
+    if int(cp.max()) <= 0xFFFF:
+        return cp, _CLASS_TABLE.take(cp)
+    cls = _CLASS_TABLE.take(np.minimum(cp, 0xFFFF))
     astral = cp > 0xFFFF
-    if astral.any():  # CJK extensions B..F and compatibility supplement
-        cjk = ((cp >= 0x20000) & (cp <= 0x2CEAF)) | ((cp >= 0x2F800) & (cp <= 0x2FA1F))
-        cls = np.where(astral, np.where(cjk, _C_CJK, 0), cls).astype(np.uint8)
-        # Astral combining marks (Brahmi, musical symbols, variation selectors, ...); emoji
-        # (U+1F000..) and CJK (U+20000..) have none.
-        for i in np.flatnonzero(astral & ((cp < 0x1F000) | (cp >= 0xE0000))).tolist():
-            if unicodedata.category(text[i])[0] == "M":
-                cls[i] |= _C_MARK
+    # CJK extensions B..F and compatibility supplement
+    cjk = ((cp >= 0x20000) & (cp <= 0x2CEAF)) | ((cp >= 0x2F800) & (cp <= 0x2FA1F))
+    cls = np.where(astral, np.where(cjk, _C_CJK, 0), cls).astype(np.uint8)
+    # Astral combining marks (Brahmi, musical symbols, variation selectors, ...); emoji
+    # (U+1F000..) and CJK (U+20000..) have none.
+    for i in np.flatnonzero(astral & ((cp < 0x1F000) | (cp >= 0xE0000))).tolist():
+        if unicodedata.category(text[i])[0] == "M":
+            cls[i] |= _C_MARK
     return cp, cls
 
 
-def _utf8_lengths(cp: npt.NDArray[np.uint32]) -> IntArray:
-    return (
-        1 + (cp >= 0x80).astype(np.int64) + (cp >= 0x800).astype(np.int64) + (cp >= 0x10000)
-    ).astype(np.int64)
+def _utf8_offsets(text: str) -> IntArray:
+    """``out[p]``: UTF-8 bytes of ``text[:p]`` (``len(text) + 1`` entries)."""
+    if text.isascii():
+        return np.arange(len(text) + 1, dtype=np.int64)
+    data = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    lead = np.empty(data.shape[0] + 1, dtype=bool)  # the first byte of a character, or the end
+    np.not_equal(data & 0xC0, 0x80, out=lead[:-1])
+    lead[-1] = True
+    return np.flatnonzero(lead)
 
 
 def _prefix(per_char: npt.NDArray[Any]) -> IntArray:
@@ -277,32 +323,36 @@ def _content_span(ws: npt.NDArray[np.bool_]) -> tuple[int, int]:
 
 def _gaps(
     text: str,
-    cp: npt.NDArray[np.uint32],
+    cp: CodePoints,
     cls: npt.NDArray[np.uint8],
     g0: IntArray,
     g1: IntArray,
+    n_ws: IntArray,
 ) -> tuple[IntArray, IntArray, npt.NDArray[np.int8]]:
     """Cut positions and levels of the gaps ``[g0, g1)`` between consecutive words.
 
-    A gap may hold, besides whitespace, characters the tokenizer drops (control characters,
-    zero-width spaces, stray combining marks): a chunk ends before the gap's first whitespace
-    and the next starts after that run of whitespace, so that only whitespace ever falls
-    between two chunks.
+    ``n_ws`` is the number of whitespace characters in each gap. A gap may hold, besides
+    whitespace, characters the tokenizer drops (control characters, zero-width spaces, stray
+    combining marks): a chunk ends before the gap's first whitespace and the next starts after
+    that run of whitespace, so that only whitespace ever falls between two chunks.
+
+    Only the characters of a gap and those next to it are looked at (and the one before a
+    closing quote or bracket that ends a word), so texts joined by a space (whitespace, not a
+    line break, not a sentence end) can be measured at once, without the gaps around the
+    spaces.
     """
-    ws = (cls & _C_SPACE) != 0
-    ws_prefix = _prefix(ws)
-    n_ws = ws_prefix[g1] - ws_prefix[g0]
     # Exact cuts only: at whitespace, or between two words that touch, unless a combining
     # mark follows (canonical reordering of marks would cross the cut). Gaps of dropped
     # characters only (e.g. "e\u0301.") are not cut at all.
-    keep = (n_ws > 0) | ((g1 == g0) & ((cls[np.minimum(g1, cls.shape[0] - 1)] & _C_MARK) == 0))
+    nxt = cls[np.minimum(g1, cls.shape[0] - 1)]  # class of the character after the gap
+    keep = (n_ws > 0) | ((g1 == g0) & ((nxt & _C_MARK) == 0))
     if not keep.all():
-        g0, g1, n_ws = g0[keep], g1[keep], n_ws[keep]
+        g0, g1, n_ws, nxt = g0[keep], g1[keep], n_ws[keep], nxt[keep]
     if g0.size == 0:
         return g0, g1, np.zeros(0, dtype=np.int8)
-    ge = g0.copy()
-    gs = g1.copy()
-    for i in np.flatnonzero((n_ws > 0) & (n_ws < g1 - g0)).tolist():  # rare: mixed gaps
+    mixed = np.flatnonzero((n_ws > 0) & (n_ws < g1 - g0))  # rare: not only whitespace
+    ge, gs = (g0.copy(), g1.copy()) if mixed.size else (g0, g1)
+    for i in mixed.tolist():
         a, b = int(g0[i]), int(g1[i])
         k = a
         while not text[k].isspace():
@@ -311,31 +361,26 @@ def _gaps(
         while k < b and text[k].isspace():
             k += 1
         gs[i] = k
-    breaks = (cls & _C_BREAK) != 0
-    breaks[:-1] &= (cp[:-1] != 0x0D) | (cp[1:] != 0x0A)  # "\r\n" is one line break
-    br_prefix = _prefix(breaks)
-    n_breaks = br_prefix[g1] - br_prefix[g0]
+    # The gap of each line break (they are few): the first gap ending after it, if it starts
+    # at or before it. Sorted, so a gap with two breaks or more appears twice in a row.
+    breaks = np.flatnonzero((cls & _C_BREAK) != 0)
+    after = cp[np.minimum(breaks + 1, cp.shape[0] - 1)]
+    breaks = breaks[(cp[breaks] != 0x0D) | (after != 0x0A)]  # "\r\n" is one line break
+    gap = g1.searchsorted(breaks, side="right")
+    inside = gap < g1.shape[0]
+    gap = gap[inside]
+    lines = gap[g0[gap] <= breaks[inside]]
+    paragraphs = lines[1:][lines[1:] == lines[:-1]]
     prev = cls[g0 - 1]  # a gap always follows a word: g0 >= 1
-    prev2 = cls[np.maximum(g0 - 2, 0)]
-    sentence = ((prev & _C_END) != 0) | (
-        ((prev & _C_CLOSER) != 0) & ((prev2 & _C_END) != 0) & (g0 >= 2)
-    )
-    cjk_end = (prev & _C_CJK_END) != 0
-    cjk_word = ((prev | cls[np.minimum(g1, cls.shape[0] - 1)]) & _C_CJK) != 0
+    sentence = (prev & _C_END) != 0
+    closed = np.flatnonzero(((prev & _C_CLOSER) != 0) & (g0 >= 2))  # e.g. 'end." next'
+    sentence[closed] |= (cls[g0[closed] - 2] & _C_END) != 0
     has_ws = n_ws > 0
-    lv = np.where(
-        n_breaks >= 2,
-        _LV_PARAGRAPH,
-        np.where(
-            n_breaks == 1,
-            _LV_LINE,
-            np.where(
-                (has_ws & sentence) | cjk_end,
-                _LV_SENTENCE,
-                np.where(has_ws | cjk_word, _LV_WORD, _LV_NONE),
-            ),
-        ),
-    ).astype(np.int8)
+    lv = np.full(g0.shape[0], _LV_NONE, dtype=np.int8)
+    lv[has_ws | (((prev | nxt) & _C_CJK) != 0)] = _LV_WORD
+    lv[(has_ws & sentence) | ((prev & _C_CJK_END) != 0)] = _LV_SENTENCE
+    lv[lines] = _LV_LINE
+    lv[paragraphs] = _LV_PARAGRAPH
     return ge, gs, lv
 
 
@@ -409,36 +454,64 @@ class HeuristicTokenizer(Tokenizer):
         return True
 
     def _layouts(self, texts: Sequence[str]) -> list[_Layout]:
-        return [self._layout(t) for t in texts]
+        layouts: list[_Layout] = []
+        i = 0
+        while i < len(texts):  # groups of about _GROUP_CHARS characters
+            j, size = i + 1, len(texts[i])
+            while j < len(texts) and size + len(texts[j]) < _GROUP_CHARS:
+                size += len(texts[j]) + 1
+                j += 1
+            layouts += self._joined_layouts(texts[i:j])
+            i = j
+        return layouts
+
+    def _joined_layouts(self, texts: Sequence[str]) -> list[_Layout]:
+        """The texts measured at once, joined by a space: each numpy call runs once for all of
+        them rather than once per text. Nothing crosses a separator: it ends the word before it,
+        the gap around it is dropped, and the levels of the other gaps see it at most as the
+        character before a closing quote that starts a text, where it is no sentence end (as
+        for the text alone)."""
+        text = " ".join(texts)
+        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+        stops = np.cumsum(lengths + 1) - 1  # text i is text[bases[i]:stops[i]]
+        bases = stops - lengths
+        cp, cls = _classes(text)
+        ws = (cls & _C_SPACE).view(np.bool_)
+        cost = _utf8_offsets(text)
+        # Words: maximal runs of non-whitespace, and each CJK ideograph on its own (CJK text
+        # has no spaces); gaps: the whitespace between words (empty between adjacent words).
+        padded = np.ones(ws.shape[0] + 2, dtype=bool)  # whitespace before and after the text
+        padded[1:-1] = ws
+        runs = np.flatnonzero(padded[1:] != padded[:-1])  # a word starts, ends, starts, ...
+        word_starts = runs[0::2]
+        word_ends = runs[1::2]
+        cjk = None if text.isascii() else (cls & (_C_CJK | _C_CJK_END)) != 0
+        if cjk is not None and cjk.any():
+            inner = np.flatnonzero(~ws[1:] & ~ws[:-1] & (cjk[:-1] | cjk[1:])) + 1
+            word_starts = np.union1d(word_starts, inner)
+            word_ends = np.union1d(word_ends, inner)
+        first_word = word_starts.searchsorted(bases)  # the words of text i: [first, last)
+        last_word = word_starts.searchsorted(stops)
+        # Gap k lies between words k and k + 1; the one after each text's last word crosses
+        # the separator.
+        keep = np.ones(max(word_starts.shape[0] - 1, 0), dtype=bool)
+        crossing = last_word[last_word > first_word] - 1
+        keep[crossing[crossing < keep.shape[0]]] = False
+        g0 = word_ends[:-1][keep]
+        g1 = word_starts[1:][keep]
+        gaps = _gaps(text, cp, cls, g0, g1, g1 - g0)  # gaps hold whitespace only
+        spans = []
+        for base, stop, first, last in zip(
+            bases.tolist(), stops.tolist(), first_word.tolist(), last_word.tolist(), strict=True
+        ):
+            if first < last:
+                spans.append((base, stop, word_starts.item(first), word_ends.item(last - 1)))
+            else:  # empty or whitespace only
+                spans.append((base, stop, base, base))
+        return _layouts_of(text, spans, cost, None, gaps, None)
 
     def _measure(self, texts: list[str]) -> list[tuple[int, int] | None]:
         return [(len(t.encode("utf-8", "surrogatepass")), 0) for t in texts]
-
-    def _layout(self, text: str) -> _Layout:
-        cp, cls = _classes(text)
-        ws = (cls & _C_SPACE) != 0
-        start, end = _content_span(ws)
-        if start >= end:
-            return _empty_layout(text)
-        cost = _prefix(_utf8_lengths(cp))
-        # Words: maximal runs of non-whitespace, and each CJK ideograph on its own (CJK text
-        # has no spaces); gaps: the whitespace between words (empty between adjacent words).
-        boundary = np.empty(ws.shape[0] + 1, dtype=bool)  # boundary[p]: a word starts/ends at p
-        boundary[0] = boundary[-1] = True
-        boundary[1:-1] = ws[1:] != ws[:-1]
-        cjk = (cls & (_C_CJK | _C_CJK_END)) != 0
-        if cjk.any():
-            inner = ~ws[1:] & ~ws[:-1] & (cjk[:-1] | cjk[1:])
-            boundary[1:-1] |= inner
-        else:
-            inner = None
-        word_starts = np.flatnonzero(boundary[:-1] & ~ws).astype(np.int64)
-        after = np.empty_like(ws)
-        after[:-1] = boundary[1:-1]
-        after[-1] = True
-        word_ends = np.flatnonzero(after & ~ws).astype(np.int64) + 1
-        ge, gs, lv = _gaps(text, cp, cls, word_ends[:-1], word_starts[1:])
-        return _Layout(text, start, end, cost, None, ge, gs, lv, cost[ge], cost[gs], None)
 
 
 class WordPieceTokenizer(Tokenizer):
@@ -508,7 +581,7 @@ class WordPieceTokenizer(Tokenizer):
         blob = (ids == self._unk_id) & (te - ts > 1)
         if blob.any():
             per_char = np.bincount(ts[~blob], minlength=n)[:n].astype(np.int64) * _UNITS
-            lengths = _utf8_lengths(cp)
+            lengths = np.diff(_utf8_offsets(text))
             interiors = []
             for a, b in zip(ts[blob].tolist(), te[blob].tolist(), strict=True):
                 seg = lengths[a:b]
@@ -530,8 +603,9 @@ class WordPieceTokenizer(Tokenizer):
         ok = g1 >= g0
         if not ok.all():  # overlapping words (never seen): do not cut there
             g0, g1 = g0[ok], g1[ok]
-        ge, gs, lv = _gaps(text, cp, cls, g0, g1)
-        return _Layout(text, start, end, cost, real, ge, gs, lv, cost[ge], cost[gs], hard_cuts)
+        ws_prefix = _prefix(ws)
+        gaps = _gaps(text, cp, cls, g0, g1, ws_prefix[g1] - ws_prefix[g0])
+        return _layouts_of(text, [(0, n, start, end)], cost, real, gaps, hard_cuts)[0]
 
 
 _registry_lock = threading.Lock()
@@ -622,19 +696,19 @@ def _titles(tok: Tokenizer, titles: list[str | None], config: ChunkerConfig) -> 
 def _fit_title(tok: Tokenizer, layout: _Layout, cap: int) -> _Title:
     """The title, truncated (at a word when it can) to at most ``cap`` cost units."""
     while not layout.empty and cap > 0:
-        units = int(layout.cost[layout.end] - layout.cost[layout.start])
+        units = layout.cost.item(layout.end) - layout.cost.item(layout.start)
         if units <= cap:
             text = layout.text[layout.start : layout.end]
             tokens = 0
             if layout.real is not None:
-                tokens = int(layout.real[layout.end] - layout.real[layout.start])
+                tokens = layout.real.item(layout.end) - layout.real.item(layout.start)
             return _Title(text, units + tok._separator_units, tokens)
-        limit = int(layout.cost[layout.start]) + cap
-        hi = int(np.searchsorted(layout.pe, limit, side="right"))
-        lo = int(np.searchsorted(layout.ge, layout.start, side="right"))
-        cut = int(layout.ge[hi - 1]) if hi > lo else _hard_cut(layout, layout.start, limit)
-        shorter = layout.text[:cut].rstrip()
-        if len(shorter) >= len(layout.text):  # cannot shrink (defensive)
+        limit = layout.cost.item(layout.start) + cap
+        hi = int(layout.pe.searchsorted(limit, side="right"))
+        lo = int(layout.ge.searchsorted(layout.start, side="right"))
+        cut = layout.ge.item(hi - 1) if hi > lo else _hard_cut(layout, layout.start, limit)
+        shorter = layout.text[layout.base : cut].rstrip()
+        if len(shorter) >= layout.stop - layout.base:  # cannot shrink (defensive)
             break
         layout = tok._layouts([shorter])[0]  # re-measure: a cut word may tokenize differently
     return _NO_TITLE
@@ -651,51 +725,54 @@ def _chunk(tok: Tokenizer, layout: _Layout, title: _Title, config: ChunkerConfig
     text = layout.text
     doc_end = layout.end
 
+    # A chunk starts at a non-whitespace character, which no gap's [ge, gs) (whitespace) holds:
+    # the gaps ending after it (``after``: the index of the first) also start after it.
     spans: list[tuple[int, int, int]] = []  # (start, end, real text tokens or -1)
-    start, start_hard = layout.start, False
-    fallback: tuple[int, bool] | None = None  # the next start without overlap
+    start, after, start_hard = layout.start, _first_gap_after(layout, layout.start), False
+    fallback: tuple[int, int, bool] | None = None  # the next start without overlap
     while True:
-        end, gap = _pick_end(layout, start, budget)
+        end, gap = _pick_end(layout, start, after, budget)
         real = -1
         if not tok._exact and (start_hard or gap < 0 and end != doc_end):
             end, gap, real = _verify(tok, layout, start, end, real_budget)
         if spans and end <= spans[-1][1] and fallback is not None:
-            start, start_hard = fallback  # the overlap left no room: start without it
+            start, after, start_hard = fallback  # the overlap left no room: start without it
             fallback = None
             continue
         spans.append((start, end, real))
         if end >= doc_end:
             break
         if gap >= 0:
-            no_overlap = (int(layout.gs[gap]), False)
+            no_overlap = (layout.gs.item(gap), gap + 1, False)
         else:  # after a hard cut, skip whitespace inside the word
             nxt = end
             while text[nxt].isspace():
                 nxt += 1
-            no_overlap = (nxt, True)
-        ov = _overlap_start(layout, start, end, overlap) if overlap > 0 else -1
+            no_overlap = (nxt, _first_gap_after(layout, nxt), True)
+        ov = _overlap_start(layout, after, end, gap, overlap) if overlap > 0 else -1
         if ov < 0:
-            (start, start_hard), fallback = no_overlap, None
+            (start, after, start_hard), fallback = no_overlap, None
         else:
-            start, start_hard, fallback = ov, False, no_overlap
+            start, after, start_hard, fallback = layout.gs.item(ov), ov + 1, False, no_overlap
 
     chunks: list[Chunk] = []
     prefix = title.text + _TITLE_SEPARATOR if title.text else ""
+    base = layout.base
     for ordinal, (s, e, real) in enumerate(spans):
         piece = text[s:e]
         if tok._exact:
-            n_tokens = -(-(title.units + int(cost[e] - cost[s])) // _UNITS)
+            n_tokens = -(-(title.units + cost.item(e) - cost.item(s)) // _UNITS)
         else:
             if real < 0:
                 assert layout.real is not None
-                real = int(layout.real[e] - layout.real[s])
+                real = layout.real.item(e) - layout.real.item(s)
             n_tokens = title.tokens + real
         chunks.append(
             Chunk(
                 ordinal=ordinal,
                 text=piece,
-                char_start=s,
-                char_end=e,
+                char_start=s - base,
+                char_end=e - base,
                 token_count=n_tokens + tok.special_tokens,
                 embed_input=prefix + piece,
             )
@@ -703,42 +780,52 @@ def _chunk(tok: Tokenizer, layout: _Layout, title: _Title, config: ChunkerConfig
     return chunks
 
 
-def _pick_end(layout: _Layout, start: int, budget: int) -> tuple[int, int]:
-    """End of the chunk starting at ``start``: ``(end, gap index)``, gap -1 for a hard cut."""
-    limit = int(layout.cost[start]) + budget
-    if layout.cost[layout.end] <= limit:
+def _first_gap_after(layout: _Layout, start: int) -> int:
+    """Index of the first gap that ends after ``start``."""
+    return int(layout.ge.searchsorted(start, side="right"))
+
+
+def _pick_end(layout: _Layout, start: int, lo: int, budget: int) -> tuple[int, int]:
+    """End of the chunk starting at ``start`` (``lo``: its first gap after it): ``(end, gap
+    index)``, gap -1 for a hard cut."""
+    start_cost = layout.cost.item(start)
+    limit = start_cost + budget
+    if layout.cost.item(layout.end) <= limit:
         return layout.end, -1
-    lo = int(np.searchsorted(layout.ge, start, side="right"))
-    hi = int(np.searchsorted(layout.pe, limit, side="right"))
+    # The window is [lo, hi): the gaps after start that fit; ``full``: the first gap that
+    # leaves the chunk at least 1/_MIN_FILL full. One search for both (costs are integers:
+    # side="right" of limit is side="left" of limit + 1).
+    full, hi = layout.pe.searchsorted((start_cost + budget // _MIN_FILL, limit + 1)).tolist()
     if hi > lo:
         # Strongest gap in the window, furthest among equals; but a gap that would leave the
         # chunk less than _MIN_FILL full (the tail of a paragraph) only when there is no other.
-        fill = int(layout.cost[start]) + budget // _MIN_FILL
-        first_full = lo + int(np.searchsorted(layout.pe[lo:hi], fill, side="left"))
-        a = first_full if first_full < hi else lo
-        levels = layout.lv[a:hi]
-        best = levels.max()
-        idx = a + int(levels.shape[0] - 1 - np.argmax(levels[::-1] == best))
-        return int(layout.ge[idx]), idx
+        a = full if lo <= full < hi else lo
+        for level in range(_LV_PARAGRAPH, _LV_NONE, -1):
+            idx = layout.levels.rfind(level, a, hi)
+            if idx >= 0:
+                break
+        else:  # only gaps of level _LV_NONE
+            idx = hi - 1
+        return layout.ge.item(idx), idx
     return _hard_cut(layout, start, limit), -1
 
 
 def _hard_cut(layout: _Layout, start: int, limit: int) -> int:
     """Furthest allowed position after ``start`` whose cost stays within ``limit``."""
-    p_max = min(int(np.searchsorted(layout.cost, limit, side="right")) - 1, layout.end)
+    p_max = min(int(layout.cost.searchsorted(limit, side="right")) - 1, layout.end)
     text = layout.text
     if layout.hard_cuts is None:
         p = max(p_max, start + 1)
     else:
         cuts = layout.hard_cuts
-        i = int(np.searchsorted(cuts, p_max, side="right"))
+        i = int(cuts.searchsorted(p_max, side="right"))
         if i > 0 and cuts[i - 1] > start:
             p = int(cuts[i - 1])
         else:  # the first allowed cut is over the limit (cannot happen with sane budgets)
-            p = int(cuts[np.searchsorted(cuts, start, side="right")])
+            p = int(cuts[cuts.searchsorted(start, side="right")])
     # Do not separate a character from the marks and joiners that extend it (if possible),
     # and do not end on whitespace (a word the tokenizer did not split can hold some).
-    while p > start + 1 and p < len(text) and _extends(text[p - 1], text[p]):
+    while p > start + 1 and p < layout.stop and _extends(text[p - 1], text[p]):
         p -= 1
     while p > start + 1 and text[p - 1].isspace():
         p -= 1
@@ -804,17 +891,12 @@ def _verify(
     return end, gap, n
 
 
-def _overlap_start(layout: _Layout, start: int, end: int, overlap: int) -> int:
+def _overlap_start(layout: _Layout, after: int, end: int, gap: int, overlap: int) -> int:
     """Start of the next chunk: the earliest whitespace gap in ``(start, end)`` whose tail
-    ``[gs, end)`` costs at most ``overlap``; -1 when there is none."""
-    lo = max(
-        int(np.searchsorted(layout.gs, start, side="right")),
-        int(np.searchsorted(layout.ps, int(layout.cost[end]) - overlap, side="left")),
-    )
-    hi = int(np.searchsorted(layout.gs, end, side="left"))
+    ``[gs, end)`` costs at most ``overlap`` (its index; -1 when there is none). ``after`` is
+    the first gap after the chunk's start, ``gap`` the one it ends at (-1: a hard cut)."""
+    hi = gap if gap >= 0 else int(layout.gs.searchsorted(end, side="left"))
+    lo = max(after, int(layout.ps.searchsorted(layout.cost.item(end) - overlap)))
     if hi <= lo:
         return -1
-    word_gaps = np.flatnonzero(layout.lv[lo:hi] >= _LV_WORD)
-    if word_gaps.size == 0:
-        return -1
-    return int(layout.gs[lo + int(word_gaps[0])])
+    return layout.word_gaps.find(1, lo, hi)
