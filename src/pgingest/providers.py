@@ -36,7 +36,6 @@ held in a :class:`_Secret` and every message built from a server's answer is red
 
 from __future__ import annotations
 
-import base64
 import binascii
 import email.utils
 import http.client
@@ -991,15 +990,15 @@ class OpenAICompatibleProvider(ProviderBase):
     @staticmethod
     def _decode_vector(value: Any, index: int) -> np.ndarray:
         if isinstance(value, str):
-            try:
-                raw = base64.b64decode(value, validate=True)
+            try:  # strict: only the base64 alphabet and correct padding (C, no regex pass)
+                raw = binascii.a2b_base64(value, strict_mode=True)
             except (binascii.Error, ValueError):
                 raise BadResponse(f"embedding {index} is not valid base64", status=200) from None
             if len(raw) % 4:
                 raise BadResponse(
                     f"embedding {index} has {len(raw)} bytes, not a float32 array", status=200
                 )
-            return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+            return np.frombuffer(raw, dtype="<f4").astype(np.float32, copy=False)
         if isinstance(value, list):
             try:
                 with np.errstate(over="ignore"):  # 1e300 becomes inf: validation rejects it

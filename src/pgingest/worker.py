@@ -8,6 +8,7 @@ short transaction (``complete_batch_v1`` + ``dead_letter_v1`` + ``defer_v1``).
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
 import logging
@@ -37,6 +38,9 @@ _MODEL_GONE = (
     psycopg.errors.UndefinedTable,
     psycopg.errors.UndefinedColumn,
 )
+
+# Vectors validated per numpy call (the float64 temporaries are 16 bytes per value).
+_VALIDATE_ROWS = 256
 
 # Priority when one document's chunks hit several failures in one batch.
 _FAILURE_PRIORITY = {"auth": 0, "rejected": 1, "transient": 2, "rate_limited": 3}
@@ -660,10 +664,21 @@ class Worker:
         return "ok"
 
     def _validate(self, m: db.Model, docs: list[_Doc]) -> None:
-        """Checks and normalises the vectors: the whole batch in one call; document by document
-        (to dead-letter only the culprits) when something is wrong."""
-        if not docs:
-            return
+        """Checks and normalises the vectors, documents grouped into blocks of about
+        ``_VALIDATE_ROWS`` rows (few numpy calls, bounded temporary memory); a block with a bad
+        vector is checked again document by document, to dead-letter only the culprits."""
+        block: list[_Doc] = []
+        rows = 0
+        for d in docs:
+            block.append(d)
+            rows += len(d.chunks)
+            if rows >= _VALIDATE_ROWS:
+                self._validate_block(m, block)
+                block, rows = [], 0
+        if block:
+            self._validate_block(m, block)
+
+    def _validate_block(self, m: db.Model, docs: list[_Doc]) -> None:
         try:
             every = vectors.validate_and_normalize(
                 np.concatenate([d.vectors for d in docs if d.vectors is not None]),
@@ -838,7 +853,26 @@ class Worker:
         self.metrics.batch_size(self.batch_size)
 
 
+def fix_malloc_mmap_threshold(threshold: int = 1 << 20) -> bool:
+    """Keeps the RSS of a long-running worker flat (glibc only; True when applied).
+
+    glibc raises its mmap threshold (up to 32 MiB) each time an mmapped block is freed; after a
+    few batches the batch-sized buffers (vectors, request bodies: megabytes each) come from the
+    heap instead, where fragmentation keeps them resident. A fixed threshold keeps them mmapped,
+    returned to the system when freed. ``MALLOC_MMAP_THRESHOLD_`` in the environment wins.
+    """
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
+        return False
+    m_mmap_threshold = -3  # malloc.h
+    return bool(mallopt(m_mmap_threshold, threshold))
+
+
 def run(settings: WorkerSettings) -> int:
+    fix_malloc_mmap_threshold()
     metrics = Metrics.start(settings.metrics_port)
     return Worker(settings, metrics=metrics).run()
 
