@@ -199,6 +199,29 @@ def test_queued_requests_are_micro_batched_and_full_queue_is_503(
         np.testing.assert_array_equal(vecs[1], FakeEncoder.vector(text + " again"))
 
 
+def test_bulk_requests_wait_for_their_siblings_and_queries_do_not(
+    fake: tuple[FakeEncoder, LocalModelServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    enc, server = fake
+    monkeypatch.setattr(local_model, "LINGER_S", 1.0)  # long, so that timing cannot flake
+    bulk = [f"text {i}" for i in range(local_model.LINGER_MIN_TEXTS)]
+    pool = ThreadPoolExecutor(2)
+    try:
+        first = pool.submit(_post, server.url, {"input": bulk})
+        time.sleep(0.2)  # well inside the linger window
+        second = pool.submit(_post, server.url, {"input": [t + "!" for t in bulk]})
+        assert first.result(10).status_code == 200
+        assert second.result(10).status_code == 200
+        assert enc.calls == [2 * len(bulk)]  # one encode call for both requests
+        t0 = time.monotonic()
+        query = _post(server.url, {"input": "a query"})
+        assert query.status_code == 200
+        assert time.monotonic() - t0 < 0.9  # a query is encoded at once
+        assert enc.calls == [2 * len(bulk), 1]
+    finally:
+        pool.shutdown(wait=True)
+
+
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "example.com", ""])
 def test_non_loopback_bind_is_refused(host: str) -> None:
     assert not local_model.is_loopback_host(host)

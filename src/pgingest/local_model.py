@@ -80,6 +80,8 @@ DEFAULT_BATCH_SIZE = 32
 DEFAULT_MAX_INPUTS = 2048  # OpenAI's limit per request
 DEFAULT_MAX_BATCH_TEXTS = 256  # texts of queued requests merged into one encode call
 DEFAULT_MAX_QUEUE = 64  # requests waiting for the model thread
+LINGER_S = 0.02  # how long a bulk request waits for more requests to merge with
+LINGER_MIN_TEXTS = 8  # requests with fewer texts (queries) never wait
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT_S = 300.0
 
@@ -297,9 +299,14 @@ class _MicroBatcher:
                 return
             jobs = [first]
             n = len(first.texts)
+            # A bulk request (a worker's batch comes as several requests sent together) waits
+            # up to LINGER_S for its siblings: encode calls of 100+ texts are 10-20% faster per
+            # text than calls of 25-50 (less padding, fuller minibatches). A query does not wait.
+            linger_until = time.monotonic() + (LINGER_S if n >= LINGER_MIN_TEXTS else 0.0)
             while n < self.max_batch_texts:
                 try:
-                    nxt = self._queue.get_nowait()
+                    wait = linger_until - time.monotonic()
+                    nxt = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None:
