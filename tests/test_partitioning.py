@@ -110,7 +110,11 @@ def test_install_creates_hash_partitions_and_the_default_is_unchanged(
                 "SELECT conname FROM pg_constraint WHERE conrelid = 'pgingest.chunks'::regclass"
             )
         } == {"chunks_pkey", "chunks_ordinal_nonnegative", "chunks_span_valid"}
+        # Primary key and chunk_hash (the full-text index is opt-in, migration 0005).
+        assert one(c, "SELECT count(*) FROM pg_indexes WHERE tablename = 'chunks_p3'") == 2
+        c.execute("SELECT pgingest.set_text_search_config('english')")
         assert one(c, "SELECT count(*) FROM pg_indexes WHERE tablename = 'chunks_p3'") == 3
+        c.execute("SELECT pgingest.set_text_search_config(NULL)")
     # Installing again: same count passes, another count is refused, no option is fine.
     install.install(part, chunk_partitions=PARTITIONS)
     install.install(part)

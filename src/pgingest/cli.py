@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db(p)
     p.add_argument("--model", action="append", help="only these models (repeatable; default all)")
     p.add_argument(
-        "--batch-size", type=int, default=64, help="initial documents per batch (adapts)"
+        "--batch-size", type=int, default=256, help="initial documents per batch (adapts)"
     )
     p.add_argument("--max-batch-size", type=int, default=512)
     p.add_argument("--visibility-timeout", type=int, default=120, help="seconds a claim lasts")

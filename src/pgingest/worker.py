@@ -50,7 +50,7 @@ _FAILURE_PRIORITY = {"auth": 0, "rejected": 1, "transient": 2, "rate_limited": 3
 class WorkerSettings:
     conninfo: str | None = None
     models: Sequence[str] | None = None
-    batch_size: int = 64
+    batch_size: int = 256
     min_batch_size: int = 4
     max_batch_size: int = 512
     visibility_timeout: int = 120
