@@ -39,6 +39,9 @@ _MODEL_GONE = (
     psycopg.errors.UndefinedColumn,
 )
 
+# A dead letter to write: (msg_id, doc_id, content hash, error class, message, attempts, payload).
+_DeadRow = tuple[int, int | None, bytes | None, str, str, int, Any]
+
 # Vectors validated per numpy call (the float64 temporaries are 16 bytes per value).
 _VALIDATE_ROWS = 256
 
@@ -436,7 +439,7 @@ class Worker:
         t0 = time.perf_counter()
 
         ack: list[int] = []
-        dead: list[tuple[int, int | None, bytes | None, str, str, int, Any]] = []
+        dead: list[_DeadRow] = []
         docs: dict[int, _Doc] = {}
         texts: dict[int, tuple[str | None, str]] = {}
         for msg in msgs:
@@ -514,7 +517,7 @@ class Worker:
         m: db.Model,
         docs: dict[int, _Doc],
         ack: list[int],
-        dead: list[tuple[int, int | None, bytes | None, str, str, int, Any]],
+        dead: list[_DeadRow],
         stats: BatchStats,
         t0: float,
         t_chunk: float,
@@ -740,7 +743,7 @@ class Worker:
         m: db.Model,
         docs: dict[int, _Doc],
         ack: list[int],
-        dead: list[tuple[int, int | None, bytes | None, str, str, int, Any]],
+        dead: list[_DeadRow],
         stats: BatchStats,
     ) -> BatchStats:
         conn = self._write_connection()
