@@ -168,6 +168,47 @@ def test_duplicate_and_replayed_messages_leave_one_set_of_chunks(
     assert queue_count(conn, "v1") == 0
 
 
+def test_a_failed_write_back_does_not_drop_the_next_batch(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    """Pipelining: batch 2 is embedded while batch 1 is written. When that write fails (here a
+    cancelled statement), batch 2 is still written; only batch 1's messages wait for their
+    visibility timeout."""
+    register(conn, "v1", fake.url)
+    insert_corpus(conn, 30)
+
+    class FirstWriteCancelled(worker.Worker):
+        failed = False
+
+        def _write_back(self, *a: Any, **kw: Any) -> Any:
+            if not self.failed:
+                self.failed = True
+                raise psycopg.errors.QueryCanceled("simulated statement timeout")
+            return super()._write_back(*a, **kw)
+
+    w = FirstWriteCancelled(
+        settings(dsn, drain=False, batch_size=10, max_batch_size=10, visibility_timeout=300)
+    )
+    t = threading.Thread(target=w.run)
+    t.start()
+
+    def embedded() -> int:
+        row = conn.execute(
+            "SELECT count(*) FROM pgingest.embedding_state WHERE model = 'v1'"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    try:
+        wait_for(lambda: embedded() >= 20, timeout=30)
+        time.sleep(1.0)  # nothing else becomes visible: batch 1 waits for its timeout
+        assert embedded() == 20
+        assert queue_count(conn, "v1") == 10
+    finally:
+        w.stopping.set()
+        t.join(30)
+    assert not t.is_alive()
+
+
 @pytest.mark.parametrize("change", ["update", "delete"])
 def test_document_changed_while_embedding_ends_with_the_new_version(
     conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer, change: str

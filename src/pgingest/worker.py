@@ -506,10 +506,12 @@ class Worker:
 
         self._validate(m, [d for d in todo if d.failure is None and d.vectors is not None])
 
-        self._flush_write()  # backpressure: one write in flight
-        self._pending_write = self._writer.submit(
-            self._finish_batch, m, docs, ack, dead, stats, t0, t_chunk, t_embed
-        )
+        try:
+            self._flush_write()  # backpressure: one write in flight
+        finally:  # even when the previous write failed: this batch is embedded, write it
+            self._pending_write = self._writer.submit(
+                self._finish_batch, m, docs, ack, dead, stats, t0, t_chunk, t_embed
+            )
         return stats
 
     def _finish_batch(
