@@ -639,6 +639,8 @@ class Worker:
                         self._fail(owners[i], kind, exc.error_class, str(exc), exc)
                 continue
             breaker.record_success()
+            if self._store_block(r, result, send, out, ok, m.dimensions):
+                continue
             for offset, j in enumerate(r):
                 group = positions[hashes[send[j]]]
                 err = result.errors.get(offset)
@@ -665,8 +667,31 @@ class Worker:
                     ok[i] = True
         if paused:
             return "paused"
+        for group in positions.values():  # inputs sent once for several chunks
+            if len(group) > 1 and ok[group[0]]:
+                out[group[1:]] = out[group[0]]
+                ok[group[1:]] = True
         self._collect(todo, out, ok)
         return "ok"
+
+    @staticmethod
+    def _store_block(
+        r: range,
+        result: providers.EmbedResult,
+        send: list[int],
+        out: np.ndarray,
+        ok: np.ndarray,
+        dimensions: int,
+    ) -> bool:
+        """The common case in one numpy assignment: every input of the request has a vector of
+        the model's dimension. False (nothing stored) sends the request through the per-input
+        checks instead."""
+        if result.errors or any(getattr(v, "shape", None) != (dimensions,) for v in result.vectors):
+            return False
+        firsts = send[r.start : r.stop]
+        out[firsts] = np.stack(result.vectors)  # type: ignore[arg-type]
+        ok[firsts] = True
+        return True
 
     def _validate(self, m: db.Model, docs: list[_Doc]) -> None:
         """Checks and normalises the vectors, documents grouped into blocks of about
