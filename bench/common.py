@@ -517,6 +517,10 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# The backends of a pgingest worker: its claiming connection and its writer's.
+WORKER_APPLICATIONS = ("pgingest-worker", "pgingest-writer")
+
+
 class BackendCpu:
     """CPU seconds of the PostgreSQL backends serving one database (``/proc/<pid>/stat``),
     sampled in a thread: what the database spent for a benchmark, other databases excluded."""
@@ -566,7 +570,9 @@ class BackendCpu:
         except psycopg.Error:
             return
 
-    def seconds(self, application_prefix: str = "", exclude: str | None = None) -> float:
+    def seconds(
+        self, application_prefix: str | tuple[str, ...] = "", exclude: str | None = None
+    ) -> float:
         ticks = sum(
             t
             for pid, t in self._ticks.items()

@@ -45,6 +45,7 @@ from psycopg import sql
 
 from bench import common
 from bench.common import (
+    WORKER_APPLICATIONS,
     BackendCpu,
     BenchError,
     Child,
@@ -222,9 +223,7 @@ def e2e_once(
             "worker_cpu_s_per_document": res.cpu_s / n_docs,
             "worker_peak_rss_mb": round(res.maxrss_mb, 1),
             **run.rss_profile(),
-            "postgres_cpu_s": (
-                pg_cpu.seconds("pgingest-worker") + pg_cpu.seconds("pgingest-writer")
-            ),
+            "postgres_cpu_s": pg_cpu.seconds(WORKER_APPLICATIONS),
             "documents_per_s": n_docs / total_s,
             "chunks_per_s": chunks / total_s,
             "worker_documents_per_s": n_docs / res.wall_s,
@@ -540,11 +539,7 @@ def bench_local(url: str, n_chunks: int, workdir: Path) -> dict[str, Any]:
                     copy_documents(conn, docs)
                     t1 = wait_until_embedded(conn, "v1", len(docs), 900.0, worker)
                 cpu1 = (server.cpu_s_now() or 0.0) + (worker.cpu_s_now() or 0.0)
-                pipeline_cpu = (
-                    cpu1
-                    - cpu0
-                    + (pg_cpu.seconds("pgingest-worker") + pg_cpu.seconds("pgingest-writer"))
-                )
+                pipeline_cpu = cpu1 - cpu0 + pg_cpu.seconds(WORKER_APPLICATIONS)
                 h1 = requests.get(health_url, timeout=30).json()
                 row = conn.execute("SELECT count(*) FROM pgingest.chunks").fetchone()
                 chunks = int(row[0]) if row else 0

@@ -4,8 +4,10 @@ embedding provider (a real HTTP server on 127.0.0.1)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from urllib.parse import urlparse
 
 import psycopg
 import pytest
+from psycopg import sql
 from pytest_postgresql import factories
 
 from pgingest import db, install
@@ -78,3 +81,36 @@ def conn(dsn: str) -> Iterator[psycopg.Connection[Any]]:
 def fake() -> Iterator[FakeEmbeddingServer]:
     with FakeEmbeddingServer() as srv:
         yield srv
+
+
+@pytest.fixture
+def empty_database(pg_server: Any) -> Iterator[Any]:
+    """make(label) -> the conninfo of a new empty database, nothing installed (dropped at the
+    end): for the tests that install pgingest themselves."""
+    admin = psycopg.connect(conninfo_for("postgres"), autocommit=True)
+    made: list[str] = []
+
+    def make(label: str) -> str:
+        name = f"pgingest_{label}_{uuid.uuid4().hex[:8]}"
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        made.append(name)
+        return conninfo_for(name)
+
+    yield make
+    for name in made:
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+    admin.close()
+
+
+@pytest.fixture
+def worker_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """caplog on the worker's logger, even if logs.configure() stopped its propagation."""
+    logger = logging.getLogger("pgingest")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="pgingest")
+    try:
+        yield caplog
+    finally:
+        logger.removeHandler(caplog.handler)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -56,3 +57,19 @@ def insert_docs(conn: psycopg.Connection[Any], docs: list[tuple[str, str | None,
         cur.executemany(
             "INSERT INTO pgingest.documents (key, title, body) VALUES (%s, %s, %s)", docs
         )
+
+
+def schema_dump(dsn: str) -> list[str]:
+    """``pg_dump --schema-only`` of the pgingest schema, without comments and the restrict
+    lines (their random key differs from one dump to the next)."""
+    out = subprocess.run(
+        ["pg_dump", "--schema-only", "--no-owner", "--schema=pgingest", "-d", dsn],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [
+        line
+        for line in out.stdout.splitlines()
+        if not line.startswith(("--", "\\restrict", "\\unrestrict"))
+    ]

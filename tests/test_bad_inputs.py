@@ -9,10 +9,9 @@ in a dead letter only when they never stop. docs/reliability.md lists the same c
 from __future__ import annotations
 
 import json
-import logging
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -25,18 +24,6 @@ from tests.helpers import queue_count, register
 from tests.test_worker import drain, insert_corpus, make_body
 
 # -------------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture
-def worker_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    """caplog on the worker's logger, even if logs.configure() stopped its propagation."""
-    logger = logging.getLogger("pgingest")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO, logger="pgingest")
-    try:
-        yield caplog
-    finally:
-        logger.removeHandler(caplog.handler)
 
 
 def insert(conn: psycopg.Connection[Any], key: str, body: str, title: str | None = None) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from typing import Any
 
 import psycopg
@@ -23,18 +23,6 @@ from pgingest import worker
 from pgingest.fake_server import FakeEmbeddingServer, RequestInfo
 from tests.helpers import queue_count, register, wait_for
 from tests.test_worker import assert_exactly_predicted, drain, insert_corpus, settings
-
-
-@pytest.fixture
-def worker_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    """caplog on the worker's logger, even if logs.configure() stopped its propagation."""
-    logger = logging.getLogger("pgingest")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO, logger="pgingest")
-    try:
-        yield caplog
-    finally:
-        logger.removeHandler(caplog.handler)
 
 
 def db_retries(log: pytest.LogCaptureFixture) -> list[tuple[str, str, float]]:

@@ -12,26 +12,8 @@ import psycopg
 import pytest
 
 from pgingest import install
-from tests.conftest import ROOT, conninfo_for
-
-
-@pytest.fixture
-def empty_db(pg_server: Any) -> Any:
-    """A fresh database with nothing installed; yields a factory of connection strings."""
-    made: list[str] = []
-    admin = psycopg.connect(conninfo_for("postgres"), autocommit=True)
-
-    def make(suffix: str) -> str:
-        name = f"pgingest_empty_{suffix}"
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}"')
-        made.append(name)
-        return conninfo_for(name)
-
-    yield make
-    for name in made:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+from tests.conftest import ROOT
+from tests.helpers import schema_dump
 
 
 def _migration_rows(dsn: str) -> list[tuple[str, str]]:
@@ -44,8 +26,10 @@ def _migration_rows(dsn: str) -> list[tuple[str, str]]:
         ]
 
 
-def test_migrations_are_tracked_with_checksums_and_install_is_idempotent(empty_db: Any) -> None:
-    dsn = empty_db("idem")
+def test_migrations_are_tracked_with_checksums_and_install_is_idempotent(
+    empty_database: Any,
+) -> None:
+    dsn = empty_database("idem")
     first = install.install(dsn)
     assert any("applied migration 0001_initial" in n for n in first)
     rows = _migration_rows(dsn)
@@ -57,8 +41,8 @@ def test_migrations_are_tracked_with_checksums_and_install_is_idempotent(empty_d
     assert _migration_rows(dsn) == rows
 
 
-def test_concurrent_installs_serialise(empty_db: Any) -> None:
-    dsn = empty_db("conc")
+def test_concurrent_installs_serialise(empty_database: Any) -> None:
+    dsn = empty_database("conc")
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -76,8 +60,8 @@ def test_concurrent_installs_serialise(empty_db: Any) -> None:
     assert len(_migration_rows(dsn)) == len(install.migrations())
 
 
-def test_edited_applied_migration_is_refused(empty_db: Any, tmp_path: Path) -> None:
-    dsn = empty_db("edit")
+def test_edited_applied_migration_is_refused(empty_database: Any, tmp_path: Path) -> None:
+    dsn = empty_database("edit")
     install.install(dsn)
     for folder in ("migrations", "sql", "plpython"):
         shutil.copytree(ROOT / folder, tmp_path / folder)
@@ -93,24 +77,10 @@ def test_edited_applied_migration_is_refused(empty_db: Any, tmp_path: Path) -> N
     assert "0001_initial was edited" in str(ei.value)
 
 
-def _dump(dsn: str) -> str:
-    out = subprocess.run(
-        ["pg_dump", "--schema-only", "--no-owner", "--schema=pgingest", "-d", dsn],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return "\n".join(
-        line
-        for line in out.stdout.splitlines()
-        if not line.startswith(("--", "\\restrict", "\\unrestrict"))
-    )
-
-
-def test_fresh_install_equals_the_migration_chain(empty_db: Any) -> None:
-    fresh = empty_db("fresh")
+def test_fresh_install_equals_the_migration_chain(empty_database: Any) -> None:
+    fresh = empty_database("fresh")
     install.install(fresh)
-    chain = empty_db("chain")
+    chain = empty_database("chain")
     for m in install.migrations():
         install.install(chain, upto=m.name.removesuffix(".sql"))
     install.install(chain)
@@ -118,11 +88,11 @@ def test_fresh_install_equals_the_migration_chain(empty_db: Any) -> None:
     # run than 0005 (off by default for new installs), and an upgrade keeps it on.
     with psycopg.connect(fresh, autocommit=True) as c:
         c.execute("SELECT pgingest.set_text_search_config('english')")
-    assert _dump(fresh) == _dump(chain)
+    assert schema_dump(fresh) == schema_dump(chain)
 
 
-def test_printed_script_installs_with_psql(empty_db: Any, tmp_path: Path) -> None:
-    dsn = empty_db("psql")
+def test_printed_script_installs_with_psql(empty_database: Any, tmp_path: Path) -> None:
+    dsn = empty_database("psql")
     script = tmp_path / "install.sql"
     out = subprocess.run(
         [str(ROOT / ".venv/bin/pgingest"), "install", "--print"],

@@ -9,61 +9,23 @@ its own database.
 from __future__ import annotations
 
 import subprocess
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from pgingest import db, index, install, worker
 from pgingest.fake_server import FakeEmbeddingServer
-from tests.conftest import conninfo_for
-from tests.helpers import insert_docs, register
+from tests.helpers import insert_docs, register, schema_dump
 
 PARTITIONS = 4
-
-
-@pytest.fixture
-def database(pg_server: Any) -> Iterator[Any]:
-    """make(label) -> the conninfo of a new empty database (dropped at the end)."""
-    admin = psycopg.connect(conninfo_for("postgres"), autocommit=True)
-    made: list[str] = []
-
-    def make(label: str) -> str:
-        name = f"pgingest_part_{label}_{uuid.uuid4().hex[:8]}"
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        made.append(name)
-        return conninfo_for(name)
-
-    yield make
-    for name in made:
-        admin.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-    admin.close()
 
 
 def one(conn: psycopg.Connection[Any], query: str, params: Any = None) -> Any:
     row = conn.execute(query, params).fetchone()
     assert row is not None
     return row[0]
-
-
-def dump(dsn: str) -> str:
-    out = subprocess.run(
-        ["pg_dump", "--schema-only", "--no-owner", "--schema=pgingest", "-d", dsn],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return "\n".join(
-        line
-        for line in out.stdout.splitlines()
-        if not line.startswith(("--", "\\restrict", "\\unrestrict"))
-    )
 
 
 def drain(dsn: str) -> None:
@@ -86,9 +48,9 @@ def partition_indexes(conn: psycopg.Connection[Any], parent: str) -> list[tuple[
 
 
 def test_install_creates_hash_partitions_and_the_default_is_unchanged(
-    database: Any, tmp_path: Path
+    empty_database: Any, tmp_path: Path
 ) -> None:
-    part = database("cli")
+    part = empty_database("cli")
     notices = install.install(part, chunk_partitions=PARTITIONS)
     assert any("applied migration 0001_initial" in n for n in notices)
     with psycopg.connect(part) as c:
@@ -122,19 +84,19 @@ def test_install_creates_hash_partitions_and_the_default_is_unchanged(
         install.install(part, chunk_partitions=8)
 
     # The printed script takes the option too, and gives the same catalog.
-    printed = database("psql")
+    printed = empty_database("psql")
     script = tmp_path / "install.sql"
     script.write_text(install.render_script(psql=True, chunk_partitions=PARTITIONS))
     subprocess.run(
         ["psql", "-X", "-q", "-d", printed, "-f", str(script)], check=True, capture_output=True
     )
-    assert dump(printed) == dump(part)
+    assert schema_dump(printed) == schema_dump(part)
 
     # 0 (or no option): the plain table, byte for byte the default install's catalog.
-    zero, default = database("zero"), database("default")
+    zero, default = empty_database("zero"), empty_database("default")
     install.install(zero, chunk_partitions=0)
     install.install(default)
-    assert dump(zero) == dump(default)
+    assert schema_dump(zero) == schema_dump(default)
     with psycopg.connect(zero) as c:
         assert one(c, "SELECT relkind FROM pg_class WHERE oid = 'pgingest.chunks'::regclass") == "r"
     with pytest.raises(install.InstallError, match="from 0"):
@@ -143,9 +105,9 @@ def test_install_creates_hash_partitions_and_the_default_is_unchanged(
 
 @pytest.mark.slow
 def test_partitioned_chunks_embed_index_and_search(
-    database: Any, fake: FakeEmbeddingServer
+    empty_database: Any, fake: FakeEmbeddingServer
 ) -> None:
-    dsn = database("search")
+    dsn = empty_database("search")
     install.install(dsn, chunk_partitions=PARTITIONS)
     conn = db.connect(dsn)
     try:

@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tarfile
 import uuid
-from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from psycopg import sql
 from pgingest import install, worker
 from pgingest.fake_server import FakeEmbeddingServer
 from tests.conftest import ROOT, conninfo_for
-from tests.helpers import insert_docs, queue_count, register
+from tests.helpers import insert_docs, queue_count, register, schema_dump
 
 pytestmark = pytest.mark.slow
 
@@ -165,40 +164,6 @@ def old_worker(src: Path, dsn: str) -> None:
 # --------------------------------------------------------------------------- databases
 
 
-@pytest.fixture
-def database(pg_server: Any) -> Iterator[Any]:
-    """make(label) -> the conninfo of a new empty database (dropped at the end)."""
-    admin = psycopg.connect(conninfo_for("postgres"), autocommit=True)
-    made: list[str] = []
-
-    def make(label: str) -> str:
-        name = f"pgingest_upgrade_{label}_{uuid.uuid4().hex[:8]}"
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        made.append(name)
-        return conninfo_for(name)
-
-    yield make
-    for name in made:
-        admin.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-    admin.close()
-
-
-def dump(dsn: str) -> list[str]:
-    out = subprocess.run(
-        ["pg_dump", "--schema-only", "--no-owner", "--schema=pgingest", "-d", dsn],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return [
-        line
-        for line in out.stdout.splitlines()
-        if not line.startswith(("--", "\\restrict", "\\unrestrict"))
-    ]
-
-
 def columns_in_any_order(lines: list[str]) -> list[str]:
     """The dump with each CREATE TABLE's lines sorted: a column added by register_model before a
     later migration's ADD COLUMN sits before it, after it in a fresh install (same table)."""
@@ -269,15 +234,15 @@ def fresh_catalog(pg_server: Any) -> dict[str, list[str]]:
         install.install(dsn)
         # "+full_text": full-text search on, which an install that applied 0004 (on by
         # default) before 0005 (off by default) keeps; see expected_catalog().
-        out = {"bare": dump(dsn)}
+        out = {"bare": schema_dump(dsn)}
         with psycopg.connect(dsn, autocommit=True) as c:
             c.execute("SELECT pgingest.set_text_search_config('english')")
-            out["bare+full_text"] = dump(dsn)
+            out["bare+full_text"] = schema_dump(dsn)
             c.execute("SELECT pgingest.set_text_search_config(NULL)")
             register(c, "v1", "http://127.0.0.1:9/v1")
-            out["v1"] = dump(dsn)
+            out["v1"] = schema_dump(dsn)
             c.execute("SELECT pgingest.set_text_search_config('english')")
-            out["v1+full_text"] = dump(dsn)
+            out["v1+full_text"] = schema_dump(dsn)
         return out
     finally:
         admin.execute(
@@ -311,10 +276,10 @@ def base(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str, Path
 
 
 def test_upgrade_of_a_bare_install_gives_the_fresh_catalog(
-    base: tuple[str, str, Path], database: Any, fresh_catalog: dict[str, list[str]]
+    base: tuple[str, str, Path], empty_database: Any, fresh_catalog: dict[str, list[str]]
 ) -> None:
     label, commit, src = base
-    dsn = database(label)
+    dsn = empty_database(f"upgrade_{label}")
     old_install(src, dsn)
     notices = install.install(dsn)
     assert not any(n.startswith("WARNING") for n in notices)
@@ -322,19 +287,19 @@ def test_upgrade_of_a_bare_install_gives_the_fresh_catalog(
         recorded = dict(c.execute("SELECT version, checksum FROM pgingest.schema_migrations"))
     assert recorded == {m.name.removesuffix(".sql"): m.checksum for m in install.migrations()}
     assert_same_catalog(
-        expected_catalog(fresh_catalog, "bare", commit), dump(dsn), column_order=True
+        expected_catalog(fresh_catalog, "bare", commit), schema_dump(dsn), column_order=True
     )
 
 
 def test_upgrade_keeps_the_data_and_the_workers_go_on(
     base: tuple[str, str, Path],
-    database: Any,
+    empty_database: Any,
     fresh_catalog: dict[str, list[str]],
     fake: FakeEmbeddingServer,
 ) -> None:
     label, commit, src = base
     has_worker = runnable_worker(commit)
-    dsn = database(label)
+    dsn = empty_database(f"upgrade_{label}")
     old_install(src, dsn)
     with psycopg.connect(dsn, autocommit=True) as c:
         assert register(c, "v1", fake.url) == "active"
@@ -415,5 +380,5 @@ def test_upgrade_keeps_the_data_and_the_workers_go_on(
             ).fetchone() == (1,)
 
     assert_same_catalog(
-        expected_catalog(fresh_catalog, "v1", commit), dump(dsn), column_order=False
+        expected_catalog(fresh_catalog, "v1", commit), schema_dump(dsn), column_order=False
     )

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from pgingest import __version__, models_cli
+from pgingest.settings import WorkerSettings
 
 
 def _add_db(p: argparse.ArgumentParser) -> None:
@@ -27,7 +28,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from pgingest import worker
 
-    settings = worker.WorkerSettings(
+    settings = WorkerSettings(
         conninfo=args.database_url,
         models=args.model or None,
         batch_size=args.batch_size,
@@ -137,39 +138,61 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="drain the queues: chunk, embed, validate, write back")
     _add_db(p)
     p.add_argument("--model", action="append", help="only these models (repeatable; default all)")
+    d = WorkerSettings()  # the defaults live there
     p.add_argument(
-        "--batch-size", type=int, default=256, help="initial documents per batch (adapts)"
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help="initial documents per batch (adapts; default %(default)s)",
     )
-    p.add_argument("--max-batch-size", type=int, default=512)
-    p.add_argument("--visibility-timeout", type=int, default=120, help="seconds a claim lasts")
+    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size)
+    p.add_argument(
+        "--visibility-timeout",
+        type=int,
+        default=d.visibility_timeout,
+        help="seconds a claim lasts (default %(default)s)",
+    )
     p.add_argument(
         "--max-attempts", type=int, default=None, help="default: pgingest.config max_attempts"
     )
-    p.add_argument("--in-flight", type=int, default=4, help="embedding requests in flight")
+    p.add_argument(
+        "--in-flight",
+        type=int,
+        default=d.in_flight,
+        help="embedding requests in flight (default %(default)s)",
+    )
     p.add_argument(
         "--request-max-inputs",
         type=int,
-        default=256,
-        help="inputs per embedding request (OpenAI accepts up to 2,048)",
+        default=d.request_max_inputs,
+        help="inputs per embedding request (default %(default)s; OpenAI accepts up to 2,048)",
     )
     p.add_argument(
         "--request-max-tokens",
         type=int,
-        default=100_000,
-        help="estimated tokens per embedding request (OpenAI accepts up to 300,000)",
+        default=d.request_max_tokens,
+        help="estimated tokens per embedding request (default %(default)s; OpenAI: 300,000)",
     )
     p.add_argument("--drain", action="store_true", help="exit once the queues are empty")
-    p.add_argument("--poll-interval", type=float, default=5.0, help="idle wait between polls (s)")
     p.add_argument(
-        "--probe-interval", type=float, default=30.0, help="seconds between probes of paused models"
+        "--poll-interval",
+        type=float,
+        default=d.poll_interval,
+        help="idle wait between polls (s)",
     )
-    p.add_argument("--http-timeout", type=float, default=30.0)
+    p.add_argument(
+        "--probe-interval",
+        type=float,
+        default=d.probe_interval,
+        help="seconds between probes of paused models",
+    )
+    p.add_argument("--http-timeout", type=float, default=d.http_timeout)
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics on this port")
     p.add_argument("--processes", type=int, default=1, help="worker processes on this machine")
     p.add_argument(
         "--max-chunks-per-document",
         type=int,
-        default=5000,
+        default=d.max_chunks_per_document,
         help="a document cut into more chunks is dead-lettered (too_many_chunks)",
     )
     p.set_defaults(func=cmd_worker)

@@ -18,7 +18,6 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +27,7 @@ import psycopg
 
 from pgingest import __version__, chunking, db, providers, status, vectors
 from pgingest.metrics import Metrics
+from pgingest.settings import WorkerSettings
 
 log = logging.getLogger("pgingest.worker")
 
@@ -47,36 +47,6 @@ _VALIDATE_ROWS = 256
 
 # Priority when one document's chunks hit several failures in one batch.
 _FAILURE_PRIORITY = {"auth": 0, "rejected": 1, "transient": 2, "rate_limited": 3}
-
-
-@dataclass
-class WorkerSettings:
-    conninfo: str | None = None
-    models: Sequence[str] | None = None
-    batch_size: int = 256
-    min_batch_size: int = 4
-    max_batch_size: int = 512
-    visibility_timeout: int = 120
-    max_attempts: int | None = None
-    in_flight: int = 4
-    request_max_inputs: int = 256
-    request_max_tokens: int = 100_000
-    drain: bool = False
-    poll_interval: float = 5.0
-    probe_interval: float = 30.0
-    http_timeout: float = 30.0
-    commit_target_seconds: float = 0.5
-    backfill_batch: int = 5000
-    max_chunks_per_document: int = 5000
-    metrics_port: int | None = None
-    breaker_threshold: int = 5
-    breaker_reset_seconds: float = 30.0
-    max_retry_after: float = 10.0
-    maintenance_interval: float = 300.0
-    provider_factory: Callable[[db.Model], providers.EmbeddingProvider] | None = None
-    install_signal_handlers: bool = True
-    heartbeat: bool = True
-    heartbeat_interval: float | None = None  # None: pgingest.config worker_heartbeat_seconds
 
 
 @dataclass
