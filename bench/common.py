@@ -27,6 +27,7 @@ import psycopg
 from psycopg import sql
 
 from pgingest import db
+from pgingest.testing import texts
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_PATH = ROOT / "bench-results.json"
@@ -364,8 +365,8 @@ def read_line(child: Child, timeout: float, pattern: str = "") -> str:
 def fake_server(
     dims: Iterable[str] = (), python: str = sys.executable
 ) -> Iterator[tuple[str, Child]]:
-    """``python -m pgingest.fake_server`` on an ephemeral 127.0.0.1 port: (base URL, child)."""
-    argv = [python, "-m", "pgingest.fake_server", "--port", "0"]
+    """``python -m pgingest.testing.fake_provider`` on an ephemeral 127.0.0.1 port: (base URL, child)."""
+    argv = [python, "-m", "pgingest.testing.fake_provider", "--port", "0"]
     for d in dims:
         argv += ["--dims", d]
     child = Child("fake server", argv, stdout=subprocess.PIPE)
@@ -584,66 +585,11 @@ class BackendCpu:
 
 # --------------------------------------------------------------------------- documents
 
-_VOCABULARY = """the a of and to in is for on with as by that this it be are from at or an which
-    postgres database table index vector query worker queue chunk embedding model token batch
-    search replica backfill metric latency throughput commit transaction row column schema
-    server client request response error retry timeout buffer memory disk page tuple lock
-    document title body text version hash trigger function procedure statement insert update
-    delete select value array object field record message payload result cursor stream
-    network socket thread process signal handler config option setting default limit offset
-    order group filter join scan plan cost estimate sample cluster node shard partition
-    primary standby failover backup restore archive log checkpoint vacuum analyze stats
-    user role grant permission owner policy security key secret token session connection pool
-    time date interval zone year month day hour minute second clock timer schedule job task
-    data set list map tree graph node edge path cycle depth width height size length count
-    fast slow small large high low new old first last next previous early late good bad
-    read write send receive open close start stop run wait sleep wake build drop create alter
-    simple complex careful quick stable steady noisy quiet busy idle ready done pending failed
-    engineer operator developer application service platform pipeline system machine core
-    python sql json http api library package module class method attribute parameter argument
-    because when while where before after during until unless although however therefore"""
-_WORDS = np.array(_VOCABULARY.split())
-
-
-def synthetic_body(i: int, seed: int = 7) -> str:
-    """A deterministic English-like body of 1,000 to 3,000 characters (paragraphs, sentences)."""
-    rng = np.random.default_rng([seed, i])
-    target = int(rng.integers(1000, 3001))
-    words: list[str] = _WORDS[rng.integers(0, _WORDS.shape[0], size=target // 2)].tolist()
-    lengths: list[int] = rng.integers(6, 19, size=target // 10).tolist()
-    paras: list[int] = rng.integers(4, 13, size=target // 40).tolist()
-    out: list[str] = [f"Document {i} describes how the pipeline works."]
-    n = len(out[0])
-    w = s = p = 0
-    in_para = 1
-    while n < target:
-        k = lengths[s % len(lengths)]
-        s += 1
-        chunk = words[w : w + k] if w + k <= len(words) else words[:k]
-        w = (w + k) % max(1, len(words) - k)
-        sentence = " ".join(chunk)
-        sentence = sentence[0].upper() + sentence[1:] + "."
-        if in_para >= paras[p % len(paras)]:
-            sep = "\n\n"
-            p += 1
-            in_para = 0
-        else:
-            sep = " "
-        out.append(sep)
-        out.append(sentence)
-        in_para += 1
-        n += len(sep) + len(sentence)
-    body = "".join(out)
-    if len(body) > 3000:
-        cut = body.rfind(". ", 1000, 3000)
-        body = body[: cut + 1] if cut > 0 else body[:3000]
-    return body
-
 
 def synthetic_docs(n: int, seed: int = 7, start: int = 0) -> list[tuple[str, str, str]]:
     """(key, title, body) rows: ``n`` documents of 1,000-3,000 characters."""
     return [
-        (f"bench-{i}", f"Benchmark document {i}", synthetic_body(i, seed))
+        (f"bench-{i}", f"Benchmark document {i}", texts.synthetic_body(i, seed))
         for i in range(start, start + n)
     ]
 

@@ -10,7 +10,7 @@
    wheel's ``Requires-Dist`` (``pip download --no-deps pgai``): everything in the extra except
    ``EXCLUDED`` below.
 2. Runs, in two fresh databases on ``$DATABASE_URL``'s server, with one fake embedding server
-   (``python -m pgingest.fake_server``, 768 dimensions) and the same synthetic documents (1,000
+   (``python -m pgingest.testing.fake_provider``, 768 dimensions) and the same synthetic documents (1,000
    to 3,000 characters):
 
    * pgingest: ``pgingest worker --drain``, chunks of at most ~800 characters (heuristic

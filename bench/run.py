@@ -5,7 +5,7 @@
 Benchmarks (each in its own fresh database on $DATABASE_URL's server, dropped afterwards):
 
 e2e        INSERT -> stored vectors, 768-dim instant fake embedder (``python -m
-           pgingest.fake_server``, base64), documents of 1,000-3,000 characters, ~800-character
+           pgingest.testing.fake_provider``, base64), documents of 1,000-3,000 characters, ~800-character
            chunks (heuristic tokenizer, 267 tokens of 3 bytes, no overlap), the worker as a
            subprocess (``pgingest worker --drain``), at two sizes (5,000 and 20,000 documents;
            --full: 10,000 and 100,000). Reference: binary COPY of the same rows (id, doc_id,
@@ -469,7 +469,8 @@ def bench_freshness(url: str, seconds: float, workdir: Path, rate: float = 100.0
 def _corpus_docs(n_chunks: int) -> tuple[list[tuple[str, str, str]], list[str]]:
     """Demo-corpus documents whose chunks (default profile) add up to about ``n_chunks``; and
     the chunks' exact model inputs."""
-    from pgingest import chunking, corpus
+    from pgingest import chunking
+    from pgingest.demo import corpus
 
     cfg = chunking.ChunkerConfig()
     docs: list[tuple[str, str, str]] = []
@@ -584,7 +585,7 @@ def bench_local(url: str, n_chunks: int, workdir: Path) -> dict[str, Any]:
 
 
 def _unit_vectors(n: int) -> np.ndarray:
-    from pgingest.fake_server import fake_vectors
+    from pgingest.testing.fake_provider import fake_vectors
 
     v = fake_vectors(FAKE_MODEL, [f"backfill chunk {i}" for i in range(n)], FAKE_DIMS)
     return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)

@@ -3,7 +3,7 @@
     .venv/bin/python scripts/bench_scaleout.py                       # 3,000 documents, 50 ms, 1 2 4
     .venv/bin/python scripts/bench_scaleout.py --documents 5000 --processes 1 2 4 8 --repeat 2
 
-The embedding provider is the fake server (``python -m pgingest.fake_server --latency-ms 50``), so
+The embedding provider is the fake server (``python -m pgingest.testing.fake_provider --latency-ms 50``), so
 the figure is what the pipeline around the model sustains: claim, chunk, one HTTP round trip of
 50 ms per request, validate, write back. For every process count the script loads a fresh set of
 documents (new texts, so no cached vector is reused), starts ``pgingest worker --processes N
@@ -84,9 +84,9 @@ def scratch_database(url: str) -> Iterator[str]:
 
 @contextmanager
 def fake_server(latency_ms: float) -> Iterator[str]:
-    """``python -m pgingest.fake_server`` in its own process; yields its base URL."""
+    """``python -m pgingest.testing.fake_provider`` in its own process; yields its base URL."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pgingest.fake_server", "--latency-ms", str(latency_ms)],
+        [sys.executable, "-m", "pgingest.testing.fake_provider", "--latency-ms", str(latency_ms)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -57,7 +57,8 @@ import psycopg
 from psycopg import sql
 
 from pgingest import chunking, db, install
-from pgingest.fake_server import control
+from pgingest.testing import texts
+from pgingest.testing.fake_provider import control
 
 ROOT = Path(__file__).resolve().parent.parent
 PGCLUSTER = ROOT / "scripts" / "pgcluster.sh"
@@ -93,63 +94,6 @@ POISONS: tuple[tuple[str, str, str, str], ...] = (
     ("blank", "\u200b\u200c\u200d\ufeff\u2060", "empty_document", "no text"),
 )
 
-WORDS = [
-    "postgres",
-    "vector",
-    "index",
-    "chunk",
-    "embedding",
-    "queue",
-    "worker",
-    "model",
-    "token",
-    "batch",
-    "search",
-    "query",
-    "table",
-    "replica",
-    "backfill",
-    "normalize",
-    "dimension",
-    "cosine",
-    "metric",
-    "latency",
-    "throughput",
-    "transaction",
-    "commit",
-    "rollback",
-    "snapshot",
-    "vacuum",
-    "autovacuum",
-    "checkpoint",
-    "wal",
-    "archive",
-    "restore",
-    "failover",
-    "standby",
-    "primary",
-    "lock",
-    "deadlock",
-    "timeout",
-    "retry",
-    "backoff",
-    "jitter",
-    "circuit",
-    "breaker",
-    "provider",
-    "endpoint",
-    "tokenizer",
-    "paragraph",
-    "sentence",
-    "document",
-    "title",
-    "body",
-    "metadata",
-    "schema",
-    "migration",
-    "trigger",
-    "statement",
-]
 
 T = TypeVar("T")
 
@@ -213,37 +157,13 @@ class Doc:
     metadata: dict[str, Any]
 
 
-def make_body(rng: random.Random, tag: str) -> str:
-    """Mostly one chunk, a quarter 2-4 chunks, a few long ones (surplus chunks on shrink)."""
-    u = rng.random()
-    words = (
-        rng.randint(20, 150)
-        if u < 0.70
-        else rng.randint(150, 600)
-        if u < 0.95
-        else rng.randint(600, 1800)
-    )
-    out: list[str] = [f"Document {tag}."]
-    sentence: list[str] = []
-    for _ in range(words):
-        sentence.append(rng.choice(WORDS))
-        if len(sentence) >= rng.randint(6, 18):
-            out.append(" ".join(sentence).capitalize() + rng.choice([".", ".", ".", "?", "!"]))
-            sentence = []
-            if rng.random() < 0.12:
-                out.append("\n\n")
-    if sentence:
-        out.append(" ".join(sentence).capitalize() + ".")
-    return " ".join(out).replace(" \n\n ", "\n\n")
-
-
 def make_documents(plan: Plan, rng: random.Random) -> tuple[list[Doc], dict[str, tuple[str, str]]]:
     """The good documents and the planted bad ones, shuffled; bad key -> (error_class, word)."""
     docs = [
         Doc(
             f"doc-{i:06d}",
             None if rng.random() < 0.1 else f"Title of document {i}",
-            make_body(rng, str(i)),
+            texts.mixed_body(rng, str(i)),
             {"n": i, "lang": rng.choice(["en", "fr", "de"])},
         )
         for i in range(plan.docs)
@@ -408,7 +328,15 @@ def start_fake_server(
     env: dict[str, str], seed: int, log: IO[bytes]
 ) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pgingest.fake_server", "--port", "0", "--seed", str(seed)],
+        [
+            sys.executable,
+            "-m",
+            "pgingest.testing.fake_provider",
+            "--port",
+            "0",
+            "--seed",
+            str(seed),
+        ],
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
@@ -614,7 +542,7 @@ class Chaos:
         self, client: Client, rng: random.Random, op: str, live: list[str], deleted: list[str]
     ) -> None:
         def new_body(key: str) -> str:
-            return make_body(rng, f"{key} revised {rng.randrange(10**9)}")
+            return texts.mixed_body(rng, f"{key} revised {rng.randrange(10**9)}")
 
         if op == "update":
             key = rng.choice(live)

@@ -4,7 +4,7 @@
     .venv/bin/python scripts/measure_local_model.py [--texts 256] [--tokens 200] [--json out.json]
     .venv/bin/python scripts/measure_local_model.py --demo-queries   # check corpus.DEMO_QUERIES
 
-Texts are ~N-token windows cut from the demo corpus (pgingest.corpus) with the MiniLM
+Texts are ~N-token windows cut from the demo corpus (pgingest.demo.corpus) with the MiniLM
 tokenizer. The raw figures call the model directly (no HTTP); the HTTP figures start
 serve-model in this process on an ephemeral 127.0.0.1 port and send requests of
 --request-size texts from 1..4 concurrent clients, with micro-batching on and off.
@@ -25,7 +25,8 @@ from typing import Any
 
 import requests
 
-from pgingest import corpus, local_model
+from pgingest import local_model
+from pgingest.demo import corpus
 
 
 def corpus_windows(n_texts: int, n_tokens: int) -> list[str]:

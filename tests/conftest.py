@@ -19,7 +19,7 @@ from psycopg import sql
 from pytest_postgresql import factories
 
 from pgingest import db, install
-from pgingest.fake_server import FakeEmbeddingServer
+from pgingest.testing.fake_provider import FakeEmbeddingServer
 
 ROOT = Path(__file__).resolve().parent.parent
 

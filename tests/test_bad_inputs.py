@@ -19,9 +19,8 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from pgingest import chunking, db, providers
-from pgingest.fake_server import FakeEmbeddingServer, RequestInfo
-from tests.helpers import queue_count, register
-from tests.test_worker import drain, insert_corpus, make_body
+from pgingest.testing.fake_provider import FakeEmbeddingServer, RequestInfo
+from tests.helpers import drain, insert_corpus, make_body, queue_count, register
 
 # -------------------------------------------------------------------------------- helpers
 

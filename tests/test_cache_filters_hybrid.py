@@ -8,9 +8,8 @@ import numpy as np
 import psycopg
 import pytest
 
-from pgingest.fake_server import FakeEmbeddingServer
-from tests.helpers import register
-from tests.test_worker import drain, insert_corpus, make_body
+from pgingest.testing.fake_provider import FakeEmbeddingServer
+from tests.helpers import drain, insert_corpus, make_body, register
 
 
 def _long_document(paragraphs: int = 40) -> list[str]:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pgingest import corpus
+from pgingest.demo import corpus
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,16 @@ import pytest
 from psycopg import sql
 
 from pgingest import worker
-from pgingest.fake_server import FakeEmbeddingServer, RequestInfo
-from tests.helpers import queue_count, register, wait_for
-from tests.test_worker import assert_exactly_predicted, drain, insert_corpus, settings
+from pgingest.testing.fake_provider import FakeEmbeddingServer, RequestInfo
+from tests.helpers import (
+    assert_exactly_predicted,
+    drain,
+    insert_corpus,
+    queue_count,
+    register,
+    settings,
+    wait_for,
+)
 
 
 def db_retries(log: pytest.LogCaptureFixture) -> list[tuple[str, str, float]]:

@@ -24,7 +24,7 @@ import pytest
 from psycopg import sql
 
 from pgingest import install, worker
-from pgingest.fake_server import FakeEmbeddingServer
+from pgingest.testing.fake_provider import FakeEmbeddingServer
 from tests.conftest import ROOT, conninfo_for
 from tests.helpers import register
 from tests.test_replication import start_second_cluster

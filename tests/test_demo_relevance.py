@@ -8,9 +8,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgingest import corpus
-from tests.helpers import register
-from tests.test_worker import drain
+from pgingest.demo import corpus
+from tests.helpers import drain, register
 
 pytestmark = pytest.mark.local_model
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import requests
 
-from pgingest.fake_server import (
+from pgingest.testing.fake_provider import (
     DEFAULT_MODELS,
     FakeEmbeddingServer,
     RequestInfo,
@@ -461,7 +461,7 @@ def test_module_entry_point(http: requests.Session) -> None:
         [
             sys.executable,
             "-m",
-            "pgingest.fake_server",
+            "pgingest.testing.fake_provider",
             "--port",
             "0",
             "--dims",

@@ -16,7 +16,7 @@ import pytest
 from psycopg import sql
 
 from pgingest import db, index, models_cli, worker
-from pgingest.fake_server import FakeEmbeddingServer
+from pgingest.testing.fake_provider import FakeEmbeddingServer
 from tests.helpers import queue_count, register, wait_for
 
 SENTENCES = (

@@ -22,9 +22,9 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from pgingest import status, worker
-from pgingest.fake_server import FakeEmbeddingServer
 from pgingest.logs import JsonFormatter
 from pgingest.metrics import Metrics
+from pgingest.testing.fake_provider import FakeEmbeddingServer
 from tests.helpers import insert_docs, register, wait_for
 
 

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from pgingest import db, index, install, worker
-from pgingest.fake_server import FakeEmbeddingServer
+from pgingest.testing.fake_provider import FakeEmbeddingServer
 from tests.helpers import insert_docs, register, schema_dump
 
 PARTITIONS = 4

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import requests
 
-from pgingest.fake_server import FakeEmbeddingServer
 from pgingest.providers import (
     AuthError,
     BadResponse,
@@ -39,6 +38,7 @@ from pgingest.providers import (
     parse_retry_after,
     plan_requests,
 )
+from pgingest.testing.fake_provider import FakeEmbeddingServer
 
 KEY = "sk-test-SECRET-5f1d2c3b4a"
 

@@ -24,7 +24,7 @@ import pytest
 from psycopg import sql
 
 from pgingest import index, install, worker
-from pgingest.fake_server import FakeEmbeddingServer
+from pgingest.testing.fake_provider import FakeEmbeddingServer
 from tests.conftest import ROOT
 from tests.helpers import insert_docs, queue_count, register, wait_for
 

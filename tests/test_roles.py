@@ -21,7 +21,7 @@ import pytest
 from psycopg import sql
 
 from pgingest import db, install, status, worker
-from pgingest.fake_server import FakeEmbeddingServer
+from pgingest.testing.fake_provider import FakeEmbeddingServer
 from tests.helpers import insert_docs, queue_count, register
 from tests.test_status import status_cli
 

@@ -8,9 +8,8 @@ import psycopg
 import pytest
 
 from pgingest import chunking
-from pgingest.fake_server import FakeEmbeddingServer
-from tests.helpers import register
-from tests.test_worker import drain, insert_corpus
+from pgingest.testing.fake_provider import FakeEmbeddingServer
+from tests.helpers import drain, insert_corpus, register
 
 
 @pytest.fixture

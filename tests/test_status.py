@@ -22,8 +22,8 @@ import pytest
 from psycopg import sql
 
 from pgingest import db, status, worker
-from pgingest.fake_server import FakeEmbeddingServer
 from pgingest.logs import JsonFormatter
+from pgingest.testing.fake_provider import FakeEmbeddingServer
 from tests.helpers import insert_docs, queue_count, register, wait_for
 
 BAD = {

@@ -113,7 +113,7 @@ def cmd_serve_model(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pgingest import demo
+    from pgingest.demo import run as demo
 
     return demo.main(args.rest)
 
@@ -248,7 +248,7 @@ def configure_logging(level: str, fmt: str) -> None:
     logs.configure(level=level, fmt=fmt)
 
 
-_PASSTHROUGH = {"serve-model": "pgingest.local_model", "demo": "pgingest.demo"}
+_PASSTHROUGH = {"serve-model": "pgingest.local_model", "demo": "pgingest.demo.run"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -47,14 +47,20 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
 import requests
 import urllib3.exceptions
+
+if TYPE_CHECKING:
+    from pgingest.db import Model
+
+    ModelLike: TypeAlias = Model | Mapping[str, Any]
+    """A registered model: ``db.Model``, or a ``pgingest.models`` row as a mapping (PL/Python)."""
 
 __all__ = [
     "AuthError",
@@ -75,6 +81,9 @@ __all__ = [
     "RateLimited",
     "TransientProviderError",
     "embed_isolating",
+    "embeddings_url",
+    "for_model",
+    "model_field",
     "parse_retry_after",
     "plan_requests",
 ]
@@ -592,9 +601,8 @@ class OpenAICompatibleProvider(ProviderBase):
             raise ValueError("timeouts must be > 0")
         if max_retries < 0 or max_rate_limit_retries < 0:
             raise ValueError("retry counts must be >= 0")
-        base = base_url.rstrip("/")
-        self.base_url = base
-        self.url = base if base.endswith("/embeddings") else base + "/embeddings"
+        self.base_url = base_url.rstrip("/")
+        self.url = embeddings_url(base_url)
         self.model = model
         self._dimensions = int(dimensions)
         self._name = name or model
@@ -1011,3 +1019,48 @@ class OpenAICompatibleProvider(ProviderBase):
         raise BadResponse(
             f"embedding {index} is missing or of type {type(value).__name__}", status=200
         )
+
+
+# --------------------------------------------------------------------------------------------
+# The one way to reach a model's endpoint
+# --------------------------------------------------------------------------------------------
+
+
+def embeddings_url(base_url: str) -> str:
+    """The URL that embedding requests are posted to: ``{base_url}/embeddings`` (a base URL that
+    already ends in ``/embeddings`` is used as it is; trailing slashes do not count)."""
+    base = base_url.rstrip("/")
+    return base if base.endswith("/embeddings") else base + "/embeddings"
+
+
+def model_field(model: ModelLike, name: str) -> Any:
+    """A field of a model: a ``db.Model`` (attribute) or a row mapping (PL/Python's dict)."""
+    return model[name] if isinstance(model, Mapping) else getattr(model, name)
+
+
+def for_model(
+    model: ModelLike, *, base_url: str | None = None, **overrides: Any
+) -> OpenAICompatibleProvider:
+    """The client of a registered model: its endpoint, model id, dimensions, API key variable,
+    ``request_dimensions`` and name, from a ``db.Model`` or a ``pgingest.models`` row as a dict.
+
+    ``base_url`` overrides the model's endpoint (``pgingest search --embedding-url``, the
+    ``pgingest.embedding_url`` setting, a test server). The model's API key goes only to the
+    model's own endpoint: a ``base_url`` that posts elsewhere gets no ``api_key_env``, so an
+    override cannot be used to collect the key.
+
+    ``overrides`` are further keyword arguments of :class:`OpenAICompatibleProvider` (timeouts,
+    retry limits, observers); they win over the values taken from the model.
+    """
+    own_url = str(model_field(model, "base_url"))
+    url = base_url or own_url
+    own_endpoint = embeddings_url(url) == embeddings_url(own_url)
+    kwargs: dict[str, Any] = {
+        "api_key_env": model_field(model, "api_key_env") if own_endpoint else None,
+        "request_dimensions": bool(model_field(model, "request_dimensions")),
+        "name": model_field(model, "name"),
+    }
+    kwargs.update(overrides)
+    return OpenAICompatibleProvider(
+        url, str(model_field(model, "model_id")), int(model_field(model, "dimensions")), **kwargs
+    )
