@@ -1,6 +1,11 @@
 """Fixtures: a real PostgreSQL (the private cluster or $DATABASE_URL), a template database with
 pgingest installed once per run and cloned for every test (pytest-postgresql), and the fake
-embedding provider (a real HTTP server on 127.0.0.1)."""
+embedding provider (a real HTTP server on 127.0.0.1).
+
+Layout: ``tests/unit/`` needs no PostgreSQL (pure decisions, the chunker, vectors, providers
+against the in-process fake); every other module talks to the database. A test that asks for a
+database fixture gets the ``db`` marker automatically, so ``pytest -m "not db"`` runs everything
+that needs no cluster."""
 
 from __future__ import annotations
 
@@ -39,6 +44,21 @@ PG_HOST = _URL.hostname or "127.0.0.1"
 PG_PORT = _URL.port or 5432
 PG_USER = _URL.username or "postgres"
 PG_PASSWORD = _URL.password or ""
+
+
+_DB_FIXTURES = frozenset({"dsn", "conn", "pg_clone", "pg_server", "empty_database"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "db: needs the PostgreSQL cluster (added automatically)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _DB_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.db)
+            if item.path.parent.name == "unit":
+                raise pytest.UsageError(f"{item.nodeid}: tests/unit/ must not need the database")
 
 
 def conninfo_for(dbname: str) -> str:
