@@ -60,11 +60,13 @@ COMMENT ON FUNCTION pgingest.embed_query(text, text) IS
 'Embeds a query text through the active model''s endpoint (or `model`''s); unit-normalised. '
 'SET pgingest.embedding_url to override the endpoint, pgingest.embedding_timeout (s) the timeout.';
 
+-- In the two SQL functions below, the parameters are qualified by the function's name (query, k and
+-- filter are also column names); sqlfluff takes the qualifier for a missing table (noqa: RF01).
 CREATE OR REPLACE FUNCTION pgingest.search_text(
     query text,
     k integer DEFAULT 10,
     filter jsonb DEFAULT '{}',
-    per_document boolean DEFAULT false
+    per_document boolean DEFAULT FALSE
 )
 RETURNS TABLE (
     doc_id bigint,
@@ -80,9 +82,19 @@ LANGUAGE sql
 VOLATILE
 SET search_path FROM CURRENT
 BEGIN ATOMIC
-    SELECT s.doc_id, s.doc_key, s.title, s.ordinal, s.content, s.distance, s.metadata, s.model_name
-    FROM pgingest.search(pgingest.embed_query(search_text.query), search_text.k, search_text.filter,
-        search_text.per_document) AS s;
+    SELECT
+        s.doc_id,
+        s.doc_key,
+        s.title,
+        s.ordinal,
+        s.content,
+        s.distance,
+        s.metadata,
+        s.model_name
+    FROM pgingest.search(
+        pgingest.embed_query(search_text.query), search_text.k, search_text.filter,  -- noqa: RF01
+        search_text.per_document  -- noqa: RF01
+    ) AS s;
 END;
 
 COMMENT ON FUNCTION pgingest.search_text(text, integer, jsonb, boolean) IS
@@ -109,10 +121,18 @@ LANGUAGE sql
 VOLATILE
 SET search_path FROM CURRENT
 BEGIN ATOMIC
-    SELECT h.doc_id, h.doc_key, h.title, h.ordinal, h.content, h.score, h.vector_rank, h.text_rank
+    SELECT
+        h.doc_id,
+        h.doc_key,
+        h.title,
+        h.ordinal,
+        h.content,
+        h.score,
+        h.vector_rank,
+        h.text_rank
     FROM pgingest.hybrid_search(
-        hybrid_search_text.query, pgingest.embed_query(hybrid_search_text.query), hybrid_search_text.k,
-        hybrid_search_text.filter, hybrid_search_text.vector_weight, hybrid_search_text.text_weight
+        hybrid_search_text.query, pgingest.embed_query(hybrid_search_text.query), hybrid_search_text.k,  -- noqa: RF01
+        hybrid_search_text.filter, hybrid_search_text.vector_weight, hybrid_search_text.text_weight  -- noqa: RF01
     ) AS h;
 END;
 
