@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pgingest import db, providers, vectors
+from pgingest import db, providers, search
 
 QUESTIONS: list[tuple[str, str]] = [
     ("merge overlapping IP networks into the smallest list", "pydoc:ipaddress.collapse_addresses"),
@@ -63,14 +63,10 @@ def main() -> int:
     if "text_search_config" not in db.get_config(conn):  # full text is opt-in (migration 0005)
         print("full-text search is off: turning it on (rewrites pgingest.chunks)", file=sys.stderr)
         conn.execute("SELECT pgingest.set_text_search_config('english')")
-    provider = providers.OpenAICompatibleProvider(
-        args.embedding_url or model.base_url, model.model_id, model.dimensions
-    )
+    provider = providers.for_model(model, base_url=args.embedding_url)
     ranks: dict[str, list[int | None]] = {"vector": [], "keyword": [], "hybrid": []}
     for question, expected in QUESTIONS:
-        qvec = vectors.validate_and_normalize(
-            provider.embed([question]), dimensions=model.dimensions, metric=model.metric
-        )[0]
+        qvec = search.embed_query(model, provider, question)
         vec = [r["doc_key"] for r in db.search(conn, qvec, 10, {}, True, None)]
         kw = [
             r["doc_key"]

@@ -53,7 +53,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     import json
 
-    from pgingest import db, providers, vectors
+    from pgingest import db, providers, search
 
     with db.connect(args.database_url) as conn:
         name = args.model
@@ -61,22 +61,17 @@ def cmd_search(args: argparse.Namespace) -> int:
         if model is None:
             print("pgingest search: no such model (or no active model)", file=sys.stderr)
             return 2
-        provider = providers.OpenAICompatibleProvider(
-            base_url=args.embedding_url or model.base_url,
-            model=model.model_id,
-            dimensions=model.dimensions,
-            api_key_env=model.api_key_env,
-            timeout=args.timeout,
-            request_dimensions=model.request_dimensions,
-            max_retries=1,
+        # --embedding-url gets no API key: the model's key goes to its own endpoint only.
+        provider = providers.for_model(
+            model, base_url=args.embedding_url, timeout=args.timeout, max_retries=1
         )
         try:
-            qvec = vectors.validate_and_normalize(
-                provider.embed([args.query]), dimensions=model.dimensions, metric=model.metric
-            )[0]
+            qvec = search.embed_query(model, provider, args.query)
         except providers.ProviderError as exc:
             print(f"pgingest search: embedding the query failed: {exc}", file=sys.stderr)
             return 1
+        finally:
+            provider.close()
         if args.hybrid:
             rows = db.hybrid_search(conn, args.query, qvec, args.k, json.loads(args.filter))
             for r in rows:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pgingest import chunking, providers, vectors
+from pgingest import chunking, providers, search, vectors
 
 DEFAULT_TIMEOUT_S = 10.0
 
@@ -56,29 +56,25 @@ def embed_query(plpy: Any, cache: dict[str, Any], query: str, model: str | None)
     m = rows[0]
     override = _setting(plpy, "pgingest.embedding_url")
     base_url = override or m["base_url"]
-    # The model's API key goes only to the model's own endpoint: a session that points
-    # pgingest.embedding_url elsewhere must not receive it.
-    api_key_env = m["api_key_env"] if override in (None, m["base_url"]) else None
     timeout = float(_setting(plpy, "pgingest.embedding_timeout") or DEFAULT_TIMEOUT_S)
-    key = (m["name"], base_url, m["model_id"], timeout, api_key_env)
-    provider = cache.get(repr(key))
+    # A query waits in a SQL session: short timeouts, few retries. for_model withholds the
+    # model's API key from an endpoint that pgingest.embedding_url points elsewhere.
+    fields = ("name", "base_url", "model_id", "dimensions", "api_key_env", "request_dimensions")
+    key = repr((*(m[f] for f in fields), override, timeout))
+    provider = cache.get(key)
     if provider is None:
-        provider = providers.OpenAICompatibleProvider(
-            base_url=base_url,
-            model=m["model_id"],
-            dimensions=m["dimensions"],
-            api_key_env=api_key_env,
+        provider = providers.for_model(
+            m,
+            base_url=override,
             timeout=timeout,
             connect_timeout=min(timeout, 3.0),
-            request_dimensions=m["request_dimensions"],
             max_retries=1,
             max_retry_after=min(timeout, 5.0),
             max_rate_limit_retries=2,
         )
-        cache[repr(key)] = provider
+        cache[key] = provider
     try:
-        raw = provider.embed([query])
-        vec = vectors.validate_and_normalize(raw, dimensions=m["dimensions"], metric=m["metric"])[0]
+        vec = search.embed_query(m, provider, query)
     except providers.ProviderError as exc:
         plpy.error(
             f"pgingest: embedding the query through model {m['name']} at {base_url} failed: {exc}",

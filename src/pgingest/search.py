@@ -1,47 +1,66 @@
 """The one query path: embed query texts through a model's endpoint and validate the vectors.
 
-Used by ``pgingest search``, ``pgingest model compare``, PL/Python's ``embed_query`` and the
-evaluation script, so that every parameter of validation (dimensions, metric, storage) is
-passed the same way everywhere: a ``halfvec`` model's range check runs for queries too.
-Pure apart from the provider's HTTP call; no SQL here.
+Used by ``pgingest search``, ``pgingest model compare``, PL/Python's ``embed_query`` and
+``scripts/eval_search.py``, so that every parameter of validation (dimensions, metric, storage)
+is passed the same way everywhere: a ``halfvec`` model's range check runs for queries too.
+Build the provider with ``providers.for_model``. Pure apart from the provider's HTTP call; no
+SQL here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pgingest import providers, vectors
 
-# Query texts per embedding request (compare and eval embed dozens at a time).
+if TYPE_CHECKING:
+    from pgingest.providers import ModelLike
+
+__all__ = ["QUERY_BATCH", "embed_queries", "embed_query"]
+
 QUERY_BATCH = 64
+"""Query texts per embedding request (``model compare`` embeds dozens at a time)."""
 
 
 def embed_queries(
-    model: Any, provider: providers.EmbeddingProvider, texts: Sequence[str]
-) -> np.ndarray:
-    """Vectors of ``texts`` for ``model`` (``db.Model`` or a models row as a dict), one per
-    text, validated and normalised as the model's stored vectors are.
+    model: ModelLike, provider: providers.EmbeddingProvider, texts: Sequence[str]
+) -> vectors.Float32Array:
+    """Vectors of ``texts`` for ``model`` (``db.Model`` or a models row as a dict): one row per
+    text, float32 ``(len(texts), dimensions)``, validated and normalised as the model's stored
+    vectors are (``storage`` included). Requests carry at most ``QUERY_BATCH`` texts; each
+    answer is checked against the texts it was sent for.
 
     Raises ``providers.ProviderError`` when the endpoint fails and ``vectors.VectorError`` when
-    an answer is not a valid vector of the model.
+    an answer is not a valid vector of the model (indices in its message count within the
+    request).
     """
+    if isinstance(texts, str):
+        raise TypeError("texts must be a sequence of strings, not one string (see embed_query)")
     dims = int(providers.model_field(model, "dimensions"))
-    parts = [
-        provider.embed(list(texts[i : i + QUERY_BATCH])) for i in range(0, len(texts), QUERY_BATCH)
-    ]
-    raw = np.concatenate(parts) if parts else np.zeros((0, dims), dtype=np.float32)
-    return vectors.validate_and_normalize(
-        raw,
-        dimensions=dims,
-        metric=providers.model_field(model, "metric"),
-        count=len(texts),
-        storage=providers.model_field(model, "storage"),
-    )
+    metric = str(providers.model_field(model, "metric"))
+    storage = str(providers.model_field(model, "storage"))
+    parts = []
+    for start in range(0, len(texts), QUERY_BATCH):
+        batch = list(texts[start : start + QUERY_BATCH])
+        parts.append(
+            vectors.validate_and_normalize(
+                provider.embed(batch),
+                dimensions=dims,
+                metric=metric,
+                count=len(batch),
+                storage=storage,
+            )
+        )
+    if not parts:
+        return np.zeros((0, dims), dtype=np.float32)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def embed_query(model: Any, provider: providers.EmbeddingProvider, text: str) -> np.ndarray:
-    """The vector of one query text (see ``embed_queries``)."""
+def embed_query(
+    model: ModelLike, provider: providers.EmbeddingProvider, text: str
+) -> vectors.Float32Array:
+    """The vector of one query text, 1-D float32 (see ``embed_queries``)."""
     return embed_queries(model, provider, [text])[0]
