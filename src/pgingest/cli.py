@@ -7,16 +7,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from pgingest import __version__, models_cli
+from pgingest import __version__, cli_support, models_cli
 from pgingest.settings import WorkerSettings
-
-
-def _add_db(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--database-url",
-        default=None,
-        help="libpq connection string or URL (default: $DATABASE_URL, else the PG* variables)",
-    )
 
 
 def cmd_install(args: argparse.Namespace) -> int:
@@ -126,12 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(
             name, help="apply migrations/ (tracked, checksummed, locked) then sql/ and plpython/"
         )
-        _add_db(p)
+        cli_support.add_database_url(p)
         install.add_arguments(p)
         p.set_defaults(func=cmd_install)
 
     p = sub.add_parser("worker", help="drain the queues: chunk, embed, validate, write back")
-    _add_db(p)
+    cli_support.add_database_url(p)
     p.add_argument("--model", action="append", help="only these models (repeatable; default all)")
     d = WorkerSettings()  # the defaults live there
     p.add_argument(
@@ -197,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_status_command(sub)
 
     p = sub.add_parser("search", help="natural-language search over the active model")
-    _add_db(p)
+    cli_support.add_database_url(p)
     p.add_argument("query")
     p.add_argument("--k", type=int, default=5)
     p.add_argument(
@@ -216,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "maintenance", help="dead-letter retention and embedding-cache bounds (cron-friendly)"
     )
-    _add_db(p)
+    cli_support.add_database_url(p)
     p.set_defaults(func=cmd_maintenance)
 
     p = sub.add_parser(

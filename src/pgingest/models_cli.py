@@ -5,53 +5,44 @@
 ``sql/030_models.sql`` and ``sql/040_lifecycle.sql`` (called through ``db``); a DBA can do the same
 from psql (docs/model-lifecycle.md).
 
-Exit codes: 0 done, 1 error, 2 invalid arguments (bad model name, unknown model), 3 refused
-(``swap`` before the backfill or the index is complete, ``retire`` of the active model).
+Exit codes (``cli_support``): 0 done, 1 error, 2 invalid arguments (bad model name, unknown
+model), 3 refused (``swap`` before the backfill or the index is complete, ``retire`` of the
+active model). The comparison itself lives in ``compare.py``; this module parses and prints.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
+
+from pgingest import cli_support
+from pgingest.cli_support import EXIT_ERROR, EXIT_INVALID, EXIT_REFUSED
+from pgingest.compare import CompareReport, ModelSide, compare_models
 
 if TYPE_CHECKING:  # imported lazily at run time: `pgingest --help` stays fast
-    import numpy as np
     import psycopg
 
-    from pgingest import db as dbmod
-    from pgingest import providers as providersmod
-
 __all__ = [
-    "CompareReport",
+    "EXIT_ERROR",
+    "EXIT_INVALID",
+    "EXIT_REFUSED",
+    "CompareReport",  # re-exported from pgingest.compare, where the comparison lives
     "ModelSide",
     "add_model_commands",
     "compare_models",
     "format_compare",
     "format_models",
+    "list_models",
 ]
-
-EXIT_ERROR = 1
-EXIT_INVALID = 2
-EXIT_REFUSED = 3
 
 
 # -- argument parsing ------------------------------------------------------------------------
-
-
-def _add_db(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--database-url",
-        default=None,
-        help="libpq connection string or URL (default: $DATABASE_URL, else the PG* variables)",
-    )
 
 
 def add_model_commands(subparsers: Any) -> argparse.ArgumentParser:
@@ -71,7 +62,7 @@ def add_model_commands(subparsers: Any) -> argparse.ArgumentParser:
         "shadow: every new or changed document is embedded for them too, and the workers queue "
         "a backfill of the existing documents in bounded batches.",
     )
-    _add_db(p)
+    cli_support.add_database_url(p)
     p.add_argument("name", help="model name: a lower-case letter, then letters, digits or _")
     p.add_argument("--model-id", required=True, help="the provider's model id")
     p.add_argument("--dimensions", type=int, required=True)
@@ -103,7 +94,7 @@ def add_model_commands(subparsers: Any) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_add)
 
     p = sub.add_parser("list", help="models with state, backfill progress and index")
-    _add_db(p)
+    cli_support.add_database_url(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_list)
 
@@ -114,7 +105,7 @@ def add_model_commands(subparsers: Any) -> argparse.ArgumentParser:
         "by a failed build is dropped and built again. Build after the backfill: much faster "
         "than inserting into a live index.",
     )
-    _add_db(p)
+    cli_support.add_database_url(p)
     p.add_argument("name")
     p.add_argument("--maintenance-work-mem", help="e.g. 1GB (SET for the building session)")
     p.add_argument(
@@ -138,7 +129,7 @@ def add_model_commands(subparsers: Any) -> argparse.ArgumentParser:
         "overlap of their top-k documents, each index's recall against exact search on the same "
         "column, and search latency p50/p95.",
     )
-    _add_db(p)
+    cli_support.add_database_url(p)
     p.add_argument("a", help="model A (usually the active one)")
     p.add_argument("b", help="model B (usually the candidate)")
     p.add_argument(
@@ -158,7 +149,7 @@ def add_model_commands(subparsers: Any) -> argparse.ArgumentParser:
         "swap",
         help="make a model active (the active one becomes standby); swap back to roll back",
     )
-    _add_db(p)
+    cli_support.add_database_url(p)
     p.add_argument("name")
     p.add_argument(
         "--force",
@@ -171,18 +162,18 @@ def add_model_commands(subparsers: Any) -> argparse.ArgumentParser:
         "retire",
         help="drop a non-active model's column, index, queue and state",
     )
-    _add_db(p)
+    cli_support.add_database_url(p)
     p.add_argument("name")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=cmd_retire)
 
     p = sub.add_parser("resume", help="resume a paused model")
-    _add_db(p)
+    cli_support.add_database_url(p)
     p.add_argument("name")
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("backfill", help="queue a model's whole backfill now (run_backfill)")
-    _add_db(p)
+    cli_support.add_database_url(p)
     p.add_argument("name")
     p.add_argument("--batch", type=int, default=5000, help="documents per committed batch")
     p.set_defaults(func=cmd_backfill)
@@ -198,63 +189,6 @@ def _connect(args: argparse.Namespace) -> psycopg.Connection[Any]:
     return db.connect(args.database_url, application_name="pgingest-model")
 
 
-def _notices(conn: psycopg.Connection[Any], out: TextIO) -> None:
-    def show(d: Any) -> None:
-        sev = d.severity_nonlocalized or d.severity or "NOTICE"
-        prefix = "" if sev == "NOTICE" else f"{sev}: "
-        print(f"{prefix}{d.message_primary}", file=out)
-        if d.message_detail:
-            print(f"  {d.message_detail}", file=out)
-        if d.message_hint:
-            print(f"  hint: {d.message_hint}", file=out)
-
-    conn.add_notice_handler(show)
-
-
-def _report_db_error(command: str, exc: Exception) -> int:
-    """Prints a database error with its DETAIL and HINT; returns the exit code for it."""
-    import psycopg
-
-    diag = getattr(exc, "diag", None)
-    primary = (diag.message_primary if diag else None) or str(exc).strip()
-    print(f"pgingest model {command}: {primary}", file=sys.stderr)
-    if diag is not None and diag.message_detail:
-        for line in diag.message_detail.splitlines():
-            print(f"  {line}", file=sys.stderr)
-    if diag is not None and diag.message_hint:
-        print(f"  hint: {diag.message_hint}", file=sys.stderr)
-    if isinstance(exc, psycopg.errors.ObjectNotInPrerequisiteState | psycopg.errors.ObjectInUse):
-        return EXIT_REFUSED
-    if isinstance(
-        exc,
-        psycopg.errors.InvalidParameterValue
-        | psycopg.errors.UndefinedObject
-        | psycopg.errors.DuplicateObject
-        | psycopg.errors.CheckViolation,
-    ):
-        return EXIT_INVALID
-    return EXIT_ERROR
-
-
-def _run(command: str, fn: Callable[[], int]) -> int:
-    import psycopg
-
-    try:
-        return fn()
-    except psycopg.errors.DatabaseError as exc:
-        return _report_db_error(command, exc)
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[("" if v is None else str(v)) for v in r] for r in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    for r in cells:
-        lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
-    return "\n".join(lines)
-
-
 def _fmt_eta(eta: timedelta | None) -> str:
     if eta is None:
         return "-"
@@ -264,14 +198,6 @@ def _fmt_eta(eta: timedelta | None) -> str:
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-
-
-def _json_default(v: Any) -> Any:
-    if isinstance(v, timedelta):
-        return v.total_seconds()
-    if hasattr(v, "isoformat"):
-        return v.isoformat()
-    return str(v)
 
 
 # -- add / list / resume / backfill ------------------------------------------------------------
@@ -288,7 +214,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
     def run() -> int:
         with _connect(args) as conn:
-            _notices(conn, sys.stderr)
+            cli_support.print_notices(conn, sys.stderr)
             state = db.register_model(
                 conn,
                 args.name,
@@ -321,7 +247,7 @@ def cmd_add(args: argparse.Namespace) -> int:
                 )
         return 0
 
-    return _run("add", run)
+    return cli_support.run_reporting_db_errors("pgingest model add", run)
 
 
 def list_models(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
@@ -413,7 +339,7 @@ def format_models(rows: Sequence[dict[str, Any]]) -> str:
         "eta",
         "index",
     ]
-    text = _table(headers, body)
+    text = cli_support.table(headers, body)
     paused = [r for r in rows if r["paused"]]
     for r in paused:
         text += f"\n{r['name']} is paused: {r['paused_reason']}"
@@ -425,14 +351,14 @@ def cmd_list(args: argparse.Namespace) -> int:
         with _connect(args) as conn:
             rows = list_models(conn)
         if args.json:
-            print(json.dumps(rows, default=_json_default, indent=2))
+            print(json.dumps(rows, default=cli_support.json_default, indent=2))
         elif not rows:
             print("no model registered: pgingest model add NAME --model-id ... ")
         else:
             print(format_models(rows))
         return 0
 
-    return _run("list", run)
+    return cli_support.run_reporting_db_errors("pgingest model list", run)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -444,7 +370,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         print(f"model {args.name} resumed")
         return 0
 
-    return _run("resume", run)
+    return cli_support.run_reporting_db_errors("pgingest model resume", run)
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
@@ -461,7 +387,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             )
         return 0
 
-    return _run("backfill", run)
+    return cli_support.run_reporting_db_errors("pgingest model backfill", run)
 
 
 # -- index -----------------------------------------------------------------------------------
@@ -521,201 +447,10 @@ def cmd_index(args: argparse.Namespace) -> int:
             )
         return 0 if res.valid else EXIT_ERROR
 
-    return _run("index", run)
+    return cli_support.run_reporting_db_errors("pgingest model index", run)
 
 
 # -- compare ---------------------------------------------------------------------------------
-
-
-@dataclass
-class ModelSide:
-    name: str
-    state: str
-    model_id: str
-    column_type: str
-    metric: str
-    index: str
-    recall: float | None
-    search_p50_ms: float
-    search_p95_ms: float
-    exact_p50_ms: float
-    exact_p95_ms: float
-    embed_ms_per_query: float
-
-
-@dataclass
-class CompareReport:
-    queries: int
-    source: str
-    k: int
-    a: ModelSide
-    b: ModelSide
-    overlap_mean: float
-    overlap_median: float
-    overlap_min: float
-    settings: dict[str, str] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-
-def _percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
-def _default_provider(m: dbmod.Model) -> providersmod.EmbeddingProvider:
-    from pgingest import providers
-
-    return providers.OpenAICompatibleProvider(
-        m.base_url,
-        m.model_id,
-        m.dimensions,
-        api_key_env=m.api_key_env,
-        request_dimensions=m.request_dimensions,
-        name=m.name,
-    )
-
-
-def _embed_queries(
-    m: dbmod.Model, provider: providersmod.EmbeddingProvider, texts: Sequence[str]
-) -> tuple[np.ndarray, float]:
-    import numpy as np
-
-    from pgingest import vectors
-
-    t0 = time.perf_counter()
-    parts = [provider.embed(list(texts[i : i + 64])) for i in range(0, len(texts), 64)]
-    seconds = time.perf_counter() - t0
-    raw = np.concatenate(parts) if parts else np.zeros((0, m.dimensions), dtype=np.float32)
-    vecs = vectors.validate_and_normalize(
-        raw, dimensions=m.dimensions, metric=m.metric, count=len(texts), storage=m.storage
-    )
-    return vecs, seconds
-
-
-def compare_models(
-    conninfo: str | None,
-    a: str,
-    b: str,
-    *,
-    queries: Sequence[str] | None = None,
-    k: int = 10,
-    sample: int = 50,
-    seed: float | None = None,
-    ef_search: int | None = None,
-    probes: int | None = None,
-    provider_factory: Callable[[dbmod.Model], providersmod.EmbeddingProvider] | None = None,
-) -> CompareReport:
-    """Runs the same query texts through models ``a`` and ``b`` (embedding each through its own
-    endpoint) and measures top-k document overlap, ANN recall against exact search on the same
-    column, and search latency."""
-    from pgingest import db
-
-    if k < 1 or sample < 1:
-        raise ValueError("k and sample must be positive")
-    factory = provider_factory or _default_provider
-    with db.connect(conninfo, application_name="pgingest-compare") as conn:
-        models: list[db.Model] = []
-        for name in (a, b):
-            m = db.get_model(conn, name)
-            if m is None or m.state == "retired":
-                raise LookupError(f"no live model named {name!r}")
-            models.append(m)
-        ma, mb = models
-        if queries:
-            texts = [q for q in queries if q.strip()]
-            source = "file"
-        else:
-            texts = db.sample_chunk_texts(conn, [ma.column_name, mb.column_name], sample, seed)
-            source = "corpus (first chunk of random documents)"
-        if not texts:
-            raise LookupError(
-                f"no query: no document is embedded by both {a} and {b} yet (or the file is empty)"
-            )
-
-        settings: dict[str, str] = {}
-        current_ef = db.show(conn, "hnsw.ef_search")
-        want_ef = ef_search if ef_search is not None else max(k, int(current_ef or 40))
-        settings["hnsw.ef_search"] = db.set_session(conn, "hnsw.ef_search", str(want_ef))
-        if probes is not None:
-            settings["ivfflat.probes"] = db.set_session(conn, "ivfflat.probes", str(probes))
-        else:
-            settings["ivfflat.probes"] = db.show(conn, "ivfflat.probes") or "1"
-
-        status = {r["model"]: r for r in db.model_index_status(conn)}
-        sides: list[ModelSide] = []
-        top_docs: list[list[set[int]]] = []
-        for m in models:
-            provider = factory(m)
-            try:
-                vecs, embed_s = _embed_queries(m, provider, texts)
-            finally:
-                close = getattr(provider, "close", None)
-                if callable(close):
-                    close()
-            st = status.get(m.name, {})
-            indexed = bool(st.get("present") and st.get("valid") and st.get("on_column"))
-            db.knn(conn, m, vecs[0], k)  # warm-up, not measured
-            ann_ms: list[float] = []
-            exact_ms: list[float] = []
-            recalls: list[float] = []
-            docs: list[set[int]] = []
-            for q in vecs:
-                t0 = time.perf_counter()
-                ann = db.knn(conn, m, q, k)
-                t1 = time.perf_counter()
-                exact = db.knn(conn, m, q, k, exact=True)
-                t2 = time.perf_counter()
-                ann_ms.append((t1 - t0) * 1000)
-                exact_ms.append((t2 - t1) * 1000)
-                recalls.append(len(set(ann) & set(exact)) / max(len(exact), 1))
-                docs.append({d for d, _ in ann})
-            top_docs.append(docs)
-            if m.index_method == "none":
-                index_desc = "none (exact search)"
-            elif indexed:
-                index_desc = f"{m.index_method}, valid, {st.get('size')}"
-            elif st.get("present"):
-                index_desc = f"{m.index_method}, INVALID"
-            else:
-                index_desc = f"{m.index_method}, missing (exact search)"
-            sides.append(
-                ModelSide(
-                    name=m.name,
-                    state=m.state,
-                    model_id=m.model_id,
-                    column_type=f"{m.storage}({m.dimensions})",
-                    metric=m.metric,
-                    index=index_desc,
-                    recall=round(statistics.fmean(recalls), 4) if indexed else None,
-                    search_p50_ms=round(_percentile(ann_ms, 0.5), 3),
-                    search_p95_ms=round(_percentile(ann_ms, 0.95), 3),
-                    exact_p50_ms=round(_percentile(exact_ms, 0.5), 3),
-                    exact_p95_ms=round(_percentile(exact_ms, 0.95), 3),
-                    embed_ms_per_query=round(embed_s * 1000 / len(texts), 3),
-                )
-            )
-    overlaps = [
-        len(da & db_) / max(len(da), len(db_), 1)
-        for da, db_ in zip(top_docs[0], top_docs[1], strict=True)
-    ]
-    return CompareReport(
-        queries=len(texts),
-        source=source,
-        k=k,
-        a=sides[0],
-        b=sides[1],
-        overlap_mean=round(statistics.fmean(overlaps), 4),
-        overlap_median=round(statistics.median(overlaps), 4),
-        overlap_min=round(min(overlaps), 4),
-        settings=settings,
-    )
 
 
 def format_compare(r: CompareReport) -> str:
@@ -746,7 +481,7 @@ def format_compare(r: CompareReport) -> str:
         f"(hnsw.ef_search {r.settings.get('hnsw.ef_search')}, ivfflat.probes "
         f"{r.settings.get('ivfflat.probes')})\n\n"
     )
-    table = _table(["", f"{a.name} ({a.state})", f"{b.name} ({b.state})"], rows)
+    table = cli_support.table(["", f"{a.name} ({a.state})", f"{b.name} ({b.state})"], rows)
     tail = (
         f"\n\ntop-{r.k} document overlap {a.name}/{b.name}: mean {r.overlap_mean:.2f}, "
         f"median {r.overlap_median:.2f}, min {r.overlap_min:.2f} "
@@ -785,7 +520,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(report.to_json() if args.json else format_compare(report))
         return 0
 
-    return _run("compare", run)
+    return cli_support.run_reporting_db_errors("pgingest model compare", run)
 
 
 # -- swap / retire ---------------------------------------------------------------------------
@@ -796,11 +531,11 @@ def cmd_swap(args: argparse.Namespace) -> int:
 
     def run() -> int:
         with _connect(args) as conn:
-            _notices(conn, sys.stderr)
+            cli_support.print_notices(conn, sys.stderr)
             print(db.swap_model(conn, args.name, force=args.force))
         return 0
 
-    return _run("swap", run)
+    return cli_support.run_reporting_db_errors("pgingest model swap", run)
 
 
 def cmd_retire(args: argparse.Namespace) -> int:
@@ -820,8 +555,8 @@ def cmd_retire(args: argparse.Namespace) -> int:
 
     def run() -> int:
         with _connect(args) as conn:
-            _notices(conn, sys.stderr)
+            cli_support.print_notices(conn, sys.stderr)
             print(f"model {args.name}: {db.retire_model(conn, args.name)}")
         return 0
 
-    return _run("retire", run)
+    return cli_support.run_reporting_db_errors("pgingest model retire", run)
