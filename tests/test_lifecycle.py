@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.rows import dict_row
 
 from pgingest import db, index, models_cli, worker
 from pgingest.testing.fake_provider import FakeEmbeddingServer
@@ -641,7 +642,11 @@ def test_compare_models_and_cli(
     assert "recall@10 vs exact" in text and "document overlap v1/v2" in text
 
     # The same from SQL, on stored vectors (no endpoint called).
-    sql_rows = db.compare_models_sql(conn, "v1", "v2", 5, 10)
+    sql_rows = (
+        conn.cursor(row_factory=dict_row)
+        .execute("SELECT * FROM pgingest.compare_models(%s, %s, %s, %s)", ("v1", "v2", 5, 10))
+        .fetchall()
+    )
     assert [r["model"] for r in sql_rows] == ["v1", "v2"]
     assert all(r["queries"] == 10 and r["recall"] >= 0.9 for r in sql_rows)
     assert all(0 < r["overlap"] <= 1 for r in sql_rows)  # the query chunk is found by both

@@ -8,13 +8,8 @@ import pickle
 import numpy as np
 import pytest
 
-from pgingest.vectors import (
-    HALFVEC_MAX,
-    REASONS,
-    VectorError,
-    decode_base64_embedding,
-    validate_and_normalize,
-)
+from pgingest.providers import BadResponse, decode_embedding
+from pgingest.vectors import HALFVEC_MAX, REASONS, VectorError, validate_and_normalize
 
 DIM = 8
 
@@ -218,6 +213,8 @@ def test_vector_error_pickles() -> None:
 
 
 # --------------------------------------------------------------------------- base64
+# The provider decodes an answer's embeddings (providers.decode_embedding); the length and the
+# values are checked here, by validate_and_normalize.
 
 
 def encode(values: np.ndarray) -> str:
@@ -226,43 +223,54 @@ def encode(values: np.ndarray) -> str:
 
 def test_decode_base64_roundtrip() -> None:
     values = np.random.default_rng(1).normal(size=DIM).astype(np.float32)
-    out = decode_base64_embedding(encode(values), DIM)
+    out = decode_embedding(encode(values), 0)
     assert out.dtype == np.float32 and out.dtype.isnative and out.shape == (DIM,)
     np.testing.assert_array_equal(out, values)
-    assert out.flags.writeable
 
 
 def test_decode_base64_is_little_endian() -> None:
     payload = base64.b64encode(np.array([1.0, -2.5], dtype=">f4").tobytes()).decode()
-    assert decode_base64_embedding(payload, 2).tolist() != [1.0, -2.5]
-    assert decode_base64_embedding(encode(np.array([1.0, -2.5])), 2).tolist() == [1.0, -2.5]
+    assert decode_embedding(payload, 0).tolist() != [1.0, -2.5]
+    assert decode_embedding(encode(np.array([1.0, -2.5])), 0).tolist() == [1.0, -2.5]
 
 
 def test_decode_base64_wrong_length() -> None:
+    # A whole number of float32 values: decoded, then refused by validation.
+    short = decode_embedding(encode(np.ones(DIM - 1)), 5)
     with pytest.raises(VectorError) as info:
-        decode_base64_embedding(encode(np.ones(DIM - 1)), DIM, index=5)
-    assert (info.value.reason, info.value.index) == ("dimension", 5)
-    assert str(info.value) == (
-        f"vector 5: base64 embedding has {4 * (DIM - 1)} bytes; "
-        f"model expects {4 * DIM} ({DIM} float32 values)"
-    )
-    with pytest.raises(VectorError, match="not a multiple of 4") as info:
-        decode_base64_embedding(base64.b64encode(b"12345").decode(), DIM)
-    assert info.value.reason == "dimension"
+        validate_and_normalize([short], dimensions=DIM, metric="cosine")
+    assert (info.value.reason, info.value.index) == ("dimension", 0)
+    assert str(info.value) == f"vector 0 has {DIM - 1} dimensions, model expects {DIM}"
+    # Not a float32 array at all: refused by the decoder.
+    with pytest.raises(BadResponse) as bad:
+        decode_embedding(base64.b64encode(b"12345").decode(), 5)
+    assert bad.value.message == "embedding 5 has 5 bytes, not a float32 array"
+    assert str(bad.value).startswith("bad_response (HTTP 200): ")
 
 
-@pytest.mark.parametrize("payload", ["not base64!", "AA=A", "AAAAA", "ÄÄÄÄ", 12])
-def test_decode_base64_invalid(payload: object) -> None:
-    with pytest.raises(VectorError) as info:
-        decode_base64_embedding(payload, 1)  # type: ignore[arg-type]
-    assert info.value.reason == "type"
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ("not base64!", "embedding 3 is not valid base64"),
+        ("AA=A", "embedding 3 is not valid base64"),
+        ("AAAAA", "embedding 3 is not valid base64"),
+        ("ÄÄÄÄ", "embedding 3 is not valid base64"),
+        (12, "embedding 3 is missing or of type int"),
+        (None, "embedding 3 is missing or of type NoneType"),
+        ([[1.0], [2.0]], "embedding 3 is not a list of numbers"),
+    ],
+)
+def test_decode_invalid(payload: object, message: str) -> None:
+    with pytest.raises(BadResponse) as info:
+        decode_embedding(payload, 3)
+    assert str(info.value) == f"bad_response (HTTP 200): {message}"
 
 
 def test_decoded_vectors_validate() -> None:
-    rows = [decode_base64_embedding(encode(v), DIM) for v in batch(3)]
+    rows = [decode_embedding(encode(v), i) for i, v in enumerate(batch(3))]
     out = validate_and_normalize(rows, dimensions=DIM, metric="cosine", count=3)
     assert np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-6)
-    nan_row = decode_base64_embedding(encode(np.full(DIM, np.nan)), DIM)
+    nan_row = decode_embedding(encode(np.full(DIM, np.nan)), 1)
     with pytest.raises(VectorError) as info:
         validate_and_normalize([rows[0], nan_row], dimensions=DIM, metric="cosine")
     assert (info.value.reason, info.value.index) == ("non_finite", 1)

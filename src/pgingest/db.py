@@ -21,6 +21,8 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 from psycopg.rows import dict_row
 
+from pgingest import vectors
+
 APPLICATION_NAME = "pgingest"
 
 
@@ -315,7 +317,6 @@ def listen(conn: psycopg.Connection[Any]) -> None:
 # (sql/030_models.sql and sql/040_lifecycle.sql; used by models_cli.py and index.py)
 
 _DISTANCE_OPERATORS = {"cosine": "<=>", "ip": "<#>", "l2": "<->"}
-_STORAGES = ("vector", "halfvec")
 
 
 def register_model(
@@ -484,7 +485,7 @@ def knn(
 ) -> list[tuple[int, int]]:
     """(doc_id, ordinal) of the ``k`` chunks nearest to ``query`` in ``model``'s column, through
     its ANN index, or by exact search (index scans off, in a transaction) when ``exact``."""
-    if model.storage not in _STORAGES:
+    if model.storage not in vectors.STORAGES:
         raise ValueError(f"unknown storage {model.storage!r}")
     query_sql = sql.SQL(
         "SELECT doc_id, ordinal FROM pgingest.chunks WHERE {col} IS NOT NULL"
@@ -500,16 +501,6 @@ def knn(
     with conn.transaction():
         conn.execute("SET LOCAL enable_indexscan = off")
         return [(int(r[0]), int(r[1])) for r in conn.execute(query_sql, params).fetchall()]
-
-
-def compare_models_sql(
-    conn: psycopg.Connection[Any], a: str, b: str, k: int, sample: int
-) -> list[dict[str, Any]]:
-    """``pgingest.compare_models``: the in-database comparison on stored chunk vectors."""
-    cur = conn.cursor(row_factory=dict_row)
-    return cur.execute(
-        "SELECT * FROM pgingest.compare_models(%s, %s, %s, %s)", (a, b, k, sample)
-    ).fetchall()
 
 
 # -- search (CLI) ------------------------------------------------------------------------------

@@ -80,6 +80,7 @@ __all__ = [
     "RaggedResponse",
     "RateLimited",
     "TransientProviderError",
+    "decode_embedding",
     "embed_isolating",
     "embeddings_url",
     "for_model",
@@ -982,7 +983,7 @@ class OpenAICompatibleProvider(ProviderBase):
                 raise BadResponse(f"data[{pos}] has a bad index {index!r}", status=200)
             if rows[index] is not None:
                 raise BadResponse(f"index {index} appears twice", status=200)
-            rows[index] = self._decode_vector(item.get("embedding"), index)
+            rows[index] = decode_embedding(item.get("embedding"), index)
         complete = [r for r in rows if r is not None]
         if len(complete) != n:  # unreachable with n items and no duplicate, kept for safety
             raise BadResponse("missing indices", status=200)
@@ -995,30 +996,32 @@ class OpenAICompatibleProvider(ProviderBase):
             )
         return np.stack(complete) if complete else np.empty((0, self._dimensions), np.float32)
 
-    @staticmethod
-    def _decode_vector(value: Any, index: int) -> np.ndarray:
-        if isinstance(value, str):
-            try:  # strict: only the base64 alphabet and correct padding (C, no regex pass)
-                raw = binascii.a2b_base64(value, strict_mode=True)
-            except (binascii.Error, ValueError):
-                raise BadResponse(f"embedding {index} is not valid base64", status=200) from None
-            if len(raw) % 4:
-                raise BadResponse(
-                    f"embedding {index} has {len(raw)} bytes, not a float32 array", status=200
-                )
-            return np.frombuffer(raw, dtype="<f4").astype(np.float32, copy=False)
-        if isinstance(value, list):
-            try:
-                with np.errstate(over="ignore"):  # 1e300 becomes inf: validation rejects it
-                    vector = np.asarray(value, dtype=np.float32)
-            except (TypeError, ValueError):
-                vector = None
-            if vector is None or vector.ndim != 1:
-                raise BadResponse(f"embedding {index} is not a list of numbers", status=200)
-            return vector
-        raise BadResponse(
-            f"embedding {index} is missing or of type {type(value).__name__}", status=200
-        )
+
+def decode_embedding(value: Any, index: int) -> np.ndarray:
+    """One ``embedding`` of an answer as a 1-D float32 array: a base64 string (little-endian
+    float32, ``encoding_format="base64"``) or a list of numbers. Not validated yet: the length,
+    finiteness and norm are checked by ``vectors.validate_and_normalize``. ``index`` names the
+    embedding in the ``BadResponse`` raised for anything else."""
+    if isinstance(value, str):
+        try:  # strict: only the base64 alphabet and correct padding (C, no regex pass)
+            raw = binascii.a2b_base64(value, strict_mode=True)
+        except (binascii.Error, ValueError):
+            raise BadResponse(f"embedding {index} is not valid base64", status=200) from None
+        if len(raw) % 4:
+            raise BadResponse(
+                f"embedding {index} has {len(raw)} bytes, not a float32 array", status=200
+            )
+        return np.frombuffer(raw, dtype="<f4").astype(np.float32, copy=False)
+    if isinstance(value, list):
+        try:
+            with np.errstate(over="ignore"):  # 1e300 becomes inf: validation rejects it
+                vector = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError):
+            vector = None
+        if vector is None or vector.ndim != 1:
+            raise BadResponse(f"embedding {index} is not a list of numbers", status=200)
+        return vector
+    raise BadResponse(f"embedding {index} is missing or of type {type(value).__name__}", status=200)
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,8 +8,6 @@ the batch; Python loops run only on the error path, to name the offending vector
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Sequence
 from typing import Any, Final, Literal
 
@@ -20,9 +18,9 @@ __all__ = [
     "HALFVEC_MAX",
     "METRICS",
     "REASONS",
+    "STORAGES",
     "ZERO_NORM_EPSILON",
     "VectorError",
-    "decode_base64_embedding",
     "validate_and_normalize",
 ]
 
@@ -142,35 +140,6 @@ def validate_and_normalize(
                 index=i,
             )
     return out
-
-
-def decode_base64_embedding(s: str, dimensions: int, *, index: int | None = None) -> Float32Array:
-    """Decode an OpenAI-style ``encoding_format="base64"`` embedding (float32, little-endian).
-
-    Returns a 1-D native float32 array of ``dimensions`` values (not yet validated: pass the
-    batch to ``validate_and_normalize``). ``index`` only labels error messages.
-    """
-    label = "embedding" if index is None else f"vector {index}"
-    if not isinstance(s, str):
-        raise VectorError(
-            "type",
-            f"{label}: base64 embedding must be a string, got {type(s).__name__}",
-            index=index,
-        )
-    try:
-        raw = base64.b64decode(s.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError) as exc:
-        raise VectorError("type", f"{label}: invalid base64 ({exc})", index=index) from None
-    expected = 4 * dimensions
-    if len(raw) != expected:
-        detail = "" if len(raw) % 4 == 0 else ", not a multiple of 4"
-        raise VectorError(
-            "dimension",
-            f"{label}: base64 embedding has {len(raw)} bytes{detail}; model expects {expected}"
-            f" ({dimensions} float32 values)",
-            index=index,
-        )
-    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
 
 
 # --------------------------------------------------------------------------- helpers
