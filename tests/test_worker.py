@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 
 from pgingest import db, worker
 from pgingest.testing.fake_provider import FakeEmbeddingServer, RequestInfo
+from pgingest.worker.writer import Writer
 from tests.conftest import ROOT
 from tests.helpers import (
     assert_exactly_predicted,
@@ -26,6 +28,22 @@ from tests.helpers import (
     settings,
     wait_for,
 )
+
+
+def failing_once(exc: Exception) -> Callable[..., Writer]:
+    """A writer factory for ``Worker(writer_factory=...)``: the first write-back raises ``exc``
+    before its transaction begins, the next ones are written."""
+
+    class FailingOnce(Writer):
+        failed = False
+
+        def execute(self, *a: Any, **kw: Any) -> None:
+            if not self.failed:
+                self.failed = True
+                raise exc
+            super().execute(*a, **kw)
+
+    return FailingOnce
 
 
 def test_thousand_documents_end_with_exactly_the_predicted_chunks(
@@ -62,16 +80,10 @@ def test_duplicate_and_replayed_messages_leave_one_set_of_chunks(
     )
     assert queue_count(conn, "v1") == 40
 
-    class CrashBeforeCommit(worker.Worker):
-        crashed = False
-
-        def _write_back(self, *a: Any, **kw: Any) -> Any:
-            if not self.crashed:
-                self.crashed = True
-                raise RuntimeError("simulated crash between embedding and commit")
-            return super()._write_back(*a, **kw)
-
-    w = CrashBeforeCommit(settings(dsn, visibility_timeout=1, batch_size=10))
+    w = worker.Worker(
+        settings(dsn, visibility_timeout=1, batch_size=10),
+        writer_factory=failing_once(RuntimeError("simulated crash between embedding and commit")),
+    )
     with pytest.raises(RuntimeError, match="simulated crash"):
         w.run()
     time.sleep(1.2)  # the claimed messages come back after the visibility timeout
@@ -93,17 +105,9 @@ def test_a_failed_write_back_does_not_drop_the_next_batch(
     register(conn, "v1", fake.url)
     insert_corpus(conn, 30)
 
-    class FirstWriteCancelled(worker.Worker):
-        failed = False
-
-        def _write_back(self, *a: Any, **kw: Any) -> Any:
-            if not self.failed:
-                self.failed = True
-                raise psycopg.errors.QueryCanceled("simulated statement timeout")
-            return super()._write_back(*a, **kw)
-
-    w = FirstWriteCancelled(
-        settings(dsn, drain=False, batch_size=10, max_batch_size=10, visibility_timeout=300)
+    w = worker.Worker(
+        settings(dsn, drain=False, batch_size=10, max_batch_size=10, visibility_timeout=300),
+        writer_factory=failing_once(psycopg.errors.QueryCanceled("simulated statement timeout")),
     )
     t = threading.Thread(target=w.run)
     t.start()

@@ -1,4 +1,4 @@
-"""``pgingest status``: the pipeline at a glance, and a health check; the worker's heartbeat.
+"""``pgingest status``: the pipeline at a glance, and a health check.
 
 The figures come from the views of ``sql/050_status.sql`` (``pgingest.model_status``,
 ``dead_letter_summary``, ``worker_status``, ``vector_health``, ``index_builds``), which any login
@@ -12,10 +12,7 @@ machines) and exits:
   (when given), an invalid ANN index that no build is fixing;
 * 2: the check itself failed (database unreachable, pgingest not installed, no privilege).
 
-:class:`Heartbeat` is the worker's side of ``pgingest.workers``: a daemon thread with its own
-connection that calls ``pgingest.heartbeat_v1`` every few seconds (the interval comes from
-``pgingest.config``), refreshes the queue depth, freshness lag, paused and circuit-breaker
-gauges of :class:`~pgingest.metrics.Metrics`, and removes the row when the worker stops cleanly.
+The rows of ``pgingest.workers`` come from the workers' heartbeat (``pgingest.worker.heartbeat``).
 """
 
 from __future__ import annotations
@@ -24,22 +21,16 @@ import argparse
 import datetime as dt
 import decimal
 import json
-import logging
-import os
-import socket
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 
-from pgingest import __version__, db
-
-log = logging.getLogger("pgingest.status")
+from pgingest import db
 
 EXIT_HEALTHY = 0
 EXIT_UNHEALTHY = 1
@@ -47,155 +38,16 @@ EXIT_ERROR = 2
 
 DEFAULT_MAX_DEAD_LETTERS = 0
 
-# --------------------------------------------------------------------------------------------
-# Heartbeat (worker side)
-# --------------------------------------------------------------------------------------------
 
+def __getattr__(name: str) -> Any:
+    """``status.Heartbeat`` and ``status.WorkerSnapshot``, from before they moved to
+    ``pgingest.worker.heartbeat``: kept for the callers not yet moved (imported on first use, so
+    that ``pgingest status`` does not load the worker)."""
+    if name in ("Heartbeat", "WorkerSnapshot"):
+        from pgingest.worker import heartbeat
 
-@dataclass(frozen=True)
-class WorkerSnapshot:
-    """What a worker reports in each heartbeat (read from the worker loop's attributes)."""
-
-    models: Sequence[str] = ()
-    in_flight: int = 0
-    batch_size: int | None = None
-    documents: int = 0
-    seconds_since_batch: float | None = None
-    breakers: dict[str, str] = field(default_factory=dict)
-
-
-class Heartbeat:
-    """Keeps this worker's row in ``pgingest.workers`` fresh from a background thread.
-
-    Its own autocommit connection (the worker's may be busy in a long batch); database errors
-    are logged and retried at the next beat, so a restart of PostgreSQL costs a few missed beats.
-    ``stop()`` deletes the row (a clean exit is not a stale worker); a killed process leaves it
-    to go stale.
-    """
-
-    def __init__(
-        self,
-        conninfo: str | None,
-        snapshot: Callable[[], WorkerSnapshot],
-        *,
-        metrics: Any | None = None,
-        interval: float | None = None,
-        worker_id: str | None = None,
-        host: str | None = None,
-        version: str = __version__,
-    ) -> None:
-        self.conninfo = conninfo
-        self.snapshot = snapshot
-        self.metrics = metrics
-        self.interval = interval
-        self.worker_id = worker_id or str(uuid.uuid4())
-        self.host = host or socket.gethostname()
-        self.version = version
-        self.pid = os.getpid()
-        self._conn: psycopg.Connection[Any] | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._failures = 0
-
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = db.connect(
-                self.conninfo,
-                register_vector=False,
-                application_name="pgingest-heartbeat",
-                connect_timeout=10,
-            )
-        return self._conn
-
-    def _close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg.Error:
-                log.debug("closing the heartbeat connection failed", exc_info=True)
-        self._conn = None
-
-    def beat(self) -> float:
-        """One heartbeat now; returns the seconds until the next one."""
-        snap = self.snapshot()
-        conn = self._connection()
-        server_interval = db.heartbeat(
-            conn,
-            self.worker_id,
-            self.host,
-            self.pid,
-            self.version,
-            list(snap.models),
-            snap.in_flight,
-            snap.batch_size,
-            snap.documents,
-            snap.seconds_since_batch,
-            {"breakers": dict(snap.breakers)},
-        )
-        if self.metrics is not None:
-            self._refresh_gauges(conn, snap)
-        return float(self.interval if self.interval is not None else max(server_interval, 1))
-
-    def _refresh_gauges(self, conn: psycopg.Connection[Any], snap: WorkerSnapshot) -> None:
-        assert self.metrics is not None
-        wanted = set(snap.models)
-        for row in db.queue_stats(conn):
-            if wanted and row["model"] not in wanted:
-                continue
-            self.metrics.queue_depth(row["model"], int(row["queue_length"] or 0))
-            self.metrics.freshness_lag(row["model"], float(row["oldest_age_seconds"] or 0.0))
-        for m in db.live_models(conn):
-            if wanted and m.name not in wanted:
-                continue
-            self.metrics.paused(m.name, m.paused)
-            self.metrics.breaker_state(m.name, snap.breakers.get(m.name, "closed"))
-
-    def _run(self) -> None:
-        delay = 0.0
-        while not self._stop.wait(delay):
-            try:
-                delay = self.beat()
-                if self._failures:
-                    log.info("heartbeat restored", extra={"worker_id": self.worker_id})
-                self._failures = 0
-            except psycopg.Error as exc:
-                self._failures += 1
-                delay = float(self.interval or 10.0)
-                if self._failures in (1, 10) or self._failures % 60 == 0:
-                    log.warning(
-                        "heartbeat failed",
-                        extra={
-                            "worker_id": self.worker_id,
-                            "error": str(exc).strip()[:200],
-                            "failures": self._failures,
-                        },
-                    )
-                self._close()
-
-    def start(self) -> Heartbeat:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(
-                target=self._run, name="pgingest-heartbeat", daemon=True
-            )
-            self._thread.start()
-        return self
-
-    def stop(self, *, remove: bool = True, timeout: float = 10.0) -> None:
-        """Stops the thread and (``remove``) deletes this worker's row."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        if remove:
-            try:
-                db.worker_exit(self._connection(), self.worker_id)
-            except psycopg.Error as exc:
-                log.warning(
-                    "could not remove the heartbeat row",
-                    extra={"worker_id": self.worker_id, "error": str(exc).strip()[:200]},
-                )
-        self._close()
+        return getattr(heartbeat, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,361 @@
+"""The worker's decisions about one batch, as pure functions and small types.
+
+Nothing here touches the database, the network, a thread or the clock: messages come in as
+``db.Message`` values, provider answers as ``providers.EmbedResult`` values and errors, and what
+comes out is a :class:`WritePlan` that ``writer.py`` executes in one transaction. The order of
+use, in ``loop.Worker._process_batch``:
+
+* :func:`triage`: stale and done messages are acknowledged, invalid ones dead-lettered,
+  duplicate messages of one version merged into one :class:`Job`, versions that used up their
+  attempts failed (``attempts_exhausted``);
+* :func:`chunk` and :func:`check_chunks`: chunking, with culprit isolation, and the limits;
+* ``inputs.Inputs`` (its own module, as pure): which text goes where: identical texts sent
+  once, cache hits not sent, provider answers checked input by input, vectors scattered back to
+  every chunk that owns them;
+* :func:`validate`: finite, non-zero, normalised, within halfvec range, in blocks with a
+  per-document fallback;
+* :func:`classify` and :meth:`Job.fail`: a provider error becomes a :class:`Failure` kind, the
+  most serious failure of a job wins;
+* :func:`settle`: done, deferred (rate limited: no attempt spent; transient: attempt spent, with
+  backoff) or dead, and the deferred messages' new bodies;
+* :class:`BatchSizer`: AIMD on the batch size from the commit time.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from pgingest import chunking, providers, vectors
+
+if TYPE_CHECKING:
+    from pgingest import db
+
+FailureKind = Literal["auth", "rejected", "transient", "rate_limited", "dead"]
+
+# When one job's chunks hit several failures in one batch, the lowest number wins.
+PRIORITY: dict[str, int] = {"auth": 0, "rejected": 1, "dead": 1, "transient": 2, "rate_limited": 3}
+
+# Failures dead-lettered for what the document is (not for a provider that kept failing).
+DEAD_KINDS = ("dead", "rejected")
+
+# Vectors validated per numpy call (the float64 temporaries are 16 bytes per value).
+VALIDATE_ROWS = 256
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a job gets no vectors in this batch; ``kind`` decides what happens to it."""
+
+    kind: FailureKind
+    error_class: str
+    message: str
+    retry_after: float = 0.0
+    """Seconds the provider asked to wait (``rate_limited`` only)."""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One row for ``dead_letter_v1``."""
+
+    msg_id: int
+    doc_id: int | None
+    content_hash: bytes | None
+    error_class: str
+    message: str
+    attempts: int
+    payload: Any = None
+
+
+@dataclass
+class Job:
+    """One document version to embed, and what became of it."""
+
+    msg_ids: list[int]
+    doc_id: int
+    doc_key: str | None
+    content_hash: bytes
+    attempts_before: int
+    message: dict[str, Any]
+    chunks: list[chunking.Chunk] = field(default_factory=list)
+    vectors: np.ndarray | None = None
+    hashes: list[bytes] = field(default_factory=list)  # sha256 of each chunk's model input
+    failure: Failure | None = None
+
+    def fail(self, failure: Failure) -> None:
+        """Records ``failure`` unless a failure at least as serious is already recorded."""
+        if self.failure is not None and PRIORITY[self.failure.kind] <= PRIORITY[failure.kind]:
+            return
+        self.failure = failure
+
+
+@dataclass
+class BatchStats:
+    read: int = 0
+    written: int = 0
+    stale: int = 0
+    chunks: int = 0
+    dead: int = 0
+    deferred: int = 0
+    released: int = 0
+
+
+@dataclass
+class Batch:
+    """The messages of one read, triaged."""
+
+    ack: list[int] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    jobs: dict[int, Job] = field(default_factory=dict)  # by doc_id, in the order read
+    texts: dict[int, tuple[str | None, str]] = field(default_factory=dict)  # (title, body)
+
+    def todo(self) -> list[Job]:
+        """The jobs that have not failed (yet)."""
+        return [j for j in self.jobs.values() if j.failure is None]
+
+    def msg_ids(self) -> list[int]:
+        """Every message of the batch (to release them all)."""
+        return [i for j in self.jobs.values() for i in j.msg_ids] + self.ack
+
+
+def backoff_delay(attempts: int, base: float = 2.0, cap: float = 300.0) -> int:
+    """Seconds before a failed version is retried: exponential with full jitter, at least 1 s."""
+    return max(1, int(random.uniform(0, min(cap, base * (2**attempts)))))
+
+
+def triage(messages: Iterable[db.Message], max_attempts: int) -> Batch:
+    batch = Batch()
+    for msg in messages:
+        if msg.status in ("stale", "done"):
+            batch.ack.append(msg.msg_id)
+            continue
+        content_hash = msg.content_hash
+        if msg.status == "invalid" or msg.doc_id is None or content_hash is None:
+            batch.dead.append(
+                DeadLetter(
+                    msg.msg_id,
+                    None,
+                    None,
+                    "invalid_message",
+                    "queue message is not a pgingest job (expected doc_id and hash)",
+                    msg.read_ct,
+                    {"message": msg.message},
+                )
+            )
+            continue
+        existing = batch.jobs.get(msg.doc_id)
+        if existing is not None:  # a duplicate message of the same version
+            existing.msg_ids.append(msg.msg_id)
+            continue
+        job = batch.jobs[msg.doc_id] = Job(
+            msg_ids=[msg.msg_id],
+            doc_id=msg.doc_id,
+            doc_key=msg.doc_key,
+            content_hash=content_hash,
+            attempts_before=msg.attempts_before,
+            message=msg.message,
+        )
+        if msg.attempts_before >= max_attempts:
+            job.failure = Failure(
+                "dead",
+                "attempts_exhausted",
+                f"gave up after {msg.attempts_before} attempts (the worker died or timed out "
+                "on every delivery)",
+            )
+        else:
+            batch.texts[msg.doc_id] = (msg.title, msg.body or "")
+    return batch
+
+
+def chunk(batch: Batch, config: chunking.ChunkerConfig) -> None:
+    """Chunks every text of the batch in one call; when that fails, document by document, so
+    that only the culprits fail (``chunking``)."""
+    ids = list(batch.texts)
+    try:
+        results = chunking.chunk_documents([batch.texts[i] for i in ids], config)
+    except ValueError:
+        results = []
+        for i in ids:
+            try:
+                results.append(chunking.chunk_document(*batch.texts[i], config))
+            except ValueError as exc:
+                batch.jobs[i].failure = Failure("dead", "chunking", str(exc))
+                results.append([])
+    for i, chunks in zip(ids, results, strict=True):
+        batch.jobs[i].chunks = chunks
+
+
+def check_chunks(batch: Batch, max_chunks: int) -> None:
+    for job in batch.todo():
+        if not job.chunks:
+            job.failure = Failure("dead", "empty_document", "the document has no text to embed")
+        elif len(job.chunks) > max_chunks:
+            job.failure = Failure(
+                "dead",
+                "too_many_chunks",
+                f"{len(job.chunks)} chunks exceed the limit of {max_chunks}",
+            )
+
+
+def classify(exc: providers.ProviderError) -> Failure:
+    """What a provider error means for the jobs whose inputs it hit."""
+    kind: FailureKind
+    retry_after = 0.0
+    if isinstance(exc, providers.ModelUnavailable):
+        kind = "auth"
+    elif isinstance(exc, providers.RateLimited | providers.CircuitOpen):
+        kind = "rate_limited"
+        if isinstance(exc, providers.RateLimited):
+            retry_after = float(exc.retry_after or 1.0)
+    elif isinstance(exc, providers.InputRejected):
+        kind = "rejected"
+    else:
+        kind = "transient"
+    return Failure(kind, exc.error_class, str(exc), retry_after)
+
+
+def validate(jobs: Sequence[Job], model: db.Model) -> list[Job]:
+    """Checks and normalises the jobs' vectors (the model's dimensions, metric and storage),
+    grouped into blocks of about ``VALIDATE_ROWS`` rows (few numpy calls, bounded temporary
+    memory); a block with a bad vector is checked again job by job, so that only the culprits
+    fail. Returns the culprits."""
+    culprits: list[Job] = []
+    block: list[Job] = []
+    rows = 0
+    for job in jobs:
+        block.append(job)
+        rows += len(job.chunks)
+        if rows >= VALIDATE_ROWS:
+            culprits += _validate_block(block, model)
+            block, rows = [], 0
+    if block:
+        culprits += _validate_block(block, model)
+    return culprits
+
+
+def _validate_block(jobs: list[Job], model: db.Model) -> list[Job]:
+    def check(matrix: np.ndarray) -> np.ndarray:
+        return vectors.validate_and_normalize(
+            matrix, dimensions=model.dimensions, metric=model.metric, storage=model.storage
+        )
+
+    try:
+        every = check(np.concatenate([j.vectors for j in jobs if j.vectors is not None]))
+    except vectors.VectorError:
+        pass
+    else:
+        pos = 0
+        for job in jobs:
+            n = len(job.chunks)
+            job.vectors = every[pos : pos + n]
+            pos += n
+        return []
+    culprits = []
+    for job in jobs:
+        if job.vectors is None:
+            continue
+        try:
+            job.vectors = check(job.vectors)
+        except vectors.VectorError as exc:
+            job.failure = Failure("dead", f"invalid_vector_{exc.reason}", str(exc))
+            culprits.append(job)
+    return culprits
+
+
+@dataclass
+class Deferral:
+    """Messages put back in the queue with new bodies, visible again after ``delay`` s."""
+
+    msg_ids: list[int]
+    messages: list[dict[str, Any]]
+    delay: int
+
+
+@dataclass
+class WritePlan:
+    """Everything one write-back does, decided: ``writer.py`` executes it in one transaction."""
+
+    done: list[Job]
+    """Jobs with vectors: their chunks are written, their messages acknowledged."""
+    ack: list[int]
+    """Messages acknowledged with nothing to write (stale, done, duplicates of a dead letter)."""
+    dead: list[DeadLetter]
+    rate_limited: Deferral | None
+    """No attempt spent; visible again after the provider's Retry-After."""
+    transient: Deferral | None
+    """One attempt spent; visible again after a backoff."""
+    jobs: list[Job]
+
+    def dead_jobs(self) -> list[Job]:
+        """Jobs dead-lettered for what they are (not for a provider that kept failing)."""
+        return [j for j in self.jobs if j.failure is not None and j.failure.kind in DEAD_KINDS]
+
+
+def settle(
+    batch: Batch, max_attempts: int, backoff: Callable[[int], int] = backoff_delay
+) -> WritePlan:
+    """Decides the fate of every job of ``batch``: done, deferred or dead."""
+    ack = list(batch.ack)
+    dead = list(batch.dead)
+    done: list[Job] = []
+    rate_limited: list[Job] = []
+    transient: list[Job] = []
+    for job in batch.jobs.values():
+        if job.failure is None and job.vectors is not None:
+            done.append(job)
+            continue
+        failure = job.failure or Failure("dead", "bad_response", "no vectors")
+        attempts = job.attempts_before + 1
+        if failure.kind == "rate_limited":
+            rate_limited.append(job)
+        elif failure.kind == "transient" and attempts < max_attempts:
+            transient.append(job)
+        else:
+            message = failure.message
+            if failure.kind == "transient":
+                message = f"{message} (gave up after {attempts} attempts)"
+            dead.extend(
+                DeadLetter(i, job.doc_id, job.content_hash, failure.error_class, message, attempts)
+                for i in job.msg_ids[:1]
+            )
+            ack.extend(job.msg_ids[1:])
+    plan = WritePlan(done, ack, dead, None, None, list(batch.jobs.values()))
+    if rate_limited:
+        retry_after = max(j.failure.retry_after for j in rate_limited if j.failure is not None)
+        plan.rate_limited = _defer(rate_limited, 0, int(retry_after) or 1)
+    if transient:
+        plan.transient = _defer(transient, 1, backoff(max(j.attempts_before for j in transient)))
+    return plan
+
+
+def _defer(jobs: list[Job], spent: int, delay: int) -> Deferral:
+    """New message bodies: ``spent`` added to the attempts already spent."""
+    return Deferral(
+        msg_ids=[i for j in jobs for i in j.msg_ids],
+        messages=[
+            {**j.message, "attempts": j.attempts_before + spent} for j in jobs for _ in j.msg_ids
+        ],
+        delay=delay,
+    )
+
+
+@dataclass
+class BatchSizer:
+    """AIMD on the batch size: grows while write-back stays under the target, halves above it."""
+
+    size: int
+    min_size: int
+    max_size: int
+    target_seconds: float
+
+    def observe(self, commit_seconds: float, n: int) -> int:
+        """The size after a write-back of ``n`` messages that took ``commit_seconds``."""
+        if commit_seconds > self.target_seconds:
+            self.size = max(self.min_size, self.size // 2)
+        elif n >= self.size and commit_seconds < self.target_seconds / 2:
+            self.size = min(self.max_size, int(self.size * 1.25) + 1)
+        return self.size

@@ -1,0 +1,352 @@
+"""The worker loop: claim a batch, chunk, embed, validate, hand it to the writer.
+
+:class:`Worker` only orchestrates. Decisions are in ``batch`` and ``inputs`` (pure), HTTP in
+``embedding``, the write-back transaction in ``writer``, SQL in ``db``. No transaction is open
+while HTTP runs: a batch is claimed in one short autocommit call, embedded with no transaction,
+and written back in one short transaction on the writer's own connection, while the next batch
+is claimed and embedded. Around the batches: the main loop (database errors retried with a
+growing delay, ``--drain`` and its exit code, waiting for ``NOTIFY``), backfill, probes of
+paused models and periodic maintenance.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from pgingest import __version__, chunking, db, providers
+from pgingest.metrics import Metrics
+from pgingest.settings import WorkerSettings
+from pgingest.worker import batch as core
+from pgingest.worker.embedding import Embedder
+from pgingest.worker.heartbeat import Heartbeat, WorkerSnapshot
+from pgingest.worker.inputs import Inputs
+from pgingest.worker.writer import MODEL_GONE, Timings, Writer
+
+log = logging.getLogger("pgingest.worker")
+
+WriterFactory = Callable[[WorkerSettings, Metrics, core.BatchSizer], Writer]
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        metrics: Metrics | None = None,
+        *,
+        writer_factory: WriterFactory = Writer,
+    ) -> None:
+        """``writer_factory``: builds the write-back side (a test passes a ``Writer`` whose
+        ``execute`` fails)."""
+        self.s = settings
+        self.metrics = metrics or Metrics()
+        self.stopping = threading.Event()
+        self.sizer = core.BatchSizer(
+            settings.batch_size,
+            settings.min_batch_size,
+            settings.max_batch_size,
+            settings.commit_target_seconds,
+        )
+        self.embedder = Embedder(settings, self.metrics, self._pause)
+        self.writer = writer_factory(settings, self.metrics, self.sizer)
+        self._last_probe: dict[str, float] = {}
+        self._last_maintenance = time.monotonic()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._listen: psycopg.Connection[Any] | None = None
+        self._config: dict[str, str] = {}
+        self._chunker: chunking.ChunkerConfig | None = None
+        self.hostname = socket.gethostname()
+        self.in_flight = 0
+        self._last_batch_end: float | None = None
+        self.heartbeat = (
+            Heartbeat(
+                settings.conninfo,
+                self.snapshot,
+                metrics=self.metrics,
+                interval=settings.heartbeat_interval,
+                host=self.hostname,
+            )
+            if settings.heartbeat
+            else None
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return self.sizer.size
+
+    @property
+    def documents_done(self) -> int:
+        return self.writer.documents
+
+    def snapshot(self) -> WorkerSnapshot:
+        """What the heartbeat thread reports: plain attribute reads, no lock needed."""
+        last = self._last_batch_end
+        return WorkerSnapshot(
+            models=list(self.s.models or ()),
+            in_flight=self.in_flight,
+            batch_size=self.batch_size,
+            documents=self.documents_done,
+            seconds_since_batch=None if last is None else time.monotonic() - last,
+            breakers=self.embedder.breaker_states(),
+        )
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = db.connect(self.s.conninfo, application_name="pgingest-worker")
+            self._config = db.get_config(self._conn)
+            self._chunker = chunking.ChunkerConfig.from_settings(self._config)
+        return self._conn
+
+    def _listener(self) -> psycopg.Connection[Any]:
+        if self._listen is None or self._listen.closed:
+            self._listen = db.connect(
+                self.s.conninfo, register_vector=False, application_name="pgingest-listen"
+            )
+            db.listen(self._listen)
+        return self._listen
+
+    def _reset_connections(self) -> None:
+        for c in (self._conn, self._listen):
+            if c is not None:
+                try:
+                    c.close()
+                except Exception:  # closing a broken connection may fail: nothing to recover
+                    log.debug("close failed", exc_info=True)
+        self._conn = None
+        self._listen = None
+        self.writer.close()
+
+    @property
+    def max_attempts(self) -> int:
+        if self.s.max_attempts is not None:
+            return self.s.max_attempts
+        return int(self._config.get("max_attempts", "5"))
+
+    @property
+    def chunker(self) -> chunking.ChunkerConfig:
+        assert self._chunker is not None
+        return self._chunker
+
+    # -- main loop -----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        if self.s.install_signal_handlers:
+            signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+            signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        log.info("worker started", extra={"pid": os.getpid(), "version": __version__})
+        if self.heartbeat is not None:
+            self.heartbeat.start()
+        failures = 0
+        code = 0
+        try:
+            while not self.stopping.is_set():
+                try:
+                    worked, pending = self.tick()
+                    failures = 0
+                except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction) as exc:
+                    # Connection lost, restart, failover (a standby answers read-only), or a
+                    # statement cancelled on a healthy connection (statement or lock timeout,
+                    # deadlock): retried with a growing delay either way.
+                    failures += 1
+                    delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                    lost = (
+                        self._conn is None
+                        or self._conn.closed
+                        or isinstance(exc, psycopg.errors.ReadOnlySqlTransaction)
+                    )
+                    log.warning(
+                        "database unavailable, reconnecting"
+                        if lost
+                        else "database statement failed, retrying",
+                        extra={
+                            "error": str(exc).strip()[:200],
+                            "sqlstate": exc.sqlstate,
+                            "retry_in_s": delay,
+                        },
+                    )
+                    if lost:
+                        self.writer.settle()
+                        self._reset_connections()
+                    self.stopping.wait(delay)
+                    continue
+                if worked:
+                    continue
+                if self.s.drain and not pending:
+                    code = self._drained_exit_code()
+                    break
+                self._wait_for_work(self.s.poll_interval if not self.s.drain else 0.2)
+        finally:
+            if self.heartbeat is not None:
+                self.heartbeat.stop()
+            self.writer.settle()
+            self.writer.shutdown()
+            self.embedder.shutdown()
+            self._reset_connections()
+            log.info("worker stopped")
+        return code
+
+    def _drained_exit_code(self) -> int:
+        """--drain: 0 when every queue is empty; 3 when paused models still hold queued work."""
+        conn = self._connection()
+        waiting = [
+            m.name
+            for m in db.live_models(conn)
+            if m.paused
+            and (not self.s.models or m.name in self.s.models)
+            and db.pending_messages(conn, m.name) > 0
+        ]
+        if waiting:
+            log.warning(
+                "queues drained except for paused models; their work is still queued",
+                extra={"paused_models": ",".join(waiting)},
+            )
+            return 3
+        log.info("queues drained, exiting")
+        return 0
+
+    def _wait_for_work(self, timeout: float) -> None:
+        try:
+            gen = self._listener().notifies(timeout=timeout, stop_after=1)
+            for _ in gen:
+                break
+        except psycopg.OperationalError:
+            self._listen = None
+            self.stopping.wait(min(timeout, 1.0))
+
+    def _maybe_maintain(self, conn: psycopg.Connection[Any]) -> None:
+        """Dead-letter retention and cache bounds, every maintenance_interval seconds."""
+        now = time.monotonic()
+        if now - self._last_maintenance < self.s.maintenance_interval:
+            return
+        self._last_maintenance = now
+        result = db.run_maintenance(conn)
+        self.metrics.maintenance(result)
+        if any(result.values()):
+            log.info("maintenance", extra=result)
+
+    def tick(self) -> tuple[int, bool]:
+        """One pass over the live models. Returns (messages handled, anything left pending)."""
+        conn = self._connection()
+        self._maybe_maintain(conn)
+        models = db.live_models(conn)
+        if self.s.models:
+            models = [m for m in models if m.name in self.s.models]
+        worked = 0
+        pending = False
+        for m in models:
+            if self.stopping.is_set():
+                break
+            if m.paused:
+                if self._maybe_probe(m):
+                    pending = True  # resumed: its released messages come back (--drain waits)
+                continue
+            if not m.backfill_done:
+                queued = db.backfill_step(conn, m.name, self.s.backfill_batch)
+                if queued:
+                    log.info("backfill queued", extra={"model": m.name, "documents": queued})
+                    pending = True
+            if not self.embedder.breaker(m.name).allow():
+                pending = True
+                continue
+            try:
+                stats = self.process_batch(m)
+                busy = bool(stats.read or stats.deferred)
+                if not busy:
+                    busy = db.pending_messages(conn, m.name) > 0
+            except MODEL_GONE as exc:
+                # retire_model() ran while this batch was in flight: the model's queue and
+                # column are gone, nothing is left to write or acknowledge. Not worth dying for.
+                log.warning(
+                    "model retired while its batch was in flight; batch dropped",
+                    extra={"model": m.name, "error": str(exc).splitlines()[0][:200]},
+                )
+                continue
+            worked += stats.read
+            if busy:
+                pending = True
+        if not worked:
+            self.writer.flush()  # --drain must not exit, nor the queue look empty, mid-write
+        return worked, pending
+
+    # -- paused models ---------------------------------------------------------------------------
+
+    def _pause(self, m: db.Model, exc: providers.ProviderError) -> None:
+        db.pause_model(self._connection(), m.name, f"{exc.error_class}: {exc}")
+        log.error(
+            "model paused: the provider refused the credentials or the model",
+            extra={"model": m.name, "error_class": exc.error_class, "error": str(exc)},
+        )
+
+    def _maybe_probe(self, m: db.Model) -> bool:
+        """Probe a paused model when it is time; True when the probe resumed it."""
+        now = time.monotonic()
+        if now - self._last_probe.get(m.name, 0.0) < self.s.probe_interval:
+            return False
+        self._last_probe[m.name] = now
+        self.embedder.forget(m.name)  # re-read the key from the environment or file
+        try:
+            self.embedder.provider(m).embed(["pgingest probe"])
+        except providers.ProviderError as exc:
+            log.info(
+                "model still failing",
+                extra={"model": m.name, "error_class": exc.error_class},
+            )
+            return False
+        db.resume_model(self._connection(), m.name)
+        log.warning("model resumed after a successful probe", extra={"model": m.name})
+        return True
+
+    # -- one batch -------------------------------------------------------------------------------
+
+    def process_batch(self, m: db.Model) -> core.BatchStats:
+        try:
+            stats = self._process_batch(m)
+        finally:
+            self.in_flight = 0
+        if stats.read:
+            self._last_batch_end = time.monotonic()  # documents_done: counted by the writer
+        return stats
+
+    def _process_batch(self, m: db.Model) -> core.BatchStats:
+        conn = self._connection()
+        stats = core.BatchStats()
+        msgs = db.read_batch(conn, m.name, self.s.visibility_timeout, self.batch_size)
+        stats.read = self.in_flight = len(msgs)
+        if not msgs:
+            return stats
+        t0 = time.perf_counter()
+
+        batch = core.triage(msgs, self.max_attempts)
+        core.chunk(batch, self.chunker)
+        t_chunk = time.perf_counter()
+        self.metrics.chunking_seconds(m.name, t_chunk - t0)
+        core.check_chunks(batch, self.s.max_chunks_per_document)
+
+        todo = batch.todo()
+        if todo:
+            inputs = Inputs(todo, m.name, m.dimensions)
+            inputs.fill_cached(db.cached_vectors(conn, m.name, inputs.distinct()))
+            self.metrics.cache(m.name, inputs.hits, len(inputs.unseen()))
+            if not self.embedder.embed(m, inputs):  # paused: the batch waits for a probe
+                ids = batch.msg_ids()
+                db.release(conn, m.name, ids, int(self.s.probe_interval))
+                stats.released = len(ids)
+                return stats
+        t_embed = time.perf_counter()
+
+        for _ in core.validate([j for j in todo if j.failure is None and j.vectors is not None], m):
+            self.metrics.embed_error(m.name, "validation")
+
+        plan = core.settle(batch, self.max_attempts)
+        self.writer.submit(m.name, plan, stats, self.chunker.version, Timings(t0, t_chunk, t_embed))
+        return stats

@@ -1,0 +1,69 @@
+"""Starting workers: one in this process, or several processes.
+
+:func:`run` is what ``pgingest worker`` calls: the glibc allocator tuned for a long-running
+process, the metrics exporter started, then :class:`~pgingest.worker.loop.Worker` until it stops.
+:func:`run_processes` (``--processes N``) spawns N such processes and forwards SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+from typing import Any
+
+from pgingest.metrics import Metrics
+from pgingest.settings import WorkerSettings
+from pgingest.worker.loop import Worker
+
+
+def fix_malloc_mmap_threshold(threshold: int = 1 << 20) -> bool:
+    """Keeps the RSS of a long-running worker flat (glibc only; True when applied).
+
+    glibc raises its mmap threshold (up to 32 MiB) each time an mmapped block is freed; after a
+    few batches the batch-sized buffers (vectors, request bodies: megabytes each) come from the
+    heap instead, where fragmentation keeps them resident. A fixed threshold keeps them mmapped,
+    returned to the system when freed. ``MALLOC_MMAP_THRESHOLD_`` in the environment wins.
+    """
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
+        return False
+    m_mmap_threshold = -3  # malloc.h
+    return bool(mallopt(m_mmap_threshold, threshold))
+
+
+def run(settings: WorkerSettings) -> int:
+    fix_malloc_mmap_threshold()
+    metrics = Metrics.start(settings.metrics_port)
+    return Worker(settings, metrics=metrics).run()
+
+
+def run_processes(settings: WorkerSettings, processes: int) -> int:
+    """Runs N worker processes (spawned) and waits; SIGTERM/SIGINT are forwarded."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = []
+    for i in range(processes):
+        s = WorkerSettings(**{**settings.__dict__})
+        if settings.metrics_port is not None:
+            s.metrics_port = settings.metrics_port + i
+        p = ctx.Process(target=run, args=(s,), name=f"pgingest-worker-{i}")
+        p.start()
+        procs.append(p)
+
+    def forward(signum: int, _frame: Any) -> None:
+        for p in procs:
+            if p.pid is not None and p.is_alive():
+                os.kill(p.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = 0
+    for p in procs:
+        p.join()
+        code = code or (p.exitcode or 0)
+    return code

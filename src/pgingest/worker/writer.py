@@ -1,0 +1,217 @@
+"""The worker's write-back side: a ``batch.WritePlan`` executed in one transaction.
+
+Pipelining: batch k is written on this side's own connection and thread while batch k+1 is read,
+chunked and embedded. The contract (tested end to end in ``tests/test_worker.py``):
+
+* one write in flight: :meth:`Writer.submit` waits for the previous write (backpressure);
+* a failed write does not drop the next, already embedded batch: its error is raised by
+  ``submit`` after the next batch has been handed over, so only the failed batch's messages
+  wait for their visibility timeout;
+* ``--drain`` never exits mid-write: the loop calls :meth:`Writer.flush` before it looks at
+  the queues.
+
+:meth:`Writer.execute` is the transaction itself (``complete_batch_v1``, ``dead_letter_v1``,
+``defer_v1``), and the seam where a test injects a write failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, NamedTuple
+
+import psycopg
+
+from pgingest import db
+from pgingest.metrics import Metrics
+from pgingest.settings import WorkerSettings
+from pgingest.worker.batch import BatchSizer, BatchStats, Job, WritePlan
+
+log = logging.getLogger("pgingest.worker")
+
+# What a batch of a model retired under the worker's feet raises (no live model, no queue
+# table, no column): the batch is dropped, the worker goes on.
+MODEL_GONE = (
+    psycopg.errors.UndefinedObject,
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.UndefinedColumn,
+)
+
+
+class Timings(NamedTuple):
+    """``time.perf_counter()`` when the batch was read, chunked and embedded."""
+
+    read: float
+    chunked: float
+    embedded: float
+
+
+class Writer:
+    def __init__(self, settings: WorkerSettings, metrics: Metrics, sizer: BatchSizer) -> None:
+        self.s = settings
+        self.metrics = metrics
+        self.sizer = sizer
+        self.documents = 0  # written since the start (the heartbeat reports it)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgingest-writer")
+        self._pending: Future[BatchStats] | None = None
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = db.connect(self.s.conninfo, application_name="pgingest-writer")
+        return self._conn
+
+    def submit(
+        self, model: str, plan: WritePlan, stats: BatchStats, chunker: str, timings: Timings
+    ) -> None:
+        """Hands a batch over once the write in flight has ended; re-raises that write's error
+        after the hand-over (this batch is embedded: it is written anyway)."""
+        try:
+            self.flush()
+        finally:
+            self._pending = self._pool.submit(self._write, model, plan, stats, chunker, timings)
+
+    def flush(self) -> None:
+        """Waits for the write in flight; re-raises its error in the calling thread."""
+        fut, self._pending = self._pending, None
+        if fut is None:
+            return
+        try:
+            fut.result()
+        except MODEL_GONE as exc:  # retired while its batch was being written: as in tick()
+            log.warning(
+                "model retired while its batch was in flight; batch dropped",
+                extra={"error": str(exc).splitlines()[0][:200]},
+            )
+
+    def settle(self) -> None:
+        """Waits for the write in flight before its connection is closed; a failure only logs
+        (its messages come back after their visibility timeout)."""
+        try:
+            self.flush()
+        except Exception:
+            log.warning("write-back of the last batch failed", exc_info=True)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # closing a broken connection may fail: nothing to recover
+                log.debug("close failed", exc_info=True)
+        self._conn = None
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    # -- on the writer thread ------------------------------------------------------------------
+
+    def _write(
+        self, model: str, plan: WritePlan, stats: BatchStats, chunker: str, timings: Timings
+    ) -> BatchStats:
+        """The write, then its counters, the batch-size adaptation and the batch log line."""
+        t_write = time.perf_counter()
+        self.execute(self.connection(), model, plan, stats, chunker)
+        self._report(model, plan, stats)
+        t_done = time.perf_counter()
+        self.documents += stats.written
+        self.metrics.batch_size(self.sizer.observe(t_done - t_write, stats.read))
+        self.metrics.batch(model, t_done - t_write, stats.read)
+        log.info(
+            "batch",
+            extra={
+                "model": model,
+                "messages": stats.read,
+                "written": stats.written,
+                "stale": stats.stale,
+                "chunks": stats.chunks,
+                "dead": stats.dead,
+                "deferred": stats.deferred,
+                "chunk_ms": round((timings.chunked - timings.read) * 1000, 1),
+                "embed_ms": round((timings.embedded - timings.chunked) * 1000, 1),
+                "write_ms": round((t_done - t_write) * 1000, 1),
+                "write_wait_ms": round((t_write - timings.embedded) * 1000, 1),
+                "next_batch": self.sizer.size,
+            },
+        )
+        return stats
+
+    def execute(
+        self,
+        conn: psycopg.Connection[Any],
+        model: str,
+        plan: WritePlan,
+        stats: BatchStats,
+        chunker: str,
+    ) -> None:
+        """The plan in one transaction; fills the counters of ``stats``."""
+        with conn.transaction():
+            msg_ids = plan.ack + [i for j in plan.done for i in j.msg_ids]
+            if msg_ids or plan.done:
+                stats.written, stats.stale, stats.chunks = db.complete_batch(
+                    conn,
+                    model,
+                    msg_ids,
+                    [j.doc_id for j in plan.done],
+                    [j.content_hash for j in plan.done],
+                    _rows(plan.done),
+                    chunker,
+                )
+            if plan.dead:
+                d = plan.dead
+                db.dead_letter(
+                    conn,
+                    model,
+                    [r.msg_id for r in d],
+                    [r.doc_id for r in d],
+                    [r.content_hash for r in d],
+                    [r.error_class for r in d],
+                    [r.message for r in d],
+                    [r.attempts for r in d],
+                    [r.payload for r in d],
+                )
+                stats.dead = len(d)
+            for deferral in (plan.rate_limited, plan.transient):
+                if deferral is not None:
+                    db.defer(conn, model, deferral.msg_ids, deferral.messages, deferral.delay)
+                    stats.deferred += len(deferral.msg_ids)
+
+    def _report(self, model: str, plan: WritePlan, stats: BatchStats) -> None:
+        self.metrics.documents(model, "embedded", stats.written)
+        self.metrics.documents(model, "stale", stats.stale + len(plan.ack))
+        self.metrics.chunks(model, stats.chunks)
+        for row in plan.dead:
+            self.metrics.dead_letter(model, row.error_class)
+        if plan.rate_limited is not None:
+            self.metrics.deferred(model, "rate_limited", len(plan.rate_limited.msg_ids))
+        if plan.transient is not None:
+            self.metrics.deferred(model, "transient", len(plan.transient.msg_ids))
+        for job in plan.dead_jobs():
+            assert job.failure is not None
+            log.warning(
+                "document dead-lettered",
+                extra={
+                    "model": model,
+                    "doc_id": job.doc_id,
+                    "doc_key": job.doc_key,
+                    "error_class": job.failure.error_class,
+                    "error": job.failure.message[:300],
+                },
+            )
+
+
+def _rows(done: list[Job]) -> db.ChunkRows:
+    """The chunks of the jobs with vectors, as the column arrays of ``complete_batch_v1``."""
+    rows = db.ChunkRows([], [], [], [], [], [], [], [])
+    for job in done:
+        assert job.vectors is not None
+        for c, h, v in zip(job.chunks, job.hashes, job.vectors, strict=True):
+            rows.doc_ids.append(job.doc_id)
+            rows.ordinals.append(c.ordinal)
+            rows.contents.append(c.text)
+            rows.chunk_hashes.append(h)
+            rows.token_counts.append(c.token_count)
+            rows.char_starts.append(c.char_start)
+            rows.char_ends.append(c.char_end)
+            rows.embeddings.append(v)
+    return rows
