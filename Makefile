@@ -79,7 +79,7 @@ install.sql: venv
 lint: venv
 	$(VBIN)/ruff check src tests scripts bench
 	$(VBIN)/ruff format --check src tests scripts bench
-	$(VBIN)/sqlfluff lint sql migrations
+	$(VBIN)/sqlfluff lint sql migrations plpython src/pgingest/installer
 	$(VBIN)/mypy
 
 test: deps db lint

@@ -14,6 +14,13 @@ is untrusted): each plpython/ file runs in a DO block that skips it with a WARNI
 role, and :func:`render_plpython_script` (``pgingest install --plpython-only``) is the superuser's
 follow-up that adds them and hands them to the schema's owner.
 
+Where the SQL is: sql/, migrations/ and plpython/ are package data of pgingest, read with
+``importlib.resources`` (:func:`project_root`), so an installed wheel installs the schema with no
+checkout; in a checkout, src/pgingest/{sql,migrations,plpython} are links to the folders at the
+repository's root. The installer's own SQL (the prelude, the migration block, the PL/Python
+prelude, uninstall, the superuser setup...) is in the templates installer/*.sql, which
+:func:`render_template` fills in; this module orders, renders and runs.
+
 Install option: ``chunk_partitions`` hash-partitions ``pgingest.chunks`` by ``doc_id`` at the first
 install (``SET LOCAL pgingest.chunk_partitions``, read by migrations/0001_initial.sql).
 
@@ -24,11 +31,14 @@ builds the install options from :func:`add_arguments`.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
+import importlib.resources
 import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -77,37 +87,52 @@ class SqlFile:
         return self.folder == "sql" and self.name.endswith("_privileges.sql")
 
 
+def _package() -> Traversable:
+    return importlib.resources.files("pgingest")
+
+
 def project_root() -> Path:
-    """Folder holding migrations/, sql/ and plpython/ (the checkout, or the installed share dir)."""
-    here = Path(__file__).resolve()
-    for candidate in (here.parent / "share", *here.parents):
-        if (candidate / "migrations").is_dir() and (candidate / "sql").is_dir():
-            return candidate
-    raise InstallError("cannot find the migrations/ and sql/ folders next to the pgingest package")
+    """The folder holding sql/, migrations/ and plpython/: the pgingest package itself.
+
+    They are package data (``importlib.resources``): the files of an installed wheel, and in a
+    checkout (editable install) the links src/pgingest/{sql,migrations,plpython} to the folders at
+    the repository's root.
+    """
+    root = _package()
+    if not isinstance(root, Path):  # a zip import: PL/Python could not import pgingest either
+        raise InstallError(f"pgingest is not installed as files on disk: {root}")
+    return root
 
 
-def _read_folder(folder: Path) -> list[SqlFile]:
+def _read_folder(folder: Traversable) -> list[SqlFile]:
     return [
         SqlFile(p.name, p.read_text(encoding="utf-8"), folder.name)
-        for p in sorted(folder.glob("*.sql"))
+        for p in sorted(folder.iterdir(), key=lambda p: p.name)
+        if p.name.endswith(".sql") and p.is_file()
     ]
 
 
-def migrations(root: Path | None = None) -> list[SqlFile]:
-    return _read_folder((root or project_root()) / "migrations")
+def migrations(root: Traversable | None = None) -> list[SqlFile]:
+    return _read_folder((root or _package()) / "migrations")
 
 
-def plpython_files(root: Path | None = None) -> list[SqlFile]:
-    return _read_folder((root or project_root()) / "plpython")
+def schema_version() -> str:
+    """The schema this package installs: its latest migration (``0005_full_text_opt_in``)."""
+    folder = _package() / "migrations"
+    return max(p.name for p in folder.iterdir() if p.name.endswith(".sql")).removesuffix(".sql")
 
 
-def privileges_files(root: Path | None = None) -> list[SqlFile]:
-    return [f for f in _read_folder((root or project_root()) / "sql") if f.is_privileges]
+def plpython_files(root: Traversable | None = None) -> list[SqlFile]:
+    return _read_folder((root or _package()) / "plpython")
 
 
-def idempotent_files(root: Path | None = None) -> list[SqlFile]:
+def privileges_files(root: Traversable | None = None) -> list[SqlFile]:
+    return [f for f in _read_folder((root or _package()) / "sql") if f.is_privileges]
+
+
+def idempotent_files(root: Traversable | None = None) -> list[SqlFile]:
     """The re-runnable files in the order they are applied: sql/, plpython/, then privileges."""
-    root = root or project_root()
+    root = root or _package()
     sql_files = _read_folder(root / "sql")
     return (
         [f for f in sql_files if not f.is_privileges]
@@ -116,16 +141,125 @@ def idempotent_files(root: Path | None = None) -> list[SqlFile]:
     )
 
 
-def _dollar_quote(text: str, tag: str) -> str:
+# ---- templates: the installer's own SQL, in installer/*.sql --------------------------------
+
+
+class Sql(str):
+    """A piece of SQL the installer built itself (a quoted identifier, a dollar-quoted file, a
+    constant): a template gets it as it is. A plain ``str`` is text: quoted as a literal."""
+
+    __slots__ = ()
+
+
+# A placeholder: sqlfluff's `colon` param_style (installer/.sqlfluff), so the linter sees the
+# same placeholders. `::type` casts and `:=` do not match.
+_PLACEHOLDER = re.compile(r"(?<![:\w\\]):(\w+)")
+_LINE_PLACEHOLDER = re.compile(r"^[ \t]*:(\w+)[ \t]*\n", re.MULTILINE)
+# sqlfluff's line directives, for the linter only.
+_NOQA = re.compile(r"[ \t]+-- noqa\b[^\n]*$", re.MULTILINE)
+
+
+@functools.cache
+def _template(name: str) -> str:
+    """installer/<name> without what is there for its readers and the linter: the header (the
+    comment lines up to the first blank line) and trailing ``-- noqa`` comments."""
+    text = (_package() / "installer" / name).read_text("utf-8")
+    header, sep, body = text.partition("\n\n")
+    if not sep or not all(line.startswith("--") for line in header.splitlines()):
+        raise InstallError(f"installer/{name}: no header (comment lines, then a blank line)")
+    return _NOQA.sub("", body)
+
+
+def _contexts(text: str) -> list[tuple[int, int, str]]:
+    """The spans of string literals and comments in ``text`` (start, end, "literal"|"comment").
+
+    Dollar quotes are seen through: the installer's dollar-quoted bodies are PL/pgSQL, whose
+    literals and comments are those of SQL.
+    """
+    spans: list[tuple[int, int, str]] = []
+    i = 0
+    while i < len(text):
+        if text[i] in "'\"":
+            quote = text[i]
+            j = i + 1
+            while True:
+                j = text.find(quote, j)
+                if j < 0:
+                    raise InstallError(f"unterminated {quote} in an installer template")
+                if not text.startswith(quote * 2, j):
+                    break
+                j += 2
+            if quote == "'":
+                spans.append((i + 1, j, "literal"))
+            i = j + 1
+        elif text.startswith("--", i):
+            j = text.find("\n", i)
+            j = len(text) if j < 0 else j
+            spans.append((i, j, "comment"))
+            i = j
+        else:
+            i += 1
+    return spans
+
+
+def _value(value: str | int, context: str, name: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise InstallError(f"template value {name}: {type(value).__name__}")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, Sql):
+        if context == "literal" and "'" in value:
+            raise InstallError(f"template value {name}: SQL with a quote inside a literal")
+        return str(value)
+    if context == "comment":
+        if "\n" in value:
+            raise InstallError(f"template value {name}: a line break in a comment")
+        return value
+    escaped = value.replace("'", "''")
+    return escaped if context == "literal" else f"'{escaped}'"
+
+
+def render_template(name: str, **values: str | int) -> str:
+    """installer/<name> with its ``:placeholders`` replaced, each once, in one pass.
+
+    A ``str`` is text: a quoted literal in SQL, escaped inside a literal, as it is in a comment.
+    :class:`Sql` and ``int`` go in as they are. A line holding only a placeholder whose value is
+    empty is dropped. Every placeholder needs a value and every value a placeholder.
+    """
+    text = _LINE_PLACEHOLDER.sub(lambda m: "" if values.get(m[1]) == "" else m[0], _template(name))
+    spans = _contexts(text)
+    used: set[str] = set()
+
+    def replace(m: re.Match[str]) -> str:
+        key = m[1]
+        if key not in values:
+            raise InstallError(f"installer/{name}: no value for :{key}")
+        used.add(key)
+        context = next((kind for a, b, kind in spans if a <= m.start() < b), "code")
+        return _value(values[key], context, key)
+
+    out = _PLACEHOLDER.sub(replace, text)
+    if unused := set(values) - used - {k for k, v in values.items() if v == ""}:
+        raise InstallError(f"installer/{name}: no placeholder for {sorted(unused)}")
+    return out
+
+
+def _dollar_quote(text: str, tag: str) -> Sql:
     delim = f"${tag}$"
     if delim in text:
         raise InstallError(f"the file contains the reserved dollar-quote tag {delim}")
-    return f"{delim}{text}{delim}"
+    return Sql(f"{delim}{text}{delim}")
 
 
-def _literal(text: str) -> str:
-    """A SQL string literal of the project's own text (file names, function names)."""
-    return "'" + text.replace("'", "''") + "'"
+def _literal(text: str) -> Sql:
+    """A SQL string literal of the project's own text (checksums, function names)."""
+    return Sql("'" + text.replace("'", "''") + "'")
+
+
+_PRIVILEGES: dict[str, str | int] = {
+    "pgmq_schema_privileges": Sql(PGMQ_SCHEMA_PRIVILEGES),
+    "pgmq_meta_privileges": Sql(PGMQ_META_PRIVILEGES),
+}
 
 
 def _migration_block(m: SqlFile) -> str:
@@ -133,31 +267,20 @@ def _migration_block(m: SqlFile) -> str:
     earlier = [c for c in AMENDED_MIGRATIONS.get(version, ()) if c != m.checksum]
     amended = ""
     if earlier:
-        checksums = ", ".join(f"'{c}'" for c in earlier)
-        amended = f"""
-    ELSIF v_checksum IN ({checksums}) THEN
-        UPDATE pgingest.schema_migrations SET checksum = '{m.checksum}' WHERE version = '{version}';
-        RAISE NOTICE 'pgingest: migration {version} was recorded with the checksum of an earlier, equivalent text (amended before release): record updated';"""  # noqa: S608 - sha256 hex and names of the project's files
-    return f"""
--- migration {m.name}
-DO $pgingest_install$
-DECLARE
-    v_checksum text;
-BEGIN
-    SELECT checksum INTO v_checksum FROM pgingest.schema_migrations WHERE version = '{version}';
-    IF NOT FOUND THEN
-        EXECUTE {_dollar_quote(m.text, "pgingest_migration")};
-        INSERT INTO pgingest.schema_migrations (version, checksum) VALUES ('{version}', '{m.checksum}');
-        RAISE NOTICE 'pgingest: applied migration {version}';{amended}
-    ELSIF v_checksum <> '{m.checksum}' THEN
-        RAISE EXCEPTION 'pgingest: migration {version} was edited after it was applied'
-            USING ERRCODE = 'data_corrupted',
-                  DETAIL = format('recorded checksum %s, file checksum {m.checksum}', v_checksum),
-                  HINT = 'Released migrations are never edited: restore the file and add a new migration.';
-    END IF;
-END;
-$pgingest_install$;
-"""  # noqa: S608 - file names and sha256 hex from the project's own files
+        amended = render_template(
+            "migration_amended.sql",
+            earlier_checksums=Sql(", ".join(_literal(c) for c in earlier)),
+            checksum=m.checksum,
+            version=version,
+        ).removesuffix("\n")
+    return "\n" + render_template(
+        "migration.sql",
+        file_name=m.name,
+        version=version,
+        checksum=m.checksum,
+        migration_body=_dollar_quote(m.text, "pgingest_migration"),
+        amended=Sql(amended),
+    )
 
 
 def superuser_setup_sql(owner: str = "app_owner") -> str:
@@ -168,140 +291,8 @@ def superuser_setup_sql(owner: str = "app_owner") -> str:
     """
     from psycopg import sql
 
-    role = sql.Identifier(owner).as_string(None)
-    return f"""-- pgingest: run once by a superuser, connected to the target database.
--- 1. The extensions (vector and plpython3u are not trusted extensions: superuser only).
-CREATE EXTENSION IF NOT EXISTS vector;
-CREATE EXTENSION IF NOT EXISTS pgmq;
-CREATE EXTENSION IF NOT EXISTS plpython3u;
--- 2. The owner of pgingest creates and drops one pgmq queue per model (tables in schema pgmq,
---    rows in pgmq.meta).
-GRANT {PGMQ_SCHEMA_PRIVILEGES} ON SCHEMA pgmq TO {role};
-GRANT {PGMQ_META_PRIVILEGES} ON pgmq.meta TO {role};
--- 3. The group roles (cluster-wide: once per cluster), which the owner then grants to logins.
-DO $$
-DECLARE
-    v_role text;
-BEGIN
-    FOREACH v_role IN ARRAY ARRAY[
-        'pgingest_writer', 'pgingest_reader', 'pgingest_worker', 'pgingest_monitor', 'pgingest_admin'
-    ] LOOP
-        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles AS r WHERE r.rolname = v_role) THEN
-            EXECUTE format('CREATE ROLE %I NOLOGIN', v_role);
-        END IF;
-    END LOOP;
-END;
-$$;
-GRANT pgingest_reader, pgingest_monitor TO pgingest_admin;
-GRANT pgingest_writer, pgingest_reader, pgingest_worker, pgingest_monitor, pgingest_admin
-TO {role} WITH ADMIN OPTION;
--- 4. The owner needs CREATE on the database (to create schema pgingest): it has it when it owns
---    the database; otherwise: GRANT CREATE ON DATABASE <this database> TO {role};
--- Then, as {role}: pgingest install (or psql -f install.sql); afterwards, as a superuser:
--- pgingest install --plpython-only (the PL/Python functions).
-"""  # noqa: S608 - the role name is quoted by sql.Identifier
-
-
-def _hint_setup_sql() -> str:
-    """The superuser statements of :func:`superuser_setup_sql`, for the current role (SQL text)."""
-    return (
-        "format('A superuser runs, in database %s: CREATE EXTENSION IF NOT EXISTS vector; "
-        "CREATE EXTENSION IF NOT EXISTS pgmq; CREATE EXTENSION IF NOT EXISTS plpython3u; "
-        f"GRANT {PGMQ_SCHEMA_PRIVILEGES} ON SCHEMA pgmq TO %I; "
-        f"GRANT {PGMQ_META_PRIVILEGES} ON pgmq.meta TO %I; "
-        "(all of it: pgingest install --print-superuser-setup; docs/deployment.md)', "
-        "current_database(), current_user, current_user)"
-    )
-
-
-PRELUDE = f"""
-SELECT pg_advisory_xact_lock({INSTALL_LOCK_KEY});
--- Extensions: created when missing (superuser only for vector and plpython3u); a role that is not
--- a superuser installs into a database where a superuser created them (docs/deployment.md).
-DO $pgingest_install$
-DECLARE
-    v_ext text;
-    v_missing text[] := '{{}}';
-BEGIN
-    FOREACH v_ext IN ARRAY ARRAY['vector', 'pgmq'] LOOP
-        CONTINUE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_extension AS e WHERE e.extname = v_ext);
-        BEGIN
-            EXECUTE format('CREATE EXTENSION %I', v_ext);
-        EXCEPTION WHEN insufficient_privilege THEN
-            v_missing := v_missing || v_ext;
-        END;
-    END LOOP;
-    IF cardinality(v_missing) > 0 THEN
-        RAISE EXCEPTION 'pgingest: the extension % is not installed in database % and % may not create it',
-            array_to_string(v_missing, ' and '), current_database(), current_user
-            USING ERRCODE = 'insufficient_privilege', HINT = {_hint_setup_sql()};
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension AS e WHERE e.extname = 'plpython3u') THEN
-        IF (SELECT r.rolsuper FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user) THEN
-            CREATE EXTENSION plpython3u;
-        ELSE
-            RAISE WARNING 'pgingest: plpython3u is not installed in database %: the PL/Python functions are skipped',
-                current_database()
-                USING HINT = 'Everything else works. For embed_query(), search_text() and chunk_preview(), a '
-                             'superuser runs CREATE EXTENSION plpython3u; then pgingest install --plpython-only.';
-        END IF;
-    END IF;
-END;
-$pgingest_install$;
--- Routines pin their search_path FROM CURRENT: pg_catalog, the vector extension's schema, pg_temp.
-SELECT set_config(
-    'search_path',
-    format('pg_catalog, %I, pg_temp', (
-        SELECT n.nspname FROM pg_extension AS e JOIN pg_namespace AS n ON n.oid = e.extnamespace
-        WHERE e.extname = 'vector')),
-    true);
--- Load pgvector's library in this session: its settings (hnsw.iterative_scan) become known, and a
--- routine's SET clause naming an unknown (placeholder) setting is refused to a non-superuser.
-DO $pgingest_install$ BEGIN PERFORM '[1]'::vector; END; $pgingest_install$;
--- The queues of the models live in schema pgmq: the owner creates and drops them.
-DO $pgingest_install$
-BEGIN
-    IF NOT (has_schema_privilege('pgmq', '{PGMQ_SCHEMA_PRIVILEGES}')
-            AND has_table_privilege('pgmq.meta', '{PGMQ_META_PRIVILEGES}')) THEN
-        RAISE EXCEPTION 'pgingest: % lacks rights on the pgmq extension''s schema (the queues of the models live there)',
-            current_user
-            USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = 'Needed: {PGMQ_SCHEMA_PRIVILEGES} on schema pgmq, {PGMQ_META_PRIVILEGES} on pgmq.meta.',
-                  HINT = {_hint_setup_sql()};
-    END IF;
-END;
-$pgingest_install$;
-CREATE SCHEMA IF NOT EXISTS pgingest;
-CREATE TABLE IF NOT EXISTS pgingest.schema_migrations (
-    version text NOT NULL,
-    checksum text NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT schema_migrations_pkey PRIMARY KEY (version)
-);
-COMMENT ON TABLE pgingest.schema_migrations IS 'Migrations applied by the pgingest installer.';
-"""  # noqa: S608 - constant text, no input
-
-# After the migrations: an explicit partition count must match the table (it is fixed at the first
-# install; an upgrade run with another count must not pass silently).
-PARTITIONS_CHECK = """
-DO $pgingest_install$
-DECLARE
-    v_want text := nullif(current_setting('pgingest.chunk_partitions', true), '');
-    v_have integer;
-BEGIN
-    IF v_want IS NULL OR to_regclass('pgingest.chunks') IS NULL THEN
-        RETURN;
-    END IF;
-    SELECT count(*) INTO v_have FROM pg_catalog.pg_inherits AS i WHERE i.inhparent = 'pgingest.chunks'::regclass;
-    IF v_have <> v_want::integer THEN
-        RAISE EXCEPTION 'pgingest: pgingest.chunks has % partitions, not %', v_have, v_want
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'The partition count is chosen at the first install (--chunk-partitions); '
-                         'install again without the option.';
-    END IF;
-END;
-$pgingest_install$;
-"""
+    role = Sql(sql.Identifier(owner).as_string(None))
+    return render_template("superuser_setup.sql", owner=role, **_PRIVILEGES)
 
 
 def _public_functions(f: SqlFile) -> list[str]:
@@ -311,42 +302,23 @@ def _public_functions(f: SqlFile) -> list[str]:
 
 def _plpython_block(f: SqlFile) -> str:
     """A plpython/ file, applied only by a superuser; skipped with a WARNING otherwise."""
-    names = ", ".join(f"{n}()" for n in _public_functions(f)) or "its functions"
     # The first routine of the file tells whether a superuser installed the file earlier.
     first = re.search(r"FUNCTION\s+pgingest\.([a-z_][a-z0-9_]*)\s*\(", f.text)
-    probe = _literal(first.group(1)) if first else "NULL"
-    return f"""
--- plpython/{f.name}: PL/Python is untrusted, so only a superuser creates these functions.
-DO $pgingest_install$
-BEGIN
-    IF (SELECT r.rolsuper FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user) THEN
-        EXECUTE {_dollar_quote(f.text, "pgingest_plpython")};
-    ELSIF EXISTS (
-        SELECT 1 FROM pg_catalog.pg_proc AS p
-        WHERE p.pronamespace = 'pgingest'::regnamespace AND p.proname = {probe}
-    ) THEN
-        RAISE WARNING 'pgingest: plpython/{f.name} not re-applied: % is not a superuser; the PL/Python functions installed earlier are kept as they are',
-            current_user
-            USING HINT = 'After an upgrade a superuser refreshes them: pgingest install --plpython-only '
-                         '(or psql -f of pgingest install --plpython-only --print).';
-    ELSE
-        RAISE WARNING 'pgingest: plpython/{f.name} skipped: % is not a superuser (plpython3u is untrusted): {names} are not installed; everything else works',
-            current_user
-            USING HINT = 'A superuser adds them: pgingest install --plpython-only '
-                         '(or psql -f of pgingest install --plpython-only --print).';
-    END IF;
-END;
-$pgingest_install$;
-"""  # noqa: S608 - the project's own file names and text
+    return "\n" + render_template(
+        "plpython_block.sql",
+        file_name=f.name,
+        plpython_body=_dollar_quote(f.text, "pgingest_plpython"),
+        probe=first.group(1) if first else Sql("NULL"),
+        function_names=", ".join(f"{n}()" for n in _public_functions(f)) or "its functions",
+    )
 
 
 def _python_path_sql(path: str | None = None) -> str:
-    value = (path or python_path()).replace("'", "''")
-    return (
-        "\n-- Where PL/Python imports pgingest from (edit for another server layout).\n"
-        "INSERT INTO pgingest.config (key, value) VALUES ('python_path', "
-        f"'{value}') ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now();\n"
-    )
+    return "\n" + render_template("python_path.sql", python_path=path or python_path())
+
+
+def _file_section(f: SqlFile) -> str:
+    return f"\n-- {f.folder}/{f.name}\n{f.text}\n"
 
 
 def _check_partitions(chunk_partitions: int | None) -> None:
@@ -357,8 +329,25 @@ def _check_partitions(chunk_partitions: int | None) -> None:
         )
 
 
+# psql framing of the printed scripts (psql meta-commands: not SQL, so not in the templates).
+_PSQL_STOP = "\\set ON_ERROR_STOP on\n"
+_INSTALL_HEADER = (
+    "-- pgingest installation script: psql -v ON_ERROR_STOP=1 -f install.sql\n"
+    "-- Needs no superuser where a superuser ran pgingest install --print-superuser-setup\n"
+    "-- (docs/deployment.md); the PL/Python functions are then skipped with a WARNING.\n"
+)
+_PLPYTHON_HEADER = (
+    "-- pgingest PL/Python functions, run by a superuser after the owner installed pgingest:\n"
+    "-- psql -v ON_ERROR_STOP=1 -f plpython.sql\n"
+)
+_UNINSTALL_HEADER = (
+    "-- pgingest uninstall: psql -v ON_ERROR_STOP=1 -f uninstall.sql"
+    " (as the owner of schema pgingest)\n"
+)
+
+
 def render_script(
-    root: Path | None = None,
+    root: Traversable | None = None,
     *,
     upto: str | None = None,
     psql: bool = False,
@@ -367,6 +356,7 @@ def render_script(
 ) -> str:
     """The whole installation as one SQL script (without BEGIN/COMMIT unless ``psql``).
 
+    ``root``: the folder holding migrations/, sql/ and plpython/ (default: the package's).
     ``upto`` stops after the named migration and skips sql/ (tests replay the chain with it).
     ``chunk_partitions``: hash-partition pgingest.chunks into that many partitions (0: a plain
     table); it takes effect at the first install and must match on later ones.
@@ -376,94 +366,40 @@ def render_script(
     _check_partitions(chunk_partitions)
     parts: list[str] = []
     if psql:
-        parts.append(
-            "-- pgingest installation script: psql -v ON_ERROR_STOP=1 -f install.sql\n"
-            "-- Needs no superuser where a superuser ran pgingest install --print-superuser-setup\n"
-            "-- (docs/deployment.md); the PL/Python functions are then skipped with a WARNING.\n"
-            "\\set ON_ERROR_STOP on\nBEGIN;\n"
-        )
+        parts.append(_INSTALL_HEADER + _PSQL_STOP + "BEGIN;\n")
     if chunk_partitions is not None:
-        parts.append(f"SET LOCAL pgingest.chunk_partitions = '{int(chunk_partitions)}';\n")
-    parts.append(PRELUDE)
+        parts.append(
+            render_template("chunk_partitions.sql", chunk_partitions=str(int(chunk_partitions)))
+        )
+    parts.append(
+        "\n" + render_template("prelude.sql", install_lock_key=INSTALL_LOCK_KEY, **_PRIVILEGES)
+    )
     for m in migrations(root):
         parts.append(_migration_block(m))
         if upto is not None and m.name.removesuffix(".sql") == upto:
             break
-    parts.append(PARTITIONS_CHECK)
+    parts.append("\n" + render_template("partitions_check.sql"))
     if upto is None:
         for f in idempotent_files(root):
-            if f.folder == "plpython":
-                parts.append(_plpython_block(f))
-            else:
-                parts.append(f"\n-- {f.folder}/{f.name}\n{f.text}\n")
+            parts.append(_plpython_block(f) if f.folder == "plpython" else _file_section(f))
         parts.append(_python_path_sql(python_path))
     if psql:
         parts.append("\nCOMMIT;\n")
     return "".join(parts)
 
 
-PLPYTHON_PRELUDE = f"""
-SELECT pg_advisory_xact_lock({INSTALL_LOCK_KEY});
-DO $pgingest_install$
-BEGIN
-    IF NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user) THEN
-        RAISE EXCEPTION 'pgingest: the PL/Python functions can only be created by a superuser, not %', current_user
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'plpython3u is an untrusted language. Run this as a superuser.';
-    END IF;
-    IF to_regclass('pgingest.schema_migrations') IS NULL THEN
-        RAISE EXCEPTION 'pgingest is not installed in database %', current_database()
-            USING ERRCODE = 'undefined_object',
-                  HINT = 'The owner installs it first: pgingest install (or psql -f install.sql).';
-    END IF;
-END;
-$pgingest_install$;
-CREATE EXTENSION IF NOT EXISTS plpython3u;
-SELECT set_config(
-    'search_path',
-    format('pg_catalog, %I, pg_temp', (
-        SELECT n.nspname FROM pg_extension AS e JOIN pg_namespace AS n ON n.oid = e.extnamespace
-        WHERE e.extname = 'vector')),
-    true);
-"""  # noqa: S608 - constant text, no input
-
-# The routines a superuser created go to the owner of schema pgingest: its later installs then
-# manage their grants (and DROP SCHEMA ... CASCADE removes them). Their bodies stay superuser-only.
-PLPYTHON_OWNERSHIP = """
-DO $pgingest_install$
-DECLARE
-    v_routine regprocedure;
-    v_owner name := (SELECT pg_get_userbyid(n.nspowner) FROM pg_catalog.pg_namespace AS n WHERE n.nspname = 'pgingest');
-BEGIN
-    FOR v_routine IN
-        SELECT p.oid::regprocedure FROM pg_catalog.pg_proc AS p
-        WHERE p.pronamespace = 'pgingest'::regnamespace AND pg_get_userbyid(p.proowner) <> v_owner
-        ORDER BY 1
-    LOOP
-        EXECUTE format('ALTER ROUTINE %s OWNER TO %I', v_routine, v_owner);
-    END LOOP;
-END;
-$pgingest_install$;
-"""
-
-
 def render_plpython_script(
-    root: Path | None = None, *, psql: bool = False, python_path: str | None = None
+    root: Traversable | None = None, *, psql: bool = False, python_path: str | None = None
 ) -> str:
     """The superuser's follow-up to a DBA install: plpython/, owner set, privileges re-applied."""
     parts: list[str] = []
     if psql:
-        parts.append(
-            "-- pgingest PL/Python functions, run by a superuser after the owner installed pgingest:\n"
-            "-- psql -v ON_ERROR_STOP=1 -f plpython.sql\n\\set ON_ERROR_STOP on\nBEGIN;\n"
-        )
-    parts.append(PLPYTHON_PRELUDE)
-    for f in plpython_files(root):
-        parts.append(f"\n-- plpython/{f.name}\n{f.text}\n")
-    parts.append(PLPYTHON_OWNERSHIP)
+        parts.append(_PLPYTHON_HEADER + _PSQL_STOP + "BEGIN;\n")
+    parts.append("\n" + render_template("plpython_prelude.sql", install_lock_key=INSTALL_LOCK_KEY))
+    parts += [_file_section(f) for f in plpython_files(root)]
+    parts.append("\n" + render_template("plpython_ownership.sql"))
     parts.append(_python_path_sql(python_path))
-    for f in privileges_files(root):
-        parts.append(f"\n-- sql/{f.name}\n{f.text}\n")
+    parts += [_file_section(f) for f in privileges_files(root)]
     if psql:
         parts.append("\nCOMMIT;\n")
     return "".join(parts)
@@ -471,33 +407,11 @@ def render_plpython_script(
 
 def render_uninstall_script() -> str:
     """Removes pgingest from a database (psql script): its queues, then schema pgingest."""
-    return f"""-- pgingest uninstall: psql -v ON_ERROR_STOP=1 -f uninstall.sql (as the owner of schema pgingest)
-\\set ON_ERROR_STOP on
-BEGIN;
-SELECT pg_advisory_xact_lock({INSTALL_LOCK_KEY});
-DO $pgingest_install$
-DECLARE
-    v_queue text;
-BEGIN
-    IF to_regclass('pgingest.models') IS NULL THEN
-        RETURN;
-    END IF;
-    FOR v_queue IN
-        SELECT m.queue_name FROM pgingest.models AS m
-        INNER JOIN pgmq.meta AS q ON q.queue_name = m.queue_name
-        ORDER BY 1
-    LOOP
-        PERFORM pgmq.drop_queue(v_queue);
-    END LOOP;
-END;
-$pgingest_install$;
-DROP SCHEMA IF EXISTS pgingest CASCADE;
-COMMIT;
--- Left on purpose (they may serve others): publications (DROP PUBLICATION pgingest;), the group
--- roles, cluster-wide (a superuser, once no database uses them: DROP ROLE pgingest_writer,
--- pgingest_reader, pgingest_worker, pgingest_monitor, pgingest_admin;), and the extensions
--- (DROP EXTENSION pgmq; DROP EXTENSION vector; DROP EXTENSION plpython3u;).
-"""  # noqa: S608 - constant text, no input
+    return (
+        _UNINSTALL_HEADER
+        + _PSQL_STOP
+        + render_template("uninstall.sql", install_lock_key=INSTALL_LOCK_KEY)
+    )
 
 
 def python_path() -> str:
