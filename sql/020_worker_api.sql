@@ -268,12 +268,18 @@ DECLARE
     v_n2 integer;
     v_dead bigint[];
 BEGIN
-    -- Document versions that are still current get (or update) a dead letter.
+    -- Document versions that are still current get (or update) a dead letter, unless another
+    -- worker has embedded that very version meanwhile (a batch that outlived its visibility
+    -- timeout): a dead letter never undoes a completed version.
     WITH x AS (
         SELECT u.*
         FROM unnest(p_doc_ids, p_hashes, p_error_classes, p_error_messages, p_attempts, p_payloads)
             AS u (doc_id, h, error_class, error_message, attempts, payload)
         INNER JOIN pgingest.documents AS d ON d.id = u.doc_id AND d.content_hash = u.h
+        WHERE NOT EXISTS (
+            SELECT 1 FROM pgingest.embedding_state AS s
+            WHERE s.model = v_m.name AND s.doc_id = u.doc_id AND s.content_hash = u.h
+        )
     ), ins AS (
         INSERT INTO pgingest.dead_letters AS l
             (doc_id, doc_key, model, content_hash, error_class, error_message, attempts, payload)
@@ -321,7 +327,8 @@ COMMENT ON FUNCTION pgingest.dead_letter_v1(
     text, bigint[], bigint[], bytea[], text[], text[], integer[], jsonb[]
 ) IS
 'Worker: records dead letters (error class, message, attempts) for the still-current document versions '
-'and acknowledges the messages, in one transaction. Stale versions are only acknowledged.';
+'and acknowledges the messages, in one transaction. Stale versions, and versions another worker has '
+'already embedded for this model, are only acknowledged (a dead letter never undoes a completed version).';
 
 CREATE OR REPLACE FUNCTION pgingest.defer_v1(
     p_model text,

@@ -1,0 +1,60 @@
+"""Defects found by the reliability and security review of 37f1ecc (issue 18), one test each.
+
+Each test fails on 37f1ecc and passes since the fix; docs/reliability.md lists them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from pgingest import db
+from pgingest.testing.fake_provider import FakeEmbeddingServer
+from tests.helpers import drain, insert_corpus, register
+
+
+def test_a_late_dead_letter_never_undoes_a_version_another_worker_embedded(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    """Issue 18, item 1. Worker A's batch outlives its visibility timeout; worker B claims the
+    same message past max_attempts and decides ``attempts_exhausted``; A commits the embedding;
+    then B commits its dead letter. B's dead letter must only acknowledge the message."""
+    register(conn, "v1", fake.url)
+    insert_corpus(conn, 1)
+    (queue,) = conn.execute("SELECT queue_name FROM pgingest.models WHERE name = 'v1'").fetchone()
+    msg_id, doc_id, payload = conn.execute(
+        f"SELECT msg_id, (message->>'doc_id')::bigint, message FROM pgmq.q_{queue}"  # noqa: S608
+    ).fetchone()
+    (content_hash,) = conn.execute(
+        "SELECT content_hash FROM pgingest.documents WHERE id = %s", (doc_id,)
+    ).fetchone()
+    drain(dsn)  # worker A: embeds and acknowledges the version
+    before = conn.execute(
+        "SELECT count(*) FROM pgingest.chunks WHERE doc_id = %s AND emb_v1 IS NOT NULL", (doc_id,)
+    ).fetchone()
+    assert before is not None and before[0] > 0
+
+    # Worker B, holding the same message, writes its dead letter for the same version.
+    db.dead_letter(
+        conn,
+        "v1",
+        [msg_id],
+        [doc_id],
+        [content_hash],
+        ["attempts_exhausted"],
+        ["gave up after 5 attempts"],
+        [5],
+        [payload],
+    )
+
+    after = conn.execute(
+        "SELECT count(*) FROM pgingest.chunks WHERE doc_id = %s AND emb_v1 IS NOT NULL", (doc_id,)
+    ).fetchone()
+    assert after == before
+    state = conn.execute(
+        "SELECT content_hash FROM pgingest.embedding_state WHERE doc_id = %s AND model = 'v1'",
+        (doc_id,),
+    ).fetchone()
+    assert state == (content_hash,)
+    assert conn.execute("SELECT count(*) FROM pgingest.dead_letters").fetchone() == (0,)
