@@ -108,3 +108,52 @@ def test_printed_script_installs_with_psql(empty_database: Any, tmp_path: Path) 
     assert [r[0] for r in _migration_rows(dsn)] == [
         f.name.removesuffix(".sql") for f in install.migrations()
     ]
+
+
+# ---- the installer's templates (installer/*.sql): no database needed -------------------------
+
+
+def test_template_values_are_quoted_where_they_land(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = (
+        "-- as :who, for :ident\n"
+        "SELECT :who, 'hi :who', :n, :ident, x::regclass;\n"
+        ":gone\n"
+        "DO $$ DECLARE v text := 'a'; BEGIN PERFORM :who; END; $$;\n"
+    )
+    monkeypatch.setattr(install, "_template", lambda name: text)
+    out = install.render_template(
+        "t.sql", who="O'Brien --x", n=3, ident=install.Sql('"My ""Role"""'), gone=""
+    )
+    assert out == (
+        '-- as O\'Brien --x, for "My ""Role"""\n'
+        "SELECT 'O''Brien --x', 'hi O''Brien --x', 3, \"My \"\"Role\"\"\", x::regclass;\n"
+        "DO $$ DECLARE v text := 'a'; BEGIN PERFORM 'O''Brien --x'; END; $$;\n"
+    )
+    values: dict[str, Any] = {"who": "a", "n": 1, "ident": install.Sql("b"), "gone": ""}
+    with pytest.raises(install.InstallError, match="no value for :n"):
+        install.render_template("t.sql", **{k: v for k, v in values.items() if k != "n"})
+    with pytest.raises(install.InstallError, match="no placeholder for"):
+        install.render_template("t.sql", **values, extra="x")
+    with pytest.raises(install.InstallError, match="line break in a comment"):
+        install.render_template("t.sql", **{**values, "who": "a\nDROP TABLE t;"})
+    with pytest.raises(install.InstallError, match="quote inside a literal"):
+        install.render_template("t.sql", **{**values, "who": install.Sql("'x'")})
+
+
+def test_templates_render_without_their_header_and_lint_comments() -> None:
+    for template in (install.project_root() / "installer").glob("*.sql"):
+        assert "-- noqa" in template.read_text() or template.name != "prelude.sql"
+        assert "-- noqa" not in install._template(template.name), template.name
+    for script in (
+        install.render_script(psql=True, chunk_partitions=4),
+        install.render_plpython_script(psql=True),
+        install.render_uninstall_script(),
+        install.superuser_setup_sql("app_owner"),
+    ):
+        assert "Installer template" not in script
+    assert install.render_template("python_path.sql", python_path="/opt/it's") == (
+        "-- Where PL/Python imports pgingest from (edit for another server layout).\n"
+        "INSERT INTO pgingest.config (key, value) VALUES ('python_path', '/opt/it''s') ON CONFLICT "
+        "(key) DO UPDATE SET value = EXCLUDED.value, updated_at = now();\n"
+    )
+    assert install.schema_version() == install.migrations()[-1].name.removesuffix(".sql")
