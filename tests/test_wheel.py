@@ -156,6 +156,16 @@ def test_the_installed_wheel_is_used_not_the_checkout(wheel_env: dict[str, Any])
     assert out[2] == install.schema_version() == install.migrations()[-1].name.removesuffix(".sql")
 
 
+def test_version_names_the_package_and_the_schema_it_installs(
+    wheel_env: dict[str, Any],
+) -> None:
+    from pgingest import __version__
+
+    out = _run(wheel_env, wheel_env["pgingest"], "--version").stdout.strip()
+    latest = install.migrations()[-1].name.removesuffix(".sql")
+    assert out == f"pgingest {__version__} (schema {latest})"
+
+
 def test_print_renders_from_the_wheel_as_from_the_checkout(wheel_env: dict[str, Any]) -> None:
     path = "/opt/pgingest/python"
     for options in (["--print"], ["--plpython-only", "--print"]):

@@ -109,7 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     from pgingest import install  # cheap: psycopg is imported when a database is used
 
     parser = argparse.ArgumentParser(prog="pgingest", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"pgingest {__version__}")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"pgingest {__version__} (schema {install.schema_version()})",
+        help="print the package version and the schema version it installs, then exit",
+    )
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     sub = parser.add_subparsers(dest="command", required=True)
