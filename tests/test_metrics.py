@@ -21,10 +21,11 @@ from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
-from pgingest import status, worker
+from pgingest import worker
 from pgingest.logs import JsonFormatter
 from pgingest.metrics import Metrics
 from pgingest.testing.fake_provider import FakeEmbeddingServer
+from pgingest.worker import heartbeat
 from tests.helpers import insert_docs, register, wait_for
 
 
@@ -98,9 +99,9 @@ def test_counters_match_what_happened_in_a_run_with_injected_429s(
         metrics=exporter.metrics,
     )
     # The gauges (queue depth, freshness lag, paused, breaker) come from the heartbeat thread.
-    hb = status.Heartbeat(
+    hb = heartbeat.Heartbeat(
         dsn,
-        lambda: status.WorkerSnapshot(models=["v1"], batch_size=w.batch_size),
+        lambda: heartbeat.WorkerSnapshot(models=["v1"], batch_size=w.batch_size),
         metrics=exporter.metrics,
         interval=0.05,
     )

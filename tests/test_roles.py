@@ -20,8 +20,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgingest import db, install, status, worker
+from pgingest import db, install, worker
 from pgingest.testing.fake_provider import FakeEmbeddingServer
+from pgingest.worker import heartbeat
 from tests.helpers import insert_docs, queue_count, register
 from tests.test_status import status_cli
 
@@ -377,7 +378,7 @@ def test_a_worker_login_runs_the_whole_pipeline_and_writes_nothing_directly(
     insert_docs(conn, [(f"doc-{i}", None, f"Document {i}.") for i in range(6)])
     insert_docs(conn, [("poison", None, "Has a __NAN__.")])
     wdsn = login("pgingest_worker")
-    hb = status.Heartbeat(wdsn, status.WorkerSnapshot)
+    hb = heartbeat.Heartbeat(wdsn, heartbeat.WorkerSnapshot)
     hb.beat()
     assert one(conn, "SELECT count(*) FROM pgingest.workers") == 1
     hb.stop()

@@ -24,6 +24,7 @@ from psycopg import sql
 from pgingest import db, status, worker
 from pgingest.logs import JsonFormatter
 from pgingest.testing.fake_provider import FakeEmbeddingServer
+from pgingest.worker import heartbeat
 from tests.helpers import insert_docs, queue_count, register, wait_for
 
 BAD = {
@@ -209,10 +210,10 @@ def test_vector_health_reports_the_index_and_the_search_settings(
 def test_heartbeat_upserts_goes_stale_and_is_removed_on_a_clean_stop(
     conn: psycopg.Connection[Any], dsn: str
 ) -> None:
-    snap = status.WorkerSnapshot(
+    snap = heartbeat.WorkerSnapshot(
         models=["v1"], in_flight=3, batch_size=64, documents=42, seconds_since_batch=1.5
     )
-    hb = status.Heartbeat(dsn, lambda: snap, interval=0.05)
+    hb = heartbeat.Heartbeat(dsn, lambda: snap, interval=0.05)
     hb.start()
     wait_for(lambda: bool(db.status_view(conn, "worker_status")))
     (w,) = db.status_view(conn, "worker_status")
@@ -263,7 +264,7 @@ def test_heartbeat_upserts_goes_stale_and_is_removed_on_a_clean_stop(
 def test_heartbeat_survives_a_terminated_connection(
     conn: psycopg.Connection[Any], dsn: str
 ) -> None:
-    hb = status.Heartbeat(dsn, status.WorkerSnapshot, interval=0.05)
+    hb = heartbeat.Heartbeat(dsn, heartbeat.WorkerSnapshot, interval=0.05)
     hb.start()
     try:
         wait_for(lambda: bool(db.status_view(conn, "worker_status")))
@@ -409,7 +410,7 @@ def test_the_api_key_never_appears_in_logs_tables_or_dead_letters(
         run_worker(dsn)
         assert one(conn, "SELECT count(*) FROM pgingest.dead_letters") == len(BAD)
         assert not db.get_model(conn, "v1").paused  # type: ignore[union-attr]
-        hb = status.Heartbeat(dsn, status.WorkerSnapshot)
+        hb = heartbeat.Heartbeat(dsn, heartbeat.WorkerSnapshot)
         hb.beat()
 
     assert caplog.records, "the worker logged nothing"

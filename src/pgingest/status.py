@@ -23,31 +23,19 @@ import decimal
 import json
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 
-from pgingest import db
+from pgingest import cli_support, db
 
 EXIT_HEALTHY = 0
 EXIT_UNHEALTHY = 1
 EXIT_ERROR = 2
 
 DEFAULT_MAX_DEAD_LETTERS = 0
-
-
-def __getattr__(name: str) -> Any:
-    """``status.Heartbeat`` and ``status.WorkerSnapshot``, from before they moved to
-    ``pgingest.worker.heartbeat``: kept for the callers not yet moved (imported on first use, so
-    that ``pgingest status`` does not load the worker)."""
-    if name in ("Heartbeat", "WorkerSnapshot"):
-        from pgingest.worker import heartbeat
-
-        return getattr(heartbeat, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,13 +213,7 @@ def _bar(fraction: float | None, width: int = 20) -> str:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    for row in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    return "\n".join(lines)
+    return cli_support.table(headers, rows, rule=False)
 
 
 def _short(text: Any, n: int = 60) -> str:
@@ -412,21 +394,12 @@ def render_text(report: Report, now: dt.datetime | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, dt.datetime | dt.date):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):
-        return float(value)
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    raise TypeError(f"cannot serialise {type(value).__name__}")
-
-
 def render_json(report: Report) -> str:
     """The report as JSON: intervals in seconds, timestamps ISO 8601."""
-    return json.dumps(report.as_dict(), default=_json_default, indent=2, sort_keys=False) + "\n"
+    return (
+        json.dumps(report.as_dict(), default=cli_support.json_default, indent=2, sort_keys=False)
+        + "\n"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -493,11 +466,7 @@ def add_status_command(subparsers: Any) -> argparse.ArgumentParser:
             "a lag above --max-lag, an invalid index); 2 the check failed."
         ),
     )
-    p.add_argument(
-        "--database-url",
-        default=None,
-        help="libpq connection string or URL (default: $DATABASE_URL, else the PG* variables)",
-    )
+    cli_support.add_database_url(p)
     p.add_argument("--json", action="store_true", help="one JSON document instead of tables")
     p.add_argument(
         "--max-dead-letters",
