@@ -31,6 +31,16 @@ Failure modes (``fail_next(mode, n)`` or ``rates={mode: p}``)
     order), ``quota`` (429 ``insufficient_quota``), ``http_<code>`` (that status, with an
     OpenAI-style error body).
 
+Hostile answers (a broken gateway, a compromised endpoint)
+    ``error_message`` (a :class:`Behaviour` field) replaces the message of every injected error
+    body: NUL, lone surrogates, newlines and control characters travel as JSON escapes.
+    ``binary`` answers ``binary_status`` with a binary body (NUL bytes, a UTF-16 page, invalid
+    UTF-8). ``huge`` is a valid 200 of ``huge_body_bytes`` (Content-Length sent),
+    ``huge_unsized`` the same without Content-Length (the body ends when the connection
+    closes), ``gzip_bomb`` a gzip body that inflates to ``huge_body_bytes`` (sent whatever the
+    request accepts), ``slow_headers`` a valid answer whose status line and headers come a byte
+    every ``trickle_interval_s``.
+
 Speed
     Measured with the server pinned to one core and the client in another process, 768 dims,
     base64: about 17,000 vectors/s in requests of 16 inputs, 25,000 in requests of 256 (2,000
@@ -57,10 +67,12 @@ import os
 import random
 import signal
 import socket
+import ssl
 import struct
 import sys
 import threading
 import urllib.request
+import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -123,6 +135,11 @@ FAILURE_MODES: frozenset[str] = frozenset(
         "more",
         "bad_index",
         "shuffle",
+        "binary",
+        "huge",
+        "huge_unsized",
+        "gzip_bomb",
+        "slow_headers",
     }
 )
 
@@ -229,6 +246,12 @@ class Behaviour:
     """an empty string input -> 400, as OpenAI."""
     gzip: bool = False
     """gzip every answer when the request accepts it (as OpenAI's front end does)."""
+    error_message: str | None = None
+    """replaces the message of every injected error body (hostile text: NUL, surrogates...)."""
+    binary_status: int = 403
+    """status of the ``binary`` failure mode."""
+    huge_body_bytes: int = 64 * 1024 * 1024
+    """size of the ``huge`` / ``huge_unsized`` body, and of the inflated ``gzip_bomb``."""
 
 
 @dataclass
@@ -250,6 +273,10 @@ class Counters:
     """TCP connections accepted (keep-alive reuse keeps this low)."""
     inputs: int = 0
     """inputs in the requests that got past authentication and parsing."""
+    with_authorization: int = 0
+    """embeddings requests that carried an ``Authorization`` header (a key was sent)."""
+    streamed_bytes: int = 0
+    """body bytes the ``huge`` / ``huge_unsized`` modes got out before the client stopped."""
     by_status: Counter[int] = field(default_factory=Counter)
     by_mode: Counter[str] = field(default_factory=Counter)
     """``ok`` or the failure mode / marker that answered each request."""
@@ -261,6 +288,8 @@ class Counters:
             "requests": self.requests,
             "connections": self.connections,
             "inputs": self.inputs,
+            "with_authorization": self.with_authorization,
+            "streamed_bytes": self.streamed_bytes,
             "by_status": dict(self.by_status),
             "by_mode": dict(self.by_mode),
             "inputs_seen": list(self.inputs_seen),
@@ -290,6 +319,39 @@ _HTML_502 = (
     b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
     b"</body>\r\n</html>\r\n"
 )
+
+
+_BINARY_BODY = (
+    "<html><body>Access denied</body></html>".encode("utf-16")  # NUL every other byte
+    + b"\x00\x01\x1b[31m\xff\xfe\xed\xa0\x80 binary \x00 tail\r\n"  # invalid UTF-8, CESU surrogate
+)
+
+
+def _padded_json(size: int) -> Iterable[bytes]:
+    """A valid JSON object of exactly ``size`` bytes (at least 64), in 64 KiB pieces."""
+    head = b'{"object": "list", "data": [], "pad": "'
+    tail = b'"}'
+    pad = max(size - len(head) - len(tail), 0)
+    yield head
+    block = b"x" * (1 << 16)
+    while pad > 0:
+        n = min(pad, len(block))
+        yield block[:n]
+        pad -= n
+    yield tail
+
+
+_BOMBS: dict[int, bytes] = {}
+
+
+def _gzip_bomb(size: int) -> bytes:
+    """A gzip member that inflates to ``_padded_json(size)`` (cached: about 1 KiB per MiB)."""
+    bomb = _BOMBS.get(size)
+    if bomb is None:
+        z = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        bomb = b"".join(z.compress(piece) for piece in _padded_json(size)) + z.flush()
+        _BOMBS[size] = bomb
+    return bomb
 
 
 def _mask_key(key: str) -> str:
@@ -438,7 +500,8 @@ class _Handler(BaseHTTPRequestHandler):
 class FakeEmbeddingServer:
     """The fake provider. ``start()`` (or ``with``) binds 127.0.0.1 and serves in a thread.
 
-    ``url`` is the OpenAI-style base URL (``http://127.0.0.1:PORT/v1``); requests go to
+    ``url`` is the OpenAI-style base URL (``http://127.0.0.1:PORT/v1``, ``https://`` with an
+    ``ssl_context`` holding the server's certificate); requests go to
     ``url + "/embeddings"``. ``behaviour`` is the live :class:`Behaviour`, ``counters`` the live
     :class:`Counters`; ``on_request`` is called in the handler thread while each embeddings
     request is being answered (after authentication and parsing, before latency and failure
@@ -456,7 +519,9 @@ class FakeEmbeddingServer:
         seed: int = 0,
         max_inputs_seen: int = 100_000,
         on_request: Callable[[RequestInfo], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        self._ssl_context = ssl_context
         self._host = host
         self._port = port
         self._lock = threading.Lock()
@@ -485,6 +550,8 @@ class FakeEmbeddingServer:
             raise RuntimeError("server already started")
         self._stopping.clear()
         self._httpd = _HTTPServer((self._host, self._port), self)
+        if self._ssl_context is not None:  # https://: the handshake runs at accept
+            self._httpd.socket = self._ssl_context.wrap_socket(self._httpd.socket, server_side=True)
         self._bound_port = int(self._httpd.server_address[1])
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
@@ -538,7 +605,8 @@ class FakeEmbeddingServer:
 
     @property
     def root_url(self) -> str:
-        return f"http://{self._host}:{self.port}"
+        scheme = "http" if self._ssl_context is None else "https"
+        return f"{scheme}://{self._host}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -674,6 +742,8 @@ class FakeEmbeddingServer:
         b = self.behaviour
         with self._lock:
             self.counters.requests += 1
+            if h.headers.get("Authorization"):
+                self.counters.with_authorization += 1
 
         def reply(status: int, body: bytes, mode: str, **kw: Any) -> None:
             self._count(status, mode)
@@ -828,6 +898,9 @@ class FakeEmbeddingServer:
         elif mode == "trickle":
             self._count(200, "trickle")
             self._trickle(h, body)
+        elif mode == "slow_headers":
+            self._count(200, "slow_headers")
+            self._slow_headers(h, body)
         else:
             marked = any(
                 m in t for t in inputs for m in (NAN_MARKER, INF_MARKER, DIM_MARKER, ZERO_MARKER)
@@ -893,6 +966,10 @@ class FakeEmbeddingServer:
     ) -> bool:
         """Answer with an injected failure; False for modes that alter a 200 answer instead."""
         b = self.behaviour
+
+        def text(default: str) -> str:  # Behaviour.error_message: hostile provider text
+            return default if b.error_message is None else b.error_message
+
         if mode == "rate_limit":
             headers: dict[str, str] = {}
             if b.retry_after is not None:
@@ -908,42 +985,58 @@ class FakeEmbeddingServer:
                 f"Rate limit reached for {model} on requests per min (RPM): Limit 3000, Used 3000, "
                 "Requested 1. Please try again later."
             )
-            reply(429, _error(msg, "requests", "rate_limit_exceeded"), mode, headers=headers)
+            reply(429, _error(text(msg), "requests", "rate_limit_exceeded"), mode, headers=headers)
         elif mode == "quota":
             msg = "You exceeded your current quota, please check your plan and billing details."
-            reply(429, _error(msg, "insufficient_quota", "insufficient_quota"), mode)
+            reply(429, _error(text(msg), "insufficient_quota", "insufficient_quota"), mode)
         elif mode == "server_error":
             msg = "The server had an error while processing your request. Sorry about that!"
-            reply(500, _error(msg, "server_error"), mode)
+            reply(500, _error(text(msg), "server_error"), mode)
         elif mode == "unavailable":
             msg = "The engine is currently overloaded, please try again later."
-            reply(503, _error(msg, "server_error"), mode)
+            reply(503, _error(text(msg), "server_error"), mode)
         elif mode == "bad_gateway":
             reply(502, _HTML_502, mode, content_type="text/html")
         elif mode == "too_large":
-            reply(413, _error("Request entity too large.", "invalid_request_error"), mode)
+            reply(413, _error(text("Request entity too large."), "invalid_request_error"), mode)
         elif mode == "bad_request":
             msg = "'$.input' is invalid. This model's maximum context length is 8192 tokens."
-            reply(400, _error(msg, "invalid_request_error", None, "input"), mode)
+            reply(400, _error(text(msg), "invalid_request_error", None, "input"), mode)
         elif mode == "bad_param":
             msg = f"This model does not support specifying dimensions ({dim})."
-            reply(400, _error(msg, "invalid_request_error", None, "dimensions"), mode)
+            reply(400, _error(text(msg), "invalid_request_error", None, "dimensions"), mode)
         elif mode == "auth":
             msg = "Incorrect API key provided: sk-****. (injected)"
-            reply(401, _error(msg, "invalid_request_error", "invalid_api_key"), mode)
+            reply(401, _error(text(msg), "invalid_request_error", "invalid_api_key"), mode)
         elif mode == "forbidden":
             msg = "You are not allowed to use this model. (injected)"
             reply(
                 403,
-                _error(msg, "invalid_request_error", "unsupported_country_region_territory"),
+                _error(text(msg), "invalid_request_error", "unsupported_country_region_territory"),
                 mode,
             )
         elif mode == "not_found":
             msg = f"The model `{model}` does not exist or you do not have access to it."
-            reply(404, _error(msg, "invalid_request_error", "model_not_found"), mode)
+            reply(404, _error(text(msg), "invalid_request_error", "model_not_found"), mode)
         elif mode == "error_body":
             msg = "The server had an error processing your request. (200 with an error body)"
-            reply(200, _error(msg, "server_error"), mode)
+            reply(200, _error(text(msg), "server_error"), mode)
+        elif mode == "binary":
+            reply(b.binary_status, _BINARY_BODY, mode, content_type="application/octet-stream")
+        elif mode in ("huge", "huge_unsized"):
+            self._count(200, mode)
+            self._stream(h, _padded_json(b.huge_body_bytes), sized=mode == "huge")
+        elif mode == "gzip_bomb":
+            self._count(200, mode)
+            bomb = _gzip_bomb(b.huge_body_bytes)
+            h.close_connection = True
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Encoding", "gzip")
+            h.send_header("Content-Length", str(len(bomb)))
+            h.end_headers()
+            with contextlib.suppress(OSError):
+                h.wfile.write(bomb)
         elif mode == "timeout":
             self._count(None, mode)
             self._stopping.wait(b.hang_s)
@@ -953,10 +1046,48 @@ class FakeEmbeddingServer:
             h.reset_connection()
         elif mode.startswith("http_"):
             status = int(mode[len("http_") :])
-            reply(status, _error(f"injected HTTP {status}", "invalid_request_error"), mode)
+            reply(status, _error(text(f"injected HTTP {status}"), "invalid_request_error"), mode)
         else:
             return False
         return True
+
+    def _stream(self, h: _Handler, pieces: Iterable[bytes], *, sized: bool) -> None:
+        """A 200 sent piece by piece, until the client goes away or the server stops."""
+        h.close_connection = True
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        if sized:
+            h.send_header("Content-Length", str(self.behaviour.huge_body_bytes))
+        else:
+            h.send_header("Connection", "close")
+        h.end_headers()
+        try:
+            for piece in pieces:
+                if self._stopping.is_set():
+                    return
+                h.wfile.write(piece)
+                with self._lock:
+                    self.counters.streamed_bytes += len(piece)
+        except OSError:  # the client stopped reading: that is what a size cap does
+            return
+
+    def _slow_headers(self, h: _Handler, body: bytes) -> None:
+        """A valid answer whose status line and headers trickle in a byte at a time."""
+        h.close_connection = True
+        head = (
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            f"X-Slow: {'.' * 64}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode("ascii")
+        interval = self.behaviour.trickle_interval_s
+        try:
+            for i in range(len(head)):
+                h.wfile.write(head[i : i + 1])
+                h.wfile.flush()
+                if self._stopping.wait(interval):
+                    return
+            h.wfile.write(body)
+        except OSError:
+            return
 
 
 # --------------------------------------------------------------------------------------------
