@@ -24,6 +24,8 @@ What the worker gets from here
       :class:`QuotaExceeded`          insufficient_quota      pause the model
       :class:`InvalidRequest`         invalid_request,        pause the model (the request
                                       client_error            is wrong, not an input)
+      :class:`InvalidURL`             invalid_url             pause the model (its base_url
+                                                              is refused; also a ValueError)
       :class:`CircuitOpen`            circuit_open            defer, no attempt spent
       =============================== ======================= ==============================
 
@@ -32,6 +34,15 @@ What the worker gets from here
 
 API keys are never logged and never appear in ``repr`` or in exception messages: the key is
 held in a :class:`_Secret` and every message built from a server's answer is redacted.
+
+Hostile answers: every provider-derived string that leaves this module (error messages, model
+ids echoed back, ``Retry-After``) is made safe to store in PostgreSQL and to log
+(:func:`clean_text`: ASCII with backslash escapes, no NUL, no lone surrogate, no control
+character or newline; ``retry_after`` finite and at most :data:`MAX_RETRY_AFTER`). A base URL
+with credentials (``user:pass@``) or a key-like query parameter is refused
+(:class:`InvalidURL`), and URLs in messages have both redacted (:func:`redact_url`). An answer
+is read within one wall-clock deadline (connect, headers and body together: ``timeout``) and up
+to a size cap derived from inputs x dimensions (``max_response_bytes``), compressed or not.
 """
 
 from __future__ import annotations
@@ -45,15 +56,22 @@ import math
 import os
 import random
 import re
+import socket
+import ssl
 import threading
 import time
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import numpy as np
 import requests
+import requests.adapters
+import urllib3.connection
+import urllib3.connectionpool
 import urllib3.exceptions
 
 if TYPE_CHECKING:
@@ -71,6 +89,7 @@ __all__ = [
     "EmbeddingProvider",
     "InputRejected",
     "InvalidRequest",
+    "InvalidURL",
     "ModelNotFound",
     "ModelUnavailable",
     "OpenAICompatibleProvider",
@@ -80,6 +99,8 @@ __all__ = [
     "RaggedResponse",
     "RateLimited",
     "TransientProviderError",
+    "check_base_url",
+    "clean_text",
     "decode_embedding",
     "embed_isolating",
     "embeddings_url",
@@ -87,11 +108,42 @@ __all__ = [
     "model_field",
     "parse_retry_after",
     "plan_requests",
+    "redact_url",
 ]
 
 logger = logging.getLogger("pgingest.providers")
 
 _MAX_MESSAGE = 500
+
+MAX_RETRY_AFTER = 3600.0
+"""The longest wait a provider may ask for (``Retry-After``); longer asks are cut to this."""
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_SPACES_RE = re.compile(r"\s+")
+
+
+def clean_text(text: object) -> str:
+    """Provider-derived text made safe to store in PostgreSQL (any server encoding), to log and
+    to show: every run of whitespace (newlines, tabs, Unicode separators) becomes one space,
+    every non-ASCII character a backslash escape (a lone surrogate too: ``\\ud800``), and
+    every other control character a ``\\xNN`` escape (NUL: ``\\x00``)."""
+    value = text if isinstance(text, str) else str(text)
+    value = _SPACES_RE.sub(" ", value).strip()
+    value = value.encode("ascii", "backslashreplace").decode("ascii")
+    return _CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", value)
+
+
+def _clamp_retry_after(value: float | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
 
 # --------------------------------------------------------------------------------------------
 # Errors
@@ -104,7 +156,9 @@ class ProviderError(Exception):
     ``error_class`` is the short stable string stored in dead letters and used as a metric
     label; ``status`` the HTTP status when a response was received; ``retry_after`` the delay
     in seconds the provider asked for, if any. ``str(err)`` is safe to store: it never holds
-    an API key.
+    an API key, a credential of a URL, NUL, a lone surrogate, a newline or any non-ASCII
+    character (:func:`clean_text`), and ``retry_after`` is None or within
+    ``[0, MAX_RETRY_AFTER]``, so both can be written to PostgreSQL as they are.
     """
 
     error_class: str = "provider_error"
@@ -117,14 +171,23 @@ class ProviderError(Exception):
         error_class: str | None = None,
         retry_after: float | None = None,
     ) -> None:
+        message = redact_url(clean_text(message))
         if len(message) > _MAX_MESSAGE:
             message = message[: _MAX_MESSAGE - 3] + "..."
         super().__init__(message)
         self.message = message
-        self.status = status
+        self.status = None if status is None else int(status)
         self.retry_after = retry_after
         if error_class is not None:
-            self.error_class = error_class
+            self.error_class = clean_text(error_class)
+
+    @property
+    def retry_after(self) -> float | None:
+        return self._retry_after
+
+    @retry_after.setter
+    def retry_after(self, value: float | None) -> None:
+        self._retry_after = _clamp_retry_after(value)
 
     def __str__(self) -> str:
         status = f" (HTTP {self.status})" if self.status is not None else ""
@@ -202,6 +265,14 @@ class InvalidRequest(ModelUnavailable):
     ``dimensions``, ``model``, ...; 405, 415, an unexpected 3xx): configuration to fix."""
 
     error_class = "invalid_request"
+
+
+class InvalidURL(InvalidRequest, ValueError):
+    """A base URL this client refuses to call: not ``http(s)://host...``, credentials in it
+    (``user:pass@``), a key-like query parameter (``?api-key=``), a fragment, spaces or control
+    characters. The message shows the URL redacted. A ``ValueError`` too (a bad argument)."""
+
+    error_class = "invalid_url"
 
 
 class CircuitOpen(ProviderError):
@@ -516,10 +587,138 @@ class _Secret:
 
 
 # --------------------------------------------------------------------------------------------
+# One wall-clock deadline per request
+# --------------------------------------------------------------------------------------------
+
+_deadline = threading.local()
+"""``_deadline.value``: ``(clock, at)`` while this thread sends a request, else None."""
+
+
+def _arm(sock: socket.socket) -> None:
+    """Before a blocking socket call: time out at this thread's request deadline at the latest.
+
+    A per-call socket timeout alone lets a server that sends a byte every few seconds (status
+    line, headers or body) hold the call for ever; setting the socket's timeout to what is left
+    of the deadline before each call bounds the whole exchange.
+    """
+    value = getattr(_deadline, "value", None)
+    if value is None:
+        return
+    clock, at = value
+    left = at - clock()
+    if left <= 0:
+        raise TimeoutError("the request's deadline has passed")
+    sock.settimeout(left)
+
+
+class _DeadlineSocket(socket.socket):
+    """A plain socket whose reads and writes end at the request deadline (see :func:`_arm`)."""
+
+    __slots__ = ()
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        _arm(self)
+        return super().recv(bufsize, flags)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        _arm(self)
+        return super().recv_into(buffer, nbytes, flags)
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        _arm(self)
+        return super().send(data, flags)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        _arm(self)
+        super().sendall(data, flags)
+
+
+class _DeadlineSSLSocket(ssl.SSLSocket):
+    """The TLS socket counterpart of :class:`_DeadlineSocket`."""
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        _arm(self)
+        return super().recv(buflen, flags)
+
+    def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
+        _arm(self)
+        return super().recv_into(buffer, nbytes, flags)
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        _arm(self)
+        return super().send(data, flags)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        _arm(self)
+        super().sendall(data, flags)
+
+
+def _with_deadline(sock: Any) -> Any:
+    """``sock`` made deadline-aware in place (plain and TLS sockets; others are left as they
+    are and keep the per-call timeouts)."""
+    if type(sock) is socket.socket:
+        sock.__class__ = _DeadlineSocket
+    elif type(sock) is ssl.SSLSocket:
+        sock.__class__ = _DeadlineSSLSocket
+    return sock
+
+
+class _DeadlineHTTPConnection(urllib3.connection.HTTPConnection):
+    def _new_conn(self) -> socket.socket:
+        return _with_deadline(super()._new_conn())
+
+
+class _DeadlineHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _with_deadline(self.sock)
+
+
+class _DeadlineHTTPPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _DeadlineHTTPConnection
+
+
+class _DeadlineHTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _DeadlineHTTPSConnection
+
+
+_DEADLINE_POOLS = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
+
+
+class _DeadlineAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter whose connections honour the request deadline (proxies included)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _DEADLINE_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = _DEADLINE_POOLS
+        return manager
+
+
+def _mount_deadline_adapters(session: requests.Session) -> None:
+    """Replace a session's stock adapters by :class:`_DeadlineAdapter` (a custom adapter that
+    a caller mounted is kept)."""
+    for prefix in ("http://", "https://"):
+        if type(session.adapters.get(prefix)) is requests.adapters.HTTPAdapter:
+            session.mount(prefix, _DeadlineAdapter())
+
+
+# --------------------------------------------------------------------------------------------
 # The OpenAI-compatible client
 # --------------------------------------------------------------------------------------------
 
 _BEARER_RE = re.compile(r"(?i)(bearer\s+)\S+")
+
+MIN_RESPONSE_BYTES = 4 * 1024 * 1024
+"""The floor of the response size cap (an answer for few inputs, an error page)."""
+RESPONSE_BYTES_PER_DIMENSION = 48
+"""Allowance per input and dimension: a float written out in JSON, pretty-printed, is < 40."""
+RESPONSE_BYTES_PER_INPUT = 4096
+ERROR_BODY_BYTES = 64 * 1024
+"""Of an error answer (not 2xx) only this much is read: the message is an excerpt anyway."""
 
 
 class OpenAICompatibleProvider(ProviderBase):
@@ -551,8 +750,18 @@ class OpenAICompatibleProvider(ProviderBase):
     deferral, and ``tenacity`` is not a dependency and would need the same custom stop, wait and
     retry predicates, which are most of this code. ``sleep`` and ``rand`` are injectable.
 
-    Timeouts: ``connect_timeout`` for the TCP/TLS connect and ``timeout`` for the whole answer,
-    headers and body together (a body trickling in a byte at a time is cut off too).
+    Timeouts: ``timeout`` is one wall-clock deadline per HTTP attempt, from the connect to the
+    last byte of the body (status line, headers or body trickling in a byte at a time are cut
+    off at the deadline: every socket call gets what is left of it); ``connect_timeout`` bounds
+    the TCP connect within it. ``total_timeout`` (default None: no bound) bounds the whole
+    :meth:`embed` call, retries and waits included: a retry or a wait that would end past it is
+    not made, the error is raised instead.
+
+    Size: an answer is read up to ``max_response_bytes`` (default: ``MIN_RESPONSE_BYTES`` or
+    ``inputs x (dimensions x RESPONSE_BYTES_PER_DIMENSION + RESPONSE_BYTES_PER_INPUT)``,
+    whichever is larger), counted after decompression (only gzip is asked for, and decoded
+    here within the cap); a larger answer is a :class:`BadResponse`. Of an error answer only
+    ``ERROR_BODY_BYTES`` are read.
 
     Thread safety: one ``requests.Session`` per thread (``session_factory``), so a provider can
     be shared by the worker's request threads. ``close()`` closes them all.
@@ -589,17 +798,22 @@ class OpenAICompatibleProvider(ProviderBase):
         on_request: Callable[[str, float, int], None] | None = None,
         on_retry: Callable[[str], None] | None = None,
         user_agent: str = "pgingest",
+        total_timeout: float | None = None,
+        max_response_bytes: int | None = None,
     ) -> None:
-        if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+        check_base_url(base_url)
         if dimensions < 1:
             raise ValueError(f"dimensions must be >= 1, got {dimensions}")
         if encoding_format not in ("base64", "float"):
             raise ValueError(
                 f"encoding_format must be 'base64' or 'float', got {encoding_format!r}"
             )
-        if timeout <= 0 or connect_timeout <= 0:
-            raise ValueError("timeouts must be > 0")
+        if not (0 < timeout < math.inf and 0 < connect_timeout < math.inf):
+            raise ValueError("timeouts must be finite and > 0")
+        if total_timeout is not None and not 0 < total_timeout < math.inf:
+            raise ValueError("total_timeout must be finite and > 0")
+        if max_response_bytes is not None and max_response_bytes < 1:
+            raise ValueError("max_response_bytes must be >= 1")
         if max_retries < 0 or max_rate_limit_retries < 0:
             raise ValueError("retry counts must be >= 0")
         self.base_url = base_url.rstrip("/")
@@ -609,6 +823,8 @@ class OpenAICompatibleProvider(ProviderBase):
         self._name = name or model
         self.timeout = float(timeout)
         self.connect_timeout = min(float(connect_timeout), self.timeout)
+        self.total_timeout = None if total_timeout is None else float(total_timeout)
+        self.max_response_bytes = max_response_bytes
         self.request_dimensions = request_dimensions
         self.encoding_format = encoding_format
         self.max_retries = max_retries
@@ -723,11 +939,12 @@ class OpenAICompatibleProvider(ProviderBase):
             return True
 
     def _redact(self, text: str) -> str:
-        """``text`` without any key this provider has held (a rotated one included)."""
+        """``text`` without any key this provider has held (a rotated one included) or URL
+        credentials, made safe to store (:func:`clean_text`)."""
         for key in self._known_keys:
             if key.reveal():
                 text = text.replace(key.reveal(), "***")
-        return _BEARER_RE.sub(r"\1***", text)
+        return clean_text(redact_url(_BEARER_RE.sub(r"\1***", text)))
 
     # -- sessions --------------------------------------------------------------------------
 
@@ -735,6 +952,7 @@ class OpenAICompatibleProvider(ProviderBase):
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
             session = self._session_factory()
+            _mount_deadline_adapters(session)
             self._local.session = session
             with self._sessions_lock:
                 self._sessions.append(session)
@@ -764,9 +982,15 @@ class OpenAICompatibleProvider(ProviderBase):
         rate_limit_waits = 0
         rate_limit_waited = 0.0
         key_reloaded = False
+        call_deadline = None if self.total_timeout is None else self._clock() + self.total_timeout
+
+        def past_deadline(delay: float) -> bool:
+            """Would a wait of ``delay`` and one more attempt end past ``total_timeout``?"""
+            return call_deadline is not None and self._clock() + delay >= call_deadline
+
         while True:
             try:
-                return self._request(inputs)
+                return self._request(inputs, call_deadline)
             except RaggedResponse:
                 raise
             except RateLimited as exc:
@@ -776,6 +1000,7 @@ class OpenAICompatibleProvider(ProviderBase):
                 if (
                     rate_limit_waits >= self.max_rate_limit_retries
                     or rate_limit_waited + delay > self.max_retry_after
+                    or past_deadline(delay)
                 ):
                     exc.retry_after = delay
                     raise
@@ -788,6 +1013,8 @@ class OpenAICompatibleProvider(ProviderBase):
                 delay = self._backoff(attempt)
                 if exc.retry_after is not None:
                     delay = min(exc.retry_after, self.backoff_max)
+                if past_deadline(delay):
+                    raise
                 attempt += 1
                 self._wait(exc, delay, f"retry {attempt}/{self.max_retries}")
             except AuthError:
@@ -812,6 +1039,7 @@ class OpenAICompatibleProvider(ProviderBase):
         headers = {
             "Content-Type": "application/json",
             "Accept": "application/json",
+            "Accept-Encoding": "gzip",  # decoded by _read_body, within the size cap
             "User-Agent": self.user_agent,
         }
         key = self._key()
@@ -823,7 +1051,14 @@ class OpenAICompatibleProvider(ProviderBase):
         if self.on_request is not None:
             self.on_request(status, self._clock() - started, n_inputs)
 
-    def _request(self, inputs: list[str]) -> np.ndarray:
+    def response_limit(self, n_inputs: int) -> int:
+        """The most bytes (decompressed) read of a 2xx answer for ``n_inputs`` inputs."""
+        if self.max_response_bytes is not None:
+            return self.max_response_bytes
+        per_input = self._dimensions * RESPONSE_BYTES_PER_DIMENSION + RESPONSE_BYTES_PER_INPUT
+        return max(MIN_RESPONSE_BYTES, n_inputs * per_input)
+
+    def _request(self, inputs: list[str], call_deadline: float | None = None) -> np.ndarray:
         """One HTTP attempt: the vectors, or a classified :class:`ProviderError`."""
         payload: dict[str, Any] = {
             "model": self.model,
@@ -838,59 +1073,129 @@ class OpenAICompatibleProvider(ProviderBase):
             body = json.dumps(payload).encode("ascii")
         started = self._clock()
         deadline = started + self.timeout
+        if call_deadline is not None:
+            deadline = min(deadline, call_deadline)
+        budget = deadline - started
         n = len(inputs)
-        try:
-            resp = self._session().post(
-                self.url,
-                data=body,
-                headers=self._headers(),
-                timeout=(self.connect_timeout, self.timeout),
-                stream=True,
-                allow_redirects=False,
-            )
-        except requests.Timeout as exc:
+        if budget <= 0:
             self._observe("timeout", started, n)
             raise TransientProviderError(
-                f"no answer within {self.timeout:g}s: {type(exc).__name__}", error_class="timeout"
-            ) from None
-        except requests.RequestException as exc:
-            self._observe("connection", started, n)
-            raise TransientProviderError(self._describe(exc), error_class="connection") from None
+                f"no time left for a request within {self.total_timeout:g}s",
+                error_class="timeout",
+            )
+        _deadline.value = (self._clock, deadline)
         try:
-            content = self._read_body(resp, deadline)
-        except TransientProviderError as exc:
-            self._observe(exc.error_class, started, n)
-            raise
+            try:
+                resp = self._session().post(
+                    self.url,
+                    data=body,
+                    headers=self._headers(),
+                    timeout=(min(self.connect_timeout, budget), budget),
+                    stream=True,
+                    allow_redirects=False,
+                )
+            except requests.Timeout as exc:
+                self._observe("timeout", started, n)
+                raise TransientProviderError(
+                    f"no answer within {budget:g}s: {type(exc).__name__}",
+                    error_class="timeout",
+                ) from None
+            except requests.RequestException as exc:
+                self._observe("connection", started, n)
+                raise TransientProviderError(
+                    self._describe(exc), error_class="connection"
+                ) from None
+            ok = 200 <= resp.status_code < 300
+            try:
+                content = self._read_body(
+                    resp,
+                    deadline,
+                    self.response_limit(n) if ok else ERROR_BODY_BYTES,
+                    budget=budget,
+                    truncate=not ok,
+                )
+            except TransientProviderError as exc:
+                self._observe(exc.error_class, started, n)
+                raise
+            finally:
+                resp.close()
         finally:
-            resp.close()
+            _deadline.value = None
         self._observe(str(resp.status_code), started, n)
-        if not 200 <= resp.status_code < 300:
+        if not ok:
             raise self._classify(resp, content)
         return self._decode(content, n)
 
-    def _read_body(self, resp: requests.Response, deadline: float) -> bytes:
-        """The whole body, within the overall deadline (a per-read timeout alone would let a
-        server trickling a byte at a time hold the call for ever)."""
+    def _read_body(
+        self,
+        resp: requests.Response,
+        deadline: float,
+        limit: int,
+        *,
+        budget: float | None = None,
+        truncate: bool = False,
+    ) -> bytes:
+        """The body, decompressed, within the request's deadline (every socket read gets what
+        is left of it, so a body trickling in a byte at a time is cut off too) and at most
+        ``limit`` bytes: past it, a :class:`BadResponse`, or (``truncate``, for error answers)
+        the first ``limit`` bytes. Content-Encoding is decoded here, with ``max_length``, so a
+        small compressed body cannot inflate past the limit in memory."""
+        seconds = self.timeout if budget is None else budget
+        status = resp.status_code
+        encoding = (resp.headers.get("Content-Encoding") or "identity").strip().lower()
+        decoder: Any = None
+        if encoding in ("gzip", "x-gzip"):
+            decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            decoder = zlib.decompressobj(zlib.MAX_WBITS)
+        elif encoding != "identity":
+            raise BadResponse(
+                f"answer in an unsupported Content-Encoding {encoding!r}", status=status
+            )
+        too_large = BadResponse(f"answer larger than the limit of {limit} bytes", status=status)
+        declared = resp.headers.get("Content-Length")
+        if (
+            decoder is None
+            and not truncate
+            and declared is not None
+            and declared.isdigit()
+            and int(declared) > limit
+        ):
+            raise too_large
         raw = resp.raw
         chunks: list[bytes] = []
+        total = 0
         try:
-            while True:
+            while total <= limit:
                 if self._clock() > deadline:
                     raise TransientProviderError(
-                        f"answer not complete within {self.timeout:g}s", error_class="timeout"
+                        f"answer not complete within {seconds:g}s", error_class="timeout"
                     )
-                chunk = raw.read1(1 << 16, decode_content=True)  # gzip from OpenAI & co
-                if not chunk:
+                data = raw.read1(1 << 16, decode_content=False)
+                if not data:
                     break
-                chunks.append(chunk)
+                while data and total <= limit:
+                    if decoder is None:
+                        piece, data = data, b""
+                    else:
+                        piece = decoder.decompress(data, limit - total + 1)
+                        data = decoder.unconsumed_tail
+                    chunks.append(piece)
+                    total += len(piece)
+                    if decoder is not None and decoder.eof:
+                        data = b""
         except (urllib3.exceptions.TimeoutError, requests.Timeout, TimeoutError) as exc:
             raise TransientProviderError(
-                f"answer not complete within {self.timeout:g}s: {type(exc).__name__}",
+                f"answer not complete within {seconds:g}s: {type(exc).__name__}",
                 error_class="timeout",
+            ) from None
+        except zlib.error as exc:
+            raise BadResponse(
+                f"cannot decode the {encoding} answer: {exc}", status=status
             ) from None
         except urllib3.exceptions.DecodeError as exc:
             raise BadResponse(
-                f"cannot decode the answer: {self._describe(exc)}", status=resp.status_code
+                f"cannot decode the answer: {self._describe(exc)}", status=status
             ) from None
         except (
             urllib3.exceptions.HTTPError,
@@ -902,7 +1207,12 @@ class OpenAICompatibleProvider(ProviderBase):
                 f"connection broken while reading the answer: {self._describe(exc)}",
                 error_class="connection",
             ) from None
-        return b"".join(chunks)
+        content = b"".join(chunks)
+        if total > limit:
+            if not truncate:
+                raise too_large
+            content = content[:limit]
+        return content
 
     def _describe(self, exc: BaseException) -> str:
         return self._redact(f"{type(exc).__name__}: {exc}")
@@ -921,16 +1231,15 @@ class OpenAICompatibleProvider(ProviderBase):
                 param = err.get("param")
                 return (
                     self._redact(message),
-                    None if code is None else str(code),
-                    None if param is None else str(param),
+                    None if code is None else clean_text(str(code)[:100]),
+                    None if param is None else clean_text(str(param)[:100]),
                 )
             if isinstance(err, str):
                 return self._redact(err), None, None
             if isinstance(doc.get("detail"), str):  # FastAPI-style servers
                 return self._redact(str(doc["detail"])), None, None
-        text = content[:200].decode("utf-8", "replace").strip()
-        text = " ".join(text.split())
-        return self._redact(text or "(empty body)"), None, None
+        text = content[:200].decode("utf-8", "replace")
+        return self._redact(text.strip() or "(empty body)"), None, None
 
     def _classify(self, resp: requests.Response, content: bytes) -> ProviderError:
         status = resp.status_code
@@ -1029,11 +1338,76 @@ def decode_embedding(value: Any, index: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+_SECRET_PARAM = (
+    r"(?:[a-z0-9_.-]*(?:key|token|secret|password|passwd|signature|credential)s?|sig|auth|pwd|pass)"
+)
+_SECRET_PARAM_RE = re.compile(rf"(?i){_SECRET_PARAM}")
+_USERINFO_IN_TEXT_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s]*@")
+_SECRET_QUERY_IN_TEXT_RE = re.compile(rf"(?i)([?&;]{_SECRET_PARAM}=)[^&#\s'\"]*")
+_URL_BAD_CHARS_RE = re.compile(r"[\x00-\x20\x7f\\]")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the credentials of every URL in it replaced by ``***``: the userinfo
+    (``https://user:pass@host`` -> ``https://***@host``) and the values of key-like query
+    parameters (``?api-key=...``, ``&token=...``)."""
+    text = _USERINFO_IN_TEXT_RE.sub(r"\1***@", text)
+    return _SECRET_QUERY_IN_TEXT_RE.sub(r"\1***", text)
+
+
+def check_base_url(base_url: str) -> None:
+    """Raises :class:`InvalidURL` unless ``base_url`` is one this client may call: ``http://``
+    or ``https://`` with a host, no credentials (``user:pass@``: give the key with
+    ``api_key_env``), no key-like query parameter (``?api-key=``, ``?key=``, ``?token=``), no
+    fragment, no space, backslash or control character. Other query parameters
+    (``?api-version=``) are kept."""
+    if not isinstance(base_url, str):
+        raise InvalidURL(f"base_url must be a string, got {type(base_url).__name__}")
+    shown = redact_url(base_url)
+    if not base_url.startswith(("http://", "https://")):
+        raise InvalidURL(f"base_url must start with http:// or https://, got {shown!r}")
+    if _URL_BAD_CHARS_RE.search(base_url):
+        raise InvalidURL(
+            f"base_url must not hold spaces, backslashes or control characters: {shown!r}"
+        )
+    try:
+        parts = urlsplit(base_url)
+        parts.port  # noqa: B018  (a bad port raises here)
+    except ValueError as exc:
+        raise InvalidURL(f"base_url is not a valid URL ({exc}): {shown!r}") from None
+    if "@" in parts.netloc:
+        raise InvalidURL(
+            "base_url must not carry credentials (user:password@host); give the API key with "
+            f"api_key_env: {shown!r}"
+        )
+    if not parts.hostname:
+        raise InvalidURL(f"base_url has no host: {shown!r}")
+    if "#" in base_url:
+        raise InvalidURL(f"base_url must not have a fragment (#...): {shown!r}")
+    secret = [
+        name
+        for name, _ in parse_qsl(parts.query, keep_blank_values=True)
+        if _SECRET_PARAM_RE.fullmatch(name)
+    ]
+    if secret:
+        raise InvalidURL(
+            f"base_url must not carry a key in its query string ({', '.join(sorted(set(secret)))}"
+            f"); give the API key with api_key_env: {shown!r}"
+        )
+
+
 def embeddings_url(base_url: str) -> str:
     """The URL that embedding requests are posted to: ``{base_url}/embeddings`` (a base URL that
-    already ends in ``/embeddings`` is used as it is; trailing slashes do not count)."""
-    base = base_url.rstrip("/")
-    return base if base.endswith("/embeddings") else base + "/embeddings"
+    already ends in ``/embeddings`` is used as it is; trailing slashes do not count).
+
+    ``/embeddings`` is added to the URL's *path*: a query string stays after it
+    (``.../deployments/d?api-version=1`` -> ``.../deployments/d/embeddings?api-version=1``), and
+    an empty query (a trailing ``?``) or a fragment cannot swallow it."""
+    parts = urlsplit(base_url)
+    path = parts.path.rstrip("/")
+    if not path.endswith("/embeddings"):
+        path += "/embeddings"
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
 def model_field(model: ModelLike, name: str) -> Any:
@@ -1054,6 +1428,10 @@ def for_model(
 
     ``overrides`` are further keyword arguments of :class:`OpenAICompatibleProvider` (timeouts,
     retry limits, observers); they win over the values taken from the model.
+
+    Raises :class:`InvalidURL` (a :class:`ModelUnavailable` and a ``ValueError``, its message
+    redacted) when the model's URL or the override carries credentials or a key-like query
+    parameter, or is not a plain ``http(s)://host/...`` URL (:func:`check_base_url`).
     """
     own_url = str(model_field(model, "base_url"))
     url = base_url or own_url
