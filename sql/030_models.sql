@@ -293,7 +293,7 @@ DECLARE
 BEGIN
     SELECT * INTO v_m FROM pgingest.models AS m
     WHERE m.name = p_model AND m.state <> 'retired' AND m.backfill_completed_at IS NULL
-    FOR UPDATE SKIP LOCKED;
+    FOR NO KEY UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
         RETURN 0;
     END IF;
