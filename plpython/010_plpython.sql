@@ -57,8 +57,10 @@ return plpy_support.embed_query(plpy, SD, query, model)
 $$;
 
 COMMENT ON FUNCTION pgingest.embed_query(text, text) IS
-'Embeds a query text through the active model''s endpoint (or `model`''s); unit-normalised. '
-'SET pgingest.embedding_url to override the endpoint, pgingest.embedding_timeout (s) the timeout.';
+'Embeds a query text through the active model''s endpoint (or `model`''s); unit-normalised; an empty '
+'text is refused. pgingest.embedding_url overrides the endpoint (a superuser: any; other roles: only '
+'a live model''s registered base_url); pgingest.embedding_timeout (s, clamped to 0.1-60, default 10) '
+'bounds the whole call. Errors give the HTTP status, never the endpoint''s own text.';
 
 -- In the two SQL functions below, the parameters are qualified by the function's name (query, k and
 -- filter are also column names); sqlfluff takes the qualifier for a missing table (noqa: RF01).

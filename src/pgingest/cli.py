@@ -1,4 +1,7 @@
-"""Command line: ``pgingest install|worker|status|search|serve-model|model|requeue``."""
+"""pgingest's command line: install, migrate, worker, status, search, maintenance, serve-model,
+model, demo.
+
+Dead letters are requeued from SQL with pgingest.requeue_dead_letters(), not by a command."""
 
 from __future__ import annotations
 
@@ -53,10 +56,18 @@ def cmd_search(args: argparse.Namespace) -> int:
         if model is None:
             print("pgingest search: no such model (or no active model)", file=sys.stderr)
             return 2
-        # --embedding-url gets no API key: the model's key goes to its own endpoint only.
-        provider = providers.for_model(
-            model, base_url=args.embedding_url, timeout=args.timeout, max_retries=1
-        )
+        if not args.query.strip():
+            print("pgingest search: the query text is empty", file=sys.stderr)
+            return 2
+        # --embedding-url gets no API key: the model's key goes to its own endpoint only; a URL
+        # with credentials or a key in its query string is refused (providers.InvalidURL).
+        try:
+            provider = providers.for_model(
+                model, base_url=args.embedding_url, timeout=args.timeout, max_retries=1
+            )
+        except ValueError as exc:
+            print(f"pgingest search: {exc}", file=sys.stderr)
+            return 2
         try:
             qvec = search.embed_query(model, provider, args.query)
         except providers.ProviderError as exc:

@@ -7,11 +7,17 @@ dependencies. Everything here takes ``plpy`` as an argument so that tests can ca
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pgingest import chunking, providers, search, vectors
 
 DEFAULT_TIMEOUT_S = 10.0
+MIN_TIMEOUT_S = 0.1
+MAX_TIMEOUT_S = 60.0
+"""``pgingest.embedding_timeout`` is clamped to this range: any session may set it."""
+PROVIDER_CACHE_SIZE = 8
+"""Providers kept per session (one per model, endpoint and timeout), the oldest closed first."""
 
 
 def _setting(plpy: Any, name: str) -> str | None:
@@ -40,8 +46,92 @@ def chunk_preview(plpy: Any, body: str, title: str | None) -> list[dict[str, Any
     ]
 
 
+def query_timeout(value: str | None) -> float:
+    """Seconds for one query embedding from ``pgingest.embedding_timeout`` (None: the default):
+    clamped to [MIN_TIMEOUT_S, MAX_TIMEOUT_S], since any session may set it. ``ValueError`` for
+    what is not a positive finite number."""
+    if value is None:
+        return DEFAULT_TIMEOUT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(
+            f"pgingest.embedding_timeout must be a number of seconds > 0, got {value[:40]!r}"
+        )
+    return min(max(seconds, MIN_TIMEOUT_S), MAX_TIMEOUT_S)
+
+
+def public_reason(exc: providers.ProviderError) -> str:
+    """What a query's caller is told about a failed embedding: the HTTP status and the error
+    class, never the endpoint's own words (any role that may search could otherwise read
+    the answers of whatever the endpoint is)."""
+    if exc.error_class == "bad_response":
+        return "the endpoint's answer is not a valid embeddings answer (bad_response)"
+    if exc.status is not None:
+        return f"the endpoint answered HTTP {exc.status} ({exc.error_class})"
+    if exc.error_class == "timeout":
+        return "no complete answer in time (timeout)"
+    if exc.error_class == "connection":
+        return "the endpoint could not be reached (connection)"
+    return f"the request failed ({exc.error_class})"
+
+
+def _is_superuser(plpy: Any) -> bool:
+    rows = plpy.execute("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user")
+    return bool(rows and rows[0]["rolsuper"])
+
+
+def _endpoint_override(plpy: Any, m: dict[str, Any]) -> str | None:
+    """``pgingest.embedding_url`` if this session may use it, None when unset.
+
+    Any session may SET a ``pgingest.*`` setting, so it is not trusted: for a role that is not
+    a superuser it must name the endpoint of a live registered model (``pgingest.models``'
+    ``base_url``, written only by admins), compared as the URL requests are posted to
+    (``providers.embeddings_url``: a trailing ``?``, slash or ``/embeddings`` changes nothing,
+    anything else is another endpoint). A superuser may name any endpoint (that role can
+    already make the server run anything). The model's API key goes only to its own endpoint
+    (``providers.for_model``).
+    """
+    override = _setting(plpy, "pgingest.embedding_url")
+    if override is None:
+        return None
+    try:
+        providers.check_base_url(override)
+    except ValueError as exc:
+        plpy.error(f"pgingest: pgingest.embedding_url is refused: {exc}", sqlstate="22023")
+    target = providers.embeddings_url(override)
+    if target == providers.embeddings_url(str(m["base_url"])) or _is_superuser(plpy):
+        return override
+    rows = plpy.execute("SELECT base_url FROM pgingest.models WHERE state <> 'retired'")
+    if any(providers.embeddings_url(str(r["base_url"])) == target for r in rows):
+        return override
+    plpy.error(
+        "pgingest: pgingest.embedding_url may only name the endpoint of a registered model",
+        detail=f"{providers.redact_url(override)} is not the base_url of a live model in "
+        "pgingest.models.",
+        hint="RESET pgingest.embedding_url to use the model's own endpoint, or ask an "
+        "administrator to register the endpoint.",
+        sqlstate="42501",
+    )
+    return None  # not reached: plpy.error raises
+
+
 def embed_query(plpy: Any, cache: dict[str, Any], query: str, model: str | None) -> str:
-    """Embeds one query text through the model's endpoint; returns pgvector's text form."""
+    """Embeds one query text through the model's endpoint; returns pgvector's text form.
+
+    Reader-facing: the endpoint is the model's own or another registered one
+    (:func:`_endpoint_override`), the timeout is clamped (:func:`query_timeout`) and bounds the
+    whole call (connect, answer, retries), the answer is size-capped by the client, and an
+    error says what happened (HTTP status, error class) without the endpoint's own text.
+    """
+    if query is None or not query.strip():
+        plpy.error(
+            "pgingest: the query text is empty",
+            hint="Search with some words: an empty text has no meaning to embed.",
+            sqlstate="22023",
+        )
     if model is None:
         rows = plpy.execute("SELECT * FROM pgingest.models WHERE state = 'active'")
         if not rows:
@@ -54,33 +144,48 @@ def embed_query(plpy: Any, cache: dict[str, Any], query: str, model: str | None)
         if not rows:
             plpy.error(f"pgingest: no live model named {model!r}", sqlstate="42704")
     m = rows[0]
-    override = _setting(plpy, "pgingest.embedding_url")
-    base_url = override or m["base_url"]
-    timeout = float(_setting(plpy, "pgingest.embedding_timeout") or DEFAULT_TIMEOUT_S)
-    # A query waits in a SQL session: short timeouts, few retries. for_model withholds the
-    # model's API key from an endpoint that pgingest.embedding_url points elsewhere.
+    override = _endpoint_override(plpy, m)
+    base_url = override or str(m["base_url"])
+    shown_url = providers.redact_url(base_url)
+    try:
+        timeout = query_timeout(_setting(plpy, "pgingest.embedding_timeout"))
+    except ValueError as exc:
+        plpy.error(f"pgingest: {exc}", sqlstate="22023")
+    # A query waits in a SQL session: one deadline over the whole call, few retries. for_model
+    # withholds the model's API key from an endpoint that pgingest.embedding_url points elsewhere.
     fields = ("name", "base_url", "model_id", "dimensions", "api_key_env", "request_dimensions")
     key = repr((*(m[f] for f in fields), override, timeout))
-    provider = cache.get(key)
+    provider = cache.pop(key, None)
     if provider is None:
-        provider = providers.for_model(
-            m,
-            base_url=override,
-            timeout=timeout,
-            connect_timeout=min(timeout, 3.0),
-            max_retries=1,
-            max_retry_after=min(timeout, 5.0),
-            max_rate_limit_retries=2,
-        )
-        cache[key] = provider
+        try:
+            provider = providers.for_model(
+                m,
+                base_url=override,
+                timeout=timeout,
+                total_timeout=timeout,
+                connect_timeout=min(timeout, 3.0),
+                max_retries=1,
+                max_retry_after=min(timeout, 5.0),
+                max_rate_limit_retries=2,
+            )
+        except ValueError as exc:  # providers.InvalidURL: the model's base_url is refused
+            plpy.error(
+                f"pgingest: model {m['name']}'s endpoint cannot be called: {exc}",
+                sqlstate="22023",
+            )
+        while len(cache) >= PROVIDER_CACHE_SIZE:
+            cache.pop(next(iter(cache))).close()
+    cache[key] = provider  # (re)inserted last: the cache drops the least recently used
     try:
         vec = search.embed_query(m, provider, query)
     except providers.ProviderError as exc:
         plpy.error(
-            f"pgingest: embedding the query through model {m['name']} at {base_url} failed: {exc}",
+            f"pgingest: embedding the query through model {m['name']} at {shown_url} failed: "
+            f"{public_reason(exc)}",
             detail=f"error class: {exc.error_class}",
-            hint="Is the embedding server running? Override the endpoint with "
-            "SET pgingest.embedding_url = 'http://127.0.0.1:8765/v1'.",
+            hint="Is the embedding server running? A superuser can point the session elsewhere "
+            "with SET pgingest.embedding_url = 'http://127.0.0.1:8765/v1' (other roles: "
+            "only the base_url of a registered model).",
             sqlstate="08000",
         )
     except vectors.VectorError as exc:

@@ -19,10 +19,15 @@ from pgingest import providers, vectors
 if TYPE_CHECKING:
     from pgingest.providers import ModelLike
 
-__all__ = ["QUERY_BATCH", "embed_queries", "embed_query"]
+__all__ = ["QUERY_BATCH", "EmptyQuery", "embed_queries", "embed_query"]
 
 QUERY_BATCH = 64
 """Query texts per embedding request (``model compare`` embeds dozens at a time)."""
+
+
+class EmptyQuery(ValueError):
+    """A query text that is empty or only whitespace: there is nothing to embed (OpenAI and
+    most servers refuse an empty input; others answer a meaningless vector)."""
 
 
 def embed_queries(
@@ -33,12 +38,17 @@ def embed_queries(
     vectors are (``storage`` included). Requests carry at most ``QUERY_BATCH`` texts; each
     answer is checked against the texts it was sent for.
 
-    Raises ``providers.ProviderError`` when the endpoint fails and ``vectors.VectorError`` when
-    an answer is not a valid vector of the model (indices in its message count within the
+    Raises :class:`EmptyQuery` (before any request) when a text is empty or only whitespace,
+    ``providers.ProviderError`` when the endpoint fails and ``vectors.VectorError`` when an
+    answer is not a valid vector of the model (indices in its message count within the
     request).
     """
     if isinstance(texts, str):
         raise TypeError("texts must be a sequence of strings, not one string (see embed_query)")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            what = "empty" if isinstance(text, str) else f"a {type(text).__name__}, not a string"
+            raise EmptyQuery(f"query text {i} is {what}: there is nothing to embed")
     dims = int(providers.model_field(model, "dimensions"))
     metric = str(providers.model_field(model, "metric"))
     storage = str(providers.model_field(model, "storage"))

@@ -220,3 +220,57 @@ def test_provider_errors_pass_through() -> None:
 
     with pytest.raises(providers.TransientProviderError, match="refused"):
         search.embed_query(make_model(), FakeProvider(down), "q0")
+
+
+@pytest.mark.parametrize("text", ["", " ", "\n\t ", "\u2003"])
+def test_an_empty_query_is_refused_before_any_request(text: str) -> None:
+    fake = FakeProvider(by_number)
+    with pytest.raises(search.EmptyQuery, match="query text 1 is empty"):
+        search.embed_queries(make_model(), fake, ["q1", text])
+    with pytest.raises(ValueError, match="nothing to embed"):
+        search.embed_query(make_model(), fake, text)
+    assert fake.calls == []
+
+
+# -------------------------------------------------------------------------- PL/Python's settings
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(None, 10.0), ("2.5", 2.5), ("1e9", 60.0), ("600", 60.0), ("0.0001", 0.1), ("1e-300", 0.1)],
+)
+def test_the_query_timeout_is_clamped(value: str | None, seconds: float) -> None:
+    from pgingest import plpy_support
+
+    assert plpy_support.query_timeout(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "abc", "-1", "0", "1e999"])
+def test_a_query_timeout_that_is_not_a_positive_number_is_refused(value: str) -> None:
+    from pgingest import plpy_support
+
+    with pytest.raises(ValueError, match="embedding_timeout"):
+        plpy_support.query_timeout(value)
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (
+            providers.TransientProviderError("SECRET", status=502),
+            "answered HTTP 502 (server_error)",
+        ),
+        (providers.InputRejected("SECRET", status=400), "answered HTTP 400 (rejected_input)"),
+        (providers.BadResponse("SECRET", status=200), "not a valid embeddings answer"),
+        (providers.TransientProviderError("SECRET", error_class="timeout"), "(timeout)"),
+        (providers.TransientProviderError("SECRET", error_class="connection"), "(connection)"),
+        (providers.CircuitOpen("SECRET"), "(circuit_open)"),
+    ],
+)
+def test_a_readers_error_never_carries_the_endpoints_text(
+    error: providers.ProviderError, said: str
+) -> None:
+    from pgingest import plpy_support
+
+    reason = plpy_support.public_reason(error)
+    assert said in reason and "SECRET" not in reason
