@@ -4,11 +4,13 @@
 #   PostgreSQL server (if missing), postgresql-server-dev, plpython3u, build-essential,
 #   python3-numpy/requests (PL/Python runs the system Python), python3-venv/pip,
 #   pgvector >= 0.8.0 (Debian package if apt has a candidate, else built from Debian trixie's
-#   source package), pgmq 1.13.0 as a real extension (the SQL script shipped in the PyPI
+#   source package, fetched from the Debian mirror of the system's own apt sources), pgmq 1.13.0 as a real extension (the SQL script shipped in the PyPI
 #   package pgmq==1.1.4, installed as pgmq--1.13.0.sql + pgmq.control),
 #
 # then checks `CREATE EXTENSION vector; CREATE EXTENSION pgmq; CREATE EXTENSION plpython3u`
-# in a throw-away cluster. A re-run with nothing to do takes well under a second (dpkg
+# in a throw-away cluster, and restarts the checkout's private clusters (scripts/pgcluster.sh
+# refresh) whose server binary apt replaced under them (a minor upgrade pulled in by any
+# postgresql-<major>-* package leaves the running postmaster with the new minor's libraries). A re-run with nothing to do takes well under a second (dpkg
 # queries plus a stamp file in .stamps/).
 #
 # usage: scripts/install-system.sh [--image] [--no-verify] [--force-verify] [--print-pg-major]
@@ -35,7 +37,6 @@ CACHE=${PGINGEST_CACHE:-$ROOT/.cache}
 PGVECTOR_MIN=0.8.0
 PGMQ_PY_VERSION=1.1.4
 PGMQ_EXT_VERSION=1.13.0 # the extension version that pgmq==1.1.4 ships (pgmq/sql/VERSION)
-TRIXIE_SRC_URI=http://deb.debian.org/debian
 
 mode=native
 verify=1
@@ -193,9 +194,78 @@ vector_version() { # the installed pgvector version, empty if none
     control_version "$share/extension/vector.control"
 }
 
+# --- the system's own Debian mirror ---------------------------------------------------------
+# debian_mirrors CODENAME [FILE...]: the URIs that serve the suite CODENAME itself (not
+# CODENAME-security, -updates or -pgdg) in apt's sources, one a line, in apt's order: one-line
+# entries of *.list files (deb or deb-src, [options] allowed) and deb822 stanzas of *.sources
+# files (Types/URIs/Suites, Enabled: no skipped); comments ignored. Default FILEs: apt's own.
+# A machine behind a local mirror or proxy reaches Debian only through it.
+debian_mirrors() {
+    local codename=$1 f
+    shift
+    (($#)) || set -- /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources
+    for f in "$@"; do
+        [[ -f $f && -r $f ]] || continue
+        case $f in
+            *.sources)
+                awk -v want="$codename" '
+                    function flush(   n, m, i, j, s, u) {
+                        if (types ~ /(^| )deb(-src)?( |$)/ && enabled !~ /^(no|false|0)$/) {
+                            n = split(suites, s, " ")
+                            for (i = 1; i <= n; i++) if (s[i] == want) {
+                                m = split(uris, u, " ")
+                                for (j = 1; j <= m; j++) { sub(/\/+$/, "", u[j]); print u[j] }
+                                break
+                            }
+                        }
+                        types = uris = suites = enabled = field = ""
+                    }
+                    /^[ \t]*#/ { next }
+                    /^[ \t]*$/ { flush(); next }
+                    /^[ \t]/ {
+                        if (field == "uris") uris = uris " " $0
+                        else if (field == "suites") suites = suites " " $0
+                        else if (field == "types") types = types " " $0
+                        next
+                    }
+                    {
+                        field = tolower($0); sub(/[ \t]*:.*/, "", field)
+                        value = $0; sub(/^[^:]*:[ \t]*/, "", value); gsub(/[ \t]+/, " ", value)
+                        if (field == "types") types = value
+                        else if (field == "uris") uris = value
+                        else if (field == "suites") suites = value
+                        else if (field == "enabled") enabled = tolower(value)
+                    }
+                    END { flush() }
+                ' "$f"
+                ;;
+            *)
+                awk -v want="$codename" '
+                    { sub(/[ \t]*#.*/, "") }
+                    $1 == "deb" || $1 == "deb-src" {
+                        i = 2
+                        if ($2 ~ /^\[/) { while (i < NF && $i !~ /\]$/) i++; i++ }
+                        if ($(i + 1) == want) { uri = $i; sub(/\/+$/, "", uri); print uri }
+                    }
+                ' "$f"
+                ;;
+        esac
+    done
+}
+
+debian_mirror() { # debian_mirror CODENAME: the first of debian_mirrors, or an error
+    local first
+    first=$(debian_mirrors "$1")
+    first=${first%%$'\n'*}
+    [[ -n $first ]] ||
+        die "no apt source serves Debian $1 (/etc/apt/sources.list, /etc/apt/sources.list.d/*.list, *.sources): the pgvector source package comes from the system's own Debian mirror"
+    echo "$first"
+}
+
 # --- pgvector -------------------------------------------------------------------------------
 build_pgvector_from_trixie_source() {
-    local tmp keyopt="" o orig ver k
+    local tmp keyopt="" o orig ver k mirror
+    mirror=$(debian_mirror "$codename")
     new_tmpdir pgvector
     tmp=$NEWTMP
     chmod 755 "$tmp"
@@ -208,13 +278,15 @@ build_pgvector_from_trixie_source() {
             break
         fi
     done
-    echo "deb-src ${keyopt}${TRIXIE_SRC_URI} trixie main" >"$tmp/sources.list"
+    # The mirror that serves this system's release serves trixie too (Debian mirrors and proxies
+    # carry every suite).
+    echo "deb-src ${keyopt}${mirror} trixie main" >"$tmp/sources.list"
     # A private apt configuration: its own source list, package lists and no shared caches,
     # so the system's apt state is not touched.
     o=(-o "Dir::Etc::SourceList=$tmp/sources.list" -o Dir::Etc::SourceParts=/dev/null
         -o "Dir::State::Lists=$tmp/lists" -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache=)
     ((IS_ROOT)) && o+=(-o APT::Sandbox::User=root)
-    log "fetching the pgvector source package from Debian trixie"
+    log "fetching the pgvector source package from Debian trixie ($mirror)"
     apt-get "${o[@]}" -q update >"$tmp/apt-update.log" 2>&1 ||
         {
             cat "$tmp/apt-update.log" >&2
@@ -390,6 +462,9 @@ SQL
     log "ok: $(printf '%s\n' "$out" | tail -n1)"
 }
 
+# Sourced (tests/test_system_scripts.py): the functions only.
+if [[ ${BASH_SOURCE[0]} != "$0" ]]; then return 0; fi
+
 # --- main -----------------------------------------------------------------------------------
 codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-unknown}") || codename=unknown
 log "Debian $(cat /etc/debian_version 2>/dev/null || echo '?') ($codename), PostgreSQL $M, mode $mode"
@@ -418,5 +493,10 @@ if ((verify)); then
         mkdir -p "$STAMPS"
         echo "$fingerprint" >"$stamp"
     fi
+fi
+# apt may have replaced the server binary under a running private cluster: restart those.
+if [[ $mode == native ]]; then
+    "$ROOT/scripts/pgcluster.sh" refresh
+    "$ROOT/scripts/pgcluster.sh" refresh-second
 fi
 log "done"

@@ -7,8 +7,14 @@
 #   status    print the state; exit 0 if running, 3 if not
 #   url       print the connection URL (works whether or not the cluster runs)
 #   psql      open psql on the database (extra arguments are passed to psql)
+#   refresh   restart the cluster if its server binary is not the one running (a package
+#             upgrade under it, e.g. apt-get install of any postgresql-15-* package moving the
+#             server from 15.18 to 15.20: the running postmaster then loads the new minor's
+#             libraries, plpgsql.so with an undefined symbol); nothing otherwise. start does
+#             the same check when the cluster already runs; scripts/install-system.sh runs it.
 #   destroy   stop and delete the cluster's folder
-#   start-second, stop-second, status-second, url-second, psql-second, destroy-second:
+#   start-second, stop-second, status-second, url-second, psql-second, refresh-second,
+#   destroy-second:
 #             the same for a second cluster (logical replication tests), by default in
 #             .pgdata/second on port 54330 (PGINGEST_PGDATA2, PGINGEST_PGPORT2).
 #
@@ -136,6 +142,53 @@ is_running() { [[ -n $REAL && -f $REAL/data/PG_VERSION ]] && as_pg "$BIN/pg_ctl"
 
 running_port() { sed -n 4p "$REAL/data/postmaster.pid" 2>/dev/null || true; }
 
+# --- a server binary upgraded under the running postmaster --------------------------------
+pg_version_number() { # pg_version_number TEXT: 15.18 of "postgres (PostgreSQL) 15.18 (Debian ...)"
+    if [[ $1 =~ ([0-9]+(\.[0-9]+)*(devel|alpha[0-9]*|beta[0-9]*|rc[0-9]*)?) ]]; then
+        echo "${BASH_REMATCH[1]}"
+    fi
+}
+
+# restart_reason BINARY_VERSION SERVER_VERSION BINARY_CTIME POSTMASTER_START: prints why the
+# running postmaster must be restarted and returns 0, or returns 1. The versions are the texts of
+# `postgres --version` and `SHOW server_version` (either may be empty: unknown); the times are
+# epoch seconds: the binary's inode change time (dpkg keeps the package's mtime, but the ctime
+# is the install's) and the postmaster's start (line 3 of postmaster.pid). The versions decide
+# when both are known; otherwise a binary changed after the start counts.
+restart_reason() {
+    local bin server
+    bin=$(pg_version_number "$1")
+    server=$(pg_version_number "$2")
+    if [[ -n $bin && -n $server ]]; then
+        [[ $bin != "$server" ]] || return 1
+        local how=newer
+        [[ $(printf '%s\n%s\n' "$bin" "$server" | sort -V | tail -n1) == "$bin" ]] || how=older
+        echo "the server binary is PostgreSQL $bin, $how than the running postmaster ($server)"
+        return 0
+    fi
+    if [[ $3 =~ ^[0-9]+$ && $4 =~ ^[0-9]+$ ]] && (($3 > $4)); then
+        echo "the server binary changed after the postmaster started (a package upgrade?)"
+        return 0
+    fi
+    return 1
+}
+
+check_binary() { # restart the running cluster if its binary was replaced (see restart_reason)
+    local reason server
+    server=$("$BIN/psql" -X -qAt -h 127.0.0.1 -p "$(running_port)" -U postgres -d postgres \
+        -c 'SHOW server_version' 2>/dev/null || true)
+    reason=$(restart_reason "$("$BIN/postgres" --version 2>/dev/null || true)" "$server" \
+        "$(stat -c %Z "$BIN/postgres" 2>/dev/null || true)" \
+        "$(sed -n 3p "$REAL/data/postmaster.pid" 2>/dev/null || true)") || return 0
+    say "$reason: restarting the $NAME"
+    write_conf
+    if ! as_pg "$BIN/pg_ctl" -D "$REAL/data" -l "$REAL/server.log" -m fast -w -t 60 -s restart; then
+        tail -n 30 "$REAL/server.log" >&2 || true
+        die "the server did not restart"
+    fi
+    say "$NAME restarted: PostgreSQL $(pg_version_number "$("$BIN/postgres" --version)")"
+}
+
 # --- settings -----------------------------------------------------------------------------
 write_conf() {
     local conf=$REAL/data/pgingest.conf
@@ -188,6 +241,7 @@ cmd_start() {
         p=$(running_port)
         say "$NAME already running (port ${p:-?}, $REAL/data)"
         [[ $p == "$PORT" ]] || say "warning: it listens on port $p, not $PORT: stop it first to change the port"
+        check_binary
     else
         [[ -f $REAL/data/PG_VERSION ]] || init_cluster
         write_conf
@@ -247,6 +301,13 @@ cmd_status() {
     fi
 }
 
+cmd_refresh() {
+    locate
+    [[ -n $REAL && -f $REAL/data/PG_VERSION ]] || return 0
+    pick_bin soft
+    if [[ -x $BIN/pg_ctl ]] && is_running; then check_binary; fi
+}
+
 cmd_destroy() {
     cmd_stop
     locate
@@ -259,8 +320,12 @@ cmd_destroy() {
     say "$NAME removed ($PGDIR)"
 }
 
+# Sourced (tests/test_system_scripts.py): the functions only.
+if [[ ${BASH_SOURCE[0]} != "$0" ]]; then return 0; fi
+
 case $cmd in
     start) cmd_start ;;
+    refresh) cmd_refresh ;;
     stop) cmd_stop ;;
     status) cmd_status ;;
     url) echo "$URL" ;;
