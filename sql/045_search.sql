@@ -185,6 +185,11 @@ DECLARE
     v_pred text := pgingest._filter_predicate(filter);
     v_query tsquery;
 BEGIN
+    -- rrf_k + rank is a divisor (rank >= 1): rrf_k < 1 could make it 0 (issue 18, item 14).
+    IF rrf_k IS NULL OR rrf_k < 1 THEN
+        RAISE EXCEPTION 'pgingest: rrf_k must be at least 1, not %', coalesce(rrf_k::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'The usual value is 60 (the default).';
+    END IF;
     SELECT c.value::regconfig INTO v_cfg FROM pgingest.config AS c WHERE c.key = 'text_search_config';
     IF v_cfg IS NULL THEN
         RAISE EXCEPTION 'hybrid search needs full-text search on chunks, which is off'

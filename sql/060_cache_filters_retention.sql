@@ -132,6 +132,12 @@ BEGIN
         ELSE format('pgingest._meta_cast(metadata, %L, %L)::%s', key, type, type)
     END;
     INSERT INTO pgingest.filters (key, type, column_name) VALUES (key, type, v_column);
+    -- The column and index rewrite pgingest.documents under ACCESS EXCLUSIVE, which every
+    -- application query would queue behind: wait at most the caller's lock_timeout for the lock,
+    -- 5 s when the caller set none (docs/operations.md; issue 18, item 14).
+    IF current_setting('lock_timeout') IN ('0', '0ms') THEN
+        PERFORM set_config('lock_timeout', '5s', TRUE);
+    END IF;
     EXECUTE format('ALTER TABLE pgingest.documents ADD COLUMN %I %s GENERATED ALWAYS AS (%s) STORED',
                    v_column, type, v_expr);
     EXECUTE format('CREATE INDEX %I ON pgingest.documents USING %s (%I)',

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -28,14 +29,50 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+# Control characters (line breaks above all) and the Unicode line separators, as escapes: a
+# document key or a provider's message cannot start a line of its own (issue 18, item 14).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+# A value that would read as more than one key=value: quoted (JSON string syntax).
+_NEEDS_QUOTES = re.compile(r'[\s="\\]|^$')
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    return json.dumps(m[0])[1:-1]
+
+
+def escape(text: str) -> str:
+    """``text`` on one line: control characters and line separators as JSON escapes (``\\n``)."""
+    return _CONTROL.sub(_escape_char, text)
+
+
+def _field(value: Any) -> str:
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if _NEEDS_QUOTES.search(text) else escape(text)
+
+
 class TextFormatter(logging.Formatter):
+    """One line a record (a traceback excepted): the message escaped, then ``key=value`` extras
+    (a value with spaces, ``=``, quotes or control characters is a JSON string)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        message = record.message
+        record.message = escape(message)
+        try:
+            return super().formatMessage(record)
+        finally:
+            record.message = message
+
     def format(self, record: logging.LogRecord) -> str:
         base = super().format(record)
         extras = {
             k: v for k, v in vars(record).items() if k not in _RESERVED and not k.startswith("_")
         }
         if extras:
-            base += " " + " ".join(f"{k}={v}" for k, v in extras.items())
+            line = " ".join(
+                f"{escape(str(k)).replace('=', '%3D')}={_field(v)}" for k, v in extras.items()
+            )
+            first, sep, rest = base.partition("\n")
+            base = f"{first} {line}{sep}{rest}"
         return base
 
 
