@@ -10,6 +10,7 @@ concurrently: every role and database has a unique name and is dropped at the en
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import subprocess
@@ -224,12 +225,18 @@ def test_owner_installs_without_superuser_and_runs_the_pipeline(
         assert one(c, "SELECT pgingest.retire_model('v2')") is not None
         assert one(c, "SELECT count(*) FROM pgmq.meta WHERE queue_name = 'pgingest_v2'") == 0
 
-    # 7. The superuser's follow-up adds the PL/Python functions and hands them to the owner.
+    # 7. The superuser's follow-up adds the PL/Python functions and hands them to the owner;
+    #    where they import pgingest from is baked into the bootstrap (the owner may write
+    #    pgingest.config, so that is not where a superuser's choice can live).
     notices = install.install_plpython(scratch.dsn(dbname))
     assert not any(n.startswith("WARNING") for n in notices)
     with psycopg.connect(owner_dsn, autocommit=True) as c:
         assert plpython_functions(c) == sorted(PLPYTHON_FUNCTIONS)
         assert owned_by_others(c, owner) == []
+        bootstrap = one(
+            c, "SELECT prosrc FROM pg_proc WHERE oid = 'pgingest._plpy_bootstrap()'::regprocedure"
+        )
+        assert f"BAKED = {json.dumps(install.python_path().split(':'))}" in bootstrap
         for name in PLPYTHON_FUNCTIONS:  # privileges applied last: PUBLIC has nothing
             assert not one(
                 c,
@@ -387,7 +394,8 @@ def test_install_command_prints_the_scripts_of_each_step() -> None:
     script = run("--print", "--chunk-partitions", "8", "--python-path", "/opt/pgingest/python")
     assert script.startswith("-- pgingest installation script")
     assert "SET LOCAL pgingest.chunk_partitions = '8';" in script
-    assert "'/opt/pgingest/python') ON CONFLICT (key)" in script
+    assert "VALUES ('python_path', '/opt/pgingest/python')" in script
+    assert 'BAKED = ["/opt/pgingest/python"]' in script
     assert script.rstrip().endswith("COMMIT;")
     assert "SET LOCAL pgingest.chunk_partitions" not in run("--print")
 

@@ -151,9 +151,11 @@ def test_templates_render_without_their_header_and_lint_comments() -> None:
         install.superuser_setup_sql("app_owner"),
     ):
         assert "Installer template" not in script
-    assert install.render_template("python_path.sql", python_path="/opt/it's") == (
-        "-- Where PL/Python imports pgingest from (edit for another server layout).\n"
-        "INSERT INTO pgingest.config (key, value) VALUES ('python_path', '/opt/it''s') ON CONFLICT "
-        "(key) DO UPDATE SET value = EXCLUDED.value, updated_at = now();\n"
-    )
+    # python_path.sql: the path as a literal for pgingest.config, and baked (a JSON list, which
+    # Python reads) into one of the two bootstraps; the other reads pgingest.config.
+    rendered = install._python_path_sql("/opt/it's:/srv/a\"b")
+    assert "VALUES ('python_path', '/opt/it''s:/srv/a\"b')" in rendered
+    assert rendered.count("CREATE OR REPLACE FUNCTION pgingest._plpy_bootstrap()") == 2
+    assert rendered.count("BAKED = []\n") == 1
+    assert rendered.count('BAKED = ["/opt/it\'s", "/srv/a\\"b"]\n') == 1
     assert install.schema_version() == install.migrations()[-1].name.removesuffix(".sql")

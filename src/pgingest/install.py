@@ -34,6 +34,8 @@ import argparse
 import functools
 import hashlib
 import importlib.resources
+import json
+import posixpath
 import re
 import sys
 from collections.abc import Callable
@@ -313,8 +315,49 @@ def _plpython_block(f: SqlFile) -> str:
     )
 
 
+def python_path_entries(path: str) -> list[str]:
+    """The entries of a ``--python-path`` (':'-separated), refused unless each is an absolute,
+    normalised path without control characters (a relative entry would be looked up from the
+    server's data directory). Ownership and modes are checked on the database server, where the
+    entries are (plpy_bootstrap.sql)."""
+    entries = [e for e in path.split(":") if e]
+    if not entries:
+        raise InstallError("--python-path: no entry")
+    for entry in entries:
+        if not entry.startswith("/") or posixpath.normpath(entry) != entry:
+            raise InstallError(
+                f"--python-path: {entry!r} is not an absolute, normalised path"
+                " (PL/Python imports pgingest on the database server: give its folder there)"
+            )
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in entry):
+            raise InstallError(f"--python-path: {entry!r} holds a control character")
+    return entries
+
+
+def _bootstrap(entries: list[str]) -> Sql:
+    body = render_template("plpy_bootstrap.sql", entries=Sql(json.dumps(entries)))
+    return _dollar_quote(body, "pgingest_bootstrap_sql")
+
+
 def _python_path_sql(path: str | None = None) -> str:
-    return "\n" + render_template("python_path.sql", python_path=path or python_path())
+    """Where PL/Python imports pgingest from: recorded or baked, then checked (python_path.sql)."""
+    entries = python_path_entries(path or python_path())
+    return "\n" + render_template(
+        "python_path.sql",
+        python_path=":".join(entries),
+        bootstrap_from_config=_bootstrap([]),
+        bootstrap_baked=_bootstrap(entries),
+        skipped_warning=_dollar_quote(
+            render_template("python_path_skipped.sql"), "pgingest_skipped_sql"
+        ),
+    )
+
+
+def _vector_schema_check(allow_public_create: bool) -> str:
+    return "\n" + render_template(
+        "vector_schema_check.sql",
+        allow_public_create=Sql("TRUE" if allow_public_create else "FALSE"),
+    )
 
 
 def _file_section(f: SqlFile) -> str:
@@ -353,6 +396,7 @@ def render_script(
     psql: bool = False,
     chunk_partitions: int | None = None,
     python_path: str | None = None,
+    allow_public_create: bool = False,
 ) -> str:
     """The whole installation as one SQL script (without BEGIN/COMMIT unless ``psql``).
 
@@ -361,9 +405,12 @@ def render_script(
     ``chunk_partitions``: hash-partition pgingest.chunks into that many partitions (0: a plain
     table); it takes effect at the first install and must match on later ones.
     ``python_path``: where the database server's PL/Python finds this package (default: where
-    it is on this machine, see :func:`python_path`).
+    it is on this machine, see :func:`python_path`); only a superuser's install sets it.
+    ``allow_public_create``: install even where roles other than the installing one may create
+    objects in the vector extension's schema (a WARNING instead of an error).
     """
     _check_partitions(chunk_partitions)
+    python_path_sql = _python_path_sql(python_path) if upto is None else ""
     parts: list[str] = []
     if psql:
         parts.append(_INSTALL_HEADER + _PSQL_STOP + "BEGIN;\n")
@@ -374,6 +421,7 @@ def render_script(
     parts.append(
         "\n" + render_template("prelude.sql", install_lock_key=INSTALL_LOCK_KEY, **_PRIVILEGES)
     )
+    parts.append(_vector_schema_check(allow_public_create))
     for m in migrations(root):
         parts.append(_migration_block(m))
         if upto is not None and m.name.removesuffix(".sql") == upto:
@@ -382,23 +430,30 @@ def render_script(
     if upto is None:
         for f in idempotent_files(root):
             parts.append(_plpython_block(f) if f.folder == "plpython" else _file_section(f))
-        parts.append(_python_path_sql(python_path))
+        parts.append(python_path_sql)
     if psql:
         parts.append("\nCOMMIT;\n")
     return "".join(parts)
 
 
 def render_plpython_script(
-    root: Traversable | None = None, *, psql: bool = False, python_path: str | None = None
+    root: Traversable | None = None,
+    *,
+    psql: bool = False,
+    python_path: str | None = None,
+    allow_public_create: bool = False,
 ) -> str:
-    """The superuser's follow-up to a DBA install: plpython/, owner set, privileges re-applied."""
+    """The superuser's follow-up to a DBA install: plpython/, owner set, the path baked into the
+    bootstrap (the owner is not a superuser), privileges re-applied."""
+    python_path_sql = _python_path_sql(python_path)
     parts: list[str] = []
     if psql:
         parts.append(_PLPYTHON_HEADER + _PSQL_STOP + "BEGIN;\n")
     parts.append("\n" + render_template("plpython_prelude.sql", install_lock_key=INSTALL_LOCK_KEY))
+    parts.append(_vector_schema_check(allow_public_create))
     parts += [_file_section(f) for f in plpython_files(root)]
     parts.append("\n" + render_template("plpython_ownership.sql"))
-    parts.append(_python_path_sql(python_path))
+    parts.append(python_path_sql)
     parts += [_file_section(f) for f in privileges_files(root)]
     if psql:
         parts.append("\nCOMMIT;\n")
@@ -415,7 +470,9 @@ def render_uninstall_script() -> str:
 
 
 def python_path() -> str:
-    """Where PL/Python finds this package and its dependencies (recorded in pgingest.config)."""
+    """Where PL/Python finds this package and its dependencies, on this machine: the default of
+    ``--python-path``. The database server skips what it cannot reach and refuses what someone
+    other than root or its own user could change (installer/plpy_bootstrap.sql)."""
     import site
 
     package_parent = str(Path(__file__).resolve().parent.parent)
@@ -469,18 +526,32 @@ def install(
     upto: str | None = None,
     chunk_partitions: int | None = None,
     python_path: str | None = None,
+    allow_public_create: bool = False,
 ) -> list[str]:
     """Applies the installation in one transaction; returns pgingest's notices (applied
     migrations) and warnings (``WARNING: ...``, with their hint)."""
     return _run(
         conninfo,
-        render_script(upto=upto, chunk_partitions=chunk_partitions, python_path=python_path),
+        render_script(
+            upto=upto,
+            chunk_partitions=chunk_partitions,
+            python_path=python_path,
+            allow_public_create=allow_public_create,
+        ),
     )
 
 
-def install_plpython(conninfo: str | None = None, *, python_path: str | None = None) -> list[str]:
+def install_plpython(
+    conninfo: str | None = None,
+    *,
+    python_path: str | None = None,
+    allow_public_create: bool = False,
+) -> list[str]:
     """The superuser's part of a DBA-managed install: the PL/Python functions (see module doc)."""
-    return _run(conninfo, render_plpython_script(python_path=python_path))
+    return _run(
+        conninfo,
+        render_plpython_script(python_path=python_path, allow_public_create=allow_public_create),
+    )
 
 
 # ---- command line (wired into ``pgingest install`` by cli.py) ------------------------------
@@ -504,8 +575,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--python-path",
         default=None,
         metavar="PATHS",
-        help="where the database server's PL/Python imports pgingest from (':'-separated; "
-        "default: this machine's; /opt/pgingest/python in Dockerfile.postgres's image)",
+        help="superuser: where the database server's PL/Python imports pgingest from "
+        "(':'-separated absolute paths that only root or the server's user can write; default: "
+        "this machine's; /opt/pgingest/python in Dockerfile.postgres's image)",
+    )
+    p.add_argument(
+        "--allow-public-create",
+        action="store_true",
+        help="install even if roles other than the installing one (PUBLIC, on clusters upgraded "
+        "from PostgreSQL 14 or older) may create objects in the vector extension's schema, which "
+        "pgingest's routines have on their search_path (a WARNING instead of an error; not advised)",
     )
     what = p.add_mutually_exclusive_group()
     what.add_argument(
@@ -535,9 +614,19 @@ def command(args: argparse.Namespace, out: Callable[[str], Any] = sys.stdout.wri
             return 0
         if args.plpython_only:
             if args.print:
-                out(render_plpython_script(psql=True, python_path=args.python_path))
+                out(
+                    render_plpython_script(
+                        psql=True,
+                        python_path=args.python_path,
+                        allow_public_create=args.allow_public_create,
+                    )
+                )
                 return 0
-            lines = install_plpython(args.database_url, python_path=args.python_path)
+            lines = install_plpython(
+                args.database_url,
+                python_path=args.python_path,
+                allow_public_create=args.allow_public_create,
+            )
             done = "pgingest: PL/Python functions installed"
         else:
             if args.print:
@@ -546,6 +635,7 @@ def command(args: argparse.Namespace, out: Callable[[str], Any] = sys.stdout.wri
                         psql=True,
                         chunk_partitions=args.chunk_partitions,
                         python_path=args.python_path,
+                        allow_public_create=args.allow_public_create,
                     )
                 )
                 return 0
@@ -553,6 +643,7 @@ def command(args: argparse.Namespace, out: Callable[[str], Any] = sys.stdout.wri
                 args.database_url,
                 chunk_partitions=args.chunk_partitions,
                 python_path=args.python_path,
+                allow_public_create=args.allow_public_create,
             )
             done = "pgingest: installed (migrations applied, sql/ and plpython/ re-applied)"
     except InstallError as exc:
