@@ -170,16 +170,23 @@ def test_refresh_of_a_cluster_that_does_not_exist_does_nothing(tmp_path: Path) -
         assert not folder.exists()
 
 
-def test_the_running_cluster_is_not_restarted_when_its_binary_is_the_same() -> None:
-    """The private cluster the tests use: same binary as the postmaster, so refresh is silent."""
+def test_the_running_cluster_needs_no_restart() -> None:
+    """restart_reason on the private cluster's real inputs (nothing is restarted here): its binary
+    is the one running, so refresh would do nothing."""
     status = subprocess.run([str(PGCLUSTER), "status"], capture_output=True, text=True, timeout=60)
     if status.returncode != 0:
         pytest.skip("the private cluster does not run (DATABASE_URL elsewhere)")
-    pid_before = (ROOT / ".pgdata" / "data" / "postmaster.pid").read_text().split("\n")[0]
-    done = subprocess.run([str(PGCLUSTER), "refresh"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "restarting" not in done.stderr
-    assert (ROOT / ".pgdata" / "data" / "postmaster.pid").read_text().split("\n")[0] == pid_before
+    done = _run(
+        PGCLUSTER,
+        'locate; pick_bin; b=$("$BIN/postgres" --version); s=$("$BIN/psql" -X -qAt -h 127.0.0.1'
+        ' -p "$(running_port)" -U postgres -d postgres -c "SHOW server_version"); echo "$b|$s";'
+        ' restart_reason "$b" "$s" "$(stat -c %Z "$BIN/postgres")"'
+        ' "$(sed -n 3p "$REAL/data/postmaster.pid")"; echo "rc=$?"',
+    )
+    first, rc = done.stdout.splitlines()[0], done.stdout.splitlines()[-1]
+    binary, server = first.split("|")
+    assert binary.startswith("postgres (PostgreSQL) ") and server, done.stdout + done.stderr
+    assert rc == "rc=1", done.stdout
 
 
 def test_install_system_refreshes_the_private_clusters_after_apt() -> None:
