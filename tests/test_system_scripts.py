@@ -12,7 +12,9 @@ Both scripts return after defining their functions when sourced.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -195,3 +197,40 @@ def test_install_system_refreshes_the_private_clusters_after_apt() -> None:
     assert main.index('apt_install "${pkgs[@]}"') < main.index('pgcluster.sh" refresh\n')
     assert 'pgcluster.sh" refresh-second' in main
     assert "check_binary" in PGCLUSTER.read_text().split("cmd_start() {")[1].split("\n}\n")[0]
+
+
+@pytest.mark.slow
+def test_refresh_restarts_a_cluster_whose_binary_changed() -> None:
+    """A throw-away cluster of its own: refresh with restart_reason answering "upgraded" (the
+    binary cannot really change here) restarts it, says why, and it answers again."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    folder = f"/tmp/pgingest-h15-{uuid.uuid4().hex[:10]}"
+    env = {"PGINGEST_PGDATA": folder, "PGINGEST_PGPORT": str(port)}
+    try:
+        start = subprocess.run(
+            [str(PGCLUSTER), "start"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            timeout=180,
+        )
+        assert start.returncode == 0, start.stderr
+        pid = Path(folder, "data", "postmaster.pid").read_text().split("\n")[0]
+        done = _run(
+            PGCLUSTER,
+            'restart_reason() { echo "the server binary is PostgreSQL 15.20, newer"; }; cmd_refresh',
+            **env,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "newer: restarting the cluster" in done.stderr
+        assert Path(folder, "data", "postmaster.pid").read_text().split("\n")[0] != pid
+        status = subprocess.run(
+            [str(PGCLUSTER), "status"], capture_output=True, text=True, env={**os.environ, **env}
+        )
+        assert status.returncode == 0, status.stdout + status.stderr
+    finally:
+        subprocess.run(
+            [str(PGCLUSTER), "destroy"], capture_output=True, env={**os.environ, **env}, timeout=120
+        )
