@@ -305,17 +305,23 @@ def test_the_deadline_holds_over_tls_too(
     assert time.monotonic() - t0 < 1.5
 
 
+@pytest.mark.parametrize(("jitter", "requests_made"), [(1.0, 1), (0.0, 2)])
 def test_total_timeout_bounds_retries_and_waits(
-    srv: FakeEmbeddingServer, make: MakeProvider
+    srv: FakeEmbeddingServer, make: MakeProvider, jitter: float, requests_made: int
 ) -> None:
+    # Attempts of 0.4 s within 0.6 s in all: after the first, a 0.5 s backoff (jitter 1) would
+    # end past the total, so none is made; with no backoff (jitter 0) a second attempt gets
+    # the 0.2 s that are left, and no more.
     srv.configure(hang_s=5)
     srv.fail_next("timeout", 5)
     t0 = time.monotonic()
     with pytest.raises(TransientProviderError) as info:
-        make(timeout=0.4, total_timeout=0.6, max_retries=4, sleep=time.sleep).embed(["a"])
+        make(
+            timeout=0.4, total_timeout=0.6, max_retries=4, sleep=time.sleep, rand=lambda: jitter
+        ).embed(["a"])
     assert info.value.error_class == "timeout"
-    assert time.monotonic() - t0 < 1.5
-    assert srv.stats()["requests"] == 1  # a retry could not end within total_timeout
+    assert time.monotonic() - t0 < 1.0
+    assert srv.stats()["requests"] == requests_made
 
 
 # -------------------------------------------------------------------------- item 13
