@@ -1163,6 +1163,9 @@ class OpenAICompatibleProvider(ProviderBase):
         ):
             raise too_large
         raw = resp.raw
+        # urllib3 2 reads what has arrived (read1); 1.26 (Debian 12's python3-urllib3, which
+        # PL/Python may import) has only read(amt), which waits for amt bytes or the end.
+        read = getattr(raw, "read1", None) or raw.read
         chunks: list[bytes] = []
         total = 0
         try:
@@ -1171,7 +1174,7 @@ class OpenAICompatibleProvider(ProviderBase):
                     raise TransientProviderError(
                         f"answer not complete within {seconds:g}s", error_class="timeout"
                     )
-                data = raw.read1(1 << 16, decode_content=False)
+                data = read(1 << 16, decode_content=False)
                 if not data:
                     break
                 while data and total <= limit:
