@@ -9,9 +9,9 @@ from typing import Any
 
 import psycopg
 
-from pgingest import db
+from pgingest import db, worker
 from pgingest.testing.fake_provider import FakeEmbeddingServer
-from tests.helpers import drain, insert_corpus, register
+from tests.helpers import drain, insert_corpus, register, settings
 
 
 def test_a_late_dead_letter_never_undoes_a_version_another_worker_embedded(
@@ -31,7 +31,7 @@ def test_a_late_dead_letter_never_undoes_a_version_another_worker_embedded(
     ).fetchone()
     drain(dsn)  # worker A: embeds and acknowledges the version
     before = conn.execute(
-        "SELECT count(*) FROM pgingest.chunks WHERE doc_id = %s AND emb_v1 IS NOT NULL", (doc_id,)
+        "SELECT count(*) FROM pgingest.store_v1 WHERE doc_id = %s", (doc_id,)
     ).fetchone()
     assert before is not None and before[0] > 0
 
@@ -49,7 +49,7 @@ def test_a_late_dead_letter_never_undoes_a_version_another_worker_embedded(
     )
 
     after = conn.execute(
-        "SELECT count(*) FROM pgingest.chunks WHERE doc_id = %s AND emb_v1 IS NOT NULL", (doc_id,)
+        "SELECT count(*) FROM pgingest.store_v1 WHERE doc_id = %s", (doc_id,)
     ).fetchone()
     assert after == before
     state = conn.execute(
@@ -58,3 +58,21 @@ def test_a_late_dead_letter_never_undoes_a_version_another_worker_embedded(
     ).fetchone()
     assert state == (content_hash,)
     assert conn.execute("SELECT count(*) FROM pgingest.dead_letters").fetchone() == (0,)
+
+
+def test_a_registered_url_the_client_refuses_pauses_the_model_not_the_worker(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    """Issue 18, items 2 and 13: a base_url with credentials (the table's constraint still
+    accepts it) is refused by the client; the worker pauses that model with a reason that does
+    not show the credentials, and goes on (``--drain`` exits 3: paused work is left)."""
+    url = fake.url.replace("http://", "http://user:s3cret@")
+    register(conn, "v1", url)
+    insert_corpus(conn, 2)
+    assert worker.Worker(settings(dsn)).run() == 3
+    paused, reason = conn.execute(
+        "SELECT paused, paused_reason FROM pgingest.models WHERE name = 'v1'"
+    ).fetchone()
+    assert paused is True
+    assert "s3cret" not in reason and "credentials" in reason
+    assert fake.stats()["requests"] == 0

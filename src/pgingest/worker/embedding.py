@@ -78,7 +78,11 @@ class Embedder:
         if not send:
             inputs.scatter()
             return True
-        provider = self.provider(m)
+        try:
+            provider = self.provider(m)
+        except providers.ModelUnavailable as exc:  # a registered URL the client refuses
+            self._pause(m, exc)
+            return False
         per_request = request_size(len(send), self.s.request_max_inputs, self.s.in_flight)
         plans = providers.plan_requests(
             inputs.request_tokens(), per_request, self.s.request_max_tokens
