@@ -136,8 +136,10 @@ def copy_reference(conn: psycopg.Connection[Any], model: str, repeats: int = 3) 
         conn.cursor(binary=True)
         .execute(
             sql.SQL(
-                "SELECT doc_id, content, {} FROM pgingest.chunks ORDER BY doc_id, ordinal"
-            ).format(sql.Identifier(f"emb_{model}"))
+                "SELECT c.doc_id, c.content, s.embedding FROM pgingest.chunks AS c"
+                " JOIN pgingest.{} AS s ON s.doc_id = c.doc_id AND s.ordinal = c.ordinal"
+                " ORDER BY c.doc_id, c.ordinal"
+            ).format(sql.Identifier(f"store_{model}"))
         )
         .fetchall()
     )

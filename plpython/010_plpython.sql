@@ -21,7 +21,10 @@ $$;
 COMMENT ON FUNCTION pgingest._plpy_bootstrap() IS
 'Puts pgingest.config''s python_path on the PL/Python sys.path (once per session).';
 
-CREATE OR REPLACE FUNCTION pgingest.chunk_preview(body text, title text DEFAULT NULL)
+-- The signature before chunking profiles per model: dropped so that calls stay unambiguous.
+DROP FUNCTION IF EXISTS pgingest.chunk_preview(text, text);
+
+CREATE OR REPLACE FUNCTION pgingest.chunk_preview(body text, title text DEFAULT NULL, model text DEFAULT NULL)
 RETURNS TABLE (
     ordinal integer,
     content text,
@@ -37,12 +40,12 @@ AS $$
 if not GD.get("pgingest_path_ready"):
     plpy.execute("SELECT pgingest._plpy_bootstrap()")
 from pgingest import plpy_support
-return plpy_support.chunk_preview(plpy, body, title)
+return plpy_support.chunk_preview(plpy, body, title, model)
 $$;
 
-COMMENT ON FUNCTION pgingest.chunk_preview(text, text) IS
-'How the worker would cut this text into chunks (same chunker and profile): ordinal, content, span, '
-'token count and the exact text sent to the model.';
+COMMENT ON FUNCTION pgingest.chunk_preview(text, text, text) IS
+'How the worker would cut this text into chunks with `model`''s chunking profile (the default profile, '
+'config chunk_*, when NULL): ordinal, content, span, token count and the exact text sent to the model.';
 
 CREATE OR REPLACE FUNCTION pgingest.embed_query(query text, model text DEFAULT NULL)
 RETURNS vector

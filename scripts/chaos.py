@@ -876,11 +876,17 @@ class Chaos:
         predicted = chunking.chunk_documents([(r[2], r[3]) for r in docs], cfg)
         say(f"predicted the chunks of {len(docs):,} documents in {time.monotonic() - t:.1f}s")
         got: dict[int, list[tuple[Any, ...]]] = {}
+        # The chunks of the model's profile with the model's vector of that exact text (its
+        # store row joined on chunk_hash): NULL dims where the vector is missing or stale.
         query = sql.SQL(
-            "SELECT doc_id, ordinal, content, char_start, char_end, token_count, chunk_hash,"
-            " chunker, vector_dims({col}), vector_norm({col}) FROM pgingest.chunks"
-            " ORDER BY doc_id, ordinal"
-        ).format(col=sql.Identifier(f"emb_{MODEL}"))
+            "SELECT c.doc_id, c.ordinal, c.content, c.char_start, c.char_end, c.token_count,"
+            " c.chunk_hash, c.chunker, vector_dims(s.embedding), vector_norm(s.embedding)"
+            " FROM pgingest.chunks AS c"
+            " JOIN pgingest.models AS m ON m.name = {model} AND m.profile_id = c.profile_id"
+            " LEFT JOIN pgingest.{store} AS s ON s.doc_id = c.doc_id AND s.ordinal = c.ordinal"
+            " AND s.chunk_hash = c.chunk_hash"
+            " ORDER BY c.doc_id, c.ordinal"
+        ).format(model=sql.Literal(MODEL), store=sql.Identifier(f"store_{MODEL}"))
         for r in conn.execute(query):
             got.setdefault(int(r[0]), []).append(r)
         state = {
@@ -945,21 +951,26 @@ class Chaos:
     def check_deleted(self, conn: psycopg.Connection[Any]) -> None:
         ids = sorted(self.state.deleted_ids)
         row = conn.execute(
-            "SELECT"
-            " (SELECT count(*) FROM pgingest.chunks c WHERE NOT EXISTS"
-            "   (SELECT 1 FROM pgingest.documents d WHERE d.id = c.doc_id)),"
-            " (SELECT count(*) FROM pgingest.embedding_state s WHERE NOT EXISTS"
-            "   (SELECT 1 FROM pgingest.documents d WHERE d.id = s.doc_id)),"
-            " (SELECT count(*) FROM pgingest.dead_letters l WHERE l.doc_id IS NOT NULL AND NOT EXISTS"
-            "   (SELECT 1 FROM pgingest.documents d WHERE d.id = l.doc_id)),"
-            " (SELECT count(*) FROM pgingest.documents WHERE id = ANY (%s))",
+            sql.SQL(
+                "SELECT"
+                " (SELECT count(*) FROM pgingest.chunks c WHERE NOT EXISTS"
+                "   (SELECT 1 FROM pgingest.documents d WHERE d.id = c.doc_id))"
+                " + (SELECT count(*) FROM pgingest.{store} c WHERE NOT EXISTS"
+                "   (SELECT 1 FROM pgingest.documents d WHERE d.id = c.doc_id)),"
+                " (SELECT count(*) FROM pgingest.embedding_state s WHERE NOT EXISTS"
+                "   (SELECT 1 FROM pgingest.documents d WHERE d.id = s.doc_id)),"
+                " (SELECT count(*) FROM pgingest.dead_letters l WHERE l.doc_id IS NOT NULL AND NOT EXISTS"
+                "   (SELECT 1 FROM pgingest.documents d WHERE d.id = l.doc_id)),"
+                " (SELECT count(*) FROM pgingest.documents WHERE id = ANY (%s))"
+            ).format(store=sql.Identifier(f"store_{MODEL}")),
             (ids,),
         ).fetchone()
         assert row is not None
         self.record(
             all(v == 0 for v in row) and len(ids) > 0,
             "deleted documents leave nothing",
-            f"{len(ids)} deleted documents: {row[0]} orphan chunks, {row[1]} orphan states,"
+            f"{len(ids)} deleted documents: {row[0]} orphan chunks and vectors, {row[1]} orphan"
+            f" states,"
             f" {row[2]} orphan dead letters, {row[3]} deleted ids still present",
         )
 

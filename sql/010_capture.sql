@@ -94,20 +94,21 @@ AS $$
 DECLARE
     v_model record;
 BEGIN
-    -- Keep the vectors of the deleted chunks for reuse (re-inserted or restored documents).
+    -- Keep the vectors of the deleted chunks for reuse (re-inserted or restored documents), then
+    -- remove them from every live model's store: the one write that spans models, by design.
     FOR v_model IN
-        SELECT m.name, m.column_name FROM pgingest.models AS m WHERE m.state <> 'retired' ORDER BY m.name
+        SELECT m.name, m.store_name FROM pgingest.models AS m WHERE m.state <> 'retired' ORDER BY m.name
     LOOP
         EXECUTE format(
             $sql$
             INSERT INTO pgingest.embedding_cache AS e (model, chunk_hash, embedding)
-            SELECT DISTINCT ON (c.chunk_hash) %1$L, c.chunk_hash, c.%2$I::vector
-            FROM pgingest.chunks AS c INNER JOIN old_rows AS o ON c.doc_id = o.id
-            WHERE c.%2$I IS NOT NULL
+            SELECT DISTINCT ON (s.chunk_hash) %1$L, s.chunk_hash, s.embedding::vector
+            FROM pgingest.%2$I AS s INNER JOIN old_rows AS o ON s.doc_id = o.id
             ON CONFLICT (model, chunk_hash) DO UPDATE SET used_at = now()
             $sql$,
-            v_model.name, v_model.column_name
+            v_model.name, v_model.store_name
         );
+        EXECUTE format('DELETE FROM pgingest.%I AS s USING old_rows AS o WHERE s.doc_id = o.id', v_model.store_name);
     END LOOP;
     DELETE FROM pgingest.chunks AS c USING old_rows AS o WHERE c.doc_id = o.id;
     DELETE FROM pgingest.embedding_state AS s USING old_rows AS o WHERE s.doc_id = o.id;
@@ -117,7 +118,8 @@ END;
 $$;
 
 COMMENT ON FUNCTION pgingest._capture_delete() IS
-'Statement-level AFTER DELETE trigger: removes the chunks, state and dead letters of deleted documents. '
+'Statement-level AFTER DELETE trigger: removes the chunks (every profile), the vectors (every live model''s '
+'store), state and dead letters of deleted documents. '
 'Their queued messages are acknowledged later as stale.';
 
 CREATE OR REPLACE FUNCTION pgingest._capture_truncate()
@@ -126,15 +128,20 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path FROM CURRENT
 AS $$
+DECLARE
+    v_stores text;
 BEGIN
-    TRUNCATE pgingest.chunks, pgingest.embedding_state;
+    SELECT string_agg(format('pgingest.%I', m.store_name), ', ' ORDER BY m.name) INTO v_stores
+    FROM pgingest.models AS m WHERE m.state <> 'retired';
+    EXECUTE 'TRUNCATE pgingest.chunks, pgingest.embedding_state' || coalesce(', ' || v_stores, '');
     DELETE FROM pgingest.dead_letters WHERE doc_id IS NOT NULL;
     RETURN NULL;
 END;
 $$;
 
 COMMENT ON FUNCTION pgingest._capture_truncate() IS
-'AFTER TRUNCATE trigger: truncating the documents empties the chunks and the embedding state too.';
+'AFTER TRUNCATE trigger: truncating the documents empties the chunks, every live model''s store and the '
+'embedding state too.';
 
 CREATE OR REPLACE FUNCTION pgingest._touch_updated_at()
 RETURNS trigger

@@ -1,5 +1,6 @@
--- Worker API: the only routines a worker calls. Versioned names (_v1): a breaking change adds _v2
--- and keeps _v1 until no old worker runs. Each runs as one short transaction.
+-- Worker API: the only routines a worker calls. Versioned names (_v1): a breaking change adds _v2;
+-- _v1 is kept until no old worker runs, or raises "upgrade the worker" where the schema cannot
+-- serve it any more (complete_batch_v1 after migration 0006). Each runs as one short transaction.
 -- Routines use `SET search_path FROM CURRENT`: the installer sets it to
 -- pg_catalog, <the schema of the vector extension>, pg_temp before applying this folder.
 
@@ -106,6 +107,8 @@ COMMENT ON FUNCTION pgingest.read_batch_v1(text, integer, integer) IS
 'document text. status: current (to embed), stale (document changed or deleted), done (this version is '
 'already embedded: a redelivery), invalid (unreadable message: dead-letter it).';
 
+-- complete_batch_v1 wrote every model's vector into one wide chunk row (migrations before 0006).
+-- A worker that still calls it is older than the schema: workers and schema are upgraded together.
 CREATE OR REPLACE FUNCTION pgingest.complete_batch_v1(
     p_model text,
     p_msg_ids bigint[],
@@ -127,13 +130,54 @@ VOLATILE
 SECURITY DEFINER
 SET search_path FROM CURRENT
 AS $$
+BEGIN
+    RAISE EXCEPTION 'pgingest: complete_batch_v1 is gone: this worker is older than the schema (per-model stores)'
+        USING ERRCODE = 'feature_not_supported',
+              DETAIL = format('model %s: %s messages left unacknowledged (they come back after their visibility timeout)',
+                              p_model, coalesce(cardinality(p_msg_ids), 0)),
+              HINT = 'Upgrade the worker to the version of the installed schema (it calls complete_batch_v2).';
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.complete_batch_v1(
+    text, bigint[], bigint[], bytea[], bigint[], integer[], text[], bytea[], integer[], integer[],
+    integer[], vector[], text
+) IS
+'Retired worker API (one wide chunk row for every model): raises feature_not_supported (0A000) with '
+'"upgrade the worker". Workers call complete_batch_v2.';
+
+CREATE OR REPLACE FUNCTION pgingest.complete_batch_v2(
+    p_model text,
+    p_msg_ids bigint[],
+    p_doc_ids bigint[],
+    p_hashes bytea[],
+    p_chunk_doc_ids bigint[],
+    p_ordinals integer[],
+    p_contents text[],
+    p_chunk_hashes bytea[],
+    p_token_counts integer[],
+    p_char_starts integer[],
+    p_char_ends integer[],
+    p_embeddings vector[],
+    p_chunker text,
+    p_profile_id integer
+)
+RETURNS TABLE (written integer, stale integer, chunks integer)
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
 DECLARE
     v_m pgingest.models := pgingest._model(p_model);
     v_current bigint[];
-    v_reset text := '';
-    v_other record;
     v_chunks integer := 0;
 BEGIN
+    IF p_profile_id IS DISTINCT FROM v_m.profile_id THEN
+        RAISE EXCEPTION 'pgingest: batch of model % was chunked with profile %, the model uses profile %',
+            v_m.name, p_profile_id, v_m.profile_id
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     -- Lock the versions we write (FOR SHARE): a concurrent UPDATE or DELETE of one of these
     -- documents waits for this transaction, then queues its own message or removes our chunks.
     SELECT coalesce(array_agg(l.id), '{}')
@@ -147,61 +191,67 @@ BEGIN
     ) AS l;
 
     IF cardinality(v_current) > 0 THEN
-        -- Vectors about to be replaced or dropped go to the embedding cache (every live model).
-        FOR v_other IN
-            SELECT m.name, m.column_name FROM pgingest.models AS m
-            WHERE m.state <> 'retired'
-            ORDER BY m.name
-        LOOP
-            EXECUTE format(
-                $sql$
-                INSERT INTO pgingest.embedding_cache AS e (model, chunk_hash, embedding)
-                SELECT DISTINCT ON (c.chunk_hash) %1$L, c.chunk_hash, c.%2$I::vector
-                FROM pgingest.chunks AS c
-                WHERE c.doc_id = ANY ($1) AND c.%2$I IS NOT NULL AND c.chunk_hash <> ALL ($2)
-                ON CONFLICT (model, chunk_hash) DO UPDATE SET used_at = now()
-                $sql$,
-                v_other.name, v_other.column_name
-            ) USING v_current, p_chunk_hashes;
-        END LOOP;
-
-        -- Other models' vectors stay valid only where the chunk text is unchanged.
-        FOR v_other IN
-            SELECT m.column_name FROM pgingest.models AS m
-            WHERE m.state <> 'retired' AND m.name <> v_m.name
-            ORDER BY m.name
-        LOOP
-            v_reset := v_reset || format(
-                ', %1$I = CASE WHEN c.chunk_hash = EXCLUDED.chunk_hash THEN c.%1$I END',
-                v_other.column_name
-            );
-        END LOOP;
-
+        -- This model's vectors about to be replaced or dropped go to the embedding cache. Only this
+        -- model's store is read or written here: another model's rows are never touched.
         EXECUTE format(
             $sql$
-            INSERT INTO pgingest.chunks AS c
-                (doc_id, ordinal, content, chunk_hash, token_count, char_start, char_end, chunker, updated_at, %1$I)
-            SELECT u.doc_id, u.ordinal, u.content, u.chunk_hash, u.token_count, u.char_start, u.char_end,
-                   $9, now(), u.emb::%2$s
-            FROM unnest($1, $2, $3, $4, $5, $6, $7, $8)
-                AS u (doc_id, ordinal, content, chunk_hash, token_count, char_start, char_end, emb)
-            WHERE u.doc_id = ANY ($10)
-            ON CONFLICT (doc_id, ordinal) DO UPDATE SET
-                content = EXCLUDED.content,
-                chunk_hash = EXCLUDED.chunk_hash,
-                token_count = EXCLUDED.token_count,
-                char_start = EXCLUDED.char_start,
-                char_end = EXCLUDED.char_end,
-                chunker = EXCLUDED.chunker,
-                updated_at = EXCLUDED.updated_at,
-                %1$I = EXCLUDED.%1$I %3$s
+            INSERT INTO pgingest.embedding_cache AS e (model, chunk_hash, embedding)
+            SELECT DISTINCT ON (s.chunk_hash) %1$L, s.chunk_hash, s.embedding::vector
+            FROM pgingest.%2$I AS s
+            WHERE s.doc_id = ANY ($1) AND s.chunk_hash <> ALL ($2)
+            ON CONFLICT (model, chunk_hash) DO UPDATE SET used_at = now()
             $sql$,
-            v_m.column_name, pgingest._column_type(v_m), v_reset
-        ) USING p_chunk_doc_ids, p_ordinals, p_contents, p_chunk_hashes, p_token_counts,
-                p_char_starts, p_char_ends, p_embeddings, p_chunker, v_current;
-        GET DIAGNOSTICS v_chunks = ROW_COUNT;
+            v_m.name, v_m.store_name
+        ) USING v_current, p_chunk_hashes;
 
-        -- Surplus chunks of a shorter new version.
+        -- The profile's chunk rows, shared with the other models of the profile: a row whose text
+        -- and span are unchanged is not written at all (a second model backfilling the versions
+        -- another one already wrote writes nothing here). Rows are locked in (doc_id, ordinal) order.
+        INSERT INTO pgingest.chunks AS c
+            (profile_id, doc_id, ordinal, content, chunk_hash, token_count, char_start, char_end, chunker, updated_at)
+        SELECT v_m.profile_id, u.doc_id, u.ordinal, u.content, u.chunk_hash, u.token_count, u.char_start,
+               u.char_end, p_chunker, now()
+        FROM unnest(p_chunk_doc_ids, p_ordinals, p_contents, p_chunk_hashes, p_token_counts, p_char_starts, p_char_ends)
+            AS u (doc_id, ordinal, content, chunk_hash, token_count, char_start, char_end)
+        WHERE u.doc_id = ANY (v_current)
+            AND NOT EXISTS (
+                SELECT 1 FROM pgingest.chunks AS o
+                WHERE o.profile_id = v_m.profile_id AND o.doc_id = u.doc_id AND o.ordinal = u.ordinal
+                    AND o.chunk_hash = u.chunk_hash AND o.char_start = u.char_start AND o.char_end = u.char_end
+                    AND o.content = u.content
+            )
+        ORDER BY u.doc_id, u.ordinal
+        ON CONFLICT (profile_id, doc_id, ordinal) DO UPDATE SET
+            content = EXCLUDED.content,
+            chunk_hash = EXCLUDED.chunk_hash,
+            token_count = EXCLUDED.token_count,
+            char_start = EXCLUDED.char_start,
+            char_end = EXCLUDED.char_end,
+            chunker = EXCLUDED.chunker,
+            updated_at = EXCLUDED.updated_at
+        WHERE (c.chunk_hash, c.char_start, c.char_end, c.content)
+            IS DISTINCT FROM (EXCLUDED.chunk_hash, EXCLUDED.char_start, EXCLUDED.char_end, EXCLUDED.content);
+
+        -- This model's vectors: a row whose input is unchanged keeps its vector (not rewritten).
+        EXECUTE format(
+            $sql$
+            INSERT INTO pgingest.%1$I AS s (doc_id, ordinal, chunk_hash, embedding)
+            SELECT u.doc_id, u.ordinal, u.chunk_hash, u.emb::%2$s
+            FROM unnest($1, $2, $3, $4) AS u (doc_id, ordinal, chunk_hash, emb)
+            WHERE u.doc_id = ANY ($5)
+            ORDER BY u.doc_id, u.ordinal
+            ON CONFLICT (doc_id, ordinal) DO UPDATE SET
+                chunk_hash = EXCLUDED.chunk_hash,
+                embedding = EXCLUDED.embedding
+            WHERE s.chunk_hash IS DISTINCT FROM EXCLUDED.chunk_hash
+            $sql$,
+            v_m.store_name, pgingest._column_type(v_m)
+        ) USING p_chunk_doc_ids, p_ordinals, p_chunk_hashes, p_embeddings, v_current;
+
+        SELECT count(*)::integer INTO v_chunks
+        FROM unnest(p_chunk_doc_ids) AS u (doc_id) WHERE u.doc_id = ANY (v_current);
+
+        -- Surplus rows of a shorter new version: the profile's chunks, this model's store.
         DELETE FROM pgingest.chunks AS c
         USING (
             SELECT u.doc_id, count(*) AS n
@@ -209,7 +259,24 @@ BEGIN
             WHERE u.doc_id = ANY (v_current)
             GROUP BY u.doc_id
         ) AS k
-        WHERE c.doc_id = k.doc_id AND c.ordinal >= k.n;
+        WHERE c.profile_id = v_m.profile_id AND c.doc_id = k.doc_id AND c.ordinal >= k.n;
+        EXECUTE format(
+            $sql$
+            DELETE FROM pgingest.%1$I AS s
+            USING (
+                SELECT x.id AS doc_id, coalesce(k.n, 0) AS n
+                FROM unnest($2) AS x (id)
+                LEFT JOIN (
+                    SELECT u.doc_id, count(*) AS n FROM unnest($1) AS u (doc_id) GROUP BY u.doc_id
+                ) AS k ON k.doc_id = x.id
+            ) AS k
+            WHERE s.doc_id = k.doc_id AND s.ordinal >= k.n
+            $sql$,
+            v_m.store_name
+        ) USING p_chunk_doc_ids, v_current;
+
+        UPDATE pgingest.chunk_profiles AS p SET chunker = p_chunker
+        WHERE p.id = v_m.profile_id AND p.chunker IS DISTINCT FROM p_chunker;
 
         INSERT INTO pgingest.embedding_state AS s (doc_id, model, content_hash, chunk_count, embedded_at)
         SELECT x.id, v_m.name, x.h, coalesce(k.n, 0), now()
@@ -238,13 +305,15 @@ BEGIN
 END;
 $$;
 
-COMMENT ON FUNCTION pgingest.complete_batch_v1(
+COMMENT ON FUNCTION pgingest.complete_batch_v2(
     text, bigint[], bigint[], bytea[], bigint[], integer[], text[], bytea[], integer[], integer[],
-    integer[], vector[], text
+    integer[], vector[], text, integer
 ) IS
-'Worker: in one transaction, writes the chunks and vectors of the document versions that are still '
-'current (upsert), deletes their surplus chunks, records the embedding state and acknowledges every '
-'message of the batch (stale ones included).';
+'Worker: in one transaction, for the document versions that are still current, writes the chunks of '
+'the model''s profile (rows whose text is unchanged are left alone) and the model''s vectors into its own '
+'store (upsert), deletes their surplus rows of that profile and that store, records the embedding state '
+'and acknowledges every message of the batch (stale ones included). p_profile_id: the profile the worker '
+'chunked with (must be the model''s). No other model''s store is read or written.';
 
 CREATE OR REPLACE FUNCTION pgingest.dead_letter_v1(
     p_model text,
@@ -302,8 +371,7 @@ BEGIN
 
     -- This model's vectors of those documents belong to an older version: drop them.
     IF v_n > 0 THEN
-        EXECUTE format('UPDATE pgingest.chunks SET %1$I = NULL WHERE doc_id = ANY ($1) AND %1$I IS NOT NULL',
-                       v_m.column_name)
+        EXECUTE format('DELETE FROM pgingest.%I WHERE doc_id = ANY ($1)', v_m.store_name)
         USING v_dead;
         DELETE FROM pgingest.embedding_state AS s WHERE s.model = v_m.name AND s.doc_id = ANY (v_dead);
     END IF;
@@ -479,11 +547,11 @@ DECLARE
 BEGIN
     RETURN QUERY EXECUTE format(
         $sql$
-        SELECT DISTINCT ON (c.chunk_hash) c.chunk_hash, c.%1$I::vector
-        FROM pgingest.chunks AS c
-        WHERE c.chunk_hash = ANY ($1) AND c.%1$I IS NOT NULL
+        SELECT DISTINCT ON (s.chunk_hash) s.chunk_hash, s.embedding::vector
+        FROM pgingest.%1$I AS s
+        WHERE s.chunk_hash = ANY ($1)
         $sql$,
-        v_m.column_name
+        v_m.store_name
     ) USING p_hashes;
     RETURN QUERY
     UPDATE pgingest.embedding_cache AS e SET used_at = now()
@@ -494,4 +562,5 @@ $$;
 
 COMMENT ON FUNCTION pgingest.cached_vectors_v1(text, bytea[]) IS
 'Worker: vectors already computed by a model for these exact inputs (sha256 of the model input), from '
-'live chunks and from the embedding cache, so the provider is called only for inputs never seen.';
+'its store (any document, any ordinal) and from the embedding cache, so the provider is called only for '
+'inputs never seen.';

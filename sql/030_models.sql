@@ -17,16 +17,17 @@ END;
 $$;
 
 COMMENT ON FUNCTION pgingest._check_model_name(text) IS
-'Validates a model name (it becomes part of a column and a queue name); raises 22023 otherwise.';
+'Validates a model name (it becomes part of a table and a queue name); raises 22023 otherwise.';
 
 CREATE OR REPLACE FUNCTION pgingest._index_name(p_model text)
 RETURNS text
 LANGUAGE sql
 IMMUTABLE
 SET search_path FROM CURRENT
-RETURN 'chunks_emb_' || p_model || '_idx';
+RETURN 'store_' || p_model || '_idx';
 
-COMMENT ON FUNCTION pgingest._index_name(text) IS 'Name of a model''s ANN index on pgingest.chunks.';
+COMMENT ON FUNCTION pgingest._index_name(text) IS
+'Name of a model''s ANN index on its store (pgingest.store_<model>, column embedding).';
 
 CREATE OR REPLACE FUNCTION pgingest._opclass(p_m pgingest.models)
 RETURNS text
@@ -143,18 +144,24 @@ BEGIN
         EXECUTE format(
             $sql$
             CREATE OR REPLACE VIEW pgingest.search_chunks WITH (security_barrier = false) AS
-            SELECT c.doc_id, d.key AS doc_key, d.title, c.ordinal, c.content, c.%1$I::%3$s AS embedding,
+            SELECT s.doc_id, d.key AS doc_key, d.title, s.ordinal, c.content, s.embedding::%3$s AS embedding,
                    %2$L::text AS model, d.metadata
-            FROM pgingest.chunks AS c
-            INNER JOIN pgingest.documents AS d ON d.id = c.doc_id
-            WHERE c.%1$I IS NOT NULL
+            FROM pgingest.%1$I AS s
+            -- A per-row lookup (OFFSET 0): see pgingest.search().
+            CROSS JOIN LATERAL (
+                SELECT c.content FROM pgingest.chunks AS c
+                WHERE c.profile_id = %4$s AND c.doc_id = s.doc_id AND c.ordinal = s.ordinal
+                    AND c.chunk_hash = s.chunk_hash
+                OFFSET 0
+            ) AS c
+            INNER JOIN pgingest.documents AS d ON d.id = s.doc_id
             $sql$,
-            v_m.column_name, v_m.name, v_m.storage
+            v_m.store_name, v_m.name, v_m.storage, v_m.profile_id
         );
         EXECUTE format(
             'COMMENT ON VIEW pgingest.search_chunks IS %L',
-            format('Chunks with the active model''s (%s, %s) vector as `embedding`. Re-pointed by swap_model().',
-                   v_m.name, pgingest._column_type(v_m))
+            format('Chunks with the active model''s (%s, %s) vector as `embedding`, from its store %s. '
+                   'Re-pointed by swap_model().', v_m.name, pgingest._column_type(v_m), v_m.store_name)
         );
         IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgingest_reader') THEN
             GRANT SELECT ON pgingest.search_chunks TO pgingest_reader;
@@ -164,7 +171,111 @@ END;
 $$;
 
 COMMENT ON FUNCTION pgingest._refresh_search_view() IS
-'(Re)creates the view pgingest.search_chunks over the active model''s column.';
+'(Re)creates the view pgingest.search_chunks over the active model''s store.';
+
+CREATE OR REPLACE FUNCTION pgingest._profile(
+    p_tokenizer text,
+    p_max_tokens integer,
+    p_overlap_tokens integer,
+    p_title_in_chunks boolean
+)
+RETURNS integer
+LANGUAGE plpgsql
+VOLATILE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_id integer;
+BEGIN
+    -- The worker's chunker accepts these (pgingest.chunking: TOKENIZER_NAMES, MIN_MAX_TOKENS).
+    IF p_tokenizer IS NULL OR p_tokenizer NOT IN ('all-MiniLM-L6-v2', 'heuristic') THEN
+        RAISE EXCEPTION 'pgingest: unknown chunk tokenizer %', coalesce(quote_literal(p_tokenizer), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The tokenizers are all-MiniLM-L6-v2 and heuristic.';
+    END IF;
+    IF p_max_tokens IS NULL OR p_max_tokens < 8 THEN
+        RAISE EXCEPTION 'pgingest: chunk max_tokens must be at least 8, not %', coalesce(p_max_tokens::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_overlap_tokens IS NULL OR p_overlap_tokens < 0 OR p_overlap_tokens >= p_max_tokens THEN
+        RAISE EXCEPTION 'pgingest: chunk overlap_tokens must be from 0 to max_tokens - 1 (%), not %',
+            p_max_tokens - 1, coalesce(p_overlap_tokens::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_title_in_chunks IS NULL THEN
+        RAISE EXCEPTION 'pgingest: title_in_chunks must be true or false, not NULL'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Callers hold the lifecycle lock: no concurrent insert of the same profile.
+    SELECT p.id INTO v_id FROM pgingest.chunk_profiles AS p
+    WHERE p.tokenizer = p_tokenizer AND p.max_tokens = p_max_tokens AND p.overlap_tokens = p_overlap_tokens
+        AND p.title_in_chunks = p_title_in_chunks;
+    IF v_id IS NULL THEN
+        INSERT INTO pgingest.chunk_profiles AS p (tokenizer, max_tokens, overlap_tokens, title_in_chunks)
+        VALUES (p_tokenizer, p_max_tokens, p_overlap_tokens, p_title_in_chunks)
+        RETURNING p.id INTO v_id;
+    END IF;
+    RETURN v_id;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._profile(text, integer, integer, boolean) IS
+'Finds or creates the chunking profile with these parameters (validated as the worker''s chunker does); '
+'returns its id.';
+
+CREATE OR REPLACE FUNCTION pgingest._create_store(p_m pgingest.models)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_parts integer;
+    v_pub name;
+BEGIN
+    -- Partitioned like the chunks (install --chunk-partitions): same modulus, same key.
+    SELECT count(*)::integer INTO v_parts
+    FROM pg_partition_tree('pgingest.chunks') AS t WHERE t.isleaf AND t.level > 0;
+    EXECUTE format(
+        'CREATE TABLE pgingest.%1$I (doc_id bigint NOT NULL, ordinal integer NOT NULL, '
+        'chunk_hash bytea NOT NULL, embedding %2$s NOT NULL, '
+        'CONSTRAINT %3$I PRIMARY KEY (doc_id, ordinal))%4$s',
+        p_m.store_name, pgingest._column_type(p_m), p_m.store_name || '_pkey',
+        CASE WHEN v_parts > 0 THEN ' PARTITION BY HASH (doc_id)' ELSE '' END
+    );
+    FOR v_i IN 0 .. v_parts - 1 LOOP
+        EXECUTE format('CREATE TABLE pgingest.%I PARTITION OF pgingest.%I FOR VALUES WITH (MODULUS %s, REMAINDER %s)',
+                       p_m.store_name || '_p' || v_i, p_m.store_name, v_parts, v_i);
+    END LOOP;
+    EXECUTE format('CREATE INDEX %I ON pgingest.%I (chunk_hash)', p_m.store_name || '_chunk_hash', p_m.store_name);
+    EXECUTE format('COMMENT ON TABLE pgingest.%I IS %L', p_m.store_name,
+                   format('Vectors of model %s (%s, %s, %s), one per chunk of its profile (doc_id, ordinal); '
+                          'chunk_hash: the model input the vector was computed for.',
+                          p_m.name, p_m.model_id, pgingest._column_type(p_m), p_m.metric));
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgingest_admin') THEN
+        EXECUTE format('GRANT SELECT ON pgingest.%I TO pgingest_admin', p_m.store_name);
+    END IF;
+    -- Read replicas (sql/095_replication.sql): the publications of the chunks carry the stores too.
+    FOR v_pub IN
+        SELECT p.pubname FROM pg_catalog.pg_publication AS p
+        INNER JOIN pg_catalog.pg_publication_rel AS r ON r.prpubid = p.oid
+        WHERE r.prrelid = 'pgingest.chunks'::regclass
+        ORDER BY p.pubname
+    LOOP
+        EXECUTE format('ALTER PUBLICATION %I ADD TABLE pgingest.%I', v_pub, p_m.store_name);
+    END LOOP;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._create_store(pgingest.models) IS
+'Creates a model''s store pgingest.<store_name>: (doc_id, ordinal, chunk_hash, embedding of the model''s '
+'type), primary key (doc_id, ordinal), an index on chunk_hash (the embedding cache), hash-partitioned like '
+'pgingest.chunks. No foreign key to the chunks: a write for one model never cascades into another''s store.';
+
+-- The signature before chunking profiles: dropped so that calls stay unambiguous.
+DROP FUNCTION IF EXISTS pgingest.register_model(
+    text, text, integer, text, text, text, integer, text, text, jsonb, boolean
+);
 
 CREATE OR REPLACE FUNCTION pgingest.register_model(
     name text,
@@ -177,7 +288,11 @@ CREATE OR REPLACE FUNCTION pgingest.register_model(
     api_key_env text DEFAULT NULL,
     index_method text DEFAULT 'hnsw',
     index_options jsonb DEFAULT '{}',
-    request_dimensions boolean DEFAULT FALSE
+    request_dimensions boolean DEFAULT FALSE,
+    chunk_tokenizer text DEFAULT NULL,
+    chunk_max_tokens integer DEFAULT NULL,
+    chunk_overlap_tokens integer DEFAULT NULL,
+    title_in_chunks boolean DEFAULT NULL
 )
 RETURNS text
 LANGUAGE plpgsql
@@ -189,9 +304,11 @@ AS $$
 DECLARE
     v_name text := pgingest._check_model_name(register_model.name);
     v_state text;
-    v_chunk_max integer;
     v_m pgingest.models;
     v_options jsonb;
+    v_profile pgingest.chunk_profiles;
+    v_profile_id integer;
+    v_cfg jsonb;
 BEGIN
     PERFORM pgingest._lifecycle_lock();
     IF EXISTS (SELECT 1 FROM pgingest.models AS m WHERE m.name = v_name) THEN
@@ -199,13 +316,20 @@ BEGIN
             USING ERRCODE = 'duplicate_object',
                   HINT = 'Retired names cannot be reused; pick a new name such as v3.';
     END IF;
-    SELECT c.value::integer INTO v_chunk_max FROM pgingest.config AS c WHERE c.key = 'chunk_max_tokens';
-    IF max_input_tokens < v_chunk_max THEN
-        RAISE EXCEPTION 'pgingest: model % accepts % tokens but chunks are up to % tokens', v_name,
-            max_input_tokens, v_chunk_max
+    -- The profile: what is given, the rest from the default profile (config chunk_*).
+    SELECT jsonb_object_agg(c.key, c.value) INTO v_cfg FROM pgingest.config AS c WHERE c.key LIKE 'chunk\_%';
+    v_profile_id := pgingest._profile(
+        coalesce(chunk_tokenizer, v_cfg ->> 'chunk_tokenizer', 'all-MiniLM-L6-v2'),
+        coalesce(chunk_max_tokens, (v_cfg ->> 'chunk_max_tokens')::integer, 200),
+        coalesce(chunk_overlap_tokens, (v_cfg ->> 'chunk_overlap_tokens')::integer, 20),
+        coalesce(title_in_chunks, (v_cfg ->> 'chunk_include_title')::boolean, TRUE)
+    );
+    SELECT * INTO v_profile FROM pgingest.chunk_profiles AS p WHERE p.id = v_profile_id;
+    IF max_input_tokens < v_profile.max_tokens THEN
+        RAISE EXCEPTION 'pgingest: model % accepts % tokens but its chunks are up to % tokens', v_name,
+            max_input_tokens, v_profile.max_tokens
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Chunking is shared by all models (one chunk set, one vector column per model): '
-                         'every model must accept the pipeline''s chunk size.';
+                  HINT = 'Give the model a chunking profile that fits: chunk_max_tokens => <= max_input_tokens.';
     END IF;
     IF index_method IS NULL OR index_method NOT IN ('hnsw', 'ivfflat', 'none') THEN
         RAISE EXCEPTION 'pgingest: index_method must be hnsw, ivfflat or none, not %',
@@ -228,39 +352,26 @@ BEGIN
                   HINT = 'vector indexes 2,000 dimensions at most, halfvec 4,000; use halfvec or index_method => ''none''.';
     END IF;
 
-    -- ADD COLUMN would wait for a running CREATE INDEX CONCURRENTLY on the chunks (and deadlock with
-    -- it) while holding the documents lock below, which stops every INSERT meanwhile.
-    IF EXISTS (
-        SELECT 1 FROM pg_catalog.pg_stat_progress_create_index AS p
-        WHERE p.relid = 'pgingest.chunks'::regclass
-            OR p.relid IN (SELECT t.relid FROM pg_partition_tree('pgingest.chunks') AS t)
-    ) THEN
-        RAISE EXCEPTION 'pgingest: cannot register model % while an index is being built on pgingest.chunks', v_name
-            USING ERRCODE = 'object_in_use',
-                  HINT = 'Retry when it ends: SELECT * FROM pgingest.model_index_status();';
-    END IF;
-
     -- Wait for in-flight writers and hold new ones until we commit: every document is then either
-    -- visible to the backfill or queued by the capture trigger, which sees this model.
+    -- visible to the backfill or queued by the capture trigger, which sees this model. The new
+    -- store is a table of its own: nothing here waits for an index build on another model's store.
     LOCK TABLE pgingest.documents IN SHARE MODE;
 
     v_state := CASE WHEN EXISTS (SELECT 1 FROM pgingest.models AS m WHERE m.state = 'active')
                     THEN 'shadow' ELSE 'active' END;
     INSERT INTO pgingest.models AS m (
         name, model_id, base_url, api_key_env, dimensions, storage, metric, max_input_tokens,
-        request_dimensions, state, column_name, queue_name, index_method, index_options,
+        request_dimensions, state, store_name, profile_id, queue_name, index_method, index_options,
         backfill_started_at, backfill_upto, activated_at
     ) VALUES (
         v_name, model_id, base_url, api_key_env, dimensions, storage, metric, max_input_tokens,
-        request_dimensions, v_state, 'emb_' || v_name, 'pgingest_' || v_name, index_method,
+        request_dimensions, v_state, 'store_' || v_name, v_profile.id, 'pgingest_' || v_name, index_method,
         v_options, now(), (SELECT max(d.id) FROM pgingest.documents AS d),
         CASE WHEN v_state = 'active' THEN now() END
     )
     RETURNING * INTO v_m;
 
-    EXECUTE format('ALTER TABLE pgingest.chunks ADD COLUMN %I %s', v_m.column_name, pgingest._column_type(v_m));
-    EXECUTE format('COMMENT ON COLUMN pgingest.chunks.%I IS %L', v_m.column_name,
-                   format('Embedding by model %s (%s, %s, %s).', v_name, model_id, storage, metric));
+    PERFORM pgingest._create_store(v_m);
     PERFORM pgmq.create(v_m.queue_name);
     IF v_state = 'active' THEN
         PERFORM pgingest._refresh_search_view();
@@ -271,11 +382,13 @@ END;
 $$;
 
 COMMENT ON FUNCTION pgingest.register_model(
-    text, text, integer, text, text, text, integer, text, text, jsonb, boolean
+    text, text, integer, text, text, text, integer, text, text, jsonb, boolean, text, integer, integer, boolean
 ) IS
-'Registers an embedding model: adds its column to pgingest.chunks and its queue, and queues a backfill of '
-'every document (run by the workers in bounded batches, or CALL pgingest.run_backfill(name)). The first model '
-'becomes active; later ones start in shadow (dual write) until swap_model(). Returns the new state.';
+'Registers an embedding model: creates its store (pgingest.store_<name>) and its queue, finds or creates its '
+'chunking profile (chunk_tokenizer, chunk_max_tokens, chunk_overlap_tokens, title_in_chunks; each defaults '
+'to the config chunk_* value) and queues a backfill of every document (run by the workers in bounded batches, '
+'or CALL pgingest.run_backfill(name)). The first model becomes active; later ones start in shadow (dual '
+'write) until swap_model(). Returns the new state.';
 
 CREATE OR REPLACE FUNCTION pgingest.backfill_step_v1(p_model text, p_batch integer DEFAULT 5000)
 RETURNS integer

@@ -110,7 +110,9 @@ BEGIN ATOMIC
             i.indexrelid IS NOT NULL AS present,
             coalesce(i.indisvalid AND i.indisready, FALSE) AS valid,
             coalesce(
-                i.indrelid = 'pgingest.chunks'::regclass AND i.indnatts = 1 AND a.attname = m.column_name, FALSE
+                i.indrelid = to_regclass(format('pgingest.%I', m.store_name)) AND i.indnatts = 1
+                AND a.attname = 'embedding',
+                FALSE
             ) AS on_column,
             -- A partitioned index (install --chunk-partitions) has no storage: its partitions' do.
             coalesce(
@@ -146,13 +148,14 @@ BEGIN ATOMIC
         coalesce(nullif(p.tuples_total, 0), p.blocks_total) AS build_total
     FROM ix
     LEFT JOIN pg_catalog.pg_stat_progress_create_index AS p
-        ON ix.indexrelid = p.index_relid AND p.relid = 'pgingest.chunks'::regclass
+        ON ix.indexrelid = p.index_relid
     ORDER BY ix.model;
 END;
 
 COMMENT ON FUNCTION pgingest.model_index_status(text) IS
 'ANN index of each live model (or of p_model): name, whether it exists, is valid (pg_index.indisvalid: a '
-'failed or running CREATE INDEX CONCURRENTLY leaves it invalid) and covers the model''s column, its size '
+'failed or running CREATE INDEX CONCURRENTLY leaves it invalid) and is on its store''s embedding column '
+'(on_column), its size '
 'and definition, and the progress of a build running now (pg_stat_progress_create_index).';
 
 CREATE OR REPLACE FUNCTION pgingest.index_ddl(name text, concurrent boolean DEFAULT TRUE)
@@ -181,22 +184,21 @@ BEGIN
             v_rows := (v_opts ->> 'lists')::integer;
         ELSE
             -- pgvector's advice: rows / 1000 up to a million rows, sqrt(rows) above.
-            EXECUTE format('SELECT count(*) FROM pgingest.chunks WHERE %I IS NOT NULL', v_m.column_name)
-            INTO v_rows;
+            EXECUTE format('SELECT count(*) FROM pgingest.%I', v_m.store_name) INTO v_rows;
             v_rows := greatest(1, CASE WHEN v_rows <= 1000000 THEN v_rows / 1000 ELSE sqrt(v_rows)::bigint END);
         END IF;
         v_with := format('lists = %s', v_rows);
     END IF;
     RETURN format(
-        'CREATE INDEX %s %I ON pgingest.chunks USING %I (%I %I) WITH (%s)',
+        'CREATE INDEX %s %I ON pgingest.%I USING %I (embedding %I) WITH (%s)',
         CASE WHEN concurrent THEN 'CONCURRENTLY' ELSE '' END,
-        pgingest._index_name(v_m.name), v_m.index_method, v_m.column_name, pgingest._opclass(v_m), v_with
+        pgingest._index_name(v_m.name), v_m.store_name, v_m.index_method, pgingest._opclass(v_m), v_with
     );
 END;
 $$;
 
 COMMENT ON FUNCTION pgingest.index_ddl(text, boolean) IS
-'The CREATE INDEX [CONCURRENTLY] statement of a model''s ANN index (method, operator class for its '
+'The CREATE INDEX [CONCURRENTLY] statement of a model''s ANN index on its store (method, operator class for its '
 'storage and metric, m/ef_construction or lists). From psql: SELECT pgingest.index_ddl(''v2'') \gexec '
 '(after SET maintenance_work_mem / max_parallel_maintenance_workers). `pgingest model index` runs it '
 'with progress and replaces an invalid leftover.';
@@ -255,7 +257,8 @@ BEGIN
             hint := format('Rebuild it: pgingest model index %s (drops the invalid index first).', p_m.name);
             RETURN NEXT;
         ELSIF NOT v_ix.on_column THEN
-            reason := format('its index %s is not on column %s', v_ix.index_name, p_m.column_name);
+            reason := format('its index %s is not on the embedding column of its store %s', v_ix.index_name,
+                             p_m.store_name);
             detail := format('index %s: %s', v_ix.index_name, v_ix.definition);
             hint := format('Drop it (DROP INDEX CONCURRENTLY pgingest.%I) and run pgingest model index %s.',
                            v_ix.index_name, p_m.name);
@@ -309,7 +312,7 @@ BEGIN
     IF v_target.state = 'retired' THEN
         RAISE EXCEPTION 'pgingest: model % is retired and cannot become active', v_name
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = format('retired at %s: its column and index were dropped', v_target.retired_at),
+                  DETAIL = format('retired at %s: its store and index were dropped', v_target.retired_at),
                   HINT = 'Register a new model (with a new name) and swap to it once it is backfilled.';
     END IF;
     IF v_target.state = 'active' THEN
@@ -349,8 +352,8 @@ BEGIN
     END IF;
     UPDATE pgingest.models AS m SET state = 'active', activated_at = now() WHERE m.name = v_name;
     PERFORM pgingest._refresh_search_view();
-    RAISE NOTICE 'pgingest: % is the active model (pgingest.search_chunks.embedding = %), % is standby',
-        v_name, v_target.column_name, coalesce(v_prev.name, 'no model')
+    RAISE NOTICE 'pgingest: % is the active model (pgingest.search_chunks reads %), % is standby',
+        v_name, v_target.store_name, coalesce(v_prev.name, 'no model')
         USING HINT = CASE WHEN v_prev.name IS NOT NULL
             THEN format('Roll back with SELECT pgingest.swap_model(%L);', v_prev.name) END;
     RETURN format('%s active, %s standby', v_name, coalesce(v_prev.name, 'no model'));
@@ -377,11 +380,12 @@ DECLARE
     v_pid integer;
     v_states bigint;
     v_letters bigint;
+    v_chunks bigint := 0;
 BEGIN
     PERFORM pgingest._lifecycle_lock();
     -- Waits for a backfill_step_v1 running on this model (FOR UPDATE); NO KEY so that the foreign key
     -- checks of the workers' writes (FOR KEY SHARE on this row) are not blocked, which would deadlock
-    -- with the DROP COLUMN below.
+    -- with the DROP TABLE below.
     SELECT * INTO v_m FROM pgingest.models AS m WHERE m.name = v_name FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'pgingest: no model named %', quote_literal(v_name)
@@ -395,16 +399,19 @@ BEGIN
     IF v_m.state = 'active' THEN
         RAISE EXCEPTION 'pgingest: cannot retire model %: it is the active model', v_name
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = 'pgingest.search_chunks reads its column.',
+                  DETAIL = 'pgingest.search_chunks reads its store.',
                   HINT = 'Swap to another model first (SELECT pgingest.swap_model(''<name>'');), then retire this one.';
     END IF;
-    -- DROP COLUMN needs an exclusive lock on the chunks table: it would wait for the whole build.
+    -- DROP TABLE needs an exclusive lock on the store: it would wait for the whole build.
     SELECT p.pid INTO v_pid FROM pg_catalog.pg_stat_progress_create_index AS p
-    WHERE p.relid = 'pgingest.chunks'::regclass
-        OR p.relid IN (SELECT t.relid FROM pg_partition_tree('pgingest.chunks') AS t)
+    WHERE p.relid = to_regclass(format('pgingest.%I', v_m.store_name))
+        OR p.relid IN (
+            SELECT t.relid FROM pg_partition_tree(to_regclass(format('pgingest.%I', v_m.store_name))) AS t
+        )
     LIMIT 1;
     IF FOUND THEN
-        RAISE EXCEPTION 'pgingest: cannot retire model % while an index is being built on pgingest.chunks', v_name
+        RAISE EXCEPTION 'pgingest: cannot retire model % while an index is being built on its store %', v_name,
+            v_m.store_name
             USING ERRCODE = 'object_in_use',
                   DETAIL = format('CREATE INDEX running in backend %s', v_pid),
                   HINT = 'Retry when it ends: SELECT * FROM pgingest.model_index_status();';
@@ -413,15 +420,22 @@ BEGIN
     -- Wait for in-flight writers of documents and hold new ones until we commit: a capture trigger
     -- that saw this model live must finish sending to its queue before the queue is dropped, and
     -- later ones see it retired and skip it. EXCLUSIVE (not SHARE) also waits for the worker batches
-    -- being written (complete_batch_v1 locks documents FOR SHARE first) and holds new ones, which
-    -- then read the model list after the column is gone. Plain reads go on.
+    -- being written (complete_batch_v2 locks documents FOR SHARE first) and holds new ones, which
+    -- then read the model list after the store is gone. Plain reads go on.
     LOCK TABLE pgingest.documents IN EXCLUSIVE MODE;
     UPDATE pgingest.models AS m
     SET state = 'retired', retired_at = now(), paused = FALSE, paused_reason = NULL,
         backfill_completed_at = coalesce(m.backfill_completed_at, now())
     WHERE m.name = v_name;
-    EXECUTE format('DROP INDEX IF EXISTS pgingest.%I', pgingest._index_name(v_name));
-    EXECUTE format('ALTER TABLE pgingest.chunks DROP COLUMN IF EXISTS %I', v_m.column_name);
+    -- One statement: the store, its partitions and its indexes (the ANN index included).
+    EXECUTE format('DROP TABLE IF EXISTS pgingest.%I', v_m.store_name);
+    -- The chunks of its profile go too when no live model uses that profile any more.
+    IF NOT EXISTS (
+        SELECT 1 FROM pgingest.models AS m WHERE m.state <> 'retired' AND m.profile_id = v_m.profile_id
+    ) THEN
+        DELETE FROM pgingest.chunks AS c WHERE c.profile_id = v_m.profile_id;
+        GET DIAGNOSTICS v_chunks = ROW_COUNT;
+    END IF;
     IF EXISTS (SELECT 1 FROM pgmq.meta AS q WHERE q.queue_name = v_m.queue_name) THEN
         PERFORM pgmq.drop_queue(v_m.queue_name);
     END IF;
@@ -432,16 +446,18 @@ BEGIN
     IF to_regclass('pgingest.embedding_cache') IS NOT NULL THEN  -- cached vectors (migration 0004)
         EXECUTE 'DELETE FROM pgingest.embedding_cache WHERE model = $1' USING v_name;
     END IF;
-    RAISE NOTICE 'pgingest: model % retired: dropped index %, column %, queue %, % embedding states, % dead letters',
-        v_name, pgingest._index_name(v_name), v_m.column_name, v_m.queue_name, v_states, v_letters;
+    RAISE NOTICE 'pgingest: model % retired: dropped store % (and its index %), queue %, % embedding states, '
+                 '% dead letters, % chunks of its profile % (no other live model uses it)',
+        v_name, v_m.store_name, pgingest._index_name(v_name), v_m.queue_name, v_states, v_letters, v_chunks,
+        v_m.profile_id;
     RETURN 'retired';
 END;
 $$;
 
 COMMENT ON FUNCTION pgingest.retire_model(text) IS
-'Retires a model that is not active: drops its ANN index, its column in pgingest.chunks, its queue, its '
-'embedding states, dead letters and cached vectors; new documents are no longer queued for it. The name '
-'is not reusable.';
+'Retires a model that is not active: drops its store with its ANN index (one DROP TABLE), its queue, its '
+'embedding states, dead letters and cached vectors, and the chunks of its profile when no live model uses '
+'that profile any more; new documents are no longer queued for it. The name is not reusable.';
 
 CREATE OR REPLACE FUNCTION pgingest.compare_models(a text, b text, k integer DEFAULT 10, sample integer DEFAULT 50)
 RETURNS TABLE (
@@ -485,11 +501,12 @@ BEGIN
         RAISE EXCEPTION 'pgingest: k must be 1-1000 and sample 1-10000 (got %, %)', k, sample
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    -- Queries: sampled chunks embedded by both models (chunking is shared, so a chunk has a vector in
-    -- both columns); each model searches its own column with its own vector of that chunk.
+    -- Queries: sampled chunk positions (doc_id, ordinal) with a vector in both stores; each model
+    -- searches its own store with its own vector of that position (the same chunk when the two
+    -- models share a chunking profile).
     FOR v_q IN EXECUTE format(
-        'SELECT c.doc_id, c.ordinal FROM pgingest.chunks AS c WHERE c.%I IS NOT NULL AND c.%I IS NOT NULL '
-        'ORDER BY random() LIMIT $1', v_a.column_name, v_b.column_name
+        'SELECT a.doc_id, a.ordinal FROM pgingest.%I AS a INNER JOIN pgingest.%I AS b '
+        'ON a.doc_id = b.doc_id AND a.ordinal = b.ordinal ORDER BY random() LIMIT $1', v_a.store_name, v_b.store_name
     ) USING sample LOOP
         v_n := v_n + 1;
         FOR v_i IN 1 .. 2 LOOP
@@ -502,16 +519,15 @@ BEGIN
                 FROM (
                     SELECT c.doc_id, c.ordinal, row_number() OVER () AS rn
                     FROM (
-                        SELECT c.doc_id, c.ordinal FROM pgingest.chunks AS c
-                        WHERE c.%1$I IS NOT NULL
-                        ORDER BY c.%1$I %2$s (
-                            SELECT q.%1$I FROM pgingest.chunks AS q WHERE q.doc_id = $1 AND q.ordinal = $2
+                        SELECT c.doc_id, c.ordinal FROM pgingest.%1$I AS c
+                        ORDER BY c.embedding %2$s (
+                            SELECT q.embedding FROM pgingest.%1$I AS q WHERE q.doc_id = $1 AND q.ordinal = $2
                         )
                         LIMIT $3
                     ) AS c
                 ) AS x
                 $sql$,
-                v_m.column_name, pgingest._distance_operator(v_m.metric)
+                v_m.store_name, pgingest._distance_operator(v_m.metric)
             );
             v_t0 := clock_timestamp();
             EXECUTE v_sql INTO v_docs, v_ann USING v_q.doc_id, v_q.ordinal, k;
@@ -558,6 +574,6 @@ $$;
 
 COMMENT ON FUNCTION pgingest.compare_models(text, text, integer, integer) IS
 'Compares two models from psql without calling any endpoint: `sample` random chunks are used as queries '
-'(each model searches its own column with its own vector of the chunk). Per model: overlap (mean share '
+'(each model searches its own store with its own vector of the chunk). Per model: overlap (mean share '
 'of the documents of the top-k chunks found by both models), recall (ANN top k against exact search on '
-'the same column) and ANN query latency p50/p95 in ms. `pgingest model compare` embeds real query texts.';
+'the same store) and ANN query latency p50/p95 in ms. `pgingest model compare` embeds real query texts.';

@@ -111,10 +111,19 @@ BEGIN
     RETURN QUERY EXECUTE format(
         $sql$
         WITH %5$s hits AS MATERIALIZED (
-            SELECT c.doc_id, c.ordinal, c.content, (c.%1$I %2$s $1::%3$s)::float8 AS distance
-            FROM pgingest.chunks AS c
-            INNER JOIN %6$s AS d ON d.id = c.doc_id
-            WHERE c.%1$I IS NOT NULL AND %4$s
+            SELECT s.doc_id, s.ordinal, c.content, (s.embedding %2$s $1::%3$s)::float8 AS distance
+            FROM pgingest.%1$I AS s
+            -- OFFSET 0 keeps this a per-row lookup: as a plain join, the planner would multiply the
+            -- selectivities of (doc_id, ordinal) and chunk_hash, expect about one row in all, and
+            -- sort the whole store instead of walking its ANN index.
+            CROSS JOIN LATERAL (
+                SELECT c.content FROM pgingest.chunks AS c
+                WHERE c.profile_id = %9$s AND c.doc_id = s.doc_id AND c.ordinal = s.ordinal
+                    AND c.chunk_hash = s.chunk_hash
+                OFFSET 0
+            ) AS c
+            INNER JOIN %6$s AS d ON d.id = s.doc_id
+            WHERE %4$s
             ORDER BY %7$s
             LIMIT $2
         ), ranked AS (
@@ -128,7 +137,7 @@ BEGIN
         ORDER BY r.distance
         LIMIT $4
         $sql$,
-        v_m.column_name, v_op, v_type,
+        v_m.store_name, v_op, v_type,
         CASE WHEN v_matching < v_exact_below THEN 'true' ELSE v_pred END,
         -- Selective filter: the matching documents first (their index), then exact distances.
         CASE WHEN v_matching < v_exact_below
@@ -136,14 +145,16 @@ BEGIN
              ELSE '' END,
         CASE WHEN v_matching < v_exact_below THEN 'docs' ELSE 'pgingest.documents' END,
         CASE WHEN v_matching < v_exact_below THEN 'distance'
-             ELSE format('c.%I %s $1::%s', v_m.column_name, v_op, v_type) END,
-        v_m.name
+             ELSE format('s.embedding %s $1::%s', v_op, v_type) END,
+        v_m.name, v_m.profile_id
     ) USING query_vector, v_limit, per_document, k;
 END;
 $$;
 
 COMMENT ON FUNCTION pgingest.search(vector, integer, jsonb, boolean, text) IS
-'Nearest chunks to a query vector under the active model (or `model`), optionally filtered (jsonb: '
+'Nearest chunks to a query vector under the active model (or `model`): its store joined to the chunks of its '
+'profile on (doc_id, ordinal, chunk_hash), so a vector is never served with another version''s text. Optionally '
+'filtered (jsonb: '
 'promoted keys use their typed indexed columns, other keys containment) and grouped one row per '
 'document. distance is the model''s metric (cosine distance, negative inner product or L2).';
 
@@ -184,12 +195,14 @@ DECLARE
     v_cfg regconfig;
     v_pred text := pgingest._filter_predicate(filter);
     v_query tsquery;
+    v_profile integer;
 BEGIN
     -- rrf_k + rank is a divisor (rank >= 1): rrf_k < 1 could make it 0 (issue 18, item 14).
     IF rrf_k IS NULL OR rrf_k < 1 THEN
         RAISE EXCEPTION 'pgingest: rrf_k must be at least 1, not %', coalesce(rrf_k::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value', HINT = 'The usual value is 60 (the default).';
     END IF;
+    SELECT m.profile_id INTO v_profile FROM pgingest.models AS m WHERE m.state = 'active';
     SELECT c.value::regconfig INTO v_cfg FROM pgingest.config AS c WHERE c.key = 'text_search_config';
     IF v_cfg IS NULL THEN
         RAISE EXCEPTION 'hybrid search needs full-text search on chunks, which is off'
@@ -216,7 +229,7 @@ BEGIN
             FROM pgingest.chunks AS c
             INNER JOIN pgingest.documents AS d ON d.id = c.doc_id
             CROSS JOIN (SELECT $2::tsquery AS q) AS q
-            WHERE c.tsv @@ q.q AND %1$s
+            WHERE c.profile_id = $10 AND c.tsv @@ q.q AND %1$s
             ORDER BY ts_rank_cd(c.tsv, q.q) DESC, c.doc_id, c.ordinal
             LIMIT $3
         ), fused AS (
@@ -228,13 +241,13 @@ BEGIN
         SELECT f.doc_id, d.key, d.title, f.ordinal, c.content, f.score, f.vector_rank, f.text_rank
         FROM fused AS f
         INNER JOIN pgingest.documents AS d ON d.id = f.doc_id
-        INNER JOIN pgingest.chunks AS c ON c.doc_id = f.doc_id AND c.ordinal = f.ordinal
+        INNER JOIN pgingest.chunks AS c ON c.profile_id = $10 AND c.doc_id = f.doc_id AND c.ordinal = f.ordinal
         ORDER BY f.score DESC, f.doc_id, f.ordinal
         LIMIT $9
         $sql$,
         v_pred
     ) USING query_vector, v_query, greatest(candidates, k), filter, query_text,
-            vector_weight, text_weight, rrf_k::double precision, k;
+            vector_weight, text_weight, rrf_k::double precision, k, v_profile;
 END;
 $$;
 
@@ -242,7 +255,8 @@ COMMENT ON FUNCTION pgingest.hybrid_search(
     text, vector, integer, jsonb, double precision, double precision,
     integer, integer, boolean
 ) IS
-'Hybrid search: vector search (active model) and full-text search (chunks.tsv, websearch syntax) fused '
+'Hybrid search: vector search (active model''s store) and full-text search (chunks.tsv of the active model''s '
+'profile, websearch syntax) fused '
 'by reciprocal rank fusion: score = vector_weight/(rrf_k + vector rank) + text_weight/(rrf_k + text rank). '
 'The text side matches any query term (ranked by ts_rank_cd), or all of them in websearch syntax with '
 'match_all => true.';

@@ -209,9 +209,15 @@ BEGIN ATOMIC
         coalesce(
             (
                 SELECT m.name FROM pgingest.models AS m
-                INNER JOIN pg_attribute AS att ON att.attrelid = p.relid AND m.column_name = att.attname
-                INNER JOIN pg_index AS i ON i.indexrelid = p.index_relid
-                WHERE att.attnum = ANY(i.indkey)
+                WHERE
+                    m.state <> 'retired'
+                    AND (
+                        -- pg_partition_tree() lists nothing for a table that is not partitioned
+                        p.relid = to_regclass(format('pgingest.%I', m.store_name))
+                        OR p.relid IN (
+                            SELECT t.relid FROM pg_partition_tree(to_regclass(format('pgingest.%I', m.store_name))) AS t
+                        )
+                    )
                 ORDER BY m.name
                 LIMIT 1
             ),
@@ -234,11 +240,22 @@ BEGIN ATOMIC
     WHERE
         p.relid = 'pgingest.chunks'::regclass
         OR p.relid IN (SELECT t.relid FROM pg_partition_tree('pgingest.chunks') AS t)
+        OR p.relid IN (
+            SELECT to_regclass(format('pgingest.%I', m.store_name))
+            FROM pgingest.models AS m
+            WHERE m.state <> 'retired'
+            UNION ALL
+            SELECT t.relid
+            FROM pgingest.models AS m
+            CROSS JOIN LATERAL pg_partition_tree(to_regclass(format('pgingest.%I', m.store_name))) AS t
+            WHERE m.state <> 'retired'
+        )
     ORDER BY p.pid;
 END;
 
 COMMENT ON FUNCTION pgingest._index_builds() IS
-'CREATE INDEX / REINDEX runs on pgingest.chunks now, with their progress (pg_stat_progress_create_index), '
+'CREATE INDEX / REINDEX runs on pgingest.chunks or a model''s store now, with their progress '
+'(pg_stat_progress_create_index), '
 'seen with the rights of the function''s owner. Feeds the view pgingest.index_builds.';
 
 -- ---------------------------------------------------------------------------------------------
@@ -467,7 +484,8 @@ SELECT  -- noqa: ST06
 FROM pgingest._index_builds() AS b;
 
 COMMENT ON VIEW pgingest.index_builds IS
-'Index builds running on pgingest.chunks (CREATE INDEX [CONCURRENTLY], REINDEX): model, phase and '
+'Index builds running on pgingest.chunks or the models'' stores (CREATE INDEX [CONCURRENTLY], REINDEX): '
+'model, phase and '
 'progress in blocks or tuples (pg_stat_progress_create_index).';
 
 CREATE OR REPLACE VIEW pgingest.vector_health AS
@@ -508,7 +526,10 @@ SELECT  -- noqa: ST06
     t.last_vacuum AS chunks_last_vacuum,
     t.last_autovacuum AS chunks_last_autovacuum,
     t.last_analyze AS chunks_last_analyze,
-    t.last_autoanalyze AS chunks_last_autoanalyze
+    t.last_autoanalyze AS chunks_last_autoanalyze,
+    st.n_live_tup AS store_live_tuples,
+    st.n_dead_tup AS store_dead_tuples,
+    pg_total_relation_size(to_regclass(format('pgingest.%I', m.store_name))) AS store_total_bytes
 FROM pgingest.models AS m
 LEFT JOIN LATERAL (
     SELECT  -- noqa: ST06
@@ -522,16 +543,18 @@ LEFT JOIN LATERAL (
     INNER JOIN pg_class AS ic ON i.indexrelid = ic.oid
     INNER JOIN pg_am AS am ON ic.relam = am.oid
     INNER JOIN pg_attribute AS att
-        ON i.indrelid = att.attrelid AND m.column_name = att.attname AND att.attnum = ANY(i.indkey)
-    WHERE i.indrelid = 'pgingest.chunks'::regclass AND am.amname IN ('hnsw', 'ivfflat')
+        ON i.indrelid = att.attrelid AND att.attname = 'embedding' AND att.attnum = ANY(i.indkey)
+    WHERE i.indrelid = to_regclass(format('pgingest.%I', m.store_name)) AND am.amname IN ('hnsw', 'ivfflat')
     ORDER BY i.indisvalid DESC, ic.oid DESC
     LIMIT 1
 ) AS ix ON TRUE
 LEFT JOIN pg_stat_user_tables AS t ON t.relid = 'pgingest.chunks'::regclass
+LEFT JOIN pg_stat_user_tables AS st ON st.relid = to_regclass(format('pgingest.%I', m.store_name))
 WHERE m.state <> 'retired';
 
 COMMENT ON VIEW pgingest.vector_health IS
-'pgvector health per live model: its ANN index on pgingest.chunks (name, access method, valid, ready, '
+'pgvector health per live model: its ANN index on its store (name, access method, valid, ready, '
 'being built, size, options, a status line), the search settings in effect in this session '
 '(hnsw.ef_search, ivfflat.probes, iterative scan; pgvector''s defaults when unset), and the chunks '
-'table''s dead tuples and (auto)vacuum/analyze times.';
+'table''s dead tuples and (auto)vacuum/analyze times, and the live and dead tuples and total size of the '
+'model''s store (store_*).';

@@ -74,7 +74,7 @@ pgingest.index_builds
 TO pgingest_monitor, pgingest_reader;
 
 -- Readers and workers see the registry and the settings (no secret lives there: invariant 8).
-GRANT SELECT ON pgingest.models, pgingest.config TO pgingest_reader, pgingest_worker;
+GRANT SELECT ON pgingest.models, pgingest.config, pgingest.chunk_profiles TO pgingest_reader, pgingest_worker;
 
 -- Admins read every table (dead letters in full, chunks, state) but write only through functions.
 DO $$

@@ -1,6 +1,6 @@
 -- Read replicas by logical replication (docs/deployment.md, "Read replicas").
 --
--- The primary publishes the documents, their chunks (with every model's vector column) and the
+-- The primary publishes the documents, their chunks, every live model's store and the
 -- embedding state; a replica (another PostgreSQL with pgingest installed) subscribes and serves
 -- pgingest.search() and the view pgingest.search_chunks with its own ANN index. No worker runs on a
 -- replica, and nothing is queued there: the capture triggers are ordinary (ENABLE) triggers, which
@@ -8,21 +8,27 @@
 -- replica). Do not make them ENABLE ALWAYS.
 --
 -- Not published, because they go with DDL that logical replication does not carry: the model
--- registry (register_model adds the column emb_<model> to pgingest.chunks), the promoted filters
+-- registry (register_model creates the store pgingest.store_<model>), the promoted filters
 -- (columns of pgingest.documents) and the settings. The replica gets them from
 -- pgingest.replica_setup_sql(), run on the primary and applied on the replica BEFORE the primary
--- registers a new model (else the apply worker stops on the missing column and retries until it
--- exists: nothing is lost).
+-- registers a new model. register_model adds the new store to every publication of pgingest.chunks;
+-- the replica then runs ALTER SUBSCRIPTION <name> REFRESH PUBLICATION to copy and follow it (until
+-- then the replica has the model's empty store; nothing is lost).
 
 CREATE OR REPLACE FUNCTION pgingest.replication_tables()
 RETURNS regclass[]
 LANGUAGE sql
 STABLE
 SET search_path FROM CURRENT
-RETURN ARRAY['pgingest.documents'::regclass, 'pgingest.chunks'::regclass, 'pgingest.embedding_state'::regclass];
+RETURN ARRAY['pgingest.documents'::regclass, 'pgingest.chunks'::regclass, 'pgingest.embedding_state'::regclass]
+|| (
+    SELECT coalesce(array_agg(format('pgingest.%I', m.store_name)::regclass ORDER BY m.created_at, m.name), '{}')
+    FROM pgingest.models AS m
+    WHERE m.state <> 'retired' AND to_regclass(format('pgingest.%I', m.store_name)) IS NOT NULL
+);
 
 COMMENT ON FUNCTION pgingest.replication_tables() IS
-'The tables a read replica subscribes to: documents, chunks (every model''s vectors) and embedding_state.';
+'The tables a read replica subscribes to: documents, chunks, embedding_state and every live model''s store.';
 
 CREATE OR REPLACE FUNCTION pgingest.create_publication(
     p_name text DEFAULT 'pgingest',
@@ -86,6 +92,7 @@ SET search_path FROM CURRENT
 AS $$
 DECLARE
     v_m pgingest.models;
+    v_p pgingest.chunk_profiles;
     v_f pgingest.filters;
     v_sql text[] := ARRAY[
         '-- pgingest replica setup, generated on the primary ' || current_database() || ' at ' || now()::text
@@ -98,12 +105,15 @@ BEGIN
     FOR v_m IN
         SELECT * FROM pgingest.models AS m WHERE m.state <> 'retired' ORDER BY m.created_at, m.name
     LOOP
+        SELECT * INTO v_p FROM pgingest.chunk_profiles AS p WHERE p.id = v_m.profile_id;
         v_sql := v_sql || format(
             'SELECT pgingest.register_model(%L, %L, %s, %L, storage => %L, metric => %L, max_input_tokens => %s, '
-            'api_key_env => %L, index_method => %L, index_options => %L, request_dimensions => %L) '
+            'api_key_env => %L, index_method => %L, index_options => %L, request_dimensions => %L, '
+            'chunk_tokenizer => %L, chunk_max_tokens => %s, chunk_overlap_tokens => %s, title_in_chunks => %L) '
             'WHERE NOT EXISTS (SELECT 1 FROM pgingest.models WHERE name = %L);',
             v_m.name, v_m.model_id, v_m.dimensions, v_m.base_url, v_m.storage, v_m.metric, v_m.max_input_tokens,
-            v_m.api_key_env, v_m.index_method, v_m.index_options, v_m.request_dimensions, v_m.name
+            v_m.api_key_env, v_m.index_method, v_m.index_options, v_m.request_dimensions,
+            v_p.tokenizer, v_p.max_tokens, v_p.overlap_tokens, v_p.title_in_chunks, v_m.name
         );
         IF v_m.state = 'active' THEN
             v_active := v_m.name;
@@ -152,6 +162,6 @@ $$;
 
 COMMENT ON FUNCTION pgingest.replica_setup_sql() IS
 'SQL to run on a read replica so that it mirrors this database''s DDL-bearing registry: register the live '
-'models (same names, so the same emb_<model> columns), the same active model, retire retired ones, the '
+'models (same names and chunking profiles, so the same stores), the same active model, retire retired ones, the '
 'promoted filters and the text search configuration. Idempotent. Run it on the replica before registering '
 'a new model here.';

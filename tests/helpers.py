@@ -115,15 +115,38 @@ def expected_chunks(conn: psycopg.Connection[Any]) -> dict[int, list[chunking.Ch
     return {r[0]: c for r, c in zip(rows, chunks, strict=True)}
 
 
+def store_sql(model: str, columns: str, where: str = "TRUE") -> sql.Composed:
+    """``SELECT <columns>`` over a model's store ``s`` joined to the chunks ``c`` of its profile
+    on (doc_id, ordinal, chunk_hash): the rows search serves."""
+    return sql.SQL(
+        "SELECT {cols} FROM pgingest.{store} AS s"
+        " JOIN pgingest.models AS m ON m.name = {model}"
+        " JOIN pgingest.chunks AS c ON c.profile_id = m.profile_id AND c.doc_id = s.doc_id"
+        " AND c.ordinal = s.ordinal AND c.chunk_hash = s.chunk_hash WHERE {where}"
+    ).format(
+        cols=sql.SQL(columns),
+        store=sql.Identifier(f"store_{model}"),
+        model=sql.Literal(model),
+        where=sql.SQL(where),
+    )
+
+
 def assert_exactly_predicted(
     conn: psycopg.Connection[Any], model: str = "v1", dims: int = 384
 ) -> None:
     exp = expected_chunks(conn)
     got: dict[int, list[tuple[Any, ...]]] = {}
+    n_store = conn.execute(
+        sql.SQL("SELECT count(*) FROM pgingest.{}").format(sql.Identifier(f"store_{model}"))
+    ).fetchone()
+    assert n_store is not None
     for r in conn.execute(
-        f"SELECT doc_id, ordinal, content, char_start, char_end, token_count,"  # noqa: S608
-        f" vector_dims(emb_{model}), vector_norm(emb_{model})"
-        " FROM pgingest.chunks ORDER BY doc_id, ordinal"
+        store_sql(
+            model,
+            "c.doc_id, c.ordinal, c.content, c.char_start, c.char_end, c.token_count,"
+            " vector_dims(s.embedding), vector_norm(s.embedding)",
+        )
+        + sql.SQL(" ORDER BY c.doc_id, c.ordinal")
     ):
         got.setdefault(r[0], []).append(r)
     assert set(got) == set(exp)
@@ -135,3 +158,23 @@ def assert_exactly_predicted(
         for r in rows:
             assert r[6] == dims
             assert abs(r[7] - 1.0) < 1e-5
+    assert n_store[0] == sum(len(c) for c in exp.values())  # no surplus vector
+
+
+def columns_in_any_order(lines: list[str]) -> list[str]:
+    """The dump with each CREATE TABLE's lines sorted: a column added by register_model before a
+    later migration's ADD COLUMN sits before it, after it in a fresh install (same table)."""
+    out: list[str] = []
+    block: list[str] | None = None
+    for line in lines:
+        if block is None:
+            out.append(line)
+            if line.startswith("CREATE TABLE ") and line.endswith("("):
+                block = []
+        elif line.startswith(")"):
+            out.extend(sorted(b.rstrip(",") for b in block))
+            out.append(line)
+            block = None
+        else:
+            block.append(line)
+    return out

@@ -62,9 +62,11 @@ def assert_embedded(conn: psycopg.Connection[Any], keys: Sequence[str] | None = 
     predicted = chunking.chunk_documents([(r[2], r[3]) for r in rows], chunking.ChunkerConfig())
     for (doc_id, key, _t, _b, content_hash), chunks in zip(rows, predicted, strict=True):
         got = conn.execute(
-            "SELECT ordinal, content, char_start, char_end, token_count,"
-            " vector_dims(emb_v1), vector_norm(emb_v1)"
-            " FROM pgingest.chunks WHERE doc_id = %s ORDER BY ordinal",
+            "SELECT c.ordinal, c.content, c.char_start, c.char_end, c.token_count,"
+            " vector_dims(s.embedding), vector_norm(s.embedding)"
+            " FROM pgingest.chunks AS c JOIN pgingest.store_v1 AS s ON s.doc_id = c.doc_id"
+            " AND s.ordinal = c.ordinal AND s.chunk_hash = c.chunk_hash"
+            " WHERE c.doc_id = %s ORDER BY c.ordinal",
             (doc_id,),
         ).fetchall()
         assert [g[:5] for g in got] == [
@@ -83,8 +85,8 @@ def assert_not_embedded(conn: psycopg.Connection[Any], key: str) -> None:
     assert (
         count(
             conn,
-            "SELECT count(*) FROM pgingest.chunks c JOIN pgingest.documents d ON d.id = c.doc_id"
-            " WHERE d.key = %s AND c.emb_v1 IS NOT NULL",
+            "SELECT count(*) FROM pgingest.store_v1 c JOIN pgingest.documents d ON d.id = c.doc_id"
+            " WHERE d.key = %s",
             (key,),
         )
         == 0

@@ -54,9 +54,11 @@ def test_editing_one_paragraph_re_embeds_only_the_changed_chunks(
     drain(dsn)
     sent = fake.stats()["inputs"] - before
     assert 1 <= sent <= 3, sent  # the changed chunk, at most its overlapping neighbours
-    assert conn.execute("SELECT count(*) FROM pgingest.chunks WHERE emb_v1 IS NULL").fetchone() == (
-        0,
-    )
+    assert conn.execute(
+        "SELECT count(*) FROM pgingest.chunks AS c LEFT JOIN pgingest.store_v1 AS s"
+        " ON s.doc_id = c.doc_id AND s.ordinal = c.ordinal AND s.chunk_hash = c.chunk_hash"
+        " WHERE s.doc_id IS NULL"
+    ).fetchone() == (0,)
     contents = [r[0] for r in conn.execute("SELECT content FROM pgingest.chunks ORDER BY ordinal")]
     assert any("seventeen, rewritten" in c for c in contents)
 
@@ -104,7 +106,7 @@ def test_promoted_filter_uses_its_index_and_returns_k_rows(
     drain(dsn)
     conn.execute("ANALYZE pgingest.documents")
     conn.execute("ANALYZE pgingest.chunks")
-    q = conn.execute("SELECT emb_v1 FROM pgingest.chunks LIMIT 1").fetchone()
+    q = conn.execute("SELECT embedding FROM pgingest.store_v1 LIMIT 1").fetchone()
     assert q is not None
     plans: list[str] = []
     conn.add_notice_handler(lambda d: plans.append(d.message_primary or ""))

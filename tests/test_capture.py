@@ -87,7 +87,7 @@ def _fake_chunks(conn: psycopg.Connection[Any], model: str, dims: int) -> None:
         embeddings=[np.ones(dims, dtype=np.float32) for _ in docs],
     )
     written, stale, chunks = db.complete_batch(
-        conn, model, [], [d[0] for d in docs], [d[1] for d in docs], rows, "test"
+        conn, model, [], [d[0] for d in docs], [d[1] for d in docs], rows, "test", 1
     )
     assert (written, stale, chunks) == (len(docs), 0, len(docs))
 
@@ -102,6 +102,7 @@ def test_delete_and_truncate_leave_no_chunk(two_models: psycopg.Connection[Any])
     assert conn.execute("SELECT count(*) FROM pgingest.chunks").fetchone() == (20,)
     conn.execute("DELETE FROM pgingest.documents WHERE key IN ('d1', 'd2', 'd3')")
     assert conn.execute("SELECT count(*) FROM pgingest.chunks").fetchone() == (17,)
+    assert conn.execute("SELECT count(*) FROM pgingest.store_v1").fetchone() == (17,)
     assert conn.execute("SELECT count(*) FROM pgingest.embedding_state").fetchone() == (17,)
     orphans = conn.execute(
         "SELECT count(*) FROM pgingest.chunks c"
@@ -110,6 +111,7 @@ def test_delete_and_truncate_leave_no_chunk(two_models: psycopg.Connection[Any])
     assert orphans == (0,)
     conn.execute("TRUNCATE pgingest.documents")
     assert conn.execute("SELECT count(*) FROM pgingest.chunks").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM pgingest.store_v1").fetchone() == (0,)
     assert conn.execute("SELECT count(*) FROM pgingest.embedding_state").fetchone() == (0,)
 
 

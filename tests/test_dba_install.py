@@ -215,9 +215,9 @@ def test_owner_installs_without_superuser_and_runs_the_pipeline(
     ).run()
     with psycopg.connect(owner_dsn, autocommit=True) as c:
         assert one(c, "SELECT count(*) FROM pgingest.embedding_state WHERE model = 'v1'") == 2
-        assert one(c, "SELECT count(*) FROM pgingest.chunks WHERE emb_v1 IS NOT NULL") >= 2
+        assert one(c, "SELECT count(*) FROM pgingest.store_v1") >= 2
         assert one(c, "SELECT count(*) FROM pgmq.q_pgingest_v1") == 0
-        q = one(c, "SELECT emb_v1::text FROM pgingest.chunks ORDER BY doc_id LIMIT 1")
+        q = one(c, "SELECT embedding::text FROM pgingest.store_v1 ORDER BY doc_id LIMIT 1")
         assert one(c, "SELECT doc_key FROM pgingest.search(%s::vector, 1)", (q,)) == "faq-1"
 
         # 6. Model lifecycle as the owner: retire drops the queue (pgmq.drop_queue, pgmq.meta).

@@ -219,7 +219,7 @@ def test_register_backfill_index_swap_rollback_under_load(
 
     # Backfill done, no index yet: refused, and the message says it is the index.
     diag = refusal(conn, "v2")
-    assert "index chunks_emb_v2_idx does not exist" in (diag.message_primary or "")
+    assert "index store_v2_idx does not exist" in (diag.message_primary or "")
     assert "not embedded" not in (diag.message_primary or "")
     assert "pgingest model index v2" in (diag.message_hint or "")
 
@@ -269,35 +269,31 @@ def test_swap_refusals_invalid_index_psql_and_force(
 
     drain(dsn)
     diag = refusal(conn, "v2")
-    assert (diag.message_primary or "").endswith("its index chunks_emb_v2_idx does not exist")
+    assert (diag.message_primary or "").endswith("its index store_v2_idx does not exist")
 
     # A failed CREATE INDEX CONCURRENTLY leaves an invalid index behind.
     with pytest.raises(psycopg.errors.UniqueViolation):
-        conn.execute(
-            "CREATE UNIQUE INDEX CONCURRENTLY chunks_emb_v2_idx ON pgingest.chunks (chunker)"
-        )
+        conn.execute("CREATE UNIQUE INDEX CONCURRENTLY store_v2_idx ON pgingest.store_v2 (ordinal)")
     st = db.model_index_status(conn, "v2")[0]
     assert st["present"] and not st["valid"]
     diag = refusal(conn, "v2")
-    assert "its index chunks_emb_v2_idx is invalid" in (diag.message_primary or "")
+    assert "its index store_v2_idx is invalid" in (diag.message_primary or "")
     assert "indisvalid is false" in (diag.message_detail or "")
 
     with pytest.raises(psycopg.errors.UniqueViolation):  # as a failed REINDEX CONCURRENTLY leaves
         conn.execute(
-            "CREATE UNIQUE INDEX CONCURRENTLY chunks_emb_v2_idx_ccnew ON pgingest.chunks (chunker)"
+            "CREATE UNIQUE INDEX CONCURRENTLY store_v2_idx_ccnew ON pgingest.store_v2 (ordinal)"
         )
     seen: list[index.Progress] = []
     res = index.build_index(dsn, "v2", parallel_workers=0, progress=seen.append, poll_interval=0.01)
     assert res.dropped_invalid and res.action == "rebuilt" and res.valid
-    assert res.dropped_leftovers == ["chunks_emb_v2_idx_ccnew"]
-    assert conn.execute("SELECT to_regclass('pgingest.chunks_emb_v2_idx_ccnew')").fetchone() == (
-        None,
-    )
+    assert res.dropped_leftovers == ["store_v2_idx_ccnew"]
+    assert conn.execute("SELECT to_regclass('pgingest.store_v2_idx_ccnew')").fetchone() == (None,)
     assert res.settings == {"max_parallel_maintenance_workers": "0"}
     st = db.model_index_status(conn, "v2")[0]
     assert st["valid"] and st["on_column"]
     assert (
-        "USING hnsw (emb_v2 vector_cosine_ops) WITH (m='16', ef_construction='64')"
+        "USING hnsw (embedding vector_cosine_ops) WITH (m='16', ef_construction='64')"
         in st["definition"]
     )
     assert index.build_index(dsn, "v2", progress=False).action == "exists"
@@ -369,16 +365,13 @@ def test_rollback_and_retire(
         "INSERT INTO pgingest.dead_letters (doc_id, doc_key, model, error_class, error_message)"
         " SELECT id, key, 'v1', 'planted', 'x' FROM pgingest.documents ORDER BY id LIMIT 1"
     )
+    v2_rows = conn.execute("SELECT count(*) FROM pgingest.store_v2").fetchone()
+    assert v2_rows is not None and v2_rows[0] > 0
     assert db.retire_model(conn, "v1") == "retired"
-    cols = {
-        r[0]
-        for r in conn.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = 'pgingest.chunks'::regclass"
-            " AND attnum > 0 AND NOT attisdropped"
-        )
-    }
-    assert "emb_v1" not in cols and "emb_v2" in cols
-    assert conn.execute("SELECT to_regclass('pgingest.chunks_emb_v1_idx')").fetchone() == (None,)
+    # One DROP TABLE: v1's store and its index; v2's store untouched.
+    assert conn.execute("SELECT to_regclass('pgingest.store_v1')").fetchone() == (None,)
+    assert conn.execute("SELECT to_regclass('pgingest.store_v1_idx')").fetchone() == (None,)
+    assert conn.execute("SELECT count(*) FROM pgingest.store_v2").fetchone() == v2_rows
     assert conn.execute("SELECT to_regclass('pgmq.q_pgingest_v1')").fetchone() == (None,)
     for table in ("embedding_state", "dead_letters"):
         n = conn.execute(
@@ -451,7 +444,7 @@ def test_halfvec_model_end_to_end(
     two_models(conn, dsn, fake.url, storage="halfvec", metric="l2", index_options='{"m": 8}')
     row = conn.execute(
         "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
-        " WHERE attrelid = 'pgingest.chunks'::regclass AND attname = 'emb_v2'"
+        " WHERE attrelid = 'pgingest.store_v2'::regclass AND attname = 'embedding'"
     ).fetchone()
     assert row == ("halfvec(768)",)
     assert progress(conn, "v2")["embedded"] == 40
@@ -460,7 +453,8 @@ def test_halfvec_model_end_to_end(
     assert res.valid
     st = db.model_index_status(conn, "v2")[0]
     assert (
-        "USING hnsw (emb_v2 halfvec_l2_ops) WITH (m='8', ef_construction='64')" in st["definition"]
+        "USING hnsw (embedding halfvec_l2_ops) WITH (m='8', ef_construction='64')"
+        in st["definition"]
     )
 
     db.swap_model(conn, "v2")
@@ -476,11 +470,16 @@ def test_halfvec_model_end_to_end(
                 " (SELECT embedding FROM pgingest.search_chunks LIMIT 1) LIMIT 5"
             )
         )
-    assert "chunks_emb_v2_idx" in plan
-    hits = conn.execute(
-        "SELECT doc_id FROM pgingest.search_chunks ORDER BY embedding <->"
-        " (SELECT embedding FROM pgingest.search_chunks WHERE doc_id = 7 LIMIT 1) LIMIT 3"
-    ).fetchall()
+    assert "store_v2_idx" in plan, plan
+    # Exact search for the data path: 40 random 768-dimension vectors with m = 8 make an HNSW
+    # graph whose search reaches only part of the rows (measured: 26 of 40, even with
+    # hnsw.ef_search = 200), depending on the order the graph was built in.
+    with conn.transaction():
+        conn.execute("SET LOCAL enable_indexscan = off")
+        hits = conn.execute(
+            "SELECT doc_id FROM pgingest.search_chunks ORDER BY embedding <->"
+            " (SELECT embedding FROM pgingest.search_chunks WHERE doc_id = 7 LIMIT 1) LIMIT 3"
+        ).fetchall()
     assert hits[0] == (7,)
 
     # IVFFlat on halfvec too, with its lists option; rollback from halfvec to vector.
@@ -494,8 +493,8 @@ def test_halfvec_model_end_to_end(
     )
     drain(dsn)
     assert db.index_ddl(conn, "v3") == (
-        "CREATE INDEX CONCURRENTLY chunks_emb_v3_idx ON pgingest.chunks"
-        " USING ivfflat (emb_v3 halfvec_cosine_ops) WITH (lists = 4)"
+        "CREATE INDEX CONCURRENTLY store_v3_idx ON pgingest.store_v3"
+        " USING ivfflat (embedding halfvec_cosine_ops) WITH (lists = 4)"
     )
     assert index.build_index(dsn, "v3", progress=False).valid
     index.build_index(dsn, "v1", progress=False)
@@ -533,11 +532,11 @@ def test_invalid_or_injected_model_names_are_refused(
     assert cols == (0,)
 
 
-def test_every_model_must_accept_the_shared_chunk_size(
+def test_every_model_must_accept_its_chunk_size(
     conn: psycopg.Connection[Any], fake: FakeEmbeddingServer
 ) -> None:
-    """Chunking is shared by all models (one chunk set, one vector column per model): a model
-    whose context is shorter than the pipeline's chunks is refused, not silently truncated."""
+    """A model whose context is shorter than the chunks of its profile is refused, not silently
+    truncated; with a profile of shorter chunks it is accepted."""
     register(conn, "v1", fake.url)
     chunk_max = conn.execute(
         "SELECT value::integer FROM pgingest.config WHERE key = 'chunk_max_tokens'"
@@ -545,14 +544,16 @@ def test_every_model_must_accept_the_shared_chunk_size(
     assert chunk_max == (200,)
     with pytest.raises(psycopg.errors.InvalidParameterValue) as ei:
         register(conn, "small", fake.url, max_input_tokens=128)
-    assert "accepts 128 tokens but chunks are up to 200 tokens" in str(ei.value)
-    assert "Chunking is shared by all models" in (ei.value.diag.message_hint or "")
+    assert "accepts 128 tokens but its chunks are up to 200 tokens" in str(ei.value)
+    assert "chunk_max_tokens" in (ei.value.diag.message_hint or "")
+    assert conn.execute("SELECT to_regclass('pgingest.store_small')").fetchone() == (None,)
     assert register(conn, "exact", fake.url, max_input_tokens=200) == "shadow"
-    cols = conn.execute(
-        "SELECT count(*) FROM pg_attribute WHERE attrelid = 'pgingest.chunks'::regclass"
-        " AND attname = 'emb_small'"
-    ).fetchone()
-    assert cols == (0,)
+    assert register(conn, "small", fake.url, max_input_tokens=128, chunk_max_tokens=128) == "shadow"
+    profiles = conn.execute(
+        "SELECT m.name, m.profile_id, p.max_tokens FROM pgingest.models AS m"
+        " JOIN pgingest.chunk_profiles AS p ON p.id = m.profile_id ORDER BY m.name"
+    ).fetchall()
+    assert profiles == [("exact", 1, 200), ("small", 2, 128), ("v1", 1, 200)]
 
 
 @pytest.mark.parametrize(
@@ -601,7 +602,7 @@ def test_compare_models_and_cli(
         == 0
     )  # fmt: skip
     out = capsys.readouterr().out
-    assert "registered model v2 (shadow): column emb_v2 vector(768) cosine" in out
+    assert "registered model v2 (shadow): store store_v2 vector(768) cosine" in out
     assert queue_count(conn, "v2") == 60
     assert cli("swap", "v2") == models_cli.EXIT_REFUSED
     err = capsys.readouterr().err
@@ -614,7 +615,7 @@ def test_compare_models_and_cli(
     assert rows["v2"]["index_present"] is False
 
     assert cli("index", "v2", "--no-progress", "--maintenance-work-mem", "64MB") == 0
-    assert "index chunks_emb_v2_idx built" in capsys.readouterr().out
+    assert "index store_v2_idx built" in capsys.readouterr().out
     assert cli("index", "v1", "--no-progress") == 0
     assert cli("list") == 0
     table = capsys.readouterr().out

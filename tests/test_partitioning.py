@@ -72,10 +72,11 @@ def test_install_creates_hash_partitions_and_the_default_is_unchanged(
                 "SELECT conname FROM pg_constraint WHERE conrelid = 'pgingest.chunks'::regclass"
             )
         } == {"chunks_pkey", "chunks_ordinal_nonnegative", "chunks_span_valid"}
-        # Primary key and chunk_hash (the full-text index is opt-in, migration 0005).
-        assert one(c, "SELECT count(*) FROM pg_indexes WHERE tablename = 'chunks_p3'") == 2
+        # The primary key (the full-text index is opt-in, migration 0005; the cache looks
+        # vectors up by chunk_hash in the models' stores since migration 0006).
+        assert one(c, "SELECT count(*) FROM pg_indexes WHERE tablename = 'chunks_p3'") == 1
         c.execute("SELECT pgingest.set_text_search_config('english')")
-        assert one(c, "SELECT count(*) FROM pg_indexes WHERE tablename = 'chunks_p3'") == 3
+        assert one(c, "SELECT count(*) FROM pg_indexes WHERE tablename = 'chunks_p3'") == 2
         c.execute("SELECT pgingest.set_text_search_config(NULL)")
     # Installing again: same count passes, another count is refused, no option is fine.
     install.install(part, chunk_partitions=PARTITIONS)
@@ -121,25 +122,32 @@ def test_partitioned_chunks_embed_index_and_search(
         ).fetchall()
         assert [s[0] for s in spread] == [f"pgingest.chunks_p{i}" for i in range(PARTITIONS)]
         assert sum(s[1] for s in spread) == one(conn, "SELECT count(*) FROM pgingest.chunks")
-        assert one(conn, "SELECT count(*) FROM pgingest.chunks WHERE emb_v1 IS NULL") == 0
+        # v1's store is partitioned the same way, and has a vector for every chunk.
+        store_spread = conn.execute(
+            "SELECT tableoid::regclass::text, count(*) FROM pgingest.store_v1 GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        assert [s[0] for s in store_spread] == [
+            f"pgingest.store_v1_p{i}" for i in range(PARTITIONS)
+        ]
+        assert [s[1] for s in store_spread] == [s[1] for s in spread]
 
         # An interrupted build left two partitions indexed: the build keeps them, does the rest.
         spec = db.index_spec(conn, "v1")
         assert spec is not None
-        for table in ("chunks_p0", "chunks_p1"):
+        for table in ("store_v1_p0", "store_v1_p1"):
             db.create_ann_index(
-                conn, "pgingest", table, index.partition_index_name(table, "emb_v1"), spec
+                conn, "pgingest", table, index.partition_index_name(table, "embedding"), spec
             )
         phases: list[str] = []
         built = index.build_index(dsn, "v1", progress=lambda p: phases.append(p.phase))
         assert (built.action, built.valid) == ("built", True)
         assert built.partitions_built == PARTITIONS - 2
         assert built.ddl is not None and built.ddl.startswith(
-            'CREATE INDEX IF NOT EXISTS "chunks_emb_v1_idx" ON ONLY "pgingest"."chunks" USING "hnsw"'
+            'CREATE INDEX IF NOT EXISTS "store_v1_idx" ON ONLY "pgingest"."store_v1" USING "hnsw"'
         )
         assert built.size_bytes and built.size_bytes > 0
-        assert partition_indexes(conn, "chunks_emb_v1_idx") == [
-            (f"chunks_p{i}", f"chunks_p{i}_emb_v1_idx", True) for i in range(PARTITIONS)
+        assert partition_indexes(conn, "store_v1_idx") == [
+            (f"store_v1_p{i}", f"store_v1_p{i}_embedding_idx", True) for i in range(PARTITIONS)
         ]
         status = conn.execute(
             "SELECT present, valid, on_column FROM pgingest.model_index_status('v1')"
@@ -150,7 +158,7 @@ def test_partitioned_chunks_embed_index_and_search(
         # Search: pgingest.search() and the view, through the partitions' indexes.
         q = one(
             conn,
-            "SELECT c.emb_v1::text FROM pgingest.chunks AS c JOIN pgingest.documents AS d"
+            "SELECT c.embedding::text FROM pgingest.store_v1 AS c JOIN pgingest.documents AS d"
             " ON d.id = c.doc_id WHERE d.key = 'doc-42'",
         )
         hits = conn.execute(
@@ -176,7 +184,7 @@ def test_partitioned_chunks_embed_index_and_search(
                 )
             )
         for i in range(PARTITIONS):
-            assert f"Index Scan using chunks_p{i}_emb_v1_idx on chunks_p{i}" in plan, plan
+            assert f"Index Scan using store_v1_p{i}_embedding_idx on store_v1_p{i}" in plan, plan
         assert "Merge Append" in plan
 
         # The query inside pgingest.search(), shown by auto_explain (superuser: LOAD).
@@ -192,8 +200,8 @@ def test_partitioned_chunks_embed_index_and_search(
                 len(c2.execute("SELECT * FROM pgingest.search(%s::vector, 5)", (q,)).fetchall())
                 == 5
             )
-        search_plan = next(n for n in nested if "pgingest.chunks AS c" in n)
-        assert "chunks_p0_emb_v1_idx" in search_plan and "Merge Append" in search_plan
+        search_plan = next(n for n in nested if "pgingest.store_v1 AS s" in n)
+        assert "store_v1_p0_embedding_idx" in search_plan and "Merge Append" in search_plan
 
         # Rebuild (REINDEX CONCURRENTLY of the partitioned index): still valid.
         rebuilt = index.build_index(dsn, "v1", rebuild=True, progress=False)
@@ -206,7 +214,7 @@ def test_partitioned_chunks_embed_index_and_search(
         assert one(conn, "SELECT pgingest.swap_model('v2')") is not None
         q2 = one(
             conn,
-            "SELECT c.emb_v2::text FROM pgingest.chunks AS c JOIN pgingest.documents AS d"
+            "SELECT c.embedding::text FROM pgingest.store_v2 AS c JOIN pgingest.documents AS d"
             " ON d.id = c.doc_id WHERE d.key = 'doc-7'",
         )
         assert (
@@ -214,15 +222,8 @@ def test_partitioned_chunks_embed_index_and_search(
             == "doc-7"
         )
         conn.execute("SELECT pgingest.retire_model('v1')")
-        assert partition_indexes(conn, "chunks_emb_v1_idx") == []
-        assert (
-            one(
-                conn,
-                "SELECT count(*) FROM pg_attribute WHERE attrelid = 'pgingest.chunks_p2'::regclass"
-                " AND attname = 'emb_v1' AND NOT attisdropped",
-            )
-            == 0
-        )
+        assert partition_indexes(conn, "store_v1_idx") == []
+        assert one(conn, "SELECT to_regclass('pgingest.store_v1_p2')") is None
 
         # Deletes reach every partition (the capture trigger), and TRUNCATE too.
         conn.execute("DELETE FROM pgingest.documents WHERE key LIKE 'doc-1%'")
@@ -234,7 +235,16 @@ def test_partitioned_chunks_embed_index_and_search(
             )
             == 0
         )
+        assert (
+            one(
+                conn,
+                "SELECT count(*) FROM pgingest.store_v2 AS c LEFT JOIN pgingest.documents AS d"
+                " ON d.id = c.doc_id WHERE d.id IS NULL",
+            )
+            == 0
+        )
         conn.execute("TRUNCATE pgingest.documents")
         assert one(conn, "SELECT count(*) FROM pgingest.chunks") == 0
+        assert one(conn, "SELECT count(*) FROM pgingest.store_v2") == 0
     finally:
         conn.close()

@@ -92,12 +92,21 @@ def drain(dsn: str) -> None:
     ).run()
 
 
-def chunk_rows(conn: psycopg.Connection[Any], column: str) -> list[tuple[Any, ...]]:
+def chunk_rows(conn: psycopg.Connection[Any], model: str) -> list[tuple[Any, ...]]:
+    """The chunks of ``model``'s profile with the model's vector (NULL where its store has none
+    for that exact text)."""
     return conn.execute(
         sql.SQL(
-            "SELECT doc_id, ordinal, content, {}::text FROM pgingest.chunks ORDER BY doc_id, ordinal"
-        ).format(sql.Identifier(column))
+            "SELECT c.doc_id, c.ordinal, c.content, s.embedding::text FROM pgingest.chunks AS c"
+            " JOIN pgingest.models AS m ON m.name = {model} AND m.profile_id = c.profile_id"
+            " LEFT JOIN pgingest.{store} AS s ON s.doc_id = c.doc_id AND s.ordinal = c.ordinal"
+            " AND s.chunk_hash = c.chunk_hash ORDER BY c.doc_id, c.ordinal"
+        ).format(model=sql.Literal(model), store=sql.Identifier(f"store_{model}"))
     ).fetchall()
+
+
+def missing_vectors(conn: psycopg.Connection[Any], model: str) -> int:
+    return sum(1 for r in chunk_rows(conn, model) if r[3] is None)
 
 
 def documents(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
@@ -138,16 +147,16 @@ def test_replica_subscribes_and_serves_searches_with_its_own_index(
         for r in conn.execute(
             "SELECT tablename FROM pg_publication_tables WHERE pubname = 'pgingest'"
         )
-    ) == ["chunks", "documents", "embedding_state"]
+    ) == ["chunks", "documents", "embedding_state", "store_v1"]
 
-    # The replica: pgingest installed, the same model registered (same column), then subscribed.
+    # The replica: pgingest installed, the same model registered (same store), then subscribed.
     install.install(replica_dsn)
     r = psycopg.connect(replica_dsn, autocommit=True)
     try:
         apply_setup(conn, r)
         apply_setup(conn, r)  # idempotent
-        assert r.execute("SELECT name, state, column_name FROM pgingest.models").fetchall() == [
-            ("v1", "active", "emb_v1")
+        assert r.execute("SELECT name, state, store_name FROM pgingest.models").fetchall() == [
+            ("v1", "active", "store_v1")
         ]
         r.execute("ALTER SYSTEM SET wal_retrieve_retry_interval = '500ms'")
         r.execute("SELECT pg_reload_conf()")
@@ -191,7 +200,7 @@ def _replicate_and_search(
     )
     p.execute("DELETE FROM pgingest.documents WHERE key = 'doc-4'")
     drain(dsn)
-    assert one(p, "SELECT count(*) FROM pgingest.chunks WHERE emb_v1 IS NULL") == 0
+    assert missing_vectors(p, "v1") == 0
 
     # Every table's initial copy done (each table has its own sync worker), then caught up.
     wait_for(
@@ -203,8 +212,8 @@ def _replicate_and_search(
     )
     wait_for(
         lambda: (
-            (chunk_rows(r, "emb_v1"), documents(r), states(r))
-            == (chunk_rows(p, "emb_v1"), documents(p), states(p))
+            (chunk_rows(r, "v1"), documents(r), states(r))
+            == (chunk_rows(p, "v1"), documents(p), states(p))
         ),
         timeout=60,
         interval=0.2,
@@ -222,10 +231,10 @@ def _replicate_and_search(
     # The replica's own ANN index, and searches on it.
     built = index.build_index(replica_dsn, "v1", progress=False)
     assert built.valid
-    assert not one(p, "SELECT count(*) FROM pg_indexes WHERE indexname = 'chunks_emb_v1_idx'")
+    assert not one(p, "SELECT count(*) FROM pg_indexes WHERE indexname = 'store_v1_idx'")
     q = one(
         r,
-        "SELECT c.emb_v1::text FROM pgingest.chunks AS c JOIN pgingest.documents AS d"
+        "SELECT c.embedding::text FROM pgingest.store_v1 AS c JOIN pgingest.documents AS d"
         " ON d.id = c.doc_id WHERE d.key = 'late-2'",
     )
     hits = r.execute(
@@ -246,34 +255,35 @@ def _replicate_and_search(
                 (q,),
             )
         )
-    assert "chunks_emb_v1_idx" in plan
+    assert "store_v1_idx" in plan
 
-    # A new model, the documented way: registered on the replica first, then on the primary.
+    # A new model, the documented way: registered on the replica first, then on the primary
+    # (which adds its store to the publication), then the subscription refreshed.
+    refresh = sql.SQL("ALTER SUBSCRIPTION {} REFRESH PUBLICATION").format(
+        sql.Identifier(subscription)
+    )
     register(r, "v2", fake.url, model_id="fake-768", dimensions=768)
     register(p, "v2", fake.url, model_id="fake-768", dimensions=768)
+    assert "store_v2" in {
+        row[0]
+        for row in p.execute(
+            "SELECT tablename FROM pg_publication_tables WHERE pubname = 'pgingest'"
+        )
+    }
     drain(dsn)
-    wait_for(lambda: chunk_rows(r, "emb_v2") == chunk_rows(p, "emb_v2"), timeout=60, interval=0.2)
-    assert one(r, "SELECT count(*) FROM pgingest.chunks WHERE emb_v2 IS NULL") == 0
+    r.execute(refresh)
+    wait_for(lambda: chunk_rows(r, "v2") == chunk_rows(p, "v2"), timeout=60, interval=0.2)
+    assert missing_vectors(r, "v2") == 0
 
-    # The other way round: the primary first. The apply worker stops on the missing column and
-    # retries; once the replica applied pgingest.replica_setup_sql(), it catches up (nothing lost).
+    # The other way round: the primary first. Nothing stops (the chunks are shared, the new
+    # store is not subscribed yet); once the replica applied pgingest.replica_setup_sql() and
+    # refreshed the subscription, it has the store's rows (nothing lost).
     register(p, "v3", fake.url)
     drain(dsn)
-    assert one(p, "SELECT count(*) FROM pgingest.chunks WHERE emb_v3 IS NULL") == 0
-    wait_for(
-        lambda: (
-            one(
-                r,
-                "SELECT apply_error_count FROM pg_stat_subscription_stats WHERE subname = %s",
-                (subscription,),
-            )
-            > 0
-        ),
-        timeout=60,
-        interval=0.2,
-    )
+    assert missing_vectors(p, "v3") == 0
     apply_setup(p, r)
-    wait_for(lambda: chunk_rows(r, "emb_v3") == chunk_rows(p, "emb_v3"), timeout=90, interval=0.3)
+    r.execute(refresh)
+    wait_for(lambda: chunk_rows(r, "v3") == chunk_rows(p, "v3"), timeout=90, interval=0.3)
     assert [row[0] for row in r.execute("SELECT name FROM pgingest.models ORDER BY 1")] == [
         "v1",
         "v2",

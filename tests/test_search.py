@@ -66,7 +66,7 @@ def test_search_text_from_sql_finds_the_document_it_was_written_from(
 
 
 def test_filtered_and_grouped_search(corpus: psycopg.Connection[Any]) -> None:
-    q = corpus.execute("SELECT emb_v1 FROM pgingest.chunks LIMIT 1").fetchone()
+    q = corpus.execute("SELECT embedding FROM pgingest.store_v1 LIMIT 1").fetchone()
     assert q is not None
     rows = corpus.execute(
         """SELECT doc_id, metadata->>'lang' FROM pgingest.search(%s, 3, '{"lang": "fr"}')""",

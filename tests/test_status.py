@@ -187,12 +187,12 @@ def test_vector_health_reports_the_index_and_the_search_settings(
     assert (v["model"], v["index_status"], v["index_name"]) == ("v1", "missing", None)
     assert (v["hnsw_ef_search"], v["ivfflat_probes"]) == ("40", "1")
     conn.execute(
-        "CREATE INDEX chunks_emb_v1_idx ON pgingest.chunks USING hnsw (emb_v1 vector_cosine_ops)"
+        "CREATE INDEX store_v1_idx ON pgingest.store_v1 USING hnsw (embedding vector_cosine_ops)"
     )
     conn.execute("SET hnsw.ef_search = 123")
     (v,) = db.status_view(conn, "vector_health")
     assert (v["index_name"], v["access_method"], v["valid"], v["index_status"]) == (
-        "chunks_emb_v1_idx",
+        "store_v1_idx",
         "hnsw",
         True,
         "ok",
@@ -502,7 +502,7 @@ def test_text_report_renders_every_section() -> None:
                 "model": "v2",
                 "state": "shadow",
                 "index_method": "hnsw",
-                "index_name": "chunks_emb_v2_idx",
+                "index_name": "store_v2_idx",
                 "index_status": "invalid or building",
                 "building": True,
                 "valid": False,
@@ -518,7 +518,7 @@ def test_text_report_renders_every_section() -> None:
             {
                 "pid": 1234,
                 "model": "v2",
-                "index_name": "chunks_emb_v2_idx",
+                "index_name": "store_v2_idx",
                 "phase": "building index: loading tuples in tree",
                 "pct": 42.0,
                 "elapsed": dt.timedelta(seconds=75),

@@ -32,10 +32,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgingest import install, worker
+from pgingest import index, install, worker
 from pgingest.testing.fake_provider import FakeEmbeddingServer
 from tests.conftest import ROOT, conninfo_for
-from tests.helpers import insert_docs, queue_count, register, schema_dump
+from tests.helpers import columns_in_any_order, insert_docs, queue_count, register, schema_dump
 
 pytestmark = pytest.mark.slow
 
@@ -164,23 +164,13 @@ def old_worker(src: Path, dsn: str) -> None:
 # --------------------------------------------------------------------------- databases
 
 
-def columns_in_any_order(lines: list[str]) -> list[str]:
-    """The dump with each CREATE TABLE's lines sorted: a column added by register_model before a
-    later migration's ADD COLUMN sits before it, after it in a fresh install (same table)."""
-    out: list[str] = []
-    block: list[str] | None = None
-    for line in lines:
-        if block is None:
-            out.append(line)
-            if line.startswith("CREATE TABLE ") and line.endswith("("):
-                block = []
-        elif line.startswith(")"):
-            out.extend(sorted(b.rstrip(",") for b in block))
-            out.append(line)
-            block = None
-        else:
-            block.append(line)
-    return out
+def search_results(c: psycopg.Connection[Any], q: str) -> list[Any]:
+    """What ``pgingest.search`` returns for a query vector (its columns common to every commit)."""
+    return c.execute(
+        "SELECT doc_id, doc_key, ordinal, content, round(distance::numeric, 6)"
+        " FROM pgingest.search(%s::vector, 5)",
+        (q,),
+    ).fetchall()
 
 
 def catalog_diff(fresh: list[str], upgraded: list[str]) -> list[str]:
@@ -254,8 +244,14 @@ def fresh_catalog(pg_server: Any) -> dict[str, list[str]]:
 def expected_catalog(catalogs: dict[str, list[str]], name: str, commit: str) -> list[str]:
     """The fresh catalog an upgrade from ``commit`` must give: full-text search stays on where
     that commit's install applied 0004 (migrations/0005_full_text_opt_in.sql)."""
-    had_0004 = "migrations/0004_cache_filters_hybrid.sql" in tree(commit)
-    return catalogs[f"{name}+full_text" if had_0004 else name]
+    files = tree(commit)
+    # Its install applied 0004 (full-text on) without 0005 (which, applied in the same run,
+    # turns it off for a new installation).
+    kept_full_text = (
+        "migrations/0004_cache_filters_hybrid.sql" in files
+        and "migrations/0005_full_text_opt_in.sql" not in files
+    )
+    return catalogs[f"{name}+full_text" if kept_full_text else name]
 
 
 BASES = {
@@ -312,29 +308,49 @@ def test_upgrade_keeps_the_data_and_the_workers_go_on(
         else:  # no worker at that commit: its messages wait in the queue, in its format
             assert queue_count(c, "v1") == 12
 
-        def snapshot() -> dict[str, Any]:
+        def snapshot(upgraded: bool) -> dict[str, Any]:
+            # Before: the vectors in the column emb_v1 of the chunks; after (migration 0006): in
+            # the store of v1, joined to the chunks of its profile on the chunk's hash.
+            chunks = (
+                "SELECT c.doc_id, c.ordinal, c.content, c.chunk_hash, s.embedding::text"
+                " FROM pgingest.chunks AS c JOIN pgingest.store_v1 AS s ON s.doc_id = c.doc_id"
+                " AND s.ordinal = c.ordinal AND s.chunk_hash = c.chunk_hash"
+                " ORDER BY c.doc_id, c.ordinal"
+                if upgraded
+                else "SELECT doc_id, ordinal, content, chunk_hash, emb_v1::text FROM pgingest.chunks"
+                " ORDER BY doc_id, ordinal"
+            )
             return {
                 "documents": c.execute(
                     "SELECT id, key, title, body, metadata, content_hash FROM pgingest.documents ORDER BY id"
                 ).fetchall(),
-                "chunks": c.execute(
-                    "SELECT doc_id, ordinal, content, chunk_hash, emb_v1::text FROM pgingest.chunks"
-                    " ORDER BY doc_id, ordinal"
-                ).fetchall(),
+                "chunks": c.execute(chunks).fetchall(),
                 "states": c.execute(
                     "SELECT doc_id, model, content_hash FROM pgingest.embedding_state ORDER BY 1, 2"
                 ).fetchall(),
                 "model": c.execute(
-                    "SELECT name, model_id, dimensions, base_url, state, column_name, queue_name"
+                    "SELECT name, model_id, dimensions, base_url, state, queue_name"
                     " FROM pgingest.models"
                 ).fetchall(),
                 "queued": queue_count(c, "v1"),
             }
 
-        before = snapshot()
+        before = snapshot(upgraded=False)
         assert len(before["chunks"]) == (12 if has_worker else 0)
+        searches: list[tuple[str, list[Any]]] = []
+        if has_worker:  # an ANN index to rebuild, and what searches return before the upgrade
+            c.execute(
+                "CREATE INDEX chunks_emb_v1_idx ON pgingest.chunks"
+                " USING hnsw (emb_v1 vector_cosine_ops)"
+            )
+            for (q,) in c.execute(
+                "SELECT emb_v1::text FROM pgingest.chunks ORDER BY doc_id LIMIT 3"
+            ).fetchall():
+                searches.append((q, search_results(c, q)))
+        requests = fake.stats()["requests"]
 
         notices = install.install(dsn)
+        rebuilt = index.rebuild_after_upgrade(dsn, progress=False)
         assert any(
             "0001_initial was recorded with the checksum of an earlier" in n for n in notices
         ) or (
@@ -343,7 +359,18 @@ def test_upgrade_keeps_the_data_and_the_workers_go_on(
             ).fetchone()
             == (install.migrations()[0].checksum,)
         )
-        assert snapshot() == before  # nothing lost, nothing changed
+        assert snapshot(upgraded=True) == before  # nothing lost, nothing changed
+        assert fake.stats()["requests"] == requests  # nothing re-embedded
+        if has_worker:
+            assert [(r.model, r.action, r.valid) for r in rebuilt] == [("v1", "built", True)]
+            assert c.execute("SELECT pgingest.index_ddl('v1')").fetchone() is not None
+            for q, results in searches:
+                assert search_results(c, q) == results
+        else:
+            assert rebuilt == []
+        assert c.execute(
+            "SELECT count(*) FROM pgingest.config WHERE key = 'rebuild_indexes'"
+        ).fetchone() == (0,)
 
         # The current worker takes over (the first installer's queued messages included).
         insert_docs(c, [("doc-new", "New", "Written after the upgrade.")])
@@ -362,22 +389,22 @@ def test_upgrade_keeps_the_data_and_the_workers_go_on(
         ).fetchone() == (13,)
         assert c.execute("SELECT count(*) FROM pgingest.dead_letters").fetchone() == (0,)
         q = c.execute(
-            "SELECT c.emb_v1::text FROM pgingest.chunks AS c JOIN pgingest.documents AS d"
+            "SELECT c.embedding::text FROM pgingest.store_v1 AS c JOIN pgingest.documents AS d"
             " ON d.id = c.doc_id WHERE d.key = 'doc-new'"
         ).fetchone()
         assert q is not None
         hit = c.execute("SELECT doc_key FROM pgingest.search(%s::vector, 1)", (q[0],)).fetchone()
         assert hit == ("doc-new",)
 
-        # An old worker still running during the upgrade keeps working (versioned worker API).
-        if has_worker:
-            insert_docs(c, [("doc-old-worker", None, "Embedded by the old worker.")])
-            old_worker(src, dsn)
-            assert queue_count(c, "v1") == 0
-            assert c.execute(
-                "SELECT count(*) FROM pgingest.chunks AS c JOIN pgingest.documents AS d"
-                " ON d.id = c.doc_id WHERE d.key = 'doc-old-worker' AND c.emb_v1 IS NOT NULL"
-            ).fetchone() == (1,)
+        # A worker older than migration 0006 is told to upgrade (workers and schema are
+        # upgraded together: docs/deployment.md); its messages wait for their visibility timeout.
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="older than the schema"):
+            c.execute(
+                "SELECT * FROM pgingest.complete_batch_v1('v1', '{}', '{}', '{}', '{}', '{}',"
+                " '{}', '{}', '{}', '{}', '{}', '{}', 'old')"
+            )
+        # The rebuilt index is not in a fresh install's catalog (no index before a backfill).
+        c.execute("DROP INDEX IF EXISTS pgingest.store_v1_idx")
 
     assert_same_catalog(
         expected_catalog(fresh_catalog, "v1", commit), schema_dump(dsn), column_order=False

@@ -61,8 +61,8 @@ def test_thousand_documents_end_with_exactly_the_predicted_chunks(
     assert conn.execute("SELECT count(*) FROM pgingest.dead_letters").fetchone() == (0,)
     # The stored vector is the provider's vector, normalised.
     row = conn.execute(
-        "SELECT c.emb_v1, d.title, c.content FROM pgingest.chunks c JOIN pgingest.documents d"
-        " ON d.id = c.doc_id ORDER BY c.doc_id, c.ordinal LIMIT 1"
+        "SELECT c.embedding, c.title, c.content FROM pgingest.search_chunks c"
+        " ORDER BY c.doc_id, c.ordinal LIMIT 1"
     ).fetchone()
     assert row is not None
     raw = fake.vector_for(f"{row[1]}\n\n{row[2]}", "fake-384")

@@ -103,7 +103,7 @@ def compare_models(
             texts = [q for q in queries if q.strip()]
             source = "file"
         else:
-            texts = db.sample_chunk_texts(conn, [ma.column_name, mb.column_name], sample, seed)
+            texts = db.sample_chunk_texts(conn, [ma, mb], sample, seed)
             source = "corpus (first chunk of random documents)"
         if not texts:
             raise LookupError(

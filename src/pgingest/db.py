@@ -113,11 +113,17 @@ class Model:
     state: str
     paused: bool
     paused_reason: str | None
-    column_name: str
+    store_name: str
     queue_name: str
     index_method: str
     index_options: dict[str, Any]
     backfill_done: bool
+    # The chunking profile (pgingest.chunk_profiles); defaults: the default profile.
+    profile_id: int = 1
+    chunk_tokenizer: str = "all-MiniLM-L6-v2"
+    chunk_max_tokens: int = 200
+    chunk_overlap_tokens: int = 20
+    title_in_chunks: bool = True
 
 
 @dataclass(frozen=True)
@@ -159,16 +165,19 @@ def get_config(conn: psycopg.Connection[Any]) -> dict[str, str]:
 
 
 _MODEL_COLUMNS = """
-    name, model_id, base_url, api_key_env, dimensions, storage, metric, max_input_tokens,
-    request_dimensions, state, paused, paused_reason, column_name, queue_name, index_method,
-    index_options, backfill_completed_at IS NOT NULL AS backfill_done
+    m.name, m.model_id, m.base_url, m.api_key_env, m.dimensions, m.storage, m.metric,
+    m.max_input_tokens, m.request_dimensions, m.state, m.paused, m.paused_reason, m.store_name,
+    m.queue_name, m.index_method, m.index_options, m.backfill_completed_at IS NOT NULL AS backfill_done,
+    m.profile_id, p.tokenizer AS chunk_tokenizer, p.max_tokens AS chunk_max_tokens,
+    p.overlap_tokens AS chunk_overlap_tokens, p.title_in_chunks
 """
+_MODEL_FROM = "pgingest.models AS m JOIN pgingest.chunk_profiles AS p ON p.id = m.profile_id"
 
 
 def live_models(conn: psycopg.Connection[Any]) -> list[Model]:
     cur = conn.cursor(row_factory=dict_row)
     rows = cur.execute(
-        f"SELECT {_MODEL_COLUMNS} FROM pgingest.models WHERE state <> 'retired' ORDER BY name"  # noqa: S608
+        f"SELECT {_MODEL_COLUMNS} FROM {_MODEL_FROM} WHERE m.state <> 'retired' ORDER BY m.name"  # noqa: S608
     ).fetchall()
     return [Model(**r) for r in rows]
 
@@ -176,7 +185,7 @@ def live_models(conn: psycopg.Connection[Any]) -> list[Model]:
 def get_model(conn: psycopg.Connection[Any], name: str) -> Model | None:
     cur = conn.cursor(row_factory=dict_row)
     row = cur.execute(
-        f"SELECT {_MODEL_COLUMNS} FROM pgingest.models WHERE name = %s",  # noqa: S608
+        f"SELECT {_MODEL_COLUMNS} FROM {_MODEL_FROM} WHERE m.name = %s",  # noqa: S608
         (name,),
     ).fetchone()
     return Model(**row) if row else None
@@ -193,7 +202,7 @@ def read_batch(conn: psycopg.Connection[Any], model: str, vt: int, qty: int) -> 
 
 @dataclass
 class ChunkRows:
-    """Column arrays for complete_batch_v1 (one entry per chunk)."""
+    """Column arrays for complete_batch_v2 (one entry per chunk)."""
 
     doc_ids: list[int]
     ordinals: list[int]
@@ -213,12 +222,13 @@ def complete_batch(
     hashes: Sequence[bytes],
     rows: ChunkRows,
     chunker: str,
+    profile_id: int,
 ) -> tuple[int, int, int]:
     cur = conn.cursor(binary=True)
     row = cur.execute(
-        "SELECT written, stale, chunks FROM pgingest.complete_batch_v1("
+        "SELECT written, stale, chunks FROM pgingest.complete_batch_v2("
         "%b, %b::bigint[], %b::bigint[], %b::bytea[], %b::bigint[], %b::integer[], %b::text[],"
-        " %b::bytea[], %b::integer[], %b::integer[], %b::integer[], %b::vector[], %b)",
+        " %b::bytea[], %b::integer[], %b::integer[], %b::integer[], %b::vector[], %b, %b::integer)",
         (
             model,
             list(msg_ids),
@@ -237,6 +247,7 @@ def complete_batch(
                 else np.zeros((0, 0), dtype=np.float32)
             ),
             chunker,
+            profile_id,
         ),
     ).fetchone()
     assert row is not None
@@ -333,13 +344,19 @@ def register_model(
     index_method: str = "hnsw",
     index_options: dict[str, Any] | None = None,
     request_dimensions: bool = False,
+    chunk_tokenizer: str | None = None,
+    chunk_max_tokens: int | None = None,
+    chunk_overlap_tokens: int | None = None,
+    title_in_chunks: bool | None = None,
 ) -> str:
-    """``pgingest.register_model(...)``; returns the new model's state (active or shadow)."""
+    """``pgingest.register_model(...)``; returns the new model's state (active or shadow). The
+    chunking profile's parameters left None take the default profile's (config ``chunk_*``)."""
     row = conn.execute(
         "SELECT pgingest.register_model(name => %s, model_id => %s, dimensions => %s,"
         " base_url => %s, storage => %s, metric => %s, max_input_tokens => %s,"
         " api_key_env => %s, index_method => %s, index_options => %s::jsonb,"
-        " request_dimensions => %s)",
+        " request_dimensions => %s, chunk_tokenizer => %s, chunk_max_tokens => %s,"
+        " chunk_overlap_tokens => %s, title_in_chunks => %s)",
         (
             name,
             model_id,
@@ -352,6 +369,10 @@ def register_model(
             index_method,
             json.dumps(index_options or {}),
             request_dimensions,
+            chunk_tokenizer,
+            chunk_max_tokens,
+            chunk_overlap_tokens,
+            title_in_chunks,
         ),
     ).fetchone()
     assert row is not None
@@ -456,21 +477,26 @@ def create_index_progress(conn: psycopg.Connection[Any], pid: int) -> dict[str, 
 
 
 def sample_chunk_texts(
-    conn: psycopg.Connection[Any], columns: Sequence[str], n: int, seed: float | None = None
+    conn: psycopg.Connection[Any], models: Sequence[Model], n: int, seed: float | None = None
 ) -> list[str]:
-    """Texts of the first chunk of ``n`` random documents embedded in every one of ``columns``."""
+    """Texts of the first chunk (in the first model's profile) of ``n`` random documents with
+    vectors in the store of every one of ``models``."""
     with conn.transaction():
         if seed is not None:
             conn.execute("SELECT setseed(%s)", (seed,))
         filters = sql.SQL(" AND ").join(
-            sql.SQL("c.{} IS NOT NULL").format(sql.Identifier(col)) for col in columns
+            sql.SQL("EXISTS (SELECT 1 FROM pgingest.{} AS s WHERE s.doc_id = c.doc_id)").format(
+                sql.Identifier(m.store_name)
+            )
+            for m in models
         )
         rows = conn.execute(
             sql.SQL(
-                "SELECT c.content FROM pgingest.chunks AS c WHERE c.ordinal = 0 AND {}"
+                "SELECT c.content FROM pgingest.chunks AS c"
+                " WHERE c.profile_id = %s AND c.ordinal = 0 AND {}"
                 " ORDER BY random() LIMIT %s"
             ).format(filters),
-            (n,),
+            (models[0].profile_id, n),
         ).fetchall()
     return [str(r[0]) for r in rows]
 
@@ -483,15 +509,14 @@ def knn(
     *,
     exact: bool = False,
 ) -> list[tuple[int, int]]:
-    """(doc_id, ordinal) of the ``k`` chunks nearest to ``query`` in ``model``'s column, through
+    """(doc_id, ordinal) of the ``k`` chunks nearest to ``query`` in ``model``'s store, through
     its ANN index, or by exact search (index scans off, in a transaction) when ``exact``."""
     if model.storage not in vectors.STORAGES:
         raise ValueError(f"unknown storage {model.storage!r}")
     query_sql = sql.SQL(
-        "SELECT doc_id, ordinal FROM pgingest.chunks WHERE {col} IS NOT NULL"
-        " ORDER BY {col} {op} %s::{typ} LIMIT %s"
+        "SELECT doc_id, ordinal FROM pgingest.{store} ORDER BY embedding {op} %s::{typ} LIMIT %s"
     ).format(
-        col=sql.Identifier(model.column_name),
+        store=sql.Identifier(model.store_name),
         op=sql.SQL(_DISTANCE_OPERATORS[model.metric]),
         typ=sql.SQL(model.storage),
     )
@@ -509,7 +534,7 @@ def knn(
 def active_model(conn: psycopg.Connection[Any]) -> Model | None:
     cur = conn.cursor(row_factory=dict_row)
     row = cur.execute(
-        f"SELECT {_MODEL_COLUMNS} FROM pgingest.models WHERE state = 'active'"  # noqa: S608
+        f"SELECT {_MODEL_COLUMNS} FROM {_MODEL_FROM} WHERE m.state = 'active'"  # noqa: S608
     ).fetchone()
     return Model(**row) if row else None
 
@@ -752,29 +777,47 @@ def hybrid_search_weighted(
     ).fetchall()
 
 
-def reindex_leftovers(conn: psycopg.Connection[Any], index_name: str) -> list[str]:
-    """Invalid ``<index>_ccnew``/``_ccold`` indexes on pgingest.chunks left by a failed
-    ``REINDEX INDEX CONCURRENTLY`` (still maintained by every write until dropped)."""
+def reindex_leftovers(conn: psycopg.Connection[Any], store: str, index_name: str) -> list[str]:
+    """Invalid ``<index>_ccnew``/``_ccold`` indexes on the store ``pgingest.<store>`` left by a
+    failed ``REINDEX INDEX CONCURRENTLY`` (still maintained by every write until dropped)."""
     rows = conn.execute(
         "SELECT c.relname FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid"
-        " WHERE i.indrelid = 'pgingest.chunks'::regclass AND NOT i.indisvalid"
+        " WHERE i.indrelid = format('pgingest.%%I', %s::text)::regclass AND NOT i.indisvalid"
         " AND c.relname ~ ('^' || %s || '_cc(new|old)[0-9]*$') ORDER BY c.relname",
-        (index_name,),
+        (store, index_name),
     ).fetchall()
     return [str(r[0]) for r in rows]
 
 
-# ---- partitioned pgingest.chunks (install --chunk-partitions): per-partition ANN indexes ----
+# ---- a model's store, hash-partitioned like pgingest.chunks (install --chunk-partitions):
+# ---- per-partition ANN indexes
+
+STORE_COLUMN = "embedding"
+"""The vector column of every store (pgingest.<store_name>)."""
 
 
 @dataclass(frozen=True)
 class IndexSpec:
     """What a model's ANN index is made of, from the registry (validated by the server)."""
 
-    column: str
+    store: str  # the table pgingest.<store>
     method: str
     opclass: str
     options: dict[str, Any]
+    column: str = STORE_COLUMN
+
+
+def store_partitions(conn: psycopg.Connection[Any], store: str) -> list[tuple[str, str]]:
+    """(schema, name) of the leaf partitions of the store ``pgingest.<store>``; empty for a plain
+    table."""
+    rows = conn.execute(
+        "SELECT n.nspname, c.relname"
+        " FROM pg_partition_tree(format('pgingest.%%I', %s::text)::regclass) AS t"
+        " JOIN pg_class AS c ON c.oid = t.relid JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+        " WHERE t.isleaf AND t.level > 0 ORDER BY t.relid",
+        (store,),
+    ).fetchall()
+    return [(str(r[0]), str(r[1])) for r in rows]
 
 
 def chunk_partitions(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
@@ -788,9 +831,9 @@ def chunk_partitions(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
 
 
 def index_spec(conn: psycopg.Connection[Any], model: str) -> IndexSpec | None:
-    """Column, method, operator class and checked options of a live model's ANN index."""
+    """Store, method, operator class and checked options of a live model's ANN index."""
     row = conn.execute(
-        "SELECT m.column_name, m.index_method, pgingest._opclass(m),"
+        "SELECT m.store_name, m.index_method, pgingest._opclass(m),"
         " pgingest._check_index_options(m.index_method, m.index_options)"
         " FROM pgingest.models AS m WHERE m.name = %s AND m.state <> 'retired'",
         (model,),
@@ -913,13 +956,34 @@ def index_tree_size(conn: psycopg.Connection[Any], index_name: str) -> int:
     return int(row[0]) if row else 0
 
 
-def chunk_index_builds(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
-    """Index builds running now on pgingest.chunks or any of its partitions."""
+def store_index_builds(conn: psycopg.Connection[Any], store: str) -> list[dict[str, Any]]:
+    """Index builds running now on the store ``pgingest.<store>`` or any of its partitions."""
     cur = conn.cursor(row_factory=dict_row)
     return cur.execute(
         "SELECT p.pid, p.relid::regclass::text AS relation, p.index_relid::regclass::text AS index,"
         " p.phase FROM pg_stat_progress_create_index AS p"
-        " WHERE p.relid = 'pgingest.chunks'::regclass"
-        " OR p.relid IN (SELECT t.relid FROM pg_partition_tree('pgingest.chunks') AS t)"
-        " ORDER BY p.pid"
+        " WHERE p.relid = format('pgingest.%%I', %s::text)::regclass"
+        " OR p.relid IN (SELECT t.relid"
+        "   FROM pg_partition_tree(format('pgingest.%%I', %s::text)::regclass) AS t)"
+        " ORDER BY p.pid",
+        (store, store),
     ).fetchall()
+
+
+def pending_index_rebuilds(conn: psycopg.Connection[Any]) -> list[str]:
+    """Models whose ANN index migration 0006 dropped and ``pgingest install`` has not rebuilt
+    yet (config ``rebuild_indexes``)."""
+    row = conn.execute("SELECT value FROM pgingest.config WHERE key = 'rebuild_indexes'").fetchone()
+    return [m for m in str(row[0]).split(",") if m] if row else []
+
+
+def index_rebuilt(conn: psycopg.Connection[Any], model: str) -> None:
+    """Takes ``model`` off config ``rebuild_indexes`` (the key goes with the last one)."""
+    with conn.transaction():
+        conn.execute(
+            "UPDATE pgingest.config SET value = array_to_string("
+            " array_remove(string_to_array(value, ','), %s), ','), updated_at = now()"
+            " WHERE key = 'rebuild_indexes'",
+            (model,),
+        )
+        conn.execute("DELETE FROM pgingest.config WHERE key = 'rebuild_indexes' AND value = ''")

@@ -12,10 +12,13 @@ transaction block; readers and the workers' writes go on during the build.
 * An invalid index left by a failed or interrupted build is dropped (``DROP INDEX
   CONCURRENTLY``) and built again; ``rebuild=True`` rebuilds a valid one with ``REINDEX INDEX
   CONCURRENTLY`` (searches keep using the old one meanwhile).
-* Hash-partitioned chunks (``pgingest install --chunk-partitions N``): PostgreSQL cannot build a
-  partitioned index concurrently, so each partition's index is built ``CONCURRENTLY``, then the
-  model's index is created ``ON ONLY`` the parent and every partition's index is attached to it
-  (valid once all are). An interrupted run keeps the valid partition indexes and resumes.
+* The index is on the model's store (``pgingest.store_<model>``, column ``embedding``). Stores are
+  hash-partitioned like the chunks (``pgingest install --chunk-partitions N``): PostgreSQL cannot
+  build a partitioned index concurrently, so each partition's index is built ``CONCURRENTLY``,
+  then the model's index is created ``ON ONLY`` the store and every partition's index is attached
+  to it (valid once all are). An interrupted run keeps the valid partition indexes and resumes.
+* After an upgrade to per-model stores (migration 0006), :func:`rebuild_after_upgrade` builds the
+  indexes the migration could not build (it runs in the installer's transaction).
 * For a backfill, build after the load: inserting into a live HNSW graph is many times slower
   than building it once (``scripts/bench_index.py`` measures it).
 """
@@ -38,7 +41,7 @@ from pgingest import db
 
 log = logging.getLogger("pgingest.index")
 
-__all__ = ["IndexBuildError", "IndexResult", "Progress", "build_index"]
+__all__ = ["IndexBuildError", "IndexResult", "Progress", "build_index", "rebuild_after_upgrade"]
 
 
 class IndexBuildError(RuntimeError):
@@ -256,7 +259,7 @@ def build_index(
     ``progress``: shown on ``out`` (default stderr) with tqdm when it is a terminal and as plain
     lines otherwise; False hides it; a callable receives every :class:`Progress` sample instead.
 
-    When pgingest.chunks is hash-partitioned (``pgingest install --chunk-partitions N``), each
+    When the store is hash-partitioned (``pgingest install --chunk-partitions N``), each
     partition's index is built ``CONCURRENTLY`` in turn (PostgreSQL cannot build a partitioned
     index concurrently), then the model's index is created ``ON ONLY`` the parent and each
     partition's index attached to it: it turns valid when the last one is attached.
@@ -286,12 +289,16 @@ def build_index(
             size_bytes=st["size_bytes"],
             valid=bool(st["valid"]),
         )
-        partitions = db.chunk_partitions(conn)
+        spec = db.index_spec(conn, model)
+        if spec is None:
+            raise IndexBuildError(f"no live model named {model!r}")
+        partitions = db.store_partitions(conn, spec.store)
         if partitions:
             return _build_partitioned(
                 conninfo,
                 conn,
                 model,
+                spec,
                 st,
                 result,
                 partitions,
@@ -303,7 +310,7 @@ def build_index(
                 out=out,
                 started=started,
             )
-        for leftover in db.reindex_leftovers(conn, index_name):
+        for leftover in db.reindex_leftovers(conn, spec.store, index_name):
             log.warning(
                 "dropping an invalid index left by a failed REINDEX CONCURRENTLY",
                 extra={"model": model, "index": leftover},
@@ -360,7 +367,7 @@ def partition_index_name(partition: str, column: str) -> str:
     name = f"{partition}_{column}_idx"
     if len(name.encode("utf-8")) > 63:
         digest = hashlib.sha256(partition.encode("utf-8")).hexdigest()[:8]
-        name = f"chunks_{digest}_{column}_idx"
+        name = f"store_{digest}_{column}_idx"
     return name
 
 
@@ -368,6 +375,7 @@ def _build_partitioned(
     conninfo: str | None,
     conn: psycopg.Connection[Any],
     model: str,
+    spec: db.IndexSpec,
     st: dict[str, Any],
     result: IndexResult,
     partitions: list[tuple[str, str]],
@@ -386,11 +394,12 @@ def _build_partitioned(
     dropped and built again, and those already attached are not attached twice.
     """
     index_name = result.index_name
-    spec = db.index_spec(conn, model)
-    if spec is None:
-        raise IndexBuildError(f"no live model named {model!r}")
     names = {partition_index_name(table, spec.column) for _, table in partitions}
-    busy = [b for b in db.chunk_index_builds(conn) if str(b["index"]).split(".")[-1] in names]
+    busy = [
+        b
+        for b in db.store_index_builds(conn, spec.store)
+        if str(b["index"]).split(".")[-1] in names
+    ]
     if busy:
         raise IndexBuildError(
             f"index {busy[0]['index']} of {index_name} is being built by backend "
@@ -433,7 +442,7 @@ def _build_partitioned(
                 built = _build_partition_indexes(conn, spec, partitions, result)
                 # Catalog only (no build): a SHARE lock on the parent for an instant.
                 result.ddl = db.create_ann_index(
-                    conn, "pgingest", "chunks", index_name, spec, concurrently=False, only=True
+                    conn, "pgingest", spec.store, index_name, spec, concurrently=False, only=True
                 )
                 for schema, table in partitions:
                     name = partition_index_name(table, spec.column)
@@ -492,3 +501,22 @@ def _build_partition_indexes(
 def _default_lists(rows: int) -> int:
     """pgvector's advice for IVFFlat: rows / 1000 up to a million rows, sqrt(rows) above."""
     return max(1, rows // 1000 if rows <= 1_000_000 else int(rows**0.5))
+
+
+def rebuild_after_upgrade(
+    conninfo: str | None, *, out: TextIO | None = None, progress: bool | None = None
+) -> list[IndexResult]:
+    """Builds, ``CONCURRENTLY`` and with progress, the ANN indexes that migration 0006 dropped
+    when it moved the vectors to the per-model stores (config ``rebuild_indexes``, a list of
+    models); each is removed from the list once built, so an interrupted run resumes. Reads and
+    writes go on meanwhile; until a model's index is built its searches scan its store exactly."""
+    results: list[IndexResult] = []
+    with db.connect(conninfo, register_vector=False, application_name="pgingest-index") as conn:
+        conn.autocommit = True
+        for model in db.pending_index_rebuilds(conn):
+            live = {m.name: m for m in db.live_models(conn)}
+            if model in live and live[model].index_method != "none":
+                log.info("rebuilding an index after the upgrade", extra={"model": model})
+                results.append(build_index(conninfo, model, progress=progress, out=out))
+            db.index_rebuilt(conn, model)
+    return results

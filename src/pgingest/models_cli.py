@@ -57,7 +57,7 @@ def add_model_commands(subparsers: Any) -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "add",
-        help="register a model: column, queue, backfill, dual write",
+        help="register a model: store, chunking profile, queue, backfill, dual write",
         description="Registers a model. The first one becomes active; later ones start in "
         "shadow: every new or changed document is embedded for them too, and the workers queue "
         "a backfill of the existing documents in bounded batches.",
@@ -73,8 +73,29 @@ def add_model_commands(subparsers: Any) -> argparse.ArgumentParser:
         "--max-input-tokens",
         type=int,
         default=256,
-        help="the model's context; must be at least the pipeline's chunk size (chunking is "
-        "shared by all models)",
+        help="the model's context; must be at least its chunking profile's max tokens",
+    )
+    p.add_argument(
+        "--chunk-tokenizer",
+        choices=("all-MiniLM-L6-v2", "heuristic"),
+        help="chunking profile: tokenizer (default: config chunk_tokenizer)",
+    )
+    p.add_argument(
+        "--chunk-max-tokens",
+        type=int,
+        help="chunking profile: tokens per chunk, title and special tokens included "
+        "(default: config chunk_max_tokens)",
+    )
+    p.add_argument(
+        "--chunk-overlap-tokens",
+        type=int,
+        help="chunking profile: overlap between chunks (default: config chunk_overlap_tokens)",
+    )
+    p.add_argument(
+        "--title-in-chunks",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="chunking profile: the title in every chunk (default: config chunk_include_title)",
     )
     p.add_argument("--api-key-env", help="environment variable of the workers holding the key")
     p.add_argument("--index-method", choices=("hnsw", "ivfflat", "none"), default="hnsw")
@@ -127,7 +148,7 @@ def add_model_commands(subparsers: Any) -> argparse.ArgumentParser:
         help="compare two models on sample queries: top-k overlap, recall, latency",
         description="Embeds sample queries through both models' endpoints and reports the "
         "overlap of their top-k documents, each index's recall against exact search on the same "
-        "column, and search latency p50/p95.",
+        "store, and search latency p50/p95.",
     )
     cli_support.add_database_url(p)
     p.add_argument("a", help="model A (usually the active one)")
@@ -160,7 +181,7 @@ def add_model_commands(subparsers: Any) -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "retire",
-        help="drop a non-active model's column, index, queue and state",
+        help="drop a non-active model's store (with its index), queue and state",
     )
     cli_support.add_database_url(p)
     p.add_argument("name")
@@ -228,9 +249,13 @@ def cmd_add(args: argparse.Namespace) -> int:
                 index_method=args.index_method,
                 index_options=options,
                 request_dimensions=args.request_dimensions,
+                chunk_tokenizer=args.chunk_tokenizer,
+                chunk_max_tokens=args.chunk_max_tokens,
+                chunk_overlap_tokens=args.chunk_overlap_tokens,
+                title_in_chunks=args.title_in_chunks,
             )
             print(
-                f"registered model {args.name} ({state}): column emb_{args.name} "
+                f"registered model {args.name} ({state}): store store_{args.name} "
                 f"{args.storage}({args.dimensions}) {args.metric}, queue pgingest_{args.name}"
             )
             if args.backfill:
@@ -548,7 +573,9 @@ def cmd_retire(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_INVALID
-        answer = input(f"retire model {args.name} and drop its column, index and queue? [y/N] ")
+        answer = input(
+            f"retire model {args.name} and drop its store (with its index) and queue? [y/N] "
+        )
         if answer.strip().lower() not in ("y", "yes"):
             print("not retired")
             return EXIT_ERROR

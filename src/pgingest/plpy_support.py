@@ -26,13 +26,35 @@ def _setting(plpy: Any, name: str) -> str | None:
     return value or None
 
 
-def chunker_config(plpy: Any) -> chunking.ChunkerConfig:
-    rows = plpy.execute("SELECT key, value FROM pgingest.config")
-    return chunking.ChunkerConfig.from_settings({r["key"]: r["value"] for r in rows})
+def chunker_config(plpy: Any, model: str | None = None) -> chunking.ChunkerConfig:
+    """The chunking profile of ``model`` (a live model), or the default profile (config
+    ``chunk_*``, what register_model gives a model by default) when ``model`` is None."""
+    if model is None:
+        rows = plpy.execute("SELECT key, value FROM pgingest.config")
+        return chunking.ChunkerConfig.from_settings({r["key"]: r["value"] for r in rows})
+    plan = plpy.prepare(
+        "SELECT p.tokenizer, p.max_tokens, p.overlap_tokens, p.title_in_chunks"
+        " FROM pgingest.models AS m JOIN pgingest.chunk_profiles AS p ON p.id = m.profile_id"
+        " WHERE m.name = $1 AND m.state <> 'retired'",
+        ["text"],
+    )
+    found = plpy.execute(plan, [model])
+    if not found:
+        plpy.error(f"pgingest: no live model named {model!r}", sqlstate="42704")
+    p = found[0]
+    return chunking.ChunkerConfig(
+        tokenizer=p["tokenizer"],
+        max_tokens=p["max_tokens"],
+        overlap_tokens=p["overlap_tokens"],
+        include_title=p["title_in_chunks"],
+    )
 
 
-def chunk_preview(plpy: Any, body: str, title: str | None) -> list[dict[str, Any]]:
-    """The chunks the worker would store for this text (same chunker, same profile)."""
+def chunk_preview(
+    plpy: Any, body: str, title: str | None, model: str | None = None
+) -> list[dict[str, Any]]:
+    """The chunks the worker would store for this text with ``model``'s chunking profile (the
+    default profile when None)."""
     return [
         {
             "ordinal": c.ordinal,
@@ -42,7 +64,7 @@ def chunk_preview(plpy: Any, body: str, title: str | None) -> list[dict[str, Any
             "token_count": c.token_count,
             "embed_input": c.embed_input,
         }
-        for c in chunking.chunk_document(title, body or "", chunker_config(plpy))
+        for c in chunking.chunk_document(title, body or "", chunker_config(plpy, model))
     ]
 
 

@@ -31,7 +31,7 @@ def make_model(**changes: Any) -> db.Model:
         state="active",
         paused=False,
         paused_reason=None,
-        column_name="emb_v1",
+        store_name="store_v1",
         queue_name="pgingest_v1",
         index_method="hnsw",
         index_options={},

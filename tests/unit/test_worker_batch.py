@@ -84,7 +84,7 @@ def model(storage: str = "vector", metric: str = "cosine", dimensions: int = DIM
         state="live",
         paused=False,
         paused_reason=None,
-        column_name="emb_m1",
+        store_name="store_m1",
         queue_name="pgingest_m1",
         index_method="hnsw",
         index_options={},

@@ -62,7 +62,7 @@ class Worker:
         self._conn: psycopg.Connection[Any] | None = None
         self._listen: psycopg.Connection[Any] | None = None
         self._config: dict[str, str] = {}
-        self._chunker: chunking.ChunkerConfig | None = None
+        self._chunkers: dict[int, chunking.ChunkerConfig] = {}  # by chunking profile id
         self.hostname = socket.gethostname()
         self.in_flight = 0
         self._last_batch_end: float | None = None
@@ -104,7 +104,6 @@ class Worker:
         if self._conn is None or self._conn.closed:
             self._conn = db.connect(self.s.conninfo, application_name="pgingest-worker")
             self._config = db.get_config(self._conn)
-            self._chunker = chunking.ChunkerConfig.from_settings(self._config)
         return self._conn
 
     def _listener(self) -> psycopg.Connection[Any]:
@@ -132,10 +131,17 @@ class Worker:
             return self.s.max_attempts
         return int(self._config.get("max_attempts", "5"))
 
-    @property
-    def chunker(self) -> chunking.ChunkerConfig:
-        assert self._chunker is not None
-        return self._chunker
+    def chunker(self, m: db.Model) -> chunking.ChunkerConfig:
+        """The chunker of the model's chunking profile (profiles never change: cached by id)."""
+        config = self._chunkers.get(m.profile_id)
+        if config is None:
+            config = self._chunkers[m.profile_id] = chunking.ChunkerConfig(
+                tokenizer=m.chunk_tokenizer,
+                max_tokens=m.chunk_max_tokens,
+                overlap_tokens=m.chunk_overlap_tokens,
+                include_title=m.title_in_chunks,
+            )
+        return config
 
     # -- main loop -----------------------------------------------------------------------------
 
@@ -327,7 +333,8 @@ class Worker:
         t0 = time.perf_counter()
 
         batch = core.triage(msgs, self.max_attempts)
-        core.chunk(batch, self.chunker)
+        chunker = self.chunker(m)
+        core.chunk(batch, chunker)
         t_chunk = time.perf_counter()
         self.metrics.chunking_seconds(m.name, t_chunk - t0)
         core.check_chunks(batch, self.s.max_chunks_per_document)
@@ -348,5 +355,7 @@ class Worker:
             self.metrics.embed_error(m.name, "validation")
 
         plan = core.settle(batch, self.max_attempts)
-        self.writer.submit(m.name, plan, stats, self.chunker.version, Timings(t0, t_chunk, t_embed))
+        self.writer.submit(
+            m.name, plan, stats, chunker.version, m.profile_id, Timings(t0, t_chunk, t_embed)
+        )
         return stats

@@ -10,7 +10,7 @@ chunked and embedded. The contract (tested end to end in ``tests/test_worker.py`
 * ``--drain`` never exits mid-write: the loop calls :meth:`Writer.flush` before it looks at
   the queues.
 
-:meth:`Writer.execute` is the transaction itself (``complete_batch_v1``, ``dead_letter_v1``,
+:meth:`Writer.execute` is the transaction itself (``complete_batch_v2``, ``dead_letter_v1``,
 ``defer_v1``), and the seam where a test injects a write failure.
 """
 
@@ -31,7 +31,7 @@ from pgingest.worker.batch import BatchSizer, BatchStats, Job, WritePlan
 log = logging.getLogger("pgingest.worker")
 
 # What a batch of a model retired under the worker's feet raises (no live model, no queue
-# table, no column): the batch is dropped, the worker goes on.
+# table, no store): the batch is dropped, the worker goes on.
 MODEL_GONE = (
     psycopg.errors.UndefinedObject,
     psycopg.errors.UndefinedTable,
@@ -63,14 +63,22 @@ class Writer:
         return self._conn
 
     def submit(
-        self, model: str, plan: WritePlan, stats: BatchStats, chunker: str, timings: Timings
+        self,
+        model: str,
+        plan: WritePlan,
+        stats: BatchStats,
+        chunker: str,
+        profile_id: int,
+        timings: Timings,
     ) -> None:
         """Hands a batch over once the write in flight has ended; re-raises that write's error
         after the hand-over (this batch is embedded: it is written anyway)."""
         try:
             self.flush()
         finally:
-            self._pending = self._pool.submit(self._write, model, plan, stats, chunker, timings)
+            self._pending = self._pool.submit(
+                self._write, model, plan, stats, chunker, profile_id, timings
+            )
 
     def flush(self) -> None:
         """Waits for the write in flight; re-raises its error in the calling thread."""
@@ -107,11 +115,17 @@ class Writer:
     # -- on the writer thread ------------------------------------------------------------------
 
     def _write(
-        self, model: str, plan: WritePlan, stats: BatchStats, chunker: str, timings: Timings
+        self,
+        model: str,
+        plan: WritePlan,
+        stats: BatchStats,
+        chunker: str,
+        profile_id: int,
+        timings: Timings,
     ) -> BatchStats:
         """The write, then its counters, the batch-size adaptation and the batch log line."""
         t_write = time.perf_counter()
-        self.execute(self.connection(), model, plan, stats, chunker)
+        self.execute(self.connection(), model, plan, stats, chunker, profile_id)
         self._report(model, plan, stats)
         t_done = time.perf_counter()
         self.documents += stats.written
@@ -143,8 +157,10 @@ class Writer:
         plan: WritePlan,
         stats: BatchStats,
         chunker: str,
+        profile_id: int = 1,
     ) -> None:
-        """The plan in one transaction; fills the counters of ``stats``."""
+        """The plan in one transaction; fills the counters of ``stats``. ``chunker`` and
+        ``profile_id``: the chunker version and the chunking profile the batch was cut with."""
         with conn.transaction():
             msg_ids = plan.ack + [i for j in plan.done for i in j.msg_ids]
             if msg_ids or plan.done:
@@ -156,6 +172,7 @@ class Writer:
                     [j.content_hash for j in plan.done],
                     _rows(plan.done),
                     chunker,
+                    profile_id,
                 )
             if plan.dead:
                 d = plan.dead
@@ -201,7 +218,7 @@ class Writer:
 
 
 def _rows(done: list[Job]) -> db.ChunkRows:
-    """The chunks of the jobs with vectors, as the column arrays of ``complete_batch_v1``."""
+    """The chunks of the jobs with vectors, as the column arrays of ``complete_batch_v2``."""
     rows = db.ChunkRows([], [], [], [], [], [], [], [])
     for job in done:
         assert job.vectors is not None
