@@ -554,6 +554,21 @@ def install_plpython(
     )
 
 
+# ---- after the migrations: ANN indexes an upgrade left to rebuild (issue 17) ---------------
+
+
+def rebuild_indexes_after_upgrade(conninfo: str | None) -> list[str]:
+    """The ANN indexes migration 0006 dropped when it moved the vectors to the per-model stores,
+    built ``CONCURRENTLY`` (with progress on stderr) once the install has committed; nothing on
+    other installs. See ``index.rebuild_after_upgrade``."""
+    from pgingest import index  # index imports db; the installer needs neither otherwise
+
+    return [
+        f"pgingest: index {r.index_name} of model {r.model} {r.action} in {r.seconds:.1f} s"
+        for r in index.rebuild_after_upgrade(conninfo)
+    ]
+
+
 # ---- command line (wired into ``pgingest install`` by cli.py) ------------------------------
 
 
@@ -645,6 +660,7 @@ def command(args: argparse.Namespace, out: Callable[[str], Any] = sys.stdout.wri
                 python_path=args.python_path,
                 allow_public_create=args.allow_public_create,
             )
+            lines += rebuild_indexes_after_upgrade(args.database_url)
             done = "pgingest: installed (migrations applied, sql/ and plpython/ re-applied)"
     except InstallError as exc:
         print(f"pgingest install: {exc}", file=sys.stderr)
