@@ -19,6 +19,12 @@ local      ``pgingest serve-model`` (all-MiniLM-L6-v2) pipeline throughput again
            raw encode throughput on the same texts (``local_model.raw_encode_throughput``).
 backfill   binary COPY into a table with a live HNSW index (m=16, ef_construction=64, 768 dims)
            against COPY then CREATE INDEX.
+migration  a second model (same chunking profile) backfilled by ``pgingest worker --drain``
+           while the first is active with its HNSW index, against the first model's own ingest
+           of the same documents in the same run (``migration_ratio``); the first model's store
+           during the backfill (updated rows, new dead tuples: pg_stat_user_tables); the
+           bookkeeping bytes per stored chunk (embedding state, chunk rows, queues, cache) next
+           to the vector bytes per chunk (a store with its indexes).
 
 Prints a table and writes bench-results.json at the checkout's root.
 """
@@ -84,6 +90,7 @@ SIZES = {
         "freshness_s": 20.0,
         "local_chunks": 500,
         "backfill_rows": 3_000,
+        "migration_docs": 5_000,
     },
     "full": {
         "e2e_docs": (10_000, 100_000),
@@ -91,6 +98,7 @@ SIZES = {
         "freshness_s": 30.0,
         "local_chunks": 1_000,
         "backfill_rows": 20_000,
+        "migration_docs": 10_000,
     },
 }
 
@@ -101,6 +109,7 @@ TARGETS = {
     "rss_growth_ratio": ("<=", 1.10),
     "local_model_efficiency": (">=", 0.85),
     "backfill_speedup": (">=", 3.0),
+    "migration_ratio": ("<=", 1.25),
 }
 
 
@@ -657,6 +666,118 @@ def bench_backfill(url: str, n: int) -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------------- migration
+
+
+def _table_counters(conn: psycopg.Connection[Any], table: str) -> dict[str, int]:
+    """Row counters of ``pgingest.<table>`` (and its partitions), fresh from the statistics."""
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    row = conn.execute(
+        "SELECT coalesce(sum(n_tup_ins), 0), coalesce(sum(n_tup_upd), 0),"
+        " coalesce(sum(n_tup_del), 0), coalesce(sum(n_dead_tup), 0) FROM pg_stat_user_tables"
+        " WHERE relid = format('pgingest.%%I', %s::text)::regclass OR relid IN"
+        " (SELECT relid FROM pg_partition_tree(format('pgingest.%%I', %s::text)::regclass))",
+        (table, table),
+    ).fetchone()
+    assert row is not None
+    return dict(zip(("ins", "upd", "del", "dead"), (int(v) for v in row), strict=True))
+
+
+def _settled_counters(conn: psycopg.Connection[Any], table: str, rows: int) -> dict[str, int]:
+    """The counters once the worker backends' statistics (flushed when they exit) count at
+    least ``rows`` inserts into ``table``."""
+    deadline = time.monotonic() + 30
+    while True:
+        c = _table_counters(conn, table)
+        if c["ins"] >= rows or time.monotonic() > deadline:
+            return c
+        time.sleep(0.2)
+
+
+def _relation_bytes(conn: psycopg.Connection[Any], *relations: str) -> int:
+    """pg_total_relation_size of each existing relation (with its partitions), summed."""
+    total = 0
+    for rel in relations:
+        # pg_partition_tree() lists nothing for a table that is not partitioned.
+        row = conn.execute(
+            "SELECT coalesce(pg_total_relation_size(to_regclass(%s)), 0)"
+            " + coalesce((SELECT sum(pg_total_relation_size(t.relid))"
+            "   FROM pg_partition_tree(to_regclass(%s)) AS t WHERE t.level > 0), 0)",
+            (rel, rel),
+        ).fetchone()
+        total += int(row[0]) if row else 0
+    return total
+
+
+def bench_migration(url: str, n_docs: int, workdir: Path) -> dict[str, Any]:
+    from pgingest import index
+
+    with contextlib.ExitStack() as stack:
+        dsn = stack.enter_context(fresh_database(url, "migration"))
+        fake_url, _fake = stack.enter_context(fake_server())
+        conn = stack.enter_context(_connect(dsn))
+        _warm_up_wal(conn)
+        set_chunk_profile(conn, include_title=False, **CHUNK_PROFILE)
+        register_model(conn, "v1", FAKE_MODEL, FAKE_DIMS, fake_url, index_method="hnsw")
+        copy_documents(conn, synthetic_docs(n_docs))
+        log(f"migration: {n_docs} documents; v1 ingest (worker --drain)")
+        v1 = run_worker_drain(dsn, workdir / "worker-migration-v1.log", 3600.0).result
+        if embedded_count(conn, "v1") != n_docs:
+            raise BenchError("migration: v1 did not embed every document")
+        row = conn.execute("SELECT count(*) FROM pgingest.store_v1").fetchone()
+        chunks = int(row[0]) if row else 0
+        t0 = time.perf_counter()
+        index.build_index(dsn, "v1", progress=False, maintenance_work_mem="512MB")
+        v1_index_s = time.perf_counter() - t0
+        before = _settled_counters(conn, "store_v1", chunks)
+
+        register_model(conn, "v2", FAKE_MODEL, FAKE_DIMS, fake_url, index_method="hnsw")
+        log("migration: v2 backfill while v1 is active with its HNSW index")
+        v2 = run_worker_drain(dsn, workdir / "worker-migration-v2.log", 3600.0).result
+        if embedded_count(conn, "v2") != n_docs:
+            raise BenchError("migration: v2 did not embed every document")
+        _settled_counters(conn, "store_v2", chunks)
+        after = _table_counters(conn, "store_v1")
+
+        bookkeeping = {
+            "state": _relation_bytes(conn, "pgingest.embedding_state"),
+            "chunks": _relation_bytes(conn, "pgingest.chunks"),
+            "queue": _relation_bytes(
+                conn,
+                "pgmq.q_pgingest_v1",
+                "pgmq.a_pgingest_v1",
+                "pgmq.q_pgingest_v2",
+                "pgmq.a_pgingest_v2",
+            ),
+            "cache": _relation_bytes(conn, "pgingest.embedding_cache"),
+        }
+        store_v1 = _relation_bytes(conn, "pgingest.store_v1")
+        store_v2 = _relation_bytes(conn, "pgingest.store_v2")
+    models = 2
+    return {
+        "documents": n_docs,
+        "chunks": chunks,
+        "v1_ingest_s": round(v1.wall_s, 3),
+        "v1_index_s": round(v1_index_s, 3),
+        "v2_backfill_s": round(v2.wall_s, 3),
+        "migration_ratio": ratio(v2.wall_s, v1.wall_s),
+        "v1_store_updated_rows": after["upd"] - before["upd"],
+        "v1_store_new_dead_tuples": max(0, after["dead"] - before["dead"]),
+        "v1_store_deleted_rows": after["del"] - before["del"],
+        "v1_store_inserted_rows": after["ins"] - before["ins"],
+        "bookkeeping_bytes": bookkeeping,
+        # Per stored chunk: the rows every model shares (state per model, queues, cache included)
+        # against the vectors of one model (its store with its HNSW index).
+        "bookkeeping_bytes_per_chunk": round(sum(bookkeeping.values()) / max(chunks, 1), 1),
+        "bookkeeping_bytes_per_chunk_by_part": {
+            k: round(v / max(chunks, 1), 1) for k, v in bookkeeping.items()
+        },
+        "vector_bytes_per_chunk": round(store_v1 / max(chunks, 1), 1),
+        "vector_bytes_per_chunk_all_models": round((store_v1 + store_v2) / max(chunks, 1), 1),
+        "models": models,
+    }
+
+
 def _connect_plain(dsn: str) -> psycopg.Connection[Any]:
     return psycopg.connect(dsn, autocommit=True, application_name="pgingest-bench")
 
@@ -793,6 +914,28 @@ def report(results: dict[str, Any]) -> None:
             f"  backfill_speedup = {b['backfill_speedup']:.2f}  "
             f"{_verdict('backfill_speedup', b['backfill_speedup'])}"
         )
+    mg = results.get("migration")
+    if mg:
+        add(
+            f"migration, {mg['documents']:,} documents ({mg['chunks']:,} chunks), two 768-dim models:"
+        )
+        add(
+            f"  v1 ingest {mg['v1_ingest_s']} s (then its HNSW index {mg['v1_index_s']} s);"
+            f" v2 backfill while v1 is active {mg['v2_backfill_s']} s"
+        )
+        add(
+            f"  migration_ratio = {mg['migration_ratio']:.2f}  "
+            f"{_verdict('migration_ratio', mg['migration_ratio'])}"
+        )
+        add(
+            f"  v1's store during v2's backfill: {mg['v1_store_updated_rows']} updated rows,"
+            f" {mg['v1_store_new_dead_tuples']} new dead tuples (target 0, 0)"
+        )
+        add(
+            f"  bookkeeping {mg['bookkeeping_bytes_per_chunk']:.0f} bytes/chunk"
+            f" {mg['bookkeeping_bytes_per_chunk_by_part']}; vectors"
+            f" {mg['vector_bytes_per_chunk']:.0f} bytes/chunk per model (store + HNSW)"
+        )
     add("=" * 100)
     print("\n".join(lines), flush=True)
 
@@ -826,10 +969,17 @@ def flatten(results: dict[str, Any]) -> dict[str, Any]:
         out["local_model_cpu_efficiency"] = results["local"]["local_model_cpu_efficiency"]
     if "backfill" in results:
         out["backfill_speedup"] = results["backfill"]["backfill_speedup"]
+    if "migration" in results:
+        mg = results["migration"]
+        out["migration_ratio"] = mg["migration_ratio"]
+        out["migration_v1_store_updated_rows"] = mg["v1_store_updated_rows"]
+        out["migration_v1_store_new_dead_tuples"] = mg["v1_store_new_dead_tuples"]
+        out["bookkeeping_bytes_per_chunk"] = mg["bookkeeping_bytes_per_chunk"]
+        out["vector_bytes_per_chunk"] = mg["vector_bytes_per_chunk"]
     return out
 
 
-BENCHES = ("e2e", "capture", "freshness", "local", "backfill")
+BENCHES = ("e2e", "capture", "freshness", "local", "backfill", "migration")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -871,6 +1021,7 @@ def main(argv: list[str] | None = None) -> int:
         "freshness": lambda: bench_freshness(url, size["freshness_s"], workdir),
         "local": lambda: bench_local(url, size["local_chunks"], workdir),
         "backfill": lambda: bench_backfill(url, size["backfill_rows"]),
+        "migration": lambda: bench_migration(url, size["migration_docs"], workdir),
     }
     failures: dict[str, str] = {}
     for name in BENCHES:
