@@ -80,8 +80,8 @@ class Embedder:
             return True
         try:
             provider = self.provider(m)
-        except providers.ModelUnavailable as exc:  # a registered URL the client refuses
-            self._pause(m, exc)
+        except providers.ModelUnavailable as refused:  # a registered URL the client refuses
+            self._pause(m, refused)
             return False
         per_request = request_size(len(send), self.s.request_max_inputs, self.s.in_flight)
         plans = providers.plan_requests(
