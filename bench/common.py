@@ -519,7 +519,7 @@ def proc_cpu_s(pid: int) -> float:
 
 
 # The backends of a pgingest worker: its claiming connection and its writer's.
-WORKER_APPLICATIONS = ("pgingest-worker", "pgingest-writer")
+WORKER_APPLICATIONS = ("pgingest-worker", "pgingest-writer", "pgingest-claims")
 
 
 class BackendCpu:

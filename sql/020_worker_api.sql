@@ -450,6 +450,36 @@ $$;
 COMMENT ON FUNCTION pgingest.release_v1(text, bigint[], integer) IS
 'Worker: makes claimed messages visible again after p_delay_seconds (shutdown, paused model).';
 
+CREATE OR REPLACE FUNCTION pgingest.extend_claims_v1(
+    p_model text, p_msg_ids bigint[], p_read_cts integer[], p_vt_seconds integer
+)
+RETURNS integer
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_m pgingest.models := pgingest._model(p_model);
+    v_n integer;
+BEGIN
+    -- Only the claims this worker still holds: a message read again by another worker since
+    -- (its read_ct moved on) is that worker's now.
+    EXECUTE format(
+        'UPDATE pgmq.%I AS q SET vt = clock_timestamp() + make_interval(secs => $3)'
+        ' FROM unnest($1, $2) AS c (msg_id, read_ct)'
+        ' WHERE q.msg_id = c.msg_id AND q.read_ct = c.read_ct',
+        'q_' || v_m.queue_name
+    ) USING p_msg_ids, p_read_cts, greatest(p_vt_seconds, 1);
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    RETURN v_n;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.extend_claims_v1(text, bigint[], integer[], integer) IS
+'Worker: keeps the messages it is still embedding or writing invisible for p_vt_seconds more '
+'(those whose read_ct is still the one it read); returns how many it extended.';
+
 CREATE OR REPLACE FUNCTION pgingest.pause_model(p_model text, p_reason text)
 RETURNS void
 LANGUAGE plpgsql

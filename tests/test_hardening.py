@@ -5,13 +5,15 @@ Each test fails on 37f1ecc and passes since the fix; docs/reliability.md lists t
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import psycopg
 
 from pgingest import db, worker
 from pgingest.testing.fake_provider import FakeEmbeddingServer
-from tests.helpers import drain, insert_corpus, register, settings
+from tests.helpers import drain, insert_corpus, register, settings, wait_for
 
 
 def test_a_late_dead_letter_never_undoes_a_version_another_worker_embedded(
@@ -76,3 +78,38 @@ def test_a_registered_url_the_client_refuses_pauses_the_model_not_the_worker(
     assert paused is True
     assert "s3cret" not in reason and "credentials" in reason
     assert fake.stats()["requests"] == 0
+
+
+def test_a_batch_slower_than_the_visibility_timeout_keeps_its_claims(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    """Issue 18, item 7. The provider takes 3 s per request against a 1 s visibility timeout:
+    the worker extends its claims while it embeds, so another reader finds nothing to claim,
+    every message is read once, and nothing is dead-lettered."""
+    register(conn, "v1", fake.url)
+    insert_corpus(conn, 4)
+    fake.configure(latency_ms=3000)
+    (queue,) = conn.execute("SELECT queue_name FROM pgingest.models WHERE name = 'v1'").fetchone()
+    w = worker.Worker(settings(dsn, visibility_timeout=1, batch_size=10, max_batch_size=10))
+    runner = threading.Thread(target=w.run)
+    runner.start()
+    try:
+        wait_for(  # the worker has claimed the batch
+            lambda: (
+                conn.execute(
+                    f"SELECT count(*) FROM pgmq.q_{queue} WHERE read_ct > 0"  # noqa: S608
+                ).fetchone()
+                == (4,)
+            )
+        )
+        stolen: list[Any] = []
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:  # another worker polling the queue
+            stolen += conn.execute("SELECT msg_id FROM pgmq.read(%s, 30, 10)", (queue,)).fetchall()
+            time.sleep(0.2)
+    finally:
+        runner.join(timeout=60)
+    assert stolen == []
+    assert w.claims.extended > 0
+    assert conn.execute("SELECT count(*) FROM pgingest.embedding_state").fetchone() == (4,)
+    assert conn.execute("SELECT count(*) FROM pgingest.dead_letters").fetchone() == (0,)

@@ -306,6 +306,23 @@ def release(conn: psycopg.Connection[Any], model: str, msg_ids: Sequence[int], d
     return int(row[0])
 
 
+def extend_claims(
+    conn: psycopg.Connection[Any],
+    model: str,
+    msg_ids: Sequence[int],
+    read_cts: Sequence[int],
+    vt: int,
+) -> int:
+    """Keeps claimed messages invisible ``vt`` seconds more (only those still read as
+    ``read_ct``); returns how many were extended."""
+    row = conn.execute(
+        "SELECT pgingest.extend_claims_v1(%s, %s::bigint[], %s::integer[], %s)",
+        (model, list(msg_ids), list(read_cts), vt),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def pause_model(conn: psycopg.Connection[Any], model: str, reason: str) -> None:
     conn.execute("SELECT pgingest.pause_model(%s, %s)", (model, reason))
 

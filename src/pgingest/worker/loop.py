@@ -11,6 +11,7 @@ paused models and periodic maintenance.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -26,6 +27,7 @@ from pgingest import __version__, chunking, db, providers
 from pgingest.metrics import Metrics
 from pgingest.settings import WorkerSettings
 from pgingest.worker import batch as core
+from pgingest.worker.claims import ClaimKeeper
 from pgingest.worker.embedding import Embedder
 from pgingest.worker.heartbeat import Heartbeat, WorkerSnapshot
 from pgingest.worker.inputs import Inputs
@@ -57,6 +59,7 @@ class Worker:
         )
         self.embedder = Embedder(settings, self.metrics, self._pause)
         self.writer = writer_factory(settings, self.metrics, self.sizer)
+        self.claims = ClaimKeeper(settings.conninfo, settings.visibility_timeout)
         self._last_probe: dict[str, float] = {}
         self._last_maintenance = time.monotonic()
         self._conn: psycopg.Connection[Any] | None = None
@@ -152,6 +155,7 @@ class Worker:
         log.info("worker started", extra={"pid": os.getpid(), "version": __version__})
         if self.heartbeat is not None:
             self.heartbeat.start()
+        self.claims.start()
         failures = 0
         code = 0
         try:
@@ -196,6 +200,7 @@ class Worker:
                 self.heartbeat.stop()
             self.writer.settle()
             self.writer.shutdown()
+            self.claims.stop()
             self.embedder.shutdown()
             self._reset_connections()
             log.info("worker stopped")
@@ -330,8 +335,23 @@ class Worker:
         stats.read = self.in_flight = len(msgs)
         if not msgs:
             return stats
-        t0 = time.perf_counter()
+        # Claimed until written: extended while the batch is embedded (worker/claims.py).
+        self.claims.hold(m.name, msgs)
+        ids = [msg.msg_id for msg in msgs]
+        try:
+            return self._embed_and_submit(m, conn, msgs, stats)
+        except BaseException:
+            self.claims.drop(m.name, ids)  # not handed to the writer: the claims expire
+            raise
 
+    def _embed_and_submit(
+        self,
+        m: db.Model,
+        conn: psycopg.Connection[Any],
+        msgs: list[db.Message],
+        stats: core.BatchStats,
+    ) -> core.BatchStats:
+        t0 = time.perf_counter()
         batch = core.triage(msgs, self.max_attempts)
         chunker = self.chunker(m)
         core.chunk(batch, chunker)
@@ -346,6 +366,7 @@ class Worker:
             self.metrics.cache(m.name, inputs.hits, len(inputs.unseen()))
             if not self.embedder.embed(m, inputs):  # paused: the batch waits for a probe
                 ids = batch.msg_ids()
+                self.claims.drop(m.name, [msg.msg_id for msg in msgs])
                 db.release(conn, m.name, ids, int(self.s.probe_interval))
                 stats.released = len(ids)
                 return stats
@@ -356,6 +377,12 @@ class Worker:
 
         plan = core.settle(batch, self.max_attempts)
         self.writer.submit(
-            m.name, plan, stats, chunker.version, m.profile_id, Timings(t0, t_chunk, t_embed)
+            m.name,
+            plan,
+            stats,
+            chunker.version,
+            m.profile_id,
+            Timings(t0, t_chunk, t_embed),
+            done=functools.partial(self.claims.drop, m.name, [msg.msg_id for msg in msgs]),
         )
         return stats

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple
 
@@ -70,14 +71,16 @@ class Writer:
         chunker: str,
         profile_id: int,
         timings: Timings,
+        done: Callable[[], None] | None = None,
     ) -> None:
         """Hands a batch over once the write in flight has ended; re-raises that write's error
-        after the hand-over (this batch is embedded: it is written anyway)."""
+        after the hand-over (this batch is embedded: it is written anyway). ``done`` runs on
+        the writer thread when this batch's write has ended, whatever its outcome."""
         try:
             self.flush()
         finally:
             self._pending = self._pool.submit(
-                self._write, model, plan, stats, chunker, profile_id, timings
+                self._write, model, plan, stats, chunker, profile_id, timings, done
             )
 
     def flush(self) -> None:
@@ -122,10 +125,15 @@ class Writer:
         chunker: str,
         profile_id: int,
         timings: Timings,
+        done: Callable[[], None] | None = None,
     ) -> BatchStats:
         """The write, then its counters, the batch-size adaptation and the batch log line."""
         t_write = time.perf_counter()
-        self.execute(self.connection(), model, plan, stats, chunker, profile_id)
+        try:
+            self.execute(self.connection(), model, plan, stats, chunker, profile_id)
+        finally:
+            if done is not None:
+                done()
         self._report(model, plan, stats)
         t_done = time.perf_counter()
         self.documents += stats.written
