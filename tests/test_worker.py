@@ -84,9 +84,10 @@ def test_duplicate_and_replayed_messages_leave_one_set_of_chunks(
         settings(dsn, visibility_timeout=1, batch_size=10),
         writer_factory=failing_once(RuntimeError("simulated crash between embedding and commit")),
     )
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        w.run()
-    time.sleep(1.2)  # the claimed messages come back after the visibility timeout
+    # The failed batch fails alone (issue 18, item 2): its messages come back after the
+    # visibility timeout and the same --drain run writes them.
+    assert w.run() == 0
+    assert w.writer.failures == 1
     drain(dsn)
     assert_exactly_predicted(conn)
     dup = conn.execute(

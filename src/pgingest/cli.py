@@ -176,7 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.request_max_tokens,
         help="estimated tokens per embedding request (default %(default)s; OpenAI: 300,000)",
     )
-    p.add_argument("--drain", action="store_true", help="exit once the queues are empty")
+    p.add_argument(
+        "--drain",
+        action="store_true",
+        help="exit once the queues are empty (0; 3: paused models still hold work; 4: write-backs"
+        " kept failing, their messages still queued)",
+    )
     p.add_argument(
         "--poll-interval",
         type=float,

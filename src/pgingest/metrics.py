@@ -70,6 +70,12 @@ class Metrics:
         self._dead = meter.create_counter(
             "pgingest.dead_letters", unit="{document}", description="Documents dead-lettered"
         )
+        self._failed_batches = meter.create_counter(
+            "pgingest.batch.failures",
+            unit="{batch}",
+            description="Batches whose write-back (or another write of the worker) failed with an "
+            "unexpected error, by error.type; their messages come back after the visibility timeout",
+        )
         self._commit = meter.create_histogram(
             "pgingest.batch.commit.duration",
             unit="s",
@@ -172,6 +178,9 @@ class Metrics:
 
     def dead_letter(self, model: str, error_class: str) -> None:
         self._dead.add(1, {"model": model, "error.type": error_class})
+
+    def batch_failed(self, model: str, error_type: str) -> None:
+        self._failed_batches.add(1, {"model": model, "error.type": error_type})
 
     def batch(self, model: str, commit_seconds: float, messages: int) -> None:
         self._commit.record(commit_seconds, {"model": model})

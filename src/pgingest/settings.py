@@ -24,6 +24,8 @@ class WorkerSettings:
     request_max_inputs: int = 256
     request_max_tokens: int = 100_000
     drain: bool = False
+    # --drain exits 4 (messages still queued) once this many write-backs in a row failed
+    drain_max_write_failures: int = 3
     poll_interval: float = 5.0
     probe_interval: float = 30.0
     http_timeout: float = 30.0

@@ -31,7 +31,7 @@ from pgingest.worker.claims import ClaimKeeper
 from pgingest.worker.embedding import Embedder
 from pgingest.worker.heartbeat import Heartbeat, WorkerSnapshot
 from pgingest.worker.inputs import Inputs
-from pgingest.worker.writer import MODEL_GONE, Timings, Writer
+from pgingest.worker.writer import MODEL_GONE, Timings, Writer, error_text, passes_through
 
 log = logging.getLogger("pgingest.worker")
 
@@ -68,6 +68,8 @@ class Worker:
         self._chunkers: dict[int, chunking.ChunkerConfig] = {}  # by chunking profile id
         self.hostname = socket.gethostname()
         self.in_flight = 0
+        self.failed_batches = 0  # failed on the main thread (the writer counts its own)
+        self.consecutive_failed = 0
         self._last_batch_end: float | None = None
         self.heartbeat = (
             Heartbeat(
@@ -189,6 +191,9 @@ class Worker:
                         self._reset_connections()
                     self.stopping.wait(delay)
                     continue
+                if self.s.drain and self._write_kept_failing():
+                    code = 4
+                    break
                 if worked:
                     continue
                 if self.s.drain and not pending:
@@ -205,6 +210,18 @@ class Worker:
             self._reset_connections()
             log.info("worker stopped")
         return code
+
+    def _write_kept_failing(self) -> bool:
+        """--drain: True once ``drain_max_write_failures`` batches in a row failed (exit 4, their
+        messages still queued) rather than retrying the same failing batch forever."""
+        limit = max(1, self.s.drain_max_write_failures)
+        kept = max(self.writer.consecutive_failures, self.consecutive_failed) >= limit
+        if kept:
+            log.error(
+                "write-backs kept failing; exiting --drain with their messages still queued",
+                extra={"failures": limit},
+            )
+        return kept
 
     def _drained_exit_code(self) -> int:
         """--drain: 0 when every queue is empty; 3 when paused models still hold queued work."""
@@ -282,12 +299,38 @@ class Worker:
                     extra={"model": m.name, "error": str(exc).splitlines()[0][:200]},
                 )
                 continue
+            except Exception as exc:
+                if passes_through(exc):
+                    raise
+                # One of the main thread's own writes for this batch (a pause, a release) or
+                # a bug on its way failed: that batch fails, not the worker. Its claims are
+                # dropped (process_batch): the messages come back after the visibility timeout.
+                self._batch_failed(m, exc)
+                pending = True
+                continue
+            if stats.read:
+                self.consecutive_failed = 0
             worked += stats.read
             if busy:
                 pending = True
         if not worked:
             self.writer.flush()  # --drain must not exit, nor the queue look empty, mid-write
         return worked, pending
+
+    def _batch_failed(self, m: db.Model, exc: Exception) -> None:
+        self.failed_batches += 1
+        self.consecutive_failed += 1
+        self.metrics.batch_failed(m.name, type(exc).__name__)
+        log.error(
+            "batch failed; its messages come back after the visibility timeout",
+            extra={"model": m.name, "error_class": type(exc).__name__, "error": error_text(exc)},
+        )
+        if self._conn is not None and not self._conn.closed:
+            try:
+                self._conn.rollback()  # autocommit: a no-op unless something left one open
+            except Exception:
+                log.debug("rollback failed", exc_info=True)
+                self._reset_connections()
 
     # -- paused models ---------------------------------------------------------------------------
 

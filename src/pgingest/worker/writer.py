@@ -4,9 +4,12 @@ Pipelining: batch k is written on this side's own connection and thread while ba
 chunked and embedded. The contract (tested end to end in ``tests/test_worker.py``):
 
 * one write in flight: :meth:`Writer.submit` waits for the previous write (backpressure);
-* a failed write does not drop the next, already embedded batch: its error is raised by
-  ``submit`` after the next batch has been handed over, so only the failed batch's messages
-  wait for their visibility timeout;
+* a failed write does not drop the next, already embedded batch: only the failed batch's
+  messages wait for their visibility timeout. A lost connection or a cancelled statement
+  (``RETRIED``) is raised by ``submit`` after the next batch has been handed over (the loop
+  reconnects or retries); any other error (``DataError``, ``UnicodeEncodeError``, a value out of
+  range, a bug) fails that batch only: logged with the model and the message ids, counted
+  (``pgingest.batch.failures``), the connection reset, the worker goes on;
 * ``--drain`` never exits mid-write: the loop calls :meth:`Writer.flush` before it looks at
   the queues.
 
@@ -24,7 +27,7 @@ from typing import Any, NamedTuple
 
 import psycopg
 
-from pgingest import db
+from pgingest import db, providers
 from pgingest.metrics import Metrics
 from pgingest.settings import WorkerSettings
 from pgingest.worker.batch import BatchSizer, BatchStats, Job, WritePlan
@@ -38,6 +41,22 @@ MODEL_GONE = (
     psycopg.errors.UndefinedTable,
     psycopg.errors.UndefinedColumn,
 )
+
+# What the worker loop handles itself: a lost connection, a restart or failover, a cancelled
+# statement (statement or lock timeout): reconnect or retry.
+RETRIED = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
+
+
+def passes_through(exc: BaseException) -> bool:
+    """True for what is not one batch's failure: the loop's reconnect path, a retired model,
+    or not an ``Exception`` at all (KeyboardInterrupt, SystemExit)."""
+    return isinstance(exc, RETRIED + MODEL_GONE) or not isinstance(exc, Exception)
+
+
+def error_text(exc: BaseException) -> str:
+    """An exception's type and first line, safe to log whatever it holds (NUL, surrogates)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return providers.clean_text(f"{type(exc).__name__}: {first}")[:300]
 
 
 class Timings(NamedTuple):
@@ -57,6 +76,8 @@ class Writer:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgingest-writer")
         self._pending: Future[BatchStats] | None = None
         self._conn: psycopg.Connection[Any] | None = None
+        self.failures = 0  # write-backs failed with an unexpected error since the start
+        self.consecutive_failures = 0  # since the last write-back that succeeded
 
     def connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
@@ -131,9 +152,17 @@ class Writer:
         t_write = time.perf_counter()
         try:
             self.execute(self.connection(), model, plan, stats, chunker, profile_id)
+        except Exception as exc:
+            if passes_through(exc):
+                raise
+            # This batch's failure, not the worker's: nothing of it was committed, its messages
+            # come back after their visibility timeout (``done`` stops extending the claims).
+            self._failed(model, plan, exc)
+            return stats
         finally:
             if done is not None:
                 done()
+        self.consecutive_failures = 0
         self._report(model, plan, stats)
         t_done = time.perf_counter()
         self.documents += stats.written
@@ -201,6 +230,33 @@ class Writer:
                     db.defer(conn, model, deferral.msg_ids, deferral.messages, deferral.delay)
                     stats.deferred += len(deferral.msg_ids)
 
+    def _failed(self, model: str, plan: WritePlan, exc: Exception) -> None:
+        self.failures += 1
+        self.consecutive_failures += 1
+        self.metrics.batch_failed(model, type(exc).__name__)
+        log.error(
+            "write-back failed; the batch's messages come back after the visibility timeout",
+            extra={
+                "model": model,
+                "msg_ids": ",".join(str(i) for i in plan_msg_ids(plan)),
+                "error_class": type(exc).__name__,
+                "error": error_text(exc),
+                "consecutive_failures": self.consecutive_failures,
+            },
+        )
+        self.reset()
+
+    def reset(self) -> None:
+        """Rolls back whatever the failed write left open by closing the connection; the next
+        write opens a new one."""
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            try:
+                conn.rollback()
+            except Exception:  # a connection in an unknown state: closed below anyway
+                log.debug("rollback failed", exc_info=True)
+        self.close()
+
     def _report(self, model: str, plan: WritePlan, stats: BatchStats) -> None:
         self.metrics.documents(model, "embedded", stats.written)
         self.metrics.documents(model, "stale", stats.stale + len(plan.ack))
@@ -223,6 +279,17 @@ class Writer:
                     "error": job.failure.message[:300],
                 },
             )
+
+
+def plan_msg_ids(plan: WritePlan) -> list[int]:
+    """Every message a write plan touches."""
+    ids = list(plan.ack)
+    ids += [i for j in plan.done for i in j.msg_ids]
+    ids += [r.msg_id for r in plan.dead]
+    for deferral in (plan.rate_limited, plan.transient):
+        if deferral is not None:
+            ids += deferral.msg_ids
+    return sorted(set(ids))
 
 
 def _rows(done: list[Job]) -> db.ChunkRows:

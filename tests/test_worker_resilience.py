@@ -1,0 +1,182 @@
+"""The worker survives what one batch or one stuck call can do to it (issue 18, items 2 and 10).
+
+Item 2: an unexpected error in a write-back (a ``DataError``, a ``UnicodeEncodeError``, a value
+out of range, a bug) fails that batch, not the process: its messages come back after their
+visibility timeout. Item 10: the worker's connections carry timeouts and keepalives, and the
+heartbeat reports main-loop progress so that ``pgingest status`` flags a stuck loop.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import psycopg
+import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from pgingest import worker
+from pgingest.metrics import Metrics
+from pgingest.testing.fake_provider import FakeEmbeddingServer
+from pgingest.worker.writer import Writer
+from tests.helpers import insert_corpus, queue_count, register, settings, wait_for
+
+
+def failing_writer(exc: BaseException, times: int | None) -> type[Writer]:
+    """A writer whose first ``times`` write-backs (all when None) raise ``exc``."""
+
+    class Failing(Writer):
+        calls = 0
+
+        def execute(self, *a: Any, **kw: Any) -> None:
+            type(self).calls += 1
+            if times is None or type(self).calls <= times:
+                raise exc
+            super().execute(*a, **kw)
+
+    return Failing
+
+
+def failures_counted(reader: InMemoryMetricReader) -> dict[str, int]:
+    """``pgingest.batch.failures`` by error.type."""
+    out: dict[str, int] = {}
+    data = reader.get_metrics_data()
+    for rm in data.resource_metrics if data else ():
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name == "pgingest.batch.failures":
+                    for p in metric.data.data_points:
+                        key = str(p.attributes.get("error.type"))
+                        out[key] = out.get(key, 0) + int(p.value)
+    return out
+
+
+def embedded(conn: psycopg.Connection[Any], model: str = "v1") -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM pgingest.embedding_state WHERE model = %s", (model,)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def in_thread(w: worker.Worker) -> tuple[threading.Thread, list[int]]:
+    codes: list[int] = []
+    t = threading.Thread(target=lambda: codes.append(w.run()), daemon=True)
+    t.start()
+    return t, codes
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        psycopg.errors.DataError('invalid byte sequence for encoding "UTF8": 0x00'),
+        psycopg.errors.NumericValueOutOfRange("value out of range for type halfvec"),
+        UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"),
+    ],
+    ids=["DataError", "NumericValueOutOfRange", "UnicodeEncodeError"],
+)
+def test_a_write_back_failing_once_fails_that_batch_not_the_worker(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    exc: BaseException,
+    worker_log: pytest.LogCaptureFixture,
+) -> None:
+    register(conn, "v1", fake.url)
+    insert_corpus(conn, 30)
+    reader = InMemoryMetricReader()
+    w = worker.Worker(
+        settings(dsn, drain=False, batch_size=10, max_batch_size=10, visibility_timeout=1),
+        Metrics([reader]),
+        writer_factory=failing_writer(exc, 1),
+    )
+    t, codes = in_thread(w)
+    try:
+        wait_for(lambda: embedded(conn) == 30, timeout=60)
+        assert t.is_alive() and not codes  # the worker never exited
+    finally:
+        w.stopping.set()
+        t.join(30)
+    assert not t.is_alive()
+    assert w.writer.failures == 1
+    assert queue_count(conn, "v1") == 0
+    assert conn.execute("SELECT count(*) FROM pgingest.dead_letters").fetchone() == (0,)
+    # Logged with the model and the message ids; the error text cleaned (no NUL, no surrogate).
+    failed = [r for r in worker_log.records if r.getMessage().startswith("write-back failed")]
+    assert failed and len({r.created for r in failed}) == 1  # one failure (caplog may see it twice)
+    rec: Any = failed[0]
+    assert rec.model == "v1" and rec.msg_ids and rec.error_class == type(exc).__name__
+    assert "\x00" not in rec.error and "\ud800" not in rec.error
+    rec.error.encode("ascii")
+    assert failures_counted(reader) == {type(exc).__name__: 1}
+
+
+def test_a_write_back_that_always_fails_loses_nothing_and_stops_no_worker(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    register(conn, "v1", fake.url)
+    insert_corpus(conn, 10)
+    w = worker.Worker(
+        settings(dsn, drain=False, batch_size=10, visibility_timeout=1),
+        writer_factory=failing_writer(psycopg.errors.DataError("always"), None),
+    )
+    t, codes = in_thread(w)
+    try:
+        wait_for(lambda: w.writer.failures >= 3, timeout=60)
+        assert t.is_alive() and not codes
+    finally:
+        w.stopping.set()
+        t.join(30)
+    assert not t.is_alive()
+    assert embedded(conn) == 0
+    assert queue_count(conn, "v1") == 10  # every message of the batch is still queued
+    assert w.claims.held() == {}  # nothing kept claimed: they come back after the timeout
+
+
+def test_drain_exits_4_when_write_backs_keep_failing(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    register(conn, "v1", fake.url)
+    insert_corpus(conn, 10)
+    w = worker.Worker(
+        settings(dsn, drain=True, batch_size=10, visibility_timeout=1, drain_max_write_failures=2),
+        writer_factory=failing_writer(psycopg.errors.DataError("always"), None),
+    )
+    t, codes = in_thread(w)
+    t.join(60)
+    assert not t.is_alive()
+    assert codes == [4]
+    assert w.writer.failures == 2
+    assert queue_count(conn, "v1") == 10
+    assert embedded(conn) == 0
+
+
+def test_a_main_thread_write_failing_fails_the_batch_not_the_worker(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A release or pause written by the main thread that fails with a DataError."""
+    register(conn, "v1", fake.url)
+    insert_corpus(conn, 10)
+    calls: list[int] = []
+    real = worker.loop.db.cached_vectors
+
+    def broken_once(*a: Any, **kw: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise psycopg.errors.DataError("simulated: a main-thread statement refused its data")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(worker.loop.db, "cached_vectors", broken_once)
+    w = worker.Worker(settings(dsn, drain=False, batch_size=10, visibility_timeout=1))
+    t, codes = in_thread(w)
+    try:
+        wait_for(lambda: embedded(conn) == 10, timeout=60)
+        assert t.is_alive() and not codes
+    finally:
+        w.stopping.set()
+        t.join(30)
+    assert w.failed_batches == 1
+    assert w.claims.held() == {}
+    assert queue_count(conn, "v1") == 0
