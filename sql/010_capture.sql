@@ -159,6 +159,23 @@ $$;
 COMMENT ON FUNCTION pgingest._touch_updated_at() IS
 'Row-level BEFORE UPDATE trigger: maintains documents.updated_at.';
 
+CREATE OR REPLACE FUNCTION pgingest._refuse_id_change()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    RAISE EXCEPTION 'pgingest: the id of a document cannot change (document %)', OLD.id
+        USING ERRCODE = 'feature_not_supported',
+              DETAIL = 'Its chunks, vectors and embedding state are keyed by id; a new id would orphan them.',
+              HINT = 'Delete the document and insert it again (it is then embedded again), or change its key.';
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._refuse_id_change() IS
+'Row-level BEFORE UPDATE OF id trigger on pgingest.documents (fires only when the id really changes): '
+'refuses it with 0A000, since chunks, stores and embedding state are keyed by the id.';
+
 CREATE OR REPLACE TRIGGER documents_capture_insert
 AFTER INSERT ON pgingest.documents
 REFERENCING NEW TABLE AS new_rows
@@ -181,3 +198,11 @@ FOR EACH STATEMENT EXECUTE FUNCTION pgingest._capture_truncate();
 CREATE OR REPLACE TRIGGER documents_touch_updated_at
 BEFORE UPDATE ON pgingest.documents
 FOR EACH ROW EXECUTE FUNCTION pgingest._touch_updated_at();
+
+-- Only statements that name id in their SET list fire it, and only rows whose id changes call it:
+-- an application's UPDATE of title, body or metadata pays nothing.
+CREATE OR REPLACE TRIGGER documents_id_immutable
+BEFORE UPDATE OF id ON pgingest.documents
+FOR EACH ROW
+WHEN (new.id IS DISTINCT FROM old.id)
+EXECUTE FUNCTION pgingest._refuse_id_change();
