@@ -272,9 +272,67 @@ COMMENT ON FUNCTION pgingest._create_store(pgingest.models) IS
 'type), primary key (doc_id, ordinal), an index on chunk_hash (the embedding cache), hash-partitioned like '
 'pgingest.chunks. No foreign key to the chunks: a write for one model never cascades into another''s store.';
 
+CREATE OR REPLACE FUNCTION pgingest._check_base_url(p_url text, p_allow_insecure_http boolean)
+RETURNS text
+LANGUAGE plpgsql
+IMMUTABLE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    -- The rules of the constraints models_base_url_loopback_or_https and models_base_url_no_secrets
+    -- (migrations/0008_base_url_rules.sql), one error each. The URL is never echoed: it may hold a key.
+    v_host text := substring(p_url FROM '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#]*@)?([^/?#:]*|\[[^]]*\])');
+BEGIN
+    IF p_url IS NULL OR p_url !~ '^https?://[^/?#]' THEN
+        RAISE EXCEPTION 'pgingest: base_url must start with https:// (or http:// to a loopback host) and name a host'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'An OpenAI-compatible base URL such as https://api.openai.com/v1.';
+    END IF;
+    IF p_url ~ '^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@' THEN
+        RAISE EXCEPTION 'pgingest: base_url must not carry credentials (user:password@host)'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Give the API key with api_key_env (an environment variable of the workers).';
+    END IF;
+    IF p_url ~* '\?([^#]*[&;])?([a-z0-9_.-]*(key|token|secret|password|passwd|signature|credential)s?|sig|auth|pwd|pass)([=&;#]|$)'
+    THEN
+        RAISE EXCEPTION 'pgingest: base_url must not carry a key-like query parameter (api-key, key, token, secret, ...)'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Give the API key with api_key_env (an environment variable of the workers).';
+    END IF;
+    IF strpos(p_url, '#') > 0 THEN
+        RAISE EXCEPTION 'pgingest: base_url must not have a fragment (#...)'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_url ~ '[[:cntrl:][:space:]\\]' THEN
+        RAISE EXCEPTION 'pgingest: base_url must not hold spaces, control characters or backslashes'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_url ~ '^http://' AND NOT coalesce(p_allow_insecure_http, FALSE)
+       AND p_url
+       !~* '^http://(localhost|127(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|\[::1\])(:[0-9]{1,5})?([/?]|$)'
+    THEN
+        RAISE EXCEPTION 'pgingest: base_url is http:// to %, which is not a loopback host (127.0.0.0/8, [::1], localhost)',
+            quote_literal(v_host)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use https://, or pass allow_insecure_http => true (the API key then travels in cleartext).';
+    END IF;
+    RETURN p_url;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._check_base_url(text, boolean) IS
+'Validates a model''s base_url (the rules of the constraints models_base_url_loopback_or_https and '
+'models_base_url_no_secrets): https://, or http:// to a loopback host unless allow_insecure_http; no '
+'credentials, key-like query parameter, fragment, space or control character. Raises 22023 without echoing '
+'the URL; returns it.';
+
 -- The signature before chunking profiles: dropped so that calls stay unambiguous.
 DROP FUNCTION IF EXISTS pgingest.register_model(
     text, text, integer, text, text, text, integer, text, text, jsonb, boolean
+);
+-- The signature before allow_insecure_http (migrations/0008_base_url_rules.sql).
+DROP FUNCTION IF EXISTS pgingest.register_model(
+    text, text, integer, text, text, text, integer, text, text, jsonb, boolean, text, integer, integer, boolean
 );
 
 CREATE OR REPLACE FUNCTION pgingest.register_model(
@@ -292,7 +350,8 @@ CREATE OR REPLACE FUNCTION pgingest.register_model(
     chunk_tokenizer text DEFAULT NULL,
     chunk_max_tokens integer DEFAULT NULL,
     chunk_overlap_tokens integer DEFAULT NULL,
-    title_in_chunks boolean DEFAULT NULL
+    title_in_chunks boolean DEFAULT NULL,
+    allow_insecure_http boolean DEFAULT FALSE
 )
 RETURNS text
 LANGUAGE plpgsql
@@ -345,6 +404,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     v_options := pgingest._check_index_options(index_method, index_options);
+    PERFORM pgingest._check_base_url(base_url, allow_insecure_http);
     IF index_method <> 'none' AND (storage = 'halfvec' AND dimensions > 4000 OR storage = 'vector' AND dimensions > 2000)
     THEN
         RAISE EXCEPTION 'pgingest: % dimensions is too many for an ANN index on %', dimensions, storage
@@ -362,12 +422,12 @@ BEGIN
     INSERT INTO pgingest.models AS m (
         name, model_id, base_url, api_key_env, dimensions, storage, metric, max_input_tokens,
         request_dimensions, state, store_name, profile_id, queue_name, index_method, index_options,
-        backfill_started_at, backfill_upto, activated_at
+        backfill_started_at, backfill_upto, activated_at, allow_insecure_http
     ) VALUES (
         v_name, model_id, base_url, api_key_env, dimensions, storage, metric, max_input_tokens,
         request_dimensions, v_state, 'store_' || v_name, v_profile.id, 'pgingest_' || v_name, index_method,
         v_options, now(), (SELECT max(d.id) FROM pgingest.documents AS d),
-        CASE WHEN v_state = 'active' THEN now() END
+        CASE WHEN v_state = 'active' THEN now() END, coalesce(allow_insecure_http, FALSE)
     )
     RETURNING * INTO v_m;
 
@@ -382,13 +442,15 @@ END;
 $$;
 
 COMMENT ON FUNCTION pgingest.register_model(
-    text, text, integer, text, text, text, integer, text, text, jsonb, boolean, text, integer, integer, boolean
+    text, text, integer, text, text, text, integer, text, text, jsonb, boolean, text, integer, integer, boolean,
+    boolean
 ) IS
 'Registers an embedding model: creates its store (pgingest.store_<name>) and its queue, finds or creates its '
 'chunking profile (chunk_tokenizer, chunk_max_tokens, chunk_overlap_tokens, title_in_chunks; each defaults '
 'to the config chunk_* value) and queues a backfill of every document (run by the workers in bounded batches, '
 'or CALL pgingest.run_backfill(name)). The first model becomes active; later ones start in shadow (dual '
-'write) until swap_model(). Returns the new state.';
+'write) until swap_model(). base_url: https://, or http:// to a loopback host unless allow_insecure_http; '
+'no credentials, key-like query parameter or fragment (22023). Returns the new state.';
 
 CREATE OR REPLACE FUNCTION pgingest.backfill_step_v1(p_model text, p_batch integer DEFAULT 5000)
 RETURNS integer

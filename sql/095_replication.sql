@@ -109,11 +109,12 @@ BEGIN
         v_sql := v_sql || format(
             'SELECT pgingest.register_model(%L, %L, %s, %L, storage => %L, metric => %L, max_input_tokens => %s, '
             'api_key_env => %L, index_method => %L, index_options => %L, request_dimensions => %L, '
-            'chunk_tokenizer => %L, chunk_max_tokens => %s, chunk_overlap_tokens => %s, title_in_chunks => %L) '
-            'WHERE NOT EXISTS (SELECT 1 FROM pgingest.models WHERE name = %L);',
+            'chunk_tokenizer => %L, chunk_max_tokens => %s, chunk_overlap_tokens => %s, title_in_chunks => %L, '
+            'allow_insecure_http => %L) WHERE NOT EXISTS (SELECT 1 FROM pgingest.models WHERE name = %L);',
             v_m.name, v_m.model_id, v_m.dimensions, v_m.base_url, v_m.storage, v_m.metric, v_m.max_input_tokens,
             v_m.api_key_env, v_m.index_method, v_m.index_options, v_m.request_dimensions,
-            v_p.tokenizer, v_p.max_tokens, v_p.overlap_tokens, v_p.title_in_chunks, v_m.name
+            v_p.tokenizer, v_p.max_tokens, v_p.overlap_tokens, v_p.title_in_chunks, v_m.allow_insecure_http,
+            v_m.name
         );
         IF v_m.state = 'active' THEN
             v_active := v_m.name;

@@ -65,11 +65,19 @@ def test_a_late_dead_letter_never_undoes_a_version_another_worker_embedded(
 def test_a_registered_url_the_client_refuses_pauses_the_model_not_the_worker(
     conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
 ) -> None:
-    """Issue 18, items 2 and 13: a base_url with credentials (the table's constraint still
-    accepts it) is refused by the client; the worker pauses that model with a reason that does
-    not show the credentials, and goes on (``--drain`` exits 3: paused work is left)."""
-    url = fake.url.replace("http://", "http://user:s3cret@")
-    register(conn, "v1", url)
+    """Issue 18, items 2 and 13: a base_url with credentials (the table refuses it since
+    migration 0008; here its constraints are dropped, as in a database where it stays NOT VALID)
+    is refused by the client; the worker pauses that model with a reason that does not show the
+    credentials, and goes on (``--drain`` exits 3: paused work is left)."""
+    register(conn, "v1", fake.url)
+    conn.execute(
+        "ALTER TABLE pgingest.models DROP CONSTRAINT models_base_url_no_secrets,"
+        " DROP CONSTRAINT models_base_url_loopback_or_https"
+    )
+    conn.execute(
+        "UPDATE pgingest.models SET base_url = %s WHERE name = 'v1'",
+        (fake.url.replace("http://", "http://user:s3cret@"),),
+    )
     insert_corpus(conn, 2)
     assert worker.Worker(settings(dsn)).run() == 3
     paused, reason = conn.execute(

@@ -151,8 +151,17 @@ def test_a_superuser_may_still_point_it_anywhere(
 def test_a_registered_url_with_credentials_is_refused_and_not_shown(
     conn: psycopg.Connection[Any], fake: FakeEmbeddingServer
 ) -> None:
-    # The base_url CHECK constraint does not refuse it yet (a migration will): the client does.
-    register(conn, "v1", "http://apiuser:s3cret@" + fake.url.removeprefix("http://"))
+    # The table refuses it since migration 0008 (here its constraints are dropped, as in a
+    # database where it stays NOT VALID): the client refuses it too.
+    register(conn, "v1", fake.url)
+    conn.execute(
+        "ALTER TABLE pgingest.models DROP CONSTRAINT models_base_url_no_secrets,"
+        " DROP CONSTRAINT models_base_url_loopback_or_https"
+    )
+    conn.execute(
+        "UPDATE pgingest.models SET base_url = %s WHERE name = 'v1'",
+        ("http://apiuser:s3cret@" + fake.url.removeprefix("http://"),),
+    )
     with pytest.raises(psycopg.errors.InvalidParameterValue) as info:
         embed(conn)
     assert "s3cret" not in error_text(info.value)

@@ -67,6 +67,12 @@ def add_model_commands(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--model-id", required=True, help="the provider's model id")
     p.add_argument("--dimensions", type=int, required=True)
     p.add_argument("--base-url", required=True, help="OpenAI-compatible base URL (…/v1)")
+    p.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        help="accept an http:// --base-url on a host that is not loopback (the API key then "
+        "travels in cleartext); without it http:// is for 127.0.0.0/8, [::1] and localhost only",
+    )
     p.add_argument("--storage", choices=("vector", "halfvec"), default="vector")
     p.add_argument("--metric", choices=("cosine", "ip", "l2"), default="cosine")
     p.add_argument(
@@ -224,6 +230,40 @@ def _fmt_eta(eta: timedelta | None) -> str:
 # -- add / list / resume / backfill ------------------------------------------------------------
 
 
+def _register_model(
+    conn: psycopg.Connection[Any], args: argparse.Namespace, options: dict[str, int]
+) -> str:
+    """``pgingest.register_model(...)`` with every option of ``model add``, allow_insecure_http
+    included; returns the new model's state."""
+    row = conn.execute(
+        "SELECT pgingest.register_model(name => %s, model_id => %s, dimensions => %s,"
+        " base_url => %s, storage => %s, metric => %s, max_input_tokens => %s,"
+        " api_key_env => %s, index_method => %s, index_options => %s::jsonb,"
+        " request_dimensions => %s, chunk_tokenizer => %s, chunk_max_tokens => %s,"
+        " chunk_overlap_tokens => %s, title_in_chunks => %s, allow_insecure_http => %s)",
+        (
+            args.name,
+            args.model_id,
+            args.dimensions,
+            args.base_url,
+            args.storage,
+            args.metric,
+            args.max_input_tokens,
+            args.api_key_env,
+            args.index_method,
+            json.dumps(options),
+            args.request_dimensions,
+            args.chunk_tokenizer,
+            args.chunk_max_tokens,
+            args.chunk_overlap_tokens,
+            args.title_in_chunks,
+            args.allow_insecure_http,
+        ),
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
 def cmd_add(args: argparse.Namespace) -> int:
     from pgingest import db
 
@@ -236,24 +276,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     def run() -> int:
         with _connect(args) as conn:
             cli_support.print_notices(conn, sys.stderr)
-            state = db.register_model(
-                conn,
-                args.name,
-                args.model_id,
-                args.dimensions,
-                args.base_url,
-                storage=args.storage,
-                metric=args.metric,
-                max_input_tokens=args.max_input_tokens,
-                api_key_env=args.api_key_env,
-                index_method=args.index_method,
-                index_options=options,
-                request_dimensions=args.request_dimensions,
-                chunk_tokenizer=args.chunk_tokenizer,
-                chunk_max_tokens=args.chunk_max_tokens,
-                chunk_overlap_tokens=args.chunk_overlap_tokens,
-                title_in_chunks=args.title_in_chunks,
-            )
+            state = _register_model(conn, args, options)
             print(
                 f"registered model {args.name} ({state}): store store_{args.name} "
                 f"{args.storage}({args.dimensions}) {args.metric}, queue pgingest_{args.name}"
