@@ -180,3 +180,69 @@ def test_a_main_thread_write_failing_fails_the_batch_not_the_worker(
     assert w.failed_batches == 1
     assert w.claims.held() == {}
     assert queue_count(conn, "v1") == 0
+
+
+# -- item 10: connection timeouts, keepalives, session timeouts ----------------------------------
+
+
+def session_timeouts(c: psycopg.Connection[Any]) -> tuple[str, str]:
+    st = c.execute("SHOW statement_timeout").fetchone()
+    lt = c.execute("SHOW lock_timeout").fetchone()
+    assert st is not None and lt is not None
+    return str(st[0]), str(lt[0])
+
+
+def test_every_worker_connection_has_timeouts_and_keepalives(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    register(conn, "v1", fake.url)
+    insert_corpus(conn, 5)
+    w = worker.Worker(settings(dsn, drain=False, visibility_timeout=3, heartbeat_interval=0.2))
+    t, _codes = in_thread(w)
+    try:
+        wait_for(lambda: embedded(conn) == 5, timeout=60)
+        w.claims.extend_now()  # opens the claims connection if no batch needed it yet
+        names = {
+            r[0]
+            for r in conn.execute(
+                "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE 'pgingest-%'"
+            )
+        }
+        assert {"pgingest-worker", "pgingest-writer", "pgingest-heartbeat"} <= names
+        assert w.heartbeat is not None
+        conns = {
+            "worker": w._connection(),
+            "listen": w._listener(),
+            "writer": w.writer.connection(),
+            "heartbeat": w.heartbeat._connection(),
+        }
+        if w.claims._conn is not None:
+            conns["claims"] = w.claims._conn
+        for name, c in conns.items():
+            assert session_timeouts(c) == ("1min", "10s"), name
+            p = c.info.get_parameters()
+            assert p.get("connect_timeout") == "10", name
+            assert p.get("keepalives_idle") == "30", name
+            assert p.get("keepalives_interval") == "10", name
+            assert p.get("keepalives_count") == "3", name
+            assert p.get("tcp_user_timeout") == "60000", name
+    finally:
+        w.stopping.set()
+        t.join(30)
+
+
+def test_the_timeouts_can_be_overridden(dsn: str) -> None:
+    from pgingest import db
+
+    s = settings(dsn, statement_timeout=2.5, lock_timeout=0, connect_timeout=3)
+    with db.connect(dsn, **s.connect_params()) as c:
+        assert session_timeouts(c) == ("2500ms", "0")
+        assert c.info.get_parameters().get("connect_timeout") == "3"
+    # libpq-style: what the connection string names wins over the settings.
+    with_options = psycopg.conninfo.make_conninfo(
+        dsn, options="-c statement_timeout=5s", keepalives_idle=7
+    )
+    s = settings(with_options)
+    with db.connect(with_options, **s.connect_params()) as c:
+        assert session_timeouts(c) == ("5s", "10s")
+        assert c.info.get_parameters().get("keepalives_idle") == "7"

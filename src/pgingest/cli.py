@@ -39,6 +39,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         http_timeout=args.http_timeout,
         metrics_port=args.metrics_port,
         max_chunks_per_document=args.max_chunks_per_document,
+        connect_timeout=args.connect_timeout,
+        statement_timeout=args.statement_timeout,
+        lock_timeout=args.lock_timeout,
     )
     if args.processes > 1:
         return worker.run_processes(settings, args.processes)
@@ -149,6 +152,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="initial documents per batch (adapts; default %(default)s)",
     )
     p.add_argument("--max-batch-size", type=int, default=d.max_batch_size)
+    p.add_argument(
+        "--connect-timeout",
+        type=int,
+        default=d.connect_timeout,
+        help="seconds to wait for a connection (default %(default)s; the DSN's own wins)",
+    )
+    p.add_argument(
+        "--statement-timeout",
+        type=float,
+        default=d.statement_timeout,
+        help="statement_timeout of every worker connection, seconds, 0: none (default"
+        " %(default)s; options='-c statement_timeout=...' in the DSN or PGOPTIONS wins)",
+    )
+    p.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=d.lock_timeout,
+        help="lock_timeout of every worker connection, seconds, 0: none (default %(default)s)",
+    )
     p.add_argument(
         "--visibility-timeout",
         type=int,

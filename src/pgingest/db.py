@@ -61,6 +61,52 @@ def connect(
     return conn
 
 
+# The worker's connections (main, listener, writer, claims, heartbeat): a dead server or a
+# black-holed network is noticed in about a minute instead of the kernel's two hours, a hung
+# statement or a lock held by someone else fails the call instead of stalling the loop.
+WORKER_TCP_DEFAULTS: dict[str, int] = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,  # milliseconds
+}
+
+
+def worker_connect_params(
+    conninfo: str | None,
+    *,
+    connect_timeout: int = 10,
+    statement_timeout: float = 60.0,
+    lock_timeout: float = 10.0,
+) -> dict[str, Any]:
+    """libpq parameters for a worker connection: ``connect_timeout``, TCP keepalives,
+    ``tcp_user_timeout`` and, as startup ``options``, ``statement_timeout`` and ``lock_timeout``
+    (seconds; 0 turns one off). Whatever the connection string (or ``PGOPTIONS`` for the two
+    session settings) already names wins: ``keepalives_idle=5`` or
+    ``options='-c statement_timeout=5min'`` in the DSN overrides the default."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    given = conninfo_to_dict(conninfo_from_env(conninfo))
+    params: dict[str, Any] = {}
+    if "connect_timeout" not in given and "PGCONNECT_TIMEOUT" not in os.environ:
+        params["connect_timeout"] = int(connect_timeout)
+    for key, value in WORKER_TCP_DEFAULTS.items():
+        if key not in given:
+            params[key] = value
+    options = str(given.get("options") or "")
+    env_options = os.environ.get("PGOPTIONS", "")
+    extra = []
+    for name, seconds in (("statement_timeout", statement_timeout), ("lock_timeout", lock_timeout)):
+        if name not in options and name not in env_options:
+            extra.append(f"-c {name}={int(round(max(0.0, seconds) * 1000))}")
+    if extra:
+        # libpq's options parameter replaces PGOPTIONS: keep what the environment asked for.
+        base = options or env_options
+        params["options"] = " ".join(x for x in (base, *extra) if x)
+    return params
+
+
 class VectorBlock:
     """The rows of a 2-D float32 array, sent as one ``vector[]`` parameter in binary.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pgingest import db, providers
@@ -41,3 +41,19 @@ class WorkerSettings:
     install_signal_handlers: bool = True
     heartbeat: bool = True
     heartbeat_interval: float | None = None  # None: pgingest.config worker_heartbeat_seconds
+    # Every worker connection (db.worker_connect_params; the connection string's own
+    # parameters win): seconds, 0 turns one off.
+    connect_timeout: int = 10
+    statement_timeout: float = 60.0
+    lock_timeout: float = 10.0
+
+    def connect_params(self) -> dict[str, Any]:
+        """The libpq parameters of the worker's connections (db.worker_connect_params)."""
+        from pgingest import db
+
+        return db.worker_connect_params(
+            self.conninfo,
+            connect_timeout=self.connect_timeout,
+            statement_timeout=self.statement_timeout,
+            lock_timeout=self.lock_timeout,
+        )

@@ -25,8 +25,15 @@ log = logging.getLogger("pgingest.worker")
 
 
 class ClaimKeeper:
-    def __init__(self, conninfo: str | None, visibility_timeout: int) -> None:
+    def __init__(
+        self,
+        conninfo: str | None,
+        visibility_timeout: int,
+        *,
+        connect_params: dict[str, Any] | None = None,
+    ) -> None:
         self.conninfo = conninfo
+        self.connect_params = dict(connect_params or {})
         self.vt = max(1, int(visibility_timeout))
         self.interval = max(0.5, self.vt / 3)
         self._held: dict[str, dict[int, int]] = {}  # model -> msg_id -> read_ct
@@ -80,7 +87,9 @@ class ClaimKeeper:
         n = 0
         for model, claims in self.held().items():
             if self._conn is None or self._conn.closed:
-                self._conn = db.connect(self.conninfo, application_name="pgingest-claims")
+                self._conn = db.connect(
+                    self.conninfo, application_name="pgingest-claims", **self.connect_params
+                )
             n += db.extend_claims(self._conn, model, list(claims), list(claims.values()), self.vt)
         self.extended += n
         return n

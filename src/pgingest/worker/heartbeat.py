@@ -58,6 +58,7 @@ class Heartbeat:
         worker_id: str | None = None,
         host: str | None = None,
         version: str = __version__,
+        connect_params: dict[str, Any] | None = None,
     ) -> None:
         self.conninfo = conninfo
         self.snapshot = snapshot
@@ -66,6 +67,7 @@ class Heartbeat:
         self.worker_id = worker_id or str(uuid.uuid4())
         self.host = host or socket.gethostname()
         self.version = version
+        self.connect_params = {"connect_timeout": 10, **(connect_params or {})}
         self.pid = os.getpid()
         self._conn: psycopg.Connection[Any] | None = None
         self._stop = threading.Event()
@@ -78,7 +80,7 @@ class Heartbeat:
                 self.conninfo,
                 register_vector=False,
                 application_name="pgingest-heartbeat",
-                connect_timeout=10,
+                **self.connect_params,
             )
         return self._conn
 

@@ -59,7 +59,10 @@ class Worker:
         )
         self.embedder = Embedder(settings, self.metrics, self._pause)
         self.writer = writer_factory(settings, self.metrics, self.sizer)
-        self.claims = ClaimKeeper(settings.conninfo, settings.visibility_timeout)
+        self.connect_params = settings.connect_params()
+        self.claims = ClaimKeeper(
+            settings.conninfo, settings.visibility_timeout, connect_params=self.connect_params
+        )
         self._last_probe: dict[str, float] = {}
         self._last_maintenance = time.monotonic()
         self._conn: psycopg.Connection[Any] | None = None
@@ -77,6 +80,7 @@ class Worker:
                 self.snapshot,
                 metrics=self.metrics,
                 interval=settings.heartbeat_interval,
+                connect_params=self.connect_params,
                 host=self.hostname,
             )
             if settings.heartbeat
@@ -107,14 +111,19 @@ class Worker:
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = db.connect(self.s.conninfo, application_name="pgingest-worker")
+            self._conn = db.connect(
+                self.s.conninfo, application_name="pgingest-worker", **self.connect_params
+            )
             self._config = db.get_config(self._conn)
         return self._conn
 
     def _listener(self) -> psycopg.Connection[Any]:
         if self._listen is None or self._listen.closed:
             self._listen = db.connect(
-                self.s.conninfo, register_vector=False, application_name="pgingest-listen"
+                self.s.conninfo,
+                register_vector=False,
+                application_name="pgingest-listen",
+                **self.connect_params,
             )
             db.listen(self._listen)
         return self._listen

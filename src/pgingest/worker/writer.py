@@ -81,7 +81,9 @@ class Writer:
 
     def connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = db.connect(self.s.conninfo, application_name="pgingest-writer")
+            self._conn = db.connect(
+                self.s.conninfo, application_name="pgingest-writer", **self.s.connect_params()
+            )
         return self._conn
 
     def submit(
