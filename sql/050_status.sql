@@ -82,6 +82,64 @@ COMMENT ON FUNCTION pgingest.heartbeat_v1(
 'last_seen come from the database clock) and deletes rows silent for worker_forget_after_seconds. '
 'Returns the heartbeat interval in seconds (config worker_heartbeat_seconds).';
 
+CREATE OR REPLACE FUNCTION pgingest.heartbeat_v2(
+    p_worker_id uuid,
+    p_host text,
+    p_pid integer,
+    p_version text,
+    p_models text[] DEFAULT '{}',
+    p_in_flight integer DEFAULT 0,
+    p_batch_size integer DEFAULT NULL,
+    p_documents bigint DEFAULT 0,
+    p_seconds_since_batch double precision DEFAULT NULL,
+    p_details jsonb DEFAULT '{}',
+    p_seconds_since_tick double precision DEFAULT NULL
+)
+RETURNS integer
+LANGUAGE sql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+BEGIN ATOMIC
+    WITH forgotten AS (
+        DELETE FROM pgingest.workers AS w
+        WHERE
+            w.last_seen < now() - make_interval(secs => pgingest._config_seconds('worker_forget_after_seconds', 900))
+            AND w.id <> p_worker_id
+        RETURNING w.id
+    )
+
+    INSERT INTO pgingest.workers AS w (
+        id, host, pid, version, started_at, last_seen, models, in_flight, batch_size, documents,
+        last_batch_at, details, last_tick_at
+    ) VALUES (
+        p_worker_id, left(p_host, 255), p_pid, left(p_version, 64), now(), now(), coalesce(p_models, '{}'),
+        greatest(coalesce(p_in_flight, 0), 0), p_batch_size, greatest(coalesce(p_documents, 0), 0),
+        now() - make_interval(secs => p_seconds_since_batch), coalesce(p_details, '{}'),
+        now() - make_interval(secs => greatest(p_seconds_since_tick, 0))
+    )
+    ON CONFLICT (id) DO UPDATE SET
+        host = excluded.host,
+        pid = excluded.pid,
+        version = excluded.version,
+        last_seen = excluded.last_seen,
+        models = excluded.models,
+        in_flight = excluded.in_flight,
+        batch_size = excluded.batch_size,
+        documents = excluded.documents,
+        last_batch_at = coalesce(excluded.last_batch_at, w.last_batch_at),
+        details = excluded.details,
+        last_tick_at = coalesce(excluded.last_tick_at, w.last_tick_at);
+    SELECT pgingest._config_seconds('worker_heartbeat_seconds', 10);
+END;
+
+COMMENT ON FUNCTION pgingest.heartbeat_v2(
+    uuid, text, integer, text, text[], integer, integer, bigint, double precision, jsonb, double precision
+) IS
+'Worker: heartbeat_v1 plus p_seconds_since_tick, how long ago the worker''s main loop last completed a '
+'pass (stored as workers.last_tick_at: a fresh heartbeat with an old tick is a stuck worker). '
+'heartbeat_v1 stays for workers older than this schema (their last_tick_at stays NULL).';
+
 CREATE OR REPLACE FUNCTION pgingest.worker_exit_v1(p_worker_id uuid)
 RETURNS boolean
 LANGUAGE sql
@@ -437,7 +495,14 @@ WITH settings AS (
                 WHERE c.key = 'worker_stale_after_seconds' AND c.value ~ '^[0-9]{1,9}$'
             ),
             60
-        ) AS stale_s
+        ) AS stale_s,
+        coalesce(
+            (
+                SELECT c.value::integer FROM pgingest.config AS c
+                WHERE c.key = 'worker_stuck_after_seconds' AND c.value ~ '^[0-9]{1,9}$'
+            ),
+            600
+        ) AS stuck_s
 )
 
 SELECT  -- noqa: ST06
@@ -455,14 +520,23 @@ SELECT  -- noqa: ST06
     w.documents,
     w.last_batch_at,
     now() - w.started_at AS uptime,
-    w.details
+    w.details,
+    w.last_tick_at,
+    now() - w.last_tick_at AS last_tick_age,
+    coalesce(
+        w.last_seen >= now() - make_interval(secs => settings.stale_s)
+        AND w.last_tick_at < now() - make_interval(secs => settings.stuck_s),
+        FALSE
+    ) AS stuck
 FROM pgingest.workers AS w
 CROSS JOIN settings;
 
 COMMENT ON VIEW pgingest.worker_status IS
 'Worker heartbeats: host, pid, version, started, last seen (and how long ago), stale (silent for more '
 'than config worker_stale_after_seconds: the process died or hangs), models served, messages in flight, '
-'current batch size, documents embedded since start, last batch.';
+'current batch size, documents embedded since start, last batch; last_tick_at, when its main loop last '
+'completed a pass, and stuck (heartbeat fresh, main loop silent for more than config '
+'worker_stuck_after_seconds: a hung call, the heartbeat thread alone alive).';
 
 CREATE OR REPLACE VIEW pgingest.index_builds AS
 SELECT  -- noqa: ST06

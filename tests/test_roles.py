@@ -54,6 +54,7 @@ REVIEWED_SECURITY_DEFINER = {
     "extend_claims_v1",
     "backfill_step_v1",
     "heartbeat_v1",
+    "heartbeat_v2",
     "worker_exit_v1",
     # read-only figures the views need (the pgmq tables; other sessions' progress rows; the
     # backfill counts of backfill_progress, for roles that cannot read documents)

@@ -246,3 +246,61 @@ def test_the_timeouts_can_be_overridden(dsn: str) -> None:
     with db.connect(with_options, **s.connect_params()) as c:
         assert session_timeouts(c) == ("5s", "10s")
         assert c.info.get_parameters().get("keepalives_idle") == "7"
+
+
+# -- item 10: a stuck main loop is reported although its heartbeat beats -------------------------
+
+
+def test_a_worker_whose_main_loop_is_stuck_is_reported_unhealthy(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    from pgingest import status
+
+    register(conn, "v1", fake.url)
+    conn.execute("UPDATE pgingest.config SET value = '2' WHERE key = 'worker_stuck_after_seconds'")
+    release = threading.Event()
+    fake.on_request = lambda _info: release.wait(30)  # the provider call hangs
+    insert_corpus(conn, 3)
+    w = worker.Worker(
+        settings(dsn, drain=False, heartbeat_interval=0.2, http_timeout=60, visibility_timeout=60)
+    )
+    t, codes = in_thread(w)
+
+    def report() -> status.Report:
+        return status.evaluate(status.collect(conn), status.HealthPolicy())
+
+    def stuck_problems() -> list[str]:
+        return [p for p in report().problems if "is stuck" in p]
+
+    try:
+        wait_for(lambda: bool(stuck_problems()), timeout=30)
+        r = report()
+        assert not r.healthy
+        (row,) = r.workers
+        assert row["stuck"] and not row["stale"]
+        seen = conn.execute(
+            "SELECT now() - last_seen < interval '2 seconds' FROM pgingest.workers"
+        ).fetchone()
+        assert seen == (True,)  # the heartbeat still beats
+        # The provider answers again: the loop completes a pass, the worker is healthy again.
+        release.set()
+        wait_for(lambda: embedded(conn) == 3, timeout=30)
+        wait_for(lambda: not stuck_problems(), timeout=10)
+        assert t.is_alive() and not codes
+    finally:
+        release.set()
+        w.stopping.set()
+        t.join(30)
+
+
+def test_a_worker_still_calling_heartbeat_v1_keeps_working(conn: psycopg.Connection[Any]) -> None:
+    """A worker older than heartbeat_v2 (running through an upgrade) still beats; it reports no
+    main-loop progress, so it is never called stuck."""
+    row = conn.execute(
+        "SELECT pgingest.heartbeat_v1(gen_random_uuid(), 'old-host', 42, '0.0.1')"
+    ).fetchone()
+    assert row is not None and row[0] > 0
+    rows = conn.execute(
+        "SELECT host, stale, stuck, last_tick_at FROM pgingest.worker_status"
+    ).fetchall()
+    assert rows == [("old-host", False, False, None)]

@@ -38,14 +38,26 @@ def connect(
     *,
     register_vector: bool = True,
     application_name: str = APPLICATION_NAME,
+    session_defaults: dict[str, str] | None = None,
     **kwargs: Any,
 ) -> psycopg.Connection[Any]:
+    """``session_defaults``: settings made for the session where they are still at their
+    built-in default (none of the DSN, PGOPTIONS, role, database or server configuration set
+    them)."""
     conn = psycopg.connect(
         conninfo_from_env(conninfo),
         autocommit=True,
         application_name=application_name,
         **kwargs,
     )
+    if session_defaults:
+        conn.execute(
+            "SELECT pg_catalog.set_config(s.name, d.value, false)"
+            " FROM pg_catalog.pg_settings AS s"
+            " INNER JOIN unnest(%s::text[], %s::text[]) AS d (name, value) ON d.name = s.name"
+            " WHERE s.source = 'default'",
+            (list(session_defaults), list(session_defaults.values())),
+        )
     if register_vector:
         from pgvector.psycopg import register_vector as _register
 
@@ -81,10 +93,11 @@ def worker_connect_params(
     lock_timeout: float = 10.0,
 ) -> dict[str, Any]:
     """libpq parameters for a worker connection: ``connect_timeout``, TCP keepalives,
-    ``tcp_user_timeout`` and, as startup ``options``, ``statement_timeout`` and ``lock_timeout``
-    (seconds; 0 turns one off). Whatever the connection string (or ``PGOPTIONS`` for the two
-    session settings) already names wins: ``keepalives_idle=5`` or
-    ``options='-c statement_timeout=5min'`` in the DSN overrides the default."""
+    ``tcp_user_timeout``, and ``statement_timeout`` and ``lock_timeout`` (seconds; 0 turns one
+    off) as ``session_defaults`` for :func:`connect`. Whatever the
+    connection string already names wins (``keepalives_idle=5``), and a session setting is set
+    only where nothing else did: ``options='-c statement_timeout=5min'`` in the DSN,
+    ``PGOPTIONS``, ``ALTER ROLE`` / ``ALTER DATABASE ... SET`` or postgresql.conf win."""
     from psycopg.conninfo import conninfo_to_dict
 
     given = conninfo_to_dict(conninfo_from_env(conninfo))
@@ -94,16 +107,14 @@ def worker_connect_params(
     for key, value in WORKER_TCP_DEFAULTS.items():
         if key not in given:
             params[key] = value
-    options = str(given.get("options") or "")
-    env_options = os.environ.get("PGOPTIONS", "")
-    extra = []
-    for name, seconds in (("statement_timeout", statement_timeout), ("lock_timeout", lock_timeout)):
-        if name not in options and name not in env_options:
-            extra.append(f"-c {name}={int(round(max(0.0, seconds) * 1000))}")
-    if extra:
-        # libpq's options parameter replaces PGOPTIONS: keep what the environment asked for.
-        base = options or env_options
-        params["options"] = " ".join(x for x in (base, *extra) if x)
+    params["session_defaults"] = {
+        name: f"{int(round(max(0.0, seconds) * 1000))}ms"
+        for name, seconds in (
+            ("statement_timeout", statement_timeout),
+            ("lock_timeout", lock_timeout),
+        )
+        if seconds > 0
+    }
     return params
 
 
@@ -650,10 +661,12 @@ def heartbeat(
     documents: int,
     seconds_since_batch: float | None,
     details: dict[str, Any],
+    seconds_since_tick: float | None = None,
 ) -> int:
     """Upserts this worker's row in pgingest.workers; returns the heartbeat interval (s)."""
     row = conn.execute(
-        "SELECT pgingest.heartbeat_v1(%s::uuid, %s, %s, %s, %s::text[], %s, %s, %s, %s, %s::jsonb)",
+        "SELECT pgingest.heartbeat_v2(%s::uuid, %s, %s, %s, %s::text[], %s, %s, %s, %s, %s::jsonb,"
+        " %s::double precision)",
         (
             worker_id,
             host,
@@ -665,6 +678,7 @@ def heartbeat(
             documents,
             seconds_since_batch,
             json.dumps(details),
+            seconds_since_tick,
         ),
     ).fetchone()
     assert row is not None

@@ -6,7 +6,8 @@ holding ``pgingest_monitor`` can read. ``pgingest status`` prints them as tables
 machines) and exits:
 
 * 0: healthy;
-* 1: unhealthy: a paused model, a stale worker (a heartbeat older than the stale threshold),
+* 1: unhealthy: a paused model, a stale worker (a heartbeat older than the stale threshold), a
+  stuck worker (a fresh heartbeat, a main loop silent past config worker_stuck_after_seconds),
   more dead letters than ``--max-dead-letters`` (default 0: every dead letter is a document that
   is not searchable and waits for a decision), an oldest pending message older than ``--max-lag``
   (when given), an invalid ANN index that no build is fixing;
@@ -124,6 +125,14 @@ def evaluate(report: Report, policy: HealthPolicy) -> Report:
         if stale:
             problems.append(
                 f"worker {w['host']}:{w['pid']} ({w['id']}) is stale: last seen {_duration(age)} ago"
+            )
+        elif w.get("stuck"):
+            # Its heartbeat thread beats, its main loop has not completed a pass for too long:
+            # a hung call (a provider or a statement that never returns).
+            tick = _seconds(w.get("last_tick_age")) or 0.0
+            problems.append(
+                f"worker {w['host']}:{w['pid']} ({w['id']}) is stuck: its main loop has not "
+                f"completed a pass for {_duration(tick)} (its heartbeat is alive)"
             )
     total_dead = sum(int(d["dead_letters"]) for d in report.dead_letters)
     if total_dead > policy.max_dead_letters:
@@ -336,7 +345,7 @@ def render_text(report: Report, now: dt.datetime | None = None) -> str:
                         _num(w["in_flight"]),
                         _num(w["batch_size"]),
                         _num(w["documents"]),
-                        "STALE" if w["stale"] else "ok",
+                        "STALE" if w["stale"] else "STUCK" if w.get("stuck") else "ok",
                     ]
                     for w in report.workers
                 ],

@@ -36,6 +36,8 @@ class WorkerSnapshot:
     batch_size: int | None = None
     documents: int = 0
     seconds_since_batch: float | None = None
+    seconds_since_tick: float | None = None
+    """Since the main loop last completed a pass (a hung loop: this grows, the beats go on)."""
     breakers: dict[str, str] = field(default_factory=dict)
 
 
@@ -108,6 +110,7 @@ class Heartbeat:
             snap.documents,
             snap.seconds_since_batch,
             {"breakers": dict(snap.breakers)},
+            snap.seconds_since_tick,
         )
         if self.metrics is not None:
             self._refresh_gauges(conn, snap)

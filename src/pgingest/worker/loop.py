@@ -74,6 +74,7 @@ class Worker:
         self.failed_batches = 0  # failed on the main thread (the writer counts its own)
         self.consecutive_failed = 0
         self._last_batch_end: float | None = None
+        self._last_tick = time.monotonic()  # the main loop's progress (the heartbeat reports it)
         self.heartbeat = (
             Heartbeat(
                 settings.conninfo,
@@ -104,6 +105,7 @@ class Worker:
             batch_size=self.batch_size,
             documents=self.documents_done,
             seconds_since_batch=None if last is None else time.monotonic() - last,
+            seconds_since_tick=time.monotonic() - self._last_tick,
             breakers=self.embedder.breaker_states(),
         )
 
@@ -174,7 +176,9 @@ class Worker:
                 try:
                     worked, pending = self.tick()
                     failures = 0
+                    self._last_tick = time.monotonic()
                 except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction) as exc:
+                    self._last_tick = time.monotonic()  # a pass that ended, in a retry
                     # Connection lost, restart, failover (a standby answers read-only), or a
                     # statement cancelled on a healthy connection (statement or lock timeout,
                     # deadlock): retried with a growing delay either way.
