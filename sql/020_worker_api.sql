@@ -530,6 +530,7 @@ AS $$
 DECLARE
     v_model record;
     v_msgs jsonb[];
+    v_gone bigint;
     v_total integer := 0;
 BEGIN
     FOR v_model IN
@@ -545,11 +546,18 @@ BEGIN
               AND (p_ids IS NULL OR l.id = ANY (p_ids))
             RETURNING l.doc_id, l.content_hash
         )
-        SELECT array_agg(jsonb_build_object('doc_id', d.id, 'hash', encode(d.content_hash, 'hex'), 'attempts', 0))
-        INTO v_msgs
+        SELECT
+            array_agg(jsonb_build_object('doc_id', d.id, 'hash', encode(d.content_hash, 'hex'), 'attempts', 0))
+                FILTER (WHERE d.id IS NOT NULL),
+            count(*) FILTER (WHERE d.id IS NULL)
+        INTO v_msgs, v_gone
         FROM picked AS p
-        INNER JOIN pgingest.documents AS d ON d.id = p.doc_id AND d.content_hash = p.content_hash;
+        LEFT JOIN pgingest.documents AS d ON d.id = p.doc_id AND d.content_hash = p.content_hash;
 
+        IF v_gone > 0 THEN
+            RAISE NOTICE 'pgingest: model %: % dead letters dropped, not requeued: their document was deleted or has changed since (a changed document was queued again when it changed)',
+                v_model.name, v_gone;
+        END IF;
         IF v_msgs IS NOT NULL THEN
             PERFORM pgmq.send_batch(v_model.queue_name, v_msgs);
             PERFORM pg_notify('pgingest', v_model.name);
@@ -562,8 +570,8 @@ $$;
 
 COMMENT ON FUNCTION pgingest.requeue_dead_letters(text, text, interval, bigint[]) IS
 'Puts dead letters back in their model''s queue with a fresh attempt budget, filtered by model, error '
-'class, age and ids (NULL = any). Letters of versions that no longer exist are dropped. Returns the count '
-'requeued.';
+'class, age and ids (NULL = any). Letters of versions that no longer exist are dropped, with a NOTICE '
+'per model saying how many. Returns the count requeued.';
 
 CREATE OR REPLACE FUNCTION pgingest.cached_vectors_v1(p_model text, p_hashes bytea[])
 RETURNS TABLE (chunk_hash bytea, embedding vector)

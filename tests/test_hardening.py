@@ -121,3 +121,27 @@ def test_a_batch_slower_than_the_visibility_timeout_keeps_its_claims(
     assert w.claims.extended > 0
     assert conn.execute("SELECT count(*) FROM pgingest.embedding_state").fetchone() == (4,)
     assert conn.execute("SELECT count(*) FROM pgingest.dead_letters").fetchone() == (0,)
+
+
+def test_requeue_says_how_many_dead_letters_it_dropped(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    """Issue 18, item 14: letters of a version that changed since are dropped, and a
+    NOTICE says how many (they were dropped silently)."""
+    register(conn, "v1", fake.url)
+    insert_corpus(conn, 3)
+    conn.execute(
+        "INSERT INTO pgingest.dead_letters (doc_id, doc_key, model, content_hash, error_class,"
+        " error_message) SELECT id, key, 'v1', content_hash, 'planted', 'planted by the test'"
+        " FROM pgingest.documents"
+    )
+    conn.execute("UPDATE pgingest.documents SET body = body || ' Edited.' WHERE key = 'doc-0'")
+    notices: list[str] = []
+    conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+    (requeued,) = conn.execute("SELECT pgingest.requeue_dead_letters('v1')").fetchone()
+    assert requeued == 2
+    assert [n for n in notices if "dead letters dropped" in n] == [
+        "pgingest: model v1: 1 dead letters dropped, not requeued: their document was deleted"
+        " or has changed since (a changed document was queued again when it changed)"
+    ]
+    assert conn.execute("SELECT count(*) FROM pgingest.dead_letters").fetchone() == (0,)
