@@ -31,23 +31,11 @@ from psycopg import sql
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+from bench.common import dsn_for, server_url  # noqa: E402
 
 from pgingest import index, install  # noqa: E402
-
-
-def server_url() -> str:
-    """``$DATABASE_URL``, else the private cluster's URL (scripts/pgcluster.sh url)."""
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        return url
-    out = subprocess.run(
-        [str(ROOT / "scripts" / "pgcluster.sh"), "url"], capture_output=True, text=True, check=True
-    )
-    return out.stdout.strip()
-
-
-def dsn_for(url: str, name: str) -> str:
-    return psycopg.conninfo.make_conninfo(url, dbname=name)
 
 
 def old_install(commit: str, dsn: str, workdir: Path) -> None:

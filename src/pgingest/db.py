@@ -7,6 +7,7 @@ transaction ever stays open across an HTTP call.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import struct
 from collections.abc import Sequence
@@ -31,6 +32,17 @@ def conninfo_from_env(conninfo: str | None = None) -> str:
     if conninfo:
         return conninfo
     return os.environ.get("DATABASE_URL", "")
+
+
+def close_quietly(conn: psycopg.Connection[Any] | None) -> None:
+    """Closes ``conn`` if there is one; closing a broken connection may fail: nothing to
+    recover, so the failure is only logged at debug level."""
+    if conn is None:
+        return
+    try:
+        conn.close()
+    except Exception:
+        logging.getLogger("pgingest.db").debug("close failed", exc_info=True)
 
 
 def connect(

@@ -75,12 +75,8 @@ class ClaimKeeper:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:  # closing a broken connection may fail: nothing to recover
-                log.debug("close failed", exc_info=True)
-            self._conn = None
+        db.close_quietly(self._conn)
+        self._conn = None
 
     def extend_now(self) -> int:
         """Extends every claim held now; returns how many the database extended."""
@@ -105,9 +101,5 @@ class ClaimKeeper:
                     "could not extend the claims of the batches in flight",
                     extra={"error": str(exc).strip().splitlines()[0][:200] if str(exc) else ""},
                 )
-                if self._conn is not None:
-                    try:
-                        self._conn.close()
-                    except Exception:
-                        log.debug("close failed", exc_info=True)
-                    self._conn = None
+                db.close_quietly(self._conn)
+                self._conn = None

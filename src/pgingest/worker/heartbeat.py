@@ -87,11 +87,7 @@ class Heartbeat:
         return self._conn
 
     def _close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg.Error:
-                log.debug("closing the heartbeat connection failed", exc_info=True)
+        db.close_quietly(self._conn)
         self._conn = None
 
     def beat(self) -> float:

@@ -131,12 +131,8 @@ class Worker:
         return self._listen
 
     def _reset_connections(self) -> None:
-        for c in (self._conn, self._listen):
-            if c is not None:
-                try:
-                    c.close()
-                except Exception:  # closing a broken connection may fail: nothing to recover
-                    log.debug("close failed", exc_info=True)
+        db.close_quietly(self._conn)
+        db.close_quietly(self._listen)
         self._conn = None
         self._listen = None
         self.writer.close()

@@ -128,11 +128,7 @@ class Writer:
             log.warning("write-back of the last batch failed", exc_info=True)
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:  # closing a broken connection may fail: nothing to recover
-                log.debug("close failed", exc_info=True)
+        db.close_quietly(self._conn)
         self._conn = None
 
     def shutdown(self) -> None:
