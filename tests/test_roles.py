@@ -51,6 +51,7 @@ REVIEWED_SECURITY_DEFINER = {
     "dead_letter_v1",
     "defer_v1",
     "release_v1",
+    "release_v2",
     "extend_claims_v1",
     "backfill_step_v1",
     "heartbeat_v1",

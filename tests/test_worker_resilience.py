@@ -4,6 +4,11 @@ Item 2: an unexpected error in a write-back (a ``DataError``, a ``UnicodeEncodeE
 out of range, a bug) fails that batch, not the process: its messages come back after their
 visibility timeout. Item 10: the worker's connections carry timeouts and keepalives, and the
 heartbeat reports main-loop progress so that ``pgingest status`` flags a stuck loop.
+
+Crash redeliveries (a worker killed or hung while it held a batch): processed in shrinking
+groups, only crashes of a document processed alone charged, and releases that are no failure
+(a paused model, a worker that stops, a redelivery set aside) charge nothing
+(``release_v2``, sql/025_claims.sql; the rules in tests/unit/test_crash_isolation.py).
 """
 
 from __future__ import annotations
@@ -15,11 +20,12 @@ import psycopg
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from pgingest import worker
+from pgingest import db, worker
 from pgingest.metrics import Metrics
 from pgingest.testing.fake_provider import FakeEmbeddingServer
+from pgingest.worker import batch as core
 from pgingest.worker.writer import Writer
-from tests.helpers import insert_corpus, queue_count, register, settings, wait_for
+from tests.helpers import drain, insert_corpus, queue_count, register, settings, wait_for
 
 
 def failing_writer(exc: BaseException, times: int | None) -> type[Writer]:
@@ -304,3 +310,211 @@ def test_a_worker_still_calling_heartbeat_v1_keeps_working(conn: psycopg.Connect
         "SELECT host, stale, stuck, last_tick_at FROM pgingest.worker_status"
     ).fetchall()
     assert rows == [("old-host", False, False, None)]
+
+
+# -- crash redeliveries: isolated in shrinking groups, charged only when alone ---------------------
+
+
+def queue_rows(conn: psycopg.Connection[Any], model: str = "v1") -> dict[int, tuple[int, bool]]:
+    """msg_id -> (read_ct, visible now)."""
+    rows = conn.execute(
+        f"SELECT msg_id, read_ct, vt <= clock_timestamp() FROM pgmq.q_pgingest_{model}"  # noqa: S608
+    ).fetchall()
+    return {int(i): (int(r), bool(v)) for i, r, v in rows}
+
+
+def dead_letters(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    rows = conn.execute(
+        "SELECT doc_key, error_class FROM pgingest.dead_letters ORDER BY doc_key"
+    ).fetchall()
+    return [(str(k), str(c)) for k, c in rows]
+
+
+def isolation_groups(log: pytest.LogCaptureFixture) -> list[tuple[int, int, int]]:
+    """(crash count, group, released) of each 'crash redeliveries' log line."""
+    seen: dict[float, tuple[int, int, int]] = {}
+    for r in log.records:
+        if r.getMessage().startswith("crash redeliveries"):
+            rec: Any = r
+            seen[r.created] = (rec.crashes, rec.group, rec.released)
+    return list(seen.values())
+
+
+def test_crash_redeliveries_are_processed_in_groups_and_all_embedded(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    worker_log: pytest.LogCaptureFixture,
+) -> None:
+    """Messages delivered before to workers that died: 10 of them 6 times (the old rule,
+    every crash an attempt, dead-lettered them all as attempts_exhausted), 10 of them 3 times,
+    10 fresh. Every document is embedded, none dead-lettered, the suspects in groups."""
+    register(conn, "v1", fake.url)
+    insert_corpus(conn, 30)
+    crashed = core.GROUPED_DELIVERIES + 2  # 6 crashes, 2 of them charged
+    conn.execute(
+        "UPDATE pgmq.q_pgingest_v1 SET read_ct = CASE"
+        " WHEN (message->>'doc_id')::bigint IN (SELECT id FROM pgingest.documents"
+        "   WHERE key IN ('doc-0','doc-1','doc-2','doc-3','doc-4','doc-5','doc-6','doc-7','doc-8',"
+        "                 'doc-9')) THEN %s"
+        " WHEN (message->>'doc_id')::bigint IN (SELECT id FROM pgingest.documents"
+        "   WHERE key ~ '^doc-1[0-9]$') THEN 3"
+        " ELSE 0 END",
+        (crashed,),
+    )
+    drain(dsn, batch_size=256)
+    assert embedded(conn) == 30
+    assert dead_letters(conn) == []
+    assert queue_count(conn, "v1") == 0
+    groups = isolation_groups(worker_log)
+    # 10 alone at crash count 6, then 10 of crash count 3 in groups of 4 (4, 4, 2); the fresh
+    # ones last, in one batch (no log line).
+    assert [g[:2] for g in groups] == [(crashed, 1)] * 10 + [(3, 4), (3, 4), (3, 2)]
+    assert groups[0][2] == 29
+    assert all(g <= core.group_size(c) for c, g, _ in groups)
+
+
+class SimulatedCrash(Exception):
+    """The worker dies on the poison document (an OOM, a segfault in a tokenizer)."""
+
+
+def test_a_poison_document_is_dead_lettered_and_its_companions_embedded(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A document that kills every worker that chunks it: each crash leaves the claims of its
+    batch to expire (simulated: the claims are dropped and their visibility timeout ended at
+    once). It ends as attempts_exhausted after GROUPED_DELIVERIES + max_attempts crashes; the 40
+    documents read with it are embedded (the old rule dead-lettered the whole batch)."""
+    register(conn, "v1", fake.url)
+    insert_corpus(conn, 20)
+    conn.execute(
+        "INSERT INTO pgingest.documents (key, title, body) VALUES ('poison', 'P', 'POISON text')"
+    )
+    insert_corpus(conn, 20, start=20)
+    real_chunk = core.chunk
+
+    def chunk(batch: core.Batch, config: Any) -> None:
+        if any("POISON" in body for _title, body in batch.texts.values()):
+            raise SimulatedCrash
+        real_chunk(batch, config)
+
+    monkeypatch.setattr(core, "chunk", chunk)
+    w = worker.Worker(settings(dsn, batch_size=256, visibility_timeout=30))
+    m = db.get_model(conn, "v1")
+    assert m is not None
+    crashes = 0
+    try:
+        for _ in range(200):
+            if queue_count(conn, "v1") == 0:
+                break
+            try:
+                w.process_batch(m)
+                w.writer.flush()
+            except SimulatedCrash:
+                crashes += 1
+                # The dead worker's claims expire (vt reached; read_ct stays).
+                conn.execute(
+                    "UPDATE pgmq.q_pgingest_v1 SET vt = clock_timestamp()"
+                    " WHERE vt > clock_timestamp()"
+                )
+    finally:
+        w.writer.settle()
+        w.writer.shutdown()
+        w.embedder.shutdown()
+        w._reset_connections()
+    assert queue_count(conn, "v1") == 0
+    assert dead_letters(conn) == [("poison", "attempts_exhausted")]
+    assert embedded(conn) == 40
+    assert crashes == core.GROUPED_DELIVERIES + 5  # max_attempts: 5 by default
+    (message,) = conn.execute("SELECT error_message FROM pgingest.dead_letters").fetchone()
+    assert message.startswith(
+        f"gave up after 5 attempts ({crashes} deliveries ended with the worker dead or stuck,"
+        " 5 of them with this document alone)"
+    )
+
+
+def test_release_v2_gives_back_only_the_deliveries_still_held(
+    conn: psycopg.Connection[Any], fake: FakeEmbeddingServer
+) -> None:
+    register(conn, "v1", fake.url)
+    insert_corpus(conn, 3)
+    ids = [r[0] for r in conn.execute("SELECT msg_id FROM pgingest.read_batch_v1('v1', 30, 3)")]
+    assert len(ids) == 3
+    # Another worker has read the second one again since (its claim had expired).
+    conn.execute("SELECT pgmq.set_vt('pgingest_v1', %s, 0)", (ids[1],))
+    conn.execute("SELECT * FROM pgmq.read('pgingest_v1', 30, 1)").fetchall()
+    (n,) = conn.execute(
+        "SELECT pgingest.release_v2('v1', %s::bigint[], '{1,1,1}', 0)", (ids,)
+    ).fetchone()
+    assert n == 2
+    rows = queue_rows(conn)
+    assert rows[ids[0]] == (0, True) and rows[ids[2]] == (0, True)  # given back, visible
+    assert rows[ids[1]] == (2, False)  # the other worker's claim, untouched
+    # A delay keeps them invisible; a read_ct that is not the one held changes nothing.
+    (n,) = conn.execute(
+        "SELECT pgingest.release_v2('v1', %s::bigint[], '{1}', 60)", ([ids[0]],)
+    ).fetchone()
+    assert n == 0
+    conn.execute("SELECT * FROM pgmq.read('pgingest_v1', 30, 1)").fetchall()  # ids[0] again
+    (n,) = conn.execute(
+        "SELECT pgingest.release_v2('v1', %s::bigint[], '{1}', 60)", ([ids[0]],)
+    ).fetchone()
+    assert n == 1 and queue_rows(conn)[ids[0]] == (0, False)
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        conn.execute("SELECT pgingest.release_v2('v1', %s::bigint[], '{1}', 0)", (ids,))
+    with pytest.raises(psycopg.errors.UndefinedObject):
+        conn.execute("SELECT pgingest.release_v2('nope', '{1}', '{1}', 0)")
+
+
+def test_pausing_a_model_releases_its_batch_without_charging_an_attempt(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    """Issue 18, item 7: a pause (401 from the provider) releases the batch with its deliveries
+    given back; pausing again and again never brings a document nearer to attempts_exhausted."""
+    register(conn, "v1", fake.url)
+    insert_corpus(conn, 10)
+    w = worker.Worker(settings(dsn, probe_interval=60))
+    try:
+        for _ in range(7):  # more pauses than max_attempts + GROUPED_DELIVERIES
+            m = db.get_model(conn, "v1")
+            assert m is not None
+            fake.fail_next("auth", 1)
+            stats = w.process_batch(m)
+            assert stats.released == 10
+            assert conn.execute("SELECT paused FROM pgingest.models").fetchone() == (True,)
+            rows = queue_rows(conn)
+            assert sorted(rows.values()) == [(0, False)] * 10  # not charged, held for the probe
+            assert w.claims.held() == {}
+            db.resume_model(conn, "v1")
+            conn.execute("UPDATE pgmq.q_pgingest_v1 SET vt = clock_timestamp()")
+    finally:
+        w.embedder.shutdown()
+        w._reset_connections()
+    drain(dsn)
+    assert embedded(conn) == 10
+    assert dead_letters(conn) == []
+
+
+def test_a_worker_stopped_mid_batch_releases_its_claims_without_charge(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SystemExit (or KeyboardInterrupt) while a batch is embedded: run() gives its claims
+    back on the way out (they used to expire, one crash counted each)."""
+    register(conn, "v1", fake.url)
+    insert_corpus(conn, 5)
+
+    def chunk(batch: core.Batch, config: Any) -> None:
+        raise SystemExit(1)
+
+    monkeypatch.setattr(core, "chunk", chunk)
+    w = worker.Worker(settings(dsn, visibility_timeout=60))
+    with pytest.raises(SystemExit):
+        w.run()
+    assert w.claims.held() == {}
+    assert sorted(queue_rows(conn).values()) == [(0, True)] * 5

@@ -207,14 +207,20 @@ class Message:
     status: str  # current | stale | done | invalid
 
     @property
-    def attempts_before(self) -> int:
-        """Failed attempts already spent on this version (429 deferrals excluded)."""
-        base = 0
+    def attempts_recorded(self) -> int:
+        """Failed attempts recorded in the message body (transient failures, 429 deferrals
+        excluded), not counting crashes: ``worker.batch.attempts_before`` adds the charged ones."""
         if isinstance(self.message, dict):
             raw = self.message.get("attempts", 0)
-            base = raw if isinstance(raw, int) and raw >= 0 else 0
-        # read_ct counts this delivery too; earlier unacknowledged deliveries were crashes or timeouts.
-        return base + max(self.read_ct - 1, 0)
+            return raw if isinstance(raw, int) and raw >= 0 else 0
+        return 0
+
+    @property
+    def crashes(self) -> int:
+        """Earlier deliveries of this message that were neither acknowledged nor released: the
+        worker died or hung (claims are extended while a worker is alive). read_ct counts this
+        delivery too; a release (``release_v2``) gives its delivery back."""
+        return max(self.read_ct - 1, 0)
 
     @property
     def content_hash(self) -> bytes | None:
@@ -367,9 +373,19 @@ def defer(
     return int(row[0])
 
 
-def release(conn: psycopg.Connection[Any], model: str, msg_ids: Sequence[int], delay: int) -> int:
+def release(
+    conn: psycopg.Connection[Any],
+    model: str,
+    msg_ids: Sequence[int],
+    read_cts: Sequence[int],
+    delay: int,
+) -> int:
+    """Makes the messages this worker still holds (read as ``read_cts``) visible again after
+    ``delay`` seconds without charging an attempt (``release_v2``: the delivery is given back);
+    returns how many were released."""
     row = conn.execute(
-        "SELECT pgingest.release_v1(%s, %s::bigint[], %s)", (model, list(msg_ids), delay)
+        "SELECT pgingest.release_v2(%s, %s::bigint[], %s::integer[], %s)",
+        (model, list(msg_ids), list(read_cts), delay),
     ).fetchone()
     assert row is not None
     return int(row[0])

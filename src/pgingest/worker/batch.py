@@ -5,6 +5,9 @@ Nothing here touches the database, the network, a thread or the clock: messages 
 comes out is a :class:`WritePlan` that ``writer.py`` executes in one transaction. The order of
 use, in ``loop.Worker._process_batch``:
 
+* :func:`isolate`: crash redeliveries (messages whose earlier deliveries were neither
+  acknowledged nor released: the worker died or hung) are processed in shrinking groups, the
+  rest of the read set aside, so that a poison document cannot take its batch with it;
 * :func:`triage`: stale and done messages are acknowledged, invalid ones dead-lettered,
   duplicate messages of one version merged into one :class:`Job`, versions that used up their
   attempts failed (``attempts_exhausted``);
@@ -127,6 +130,75 @@ def backoff_delay(attempts: int, base: float = 2.0, cap: float = 300.0) -> int:
     return max(1, int(random.uniform(0, min(cap, base * (2**attempts)))))
 
 
+# -- crash redeliveries ------------------------------------------------------------------------
+#
+# A message read with read_ct > 1 was delivered before and neither acknowledged nor released: the
+# worker that held it died (OOM, segfault in a tokenizer, SIGKILL) or hung. Its crash count c =
+# read_ct - 1. A batch holding such suspects processes only the suspects of the highest crash
+# count, at most group_size(c) of them; everything else read is released at once with the
+# delivery given back (release_v2: read_ct - 1), so it charges nothing. A poison document that
+# crashes every worker thus goes through groups of 256 (or the whole batch), 64, 16, 4 and then
+# 1: its companions of each group leave it behind one level at a time, and only crashes it caused
+# alone are charged as attempts.
+
+ISOLATION_BATCH = 256
+"""The batch size the group sizes start from (fixed: every worker charges crashes the same)."""
+ISOLATION_FACTOR = 4
+"""Each further crash divides the group by this much."""
+
+
+def group_size(crashes: int) -> int:
+    """How many suspects of crash count ``crashes`` (>= 1) are processed together:
+    max(1, 256 // 4**crashes): 64, 16, 4, then 1."""
+    return max(1, ISOLATION_BATCH // ISOLATION_FACTOR ** max(crashes, 0))
+
+
+def _grouped_deliveries() -> int:
+    c = 1
+    while group_size(c) > 1:
+        c += 1
+    return c
+
+
+GROUPED_DELIVERIES = _grouped_deliveries()
+"""Deliveries of a message processed with companions before it is processed alone: the first
+one (crash count 0, a whole batch) and every crash count whose group holds more than one (4:
+crash counts 0, 1, 2 and 3). A crash in a group may be a companion's fault: not charged."""
+
+
+def charged_crashes(crashes: int) -> int:
+    """The crashes charged as failed attempts: only those of deliveries processed alone
+    (``crashes - GROUPED_DELIVERIES``, never below 0). A poison document is dead-lettered
+    (``attempts_exhausted``) after at most GROUPED_DELIVERIES + max_attempts crashes."""
+    return max(0, crashes - GROUPED_DELIVERIES)
+
+
+def attempts_before(msg: db.Message) -> int:
+    """Failed attempts already spent on this message's version: those recorded in its body
+    (transient failures) plus its charged crashes."""
+    return msg.attempts_recorded + charged_crashes(msg.crashes)
+
+
+def isolate(messages: Sequence[db.Message]) -> tuple[list[db.Message], list[db.Message]]:
+    """(to process, to release) for one read. Without crash redeliveries: everything is
+    processed. Otherwise only the suspects of the highest crash count c, the first
+    ``group_size(c)`` of them in the order read; the other suspects and the fresh messages are
+    released without charge (they come back at once, the fresh ones as fresh as they were).
+    Fresh messages are not processed with suspects: a crash would make suspects of them too."""
+    top = max((m.crashes for m in messages), default=0)
+    if top == 0:
+        return list(messages), []
+    keep: list[db.Message] = []
+    rest: list[db.Message] = []
+    limit = group_size(top)
+    for m in messages:
+        if m.crashes == top and len(keep) < limit:
+            keep.append(m)
+        else:
+            rest.append(m)
+    return keep, rest
+
+
 def triage(messages: Iterable[db.Message], max_attempts: int) -> Batch:
     batch = Batch()
     for msg in messages:
@@ -156,15 +228,16 @@ def triage(messages: Iterable[db.Message], max_attempts: int) -> Batch:
             doc_id=msg.doc_id,
             doc_key=msg.doc_key,
             content_hash=content_hash,
-            attempts_before=msg.attempts_before,
+            attempts_before=attempts_before(msg),
             message=msg.message,
         )
-        if msg.attempts_before >= max_attempts:
+        if job.attempts_before >= max_attempts:
             job.failure = Failure(
                 "dead",
                 "attempts_exhausted",
-                f"gave up after {msg.attempts_before} attempts (the worker died or timed out "
-                "on every delivery)",
+                f"gave up after {job.attempts_before} attempts ({msg.crashes} deliveries ended "
+                f"with the worker dead or stuck, {charged_crashes(msg.crashes)} of them with "
+                "this document alone)",
             )
         else:
             batch.texts[msg.doc_id] = (msg.title, msg.body or "")

@@ -214,11 +214,37 @@ class Worker:
                 self.heartbeat.stop()
             self.writer.settle()
             self.writer.shutdown()
+            self._release_held()
             self.claims.stop()
             self.embedder.shutdown()
             self._reset_connections()
             log.info("worker stopped")
         return code
+
+    def _release_held(self) -> None:
+        """On the way out: the claims still held (a batch interrupted by KeyboardInterrupt or
+        SystemExit) are released with their deliveries given back (``release_v2``), so that
+        stopping a worker charges no attempt. Best effort: if the database is unreachable they
+        expire as after a crash."""
+        held = self.claims.held()
+        if not held:
+            return
+        conn: psycopg.Connection[Any] | None = None
+        try:
+            conn = db.connect(
+                self.s.conninfo, application_name="pgingest-worker", **self.connect_params
+            )
+            for model, claims in held.items():
+                n = db.release(conn, model, list(claims), list(claims.values()), 0)
+                self.claims.drop(model, list(claims))
+                log.info("claims released on shutdown", extra={"model": model, "released": n})
+        except Exception as exc:
+            log.warning(
+                "could not release the claims still held on shutdown; they expire",
+                extra={"error": str(exc).strip().splitlines()[0][:200] if str(exc) else ""},
+            )
+        finally:
+            db.close_quietly(conn)
 
     def _write_kept_failing(self) -> bool:
         """--drain: True once ``drain_max_write_failures`` batches in a row failed (exit 4, their
@@ -297,7 +323,7 @@ class Worker:
                 continue
             try:
                 stats = self.process_batch(m)
-                busy = bool(stats.read or stats.deferred)
+                busy = bool(stats.read or stats.deferred or stats.released)
                 if not busy:
                     busy = db.pending_messages(conn, m.name) > 0
             except MODEL_GONE as exc:
@@ -384,16 +410,36 @@ class Worker:
         conn = self._connection()
         stats = core.BatchStats()
         msgs = db.read_batch(conn, m.name, self.s.visibility_timeout, self.batch_size)
-        stats.read = self.in_flight = len(msgs)
         if not msgs:
             return stats
+        # Crash redeliveries: only a group of the most crashed suspects is processed, the rest
+        # given back at once without charge (batch.isolate, sql/025_claims.sql).
+        msgs, aside = core.isolate(msgs)
+        if aside:
+            stats.released = db.release(
+                conn, m.name, [a.msg_id for a in aside], [a.read_ct for a in aside], 0
+            )
+            crashes = msgs[0].crashes
+            log.warning(
+                "crash redeliveries: processing a smaller group, the rest released",
+                extra={
+                    "model": m.name,
+                    "crashes": crashes,
+                    "group": len(msgs),
+                    "released": len(aside),
+                    "msg_ids": [msg.msg_id for msg in msgs][:16],
+                },
+            )
+        stats.read = self.in_flight = len(msgs)
         # Claimed until written: extended while the batch is embedded (worker/claims.py).
         self.claims.hold(m.name, msgs)
         ids = [msg.msg_id for msg in msgs]
         try:
             return self._embed_and_submit(m, conn, msgs, stats)
-        except BaseException:
-            self.claims.drop(m.name, ids)  # not handed to the writer: the claims expire
+        except Exception:
+            # Not handed to the writer: the claims expire. (KeyboardInterrupt, SystemExit: the
+            # worker stops and run() releases the claims still held, charging nothing.)
+            self.claims.drop(m.name, ids)
             raise
 
     def _embed_and_submit(
@@ -417,10 +463,13 @@ class Worker:
             inputs.fill_cached(db.cached_vectors(conn, m.name, inputs.distinct()))
             self.metrics.cache(m.name, inputs.hits, len(inputs.unseen()))
             if not self.embedder.embed(m, inputs):  # paused: the batch waits for a probe
+                # Released with the deliveries given back: a pause charges no attempt.
+                read_cts = {msg.msg_id: msg.read_ct for msg in msgs}
                 ids = batch.msg_ids()
                 self.claims.drop(m.name, [msg.msg_id for msg in msgs])
-                db.release(conn, m.name, ids, int(self.s.probe_interval))
-                stats.released = len(ids)
+                stats.released += db.release(
+                    conn, m.name, ids, [read_cts[i] for i in ids], int(self.s.probe_interval)
+                )
                 return stats
         t_embed = time.perf_counter()
 
