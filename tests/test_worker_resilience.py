@@ -476,6 +476,7 @@ def test_pausing_a_model_releases_its_batch_without_charging_an_attempt(
     given back; pausing again and again never brings a document nearer to attempts_exhausted."""
     register(conn, "v1", fake.url)
     insert_corpus(conn, 10)
+    conn.execute("SELECT pgmq.send('pgingest_v1', '\"not a job\"')")  # released with the rest
     w = worker.Worker(settings(dsn, probe_interval=60))
     try:
         for _ in range(7):  # more pauses than max_attempts + GROUPED_DELIVERIES
@@ -483,10 +484,10 @@ def test_pausing_a_model_releases_its_batch_without_charging_an_attempt(
             assert m is not None
             fake.fail_next("auth", 1)
             stats = w.process_batch(m)
-            assert stats.released == 10
+            assert stats.released == 11
             assert conn.execute("SELECT paused FROM pgingest.models").fetchone() == (True,)
             rows = queue_rows(conn)
-            assert sorted(rows.values()) == [(0, False)] * 10  # not charged, held for the probe
+            assert sorted(rows.values()) == [(0, False)] * 11  # not charged, held for the probe
             assert w.claims.held() == {}
             db.resume_model(conn, "v1")
             conn.execute("UPDATE pgmq.q_pgingest_v1 SET vt = clock_timestamp()")
@@ -495,7 +496,7 @@ def test_pausing_a_model_releases_its_batch_without_charging_an_attempt(
         w._reset_connections()
     drain(dsn)
     assert embedded(conn) == 10
-    assert dead_letters(conn) == []
+    assert dead_letters(conn) == [("None", "invalid_message")]
 
 
 def test_a_worker_stopped_mid_batch_releases_its_claims_without_charge(

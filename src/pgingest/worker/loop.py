@@ -463,12 +463,12 @@ class Worker:
             inputs.fill_cached(db.cached_vectors(conn, m.name, inputs.distinct()))
             self.metrics.cache(m.name, inputs.hits, len(inputs.unseen()))
             if not self.embedder.embed(m, inputs):  # paused: the batch waits for a probe
-                # Released with the deliveries given back: a pause charges no attempt.
-                read_cts = {msg.msg_id: msg.read_ct for msg in msgs}
-                ids = batch.msg_ids()
-                self.claims.drop(m.name, [msg.msg_id for msg in msgs])
+                # Every message read, with its delivery given back: a pause charges no attempt
+                # (an invalid message too: left to expire, it would come back as a suspect).
+                ids = [msg.msg_id for msg in msgs]
+                self.claims.drop(m.name, ids)
                 stats.released += db.release(
-                    conn, m.name, ids, [read_cts[i] for i in ids], int(self.s.probe_interval)
+                    conn, m.name, ids, [msg.read_ct for msg in msgs], int(self.s.probe_interval)
                 )
                 return stats
         t_embed = time.perf_counter()
