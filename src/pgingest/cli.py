@@ -1,5 +1,5 @@
 """pgingest's command line: install, migrate, worker, status, search, maintenance, serve-model,
-model, demo.
+model, source, demo.
 
 Dead letters are requeued from SQL with pgingest.requeue_dead_letters(), not by a command."""
 
@@ -9,8 +9,9 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from pgingest import __version__, cli_support, models_cli
+from pgingest import __version__, cli_support, models_cli, sources_cli
 from pgingest.settings import WorkerSettings
 
 
@@ -51,6 +52,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     import json
 
+    import psycopg
+
     from pgingest import db, providers, search
 
     with db.connect(args.database_url) as conn:
@@ -78,24 +81,46 @@ def cmd_search(args: argparse.Namespace) -> int:
             return 1
         finally:
             provider.close()
-        if args.hybrid:
-            rows = db.hybrid_search(conn, args.query, qvec, args.k, json.loads(args.filter))
-            for r in rows:
-                r["distance"] = 1 - r["score"]
-        else:
-            rows = db.search(
-                conn, qvec, args.k, json.loads(args.filter), args.per_document, model.name
-            )
+        try:
+            if args.hybrid:
+                rows = db.hybrid_search(
+                    conn, args.query, qvec, args.k, json.loads(args.filter), args.source
+                )
+                for r in rows:
+                    r["distance"] = 1 - r["score"]
+            else:
+                rows = db.search(
+                    conn,
+                    qvec,
+                    args.k,
+                    json.loads(args.filter),
+                    args.per_document,
+                    model.name,
+                    args.source,
+                )
+        except psycopg.errors.UndefinedObject as exc:  # an unknown --source
+            return cli_support.report_db_error("pgingest search", exc)
     if args.json:
         print(json.dumps([dict(r, score=1 - r["distance"]) for r in rows], default=str, indent=2))
         return 0
     print(f"model {model.name}: top {len(rows)} for {args.query!r}")
-    print(f"{'#':>2}  {'score':>6}  {'document':<40}  chunk")
+    print(f"{'#':>2}  {'score':>6}  {'source':<12}  {'document':<40}  chunk")
     for i, r in enumerate(rows, 1):
         title = (r["title"] or r["doc_key"])[:40]
         snippet = " ".join(r["content"].split())[:70]
-        print(f"{i:>2}  {1 - r['distance']:>6.3f}  {title:<40}  {snippet}")
+        print(f"{i:>2}  {1 - r['distance']:>6.3f}  {r['source']:<12}  {title:<40}  {snippet}")
+        print(f"{'':>2}  {'':>6}  {'key':<12}  {_search_key(r)}")
     return 0
+
+
+def _search_key(row: dict[str, Any]) -> str:
+    """The key of a hit's row as an application joins back on it: documents.key for the built-in
+    source, the primary key columns of an attached table (compact JSON)."""
+    import json
+
+    if row["source"] == "documents":
+        return str(row["doc_key"])
+    return json.dumps(row["source_key"], separators=(", ", ": "), ensure_ascii=False)
 
 
 def cmd_maintenance(args: argparse.Namespace) -> int:
@@ -246,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--hybrid", action="store_true", help="full-text + vector, reciprocal rank fusion"
     )
+    p.add_argument(
+        "--source",
+        action="append",
+        metavar="NAME",
+        help="only this source (repeatable; default every source: pgingest source list)",
+    )
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser(
@@ -263,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve_model)
 
     models_cli.add_model_commands(sub)
+    sources_cli.add_source_commands(sub)
 
     p = sub.add_parser(
         "demo", help="the demo: a real corpus through the pipeline, then searches", add_help=False

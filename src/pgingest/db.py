@@ -648,14 +648,24 @@ def search(
     filter_: dict[str, Any],
     per_document: bool,
     model: str | None,
+    sources: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
+    """pgingest.search(): the nearest chunks, with the source and the key (jsonb) of the row each
+    comes from; ``sources``: only these sources (None: all)."""
     from pgvector import Vector
 
     cur = conn.cursor(row_factory=dict_row)
     return cur.execute(
-        "SELECT doc_id, doc_key, title, ordinal, content, distance, metadata, model_name"
-        " FROM pgingest.search(%s, %s, %s::jsonb, %s, %s)",
-        (Vector(query_vector), k, json.dumps(filter_), per_document, model),
+        "SELECT doc_id, doc_key, title, ordinal, content, distance, metadata, model_name, source,"
+        " source_key FROM pgingest.search(%s, %s, %s::jsonb, %s, %s, sources => %s::text[])",
+        (
+            Vector(query_vector),
+            k,
+            json.dumps(filter_),
+            per_document,
+            model,
+            None if sources is None else list(sources),
+        ),
     ).fetchall()
 
 
@@ -853,14 +863,23 @@ def hybrid_search(
     query_vector: np.ndarray,
     k: int,
     filter_: dict[str, Any],
+    sources: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
+    """pgingest.hybrid_search() over the active model, with the source and the key (jsonb) of
+    each row; ``sources``: only these sources (None: all)."""
     from pgvector import Vector
 
     cur = conn.cursor(row_factory=dict_row)
     return cur.execute(
-        "SELECT doc_id, doc_key, title, ordinal, content, score, vector_rank, text_rank"
-        " FROM pgingest.hybrid_search(%s, %s, %s, %s::jsonb)",
-        (query_text, Vector(query_vector), k, json.dumps(filter_)),
+        "SELECT doc_id, doc_key, title, ordinal, content, score, vector_rank, text_rank, source,"
+        " source_key FROM pgingest.hybrid_search(%s, %s, %s, %s::jsonb, sources => %s::text[])",
+        (
+            query_text,
+            Vector(query_vector),
+            k,
+            json.dumps(filter_),
+            None if sources is None else list(sources),
+        ),
     ).fetchall()
 
 

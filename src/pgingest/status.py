@@ -1,8 +1,9 @@
 """``pgingest status``: the pipeline at a glance, and a health check.
 
 The figures come from the views of ``sql/050_status.sql`` (``pgingest.model_status``,
-``dead_letter_summary``, ``worker_status``, ``vector_health``, ``index_builds``), which any login
-holding ``pgingest_monitor`` can read. ``pgingest status`` prints them as tables (``--json`` for
+``dead_letter_summary``, ``worker_status``, ``vector_health``, ``index_builds``) and
+``pgingest.source_status`` (``sql/015_sources.sql``: the attached tables; absent before schema
+0009, then the section is left out), which any login holding ``pgingest_monitor`` can read. ``pgingest status`` prints them as tables (``--json`` for
 machines) and exits:
 
 * 0: healthy;
@@ -59,6 +60,8 @@ class Report:
     workers: list[dict[str, Any]]
     vector_health: list[dict[str, Any]]
     index_builds: list[dict[str, Any]]
+    sources: list[dict[str, Any]] | None = None
+    """``pgingest.source_status``; None when the server predates sources (schema 0009)."""
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -76,11 +79,13 @@ class Report:
             "workers": self.workers,
             "vector_health": self.vector_health,
             "index_builds": self.index_builds,
+            "sources": self.sources,
         }
 
 
 def collect(conn: psycopg.Connection[Any]) -> Report:
-    """Reads the five status views (one snapshot: a repeatable-read transaction)."""
+    """Reads the five status views and the sources (one snapshot: a repeatable-read
+    transaction)."""
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         return Report(
@@ -89,7 +94,29 @@ def collect(conn: psycopg.Connection[Any]) -> Report:
             workers=db.status_view(conn, "worker_status"),
             vector_health=db.status_view(conn, "vector_health"),
             index_builds=db.status_view(conn, "index_builds"),
+            sources=_source_status(conn),
         )
+
+
+def _source_status(conn: psycopg.Connection[Any]) -> list[dict[str, Any]] | None:
+    """The rows of ``pgingest.source_status`` (the built-in ``documents`` first), or None when
+    the view does not exist (a server installed before sources: schema 0009)."""
+    from psycopg.rows import dict_row
+
+    row = conn.execute("SELECT to_regclass('pgingest.source_status') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return None
+    rows = (
+        conn.cursor(row_factory=dict_row)
+        .execute(
+            "SELECT * FROM pgingest.source_status ORDER BY source <> 'documents', source",
+        )
+        .fetchall()
+    )
+    for r in rows:
+        if r.get("backfill_percent") is not None:
+            r["backfill_percent"] = float(r["backfill_percent"])
+    return rows
 
 
 def _seconds(value: Any) -> float | None:
@@ -163,6 +190,24 @@ def evaluate(report: Report, policy: HealthPolicy) -> Report:
             warnings.append(
                 f"model {m['model']}: its backfill is queued by running workers, and none runs "
                 f"(or CALL pgingest.run_backfill('{m['model']}'))"
+            )
+    for src in report.sources or ():
+        # Failed captures are dead letters too (error class capture_failed): counted above.
+        if src.get("capture_failures"):
+            warnings.append(
+                f"source {src['source']}: {src['capture_failures']} failed capture(s) (dead "
+                "letters capture_failed): fix the cause, then pgingest source resync "
+                f"{src['source']}"
+            )
+        if str(src.get("table_name") or "").endswith("(dropped)"):
+            warnings.append(
+                f"source {src['source']}: its table was dropped: pgingest source remove "
+                f"{src['source']}"
+            )
+        elif src.get("backfill") != "done" and report.models and not live:
+            warnings.append(
+                f"source {src['source']}: its backfill is queued by running workers, and none "
+                "runs (or CALL pgingest.run_source_backfill())"
             )
     report.problems = problems
     report.warnings = warnings
@@ -295,6 +340,24 @@ def render_text(report: Report, now: dt.datetime | None = None) -> str:
     else:
         out.append("  no model registered: SELECT pgingest.register_model(...)")
 
+    if report.sources is not None:
+        out.append("\nSOURCES")
+        out.append(
+            _table(
+                ["source", "table", "rows", "backfill", "capture failures"],
+                [
+                    [
+                        src["source"],
+                        src["table_name"],
+                        _num(src["rows_registered"]),
+                        _source_backfill(src),
+                        _num(src["capture_failures"]),
+                    ]
+                    for src in report.sources
+                ],
+            )
+        )
+
     out.append("\nDEAD LETTERS")
     if report.dead_letters:
         out.append(
@@ -401,6 +464,15 @@ def render_text(report: Report, now: dt.datetime | None = None) -> str:
                 f"{'-' if pct is None else f'{pct:.1f}%'} elapsed {_duration(_seconds(b['elapsed']))}"
             )
     return "\n".join(out) + "\n"
+
+
+def _source_backfill(src: dict[str, Any]) -> str:
+    """done; waiting; running 40% (2,000 of ~5,000 rows)."""
+    if src["backfill"] != "running":
+        return str(src["backfill"])
+    estimate = src.get("table_rows_estimate") or 0
+    of = f" of ~{_num(estimate)}" if estimate > 0 else ""
+    return f"running {_num(src['backfill_percent'])}% ({_num(src['backfill_rows'])}{of} rows)"
 
 
 def render_json(report: Report) -> str:
