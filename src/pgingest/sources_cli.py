@@ -76,8 +76,12 @@ def add_source_commands(subparsers: Any) -> argparse.ArgumentParser:
         "paced batches (--no-backfill: only later changes).",
     )
     cli_support.add_database_url(p)
-    p.add_argument("name", help="source name: a lower-case letter, then letters, digits or _")
-    p.add_argument("table", help="the table, optionally schema-qualified (as in SQL)")
+    p.add_argument(
+        "name", metavar="NAME", help="source name: a lower-case letter, then letters, digits or _"
+    )
+    p.add_argument(
+        "table", metavar="TABLE", help="the table, optionally schema-qualified (as in SQL)"
+    )
     mapping = p.add_mutually_exclusive_group(required=True)
     mapping.add_argument("--body", metavar="COLUMN", help="the text column to embed")
     mapping.add_argument(
@@ -109,7 +113,7 @@ def add_source_commands(subparsers: Any) -> argparse.ArgumentParser:
 
     p = sub.add_parser("show", help="one source: status and mapping")
     cli_support.add_database_url(p)
-    p.add_argument("name")
+    p.add_argument("name", metavar="NAME")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_show)
 
@@ -121,7 +125,7 @@ def add_source_commands(subparsers: Any) -> argparse.ArgumentParser:
         "grant add gave. The table and its rows are never touched.",
     )
     cli_support.add_database_url(p)
-    p.add_argument("name")
+    p.add_argument("name", metavar="NAME")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=cmd_remove)
 
@@ -133,7 +137,7 @@ def add_source_commands(subparsers: Any) -> argparse.ArgumentParser:
         "are queued, the others cost a comparison.",
     )
     cli_support.add_database_url(p)
-    p.add_argument("name")
+    p.add_argument("name", metavar="NAME")
     p.set_defaults(func=cmd_resync)
     return source
 
