@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from pgingest import cli, sources_cli
 from pgingest.testing.fake_provider import FakeEmbeddingServer
@@ -373,3 +374,31 @@ def test_search_source_limits_results_and_prints_the_source_and_key(
     code, _, err = run(capsys, dsn, "search", "quarterly tenant reports", "--source", "nope")
     assert code == 2
     assert "no source 'nope'" in err
+
+
+def test_a_monitor_lists_and_shows_sources_and_may_not_attach_one(
+    articles: psycopg.Connection[Any], dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert add_articles(capsys, dsn)[0] == 0
+    role = f"pgingest_t_mon_{uuid.uuid4().hex[:8]}"
+    articles.execute(
+        sql.SQL("CREATE ROLE {} LOGIN IN ROLE pgingest_monitor").format(sql.Identifier(role))
+    )
+    try:
+        monitor = psycopg.conninfo.make_conninfo(dsn, user=role)
+        code, out, err = run(capsys, monitor, "source", "list")
+        assert code == 0, err
+        assert re.search(r"\narticles\s+articles\s+tenant_id, id\s", out)
+        # pgingest.sources is for admins: the mapping comes from the status view.
+        code, out, err = run(capsys, monitor, "source", "show", "articles")
+        assert code == 0, err
+        assert "key:                tenant_id, id\n" in out
+        assert f"mapping:            {json.dumps(TEMPLATE)}\n" in out
+        code, out, err = run(
+            capsys, monitor, "source", "add", "a2", "public.articles", "--body", "body"
+        )
+        assert code == sources_cli.EXIT_ERROR
+        assert "permission denied for function add_source" in err
+        assert "  sqlstate: 42501" in err.splitlines()
+    finally:
+        articles.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
