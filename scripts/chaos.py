@@ -18,6 +18,18 @@ private cluster of ``scripts/pgcluster.sh``), dropped at the end unless ``--keep
   statement, metadata-only no-op updates), deletes some and re-creates a few deleted keys;
 * 50 planted bad documents: the fake server's poison markers ``__NAN__``, ``__DIM__``,
   ``__ZERO__``, ``__REJECT__``, and bodies of zero-width characters only;
+* a second source: the application table ``public.chaos_articles`` (key ``(tenant_id uuid, id
+  bigint)``, ``title``, ``body``, ``tags text[]``; one row per 5 documents) holds 40% of its rows
+  before it is attached mid-run with ``pgingest.add_source(template => '{title}\\n\\n{body}
+  \\n\\nTags: {tags}', title => 'title')``, so that the workers backfill it during the chaos; a
+  writer inserts the rest (multi-row, row by row, COPY through a staging table) while a mutator
+  adds an unmapped column ``views``, then changes text, title, tags (probed: one message per
+  live model), ``views`` only (probed: no message), in bursts and many rows per statement,
+  moves primary keys, deletes and re-creates rows: a fifth of it back to back on the rows the
+  backfill is registering; 12 planted bad rows: the four poison markers, rows whose mapped columns
+  are all NULL (no text) and rows emptied that way once their first version is embedded;
+* a model migration: model v2 (``fake-768``, 768 dimensions) is registered halfway through the
+  writing, while the kills go on; the workers backfill it from both sources;
 * a worker is killed with SIGKILL at random moments (at least 5 times) and restarted at once;
 * PostgreSQL itself is restarted once (fast shutdown: ``scripts/pgcluster.sh stop`` then
   ``start``) mid-run, and the running workers must reconnect by themselves. Only when the
@@ -25,18 +37,23 @@ private cluster of ``scripts/pgcluster.sh``), dropped at the end unless ``--keep
   ``PGINGEST_PGPORT``/``PGINGEST_PGDATA``); otherwise, or with ``--no-pg-restart``, skipped
   with a notice. Every client of that cluster sees the restart: do not run it while tests run.
 
-Then faults off, the workers stopped, one final ``worker --drain``, and the checks (each printed
-PASS or FAIL; the exit status is 1 when any fails): every live document has exactly the chunks
-``pgingest.chunking.chunk_documents`` predicts for its latest version, with unit-norm vectors
-of the model's dimension; no duplicate chunk; no chunk, state or dead letter of a deleted
-document; exactly the planted bad documents are dead-lettered, each with the reason its poison
-calls for; the queue is empty.
+Then faults off, the workers stopped, one final ``worker --drain``, ``swap_model('v2')`` (it
+refuses unless v2's backfill is complete; v1 stays live as standby), and the checks, each for
+both sources and both models (each printed PASS or FAIL; the exit status is 1 when any fails):
+every row of the table is registered once in ``pgingest.source_rows`` with the content hash of
+its current text (no row missed, no row of a deleted key); every live document has exactly the
+chunks ``pgingest.chunking.chunk_documents`` predicts for its latest version (for a row: the
+template's text, as ``pgingest._source_expr`` builds it), with unit-norm vectors of each model's
+dimension; no duplicate chunk; no chunk, vector, state or dead letter of a deleted document or
+row; exactly the planted bad documents and rows are dead-lettered, per model, each with the
+reason its poison calls for, and none keeps a chunk of an older version; the queues are empty.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -46,6 +63,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -64,7 +82,17 @@ ROOT = Path(__file__).resolve().parent.parent
 PGCLUSTER = ROOT / "scripts" / "pgcluster.sh"
 MODEL = "v1"
 DIMENSIONS = 384
-QUEUE_TABLE = sql.Identifier("pgmq", f"q_pgingest_{MODEL}")
+# The model migrated to mid-run: registered (shadow) while writers, workers and kills go on,
+# backfilled from every source by the workers, swapped to after the final drain.
+MODEL2 = "v2"
+MODEL2_ID = "fake-768"
+DIMENSIONS2 = 768
+MODELS: dict[str, int] = {MODEL: DIMENSIONS, MODEL2: DIMENSIONS2}
+# The second source: an application table with a composite key, attached mid-run with a template.
+SOURCE = "articles"
+ARTICLES = "public.chaos_articles"
+TEMPLATE = "{title}\n\n{body}\n\nTags: {tags}"
+TAGS = ("postgres", "vectors", "chaos", "queue", "release", "ops", "news", "l'été", "数据")
 FAULT_RATES = {"rate_limit": 0.10, "unavailable": 0.10, "timeout": 0.05}
 HTTP_TIMEOUT_S = 2
 HANG_S = 3
@@ -93,6 +121,23 @@ POISONS: tuple[tuple[str, str, str, str], ...] = (
     ),
     ("blank", "\u200b\u200c\u200d\ufeff\u2060", "empty_document", "no text"),
 )
+# Planted bad rows of the articles table: the poison markers in the body, a row whose mapped
+# columns are all NULL (the template gives no text), and good rows the mutator empties that way.
+ARTICLE_POISONS: tuple[tuple[str, str | None], ...] = (
+    ("nan", "An article about {i} that turns into __NAN__ on the way."),
+    ("dim", "An article about {i} with one __DIM__ too few."),
+    ("zero", "An article about {i} that is all __ZERO__ inside."),
+    ("reject", "An article about {i} the content filter will __REJECT__ at once."),
+    ("null", None),
+    ("emptied", None),
+)
+MARKERS = {
+    "__NAN__": POISONS[0][2:],
+    "__DIM__": POISONS[1][2:],
+    "__ZERO__": POISONS[2][2:],
+    "__REJECT__": POISONS[3][2:],
+}
+EMPTY = POISONS[4][2:]
 
 
 T = TypeVar("T")
@@ -105,6 +150,9 @@ T = TypeVar("T")
 class Plan:
     docs: int
     bad: int
+    articles: int
+    preload: int
+    bad_articles: int
     writers: int
     workers: int
     min_kills: int
@@ -121,17 +169,24 @@ def make_plan(args: argparse.Namespace) -> Plan:
     write_seconds = args.write_seconds
     if write_seconds is None:
         write_seconds = 14.0 if small else max(20.0, min(60.0, docs / 400))
+    articles = args.articles if args.articles is not None else max(100, docs // 5)
     return Plan(
         docs=docs,
         bad=args.bad,
+        articles=articles,
+        preload=int(articles * 0.4),
+        bad_articles=2 * len(ARTICLE_POISONS),
         writers=args.writers,
         workers=args.workers,
         min_kills=args.kills,
         write_seconds=write_seconds,
         kill_every=(1.5, 3.5) if small else (3.0, 8.0),
-        settle_seconds=60.0 if small else 180.0,
-        drain_seconds=90.0 if small else 240.0,
-        deadline_seconds=args.deadline,
+        # Two models to embed (v2's backfill of every source comes on top): room for both.
+        settle_seconds=90.0 if small else 480.0,
+        drain_seconds=90.0 if small else 300.0,
+        deadline_seconds=args.deadline
+        if args.deadline is not None
+        else (540.0 if small else 1200.0),
     )
 
 
@@ -177,6 +232,94 @@ def make_documents(plan: Plan, rng: random.Random) -> tuple[list[Doc], dict[str,
         bad[key] = (error_class, word)
     rng.shuffle(docs)
     return docs, bad
+
+
+@dataclass
+class Article:
+    tenant: str
+    id: int
+    title: str | None
+    body: str | None
+    tags: list[str | None] | None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.tenant, self.id)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "tenant_id": self.tenant,
+            "id": self.id,
+            "title": self.title,
+            "body": self.body,
+            "tags": self.tags,
+        }
+
+
+def random_tags(rng: random.Random) -> list[str | None] | None:
+    r = rng.random()
+    if r < 0.1:
+        return None
+    if r < 0.15:
+        return []
+    tags: list[str | None] = list(rng.sample(TAGS, rng.randint(1, 4)))
+    if r < 0.2:
+        tags.insert(rng.randrange(len(tags) + 1), None)  # array_to_string skips NULL elements
+    return tags
+
+
+def make_articles(
+    plan: Plan, rng: random.Random
+) -> tuple[list[Article], list[Article], dict[tuple[str, int], str]]:
+    """Rows of public.chaos_articles: (preloaded before the attach, inserted during the run,
+    planted key -> kind). A tenth of the good rows have no title, some no body or no tags."""
+    tenants = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(4)]
+    rows = []
+    for i in range(plan.articles):
+        body = None if rng.random() < 0.03 else texts.mixed_body(rng, f"article {i}")
+        title = None if rng.random() < 0.1 else f"Article {i} of tenant {i % len(tenants)}"
+        rows.append(Article(tenants[i % len(tenants)], 1 + i, title, body, random_tags(rng)))
+    planted: dict[tuple[str, int], str] = {}
+    for i in range(plan.bad_articles):
+        kind, template = ARTICLE_POISONS[i % len(ARTICLE_POISONS)]
+        tenant = tenants[i % len(tenants)]
+        if kind == "null":
+            a = Article(tenant, 900_000 + i, None, None, None)
+        elif kind == "emptied":  # good now; the mutator sets title, body and tags to NULL
+            a = Article(tenant, 900_000 + i, f"To be emptied {i}", f"Emptied later {i}.", ["x"])
+        else:
+            assert template is not None
+            a = Article(
+                tenant, 900_000 + i, f"Planted bad article {i}", template.format(i=i), ["bad"]
+            )
+        rows.append(a)
+        planted[a.key] = kind
+    rng.shuffle(rows)
+    return rows[: plan.preload], rows[plan.preload :], planted
+
+
+def article_text(title: str | None, body: str | None, tags: list[str | None] | None) -> str | None:
+    """The text the source's template gives (pgingest._source_expr 'body'): concat of the parts,
+    a NULL column empty, an array joined with ', ' (NULL elements skipped); all NULL: no text."""
+    if title is None and body is None and tags is None:
+        return None
+    joined = "" if tags is None else ", ".join(t for t in tags if t is not None)
+    return f"{title or ''}\n\n{body or ''}\n\nTags: {joined}"
+
+
+def content_hash(title: str | None, body: str | None) -> bytes:
+    """pgingest._content_hash(title, coalesce(body, ''))."""
+    return hashlib.sha256(f"{title or ''}\x1e{body or ''}".encode()).digest()
+
+
+def expected_failure(text: str | None) -> tuple[str, str] | None:
+    """(error_class, word) a row of this text must be dead-lettered with; None: embedded."""
+    if text is None:
+        return EMPTY
+    for marker, failure in MARKERS.items():
+        if marker in text:
+            return failure
+    return None
 
 
 # -------------------------------------------------------------------------------- database
@@ -379,6 +522,17 @@ class State:
     restarts: int = 0
     errors: list[str] = field(default_factory=list)
     writer_retries: int = 0
+    # The articles table: keys written, keys deleted (or moved away from), the doc_ids those had.
+    art_inserted: list[tuple[str, int]] = field(default_factory=list)
+    art_inserted_set: set[tuple[str, int]] = field(default_factory=set)
+    art_deleted: set[tuple[str, int]] = field(default_factory=set)
+    art_deleted_ids: set[int] = field(default_factory=set)
+    attached_at: float | None = None
+    # Capture probes: (kind, key, messages queued by the statement, live models then).
+    probes: list[tuple[str, tuple[str, int], int, int]] = field(default_factory=list)
+    migration: str = ""
+    emptied_after_embedding: int = 0
+    migrated_at: float | None = None
 
 
 class Chaos:
@@ -402,6 +556,7 @@ class Chaos:
         self.fake_log: IO[bytes] | None = None
         self.checks: list[tuple[str, str, str]] = []  # (PASS|FAIL|SKIP, name, detail)
         self.bad: dict[str, tuple[str, str]] = {}
+        self.planted: dict[tuple[str, int], str] = {}
         self.restart_note = ""
 
     # -- set-up and tear-down ----------------------------------------------------------------
@@ -415,6 +570,20 @@ class Chaos:
             )
             c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.dbname)))
         install.install(self.dsn)
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            c.execute(
+                "CREATE TABLE public.chaos_articles (tenant_id uuid, id bigint, title text, body text,"
+                " tags text[], PRIMARY KEY (tenant_id, id))"
+            )
+
+    def preload_articles(self, rows: list[Article]) -> None:
+        """Rows the table holds before it is attached: the source's backfill registers them."""
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            insert_articles(c, rows, "multi")
+        with self.state.lock:
+            for a in rows:
+                self.state.art_inserted.append(a.key)
+                self.state.art_inserted_set.add(a.key)
 
     def drop_database(self) -> None:
         try:
@@ -609,32 +778,340 @@ class Chaos:
                     k = self.state.kills
             say(f"SIGKILL worker {slot.index} (pid {pid}), kill #{k}; restarted as pid {slot.pid}")
 
+    def article_writer(self, rows: list[Article]) -> None:
+        """Inserts the articles table's rows over the writing phase, before and after the attach."""
+        rng = random.Random(self.args.seed * 1000 + 777)
+        client = Client(self.dsn, "article-writer", self.t_deadline)
+        rate = max(len(rows) / self.plan.write_seconds, 1.0)
+        t0 = time.monotonic()
+        pos = 0
+        try:
+            while pos < len(rows) and not self.stop.is_set():
+                due = t0 + pos / rate
+                if (wait := due - time.monotonic()) > 0 and self.stop.wait(wait):
+                    return
+                batch = rows[pos : pos + rng.randint(2, 20)]
+                style = rng.choice(("multi", "multi", "rows", "copy"))
+                client.run(lambda c, b=batch, s=style: insert_articles(c, b, s))  # type: ignore[misc]
+                with self.state.lock:
+                    for a in batch:
+                        self.state.art_inserted.append(a.key)
+                        self.state.art_inserted_set.add(a.key)
+                    self.state.ops[f"articles_insert_{style}"] += 1
+                pos += len(batch)
+        except Exception as exc:
+            with self.state.lock:
+                self.state.errors.append(f"article writer: {type(exc).__name__}: {exc}")
+        finally:
+            with self.state.lock:
+                self.state.writer_retries += client.retries
+            client.close()
+
+    def article_mutator(self) -> None:
+        """Attaches the table mid-run (a template over title, body and tags), adds an unmapped
+        column, then updates (text, tags only, the unmapped column only, bursts, many rows in one
+        statement, a moved primary key), deletes, re-creates and empties planted rows."""
+        rng = random.Random(self.args.seed + 23)
+        client = Client(self.dsn, "article-mutator", self.t_deadline)
+        n = self.plan.articles
+        emptied = sorted(k for k, kind in self.planted.items() if kind == "emptied")
+        budget = Counter(
+            update=max(5, n // 10),
+            tags=max(3, n // 50),
+            views=max(5, n // 40),
+            burst=max(2, n // 100),
+            update_many=max(2, n // 200),
+            delete=max(5, n // 25),
+            delete_many=max(1, n // 400),
+            recreate=max(2, n // 100),
+            move=max(2, n // 100),
+        )
+        ops = list(budget.elements())
+        rng.shuffle(ops)
+        # Right after the attach, a fifth of the changes back to back on the rows the table held
+        # before it, while a worker's backfill registers them; the rest paced over the run.
+        storm = len(ops) // 5
+        interval = self.plan.write_seconds * 0.8 / (len(ops) - storm + 2)
+        try:
+            if self.stop.wait(self.plan.write_seconds * 0.15):
+                return
+
+            def attach(c: psycopg.Connection[Any]) -> int:
+                if c.execute(
+                    "SELECT 1 FROM pgingest.sources WHERE name = %s", (SOURCE,)
+                ).fetchone():
+                    return -1  # a retry of an attach whose commit was acknowledged too late
+                row = c.execute(
+                    "SELECT pgingest.add_source(%s, %s::regclass, template => %s, title => 'title',"
+                    " metadata => ARRAY['tenant_id'])",
+                    (SOURCE, ARTICLES, TEMPLATE),
+                ).fetchone()
+                assert row is not None
+                return int(row[0])
+
+            t = time.monotonic()
+            client.run(attach)
+            with self.state.lock:
+                self.state.attached_at = time.monotonic() - _T0
+                held = len(self.state.art_inserted_set)
+            say(
+                f"attached {ARTICLES} as source {SOURCE!r} ({held} rows written so far) in"
+                f" {time.monotonic() - t:.1f}s; its backfill runs in the workers"
+            )
+            client.run(
+                lambda c: c.execute(
+                    "ALTER TABLE public.chaos_articles ADD COLUMN IF NOT EXISTS views integer NOT NULL DEFAULT 0"
+                )
+            )
+            preloaded = self.plan.preload
+            for i, op in enumerate(ops):
+                if i >= storm and self.stop.wait(interval * rng.uniform(0.5, 1.5)):
+                    return
+                with self.state.lock:
+                    recent = (
+                        self.state.art_inserted[:preloaded]
+                        if i < storm
+                        else self.state.art_inserted[-3000:]
+                    )
+                    live = [
+                        k
+                        for k in recent
+                        if k not in self.planted and k not in self.state.art_deleted
+                    ]
+                    deleted = sorted(self.state.art_deleted)
+                if len(live) < 10:
+                    continue
+                self.mutate_article(client, rng, op, live, deleted)
+                with self.state.lock:
+                    self.state.ops[f"articles_{op}"] += 1
+            # Planted rows emptied (title, body and tags NULL: no text) once their first version
+            # is embedded: the dead-lettered new version must leave nothing of the old one.
+            for key in emptied:
+                until = time.monotonic() + self.plan.write_seconds + self.plan.settle_seconds / 2
+                while not client.run(lambda c, k=key: embedded_row(c, k)):  # type: ignore[misc]
+                    if time.monotonic() > until or self.stop.wait(0.5):
+                        break
+                else:
+                    with self.state.lock:
+                        self.state.emptied_after_embedding += 1
+                client.run(
+                    lambda c, k=key: c.execute(  # type: ignore[misc]
+                        "UPDATE public.chaos_articles SET title = NULL, body = NULL, tags = NULL"
+                        " WHERE tenant_id = %s AND id = %s",
+                        k,
+                    )
+                )
+                with self.state.lock:
+                    self.state.ops["articles_empty"] += 1
+        except Exception as exc:
+            with self.state.lock:
+                self.state.errors.append(f"article mutator: {type(exc).__name__}: {exc}")
+        finally:
+            client.close()
+
+    def mutate_article(
+        self,
+        client: Client,
+        rng: random.Random,
+        op: str,
+        live: list[tuple[str, int]],
+        deleted: list[tuple[str, int]],
+    ) -> None:
+        def new_body(key: tuple[str, int]) -> str:
+            return texts.mixed_body(rng, f"article {key[1]} revised {rng.randrange(10**9)}")
+
+        if op == "update":  # the body, the title, both, or a body set to NULL (title and tags stay)
+            key = rng.choice(live)
+            r = rng.random()
+            if r < 0.1:
+                client.run(
+                    lambda c: c.execute(
+                        "UPDATE public.chaos_articles SET body = NULL WHERE tenant_id = %s AND id = %s",
+                        key,
+                    )
+                )
+            elif r < 0.3:
+                title = f"Retitled {key[1]} {rng.randrange(10**6)}"
+                client.run(
+                    lambda c: c.execute(
+                        "UPDATE public.chaos_articles SET title = %s WHERE tenant_id = %s AND id = %s",
+                        (title, *key),
+                    )
+                )
+            else:
+                body = new_body(key)
+                title = None if rng.random() < 0.1 else f"Revised article {key[1]}"
+                client.run(
+                    lambda c: c.execute(
+                        "UPDATE public.chaos_articles SET title = %s, body = %s WHERE tenant_id = %s AND id = %s",
+                        (title, body, *key),
+                    )
+                )
+        elif op == "burst":  # quick successive versions: only the last one may stay embedded
+            key = rng.choice(live)
+            for _ in range(rng.randint(3, 8)):
+                body = new_body(key)
+                client.run(
+                    lambda c, b=body: c.execute(  # type: ignore[misc]
+                        "UPDATE public.chaos_articles SET body = %s WHERE tenant_id = %s AND id = %s",
+                        (b, *key),
+                    )
+                )
+        elif op == "update_many":  # one statement, many rows of several tenants
+            keys = rng.sample(live, min(len(live), rng.randint(5, 25)))
+            payload = json.dumps(
+                [{"tenant_id": k[0], "id": k[1], "body": new_body(k)} for k in keys]
+            )
+            client.run(
+                lambda c: c.execute(
+                    "UPDATE public.chaos_articles AS a SET body = u.body FROM jsonb_to_recordset(%s::jsonb)"
+                    " AS u (tenant_id uuid, id bigint, body text)"
+                    " WHERE a.tenant_id = u.tenant_id AND a.id = u.id",
+                    (payload,),
+                )
+            )
+        elif op in ("tags", "views"):
+            # Probed: in one REPEATABLE READ transaction, the messages this statement queued (its
+            # own inserts are the only ones its snapshot sees). A tags change queues one message
+            # per live model; a change of the unmapped column views queues nothing.
+            key = rng.choice(live)
+            if op == "tags":
+                change = "UPDATE public.chaos_articles SET tags = %s::text[] WHERE tenant_id = %s AND id = %s"
+                value: Any = random_tags(rng) or ["retagged"]
+            else:
+                change = "UPDATE public.chaos_articles SET views = views + %s WHERE tenant_id = %s AND id = %s"
+                value = rng.randint(1, 5)
+
+            def probe(c: psycopg.Connection[Any]) -> tuple[int, int] | None:
+                with c.transaction():
+                    c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    before, models = queued_messages(c)
+                    old = c.execute(
+                        "SELECT tags FROM public.chaos_articles WHERE tenant_id = %s AND id = %s",
+                        key,
+                    ).fetchone()
+                    if old is None or (op == "tags" and old[0] == value):
+                        return None  # gone meanwhile, or the same tags: no change to probe
+                    cur = c.execute(change, (value, *key))
+                    if cur.rowcount != 1:
+                        return None
+                    after, _ = queued_messages(c)
+                return after - before, models
+
+            res = client.run(probe)
+            if res is not None:
+                with self.state.lock:
+                    self.state.probes.append((op, key, res[0], res[1]))
+        elif op in ("delete", "delete_many", "move"):
+            keys = (
+                [rng.choice(live)] if op != "delete_many" else rng.sample(live, min(len(live), 8))
+            )
+            with self.state.lock:  # before the statement: a lost ack still counts as deleted
+                self.state.art_deleted.update(keys)
+            payload = json.dumps([{"tenant_id": k[0], "id": k[1]} for k in keys])
+            # With the doc_ids those keys had: the statement's own snapshot of source_rows,
+            # taken before its triggers ran.
+            if op == "move":  # a changed primary key: the old key is forgotten, the new one queued
+                new_id = 2_000_000 + rng.randrange(10**9)
+                stmt = (
+                    "WITH w AS (UPDATE public.chaos_articles AS a SET id = %s"
+                    " FROM jsonb_to_recordset(%s::jsonb) AS u (tenant_id uuid, id bigint)"
+                    " WHERE a.tenant_id = u.tenant_id AND a.id = u.id RETURNING u.tenant_id, u.id)"
+                    " SELECT r.doc_id FROM w JOIN pgingest.sources AS s ON s.name = %s"
+                    " JOIN pgingest.source_rows AS r ON r.source_id = s.id"
+                    " AND r.row_key = jsonb_build_object('tenant_id', w.tenant_id, 'id', w.id)"
+                )
+                params: tuple[Any, ...] = (new_id, payload)
+            else:
+                stmt = (
+                    "WITH w AS (DELETE FROM public.chaos_articles AS a"
+                    " USING jsonb_to_recordset(%s::jsonb) AS u (tenant_id uuid, id bigint)"
+                    " WHERE a.tenant_id = u.tenant_id AND a.id = u.id RETURNING u.tenant_id, u.id)"
+                    " SELECT r.doc_id FROM w JOIN pgingest.sources AS s ON s.name = %s"
+                    " JOIN pgingest.source_rows AS r ON r.source_id = s.id"
+                    " AND r.row_key = jsonb_build_object('tenant_id', w.tenant_id, 'id', w.id)"
+                )
+                params = (payload,)
+            ids = client.run(lambda c: c.execute(stmt, (*params, SOURCE)).fetchall())
+            with self.state.lock:
+                self.state.art_deleted_ids.update(int(r[0]) for r in ids)
+                if op == "move":
+                    moved = (keys[0][0], new_id)
+                    self.state.art_inserted.append(moved)
+                    self.state.art_inserted_set.add(moved)
+        elif op == "recreate" and deleted:  # a deleted key comes back as a new row (new doc_id)
+            key = rng.choice(deleted)
+            a = Article(key[0], key[1], f"Re-created {key[1]}", new_body(key), random_tags(rng))
+            client.run(lambda c: insert_articles(c, [a], "multi"))
+            with self.state.lock:
+                self.state.art_deleted.discard(key)
+
+    def migrator(self) -> None:
+        """Registers model v2 mid-run (shadow): the workers backfill it from every source."""
+        client = Client(self.dsn, "migrator", self.t_deadline)
+
+        def register(c: psycopg.Connection[Any]) -> str:
+            if c.execute("SELECT 1 FROM pgingest.models WHERE name = %s", (MODEL2,)).fetchone():
+                return "already registered"  # a retry of a register whose ack was lost
+            row = c.execute(
+                "SELECT pgingest.register_model(%s, %s, %s, %s, index_method => 'none')",
+                (MODEL2, MODEL2_ID, DIMENSIONS2, self.fake_url),
+            ).fetchone()
+            assert row is not None
+            return str(row[0])
+
+        try:
+            if self.stop.wait(self.plan.write_seconds * 0.5):
+                return
+            t = time.monotonic()
+            state = client.run(register)
+            with self.state.lock:
+                self.state.migrated_at = time.monotonic() - _T0
+                inserted, kills = len(self.state.inserted), self.state.kills
+                self.state.migration = (
+                    f"{MODEL2} ({MODEL2_ID}, {DIMENSIONS2} dims) registered {state} at"
+                    f" {self.state.migrated_at:.0f}s, with {inserted:,} documents written and"
+                    f" {kills} kills so far"
+                )
+            say(f"model {self.state.migration} (in {time.monotonic() - t:.1f}s)")
+        except Exception as exc:
+            with self.state.lock:
+                self.state.errors.append(f"migrator: {type(exc).__name__}: {exc}")
+        finally:
+            client.close()
+
     # -- monitoring --------------------------------------------------------------------------
 
     def progress(self, client: Client, last: dict[str, Any]) -> dict[str, Any]:
-        row = client.run(
-            lambda c: c.execute(
-                sql.SQL(
-                    "SELECT clock_timestamp(), (SELECT count(*) FROM pgingest.documents),"
-                    " (SELECT count(*) FROM pgingest.embedding_state),"
-                    " (SELECT count(*) FROM pgingest.embedding_state WHERE embedded_at >= %s),"
-                    " (SELECT count(*) FROM {}), (SELECT count(*) FROM pgingest.dead_letters)"
-                ).format(QUEUE_TABLE),
-                (last.get("at") or "-infinity",),
+        def read(c: psycopg.Connection[Any]) -> tuple[Any, ...]:
+            row = c.execute(
+                "SELECT clock_timestamp(), (SELECT count(*) FROM pgingest.documents),"
+                " (SELECT count(*) FROM pgingest.source_rows),"
+                " (SELECT count(*) FROM pgingest.embedding_state WHERE model = %s),"
+                " (SELECT count(*) FROM pgingest.embedding_state WHERE model = %s),"
+                " (SELECT count(*) FROM pgingest.embedding_state WHERE embedded_at >= %s),"
+                " (SELECT count(*) FROM pgingest.dead_letters),"
+                " (SELECT count(*) FROM pgingest.sources WHERE backfill_completed_at IS NULL)"
+                " + (SELECT count(*) FROM pgingest.models"
+                "    WHERE state <> 'retired' AND backfill_completed_at IS NULL)",
+                (MODEL, MODEL2, last.get("at") or "-infinity"),
             ).fetchone()
-        )
-        assert row is not None
-        now, ndocs, embedded, recent, queue, dead = row
+            assert row is not None
+            return (*row, queued_messages(c)[0])
+
+        now, ndocs, nrows, embedded, embedded2, recent, dead, backfills, queue = client.run(read)
         dt = (now - last["at"]).total_seconds() if last.get("at") else None
-        rate = f"{recent / dt:7.0f}/s" if dt else "      -  "
+        rate = f"{recent / dt:6.0f}/s" if dt else "     -  "
         with self.state.lock:
             inserted, kills = len(self.state.inserted), self.state.kills
+            arts = len(self.state.art_inserted_set)
         total = self.plan.docs + self.plan.bad
         say(
-            f"inserted {inserted:>6,}/{total:,}  documents {ndocs:>6,}  embedded {embedded:>6,}"
-            f" ({rate})  queue {queue:>6,}  dead {dead:>3}  kills {kills}"
+            f"inserted {inserted:>6,}/{total:,} + {arts:>5,} rows  documents {ndocs:>6,} + {nrows:>5,}"
+            f"  embedded {embedded:>6,} + {embedded2:>6,} ({rate})  queue {queue:>6,}"
+            f"  backfills {backfills}  dead {dead:>3}  kills {kills}"
         )
-        return {"at": now, "queue": int(queue)}
+        return {"at": now, "queue": int(queue), "backfills": int(backfills)}
 
     # -- PostgreSQL restart --------------------------------------------------------------------
 
@@ -708,6 +1185,12 @@ class Chaos:
         )
 
         docs, self.bad = make_documents(plan, self.rng)
+        preload, articles, self.planted = make_articles(plan, self.rng)
+        self.preload_articles(preload)
+        say(
+            f"{ARTICLES}: {len(preload)} rows before the attach, {len(articles)} more during the"
+            f" run ({len(self.planted)} planted bad ones)"
+        )
         for i in range(plan.workers):
             slot = WorkerSlot(i, self.worker_cmd(), self.env, self.logdir)
             slot.start()
@@ -719,6 +1202,11 @@ class Chaos:
             for i, share in enumerate(shares)
         ]
         threads.append(threading.Thread(target=self.mutator, name="mutator"))
+        threads.append(
+            threading.Thread(target=self.article_writer, args=(articles,), name="article-writer")
+        )
+        threads.append(threading.Thread(target=self.article_mutator, name="article-mutator"))
+        threads.append(threading.Thread(target=self.migrator, name="migrator"))
         killer = threading.Thread(target=self.killer, name="killer")
         for t in threads:
             t.start()
@@ -747,6 +1235,7 @@ class Chaos:
                     continue
                 if (
                     last["queue"] == 0
+                    and last["backfills"] == 0
                     or time.monotonic() - t_phase > plan.write_seconds + plan.settle_seconds
                 ):
                     settled_at = time.monotonic()
@@ -826,16 +1315,29 @@ class Chaos:
         )
         self.record(drain_rc == 0, "final drain", f"worker --drain exit code {drain_rc}")
 
+        self.check_migration()
         with db.connect(self.dsn) as conn, conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             self.check_documents(conn)
-            self.check_chunks(conn)
+            rows = self.check_source_rows(conn)
+            self.check_captures()
+            live = self.live_documents(conn, rows)
+            self.check_chunks(conn, live)
             self.check_deleted(conn)
-            self.check_dead_letters(conn)
-            queue = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(QUEUE_TABLE)).fetchone()
-            assert queue is not None
+            self.check_dead_letters(conn, live)
+            queues = live_queues(conn)
+            left = {
+                q: int(
+                    conn.execute(
+                        sql.SQL("SELECT count(*) FROM {}").format(queue_table(q))
+                    ).fetchone()[0]
+                )  # type: ignore[index]
+                for _, q in queues
+            }
             self.record(
-                queue[0] == 0, "queue empty", f"{queue[0]} messages left in pgingest_{MODEL}"
+                len(queues) == len(MODELS) and not any(left.values()),
+                "queue empty",
+                ", ".join(f"{n} messages left in {q}" for q, n in left.items()),
             )
 
         failed = [c for c in self.checks if c[0] == "FAIL"]
@@ -847,6 +1349,37 @@ class Chaos:
         if failed:
             self.print_log_tails()
         return not failed
+
+    def check_migration(self) -> None:
+        """v2 must be fully backfilled (every current version of every source embedded or
+        dead-lettered): swap_model() refuses otherwise. Both models stay live (v1 as standby)
+        and every later check covers both."""
+        detail = [self.state.migration or f"{MODEL2} was never registered"]
+        ok = bool(self.state.migration)
+        try:
+            with db.connect(self.dsn) as c:
+                prog = c.execute(
+                    "SELECT documents, embedded, dead_lettered, pending, backfill_queued_all,"
+                    " backfill_queued FROM pgingest.backfill_progress WHERE model = %s",
+                    (MODEL2,),
+                ).fetchone()
+                if prog is None:
+                    ok = False
+                else:
+                    detail.append(
+                        f"backfill: {prog[5]:,} queued, {prog[1]:,} of {prog[0]:,} documents"
+                        f" embedded, {prog[2]} dead-lettered, {prog[3]} pending"
+                    )
+                    ok = ok and prog[3] == 0 and bool(prog[4])
+                    row = c.execute("SELECT pgingest.swap_model(%s)", (MODEL2,)).fetchone()
+                    assert row is not None
+                    detail.append(f"swap_model({MODEL2!r}): {row[0]}")
+                    states = dict(c.execute("SELECT name, state FROM pgingest.models").fetchall())
+                    ok = ok and states == {MODEL: "standby", MODEL2: "active"}
+        except psycopg.Error as exc:
+            ok = False
+            detail.append(f"{type(exc).__name__}: {str(exc).strip()[:300]}")
+        self.record(ok, "model migration", "; ".join(detail))
 
     def check_documents(self, conn: psycopg.Connection[Any]) -> None:
         keys = {r[0] for r in conn.execute("SELECT key FROM pgingest.documents")}
@@ -862,154 +1395,342 @@ class Chaos:
             + (f"; unexpected {extra[:5]}" if extra else ""),
         )
 
-    def check_chunks(self, conn: psycopg.Connection[Any]) -> None:
-        cfg_rows = dict(conn.execute("SELECT key, value FROM pgingest.config").fetchall())
-        cfg = chunking.ChunkerConfig.from_settings(cfg_rows)
-        docs = [
-            r
+    def check_source_rows(self, conn: psycopg.Connection[Any]) -> dict[tuple[str, int], Any]:
+        """The articles table holds what the actors wrote, and pgingest.source_rows registers
+        each of its rows exactly once with the content hash of its current mapped text: the
+        backfill and the capture triggers missed nothing and left no row of a deleted key.
+        Returns key -> (doc_id, title, text, content_hash) of every row."""
+        table = {
+            (str(r[0]), int(r[1])): (r[2], article_text(r[2], r[3], r[4]))
+            for r in conn.execute(
+                "SELECT tenant_id, id, title, body, tags FROM public.chaos_articles"
+            )
+        }
+        expected = self.state.art_inserted_set - self.state.art_deleted
+        src = conn.execute(
+            "SELECT backfill_completed_at IS NOT NULL, backfill_rows FROM pgingest.sources"
+            " WHERE name = %s",
+            (SOURCE,),
+        ).fetchone()
+        registered: dict[tuple[str, int], list[Any]] = {}
+        for doc_id, key, h, title in conn.execute(
+            "SELECT r.doc_id, r.row_key, r.content_hash, r.title FROM pgingest.source_rows AS r"
+            " JOIN pgingest.sources AS s ON s.id = r.source_id AND s.name = %s",
+            (SOURCE,),
+        ):
+            registered.setdefault((str(key["tenant_id"]), int(key["id"])), []).append(
+                (int(doc_id), bytes(h), title)
+            )
+        others = conn.execute(
+            "SELECT count(*) FROM pgingest.source_rows AS r JOIN pgingest.sources AS s"
+            " ON s.id = r.source_id WHERE s.name <> %s",
+            (SOURCE,),
+        ).fetchone()
+        assert others is not None
+        problems = []
+        if src is None or not src[0]:
+            problems.append(f"source backfill not done ({src})")
+        if missing := sorted(expected - table.keys()):
+            problems.append(f"{len(missing)} rows missing from the table: {missing[:3]}")
+        if extra := sorted(table.keys() - expected):
+            problems.append(f"{len(extra)} unexpected rows in the table: {extra[:3]}")
+        if unregistered := sorted(table.keys() - registered.keys()):
+            problems.append(f"{len(unregistered)} rows not registered: {unregistered[:3]}")
+        if ghosts := sorted(registered.keys() - table.keys()):
+            problems.append(
+                f"{len(ghosts)} registered rows the table does not hold:"
+                f" {[(k, registered[k][0][0]) for k in ghosts[:3]]}"
+            )
+        if twice := sorted(k for k, v in registered.items() if len(v) > 1):
+            problems.append(f"{len(twice)} keys registered twice: {twice[:3]}")
+        stale = []
+        rows: dict[tuple[str, int], Any] = {}
+        for key, (title, text) in table.items():
+            if key not in registered:
+                continue
+            doc_id, h, reg_title = registered[key][0]
+            rows[key] = (doc_id, title, text, h)
+            if h != content_hash(title, text) or reg_title != (
+                None if title is None else title[:1024]
+            ):
+                stale.append(f"{key} doc {doc_id}")
+        if stale:
+            problems.append(
+                f"{len(stale)} registered with a content hash or title that is not the row's"
+                f" current one: {stale[:3]}"
+            )
+        if others[0]:
+            problems.append(f"{others[0]} rows registered for another source")
+        self.record(
+            not problems,
+            "source rows",
+            f"{len(table):,} rows in {ARTICLES} = written {len(self.state.art_inserted_set):,} -"
+            f" deleted or moved {len(self.state.art_deleted)}; each registered once with its"
+            f" current content hash (backfill: {src[1] if src else '-'} rows, attached at"
+            f" {self.state.attached_at or 0:.0f}s)"
+            + ("; " + "; ".join(problems) if problems else ""),
+        )
+        return rows
+
+    def check_captures(self) -> None:
+        probes = self.state.probes
+        wrong = [
+            f"{kind} of {key}: {n} messages, {models} live models"
+            for kind, key, n, models in probes
+            if n != (models if kind == "tags" else 0)
+        ]
+        n_views = sum(1 for p in probes if p[0] == "views")
+        self.record(
+            not wrong and n_views > 0,
+            "captures",
+            f"{n_views} updates of the unmapped column views queued nothing;"
+            f" {len(probes) - n_views} tag changes queued one message per live model"
+            + (f"; {len(wrong)} wrong: {wrong[:5]}" if wrong else ""),
+        )
+
+    def live_documents(
+        self, conn: psycopg.Connection[Any], rows: dict[tuple[str, int], Any]
+    ) -> list[tuple[int, str, str | None, str, bytes, tuple[str, str] | None]]:
+        """Every live document of both sources: (doc_id, label, title, text, content hash,
+        (error_class, word) when it must be dead-lettered, else None)."""
+        live: list[tuple[int, str, str | None, str, bytes, tuple[str, str] | None]] = [
+            (int(r[0]), r[1], r[2], r[3], bytes(r[4]), self.bad.get(r[1]))
             for r in conn.execute(
                 "SELECT id, key, title, body, content_hash FROM pgingest.documents ORDER BY id"
             )
-            if r[1] not in self.bad
         ]
+        for key, (doc_id, title, text, h) in sorted(rows.items(), key=lambda kv: kv[1][0]):
+            label = f"article {key[0][:8]}/{key[1]}"
+            if key in self.planted:
+                label += f" ({self.planted[key]})"
+            live.append((doc_id, label, title, text or "", h, expected_failure(text)))
+        return live
+
+    def check_chunks(
+        self,
+        conn: psycopg.Connection[Any],
+        live: list[tuple[int, str, str | None, str, bytes, tuple[str, str] | None]],
+    ) -> None:
+        cfg_rows = dict(conn.execute("SELECT key, value FROM pgingest.config").fetchall())
+        cfg = chunking.ChunkerConfig.from_settings(cfg_rows)
+        good = [d for d in live if d[5] is None]
+        bad = [d for d in live if d[5] is not None]
         t = time.monotonic()
-        predicted = chunking.chunk_documents([(r[2], r[3]) for r in docs], cfg)
-        say(f"predicted the chunks of {len(docs):,} documents in {time.monotonic() - t:.1f}s")
-        got: dict[int, list[tuple[Any, ...]]] = {}
-        # The chunks of the model's profile with the model's vector of that exact text (its
-        # store row joined on chunk_hash): NULL dims where the vector is missing or stale.
-        query = sql.SQL(
-            "SELECT c.doc_id, c.ordinal, c.content, c.char_start, c.char_end, c.token_count,"
-            " c.chunk_hash, c.chunker, vector_dims(s.embedding), vector_norm(s.embedding)"
-            " FROM pgingest.chunks AS c"
-            " JOIN pgingest.models AS m ON m.name = {model} AND m.profile_id = c.profile_id"
-            " LEFT JOIN pgingest.{store} AS s ON s.doc_id = c.doc_id AND s.ordinal = c.ordinal"
-            " AND s.chunk_hash = c.chunk_hash"
-            " ORDER BY c.doc_id, c.ordinal"
-        ).format(model=sql.Literal(MODEL), store=sql.Identifier(f"store_{MODEL}"))
-        for r in conn.execute(query):
-            got.setdefault(int(r[0]), []).append(r)
-        state = {
-            int(r[0]): (bytes(r[1]), int(r[2]))
-            for r in conn.execute(
-                "SELECT doc_id, content_hash, chunk_count FROM pgingest.embedding_state"
-                " WHERE model = %s",
-                (MODEL,),
-            )
-        }
+        predicted = chunking.chunk_documents([(d[2], d[3]) for d in good], cfg)
+        say(f"predicted the chunks of {len(good):,} documents in {time.monotonic() - t:.1f}s")
         wrong: list[str] = []
         bad_vectors: list[str] = []
-        n_chunks = 0
-        for (doc_id, key, _title, _body, content_hash), chunks in zip(docs, predicted, strict=True):
-            rows = got.get(doc_id, [])
-            n_chunks += len(chunks)
-            want = [(c.ordinal, c.text, c.char_start, c.char_end, c.token_count) for c in chunks]
-            have = [(r[1], r[2], r[3], r[4], r[5]) for r in rows]
-            if want != have:
-                wrong.append(f"{key} ({len(have)} chunks, {len(want)} predicted)")
-                continue
-            for c, r in zip(chunks, rows, strict=True):
-                if (
-                    bytes(r[6]) != hashlib.sha256(c.embed_input.encode()).digest()
-                    or r[7] != cfg.version
-                ):
-                    wrong.append(f"{key} chunk {c.ordinal}: hash or chunker differs")
-                if r[8] != DIMENSIONS or r[9] is None or abs(float(r[9]) - 1.0) > 1e-3:
-                    bad_vectors.append(f"{key} chunk {c.ordinal}: dims {r[8]}, norm {r[9]}")
-            if state.get(doc_id) != (bytes(content_hash), len(chunks)):
-                wrong.append(
-                    f"{key}: embedding_state {state.get(doc_id)!r} is not its latest version"
+        leftovers: set[str] = set()
+        n_chunks = sum(len(c) for c in predicted)
+        for model, dims in MODELS.items():
+            got: dict[int, list[tuple[Any, ...]]] = {}
+            # The chunks of the model's profile with the model's vector of that exact text (its
+            # store row joined on chunk_hash): NULL dims where the vector is missing or stale.
+            query = sql.SQL(
+                "SELECT c.doc_id, c.ordinal, c.content, c.char_start, c.char_end, c.token_count,"
+                " c.chunk_hash, c.chunker, vector_dims(s.embedding), vector_norm(s.embedding)"
+                " FROM pgingest.chunks AS c"
+                " JOIN pgingest.models AS m ON m.name = {model} AND m.profile_id = c.profile_id"
+                " LEFT JOIN pgingest.{store} AS s ON s.doc_id = c.doc_id AND s.ordinal = c.ordinal"
+                " AND s.chunk_hash = c.chunk_hash"
+                " ORDER BY c.doc_id, c.ordinal"
+            ).format(model=sql.Literal(model), store=sql.Identifier(f"store_{model}"))
+            for r in conn.execute(query):
+                got.setdefault(int(r[0]), []).append(r)
+            stored = Counter(
+                int(r[0])
+                for r in conn.execute(
+                    sql.SQL("SELECT doc_id FROM pgingest.{}").format(
+                        sql.Identifier(f"store_{model}")
+                    )
                 )
+            )
+            state = {
+                int(r[0]): (bytes(r[1]), int(r[2]))
+                for r in conn.execute(
+                    "SELECT doc_id, content_hash, chunk_count FROM pgingest.embedding_state"
+                    " WHERE model = %s",
+                    (model,),
+                )
+            }
+            for (doc_id, key, _title, _text, h, _), chunks in zip(good, predicted, strict=True):
+                rows = got.get(doc_id, [])
+                want = [
+                    (c.ordinal, c.text, c.char_start, c.char_end, c.token_count) for c in chunks
+                ]
+                have = [(r[1], r[2], r[3], r[4], r[5]) for r in rows]
+                if want != have:
+                    wrong.append(f"{model} {key} ({len(have)} chunks, {len(want)} predicted)")
+                    continue
+                if stored[doc_id] != len(chunks):
+                    wrong.append(f"{model} {key}: {stored[doc_id]} vectors, {len(chunks)} chunks")
+                for c, r in zip(chunks, rows, strict=True):
+                    if (
+                        bytes(r[6]) != hashlib.sha256(c.embed_input.encode()).digest()
+                        or r[7] != cfg.version
+                    ):
+                        wrong.append(f"{model} {key} chunk {c.ordinal}: hash or chunker differs")
+                    if r[8] != dims or r[9] is None or abs(float(r[9]) - 1.0) > 1e-3:
+                        bad_vectors.append(
+                            f"{model} {key} chunk {c.ordinal}: dims {r[8]}, norm {r[9]}"
+                        )
+                if state.get(doc_id) != (h, len(chunks)):
+                    wrong.append(
+                        f"{model} {key}: embedding_state {state.get(doc_id)!r} is not its"
+                        " latest version"
+                    )
+            # A dead-lettered version keeps nothing of an older one: no vector or state (and no
+            # chunk: checked apart below).
+            for doc_id, key, *_ in bad:
+                if stored[doc_id] or doc_id in state:
+                    wrong.append(
+                        f"{model} {key} (dead-lettered): {stored[doc_id]} vectors,"
+                        f" state {state.get(doc_id)!r} left"
+                    )
+                if got.get(doc_id):
+                    leftovers.add(f"{key}: {got[doc_id][0][2][:40]!r}")
+        n_art = sum(1 for d in good if d[1].startswith("article "))
         self.record(
             not wrong,
             "chunks as predicted",
-            f"{len(docs):,} live good documents, {n_chunks:,} chunks, each exactly as"
-            " chunk_documents predicts for the latest version, embedding_state current"
-            + (f"; {len(wrong)} wrong: {wrong[:5]}" if wrong else ""),
+            f"{len(good):,} live good documents ({n_art:,} of them rows of {ARTICLES}),"
+            f" {n_chunks:,} chunks, each exactly as chunk_documents predicts for the latest"
+            f" version, embedding_state current, for {' and '.join(MODELS)}; the"
+            f" {len(bad)} dead-lettered ones hold no vector or state"
+            + (f"; {len(wrong)} wrong: {wrong[:6]}" if wrong else ""),
+        )
+        # A row whose current version is dead-lettered (the articles emptied mid-run) must not
+        # keep the chunks of its previous, embedded version: hybrid search reads chunks.tsv
+        # without the store, and would still find the text the application removed.
+        self.record(
+            not leftovers,
+            "no chunk of an older version",
+            f"{len(bad)} dead-lettered documents ({self.state.emptied_after_embedding} of them"
+            " rows emptied after their first version was embedded) hold no chunk"
+            + (
+                f"; {len(leftovers)} still hold their older version's: {sorted(leftovers)[:4]}"
+                if leftovers
+                else ""
+            ),
         )
         self.record(
             not bad_vectors,
             "vectors",
-            f"every chunk has a {DIMENSIONS}-dim vector of norm 1 (+-1e-3)"
+            "every chunk has a vector of norm 1 (+-1e-3) in each model's store: "
+            + ", ".join(f"{m} {d} dims" for m, d in MODELS.items())
             + (f"; {len(bad_vectors)} bad: {bad_vectors[:5]}" if bad_vectors else ""),
         )
         dup = conn.execute(
-            "SELECT count(*) FROM (SELECT doc_id, ordinal FROM pgingest.chunks"
-            " GROUP BY 1, 2 HAVING count(*) > 1) AS s"
+            "SELECT count(*) FROM (SELECT doc_id, ordinal, profile_id FROM pgingest.chunks"
+            " GROUP BY 1, 2, 3 HAVING count(*) > 1) AS s"
         ).fetchone()
         gaps = conn.execute(
-            "SELECT count(*) FROM (SELECT doc_id FROM pgingest.chunks GROUP BY doc_id"
+            "SELECT count(*) FROM (SELECT doc_id FROM pgingest.chunks GROUP BY doc_id, profile_id"
             " HAVING max(ordinal) + 1 <> count(*)) AS s"
         ).fetchone()
-        assert dup is not None and gaps is not None
+        twice = conn.execute(
+            "SELECT count(*) FROM (SELECT doc_id, source FROM pgingest.source_documents"
+            " GROUP BY 1, 2 HAVING count(*) > 1) AS s"
+        ).fetchone()
+        assert dup is not None and gaps is not None and twice is not None
         self.record(
-            dup[0] == 0 and gaps[0] == 0,
+            dup[0] == 0 and gaps[0] == 0 and twice[0] == 0,
             "no duplicate chunk",
-            f"{dup[0]} duplicated (doc_id, ordinal), {gaps[0]} documents with gaps in ordinals",
+            f"{dup[0]} duplicated (doc_id, ordinal), {gaps[0]} documents with gaps in ordinals,"
+            f" {twice[0]} doc_ids listed twice in source_documents",
         )
 
     def check_deleted(self, conn: psycopg.Connection[Any]) -> None:
         ids = sorted(self.state.deleted_ids)
+        art_ids = sorted(self.state.art_deleted_ids)
+
+        def gone(table: str, alias: str) -> sql.Composable:
+            return sql.SQL(
+                "(SELECT count(*) FROM pgingest.{t} AS {a} WHERE NOT EXISTS"
+                " (SELECT 1 FROM pgingest.source_documents AS d WHERE d.doc_id = {a}.doc_id))"
+            ).format(t=sql.Identifier(table), a=sql.Identifier(alias))
+
+        vectors = sql.SQL(" + ").join(
+            [gone("chunks", "c"), *(gone(f"store_{m}", "c") for m in MODELS)]
+        )
         row = conn.execute(
             sql.SQL(
-                "SELECT"
-                " (SELECT count(*) FROM pgingest.chunks c WHERE NOT EXISTS"
-                "   (SELECT 1 FROM pgingest.documents d WHERE d.id = c.doc_id))"
-                " + (SELECT count(*) FROM pgingest.{store} c WHERE NOT EXISTS"
-                "   (SELECT 1 FROM pgingest.documents d WHERE d.id = c.doc_id)),"
-                " (SELECT count(*) FROM pgingest.embedding_state s WHERE NOT EXISTS"
-                "   (SELECT 1 FROM pgingest.documents d WHERE d.id = s.doc_id)),"
-                " (SELECT count(*) FROM pgingest.dead_letters l WHERE l.doc_id IS NOT NULL AND NOT EXISTS"
-                "   (SELECT 1 FROM pgingest.documents d WHERE d.id = l.doc_id)),"
-                " (SELECT count(*) FROM pgingest.documents WHERE id = ANY (%s))"
-            ).format(store=sql.Identifier(f"store_{MODEL}")),
-            (ids,),
+                "SELECT {vectors}, {state},"
+                " (SELECT count(*) FROM pgingest.dead_letters AS l WHERE l.doc_id IS NOT NULL"
+                "   AND NOT EXISTS (SELECT 1 FROM pgingest.source_documents AS d"
+                "                   WHERE d.doc_id = l.doc_id)),"
+                " (SELECT count(*) FROM pgingest.documents WHERE id = ANY (%s)),"
+                " (SELECT count(*) FROM pgingest.source_rows WHERE doc_id = ANY (%s))"
+            ).format(vectors=vectors, state=gone("embedding_state", "s")),
+            (ids, art_ids),
         ).fetchone()
         assert row is not None
         self.record(
-            all(v == 0 for v in row) and len(ids) > 0,
+            all(v == 0 for v in row) and len(ids) > 0 and len(art_ids) > 0,
             "deleted documents leave nothing",
-            f"{len(ids)} deleted documents: {row[0]} orphan chunks and vectors, {row[1]} orphan"
-            f" states,"
-            f" {row[2]} orphan dead letters, {row[3]} deleted ids still present",
+            f"{len(ids)} deleted documents and {len(art_ids)} deleted (or moved) rows of"
+            f" {ARTICLES}: {row[0]} orphan chunks and vectors ({', '.join(MODELS)}), {row[1]}"
+            f" orphan states, {row[2]} orphan dead letters, {row[3]} deleted ids still present,"
+            f" {row[4]} deleted rows still registered",
         )
 
-    def check_dead_letters(self, conn: psycopg.Connection[Any]) -> None:
+    def check_dead_letters(
+        self,
+        conn: psycopg.Connection[Any],
+        live: list[tuple[int, str, str | None, str, bytes, tuple[str, str] | None]],
+    ) -> None:
+        """Per model: exactly the planted bad documents (and rows of the articles table whose
+        current text is poisoned or none) are dead-lettered, each for its current version with
+        the reason its poison calls for; nothing else (no capture_failed, no letter without a
+        document)."""
+        expect = {d[0]: (d[1], d[5]) for d in live if d[5] is not None}
         rows = conn.execute(
-            "SELECT l.doc_key, l.error_class, l.error_message, l.content_hash = d.content_hash,"
-            " EXISTS (SELECT 1 FROM pgingest.embedding_state s WHERE s.doc_id = l.doc_id)"
-            " FROM pgingest.dead_letters l LEFT JOIN pgingest.documents d ON d.id = l.doc_id"
+            "SELECT l.model, l.doc_id, l.doc_key, l.error_class, l.error_message,"
+            " l.content_hash = d.content_hash,"
+            " EXISTS (SELECT 1 FROM pgingest.embedding_state s"
+            "         WHERE s.doc_id = l.doc_id AND s.model = l.model)"
+            " FROM pgingest.dead_letters l LEFT JOIN pgingest.source_documents d ON d.doc_id = l.doc_id"
         ).fetchall()
-        letters = {r[0]: r for r in rows}
-        unexpected = sorted(k for k in letters if k not in self.bad)
-        missing = sorted(k for k in self.bad if k not in letters)
-        wrong = []
-        for key, (error_class, word) in sorted(self.bad.items()):
-            r = letters.get(key)
-            if r is None:
-                continue
-            if r[1] != error_class or word not in r[2] or not r[3] or r[4]:
-                wrong.append(f"{key}: {r[1]}: {r[2][:120]}")
         details = [
-            f"{len(rows)} dead letters for {len(self.bad)} planted bad documents",
-            ", ".join(f"{c} {n}" for c, n in sorted(Counter(r[1] for r in rows).items())),
+            f"{len(rows)} dead letters for {len(expect)} planted bad documents"
+            f" ({sum(1 for v in expect.values() if v[0].startswith('article '))} of them rows of"
+            f" {ARTICLES}) x {len(MODELS)} models",
+            ", ".join(f"{c} {n}" for c, n in sorted(Counter(r[3] for r in rows).items())),
         ]
-        if unexpected:
-            details.append(
-                "unexpected: "
-                + "; ".join(f"{k}: {letters[k][1]}: {letters[k][2][:100]}" for k in unexpected[:5])
-            )
-        if missing:
-            details.append(f"missing: {missing[:5]}")
-        if wrong:
-            details.append(f"wrong reason: {wrong[:5]}")
-        self.record(
-            not unexpected and not missing and not wrong, "dead letters", "; ".join(details)
-        )
+        ok = True
+        for model in MODELS:
+            letters = {r[1]: r for r in rows if r[0] == model}
+            unexpected = [r for r in rows if r[0] == model and r[1] not in expect]
+            missing = sorted(expect[i][0] for i in expect if i not in letters)
+            wrong = []
+            for doc_id, (label, failure) in sorted(expect.items()):
+                r = letters.get(doc_id)
+                if r is None or failure is None:
+                    continue
+                error_class, word = failure
+                if r[3] != error_class or word not in r[4] or not r[5] or r[6]:
+                    wrong.append(f"{label}: {r[3]}: {r[4][:120]}")
+            if unexpected:
+                ok = False
+                details.append(
+                    f"{model} unexpected: "
+                    + "; ".join(f"{r[1]} {r[2]}: {r[3]}: {r[4][:100]}" for r in unexpected[:5])
+                )
+            if missing:
+                ok = False
+                details.append(f"{model} missing: {missing[:5]}")
+            if wrong:
+                ok = False
+                details.append(f"{model} wrong reason: {wrong[:5]}")
+        others = [r for r in rows if r[0] not in MODELS]
+        if others:
+            ok = False
+            details.append(f"{len(others)} letters of other models")
+        self.record(ok, "dead letters", "; ".join(details))
         if rows:
             sample: dict[str, str] = {}
             for r in rows:
-                sample.setdefault(r[1], r[2])
+                sample.setdefault(r[3], r[4])
             for error_class, message in sorted(sample.items()):
                 print(f"      e.g. {error_class}: {message[:110]}", flush=True)
 
@@ -1032,10 +1753,80 @@ class Chaos:
 UPDATE_BODY = "UPDATE pgingest.documents SET body = %s WHERE key = %s"
 
 
+def insert_articles(conn: psycopg.Connection[Any], rows: list[Article], style: str) -> None:
+    """Idempotent inserts into the articles table: one multi-row statement, a statement per row
+    in one transaction (a trigger run each), or COPY into a staging table then one INSERT."""
+    if style == "copy":
+        with conn.transaction():
+            conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS chaos_stage (tenant_id uuid, id bigint,"
+                " title text, body text, tags text[]) ON COMMIT DELETE ROWS"
+            )
+            with conn.cursor().copy(
+                "COPY chaos_stage (tenant_id, id, title, body, tags) FROM STDIN"
+            ) as cp:
+                for a in rows:
+                    cp.write_row((a.tenant, a.id, a.title, a.body, a.tags))
+            conn.execute(
+                "INSERT INTO public.chaos_articles (tenant_id, id, title, body, tags)"
+                " SELECT tenant_id, id, title, body, tags FROM chaos_stage ON CONFLICT DO NOTHING"
+            )
+    elif style == "rows":
+        with conn.transaction(), conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO public.chaos_articles (tenant_id, id, title, body, tags)"
+                " VALUES (%s, %s, %s, %s, %s::text[]) ON CONFLICT DO NOTHING",
+                [(a.tenant, a.id, a.title, a.body, a.tags) for a in rows],
+            )
+    else:
+        conn.execute(
+            "INSERT INTO public.chaos_articles (tenant_id, id, title, body, tags)"
+            " SELECT * FROM jsonb_to_recordset(%s::jsonb)"
+            " AS x (tenant_id uuid, id bigint, title text, body text, tags text[])"
+            " ON CONFLICT DO NOTHING",
+            (json.dumps([a.row() for a in rows]),),
+        )
+
+
+def embedded_row(conn: psycopg.Connection[Any], key: tuple[str, int]) -> bool:
+    """Has this row of the articles table a version embedded for model v1?"""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pgingest.source_rows AS r"
+        " JOIN pgingest.sources AS s ON s.id = r.source_id AND s.name = %s"
+        " JOIN pgingest.embedding_state AS e ON e.doc_id = r.doc_id AND e.model = %s"
+        " WHERE r.row_key = jsonb_build_object('tenant_id', %s::uuid, 'id', %s::bigint))",
+        (SOURCE, MODEL, *key),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def queue_table(queue_name: str) -> sql.Composable:
+    return sql.Identifier("pgmq", f"q_{queue_name}")
+
+
+def live_queues(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    """(model, queue name) of every live model."""
+    return [
+        (str(r[0]), str(r[1]))
+        for r in conn.execute(
+            "SELECT name, queue_name FROM pgingest.models WHERE state <> 'retired' ORDER BY name"
+        )
+    ]
+
+
+def queued_messages(conn: psycopg.Connection[Any]) -> tuple[int, int]:
+    """(messages in every live model's queue, live models), as the current snapshot sees them."""
+    queues = live_queues(conn)
+    total = 0
+    for _, q in queues:
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(queue_table(q))).fetchone()
+        assert row is not None
+        total += int(row[0])
+    return total, len(queues)
+
+
 def insert_docs(conn: psycopg.Connection[Any], docs: list[Doc], style: str) -> None:
     """Idempotent inserts (a retried batch inserts nothing twice), in three styles."""
-    import json
-
     if style == "copy":
         rows: list[Any] = [(d.key, d.title, d.body, d.metadata) for d in docs]  # title may be None
         db.upsert_documents(conn, rows)
@@ -1088,13 +1879,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--small", action="store_true", help="the size make test runs (1,500 documents)")
     p.add_argument("--bad", type=int, default=50, help="planted bad documents (default 50)")
+    p.add_argument(
+        "--articles",
+        type=int,
+        default=None,
+        help="rows of the attached table public.chaos_articles (default: documents / 5, at least 100)",
+    )
     p.add_argument("--writers", type=int, default=4)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--kills", type=int, default=5, help="at least this many SIGKILLs (default 5)")
     p.add_argument(
         "--write-seconds", type=float, default=None, help="spread the inserts over this long"
     )
-    p.add_argument("--deadline", type=float, default=540.0, help="give up after this many seconds")
+    p.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        help="give up after this many seconds (default 540; 1,200 for the full run)",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(
         "--database-url", default=None, help="default: $DATABASE_URL, else the private cluster"

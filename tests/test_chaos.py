@@ -1,6 +1,9 @@
 """The chaos run at its small size (scripts/chaos.py --small): 1,500 documents written by
 concurrent writers, updated and deleted while 2 workers drain through 429s, 503s and timeouts,
-workers SIGKILLed at least 5 times, 50 planted bad documents; then every check must pass.
+workers SIGKILLed at least 5 times, 50 planted bad documents; a second source (an application
+table with a composite key, attached mid-run, with planted bad rows) and a second model
+registered mid-run and swapped to at the end; then every check must pass, for both sources and
+both models.
 
 It runs in its own database on the test server. PostgreSQL is not restarted here, since other
 tests share the cluster: ``make chaos`` (the full 20,000-document run) does the restart, and
@@ -40,7 +43,12 @@ def test_small_chaos_run_loses_nothing() -> None:
     assert not [c for c in checks if c.startswith("FAIL")], out[-6000:]
     for name in (
         "workers killed",
+        "model migration",
+        "documents",
+        "source rows",
+        "captures",
         "chunks as predicted",
+        "no chunk of an older version",
         "vectors",
         "no duplicate chunk",
         "deleted documents leave nothing",
