@@ -67,11 +67,17 @@ COMMENT ON FUNCTION pgingest.embed_query(text, text) IS
 
 -- In the two SQL functions below, the parameters are qualified by the function's name (query, k and
 -- filter are also column names); sqlfluff takes the qualifier for a missing table (noqa: RF01).
+-- The signatures before sources (issue 17); sql/045_search.sql's drop of search() took them
+-- already on that upgrade, this covers an install whose PL/Python part was skipped then.
+DROP FUNCTION IF EXISTS pgingest.search_text(text, integer, jsonb, boolean);
+DROP FUNCTION IF EXISTS pgingest.hybrid_search_text(text, integer, jsonb, double precision, double precision);
+
 CREATE OR REPLACE FUNCTION pgingest.search_text(
     query text,
     k integer DEFAULT 10,
     filter jsonb DEFAULT '{}',
-    per_document boolean DEFAULT FALSE
+    per_document boolean DEFAULT FALSE,
+    sources text[] DEFAULT NULL
 )
 RETURNS TABLE (
     doc_id bigint,
@@ -81,7 +87,9 @@ RETURNS TABLE (
     content text,
     distance double precision,
     metadata jsonb,
-    model_name text
+    model_name text,
+    source text,
+    source_key jsonb
 )
 LANGUAGE sql
 VOLATILE
@@ -95,22 +103,26 @@ BEGIN ATOMIC
         s.content,
         s.distance,
         s.metadata,
-        s.model_name
+        s.model_name,
+        s.source,
+        s.source_key
     FROM pgingest.search(
         pgingest.embed_query(search_text.query), search_text.k, search_text.filter,  -- noqa: RF01
-        search_text.per_document  -- noqa: RF01
+        search_text.per_document, NULL, search_text.sources  -- noqa: RF01
     ) AS s;
 END;
 
-COMMENT ON FUNCTION pgingest.search_text(text, integer, jsonb, boolean) IS
-'Natural-language search from psql: embeds the query with the active model, then pgingest.search().';
+COMMENT ON FUNCTION pgingest.search_text(text, integer, jsonb, boolean, text[]) IS
+'Natural-language search from psql: embeds the query with the active model, then pgingest.search() '
+'(every source, or those named in sources).';
 
 CREATE OR REPLACE FUNCTION pgingest.hybrid_search_text(
     query text,
     k integer DEFAULT 10,
     filter jsonb DEFAULT '{}',
     vector_weight double precision DEFAULT 1.0,
-    text_weight double precision DEFAULT 1.0
+    text_weight double precision DEFAULT 1.0,
+    sources text[] DEFAULT NULL
 )
 RETURNS TABLE (
     doc_id bigint,
@@ -120,7 +132,9 @@ RETURNS TABLE (
     content text,
     score double precision,
     vector_rank integer,
-    text_rank integer
+    text_rank integer,
+    source text,
+    source_key jsonb
 )
 LANGUAGE sql
 VOLATILE
@@ -134,12 +148,15 @@ BEGIN ATOMIC
         h.content,
         h.score,
         h.vector_rank,
-        h.text_rank
+        h.text_rank,
+        h.source,
+        h.source_key
     FROM pgingest.hybrid_search(
         hybrid_search_text.query, pgingest.embed_query(hybrid_search_text.query), hybrid_search_text.k,  -- noqa: RF01
-        hybrid_search_text.filter, hybrid_search_text.vector_weight, hybrid_search_text.text_weight  -- noqa: RF01
+        hybrid_search_text.filter, hybrid_search_text.vector_weight, hybrid_search_text.text_weight,  -- noqa: RF01
+        60, 100, FALSE, hybrid_search_text.sources  -- noqa: RF01
     ) AS h;
 END;
 
-COMMENT ON FUNCTION pgingest.hybrid_search_text(text, integer, jsonb, double precision, double precision) IS
+COMMENT ON FUNCTION pgingest.hybrid_search_text(text, integer, jsonb, double precision, double precision, text[]) IS
 'Hybrid (full-text + vector, reciprocal rank fusion) search from psql: embeds the query with the active model.';

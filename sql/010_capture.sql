@@ -91,35 +91,16 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path FROM CURRENT
 AS $$
-DECLARE
-    v_model record;
 BEGIN
-    -- Keep the vectors of the deleted chunks for reuse (re-inserted or restored documents), then
-    -- remove them from every live model's store: the one write that spans models, by design.
-    FOR v_model IN
-        SELECT m.name, m.store_name FROM pgingest.models AS m WHERE m.state <> 'retired' ORDER BY m.name
-    LOOP
-        EXECUTE format(
-            $sql$
-            INSERT INTO pgingest.embedding_cache AS e (model, chunk_hash, embedding)
-            SELECT DISTINCT ON (s.chunk_hash) %1$L, s.chunk_hash, s.embedding::vector
-            FROM pgingest.%2$I AS s INNER JOIN old_rows AS o ON s.doc_id = o.id
-            ON CONFLICT (model, chunk_hash) DO UPDATE SET used_at = now()
-            $sql$,
-            v_model.name, v_model.store_name
-        );
-        EXECUTE format('DELETE FROM pgingest.%I AS s USING old_rows AS o WHERE s.doc_id = o.id', v_model.store_name);
-    END LOOP;
-    DELETE FROM pgingest.chunks AS c USING old_rows AS o WHERE c.doc_id = o.id;
-    DELETE FROM pgingest.embedding_state AS s USING old_rows AS o WHERE s.doc_id = o.id;
-    DELETE FROM pgingest.dead_letters AS l USING old_rows AS o WHERE l.doc_id = o.id;
+    -- (pgingest._forget_docs is in sql/015_sources.sql: every source forgets its rows the same way.)
+    PERFORM pgingest._forget_docs((SELECT array_agg(o.id) FROM old_rows AS o));
     RETURN NULL;
 END;
 $$;
 
 COMMENT ON FUNCTION pgingest._capture_delete() IS
 'Statement-level AFTER DELETE trigger: removes the chunks (every profile), the vectors (every live model''s '
-'store), state and dead letters of deleted documents. '
+'store, kept in the embedding cache for reuse), state and dead letters of deleted documents. '
 'Their queued messages are acknowledged later as stale.';
 
 CREATE OR REPLACE FUNCTION pgingest._capture_truncate()
@@ -129,19 +110,34 @@ SECURITY DEFINER
 SET search_path FROM CURRENT
 AS $$
 DECLARE
+    v_m record;
     v_stores text;
 BEGIN
-    SELECT string_agg(format('pgingest.%I', m.store_name), ', ' ORDER BY m.name) INTO v_stores
-    FROM pgingest.models AS m WHERE m.state <> 'retired';
-    EXECUTE 'TRUNCATE pgingest.chunks, pgingest.embedding_state' || coalesce(', ' || v_stores, '');
-    DELETE FROM pgingest.dead_letters WHERE doc_id IS NOT NULL;
+    IF NOT EXISTS (SELECT 1 FROM pgingest.source_rows) THEN
+        -- documents is the only source with rows: everything goes at TRUNCATE speed.
+        SELECT string_agg(format('pgingest.%I', m.store_name), ', ' ORDER BY m.name) INTO v_stores
+        FROM pgingest.models AS m WHERE m.state <> 'retired';
+        EXECUTE 'TRUNCATE pgingest.chunks, pgingest.embedding_state' || coalesce(', ' || v_stores, '');
+    ELSE
+        -- Other sources keep theirs: what is not an attached table's row goes.
+        FOR v_m IN SELECT m.store_name FROM pgingest.models AS m WHERE m.state <> 'retired' ORDER BY m.name LOOP
+            EXECUTE format('DELETE FROM pgingest.%I AS s WHERE NOT EXISTS '
+                           '(SELECT 1 FROM pgingest.source_rows AS r WHERE r.doc_id = s.doc_id)', v_m.store_name);
+        END LOOP;
+        DELETE FROM pgingest.chunks AS c
+        WHERE NOT EXISTS (SELECT 1 FROM pgingest.source_rows AS r WHERE r.doc_id = c.doc_id);
+        DELETE FROM pgingest.embedding_state AS s
+        WHERE NOT EXISTS (SELECT 1 FROM pgingest.source_rows AS r WHERE r.doc_id = s.doc_id);
+    END IF;
+    DELETE FROM pgingest.dead_letters AS l
+    WHERE l.doc_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pgingest.source_rows AS r WHERE r.doc_id = l.doc_id);
     RETURN NULL;
 END;
 $$;
 
 COMMENT ON FUNCTION pgingest._capture_truncate() IS
-'AFTER TRUNCATE trigger: truncating the documents empties the chunks, every live model''s store and the '
-'embedding state too.';
+'AFTER TRUNCATE trigger: truncating the documents empties their chunks, vectors (every live model''s store) '
+'and embedding state; the rows of attached tables (other sources) keep theirs.';
 
 CREATE OR REPLACE FUNCTION pgingest._touch_updated_at()
 RETURNS trigger

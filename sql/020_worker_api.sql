@@ -87,15 +87,25 @@ BEGIN
         m.doc_id,
         d.key,
         CASE WHEN d.content_hash = m.hash AND s.doc_id IS NULL THEN d.title END,
-        CASE WHEN d.content_hash = m.hash AND s.doc_id IS NULL THEN d.body END,
+        CASE WHEN d.content_hash = m.hash AND s.doc_id IS NULL AND octet_length(d.body) <= 10485760 THEN d.body END,
         CASE
             WHEN m.doc_id IS NULL OR m.hash IS NULL THEN 'invalid'
             WHEN d.id IS NULL OR d.content_hash <> m.hash THEN 'stale'
             WHEN s.doc_id IS NOT NULL THEN 'done'
+            -- (an attached table's row: documents.body has a CHECK) worker.batch.MAX_TEXT_BYTES
+            WHEN octet_length(d.body) > 10485760 THEN 'too_large'
             ELSE 'current'
         END
     FROM msgs AS m
-    LEFT JOIN pgingest.documents AS d ON d.id = m.doc_id
+    LEFT JOIN (
+        SELECT x.id, x.key, x.title, x.body, x.content_hash
+        FROM pgingest.documents AS x
+        WHERE x.id IN (SELECT u.doc_id FROM msgs AS u)
+        UNION ALL
+        -- Rows of attached tables, read through their source's mapping (sql/015_sources.sql).
+        SELECT r.doc_id, r.doc_key, r.title, r.body, r.content_hash
+        FROM pgingest._read_source_rows(ARRAY(SELECT u.doc_id FROM msgs AS u WHERE u.doc_id IS NOT NULL)) AS r
+    ) AS d ON d.id = m.doc_id
     LEFT JOIN pgingest.embedding_state AS s
         ON s.doc_id = m.doc_id AND s.model = v_m.name AND s.content_hash = m.hash
     ORDER BY m.msg_id;
@@ -105,7 +115,8 @@ $$;
 COMMENT ON FUNCTION pgingest.read_batch_v1(text, integer, integer) IS
 'Worker: claims up to p_qty messages of a model''s queue for p_vt seconds and returns them with the '
 'document text. status: current (to embed), stale (document changed or deleted), done (this version is '
-'already embedded: a redelivery), invalid (unreadable message: dead-letter it).';
+'already embedded: a redelivery), invalid (unreadable message: dead-letter it), too_large (a row of an '
+'attached table whose text exceeds 10 MiB: dead-letter it; its text is not sent).';
 
 -- complete_batch_v1 wrote every model's vector into one wide chunk row (migrations before 0006).
 -- A worker that still calls it is older than the schema: workers and schema are upgraded together.
@@ -146,6 +157,43 @@ COMMENT ON FUNCTION pgingest.complete_batch_v1(
 'Retired worker API (one wide chunk row for every model): raises feature_not_supported (0A000) with '
 '"upgrade the worker". Workers call complete_batch_v2.';
 
+-- Locks the given versions that are still current (FOR SHARE), of any source, in doc_id order: a
+-- concurrent UPDATE or DELETE of one of these rows (of pgingest.documents, or of an attached table,
+-- whose capture updates pgingest.source_rows) waits for the caller's transaction, then queues its
+-- own message or removes the caller's chunks. Returns their doc_ids.
+CREATE OR REPLACE FUNCTION pgingest._lock_current_versions(p_doc_ids bigint[], p_hashes bytea[])
+RETURNS bigint[]
+LANGUAGE sql
+VOLATILE
+SET search_path FROM CURRENT
+RETURN (
+    WITH docs AS (
+        SELECT d.id
+        FROM pgingest.documents AS d
+        INNER JOIN unnest(p_doc_ids, p_hashes) AS x (id, h) ON d.id = x.id AND d.content_hash = x.h
+        ORDER BY d.id
+        FOR SHARE OF d
+    ),
+
+    rows AS (
+        SELECT r.doc_id AS id
+        FROM pgingest.source_rows AS r
+        INNER JOIN unnest(p_doc_ids, p_hashes) AS x (id, h) ON r.doc_id = x.id AND r.content_hash = x.h
+        ORDER BY r.doc_id
+        FOR SHARE OF r
+    )
+
+    SELECT coalesce(array_agg(l.id ORDER BY l.id), '{}')
+    FROM (
+        SELECT docs.id FROM docs
+        UNION ALL
+        SELECT rows.id FROM rows
+    ) AS l
+);
+
+COMMENT ON FUNCTION pgingest._lock_current_versions(bigint[], bytea[]) IS
+'Locks FOR SHARE the document versions (of any source) that are still current; returns their doc_ids.';
+
 CREATE OR REPLACE FUNCTION pgingest.complete_batch_v2(
     p_model text,
     p_msg_ids bigint[],
@@ -180,15 +228,7 @@ BEGIN
     END IF;
     -- Lock the versions we write (FOR SHARE): a concurrent UPDATE or DELETE of one of these
     -- documents waits for this transaction, then queues its own message or removes our chunks.
-    SELECT coalesce(array_agg(l.id), '{}')
-    INTO v_current
-    FROM (
-        SELECT d.id
-        FROM pgingest.documents AS d
-        INNER JOIN unnest(p_doc_ids, p_hashes) AS x (id, h) ON d.id = x.id AND d.content_hash = x.h
-        ORDER BY d.id
-        FOR SHARE OF d
-    ) AS l;
+    v_current := pgingest._lock_current_versions(p_doc_ids, p_hashes);
 
     IF cardinality(v_current) > 0 THEN
         -- This model's vectors about to be replaced or dropped go to the embedding cache. Only this
@@ -344,7 +384,7 @@ BEGIN
         SELECT u.*
         FROM unnest(p_doc_ids, p_hashes, p_error_classes, p_error_messages, p_attempts, p_payloads)
             AS u (doc_id, h, error_class, error_message, attempts, payload)
-        INNER JOIN pgingest.documents AS d ON d.id = u.doc_id AND d.content_hash = u.h
+        INNER JOIN pgingest.source_documents AS d ON d.doc_id = u.doc_id AND d.content_hash = u.h
         WHERE NOT EXISTS (
             SELECT 1 FROM pgingest.embedding_state AS s
             WHERE s.model = v_m.name AND s.doc_id = u.doc_id AND s.content_hash = u.h
@@ -352,9 +392,9 @@ BEGIN
     ), ins AS (
         INSERT INTO pgingest.dead_letters AS l
             (doc_id, doc_key, model, content_hash, error_class, error_message, attempts, payload)
-        SELECT x.doc_id, d.key, v_m.name, x.h, x.error_class, left(x.error_message, 2000),
+        SELECT x.doc_id, d.doc_key, v_m.name, x.h, x.error_class, left(x.error_message, 2000),
                greatest(x.attempts, 1), x.payload
-        FROM x INNER JOIN pgingest.documents AS d ON d.id = x.doc_id
+        FROM x INNER JOIN pgingest.source_documents AS d ON d.doc_id = x.doc_id
         ON CONFLICT (doc_id, model) WHERE doc_id IS NOT NULL DO UPDATE SET
             content_hash = EXCLUDED.content_hash,
             error_class = EXCLUDED.error_class,
@@ -547,12 +587,12 @@ BEGIN
             RETURNING l.doc_id, l.content_hash
         )
         SELECT
-            array_agg(jsonb_build_object('doc_id', d.id, 'hash', encode(d.content_hash, 'hex'), 'attempts', 0))
-                FILTER (WHERE d.id IS NOT NULL),
-            count(*) FILTER (WHERE d.id IS NULL)
+            array_agg(jsonb_build_object('doc_id', d.doc_id, 'hash', encode(d.content_hash, 'hex'), 'attempts', 0))
+                FILTER (WHERE d.doc_id IS NOT NULL),
+            count(*) FILTER (WHERE d.doc_id IS NULL)
         INTO v_msgs, v_gone
         FROM picked AS p
-        LEFT JOIN pgingest.documents AS d ON d.id = p.doc_id AND d.content_hash = p.content_hash;
+        LEFT JOIN pgingest.source_documents AS d ON d.doc_id = p.doc_id AND d.content_hash = p.content_hash;
 
         IF v_gone > 0 THEN
             RAISE NOTICE 'pgingest: model %: % dead letters dropped, not requeued: their document was deleted or has changed since (a changed document was queued again when it changed)',

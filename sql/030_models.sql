@@ -144,8 +144,8 @@ BEGIN
         EXECUTE format(
             $sql$
             CREATE OR REPLACE VIEW pgingest.search_chunks WITH (security_barrier = false) AS
-            SELECT s.doc_id, d.key AS doc_key, d.title, s.ordinal, c.content, s.embedding::%3$s AS embedding,
-                   %2$L::text AS model, d.metadata
+            SELECT s.doc_id, d.doc_key, d.title, s.ordinal, c.content, s.embedding::%3$s AS embedding,
+                   %2$L::text AS model, d.metadata, d.source, d.source_key
             FROM pgingest.%1$I AS s
             -- A per-row lookup (OFFSET 0): see pgingest.search().
             CROSS JOIN LATERAL (
@@ -154,7 +154,18 @@ BEGIN
                     AND c.chunk_hash = s.chunk_hash
                 OFFSET 0
             ) AS c
-            INNER JOIN pgingest.documents AS d ON d.id = s.doc_id
+            -- The documents of every source (pgingest.source_documents without the filter columns,
+            -- inlined: that view is re-created when a filter is promoted, this one must not depend on it).
+            INNER JOIN (
+                SELECT x.id AS doc_id, x.key AS doc_key, x.title, x.metadata, 'documents'::text AS source,
+                       jsonb_build_object('key', x.key) AS source_key
+                FROM pgingest.documents AS x
+                UNION ALL
+                SELECT r.doc_id, CASE WHEN cardinality(o.key_columns) = 1 THEN r.row_key ->> o.key_columns[1]
+                                      ELSE r.row_key::text END,
+                       r.title, r.metadata, o.name, r.row_key
+                FROM pgingest.source_rows AS r INNER JOIN pgingest.sources AS o ON o.id = r.source_id
+            ) AS d ON d.doc_id = s.doc_id
             $sql$,
             v_m.store_name, v_m.name, v_m.storage, v_m.profile_id
         );
@@ -415,7 +426,7 @@ BEGIN
     -- Wait for in-flight writers and hold new ones until we commit: every document is then either
     -- visible to the backfill or queued by the capture trigger, which sees this model. The new
     -- store is a table of its own: nothing here waits for an index build on another model's store.
-    LOCK TABLE pgingest.documents IN SHARE MODE;
+    LOCK TABLE pgingest.documents, pgingest.source_rows IN SHARE MODE;
 
     v_state := CASE WHEN EXISTS (SELECT 1 FROM pgingest.models AS m WHERE m.state = 'active')
                     THEN 'shadow' ELSE 'active' END;
@@ -426,7 +437,7 @@ BEGIN
     ) VALUES (
         v_name, model_id, base_url, api_key_env, dimensions, storage, metric, max_input_tokens,
         request_dimensions, v_state, 'store_' || v_name, v_profile.id, 'pgingest_' || v_name, index_method,
-        v_options, now(), (SELECT max(d.id) FROM pgingest.documents AS d),
+        v_options, now(), greatest((SELECT max(d.id) FROM pgingest.documents AS d), (SELECT max(r.doc_id) FROM pgingest.source_rows AS r)),
         CASE WHEN v_state = 'active' THEN now() END, coalesce(allow_insecure_http, FALSE)
     )
     RETURNING * INTO v_m;
@@ -475,9 +486,9 @@ BEGIN
     SELECT array_agg(d.id ORDER BY d.id), array_agg(d.content_hash ORDER BY d.id), max(d.id)
     INTO v_ids, v_hashes, v_max
     FROM (
-        SELECT d.id, d.content_hash FROM pgingest.documents AS d
-        WHERE d.id > v_m.backfill_cursor AND d.id <= v_m.backfill_upto
-        ORDER BY d.id
+        SELECT d.doc_id AS id, d.content_hash FROM pgingest.source_documents AS d
+        WHERE d.doc_id > v_m.backfill_cursor AND d.doc_id <= v_m.backfill_upto
+        ORDER BY d.doc_id
         LIMIT greatest(p_batch, 1)
     ) AS d;
     IF v_ids IS NULL THEN

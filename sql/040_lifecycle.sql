@@ -27,11 +27,11 @@ BEGIN
     -- A document counts once: embedded (its current version), else dead-lettered (that version), else pending.
     SELECT count(*), count(s.doc_id), count(l.doc_id) FILTER (WHERE s.doc_id IS NULL)
     INTO documents, embedded, dead_lettered
-    FROM pgingest.documents AS d
+    FROM pgingest.source_documents AS d
     LEFT JOIN pgingest.embedding_state AS s
-        ON s.doc_id = d.id AND s.model = p_m.name AND s.content_hash = d.content_hash
+        ON s.doc_id = d.doc_id AND s.model = p_m.name AND s.content_hash = d.content_hash
     LEFT JOIN pgingest.dead_letters AS l
-        ON l.doc_id = d.id AND l.model = p_m.name AND l.content_hash = d.content_hash;
+        ON l.doc_id = d.doc_id AND l.model = p_m.name AND l.content_hash = d.content_hash;
     pending := documents - embedded - dead_lettered;
     percent := round(100.0 * embedded / greatest(documents, 1), 1);
     backfill_queued_all := p_m.backfill_completed_at IS NOT NULL;
@@ -422,7 +422,7 @@ BEGIN
     -- later ones see it retired and skip it. EXCLUSIVE (not SHARE) also waits for the worker batches
     -- being written (complete_batch_v2 locks documents FOR SHARE first) and holds new ones, which
     -- then read the model list after the store is gone. Plain reads go on.
-    LOCK TABLE pgingest.documents IN EXCLUSIVE MODE;
+    LOCK TABLE pgingest.documents, pgingest.source_rows IN EXCLUSIVE MODE;
     UPDATE pgingest.models AS m
     SET state = 'retired', retired_at = now(), paused = FALSE, paused_reason = NULL,
         backfill_completed_at = coalesce(m.backfill_completed_at, now())

@@ -42,14 +42,50 @@ END;
 $$;
 
 COMMENT ON FUNCTION pgingest._filter_predicate(jsonb) IS
-'SQL predicate on pgingest.documents AS d for a search filter (promoted keys use their typed columns).';
+'SQL predicate on pgingest.source_documents AS d for a search filter (promoted keys use their typed columns).';
+
+-- Which sources a search spans: NULL for all; otherwise every name must exist.
+CREATE OR REPLACE FUNCTION pgingest._sources_predicate(p_sources text[])
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_unknown text;
+BEGIN
+    IF p_sources IS NULL THEN
+        RETURN 'true';
+    END IF;
+    SELECT string_agg(quote_literal(x.name), ', ') INTO v_unknown
+    FROM unnest(p_sources) AS x (name)
+    WHERE NOT EXISTS (SELECT 1 FROM pgingest.sources AS s WHERE s.name = x.name);
+    IF v_unknown IS NOT NULL THEN
+        RAISE EXCEPTION 'pgingest: no source %', v_unknown
+            USING ERRCODE = 'undefined_object', HINT = 'SELECT source FROM pgingest.source_status;';
+    END IF;
+    RETURN format('d.source_id = ANY (%L::integer[])',
+                  (SELECT array_agg(s.id ORDER BY s.id) FROM pgingest.sources AS s WHERE s.name = ANY (p_sources)));
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._sources_predicate(text[]) IS
+'SQL predicate limiting a search to the named sources (all when NULL); 42704 for an unknown name.';
+
+-- The signatures before sources (issue 17): dropped so that calls stay unambiguous; search_text
+-- and hybrid_search_text (plpython/) depend on them and are re-created after this folder.
+DROP FUNCTION IF EXISTS pgingest.search(vector, integer, jsonb, boolean, text) CASCADE;
+DROP FUNCTION IF EXISTS pgingest.hybrid_search(
+    text, vector, integer, jsonb, double precision, double precision, integer, integer, boolean
+) CASCADE;
 
 CREATE OR REPLACE FUNCTION pgingest.search(
     query_vector vector,
     k integer DEFAULT 10,
     filter jsonb DEFAULT '{}',
     per_document boolean DEFAULT FALSE,
-    model text DEFAULT NULL
+    model text DEFAULT NULL,
+    sources text[] DEFAULT NULL
 )
 RETURNS TABLE (
     doc_id bigint,
@@ -59,7 +95,9 @@ RETURNS TABLE (
     content text,
     distance double precision,
     metadata jsonb,
-    model_name text
+    model_name text,
+    source text,
+    source_key jsonb
 )
 LANGUAGE plpgsql
 STABLE
@@ -101,9 +139,12 @@ BEGIN
     v_type := pgingest._column_type(v_m);
     v_limit := CASE WHEN per_document THEN least(k * 8, 8000) ELSE k END;
     v_pred := pgingest._filter_predicate(filter);
+    IF sources IS NOT NULL THEN
+        v_pred := v_pred || ' AND ' || pgingest._sources_predicate(sources);
+    END IF;
 
     IF v_pred <> 'true' THEN
-        EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM pgingest.documents AS d WHERE %s LIMIT %s) AS s',
+        EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM pgingest.source_documents AS d WHERE %s LIMIT %s) AS s',
                        v_pred, v_exact_below)
         INTO v_matching;
     END IF;
@@ -122,7 +163,7 @@ BEGIN
                     AND c.chunk_hash = s.chunk_hash
                 OFFSET 0
             ) AS c
-            INNER JOIN %6$s AS d ON d.id = s.doc_id
+            INNER JOIN %6$s AS d ON d.doc_id = s.doc_id
             WHERE %4$s
             ORDER BY %7$s
             LIMIT $2
@@ -130,9 +171,10 @@ BEGIN
             SELECT h.*, row_number() OVER (PARTITION BY h.doc_id ORDER BY h.distance) AS rn
             FROM hits AS h
         )
-        SELECT r.doc_id, d.key, d.title, r.ordinal, r.content, r.distance, d.metadata, %8$L::text
+        SELECT r.doc_id, d.doc_key, d.title, r.ordinal, r.content, r.distance, d.metadata, %8$L::text,
+               d.source, d.source_key
         FROM ranked AS r
-        INNER JOIN pgingest.documents AS d ON d.id = r.doc_id
+        INNER JOIN pgingest.source_documents AS d ON d.doc_id = r.doc_id
         WHERE NOT $3 OR r.rn = 1
         ORDER BY r.distance
         LIMIT $4
@@ -141,9 +183,9 @@ BEGIN
         CASE WHEN v_matching < v_exact_below THEN 'true' ELSE v_pred END,
         -- Selective filter: the matching documents first (their index), then exact distances.
         CASE WHEN v_matching < v_exact_below
-             THEN format('docs AS MATERIALIZED (SELECT d.* FROM pgingest.documents AS d WHERE %s),', v_pred)
+             THEN format('docs AS MATERIALIZED (SELECT d.* FROM pgingest.source_documents AS d WHERE %s),', v_pred)
              ELSE '' END,
-        CASE WHEN v_matching < v_exact_below THEN 'docs' ELSE 'pgingest.documents' END,
+        CASE WHEN v_matching < v_exact_below THEN 'docs' ELSE 'pgingest.source_documents' END,
         CASE WHEN v_matching < v_exact_below THEN 'distance'
              ELSE format('s.embedding %s $1::%s', v_op, v_type) END,
         v_m.name, v_m.profile_id
@@ -151,12 +193,14 @@ BEGIN
 END;
 $$;
 
-COMMENT ON FUNCTION pgingest.search(vector, integer, jsonb, boolean, text) IS
+COMMENT ON FUNCTION pgingest.search(vector, integer, jsonb, boolean, text, text[]) IS
 'Nearest chunks to a query vector under the active model (or `model`): its store joined to the chunks of its '
 'profile on (doc_id, ordinal, chunk_hash), so a vector is never served with another version''s text. Optionally '
 'filtered (jsonb: '
 'promoted keys use their typed indexed columns, other keys containment) and grouped one row per '
-'document. distance is the model''s metric (cosine distance, negative inner product or L2).';
+'document. distance is the model''s metric (cosine distance, negative inner product or L2). Spans every '
+'source, or those named in `sources`; source and source_key (the row''s key as jsonb) say where each row '
+'comes from: join back with, e.g., ON a.id = (s.source_key ->> ''id'')::bigint.';
 
 -- Obsolete signature (before match_all): dropped so that calls stay unambiguous; hybrid_search_text
 -- (plpython/) depends on it and is re-created after this folder.
@@ -173,7 +217,8 @@ CREATE OR REPLACE FUNCTION pgingest.hybrid_search(
     text_weight double precision DEFAULT 1.0,
     rrf_k integer DEFAULT 60,
     candidates integer DEFAULT 100,
-    match_all boolean DEFAULT FALSE
+    match_all boolean DEFAULT FALSE,
+    sources text[] DEFAULT NULL
 )
 RETURNS TABLE (
     doc_id bigint,
@@ -183,7 +228,9 @@ RETURNS TABLE (
     content text,
     score double precision,
     vector_rank integer,
-    text_rank integer
+    text_rank integer,
+    source text,
+    source_key jsonb
 )
 LANGUAGE plpgsql
 STABLE
@@ -193,7 +240,7 @@ AS $$
 #variable_conflict use_column
 DECLARE
     v_cfg regconfig;
-    v_pred text := pgingest._filter_predicate(filter);
+    v_pred text := pgingest._filter_predicate(filter) || ' AND ' || pgingest._sources_predicate(sources);
     v_query tsquery;
     v_profile integer;
 BEGIN
@@ -222,12 +269,12 @@ BEGIN
         $sql$
         WITH v AS (
             SELECT s.doc_id, s.ordinal, row_number() OVER (ORDER BY s.distance)::integer AS rnk
-            FROM pgingest.search($1, $3, $4) AS s
+            FROM pgingest.search($1, $3, $4, sources => $11) AS s
         ), t AS (
             SELECT c.doc_id, c.ordinal,
                    row_number() OVER (ORDER BY ts_rank_cd(c.tsv, q.q) DESC, c.doc_id, c.ordinal)::integer AS rnk
             FROM pgingest.chunks AS c
-            INNER JOIN pgingest.documents AS d ON d.id = c.doc_id
+            INNER JOIN pgingest.source_documents AS d ON d.doc_id = c.doc_id
             CROSS JOIN (SELECT $2::tsquery AS q) AS q
             WHERE c.profile_id = $10 AND c.tsv @@ q.q AND %1$s
             ORDER BY ts_rank_cd(c.tsv, q.q) DESC, c.doc_id, c.ordinal
@@ -238,22 +285,23 @@ BEGIN
                    v.rnk AS vector_rank, t.rnk AS text_rank
             FROM v FULL JOIN t ON v.doc_id = t.doc_id AND v.ordinal = t.ordinal
         )
-        SELECT f.doc_id, d.key, d.title, f.ordinal, c.content, f.score, f.vector_rank, f.text_rank
+        SELECT f.doc_id, d.doc_key, d.title, f.ordinal, c.content, f.score, f.vector_rank, f.text_rank,
+               d.source, d.source_key
         FROM fused AS f
-        INNER JOIN pgingest.documents AS d ON d.id = f.doc_id
+        INNER JOIN pgingest.source_documents AS d ON d.doc_id = f.doc_id
         INNER JOIN pgingest.chunks AS c ON c.profile_id = $10 AND c.doc_id = f.doc_id AND c.ordinal = f.ordinal
         ORDER BY f.score DESC, f.doc_id, f.ordinal
         LIMIT $9
         $sql$,
         v_pred
     ) USING query_vector, v_query, greatest(candidates, k), filter, query_text,
-            vector_weight, text_weight, rrf_k::double precision, k, v_profile;
+            vector_weight, text_weight, rrf_k::double precision, k, v_profile, sources;
 END;
 $$;
 
 COMMENT ON FUNCTION pgingest.hybrid_search(
     text, vector, integer, jsonb, double precision, double precision,
-    integer, integer, boolean
+    integer, integer, boolean, text[]
 ) IS
 'Hybrid search: vector search (active model''s store) and full-text search (chunks.tsv of the active model''s '
 'profile, websearch syntax) fused '

@@ -338,7 +338,7 @@ WITH settings AS (
 ),
 
 docs AS (
-    SELECT count(*) AS n FROM pgingest.documents
+    SELECT count(*) AS n FROM pgingest.source_documents
 ),
 
 base AS (
@@ -365,8 +365,8 @@ base AS (
         l.dead_letters,
         coalesce(
             (
-                SELECT count(*) FROM pgingest.documents AS d
-                WHERE d.id <= m.backfill_upto
+                SELECT count(*) FROM pgingest.source_documents AS d
+                WHERE d.doc_id <= m.backfill_upto
             ), 0
         ) AS backfill_documents
     FROM pgingest.models AS m
@@ -379,23 +379,23 @@ base AS (
                 count(*) FILTER (
                     WHERE s.embedded_at > now() - make_interval(secs => settings.window_s)
                 ) AS recent,
-                count(*) FILTER (WHERE d.id <= m.backfill_upto) AS backfill_embedded,
+                count(*) FILTER (WHERE d.doc_id <= m.backfill_upto) AS backfill_embedded,
                 count(*) FILTER (
-                    WHERE d.id <= m.backfill_upto
+                    WHERE d.doc_id <= m.backfill_upto
                     AND s.embedded_at > now() - make_interval(secs => settings.window_s)
                 ) AS backfill_recent
             FROM pgingest.embedding_state AS s
-            INNER JOIN pgingest.documents AS d ON s.doc_id = d.id AND s.content_hash = d.content_hash
+            INNER JOIN pgingest.source_documents AS d ON s.doc_id = d.doc_id AND s.content_hash = d.content_hash
             WHERE s.model = m.name
         ) AS e
     CROSS JOIN
         LATERAL (
             SELECT
-                count(d.id) AS dead_lettered,
-                count(d.id) FILTER (WHERE d.id <= m.backfill_upto) AS backfill_dead,
+                count(d.doc_id) AS dead_lettered,
+                count(d.doc_id) FILTER (WHERE d.doc_id <= m.backfill_upto) AS backfill_dead,
                 count(*) AS dead_letters
             FROM pgingest.dead_letters AS dl
-            LEFT JOIN pgingest.documents AS d ON dl.doc_id = d.id AND dl.content_hash = d.content_hash
+            LEFT JOIN pgingest.source_documents AS d ON dl.doc_id = d.doc_id AND dl.content_hash = d.content_hash
             WHERE dl.model = m.name
         ) AS l
     WHERE m.state <> 'retired'

@@ -143,6 +143,8 @@ BEGIN
     EXECUTE format('CREATE INDEX %I ON pgingest.documents USING %s (%I)',
                    'documents_' || v_column || '_idx',
                    CASE WHEN type = 'text[]' THEN 'gin' ELSE 'btree' END, v_column);
+    -- The rows of attached tables get it as an indexed expression over their metadata.
+    PERFORM pgingest._refresh_source_documents_view();
     RETURN v_column;
 END;
 $$;

@@ -70,7 +70,8 @@ pgingest.model_status,
 pgingest.dead_letter_summary,
 pgingest.worker_status,
 pgingest.vector_health,
-pgingest.index_builds
+pgingest.index_builds,
+pgingest.source_status
 TO pgingest_monitor, pgingest_reader;
 
 -- Readers and workers see the registry and the settings (no secret lives there: invariant 8).
@@ -117,7 +118,11 @@ BEGIN
                 'register_model', 'swap_model', 'retire_model', 'compare_models', 'index_ddl',
                 'requeue_dead_letters', 'pause_model', 'resume_model', 'run_backfill', 'backfill_step_v1',
                 'forget_stale_workers', 'clear_embedding_cache', 'prune_embedding_cache', 'purge_dead_letters',
-                'set_dead_letter_retention', 'run_maintenance', 'register_filter', 'set_text_search_config'
+                'set_dead_letter_retention', 'run_maintenance', 'register_filter', 'set_text_search_config',
+                -- Sources: add_source() and remove_source() run as the caller (who must own the table) and
+                -- call these two to write pgingest's tables; creating the triggers needs _source_capture.
+                'add_source', 'remove_source', 'resync_source', 'run_source_backfill', '_attach_source',
+                '_detach_source', '_source_capture'
             ])
         ) AS g (rolname, routines) ON p.proname = ANY (g.routines)
         WHERE p.pronamespace = 'pgingest'::regnamespace

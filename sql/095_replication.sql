@@ -20,7 +20,10 @@ RETURNS regclass[]
 LANGUAGE sql
 STABLE
 SET search_path FROM CURRENT
-RETURN ARRAY['pgingest.documents'::regclass, 'pgingest.chunks'::regclass, 'pgingest.embedding_state'::regclass]
+RETURN ARRAY[
+    'pgingest.documents'::regclass, 'pgingest.chunks'::regclass, 'pgingest.embedding_state'::regclass,
+    'pgingest.source_rows'::regclass
+]
 || (
     SELECT coalesce(array_agg(format('pgingest.%I', m.store_name)::regclass ORDER BY m.created_at, m.name), '{}')
     FROM pgingest.models AS m
@@ -28,7 +31,8 @@ RETURN ARRAY['pgingest.documents'::regclass, 'pgingest.chunks'::regclass, 'pging
 );
 
 COMMENT ON FUNCTION pgingest.replication_tables() IS
-'The tables a read replica subscribes to: documents, chunks, embedding_state and every live model''s store.';
+'The tables a read replica subscribes to: documents, chunks, embedding_state, source_rows (what search shows '
+'of attached tables: keys, titles, metadata; never the tables themselves) and every live model''s store.';
 
 CREATE OR REPLACE FUNCTION pgingest.create_publication(
     p_name text DEFAULT 'pgingest',
@@ -94,6 +98,7 @@ DECLARE
     v_m pgingest.models;
     v_p pgingest.chunk_profiles;
     v_f pgingest.filters;
+    v_s pgingest.sources;
     v_sql text[] := ARRAY[
         '-- pgingest replica setup, generated on the primary ' || current_database() || ' at ' || now()::text
         || ': apply on the replica (psql -v ON_ERROR_STOP=1 -f), before a new model is registered on the primary.'
@@ -134,6 +139,18 @@ BEGIN
             'SELECT pgingest.retire_model(%L) '
             'WHERE EXISTS (SELECT 1 FROM pgingest.models WHERE name = %L AND state NOT IN (''retired'', ''active''));',
             v_m.name, v_m.name
+        );
+    END LOOP;
+    -- Attached tables (sources): their registry rows, so that the replicated source_rows have their
+    -- source (names and keys for search). The tables themselves stay on the primary: no trigger,
+    -- no statements there. Run as the owner of pgingest on the replica, before add_source() here.
+    FOR v_s IN SELECT * FROM pgingest.sources AS s WHERE s.id <> 0 ORDER BY s.id LOOP
+        v_sql := v_sql || format(
+            'INSERT INTO pgingest.sources (id, name, relid, table_name, key_columns, key_types, body_column, '
+            'template, title_column, metadata_columns, backfill_completed_at) VALUES '
+            '(%s, %L, NULL, %L, %L, %L, %L, %L, %L, %L, now()) ON CONFLICT (id) DO NOTHING;',
+            v_s.id, v_s.name, v_s.table_name, v_s.key_columns, v_s.key_types, v_s.body_column, v_s.template,
+            v_s.title_column, v_s.metadata_columns
         );
     END LOOP;
     -- Promoted filters (typed columns of documents, computed on the replica) and text search.

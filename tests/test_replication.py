@@ -140,6 +140,14 @@ def test_replica_subscribes_and_serves_searches_with_its_own_index(
     # The primary: a model, documents, a publication.
     register(conn, "v1", fake.url)
     insert_docs(conn, [(f"doc-{i}", f"Title {i}", f"Body of document {i}.") for i in range(20)])
+    # An attached table: its registry rows replicate, the table itself does not.
+    conn.execute("CREATE TABLE public.notes (id bigint PRIMARY KEY, body text)")
+    conn.execute(
+        "SELECT pgingest.add_source('notes', 'public.notes', body => 'body', backfill => false)"
+    )
+    conn.execute(
+        "INSERT INTO public.notes SELECT i, 'Note number ' || i FROM generate_series(1, 3) AS i"
+    )
     assert one(conn, "SELECT pgingest.create_publication()") == "pgingest"
     assert one(conn, "SELECT pgingest.create_publication()") == "pgingest"  # re-runnable
     assert sorted(
@@ -147,7 +155,7 @@ def test_replica_subscribes_and_serves_searches_with_its_own_index(
         for r in conn.execute(
             "SELECT tablename FROM pg_publication_tables WHERE pubname = 'pgingest'"
         )
-    ) == ["chunks", "documents", "embedding_state", "store_v1"]
+    ) == ["chunks", "documents", "embedding_state", "source_rows", "store_v1"]
 
     # The replica: pgingest installed, the same model registered (same store), then subscribed.
     install.install(replica_dsn)
@@ -218,7 +226,12 @@ def _replicate_and_search(
         timeout=60,
         interval=0.2,
     )
-    assert len(states(r)) == 24
+    assert len(states(r)) == 27  # 24 documents and 3 notes
+
+    # The attached table's rows: searchable on the replica by source, with their keys.
+    assert r.execute(
+        "SELECT source, doc_key FROM pgingest.source_documents WHERE source = 'notes' ORDER BY doc_id"
+    ).fetchall() == [("notes", "1"), ("notes", "2"), ("notes", "3")]
 
     # Nothing is queued on the replica: the capture triggers are ordinary ENABLE triggers, which the
     # apply worker (session_replication_role = replica) does not fire.

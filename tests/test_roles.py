@@ -44,6 +44,19 @@ REVIEWED_SECURITY_DEFINER = {
     "_capture_update",
     "_capture_delete",
     "_capture_truncate",
+    # sources (sql/015_sources.sql): the capture trigger of attached tables and what it calls
+    # (the mapping's SQL is compiled from the catalog with format('%I')), the worker's read path
+    # of attached tables, and the two halves of add_source()/remove_source() that write
+    # pgingest's tables (each refuses unless the caller created/dropped the table's triggers,
+    # which only the table's owner can)
+    "_forget_docs",
+    "_source_capture",
+    "_capture_failed",
+    "_read_source_rows",
+    "_attach_source",
+    "_detach_source",
+    "resync_source",
+    "source_backfill_step_v1",
     # the worker API: the worker role has no table rights at all
     "read_batch_v1",
     "complete_batch_v1",

@@ -204,7 +204,7 @@ class Message:
     doc_key: str | None
     title: str | None
     body: str | None
-    status: str  # current | stale | done | invalid
+    status: str  # current | stale | done | invalid | too_large
 
     @property
     def attempts_recorded(self) -> int:
@@ -418,6 +418,16 @@ def resume_model(conn: psycopg.Connection[Any], model: str) -> None:
 
 def backfill_step(conn: psycopg.Connection[Any], model: str, batch: int) -> int:
     row = conn.execute("SELECT pgingest.backfill_step_v1(%s, %s)", (model, batch)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def source_backfill_step(conn: psycopg.Connection[Any], batch: int) -> int:
+    """Registers and queues the next rows of an attached table being backfilled
+    (``source_backfill_step_v1``): the number of rows, 0 when no source backfill is left, -1
+    while the queues are too deep (the step waits, the application's changes keep their
+    freshness)."""
+    row = conn.execute("SELECT pgingest.source_backfill_step_v1(%s)", (batch,)).fetchone()
     assert row is not None
     return int(row[0])
 

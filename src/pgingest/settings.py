@@ -31,6 +31,8 @@ class WorkerSettings:
     http_timeout: float = 30.0
     commit_target_seconds: float = 0.5
     backfill_batch: int = 5000
+    # rows of an attached table registered and queued per step (each one reads that many rows)
+    source_backfill_batch: int = 1000
     max_chunks_per_document: int = 5000
     metrics_port: int | None = None
     breaker_threshold: int = 5

@@ -592,3 +592,13 @@ def test_the_batch_size_grows_below_half_the_target_when_batches_are_full() -> N
 )
 def test_request_size(unseen: int, max_inputs: int, in_flight: int, size: int) -> None:
     assert request_size(unseen, max_inputs, in_flight) == size
+
+
+def test_triage_dead_letters_a_too_large_row_without_chunking_it() -> None:
+    """read_batch_v1 reports a row of an attached table whose text exceeds 10 MiB as too_large
+    (its text is not sent): a dead letter naming the limit, never an empty-document one."""
+    batch = core.triage([message(1, 1, status="too_large", body=""), message(2, 2)], max_attempts=5)
+    failure = batch.jobs[1].failure
+    assert failure is not None and failure.error_class == "document_too_large"
+    assert f"{core.MAX_TEXT_BYTES:,}" in failure.message
+    assert 1 not in batch.texts and 2 in batch.texts

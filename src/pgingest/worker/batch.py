@@ -125,6 +125,11 @@ class Batch:
         return [i for j in self.jobs.values() for i in j.msg_ids] + self.ack
 
 
+MAX_TEXT_BYTES = 10_485_760
+"""The largest text pgingest embeds for one document (documents.body's CHECK; read_batch_v1
+reports a longer row of an attached table as ``too_large`` without sending its text)."""
+
+
 def backoff_delay(attempts: int, base: float = 2.0, cap: float = 300.0) -> int:
     """Seconds before a failed version is retried: exponential with full jitter, at least 1 s."""
     return max(1, int(random.uniform(0, min(cap, base * (2**attempts)))))
@@ -231,7 +236,14 @@ def triage(messages: Iterable[db.Message], max_attempts: int) -> Batch:
             attempts_before=attempts_before(msg),
             message=msg.message,
         )
-        if job.attempts_before >= max_attempts:
+        if msg.status == "too_large":
+            job.failure = Failure(
+                "dead",
+                "document_too_large",
+                f"the text to embed exceeds {MAX_TEXT_BYTES:,} bytes (a row of an attached "
+                "table; pgingest.documents refuses such a body at INSERT)",
+            )
+        elif job.attempts_before >= max_attempts:
             job.failure = Failure(
                 "dead",
                 "attempts_exhausted",

@@ -306,6 +306,13 @@ class Worker:
             models = [m for m in models if m.name in self.s.models]
         worked = 0
         pending = False
+        if models:
+            # Attached tables' existing rows, in paced batches (sql/015_sources.sql).
+            registered = db.source_backfill_step(conn, self.s.source_backfill_batch)
+            if registered:
+                pending = True
+                if registered > 0:
+                    log.info("source backfill queued", extra={"documents": registered})
         for m in models:
             if self.stopping.is_set():
                 break

@@ -1,0 +1,1018 @@
+-- Sources: application tables attached with pgingest.add_source() (migrations/0009_sources.sql).
+--
+-- The mapping of a source (key, body column or template, title, metadata columns) is compiled
+-- once into the SQL statements its capture triggers, its backfill and the worker's read path run
+-- (pgingest.sources.statements, re-generated on every install). Every statement reaches the
+-- application's table only through those, as the owner of pgingest: the worker role has no
+-- privilege on it, and add_source() grants the owner SELECT on the mapped columns only.
+
+-- Forgetting documents: their vectors go to the embedding cache (a re-inserted or restored row
+-- reuses them), then the stores, chunks, state and dead letters lose them. Queued messages of
+-- theirs are acknowledged later as stale.
+CREATE OR REPLACE FUNCTION pgingest._forget_docs(p_doc_ids bigint[])
+RETURNS integer
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_model record;
+BEGIN
+    IF coalesce(cardinality(p_doc_ids), 0) = 0 THEN
+        RETURN 0;
+    END IF;
+    FOR v_model IN
+        SELECT m.name, m.store_name FROM pgingest.models AS m WHERE m.state <> 'retired' ORDER BY m.name
+    LOOP
+        EXECUTE format(
+            $sql$
+            INSERT INTO pgingest.embedding_cache AS e (model, chunk_hash, embedding)
+            SELECT DISTINCT ON (s.chunk_hash) %1$L, s.chunk_hash, s.embedding::vector
+            FROM pgingest.%2$I AS s WHERE s.doc_id = ANY ($1)
+            ON CONFLICT (model, chunk_hash) DO UPDATE SET used_at = now()
+            $sql$,
+            v_model.name, v_model.store_name
+        ) USING p_doc_ids;
+        EXECUTE format('DELETE FROM pgingest.%I AS s WHERE s.doc_id = ANY ($1)', v_model.store_name)
+        USING p_doc_ids;
+    END LOOP;
+    DELETE FROM pgingest.chunks AS c WHERE c.doc_id = ANY (p_doc_ids);
+    DELETE FROM pgingest.embedding_state AS s WHERE s.doc_id = ANY (p_doc_ids);
+    DELETE FROM pgingest.dead_letters AS l WHERE l.doc_id = ANY (p_doc_ids);
+    RETURN cardinality(p_doc_ids);
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._forget_docs(bigint[]) IS
+'Removes the chunks (every profile), the vectors (every live model''s store, copied to the embedding cache '
+'first), the state and the dead letters of deleted documents of any source (internal).';
+
+-- The expression a source's mapping gives, over a row of its table aliased t.
+CREATE OR REPLACE FUNCTION pgingest._source_expr(p_s pgingest.sources, p_what text)
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_parts text[];
+    v_names text[];
+    v_sql text := '';
+    v_col text;
+    v_type regtype;
+BEGIN
+    CASE p_what
+    WHEN 'key' THEN
+        RETURN format('jsonb_build_object(%s)', (
+            SELECT string_agg(format('%L, t.%I', k.col, k.col), ', ' ORDER BY k.n)
+            FROM unnest(p_s.key_columns) WITH ORDINALITY AS k (col, n)
+        ));
+    WHEN 'key_match' THEN
+        -- t's key equals the jsonb key in r.row_key (typed: the primary key's index applies).
+        RETURN (
+            SELECT string_agg(format('t.%I = (r.row_key ->> %L)::%s', k.col, k.col, k.typ), ' AND ' ORDER BY k.n)
+            FROM unnest(p_s.key_columns, p_s.key_types) WITH ORDINALITY AS k (col, typ, n)
+        );
+    WHEN 'key_order' THEN
+        RETURN (SELECT string_agg(format('t.%I', k.col), ', ' ORDER BY k.n)
+                FROM unnest(p_s.key_columns) WITH ORDINALITY AS k (col, n));
+    WHEN 'key_after' THEN
+        -- Keyset: t's key comes after the key in $1 (jsonb).
+        RETURN format('(%s) > (%s)',
+            (SELECT string_agg(format('t.%I', k.col), ', ' ORDER BY k.n)
+             FROM unnest(p_s.key_columns) WITH ORDINALITY AS k (col, n)),
+            (SELECT string_agg(format('($1 ->> %L)::%s', k.col, k.typ), ', ' ORDER BY k.n)
+             FROM unnest(p_s.key_columns, p_s.key_types) WITH ORDINALITY AS k (col, typ, n)));
+    WHEN 'doc_key' THEN
+        -- The text form of the key (documents.key for the built-in source): the value of a
+        -- one-column key, the jsonb text of a composite one. Over r (pgingest.source_rows).
+        IF cardinality(p_s.key_columns) = 1 THEN
+            RETURN format('(r.row_key ->> %L)', p_s.key_columns[1]);
+        END IF;
+        RETURN '(r.row_key::text)';
+    WHEN 'title' THEN
+        IF p_s.title_column IS NULL THEN
+            RETURN 'NULL::text';
+        END IF;
+        RETURN format('t.%I::text', p_s.title_column);
+    WHEN 'metadata' THEN
+        IF cardinality(p_s.metadata_columns) = 0 THEN
+            RETURN '''{}''::jsonb';
+        END IF;
+        RETURN format('jsonb_strip_nulls(jsonb_build_object(%s))', (
+            SELECT string_agg(format('%L, t.%I', m.col, m.col), ', ' ORDER BY m.n)
+            FROM unnest(p_s.metadata_columns) WITH ORDINALITY AS m (col, n)
+        ));
+    WHEN 'compare' THEN
+        -- What an UPDATE must change to be embedded again: the mapped text columns.
+        RETURN format('ROW(%s, NULL::text)', (
+            SELECT string_agg(format('t.%I::text', c), ', ')
+            FROM unnest(pgingest._source_text_columns(p_s)) AS c
+        ));
+    WHEN 'body' THEN
+        IF p_s.body_column IS NOT NULL THEN
+            RETURN format('t.%I::text', p_s.body_column);
+        END IF;
+        -- A template: '{column}' placeholders between literal text. Arrays are joined with ', '.
+        v_parts := regexp_split_to_array(p_s.template, '\{[A-Za-z_][A-Za-z0-9_$]*\}');
+        SELECT coalesce(array_agg(m.match[1] ORDER BY m.n), '{}') INTO v_names
+        FROM regexp_matches(p_s.template, '\{([A-Za-z_][A-Za-z0-9_$]*)\}', 'g') WITH ORDINALITY AS m (match, n);
+        FOR v_i IN 1 .. cardinality(v_parts) LOOP
+            IF v_parts[v_i] <> '' THEN
+                v_sql := v_sql || ', ' || quote_literal(v_parts[v_i]);
+            END IF;
+            IF v_i <= cardinality(v_names) THEN
+                v_col := v_names[v_i];
+                SELECT a.atttypid::regtype INTO v_type FROM pg_catalog.pg_attribute AS a
+                WHERE a.attrelid = p_s.relid AND a.attname = v_col AND NOT a.attisdropped;
+                v_sql := v_sql || ', ' || CASE
+                    WHEN v_type::text LIKE '%[]' THEN format('array_to_string(t.%I, '', '')', v_col)
+                    ELSE format('t.%I::text', v_col)
+                END;
+            END IF;
+        END LOOP;
+        -- Every column NULL: no text (the row is dead-lettered as empty, not embedded as the
+        -- template's literal words).
+        RETURN format('CASE WHEN num_nonnulls(%s) > 0 THEN concat(%s) END',
+                      (SELECT string_agg(format('t.%I', c), ', ') FROM unnest(v_names) AS c),
+                      substr(v_sql, 3));
+    ELSE
+        RAISE EXCEPTION 'pgingest: _source_expr: unknown part %', p_what;
+    END CASE;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._source_expr(pgingest.sources, text) IS
+'SQL expressions of a source''s mapping over its table aliased t (key, key_match against r.row_key, '
+'key_order, key_after $1, doc_key over r, title, metadata, compare, body) (internal).';
+
+CREATE OR REPLACE FUNCTION pgingest._source_text_columns(p_s pgingest.sources)
+RETURNS text[]
+LANGUAGE sql
+IMMUTABLE
+SET search_path FROM CURRENT
+RETURN (
+    SELECT coalesce(array_agg(DISTINCT c.col ORDER BY c.col), '{}')
+    FROM (
+        SELECT p_s.body_column AS col  -- noqa: RF01
+        UNION ALL
+        SELECT p_s.title_column  -- noqa: RF01
+        UNION ALL
+        SELECT m.match[1]
+        FROM regexp_matches(coalesce(p_s.template, ''), '\{([A-Za-z_][A-Za-z0-9_$]*)\}', 'g') AS m (match)  -- noqa: RF01
+    ) AS c
+    WHERE c.col IS NOT NULL
+);
+
+COMMENT ON FUNCTION pgingest._source_text_columns(pgingest.sources) IS
+'The columns whose text a source embeds: body column or the template''s columns, and the title column.';
+
+-- The statements of a source, compiled from its mapping.
+CREATE OR REPLACE FUNCTION pgingest._source_statements(p_s pgingest.sources)
+RETURNS jsonb
+LANGUAGE plpgsql
+STABLE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_key text := pgingest._source_expr(p_s, 'key');
+    v_title text := pgingest._source_expr(p_s, 'title');
+    v_meta text := pgingest._source_expr(p_s, 'metadata');
+    v_body text := pgingest._source_expr(p_s, 'body');
+    v_cmp text := pgingest._source_expr(p_s, 'compare');
+    v_table text := p_s.relid::regclass::text;
+    v_upsert text;
+BEGIN
+    -- Registers rows (n: k, title, md, body) and returns the doc_id and hash of each row it
+    -- inserted or changed. The title kept for search results is cut at 1,024 bytes-ish characters;
+    -- the worker embeds the full one from the table.
+    v_upsert := format(
+        $sql$
+        INSERT INTO pgingest.source_rows AS r (source_id, row_key, content_hash, title, metadata)
+        SELECT %1$s, n.k, pgingest._content_hash(n.title, coalesce(n.body, '')), left(n.title, 1024), n.md FROM n
+        ON CONFLICT (source_id, row_key) DO UPDATE
+        SET content_hash = excluded.content_hash, title = excluded.title, metadata = excluded.metadata
+        WHERE (r.content_hash, r.title, r.metadata) IS DISTINCT FROM (excluded.content_hash, excluded.title, excluded.metadata)
+        RETURNING r.doc_id, r.content_hash, r.row_key
+        $sql$,
+        p_s.id
+    );
+    RETURN jsonb_build_object(
+        'insert', format(
+            $sql$
+            WITH n AS (
+                SELECT %1$s AS k, %2$s AS title, %3$s AS md, %4$s AS body FROM new_rows AS t
+            ), up AS (%5$s)
+            SELECT array_agg(up.doc_id), array_agg(up.content_hash) FROM up
+            $sql$,
+            v_key, v_title, v_meta, v_body, v_upsert),
+        -- An UPDATE: rows whose mapped text changed (or whose key is new) are registered and
+        -- queued; rows whose metadata columns alone changed are registered, not queued; rows whose
+        -- other columns alone changed cost a comparison.
+        'update', format(
+            $sql$
+            WITH o AS (
+                SELECT %1$s AS k, %5$s AS e, %3$s AS md FROM old_rows AS t
+            ), ch AS MATERIALIZED (
+                SELECT x.k, x.title, x.md, x.body, (o.k IS NULL OR o.e IS DISTINCT FROM x.e) AS queue
+                FROM (
+                    SELECT %1$s AS k, %5$s AS e, %3$s AS md, %2$s AS title, %4$s AS body FROM new_rows AS t
+                ) AS x
+                LEFT JOIN o ON o.k = x.k
+                WHERE o.k IS NULL OR o.e IS DISTINCT FROM x.e OR o.md IS DISTINCT FROM x.md
+            ), n AS (
+                SELECT ch.k, ch.title, ch.md, ch.body FROM ch
+            ), up AS (%6$s)
+            SELECT array_agg(up.doc_id), array_agg(up.content_hash)
+            FROM up INNER JOIN ch ON ch.k = up.row_key
+            WHERE ch.queue
+            $sql$,
+            v_key, v_title, v_meta, v_body, v_cmp, v_upsert),
+        -- Keys an UPDATE moved away from (a changed primary key): forgotten.
+        'moved', format(
+            $sql$
+            WITH gone AS (
+                SELECT %1$s AS k FROM old_rows AS t
+                EXCEPT
+                SELECT %1$s AS k FROM new_rows AS t
+            ), d AS (
+                DELETE FROM pgingest.source_rows AS r USING gone
+                WHERE r.source_id = %2$s AND r.row_key = gone.k
+                RETURNING r.doc_id
+            )
+            SELECT array_agg(d.doc_id) FROM d
+            $sql$,
+            v_key, p_s.id),
+        'delete', format(
+            $sql$
+            WITH d AS (
+                DELETE FROM pgingest.source_rows AS r USING old_rows AS t
+                WHERE r.source_id = %2$s AND r.row_key = %1$s
+                RETURNING r.doc_id
+            )
+            SELECT array_agg(d.doc_id) FROM d
+            $sql$,
+            v_key, p_s.id),
+        -- The worker's read path: $1 the doc_ids.
+        'read', format(
+            $sql$
+            SELECT r.doc_id, %1$s, %2$s, %3$s, r.content_hash
+            FROM pgingest.source_rows AS r
+            INNER JOIN %4$s AS t ON %5$s
+            WHERE r.source_id = %6$s AND r.doc_id = ANY ($1)
+            $sql$,
+            pgingest._source_expr(p_s, 'doc_key'), v_title, v_body, v_table,
+            pgingest._source_expr(p_s, 'key_match'), p_s.id),
+        -- The backfill: the next $2 rows in key order after the key $1 (from the first without).
+        'backfill_first', format(
+            $sql$
+            WITH n AS MATERIALIZED (
+                SELECT %1$s AS k, %2$s AS title, %3$s AS md, %4$s AS body FROM %5$s AS t ORDER BY %6$s LIMIT $2
+            ), up AS (%7$s)
+            SELECT (SELECT array_agg(up.doc_id) FROM up), (SELECT array_agg(up.content_hash) FROM up),
+                   (SELECT count(*) FROM n), (SELECT n.k FROM n OFFSET (SELECT greatest(count(*) - 1, 0) FROM n) LIMIT 1)
+            $sql$,
+            v_key, v_title, v_meta, v_body, v_table, pgingest._source_expr(p_s, 'key_order'), v_upsert),
+        'backfill_next', format(
+            $sql$
+            WITH n AS MATERIALIZED (
+                SELECT %1$s AS k, %2$s AS title, %3$s AS md, %4$s AS body FROM %5$s AS t
+                WHERE %8$s ORDER BY %6$s LIMIT $2
+            ), up AS (%7$s)
+            SELECT (SELECT array_agg(up.doc_id) FROM up), (SELECT array_agg(up.content_hash) FROM up),
+                   (SELECT count(*) FROM n), (SELECT n.k FROM n OFFSET (SELECT greatest(count(*) - 1, 0) FROM n) LIMIT 1)
+            $sql$,
+            v_key, v_title, v_meta, v_body, v_table, pgingest._source_expr(p_s, 'key_order'), v_upsert,
+            pgingest._source_expr(p_s, 'key_after'))
+    );
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._source_statements(pgingest.sources) IS
+'Compiles a source''s mapping into the SQL of its capture (insert, update, moved, delete), the worker''s read '
+'path (read) and its backfill (backfill_first, backfill_next) (internal; stored in sources.statements).';
+
+-- A failed capture never fails the application's statement (except for the transient errors of
+-- concurrency, which the application retries anyway): it becomes a dead letter per live model,
+-- and pgingest.resync_source() catches the rows up once the cause is fixed.
+CREATE OR REPLACE FUNCTION pgingest._capture_failed(p_source text, p_op text, p_state text, p_message text)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    INSERT INTO pgingest.dead_letters (doc_id, model, error_class, error_message, payload)
+    SELECT NULL, m.name, 'capture_failed',
+           left(format('source %s: capturing an %s failed (SQLSTATE %s: %s); the rows of that statement are not '
+                       'queued: fix the cause, then SELECT pgingest.resync_source(%L)',
+                       p_source, p_op, p_state, p_message, p_source), 2000),
+           jsonb_build_object('source', p_source, 'operation', p_op, 'sqlstate', p_state)
+    FROM pgingest.models AS m
+    WHERE m.state <> 'retired';
+    RAISE WARNING 'pgingest: source %: capturing an % failed: %', p_source, p_op, p_message
+        USING HINT = format('Fix the cause, then SELECT pgingest.resync_source(%L);', p_source);
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._capture_failed(text, text, text, text) IS
+'Records a failed capture of a source as a dead letter (capture_failed) per live model and warns (internal).';
+
+CREATE OR REPLACE FUNCTION pgingest._source_capture()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_id integer;
+    v_sql jsonb;
+    v_ids bigint[];
+    v_hashes bytea[];
+    v_gone bigint[];
+BEGIN
+    SELECT s.id, s.statements INTO v_id, v_sql FROM pgingest.sources AS s WHERE s.name = TG_ARGV[0];
+    IF NOT FOUND THEN
+        RETURN NULL;  -- remove_source() is running in this transaction
+    END IF;
+    BEGIN
+        IF TG_OP = 'INSERT' THEN
+            EXECUTE v_sql ->> 'insert' INTO v_ids, v_hashes;
+        ELSIF TG_OP = 'UPDATE' THEN
+            EXECUTE v_sql ->> 'update' INTO v_ids, v_hashes;
+            EXECUTE v_sql ->> 'moved' INTO v_gone;
+        ELSIF TG_OP = 'DELETE' THEN
+            EXECUTE v_sql ->> 'delete' INTO v_gone;
+        ELSE
+            WITH d AS (DELETE FROM pgingest.source_rows AS r WHERE r.source_id = v_id RETURNING r.doc_id)
+            SELECT array_agg(d.doc_id) INTO v_gone FROM d;
+        END IF;
+        PERFORM pgingest._forget_docs(v_gone);
+        PERFORM pgingest._enqueue_versions(v_ids, v_hashes);
+    EXCEPTION
+        WHEN serialization_failure OR deadlock_detected OR lock_not_available OR query_canceled THEN
+            RAISE;
+        WHEN OTHERS THEN
+            PERFORM pgingest._capture_failed(TG_ARGV[0], TG_OP, SQLSTATE, SQLERRM);
+    END;
+    RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._source_capture() IS
+'Statement-level AFTER INSERT/UPDATE/DELETE/TRUNCATE trigger of an attached table (argument: the source '
+'name): keeps pgingest.source_rows, queues changed rows for every live model, forgets deleted ones. Never '
+'fails the application''s statement: a failure becomes a capture_failed dead letter.';
+
+-- The column of a table, or an error naming it.
+CREATE OR REPLACE FUNCTION pgingest._source_column(p_table regclass, p_column text, p_role text)
+RETURNS regtype
+LANGUAGE plpgsql
+STABLE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_type regtype;
+BEGIN
+    SELECT a.atttypid::regtype INTO v_type FROM pg_catalog.pg_attribute AS a
+    WHERE a.attrelid = p_table AND a.attname = p_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgingest: table % has no column % (the %)', p_table, quote_ident(p_column), p_role
+            USING ERRCODE = 'undefined_column';
+    END IF;
+    RETURN v_type;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._source_column(regclass, text, text) IS
+'The type of a table''s column, or 42703 naming the column and its role in the mapping (internal).';
+
+CREATE OR REPLACE FUNCTION pgingest._is_text_type(p_type regtype)
+RETURNS boolean
+LANGUAGE plpgsql
+STABLE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_t record;
+    v_oid oid := p_type;
+BEGIN
+    LOOP  -- a domain: its base type
+        SELECT t.typtype, t.typbasetype, t.typcategory INTO v_t FROM pg_catalog.pg_type AS t WHERE t.oid = v_oid;
+        EXIT WHEN v_t.typtype IS DISTINCT FROM 'd';
+        v_oid := v_t.typbasetype;
+    END LOOP;
+    RETURN v_t.typcategory = 'S' OR v_oid IN ('json'::regtype, 'jsonb'::regtype, 'xml'::regtype);
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._is_text_type(regtype) IS
+'Whether a column of this type is text to embed: string types (text, varchar, char, name, citext), json, '
+'jsonb, xml, and domains over them.';
+
+-- The part of add_source() that writes pgingest's own tables, as their owner.
+CREATE OR REPLACE FUNCTION pgingest._attach_source(
+    p_name text,
+    p_table regclass,
+    p_body text,
+    p_template text,
+    p_title text,
+    p_metadata text[],
+    p_backfill boolean,
+    p_granted_to name
+)
+RETURNS pgingest.sources
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_s pgingest.sources;
+    v_key text[];
+    v_types text[];
+    v_type regtype;
+    v_col text;
+BEGIN
+    -- Only the table's owner could have created these: they prove the caller owns it.
+    IF (SELECT count(*) FROM pg_catalog.pg_trigger AS g
+        WHERE g.tgrelid = p_table AND g.tgfoid = 'pgingest._source_capture()'::regprocedure
+          AND g.tgname IN (format('pgingest_%s_capture_insert', p_name), format('pgingest_%s_capture_update', p_name),
+                           format('pgingest_%s_capture_delete', p_name), format('pgingest_%s_capture_truncate', p_name)))
+       <> 4 THEN
+        RAISE EXCEPTION 'pgingest: call pgingest.add_source(), not pgingest._attach_source()'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+
+    -- The key: the primary key, else the narrowest unique index over NOT NULL columns.
+    SELECT array_agg(a.attname::text ORDER BY k.n), array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY k.n)
+    INTO v_key, v_types
+    FROM (
+        SELECT i.indkey, i.indisprimary
+        FROM pg_catalog.pg_index AS i
+        WHERE i.indrelid = p_table AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
+          AND (i.indisprimary OR NOT EXISTS (
+              SELECT 1 FROM pg_catalog.pg_attribute AS a
+              WHERE a.attrelid = p_table AND a.attnum = ANY (i.indkey::smallint[]) AND NOT a.attnotnull))
+        ORDER BY i.indisprimary DESC, i.indnatts, i.indexrelid
+        LIMIT 1
+    ) AS ix
+    CROSS JOIN LATERAL unnest(ix.indkey::smallint[]) WITH ORDINALITY AS k (attnum, n)
+    INNER JOIN pg_catalog.pg_attribute AS a ON a.attrelid = p_table AND a.attnum = k.attnum;
+    IF v_key IS NULL THEN
+        RAISE EXCEPTION 'pgingest: table % has no primary key (nor a unique index over NOT NULL columns)', p_table
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'pgingest keys its chunks and vectors by the row''s key: add a primary key.';
+    END IF;
+    IF cardinality(v_key) > 8 THEN
+        RAISE EXCEPTION 'pgingest: the key of table % has % columns; 8 at most', p_table, cardinality(v_key)
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+
+    -- The mapping.
+    IF (p_body IS NULL) = (p_template IS NULL) THEN
+        RAISE EXCEPTION 'pgingest: give either body => a column or template => a text with {column} placeholders'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_body IS NOT NULL THEN
+        v_type := pgingest._source_column(p_table, p_body, 'body');
+        IF NOT pgingest._is_text_type(v_type) THEN
+            RAISE EXCEPTION 'pgingest: the body column % of % is of type %, which is not text to embed',
+                quote_ident(p_body), p_table, v_type
+                USING ERRCODE = 'datatype_mismatch',
+                      HINT = 'Map a text column (text, varchar, json, ...), or a template such as ''{title} {body}''.';
+        END IF;
+    ELSE
+        IF p_template !~ '\{[A-Za-z_][A-Za-z0-9_$]*\}' THEN
+            RAISE EXCEPTION 'pgingest: the template names no column (placeholders are {column})'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        FOR v_col IN
+            SELECT m.match[1] FROM regexp_matches(p_template, '\{([A-Za-z_][A-Za-z0-9_$]*)\}', 'g') AS m (match)
+        LOOP
+            v_type := pgingest._source_column(p_table, v_col, 'template');
+            IF v_type = 'bytea'::regtype THEN
+                RAISE EXCEPTION 'pgingest: the template column % of % is bytea, which is not text', quote_ident(v_col),
+                    p_table
+                    USING ERRCODE = 'datatype_mismatch';
+            END IF;
+        END LOOP;
+    END IF;
+    IF p_title IS NOT NULL THEN
+        v_type := pgingest._source_column(p_table, p_title, 'title');
+        IF NOT pgingest._is_text_type(v_type) THEN
+            RAISE EXCEPTION 'pgingest: the title column % of % is of type %, not text', quote_ident(p_title), p_table,
+                v_type
+                USING ERRCODE = 'datatype_mismatch';
+        END IF;
+    END IF;
+    FOREACH v_col IN ARRAY coalesce(p_metadata, '{}') LOOP
+        PERFORM pgingest._source_column(p_table, v_col, 'metadata');
+    END LOOP;
+    IF cardinality(p_metadata) <> (SELECT count(DISTINCT m) FROM unnest(p_metadata) AS m) THEN
+        RAISE EXCEPTION 'pgingest: a metadata column is named twice' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    INSERT INTO pgingest.sources AS s (
+        name, relid, table_name, key_columns, key_types, body_column, template, title_column, metadata_columns,
+        backfill_started_at, backfill_completed_at, select_granted_to
+    ) VALUES (
+        p_name, p_table, p_table::text, v_key, v_types, p_body, p_template, p_title, coalesce(p_metadata, '{}'),
+        CASE WHEN p_backfill THEN now() END, CASE WHEN NOT p_backfill THEN now() END, p_granted_to
+    )
+    RETURNING * INTO v_s;
+    UPDATE pgingest.sources AS s SET statements = pgingest._source_statements(v_s) WHERE s.id = v_s.id
+    RETURNING * INTO v_s;
+    PERFORM pg_notify('pgingest', '');
+    RETURN v_s;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._attach_source(text, regclass, text, text, text, text[], boolean, name) IS
+'add_source()''s own writes, as the owner of pgingest: checks the mapping and records the source '
+'(internal: refuses a table on which add_source() did not create the capture triggers).';
+
+CREATE OR REPLACE FUNCTION pgingest.add_source(
+    name text,
+    source_table regclass,
+    body text DEFAULT NULL,
+    template text DEFAULT NULL,
+    title text DEFAULT NULL,
+    metadata text[] DEFAULT '{}',
+    backfill boolean DEFAULT TRUE
+)
+RETURNS bigint
+LANGUAGE plpgsql
+VOLATILE
+SECURITY INVOKER
+SET search_path FROM CURRENT
+AS $$
+#variable_conflict use_variable
+DECLARE
+    v_c record;
+    v_owner name;
+    v_s pgingest.sources;
+    v_cols text;
+    v_granted name;
+    v_op text;
+BEGIN
+    IF name IS NULL OR name !~ '^[a-z][a-z0-9_]{0,29}$' THEN
+        RAISE EXCEPTION 'pgingest: invalid source name %', coalesce(quote_literal(name), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'A source name is 1 to 30 lower-case letters, digits or _, starting with a letter.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pgingest.sources AS s WHERE s.name = add_source.name) THEN
+        RAISE EXCEPTION 'pgingest: source % already exists', quote_literal(name)
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Pick another name, or pgingest.remove_source() the existing one first.';
+    END IF;
+    SELECT c.relkind, c.relpersistence, c.relowner, n.nspname INTO v_c
+    FROM pg_catalog.pg_class AS c INNER JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+    WHERE c.oid = source_table;
+    IF v_c.relkind IN ('v', 'm') THEN
+        RAISE EXCEPTION 'pgingest: % is a view; a source is a table', source_table
+            USING ERRCODE = 'wrong_object_type',
+                  HINT = 'Attach the table the view reads, or keep the view and copy its rows into pgingest.documents.';
+    ELSIF v_c.relkind = 'p' THEN
+        RAISE EXCEPTION 'pgingest: % is a partitioned table, which a source cannot be (yet)', source_table
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Attach each partition as a source of its own.';
+    ELSIF v_c.relkind = 'f' THEN
+        RAISE EXCEPTION 'pgingest: % is a foreign table: its changes cannot be captured', source_table
+            USING ERRCODE = 'feature_not_supported';
+    ELSIF v_c.relkind IS DISTINCT FROM 'r' THEN
+        RAISE EXCEPTION 'pgingest: % is not a table', source_table USING ERRCODE = 'wrong_object_type';
+    ELSIF v_c.relpersistence = 't' THEN
+        RAISE EXCEPTION 'pgingest: % is a temporary table', source_table USING ERRCODE = 'feature_not_supported';
+    ELSIF v_c.nspname IN ('pgingest', 'pgmq') OR v_c.nspname LIKE 'pg\_%' OR v_c.nspname = 'information_schema' THEN
+        RAISE EXCEPTION 'pgingest: % belongs to schema %, which is not an application''s', source_table, v_c.nspname
+            USING ERRCODE = 'wrong_object_type',
+                  HINT = 'pgingest.documents is the built-in source ''documents''.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pgingest.sources AS s WHERE s.relid = source_table) THEN
+        RAISE EXCEPTION 'pgingest: % is already attached as source %', source_table,
+            (SELECT quote_literal(s.name) FROM pgingest.sources AS s WHERE s.relid = source_table)
+            USING ERRCODE = 'duplicate_object';
+    END IF;
+    IF NOT pg_has_role(current_user, v_c.relowner, 'MEMBER') THEN
+        RAISE EXCEPTION 'pgingest: only the owner of % may attach it (% does not own it)', source_table, current_user
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = format('The owner, %s, runs pgingest.add_source().', pg_get_userbyid(v_c.relowner));
+    END IF;
+
+    -- Creating the triggers locks the table against writes until this transaction ends: every row
+    -- is then either read by the backfill or captured by the triggers.
+    FOREACH v_op IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
+        EXECUTE format(
+            'CREATE TRIGGER %I AFTER %s ON %s REFERENCING %s FOR EACH STATEMENT EXECUTE FUNCTION '
+            'pgingest._source_capture(%L)',
+            format('pgingest_%s_capture_%s', name, v_op), upper(v_op), source_table,
+            CASE v_op WHEN 'insert' THEN 'NEW TABLE AS new_rows' WHEN 'delete' THEN 'OLD TABLE AS old_rows'
+                      ELSE 'OLD TABLE AS old_rows NEW TABLE AS new_rows' END,
+            name
+        );
+    END LOOP;
+    EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION '
+                   'pgingest._source_capture(%L)', format('pgingest_%s_capture_truncate', name), source_table, name);
+
+    -- The owner of pgingest reads the mapped columns (backfill, worker read path) and nothing else.
+    v_owner := (SELECT pg_get_userbyid(n.nspowner) FROM pg_catalog.pg_namespace AS n WHERE n.nspname = 'pgingest');
+    IF NOT pg_has_role(v_owner, v_c.relowner, 'MEMBER')
+       AND NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles AS r WHERE r.rolname = v_owner) THEN
+        SELECT string_agg(DISTINCT quote_ident(c), ', ') INTO v_cols
+        FROM unnest(
+            ARRAY[body, title] || coalesce(metadata, '{}')
+            || ARRAY(SELECT m.match[1] FROM regexp_matches(coalesce(template, ''), '\{([A-Za-z_][A-Za-z0-9_$]*)\}', 'g')
+                     AS m (match))
+            || ARRAY(SELECT a.attname::text FROM pg_catalog.pg_index AS i
+                     INNER JOIN pg_catalog.pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                     WHERE i.indrelid = source_table AND i.indisunique)
+        ) AS c
+        WHERE c IS NOT NULL
+          AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute AS a
+                      WHERE a.attrelid = source_table AND a.attname = c AND a.attnum > 0 AND NOT a.attisdropped);
+        IF v_cols IS NOT NULL THEN
+            EXECUTE format('GRANT SELECT (%s) ON %s TO %I', v_cols, source_table, v_owner);
+            v_granted := v_owner;
+        END IF;
+    END IF;
+
+    v_s := pgingest._attach_source(name, source_table, body, template, title, metadata, backfill, v_granted);
+    RAISE NOTICE 'pgingest: source % attached to % (key: %); %', name, source_table,
+        array_to_string(v_s.key_columns, ', '),
+        CASE WHEN backfill THEN 'its rows are queued by the workers in paced batches (pgingest status)'
+             ELSE 'existing rows are not queued (backfill => false)' END;
+    RETURN (SELECT greatest(c.reltuples, 0)::bigint FROM pg_catalog.pg_class AS c WHERE c.oid = source_table);
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.add_source(text, regclass, text, text, text, text[], boolean) IS
+'Attaches an application table, unchanged, as a source: key = its primary key (any types, composite too); '
+'body => a column or template => ''{title}\n{body}'' (columns between braces); title => a column; metadata '
+'=> columns exposed to search filters. Creates statement-level capture triggers on it, grants the owner of '
+'pgingest SELECT on the mapped and key columns only, and queues the rows it holds as a paced backfill '
+'(backfill => false: only later changes). The caller must own the table. Returns the table''s estimated rows.';
+
+CREATE OR REPLACE FUNCTION pgingest._detach_source(p_name text)
+RETURNS bigint
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_s pgingest.sources;
+    v_ids bigint[];
+    v_m record;
+BEGIN
+    SELECT * INTO v_s FROM pgingest.sources AS s WHERE s.name = p_name FOR UPDATE;
+    IF NOT FOUND OR v_s.id = 0 THEN
+        RAISE EXCEPTION 'pgingest: no source %', coalesce(quote_literal(p_name), 'NULL')
+            USING ERRCODE = 'undefined_object',
+                  HINT = CASE WHEN v_s.id = 0 THEN 'documents is built in.' ELSE 'pgingest source list' END;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_trigger AS g
+               WHERE g.tgrelid = v_s.relid AND g.tgfoid = 'pgingest._source_capture()'::regprocedure) THEN
+        RAISE EXCEPTION 'pgingest: call pgingest.remove_source(), not pgingest._detach_source()'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    WITH d AS (DELETE FROM pgingest.source_rows AS r WHERE r.source_id = v_s.id RETURNING r.doc_id)
+    SELECT coalesce(array_agg(d.doc_id), '{}') INTO v_ids FROM d;
+    PERFORM pgingest._forget_docs(v_ids);
+    -- Its queued messages go too (they would be acknowledged as stale anyway).
+    FOR v_m IN SELECT m.queue_name FROM pgingest.models AS m WHERE m.state <> 'retired' ORDER BY m.name LOOP
+        EXECUTE format('DELETE FROM pgmq.%I AS q WHERE (q.message ->> ''doc_id'')::bigint = ANY ($1)',
+                       'q_' || v_m.queue_name)
+        USING v_ids;
+    END LOOP;
+    DELETE FROM pgingest.dead_letters AS l WHERE l.doc_id IS NULL AND l.payload ->> 'source' = v_s.name;
+    DELETE FROM pgingest.sources AS s WHERE s.id = v_s.id;
+    RETURN cardinality(v_ids);
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._detach_source(text) IS
+'remove_source()''s own writes, as the owner of pgingest (internal: refuses while the capture triggers exist).';
+
+CREATE OR REPLACE FUNCTION pgingest.remove_source(name text)
+RETURNS bigint
+LANGUAGE plpgsql
+VOLATILE
+SECURITY INVOKER
+SET search_path FROM CURRENT
+AS $$
+#variable_conflict use_variable
+DECLARE
+    v_s pgingest.sources;
+    v_exists boolean;
+    v_op text;
+    v_n bigint;
+BEGIN
+    SELECT * INTO v_s FROM pgingest.sources AS s WHERE s.name = remove_source.name;
+    IF NOT FOUND OR v_s.id = 0 THEN
+        RAISE EXCEPTION 'pgingest: no source %', coalesce(quote_literal(name), 'NULL')
+            USING ERRCODE = 'undefined_object',
+                  HINT = CASE WHEN v_s.id = 0 THEN 'documents is built in: it cannot be removed.'
+                              ELSE 'pgingest source list' END;
+    END IF;
+    v_exists := EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c WHERE c.oid = v_s.relid);
+    IF v_exists THEN
+        IF NOT pg_has_role(current_user, (SELECT c.relowner FROM pg_catalog.pg_class AS c WHERE c.oid = v_s.relid),
+                           'MEMBER') THEN
+            RAISE EXCEPTION 'pgingest: only the owner of % may detach it', v_s.relid::regclass
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        FOREACH v_op IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
+            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', format('pgingest_%s_capture_%s', v_s.name, v_op),
+                           v_s.relid::regclass);
+        END LOOP;
+        IF v_s.select_granted_to IS NOT NULL THEN
+            EXECUTE format('REVOKE SELECT ON %s FROM %I', v_s.relid::regclass, v_s.select_granted_to);
+            -- (column grants are revoked by a table-level REVOKE too)
+        END IF;
+    END IF;
+    v_n := pgingest._detach_source(v_s.name);
+    RAISE NOTICE 'pgingest: source % removed: % rows'' chunks, vectors and queue state dropped; the table was not touched',
+        v_s.name, v_n;
+    RETURN v_n;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.remove_source(text) IS
+'Detaches a source: drops its capture triggers, its chunks, vectors, state, dead letters and queued messages, '
+'and the SELECT grant add_source() gave. Never touches the table or its rows. The caller must own the table '
+'(unless it was dropped). Returns the number of rows forgotten.';
+
+CREATE OR REPLACE FUNCTION pgingest.resync_source(name text)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+#variable_conflict use_variable
+BEGIN
+    UPDATE pgingest.sources AS s
+    SET backfill_cursor = NULL, backfill_rows = 0, backfill_started_at = now(), backfill_completed_at = NULL
+    WHERE s.name = resync_source.name AND s.id <> 0;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgingest: no source %', coalesce(quote_literal(name), 'NULL')
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    PERFORM pg_notify('pgingest', '');
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.resync_source(text) IS
+'Walks a source''s table again (a paced backfill): rows whose mapped text differs from what pgingest recorded '
+'are queued, the others cost a comparison. For after a capture_failed dead letter or a mapping fix.';
+
+CREATE OR REPLACE FUNCTION pgingest.source_backfill_step_v1(
+    p_batch integer DEFAULT 1000, p_max_queue integer DEFAULT 20000
+)
+RETURNS integer
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_s pgingest.sources;
+    v_m record;
+    v_depth bigint;
+    v_ids bigint[];
+    v_hashes bytea[];
+    v_n bigint;
+    v_last jsonb;
+BEGIN
+    SELECT * INTO v_s FROM pgingest.sources AS s
+    WHERE s.backfill_completed_at IS NULL AND s.id <> 0
+    ORDER BY s.id
+    LIMIT 1
+    FOR NO KEY UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    -- Paced on the queues: the application's own changes keep their freshness behind at most
+    -- p_max_queue backfill messages.
+    IF p_max_queue IS NOT NULL THEN
+        FOR v_m IN SELECT m.queue_name FROM pgingest.models AS m WHERE m.state <> 'retired' ORDER BY m.name LOOP
+            EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM pgmq.%I LIMIT $1) AS q', 'q_' || v_m.queue_name)
+            INTO v_depth USING p_max_queue;
+            IF v_depth >= p_max_queue THEN
+                RETURN -1;
+            END IF;
+        END LOOP;
+    END IF;
+    IF v_s.backfill_cursor IS NULL THEN
+        EXECUTE v_s.statements ->> 'backfill_first' INTO v_ids, v_hashes, v_n, v_last USING NULL::jsonb, p_batch;
+    ELSE
+        EXECUTE v_s.statements ->> 'backfill_next' INTO v_ids, v_hashes, v_n, v_last
+        USING v_s.backfill_cursor, p_batch;
+    END IF;
+    IF v_n = 0 THEN
+        UPDATE pgingest.sources AS s SET backfill_completed_at = now() WHERE s.id = v_s.id;
+        RETURN 0;
+    END IF;
+    PERFORM pgingest._enqueue_versions(v_ids, v_hashes);
+    UPDATE pgingest.sources AS s
+    SET backfill_cursor = v_last, backfill_rows = s.backfill_rows + v_n
+    WHERE s.id = v_s.id;
+    RETURN v_n;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.source_backfill_step_v1(integer, integer) IS
+'Worker: registers the next p_batch rows (key order) of a source being backfilled and queues those new or '
+'changed; -1 while a live model''s queue holds p_max_queue messages or more (pacing), 0 when no source '
+'backfill is left (or another worker holds it).';
+
+-- No SET clause here: a procedure with one cannot COMMIT. Every name is schema-qualified.
+CREATE OR REPLACE PROCEDURE pgingest.run_source_backfill(p_batch integer DEFAULT 1000)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_n integer;
+BEGIN
+    LOOP
+        v_n := pgingest.source_backfill_step_v1(p_batch, NULL);
+        COMMIT;
+        EXIT WHEN v_n = 0;
+    END LOOP;
+END;
+$$;
+
+COMMENT ON PROCEDURE pgingest.run_source_backfill (integer) IS
+'Registers and queues every source''s pending backfill from psql without pacing, committing after each batch.';
+
+-- The worker's read path for the rows of attached tables.
+CREATE OR REPLACE FUNCTION pgingest._read_source_rows(p_doc_ids bigint[])
+RETURNS TABLE (doc_id bigint, doc_key text, title text, body text, content_hash bytea)
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_s record;
+BEGIN
+    FOR v_s IN
+        SELECT s.id, s.statements ->> 'read' AS sql
+        FROM pgingest.sources AS s
+        WHERE s.id IN (SELECT DISTINCT r.source_id FROM pgingest.source_rows AS r WHERE r.doc_id = ANY (p_doc_ids))
+        ORDER BY s.id
+    LOOP
+        RETURN QUERY EXECUTE v_s.sql USING p_doc_ids;
+    END LOOP;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._read_source_rows(bigint[]) IS
+'The current title, text and content hash of rows of attached tables, by doc_id (internal: read_batch_v1).';
+
+-- Every document of every source, with its key in the form an application joins back on. Search,
+-- status and the worker API read this; the promoted filter columns (register_filter) are columns
+-- of it: a typed column of pgingest.documents, an indexed expression over source_rows.metadata.
+CREATE OR REPLACE FUNCTION pgingest._refresh_source_documents_view()
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_f record;
+    v_doc_cols text := '';
+    v_src_cols text := '';
+    v_expr text;
+BEGIN
+    -- In the order the columns were added to pgingest.documents (filters are never dropped): the
+    -- view is replaced in place, new columns at the end, so views over it (model_status) stay.
+    FOR v_f IN
+        SELECT f.key, f.type, f.column_name
+        FROM pgingest.filters AS f
+        LEFT JOIN pg_catalog.pg_attribute AS a
+            ON a.attrelid = 'pgingest.documents'::regclass AND a.attname = f.column_name AND NOT a.attisdropped
+        ORDER BY a.attnum, f.column_name
+    LOOP
+        v_expr := CASE v_f.type
+            WHEN 'text[]' THEN format('pgingest._meta_try_text_array(r.metadata, %L)', v_f.key)
+            ELSE format('(pgingest._meta_try(r.metadata, %L, %L)::%s)', v_f.key, v_f.type, v_f.type)
+        END;
+        v_doc_cols := v_doc_cols || format(', d.%I', v_f.column_name);
+        v_src_cols := v_src_cols || format(', %s AS %I', v_expr, v_f.column_name);
+        EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON pgingest.source_rows USING %s ((%s))',
+                       'source_rows_' || v_f.column_name || '_idx',
+                       CASE WHEN v_f.type = 'text[]' THEN 'gin' ELSE 'btree' END,
+                       replace(v_expr, 'r.metadata', 'metadata'));
+    END LOOP;
+    EXECUTE format(
+        $sql$
+        CREATE OR REPLACE VIEW pgingest.source_documents AS
+        SELECT d.id AS doc_id, 0 AS source_id, 'documents'::text AS source, d.key AS doc_key,
+               jsonb_build_object('key', d.key) AS source_key, d.title, d.metadata, d.content_hash%1$s
+        FROM pgingest.documents AS d
+        UNION ALL
+        SELECT r.doc_id, r.source_id, s.name, CASE WHEN cardinality(s.key_columns) = 1
+                                                   THEN r.row_key ->> s.key_columns[1] ELSE r.row_key::text END,
+               r.row_key, r.title, r.metadata, r.content_hash%2$s
+        FROM pgingest.source_rows AS r
+        INNER JOIN pgingest.sources AS s ON s.id = r.source_id
+        $sql$,
+        v_doc_cols, v_src_cols
+    );
+    COMMENT ON VIEW pgingest.source_documents IS
+    'Every document of every source: doc_id, source (documents for pgingest.documents), doc_key (text), '
+    'source_key (the row''s key as jsonb: {"key": ...} for documents, the primary key columns of an attached '
+    'table), title, metadata, content_hash and the promoted filter columns.';
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pgingest_admin') THEN
+        GRANT SELECT ON pgingest.source_documents TO pgingest_admin;
+    END IF;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._refresh_source_documents_view() IS
+'(Re)creates the view pgingest.source_documents with the promoted filter columns (internal).';
+
+CREATE OR REPLACE FUNCTION pgingest._meta_try(p_metadata jsonb, p_key text, p_type text)
+RETURNS text
+LANGUAGE sql
+IMMUTABLE
+PARALLEL SAFE
+SET search_path FROM CURRENT
+RETURN (
+    SELECT
+        CASE
+            WHEN v IS NULL OR jsonb_typeof(v) = 'null' THEN NULL
+            WHEN p_type IN ('integer', 'bigint') AND jsonb_typeof(v) = 'number' AND (v #>> '{}') ~ '^-?[0-9]{1,18}$'
+                THEN v #>> '{}'
+            WHEN p_type = 'numeric' AND jsonb_typeof(v) = 'number' THEN v #>> '{}'
+            WHEN p_type = 'boolean' AND jsonb_typeof(v) = 'boolean' THEN v #>> '{}'
+            WHEN p_type = 'text' AND jsonb_typeof(v) IN ('string', 'number', 'boolean') THEN v #>> '{}'
+        END
+    FROM (SELECT p_metadata -> p_key AS v) AS x
+);
+
+COMMENT ON FUNCTION pgingest._meta_try(jsonb, text, text) IS
+'A promoted metadata key of a source row as text, NULL when absent or of another type (an application''s '
+'row is never refused because of a filter).';
+
+CREATE OR REPLACE FUNCTION pgingest._meta_try_text_array(p_metadata jsonb, p_key text)
+RETURNS text[]
+LANGUAGE sql
+IMMUTABLE
+PARALLEL SAFE
+SET search_path FROM CURRENT
+RETURN (
+    SELECT array_agg(x.v ORDER BY x.n)
+    FROM jsonb_array_elements_text(
+        CASE WHEN jsonb_typeof(p_metadata -> p_key) = 'array' THEN p_metadata -> p_key ELSE '[]'::jsonb END
+    ) WITH ORDINALITY AS x (v, n)
+);
+
+COMMENT ON FUNCTION pgingest._meta_try_text_array(jsonb, text) IS
+'A promoted text[] metadata key of a source row (NULL when absent or not an array).';
+
+SELECT pgingest._refresh_source_documents_view();
+
+-- A new release may compile a mapping differently: every source's statements are re-generated.
+UPDATE pgingest.sources AS s SET statements = pgingest._source_statements(s)
+WHERE s.id <> 0 AND s.relid IN (SELECT c.oid FROM pg_catalog.pg_class AS c);
+
+CREATE OR REPLACE VIEW pgingest.source_status AS
+SELECT  -- noqa: ST06
+    s.name AS source,
+    coalesce(c.oid::regclass::text, s.table_name || ' (dropped)') AS table_name,
+    s.key_columns,
+    coalesce(s.body_column, s.template) AS mapping,
+    CASE
+        WHEN s.id = 0 THEN (SELECT count(*) FROM pgingest.documents)
+        ELSE (
+            SELECT count(*) FROM pgingest.source_rows AS r
+            WHERE r.source_id = s.id
+        )
+    END AS rows_registered,
+    greatest(c.reltuples, 0)::bigint AS table_rows_estimate,
+    CASE
+        WHEN s.backfill_completed_at IS NOT NULL THEN 'done'
+        WHEN s.backfill_cursor IS NULL THEN 'waiting'
+        ELSE 'running'
+    END AS backfill,
+    s.backfill_rows,
+    CASE
+        WHEN s.backfill_completed_at IS NOT NULL THEN 100.0
+        ELSE round(100.0 * s.backfill_rows / greatest(c.reltuples, s.backfill_rows, 1)::numeric, 1)
+    END AS backfill_percent,
+    s.backfill_started_at,
+    s.backfill_completed_at,
+    (
+        SELECT count(*) FROM pgingest.dead_letters AS l
+        WHERE l.doc_id IS NULL AND l.payload ->> 'source' = s.name
+    ) AS capture_failures
+FROM pgingest.sources AS s
+LEFT JOIN pg_catalog.pg_class AS c ON s.relid = c.oid;
+
+COMMENT ON VIEW pgingest.source_status IS
+'One row per source: its table, key, mapping, rows registered, the progress of the backfill of the rows it '
+'held when attached (paced on the queues), and failed captures (capture_failed dead letters).';
