@@ -940,11 +940,11 @@ class Chaos:
                 )
             else:
                 body = new_body(key)
-                title = None if rng.random() < 0.1 else f"Revised article {key[1]}"
+                revised = None if rng.random() < 0.1 else f"Revised article {key[1]}"
                 client.run(
                     lambda c: c.execute(
                         "UPDATE public.chaos_articles SET title = %s, body = %s WHERE tenant_id = %s AND id = %s",
-                        (title, body, *key),
+                        (revised, body, *key),
                     )
                 )
         elif op == "burst":  # quick successive versions: only the last one may stay embedded
@@ -1326,14 +1326,7 @@ class Chaos:
             self.check_deleted(conn)
             self.check_dead_letters(conn, live)
             queues = live_queues(conn)
-            left = {
-                q: int(
-                    conn.execute(
-                        sql.SQL("SELECT count(*) FROM {}").format(queue_table(q))
-                    ).fetchone()[0]
-                )  # type: ignore[index]
-                for _, q in queues
-            }
+            left = {q: count_rows(conn, queue_table(q)) for _, q in queues}
             self.record(
                 len(queues) == len(MODELS) and not any(left.values()),
                 "queue empty",
@@ -1814,15 +1807,16 @@ def live_queues(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
     ]
 
 
+def count_rows(conn: psycopg.Connection[Any], table: sql.Composable) -> int:
+    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def queued_messages(conn: psycopg.Connection[Any]) -> tuple[int, int]:
     """(messages in every live model's queue, live models), as the current snapshot sees them."""
     queues = live_queues(conn)
-    total = 0
-    for _, q in queues:
-        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(queue_table(q))).fetchone()
-        assert row is not None
-        total += int(row[0])
-    return total, len(queues)
+    return sum(count_rows(conn, queue_table(q)) for _, q in queues), len(queues)
 
 
 def insert_docs(conn: psycopg.Connection[Any], docs: list[Doc], style: str) -> None:
