@@ -38,9 +38,10 @@ def test_small_chaos_run_loses_nothing() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=280, check=False)
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
     checks = [line for line in proc.stdout.splitlines() if line[:4] in ("PASS", "FAIL", "SKIP")]
-    assert not [c for c in checks if c.startswith("FAIL")], out[-6000:]
+    failed = [c for c in checks if c.startswith("FAIL")]
+    assert not failed, "\n".join(failed) + "\n\n" + out[-6000:]
+    assert proc.returncode == 0, out[-6000:]
     for name in (
         "workers killed",
         "model migration",
