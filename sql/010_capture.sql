@@ -10,30 +10,35 @@ SECURITY DEFINER
 SET search_path FROM CURRENT
 AS $$
 DECLARE
-    v_model record;
+    v_models text[];
+    v_queue text;
     v_msgs jsonb[];
     v_sent integer := 0;
+    v_n integer := coalesce(cardinality(p_doc_ids), 0);
+    -- Messages are built and sent in slices: a statement touching millions of rows would otherwise
+    -- build one array of all their messages, past PostgreSQL's 1 GB limit (issue 18, item 12).
+    v_slice constant integer := pgingest._config_seconds('capture_slice_rows', 10000);
 BEGIN
-    IF coalesce(cardinality(p_doc_ids), 0) = 0 THEN
+    IF v_n = 0 THEN
         RETURN 0;
     END IF;
-    FOR v_model IN
-        SELECT m.name, m.queue_name
-        FROM pgingest.models AS m
-        WHERE m.state <> 'retired'
-        ORDER BY m.name
-    LOOP
-        IF v_msgs IS NULL THEN
-            SELECT array_agg(
-                jsonb_build_object('doc_id', x.id, 'hash', encode(x.h, 'hex'), 'attempts', 0)
-            )
-            INTO v_msgs
-            FROM unnest(p_doc_ids, p_hashes) AS x (id, h);
-        END IF;
-        PERFORM pgmq.send_batch(v_model.queue_name, v_msgs);
-        PERFORM pg_notify('pgingest', v_model.name);
-        v_sent := v_sent + cardinality(v_msgs);
+    SELECT array_agg(m.queue_name ORDER BY m.name) INTO v_models
+    FROM pgingest.models AS m
+    WHERE m.state <> 'retired';
+    IF v_models IS NULL THEN
+        RETURN 0;
+    END IF;
+    FOR v_start IN 1 .. v_n BY greatest(v_slice, 1) LOOP
+        SELECT array_agg(jsonb_build_object('doc_id', x.id, 'hash', encode(x.h, 'hex'), 'attempts', 0))
+        INTO v_msgs
+        FROM unnest(p_doc_ids[v_start:v_start + greatest(v_slice, 1) - 1],
+                    p_hashes[v_start:v_start + greatest(v_slice, 1) - 1]) AS x (id, h);
+        FOREACH v_queue IN ARRAY v_models LOOP
+            PERFORM pgmq.send_batch(v_queue, v_msgs);
+            v_sent := v_sent + cardinality(v_msgs);
+        END LOOP;
     END LOOP;
+    PERFORM pg_notify('pgingest', m.name) FROM pgingest.models AS m WHERE m.state <> 'retired';
     RETURN v_sent;
 END;
 $$;

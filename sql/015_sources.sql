@@ -18,6 +18,9 @@ SET search_path FROM CURRENT
 AS $$
 DECLARE
     v_model record;
+    -- The cache copy is bounded: a DELETE of millions of rows pays for at most this many vectors per
+    -- model (the first ones; the others are simply not reusable), not for every one (issue 18, 12).
+    v_cache_max constant integer := pgingest._config_seconds('delete_cache_max_chunks', 10000);
 BEGIN
     IF coalesce(cardinality(p_doc_ids), 0) = 0 THEN
         RETURN 0;
@@ -30,10 +33,11 @@ BEGIN
             INSERT INTO pgingest.embedding_cache AS e (model, chunk_hash, embedding)
             SELECT DISTINCT ON (s.chunk_hash) %1$L, s.chunk_hash, s.embedding::vector
             FROM pgingest.%2$I AS s WHERE s.doc_id = ANY ($1)
+            LIMIT $2
             ON CONFLICT (model, chunk_hash) DO UPDATE SET used_at = now()
             $sql$,
             v_model.name, v_model.store_name
-        ) USING p_doc_ids;
+        ) USING p_doc_ids, v_cache_max;
         EXECUTE format('DELETE FROM pgingest.%I AS s WHERE s.doc_id = ANY ($1)', v_model.store_name)
         USING p_doc_ids;
     END LOOP;
@@ -332,11 +336,22 @@ DECLARE
     v_ids bigint[];
     v_hashes bytea[];
     v_gone bigint[];
+    v_lock_timeout text;
 BEGIN
     SELECT s.id, s.statements INTO v_id, v_sql FROM pgingest.sources AS s WHERE s.name = TG_ARGV[0];
     IF NOT FOUND THEN
         RETURN NULL;  -- remove_source() is running in this transaction
     END IF;
+    -- Held until this transaction ends: a backfill step of this source (which takes it exclusively)
+    -- waits for this transaction, then reads the table as it committed it. Without it, a step
+    -- reading the table before this commit would register the old text over what this statement
+    -- registers, or a row this statement deletes.
+    -- (It waits at most for one backfill step, ~0.1 s: never with the application's lock_timeout,
+    -- which would fail its statement because of pgingest.)
+    v_lock_timeout := current_setting('lock_timeout');
+    PERFORM set_config('lock_timeout', '0', TRUE);
+    PERFORM pg_advisory_xact_lock_shared(pgingest._source_lock_key(), v_id);
+    PERFORM set_config('lock_timeout', v_lock_timeout, TRUE);
     BEGIN
         IF TG_OP = 'INSERT' THEN
             EXECUTE v_sql ->> 'insert' INTO v_ids, v_hashes;
@@ -365,6 +380,17 @@ COMMENT ON FUNCTION pgingest._source_capture() IS
 'Statement-level AFTER INSERT/UPDATE/DELETE/TRUNCATE trigger of an attached table (argument: the source '
 'name): keeps pgingest.source_rows, queues changed rows for every live model, forgets deleted ones. Never '
 'fails the application''s statement: a failure becomes a capture_failed dead letter.';
+
+CREATE OR REPLACE FUNCTION pgingest._source_lock_key()
+RETURNS integer
+LANGUAGE sql
+IMMUTABLE
+SET search_path FROM CURRENT
+RETURN 1886808435;  -- 'pgis'
+
+COMMENT ON FUNCTION pgingest._source_lock_key() IS
+'The first key of the advisory locks (the source id is the second) by which a source''s backfill steps '
+'and its captures take turns (internal).';
 
 -- The column of a table, or an error naming it.
 CREATE OR REPLACE FUNCTION pgingest._source_column(p_table regclass, p_column text, p_role text)
@@ -786,6 +812,7 @@ DECLARE
     v_hashes bytea[];
     v_n bigint;
     v_last jsonb;
+    v_lock_timeout text := current_setting('lock_timeout');
 BEGIN
     SELECT * INTO v_s FROM pgingest.sources AS s
     WHERE s.backfill_completed_at IS NULL AND s.id <> 0
@@ -806,6 +833,16 @@ BEGIN
             END IF;
         END LOOP;
     END IF;
+    -- Wait (at most 1 s, then try again later) for the application's transactions that wrote this
+    -- source to end, and hold new ones back until this step commits: the statements below then
+    -- read the table as committed, and no capture interleaves with them (see _source_capture).
+    BEGIN
+        PERFORM set_config('lock_timeout', '1s', TRUE);
+        PERFORM pg_advisory_xact_lock(pgingest._source_lock_key(), v_s.id);
+        PERFORM set_config('lock_timeout', v_lock_timeout, TRUE);
+    EXCEPTION WHEN lock_not_available THEN
+        RETURN -1;
+    END;
     IF v_s.backfill_cursor IS NULL THEN
         EXECUTE v_s.statements ->> 'backfill_first' INTO v_ids, v_hashes, v_n, v_last USING NULL::jsonb, p_batch;
     ELSE

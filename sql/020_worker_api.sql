@@ -194,6 +194,40 @@ RETURN (
 COMMENT ON FUNCTION pgingest._lock_current_versions(bigint[], bytea[]) IS
 'Locks FOR SHARE the document versions (of any source) that are still current; returns their doc_ids.';
 
+-- Locks documents of any source (FOR NO KEY UPDATE, in doc_id order, whatever their version) before
+-- a write that must not interleave with another model's write of the same documents' chunks.
+CREATE OR REPLACE FUNCTION pgingest._lock_versions_for_chunks(p_doc_ids bigint[])
+RETURNS integer
+LANGUAGE sql
+VOLATILE
+SET search_path FROM CURRENT
+RETURN (
+    WITH docs AS (
+        SELECT d.id FROM pgingest.documents AS d
+        WHERE d.id = any(p_doc_ids)
+        ORDER BY d.id
+        FOR NO KEY UPDATE OF d
+    ),
+
+    rows AS (
+        SELECT r.doc_id AS id FROM pgingest.source_rows AS r
+        WHERE r.doc_id = any(p_doc_ids)
+        ORDER BY r.doc_id
+        FOR NO KEY UPDATE OF r
+    )
+
+    SELECT count(*)::integer
+    FROM (
+        SELECT docs.id FROM docs
+        UNION ALL
+        SELECT rows.id FROM rows
+    ) AS l
+);
+
+COMMENT ON FUNCTION pgingest._lock_versions_for_chunks(bigint[]) IS
+'Locks the documents (of any source) FOR NO KEY UPDATE in doc_id order; returns how many (internal: '
+'dead_letter_v1 before it drops a profile''s chunks).';
+
 CREATE OR REPLACE FUNCTION pgingest.complete_batch_v2(
     p_model text,
     p_msg_ids bigint[],
@@ -414,6 +448,19 @@ BEGIN
         EXECUTE format('DELETE FROM pgingest.%I WHERE doc_id = ANY ($1)', v_m.store_name)
         USING v_dead;
         DELETE FROM pgingest.embedding_state AS s WHERE s.model = v_m.name AND s.doc_id = ANY (v_dead);
+        -- The chunks of the profile hold an older version's text too. They go once no live model of
+        -- the profile has a version of the document embedded: full-text search (hybrid_search) reads
+        -- them directly, and would serve text the application removed. The documents are locked
+        -- first (as complete_batch_v2 does, exclusively here): a model of the profile writing its
+        -- version meanwhile commits first, and is then seen below.
+        PERFORM pgingest._lock_versions_for_chunks(v_dead);
+        DELETE FROM pgingest.chunks AS c
+        WHERE c.profile_id = v_m.profile_id AND c.doc_id = ANY (v_dead)
+          AND NOT EXISTS (
+              SELECT 1 FROM pgingest.embedding_state AS s
+              INNER JOIN pgingest.models AS o ON o.name = s.model
+              WHERE s.doc_id = c.doc_id AND o.profile_id = v_m.profile_id AND o.state <> 'retired'
+          );
     END IF;
 
     -- Unreadable messages (no document to attach to) are kept whole.

@@ -463,7 +463,12 @@ COMMENT ON FUNCTION pgingest.register_model(
 'write) until swap_model(). base_url: https://, or http:// to a loopback host unless allow_insecure_http; '
 'no credentials, key-like query parameter or fragment (22023). Returns the new state.';
 
-CREATE OR REPLACE FUNCTION pgingest.backfill_step_v1(p_model text, p_batch integer DEFAULT 5000)
+-- (p_paced added by issue 18, item 12: the two-argument form goes; its callers get the default.)
+DROP FUNCTION IF EXISTS pgingest.backfill_step_v1(text, integer);
+
+CREATE OR REPLACE FUNCTION pgingest.backfill_step_v1(
+    p_model text, p_batch integer DEFAULT 5000, p_paced boolean DEFAULT TRUE
+)
 RETURNS integer
 LANGUAGE plpgsql
 VOLATILE
@@ -476,12 +481,23 @@ DECLARE
     v_hashes bytea[];
     v_max bigint;
     v_msgs jsonb[];
+    v_max_queue integer;
+    v_depth integer;
 BEGIN
     SELECT * INTO v_m FROM pgingest.models AS m
     WHERE m.name = p_model AND m.state <> 'retired' AND m.backfill_completed_at IS NULL
     FOR NO KEY UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
         RETURN 0;
+    END IF;
+    -- Paced on the model's queue (issue 18, item 12): the backfill keeps at most
+    -- backfill_max_queue messages ahead of the workers, so that the application's new writes,
+    -- queued behind them, keep their freshness. -1: waiting.
+    v_max_queue := pgingest._config_seconds('backfill_max_queue', 20000);
+    EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM pgmq.%I LIMIT $1) AS q', 'q_' || v_m.queue_name)
+    INTO v_depth USING v_max_queue;
+    IF p_paced AND v_depth >= v_max_queue THEN
+        RETURN -1;
     END IF;
     SELECT array_agg(d.id ORDER BY d.id), array_agg(d.content_hash ORDER BY d.id), max(d.id)
     INTO v_ids, v_hashes, v_max
@@ -506,9 +522,10 @@ BEGIN
 END;
 $$;
 
-COMMENT ON FUNCTION pgingest.backfill_step_v1(text, integer) IS
-'Queues the next batch of existing documents for a model''s backfill and advances its cursor; marks the '
-'backfill queued when nothing is left. Returns the number queued (0 when done or busy elsewhere).';
+COMMENT ON FUNCTION pgingest.backfill_step_v1(text, integer, boolean) IS
+'Queues the next batch of existing documents (of every source) for a model''s backfill and advances its '
+'cursor; marks the backfill queued when nothing is left. Returns the number queued (0 when done or busy '
+'elsewhere, -1 while the model''s queue holds config backfill_max_queue messages, 20,000 by default).';
 
 -- No SET clause here: a procedure with one cannot COMMIT. Every name is schema-qualified.
 CREATE OR REPLACE PROCEDURE pgingest.run_backfill(p_model text, p_batch integer DEFAULT 5000)
@@ -518,7 +535,7 @@ DECLARE
     v_n integer;
 BEGIN
     LOOP
-        v_n := pgingest.backfill_step_v1(p_model, p_batch);
+        v_n := pgingest.backfill_step_v1(p_model, p_batch, FALSE);
         COMMIT;
         EXIT WHEN v_n = 0;
     END LOOP;

@@ -204,6 +204,11 @@ SET search_path FROM CURRENT
 AS $$
 DECLARE
     v_m record;
+    v_n bigint;
+    -- Exact counts up to this many messages; above, an estimate (issue 18, item 12: the heartbeat
+    -- and the status views read this every few seconds, and a count of millions of rows is not
+    -- free).
+    v_cap constant integer := pgingest._config_seconds('queue_count_limit', 100000);
 BEGIN
     FOR v_m IN
         SELECT m.name, m.queue_name FROM pgingest.models AS m
@@ -215,6 +220,21 @@ BEGIN
         IF to_regclass(format('pgmq.%I', 'q_' || v_m.queue_name)) IS NULL THEN
             queue_length := NULL; ready := NULL; in_flight := NULL; delayed := NULL;
             oldest_enqueued_at := NULL; oldest_age_seconds := NULL;
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM pgmq.%I LIMIT $1) AS q', 'q_' || v_m.queue_name)
+        INTO v_n USING v_cap + 1;
+        IF v_n > v_cap THEN
+            -- Too many to count on every call: the planner's estimate (at least what was seen), no
+            -- split by state, the oldest message by its id (the primary key).
+            queue_length := greatest(
+                v_n, (SELECT c.reltuples::bigint FROM pg_catalog.pg_class AS c
+                      WHERE c.oid = format('pgmq.%I', 'q_' || v_m.queue_name)::regclass)
+            );
+            ready := NULL; in_flight := NULL; delayed := NULL;
+            EXECUTE format('SELECT q.enqueued_at FROM pgmq.%I AS q ORDER BY q.msg_id LIMIT 1', 'q_' || v_m.queue_name)
+            INTO oldest_enqueued_at;
         ELSE
             EXECUTE format(
                 $sql$
@@ -227,8 +247,8 @@ BEGIN
                 $sql$,
                 'q_' || v_m.queue_name
             ) INTO queue_length, ready, in_flight, delayed, oldest_enqueued_at;
-            oldest_age_seconds := greatest(extract(EPOCH FROM now() - oldest_enqueued_at)::double precision, 0);
         END IF;
+        oldest_age_seconds := greatest(extract(EPOCH FROM now() - oldest_enqueued_at)::double precision, 0);
         RETURN NEXT;
     END LOOP;
 END;
@@ -237,8 +257,28 @@ $$;
 COMMENT ON FUNCTION pgingest.queue_stats_v1(text) IS
 'Messages in each live model''s pgmq queue (or p_model''s): total, ready (visible now), in_flight '
 '(claimed by a worker, or released with a delay), delayed (deferred after a failure or a 429, not yet '
-'visible), and the age of the oldest one (the freshness lag). Counts the queue table: fine for status '
-'and metrics, not for a hot loop.';
+'visible), and the age of the oldest one (the freshness lag). Exact up to config queue_count_limit '
+'messages (100,000); above, queue_length is an estimate and ready, in_flight and delayed are NULL.';
+
+CREATE OR REPLACE FUNCTION pgingest.queue_has_messages_v1(p_model text)
+RETURNS boolean
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_m pgingest.models := pgingest._model(p_model);
+    v_any boolean;
+BEGIN
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM pgmq.%I)', 'q_' || v_m.queue_name) INTO v_any;
+    RETURN v_any;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.queue_has_messages_v1(text) IS
+'Worker: whether a model''s queue holds any message (visible or not): the cheap question its main loop '
+'asks after an empty read (issue 18, item 12), where queue_stats_v1 would count the queue.';
 
 -- ---------------------------------------------------------------------------------------------
 -- Index builds in progress (other sessions' progress rows need pg_read_all_stats: definer rights)

@@ -73,6 +73,7 @@ REVIEWED_SECURITY_DEFINER = {
     # read-only figures the views need (the pgmq tables; other sessions' progress rows; the
     # backfill counts of backfill_progress, for roles that cannot read documents)
     "queue_stats_v1",
+    "queue_has_messages_v1",
     "_index_builds",
     "_backfill_progress",
     # admin repairs on one model's rows

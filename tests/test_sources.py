@@ -8,6 +8,8 @@ path, so the worker role needs no grant on it; search returns the source and the
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from typing import Any
 
@@ -15,6 +17,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from pgingest import db
 from pgingest.testing.fake_provider import FakeEmbeddingServer
 from tests.helpers import drain, insert_docs, queue_count, register
 
@@ -521,3 +524,87 @@ def test_register_model_backfills_the_rows_of_every_source(
     assert embedded(conn, "v2") == 10
     assert embedded(conn, "v2", source="documents") == 3
     assert one(conn, "SELECT count(*) FROM pgingest.dead_letters") == 0
+
+
+def test_a_backfill_step_waits_for_an_open_write_and_registers_what_it_committed(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    """The race chaos found: a step reading the table before an application's transaction commits
+    must not register the old text over the new one, nor a row that transaction deletes."""
+    conn.execute("CREATE TABLE public.notes (id bigint PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO public.notes SELECT i, 'Note ' || i FROM generate_series(1, 5) AS i")
+    register(conn, "v1", fake.url)
+    conn.execute("SELECT pgingest.add_source('notes', 'public.notes', body => 'body')")
+    app = psycopg.connect(dsn)  # a transaction left open
+    app.execute("UPDATE public.notes SET body = 'Rewritten note' WHERE id = 2")
+    app.execute("DELETE FROM public.notes WHERE id = 4")
+    result: list[int] = []
+    step = threading.Thread(
+        target=lambda: result.append(
+            one(db.connect(dsn), "SELECT pgingest.source_backfill_step_v1(100)")
+        )
+    )
+    step.start()
+    time.sleep(0.4)
+    assert step.is_alive()  # waiting for the application's transaction
+    app.commit()
+    app.close()
+    step.join(10)
+    assert result == [4]
+    rows = dict(
+        conn.execute(
+            "SELECT (r.row_key ->> 'id')::bigint,"
+            " r.content_hash = pgingest._content_hash(NULL, n.body)"
+            " FROM pgingest.source_rows AS r"
+            " LEFT JOIN public.notes AS n ON n.id = (r.row_key ->> 'id')::bigint"
+        ).fetchall()
+    )
+    assert rows == {1: True, 2: True, 3: True, 5: True}
+
+    # A transaction open longer than the step waits (1 s): the step answers -1 and tries later.
+    conn.execute("SELECT pgingest.resync_source('notes')")
+    app = psycopg.connect(dsn)
+    app.execute("UPDATE public.notes SET body = 'Again' WHERE id = 1")
+    try:
+        assert one(db.connect(dsn), "SELECT pgingest.source_backfill_step_v1(100)") == -1
+    finally:
+        app.commit()
+        app.close()
+    assert one(conn, "SELECT pgingest.source_backfill_step_v1(100)") == 4
+
+
+def test_a_dead_lettered_version_leaves_no_chunk_of_the_older_one(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    """Also found by chaos: full-text search reads the chunks directly; a row emptied after it was
+    embedded must not keep serving its older text once every model of the profile gave up on
+    the new version."""
+    conn.execute("CREATE TABLE public.notes (id bigint PRIMARY KEY, body text)")
+    register(conn, "v1", fake.url)
+    register(conn, "v2", fake.url, model_id="fake-768", dimensions=768)  # the same profile
+    conn.execute("SELECT pgingest.add_source('notes', 'public.notes', body => 'body')")
+    conn.execute(
+        "INSERT INTO public.notes VALUES (1, 'Secret text the user will remove.'), (2, 'Kept.')"
+    )
+    drain(dsn)
+
+    def chunks(note: int) -> int:
+        return int(
+            one(
+                conn,
+                "SELECT count(*) FROM pgingest.chunks AS c JOIN pgingest.source_rows AS r"
+                " USING (doc_id) WHERE r.row_key ->> 'id' = %s",
+                (str(note),),
+            )
+        )
+
+    assert chunks(1) == 1 and chunks(2) == 1
+    conn.execute("UPDATE public.notes SET body = NULL WHERE id = 1")
+    drain(dsn)
+    assert (
+        one(conn, "SELECT count(*) FROM pgingest.dead_letters WHERE error_class = 'empty_document'")
+        == 2
+    )
+    assert chunks(1) == 0
+    assert chunks(2) == 1
+    assert one(conn, "SELECT count(*) FROM pgingest.store_v1") == 1

@@ -756,6 +756,13 @@ def queue_stats(conn: psycopg.Connection[Any], model: str | None = None) -> list
     ).fetchall()
 
 
+def has_messages(conn: psycopg.Connection[Any], model: str) -> bool:
+    """Whether a model's queue holds any message, visible or not (``queue_has_messages_v1``:
+    one row read, not a count; the worker role cannot read pgmq)."""
+    row = conn.execute("SELECT pgingest.queue_has_messages_v1(%s)", (model,)).fetchone()
+    return bool(row and row[0])
+
+
 def pending_messages(conn: psycopg.Connection[Any], model: str) -> int:
     """Messages in a model's queue (through queue_stats_v1: the worker role cannot read pgmq)."""
     rows = queue_stats(conn, model)

@@ -266,7 +266,7 @@ class Worker:
             for m in db.live_models(conn)
             if m.paused
             and (not self.s.models or m.name in self.s.models)
-            and db.pending_messages(conn, m.name) > 0
+            and db.has_messages(conn, m.name)
         ]
         if waiting:
             log.warning(
@@ -322,9 +322,10 @@ class Worker:
                 continue
             if not m.backfill_done:
                 queued = db.backfill_step(conn, m.name, self.s.backfill_batch)
-                if queued:
-                    log.info("backfill queued", extra={"model": m.name, "documents": queued})
+                if queued:  # -1: paced, the queue is deep enough for now
                     pending = True
+                if queued > 0:
+                    log.info("backfill queued", extra={"model": m.name, "documents": queued})
             if not self.embedder.breaker(m.name).allow():
                 pending = True
                 continue
@@ -332,7 +333,7 @@ class Worker:
                 stats = self.process_batch(m)
                 busy = bool(stats.read or stats.deferred or stats.released)
                 if not busy:
-                    busy = db.pending_messages(conn, m.name) > 0
+                    busy = db.has_messages(conn, m.name)
             except MODEL_GONE as exc:
                 # retire_model() ran while this batch was in flight: the model's queue and
                 # column are gone, nothing is left to write or acknowledge. Not worth dying for.
