@@ -499,6 +499,7 @@ SET search_path FROM CURRENT
 AS $$
 DECLARE
     v_m pgingest.models := pgingest._model(p_model);
+    v_kept jsonb[];
 BEGIN
     IF cardinality(p_msg_ids) IS DISTINCT FROM cardinality(p_messages) THEN
         RAISE EXCEPTION 'pgingest: defer_v1 needs one new message per message id'
@@ -507,15 +508,23 @@ BEGIN
     IF cardinality(p_msg_ids) = 0 THEN
         RETURN 0;
     END IF;
-    PERFORM pgmq.send_batch(v_m.queue_name, p_messages, greatest(p_delay_seconds, 0));
-    PERFORM pgmq.delete(v_m.queue_name, p_msg_ids);
-    RETURN cardinality(p_msg_ids);
+    -- A replacement only for each message this call really deleted: one that is gone already (its
+    -- batch outlived the visibility timeout and another worker acknowledged it) is not sent again,
+    -- which would double the job (issue 18, item 7).
+    SELECT array_agg(x.msg ORDER BY x.n) INTO v_kept
+    FROM unnest(p_msg_ids, p_messages) WITH ORDINALITY AS x (msg_id, msg, n)
+    WHERE x.msg_id IN (SELECT d.id FROM pgmq.delete(v_m.queue_name, p_msg_ids) AS d (id));
+    IF v_kept IS NOT NULL THEN
+        PERFORM pgmq.send_batch(v_m.queue_name, v_kept, greatest(p_delay_seconds, 0));
+    END IF;
+    RETURN coalesce(cardinality(v_kept), 0);
 END;
 $$;
 
 COMMENT ON FUNCTION pgingest.defer_v1(text, bigint[], jsonb[], integer) IS
 'Worker: replaces messages by new ones (with an updated attempts count) visible after a delay, '
-'in one transaction. Used for backoff after transient errors and for 429 deferrals (no attempt spent).';
+'in one transaction; only those it deleted (a message already acknowledged elsewhere is not sent again). '
+'Used for backoff after transient errors and for 429 deferrals (no attempt spent). Returns how many.';
 
 CREATE OR REPLACE FUNCTION pgingest.release_v1(p_model text, p_msg_ids bigint[], p_delay_seconds integer)
 RETURNS integer

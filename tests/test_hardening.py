@@ -145,3 +145,21 @@ def test_requeue_says_how_many_dead_letters_it_dropped(
         " or has changed since (a changed document was queued again when it changed)"
     ]
     assert conn.execute("SELECT count(*) FROM pgingest.dead_letters").fetchone() == (0,)
+
+
+def test_defer_replaces_only_the_messages_it_deleted(
+    conn: psycopg.Connection[Any], fake: FakeEmbeddingServer
+) -> None:
+    """Issue 18, item 7: a batch that outlived its visibility timeout defers messages another
+    worker has acknowledged meanwhile; those must not come back as new messages (doubled jobs)."""
+    register(conn, "v1", fake.url)
+    insert_corpus(conn, 3)
+    msgs = db.read_batch(conn, "v1", 30, 10)
+    assert len(msgs) == 3
+    conn.execute(
+        "SELECT pgmq.delete('pgingest_v1', %s::bigint)", (msgs[0].msg_id,)
+    )  # acked elsewhere
+    n = db.defer(conn, "v1", [m.msg_id for m in msgs], [m.message for m in msgs], 0)
+    assert n == 2
+    left = conn.execute("SELECT message ->> 'doc_id' FROM pgmq.q_pgingest_v1 ORDER BY 1").fetchall()
+    assert [r[0] for r in left] == sorted(str(m.doc_id) for m in msgs[1:])
