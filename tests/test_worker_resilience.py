@@ -144,7 +144,14 @@ def test_drain_exits_4_when_write_backs_keep_failing(
     register(conn, "v1", fake.url)
     insert_corpus(conn, 10)
     w = worker.Worker(
-        settings(dsn, drain=True, batch_size=10, visibility_timeout=1, drain_max_write_failures=2),
+        settings(
+            dsn,
+            drain=True,
+            batch_size=10,
+            min_batch_size=10,  # not halved (item 5): one batch of 10 each time, 2 failures
+            visibility_timeout=1,
+            drain_max_write_failures=2,
+        ),
         writer_factory=failing_writer(psycopg.errors.DataError("always"), None),
     )
     t, codes = in_thread(w)

@@ -40,6 +40,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         http_timeout=args.http_timeout,
         metrics_port=args.metrics_port,
         max_chunks_per_document=args.max_chunks_per_document,
+        write_max_chunks=args.write_max_chunks,
+        write_max_bytes=args.write_max_bytes,
         connect_timeout=args.connect_timeout,
         statement_timeout=args.statement_timeout,
         lock_timeout=args.lock_timeout,
@@ -249,6 +251,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d.max_chunks_per_document,
         help="a document cut into more chunks is dead-lettered (too_many_chunks)",
+    )
+    p.add_argument(
+        "--write-max-chunks",
+        type=int,
+        default=d.write_max_chunks,
+        help="chunks per write-back transaction; a batch over it is written in several, a"
+        " document over it alone (default %(default)s)",
+    )
+    p.add_argument(
+        "--write-max-bytes",
+        type=int,
+        default=d.write_max_bytes,
+        help="bytes (chunk text + vectors) per write-back transaction; a batch over it is"
+        " written in several, a document over it alone (default %(default)s)",
     )
     p.set_defaults(func=cmd_worker)
 

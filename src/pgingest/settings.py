@@ -34,6 +34,11 @@ class WorkerSettings:
     # rows of an attached table registered and queued per step (each one reads that many rows)
     source_backfill_batch: int = 1000
     max_chunks_per_document: int = 5000
+    # One write-back transaction (complete_batch_v2: one Bind of every chunk and vector) holds at
+    # most this many chunks and bytes (text + float32 vectors + 64 per row); a batch over either
+    # is written as several transactions, a document over them alone (worker/batch.split).
+    write_max_chunks: int = 10_000
+    write_max_bytes: int = 64 * 1024 * 1024
     metrics_port: int | None = None
     breaker_threshold: int = 5
     breaker_reset_seconds: float = 30.0

@@ -21,7 +21,9 @@ use, in ``loop.Worker._process_batch``:
   most serious failure of a job wins;
 * :func:`settle`: done, deferred (rate limited: no attempt spent; transient: attempt spent, with
   backoff) or dead, and the deferred messages' new bodies;
-* :class:`BatchSizer`: AIMD on the batch size from the commit time.
+* :func:`split`: a plan over the write budget (chunks, bytes of text and vectors) becomes
+  several plans, each written and acknowledged in a transaction of its own;
+* :class:`BatchSizer`: AIMD on the batch size from the commit time; halved after a failure.
 """
 
 from __future__ import annotations
@@ -428,9 +430,73 @@ def _defer(jobs: list[Job], spent: int, delay: int) -> Deferral:
     )
 
 
+# -- the write budget ---------------------------------------------------------------------------
+#
+# complete_batch_v2 takes every chunk and vector of its call in one Bind message (PostgreSQL
+# refuses a message over 1 GB) and one transaction (statement_timeout, memory, WAL). A settled
+# batch whose done jobs exceed the budget is written as several plans, in the order read: a job
+# is added to the current plan while the plan stays within both budgets, else it starts the next
+# plan; a job over the budget on its own is written alone. Each plan acknowledges exactly the
+# messages of its own jobs, in the transaction that writes their chunks; the acknowledgements
+# with nothing to write, the dead letters and the deferrals go with the first plan.
+
+ROW_OVERHEAD_BYTES = 64
+"""Bytes counted per chunk row besides its text and vector (chunk hash, ordinal, token count,
+span, doc_id and the arrays' per-element headers)."""
+
+
+def job_cost(job: Job) -> tuple[int, int]:
+    """(chunks, bytes) that writing ``job`` sends: its chunks' text (UTF-8), its vectors
+    (float32) and a fixed overhead per row."""
+    text = sum(len(c.text.encode("utf-8")) for c in job.chunks)
+    vecs = int(job.vectors.nbytes) if job.vectors is not None else 0
+    return len(job.chunks), text + vecs + ROW_OVERHEAD_BYTES * len(job.chunks)
+
+
+def plan_cost(plan: WritePlan) -> tuple[int, int]:
+    """(chunks, bytes) of the done jobs of ``plan``."""
+    chunks = size = 0
+    for job in plan.done:
+        c, b = job_cost(job)
+        chunks += c
+        size += b
+    return chunks, size
+
+
+def split(plan: WritePlan, max_chunks: int, max_bytes: int) -> list[WritePlan]:
+    """``plan`` as plans within ``max_chunks`` chunks and ``max_bytes`` bytes each (``job_cost``),
+    or ``[plan]`` when it fits. Budgets below 1 count as 1: every job alone."""
+    max_chunks = max(1, max_chunks)
+    max_bytes = max(1, max_bytes)
+    groups: list[list[Job]] = []
+    chunks = size = 0
+    for job in plan.done:
+        c, b = job_cost(job)
+        if groups and chunks + c <= max_chunks and size + b <= max_bytes:
+            groups[-1].append(job)
+            chunks += c
+            size += b
+        else:
+            groups.append([job])
+            chunks, size = c, b
+    if len(groups) <= 1:
+        return [plan]
+    done = {id(j) for j in plan.done}
+    first = WritePlan(
+        groups[0],
+        plan.ack,
+        plan.dead,
+        plan.rate_limited,
+        plan.transient,
+        [j for j in plan.jobs if id(j) not in done] + groups[0],
+    )
+    return [first] + [WritePlan(g, [], [], None, None, list(g)) for g in groups[1:]]
+
+
 @dataclass
 class BatchSizer:
-    """AIMD on the batch size: grows while write-back stays under the target, halves above it."""
+    """AIMD on the batch size: grows while write-back stays under the target, halves above it
+    and after a failed read or write-back."""
 
     size: int
     min_size: int
@@ -443,4 +509,11 @@ class BatchSizer:
             self.size = max(self.min_size, self.size // 2)
         elif n >= self.size and commit_seconds < self.target_seconds / 2:
             self.size = min(self.max_size, int(self.size * 1.25) + 1)
+        return self.size
+
+    def failed(self) -> int:
+        """The size after a read or write-back that failed (a statement timeout, out of memory,
+        a message too large): halved, not below the minimum. Successes grow it back
+        (:meth:`observe`)."""
+        self.size = max(self.min_size, self.size // 2)
         return self.size

@@ -3,8 +3,9 @@
 :class:`Worker` only orchestrates. Decisions are in ``batch`` and ``inputs`` (pure), HTTP in
 ``embedding``, the write-back transaction in ``writer``, SQL in ``db``. No transaction is open
 while HTTP runs: a batch is claimed in one short autocommit call, embedded with no transaction,
-and written back in one short transaction on the writer's own connection, while the next batch
-is claimed and embedded. Around the batches: the main loop (database errors retried with a
+and written back in one short transaction on the writer's own connection (several when it
+exceeds the write budget: ``batch.split``), while the next batch is claimed and embedded. A
+failed read or write-back halves the batch size. Around the batches: the main loop (database errors retried with a
 growing delay, ``--drain`` and its exit code, waiting for ``NOTIFY``), backfill, probes of
 paused models and periodic maintenance.
 """
@@ -417,7 +418,14 @@ class Worker:
     def _process_batch(self, m: db.Model) -> core.BatchStats:
         conn = self._connection()
         stats = core.BatchStats()
-        msgs = db.read_batch(conn, m.name, self.s.visibility_timeout, self.batch_size)
+        try:
+            msgs = db.read_batch(conn, m.name, self.s.visibility_timeout, self.batch_size)
+        except Exception as exc:
+            if not isinstance(exc, MODEL_GONE):
+                # Out of memory, a statement timeout, a message too large (up to batch_size
+                # bodies of 10 MiB): the next read asks for half as many.
+                self.metrics.batch_size(self.sizer.failed())
+            raise
         if not msgs:
             return stats
         # Crash redeliveries: only a group of the most crashed suspects is processed, the rest

@@ -1,4 +1,6 @@
-"""The worker's write-back side: a ``batch.WritePlan`` executed in one transaction.
+"""The worker's write-back side: a ``batch.WritePlan`` executed in one transaction, or in several
+when it exceeds the write budget (``--write-max-chunks``, ``--write-max-bytes``: ``batch.split``),
+each acknowledging exactly the messages of the documents it writes.
 
 Pipelining: batch k is written on this side's own connection and thread while batch k+1 is read,
 chunked and embedded. The contract (tested end to end in ``tests/test_worker.py``):
@@ -9,7 +11,10 @@ chunked and embedded. The contract (tested end to end in ``tests/test_worker.py`
   (``RETRIED``) is raised by ``submit`` after the next batch has been handed over (the loop
   reconnects or retries); any other error (``DataError``, ``UnicodeEncodeError``, a value out of
   range, a bug) fails that batch only: logged with the model and the message ids, counted
-  (``pgingest.batch.failures``), the connection reset, the worker goes on;
+  (``pgingest.batch.failures``), the connection reset, the worker goes on; of a batch written
+  in several transactions only the failed one's messages wait, the others are written;
+* a failed write-back halves the batch size (``BatchSizer.failed``): a batch too large to write
+  is not read again at the same size;
 * ``--drain`` never exits mid-write: the loop calls :meth:`Writer.flush` before it looks at
   the queues.
 
@@ -30,7 +35,7 @@ import psycopg
 from pgingest import db, providers
 from pgingest.metrics import Metrics
 from pgingest.settings import WorkerSettings
-from pgingest.worker.batch import BatchSizer, BatchStats, Job, WritePlan
+from pgingest.worker.batch import BatchSizer, BatchStats, Job, WritePlan, split
 
 log = logging.getLogger("pgingest.worker")
 
@@ -146,25 +151,44 @@ class Writer:
         timings: Timings,
         done: Callable[[], None] | None = None,
     ) -> BatchStats:
-        """The write, then its counters, the batch-size adaptation and the batch log line."""
+        """The write (split into transactions within the write budget: ``batch.split``), then
+        its counters, the batch-size adaptation and the batch log line. A failed transaction
+        fails its own part only (its messages come back after their visibility timeout; the
+        parts after it are still written) and halves the batch size."""
         t_write = time.perf_counter()
+        parts = split(plan, self.s.write_max_chunks, self.s.write_max_bytes)
+        failed = 0
         try:
-            self.execute(self.connection(), model, plan, stats, chunker, profile_id)
-        except Exception as exc:
-            if passes_through(exc):
-                raise
-            # This batch's failure, not the worker's: nothing of it was committed, its messages
-            # come back after their visibility timeout (``done`` stops extending the claims).
-            self._failed(model, plan, exc)
-            return stats
+            for i, part in enumerate(parts):
+                part_stats = BatchStats()
+                try:
+                    self.execute(self.connection(), model, part, part_stats, chunker, profile_id)
+                except Exception as exc:
+                    if isinstance(exc, RETRIED):
+                        # A statement timeout, out of memory, a message too large, a lost
+                        # connection: smaller batches next (the loop retries or reconnects).
+                        self.metrics.batch_size(self.sizer.failed())
+                    if passes_through(exc):
+                        raise
+                    # This part's failure, not the worker's: nothing of it was committed, its
+                    # messages come back after their visibility timeout.
+                    self._failed(model, part, exc, f"{i + 1}/{len(parts)}")
+                    failed += 1
+                    continue
+                self.consecutive_failures = 0
+                self._report(model, part, part_stats)
+                _add(stats, part_stats)
         finally:
             if done is not None:
-                done()
-        self.consecutive_failures = 0
-        self._report(model, plan, stats)
+                done()  # stops extending the claims, whatever the outcome
         t_done = time.perf_counter()
+        if failed:
+            self.metrics.batch_size(self.sizer.failed())
+            if failed == len(parts):
+                return stats
+        else:
+            self.metrics.batch_size(self.sizer.observe(t_done - t_write, stats.read))
         self.documents += stats.written
-        self.metrics.batch_size(self.sizer.observe(t_done - t_write, stats.read))
         self.metrics.batch(model, t_done - t_write, stats.read)
         log.info(
             "batch",
@@ -176,6 +200,8 @@ class Writer:
                 "chunks": stats.chunks,
                 "dead": stats.dead,
                 "deferred": stats.deferred,
+                "writes": len(parts),
+                "failed_writes": failed,
                 "chunk_ms": round((timings.chunked - timings.read) * 1000, 1),
                 "embed_ms": round((timings.embedded - timings.chunked) * 1000, 1),
                 "write_ms": round((t_done - t_write) * 1000, 1),
@@ -228,7 +254,7 @@ class Writer:
                     db.defer(conn, model, deferral.msg_ids, deferral.messages, deferral.delay)
                     stats.deferred += len(deferral.msg_ids)
 
-    def _failed(self, model: str, plan: WritePlan, exc: Exception) -> None:
+    def _failed(self, model: str, plan: WritePlan, exc: Exception, part: str = "1/1") -> None:
         self.failures += 1
         self.consecutive_failures += 1
         self.metrics.batch_failed(model, type(exc).__name__)
@@ -236,6 +262,7 @@ class Writer:
             "write-back failed; the batch's messages come back after the visibility timeout",
             extra={
                 "model": model,
+                "write": part,
                 "msg_ids": ",".join(str(i) for i in plan_msg_ids(plan)),
                 "error_class": type(exc).__name__,
                 "error": error_text(exc),
@@ -277,6 +304,15 @@ class Writer:
                     "error": job.failure.message[:300],
                 },
             )
+
+
+def _add(total: BatchStats, part: BatchStats) -> None:
+    """Adds the counters a written part filled to the batch's."""
+    total.written += part.written
+    total.stale += part.stale
+    total.chunks += part.chunks
+    total.dead += part.dead
+    total.deferred += part.deferred
 
 
 def plan_msg_ids(plan: WritePlan) -> list[int]:
