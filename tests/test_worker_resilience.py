@@ -1,9 +1,13 @@
-"""The worker survives what one batch or one stuck call can do to it (issue 18, items 2 and 10).
+"""The worker survives what one batch or one stuck call can do to it (issue 18, items 2, 5, 10).
 
 Item 2: an unexpected error in a write-back (a ``DataError``, a ``UnicodeEncodeError``, a value
 out of range, a bug) fails that batch, not the process: its messages come back after their
 visibility timeout. Item 10: the worker's connections carry timeouts and keepalives, and the
 heartbeat reports main-loop progress so that ``pgingest status`` flags a stuck loop.
+
+Item 5: a batch of large documents is written back in several transactions within the write
+budget (chunks, bytes), each acknowledging its own documents' messages; a failed read or
+write-back halves the next batches.
 
 Crash redeliveries (a worker killed or hung while it held a batch): processed in shrinking
 groups, only crashes of a document processed alone charged, and releases that are no failure
@@ -14,7 +18,7 @@ groups, only crashes of a document processed alone charged, and releases that ar
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 import pytest
@@ -23,9 +27,20 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from pgingest import db, worker
 from pgingest.metrics import Metrics
 from pgingest.testing.fake_provider import FakeEmbeddingServer
+from pgingest.testing.texts import body as make_body
 from pgingest.worker import batch as core
-from pgingest.worker.writer import Writer
-from tests.helpers import drain, insert_corpus, queue_count, register, settings, wait_for
+from pgingest.worker.writer import Writer, plan_msg_ids
+from tests.helpers import (
+    assert_exactly_predicted,
+    drain,
+    expected_chunks,
+    insert_corpus,
+    insert_docs,
+    queue_count,
+    register,
+    settings,
+    wait_for,
+)
 
 
 def failing_writer(exc: BaseException, times: int | None) -> type[Writer]:
@@ -526,3 +541,214 @@ def test_a_worker_stopped_mid_batch_releases_its_claims_without_charge(
         w.run()
     assert w.claims.held() == {}
     assert sorted(queue_rows(conn).values()) == [(0, True)] * 5
+
+
+# -- item 5: the write budget, split write-backs, halving after a failure --------------------------
+
+
+class Part(NamedTuple):
+    doc_ids: list[int]
+    msg_ids: list[int]
+    chunks: int
+    size: int  # bytes (batch.job_cost)
+
+
+def recording_writer(parts: list[Part], fail_calls: set[int] | None = None) -> type[Writer]:
+    """A writer that records each transaction's plan (``execute``: one per transaction); the
+    calls numbered in ``fail_calls`` (from 1) raise a DataError instead."""
+
+    class Recording(Writer):
+        calls = 0
+
+        def execute(self, conn: Any, model: str, plan: core.WritePlan, *a: Any, **kw: Any) -> None:
+            type(self).calls += 1
+            chunks, size = core.plan_cost(plan)
+            parts.append(Part([j.doc_id for j in plan.done], plan_msg_ids(plan), chunks, size))
+            if fail_calls and type(self).calls in fail_calls:
+                raise psycopg.errors.DataError("simulated: this write-back is refused")
+            super().execute(conn, model, plan, *a, **kw)
+
+    return Recording
+
+
+def insert_large(conn: psycopg.Connection[Any], n: int, sentences: int = 120) -> None:
+    """Documents of 16 chunks each (about 38 KB to write with 384 dimensions)."""
+    insert_docs(conn, [(f"big-{i}", f"Big {i}", make_body(i, sentences)) for i in range(n)])
+
+
+def transactions_seen(conn: psycopg.Connection[Any]) -> int:
+    """Distinct embedded_at (now(): the transaction's start) in embedding_state: how many
+    write-back transactions wrote the documents."""
+    row = conn.execute(
+        "SELECT count(DISTINCT embedded_at) FROM pgingest.embedding_state"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def embedded_ids(conn: psycopg.Connection[Any]) -> set[int]:
+    return {int(r[0]) for r in conn.execute("SELECT doc_id FROM pgingest.embedding_state")}
+
+
+@pytest.mark.parametrize(
+    ("max_chunks", "max_bytes"),
+    [(10_000, 100_000), (1, 64 << 20)],
+    ids=["bytes", "chunks"],
+)
+def test_a_batch_over_the_write_budget_is_written_in_several_transactions(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    max_chunks: int,
+    max_bytes: int,
+) -> None:
+    """12 documents of about 16 chunks read in one batch: with a budget of 100,000 bytes (two
+    documents' text and vectors) they are written in transactions of two or so; with a budget
+    of one chunk, each alone (a document over the budget is never refused, only written
+    alone). Every transaction within the budget unless it holds one document; each
+    acknowledges exactly its documents' messages."""
+    register(conn, "v1", fake.url)
+    insert_large(conn, 12)
+    n_chunks = {d: len(c) for d, c in expected_chunks(conn).items()}
+    parts: list[Part] = []
+    w = worker.Worker(
+        settings(dsn, batch_size=256, write_max_chunks=max_chunks, write_max_bytes=max_bytes),
+        writer_factory=recording_writer(parts),
+    )
+    assert w.run() == 0
+    assert len(parts) >= 5  # one batch (all 12 read at once), several transactions
+    if max_chunks == 1:
+        assert [len(p.doc_ids) for p in parts] == [1] * 12
+    for p in parts:
+        assert p.chunks == sum(n_chunks[d] for d in p.doc_ids)
+        assert len(p.doc_ids) == 1 or (p.chunks <= max_chunks and p.size <= max_bytes)
+        assert len(p.msg_ids) == len(p.doc_ids)  # one message each, acknowledged with it
+    assert sorted(d for p in parts for d in p.doc_ids) == sorted(n_chunks)
+    assert transactions_seen(conn) == len(parts)  # several transactions in the database too
+    assert_exactly_predicted(conn)
+    assert queue_count(conn, "v1") == 0
+    assert dead_letters(conn) == []
+
+
+def test_a_failed_part_of_a_split_write_back_fails_alone(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    """The second of several transactions is refused: the others are committed and
+    acknowledged, exactly the second's messages stay queued; they are embedded on their next
+    delivery; the batch size is halved."""
+    register(conn, "v1", fake.url)
+    insert_large(conn, 6)
+    parts: list[Part] = []
+    w = worker.Worker(
+        settings(dsn, batch_size=256, write_max_chunks=36, commit_target_seconds=60),
+        writer_factory=recording_writer(parts, fail_calls={2}),
+    )
+    m = db.get_model(conn, "v1")
+    assert m is not None
+    try:
+        w.process_batch(m)
+        w.writer.flush()
+    finally:
+        w.writer.settle()
+        w.writer.shutdown()
+        w.embedder.shutdown()
+        w._reset_connections()
+    assert len(parts) >= 3
+    assert w.writer.failures == 1
+    assert w.batch_size == 128
+    failed = set(parts[1].doc_ids)
+    assert embedded_ids(conn) == {d for p in parts for d in p.doc_ids} - failed
+    assert sorted(queue_rows(conn)) == sorted(parts[1].msg_ids)  # exactly the failed part's
+    assert w.claims.held() == {}
+    conn.execute("UPDATE pgmq.q_pgingest_v1 SET vt = clock_timestamp()")  # their claims expire
+    drain(dsn)
+    assert_exactly_predicted(conn)
+    assert queue_count(conn, "v1") == 0
+    assert dead_letters(conn) == []
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        psycopg.errors.DataError("simulated: a row too big"),
+        psycopg.errors.QueryCanceled("simulated: canceling statement due to statement timeout"),
+        psycopg.errors.OutOfMemory("simulated: out of memory"),
+    ],
+    ids=["DataError", "statement_timeout", "out_of_memory"],
+)
+def test_a_failed_write_back_halves_the_next_batches(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    monkeypatch: pytest.MonkeyPatch,
+    exc: Exception,
+) -> None:
+    """Batches of 10; the first write-back fails: the following reads ask for 5 (then grow back
+    after successes); every document is embedded, none dead-lettered."""
+    register(conn, "v1", fake.url)
+    insert_corpus(conn, 40)
+    reads: list[int] = []
+    real = worker.loop.db.read_batch
+
+    def read_batch(c: Any, model: str, vt: int, qty: int) -> Any:
+        msgs = real(c, model, vt, qty)
+        if msgs:
+            reads.append(qty)
+        return msgs
+
+    monkeypatch.setattr(worker.loop.db, "read_batch", read_batch)
+    w = worker.Worker(
+        settings(
+            dsn,
+            drain=False,
+            batch_size=10,
+            min_batch_size=2,
+            max_batch_size=10,
+            visibility_timeout=1,
+            commit_target_seconds=60,  # only a failure shrinks the batch here
+        ),
+        writer_factory=failing_writer(exc, 1),
+    )
+    halved: list[int] = []
+    real_failed = w.sizer.failed
+    monkeypatch.setattr(w.sizer, "failed", lambda: halved.append(real_failed()) or halved[-1])
+    t, codes = in_thread(w)
+    try:
+        wait_for(lambda: embedded(conn) == 40, timeout=60)
+        assert t.is_alive() and not codes
+    finally:
+        w.stopping.set()
+        t.join(30)
+    assert halved == [5]  # once, for the one failure
+    assert reads[0] == 10
+    # The batch read while the failed one was written may still be of 10 (its success grows
+    # the size back: 5 -> 7); a later read asks for fewer.
+    assert min(reads[1:]) < 10
+    assert queue_count(conn, "v1") == 0
+    assert dead_letters(conn) == []
+
+
+def test_a_failed_read_halves_the_next_read(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read that fails (out of memory fetching up to batch_size bodies of 10 MiB) is retried
+    for half as many messages."""
+    register(conn, "v1", fake.url)
+    insert_corpus(conn, 20)
+    asked: list[int] = []
+    real = worker.loop.db.read_batch
+
+    def read_batch(c: Any, model: str, vt: int, qty: int) -> Any:
+        asked.append(qty)
+        if len(asked) == 1:
+            raise psycopg.errors.OutOfMemory("simulated: out of memory")
+        return real(c, model, vt, qty)
+
+    monkeypatch.setattr(worker.loop.db, "read_batch", read_batch)
+    w = drain(dsn, batch_size=16, min_batch_size=2, commit_target_seconds=60)
+    assert asked[:2] == [16, 8]
+    assert w.documents_done == 20
+    assert queue_count(conn, "v1") == 0
