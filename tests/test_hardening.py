@@ -163,3 +163,73 @@ def test_defer_replaces_only_the_messages_it_deleted(
     assert n == 2
     left = conn.execute("SELECT message ->> 'doc_id' FROM pgmq.q_pgingest_v1 ORDER BY 1").fetchall()
     assert [r[0] for r in left] == sorted(str(m.doc_id) for m in msgs[1:])
+
+
+def test_two_models_write_backs_of_one_profile_lock_chunk_rows_in_one_order(
+    conn: psycopg.Connection[Any], dsn: str
+) -> None:
+    """Issue 18, item 9: two models of one profile write the same chunk rows. Their write-backs
+    lock them in (document, ordinal) order, whatever order their batches list them in, so they
+    cannot deadlock. Deterministic: the first write-back is held (by a test trigger) between its
+    two rows while the second, listing them the other way round, starts."""
+    for name in ("v1", "v2"):
+        conn.execute(
+            "SELECT pgingest.register_model(%s, 'm', 3, 'http://127.0.0.1:9/v1', index_method => 'none')",
+            (name,),
+        )
+    conn.execute(
+        "INSERT INTO pgingest.documents (key, body) VALUES ('a', 'Alpha.'), ('b', 'Beta.')"
+    )
+    (a, ha), (b, hb) = conn.execute(
+        "SELECT id, content_hash FROM pgingest.documents ORDER BY id"
+    ).fetchall()
+    conn.execute(
+        "CREATE FUNCTION public.hold_t1() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " IF current_setting('application_name') = 't1' THEN"
+        " PERFORM pg_advisory_lock(4242); PERFORM pg_advisory_unlock(4242); END IF;"
+        " RETURN NEW; END $$"
+    )
+    conn.execute(
+        f"CREATE TRIGGER hold_t1 BEFORE INSERT ON pgingest.chunks FOR EACH ROW"
+        f" WHEN (NEW.doc_id = {int(b)}) EXECUTE FUNCTION public.hold_t1()"
+    )
+    conn.execute("SELECT pg_advisory_lock(4242)")
+    errors: list[BaseException] = []
+
+    def write(model: str, app: str, order: list[tuple[int, bytes, str]]) -> None:
+        try:
+            with psycopg.connect(dsn, application_name=app, autocommit=True) as c:
+                c.execute(
+                    "SELECT pgingest.complete_batch_v2(%s, '{}'::bigint[], %s::bigint[], %s::bytea[],"
+                    " %s::bigint[], %s::integer[], %s::text[], %s::bytea[], %s::integer[],"
+                    " %s::integer[], %s::integer[], %s::vector[], 'test', 1)",
+                    (
+                        model,
+                        [d for d, _, _ in order],
+                        [h for _, h, _ in order],
+                        [d for d, _, _ in order],
+                        [0, 0],
+                        [t for _, _, t in order],
+                        [bytes([d]) * 32 for d, _, _ in order],
+                        [2, 2],
+                        [0, 0],
+                        [5, 5],
+                        ["[1,0,0]", "[0,1,0]"],
+                    ),
+                )
+        except BaseException as exc:
+            errors.append(exc)
+
+    t1 = threading.Thread(target=write, args=("v1", "t1", [(a, ha, "Alpha"), (b, hb, "Beta")]))
+    t2 = threading.Thread(target=write, args=("v2", "t2", [(b, hb, "Beta"), (a, ha, "Alpha")]))
+    t1.start()
+    time.sleep(0.3)  # t1 holds row a, waits before row b
+    t2.start()
+    time.sleep(0.3)  # t2 waits for row a (in order) or holds row b (out of order)
+    conn.execute("SELECT pg_advisory_unlock(4242)")
+    t1.join(15)
+    t2.join(15)
+    assert errors == []
+    assert conn.execute("SELECT count(*) FROM pgingest.chunks").fetchone() == (2,)
+    for store in ("store_v1", "store_v2"):
+        assert conn.execute(f"SELECT count(*) FROM pgingest.{store}").fetchone() == (2,)  # noqa: S608
