@@ -160,3 +160,19 @@ def test_a_failure_halves_the_batch_size_and_successes_grow_it_back() -> None:
     s.size = 5
     assert s.failed() == 4  # not below the minimum
     assert s.failed() == 4
+
+
+def test_the_worker_cli_passes_the_write_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgingest import cli, worker
+
+    seen: list[WorkerSettings] = []
+    monkeypatch.setattr(worker, "run", lambda s: seen.append(s) or 0)
+    argv = ["worker", "--database-url", "postgresql:///x"]
+    assert cli.main([*argv, "--write-max-chunks", "500", "--write-max-bytes", "1000000"]) == 0
+    assert (seen[-1].write_max_chunks, seen[-1].write_max_bytes) == (500, 1_000_000)
+    assert cli.main(argv) == 0  # the defaults are WorkerSettings'
+    d = WorkerSettings()
+    assert (seen[-1].write_max_chunks, seen[-1].write_max_bytes) == (
+        d.write_max_chunks,
+        d.write_max_bytes,
+    )
