@@ -655,7 +655,7 @@ def test_a_failed_part_of_a_split_write_back_fails_alone(
         w._reset_connections()
     assert len(parts) >= 3
     assert w.writer.failures == 1
-    assert w.batch_size == 128
+    assert w.sizers.for_model("v1").size == 128
     failed = set(parts[1].doc_ids)
     assert embedded_ids(conn) == {d for p in parts for d in p.doc_ids} - failed
     assert sorted(queue_rows(conn)) == sorted(parts[1].msg_ids)  # exactly the failed part's
@@ -710,8 +710,9 @@ def test_a_failed_write_back_halves_the_next_batches(
         writer_factory=failing_writer(exc, 1),
     )
     halved: list[int] = []
-    real_failed = w.sizer.failed
-    monkeypatch.setattr(w.sizer, "failed", lambda: halved.append(real_failed()) or halved[-1])
+    sizer = w.sizers.for_model("v1")
+    real_failed = sizer.failed
+    monkeypatch.setattr(sizer, "failed", lambda: halved.append(real_failed()) or halved[-1])
     t, codes = in_thread(w)
     try:
         wait_for(lambda: embedded(conn) == 40, timeout=60)
@@ -726,6 +727,41 @@ def test_a_failed_write_back_halves_the_next_batches(
     assert min(reads[1:]) < 10
     assert queue_count(conn, "v1") == 0
     assert dead_letters(conn) == []
+
+
+def test_a_failed_write_back_halves_only_its_models_batches(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    """Two models; v2's write-back fails: v2's next batch is halved, v1's is not."""
+    register(conn, "v1", fake.url)
+    register(conn, "v2", fake.url)
+    insert_corpus(conn, 10)
+
+    class FailingV2(Writer):
+        def execute(self, conn: Any, model: str, *a: Any, **kw: Any) -> None:
+            if model == "v2":
+                raise psycopg.errors.DataError("simulated: v2's write-back is refused")
+            super().execute(conn, model, *a, **kw)
+
+    w = worker.Worker(
+        settings(dsn, batch_size=10, max_batch_size=10, commit_target_seconds=60),
+        writer_factory=FailingV2,
+    )
+    try:
+        for name in ("v1", "v2"):
+            m = db.get_model(conn, name)
+            assert m is not None
+            assert w.process_batch(m).read == 10
+            w.writer.flush()
+    finally:
+        w.writer.settle()
+        w.writer.shutdown()
+        w.embedder.shutdown()
+        w._reset_connections()
+    assert (w.sizers.for_model("v1").size, w.sizers.for_model("v2").size) == (10, 5)
+    assert w.batch_size == 5  # the heartbeat reports the smallest
+    assert embedded(conn, "v1") == 10 and embedded(conn, "v2") == 0
+    assert queue_count(conn, "v2") == 10
 
 
 def test_a_failed_read_halves_the_next_read(

@@ -12,7 +12,15 @@ import pytest
 
 from pgingest.settings import WorkerSettings
 from pgingest.worker import batch as core
-from pgingest.worker.batch import BatchSizer, DeadLetter, Deferral, Failure, Job, WritePlan
+from pgingest.worker.batch import (
+    BatchSizer,
+    BatchSizers,
+    DeadLetter,
+    Deferral,
+    Failure,
+    Job,
+    WritePlan,
+)
 from tests.unit.test_worker_batch import DIMS, job
 
 
@@ -176,3 +184,12 @@ def test_the_worker_cli_passes_the_write_budget(monkeypatch: pytest.MonkeyPatch)
         d.write_max_chunks,
         d.write_max_bytes,
     )
+
+
+def test_each_model_has_its_own_batch_size() -> None:
+    sizers = BatchSizers(initial=64, min_size=4, max_size=64, target_seconds=0.5)
+    assert sizers.size == 64  # no model seen yet
+    assert sizers.for_model("v2").failed() == 32
+    assert sizers.for_model("v1").size == 64  # untouched by v2's failure
+    assert sizers.for_model("v2") is sizers.for_model("v2")
+    assert sizers.size == 32  # the smallest

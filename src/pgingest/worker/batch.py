@@ -23,7 +23,8 @@ use, in ``loop.Worker._process_batch``:
   backoff) or dead, and the deferred messages' new bodies;
 * :func:`split`: a plan over the write budget (chunks, bytes of text and vectors) becomes
   several plans, each written and acknowledged in a transaction of its own;
-* :class:`BatchSizer`: AIMD on the batch size from the commit time; halved after a failure.
+* :class:`BatchSizer`: AIMD on the batch size from the commit time; halved after a failure; one
+  per model (:class:`BatchSizers`).
 """
 
 from __future__ import annotations
@@ -517,3 +518,28 @@ class BatchSizer:
         (:meth:`observe`)."""
         self.size = max(self.min_size, self.size // 2)
         return self.size
+
+
+@dataclass
+class BatchSizers:
+    """A :class:`BatchSizer` per model, each starting at ``initial``: a model whose write-backs
+    fail or are slow gets smaller batches; the other models keep theirs."""
+
+    initial: int
+    min_size: int
+    max_size: int
+    target_seconds: float
+    by_model: dict[str, BatchSizer] = field(default_factory=dict)
+
+    def for_model(self, model: str) -> BatchSizer:
+        sizer = self.by_model.get(model)
+        if sizer is None:
+            sizer = self.by_model[model] = BatchSizer(
+                self.initial, self.min_size, self.max_size, self.target_seconds
+            )
+        return sizer
+
+    @property
+    def size(self) -> int:
+        """The smallest batch size of the models seen (the initial size before any)."""
+        return min((z.size for z in list(self.by_model.values())), default=self.initial)

@@ -36,7 +36,7 @@ from pgingest.worker.writer import MODEL_GONE, Timings, Writer, error_text, pass
 
 log = logging.getLogger("pgingest.worker")
 
-WriterFactory = Callable[[WorkerSettings, Metrics, core.BatchSizer], Writer]
+WriterFactory = Callable[[WorkerSettings, Metrics, core.BatchSizers], Writer]
 
 
 class Worker:
@@ -52,14 +52,14 @@ class Worker:
         self.s = settings
         self.metrics = metrics or Metrics()
         self.stopping = threading.Event()
-        self.sizer = core.BatchSizer(
+        self.sizers = core.BatchSizers(  # one per model
             settings.batch_size,
             settings.min_batch_size,
             settings.max_batch_size,
             settings.commit_target_seconds,
         )
         self.embedder = Embedder(settings, self.metrics, self._pause)
-        self.writer = writer_factory(settings, self.metrics, self.sizer)
+        self.writer = writer_factory(settings, self.metrics, self.sizers)
         self.connect_params = settings.connect_params()
         self.claims = ClaimKeeper(
             settings.conninfo, settings.visibility_timeout, connect_params=self.connect_params
@@ -91,7 +91,8 @@ class Worker:
 
     @property
     def batch_size(self) -> int:
-        return self.sizer.size
+        """The smallest batch size of the models (the heartbeat reports it)."""
+        return self.sizers.size
 
     @property
     def documents_done(self) -> int:
@@ -418,13 +419,14 @@ class Worker:
     def _process_batch(self, m: db.Model) -> core.BatchStats:
         conn = self._connection()
         stats = core.BatchStats()
+        sizer = self.sizers.for_model(m.name)
         try:
-            msgs = db.read_batch(conn, m.name, self.s.visibility_timeout, self.batch_size)
+            msgs = db.read_batch(conn, m.name, self.s.visibility_timeout, sizer.size)
         except Exception as exc:
             if not isinstance(exc, MODEL_GONE):
                 # Out of memory, a statement timeout, a message too large (up to batch_size
-                # bodies of 10 MiB): the next read asks for half as many.
-                self.metrics.batch_size(self.sizer.failed())
+                # bodies of 10 MiB): the next read of this model asks for half as many.
+                self.metrics.batch_size(sizer.failed())
             raise
         if not msgs:
             return stats

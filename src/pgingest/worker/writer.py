@@ -35,7 +35,7 @@ import psycopg
 from pgingest import db, providers
 from pgingest.metrics import Metrics
 from pgingest.settings import WorkerSettings
-from pgingest.worker.batch import BatchSizer, BatchStats, Job, WritePlan, split
+from pgingest.worker.batch import BatchSizers, BatchStats, Job, WritePlan, split
 
 log = logging.getLogger("pgingest.worker")
 
@@ -73,10 +73,10 @@ class Timings(NamedTuple):
 
 
 class Writer:
-    def __init__(self, settings: WorkerSettings, metrics: Metrics, sizer: BatchSizer) -> None:
+    def __init__(self, settings: WorkerSettings, metrics: Metrics, sizers: BatchSizers) -> None:
         self.s = settings
         self.metrics = metrics
-        self.sizer = sizer
+        self.sizers = sizers
         self.documents = 0  # written since the start (the heartbeat reports it)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgingest-writer")
         self._pending: Future[BatchStats] | None = None
@@ -156,6 +156,7 @@ class Writer:
         fails its own part only (its messages come back after their visibility timeout; the
         parts after it are still written) and halves the batch size."""
         t_write = time.perf_counter()
+        sizer = self.sizers.for_model(model)
         parts = split(plan, self.s.write_max_chunks, self.s.write_max_bytes)
         failed = 0
         try:
@@ -167,7 +168,7 @@ class Writer:
                     if isinstance(exc, RETRIED):
                         # A statement timeout, out of memory, a message too large, a lost
                         # connection: smaller batches next (the loop retries or reconnects).
-                        self.metrics.batch_size(self.sizer.failed())
+                        self.metrics.batch_size(sizer.failed())
                     if passes_through(exc):
                         raise
                     # This part's failure, not the worker's: nothing of it was committed, its
@@ -183,11 +184,11 @@ class Writer:
                 done()  # stops extending the claims, whatever the outcome
         t_done = time.perf_counter()
         if failed:
-            self.metrics.batch_size(self.sizer.failed())
+            self.metrics.batch_size(sizer.failed())
             if failed == len(parts):
                 return stats
         else:
-            self.metrics.batch_size(self.sizer.observe(t_done - t_write, stats.read))
+            self.metrics.batch_size(sizer.observe(t_done - t_write, stats.read))
         self.documents += stats.written
         self.metrics.batch(model, t_done - t_write, stats.read)
         log.info(
@@ -206,7 +207,7 @@ class Writer:
                 "embed_ms": round((timings.embedded - timings.chunked) * 1000, 1),
                 "write_ms": round((t_done - t_write) * 1000, 1),
                 "write_wait_ms": round((t_write - timings.embedded) * 1000, 1),
-                "next_batch": self.sizer.size,
+                "next_batch": sizer.size,
             },
         )
         return stats
