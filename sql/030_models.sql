@@ -444,6 +444,8 @@ BEGIN
 
     PERFORM pgingest._create_store(v_m);
     PERFORM pgmq.create(v_m.queue_name);
+    -- The capture now writes to this queue too (the writers wait on the lock above until we commit).
+    PERFORM pgingest._compile_enqueue();
     IF v_state = 'active' THEN
         PERFORM pgingest._refresh_search_view();
     END IF;

@@ -427,6 +427,8 @@ BEGIN
     SET state = 'retired', retired_at = now(), paused = FALSE, paused_reason = NULL,
         backfill_completed_at = coalesce(m.backfill_completed_at, now())
     WHERE m.name = v_name;
+    -- The capture stops writing to its queue (before the queue is dropped below).
+    PERFORM pgingest._compile_enqueue();
     -- One statement: the store, its partitions and its indexes (the ANN index included).
     EXECUTE format('DROP TABLE IF EXISTS pgingest.%I', v_m.store_name);
     -- The chunks of its profile go too when no live model uses that profile any more.

@@ -1,7 +1,7 @@
 """Bounded units of work (issue 18, item 12).
 
 Nothing pgingest does inside an application's statement, or on every tick of a worker, grows
-without bound with the size of that statement or of a queue: capture sends its messages in slices,
+without bound with the size of that statement or of a queue: capture builds no array of messages,
 a DELETE copies a bounded number of vectors to the embedding cache, a model's backfill is paced on
 its queue's depth, and the queue gauges stop counting past a limit. The limits are settings of
 pgingest.config; the tests set them small.
@@ -41,14 +41,15 @@ def queued_doc_ids(conn: psycopg.Connection[Any], model: str) -> list[int]:
     ]
 
 
-def test_a_statement_larger_than_the_capture_slice_queues_each_row_once_per_model(
+def test_a_multi_row_statement_queues_each_row_once_per_model(
     conn: psycopg.Connection[Any], fake: FakeEmbeddingServer
 ) -> None:
     register(conn, "v1", fake.url)
     register(conn, "v2", fake.url, model_id="fake-768", dimensions=768)
     conn.execute("CALL pgingest.run_backfill('v2')")
-    setting(conn, "capture_slice_rows", 7)
-    insert_corpus(conn, 1)  # one row: a slice of one
+    # The capture inserts straight from the statement's arrays into each queue table
+    # (sql/010_capture.sql): no array of messages is built, whatever the statement's size.
+    insert_corpus(conn, 1)
     conn.execute(
         "INSERT INTO pgingest.documents (key, body) SELECT 'bulk-' || i, 'Body ' || i"
         " FROM generate_series(1, 23) AS i"
@@ -57,7 +58,7 @@ def test_a_statement_larger_than_the_capture_slice_queues_each_row_once_per_mode
     assert len(ids) == 24
     for model in ("v1", "v2"):
         assert queued_doc_ids(conn, model) == ids
-    # An attached table's statement goes through the same slices.
+    # An attached table's statement goes through the same path.
     conn.execute("CREATE TABLE public.notes (id bigint PRIMARY KEY, body text)")
     conn.execute("SELECT pgingest.add_source('notes', 'public.notes', body => 'body')")
     conn.execute("INSERT INTO public.notes SELECT i, 'Note ' || i FROM generate_series(1, 15) AS i")

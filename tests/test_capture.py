@@ -162,3 +162,52 @@ def test_bad_documents_are_refused_at_insert(
             (body, metadata),
         )
     assert ei.value.diag.constraint_name == constraint
+
+
+def test_the_capture_writes_the_pgmq_queue_table_layout_we_ship(
+    two_models: psycopg.Connection[Any],
+) -> None:
+    """The compiled capture (sql/010_capture.sql) inserts into pgmq's queue tables itself, as
+    pgmq.send_batch does: this pins the layout of the pgmq we ship, and checks that a message it
+    writes reads back through pgmq's own API like one sent by pgmq.send_batch."""
+    conn = two_models
+    assert conn.execute(
+        "SELECT attname, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute"
+        " WHERE attrelid = 'pgmq.q_pgingest_v1'::regclass AND attnum > 0 AND NOT attisdropped"
+        " ORDER BY attnum"
+    ).fetchall() == [
+        ("msg_id", "bigint", True),
+        ("read_ct", "integer", True),
+        ("enqueued_at", "timestamp with time zone", True),
+        ("last_read_at", "timestamp with time zone", False),
+        ("vt", "timestamp with time zone", True),
+        ("message", "jsonb", False),
+        ("headers", "jsonb", False),
+    ]
+    conn.execute("INSERT INTO pgingest.documents (key, body) VALUES ('k1', 'hello')")
+    conn.execute("SELECT pgmq.send_batch('pgingest_v1', ARRAY['{\"x\": 1}'::jsonb])")
+    ours, theirs = conn.execute(
+        "SELECT read_ct, vt <= clock_timestamp(), headers IS NULL, message ? 'doc_id'"
+        " FROM pgmq.read('pgingest_v1', 30, 10) ORDER BY msg_id"
+    ).fetchall()
+    assert ours[:3] == theirs[:3] == (1, False, True)  # read once, now invisible, no headers
+    assert ours[3] and not theirs[3]
+    metrics = conn.execute("SELECT queue_length FROM pgmq.metrics('pgingest_v1')").fetchone()
+    assert metrics == (2,)
+
+
+def test_register_and_retire_recompile_the_capture(two_models: psycopg.Connection[Any]) -> None:
+    conn = two_models
+    source = conn.execute(
+        "SELECT prosrc FROM pg_proc WHERE oid = 'pgingest._enqueue_versions'::regproc"
+    ).fetchone()
+    assert source is not None and "q_pgingest_v1" in source[0] and "q_pgingest_v2" in source[0]
+    assert "pgmq.send_batch" not in source[0] and "EXECUTE" not in source[0]
+    conn.execute("SELECT pgingest.swap_model('v2', force => true)")
+    conn.execute("SELECT pgingest.retire_model('v1')")
+    source = conn.execute(
+        "SELECT prosrc FROM pg_proc WHERE oid = 'pgingest._enqueue_versions'::regproc"
+    ).fetchone()
+    assert source is not None and "q_pgingest_v1" not in source[0]
+    conn.execute("INSERT INTO pgingest.documents (key, body) VALUES ('after', 'retired v1')")
+    assert queue_count(conn, "v2") == 1
