@@ -10,10 +10,26 @@ private cluster of ``scripts/pgcluster.sh``), dropped at the end unless ``--keep
 
 * installs pgingest, starts the fake embedding server as a subprocess and registers a model;
 * the fake server answers 10% of the calls with a 429 (``Retry-After: 1``), 10% with a 503 and
-  hangs on 5% past the worker's HTTP timeout (``--http-timeout 2``, ``hang_s`` 3);
+  hangs on 5% past the worker's HTTP timeout (``--http-timeout 4``, ``hang_s`` 5);
+* hostile answers (issue 18): the message of every injected error body is hostile text (NUL,
+  lone surrogates, a forged log line, an escape sequence): the 429s and 503s, 2% 200s with an
+  error body, 0.5% 403s; 0.5% binary 403 pages (UTF-16, NUL bytes, invalid UTF-8); 3% answers
+  over the client's size cap (24 MiB, sized, unsized, gzip bombs); at least one of each. A 403
+  pauses the model with the provider's text as the reason; a probe resumes it
+  (``--probe-interval 2``). The worker must never exit on its own (a watchdog restarts and
+  records any exit that is not a planted SIGKILL) and exit 0 on SIGTERM;
+* answers slower than the visibility timeout: in a few windows (no SIGKILL meanwhile), 4
+  requests are answered valid after 3.2 s, past the claims' ``--visibility-timeout 2``: the
+  worker's ClaimKeeper must keep them claimed; the fake server counts any of their inputs that
+  arrives again while they are held (the same work claimed twice);
+* a reader: a login role that is a member of ``pgingest_reader`` only keeps trying to point
+  ``pgingest.embed_query`` at a TCP listener of the run (``SET`` / ``set_config`` / ``SET
+  LOCAL pgingest.embedding_url``, URL forms a careless comparison would take for a registered
+  endpoint): every try must be refused, and the listener get no connection. Skipped, with the
+  reason, where embed_query is absent (PL/Python not installed);
 * several writer threads insert the documents (multi-row INSERTs, row-by-row transactions and
   COPY), paced over a few tens of seconds, while 2 worker processes
-  (``python -m pgingest.cli worker --visibility-timeout 5``) drain the queue;
+  (``python -m pgingest.cli worker --visibility-timeout 2``) drain the queue;
 * a mutator updates documents (once, in bursts of quick successive updates, several rows in one
   statement, metadata-only no-op updates), deletes some and re-creates a few deleted keys;
 * 50 planted bad documents: the fake server's poison markers ``__NAN__``, ``__DIM__``,
@@ -47,6 +63,12 @@ template's text, as ``pgingest._source_expr`` builds it), with unit-norm vectors
 dimension; no duplicate chunk; no chunk, vector, state or dead letter of a deleted document or
 row; exactly the planted bad documents and rows are dead-lettered, per model, each with the
 reason its poison calls for, and none keeps a chunk of an older version; the queues are empty.
+And: every kind of hostile answer came, no worker exited but by the planted SIGKILLs, a hostile
+pause reason was written and no model is left paused ("hostile answers"); the slow answers
+came and none of their inputs was sent again while they were held ("slow answers"); every
+redirect of embed_query was refused with no connection to the listener ("embed_query
+redirect"). The run creates the role ``pgingest_chaos_reader_<pid>`` and drops it with the
+database.
 """
 
 from __future__ import annotations
@@ -56,8 +78,10 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -74,7 +98,8 @@ from typing import IO, Any, TypeVar
 import psycopg
 from psycopg import sql
 
-from pgingest import chunking, db, install
+from pgingest import chunking, db, install, providers
+from pgingest.settings import WorkerSettings
 from pgingest.testing import texts
 from pgingest.testing.fake_provider import control
 
@@ -94,9 +119,38 @@ ARTICLES = "public.chaos_articles"
 TEMPLATE = "{title}\n\n{body}\n\nTags: {tags}"
 TAGS = ("postgres", "vectors", "chaos", "queue", "release", "ops", "news", "l'été", "数据")
 FAULT_RATES = {"rate_limit": 0.10, "unavailable": 0.10, "timeout": 0.05}
-HTTP_TIMEOUT_S = 2
-HANG_S = 3
-VISIBILITY_TIMEOUT_S = 5
+# Hostile answers (issue 18, item 2 and 11), on top: every injected error body's message is
+# HOSTILE (NUL, lone surrogates, a forged log line, an escape sequence: 429s, 503s, 200s with an
+# error body, 403s), binary 403 pages (UTF-16, NUL bytes, invalid UTF-8), and 200s larger than the
+# client's size cap (with a Content-Length, without one, gzip bombs). A 403 pauses the model: its
+# hostile reason is written to pgingest.models, and a probe resumes it (--probe-interval).
+HOSTILE_RATES = {
+    "error_body": 0.02,
+    "forbidden": 0.005,
+    "binary": 0.005,
+    "huge": 0.01,
+    "huge_unsized": 0.01,
+    "gzip_bomb": 0.01,
+}
+HOSTILE = "bad\x00news \ud800 lone \udfff\nforged log line 2026-01-01 ERROR\x1b[31m caf\xe9 \u65e5"
+HOSTILE_ERRORS = ("rate_limit", "unavailable", "error_body", "forbidden")
+OVERSIZE = ("huge", "huge_unsized", "gzip_bomb")
+HUGE_BODY_BYTES = 24 * 1024 * 1024
+# The visibility timeout is small, and a few requests (fail_next "slow", in windows) are answered
+# valid after SLOW_S, longer than it but within the HTTP timeout: the worker's ClaimKeeper must keep
+# their messages claimed (worker/claims.py). HANG_S (the "timeout" fault) exceeds the HTTP timeout.
+VISIBILITY_TIMEOUT_S = 2
+SLOW_S = 3.2
+HTTP_TIMEOUT_S = 4
+HANG_S = 5
+SLOW_PER_WINDOW = 4
+PROBE_INTERVAL_S = 2
+PROBE_TEXT = "pgingest probe"  # what the worker sends to probe a paused model (loop._maybe_probe)
+# How the chunks of pgingest.documents' rows begin (the title, else the body's first words:
+# "Document 12." or "Document doc-000012 revised ..."): make_documents, Chaos.mutate.
+DOCUMENT_CHUNK = re.compile(
+    r"Title of document \d|Planted bad document \d|Re-created doc-|Document (doc-)?\d"
+)
 
 # Planted bad documents: (kind, body template, expected error_class, a word its message holds).
 POISONS: tuple[tuple[str, str, str, str], ...] = (
@@ -161,6 +215,7 @@ class Plan:
     settle_seconds: float
     drain_seconds: float
     deadline_seconds: float
+    slow_windows: int
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -187,6 +242,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         deadline_seconds=args.deadline
         if args.deadline is not None
         else (540.0 if small else 1200.0),
+        slow_windows=3 if small else max(3, int(write_seconds / 6)),
     )
 
 
@@ -407,6 +463,9 @@ class WorkerSlot:
         self.generation = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.log: IO[bytes] | None = None
+        # Exits nobody asked for (not a planted SIGKILL, not the final SIGTERM):
+        # (generation, exit code, the last lines of its log).
+        self.exits: list[tuple[int, int | None, str]] = []
 
     @property
     def log_path(self) -> Path:
@@ -429,7 +488,23 @@ class WorkerSlot:
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
+        else:
+            self._exited()
         self._reap(10)
+
+    def revive(self) -> bool:
+        """Restarts the worker if it exited on its own (recorded); True when it had."""
+        if self.proc is None or self.proc.poll() is None:
+            return False
+        self._exited()
+        self._reap(10)
+        self.start()
+        return True
+
+    def _exited(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            tail = self.log_text()[-600:]
+            self.exits.append((self.generation, self.proc.returncode, tail))
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL after 30 s; returns the exit code."""
@@ -493,6 +568,36 @@ def start_fake_server(
     return proc, url
 
 
+class Listener:
+    """A TCP listener on 127.0.0.1 that counts the connections it gets (and closes them): the
+    endpoint a reader tries to point embed_query at."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = int(self.sock.getsockname()[1])
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="listener", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
 def restart_postgres(env: dict[str, str]) -> float:
     """Fast shutdown then start of the private cluster; returns the seconds it was down."""
     t = time.monotonic()
@@ -533,6 +638,14 @@ class State:
     migration: str = ""
     emptied_after_embedding: int = 0
     migrated_at: float | None = None
+    # Slow windows: (slow requests queued, held to the end meanwhile, seconds the window took).
+    slow_windows: list[tuple[int, int, float]] = field(default_factory=list)
+    # The reader pointing embed_query elsewhere: refusals by SQLSTATE class name, answers.
+    refused: Counter[str] = field(default_factory=Counter)
+    accepted: int = 0
+    reader_unexpected: list[str] = field(default_factory=list)
+    # Pause reasons seen in pgingest.models while a model was paused (by a hostile 403).
+    pause_reasons: list[str] = field(default_factory=list)
 
 
 class Chaos:
@@ -558,6 +671,12 @@ class Chaos:
         self.bad: dict[str, tuple[str, str]] = {}
         self.planted: dict[tuple[str, int], str] = {}
         self.restart_note = ""
+        self.reader_role = f"pgingest_chaos_reader_{os.getpid()}"
+        self.reader_dsn: str | None = None  # None: embed_query is absent (reader_skip says why)
+        self.reader_via = ""
+        self.reader_skip = ""
+        self.listener: Listener | None = None
+        self.stop_codes: list[int | None] = []
 
     # -- set-up and tear-down ----------------------------------------------------------------
 
@@ -575,6 +694,39 @@ class Chaos:
                 "CREATE TABLE public.chaos_articles (tenant_id uuid, id bigint, title text, body text,"
                 " tags text[], PRIMARY KEY (tenant_id, id))"
             )
+            self.setup_reader(c)
+
+    def setup_reader(self, c: psycopg.Connection[Any]) -> None:
+        """A login role that is a member of pgingest_reader only, and a listener on 127.0.0.1
+        that it will try to point pgingest.embed_query at (when embed_query exists: it is
+        PL/Python, installed only where plpython3u is)."""
+        row = c.execute(
+            "SELECT to_regprocedure('pgingest.embed_query(text, text)') IS NOT NULL,"
+            " EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'plpython3u'),"
+            " EXISTS (SELECT 1 FROM pg_catalog.pg_available_extensions"
+            "         WHERE name = 'plpython3u')"
+        ).fetchone()
+        assert row is not None
+        if not row[0]:
+            self.reader_skip = "pgingest.embed_query is absent: " + (
+                "plpython3u is installed but the PL/Python functions were not"
+                if row[1]
+                else "plpython3u is available but not installed"
+                if row[2]
+                else "plpython3u is not available on this server"
+            )
+            return
+        role = sql.Identifier(self.reader_role)
+        c.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
+        c.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE pgingest_reader").format(role))
+        login = psycopg.conninfo.make_conninfo(self.dsn, user=self.reader_role)
+        try:
+            with psycopg.connect(login, connect_timeout=10) as probe:
+                probe.execute("SELECT 1")
+            self.reader_dsn, self.reader_via = login, "logged in as it"
+        except psycopg.OperationalError:  # no password: the server wants one; SET ROLE then
+            self.reader_dsn, self.reader_via = self.dsn, "SET ROLE to it"
+        self.listener = Listener()
 
     def preload_articles(self, rows: list[Article]) -> None:
         """Rows the table holds before it is attached: the source's backfill registers them."""
@@ -593,8 +745,11 @@ class Chaos:
                         sql.Identifier(self.dbname)
                     )
                 )
+                c.execute(
+                    sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(self.reader_role))
+                )
         except psycopg.Error as exc:
-            say(f"could not drop database {self.dbname}: {exc}")
+            say(f"could not drop database {self.dbname} or role {self.reader_role}: {exc}")
 
     def worker_cmd(self, *extra: str) -> list[str]:
         return [
@@ -612,6 +767,8 @@ class Chaos:
             str(HTTP_TIMEOUT_S),
             "--poll-interval",
             "1",
+            "--probe-interval",
+            str(PROBE_INTERVAL_S),
             *extra,
         ]
 
@@ -628,8 +785,13 @@ class Chaos:
                 self.fake.kill()
         if self.fake_log is not None:
             self.fake_log.close()
+        if self.listener is not None:
+            self.listener.close()
         if self.args.keep:
-            say(f"kept database {self.dbname} ({self.dsn}) and logs in {self.logdir}")
+            say(
+                f"kept database {self.dbname} ({self.dsn}), role {self.reader_role} and logs in"
+                f" {self.logdir}"
+            )
         else:
             self.drop_database()
             if passed:
@@ -1080,6 +1242,115 @@ class Chaos:
         finally:
             client.close()
 
+    def slower(self) -> None:
+        """Windows in which the provider answers SLOW_PER_WINDOW requests after SLOW_S, longer
+        than the visibility timeout. No SIGKILL (nor PostgreSQL restart) meanwhile: the worker
+        that sent each of them lives until its answer, so the fake server seeing one of their
+        inputs again while they are held means the same work was claimed twice."""
+        n = self.plan.slow_windows
+        t0 = time.monotonic()
+        try:
+            for i in range(n):
+                due = t0 + self.plan.write_seconds * (i + 1) / (n + 1)
+                if self.stop.wait(max(0.0, due - time.monotonic())):
+                    return
+                with self.killer_pause:
+                    t = time.monotonic()
+                    before = int(control(self.fake_url)["stats"]["slow_held"])
+                    control(self.fake_url, {"fail_next": {"mode": "slow", "n": SLOW_PER_WINDOW}})
+                    held = 0
+                    if self.stop.wait(SLOW_S):
+                        return
+                    until = time.monotonic() + 30
+                    while time.monotonic() < until and not self.stop.is_set():
+                        held = int(control(self.fake_url)["stats"]["slow_held"]) - before
+                        if held >= SLOW_PER_WINDOW:
+                            break
+                        self.stop.wait(0.5)
+                    with self.state.lock:
+                        self.state.slow_windows.append(
+                            (SLOW_PER_WINDOW, held, time.monotonic() - t)
+                        )
+                say(
+                    f"slow window {i + 1}/{n}: {held} of {SLOW_PER_WINDOW} requests answered after"
+                    f" {SLOW_S}s (visibility timeout {VISIBILITY_TIMEOUT_S}s), no kill meanwhile"
+                )
+        except Exception as exc:
+            with self.state.lock:
+                self.state.errors.append(f"slower: {type(exc).__name__}: {exc}")
+
+    def reader(self) -> None:
+        """A role that is a member of pgingest_reader only keeps trying to point
+        pgingest.embed_query at the listener (SET, set_config, SET LOCAL; URL forms that a
+        careless comparison would take for a registered endpoint): each try must be refused
+        before any connection is made."""
+        assert self.reader_dsn is not None and self.listener is not None
+        rng = random.Random(self.args.seed + 31)
+        port = self.listener.port
+        forms = [
+            f"http://127.0.0.1:{port}/",
+            f"http://127.0.0.1:{port}/v1",
+            f"http://127.0.0.1:{port}/v1?",
+            f"http://localhost:{port}/v1/embeddings",
+            f"http://127.0.0.1:{port}/v1#",
+            f"http://127.0.0.1:{port}/v1/../v1",
+            f"http://user:pw@127.0.0.1:{port}/v1",
+            f"http://127.0.0.1:{port}/v1?api-key=x",
+            f"{self.fake_url}@127.0.0.1:{port}/v1",
+            f"http://127.0.0.1:{port}/v1?{self.fake_url}",
+        ]
+        client = Client(self.reader_dsn, "reader", self.t_deadline)
+        i = 0
+        try:
+            while not self.stop.wait(rng.uniform(0.2, 0.6)) and not self.writers_done.is_set():
+                url = forms[i % len(forms)]
+                how = ("SET", "set_config", "SET LOCAL")[(i // len(forms)) % 3]
+                i += 1
+
+                def attempt(c: psycopg.Connection[Any], url: str = url, how: str = how) -> str:
+                    if self.reader_via.startswith("SET ROLE"):
+                        c.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(self.reader_role)))
+                    try:
+                        with c.transaction():
+                            if how == "set_config":
+                                c.execute(
+                                    "SELECT set_config('pgingest.embedding_url', %s, false),"
+                                    " set_config('pgingest.embedding_timeout', '1e9', false)",
+                                    (url,),
+                                )
+                            else:
+                                c.execute(
+                                    sql.SQL("SET {} pgingest.embedding_url = {}").format(
+                                        sql.SQL("LOCAL" if how == "SET LOCAL" else ""),
+                                        sql.Literal(url),
+                                    )
+                                )
+                            c.execute("SELECT pgingest.embed_query('where is my data?')")
+                        return "accepted"
+                    except (
+                        psycopg.errors.InsufficientPrivilege,
+                        psycopg.errors.InvalidParameterValue,
+                    ) as exc:
+                        return type(exc).__name__
+                    except (psycopg.OperationalError, psycopg.InterfaceError):
+                        raise  # the connection: retried by Client.run
+                    except psycopg.Error as exc:
+                        return f"unexpected {type(exc).__name__}: {str(exc).strip()[:160]}"
+
+                outcome = client.run(attempt)
+                with self.state.lock:
+                    if outcome == "accepted":
+                        self.state.accepted += 1
+                    elif outcome.startswith("unexpected"):
+                        self.state.reader_unexpected.append(f"{url} ({how}): {outcome}")
+                    else:
+                        self.state.refused[outcome] += 1
+        except Exception as exc:
+            with self.state.lock:
+                self.state.errors.append(f"reader: {type(exc).__name__}: {exc}")
+        finally:
+            client.close()
+
     # -- monitoring --------------------------------------------------------------------------
 
     def progress(self, client: Client, last: dict[str, Any]) -> dict[str, Any]:
@@ -1093,13 +1364,21 @@ class Chaos:
                 " (SELECT count(*) FROM pgingest.dead_letters),"
                 " (SELECT count(*) FROM pgingest.sources WHERE backfill_completed_at IS NULL)"
                 " + (SELECT count(*) FROM pgingest.models"
-                "    WHERE state <> 'retired' AND backfill_completed_at IS NULL)",
+                "    WHERE state <> 'retired' AND backfill_completed_at IS NULL),"
+                " (SELECT array_agg(name || ': ' || coalesce(paused_reason, '(none)'))"
+                "  FROM pgingest.models WHERE paused)",
                 (MODEL, MODEL2, last.get("at") or "-infinity"),
             ).fetchone()
             assert row is not None
             return (*row, queued_messages(c)[0])
 
-        now, ndocs, nrows, embedded, embedded2, recent, dead, backfills, queue = client.run(read)
+        now, ndocs, nrows, embedded, embedded2, recent, dead, backfills, paused, queue = client.run(
+            read
+        )
+        with self.state.lock:
+            for reason in paused or ():
+                if reason not in self.state.pause_reasons:
+                    self.state.pause_reasons.append(reason)
         dt = (now - last["at"]).total_seconds() if last.get("at") else None
         rate = f"{recent / dt:6.0f}/s" if dt else "     -  "
         with self.state.lock:
@@ -1112,6 +1391,18 @@ class Chaos:
             f"  backfills {backfills}  dead {dead:>3}  kills {kills}"
         )
         return {"at": now, "queue": int(queue), "backfills": int(backfills)}
+
+    def watchdog(self) -> None:
+        """A worker that exited on its own (no planted SIGKILL) is recorded and restarted."""
+        if not self.killer_pause.acquire(blocking=False):
+            return  # a kill, a slow window or the PostgreSQL restart: next time
+        try:
+            for slot in self.slots:
+                if slot.revive():
+                    gen, code, _ = slot.exits[-1]
+                    say(f"worker {slot.index} (generation {gen}) EXITED ON ITS OWN with {code}")
+        finally:
+            self.killer_pause.release()
 
     # -- PostgreSQL restart --------------------------------------------------------------------
 
@@ -1176,12 +1467,29 @@ class Chaos:
                 "SELECT pgingest.register_model(%s, 'fake-384', %s, %s, index_method => 'none')",
                 (MODEL, DIMENSIONS, self.fake_url),
             )
+        assert max_response_cap() < HUGE_BODY_BYTES
         control(
             self.fake_url,
-            {"rates": FAULT_RATES, "retry_after": 1, "hang_s": HANG_S, "seed": self.args.seed},
+            {
+                "rates": {**FAULT_RATES, **HOSTILE_RATES},
+                "retry_after": 1,
+                "hang_s": HANG_S,
+                "seed": self.args.seed,
+                "error_message": HOSTILE,
+                "binary_status": 403,
+                "huge_body_bytes": HUGE_BODY_BYTES,
+                "slow_s": SLOW_S,
+                # At least one of each hostile answer, whatever the draws.
+                "fail_next": list(HOSTILE_RATES),
+            },
         )
         say(
-            f"fake server {self.fake_url}: faults {FAULT_RATES}, hang {HANG_S}s; logs {self.logdir}"
+            f"fake server {self.fake_url}: faults {FAULT_RATES}, hang {HANG_S}s; hostile answers"
+            f" {HOSTILE_RATES} (error text {HOSTILE!r}, binary 403, oversize"
+            f" {HUGE_BODY_BYTES >> 20} MiB > the client's cap of at most"
+            f" {max_response_cap() >> 20} MiB); {plan.slow_windows} windows of"
+            f" {SLOW_PER_WINDOW} answers after {SLOW_S}s (visibility timeout"
+            f" {VISIBILITY_TIMEOUT_S}s); logs {self.logdir}"
         )
 
         docs, self.bad = make_documents(plan, self.rng)
@@ -1208,9 +1516,16 @@ class Chaos:
         threads.append(threading.Thread(target=self.article_mutator, name="article-mutator"))
         threads.append(threading.Thread(target=self.migrator, name="migrator"))
         killer = threading.Thread(target=self.killer, name="killer")
+        # Not among the writing threads (the chaos phase does not wait for them): the reader
+        # stops when the writing does, the slow windows fall within it.
+        extras = [threading.Thread(target=self.slower, name="slower")]
+        if self.reader_dsn is not None:
+            extras.append(threading.Thread(target=self.reader, name="reader"))
         for t in threads:
             t.start()
         killer.start()
+        for t in extras:
+            t.start()
 
         monitor = Client(self.dsn, "monitor", self.t_deadline)
         last: dict[str, Any] = {}
@@ -1221,6 +1536,7 @@ class Chaos:
         try:
             while time.monotonic() < self.t_deadline:
                 time.sleep(2.5 if plan.docs > 5000 else 1.5)
+                self.watchdog()
                 last = self.progress(monitor, last)
                 with self.state.lock:
                     inserted = len(self.state.inserted)
@@ -1247,14 +1563,19 @@ class Chaos:
             for t in threads:
                 t.join()
             killer.join()
+            for t in extras:
+                t.join()
             monitor.close()
+        self.watchdog()
         if settled_at is None:
             with self.state.lock:
                 self.state.errors.append("the chaos phase ran past the deadline")
 
         # Faults off, workers stopped, one final drain.
         stats = control(self.fake_url, {"rates": {}})["stats"]
+        self.watchdog()
         codes = [s.stop() for s in self.slots]
+        self.stop_codes = codes
         say(f"chaos phase over; workers stopped (exit codes {codes}); faults off; final drain ...")
         t_drain = time.monotonic()
         drain_log = self.logdir / "worker-drain.log"
@@ -1314,6 +1635,9 @@ class Chaos:
             or (f"writes {dict(sorted(st.ops.items()))}; {st.writer_retries} writer retries"),
         )
         self.record(drain_rc == 0, "final drain", f"worker --drain exit code {drain_rc}")
+        self.check_hostile(by_mode)
+        self.check_slow(stats)
+        self.check_reader()
 
         self.check_migration()
         with db.connect(self.dsn) as conn, conn.transaction():
@@ -1342,6 +1666,121 @@ class Chaos:
         if failed:
             self.print_log_tails()
         return not failed
+
+    def worker_log_count(self, needle: str) -> int:
+        """Lines holding ``needle`` in the logs of every worker generation and the drain."""
+        n = 0
+        for path in self.logdir.glob("worker-*.log"):
+            n += sum(
+                1 for line in path.read_text("utf-8", "replace").splitlines() if needle in line
+            )
+        return n
+
+    def check_hostile(self, by_mode: dict[str, Any]) -> None:
+        """Every kind of hostile answer came, and the workers lived through them: no exit but the
+        planted SIGKILLs, exit code 0 on SIGTERM, no log line lost to the text, a 403's hostile
+        reason written as a pause reason and the model resumed by a probe."""
+        n = {m: int(by_mode.get(m, 0)) for m in (*HOSTILE_ERRORS, *HOSTILE_RATES)}
+        problems = [f"no {m} answer" for m, v in n.items() if v == 0]
+        exits = [
+            f"worker {s.index} generation {gen} exited with {code}: ...{tail[-300:]!r}"
+            for s in self.slots
+            for gen, code, tail in s.exits
+        ]
+        problems += exits
+        restarts = sum(s.generation for s in self.slots) - len(self.slots)
+        if restarts != self.state.kills + len(exits):
+            problems.append(f"{restarts} restarts for {self.state.kills} SIGKILLs")
+        if any(code != 0 for code in self.stop_codes):
+            problems.append(f"exit codes on SIGTERM {self.stop_codes}")
+        pauses = self.worker_log_count("model paused")
+        resumes = self.worker_log_count("model resumed after a successful probe")
+        lost = self.worker_log_count("--- Logging error ---")
+        failed = self.worker_log_count("batch failed")
+        if pauses == 0:
+            problems.append("no pause reason written")
+        if lost:
+            problems.append(f"{lost} log records lost (logging errors)")
+        with db.connect(self.dsn) as c:
+            still = [r[0] for r in c.execute("SELECT name FROM pgingest.models WHERE paused")]
+        if still:
+            problems.append(f"models still paused after the drain: {still}")
+        reason = self.state.pause_reasons[0] if self.state.pause_reasons else "-"
+        errors = sum(n[m] for m in HOSTILE_ERRORS)
+        self.record(
+            not problems,
+            "hostile answers",
+            f"{sum(n.values())} injected: {errors} error bodies with NUL, lone surrogates, a"
+            f" forged log line (429 {n['rate_limit']}, 503 {n['unavailable']}, 200 with an error"
+            f" {n['error_body']}, 403 {n['forbidden']}), {n['binary']} binary 403 pages,"
+            f" {sum(n[m] for m in OVERSIZE)} answers over the client's size cap (sized"
+            f" {n['huge']}, unsized {n['huge_unsized']}, gzip bombs {n['gzip_bomb']});"
+            f" {pauses} pauses with the provider's text written as the reason (e.g. {reason[:90]!r}),"
+            f" {resumes} resumed by a probe; {failed} batches failed; the worker never exited on"
+            f" its own (its {restarts} restarts are only the planted SIGKILLs; exit codes on"
+            f" SIGTERM {self.stop_codes})" + ("; " + "; ".join(problems) if problems else ""),
+        )
+
+    def check_slow(self, stats: dict[str, Any]) -> None:
+        """The answers slower than the visibility timeout: none of their inputs came again while
+        they were held (the ClaimKeeper kept their messages claimed; the worker that sent them
+        lived: no SIGKILL during a window)."""
+        windows = self.state.slow_windows
+        held = int(stats.get("slow_held", 0))
+        total = int(stats.get("slow_overlaps", 0))
+        seen = [str(x).split(": ", 1)[-1] for x in stats.get("slow_overlapped", [])]
+        # Inputs that may legitimately be in flight twice: the probe of a paused model (both
+        # workers may probe), and a chunk shared by two versions or keys of one article (a tags
+        # change keeps every chunk but the last; a moved key keeps them all). A chunk of a
+        # document of pgingest.documents is its alone: each version is a new random body, under
+        # the title of its key. A real double claim re-sends whole batches, mostly documents.
+        docs = [x for x in seen if DOCUMENT_CHUNK.match(x)]
+        explained = len(seen) - len(docs)
+        expected = SLOW_PER_WINDOW * len(windows)
+        unextended = self.worker_log_count("could not extend the claims")
+        problems = []
+        if len(windows) != self.plan.slow_windows:
+            problems.append(f"{len(windows)} of {self.plan.slow_windows} windows held")
+        if held < expected:
+            problems.append(f"{held} of {expected} slow requests answered")
+        if docs or total > len(seen):
+            problems.append(
+                f"{total} inputs re-sent while held ({len(docs)} chunks of documents):"
+                f" {[x[:60] for x in (docs or seen)[-3:]]}"
+            )
+        self.record(
+            not problems,
+            "slow answers",
+            f"{held} slower than the VT (answered after {SLOW_S}s, visibility timeout"
+            f" {VISIBILITY_TIMEOUT_S}s, HTTP timeout {HTTP_TIMEOUT_S}s) in {len(windows)} windows"
+            f" without kills ({', '.join(f'{w[2]:.1f}s' for w in windows)}); no message claimed"
+            f" twice while its worker lived: {len(docs)} chunks of documents sent again while"
+            f" held ({explained} other inputs: probes, or chunks another version or key of an"
+            f" article shares); {unextended} failed claim extensions logged"
+            + ("; " + "; ".join(problems) if problems else ""),
+        )
+
+    def check_reader(self) -> None:
+        if self.reader_dsn is None or self.listener is None:
+            self.record(None, "embed_query redirect", f"skipped ({self.reader_skip})")
+            return
+        st = self.state
+        tries = sum(st.refused.values())
+        connections = self.listener.connections
+        self.record(
+            tries > 0 and st.accepted == 0 and not st.reader_unexpected and connections == 0,
+            "embed_query redirect",
+            f"{tries} tries refused ({', '.join(f'{k} {v}' for k, v in sorted(st.refused.items()))})"
+            f" of {self.reader_role} (a member of pgingest_reader only, {self.reader_via}) to"
+            f" point pgingest.embed_query at a listener on 127.0.0.1:{self.listener.port} (10 URL"
+            f" forms; SET, set_config, SET LOCAL), {st.accepted} accepted, {connections}"
+            " connections to the listener"
+            + (
+                f"; {len(st.reader_unexpected)} unexpected errors: {st.reader_unexpected[:3]}"
+                if st.reader_unexpected
+                else ""
+            ),
+        )
 
     def check_migration(self) -> None:
         """v2 must be fully backfilled (every current version of every source embedded or
@@ -1791,6 +2230,16 @@ def embedded_row(conn: psycopg.Connection[Any], key: tuple[str, int]) -> bool:
         (SOURCE, MODEL, *key),
     ).fetchone()
     return bool(row and row[0])
+
+
+def max_response_cap() -> int:
+    """The largest answer the worker's client reads for one request of this run (the biggest
+    model, a full request): providers.OpenAICompatibleProvider.response_limit."""
+    per_input = (
+        max(MODELS.values()) * providers.RESPONSE_BYTES_PER_DIMENSION
+        + providers.RESPONSE_BYTES_PER_INPUT
+    )
+    return max(providers.MIN_RESPONSE_BYTES, WorkerSettings().request_max_inputs * per_input)
 
 
 def queue_table(queue_name: str) -> sql.Composable:

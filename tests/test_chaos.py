@@ -2,8 +2,12 @@
 concurrent writers, updated and deleted while 2 workers drain through 429s, 503s and timeouts,
 workers SIGKILLed at least 5 times, 50 planted bad documents; a second source (an application
 table with a composite key, attached mid-run, with planted bad rows) and a second model
-registered mid-run and swapped to at the end; then every check must pass, for both sources and
-both models.
+registered mid-run and swapped to at the end; hostile provider answers (error bodies with NUL
+and lone surrogates, binary 403 pages, answers over the client's size cap), windows of answers
+slower than the visibility timeout, and a reader role that keeps trying to point
+``pgingest.embed_query`` at a listener of its own; then every check must pass, for both sources
+and both models. The embed_query check may be skipped only where embed_query is absent
+(PL/Python not installed).
 
 It runs in its own database on the test server. PostgreSQL is not restarted here, since other
 tests share the cluster: ``make chaos`` (the full 20,000-document run) does the restart, and
@@ -55,5 +59,13 @@ def test_small_chaos_run_loses_nothing() -> None:
         "deleted documents leave nothing",
         "dead letters",
         "queue empty",
+        "hostile answers",
+        "slow answers",
     ):
         assert any(c.startswith(f"PASS  {name}:") for c in checks), (name, out[-6000:])
+    # PL/Python is optional: without it there is no embed_query to redirect (said so, skipped).
+    assert any(
+        c.startswith("PASS  embed_query redirect:")
+        or c.startswith("SKIP  embed_query redirect: skipped (pgingest.embed_query is absent")
+        for c in checks
+    ), out[-6000:]

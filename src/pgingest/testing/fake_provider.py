@@ -41,6 +41,14 @@ Hostile answers (a broken gateway, a compromised endpoint)
     request accepts), ``slow_headers`` a valid answer whose status line and headers come a byte
     every ``trickle_interval_s``.
 
+Slow answers
+    ``slow`` holds a request ``slow_s`` seconds, then gives the valid answer (a provider slower
+    than a worker's visibility timeout). While it is held, its inputs are *in flight*: an input
+    of the same model that arrives meanwhile in any request is counted in
+    ``stats()["slow_overlaps"]`` (the same work claimed twice; the last 50 of them, as
+    ``model: input``, in ``stats()["slow_overlapped"]``); ``stats()["slow_held"]`` counts the
+    requests held to the end.
+
 Speed
     Measured with the server pinned to one core and the client in another process, 768 dims,
     base64: about 17,000 vectors/s in requests of 16 inputs, 25,000 in requests of 256 (2,000
@@ -140,6 +148,7 @@ FAILURE_MODES: frozenset[str] = frozenset(
         "huge_unsized",
         "gzip_bomb",
         "slow_headers",
+        "slow",
     }
 )
 
@@ -252,6 +261,8 @@ class Behaviour:
     """status of the ``binary`` failure mode."""
     huge_body_bytes: int = 64 * 1024 * 1024
     """size of the ``huge`` / ``huge_unsized`` body, and of the inflated ``gzip_bomb``."""
+    slow_s: float = 10.0
+    """how long ``slow`` holds a request before its valid answer."""
 
 
 @dataclass
@@ -277,6 +288,12 @@ class Counters:
     """embeddings requests that carried an ``Authorization`` header (a key was sent)."""
     streamed_bytes: int = 0
     """body bytes the ``huge`` / ``huge_unsized`` modes got out before the client stopped."""
+    slow_held: int = 0
+    """requests the ``slow`` mode held for ``slow_s`` to the end."""
+    slow_overlaps: int = 0
+    """inputs that arrived while a ``slow`` request held the same (model, input)."""
+    slow_overlapped: deque[str] = field(default_factory=lambda: deque(maxlen=50))
+    """those inputs, as ``model: input`` (the last 50)."""
     by_status: Counter[int] = field(default_factory=Counter)
     by_mode: Counter[str] = field(default_factory=Counter)
     """``ok`` or the failure mode / marker that answered each request."""
@@ -290,6 +307,9 @@ class Counters:
             "inputs": self.inputs,
             "with_authorization": self.with_authorization,
             "streamed_bytes": self.streamed_bytes,
+            "slow_held": self.slow_held,
+            "slow_overlaps": self.slow_overlaps,
+            "slow_overlapped": list(self.slow_overlapped),
             "by_status": dict(self.by_status),
             "by_mode": dict(self.by_mode),
             "inputs_seen": list(self.inputs_seen),
@@ -542,6 +562,7 @@ class FakeEmbeddingServer:
         self._bound_port: int | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
+        self._held: Counter[tuple[str, str]] = Counter()  # inputs of the ``slow`` requests held
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -835,6 +856,10 @@ class FakeEmbeddingServer:
         with self._lock:
             self.counters.inputs += len(inputs)
             self.counters.inputs_seen.extend(inputs)
+            if self._held:
+                again = [t for t in inputs if (model, t) in self._held]
+                self.counters.slow_overlaps += len(again)
+                self.counters.slow_overlapped.extend(f"{model}: {t}" for t in again)
         hook = self.on_request
         if hook is not None:
             headers = {k: v for k, v in h.headers.items() if k.lower() != "authorization"}
@@ -853,6 +878,9 @@ class FakeEmbeddingServer:
             return
 
         mode = self._pick_mode()
+        if mode == "slow" and not self._hold(model, inputs):
+            h.close_connection = True
+            return
         if mode is not None and self._fail(h, mode, reply, model, dim):
             return
 
@@ -943,6 +971,22 @@ class FakeEmbeddingServer:
         elif mode == "bad_index":
             rows[0] = (1, rows[0][1])
         return rows
+
+    def _hold(self, model: str, inputs: list[str]) -> bool:
+        """``slow``: hold the request ``slow_s`` with its inputs in flight; False at shutdown."""
+        keys = [(model, t) for t in inputs]
+        with self._lock:
+            self._held.update(keys)
+        try:
+            if self._stopping.wait(self.behaviour.slow_s):
+                return False
+        finally:
+            with self._lock:
+                self._held.subtract(keys)
+                self._held = +self._held  # drop the zero counts
+        with self._lock:
+            self.counters.slow_held += 1
+        return True
 
     def _trickle(self, h: _Handler, body: bytes) -> None:
         h.close_connection = True
