@@ -1,6 +1,6 @@
 -- Change capture: statement-level triggers with transition tables.
 -- One pgmq message per (document version, live model), written straight into each live model's pgmq
--- queue table; one NOTIFY per statement and model so that idle workers wake up at once.
+-- queue table; a NOTIFY only when a worker of the model sleeps waiting for one (pgingest.wakeups).
 --
 -- _enqueue_versions is compiled from the live models (register_model and retire_model re-compile
 -- it, and so does every install): one static INSERT per queue table, whose plan PL/pgSQL caches,
@@ -9,6 +9,59 @@
 -- columns pgmq.send_batch writes (vt, message), so that pgmq's read, metrics and archive work as
 -- before; tests/test_capture.py pins the queue table's layout of the pgmq we ship. No array of
 -- messages is built: a statement of millions of rows costs no 1 GB array (issue 18, item 12).
+-- Wakes the sleeping workers of a model: one writer (whoever gets the row) clears `waiting` and
+-- notifies; the others, finding the row taken, need not (that notification comes at its commit).
+-- A lock is taken only here, never by a writer of a busy queue (it reads `waiting` and goes on).
+CREATE OR REPLACE FUNCTION pgingest._wake(p_model text)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    PERFORM 1 FROM pgingest.wakeups AS w WHERE w.model = p_model FOR NO KEY UPDATE SKIP LOCKED;
+    IF FOUND THEN
+        UPDATE pgingest.wakeups AS w SET waiting = FALSE, changed_at = clock_timestamp() WHERE w.model = p_model;
+        PERFORM pg_notify('pgingest', p_model);
+    ELSIF NOT EXISTS (SELECT 1 FROM pgingest.wakeups AS w WHERE w.model = p_model) THEN
+        PERFORM pg_notify('pgingest', p_model);  -- no worker ever said it waits: always notify
+    END IF;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._wake(text) IS
+'Notifies the workers of a model that sleep waiting for work, once: clears pgingest.wakeups.waiting '
+'(internal; called by the compiled capture).';
+
+CREATE OR REPLACE FUNCTION pgingest.worker_idle_v1(p_models text[])
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_model text;
+BEGIN
+    FOREACH v_model IN ARRAY coalesce(p_models, '{}') LOOP
+        CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pgingest.models AS m WHERE m.name = v_model AND m.state <> 'retired');
+        -- A row locked by a writer that is notifying: that notification is on its way.
+        UPDATE pgingest.wakeups AS w SET waiting = TRUE, changed_at = clock_timestamp()
+        WHERE w.model = v_model
+          AND w.ctid IN (SELECT x.ctid FROM pgingest.wakeups AS x WHERE x.model = v_model FOR UPDATE SKIP LOCKED);
+        IF NOT FOUND AND NOT EXISTS (SELECT 1 FROM pgingest.wakeups AS w WHERE w.model = v_model) THEN
+            INSERT INTO pgingest.wakeups AS w (model) VALUES (v_model) ON CONFLICT (model) DO NOTHING;
+        END IF;
+    END LOOP;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.worker_idle_v1(text[]) IS
+'Worker: it is about to sleep until a NOTIFY (or its poll interval): the capture of these models notifies '
+'again. The worker reads its queues once more after calling this (a write between its last read and this '
+'call sent no notification).';
+
 CREATE OR REPLACE FUNCTION pgingest._compile_enqueue()
 RETURNS void
 LANGUAGE plpgsql
@@ -30,7 +83,10 @@ BEGIN
             || E'    SELECT clock_timestamp(), jsonb_build_object(''doc_id'', x.id, ''hash'', encode(x.h, ''hex''), '
             || E'''attempts'', 0)\n'
             || E'    FROM unnest(p_doc_ids, p_hashes) AS x (id, h);\n'
-            || E'    PERFORM pg_notify(''pgingest'', %L);\n',
+            || E'    IF coalesce((SELECT w.waiting OR w.changed_at < clock_timestamp() - interval ''1 second''\n'
+            || E'                 FROM pgingest.wakeups AS w WHERE w.model = %2$L), TRUE) THEN\n'
+            || E'        PERFORM pgingest._wake(%2$L);\n'
+            || E'    END IF;\n',
             'q_' || v_m.queue_name, v_m.name
         );
         v_n := v_n + 1;

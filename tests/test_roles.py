@@ -40,6 +40,10 @@ STATUS_VIEWS = db.STATUS_VIEWS
 REVIEWED_SECURITY_DEFINER = {
     # capture triggers: writers need no pgmq or chunk rights
     "_enqueue_versions",
+    # wake-ups: the capture clears `waiting` for one model it names (compiled from the registry);
+    # workers set it for the live models they name
+    "_wake",
+    "worker_idle_v1",
     "_capture_insert",
     "_capture_update",
     "_capture_delete",

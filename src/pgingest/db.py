@@ -432,6 +432,12 @@ def source_backfill_step(conn: psycopg.Connection[Any], batch: int) -> int:
     return int(row[0])
 
 
+def worker_idle(conn: psycopg.Connection[Any], models: Sequence[str]) -> None:
+    """The worker is about to sleep until a NOTIFY: the capture of ``models`` notifies again
+    (``worker_idle_v1``; the capture notifies only while a worker waits)."""
+    conn.execute("SELECT pgingest.worker_idle_v1(%s::text[])", (list(models),))
+
+
 def listen(conn: psycopg.Connection[Any]) -> None:
     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier("pgingest")))
 

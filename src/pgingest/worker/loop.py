@@ -169,6 +169,7 @@ class Worker:
         self.claims.start()
         failures = 0
         code = 0
+        announced = False
         try:
             while not self.stopping.is_set():
                 try:
@@ -206,10 +207,18 @@ class Worker:
                     code = 4
                     break
                 if worked:
+                    announced = False
                     continue
                 if self.s.drain and not pending:
                     code = self._drained_exit_code()
                     break
+                if not announced:
+                    # The capture notifies only while a worker says it waits (issue 19): say so,
+                    # then read once more (a write since the last read sent no notification).
+                    announced = self._announce_idle()
+                    if announced:
+                        continue
+                announced = False
                 self._wait_for_work(self.s.poll_interval if not self.s.drain else 0.2)
         finally:
             if self.heartbeat is not None:
@@ -222,6 +231,21 @@ class Worker:
             self._reset_connections()
             log.info("worker stopped")
         return code
+
+    def _announce_idle(self) -> bool:
+        """``worker_idle_v1`` for the models this worker serves. False when it could not (a
+        schema older than the function: the capture then notifies on every statement anyway)."""
+        conn = self._connection()
+        models = [
+            m.name for m in db.live_models(conn) if not self.s.models or m.name in self.s.models
+        ]
+        if not models:
+            return False
+        try:
+            db.worker_idle(conn, models)
+        except psycopg.errors.UndefinedFunction:
+            return False
+        return True
 
     def _release_held(self) -> None:
         """On the way out: the claims still held (a batch interrupted by KeyboardInterrupt or

@@ -1,0 +1,115 @@
+"""Wake-ups (issue 19): the capture sends a NOTIFY only while a worker of the model sleeps
+waiting for one (pgingest.wakeups), instead of one per statement: a NOTIFY serialises committing
+transactions on a cluster-wide lock, and a busy worker reads its queue anyway."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgingest import db, worker
+from pgingest.testing.fake_provider import FakeEmbeddingServer
+from tests.helpers import register, settings, wait_for
+
+
+@pytest.fixture
+def listener(dsn: str) -> Any:
+    c = psycopg.connect(dsn, autocommit=True)
+    c.execute("LISTEN pgingest")
+    yield c
+    c.close()
+
+
+def notifications(listener: psycopg.Connection[Any], timeout: float = 0.3) -> list[str]:
+    return [n.payload for n in listener.notifies(timeout=timeout)]
+
+
+def insert(conn: psycopg.Connection[Any], key: str) -> None:
+    conn.execute("INSERT INTO pgingest.documents (key, body) VALUES (%s, 'Some text.')", (key,))
+
+
+def test_the_capture_notifies_only_while_a_worker_waits(
+    conn: psycopg.Connection[Any], listener: psycopg.Connection[Any], fake: FakeEmbeddingServer
+) -> None:
+    register(conn, "v1", fake.url)
+    notifications(listener)  # register_model's own
+    # No worker ever said it waits (workers before this change): every statement notifies.
+    insert(conn, "a")
+    insert(conn, "b")
+    assert notifications(listener) == ["v1", "v1"]
+    # A worker waits: the next statement wakes it, once; the ones after do not notify.
+    db.worker_idle(conn, ["v1"])
+    for key in ("c", "d", "e"):
+        insert(conn, key)
+    assert notifications(listener) == ["v1"]
+    assert conn.execute("SELECT waiting FROM pgingest.wakeups WHERE model = 'v1'").fetchone() == (
+        False,
+    )
+    # Nobody said it waits for a second (a worker may have died asleep): notified again, once.
+    conn.execute("UPDATE pgingest.wakeups SET changed_at = now() - interval '2 s'")
+    insert(conn, "f")
+    insert(conn, "g")
+    assert notifications(listener) == ["v1"]
+    # Several statements in one transaction: one notification at most.
+    db.worker_idle(conn, ["v1"])
+    with conn.transaction():
+        for key in ("h", "i", "j"):
+            insert(conn, key)
+    assert notifications(listener) == ["v1"]
+
+
+def test_a_writer_holding_the_wake_up_does_not_block_other_writers_or_the_worker(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    listener: psycopg.Connection[Any],
+    fake: FakeEmbeddingServer,
+) -> None:
+    register(conn, "v1", fake.url)
+    db.worker_idle(conn, ["v1"])
+    notifications(listener)
+    long = psycopg.connect(dsn)  # a transaction that wakes the worker, then stays open
+    insert(long, "long")
+    with psycopg.connect(dsn, autocommit=True) as other:
+        other.execute("SET lock_timeout = '500ms'")
+        insert(other, "other")  # neither waits on the wake-up row...
+        db.worker_idle(other, ["v1"])  # ...nor does a worker going to sleep
+    assert notifications(listener) == []  # the long transaction's notification comes at its commit
+    long.commit()
+    long.close()
+    assert notifications(listener) == ["v1"]
+
+
+def test_an_idle_worker_picks_up_a_single_row_insert_at_once(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    register(conn, "v1", fake.url)
+    w = worker.Worker(settings(dsn, drain=False, poll_interval=60.0))
+    t = threading.Thread(target=w.run)
+    t.start()
+    try:
+        wait_for(
+            lambda: (
+                conn.execute("SELECT waiting FROM pgingest.wakeups WHERE model = 'v1'").fetchone()
+                == (True,)
+            ),
+            timeout=20,
+        )
+        time.sleep(0.2)  # asleep now, for 60 s unless notified
+        started = time.monotonic()
+        insert(conn, "fresh")
+        wait_for(
+            lambda: (
+                conn.execute("SELECT count(*) FROM pgingest.embedding_state").fetchone() == (1,)
+            ),
+            timeout=5,
+            interval=0.02,
+        )
+        assert time.monotonic() - started < 5
+    finally:
+        w.stopping.set()
+        conn.execute("NOTIFY pgingest, 'v1'")  # out of its 60 s sleep
+        t.join(30)
