@@ -530,6 +530,7 @@ class BackendCpu:
         self.dsn = dsn
         self.interval = interval
         self._ticks: dict[int, int] = {}
+        self._base: dict[int, int] = {}  # ticks at the first sample of a backend already running
         self._names: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="backend-cpu", daemon=True)
@@ -555,6 +556,7 @@ class BackendCpu:
         try:
             with psycopg.connect(self.dsn, autocommit=True) as conn:
                 me = conn.info.backend_pid
+                first = True
                 while not self._stop.is_set():
                     rows = conn.execute(
                         "SELECT pid, coalesce(application_name, '') FROM pg_stat_activity"
@@ -565,8 +567,11 @@ class BackendCpu:
                             continue
                         t = self._read(int(pid))
                         if t is not None:
+                            if first:  # it ran before the span: only what it spends from now on
+                                self._base.setdefault(int(pid), t)
                             self._ticks[int(pid)] = max(t, self._ticks.get(int(pid), 0))
                             self._names[int(pid)] = str(app)
+                    first = False
                     self._stop.wait(self.interval)
         except psycopg.Error:
             return
@@ -574,8 +579,12 @@ class BackendCpu:
     def seconds(
         self, application_prefix: str | tuple[str, ...] = "", exclude: str | None = None
     ) -> float:
+        """CPU seconds of the backends whose application_name starts with
+        ``application_prefix`` (all: ""), those starting with ``exclude`` left out. A backend
+        that already ran when the span began counts from its first sample on; one that started
+        later counts whole."""
         ticks = sum(
-            t
+            t - self._base.get(pid, 0)
             for pid, t in self._ticks.items()
             if self._names[pid].startswith(application_prefix)
             and not (exclude and self._names[pid].startswith(exclude))
@@ -639,3 +648,307 @@ def write_results(update: dict[str, Any]) -> None:
     tmp = RESULTS_PATH.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     tmp.replace(RESULTS_PATH)
+
+
+# --------------------------------------------------------------------------- figures (pure)
+
+
+def median_paired_ratio(num: Sequence[float], den: Sequence[float]) -> float:
+    """The median of the per-round ratios ``num[i] / den[i]`` of interleaved rounds: each round's
+    two runs ran next to each other, so a slow phase of a noisy machine cancels out of its ratio.
+    A round whose reference is 0 is left out; nan when no round is left."""
+    if len(num) != len(den):
+        raise ValueError(f"{len(num)} rounds against {len(den)}")
+    ratios = [a / b for a, b in zip(num, den, strict=True) if b]
+    return round(statistics.median(ratios), 4) if ratios else float("nan")
+
+
+def interleaved_order(round_no: int, pair: tuple[T, T]) -> tuple[T, T]:
+    """The order of a round's two runs: as given in even rounds, reversed in odd ones (neither
+    side always runs first, on a cache or WAL segment the other one warmed)."""
+    return pair if round_no % 2 == 0 else (pair[1], pair[0])
+
+
+def meets(op: str, target: float, value: float) -> bool:
+    """Whether ``value`` meets a target (``op`` one of >=, <=, <, >); nan never does."""
+    if value != value:  # nan
+        return False
+    return {
+        ">=": value >= target,
+        "<=": value <= target,
+        "<": value < target,
+        ">": value > target,
+    }[op]
+
+
+def cpu_budget(
+    chunks: int, db_cpu_s: float, worker_cpu_s: float, copy_cpu_s: float, copy_rows: int
+) -> dict[str, float]:
+    """The e2e run's CPU per stored chunk against binary COPY's CPU per row of the same rows:
+    ``db_cpu_us_per_chunk`` (every backend of the run's database while the worker drained),
+    ``worker_cpu_us_per_chunk`` (the worker process), ``copy_cpu_us_per_row`` (the COPY's client
+    and backend) and ``db_cpu_vs_copy_ratio`` (the first over the last)."""
+    if chunks <= 0 or copy_rows <= 0:
+        raise ValueError(f"no chunks ({chunks}) or no COPY rows ({copy_rows})")
+    db_us = db_cpu_s / chunks * 1e6
+    copy_us = copy_cpu_s / copy_rows * 1e6
+    return {
+        "db_cpu_us_per_chunk": round(db_us, 2),
+        "worker_cpu_us_per_chunk": round(worker_cpu_s / chunks * 1e6, 2),
+        "copy_cpu_us_per_row": round(copy_us, 2),
+        "db_cpu_vs_copy_ratio": round(db_us / copy_us, 4) if copy_us else float("nan"),
+    }
+
+
+def capture_ratios(runs: dict[str, dict[str, dict[str, list[dict[str, float]]]]]) -> dict[str, Any]:
+    """The capture figures of one settings' pgbench rounds. ``runs[op][clients]`` is
+    ``{"with": [run, ...], "without": [run, ...]}`` (``op`` insert or update, ``clients`` "1" or
+    "8", rounds in order, each run ``{"latency_ms", "tps", ...}``).
+
+    ``<op>_latency_ratio``: median of the paired latency ratios (with capture / without) at 1
+    client; ``<op>_tps_ratio``: median of the paired throughput ratios at 8 clients.
+    ``single_row_latency_ratio`` is the worse (larger) of the operations' latency ratios,
+    ``concurrent_tps_ratio`` the worse (smaller) of their throughput ratios."""
+    out: dict[str, Any] = {}
+    latency: list[float] = []
+    tps: list[float] = []
+    for op, by_clients in sorted(runs.items()):
+        if "1" in by_clients:
+            pair = by_clients["1"]
+            lat = median_paired_ratio(
+                [r["latency_ms"] for r in pair["with"]], [r["latency_ms"] for r in pair["without"]]
+            )
+            out[f"{op}_latency_ratio"] = lat
+            out[f"{op}_latency_ms_with"] = statistics.median(r["latency_ms"] for r in pair["with"])
+            out[f"{op}_latency_ms_without"] = statistics.median(
+                r["latency_ms"] for r in pair["without"]
+            )
+            latency.append(lat)
+        if "8" in by_clients:
+            pair = by_clients["8"]
+            t = median_paired_ratio(
+                [r["tps"] for r in pair["with"]], [r["tps"] for r in pair["without"]]
+            )
+            out[f"{op}_tps_ratio"] = t
+            out[f"{op}_tps_with"] = round(statistics.median(r["tps"] for r in pair["with"]), 1)
+            out[f"{op}_tps_without"] = round(
+                statistics.median(r["tps"] for r in pair["without"]), 1
+            )
+            tps.append(t)
+    nan = float("nan")
+    # nan (a failed computation) must not hide behind max/min: it makes the headline nan too.
+    out["single_row_latency_ratio"] = (
+        nan if not latency or any(x != x for x in latency) else max(latency)
+    )
+    out["concurrent_tps_ratio"] = nan if not tps or any(x != x for x in tps) else min(tps)
+    return out
+
+
+_PGBENCH_FIGURES = {
+    "transactions": r"number of transactions actually processed:\s*(\d+)",
+    "failed": r"number of failed transactions:\s*(\d+)",
+    "latency_ms": r"latency average\s*=\s*([0-9.]+)\s*ms",
+    "tps": r"tps\s*=\s*([0-9.]+)\s*\(without initial connection time\)",
+}
+
+
+def parse_pgbench(output: str) -> dict[str, float]:
+    """transactions, failed, latency_ms (average) and tps (without the initial connection time)
+    from pgbench's summary. Raises BenchError when one is missing."""
+    import re
+
+    out: dict[str, float] = {}
+    for key, pattern in _PGBENCH_FIGURES.items():
+        m = re.search(pattern, output)
+        if m is None:
+            if key == "failed":  # pgbench before 15 does not print it
+                out[key] = 0
+                continue
+            raise BenchError(f"pgbench printed no {key}:\n{output[-2000:]}")
+        out[key] = float(m.group(1)) if "." in m.group(1) else int(m.group(1))
+    return out
+
+
+# --------------------------------------------------------------------------- pgbench, durability
+
+
+def pgbench_path() -> str:
+    """pgbench: on PATH, else in ``pg_config --bindir``, else the newest /usr/lib/postgresql/*."""
+    import shutil
+
+    found = shutil.which("pgbench")
+    if found:
+        return found
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        bindir = subprocess.run(
+            ["pg_config", "--bindir"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        if (Path(bindir) / "pgbench").exists():
+            return str(Path(bindir) / "pgbench")
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/pgbench"), key=lambda p: int(p.parts[-3])
+    )
+    if candidates:
+        return str(candidates[-1])
+    raise BenchError("pgbench not found (it ships with PostgreSQL: postgresql-client)")
+
+
+def run_pgbench(
+    dsn: str,
+    script: Path,
+    *,
+    clients: int,
+    seconds: int,
+    pgoptions: str | None = None,
+) -> dict[str, float]:
+    """``pgbench -n -M prepared -T seconds -c clients -f script dsn``; its summary figures."""
+    env = dict(os.environ)
+    if pgoptions is not None:
+        env["PGOPTIONS"] = pgoptions
+    argv = [
+        pgbench_path(),
+        "-n",
+        "-M",
+        "prepared",
+        "-T",
+        str(seconds),
+        "-c",
+        str(clients),
+        "-j",
+        str(min(clients, os.cpu_count() or 1)),
+        "-f",
+        str(script),
+        dsn,
+    ]
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, env=env, timeout=seconds + 120, check=False
+    )
+    text = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise BenchError(f"pgbench exited with {proc.returncode}:\n{text[-2000:]}")
+    res = parse_pgbench(text)
+    if res["failed"]:
+        raise BenchError(f"pgbench: {res['failed']} failed transactions:\n{text[-2000:]}")
+    return res
+
+
+DURABLE_SETTINGS = ("fsync", "full_page_writes")
+"""Server-level (sighup) settings that production runs with on; synchronous_commit is per
+session (pgbench gets ``PGOPTIONS='-c synchronous_commit=on'``)."""
+
+
+def _durability_marker(url: str) -> Path:
+    import hashlib
+    import tempfile
+
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    key = f"{info.get('host', '')}:{info.get('port', '')}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"pgingest-bench-durability-{digest}.json"
+
+
+def _restore_settings(url: str, saved: dict[str, str | None]) -> None:
+    """ALTER SYSTEM back to what postgresql.auto.conf had (RESET where it had nothing), reload,
+    and wait until new sessions see it."""
+    with psycopg.connect(url, autocommit=True) as admin:
+        for name, value in saved.items():
+            if value is None:
+                admin.execute(sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(name)))
+            else:
+                admin.execute(
+                    sql.SQL("ALTER SYSTEM SET {} = {}").format(
+                        sql.Identifier(name), sql.Literal(value)
+                    )
+                )
+        admin.execute("SELECT pg_reload_conf()")
+    _wait_for_settings(url, None)
+
+
+def _wait_for_settings(url: str, want: dict[str, str] | None, timeout: float = 15.0) -> None:
+    """Until a new session sees ``want`` (None: only that the reload was processed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with psycopg.connect(url, autocommit=True) as c:
+            seen = {
+                str(n): str(s)
+                for n, s in c.execute(
+                    "SELECT name, setting FROM pg_settings WHERE name = ANY (%s)",
+                    (list(DURABLE_SETTINGS),),
+                )
+            }
+        if want is None or all(seen.get(k) == v for k, v in want.items()):
+            if want is None:
+                time.sleep(0.5)  # the postmaster signals its children asynchronously
+            return
+        if time.monotonic() > deadline:
+            raise BenchError(f"the server did not take {want} within {timeout:.0f} s: {seen}")
+        time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def restore_stale_durability(url: str) -> bool:
+    """Puts back the server settings a benchmark run that died left changed (its marker file
+    names its pid and the settings it found). True when it restored something."""
+    marker = _durability_marker(url)
+    try:
+        data = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    pid = int(data.get("pid", 0))
+    if pid != os.getpid() and _alive(pid):
+        return False  # that run is still going
+    _restore_settings(url, data["saved"])
+    marker.unlink(missing_ok=True)
+    return True
+
+
+@contextlib.contextmanager
+def production_durability(url: str) -> Iterator[dict[str, Any]]:
+    """fsync and full_page_writes on for the whole server while the block runs (ALTER SYSTEM +
+    pg_reload_conf: both are sighup settings), put back as they were on exit, even on failure;
+    a marker file lets the next run put them back if this process is killed. Yields
+    ``{"changed": [names], "note": ...}``. A server that already runs with them on is left
+    alone; without superuser nothing can be changed (the caller still sets synchronous_commit)."""
+    with psycopg.connect(url, autocommit=True) as admin:
+        current = {
+            str(n): str(s)
+            for n, s in admin.execute(
+                "SELECT name, setting FROM pg_settings WHERE name = ANY (%s)",
+                (list(DURABLE_SETTINGS),),
+            )
+        }
+        off = [n for n in DURABLE_SETTINGS if current.get(n) != "on"]
+        if not off:
+            yield {"changed": [], "note": "the server already runs with them on"}
+            return
+        superuser = admin.execute("SELECT current_setting('is_superuser')").fetchone()
+        if not superuser or superuser[0] != "on":
+            yield {"changed": [], "note": f"not superuser: {', '.join(off)} left off"}
+            return
+        saved: dict[str, str | None] = {n: None for n in off}
+        for name, value in admin.execute(
+            "SELECT name, setting FROM pg_file_settings"
+            " WHERE sourcefile LIKE '%%postgresql.auto.conf' AND name = ANY (%s) AND applied",
+            (off,),
+        ):
+            saved[str(name)] = str(value)
+    marker = _durability_marker(url)
+    marker.write_text(json.dumps({"pid": os.getpid(), "saved": saved}))
+    try:
+        with psycopg.connect(url, autocommit=True) as admin:
+            for name in off:
+                admin.execute(sql.SQL("ALTER SYSTEM SET {} = on").format(sql.Identifier(name)))
+            admin.execute("SELECT pg_reload_conf()")
+        _wait_for_settings(url, {n: "on" for n in off})
+        yield {"changed": off, "note": "ALTER SYSTEM + pg_reload_conf, restored afterwards"}
+    finally:
+        _restore_settings(url, saved)
+        marker.unlink(missing_ok=True)
