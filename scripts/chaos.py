@@ -364,8 +364,10 @@ def article_text(title: str | None, body: str | None, tags: list[str | None] | N
 
 
 def content_hash(title: str | None, body: str | None) -> bytes:
-    """pgingest._content_hash(title, coalesce(body, ''))."""
-    return hashlib.sha256(f"{title or ''}\x1e{body or ''}".encode()).digest()
+    """pgingest._source_hash(title, body): the title's length in bytes (or null), ':', the title
+    and the text (an attached table's row)."""
+    prefix = "null" if title is None else str(len(title.encode()))
+    return hashlib.sha256(f"{prefix}:{title or ''}{body or ''}".encode()).digest()
 
 
 def expected_failure(text: str | None) -> tuple[str, str] | None:

@@ -52,6 +52,22 @@ COMMENT ON FUNCTION pgingest._forget_docs(bigint[]) IS
 'Removes the chunks (every profile), the vectors (every live model''s store, copied to the embedding cache '
 'first), the state and the dead letters of deleted documents of any source (internal).';
 
+-- The content hash of an attached table's row: sha256 of the title's length in bytes (or 'null'),
+-- ':', the title and the text. The length prefix makes it unambiguous whatever the title holds
+-- (pgingest.documents' hash separates with chr(30), which its titles may not contain: 0011).
+CREATE OR REPLACE FUNCTION pgingest._source_hash(p_title text, p_body text)
+RETURNS bytea
+LANGUAGE sql
+IMMUTABLE
+PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN sha256(convert_to(
+    coalesce(octet_length(p_title)::text, 'null') || ':' || coalesce(p_title, '') || coalesce(p_body, ''), 'UTF8'
+));
+
+COMMENT ON FUNCTION pgingest._source_hash(text, text) IS
+'Content hash of an attached table''s row: sha256 of octet_length(title) (or null) || '':'' || title || text.';
+
 -- The expression a source's mapping gives, over a row of its table aliased t.
 CREATE OR REPLACE FUNCTION pgingest._source_expr(p_s pgingest.sources, p_what text)
 RETURNS text
@@ -194,7 +210,7 @@ BEGIN
     v_upsert := format(
         $sql$
         INSERT INTO pgingest.source_rows AS r (source_id, row_key, content_hash, title, metadata)
-        SELECT %1$s, n.k, pgingest._content_hash(n.title, coalesce(n.body, '')), left(n.title, 1024), n.md FROM n
+        SELECT %1$s, n.k, pgingest._source_hash(n.title, n.body), left(n.title, 1024), n.md FROM n
         ON CONFLICT (source_id, row_key) DO UPDATE
         SET content_hash = excluded.content_hash, title = excluded.title, metadata = excluded.metadata
         WHERE (r.content_hash, r.title, r.metadata) IS DISTINCT FROM (excluded.content_hash, excluded.title, excluded.metadata)

@@ -554,7 +554,7 @@ def test_a_backfill_step_waits_for_an_open_write_and_registers_what_it_committed
     rows = dict(
         conn.execute(
             "SELECT (r.row_key ->> 'id')::bigint,"
-            " r.content_hash = pgingest._content_hash(NULL, n.body)"
+            " r.content_hash = pgingest._source_hash(NULL, n.body)"
             " FROM pgingest.source_rows AS r"
             " LEFT JOIN public.notes AS n ON n.id = (r.row_key ->> 'id')::bigint"
         ).fetchall()
@@ -608,3 +608,33 @@ def test_a_dead_lettered_version_leaves_no_chunk_of_the_older_one(
     assert chunks(1) == 0
     assert chunks(2) == 1
     assert one(conn, "SELECT count(*) FROM pgingest.store_v1") == 1
+
+
+def test_content_hashes_are_unambiguous_in_both_kinds_of_source(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Issue 18, item 14: title || chr(30) || body let a title holding chr(30) move text across the
+    boundary with the same hash (an UPDATE then queued nothing). Attached tables hash with a
+    length prefix; pgingest.documents refuses chr(30) in new titles (no stored hash changes)."""
+    moved = conn.execute(
+        "SELECT pgingest._source_hash('a' || chr(30) || 'b', 'c') = pgingest._source_hash('a', 'b' || chr(30) || 'c'),"
+        " pgingest._content_hash('a' || chr(30) || 'b', 'c') = pgingest._content_hash('a', 'b' || chr(30) || 'c')"
+    ).fetchone()
+    assert moved == (False, True)  # the old encoding's collision, gone from attached tables
+    assert conn.execute(
+        "SELECT pgingest._source_hash(NULL, 'x') <> pgingest._source_hash('', 'x')"
+    ).fetchone() == (True,)
+    with pytest.raises(psycopg.errors.CheckViolation, match="documents_title_no_record_separator"):
+        conn.execute(
+            "INSERT INTO pgingest.documents (key, title, body) VALUES ('k', 'a' || chr(30) || 'b', 'c')"
+        )
+    # An attached table's title may hold it: the row is registered, never refused.
+    conn.execute("CREATE TABLE public.notes (id bigint PRIMARY KEY, title text, body text)")
+    conn.execute(
+        "SELECT pgingest.add_source('notes', 'public.notes', body => 'body', title => 'title')"
+    )
+    conn.execute("INSERT INTO public.notes VALUES (1, 'a' || chr(30) || 'b', 'c')")
+    conn.execute("UPDATE public.notes SET title = 'a', body = 'b' || chr(30) || 'c'")
+    assert conn.execute(
+        "SELECT count(*) FROM pgingest.source_rows WHERE content_hash = pgingest._source_hash('a', 'b' || chr(30) || 'c')"
+    ).fetchone() == (1,)
