@@ -211,3 +211,48 @@ def test_register_and_retire_recompile_the_capture(two_models: psycopg.Connectio
     assert source is not None and "q_pgingest_v1" not in source[0]
     conn.execute("INSERT INTO pgingest.documents (key, body) VALUES ('after', 'retired v1')")
     assert queue_count(conn, "v2") == 1
+
+
+def queued_versions(conn: psycopg.Connection[Any], model: str) -> list[tuple[int, str]]:
+    return [
+        (int(r[0]), str(r[1]))
+        for r in conn.execute(
+            f"SELECT (message ->> 'doc_id')::bigint, message ->> 'hash' FROM pgmq.q_pgingest_{model}"  # noqa: S608
+            " ORDER BY msg_id"
+        )
+    ]
+
+
+def current_versions(conn: psycopg.Connection[Any]) -> set[tuple[int, str]]:
+    return {
+        (int(r[0]), str(r[1]))
+        for r in conn.execute("SELECT id, encode(content_hash, 'hex') FROM pgingest.documents")
+    }
+
+
+def test_upserts_and_savepoints_queue_exactly_the_committed_versions(
+    two_models: psycopg.Connection[Any],
+) -> None:
+    """Issue 19: one message per (version, live model) for INSERT ... ON CONFLICT DO UPDATE (a
+    new row, a changed one, an unchanged one) and for statements rolled back to a savepoint."""
+    conn = two_models
+    upsert = (
+        "INSERT INTO pgingest.documents (key, body) VALUES (%s, %s)"
+        " ON CONFLICT (key) DO UPDATE SET body = excluded.body"
+    )
+    conn.execute(upsert, ("u", "first"))  # inserted
+    conn.execute(upsert, ("u", "first"))  # conflict, same text: nothing new
+    conn.execute(upsert, ("u", "second"))  # conflict, changed: one more version
+    with conn.transaction():
+        conn.execute(upsert, ("s", "kept"))
+        with pytest.raises(psycopg.errors.CheckViolation), conn.transaction():  # a savepoint
+            conn.execute(upsert, ("gone", "rolled back with its messages"))
+            conn.execute(upsert, ("s", " "))  # refused: rolls the savepoint back
+        conn.execute(upsert, ("s", "kept, then changed"))
+    for model in ("v1", "v2"):
+        versions = queued_versions(conn, model)
+        assert len(versions) == 4  # u first, u second, s kept, s changed
+        assert len(set(versions)) == 4
+        assert current_versions(conn) <= set(versions)
+        keys = {r[0] for r in conn.execute("SELECT key FROM pgingest.documents")}
+        assert keys == {"u", "s"}
