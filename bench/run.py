@@ -1,6 +1,7 @@
 """``make bench``: pgingest's figures, each next to a reference measured in the same run.
 
-    .venv/bin/python -m bench.run [--full] [--only e2e,capture,...] [--keep-logs] [--profile DIR]
+    .venv/bin/python -m bench.run [--full] [--only e2e,capture,...] [--no-durable]
+        [--capture-breakdown] [--keep-logs] [--profile DIR]
 
 Benchmarks (each in its own fresh database on $DATABASE_URL's server, dropped afterwards):
 
@@ -10,9 +11,16 @@ e2e        INSERT -> stored vectors, 768-dim instant fake embedder (``python -m
            subprocess (``pgingest worker --drain``), at two sizes (5,000 and 20,000 documents;
            --full: 10,000 and 100,000). Reference: binary COPY of the same rows (id, doc_id,
            chunk text, vector(768)) into a plain table with no index. The two sizes also give
-           the worker's peak RSS growth.
+           the worker's peak RSS growth. CPU budget: db_cpu_us_per_chunk (every backend of
+           the database while the worker drains), worker_cpu_us_per_chunk, against
+           copy_cpu_us_per_row (the COPY's client + backend): db_cpu_vs_copy_ratio.
 capture    INSERT of N rows into pgingest.documents (capture trigger, one live model) against
-           the same INSERT into an identical table without the trigger.
+           the same INSERT into an identical table without the trigger; then single-row
+           INSERT and UPDATE from pgbench at 1 and 8 clients against the same table without
+           capture, interleaved rounds, under the server's settings and under production
+           durability (fsync, full_page_writes, synchronous_commit on; --no-durable skips it):
+           single_row_latency_ratio, concurrent_tps_ratio (and _durable). --capture-breakdown:
+           single-row INSERTs with the capture's pieces taken away one by one.
 freshness  INSERT -> embedding_state row present, at a steady 100 documents/s, worker running
            normally (LISTEN/NOTIFY wake-up): p50/p95/p99.
 local      ``pgingest serve-model`` (all-MiniLM-L6-v2) pipeline throughput against the model's
@@ -366,6 +374,10 @@ def bench_capture(
         # Single-row statements from pgbench, like an application: the trigger's fixed cost.
         single: dict[str, Any] = {}
         scripts = _pgbench_scripts(workdir)
+        # The state of a deployment whose worker runs: it has said it sleeps waiting for work
+        # (pgingest.wakeups); the first statement wakes it, then the capture sends no NOTIFY
+        # while it is busy. No worker drains here: the queue is emptied between runs.
+        single["worker_registered"] = _register_idle_worker(conn)
         single["bench_settings"] = _single_row_rounds(conn, dsn, scripts, pgbench, None)
         if durable:
             with production_durability(url) as change:
@@ -457,31 +469,44 @@ def _load_update_rows(conn: psycopg.Connection[Any]) -> None:
         if row != (1, UPDATE_ROWS):
             raise BenchError(f"{table}: ids {row}, expected 1..{UPDATE_ROWS}")
         conn.execute(sql.SQL("VACUUM ANALYZE {}").format(target))
-    conn.execute("SELECT pgmq.purge_queue('pgingest_v1')")
+    _empty_queue(conn)
 
 
-def _prepare_run(conn: psycopg.Connection[Any], op: str, table: str) -> None:
-    """Before each pgbench run: the INSERT runs start from an empty table, the UPDATE runs from
-    a vacuumed one; the queue is emptied (no worker drains it here, and it must not grow from
-    round to round); a checkpoint, so that every run starts with the same full-page writes."""
+def _empty_queue(conn: psycopg.Connection[Any]) -> None:
+    """DELETE, then VACUUM without giving the free pages back: a queue that a worker keeps
+    short, as in production. (A TRUNCATE, pgmq.purge_queue, would make the capture's every run
+    write into a new file growing from empty, which costs much more under fsync than the
+    steady state, and only on the capture's side.)"""
+    conn.execute("DELETE FROM pgmq.q_pgingest_v1")
+    conn.execute("VACUUM (TRUNCATE false) pgmq.q_pgingest_v1")
+
+
+def _prepare_run(
+    conn: psycopg.Connection[Any], op: str, table: str, *, truncate: bool = False
+) -> int:
+    """Before each pgbench run: the UPDATE table is vacuumed (``truncate``: the INSERT table is
+    emptied); the queue is emptied (no worker drains it here, and it must not grow from round
+    to round); a checkpoint, so that every run starts with the same full-page writes. Returns
+    the table's rows."""
     target = sql.Identifier(*table.split("."))
-    if op == "insert":
+    if truncate:
         conn.execute(sql.SQL("TRUNCATE {}").format(target))
-    else:
+    elif op == "update":
         conn.execute(sql.SQL("VACUUM {}").format(target))
-    conn.execute("SELECT pgmq.purge_queue('pgingest_v1')")
+    _empty_queue(conn)
     conn.execute("CHECKPOINT")
+    return _count(conn, table)
 
 
 def _check_queued(
-    conn: psycopg.Connection[Any], op: str, res: dict[str, float], clients: int
+    conn: psycopg.Connection[Any], op: str, res: dict[str, float], clients: int, rows_before: int
 ) -> None:
     """The capture run queued one message per statement (pgbench's count leaves out the
     statements in flight when its time was up: at most one per client)."""
     queued = _count(conn, "pgmq.q_pgingest_v1")
     done = int(res["transactions"])
     if op == "insert":
-        rows = _count(conn, CAPTURED)
+        rows = _count(conn, CAPTURED) - rows_before
         if queued != rows or not done <= rows <= done + clients:
             raise BenchError(f"capture insert: {done} statements, {rows} rows, {queued} queued")
     # An UPDATE that drew the body the row already has queues nothing (1 in 2e9).
@@ -516,11 +541,14 @@ def _single_row_rounds(
         if op == "update":
             _load_update_rows(conn)
         for clients in (1, 8):
+            if op == "insert":  # each block's tables start empty and grow run by run
+                for table in (CAPTURED, PLAIN):
+                    conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(*table.split("."))))
             sides: dict[str, list[dict[str, float]]] = {"with": [], "without": []}
             for r in range(rounds):
                 for side in interleaved_order(r, ("with", "without")):
                     table = CAPTURED if side == "with" else PLAIN
-                    _prepare_run(conn, op, table)
+                    before = _prepare_run(conn, op, table)
                     res = run_pgbench(
                         dsn,
                         scripts[(op, table)],
@@ -529,7 +557,7 @@ def _single_row_rounds(
                         pgoptions=pgoptions,
                     )
                     if side == "with":
-                        _check_queued(conn, op, res, clients)
+                        _check_queued(conn, op, res, clients, before)
                     sides[side].append(res)
             runs.setdefault(op, {})[str(clients)] = sides
     out = capture_ratios(runs)
@@ -538,6 +566,18 @@ def _single_row_rounds(
         f" concurrent_tps_ratio {out['concurrent_tps_ratio']}"
     )
     return {**out, "settings": settings, "rounds": rounds, "seconds_per_run": seconds, "runs": runs}
+
+
+def _register_idle_worker(conn: psycopg.Connection[Any]) -> bool:
+    """``pgingest.worker_idle_v1(['v1'])`` where this version has it (what a worker calls
+    before it sleeps); False where it has not."""
+    row = conn.execute(
+        "SELECT to_regprocedure('pgingest.worker_idle_v1(text[])') IS NOT NULL"
+    ).fetchone()
+    if not row or not row[0]:
+        return False
+    conn.execute("SELECT pgingest.worker_idle_v1(ARRAY['v1'])")
+    return True
 
 
 def _function_def(conn: psycopg.Connection[Any], signature: str) -> str:
@@ -558,8 +598,10 @@ def _capture_breakdown(
     against the plain table: the capture trigger disabled; enabled with a ``_capture_insert``
     that returns at once (the trigger's firing and its transition table); with an empty
     ``_enqueue_versions`` (the trigger function's aggregation and call); ``_enqueue_versions``
-    reduced to its queue INSERTs (no wake-up of the workers); as installed. ``step_us``: the
-    1-client latency a variant adds to the previous one."""
+    reduced to its queue INSERTs (no wake-up of the workers); as installed (a worker has said it
+    waits: ``_register_idle_worker``); where this version has ``pgingest.wakeups``, as installed
+    with no worker ever registered. ``step_us``: the 1-client latency a variant adds to the
+    previous one."""
     import re
 
     signature = "pgingest._enqueue_versions(bigint[], bytea[])"
@@ -584,10 +626,14 @@ def _capture_breakdown(
         raise BenchError(f"cannot read the body of {capture_sig}")
     capture_noop = capture_def.replace(mc.group(2), "\nBEGIN\n    RETURN NULL;\nEND;\n")
 
-    def setup(trigger: bool, capture: str, enqueue: str) -> Callable[[], None]:
+    def setup(trigger: bool, capture: str, enqueue: str, worker: bool = True) -> Callable[[], None]:
         def apply() -> None:
             conn.execute(capture)
             conn.execute(enqueue)
+            if worker:
+                _register_idle_worker(conn)
+            elif registered:
+                conn.execute("DELETE FROM pgingest.wakeups")
             conn.execute(
                 "ALTER TABLE pgingest.documents "
                 + ("ENABLE" if trigger else "DISABLE")
@@ -611,6 +657,12 @@ def _capture_breakdown(
         ),
         "as installed": (CAPTURED, setup(True, capture_def, shipped)),
     }
+    registered = _register_idle_worker(conn)
+    if registered:
+        variants["as installed, no worker ever registered (no wakeups row)"] = (
+            CAPTURED,
+            setup(True, capture_def, shipped, worker=False),
+        )
     names = list(variants)
     runs: dict[str, dict[str, list[dict[str, float]]]] = {n: {"1": [], "8": []} for n in names}
     try:
@@ -621,7 +673,7 @@ def _capture_breakdown(
                     table, apply = variants[name]
                     if apply is not None:
                         apply()
-                    _prepare_run(conn, "insert", table)
+                    _prepare_run(conn, "insert", table, truncate=True)
                     runs[name][str(clients)].append(
                         run_pgbench(
                             dsn,
@@ -1187,7 +1239,7 @@ def report(results: dict[str, Any]) -> None:
             for name, v in bd["variants"].items():
                 step = "" if v["step_us"] is None else f"({v['step_us']:+6.1f})"
                 add(
-                    f"    {name:54} {v['latency_us_1_client']:7.1f} us {step:8}"
+                    f"    {name:58} {v['latency_us_1_client']:7.1f} us {step:8}"
                     f" {v['tps_8_clients']:>8,} tps"
                 )
     f = results.get("freshness")
