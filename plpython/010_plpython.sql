@@ -56,7 +56,7 @@ AS $$
 if not GD.get("pgingest_path_ready"):
     plpy.execute("SELECT pgingest._plpy_bootstrap()")
 from pgingest import plpy_support
-return plpy_support.embed_query(plpy, SD, query, model)
+return plpy_support.embed_query(plpy, SD, query, model, GD)
 $$;
 
 COMMENT ON FUNCTION pgingest.embed_query(text, text) IS
@@ -64,6 +64,23 @@ COMMENT ON FUNCTION pgingest.embed_query(text, text) IS
 'text is refused. pgingest.embedding_url overrides the endpoint (a superuser: any; other roles: only '
 'a live model''s registered base_url); pgingest.embedding_timeout (s, clamped to 0.1-60, default 10) '
 'bounds the whole call. Errors give the HTTP status, never the endpoint''s own text.';
+
+CREATE OR REPLACE FUNCTION pgingest.query_cache_stats()
+RETURNS TABLE (entries integer, hits bigint, misses bigint)
+LANGUAGE plpython3u
+VOLATILE
+SET search_path FROM CURRENT
+AS $$
+if not GD.get("pgingest_path_ready"):
+    plpy.execute("SELECT pgingest._plpy_bootstrap()")
+from pgingest import plpy_support
+qc = plpy_support.query_cache(GD)
+return [(len(qc["entries"]), qc["hits"], qc["misses"])]
+$$;
+
+COMMENT ON FUNCTION pgingest.query_cache_stats() IS
+'This session''s query-vector cache (embed_query, search_text, hybrid_search_text): entries kept, hits, '
+'misses. Per session (it works on read replicas too); pgingest.query_cache_entries sets its size (256; 0: off).';
 
 -- In the two SQL functions below, the parameters are qualified by the function's name (query, k and
 -- filter are also column names); sqlfluff takes the qualifier for a missing table (noqa: RF01).

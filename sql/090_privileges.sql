@@ -108,7 +108,7 @@ BEGIN
             ('pgingest_writer', ARRAY['_content_hash', '_meta_cast', '_meta_text_array']),
             ('pgingest_reader', ARRAY[
                 'search', 'search_text', 'hybrid_search', 'hybrid_search_text', 'embed_query', 'chunk_preview',
-                '_plpy_bootstrap', 'model_index_status'
+                '_plpy_bootstrap', 'model_index_status', 'query_cache_stats'
             ]),
             ('pgingest_monitor', ARRAY['queue_stats_v1']),
             ('pgingest_worker', ARRAY[

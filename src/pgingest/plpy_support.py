@@ -8,6 +8,8 @@ dependencies. Everything here takes ``plpy`` as an argument so that tests can ca
 from __future__ import annotations
 
 import math
+import unicodedata
+from collections import OrderedDict
 from typing import Any
 
 from pgingest import chunking, providers, search, vectors
@@ -18,6 +20,38 @@ MAX_TIMEOUT_S = 60.0
 """``pgingest.embedding_timeout`` is clamped to this range: any session may set it."""
 PROVIDER_CACHE_SIZE = 8
 """Providers kept per session (one per model, endpoint and timeout), the oldest closed first."""
+QUERY_CACHE_ENTRIES = 256
+"""Query vectors kept per session (``pgingest.query_cache_entries`` overrides; 0 turns it off):
+the same question asked again, in this backend, costs no request (issue 20, item 4)."""
+
+
+def normalise_query(text: str) -> str:
+    """The form a query is cached under: Unicode NFC, whitespace runs collapsed, ends stripped
+    (what the embedding of a question cannot depend on)."""
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def query_cache(store: dict[str, Any]) -> dict[str, Any]:
+    """This session's query-vector cache: ``entries`` (an LRU of key -> vector text), ``hits``,
+    ``misses``."""
+    qc = store.get("pgingest_query_cache")
+    if qc is None:
+        qc = store["pgingest_query_cache"] = {"entries": OrderedDict(), "hits": 0, "misses": 0}
+    return qc
+
+
+def _query_cache_limit(plpy: Any) -> int:
+    raw = _setting(plpy, "pgingest.query_cache_entries")
+    if raw is None:
+        return QUERY_CACHE_ENTRIES
+    try:
+        return max(0, min(int(raw), 100_000))
+    except ValueError:
+        plpy.error(
+            f"pgingest: pgingest.query_cache_entries must be an integer, not {raw!r}",
+            sqlstate="22023",
+        )
+        raise  # not reached: plpy.error raises
 
 
 def _setting(plpy: Any, name: str) -> str | None:
@@ -140,7 +174,13 @@ def _endpoint_override(plpy: Any, m: dict[str, Any]) -> str | None:
     return None  # not reached: plpy.error raises
 
 
-def embed_query(plpy: Any, cache: dict[str, Any], query: str, model: str | None) -> str:
+def embed_query(
+    plpy: Any,
+    cache: dict[str, Any],
+    query: str,
+    model: str | None,
+    shared: dict[str, Any] | None = None,
+) -> str:
     """Embeds one query text through the model's endpoint; returns pgvector's text form.
 
     Reader-facing: the endpoint is the model's own or another registered one
@@ -177,6 +217,25 @@ def embed_query(plpy: Any, cache: dict[str, Any], query: str, model: str | None)
     # withholds the model's API key from an endpoint that pgingest.embedding_url points elsewhere.
     fields = ("name", "base_url", "model_id", "dimensions", "api_key_env", "request_dimensions")
     key = repr((*(m[f] for f in fields), override, timeout))
+    # The query-vector cache: keyed by the model's identity and endpoint (a swap, a re-registered
+    # model of another model_id or dimension, another endpoint: another key) and the query's
+    # normalised text. Per session: it works on a read replica too.
+    qc = query_cache(shared) if shared is not None else None
+    limit = _query_cache_limit(plpy) if qc is not None else 0
+    vkey = repr(
+        (
+            *(m[f] for f in ("name", "base_url", "model_id", "dimensions", "storage", "metric")),
+            override,
+            normalise_query(query),
+        )
+    )
+    if qc is not None and limit > 0:
+        hit = qc["entries"].pop(vkey, None)
+        if hit is not None:
+            qc["entries"][vkey] = hit  # most recently used last
+            qc["hits"] += 1
+            return str(hit)
+        qc["misses"] += 1
     provider = cache.pop(key, None)
     if provider is None:
         try:
@@ -212,4 +271,10 @@ def embed_query(plpy: Any, cache: dict[str, Any], query: str, model: str | None)
         )
     except vectors.VectorError as exc:
         plpy.error(f"pgingest: the query vector is invalid: {exc}", sqlstate="22000")
-    return "[" + ",".join(repr(float(x)) for x in vec) + "]"
+    text = "[" + ",".join(repr(float(x)) for x in vec) + "]"
+    if qc is not None and limit > 0:
+        entries = qc["entries"]
+        entries[vkey] = text
+        while len(entries) > limit:
+            entries.popitem(last=False)
+    return text
