@@ -1447,6 +1447,7 @@ def main(argv: list[str] | None = None) -> int:
     if restore_stale_durability(url):
         log("put back the server's fsync / full_page_writes (left on by a run that died)")
     started = time.perf_counter()
+    tree = _tree()  # at the start: others may commit while it runs
     workdir = Path(tempfile.mkdtemp(prefix="pgingest-bench-"))
     results: dict[str, Any] = {}
     runners: dict[str, Callable[[], dict[str, Any]]] = {
@@ -1491,7 +1492,7 @@ def main(argv: list[str] | None = None) -> int:
         "mode": "full" if args.full else "small",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "tree": _tree(),
+        "tree": tree,
         "seconds": round(time.perf_counter() - started, 1),
     }
     write_results(payload)
