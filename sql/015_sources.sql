@@ -68,6 +68,21 @@ RETURN sha256(convert_to(
 COMMENT ON FUNCTION pgingest._source_hash(text, text) IS
 'Content hash of an attached table''s row: sha256 of octet_length(title) (or null) || '':'' || title || text.';
 
+-- The columns a template names, in order ('{title} {body}' -> {title, body}): the one parser of
+-- the placeholder syntax (the mapping's checks, its grant, its text columns and its body expression).
+CREATE OR REPLACE FUNCTION pgingest._template_columns(p_template text)
+RETURNS text[]
+LANGUAGE sql
+IMMUTABLE
+SET search_path FROM CURRENT
+RETURN (
+    SELECT coalesce(array_agg(m.match[1] ORDER BY m.n), '{}')
+    FROM regexp_matches(coalesce(p_template, ''), '\{([A-Za-z_][A-Za-z0-9_$]*)\}', 'g') WITH ORDINALITY AS m (match, n)
+);
+
+COMMENT ON FUNCTION pgingest._template_columns(text) IS
+'The column names a source template''s {column} placeholders name, in order (internal).';
+
 -- The expression a source's mapping gives, over a row of its table aliased t.
 CREATE OR REPLACE FUNCTION pgingest._source_expr(p_s pgingest.sources, p_what text)
 RETURNS text
@@ -136,8 +151,7 @@ BEGIN
         END IF;
         -- A template: '{column}' placeholders between literal text. Arrays are joined with ', '.
         v_parts := regexp_split_to_array(p_s.template, '\{[A-Za-z_][A-Za-z0-9_$]*\}');
-        SELECT coalesce(array_agg(m.match[1] ORDER BY m.n), '{}') INTO v_names
-        FROM regexp_matches(p_s.template, '\{([A-Za-z_][A-Za-z0-9_$]*)\}', 'g') WITH ORDINALITY AS m (match, n);
+        v_names := pgingest._template_columns(p_s.template);
         FOR v_i IN 1 .. cardinality(v_parts) LOOP
             IF v_parts[v_i] <> '' THEN
                 v_sql := v_sql || ', ' || quote_literal(v_parts[v_i]);
@@ -179,8 +193,7 @@ RETURN (
         UNION ALL
         SELECT p_s.title_column  -- noqa: RF01
         UNION ALL
-        SELECT m.match[1]
-        FROM regexp_matches(coalesce(p_s.template, ''), '\{([A-Za-z_][A-Za-z0-9_$]*)\}', 'g') AS m (match)  -- noqa: RF01
+        SELECT unnest(pgingest._template_columns(p_s.template))  -- noqa: RF01
     ) AS c
     WHERE c.col IS NOT NULL
 );
@@ -527,12 +540,12 @@ BEGIN
                       HINT = 'Map a text column (text, varchar, json, ...), or a template such as ''{title} {body}''.';
         END IF;
     ELSE
-        IF p_template !~ '\{[A-Za-z_][A-Za-z0-9_$]*\}' THEN
+        IF cardinality(pgingest._template_columns(p_template)) = 0 THEN
             RAISE EXCEPTION 'pgingest: the template names no column (placeholders are {column})'
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
         FOR v_col IN
-            SELECT m.match[1] FROM regexp_matches(p_template, '\{([A-Za-z_][A-Za-z0-9_$]*)\}', 'g') AS m (match)
+            SELECT unnest(pgingest._template_columns(p_template))
         LOOP
             v_type := pgingest._source_column(p_table, v_col, 'template');
             IF v_type = 'bytea'::regtype THEN
@@ -666,8 +679,7 @@ BEGIN
         SELECT string_agg(DISTINCT quote_ident(c), ', ') INTO v_cols
         FROM unnest(
             ARRAY[body, title] || coalesce(metadata, '{}')
-            || ARRAY(SELECT m.match[1] FROM regexp_matches(coalesce(template, ''), '\{([A-Za-z_][A-Za-z0-9_$]*)\}', 'g')
-                     AS m (match))
+            || pgingest._template_columns(template)
             || ARRAY(SELECT a.attname::text FROM pg_catalog.pg_index AS i
                      INNER JOIN pg_catalog.pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
                      WHERE i.indrelid = source_table AND i.indisunique)

@@ -76,6 +76,7 @@ class Worker:
         self.consecutive_failed = 0
         self._last_batch_end: float | None = None
         self._last_tick = time.monotonic()  # the main loop's progress (the heartbeat reports it)
+        self._served: list[str] = []  # the live models the last pass served (tick)
         self.heartbeat = (
             Heartbeat(
                 settings.conninfo,
@@ -235,14 +236,10 @@ class Worker:
     def _announce_idle(self) -> bool:
         """``worker_idle_v1`` for the models this worker serves. False when it could not (a
         schema older than the function: the capture then notifies on every statement anyway)."""
-        conn = self._connection()
-        models = [
-            m.name for m in db.live_models(conn) if not self.s.models or m.name in self.s.models
-        ]
-        if not models:
+        if not self._served:
             return False
         try:
-            db.worker_idle(conn, models)
+            db.worker_idle(self._connection(), self._served)
         except psycopg.errors.UndefinedFunction:
             return False
         return True
@@ -330,6 +327,7 @@ class Worker:
         models = db.live_models(conn)
         if self.s.models:
             models = [m for m in models if m.name in self.s.models]
+        self._served = [m.name for m in models]  # for _announce_idle, after this pass
         worked = 0
         pending = False
         if models:
