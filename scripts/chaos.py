@@ -513,6 +513,16 @@ class WorkerSlot:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
+            # A worker restarted a moment ago may still be importing: a SIGTERM before it installs
+            # its handlers (it logs "worker started" after) ends it with -15, which says nothing
+            # about its shutdown. Let it get there first.
+            ready_by = time.monotonic() + 20
+            while (
+                self.proc.poll() is None
+                and "worker started" not in self.log_text()
+                and time.monotonic() < ready_by
+            ):
+                time.sleep(0.1)
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(30)
