@@ -38,6 +38,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         poll_interval=args.poll_interval,
         probe_interval=args.probe_interval,
         http_timeout=args.http_timeout,
+        http_timeout_max=args.http_timeout_max,
+        max_resends=args.max_resends,
         metrics_port=args.metrics_port,
         max_chunks_per_document=args.max_chunks_per_document,
         write_max_chunks=args.write_max_chunks,
@@ -211,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--in-flight",
         type=int,
         default=d.in_flight,
-        help="embedding requests in flight (default %(default)s)",
+        help="the most embedding requests in flight per model (default %(default)s); fewer while"
+        " the provider's latency shows they would only queue there",
     )
     p.add_argument(
         "--request-max-inputs",
@@ -243,7 +246,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.probe_interval,
         help="seconds between probes of paused models",
     )
-    p.add_argument("--http-timeout", type=float, default=d.http_timeout)
+    p.add_argument(
+        "--http-timeout",
+        type=float,
+        default=d.http_timeout,
+        help="seconds a request may take before any latency was observed, and the least ever"
+        " (default %(default)s); then it follows the observed latency",
+    )
+    p.add_argument(
+        "--http-timeout-max",
+        type=float,
+        default=d.http_timeout_max,
+        help="the longest timeout the observed latency may give a request (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-resends",
+        type=int,
+        default=d.max_resends,
+        help="times a request that timed out is sent again (default %(default)s)",
+    )
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics on this port")
     p.add_argument("--processes", type=int, default=1, help="worker processes on this machine")
     p.add_argument(

@@ -64,6 +64,12 @@ class Metrics:
         self._retries = meter.create_counter(
             "pgingest.embedding.retries", unit="{retry}", description="Retried embedding requests"
         )
+        self._resends = meter.create_counter(
+            "pgingest.embedding.resends",
+            unit="{request}",
+            description="Requests sent again after a client-side timeout (the concurrency was "
+            "halved first and the other requests in flight answered)",
+        )
         self._deferrals = meter.create_counter(
             "pgingest.deferrals", unit="{message}", description="Messages deferred, by reason"
         )
@@ -107,6 +113,16 @@ class Metrics:
             ("pgingest.freshness.lag", "Age of the oldest pending message", "s"),
             ("pgingest.circuit_breaker.state", "0 closed, 1 half-open, 2 open", "1"),
             ("pgingest.model.paused", "1 while the model is paused", "1"),
+            (
+                "pgingest.embedding.concurrency",
+                "Requests the worker may have in flight to the model's provider (adaptive)",
+                "{request}",
+            ),
+            (
+                "pgingest.embedding.token_latency",
+                "Recent seconds per token of the model's provider",
+                "s",
+            ),
         ):
             meter.create_observable_gauge(
                 name, callbacks=[self._observer(name)], unit=unit, description=desc
@@ -172,6 +188,14 @@ class Metrics:
 
     def retry(self, model: str, error_class: str) -> None:
         self._retries.add(1, {"model": model, "error.type": error_class})
+
+    def resend(self, model: str) -> None:
+        self._resends.add(1, {"model": model})
+
+    def concurrency(self, model: str, allowed: int, seconds_per_token: float | None) -> None:
+        self._set("pgingest.embedding.concurrency", allowed, model=model)
+        if seconds_per_token is not None:
+            self._set("pgingest.embedding.token_latency", seconds_per_token, model=model)
 
     def deferred(self, model: str, reason: str, n: int) -> None:
         self._deferrals.add(n, {"model": model, "reason": reason})

@@ -47,6 +47,7 @@ to a size cap derived from inputs x dimensions (``max_response_bytes``), compres
 
 from __future__ import annotations
 
+import contextlib
 import binascii
 import email.utils
 import http.client
@@ -61,7 +62,7 @@ import ssl
 import threading
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
@@ -755,7 +756,11 @@ class OpenAICompatibleProvider(ProviderBase):
     off at the deadline: every socket call gets what is left of it); ``connect_timeout`` bounds
     the TCP connect within it. ``total_timeout`` (default None: no bound) bounds the whole
     :meth:`embed` call, retries and waits included: a retry or a wait that would end past it is
-    not made, the error is raised instead.
+    not made, the error is raised instead. :meth:`call_timeout` sets another ``timeout`` for the
+    calls of the current thread (the worker's, from the latency it observed). With
+    ``retry_timeouts=False`` a timeout is raised at once instead of retried: the server may still
+    be computing the request, and the worker backs off its concurrency before it sends it again
+    (``worker/capacity.py``).
 
     Size: an answer is read up to ``max_response_bytes`` (default: ``MIN_RESPONSE_BYTES`` or
     ``inputs x (dimensions x RESPONSE_BYTES_PER_DIMENSION + RESPONSE_BYTES_PER_INPUT)``,
@@ -800,6 +805,7 @@ class OpenAICompatibleProvider(ProviderBase):
         user_agent: str = "pgingest",
         total_timeout: float | None = None,
         max_response_bytes: int | None = None,
+        retry_timeouts: bool = True,
     ) -> None:
         check_base_url(base_url)
         if dimensions < 1:
@@ -825,6 +831,7 @@ class OpenAICompatibleProvider(ProviderBase):
         self.connect_timeout = min(float(connect_timeout), self.timeout)
         self.total_timeout = None if total_timeout is None else float(total_timeout)
         self.max_response_bytes = max_response_bytes
+        self.retry_timeouts = retry_timeouts
         self.request_dimensions = request_dimensions
         self.encoding_format = encoding_format
         self.max_retries = max_retries
@@ -1008,7 +1015,9 @@ class OpenAICompatibleProvider(ProviderBase):
                 rate_limit_waited += delay
                 self._wait(exc, delay, f"rate limit {rate_limit_waits}")
             except TransientProviderError as exc:
-                if attempt >= self.max_retries:
+                if attempt >= self.max_retries or (
+                    exc.error_class == "timeout" and not self.retry_timeouts
+                ):
                     raise
                 delay = self._backoff(attempt)
                 if exc.retry_after is not None:
@@ -1022,6 +1031,18 @@ class OpenAICompatibleProvider(ProviderBase):
                     raise
                 key_reloaded = True
                 logger.info("embedding provider %s: API key re-read after a 401", self._name)
+
+    @contextlib.contextmanager
+    def call_timeout(self, seconds: float | None) -> Iterator[None]:
+        """Within the block, this thread's HTTP attempts get ``seconds`` (None: ``timeout``)."""
+        if seconds is not None and not 0 < seconds < math.inf:
+            raise ValueError("a timeout must be finite and > 0")
+        before = getattr(self._local, "timeout", None)
+        self._local.timeout = seconds
+        try:
+            yield
+        finally:
+            self._local.timeout = before
 
     def _backoff(self, n: int) -> float:
         cap = min(self.backoff_max, self.backoff_base * (2.0 ** min(n, 60)))
@@ -1072,7 +1093,7 @@ class OpenAICompatibleProvider(ProviderBase):
         except UnicodeEncodeError:  # a lone surrogate: let the server judge the escaped text
             body = json.dumps(payload).encode("ascii")
         started = self._clock()
-        deadline = started + self.timeout
+        deadline = started + (getattr(self._local, "timeout", None) or self.timeout)
         if call_deadline is not None:
             deadline = min(deadline, call_deadline)
         budget = deadline - started

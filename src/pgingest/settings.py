@@ -20,7 +20,9 @@ class WorkerSettings:
     max_batch_size: int = 512
     visibility_timeout: int = 120
     max_attempts: int | None = None
-    in_flight: int = 4
+    # The most embedding requests in flight per model; the worker uses fewer while the
+    # provider's latency says they would only queue there (worker/capacity.py).
+    in_flight: int = 8
     request_max_inputs: int = 256
     request_max_tokens: int = 100_000
     drain: bool = False
@@ -28,7 +30,14 @@ class WorkerSettings:
     drain_max_write_failures: int = 3
     poll_interval: float = 5.0
     probe_interval: float = 30.0
+    # The HTTP timeout of a request before any latency was observed, and the least ever given;
+    # from the observed latency it grows up to http_timeout_max (worker/capacity.py).
     http_timeout: float = 30.0
+    http_timeout_max: float = 600.0
+    # A request that timed out is sent again at most this many times (each time with twice the
+    # timeout, after the concurrency was halved and the other requests answered), then its
+    # documents are deferred with an attempt spent.
+    max_resends: int = 3
     commit_target_seconds: float = 0.5
     backfill_batch: int = 5000
     # rows of an attached table registered and queued per step (each one reads that many rows)

@@ -29,6 +29,7 @@ use, in ``loop.Worker._process_batch``:
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -497,12 +498,25 @@ def split(plan: WritePlan, max_chunks: int, max_bytes: int) -> list[WritePlan]:
 @dataclass
 class BatchSizer:
     """AIMD on the batch size: grows while write-back stays under the target, halves above it
-    and after a failed read or write-back."""
+    and after a failed read or write-back; and never more messages than the provider embeds in
+    ``embed_window`` seconds at the pace observed (:meth:`embedded`), so that a slow provider
+    gets batches it finishes well inside the visibility timeout."""
 
     size: int
     min_size: int
     max_size: int
     target_seconds: float
+    embed_window: float = math.inf
+    seconds_per_message: float | None = None
+
+    @property
+    def cap(self) -> int:
+        """The most messages the provider embeds in ``embed_window`` (``max_size`` before any
+        was measured)."""
+        if self.seconds_per_message is None or self.embed_window == math.inf:
+            return self.max_size
+        fits = int(self.embed_window / max(self.seconds_per_message, 1e-9))
+        return max(self.min_size, min(self.max_size, fits))
 
     def observe(self, commit_seconds: float, n: int) -> int:
         """The size after a write-back of ``n`` messages that took ``commit_seconds``."""
@@ -510,6 +524,17 @@ class BatchSizer:
             self.size = max(self.min_size, self.size // 2)
         elif n >= self.size and commit_seconds < self.target_seconds / 2:
             self.size = min(self.max_size, int(self.size * 1.25) + 1)
+        self.size = min(self.size, self.cap)
+        return self.size
+
+    def embedded(self, seconds: float, n: int) -> int:
+        """``n`` messages whose inputs were sent (not all cached) took ``seconds`` to embed:
+        the pace (smoothed) caps the size."""
+        if n > 0:
+            pace = seconds / n
+            prev = self.seconds_per_message
+            self.seconds_per_message = pace if prev is None else 0.5 * prev + 0.5 * pace
+            self.size = min(self.size, self.cap)
         return self.size
 
     def failed(self) -> int:
@@ -529,13 +554,14 @@ class BatchSizers:
     min_size: int
     max_size: int
     target_seconds: float
+    embed_window: float = math.inf
     by_model: dict[str, BatchSizer] = field(default_factory=dict)
 
     def for_model(self, model: str) -> BatchSizer:
         sizer = self.by_model.get(model)
         if sizer is None:
             sizer = self.by_model[model] = BatchSizer(
-                self.initial, self.min_size, self.max_size, self.target_seconds
+                self.initial, self.min_size, self.max_size, self.target_seconds, self.embed_window
             )
         return sizer
 

@@ -1,25 +1,47 @@
 """The worker's HTTP side: one batch's unseen inputs, fanned out over the provider.
 
-:class:`Embedder` holds a provider and a circuit breaker per model (a provider is built by
-``providers.for_model``, or by ``WorkerSettings.provider_factory`` in tests) and a pool of
-``in_flight`` threads. :meth:`Embedder.embed` splits the inputs that ``inputs.Inputs`` did not
-find in the cache into requests (``providers.plan_requests``), sends them in parallel, and
-hands each answer or error back to the ``Inputs``; what each error means for the jobs is
-decided by ``batch.classify``. No transaction is open while this runs.
+:class:`Embedder` holds a provider, a circuit breaker and a concurrency limit per model (a
+provider is built by ``providers.for_model``, or by ``WorkerSettings.provider_factory`` in
+tests) and a pool of ``in_flight`` threads. :meth:`Embedder.embed` splits the inputs that
+``inputs.Inputs`` did not find in the cache into requests (``providers.plan_requests``), sends
+them while fewer than the limit allows are in flight (``capacity.ConcurrencyLimit``: it follows
+the provider's latency), gives each request the HTTP timeout that the observed latency calls
+for, and hands each answer or error back to the ``Inputs``; what each error means for the jobs
+is decided by ``batch.classify``. A request that timed out is sent again (at most
+``max_resends`` times, each with twice the timeout) only after the limit was halved and every
+other request in flight answered: the server may still be computing it, and sending it at once
+only adds to its queue. No transaction is open while this runs.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any, NamedTuple
 
 from pgingest import db, providers
 from pgingest.metrics import Metrics
 from pgingest.settings import WorkerSettings
 from pgingest.worker.batch import classify
+from pgingest.worker.capacity import ConcurrencyLimit
 from pgingest.worker.inputs import Inputs, request_size
+
+
+class _Sent(NamedTuple):
+    r: range
+    tokens: int
+    resends: int
+    alone: bool
+
+
+class _Answer(NamedTuple):
+    result: providers.EmbedResult | None
+    error: providers.ProviderError | None
+    seconds: float
 
 
 class Embedder:
@@ -36,6 +58,7 @@ class Embedder:
         self._pause = pause
         self._providers: dict[str, providers.EmbeddingProvider] = {}
         self._breakers: dict[str, providers.CircuitBreaker] = {}
+        self._limits: dict[str, ConcurrencyLimit] = {}
         self._pool = ThreadPoolExecutor(max_workers=max(1, settings.in_flight))
 
     def provider(self, m: db.Model) -> providers.EmbeddingProvider:
@@ -47,6 +70,7 @@ class Embedder:
                 p = providers.for_model(
                     m,
                     timeout=self.s.http_timeout,
+                    retry_timeouts=False,  # resent here, after the concurrency backs off
                     max_retry_after=self.s.max_retry_after,
                     on_request=functools.partial(self.metrics.embed_request, m.name),
                     on_retry=functools.partial(self.metrics.retry, m.name),
@@ -68,6 +92,16 @@ class Embedder:
             self._breakers[model] = b
         return b
 
+    def limit(self, model: str) -> ConcurrencyLimit:
+        lim = self._limits.get(model)
+        if lim is None:
+            lim = self._limits[model] = ConcurrencyLimit(
+                max_limit=max(1, self.s.in_flight),
+                floor_timeout=self.s.http_timeout,
+                ceiling_timeout=max(self.s.http_timeout, self.s.http_timeout_max),
+            )
+        return lim
+
     def breaker_states(self) -> dict[str, str]:
         return {name: b.state for name, b in list(self._breakers.items())}
 
@@ -83,31 +117,70 @@ class Embedder:
         except providers.ModelUnavailable as refused:  # a registered URL the client refuses
             self._pause(m, refused)
             return False
-        per_request = request_size(len(send), self.s.request_max_inputs, self.s.in_flight)
-        plans = providers.plan_requests(
-            inputs.request_tokens(), per_request, self.s.request_max_tokens
-        )
+        limit = self.limit(m.name)
+        per_request = request_size(len(send), self.s.request_max_inputs, limit.allowed)
+        tokens = inputs.request_tokens()
+        plans = providers.plan_requests(tokens, per_request, self.s.request_max_tokens)
+        timed = getattr(provider, "call_timeout", None)  # an OpenAICompatibleProvider's
 
-        def call(r: range) -> tuple[range, Any, providers.ProviderError | None]:
+        def call(r: range, timeout: float) -> _Answer:
+            started = time.monotonic()
             try:
-                return r, provider.embed_detailed(inputs.request(r)), None
+                with timed(timeout) if timed is not None else contextlib.nullcontext():
+                    result = provider.embed_detailed(inputs.request(r))
+                return _Answer(result, None, time.monotonic() - started)
             except providers.ProviderError as exc:
-                return r, None, exc
+                return _Answer(None, exc, time.monotonic() - started)
 
         breaker = self.breaker(m.name)
         paused = False
-        for r, result, exc in self._pool.map(call, plans):
-            if exc is not None:
+        todo = collections.deque(
+            _Sent(r, sum(tokens[r.start : r.stop]), 0, False) for r in plans
+        )
+        running: dict[Future[_Answer], _Sent] = {}
+        ahead = 0  # tokens of ours in flight
+        while todo or running:
+            while todo and not paused:
+                nxt = todo[0]
+                # A resend waits until nothing else of ours is in flight; the others while
+                # fewer than the limit allows are.
+                if running and (nxt.resends or len(running) >= limit.allowed):
+                    break
+                todo.popleft()
+                timeout = min(
+                    limit.ceiling_timeout, limit.timeout_for(nxt.tokens, ahead) * 2**nxt.resends
+                )
+                sent = nxt._replace(alone=not running)
+                running[self._pool.submit(call, sent.r, timeout)] = sent
+                ahead += sent.tokens
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                sent = running.pop(fut)
+                ahead -= sent.tokens
+                answer = fut.result()
+                exc = answer.error
+                if exc is None:
+                    assert answer.result is not None
+                    if answer.result.requests <= 1:  # a bisection's time is not a latency
+                        limit.sample(sent.tokens, answer.seconds, alone=sent.alone)
+                    breaker.record_success()
+                    inputs.fill(sent.r, answer.result)
+                    continue
+                if exc.error_class == "timeout" and sent.resends < self.s.max_resends:
+                    limit.timed_out()
+                    self.metrics.resend(m.name)
+                    todo.append(sent._replace(resends=sent.resends + 1))
+                    continue
                 failure = classify(exc)
                 if failure.kind == "auth":
                     paused = True
                     self._pause(m, exc)
                 elif failure.kind == "transient":
                     breaker.record_failure()
-                inputs.fail(r, failure)
-                continue
-            breaker.record_success()
-            inputs.fill(r, result)
+                inputs.fail(sent.r, failure)
+        self.metrics.concurrency(m.name, limit.allowed, limit.seconds_per_token())
         if paused:
             return False
         inputs.scatter()

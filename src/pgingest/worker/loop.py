@@ -57,6 +57,9 @@ class Worker:
             settings.min_batch_size,
             settings.max_batch_size,
             settings.commit_target_seconds,
+            # a batch is embedded within a third of the visibility timeout at the observed pace
+            # (its claim is extended meanwhile anyway: worker/claims.py)
+            embed_window=settings.visibility_timeout / 3,
         )
         self.embedder = Embedder(settings, self.metrics, self._pause)
         self.writer = writer_factory(settings, self.metrics, self.sizers)
@@ -502,6 +505,8 @@ class Worker:
             inputs = Inputs(todo, m.name, m.dimensions)
             inputs.fill_cached(db.cached_vectors(conn, m.name, inputs.distinct()))
             self.metrics.cache(m.name, inputs.hits, len(inputs.unseen()))
+            sent = bool(inputs.unseen())
+            t_send = time.perf_counter()
             if not self.embedder.embed(m, inputs):  # paused: the batch waits for a probe
                 # Every message read, with its delivery given back: a pause charges no attempt
                 # (an invalid message too: left to expire, it would come back as a suspect).
@@ -511,6 +516,8 @@ class Worker:
                     conn, m.name, ids, [msg.read_ct for msg in msgs], int(self.s.probe_interval)
                 )
                 return stats
+            if sent:
+                self.sizers.for_model(m.name).embedded(time.perf_counter() - t_send, len(msgs))
         t_embed = time.perf_counter()
 
         for _ in core.validate([j for j in todo if j.failure is None and j.vectors is not None], m):
