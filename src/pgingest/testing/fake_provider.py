@@ -67,19 +67,26 @@ import base64
 import contextlib
 import copy
 import dataclasses
+import email.message
+import email.parser
+import email.policy
 import gzip
 import hashlib
 import json
 import logging
+import math
 import os
 import random
+import select
 import signal
 import socket
 import ssl
 import struct
 import sys
 import threading
+import time
 import urllib.request
+import uuid
 import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -88,6 +95,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
+
+from pgingest.chunking import DEFAULT_TOKENIZER, TOKENIZER_NAMES, get_tokenizer
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -263,6 +272,35 @@ class Behaviour:
     """size of the ``huge`` / ``huge_unsized`` body, and of the inflated ``gzip_bomb``."""
     slow_s: float = 10.0
     """how long ``slow`` holds a request before its valid answer."""
+    capacity_inputs_per_s: float = 0.0
+    """capacity mode: inputs computed per second, one request at a time (0: off)."""
+    capacity_tokens_per_s: float = 0.0
+    """capacity mode: also tokens (``quota_tokenizer``) per second; the two times add up."""
+    capacity_queue_limit_inputs: int = 0
+    """capacity mode: a request that would make more inputs queued or computing gets a 503
+    ``overloaded`` at once (0: no limit)."""
+    quota: dict[str, Any] | None = None
+    """quota mode: ``{"rpm": N, "tpm": M, "models": {model: {"rpm": .., "tpm": ..}}}`` per
+    (API key, model); a limit left out is unlimited; ``None``: off."""
+    quota_tokenizer: str = DEFAULT_TOKENIZER
+    """the :mod:`pgingest.chunking` tokenizer that counts a request's tokens (``count_input``,
+    special tokens included: the chunker's ``token_count``)."""
+    batch_completion_s: float = 1.0
+    """Batch API: seconds from ``POST /v1/batches`` to the batch's end."""
+    batch_outcome: str = "completed"
+    """Batch API: the fate of new batches: completed, expired, failed or cancelled."""
+    batch_done_share: float = 0.5
+    """Batch API: the share of requests run before an ``expired`` or ``cancelled`` outcome."""
+    batch_fail_custom_ids: list[str] = field(default_factory=list)
+    """Batch API: these custom_ids fail (``batch_fail_status``) in the error file."""
+    batch_fail_share: float = 0.0
+    """Batch API: this share of the requests fails (drawn per custom_id from ``seed``)."""
+    batch_fail_status: int = 500
+    """Batch API: the status of the failures above."""
+    batch_max_requests: int = 50_000
+    """Batch API: more requests in an input file fail the batch's validation (as OpenAI)."""
+    batch_max_inputs: int = 50_000
+    """Batch API: more embedding inputs over all requests fail the validation (as OpenAI)."""
 
 
 @dataclass
@@ -294,6 +332,41 @@ class Counters:
     """inputs that arrived while a ``slow`` request held the same (model, input)."""
     slow_overlapped: deque[str] = field(default_factory=lambda: deque(maxlen=50))
     """those inputs, as ``model: input`` (the last 50)."""
+    capacity_requests: int = 0
+    """capacity mode: requests computed (their work time spent)."""
+    capacity_inputs: int = 0
+    """capacity mode: inputs of those requests."""
+    capacity_busy_s: float = 0.0
+    """capacity mode: seconds spent computing."""
+    capacity_max_queue_inputs: int = 0
+    """capacity mode: most inputs queued or computing, the arriving request's included."""
+    capacity_max_latency_s: float = 0.0
+    """capacity mode: longest time from a request's arrival to its answer being computed."""
+    capacity_overloaded: int = 0
+    """capacity mode: requests refused by ``capacity_queue_limit_inputs``."""
+    abandoned: int = 0
+    """capacity mode: answers computed whose client had gone (closed, reset, broken pipe)."""
+    abandoned_queued: int = 0
+    """capacity mode: requests dropped before their turn because their client had gone."""
+    resent: int = 0
+    """capacity mode: inputs that arrived while the same (model, input) was queued or computing."""
+    resent_requests: int = 0
+    """capacity mode: requests with at least one such input."""
+    resent_inputs: deque[str] = field(default_factory=lambda: deque(maxlen=50))
+    """those inputs, as ``model: input`` (the last 50)."""
+    quota_accepted_requests: int = 0
+    quota_accepted_tokens: int = 0
+    quota_rejected: Counter[str] = field(default_factory=Counter)
+    """429s of quota mode by kind: ``requests`` (RPM) or ``tokens`` (TPM)."""
+    quota_by_key_model: dict[str, dict[str, int]] = field(default_factory=dict)
+    """``"<masked key> <model>"`` -> accepted_requests, accepted_tokens, rejected_requests,
+    rejected_tokens."""
+    batch_submissions: int = 0
+    """``POST /v1/batches`` accepted (batches created)."""
+    files_uploaded: int = 0
+    """``POST /v1/files`` accepted."""
+    batch_inputs: int = 0
+    """inputs embedded by batches (written to output files)."""
     by_status: Counter[int] = field(default_factory=Counter)
     by_mode: Counter[str] = field(default_factory=Counter)
     """``ok`` or the failure mode / marker that answered each request."""
@@ -310,6 +383,24 @@ class Counters:
             "slow_held": self.slow_held,
             "slow_overlaps": self.slow_overlaps,
             "slow_overlapped": list(self.slow_overlapped),
+            "capacity_requests": self.capacity_requests,
+            "capacity_inputs": self.capacity_inputs,
+            "capacity_busy_s": self.capacity_busy_s,
+            "capacity_max_queue_inputs": self.capacity_max_queue_inputs,
+            "capacity_max_latency_s": self.capacity_max_latency_s,
+            "capacity_overloaded": self.capacity_overloaded,
+            "abandoned": self.abandoned,
+            "abandoned_queued": self.abandoned_queued,
+            "resent": self.resent,
+            "resent_requests": self.resent_requests,
+            "resent_inputs": list(self.resent_inputs),
+            "quota_accepted_requests": self.quota_accepted_requests,
+            "quota_accepted_tokens": self.quota_accepted_tokens,
+            "quota_rejected": {k: self.quota_rejected[k] for k in ("requests", "tokens")},
+            "quota_by_key_model": copy.deepcopy(self.quota_by_key_model),
+            "batch_submissions": self.batch_submissions,
+            "files_uploaded": self.files_uploaded,
+            "batch_inputs": self.batch_inputs,
             "by_status": dict(self.by_status),
             "by_mode": dict(self.by_mode),
             "inputs_seen": list(self.inputs_seen),
@@ -322,6 +413,68 @@ _BEHAVIOUR_FIELDS = frozenset(f.name for f in dataclasses.fields(Behaviour))
 
 class _ControlError(ValueError):
     pass
+
+
+BATCH_OUTCOMES: frozenset[str] = frozenset({"completed", "expired", "failed", "cancelled"})
+
+
+def _limits(value: Any, where: str) -> dict[str, float]:
+    if not isinstance(value, Mapping):
+        raise _ControlError(f"{where} must be an object with rpm and/or tpm")
+    out: dict[str, float] = {}
+    for kind in ("rpm", "tpm"):
+        v = value.get(kind)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+            raise _ControlError(f"{where}.{kind} must be a positive number, got {v!r}")
+        out[kind] = float(v)
+    return out
+
+
+def _normalise(fields: dict[str, Any]) -> None:
+    """Check and normalise the Behaviour fields of the capacity, quota and batch modes."""
+    for name in ("capacity_inputs_per_s", "capacity_tokens_per_s", "batch_completion_s"):
+        if name in fields:
+            v = float(fields[name])
+            if not v >= 0 or math.isinf(v):
+                raise _ControlError(f"{name} must be a finite number >= 0, got {v!r}")
+            fields[name] = v
+    for name in ("capacity_queue_limit_inputs", "batch_max_requests", "batch_max_inputs"):
+        if name in fields:
+            fields[name] = int(fields[name])
+            if fields[name] < 0:
+                raise _ControlError(f"{name} must be >= 0")
+    for name in ("batch_done_share", "batch_fail_share"):
+        if name in fields:
+            v = float(fields[name])
+            if not 0.0 <= v <= 1.0:
+                raise _ControlError(f"{name} must be within [0, 1], got {v!r}")
+            fields[name] = v
+    if "batch_fail_status" in fields:
+        fields["batch_fail_status"] = int(fields["batch_fail_status"])
+        if not 400 <= fields["batch_fail_status"] <= 599:
+            raise _ControlError("batch_fail_status must be an HTTP error status (400-599)")
+    if "batch_fail_custom_ids" in fields:
+        fields["batch_fail_custom_ids"] = [str(c) for c in fields["batch_fail_custom_ids"]]
+    if "batch_outcome" in fields and fields["batch_outcome"] not in BATCH_OUTCOMES:
+        raise _ControlError(
+            f"batch_outcome must be one of {sorted(BATCH_OUTCOMES)}, got {fields['batch_outcome']!r}"
+        )
+    if "quota_tokenizer" in fields and fields["quota_tokenizer"] not in TOKENIZER_NAMES:
+        raise _ControlError(f"quota_tokenizer must be one of {list(TOKENIZER_NAMES)}")
+    if fields.get("quota") is not None:
+        quota = fields["quota"]
+        unknown = set(dict(quota)) - {"rpm", "tpm", "models"}
+        if unknown:
+            raise _ControlError(f"unknown quota key(s): {sorted(unknown)}")
+        norm: dict[str, Any] = dict(_limits(quota, "quota"))
+        models = quota.get("models")
+        if models is not None:
+            if not isinstance(models, Mapping):
+                raise _ControlError("quota.models must map model names to limits")
+            norm["models"] = {str(m): _limits(v, f"quota.models.{m}") for m, v in models.items()}
+        fields["quota"] = norm
 
 
 # --------------------------------------------------------------------------------------------
@@ -380,6 +533,171 @@ def _mask_key(key: str) -> str:
 
 def _tokens(texts: Iterable[str]) -> int:
     return sum(len(t) // 4 + 1 for t in texts)
+
+
+def count_tokens(texts: Iterable[str], tokenizer: str = DEFAULT_TOKENIZER) -> int:
+    """A request's tokens as quota and capacity modes count them: the sum of
+    ``pgingest.chunking.get_tokenizer(tokenizer).count_input(text)``, special tokens included,
+    which is the chunker's ``Chunk.token_count`` of a chunk whose ``embed_input`` is ``text``
+    (so a worker pacing itself on its chunks' token counts agrees with the server)."""
+    tok = get_tokenizer(tokenizer)
+    return sum(tok.count_input(t) for t in texts)
+
+
+def go_duration(seconds: float) -> str:
+    """A duration as OpenAI's ``x-ratelimit-reset-*`` headers write it (Go's format, to the
+    millisecond): ``0s``, ``20ms``, ``1s``, ``1.5s``, ``6m0s``, ``1h2m3.004s``."""
+    ms = max(math.ceil(seconds * 1000 - 1e-6), 0)
+    if ms == 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    h, rest = divmod(ms, 3_600_000)
+    m, rest = divmod(rest, 60_000)
+    sec = f"{rest // 1000}.{rest % 1000:03d}".rstrip("0").rstrip(".")
+    if h:
+        return f"{h}h{m}m{sec}s"
+    if m:
+        return f"{m}m{sec}s"
+    return f"{sec}s"
+
+
+@dataclass
+class _Parsed:
+    model: str
+    inputs: list[str]
+    fmt: str
+    dim: int
+
+
+@dataclass
+class _Refusal:
+    status: int
+    body: bytes
+    mode: str
+
+
+@dataclass(eq=False)
+class _Job:
+    """capacity mode: a request queued or being computed."""
+
+    inputs: int
+    work_s: float
+    arrived: float
+
+
+@dataclass
+class _Bucket:
+    """quota mode: a token bucket of ``limit`` per minute, refilled continuously."""
+
+    limit: float
+    level: float
+    updated: float
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.limit, self.level + (now - self.updated) * self.limit / 60.0)
+        self.updated = now
+
+    def wait_for(self, need: float) -> float:
+        """Seconds until the bucket holds ``need``."""
+        return max(need - self.level, 0.0) * 60.0 / self.limit
+
+
+FILE_MAX_BYTES = 200 * 1024 * 1024
+"""The largest file ``POST /v1/files`` takes (OpenAI's limit for batch input files)."""
+FILE_PURPOSES: frozenset[str] = frozenset(
+    {"batch", "assistants", "fine-tune", "vision", "user_data", "evals"}
+)
+
+
+class _ApiError(Exception):
+    def __init__(
+        self, status: int, message: str, code: str | None = None, param: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.param = param
+
+
+@dataclass
+class _File:
+    id: str
+    data: bytes
+    filename: str
+    purpose: str
+    created_at: int
+
+    def object(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "file",
+            "bytes": len(self.data),
+            "created_at": self.created_at,
+            "expires_at": None,
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "status": "processed",
+            "status_details": None,
+        }
+
+
+@dataclass
+class _Line:
+    """A request of a batch: what it asks, or the error it will end with."""
+
+    custom_id: str
+    parsed: _Parsed | None
+    refusal: _Refusal | None
+
+
+@dataclass(eq=False)
+class _Batch:
+    id: str
+    input_file_id: str
+    endpoint: str
+    metadata: dict[str, Any] | None
+    created_at: float  # wall clock
+    t0: float  # monotonic
+    completion_s: float
+    outcome: str
+    done_share: float
+    lines: list[_Line]
+    errors: list[dict[str, Any]]
+    quota_tokens: bool
+    tokenizer: str
+    status: str = "validating"  # set when it ends
+    cancel_t: float | None = None
+    cancel_done: int | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    completed: int = 0
+    failed: int = 0
+    times: dict[str, int] = field(default_factory=dict)
+
+
+def _wall(bt: _Batch, mono: float) -> int:
+    """A monotonic instant of a batch's life as a Unix timestamp (OpenAI's ``*_at`` fields)."""
+    return int(bt.created_at + (mono - bt.t0))
+
+
+def _share(seed: int, custom_id: str) -> float:
+    """A draw in [0, 1) that depends only on (seed, custom_id)."""
+    digest = hashlib.blake2b(f"{seed}\0{custom_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2.0**64
+
+
+def _client_gone(sock: socket.socket) -> bool:
+    """True when the client has closed (EOF) or reset its connection: a cheap peek."""
+    if isinstance(sock, ssl.SSLSocket):
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return False
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -486,6 +804,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path == "/_control":
             self.send_body(200, json.dumps(fake.snapshot()).encode())
+        elif fake._handle_api(self, "GET", path):
+            pass
         elif path in ("/health", "/healthz"):
             self.send_body(200, b'{"status":"ok"}')
         elif path in ("/v1/models", "/models"):
@@ -501,6 +821,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path in ("/v1/embeddings", "/embeddings"):
             fake._handle_embeddings(self)
+        elif fake._handle_api(self, "POST", path):
+            pass
         elif path == "/_control":
             raw = self.read_body(1 << 20) or b"{}"
             try:
@@ -513,6 +835,12 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self.send_body(200, json.dumps(result).encode())
         else:
+            self.read_body(1 << 20)
+            self.send_body(404, _error(f"Unknown path {path}", "invalid_request_error"))
+
+    def do_DELETE(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if not self.server.fake._handle_api(self, "DELETE", path):
             self.read_body(1 << 20)
             self.send_body(404, _error(f"Unknown path {path}", "invalid_request_error"))
 
@@ -540,7 +868,12 @@ class FakeEmbeddingServer:
         max_inputs_seen: int = 100_000,
         on_request: Callable[[RequestInfo], None] | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        **behaviour: Any,
     ) -> None:
+        unknown = set(behaviour) - _BEHAVIOUR_FIELDS
+        if unknown:
+            raise TypeError(f"unknown behaviour field(s): {sorted(unknown)}")
+        _normalise(behaviour)
         self._ssl_context = ssl_context
         self._host = host
         self._port = port
@@ -551,6 +884,8 @@ class FakeEmbeddingServer:
             latency_ms=latency_ms,
             seed=seed,
         )
+        for name, value in behaviour.items():
+            setattr(self._initial, name, value)
         self.behaviour = copy.deepcopy(self._initial)
         self._max_inputs_seen = max_inputs_seen
         self.counters = Counters(inputs_seen=deque(maxlen=max_inputs_seen))
@@ -563,6 +898,14 @@ class FakeEmbeddingServer:
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
         self._held: Counter[tuple[str, str]] = Counter()  # inputs of the ``slow`` requests held
+        self._turn = threading.Condition(self._lock)  # capacity mode: whose turn it is
+        self._jobs: deque[_Job] = deque()  # capacity mode: queued, the head being computed
+        self._computing: Counter[tuple[str, str]] = Counter()  # their (model, input)s
+        self._buckets: dict[tuple[str, str, str], _Bucket] = {}  # quota: (key, model, kind)
+        self._batch_lock = threading.RLock()  # Batch API state (never taken under _lock)
+        self._files: dict[str, _File] = {}
+        self._batches: dict[str, _Batch] = {}
+        self._outcomes: deque[str] = deque()  # next_batch_outcome
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -659,6 +1002,7 @@ class FakeEmbeddingServer:
             fields["rates"] = rates
         if "models" in fields:
             fields["models"] = {str(k): int(v) for k, v in dict(fields["models"]).items()}
+        _normalise(fields)
         with self._lock:
             for name, value in fields.items():
                 setattr(self.behaviour, name, value)
@@ -679,43 +1023,68 @@ class FakeEmbeddingServer:
             self._queue.extend([mode] * int(n))
 
     def reset(self) -> None:
-        """Back to the behaviour given at construction, no queued failures, zero counters."""
+        """Back to the behaviour given at construction, no queued failures, zero counters,
+        full quota buckets, no files, batches or queued batch outcomes."""
+        with self._batch_lock:
+            self._files.clear()
+            self._batches.clear()
         with self._lock:
             self.behaviour = copy.deepcopy(self._initial)
             self._rng = random.Random(self.behaviour.seed)
             self._queue.clear()
+            self._outcomes.clear()
+            self._buckets.clear()
         self.reset_counters()
+
+    def reset_quota(self) -> None:
+        """Quota mode: every (key, model) starts again with full buckets."""
+        with self._lock:
+            self._buckets.clear()
 
     def reset_counters(self) -> None:
         with self._lock:
             self.counters = Counters(inputs_seen=deque(maxlen=self._max_inputs_seen))
 
     def stats(self) -> dict[str, Any]:
+        by_status = self._batch_stats()
         with self._lock:
-            return self.counters.snapshot()
+            return {**self.counters.snapshot(), "batches_by_status": by_status}
 
     def snapshot(self) -> dict[str, Any]:
+        by_status = self._batch_stats()
         with self._lock:
             behaviour = dataclasses.asdict(self.behaviour)
             behaviour["api_key"] = None if behaviour["api_key"] is None else "<set>"
             return {
                 "behaviour": behaviour,
                 "pending_failures": list(self._queue),
-                "stats": self.counters.snapshot(),
+                "pending_batch_outcomes": list(self._outcomes),
+                "stats": {**self.counters.snapshot(), "batches_by_status": by_status},
             }
 
     def control(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Apply a control payload (the body of ``POST /_control``) and return a snapshot.
 
-        Keys: ``reset`` (bool), ``reset_counters`` (bool), any :class:`Behaviour` field, and
-        ``fail_next``: a mode, ``{"mode": m, "n": k}``, or a list of those. Applied in that order.
+        Keys: ``reset`` (bool), ``reset_counters`` (bool), ``reset_quota`` (bool), any
+        :class:`Behaviour` field, ``fail_next``: a mode, ``{"mode": m, "n": k}``, or a list of
+        those, and ``next_batch_outcome``: an outcome or ``{"outcome": o, "n": k}``. Applied in
+        that order.
         """
         payload = dict(payload)
         if payload.pop("reset", False):
             self.reset()
         if payload.pop("reset_counters", False):
             self.reset_counters()
+        if payload.pop("reset_quota", False):
+            self.reset_quota()
         fail_next = payload.pop("fail_next", None)
+        outcome = payload.pop("next_batch_outcome", None)
+        if isinstance(outcome, str):
+            self.next_batch_outcome(outcome)
+        elif isinstance(outcome, dict):
+            self.next_batch_outcome(str(outcome["outcome"]), int(outcome.get("n", 1)))
+        elif outcome is not None:
+            raise _ControlError(f"bad next_batch_outcome {outcome!r}")
         if payload:
             self.configure(**payload)
         if fail_next is not None:
@@ -759,67 +1128,47 @@ class FakeEmbeddingServer:
                 self.counters.by_status[status] += 1
             self.counters.by_mode[mode] += 1
 
-    def _handle_embeddings(self, h: _Handler) -> None:
+    def _check_auth(self, h: _Handler, reply: Callable[..., None]) -> str | None:
+        """The API key the request carries ("" for none); None when refused (401 sent)."""
+        auth = h.headers.get("Authorization") or ""
+        given = auth[len("Bearer ") :] if auth.startswith("Bearer ") else ""
+        expected = self.behaviour.api_key
+        if expected is None:
+            return given
+        if not auth.startswith("Bearer "):
+            msg = (
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+            )
+            reply(401, _error(msg, "invalid_request_error"), "auth")
+            return None
+        if given != expected:
+            shown = given if self.behaviour.echo_key_in_errors else _mask_key(given)
+            msg = f"Incorrect API key provided: {shown}."
+            reply(401, _error(msg, "invalid_request_error", "invalid_api_key"), "auth")
+            return None
+        return given
+
+    def _parse_request(self, req: Any) -> _Parsed | _Refusal:
+        """An embeddings request body checked as OpenAI does (online and in batch lines)."""
         b = self.behaviour
-        with self._lock:
-            self.counters.requests += 1
-            if h.headers.get("Authorization"):
-                self.counters.with_authorization += 1
-
-        def reply(status: int, body: bytes, mode: str, **kw: Any) -> None:
-            self._count(status, mode)
-            h.send_body(status, body, **kw)
-
-        raw = h.read_body(b.max_body_bytes)
-        if raw is None:
-            reply(413, _error("Request body too large.", "invalid_request_error"), "too_large")
-            return
-
-        if b.api_key is not None:
-            auth = h.headers.get("Authorization") or ""
-            if not auth.startswith("Bearer "):
-                msg = (
-                    "You didn't provide an API key. You need to provide your API key in an "
-                    "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
-                )
-                reply(401, _error(msg, "invalid_request_error"), "auth")
-                return
-            given = auth[len("Bearer ") :]
-            if given != b.api_key:
-                shown = given if b.echo_key_in_errors else _mask_key(given)
-                msg = f"Incorrect API key provided: {shown}."
-                reply(401, _error(msg, "invalid_request_error", "invalid_api_key"), "auth")
-                return
-
-        try:
-            req = json.loads(raw)
-            if not isinstance(req, dict):
-                raise ValueError("not an object")
-        except ValueError:
+        if not isinstance(req, dict):
             msg = (
                 "We could not parse the JSON body of your request. (HINT: This likely means you "
                 "aren't using your HTTP library correctly.)"
             )
-            reply(400, _error(msg, "invalid_request_error"), "invalid_json")
-            return
-
+            return _Refusal(400, _error(msg, "invalid_request_error"), "invalid_json")
         model = req.get("model")
         if not isinstance(model, str):
-            reply(
-                400,
-                _error(
-                    "you must provide a model parameter", "invalid_request_error", None, "model"
-                ),
-                "invalid",
-            )
-            return
+            msg = "you must provide a model parameter"
+            return _Refusal(400, _error(msg, "invalid_request_error", None, "model"), "invalid")
         with self._lock:
             model_dim = b.models.get(model)
         if model_dim is None:
             msg = f"The model `{model}` does not exist or you do not have access to it."
-            reply(404, _error(msg, "invalid_request_error", "model_not_found"), "model_not_found")
-            return
-
+            return _Refusal(
+                404, _error(msg, "invalid_request_error", "model_not_found"), "model_not_found"
+            )
         inputs = req.get("input")
         if isinstance(inputs, str):
             inputs = [inputs]
@@ -829,29 +1178,73 @@ class FakeEmbeddingServer:
             or not all(isinstance(t, str) for t in inputs)
         ):
             msg = "'$.input' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference."
-            reply(400, _error(msg, "invalid_request_error", None, "input"), "invalid")
-            return
+            return _Refusal(400, _error(msg, "invalid_request_error", None, "input"), "invalid")
         if len(inputs) > b.max_inputs:
             msg = f"'$.input' is invalid: at most {b.max_inputs} inputs per request, got {len(inputs)}."
-            reply(400, _error(msg, "invalid_request_error", None, "input"), "invalid")
-            return
+            return _Refusal(400, _error(msg, "invalid_request_error", None, "input"), "invalid")
         if b.reject_empty:
             for i, t in enumerate(inputs):
                 if not t:
                     msg = f"'$.input[{i}]' is invalid: empty string."
-                    reply(400, _error(msg, "invalid_request_error", None, "input"), "invalid")
-                    return
-
+                    return _Refusal(
+                        400, _error(msg, "invalid_request_error", None, "input"), "invalid"
+                    )
         fmt = req.get("encoding_format", "float")
         if fmt not in ("float", "base64"):
             msg = f"Invalid value for 'encoding_format': {fmt!r}. Supported values are: 'float' and 'base64'."
-            reply(400, _error(msg, "invalid_request_error", None, "encoding_format"), "invalid")
-            return
+            return _Refusal(
+                400, _error(msg, "invalid_request_error", None, "encoding_format"), "invalid"
+            )
         dim = req.get("dimensions", model_dim)
         if not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= MAX_DIMENSIONS:
             msg = f"Invalid value for 'dimensions' = {dim!r}."
-            reply(400, _error(msg, "invalid_request_error", None, "dimensions"), "invalid")
+            return _Refusal(
+                400, _error(msg, "invalid_request_error", None, "dimensions"), "invalid"
+            )
+        return _Parsed(model, inputs, fmt, dim)
+
+    def _handle_embeddings(self, h: _Handler) -> None:
+        b = self.behaviour
+        with self._lock:
+            self.counters.requests += 1
+            if h.headers.get("Authorization"):
+                self.counters.with_authorization += 1
+
+        extra_headers: dict[str, str] = {}  # quota mode: x-ratelimit-* on every answer
+        computed = False  # capacity mode: the answer's work was done
+
+        def reply(status: int, body: bytes, mode: str, **kw: Any) -> None:
+            self._count(status, mode)
+            if extra_headers:
+                kw["headers"] = {**extra_headers, **(kw.get("headers") or {})}
+            if computed and _client_gone(h.connection):
+                self._abandoned(h)
+                return
+            try:
+                h.send_body(status, body, **kw)
+            except OSError:
+                if not computed:
+                    raise
+                self._abandoned(h)
+
+        raw = h.read_body(b.max_body_bytes)
+        if raw is None:
+            reply(413, _error("Request body too large.", "invalid_request_error"), "too_large")
             return
+
+        key = self._check_auth(h, reply)
+        if key is None:
+            return
+
+        try:
+            req = json.loads(raw)
+        except ValueError:
+            req = None
+        parsed = self._parse_request(req)
+        if isinstance(parsed, _Refusal):
+            reply(parsed.status, parsed.body, parsed.mode)
+            return
+        model, inputs, fmt, dim = parsed.model, parsed.inputs, parsed.fmt, parsed.dim
 
         with self._lock:
             self.counters.inputs += len(inputs)
@@ -860,6 +1253,16 @@ class FakeEmbeddingServer:
                 again = [t for t in inputs if (model, t) in self._held]
                 self.counters.slow_overlaps += len(again)
                 self.counters.slow_overlapped.extend(f"{model}: {t}" for t in again)
+
+        counted: int | None = None  # tokens, as pgingest's chunker counts them
+        if b.quota is not None or b.capacity_tokens_per_s > 0:
+            counted = count_tokens(inputs, b.quota_tokenizer)
+        if b.quota is not None and counted is not None:
+            refusal = self._quota_take(key, model, counted, extra_headers)
+            if refusal is not None:
+                reply(429, refusal[0], "quota_" + refusal[1], headers=refusal[2])
+                return
+
         hook = self.on_request
         if hook is not None:
             headers = {k: v for k, v in h.headers.items() if k.lower() != "authorization"}
@@ -876,6 +1279,17 @@ class FakeEmbeddingServer:
         if delay > 0 and self._stopping.wait(delay):
             h.close_connection = True
             return
+
+        if b.capacity_inputs_per_s > 0 or b.capacity_tokens_per_s > 0:
+            outcome = self._compute(h, model, inputs, counted or 0)
+            if outcome == "overloaded":
+                msg = "The engine is currently overloaded, please try again later."
+                reply(503, _error(msg, "server_error", "overloaded"), "overloaded")
+                return
+            if outcome != "done":  # the client went away in the queue, or the server stops
+                h.close_connection = True
+                return
+            computed = True
 
         mode = self._pick_mode()
         if mode == "slow" and not self._hold(model, inputs):
@@ -894,29 +1308,8 @@ class FakeEmbeddingServer:
                 )
                 return
 
-        rows = self._vectors(model, inputs, dim, mode)
-        items = [
-            {
-                "object": "embedding",
-                "index": i,
-                "embedding": (
-                    base64.b64encode(row.astype("<f4", copy=False).tobytes()).decode("ascii")
-                    if fmt == "base64"
-                    else row.astype(np.float64).tolist()
-                ),
-            }
-            for i, row in rows
-        ]
-        if mode == "shuffle":
-            items.reverse()
-        tokens = _tokens(inputs)
-        resp = {
-            "object": "list",
-            "data": items,
-            "model": model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
-        body = json.dumps(resp).encode()
+        tokens = counted if counted is not None and b.quota is not None else _tokens(inputs)
+        body = json.dumps(self._embeddings_body(model, inputs, fmt, dim, tokens, mode)).encode()
         if mode == "truncated":
             reply(200, body[: max(len(body) // 2, 1)], "truncated")
         elif mode == "incomplete":
@@ -934,6 +1327,629 @@ class FakeEmbeddingServer:
                 m in t for t in inputs for m in (NAN_MARKER, INF_MARKER, DIM_MARKER, ZERO_MARKER)
             )
             reply(200, body, mode or ("marker" if marked else "ok"))
+
+    def _embeddings_body(
+        self,
+        model: str,
+        inputs: list[str],
+        fmt: str,
+        dim: int,
+        tokens: int,
+        mode: str | None = None,
+    ) -> dict[str, Any]:
+        rows = self._vectors(model, inputs, dim, mode)
+        items = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": (
+                    base64.b64encode(row.astype("<f4", copy=False).tobytes()).decode("ascii")
+                    if fmt == "base64"
+                    else row.astype(np.float64).tolist()
+                ),
+            }
+            for i, row in rows
+        ]
+        if mode == "shuffle":
+            items.reverse()
+        return {
+            "object": "list",
+            "data": items,
+            "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+    # -- capacity mode ---------------------------------------------------------------------
+
+    def _abandoned(self, h: _Handler) -> None:
+        h.close_connection = True
+        with self._lock:
+            self.counters.abandoned += 1
+
+    def _compute(self, h: _Handler, model: str, inputs: list[str], tokens: int) -> str:
+        """Capacity mode: queue behind the requests ahead, then spend this request's work time.
+
+        ``done``, ``overloaded``, ``gone`` (the client closed its connection while queued) or
+        ``stopping``.
+        """
+        b = self.behaviour
+        work = 0.0
+        if b.capacity_inputs_per_s > 0:
+            work += len(inputs) / b.capacity_inputs_per_s
+        if b.capacity_tokens_per_s > 0:
+            work += tokens / b.capacity_tokens_per_s
+        keys = [(model, t) for t in inputs]
+        job = _Job(len(inputs), work, time.monotonic())
+        with self._lock:
+            ahead = sum(j.inputs for j in self._jobs)
+            limit = b.capacity_queue_limit_inputs
+            if limit > 0 and self._jobs and ahead + len(inputs) > limit:
+                self.counters.capacity_overloaded += 1
+                return "overloaded"
+            c = self.counters
+            again = [t for t in inputs if (model, t) in self._computing]
+            if again:
+                c.resent += len(again)
+                c.resent_requests += 1
+                c.resent_inputs.extend(f"{model}: {t}" for t in again)
+            c.capacity_max_queue_inputs = max(c.capacity_max_queue_inputs, ahead + len(inputs))
+            self._computing.update(keys)
+            self._jobs.append(job)
+        try:
+            while True:
+                with self._turn:
+                    if self._jobs[0] is job:
+                        break
+                    self._turn.wait(0.05)
+                    if self._jobs[0] is job:
+                        break
+                if self._stopping.is_set():
+                    return "stopping"
+                if _client_gone(h.connection):
+                    with self._lock:
+                        self.counters.abandoned_queued += 1
+                    return "gone"
+            if self._stopping.wait(work):
+                return "stopping"
+            with self._lock:
+                c = self.counters
+                c.capacity_requests += 1
+                c.capacity_inputs += len(inputs)
+                c.capacity_busy_s += work
+                c.capacity_max_latency_s = max(
+                    c.capacity_max_latency_s, time.monotonic() - job.arrived
+                )
+            return "done"
+        finally:
+            with self._turn:
+                self._jobs.remove(job)
+                self._computing.subtract(keys)
+                self._computing = +self._computing
+                self._turn.notify_all()
+
+    # -- quota mode ------------------------------------------------------------------------
+
+    def _quota_limits(self, model: str) -> tuple[float | None, float | None]:
+        quota = self.behaviour.quota or {}
+        per_model = (quota.get("models") or {}).get(model) or {}
+        rpm = per_model.get("rpm", quota.get("rpm"))
+        tpm = per_model.get("tpm", quota.get("tpm"))
+        return (None if rpm is None else float(rpm)), (None if tpm is None else float(tpm))
+
+    def _quota_take(
+        self, key: str, model: str, tokens: int, headers: dict[str, str]
+    ) -> tuple[bytes, str, dict[str, str]] | None:
+        """Quota mode: take one request and ``tokens`` from (key, model)'s buckets.
+
+        Fills ``headers`` with the ``x-ratelimit-*`` headers; returns None when the request
+        may go on, else (429 body, kind, headers of the 429).
+        """
+        rpm, tpm = self._quota_limits(model)
+        now = time.monotonic()
+        label = f"{_mask_key(key) if key else '(no key)'} {model}"
+        with self._lock:
+            stats = self.counters.quota_by_key_model.setdefault(
+                label,
+                {
+                    "accepted_requests": 0,
+                    "accepted_tokens": 0,
+                    "rejected_requests": 0,
+                    "rejected_tokens": 0,
+                },
+            )
+            buckets = []
+            for kind, limit, need in (("requests", rpm, 1.0), ("tokens", tpm, float(tokens))):
+                if limit is None:
+                    continue
+                found = self._buckets.get((key, model, kind))
+                if found is None or found.limit != limit:
+                    found = self._buckets[(key, model, kind)] = _Bucket(limit, limit, now)
+                found.refill(now)
+                buckets.append((kind, found, need))
+            short = [
+                (bucket.wait_for(need), kind, bucket, need)
+                for kind, bucket, need in buckets
+                if bucket.level + 1e-9 < need
+            ]
+            if not short:
+                for _, bucket, need in buckets:
+                    bucket.level -= need
+                self.counters.quota_accepted_requests += 1
+                self.counters.quota_accepted_tokens += tokens
+                stats["accepted_requests"] += 1
+                stats["accepted_tokens"] += tokens
+            else:
+                wait, kind, bucket, need = max(short, key=lambda s: s[0])
+                self.counters.quota_rejected[kind] += 1
+                stats[f"rejected_{kind}"] += 1
+            for name, bk, _ in buckets:
+                headers[f"x-ratelimit-limit-{name}"] = str(int(bk.limit))
+                headers[f"x-ratelimit-remaining-{name}"] = str(max(int(bk.level), 0))
+                headers[f"x-ratelimit-reset-{name}"] = go_duration(bk.wait_for(bk.limit))
+        if not short:
+            return None
+        unit = "requests per min (RPM)" if kind == "requests" else "tokens per min (TPM)"
+        limit_n = int(bucket.limit)
+        if need > bucket.limit:  # can never pass: OpenAI's "Request too large"
+            msg = (
+                f"Request too large for {model} in organization org-fake on {unit}: "
+                f"Limit {limit_n}, Requested {int(need)}. The input or output tokens must be "
+                "reduced in order to run successfully."
+            )
+            return _error(msg, kind, "rate_limit_exceeded"), kind, {}
+        used = limit_n - max(int(bucket.level), 0)
+        msg = (
+            f"Rate limit reached for {model} in organization org-fake on {unit}: "
+            f"Limit {limit_n}, Used {used}, Requested {int(need)}. Please try again in "
+            f"{go_duration(wait)}. Visit https://platform.openai.com/account/rate-limits to "
+            "learn more."
+        )
+        retry = {
+            "Retry-After": str(max(math.ceil(wait), 1)),
+            "retry-after-ms": str(max(math.ceil(wait * 1000), 1)),
+        }
+        return _error(msg, kind, "rate_limit_exceeded"), kind, retry
+
+    # -- Batch API ---------------------------------------------------------------------------
+
+    def _handle_api(self, h: _Handler, method: str, path: str) -> bool:
+        """``/v1/files`` and ``/v1/batches``; False when ``path`` is none of theirs."""
+        route = path[len("/v1") :] if path.startswith("/v1/") else path
+        parts = route.strip("/").split("/")
+        if parts[0] not in ("files", "batches"):
+            return False
+
+        def reply(status: int, body: Any) -> None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            h.send_body(status, data)
+
+        limit = FILE_MAX_BYTES if (method, route) == ("POST", "/files") else 1 << 20
+        raw = h.read_body(limit) if method in ("POST", "DELETE") else b""
+        if raw is None:
+            reply(413, _error("Request body too large.", "invalid_request_error"))
+            return True
+        if self._check_auth(h, lambda status, body, mode: reply(status, body)) is None:
+            return True
+        try:
+            answer = self._api(h, method, parts, raw)
+        except _ApiError as exc:
+            reply(exc.status, _error(str(exc), "invalid_request_error", exc.code, exc.param))
+            return True
+        if isinstance(answer, bytes):
+            h.send_body(200, answer, content_type="application/octet-stream")
+        else:
+            reply(200, answer)
+        return True
+
+    def _api(self, h: _Handler, method: str, parts: list[str], raw: bytes) -> Any:
+        kind, n = parts[0], len(parts)
+        if kind == "files":
+            if method == "POST" and n == 1:
+                return self._upload(h, raw)
+            if method == "GET" and n == 1:
+                with self._batch_lock:
+                    files = [f.object() for f in reversed(self._files.values())]
+                return {"object": "list", "data": files, "has_more": False}
+            if method == "GET" and n == 2:
+                return self._file(parts[1]).object()
+            if method == "GET" and n == 3 and parts[2] == "content":
+                return self._file(parts[1]).data
+            if method == "DELETE" and n == 2:
+                with self._batch_lock:
+                    f = self._file(parts[1])
+                    del self._files[f.id]
+                return {"id": f.id, "object": "file", "deleted": True}
+        else:
+            if method == "POST" and n == 1:
+                return self._create_batch(raw)
+            if method == "GET" and n == 1:
+                return self._list_batches()
+            if method == "GET" and n == 2:
+                return self.batch(parts[1])
+            if method == "POST" and n == 3 and parts[2] == "cancel":
+                return self.cancel_batch(parts[1])
+        raise _ApiError(404, f"Invalid URL ({method} /v1/{'/'.join(parts)})")
+
+    def _file(self, file_id: str) -> _File:
+        with self._batch_lock:
+            f = self._files.get(file_id)
+        if f is None:
+            raise _ApiError(404, f"No such File object: {file_id}", param="id")
+        return f
+
+    def _upload(self, h: _Handler, raw: bytes) -> dict[str, Any]:
+        ctype = h.headers.get("Content-Type") or ""
+        if not ctype.startswith("multipart/form-data"):
+            raise _ApiError(400, "Expected a multipart/form-data upload with purpose and file.")
+        msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+            b"Content-Type: " + ctype.encode("latin-1") + b"\r\n\r\n" + raw
+        )
+        purpose: str | None = None
+        data: bytes | None = None
+        filename = "upload.jsonl"
+        if msg.is_multipart():
+            for part in msg.iter_parts():
+                assert isinstance(part, email.message.EmailMessage)
+                name = part.get_param("name", header="content-disposition")
+                payload = part.get_payload(decode=True)
+                if not isinstance(payload, bytes):
+                    continue
+                if name == "purpose":
+                    purpose = payload.decode("utf-8", "replace").strip()
+                elif name == "file":
+                    data = payload
+                    filename = part.get_filename() or filename
+        if data is None:
+            raise _ApiError(400, "Missing required parameter: 'file'.", param="file")
+        if purpose not in FILE_PURPOSES:
+            raise _ApiError(
+                400, f"Invalid value for 'purpose': {purpose!r}.", "invalid_value", "purpose"
+            )
+        f = _File(f"file-{uuid.uuid4().hex[:24]}", data, filename, purpose, int(time.time()))
+        with self._batch_lock:
+            self._files[f.id] = f
+        with self._lock:
+            self.counters.files_uploaded += 1
+        return f.object()
+
+    def _create_batch(self, raw: bytes) -> dict[str, Any]:
+        try:
+            req = json.loads(raw or b"{}")
+        except ValueError:
+            req = None
+        if not isinstance(req, dict):
+            raise _ApiError(400, "We could not parse the JSON body of your request.")
+        file_id = req.get("input_file_id")
+        if not isinstance(file_id, str):
+            raise _ApiError(
+                400, "Missing required parameter: 'input_file_id'.", None, "input_file_id"
+            )
+        endpoint = req.get("endpoint")
+        if endpoint != "/v1/embeddings":
+            msg = f"Invalid value for 'endpoint': {endpoint!r}; this server supports '/v1/embeddings'."
+            raise _ApiError(400, msg, "invalid_value", "endpoint")
+        window = req.get("completion_window")
+        if window != "24h":
+            msg = f"Invalid value for 'completion_window': {window!r}. Supported values are: '24h'."
+            raise _ApiError(400, msg, "invalid_value", "completion_window")
+        metadata = req.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise _ApiError(400, "'metadata' must be an object.", "invalid_value", "metadata")
+        f = self._file(file_id)
+        if f.purpose != "batch":
+            msg = f"File {file_id} has purpose {f.purpose!r}; a batch needs purpose 'batch'."
+            raise _ApiError(400, msg, "invalid_value", "input_file_id")
+        with self._lock:
+            b = copy.deepcopy(self.behaviour)
+            outcome = self._outcomes.popleft() if self._outcomes else b.batch_outcome
+            self.counters.batch_submissions += 1
+        lines, errors = self._plan(f.data, b)
+        now = time.time()
+        batch = _Batch(
+            id=f"batch_{uuid.uuid4().hex[:24]}",
+            input_file_id=file_id,
+            endpoint=endpoint,
+            metadata=metadata,
+            created_at=now,
+            t0=time.monotonic(),
+            completion_s=b.batch_completion_s,
+            outcome=outcome,
+            done_share=b.batch_done_share,
+            lines=lines,
+            errors=errors,
+            quota_tokens=b.quota is not None,
+            tokenizer=b.quota_tokenizer,
+        )
+        with self._batch_lock:
+            self._batches[batch.id] = batch
+            return self._batch_object(batch, time.monotonic())
+
+    def _plan(self, data: bytes, b: Behaviour) -> tuple[list[_Line], list[dict[str, Any]]]:
+        """Parse a batch input file: its lines and their fates, or the validation errors."""
+        lines: list[_Line] = []
+        errors: list[dict[str, Any]] = []
+
+        def bad(code: str, message: str, line: int | None, param: str | None = None) -> None:
+            errors.append({"code": code, "message": message, "param": param, "line": line})
+
+        seen: set[str] = set()
+        models: set[str] = set()
+        n_inputs = 0
+        fail_ids = set(b.batch_fail_custom_ids)
+        for no, text in enumerate(data.decode("utf-8", "replace").splitlines(), start=1):
+            if not text.strip():
+                continue
+            try:
+                item = json.loads(text)
+            except ValueError:
+                item = None
+            if not isinstance(item, dict):
+                bad("invalid_json_line", "This line is not parseable as valid JSON.", no)
+                continue
+            cid = item.get("custom_id")
+            if not isinstance(cid, str) or not cid:
+                bad("missing_required_parameter", "Missing 'custom_id'.", no, "custom_id")
+                continue
+            if cid in seen:
+                bad("duplicate_custom_id", f"The custom_id {cid!r} is duplicated.", no, "custom_id")
+                continue
+            seen.add(cid)
+            if item.get("method") != "POST":
+                bad("invalid_method", "Only the POST method is supported.", no, "method")
+                continue
+            if item.get("url") != "/v1/embeddings":
+                msg = f"The url {item.get('url')!r} does not match the batch's endpoint."
+                bad("mismatched_endpoint", msg, no, "url")
+                continue
+            body = item.get("body")
+            if not isinstance(body, dict):
+                bad("missing_required_parameter", "Missing 'body'.", no, "body")
+                continue
+            model = body.get("model")
+            if not isinstance(model, str) or model not in b.models:
+                msg = f"The model `{model}` does not exist or you do not have access to it."
+                bad("model_not_found", msg, no, "body.model")
+                continue
+            models.add(model)
+            parsed = self._parse_request(body)
+            refusal = parsed if isinstance(parsed, _Refusal) else None
+            if isinstance(parsed, _Parsed):
+                n_inputs += len(parsed.inputs)
+                hit = next((i for i, t in enumerate(parsed.inputs) if REJECT_MARKER in t), None)
+                if hit is not None:
+                    msg = f"'$.input[{hit}]' is invalid: the input was rejected by the content filter."
+                    refusal = _Refusal(
+                        400,
+                        _error(msg, "invalid_request_error", "invalid_input", "input"),
+                        "reject_marker",
+                    )
+                elif cid in fail_ids or _share(b.seed, cid) < b.batch_fail_share:
+                    msg = "The server had an error while processing your request. Sorry about that!"
+                    refusal = _Refusal(
+                        b.batch_fail_status, _error(msg, "server_error"), "batch_fail"
+                    )
+            ok = parsed if isinstance(parsed, _Parsed) and refusal is None else None
+            lines.append(_Line(cid, ok, refusal))
+        if len(models) > 1:
+            msg = f"The requests of a batch must all use one model, got {sorted(models)}."
+            bad("mismatched_model", msg, None, "body.model")
+        if not lines and not errors:
+            bad("empty_file", "The input file has no requests.", None)
+        if len(lines) > b.batch_max_requests:
+            msg = f"The batch has {len(lines)} requests; the limit is {b.batch_max_requests}."
+            bad("too_many_requests", msg, None)
+        if n_inputs > b.batch_max_inputs:
+            msg = f"The batch has {n_inputs} embedding inputs; the limit is {b.batch_max_inputs}."
+            bad("too_many_inputs", msg, None)
+        return lines, errors
+
+    def _list_batches(self) -> dict[str, Any]:
+        now = time.monotonic()
+        with self._batch_lock:
+            data = [self._batch_object(bt, now) for bt in reversed(self._batches.values())]
+        return {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": False,
+        }
+
+    def batch(self, batch_id: str) -> dict[str, Any]:
+        """The batch object (OpenAI's shape) of ``batch_id``, as ``GET /v1/batches/{id}``."""
+        with self._batch_lock:
+            bt = self._batches.get(batch_id)
+            if bt is None:
+                raise _ApiError(404, f"No such Batch object: {batch_id}", param="batch_id")
+            return self._batch_object(bt, time.monotonic())
+
+    def batches(self) -> list[dict[str, Any]]:
+        """Every batch object, newest first."""
+        result: list[dict[str, Any]] = self._list_batches()["data"]
+        return result
+
+    def file_content(self, file_id: str) -> bytes:
+        """The content of a file (an uploaded input, or a batch's output or error file)."""
+        return self._file(file_id).data
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        """``POST /v1/batches/{id}/cancel``: cancelling now, cancelled a moment later."""
+        now = time.monotonic()
+        with self._batch_lock:
+            bt = self._batches.get(batch_id)
+            if bt is None:
+                raise _ApiError(404, f"No such Batch object: {batch_id}", param="batch_id")
+            status = self._batch_status(bt, now)
+            if status not in ("validating", "in_progress", "finalizing"):
+                msg = f"Cannot cancel a batch with status '{status}'."
+                raise _ApiError(409, msg, "batch_not_cancellable")
+            bt.cancel_t = now
+            bt.cancel_done = self._run_by(bt, now)
+            bt.times["cancelling_at"] = _wall(bt, now)
+            return self._batch_object(bt, now)
+
+    def next_batch_outcome(self, outcome: str, n: int = 1) -> None:
+        """The next ``n`` batches created end ``outcome`` (then ``batch_outcome`` again)."""
+        if outcome not in BATCH_OUTCOMES:
+            raise _ControlError(
+                f"unknown batch outcome {outcome!r}; known: {sorted(BATCH_OUTCOMES)}"
+            )
+        with self._lock:
+            self._outcomes.extend([outcome] * int(n))
+
+    def _run_by(self, bt: _Batch, now: float) -> int:
+        """How many of the batch's requests have run at ``now`` (in file order)."""
+        t = bt.completion_s
+        if t <= 0:
+            return len(bt.lines)
+        progress = ((now - bt.t0) - 0.1 * t) / (0.8 * t)
+        return int(len(bt.lines) * min(max(progress, 0.0), 1.0))
+
+    def _batch_status(self, bt: _Batch, now: float) -> str:
+        """The batch's status at ``now`` (under ``_batch_lock``); ends it when its time came."""
+        if bt.status in BATCH_OUTCOMES:
+            return bt.status
+        t = bt.completion_s
+        elapsed = now - bt.t0
+        if bt.cancel_t is not None:
+            if now >= bt.cancel_t + min(0.1 * t, 1.0):
+                self._finish(bt, "cancelled", bt.cancel_done or 0, now)
+                return bt.status
+            return "cancelling"
+        if elapsed < 0.1 * t:
+            return "validating"
+        if bt.errors or bt.outcome == "failed":
+            if not bt.errors:
+                bt.errors.append(
+                    {
+                        "code": "batch_failed",
+                        "message": "The batch failed (injected by batch_outcome).",
+                        "param": None,
+                        "line": None,
+                    }
+                )
+            self._finish(bt, "failed", 0, bt.t0 + 0.1 * t)
+            return bt.status
+        bt.times.setdefault("in_progress_at", _wall(bt, bt.t0 + 0.1 * t))
+        if elapsed < 0.9 * t:
+            return "in_progress"
+        if bt.outcome == "cancelled":
+            bt.times.setdefault("cancelling_at", _wall(bt, bt.t0 + 0.9 * t))
+            if elapsed < t:
+                return "cancelling"
+        elif bt.outcome == "completed":
+            bt.times.setdefault("finalizing_at", _wall(bt, bt.t0 + 0.9 * t))
+            if elapsed < t:
+                return "finalizing"
+        elif elapsed < t:
+            return "in_progress"
+        done = len(bt.lines) if bt.outcome == "completed" else round(len(bt.lines) * bt.done_share)
+        self._finish(bt, bt.outcome, done, bt.t0 + t)
+        return bt.status
+
+    def _finish(self, bt: _Batch, status: str, done: int, at: float) -> None:
+        """End the batch: write its output and error files (the first ``done`` requests ran)."""
+        ok_lines: list[str] = []
+        err_lines: list[str] = []
+        inputs = 0
+        for i, line in enumerate(bt.lines):
+            rid = uuid.uuid4().hex
+            entry: dict[str, Any] = {"id": f"batch_req_{rid[:24]}", "custom_id": line.custom_id}
+            if i >= done:
+                if status != "expired":
+                    break
+                entry["response"] = None
+                entry["error"] = {
+                    "code": "batch_expired",
+                    "message": "This request could not be executed before the completion "
+                    "window expired.",
+                }
+                err_lines.append(json.dumps(entry))
+                bt.failed += 1
+                continue
+            if line.parsed is not None:
+                p = line.parsed
+                tokens = (
+                    count_tokens(p.inputs, bt.tokenizer) if bt.quota_tokens else _tokens(p.inputs)
+                )
+                body = self._embeddings_body(p.model, p.inputs, p.fmt, p.dim, tokens)
+                entry["response"] = {"status_code": 200, "request_id": rid, "body": body}
+                entry["error"] = None
+                ok_lines.append(json.dumps(entry))
+                inputs += len(p.inputs)
+                bt.completed += 1
+            else:
+                assert line.refusal is not None
+                entry["response"] = {
+                    "status_code": line.refusal.status,
+                    "request_id": rid,
+                    "body": json.loads(line.refusal.body),
+                }
+                entry["error"] = None
+                err_lines.append(json.dumps(entry))
+                bt.failed += 1
+        created = int(time.time())
+        for lines_, suffix in ((ok_lines, "output"), (err_lines, "error")):
+            if not lines_:
+                continue
+            f = _File(
+                f"file-{uuid.uuid4().hex[:24]}",
+                ("\n".join(lines_) + "\n").encode(),
+                f"{bt.id}_{suffix}.jsonl",
+                "batch_output",
+                created,
+            )
+            self._files[f.id] = f
+            if suffix == "output":
+                bt.output_file_id = f.id
+            else:
+                bt.error_file_id = f.id
+        bt.status = status
+        bt.times[f"{status}_at"] = _wall(bt, at)
+        if status in ("completed", "expired", "cancelled") and "finalizing_at" not in bt.times:
+            bt.times["finalizing_at"] = _wall(bt, at)
+        with self._lock:
+            self.counters.batch_inputs += inputs
+
+    def _batch_object(self, bt: _Batch, now: float) -> dict[str, Any]:
+        status = self._batch_status(bt, now)
+        total = len(bt.lines) if not bt.errors else 0
+        if status in BATCH_OUTCOMES:
+            completed, failed = bt.completed, bt.failed
+        else:
+            run = bt.lines[: self._run_by(bt, now)] if status != "validating" else []
+            if bt.cancel_t is not None:
+                run = bt.lines[: bt.cancel_done or 0]
+            completed = sum(1 for line in run if line.parsed is not None)
+            failed = len(run) - completed
+        created = int(bt.created_at)
+        return {
+            "id": bt.id,
+            "object": "batch",
+            "endpoint": bt.endpoint,
+            "errors": {"object": "list", "data": list(bt.errors)} if bt.errors else None,
+            "input_file_id": bt.input_file_id,
+            "completion_window": "24h",
+            "status": status,
+            "output_file_id": bt.output_file_id,
+            "error_file_id": bt.error_file_id,
+            "created_at": created,
+            "in_progress_at": bt.times.get("in_progress_at"),
+            "expires_at": created + 24 * 3600,
+            "finalizing_at": bt.times.get("finalizing_at"),
+            "completed_at": bt.times.get("completed_at"),
+            "failed_at": bt.times.get("failed_at"),
+            "expired_at": bt.times.get("expired_at"),
+            "cancelling_at": bt.times.get("cancelling_at"),
+            "cancelled_at": bt.times.get("cancelled_at"),
+            "request_counts": {"total": total, "completed": completed, "failed": failed},
+            "metadata": bt.metadata,
+        }
+
+    def _batch_stats(self) -> dict[str, int]:
+        now = time.monotonic()
+        with self._batch_lock:
+            return dict(Counter(self._batch_status(bt, now) for bt in self._batches.values()))
 
     def _vectors(
         self, model: str, inputs: list[str], dim: int, mode: str | None
@@ -1195,6 +2211,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--api-key-env", metavar="VAR", help="expect the key held in env VAR")
     parser.add_argument("--seed", type=int, default=0)
+    cap = parser.add_argument_group("capacity mode (a CPU-bound server)")
+    cap.add_argument("--capacity-inputs-per-s", type=float, default=0.0, metavar="N")
+    cap.add_argument("--capacity-tokens-per-s", type=float, default=0.0, metavar="N")
+    cap.add_argument("--capacity-queue-limit-inputs", type=int, default=0, metavar="N")
+    quota = parser.add_argument_group("quota mode (per API key and model)")
+    quota.add_argument("--quota-rpm", type=float, metavar="N", help="requests per minute")
+    quota.add_argument("--quota-tpm", type=float, metavar="N", help="tokens per minute")
+    quota.add_argument("--quota-tokenizer", choices=TOKENIZER_NAMES, default=DEFAULT_TOKENIZER)
+    batch = parser.add_argument_group("Batch API")
+    batch.add_argument("--batch-completion-s", type=float, default=1.0, metavar="S")
+    batch.add_argument("--batch-outcome", choices=sorted(BATCH_OUTCOMES), default="completed")
+    batch.add_argument("--batch-done-share", type=float, default=0.5, metavar="P")
+    batch.add_argument("--batch-fail-share", type=float, default=0.0, metavar="P")
+    batch.add_argument(
+        "--batch-fail-custom-id", action="append", default=[], metavar="ID", dest="fail_ids"
+    )
     args = parser.parse_args(argv)
     try:
         models = _parse_dims(args.dims)
@@ -1211,6 +2243,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     def on_signal(signum: int, frame: object) -> None:
         stop.set()
 
+    quota_limits = {
+        k: v for k, v in (("rpm", args.quota_rpm), ("tpm", args.quota_tpm)) if v is not None
+    }
+    behaviour: dict[str, Any] = {
+        "capacity_inputs_per_s": args.capacity_inputs_per_s,
+        "capacity_tokens_per_s": args.capacity_tokens_per_s,
+        "capacity_queue_limit_inputs": args.capacity_queue_limit_inputs,
+        "quota": quota_limits or None,
+        "quota_tokenizer": args.quota_tokenizer,
+        "batch_completion_s": args.batch_completion_s,
+        "batch_outcome": args.batch_outcome,
+        "batch_done_share": args.batch_done_share,
+        "batch_fail_share": args.batch_fail_share,
+        "batch_fail_custom_ids": args.fail_ids,
+    }
+    try:
+        _normalise(behaviour)
+    except _ControlError as exc:
+        parser.error(str(exc))
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     with FakeEmbeddingServer(
@@ -1220,6 +2272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         api_key=api_key,
         latency_ms=args.latency_ms,
         seed=args.seed,
+        **behaviour,
     ) as srv:
         print(srv.url, flush=True)
         while not stop.wait(0.5):
