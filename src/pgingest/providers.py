@@ -47,8 +47,8 @@ to a size cap derived from inputs x dimensions (``max_response_bytes``), compres
 
 from __future__ import annotations
 
-import contextlib
 import binascii
+import contextlib
 import email.utils
 import http.client
 import json

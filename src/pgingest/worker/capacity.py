@@ -105,9 +105,7 @@ class ConcurrencyLimit:
             self._since_alone = 0
         elif seconds > self.fast_seconds:
             self._since_alone += 1
-        self._recent = (
-            per_token if self._recent is None else 0.7 * self._recent + 0.3 * per_token
-        )
+        self._recent = per_token if self._recent is None else 0.7 * self._recent + 0.3 * per_token
         baseline = self.baseline or per_token
         gradient = 1.0 if seconds <= self.fast_seconds else min(1.0, max(0.5, baseline / per_token))
         target = self.limit * gradient + self.queue

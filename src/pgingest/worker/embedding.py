@@ -21,7 +21,7 @@ import functools
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from pgingest import db, providers
 from pgingest.metrics import Metrics
@@ -134,9 +134,7 @@ class Embedder:
 
         breaker = self.breaker(m.name)
         paused = False
-        todo = collections.deque(
-            _Sent(r, sum(tokens[r.start : r.stop]), 0, False) for r in plans
-        )
+        todo = collections.deque(_Sent(r, sum(tokens[r.start : r.stop]), 0, False) for r in plans)
         running: dict[Future[_Answer], _Sent] = {}
         ahead = 0  # tokens of ours in flight
         while todo or running:
