@@ -51,7 +51,8 @@ class ConcurrencyLimit:
     window: int = 20
     probe_every: int = 50
     smoothing: float = 0.2
-    fast_seconds: float = 1.0
+    fast_seconds: float | None = None
+    """Answers within this count as flat (default: a tenth of the floor timeout, at most 1 s)."""
     queue: float = 1.0
     limit: float = field(default=0.0)
     timeouts: int = 0
@@ -65,6 +66,8 @@ class ConcurrencyLimit:
             raise ValueError(f"max_limit must be >= 1, got {self.max_limit}")
         if self.floor_timeout <= 0 or self.ceiling_timeout < self.floor_timeout:
             raise ValueError("need 0 < floor_timeout <= ceiling_timeout")
+        if self.fast_seconds is None:
+            self.fast_seconds = min(1.0, self.floor_timeout / 10)
         if self.limit <= 0:  # one alone first: the baseline, and a timeout that fits
             self.limit = 1.0
 
@@ -103,11 +106,12 @@ class ConcurrencyLimit:
             if len(self._alone) > self.window:
                 self._alone.popleft()
             self._since_alone = 0
-        elif seconds > self.fast_seconds:
+        elif seconds > (self.fast_seconds or 0.0):
             self._since_alone += 1
         self._recent = per_token if self._recent is None else 0.7 * self._recent + 0.3 * per_token
         baseline = self.baseline or per_token
-        gradient = 1.0 if seconds <= self.fast_seconds else min(1.0, max(0.5, baseline / per_token))
+        fast = seconds <= (self.fast_seconds or 0.0)
+        gradient = 1.0 if fast else min(1.0, max(0.5, baseline / per_token))
         target = self.limit * gradient + self.queue
         self.limit = min(
             float(self.max_limit),
