@@ -2263,6 +2263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _ControlError as exc:
         parser.error(str(exc))
 
+    if behaviour["quota"] is not None or behaviour["capacity_tokens_per_s"] > 0:
+        get_tokenizer(behaviour["quota_tokenizer"])  # loaded before the first request
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     with FakeEmbeddingServer(
