@@ -98,15 +98,17 @@ def test_one_request_at_a_time_in_arrival_order() -> None:
         out: dict[str, Any] = {}
         threads = []
         for i in range(4):
-            t = threading.Thread(target=timed, args=(srv, [f"{i}-{j}" for j in range(8)], out, i))
+            t = threading.Thread(
+                target=timed, args=(srv, [f"{i}-{j}" for j in range(8)], out, str(i))
+            )
             t.start()
             threads.append(t)
             time.sleep(0.01)
         for t in threads:
             t.join()
-        done = [out[i][2] for i in range(4)]
+        done = [out[str(i)][2] for i in range(4)]
         assert done == sorted(done)  # first come, first served
-        lat = [out[i][1] for i in range(4)]
+        lat = [out[str(i)][1] for i in range(4)]
         # each waits for all those before it: 0.08, 0.16, 0.24, 0.32 s (less its later start)
         for i in range(4):
             assert lat[i] == pytest.approx(0.08 * (i + 1) - 0.01 * i, abs=0.06)
