@@ -82,19 +82,21 @@ COMMENT ON FUNCTION pgingest.query_cache_stats() IS
 'This session''s query-vector cache (embed_query, search_text, hybrid_search_text): entries kept, hits, '
 'misses. Per session (it works on read replicas too); pgingest.query_cache_entries sets its size (256; 0: off).';
 
--- In the two SQL functions below, the parameters are qualified by the function's name (query, k and
--- filter are also column names); sqlfluff takes the qualifier for a missing table (noqa: RF01).
 -- The signatures before sources (issue 17); sql/045_search.sql's drop of search() took them
 -- already on that upgrade, this covers an install whose PL/Python part was skipped then.
 DROP FUNCTION IF EXISTS pgingest.search_text(text, integer, jsonb, boolean);
 DROP FUNCTION IF EXISTS pgingest.hybrid_search_text(text, integer, jsonb, double precision, double precision);
+-- The signatures before traffic shifting (issue 20): no routing_key.
+DROP FUNCTION IF EXISTS pgingest.search_text(text, integer, jsonb, boolean, text[]);
+DROP FUNCTION IF EXISTS pgingest.hybrid_search_text(text, integer, jsonb, double precision, double precision, text[]);
 
 CREATE OR REPLACE FUNCTION pgingest.search_text(
     query text,
     k integer DEFAULT 10,
     filter jsonb DEFAULT '{}',
     per_document boolean DEFAULT FALSE,
-    sources text[] DEFAULT NULL
+    sources text[] DEFAULT NULL,
+    routing_key text DEFAULT NULL
 )
 RETURNS TABLE (
     doc_id bigint,
@@ -108,30 +110,27 @@ RETURNS TABLE (
     source text,
     source_key jsonb
 )
-LANGUAGE sql
+LANGUAGE plpgsql
 VOLATILE
 SET search_path FROM CURRENT
-BEGIN ATOMIC
-    SELECT
-        s.doc_id,
-        s.doc_key,
-        s.title,
-        s.ordinal,
-        s.content,
-        s.distance,
-        s.metadata,
-        s.model_name,
-        s.source,
-        s.source_key
-    FROM pgingest.search(
-        pgingest.embed_query(search_text.query), search_text.k, search_text.filter,  -- noqa: RF01
-        search_text.per_document, NULL, search_text.sources  -- noqa: RF01
-    ) AS s;
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_t0 timestamptz := clock_timestamp();
+    -- The model that serves it: the active one, or the candidate of a traffic shift for this key.
+    v_model text := pgingest.route_model(coalesce(search_text.routing_key, search_text.query));
+BEGIN
+    RETURN QUERY SELECT * FROM pgingest.search(
+        pgingest.embed_query(search_text.query, v_model), search_text.k, search_text.filter,
+        search_text.per_document, v_model, search_text.sources, search_text.query, v_t0
+    );
 END;
+$$;
 
-COMMENT ON FUNCTION pgingest.search_text(text, integer, jsonb, boolean, text[]) IS
-'Natural-language search from psql: embeds the query with the active model, then pgingest.search() '
-'(every source, or those named in sources).';
+COMMENT ON FUNCTION pgingest.search_text(text, integer, jsonb, boolean, text[], text) IS
+'Natural-language search from psql: embeds the query with the model that serves it (the active one, or the '
+'candidate of pgingest.shift_traffic for this routing_key, else the query text: pgingest.route_model), then '
+'pgingest.search() (every source, or those named in sources); model_name says which model served.';
 
 CREATE OR REPLACE FUNCTION pgingest.hybrid_search_text(
     query text,
@@ -139,7 +138,8 @@ CREATE OR REPLACE FUNCTION pgingest.hybrid_search_text(
     filter jsonb DEFAULT '{}',
     vector_weight double precision DEFAULT 1.0,
     text_weight double precision DEFAULT 1.0,
-    sources text[] DEFAULT NULL
+    sources text[] DEFAULT NULL,
+    routing_key text DEFAULT NULL
 )
 RETURNS TABLE (
     doc_id bigint,
@@ -151,29 +151,28 @@ RETURNS TABLE (
     vector_rank integer,
     text_rank integer,
     source text,
-    source_key jsonb
+    source_key jsonb,
+    model_name text
 )
-LANGUAGE sql
+LANGUAGE plpgsql
 VOLATILE
 SET search_path FROM CURRENT
-BEGIN ATOMIC
-    SELECT
-        h.doc_id,
-        h.doc_key,
-        h.title,
-        h.ordinal,
-        h.content,
-        h.score,
-        h.vector_rank,
-        h.text_rank,
-        h.source,
-        h.source_key
-    FROM pgingest.hybrid_search(
-        hybrid_search_text.query, pgingest.embed_query(hybrid_search_text.query), hybrid_search_text.k,  -- noqa: RF01
-        hybrid_search_text.filter, hybrid_search_text.vector_weight, hybrid_search_text.text_weight,  -- noqa: RF01
-        60, 100, FALSE, hybrid_search_text.sources  -- noqa: RF01
-    ) AS h;
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_t0 timestamptz := clock_timestamp();
+    v_model text := pgingest.route_model(coalesce(hybrid_search_text.routing_key, hybrid_search_text.query));
+BEGIN
+    RETURN QUERY SELECT * FROM pgingest.hybrid_search(
+        hybrid_search_text.query, pgingest.embed_query(hybrid_search_text.query, v_model), hybrid_search_text.k,
+        hybrid_search_text.filter, hybrid_search_text.vector_weight, hybrid_search_text.text_weight,
+        60, 100, FALSE, hybrid_search_text.sources, v_model, v_t0
+    );
 END;
+$$;
 
-COMMENT ON FUNCTION pgingest.hybrid_search_text(text, integer, jsonb, double precision, double precision, text[]) IS
-'Hybrid (full-text + vector, reciprocal rank fusion) search from psql: embeds the query with the active model.';
+COMMENT ON FUNCTION pgingest.hybrid_search_text(
+    text, integer, jsonb, double precision, double precision, text[], text
+) IS
+'Hybrid (full-text + vector, reciprocal rank fusion) search from psql: embeds the query with the model that '
+'serves it (the active one, or the traffic shift''s candidate for this routing_key, else the query text).';

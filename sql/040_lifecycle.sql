@@ -351,6 +351,8 @@ BEGIN
         UPDATE pgingest.models AS m SET state = 'standby' WHERE m.name = v_prev.name;
     END IF;
     UPDATE pgingest.models AS m SET state = 'active', activated_at = now() WHERE m.name = v_name;
+    -- The move is complete: a traffic shift (to this model or another) ends with it.
+    DELETE FROM pgingest.traffic_shift AS t WHERE TRUE;
     PERFORM pgingest._refresh_search_view();
     RAISE NOTICE 'pgingest: % is the active model (pgingest.search_chunks reads %), % is standby',
         v_name, v_target.store_name, coalesce(v_prev.name, 'no model')
@@ -364,7 +366,105 @@ COMMENT ON FUNCTION pgingest.swap_model(text, boolean) IS
 'Makes a model the active one in one transaction: the previous active model becomes standby (still '
 'written: the rollback target, swap_model(<it>) rolls back) and pgingest.search_chunks is re-pointed. '
 'Refuses (SQLSTATE 55000, with numbers in DETAIL and the remedy in HINT) while the model''s backfill is '
-'incomplete, it is paused, or its index is missing or invalid, unless force => true.';
+'incomplete, it is paused, or its index is missing or invalid, unless force => true. Ends a traffic shift '
+'(pgingest.shift_traffic).';
+
+CREATE OR REPLACE FUNCTION pgingest.shift_traffic(name text, share double precision, force boolean DEFAULT FALSE)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+VOLATILE
+SET search_path FROM CURRENT
+AS $$
+#variable_conflict use_variable
+DECLARE
+    v_name text := pgingest._check_model_name(shift_traffic.name);
+    v_target pgingest.models;
+    v_active text;
+    v_other pgingest.traffic_shift;
+    v_reasons text[];
+    v_details text[];
+    v_hints text[];
+BEGIN
+    IF share IS NULL OR share < 0 OR share > 1 OR share = 'NaN' THEN
+        RAISE EXCEPTION 'pgingest: a traffic share is between 0 and 1, not %', coalesce(share::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'e.g. SELECT pgingest.shift_traffic(''v2'', 0.10); for 10% of the searches.';
+    END IF;
+    PERFORM pgingest._lifecycle_lock();
+    SELECT * INTO v_target FROM pgingest.models AS m WHERE m.name = v_name FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgingest: no model named %', quote_literal(v_name)
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'SELECT name, state FROM pgingest.models;';
+    END IF;
+    IF share = 0 THEN
+        -- Rollback: the next search routes to the active model.
+        DELETE FROM pgingest.traffic_shift AS t WHERE t.model = v_name;
+        IF NOT FOUND THEN
+            RAISE NOTICE 'pgingest: % serves no share of the searches; nothing to do', v_name;
+        ELSE
+            RAISE NOTICE 'pgingest: traffic shift to % ended: the active model serves every search', v_name;
+        END IF;
+        RETURN format('%s serves 0%% of searches', v_name);
+    END IF;
+    IF v_target.state = 'retired' THEN
+        RAISE EXCEPTION 'pgingest: model % is retired and cannot serve searches', v_name
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF v_target.state = 'active' THEN
+        RAISE EXCEPTION 'pgingest: model % is the active model: it serves every search already', v_name
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Shift traffic to a candidate (a standby or shadow model).';
+    END IF;
+    SELECT m.name INTO v_active FROM pgingest.models AS m WHERE m.state = 'active';
+    IF v_active IS NULL THEN
+        RAISE EXCEPTION 'pgingest: there is no active model to shift traffic from'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = format('Make %s active: SELECT pgingest.swap_model(%L);', v_name, v_name);
+    END IF;
+    SELECT * INTO v_other FROM pgingest.traffic_shift AS t WHERE t.model <> v_name;
+    IF FOUND THEN
+        RAISE EXCEPTION 'pgingest: model % serves % of the searches already: one candidate at a time',
+            v_other.model, v_other.share
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = format('End that shift first: SELECT pgingest.shift_traffic(%L, 0);', v_other.model);
+    END IF;
+    -- The checks of swap_model(), and its force.
+    SELECT
+        array_agg(p.reason) FILTER (WHERE p.blocking),
+        array_agg(p.detail) FILTER (WHERE p.blocking),
+        array_agg(p.hint) FILTER (WHERE p.blocking)
+    INTO v_reasons, v_details, v_hints
+    FROM pgingest._swap_problems(v_target) AS p;
+    IF v_reasons IS NOT NULL THEN
+        IF NOT force THEN
+            RAISE EXCEPTION 'pgingest: cannot shift traffic to model %: %', v_name, array_to_string(v_reasons, '; ')
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = array_to_string(v_details, E'\n'),
+                      HINT = array_to_string(v_hints, ' ')
+                      || format(' To shift anyway: SELECT pgingest.shift_traffic(%L, %s, force => true);',
+                                v_name, share);
+        END IF;
+        RAISE WARNING 'pgingest: shifting traffic to model % although %', v_name, array_to_string(v_reasons, '; ')
+            USING DETAIL = array_to_string(v_details, E'\n');
+    END IF;
+    INSERT INTO pgingest.traffic_shift AS t (model, share) VALUES (v_name, share)
+    ON CONFLICT (model) DO UPDATE SET share = EXCLUDED.share, updated_at = now();
+    RAISE NOTICE 'pgingest: % serves % of the text searches (by routing key), % the rest', v_name, share, v_active
+        USING HINT = format('Roll back with SELECT pgingest.shift_traffic(%L, 0); complete with '
+                            'SELECT pgingest.swap_model(%L);', v_name, v_name);
+    RETURN format('%s serves %s%% of searches, %s the rest', v_name, round((100 * share)::numeric, 2), v_active);
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.shift_traffic(text, double precision, boolean) IS
+'Gradual traffic shifting: the candidate model serves `share` (0-1) of the text searches (search_text, '
+'hybrid_search_text, and whoever routes with pgingest.route_model), chosen by a stable hash of the routing '
+'key (the caller''s routing_key, else the query text): a key stays on its model while the share grows. '
+'Refused with swap_model''s checks (backfill incomplete, paused, index missing or invalid) unless force. '
+'share 0 ends it at once (the next search routes to the active model); swap_model completes the move; one '
+'candidate at a time.';
 
 CREATE OR REPLACE FUNCTION pgingest.retire_model(name text)
 RETURNS text
@@ -423,6 +523,7 @@ BEGIN
     -- being written (complete_batch_v2 locks documents FOR SHARE first) and holds new ones, which
     -- then read the model list after the store is gone. Plain reads go on.
     LOCK TABLE pgingest.documents, pgingest.source_rows IN EXCLUSIVE MODE;
+    DELETE FROM pgingest.traffic_shift AS t WHERE t.model = v_name;
     UPDATE pgingest.models AS m
     SET state = 'retired', retired_at = now(), paused = FALSE, paused_reason = NULL,
         backfill_completed_at = coalesce(m.backfill_completed_at, now())
@@ -579,3 +680,139 @@ COMMENT ON FUNCTION pgingest.compare_models(text, text, integer, integer) IS
 '(each model searches its own store with its own vector of the chunk). Per model: overlap (mean share '
 'of the documents of the top-k chunks found by both models), recall (ANN top k against exact search on '
 'the same store) and ANN query latency p50/p95 in ms. `pgingest model compare` embeds real query texts.';
+
+CREATE OR REPLACE FUNCTION pgingest.replay_query_log(a text, b text, k integer DEFAULT 10, sample integer DEFAULT 100)
+RETURNS TABLE (
+    query text,
+    asked bigint,
+    overlap numeric,
+    recall numeric,
+    a_ms numeric,
+    b_ms numeric,
+    a_doc_keys text[],
+    b_doc_keys text[]
+)
+LANGUAGE plpgsql
+VOLATILE
+SET search_path FROM CURRENT
+AS $$
+#variable_conflict use_variable
+DECLARE
+    v_a pgingest.models := pgingest._model(pgingest._check_model_name(replay_query_log.a));
+    v_b pgingest.models := pgingest._model(pgingest._check_model_name(replay_query_log.b));
+    v_q record;
+    v_t0 timestamptz;
+    v_ids_a bigint[];
+    v_ids_b bigint[];
+BEGIN
+    IF k IS NULL OR k NOT BETWEEN 1 AND 1000 OR sample IS NULL OR sample NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION 'pgingest: k must be 1-1000 and sample 1-10000 (got %, %)', k, sample
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pgingest.query_log AS l WHERE l.query_text IS NOT NULL) THEN
+        RAISE EXCEPTION 'pgingest: the query log holds no query text to replay'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Query texts are logged only with query_log_text on (a hash otherwise).',
+                  HINT = 'SELECT pgingest.set_query_log(0.05, log_text => true); then let searches run.';
+    END IF;
+    -- The replay's own searches are not logged.
+    PERFORM set_config('pgingest.query_log_skip', 'on', TRUE);
+    FOR v_q IN
+        WITH texts AS (
+            SELECT DISTINCT ON (l.query_text)
+                l.query_text, coalesce(l.filter, '{}') AS filter, l.sources,
+                count(*) OVER (PARTITION BY l.query_text) AS n, l.id
+            FROM pgingest.query_log AS l
+            WHERE l.query_text IS NOT NULL
+            ORDER BY l.query_text, l.id DESC
+        )
+        SELECT t.query_text, t.filter, t.sources, t.n FROM texts AS t ORDER BY t.n DESC, t.id DESC LIMIT sample
+    LOOP
+        query := v_q.query_text;
+        asked := v_q.n;
+        v_t0 := clock_timestamp();
+        SELECT array_agg(s.doc_id ORDER BY s.distance), array_agg(s.doc_key ORDER BY s.distance)
+        INTO v_ids_a, a_doc_keys
+        FROM pgingest.search(
+            pgingest.embed_query(v_q.query_text, v_a.name), k, v_q.filter, TRUE, v_a.name, v_q.sources
+        ) AS s;
+        a_ms := round((1000 * extract(EPOCH FROM clock_timestamp() - v_t0))::numeric, 2);
+        v_t0 := clock_timestamp();
+        SELECT array_agg(s.doc_id ORDER BY s.distance), array_agg(s.doc_key ORDER BY s.distance)
+        INTO v_ids_b, b_doc_keys
+        FROM pgingest.search(
+            pgingest.embed_query(v_q.query_text, v_b.name), k, v_q.filter, TRUE, v_b.name, v_q.sources
+        ) AS s;
+        b_ms := round((1000 * extract(EPOCH FROM clock_timestamp() - v_t0))::numeric, 2);
+        -- Overlap: documents found by both over the larger list; recall: A's documents that B finds.
+        SELECT
+            round((count(*)::double precision / greatest(
+                coalesce(cardinality(v_ids_a), 0), coalesce(cardinality(v_ids_b), 0), 1
+            ))::numeric, 3),
+            round((count(*)::double precision / greatest(coalesce(cardinality(v_ids_a), 0), 1))::numeric, 3)
+        INTO overlap, recall
+        FROM (SELECT unnest(v_ids_a) INTERSECT SELECT unnest(v_ids_b)) AS i;
+        RETURN NEXT;
+    END LOOP;
+    PERFORM set_config('pgingest.query_log_skip', '', TRUE);
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.replay_query_log(text, text, integer, integer) IS
+'Replays the logged query texts (the `sample` most asked, with the filter and sources last used) through '
+'models a (usually the active one) and b (the candidate): each embeds the query through its own endpoint '
+'and searches its own store, one row per document. Per query: how often it was asked, the top-k document '
+'overlap, b''s recall of a''s documents, each side''s latency in ms (embedding included) and both result '
+'lists; sort by overlap to read the queries on which they disagree most. Needs query_log_text on. Its own '
+'searches are not logged.';
+
+CREATE OR REPLACE FUNCTION pgingest.compare_models_on_log(
+    a text, b text, k integer DEFAULT 10, sample integer DEFAULT 100
+)
+RETURNS TABLE (
+    model text,
+    queries integer,
+    top_k integer,
+    overlap numeric,
+    recall numeric,
+    p50_ms numeric,
+    p95_ms numeric
+)
+LANGUAGE sql
+VOLATILE
+SET search_path FROM CURRENT
+BEGIN ATOMIC
+    WITH r AS MATERIALIZED (
+        SELECT
+            q.overlap,
+            q.recall,
+            q.a_ms,
+            q.b_ms
+        FROM pgingest.replay_query_log(compare_models_on_log.a, compare_models_on_log.b, k, sample) AS q  -- noqa: RF01
+    )
+
+    -- The columns in the order of compare_models().
+    SELECT  -- noqa: ST06
+        s.model,
+        (SELECT count(*)::integer FROM r) AS queries,
+        k AS top_k,
+        (SELECT round(avg(r.overlap), 3) FROM r) AS overlap,
+        CASE WHEN s.side = 2 THEN (SELECT round(avg(r.recall), 3) FROM r) END AS recall,
+        (
+            SELECT round((percentile_cont(0.5) WITHIN GROUP (
+                ORDER BY CASE WHEN s.side = 1 THEN r.a_ms ELSE r.b_ms END
+            ))::numeric, 2) FROM r
+        ) AS p50_ms,
+        (
+            SELECT round((percentile_cont(0.95) WITHIN GROUP (
+                ORDER BY CASE WHEN s.side = 1 THEN r.a_ms ELSE r.b_ms END
+            ))::numeric, 2) FROM r
+        ) AS p95_ms
+    FROM (VALUES (1, compare_models_on_log.a), (2, compare_models_on_log.b)) AS s (side, model)  -- noqa: RF01
+    ORDER BY s.side;
+END;
+
+COMMENT ON FUNCTION pgingest.compare_models_on_log(text, text, integer, integer) IS
+'Compares two models on the queries users asked (pgingest.replay_query_log): per model, the queries replayed, '
+'the mean top-k document overlap, b''s recall of a''s documents (on b''s row) and the latency p50/p95 in ms '
+'(the query''s embedding through the model''s endpoint included). Needs query_log_text on.';

@@ -75,11 +75,13 @@ COMMENT ON FUNCTION pgingest._sources_predicate(text[]) IS
 -- The signatures before sources (issue 17): dropped so that calls stay unambiguous; search_text
 -- and hybrid_search_text (plpython/) depend on them and are re-created after this folder.
 DROP FUNCTION IF EXISTS pgingest.search(vector, integer, jsonb, boolean, text) CASCADE;
+-- The signature before the query log (issue 20): search() took no query_text / started_at.
+DROP FUNCTION IF EXISTS pgingest.search(vector, integer, jsonb, boolean, text, text[]) CASCADE;
 DROP FUNCTION IF EXISTS pgingest.hybrid_search(
     text, vector, integer, jsonb, double precision, double precision, integer, integer, boolean
 ) CASCADE;
 
-CREATE OR REPLACE FUNCTION pgingest.search(
+CREATE OR REPLACE FUNCTION pgingest._nearest(
     query_vector vector,
     k integer DEFAULT 10,
     filter jsonb DEFAULT '{}',
@@ -101,7 +103,6 @@ RETURNS TABLE (
 )
 LANGUAGE plpgsql
 STABLE
-SECURITY DEFINER
 SET search_path FROM CURRENT
 SET "hnsw.iterative_scan" = 'relaxed_order'
 SET "ivfflat.iterative_scan" = 'relaxed_order'
@@ -120,7 +121,7 @@ BEGIN
         RAISE EXCEPTION 'pgingest: k must be between 1 and 1000, not %', k
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF search.model IS NULL THEN
+    IF _nearest.model IS NULL THEN
         SELECT * INTO v_m FROM pgingest.models AS m WHERE m.state = 'active';
         IF NOT FOUND THEN
             RAISE EXCEPTION 'pgingest: no active model'
@@ -128,7 +129,7 @@ BEGIN
                       HINT = 'Register one with pgingest.register_model(...).';
         END IF;
     ELSE
-        v_m := pgingest._model(search.model);
+        v_m := pgingest._model(_nearest.model);
     END IF;
     IF vector_dims(query_vector) <> v_m.dimensions THEN
         RAISE EXCEPTION 'pgingest: the query vector has % dimensions, model % has %',
@@ -193,19 +194,246 @@ BEGIN
 END;
 $$;
 
-COMMENT ON FUNCTION pgingest.search(vector, integer, jsonb, boolean, text, text[]) IS
-'Nearest chunks to a query vector under the active model (or `model`): its store joined to the chunks of its '
-'profile on (doc_id, ordinal, chunk_hash), so a vector is never served with another version''s text. Optionally '
-'filtered (jsonb: '
+COMMENT ON FUNCTION pgingest._nearest(vector, integer, jsonb, boolean, text, text[]) IS
+'The engine of pgingest.search() (which logs; this does not): nearest chunks to a query vector under the '
+'active model (or `model`): its store joined to the chunks of its profile on (doc_id, ordinal, chunk_hash), '
+'so a vector is never served with another version''s text. Optionally filtered (jsonb: '
 'promoted keys use their typed indexed columns, other keys containment) and grouped one row per '
 'document. distance is the model''s metric (cosine distance, negative inner product or L2). Spans every '
 'source, or those named in `sources`; source and source_key (the row''s key as jsonb) say where each row '
 'comes from: join back with, e.g., ON a.id = (s.source_key ->> ''id'')::bigint.';
 
+-- The query log (issue 20, item 1): opt-in, sampled, never on a replica, never a reason for a
+-- search to fail.
+
+CREATE OR REPLACE FUNCTION pgingest._query_key(p_text text)
+RETURNS text
+LANGUAGE sql
+IMMUTABLE
+SET search_path FROM CURRENT
+RETURN regexp_replace(btrim(p_text, E' \t\r\n\f\x0b'), '\s+', ' ', 'g');
+
+COMMENT ON FUNCTION pgingest._query_key(text) IS
+'A query text or routing key as it is hashed: ends trimmed, whitespace runs collapsed to one space.';
+
+CREATE OR REPLACE FUNCTION pgingest._route_bucket(p_key text)
+RETURNS double precision
+LANGUAGE sql
+IMMUTABLE
+SET search_path FROM CURRENT
+RETURN ('x' || substr(md5(pgingest._query_key(p_key)), 1, 8))::bit(32)::bigint / 4294967296.0;
+
+COMMENT ON FUNCTION pgingest._route_bucket(text) IS
+'Where a routing key falls in [0, 1): the first 32 bits of the md5 of its normalised text. Stable across '
+'sessions, servers and PostgreSQL versions (pgingest.search.route_bucket computes the same in Python).';
+
+CREATE OR REPLACE FUNCTION pgingest.route_model(routing_key text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_active text;
+    v_candidate text;
+    v_share double precision;
+BEGIN
+    SELECT m.name INTO v_active FROM pgingest.models AS m WHERE m.state = 'active';
+    IF routing_key IS NULL THEN
+        RETURN v_active;
+    END IF;
+    -- A paused candidate (its endpoint fails) serves nothing: its searches would fail.
+    SELECT t.model, t.share INTO v_candidate, v_share
+    FROM pgingest.traffic_shift AS t
+    INNER JOIN pgingest.models AS m ON m.name = t.model
+    WHERE m.state IN ('shadow', 'standby') AND NOT m.paused;
+    IF v_candidate IS NULL OR v_active IS NULL THEN
+        RETURN v_active;
+    END IF;
+    RETURN CASE WHEN pgingest._route_bucket(routing_key) < v_share THEN v_candidate ELSE v_active END;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.route_model(text) IS
+'The model that serves a search with this routing key: the candidate of pgingest.shift_traffic when the '
+'key''s bucket (md5 of the normalised key, in [0, 1)) is below its share, else the active model. The same key '
+'always lands on the same model, and a key served by the candidate stays there while the share grows. '
+'search_text and hybrid_search_text route by their routing_key (else the query text); an application '
+'that embeds its own queries calls this first and passes the model to search(..., model => ...).';
+
+CREATE OR REPLACE FUNCTION pgingest._query_log_sampled()
+RETURNS boolean
+LANGUAGE plpgsql
+VOLATILE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_rate text;
+BEGIN
+    SELECT c.value INTO v_rate FROM pgingest.config AS c WHERE c.key = 'query_log_sample_rate';
+    -- Checked without casting: a hand-edited value turns the log off, it never fails a search.
+    IF v_rate IS NULL OR v_rate !~ '^\s*(0(\.[0-9]+)?|1(\.0*)?|\.[0-9]+)\s*$' OR v_rate::double precision <= 0 THEN
+        RETURN FALSE;
+    END IF;
+    -- A replay of the log by an admin (replay_query_log) is not logged again.
+    IF current_setting('pgingest.query_log_skip', TRUE) = 'on' AND pg_has_role(session_user, 'pgingest_admin', 'MEMBER')
+        THEN
+        RETURN FALSE;
+    END IF;
+    -- Nothing can be written on a read replica or in a read-only transaction: not logged.
+    IF pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on' THEN
+        RETURN FALSE;
+    END IF;
+    RETURN random() < v_rate::double precision;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._query_log_sampled() IS
+'Whether this search is logged: the log is on (query_log_sample_rate > 0), the draw falls under the rate, and '
+'the server can write (not a read replica, not a read-only transaction).';
+
+CREATE OR REPLACE FUNCTION pgingest._log_search(
+    p_kind text,
+    p_model text,
+    p_started timestamptz,
+    p_k integer,
+    p_filter jsonb,
+    p_sources text[],
+    p_query_text text,
+    p_doc_ids bigint[],
+    p_doc_keys text[]
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_text boolean;
+BEGIN
+    -- The log never makes a search fail: any error here (the table locked, full, dropped) skips it.
+    BEGIN
+        v_text := coalesce(
+            (SELECT c.value IN ('on', 'true') FROM pgingest.config AS c WHERE c.key = 'query_log_text'), FALSE
+        );
+        INSERT INTO pgingest.query_log (
+            kind, model, latency_ms, k, filter_keys, filter, sources, query_hash, query_text, doc_ids, doc_keys
+        ) VALUES (
+            p_kind,
+            coalesce(p_model, '?'),
+            greatest(1000 * extract(EPOCH FROM clock_timestamp() - p_started), 0),
+            p_k,
+            coalesce((SELECT array_agg(e.key ORDER BY e.key) FROM jsonb_object_keys(
+                CASE WHEN jsonb_typeof(p_filter) = 'object' THEN p_filter ELSE '{}'::jsonb END
+            ) AS e (key)), '{}'),
+            CASE WHEN v_text THEN p_filter END,
+            p_sources,
+            md5(pgingest._query_key(p_query_text)),
+            CASE WHEN v_text THEN p_query_text END,
+            coalesce(p_doc_ids, '{}'),
+            coalesce(p_doc_keys, '{}')
+        );
+    EXCEPTION WHEN OTHERS THEN
+        RAISE LOG 'pgingest: a search was not logged: % (SQLSTATE %)', sqlerrm, sqlstate;
+    END;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._log_search(text, text, timestamptz, integer, jsonb, text[], text, bigint[], text[]) IS
+'Writes one pgingest.query_log row (the query text and filter only with query_log_text = on, the md5 of the '
+'normalised text always); an error skips the row (a LOG line in the server log), never fails the search.';
+
+CREATE OR REPLACE FUNCTION pgingest.search(
+    query_vector vector,
+    k integer DEFAULT 10,
+    filter jsonb DEFAULT '{}',
+    per_document boolean DEFAULT FALSE,
+    model text DEFAULT NULL,
+    sources text[] DEFAULT NULL,
+    query_text text DEFAULT NULL,
+    started_at timestamptz DEFAULT NULL
+)
+RETURNS TABLE (
+    doc_id bigint,
+    doc_key text,
+    title text,
+    ordinal integer,
+    content text,
+    distance double precision,
+    metadata jsonb,
+    model_name text,
+    source text,
+    source_key jsonb
+)
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+#variable_conflict use_column
+DECLARE
+    -- A caller's start (search_text: before the query's embedding) counts from this statement at most.
+    v_t0 timestamptz := greatest(coalesce(search.started_at, clock_timestamp()), statement_timestamp());
+    v_r record;
+    v_ids bigint[] := '{}';
+    v_keys text[] := '{}';
+    v_model text;
+BEGIN
+    IF NOT pgingest._query_log_sampled() THEN
+        RETURN QUERY SELECT * FROM pgingest._nearest(
+            search.query_vector, search.k, search.filter, search.per_document, search.model, search.sources
+        );
+        RETURN;
+    END IF;
+    FOR v_r IN
+        SELECT * FROM pgingest._nearest(
+            search.query_vector, search.k, search.filter, search.per_document, search.model, search.sources
+        )
+    LOOP
+        doc_id := v_r.doc_id;
+        doc_key := v_r.doc_key;
+        title := v_r.title;
+        ordinal := v_r.ordinal;
+        content := v_r.content;
+        distance := v_r.distance;
+        metadata := v_r.metadata;
+        model_name := v_r.model_name;
+        source := v_r.source;
+        source_key := v_r.source_key;
+        v_model := v_r.model_name;
+        v_ids := v_ids || v_r.doc_id;
+        v_keys := v_keys || v_r.doc_key;
+        RETURN NEXT;
+    END LOOP;
+    IF v_model IS NULL THEN
+        v_model := coalesce(search.model, pgingest.route_model(NULL));
+    END IF;
+    PERFORM pgingest._log_search(
+        CASE WHEN search.query_text IS NULL THEN 'search' ELSE 'search_text' END, v_model, v_t0, search.k,
+        search.filter, search.sources, search.query_text, v_ids, v_keys
+    );
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.search(vector, integer, jsonb, boolean, text, text[], text, timestamptz) IS
+'Nearest chunks to a query vector under the active model (or `model`): its store joined to the chunks of its '
+'profile on (doc_id, ordinal, chunk_hash), so a vector is never served with another version''s text. Optionally '
+'filtered (jsonb: promoted keys use their typed indexed columns, other keys containment) and grouped one row '
+'per document. distance is the model''s metric (cosine distance, negative inner product or L2); model_name '
+'names the model that served. Spans every source, or those named in `sources`; source and source_key (the '
+'row''s key as jsonb) say where each row comes from: join back with, e.g., ON a.id = (s.source_key ->> '
+'''id'')::bigint. A sample of searches goes to pgingest.query_log when it is on (query_text: what was asked, '
+'logged as a hash unless query_log_text is on; started_at: when the caller started, for the latency).';
+
 -- Obsolete signature (before match_all): dropped so that calls stay unambiguous; hybrid_search_text
 -- (plpython/) depends on it and is re-created after this folder.
 DROP FUNCTION IF EXISTS pgingest.hybrid_search(
     text, vector, integer, jsonb, double precision, double precision, integer, integer
+) CASCADE;
+-- The signature before traffic shifting (issue 20): no model, no started_at, no model_name column.
+DROP FUNCTION IF EXISTS pgingest.hybrid_search(
+    text, vector, integer, jsonb, double precision, double precision, integer, integer, boolean, text[]
 ) CASCADE;
 
 CREATE OR REPLACE FUNCTION pgingest.hybrid_search(
@@ -218,7 +446,9 @@ CREATE OR REPLACE FUNCTION pgingest.hybrid_search(
     rrf_k integer DEFAULT 60,
     candidates integer DEFAULT 100,
     match_all boolean DEFAULT FALSE,
-    sources text[] DEFAULT NULL
+    sources text[] DEFAULT NULL,
+    model text DEFAULT NULL,
+    started_at timestamptz DEFAULT NULL
 )
 RETURNS TABLE (
     doc_id bigint,
@@ -230,10 +460,11 @@ RETURNS TABLE (
     vector_rank integer,
     text_rank integer,
     source text,
-    source_key jsonb
+    source_key jsonb,
+    model_name text
 )
 LANGUAGE plpgsql
-STABLE
+VOLATILE
 SECURITY DEFINER
 SET search_path FROM CURRENT
 AS $$
@@ -242,14 +473,23 @@ DECLARE
     v_cfg regconfig;
     v_pred text := pgingest._filter_predicate(filter) || ' AND ' || pgingest._sources_predicate(sources);
     v_query tsquery;
-    v_profile integer;
+    v_m pgingest.models;
+    v_t0 timestamptz := greatest(coalesce(hybrid_search.started_at, clock_timestamp()), statement_timestamp());
+    v_log boolean := pgingest._query_log_sampled();
+    v_r record;
+    v_ids bigint[] := '{}';
+    v_keys text[] := '{}';
 BEGIN
     -- rrf_k + rank is a divisor (rank >= 1): rrf_k < 1 could make it 0 (issue 18, item 14).
     IF rrf_k IS NULL OR rrf_k < 1 THEN
         RAISE EXCEPTION 'pgingest: rrf_k must be at least 1, not %', coalesce(rrf_k::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value', HINT = 'The usual value is 60 (the default).';
     END IF;
-    SELECT m.profile_id INTO v_profile FROM pgingest.models AS m WHERE m.state = 'active';
+    IF hybrid_search.model IS NULL THEN
+        SELECT * INTO v_m FROM pgingest.models AS m WHERE m.state = 'active';
+    ELSE
+        v_m := pgingest._model(hybrid_search.model);
+    END IF;
     SELECT c.value::regconfig INTO v_cfg FROM pgingest.config AS c WHERE c.key = 'text_search_config';
     IF v_cfg IS NULL THEN
         RAISE EXCEPTION 'hybrid search needs full-text search on chunks, which is off'
@@ -265,11 +505,11 @@ BEGIN
         INTO v_query
         FROM unnest(tsvector_to_array(to_tsvector(v_cfg, query_text))) AS l (lexeme);
     END IF;
-    RETURN QUERY EXECUTE format(
+    FOR v_r IN EXECUTE format(
         $sql$
         WITH v AS (
             SELECT s.doc_id, s.ordinal, row_number() OVER (ORDER BY s.distance)::integer AS rnk
-            FROM pgingest.search($1, $3, $4, sources => $11) AS s
+            FROM pgingest._nearest($1, $3, $4, FALSE, $12, $11) AS s
         ), t AS (
             SELECT c.doc_id, c.ordinal,
                    row_number() OVER (ORDER BY ts_rank_cd(c.tsv, q.q) DESC, c.doc_id, c.ordinal)::integer AS rnk
@@ -286,7 +526,7 @@ BEGIN
             FROM v FULL JOIN t ON v.doc_id = t.doc_id AND v.ordinal = t.ordinal
         )
         SELECT f.doc_id, d.doc_key, d.title, f.ordinal, c.content, f.score, f.vector_rank, f.text_rank,
-               d.source, d.source_key
+               d.source, d.source_key, $12 AS model_name
         FROM fused AS f
         INNER JOIN pgingest.source_documents AS d ON d.doc_id = f.doc_id
         INNER JOIN pgingest.chunks AS c ON c.profile_id = $10 AND c.doc_id = f.doc_id AND c.ordinal = f.ordinal
@@ -295,16 +535,40 @@ BEGIN
         $sql$,
         v_pred
     ) USING query_vector, v_query, greatest(candidates, k), filter, query_text,
-            vector_weight, text_weight, rrf_k::double precision, k, v_profile, sources;
+            vector_weight, text_weight, rrf_k::double precision, k, v_m.profile_id, sources, v_m.name
+    LOOP
+        doc_id := v_r.doc_id;
+        doc_key := v_r.doc_key;
+        title := v_r.title;
+        ordinal := v_r.ordinal;
+        content := v_r.content;
+        score := v_r.score;
+        vector_rank := v_r.vector_rank;
+        text_rank := v_r.text_rank;
+        source := v_r.source;
+        source_key := v_r.source_key;
+        model_name := v_r.model_name;
+        IF v_log THEN
+            v_ids := v_ids || v_r.doc_id;
+            v_keys := v_keys || v_r.doc_key;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+    IF v_log THEN
+        PERFORM pgingest._log_search(
+            'hybrid_search', v_m.name, v_t0, k, filter, sources, query_text, v_ids, v_keys
+        );
+    END IF;
 END;
 $$;
 
 COMMENT ON FUNCTION pgingest.hybrid_search(
     text, vector, integer, jsonb, double precision, double precision,
-    integer, integer, boolean, text[]
+    integer, integer, boolean, text[], text, timestamptz
 ) IS
 'Hybrid search: vector search (active model''s store) and full-text search (chunks.tsv of the active model''s '
 'profile, websearch syntax) fused '
 'by reciprocal rank fusion: score = vector_weight/(rrf_k + vector rank) + text_weight/(rrf_k + text rank). '
 'The text side matches any query term (ranked by ts_rank_cd), or all of them in websearch syntax with '
-'match_all => true.';
+'match_all => true. Under the active model, or `model` (model_name says which served); logged to '
+'pgingest.query_log like search().';

@@ -672,3 +672,104 @@ COMMENT ON VIEW pgingest.vector_health IS
 '(hnsw.ef_search, ivfflat.probes, iterative scan; pgvector''s defaults when unset), and the chunks '
 'table''s dead tuples and (auto)vacuum/analyze times, and the live and dead tuples and total size of the '
 'model''s store (store_*).';
+
+-- Traffic shifting and the query log (issue 20): figures for monitors, never the log's rows.
+CREATE OR REPLACE FUNCTION pgingest.traffic_status(recent interval DEFAULT '15 minutes')
+RETURNS TABLE (
+    model text,
+    state text,
+    share double precision,
+    shift_since timestamptz,
+    logged_searches bigint,
+    est_searches bigint,
+    p50_ms numeric,
+    p95_ms numeric,
+    p99_ms numeric
+)
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_rate double precision;
+    v_shift pgingest.traffic_shift;
+BEGIN
+    IF recent IS NULL OR recent <= interval '0' OR recent > interval '31 days' THEN
+        RAISE EXCEPTION 'pgingest: the window must be positive and at most 31 days, not %',
+            coalesce(recent::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT CASE WHEN c.value ~ '^\s*(0(\.[0-9]+)?|1(\.0*)?|\.[0-9]+)\s*$' THEN c.value::double precision END
+    INTO v_rate
+    FROM pgingest.config AS c WHERE c.key = 'query_log_sample_rate';
+    SELECT * INTO v_shift FROM pgingest.traffic_shift AS t;
+    RETURN QUERY
+    SELECT
+        m.name,
+        m.state,
+        CASE
+            WHEN m.name = v_shift.model THEN v_shift.share
+            WHEN m.state = 'active' THEN 1 - coalesce(v_shift.share, 0)
+            ELSE 0
+        END,
+        CASE WHEN m.name = v_shift.model THEN v_shift.started_at END,
+        coalesce(l.n, 0),
+        CASE WHEN v_rate > 0 THEN round(coalesce(l.n, 0) / v_rate)::bigint END,
+        round(l.p50::numeric, 2),
+        round(l.p95::numeric, 2),
+        round(l.p99::numeric, 2)
+    FROM pgingest.models AS m
+    LEFT JOIN LATERAL (
+        SELECT
+            count(*) AS n,
+            percentile_cont(0.5) WITHIN GROUP (ORDER BY q.latency_ms) AS p50,
+            percentile_cont(0.95) WITHIN GROUP (ORDER BY q.latency_ms) AS p95,
+            percentile_cont(0.99) WITHIN GROUP (ORDER BY q.latency_ms) AS p99
+        FROM pgingest.query_log AS q
+        WHERE q.model = m.name AND q.logged_at > now() - recent
+    ) AS l ON TRUE
+    WHERE m.state <> 'retired'
+    ORDER BY m.name;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.traffic_status(interval) IS
+'Per live model: its share of the text searches (the active model serves what the shift''s candidate does '
+'not), since when it is shifted, and over the `recent` window the searches the query log recorded '
+'(logged_searches; est_searches divides by the sample rate) with their latency p50/p95/p99 in ms. Figures '
+'only: the log''s rows (query texts) stay readable by admins alone. Empty figures with the log off.';
+
+CREATE OR REPLACE FUNCTION pgingest.query_log_status()
+RETURNS TABLE (
+    sample_rate text,
+    log_text boolean,
+    keep text,
+    max_rows text,
+    logged_rows bigint,
+    oldest timestamptz,
+    newest timestamptz,
+    writable boolean
+)
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+BEGIN ATOMIC
+    SELECT
+        coalesce(max(c.value) FILTER (WHERE c.key = 'query_log_sample_rate'), '0') AS sample_rate,
+        coalesce(bool_or(c.value IN ('on', 'true')) FILTER (WHERE c.key = 'query_log_text'), FALSE) AS log_text,
+        coalesce(max(c.value) FILTER (WHERE c.key = 'query_log_keep'), '7 days') AS keep,
+        coalesce(max(c.value) FILTER (WHERE c.key = 'query_log_max_rows'), '100000') AS max_rows,
+        (SELECT count(*) FROM pgingest.query_log) AS logged_rows,
+        (SELECT min(q.logged_at) FROM pgingest.query_log AS q) AS oldest,
+        (SELECT max(q.logged_at) FROM pgingest.query_log AS q) AS newest,
+        NOT pg_is_in_recovery() AS writable
+    FROM pgingest.config AS c
+    WHERE c.key LIKE 'query\_log\_%';
+END;
+
+COMMENT ON FUNCTION pgingest.query_log_status() IS
+'The query log''s settings (config query_log_*), its size and time span, and whether this server writes it '
+'(a read replica does not: its searches are logged nowhere).';

@@ -240,6 +240,81 @@ $$;
 COMMENT ON FUNCTION pgingest.purge_dead_letters(text) IS
 'Applies the dead-letter retention policies (all models, or one); returns how many letters were purged.';
 
+CREATE OR REPLACE FUNCTION pgingest.set_query_log(
+    sample_rate double precision,
+    log_text boolean DEFAULT FALSE,
+    keep interval DEFAULT '7 days',
+    max_rows integer DEFAULT 100000
+)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+VOLATILE
+SET search_path FROM CURRENT
+AS $$
+#variable_conflict use_variable
+BEGIN
+    IF sample_rate IS NULL OR sample_rate < 0 OR sample_rate > 1 OR sample_rate = 'NaN' THEN
+        RAISE EXCEPTION 'pgingest: the query log''s sample rate must be between 0 (off) and 1, not %',
+            coalesce(sample_rate::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF keep IS NULL OR keep <= interval '0' OR max_rows IS NULL OR max_rows < 1 THEN
+        RAISE EXCEPTION 'pgingest: the query log''s retention must be a positive age and row count (got %, %)',
+            coalesce(keep::text, 'NULL'), coalesce(max_rows::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO pgingest.config AS c (key, value) VALUES
+    ('query_log_sample_rate', sample_rate::text),
+    ('query_log_text', CASE WHEN log_text THEN 'on' ELSE 'off' END),
+    ('query_log_keep', keep::text),
+    ('query_log_max_rows', max_rows::text)
+    ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now();
+    RETURN format('query log %s: %s of searches, query text %s, kept %s and at most %s rows',
+                  CASE WHEN sample_rate > 0 THEN 'on' ELSE 'off' END, sample_rate,
+                  CASE WHEN log_text THEN 'logged' ELSE 'hashed' END, keep, max_rows);
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.set_query_log(double precision, boolean, interval, integer) IS
+'The query log''s settings (pgingest.config query_log_*): the share of searches logged (0: off, the default), '
+'whether the query text and filter are logged (off: only the md5 of the normalised text), how long rows are '
+'kept and how many at most (applied by pgingest.purge_query_log, run by run_maintenance).';
+
+CREATE OR REPLACE FUNCTION pgingest.purge_query_log()
+RETURNS bigint
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_keep interval;
+    v_max bigint;
+    v_n bigint := 0;
+    v_k bigint;
+    v_cut bigint;
+BEGIN
+    SELECT c.value::interval INTO v_keep FROM pgingest.config AS c WHERE c.key = 'query_log_keep';
+    SELECT c.value::bigint INTO v_max FROM pgingest.config AS c WHERE c.key = 'query_log_max_rows';
+    DELETE FROM pgingest.query_log AS q WHERE q.logged_at < now() - coalesce(v_keep, interval '7 days');
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    -- The newest max_rows rows stay (ids grow with time).
+    SELECT q.id INTO v_cut FROM pgingest.query_log AS q
+    ORDER BY q.id DESC OFFSET coalesce(v_max, 100000) LIMIT 1;
+    IF v_cut IS NOT NULL THEN
+        DELETE FROM pgingest.query_log AS q WHERE q.id <= v_cut;
+        GET DIAGNOSTICS v_k = ROW_COUNT;
+        v_n := v_n + v_k;
+    END IF;
+    RETURN v_n;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest.purge_query_log() IS
+'Applies the query log''s retention: rows older than query_log_keep (7 days) go, then all but the newest '
+'query_log_max_rows (100000); returns how many rows were deleted.';
+
 CREATE OR REPLACE FUNCTION pgingest.run_maintenance()
 RETURNS jsonb
 LANGUAGE sql
@@ -248,10 +323,12 @@ SET search_path FROM CURRENT
 BEGIN ATOMIC
     SELECT jsonb_build_object(
         'purged_dead_letters', pgingest.purge_dead_letters(NULL),
-        'pruned_cache_rows', pgingest.prune_embedding_cache()
+        'pruned_cache_rows', pgingest.prune_embedding_cache(),
+        'purged_query_log', pgingest.purge_query_log()
     );
 END;
 
 COMMENT ON FUNCTION pgingest.run_maintenance() IS
-'Dead-letter retention and cache bounds in one call: for pgingest maintenance, the workers, or pg_cron '
+'Dead-letter retention, cache bounds and the query log''s retention in one call: for pgingest maintenance, '
+'the workers, or pg_cron '
 '(SELECT cron.schedule(''pgingest'', ''*/10 * * * *'', ''SELECT pgingest.run_maintenance()'')).';

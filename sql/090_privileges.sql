@@ -108,17 +108,20 @@ BEGIN
             ('pgingest_writer', ARRAY['_content_hash', '_meta_cast', '_meta_text_array']),
             ('pgingest_reader', ARRAY[
                 'search', 'search_text', 'hybrid_search', 'hybrid_search_text', 'embed_query', 'chunk_preview',
-                '_plpy_bootstrap', 'model_index_status', 'query_cache_stats'
+                '_plpy_bootstrap', 'model_index_status', 'query_cache_stats', 'route_model'
             ]),
-            ('pgingest_monitor', ARRAY['queue_stats_v1']),
+            ('pgingest_monitor', ARRAY['queue_stats_v1', 'traffic_status', 'query_log_status']),
             ('pgingest_worker', ARRAY[
-                'pause_model', 'resume_model', 'run_maintenance', 'purge_dead_letters', 'prune_embedding_cache'
+                'pause_model', 'resume_model', 'run_maintenance', 'purge_dead_letters', 'prune_embedding_cache',
+                'purge_query_log'
             ]),
             ('pgingest_admin', ARRAY[
                 'register_model', 'swap_model', 'retire_model', 'compare_models', 'index_ddl',
                 'requeue_dead_letters', 'pause_model', 'resume_model', 'run_backfill', 'backfill_step_v1',
                 'forget_stale_workers', 'clear_embedding_cache', 'prune_embedding_cache', 'purge_dead_letters',
                 'set_dead_letter_retention', 'run_maintenance', 'register_filter', 'set_text_search_config',
+                -- Traffic shifting and the query log (issue 20).
+                'shift_traffic', 'set_query_log', 'purge_query_log', 'replay_query_log', 'compare_models_on_log',
                 -- Sources: add_source() and remove_source() run as the caller (who must own the table) and
                 -- call these two to write pgingest's tables; creating the triggers needs _source_capture.
                 'add_source', 'remove_source', 'resync_source', 'run_source_backfill', '_attach_source',

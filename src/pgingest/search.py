@@ -9,6 +9,8 @@ SQL here.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -19,7 +21,7 @@ from pgingest import providers, vectors
 if TYPE_CHECKING:
     from pgingest.providers import ModelLike
 
-__all__ = ["QUERY_BATCH", "EmptyQuery", "embed_queries", "embed_query"]
+__all__ = ["QUERY_BATCH", "EmptyQuery", "embed_queries", "embed_query", "route_bucket"]
 
 QUERY_BATCH = 64
 """Query texts per embedding request (``model compare`` embeds dozens at a time)."""
@@ -74,3 +76,15 @@ def embed_query(
 ) -> vectors.Float32Array:
     """The vector of one query text, 1-D float32 (see ``embed_queries``)."""
     return embed_queries(model, provider, [text])[0]
+
+
+def route_bucket(key: str) -> float:
+    """Where a routing key falls in [0, 1), as ``pgingest._route_bucket`` computes it: the first
+    32 bits of the md5 of the key with its ends trimmed and whitespace runs collapsed. A traffic
+    shift (``pgingest.shift_traffic``) of share ``s`` routes the keys below ``s`` to its
+    candidate; the same key always lands on the same model."""
+    normalised = re.sub(r"\s+", " ", key.strip(" \t\r\n\f\v"))
+    return (
+        int(hashlib.md5(normalised.encode(), usedforsecurity=False).hexdigest()[:8], 16)
+        / 4294967296.0
+    )
