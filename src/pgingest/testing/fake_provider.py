@@ -49,6 +49,94 @@ Slow answers
     ``model: input``, in ``stats()["slow_overlapped"]``); ``stats()["slow_held"]`` counts the
     requests held to the end.
 
+Capacity mode (a CPU-bound server: self-hosted TEI or ``pgingest serve-model`` on a small machine)
+    ``configure(capacity_inputs_per_s=N)`` (optionally ``capacity_tokens_per_s=M``; the two
+    times add up: ``work = inputs / N + tokens / M``) computes ONE request at a time, in arrival
+    order: the others queue, so a request's latency is (work queued ahead + its own work) / rate.
+    One queue for the whole server, every model. The work is a sleep, not CPU. Tokens are
+    counted as in quota mode. ``capacity_queue_limit_inputs=K`` (0: none) answers a request that
+    would make more than K inputs queued or computing with a 503 ``overloaded`` at once.
+    ``stats()``: ``capacity_requests`` / ``capacity_inputs`` (computed), ``capacity_busy_s``,
+    ``capacity_max_queue_inputs`` (most inputs queued or computing when a request arrived, its
+    own included), ``capacity_max_latency_s`` (arrival to answer computed), ``capacity_overloaded``,
+    ``abandoned`` (answers computed whose client had gone: its connection closed or reset when
+    the answer was to be written, or a broken pipe while writing it), ``abandoned_queued``
+    (requests dropped before their turn because their client had closed the connection: checked
+    every 50 ms while queued, never computed), ``resent`` (inputs that arrived while the same
+    (model, input) was still queued or being computed: the client re-sent work the server was
+    still doing), ``resent_requests`` and ``resent_inputs`` (the last 50, as ``model: input``).
+
+Quota mode (hosted APIs' rate limits)
+    ``configure(quota={"rpm": N, "tpm": M})``, per model ``{"rpm": .., "tpm": .., "models":
+    {"fake-384": {"tpm": ..}}}`` (a model's entry overrides the defaults; a limit left out is
+    unlimited and its headers are not sent; ``None`` turns the mode off): requests and tokens
+    per minute per (API key, model), each a token bucket of the limit, refilled continuously
+    (limit / 60 a second), full at first. A request takes 1 request and its tokens from both, or
+    nothing: over either it gets OpenAI's 429 (``{"error": {"message": "Rate limit reached for
+    <model> in organization org-fake on tokens per min (TPM): Limit X, Used Y, Requested Z.
+    Please try again in 1.2s. ...", "type": "tokens" | "requests", "code":
+    "rate_limit_exceeded"}}``, the kind whose wait is longer) with ``Retry-After`` (whole seconds,
+    rounded up) and ``retry-after-ms`` until the buckets hold enough; a request larger than the
+    TPM limit gets OpenAI's "Request too large" 429 with no ``Retry-After``. Rejected requests
+    take nothing. Every answer after the check (200, 429 and any later error) carries
+    ``x-ratelimit-limit-{requests,tokens}``, ``x-ratelimit-remaining-{requests,tokens}`` (after
+    this request) and ``x-ratelimit-reset-{requests,tokens}`` (time until the bucket is full
+    again, in OpenAI's Go-style durations: ``20ms``, ``1s``, ``17.28s``, ``6m0s``; see
+    :func:`go_duration`). The check comes after authentication and parsing, before
+    ``on_request``, latency, capacity and failure injection. A request's tokens:
+    :func:`count_tokens`, the sum of ``pgingest.chunking.get_tokenizer(quota_tokenizer)
+    .count_input(text)`` (default ``all-MiniLM-L6-v2``, special tokens included), i.e. exactly
+    the ``token_count`` the chunker gave the chunks sent, so client-side pacing and server-side
+    enforcement agree; ``usage`` reports the same count in quota mode. ``reset_quota()``
+    refills every bucket. ``stats()``: ``quota_accepted_requests``, ``quota_accepted_tokens``,
+    ``quota_rejected`` (``{"requests": n, "tokens": n}``), ``quota_by_key_model`` (``"<masked
+    key> <model>"`` -> accepted_requests, accepted_tokens, rejected_requests, rejected_tokens);
+    ``by_mode`` counts the 429s as ``quota_requests`` / ``quota_tokens``.
+
+Batch API (OpenAI's, for ``/v1/embeddings``)
+    ``POST /v1/files`` (multipart: ``purpose=batch``, ``file``: a JSONL of ``{"custom_id", "method":
+    "POST", "url": "/v1/embeddings", "body": {embeddings request}}``), ``GET /v1/files``,
+    ``GET /v1/files/{id}``, ``GET /v1/files/{id}/content``, ``DELETE /v1/files/{id}``;
+    ``POST /v1/batches`` (``input_file_id``, ``endpoint: "/v1/embeddings"``,
+    ``completion_window: "24h"``, ``metadata``), ``GET /v1/batches``, ``GET /v1/batches/{id}``,
+    ``POST /v1/batches/{id}/cancel``; the API key is checked as for ``/v1/embeddings``. Batch
+    objects have OpenAI's fields (``status``, ``output_file_id``, ``error_file_id``,
+    ``request_counts {total, completed, failed}``, ``errors``, ``*_at`` timestamps). A batch of
+    ``batch_completion_s`` = T is ``validating`` for 0.1 T, ``in_progress`` until 0.9 T (its
+    ``request_counts`` grow with the time, in file order), ``finalizing`` until T, then
+    ``completed``. Output lines: ``{"id": "batch_req_...", "custom_id", "response":
+    {"status_code": 200, "request_id", "body": <the /v1/embeddings answer: same vectors,
+    encoding_format and dimensions honoured>}, "error": null}``; a failed request goes to the
+    error file as ``{"response": {"status_code": 400, "body": {"error": ...}}, "error": null}``:
+    a line whose inputs hold ``__REJECT__`` or are invalid (400), the custom_ids of
+    ``batch_fail_custom_ids`` and a ``batch_fail_share`` of them drawn from (``seed``, custom_id)
+    (``batch_fail_status``, default 500). The input file is checked when the batch is created
+    (its lines, fates and the behaviour then in force are fixed there); a bad line (not JSON,
+    no or a duplicate custom_id, not POST, another url, an unknown model), two models in one
+    file, more than ``batch_max_requests`` requests or ``batch_max_inputs`` inputs, or an empty
+    file make it ``failed`` after validating, with ``errors.data`` (``code``, ``message``,
+    ``line``). ``batch_outcome`` (every new batch) or ``next_batch_outcome(outcome, n)`` (the
+    next n) decide the fate: ``completed``; ``failed`` (after validating, code
+    ``batch_failed``); ``expired`` (at T: the first ``batch_done_share`` of the requests in the
+    output/error files, the rest as ``{"response": null, "error": {"code": "batch_expired"}}``
+    in the error file, as OpenAI documents, and counted failed); ``cancelled`` (``cancelling`` from
+    0.9 T, ``cancelled`` at T with the first ``batch_done_share`` run). ``POST .../cancel``:
+    ``cancelling`` at once, ``cancelled`` min(0.1 T, 1 s) later; the requests run by then are
+    in the output; a batch already ended gets a 409. ``batch(id)``, ``batches()``,
+    ``cancel_batch(id)`` and ``file_content(id)`` do the same in process. ``reset()`` drops
+    files and batches. ``stats()``: ``batch_submissions`` (batches created), ``files_uploaded``,
+    ``batch_inputs`` (inputs embedded into output files), ``batches_by_status``.
+
+Another process
+    Every :class:`Behaviour` field (all the fields above) is a key of ``POST /_control``; so
+    are ``reset_quota`` and ``next_batch_outcome`` (an outcome or ``{"outcome": o, "n": k}``).
+    ``python -m pgingest.testing.fake_provider`` takes ``--capacity-inputs-per-s``,
+    ``--capacity-tokens-per-s``, ``--capacity-queue-limit-inputs``, ``--quota-rpm``,
+    ``--quota-tpm``, ``--quota-tokenizer``, ``--batch-completion-s``, ``--batch-outcome``,
+    ``--batch-done-share``, ``--batch-fail-share`` and ``--batch-fail-custom-id`` (repeatable);
+    they are the behaviour ``reset`` returns to. ``FakeEmbeddingServer(**fields)`` does the same
+    in process.
+
 Speed
     Measured with the server pinned to one core and the client in another process, 768 dims,
     base64: about 17,000 vectors/s in requests of 16 inputs, 25,000 in requests of 256 (2,000
