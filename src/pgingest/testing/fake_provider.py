@@ -187,6 +187,7 @@ import numpy as np
 from pgingest.chunking import DEFAULT_TOKENIZER, TOKENIZER_NAMES, get_tokenizer
 
 __all__ = [
+    "BATCH_OUTCOMES",
     "DEFAULT_MODELS",
     "DIM_MARKER",
     "FAILURE_MODES",
@@ -199,7 +200,9 @@ __all__ = [
     "FakeEmbeddingServer",
     "RequestInfo",
     "control",
+    "count_tokens",
     "fake_vectors",
+    "go_duration",
     "main",
 ]
 
