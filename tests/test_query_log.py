@@ -4,7 +4,9 @@ of the logged queries through two models (item 3)."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -13,7 +15,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgingest import db
+from pgingest import db, models_cli
 from pgingest.testing.fake_provider import FakeEmbeddingServer
 from tests.helpers import drain, insert_corpus, register
 
@@ -222,3 +224,45 @@ def test_replaying_the_log_compares_two_models(
     assert rows[0][3] == rows[1][3]
     assert all(r[5] > 0 and r[6] >= r[5] for r in rows)
     assert logged(conn) == before  # the replays are not logged
+
+
+def test_model_compare_from_log(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = argparse.ArgumentParser(prog="pgingest")
+    models_cli.add_model_commands(parser.add_subparsers(dest="command"))
+
+    def cli(*argv: str) -> int:
+        args = parser.parse_args(["model", *argv, "--database-url", dsn])
+        return int(args.func(args))
+
+    register(conn, "v1", fake.url, index_method="none")
+    register(conn, "v2", fake.url, model_id="fake-768", dimensions=768, index_method="none")
+    insert_corpus(conn, 8)
+    drain(dsn)
+    assert cli("compare", "v1", "v2", "--from-log") == models_cli.EXIT_INVALID
+    assert "query log holds no query text" in capsys.readouterr().err
+
+    conn.execute("SELECT pgingest.set_query_log(1, log_text => true)")
+    asked = ["vectors and stores", "what is a model", "search", "vectors and stores"]
+    for q in asked:
+        conn.execute("SELECT * FROM pgingest.search_text(%s, 3)", (q,)).fetchall()
+    assert cli("compare", "v1", "v2", "--from-log", "--k", "3", "--json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["queries"] == 3 and "query log" in data["source"]
+    assert 0 <= data["b_recall_of_a"] <= 1
+    for d in data["disagreements"]:
+        assert d["query"] in asked and d["overlap"] < 1
+        assert len(d["a_doc_ids"]) == len(d["b_doc_ids"]) == 3
+    overlaps = [d["overlap"] for d in data["disagreements"]]
+    assert overlaps == sorted(overlaps)
+    assert cli("compare", "v1", "v2", "--from-log", "--k", "3") == 0
+    text = capsys.readouterr().out
+    assert "from the query log" in text and "finds" in text
+    # The most asked first: a sample of one is the repeated question.
+    report = models_cli.compare_models(dsn, "v1", "v2", k=3, sample=1, from_log=True)
+    assert report.queries == 1
+    assert report.disagreements == [] or report.disagreements[0].query == "vectors and stores"

@@ -11,7 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgingest import db
+from pgingest import db, models_cli
+from pgingest import status as status_cli
 from pgingest.search import route_bucket
 from pgingest.testing.fake_provider import FakeEmbeddingServer
 from tests.helpers import drain, insert_corpus, register
@@ -109,6 +110,17 @@ def test_the_log_and_the_status_say_which_model_served(
     assert status["v2"][:2] == ("shadow", pytest.approx(0.3))
     assert status["v2"][2] == dict(logged)["v2"] == status["v2"][3]
     assert status["v2"][4] > 0 and status["v2"][5] >= status["v2"][4]
+    # pgingest model list and pgingest status show the same.
+    listed = {r["name"]: r for r in models_cli.list_models(conn)}
+    assert listed["v2"]["share"] == pytest.approx(0.3)
+    assert listed["v2"]["searches_15min"] == dict(logged)["v2"]
+    table = models_cli.format_models(list(listed.values()))
+    assert "30.0%" in table and "70.0%" in table
+    report = status_cli.collect(conn)
+    assert report.traffic is not None and report.query_log is not None
+    assert report.query_log["logged_rows"] == len(KEYS)
+    text = status_cli.render_text(report)
+    assert "TRAFFIC" in text and "30.0%" in text and "query log: 1 of searches" in text
 
 
 def test_refusals_force_and_the_ends_of_a_shift(

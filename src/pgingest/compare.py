@@ -5,6 +5,11 @@ Each model embeds the queries through its own endpoint (``providers.for_model`` 
 index and exactly, giving top-k document overlap, recall and latency. ``models_cli.py`` parses
 the command and prints the report. The in-database variant on stored vectors is the SQL
 function ``pgingest.compare_models`` (sql/040_lifecycle.sql).
+
+``from_log`` takes the queries users actually asked from ``pgingest.query_log`` (the most asked
+first; text logging must be on), and the report then says how much of A's documents B finds and
+on which queries the two disagree most: what to read before shifting more traffic to B. The SQL
+side of the same is ``pgingest.compare_models_on_log`` / ``pgingest.replay_query_log``.
 """
 
 from __future__ import annotations
@@ -14,13 +19,13 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported when a comparison runs: `pgingest --help` stays fast
     from pgingest.db import Model
     from pgingest.providers import EmbeddingProvider
 
-__all__ = ["CompareReport", "ModelSide", "compare_models"]
+__all__ = ["CompareReport", "Disagreement", "ModelSide", "compare_models", "logged_queries"]
 
 
 @dataclass
@@ -40,6 +45,16 @@ class ModelSide:
 
 
 @dataclass
+class Disagreement:
+    """One query on which the two models' top-k documents overlap least."""
+
+    query: str
+    overlap: float
+    a_doc_ids: list[int]
+    b_doc_ids: list[int]
+
+
+@dataclass
 class CompareReport:
     queries: int
     source: str
@@ -50,9 +65,35 @@ class CompareReport:
     overlap_median: float
     overlap_min: float
     settings: dict[str, str] = field(default_factory=dict)
+    b_recall_of_a: float | None = None
+    """mean share of A's top-k documents that B finds too (A: usually the active model)."""
+    disagreements: list[Disagreement] = field(default_factory=list)
+    """the queries with the lowest overlap, lowest first (at most ``DISAGREEMENTS``)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
+
+
+DISAGREEMENTS = 5
+"""Queries listed in a report's ``disagreements``."""
+
+_LOGGED_QUERIES = (
+    "SELECT l.query_text FROM pgingest.query_log AS l WHERE l.query_text IS NOT NULL"
+    " GROUP BY l.query_text ORDER BY count(*) DESC, max(l.id) DESC LIMIT %s"
+)
+
+
+def logged_queries(conn: Any, sample: int) -> list[str]:
+    """The ``sample`` query texts most asked in ``pgingest.query_log`` (the most recent first
+    among equals). ``LookupError`` when the log holds no text (text logging off, or nothing
+    logged yet); reading the log needs ``pgingest_admin``."""
+    texts = [str(r[0]) for r in conn.execute(_LOGGED_QUERIES, (sample,)).fetchall()]
+    if not texts:
+        raise LookupError(
+            "the query log holds no query text: turn the log on with text logging "
+            "(SELECT pgingest.set_query_log(0.05, log_text => true);) and let searches run"
+        )
+    return [t for t in texts if t.strip()]
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -77,10 +118,12 @@ def compare_models(
     ef_search: int | None = None,
     probes: int | None = None,
     provider_factory: Callable[[Model], EmbeddingProvider] | None = None,
+    from_log: bool = False,
 ) -> CompareReport:
     """Runs the same query texts through models ``a`` and ``b`` (embedding each through its own
     endpoint) and measures top-k document overlap, ANN recall against exact search on the same
-    column, and search latency.
+    column, and search latency. ``from_log``: the ``sample`` most asked queries of the query log
+    (``logged_queries``) instead of the corpus.
 
     ``provider_factory`` builds the client of a model (default ``providers.for_model``; tests
     pass a fake). Raises ``LookupError`` for an unknown or retired model or when there is no
@@ -99,7 +142,10 @@ def compare_models(
                 raise LookupError(f"no live model named {name!r}")
             models.append(m)
         ma, mb = models
-        if queries:
+        if from_log:
+            texts = logged_queries(conn, sample)
+            source = f"the query log (the {len(texts)} most asked)"
+        elif queries:
             texts = [q for q in queries if q.strip()]
             source = "file"
         else:
@@ -122,6 +168,7 @@ def compare_models(
         status = {r["model"]: r for r in db.model_index_status(conn)}
         sides: list[ModelSide] = []
         top_docs: list[list[set[int]]] = []
+        ranked_docs: list[list[list[int]]] = []
         for m in models:
             provider = factory(m)
             try:
@@ -139,6 +186,7 @@ def compare_models(
             exact_ms: list[float] = []
             recalls: list[float] = []
             docs: list[set[int]] = []
+            ranked: list[list[int]] = []
             for q in vecs:
                 t0 = time.perf_counter()
                 ann = db.knn(conn, m, q, k)
@@ -149,7 +197,9 @@ def compare_models(
                 exact_ms.append((t2 - t1) * 1000)
                 recalls.append(len(set(ann) & set(exact)) / max(len(exact), 1))
                 docs.append({d for d, _ in ann})
+                ranked.append(list(dict.fromkeys(d for d, _ in ann)))
             top_docs.append(docs)
+            ranked_docs.append(ranked)
             if m.index_method == "none":
                 index_desc = "none (exact search)"
             elif indexed:
@@ -178,6 +228,20 @@ def compare_models(
         len(da & db_) / max(len(da), len(db_), 1)
         for da, db_ in zip(top_docs[0], top_docs[1], strict=True)
     ]
+    recalls_of_a = [
+        len(da & db_) / max(len(da), 1) for da, db_ in zip(top_docs[0], top_docs[1], strict=True)
+    ]
+    worst = sorted(range(len(texts)), key=lambda i: (overlaps[i], i))[:DISAGREEMENTS]
+    disagreements = [
+        Disagreement(
+            query=texts[i],
+            overlap=round(overlaps[i], 4),
+            a_doc_ids=ranked_docs[0][i],
+            b_doc_ids=ranked_docs[1][i],
+        )
+        for i in worst
+        if overlaps[i] < 1.0
+    ]
     return CompareReport(
         queries=len(texts),
         source=source,
@@ -188,4 +252,6 @@ def compare_models(
         overlap_median=round(statistics.median(overlaps), 4),
         overlap_min=round(min(overlaps), 4),
         settings=settings,
+        b_recall_of_a=round(statistics.fmean(recalls_of_a), 4),
+        disagreements=disagreements,
     )

@@ -151,10 +151,11 @@ def add_model_commands(subparsers: Any) -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "compare",
-        help="compare two models on sample queries: top-k overlap, recall, latency",
-        description="Embeds sample queries through both models' endpoints and reports the "
-        "overlap of their top-k documents, each index's recall against exact search on the same "
-        "store, and search latency p50/p95.",
+        help="compare two models on sample or logged queries: top-k overlap, recall, latency",
+        description="Embeds sample queries (or, with --from-log, the queries users asked) "
+        "through both models' endpoints and reports the overlap of their top-k documents, how "
+        "many of A's documents B finds, each index's recall against exact search on the same "
+        "store, search latency p50/p95 and the queries on which they disagree most.",
     )
     cli_support.add_database_url(p)
     p.add_argument("a", help="model A (usually the active one)")
@@ -164,8 +165,16 @@ def add_model_commands(subparsers: Any) -> argparse.ArgumentParser:
         type=Path,
         help="file of query texts, one per line (default: the first chunk of random documents)",
     )
+    p.add_argument(
+        "--from-log",
+        action="store_true",
+        help="the queries users asked: the --sample most asked of pgingest.query_log (needs the "
+        "log on with text logging: SELECT pgingest.set_query_log(0.05, log_text => true))",
+    )
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--sample", type=int, default=50, help="queries drawn from the corpus")
+    p.add_argument(
+        "--sample", type=int, default=50, help="queries drawn from the corpus (or the log)"
+    )
     p.add_argument("--seed", type=float, help="seed (-1..1) for the corpus sample")
     p.add_argument("--ef-search", type=int, help="hnsw.ef_search for the searches")
     p.add_argument("--probes", type=int, help="ivfflat.probes for the searches")
@@ -304,6 +313,7 @@ def list_models(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
 
     progress = {r["model"]: r for r in db.backfill_progress(conn)}
     indexes = {r["model"]: r for r in db.model_index_status(conn)}
+    traffic = {r["model"]: r for r in _traffic(conn)}
     out = []
     for m in db.all_models(conn):
         p = progress.get(m["name"], {})
@@ -331,9 +341,35 @@ def list_models(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
                 "index_valid": ix.get("valid"),
                 "index_size": ix.get("size"),
                 "index_build_phase": ix.get("build_phase"),
+                "share": traffic.get(m["name"], {}).get("share"),
+                "searches_15min": traffic.get(m["name"], {}).get("logged_searches"),
+                "p50_ms": _float(traffic.get(m["name"], {}).get("p50_ms")),
+                "p95_ms": _float(traffic.get(m["name"], {}).get("p95_ms")),
             }
         )
     return out
+
+
+def _float(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
+def _traffic(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """``pgingest.traffic_status()`` (shares, and the query log's searches and latency over the
+    last 15 minutes), or nothing where the server predates it or this role may not run it."""
+    from psycopg.rows import dict_row
+
+    row = conn.execute(
+        "SELECT to_regprocedure('pgingest.traffic_status(interval)') IS NOT NULL AND"
+        " has_function_privilege(to_regprocedure('pgingest.traffic_status(interval)'), 'EXECUTE')"
+    ).fetchone()
+    if not row or not row[0]:
+        return []
+    return (
+        conn.cursor(row_factory=dict_row)
+        .execute("SELECT * FROM pgingest.traffic_status()")
+        .fetchall()
+    )
 
 
 def _index_cell(r: dict[str, Any]) -> str:
@@ -348,6 +384,13 @@ def _index_cell(r: dict[str, Any]) -> str:
     if not r.get("index_valid"):
         return f"{r['index_method']} INVALID"
     return f"{r['index_method']} valid {r.get('index_size') or ''}".rstrip()
+
+
+def _searches_cell(r: dict[str, Any]) -> str:
+    """Logged searches of the last 15 minutes and their latency (the query log, when on)."""
+    if not r.get("searches_15min"):
+        return "-"
+    return f"{r['searches_15min']} ({r['p50_ms']:.1f}/{r['p95_ms']:.1f} ms)"
 
 
 def format_models(rows: Sequence[dict[str, Any]]) -> str:
@@ -370,6 +413,8 @@ def format_models(rows: Sequence[dict[str, Any]]) -> str:
                 f"{r['rate_per_s']:.1f}" if live and r["rate_per_s"] is not None else "-",
                 _fmt_eta(r["eta"]) if live else "-",
                 _index_cell(r),
+                "-" if not live or r.get("share") is None else f"{100 * r['share']:.1f}%",
+                _searches_cell(r) if live else "-",
             ]
         )
     headers = [
@@ -386,6 +431,8 @@ def format_models(rows: Sequence[dict[str, Any]]) -> str:
         "docs/s",
         "eta",
         "index",
+        "share",
+        "searches 15 min (p50/p95)",
     ]
     text = cli_support.table(headers, body)
     paused = [r for r in rows if r["paused"]]
@@ -535,6 +582,18 @@ def format_compare(r: CompareReport) -> str:
         f"median {r.overlap_median:.2f}, min {r.overlap_min:.2f} "
         "(share of the documents found by both)"
     )
+    if r.b_recall_of_a is not None:
+        tail += (
+            f"\n{b.name} finds {r.b_recall_of_a:.2f} of {a.name}'s top-{r.k} documents (mean over "
+            "the queries)"
+        )
+    if r.disagreements:
+        tail += "\n\nthe queries on which they disagree most (document ids, best first):"
+        for d in r.disagreements:
+            tail += (
+                f"\n  overlap {d.overlap:.2f}  {d.query[:70]!r}\n"
+                f"      {a.name}: {d.a_doc_ids}\n      {b.name}: {d.b_doc_ids}"
+            )
     return head + table + tail
 
 
@@ -542,6 +601,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from pgingest import providers
 
     queries: list[str] | None = None
+    if args.queries is not None and args.from_log:
+        print(
+            "pgingest model compare: --queries and --from-log exclude each other", file=sys.stderr
+        )
+        return EXIT_INVALID
     if args.queries is not None:
         queries = [
             line.strip()
@@ -556,6 +620,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 args.a,
                 args.b,
                 queries=queries,
+                from_log=args.from_log,
                 k=args.k,
                 sample=args.sample,
                 seed=args.seed,

@@ -62,6 +62,12 @@ class Report:
     index_builds: list[dict[str, Any]]
     sources: list[dict[str, Any]] | None = None
     """``pgingest.source_status``; None when the server predates sources (schema 0009)."""
+    traffic: list[dict[str, Any]] | None = None
+    """``pgingest.traffic_status()``: per live model its share of the searches and, from the query
+    log, the searches of the last 15 minutes and their latency; None when the server predates it
+    (schema 0013) or this role may not run it (monitors and admins may)."""
+    query_log: dict[str, Any] | None = None
+    """``pgingest.query_log_status()``: the query log's settings and size (same conditions)."""
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -80,6 +86,8 @@ class Report:
             "vector_health": self.vector_health,
             "index_builds": self.index_builds,
             "sources": self.sources,
+            "traffic": self.traffic,
+            "query_log": self.query_log,
         }
 
 
@@ -95,7 +103,49 @@ def collect(conn: psycopg.Connection[Any]) -> Report:
             vector_health=db.status_view(conn, "vector_health"),
             index_builds=db.status_view(conn, "index_builds"),
             sources=_source_status(conn),
+            traffic=_traffic_status(conn),
+            query_log=_query_log_status(conn),
         )
+
+
+def _may_run(conn: psycopg.Connection[Any], signature: str) -> bool:
+    """Whether ``signature`` exists and this role may execute it."""
+    row = conn.execute(
+        "SELECT to_regprocedure(%(f)s) IS NOT NULL"
+        " AND has_function_privilege(to_regprocedure(%(f)s), 'EXECUTE')",
+        {"f": signature},
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _traffic_status(conn: psycopg.Connection[Any]) -> list[dict[str, Any]] | None:
+    """The rows of ``pgingest.traffic_status()`` (issue 20), or None (see ``Report.traffic``)."""
+    from psycopg.rows import dict_row
+
+    if not _may_run(conn, "pgingest.traffic_status(interval)"):
+        return None
+    rows = (
+        conn.cursor(row_factory=dict_row)
+        .execute("SELECT * FROM pgingest.traffic_status() ORDER BY model")
+        .fetchall()
+    )
+    for r in rows:
+        for key in ("p50_ms", "p95_ms", "p99_ms"):
+            if r.get(key) is not None:
+                r[key] = float(r[key])
+    return rows
+
+
+def _query_log_status(conn: psycopg.Connection[Any]) -> dict[str, Any] | None:
+    from psycopg.rows import dict_row
+
+    if not _may_run(conn, "pgingest.query_log_status()"):
+        return None
+    return (
+        conn.cursor(row_factory=dict_row)
+        .execute("SELECT * FROM pgingest.query_log_status()")
+        .fetchone()
+    )
 
 
 def _source_status(conn: psycopg.Connection[Any]) -> list[dict[str, Any]] | None:
@@ -454,6 +504,8 @@ def render_text(report: Report, now: dt.datetime | None = None) -> str:
     else:
         out.append("  no model")
 
+    out.extend(_render_traffic(report))
+
     if report.index_builds:
         out.append("\nINDEX BUILDS")
         for b in report.index_builds:
@@ -464,6 +516,42 @@ def render_text(report: Report, now: dt.datetime | None = None) -> str:
                 f"{'-' if pct is None else f'{pct:.1f}%'} elapsed {_duration(_seconds(b['elapsed']))}"
             )
     return "\n".join(out) + "\n"
+
+
+def _render_traffic(report: Report) -> list[str]:
+    """The TRAFFIC section: shown while a traffic shift runs or the query log is on."""
+    log = report.query_log or {}
+    rate = str(log.get("sample_rate") or "0")
+    log_on = rate.strip() not in ("0", "0.0", "")
+    shifted = any(t.get("shift_since") is not None for t in report.traffic or [])
+    if not report.traffic or not (shifted or log_on):
+        return []
+    out = ["\nTRAFFIC (searches and latency: query log, last 15 min)"]
+    rows = []
+    for t in report.traffic:
+        share = t.get("share") or 0.0
+        latency = (
+            f"{t['p50_ms']:.1f} / {t['p95_ms']:.1f} ms" if t.get("p50_ms") is not None else "-"
+        )
+        rows.append(
+            [
+                t["model"],
+                t["state"],
+                f"{100 * share:.1f}%",
+                _num(t["logged_searches"]) if log_on else "-",
+                _num(t["est_searches"]) if t.get("est_searches") is not None else "-",
+                latency,
+            ]
+        )
+    out.append(_table(["model", "state", "share", "logged", "est. searches", "p50 / p95"], rows))
+    if log_on:
+        out.append(
+            f"  query log: {rate} of searches, text {'logged' if log.get('log_text') else 'hashed'}"
+            f", {_num(log.get('logged_rows'))} rows (kept {log.get('keep')}, at most "
+            f"{log.get('max_rows')})"
+            + ("" if log.get("writable", True) else "; read replica: not written here")
+        )
+    return out
 
 
 def _source_backfill(src: dict[str, Any]) -> str:
