@@ -60,6 +60,11 @@ def timed(srv: FakeEmbeddingServer, inputs: list[str], out: dict[str, Any], name
         out[name] = (exc, time.monotonic() - t0, time.monotonic())
 
 
+def near(value: float, expected: float, *, below: float = 0.03, above: float = 0.12) -> bool:
+    """``value`` is ``expected`` give or take: timings run late on a busy machine, never early."""
+    return expected - below <= value <= expected + above
+
+
 def wait_for(pred: Any, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not pred():
@@ -81,14 +86,14 @@ def test_latency_is_the_work_queued_ahead_plus_its_own() -> None:
         a.join()
         b.join()
         assert out["a"][0] == out["b"][0] == 200
-        assert out["a"][1] == pytest.approx(0.20, abs=0.06)  # 20 inputs at 100/s
+        assert near(out["a"][1], 0.20)  # 20 inputs at 100/s
         # b waited for a's remaining 0.15 s, then its own 0.10 s
-        assert out["b"][1] == pytest.approx(0.25, abs=0.06)
-        assert out["b"][2] - out["a"][2] == pytest.approx(0.10, abs=0.05)
+        assert near(out["b"][1], 0.25, below=0.05)
+        assert near(out["b"][2] - out["a"][2], 0.10)
         st = srv.stats()
         assert st["capacity_requests"] == 2 and st["capacity_inputs"] == 30
         assert st["capacity_max_queue_inputs"] == 30
-        assert st["capacity_max_latency_s"] == pytest.approx(0.25, abs=0.06)
+        assert near(st["capacity_max_latency_s"], 0.25, below=0.05)
         assert st["capacity_busy_s"] == pytest.approx(0.30, abs=1e-6)
         assert st["abandoned"] == st["resent"] == 0
 
@@ -108,10 +113,10 @@ def test_one_request_at_a_time_in_arrival_order() -> None:
             t.join()
         done = [out[str(i)][2] for i in range(4)]
         assert done == sorted(done)  # first come, first served
-        lat = [out[str(i)][1] for i in range(4)]
-        # each waits for all those before it: 0.08, 0.16, 0.24, 0.32 s (less its later start)
-        for i in range(4):
-            assert lat[i] == pytest.approx(0.08 * (i + 1) - 0.01 * i, abs=0.06)
+        # each waits for all those before it: answers 0.08 s apart, the last after 0.32 s
+        for first, then in zip(done, done[1:], strict=False):
+            assert near(then - first, 0.08)
+        assert near(out["3"][2] - out["0"][2] + out["0"][1], 0.32, below=0.05)
         assert srv.stats()["capacity_max_queue_inputs"] >= 24
 
 
@@ -121,12 +126,12 @@ def test_tokens_per_second_use_the_chunkers_counts() -> None:
     with FakeEmbeddingServer(capacity_tokens_per_s=tokens / 0.2) as srv:
         t0 = time.monotonic()
         assert post(srv, texts).status_code == 200
-        assert time.monotonic() - t0 == pytest.approx(0.2, abs=0.06)
+        assert near(time.monotonic() - t0, 0.2)
         # both rates: the two times add up
         srv.configure(capacity_inputs_per_s=20)  # 2 inputs: 0.1 s more
         t0 = time.monotonic()
         assert post(srv, texts).status_code == 200
-        assert time.monotonic() - t0 == pytest.approx(0.3, abs=0.06)
+        assert near(time.monotonic() - t0, 0.3)
 
 
 def test_answer_abandoned_by_a_client_that_timed_out() -> None:
@@ -159,7 +164,7 @@ def test_queued_request_of_a_client_that_went_away_is_dropped() -> None:
         # the server is free again at once: b's 0.2 s of work was never spent
         t0 = time.monotonic()
         assert post(srv, ["c"]).status_code == 200
-        assert time.monotonic() - t0 < 0.2
+        assert time.monotonic() - t0 < 0.15
 
 
 def test_resent_counts_inputs_still_queued_or_computing() -> None:
@@ -203,12 +208,12 @@ def test_capacity_set_over_control(http: requests.Session) -> None:
     with FakeEmbeddingServer() as srv:
         t0 = time.monotonic()
         assert post(srv, ["a", "b"], http=http).status_code == 200
-        assert time.monotonic() - t0 < 0.1
-        snap = control(srv.url, {"capacity_inputs_per_s": 10})
-        assert snap["behaviour"]["capacity_inputs_per_s"] == 10
+        assert time.monotonic() - t0 < 0.15
+        snap = control(srv.url, {"capacity_inputs_per_s": 5})
+        assert snap["behaviour"]["capacity_inputs_per_s"] == 5
         t0 = time.monotonic()
         assert post(srv, ["a", "b"], http=http).status_code == 200
-        assert time.monotonic() - t0 == pytest.approx(0.2, abs=0.06)
+        assert near(time.monotonic() - t0, 0.4)
         assert control(srv.url)["stats"]["capacity_inputs"] == 2
         with pytest.raises(ValueError):
             srv.configure(capacity_inputs_per_s=-1)
@@ -386,7 +391,7 @@ def test_command_line_flags(http: requests.Session) -> None:
         t0 = time.monotonic()
         r = post(url, ["a", "b"], http=http, key=KEY_A)
         assert r.status_code == 200
-        assert time.monotonic() - t0 == pytest.approx(0.1, abs=0.06)  # 2 inputs at 20/s
+        assert near(time.monotonic() - t0, 0.1)  # 2 inputs at 20/s
         assert r.headers["x-ratelimit-limit-requests"] == "2"
         assert r.headers["x-ratelimit-limit-tokens"] == "1000"
         assert post(url, ["c"], http=http, key=KEY_A).status_code == 200
