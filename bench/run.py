@@ -57,7 +57,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from bench import common
+from bench import common, provider
 from bench.common import (
     WORKER_APPLICATIONS,
     BackendCpu,
@@ -108,6 +108,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "local_chunks": 500,
         "backfill_rows": 3_000,
         "migration_docs": 5_000,
+        "slow_chunks": 3_000,
+        "quota_docs": 4_000,
     },
     "full": {
         "e2e_docs": (10_000, 100_000),
@@ -117,6 +119,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "local_chunks": 1_000,
         "backfill_rows": 20_000,
         "migration_docs": 10_000,
+        "slow_chunks": 6_000,
+        "quota_docs": 8_000,
     },
 }
 
@@ -134,6 +138,9 @@ TARGETS = {
     "local_model_efficiency": (">=", 0.85),
     "backfill_speedup": (">=", 3.0),
     "migration_ratio": ("<=", 1.25),
+    "slow_provider_efficiency": (">=", 0.85),
+    "quota_utilisation": (">=", 0.9),
+    "rejected_request_share": ("<=", 0.02),
 }
 
 
@@ -1308,6 +1315,33 @@ def report(results: dict[str, Any]) -> None:
             f" {mg['bookkeeping_bytes_per_chunk_by_part']}; vectors"
             f" {mg['vector_bytes_per_chunk']:.0f} bytes/chunk per model (store + HNSW)"
         )
+    sp = results.get("slow_provider")
+    if sp:
+        add(
+            f"slow provider (serve-model on this CPU), {sp['chunks']:,} chunks of"
+            f" {sp['mean_chunk_tokens']:.0f} tokens: pipeline {sp['pipeline_tokens_per_s']:.0f}"
+            f" tokens/s, the model alone {sp['raw_encode_tokens_per_s']:.0f} (batch"
+            f" {sp['best_batch_size']})"
+        )
+        add(
+            f"  slow_provider_efficiency = {sp['slow_provider_efficiency']:.3f}  "
+            f"{_verdict('slow_provider_efficiency', sp['slow_provider_efficiency'])};"
+            f" work done twice {sp['work_done_twice']} texts, {sp['requests_resent']:.0f} requests"
+            f" resent, {sp['dead_letters']} dead letters"
+        )
+    qu = results.get("quota")
+    if qu:
+        add(
+            f"quota, {qu['chunks']:,} chunks ({qu['tokens']:,} tokens), {qu['processes']} worker"
+            f" processes, {qu['quota_tpm']:,} tokens/min: {qu['seconds']} s"
+        )
+        add(
+            f"  quota_utilisation = {qu['quota_utilisation']:.3f}  "
+            f"{_verdict('quota_utilisation', qu['quota_utilisation'])}; rejected_request_share ="
+            f" {qu['rejected_request_share']:.3f}  "
+            f"{_verdict('rejected_request_share', qu['rejected_request_share'])}"
+            f" ({qu['requests_rejected']} of {qu['requests_rejected'] + qu['requests_accepted']})"
+        )
     add("=" * 100)
     print("\n".join(lines), flush=True)
 
@@ -1380,6 +1414,13 @@ def flatten(results: dict[str, Any]) -> dict[str, Any]:
         out["migration_v1_store_new_dead_tuples"] = mg["v1_store_new_dead_tuples"]
         out["bookkeeping_bytes_per_chunk"] = mg["bookkeeping_bytes_per_chunk"]
         out["vector_bytes_per_chunk"] = mg["vector_bytes_per_chunk"]
+    if "slow_provider" in results:
+        sp = results["slow_provider"]
+        for key in ("slow_provider_efficiency", "work_done_twice", "requests_resent"):
+            out[key] = sp[key]
+    if "quota" in results:
+        for key in ("quota_utilisation", "rejected_request_share"):
+            out[key] = results["quota"][key]
     return out
 
 
@@ -1399,7 +1440,16 @@ def _tree() -> str:
     return out.stdout.strip()
 
 
-BENCHES = ("e2e", "capture", "freshness", "local", "backfill", "migration")
+BENCHES = (
+    "e2e",
+    "capture",
+    "freshness",
+    "local",
+    "backfill",
+    "migration",
+    "slow_provider",
+    "quota",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1464,6 +1514,8 @@ def main(argv: list[str] | None = None) -> int:
         "local": lambda: bench_local(url, size["local_chunks"], workdir),
         "backfill": lambda: bench_backfill(url, size["backfill_rows"]),
         "migration": lambda: bench_migration(url, size["migration_docs"], workdir),
+        "slow_provider": lambda: provider.bench_slow_provider(url, size["slow_chunks"], workdir),
+        "quota": lambda: provider.bench_quota(url, size["quota_docs"], workdir),
     }
     failures: dict[str, str] = {}
     for name in BENCHES:

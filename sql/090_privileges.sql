@@ -120,6 +120,8 @@ BEGIN
                 'requeue_dead_letters', 'pause_model', 'resume_model', 'run_backfill', 'backfill_step_v1',
                 'forget_stale_workers', 'clear_embedding_cache', 'prune_embedding_cache', 'purge_dead_letters',
                 'set_dead_letter_retention', 'run_maintenance', 'register_filter', 'set_text_search_config',
+                -- The provider's quota, shared by the model's workers (issue 25).
+                'set_model_quota',
                 -- Traffic shifting and the query log (issue 20).
                 'shift_traffic', 'set_query_log', 'purge_query_log', 'replay_query_log', 'compare_models_on_log',
                 -- Sources: add_source() and remove_source() run as the caller (who must own the table) and

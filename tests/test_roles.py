@@ -74,6 +74,10 @@ REVIEWED_SECURITY_DEFINER = {
     "heartbeat_v1",
     "heartbeat_v2",
     "worker_exit_v1",
+    # the provider's quota, shared by every worker of a model (issue 25)
+    "quota_take_v1",
+    "quota_observe_v1",
+    "quota_rejected_v1",
     # read-only figures the views need (the pgmq tables; other sessions' progress rows; the
     # backfill counts of backfill_progress, for roles that cannot read documents)
     "queue_stats_v1",
@@ -85,6 +89,7 @@ REVIEWED_SECURITY_DEFINER = {
     "resume_model",
     "requeue_dead_letters",
     "forget_stale_workers",
+    "set_model_quota",
     # search reads chunks for readers who cannot read the table
     "search",
     "hybrid_search",

@@ -63,7 +63,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -550,7 +550,8 @@ def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time
     return max(seconds, 0.0)
 
 
-def _retry_after_from(headers: Any, now: Callable[[], float]) -> float | None:
+def retry_after_from(headers: Any, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds to wait from an answer's ``retry-after-ms`` or ``Retry-After``, or None."""
     ms = headers.get("retry-after-ms")
     if ms is not None:
         try:
@@ -560,6 +561,67 @@ def _retry_after_from(headers: Any, now: Callable[[], float]) -> float | None:
         except ValueError:
             pass
     return parse_retry_after(headers.get("retry-after"), now=now)
+
+
+_GO_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def parse_duration(value: str | None) -> float | None:
+    """Seconds from an ``x-ratelimit-reset-*`` value: Go's duration format as OpenAI writes it
+    (``20ms``, ``1.5s``, ``6m0s``, ``1h2m3s``) or plain seconds; None when unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        parts = _GO_DURATION_RE.findall(value)
+        if not parts or "".join(n + u for n, u in parts) != value:
+            return None
+        unit = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+        seconds = sum(float(n) * unit[u] for n, u in parts)
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """What an answer's ``x-ratelimit-*`` headers said (OpenAI's, also sent by Azure OpenAI,
+    LiteLLM and others); None where a header is absent or unreadable."""
+
+    limit_requests: float | None = None
+    limit_tokens: float | None = None
+    remaining_requests: float | None = None
+    remaining_tokens: float | None = None
+    reset_requests: float | None = None
+    reset_tokens: float | None = None
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in astuple(self))
+
+
+def parse_rate_limits(headers: Mapping[str, str]) -> RateLimits:
+    """The ``x-ratelimit-*`` headers of an answer (header names in any case)."""
+
+    def number(name: str) -> float | None:
+        raw = headers.get(name)
+        if raw is None:
+            return None
+        try:
+            v = float(str(raw).strip())
+        except ValueError:
+            return None
+        return v if math.isfinite(v) and v >= 0 else None
+
+    return RateLimits(
+        number("x-ratelimit-limit-requests"),
+        number("x-ratelimit-limit-tokens"),
+        number("x-ratelimit-remaining-requests"),
+        number("x-ratelimit-remaining-tokens"),
+        parse_duration(headers.get("x-ratelimit-reset-requests")),
+        parse_duration(headers.get("x-ratelimit-reset-tokens")),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -773,7 +835,10 @@ class OpenAICompatibleProvider(ProviderBase):
 
     Observers (metrics): ``on_request(status, seconds, n_inputs)`` after every HTTP attempt,
     with ``status`` the HTTP status code as a string, or ``"timeout"`` / ``"connection"`` when
-    no answer came; ``on_retry(error_class)`` before every retry wait.
+    no answer came; ``on_retry(error_class)`` before every retry wait; ``on_response(status,
+    headers)`` for every answer (the worker reads the ``x-ratelimit-*`` headers:
+    :func:`parse_rate_limits`). ``before_request(n_inputs)`` is called before every HTTP attempt,
+    retries included, and may block (the worker's quota pacing); its time is not the request's.
     """
 
     def __init__(
@@ -806,6 +871,8 @@ class OpenAICompatibleProvider(ProviderBase):
         total_timeout: float | None = None,
         max_response_bytes: int | None = None,
         retry_timeouts: bool = True,
+        before_request: Callable[[int], None] | None = None,
+        on_response: Callable[[int, Mapping[str, str]], None] | None = None,
     ) -> None:
         check_base_url(base_url)
         if dimensions < 1:
@@ -832,6 +899,8 @@ class OpenAICompatibleProvider(ProviderBase):
         self.total_timeout = None if total_timeout is None else float(total_timeout)
         self.max_response_bytes = max_response_bytes
         self.retry_timeouts = retry_timeouts
+        self.before_request = before_request
+        self.on_response = on_response
         self.request_dimensions = request_dimensions
         self.encoding_format = encoding_format
         self.max_retries = max_retries
@@ -1081,6 +1150,8 @@ class OpenAICompatibleProvider(ProviderBase):
 
     def _request(self, inputs: list[str], call_deadline: float | None = None) -> np.ndarray:
         """One HTTP attempt: the vectors, or a classified :class:`ProviderError`."""
+        if self.before_request is not None:
+            self.before_request(len(inputs))
         payload: dict[str, Any] = {
             "model": self.model,
             "input": inputs,
@@ -1127,6 +1198,11 @@ class OpenAICompatibleProvider(ProviderBase):
                     self._describe(exc), error_class="connection"
                 ) from None
             ok = 200 <= resp.status_code < 300
+            if self.on_response is not None:
+                try:
+                    self.on_response(resp.status_code, resp.headers)
+                except Exception:  # an observer never fails a request
+                    logger.exception("embedding provider %s: on_response failed", self._name)
             try:
                 content = self._read_body(
                     resp,
@@ -1268,7 +1344,7 @@ class OpenAICompatibleProvider(ProviderBase):
     def _classify(self, resp: requests.Response, content: bytes) -> ProviderError:
         status = resp.status_code
         message, code, param = self._error_info(content)
-        retry_after = _retry_after_from(resp.headers, self._wall_clock)
+        retry_after = retry_after_from(resp.headers, self._wall_clock)
         if status == 429:
             if code == "insufficient_quota":
                 return QuotaExceeded(message, status=status)

@@ -38,6 +38,9 @@ class WorkerSettings:
     # timeout, after the concurrency was halved and the other requests answered), then its
     # documents are deferred with an attempt spent.
     max_resends: int = 3
+    # Pace requests within the model's quota (pgingest.provider_quota, shared by every worker;
+    # limits configured with set_model_quota or learned from x-ratelimit-* headers).
+    quota_pacing: bool = True
     commit_target_seconds: float = 0.5
     backfill_batch: int = 5000
     # rows of an attached table registered and queued per step (each one reads that many rows)

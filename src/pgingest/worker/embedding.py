@@ -29,6 +29,7 @@ from pgingest.settings import WorkerSettings
 from pgingest.worker.batch import classify
 from pgingest.worker.capacity import ConcurrencyLimit
 from pgingest.worker.inputs import Inputs, request_size
+from pgingest.worker.pacing import Pacer, QuotaStore
 
 
 class _Sent(NamedTuple):
@@ -59,6 +60,12 @@ class Embedder:
         self._providers: dict[str, providers.EmbeddingProvider] = {}
         self._breakers: dict[str, providers.CircuitBreaker] = {}
         self._limits: dict[str, ConcurrencyLimit] = {}
+        self._pacers: dict[str, Pacer] = {}
+        self._quota = (
+            QuotaStore(settings.conninfo, settings.connect_params())
+            if settings.quota_pacing
+            else None
+        )
         self._pool = ThreadPoolExecutor(max_workers=max(1, settings.in_flight))
 
     def provider(self, m: db.Model) -> providers.EmbeddingProvider:
@@ -67,8 +74,11 @@ class Embedder:
             if self.s.provider_factory is not None:
                 p = self.s.provider_factory(m)
             else:
+                pacer = self.pacer(m.name)
                 p = providers.for_model(
                     m,
+                    before_request=None if pacer is None else pacer.before_request,
+                    on_response=None if pacer is None else pacer.on_response,
                     timeout=self.s.http_timeout,
                     retry_timeouts=False,  # resent here, after the concurrency backs off
                     max_retry_after=self.s.max_retry_after,
@@ -77,6 +87,15 @@ class Embedder:
                 )
             self._providers[m.name] = p
         return p
+
+    def pacer(self, model: str) -> Pacer | None:
+        """The model's quota pacing (None when turned off)."""
+        if self._quota is None:
+            return None
+        pacer = self._pacers.get(model)
+        if pacer is None:
+            pacer = self._pacers[model] = Pacer(model, self._quota)
+        return pacer
 
     def forget(self, model: str) -> None:
         """Drops the model's provider: the next one re-reads the key (environment or file)."""
@@ -122,15 +141,21 @@ class Embedder:
         tokens = inputs.request_tokens()
         plans = providers.plan_requests(tokens, per_request, self.s.request_max_tokens)
         timed = getattr(provider, "call_timeout", None)  # an OpenAICompatibleProvider's
+        pacer = self._pacers.get(m.name)
 
-        def call(r: range, timeout: float) -> _Answer:
+        def call(r: range, tokens: int, timeout: float) -> _Answer:
+            if pacer is not None:
+                pacer.request(len(r), tokens)
             started = time.monotonic()
             try:
                 with timed(timeout) if timed is not None else contextlib.nullcontext():
                     result = provider.embed_detailed(inputs.request(r))
-                return _Answer(result, None, time.monotonic() - started)
+                error = None
             except providers.ProviderError as exc:
-                return _Answer(None, exc, time.monotonic() - started)
+                result, error = None, exc
+            # the time slept for the quota is not the provider's latency
+            paced = pacer.waited_now() if pacer is not None else 0.0
+            return _Answer(result, error, max(0.0, time.monotonic() - started - paced))
 
         breaker = self.breaker(m.name)
         paused = False
@@ -149,7 +174,7 @@ class Embedder:
                     limit.ceiling_timeout, limit.timeout_for(nxt.tokens, ahead) * 2**nxt.resends
                 )
                 sent = nxt._replace(alone=not running)
-                running[self._pool.submit(call, sent.r, timeout)] = sent
+                running[self._pool.submit(call, sent.r, sent.tokens, timeout)] = sent
                 ahead += sent.tokens
             if not running:
                 break
@@ -186,3 +211,5 @@ class Embedder:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._quota is not None:
+            self._quota.close()

@@ -1,0 +1,175 @@
+"""Pacing against the provider's quota, shared by every worker of a model through the database.
+
+A hosted embedding API gives each key a quota in requests and tokens per minute. The model's
+limits (``pgingest.set_model_quota``, or learned from the ``x-ratelimit-*`` headers) and one
+token bucket per limit live in ``pgingest.provider_quota`` (``sql/070_provider_quota.sql``).
+Before every HTTP attempt a request's thread takes its tokens (the chunker's counts) from the
+buckets with ``quota_take_v1`` and sleeps the wait it is given; workers on every machine queue up
+behind one another on the database's clock, so that N workers together stay within one quota.
+The answers' headers teach the limits when none is configured (``quota_observe_v1``, at most
+once a second per model and worker; what remains starts the buckets of a quota learned); a
+429 cuts the pace (``quota_rejected_v1``), and the provider's client still defers the work
+without spending an attempt.
+
+The database is an aid here, never a dependency: when a call fails, the request goes unpaced
+(the provider's 429s and Retry-After still hold the line) and the connection is opened again
+later.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import psycopg
+
+from pgingest import db, providers
+
+log = logging.getLogger("pgingest.worker")
+
+NO_QUOTA_RECHECK_SECONDS = 30.0
+OBSERVE_INTERVAL_SECONDS = 1.0
+MAX_WAIT_SECONDS = 120.0
+"""One sleep of a request at most; past it the request goes (the provider judges)."""
+RETRY_CONNECT_SECONDS = 30.0
+
+
+class QuotaStore:
+    """The worker's connection to ``pgingest.provider_quota``: one, shared by its request
+    threads under a lock (each call is one short statement)."""
+
+    def __init__(self, conninfo: str | None, connect_params: Mapping[str, Any] | None = None):
+        self.conninfo = conninfo
+        self.connect_params = dict(connect_params or {})
+        self._conn: psycopg.Connection[Any] | None = None
+        self._lock = threading.Lock()
+        self._down_until = 0.0
+
+    def _call(self, query: str, params: tuple[Any, ...]) -> tuple[bool, Any]:
+        """(ok, the first column of the first row); ok False when the database failed."""
+        with self._lock:
+            if time.monotonic() < self._down_until:
+                return False, None
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = db.connect(
+                        self.conninfo,
+                        register_vector=False,
+                        application_name="pgingest-worker-quota",
+                        **self.connect_params,
+                    )
+                row = self._conn.execute(query, params).fetchone()
+                return True, None if row is None else row[0]
+            except psycopg.Error as exc:
+                log.warning(
+                    "quota pacing: the database call failed; requests go unpaced for %.0f s",
+                    RETRY_CONNECT_SECONDS,
+                    extra={"error": f"{type(exc).__name__}: {str(exc).strip()[:200]}"},
+                )
+                db.close_quietly(self._conn)
+                self._conn = None
+                self._down_until = time.monotonic() + RETRY_CONNECT_SECONDS
+                return False, None
+
+    def take(self, model: str, tokens: int, requests: int = 1) -> float | None:
+        ok, wait = self._call(
+            "SELECT pgingest.quota_take_v1(%s, %s, %s)", (model, int(tokens), int(requests))
+        )
+        return float(wait) if ok and wait is not None else None
+
+    def observe(self, model: str, limits: providers.RateLimits) -> bool:
+        ok, _ = self._call(
+            "SELECT pgingest.quota_observe_v1(%s, %s, %s, %s, %s)",
+            (
+                model,
+                limits.limit_requests,
+                limits.limit_tokens,
+                limits.remaining_requests,
+                limits.remaining_tokens,
+            ),
+        )
+        return ok
+
+    def rejected(self, model: str, retry_after: float | None) -> bool:
+        ok, _ = self._call("SELECT pgingest.quota_rejected_v1(%s, %s)", (model, retry_after))
+        return ok
+
+    def close(self) -> None:
+        with self._lock:
+            db.close_quietly(self._conn)
+            self._conn = None
+
+
+class Pacer:
+    """One model's pacing: :meth:`before_request` and :meth:`on_response` are the provider's
+    hooks; :meth:`request` tells the request thread how many tokens its next attempts carry."""
+
+    def __init__(
+        self,
+        model: str,
+        store: QuotaStore,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.model = model
+        self.store = store
+        self._sleep = sleep
+        self._clock = clock
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._no_quota_until = 0.0  # no quota known: no database call per request until then
+        self._last_observe = -OBSERVE_INTERVAL_SECONDS
+        self.waited = 0.0
+        self.waits = 0
+
+    def request(self, n_inputs: int, tokens: int) -> None:
+        """The current thread's request: ``tokens`` for ``n_inputs`` inputs (an attempt on a
+        part of them, a bisection's, takes its share)."""
+        self._local.per_input = tokens / max(1, n_inputs)
+        self._local.waited = 0.0
+
+    def waited_now(self) -> float:
+        """Seconds this thread slept for the quota since :meth:`request`."""
+        return float(getattr(self._local, "waited", 0.0))
+
+    def before_request(self, n_inputs: int) -> None:
+        if self._clock() < self._no_quota_until:
+            return
+        tokens = round(getattr(self._local, "per_input", 0.0) * n_inputs)
+        wait = self.store.take(self.model, tokens)
+        if wait is None:
+            self._no_quota_until = self._clock() + NO_QUOTA_RECHECK_SECONDS
+            return
+        if wait > 0:
+            wait = min(wait, MAX_WAIT_SECONDS)
+            self._sleep(wait)
+            self._local.waited = self.waited_now() + wait
+            with self._lock:
+                self.waited += wait
+                self.waits += 1
+
+    def on_response(self, status: int, headers: Mapping[str, str]) -> None:
+        limits = providers.parse_rate_limits(headers)
+        if status == 429:
+            retry = providers.retry_after_from(headers)
+            # A 429 for an exhausted balance (insufficient_quota) pauses the model elsewhere;
+            # the body is not read here, so any 429 counts as pace: harmless for a paused model.
+            if limits:
+                self.store.observe(self.model, limits)
+            self.store.rejected(self.model, retry)
+            self._no_quota_until = 0.0
+            return
+        if not limits:
+            return
+        now = self._clock()
+        with self._lock:
+            if now - self._last_observe < OBSERVE_INTERVAL_SECONDS:
+                return
+            self._last_observe = now
+        learned = limits.limit_tokens is not None or limits.limit_requests is not None
+        if self.store.observe(self.model, limits) and learned:
+            self._no_quota_until = 0.0  # a quota exists now: pace from the next request on
