@@ -158,6 +158,11 @@ def test_readers_search_but_cannot_read_the_log(
             m.execute("SELECT query_text FROM pgingest.query_log")
     with as_role(dsn, "pgingest_admin") as a:
         assert one(a, "SELECT query_text FROM pgingest.query_log") == "secret question"
+        # Admins (not superusers) replay it and set it.
+        assert one(a, "SELECT count(*) FROM pgingest.compare_models_on_log('v1', 'v1', 2)") == 2
+        assert one(a, "SELECT overlap FROM pgingest.replay_query_log('v1', 'v1', 2)") == 1
+        assert "query log off" in one(a, "SELECT pgingest.set_query_log(0)")
+        assert one(a, "SELECT pgingest.purge_query_log()") == 0
 
 
 def test_the_log_never_fails_a_search(
@@ -209,6 +214,8 @@ def test_replaying_the_log_compares_two_models(
         assert a_ms > 0 and b_ms > 0
         assert len(a_keys) == len(b_keys) == 3
         assert float(recall) == round(len(set(a_keys) & set(b_keys)) / 3, 3)
+    with pytest.raises(psycopg.errors.UndefinedObject):
+        conn.execute("SELECT * FROM pgingest.replay_query_log('v1', 'nope')")
     # The same model on both sides agrees with itself.
     same = conn.execute(
         "SELECT DISTINCT overlap, recall FROM pgingest.replay_query_log('v1', 'v1', 3)"
