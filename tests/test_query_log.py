@@ -90,10 +90,22 @@ def test_off_by_default_and_on_logs_hashed_text(
     ).fetchall()
     assert rows == [("search_text", "what is a store", 2, 2), ("search", None, 4, 4)]
 
+    # Hybrid search: one row (its vector side is not logged again), with the model that served.
+    conn.execute("SELECT pgingest.set_text_search_config('english')")
+    hybrid = conn.execute(
+        "SELECT doc_id, model_name FROM pgingest.hybrid_search_text('stores', 3)"
+    ).fetchall()
+    row = conn.execute(
+        "SELECT kind, model, query_text, doc_ids FROM pgingest.query_log ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    assert row == ("hybrid_search", "v1", "stores", [h[0] for h in hybrid])
+    assert {h[1] for h in hybrid} == {"v1"}
+    assert logged(conn) == 4
+
     # Off again: nothing more.
     conn.execute("SELECT pgingest.set_query_log(0)")
     conn.execute("SELECT * FROM pgingest.search_text('vectors and stores', 3)").fetchall()
-    assert logged(conn) == 3
+    assert logged(conn) == 4
 
 
 def test_the_sample_rate_is_honoured(
