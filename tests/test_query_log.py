@@ -243,6 +243,10 @@ def test_replaying_the_log_compares_two_models(
     assert rows[0][3] == rows[1][3]
     assert all(r[5] > 0 and r[6] >= r[5] for r in rows)
     assert logged(conn) == before  # the replays are not logged
+    # An admin who is not a superuser runs both comparisons.
+    with as_role(dsn, "pgingest_admin") as a:
+        assert one(a, "SELECT count(*) FROM pgingest.compare_models_on_log('v1', 'v2', 3)") == 2
+        assert one(a, "SELECT count(*) FROM pgingest.compare_models('v1', 'v2', 3, 5)") == 2
 
 
 def test_model_compare_from_log(
