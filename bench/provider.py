@@ -189,10 +189,28 @@ def bench_slow_provider(url: str, n_chunks: int, workdir: Path) -> dict[str, Any
     }
 
 
-def bench_quota(
-    url: str, n_docs: int, workdir: Path, *, processes: int = 2, seconds: float = 120.0
+def bench_quota(url: str, n_docs: int, workdir: Path) -> dict[str, Any]:
+    """The paced worker, and the same with ``--no-quota-pacing`` (the reference: what the worker
+    did before pacing, 429s and Retry-After only)."""
+    paced = quota_run(url, n_docs, workdir)
+    unpaced = quota_run(url, n_docs, workdir, "--no-quota-pacing")
+    return {
+        **paced,
+        "unpaced": unpaced,
+        "unpaced_quota_utilisation": unpaced["quota_utilisation"],
+        "unpaced_rejected_request_share": unpaced["rejected_request_share"],
+    }
+
+
+def quota_run(
+    url: str,
+    n_docs: int,
+    workdir: Path,
+    *extra: str,
+    processes: int = 2,
+    seconds: float = 120.0,
 ) -> dict[str, Any]:
-    """Backfill ``n_docs`` synthetic documents (about 2-3 chunks each) against the fake with a
+    """Backfill ``n_docs`` synthetic documents (about 3 chunks each) against the fake with a
     tokens-per-minute quota sized so that the backfill takes about one burst minute plus
     ``seconds`` at the quota."""
     from pgingest import chunking
@@ -206,7 +224,7 @@ def bench_quota(
     tpm = int(total_tokens / (1.0 + seconds / 60.0))
     log(
         f"quota: {n_docs} documents, {n_chunks} chunks, {total_tokens} tokens; quota"
-        f" {tpm} tokens/min, {processes} worker processes"
+        f" {tpm} tokens/min, {processes} worker processes {' '.join(extra)}"
     )
     argv = [
         sys.executable,
@@ -226,7 +244,7 @@ def bench_quota(
             register_model(conn, "v1", "fake-384", 384, fake_url)
             copy_documents(conn, docs)
             worker, fh = start_worker(
-                dsn, workdir / "worker-quota.log", "--processes", str(processes)
+                dsn, workdir / "worker-quota.log", "--processes", str(processes), *extra
             )
             try:
                 t0 = time.perf_counter()
@@ -250,7 +268,7 @@ def bench_quota(
     requests_ok = stat(s1, "quota_accepted_requests") - stat(s0, "quota_accepted_requests")
     elapsed = t1 - t0
     beyond_burst = max(0.0, accepted - tpm)  # the bucket starts full: one minute of quota
-    quota_time = max(1e-9, elapsed - 0.0)
+    quota_time = max(1e-9, elapsed)
     return {
         "documents": n_docs,
         "chunks": n_chunks,

@@ -1342,6 +1342,12 @@ def report(results: dict[str, Any]) -> None:
             f"{_verdict('rejected_request_share', qu['rejected_request_share'])}"
             f" ({qu['requests_rejected']} of {qu['requests_rejected'] + qu['requests_accepted']})"
         )
+        un = qu["unpaced"]
+        add(
+            f"  the same with --no-quota-pacing (the reference): {un['seconds']} s, utilisation"
+            f" {un['quota_utilisation']:.3f}, rejected share {un['rejected_request_share']:.3f}"
+            f" ({un['requests_rejected']} of {un['requests_rejected'] + un['requests_accepted']})"
+        )
     add("=" * 100)
     print("\n".join(lines), flush=True)
 
@@ -1419,7 +1425,12 @@ def flatten(results: dict[str, Any]) -> dict[str, Any]:
         for key in ("slow_provider_efficiency", "work_done_twice", "requests_resent"):
             out[key] = sp[key]
     if "quota" in results:
-        for key in ("quota_utilisation", "rejected_request_share"):
+        for key in (
+            "quota_utilisation",
+            "rejected_request_share",
+            "unpaced_quota_utilisation",
+            "unpaced_rejected_request_share",
+        ):
             out[key] = results["quota"][key]
     return out
 

@@ -21,7 +21,7 @@ CREATE TABLE pgingest.provider_quota (
     -- the share of the limits never used: token counts are estimates (the chunker's tokenizer,
     -- not always the provider's), clocks and counting windows differ
     headroom double precision NOT NULL DEFAULT 0.05,
-    -- the share of the limits used: cut by a 429, back to 1 over five minutes
+    -- the share of the limits used: cut by a 429, back to 1 over a minute
     pace double precision NOT NULL DEFAULT 1,
     rejected_at timestamptz,
     rejections bigint NOT NULL DEFAULT 0,

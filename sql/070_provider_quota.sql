@@ -5,11 +5,11 @@
 -- a request's tokens before it sends it (quota_take_v1); what it takes beyond the bucket is owed,
 -- and the answer is how long to wait before sending: workers on every machine queue up behind
 -- one another in the order they asked. A 429 cuts the pace and empties the buckets for its
--- Retry-After (quota_rejected_v1); the pace climbs back to 1 over five minutes. Limits come from
+-- Retry-After (quota_rejected_v1); the pace climbs back to 1 over a minute. Limits come from
 -- set_model_quota (an admin) or, when none is configured, from the x-ratelimit-* headers of the
 -- answers (quota_observe_v1: their remaining figures start the buckets of a quota learned).
 
--- The pace now: cut by the last 429, back to 1 over five minutes.
+-- The pace now: cut by the last 429, back to 1 over a minute.
 CREATE OR REPLACE FUNCTION pgingest._quota_pace(p_pace double precision, p_rejected_at timestamptz)
 RETURNS double precision
 LANGUAGE sql
@@ -17,11 +17,11 @@ STABLE
 SET search_path FROM CURRENT
 RETURN least(
     1.0,
-    p_pace + coalesce(extract(EPOCH FROM clock_timestamp() - p_rejected_at)::double precision / 300.0, 1.0)
+    p_pace + coalesce(extract(EPOCH FROM clock_timestamp() - p_rejected_at)::double precision / 60.0, 1.0)
 );
 
 COMMENT ON FUNCTION pgingest._quota_pace(double precision, timestamptz) IS
-'The share of a model''s quota used now: p_pace right after a 429 at p_rejected_at, back to 1 over five minutes.';
+'The share of a model''s quota used now: p_pace right after a 429 at p_rejected_at, back to 1 over a minute.';
 
 -- What a bucket of p_limit per minute refills per second now (less the headroom, at the pace),
 -- and what it holds at most (one minute, less the headroom). NULL limit: no bucket.
@@ -235,5 +235,5 @@ END;
 
 COMMENT ON FUNCTION pgingest.quota_rejected_v1(text, double precision) IS
 'Worker: the provider answered 429 (a rate limit, not an exhausted balance): the model''s pace is cut by a '
-'fifth (to 0.3 at least, once per burst of 429s; back to 1 over five minutes) '
+'fifth (to 0.3 at least, once per burst of 429s; back to 1 over a minute) '
 'and nothing more is sent before p_retry_after seconds.';

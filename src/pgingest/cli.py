@@ -40,6 +40,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         http_timeout=args.http_timeout,
         http_timeout_max=args.http_timeout_max,
         max_resends=args.max_resends,
+        quota_pacing=not args.no_quota_pacing,
         metrics_port=args.metrics_port,
         max_chunks_per_document=args.max_chunks_per_document,
         write_max_chunks=args.write_max_chunks,
@@ -258,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=d.http_timeout_max,
         help="the longest timeout the observed latency may give a request (default %(default)s)",
+    )
+    p.add_argument(
+        "--no-quota-pacing",
+        action="store_true",
+        help="send without taking from the model's quota (pgingest.provider_quota): 429s only",
     )
     p.add_argument(
         "--max-resends",

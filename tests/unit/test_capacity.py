@@ -177,3 +177,38 @@ def test_bad_settings_are_refused() -> None:
         ConcurrencyLimit(max_limit=0)
     with pytest.raises(ValueError):
         ConcurrencyLimit(max_limit=2, floor_timeout=10, ceiling_timeout=5)
+
+
+# -- the x-ratelimit-* headers (providers.parse_rate_limits) ------------------------------------
+
+
+def test_go_durations_as_openai_writes_them() -> None:
+    from pgingest.providers import parse_duration
+
+    assert parse_duration("20ms") == pytest.approx(0.02)
+    assert parse_duration("1s") == 1.0
+    assert parse_duration("1.5s") == 1.5
+    assert parse_duration("6m0s") == 360.0
+    assert parse_duration("1h2m3.004s") == pytest.approx(3723.004)
+    assert parse_duration("7") == 7.0
+    for bad in (None, "", "soon", "5 minutes", "-1s", "1x", "nan"):
+        assert parse_duration(bad) is None, bad
+
+
+def test_rate_limit_headers() -> None:
+    from pgingest.providers import RateLimits, parse_rate_limits
+
+    headers = {
+        "x-ratelimit-limit-requests": "3000",
+        "x-ratelimit-limit-tokens": "1000000",
+        "x-ratelimit-remaining-requests": "2999",
+        "x-ratelimit-remaining-tokens": "999000",
+        "x-ratelimit-reset-requests": "20ms",
+        "x-ratelimit-reset-tokens": "6m0s",
+    }
+    assert parse_rate_limits(headers) == RateLimits(3000, 1_000_000, 2999, 999_000, 0.02, 360.0)
+    assert not parse_rate_limits({})
+    partial = parse_rate_limits(
+        {"x-ratelimit-limit-tokens": "oops", "x-ratelimit-remaining-tokens": "5"}
+    )
+    assert partial == RateLimits(remaining_tokens=5.0) and partial
