@@ -45,7 +45,10 @@ private cluster of ``scripts/pgcluster.sh``), dropped at the end unless ``--keep
   backfill is registering; 12 planted bad rows: the four poison markers, rows whose mapped columns
   are all NULL (no text) and rows emptied that way once their first version is embedded;
 * a model migration: model v2 (``fake-768``, 768 dimensions) is registered halfway through the
-  writing, while the kills go on; the workers backfill it from both sources;
+  writing, while the kills go on; the workers backfill it from both sources, within a
+  tokens-per-minute quota the fake server enforces for ``fake-768`` (about half the corpus a
+  minute): the workers learn it from the ``x-ratelimit-*`` headers and pace themselves (issue
+  25; the ``quota`` check: learned, and at most 10% of v2's requests refused by it);
 * a worker is killed with SIGKILL at random moments (at least 5 times) and restarted at once;
 * PostgreSQL itself is restarted once (fast shutdown: ``scripts/pgcluster.sh stop`` then
   ``start``) mid-run, and the running workers must reconnect by themselves. Only when the
@@ -689,6 +692,7 @@ class Chaos:
         self.reader_skip = ""
         self.listener: Listener | None = None
         self.stop_codes: list[int | None] = []
+        self.quota_tpm = 0
 
     # -- set-up and tear-down ----------------------------------------------------------------
 
@@ -1238,6 +1242,9 @@ class Chaos:
             if self.stop.wait(self.plan.write_seconds * 0.5):
                 return
             t = time.monotonic()
+            # v2's provider enforces a tokens-per-minute quota (token buckets, 429s, headers):
+            # the workers learn it from the headers and pace the backfill within it.
+            control(self.fake_url, {"quota": {"models": {MODEL2_ID: {"tpm": self.quota_tpm}}}})
             state = client.run(register)
             with self.state.lock:
                 self.state.migrated_at = time.monotonic() - _T0
@@ -1505,6 +1512,10 @@ class Chaos:
         )
 
         docs, self.bad = make_documents(plan, self.rng)
+        # v2's quota (issue 25): sized so that its backfill meets it (about a minute of
+        # tokens beyond the bucket's first minute, at ~4 characters a token)
+        chars = sum(len(d.body or "") + len(d.title or "") for d in docs)
+        self.quota_tpm = max(20_000, int(chars / 4 / 2))
         preload, articles, self.planted = make_articles(plan, self.rng)
         self.preload_articles(preload)
         say(
@@ -1652,6 +1663,7 @@ class Chaos:
         self.check_reader()
 
         self.check_migration()
+        self.check_quota(stats)
         with db.connect(self.dsn) as conn, conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             self.check_documents(conn)
@@ -1824,6 +1836,44 @@ class Chaos:
             ok = False
             detail.append(f"{type(exc).__name__}: {str(exc).strip()[:300]}")
         self.record(ok, "model migration", "; ".join(detail))
+
+    def check_quota(self, stats: dict[str, Any]) -> None:
+        """v2's provider enforced a tokens-per-minute quota: the workers learned it from the
+        x-ratelimit-* headers (pgingest.provider_quota) and paced within it; few of its requests
+        met the quota's 429 (the fake's random 429s are another fault, counted apart). Nothing
+        lost or duplicated is checked with everything else."""
+        by_key = stats.get("quota_by_key_model", {})
+        mine = [v for k, v in by_key.items() if k.endswith(" " + MODEL2_ID)]
+        accepted = sum(int(v.get("accepted_requests", 0)) for v in mine)
+        rejected = sum(
+            int(v.get("rejected_requests", 0)) + int(v.get("rejected_tokens", 0)) for v in mine
+        )
+        detail = [
+            f"{MODEL2_ID}: {self.quota_tpm:,} tokens/min; {accepted} requests accepted, {rejected} refused"
+        ]
+        ok = accepted > 0
+        try:
+            with db.connect(self.dsn) as c:
+                row = c.execute(
+                    "SELECT source, tokens_per_minute, pace, rejections, taken_tokens, waited_seconds"
+                    " FROM pgingest.provider_quota WHERE model = %s",
+                    (MODEL2,),
+                ).fetchone()
+        except psycopg.Error as exc:
+            row = None
+            detail.append(f"{type(exc).__name__}: {str(exc).strip()[:200]}")
+        if row is None:
+            ok = False
+            detail.append("no quota learned")
+        else:
+            detail.append(
+                f"learned from {row[0]}: {row[1]:,.0f} tokens/min, pace {row[2]:.2f},"
+                f" {row[3]} 429s seen, {row[4]:,} tokens taken, {row[5]:.0f} s waited"
+            )
+            ok = ok and row[0] == "headers" and row[1] == self.quota_tpm
+        share = rejected / max(1, accepted + rejected)
+        ok = ok and share <= 0.1
+        self.record(ok, "quota", "; ".join(detail) + f"; refused share {share:.3f} (at most 0.1)")
 
     def check_documents(self, conn: psycopg.Connection[Any]) -> None:
         keys = {r[0] for r in conn.execute("SELECT key FROM pgingest.documents")}

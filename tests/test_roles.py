@@ -109,6 +109,17 @@ REVIEWED_SECURITY_DEFINER = {
     "set_text_search_config",
     "set_dead_letter_retention",
     "clear_embedding_cache",
+    # issue 20: traffic shifting and the query log. route_model reads the shift for readers (a
+    # key hashed, no name used); shift_traffic and set_query_log write traffic_shift / config for
+    # admins (name checked by _check_model_name, values by range); purge_query_log deletes by the
+    # configured age and row count (workers, through run_maintenance); traffic_status and
+    # query_log_status give monitors figures of the log, never its rows
+    "route_model",
+    "shift_traffic",
+    "set_query_log",
+    "purge_query_log",
+    "traffic_status",
+    "query_log_status",
 }
 # Admin routines that change the structure or write tables: they work for a non-owner admin only as
 # SECURITY DEFINER.
@@ -649,11 +660,13 @@ def test_each_role_executes_only_its_routines(conn: psycopg.Connection[Any]) -> 
             if re.search(r"_v[0-9]+$", r["name"]) and not r["name"].startswith("_")
         }
         | {"pause_model", "resume_model", "run_maintenance", "purge_dead_letters"}
-        | {"prune_embedding_cache"},
+        | {"prune_embedding_cache", "purge_query_log"},
         "pgingest_monitor": {
             "queue_stats_v1",
             "_index_builds",
             "_backfill_progress",
+            "traffic_status",
+            "query_log_status",
         },
     }
     for role, names in expected.items():
