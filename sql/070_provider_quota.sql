@@ -121,7 +121,9 @@ COMMENT ON FUNCTION pgingest.set_model_quota(text, double precision, double prec
 'never used (default 5%: token counts are estimates). All the model''s workers together stay within it. Both '
 'NULL: forget it (learned from the x-ratelimit-* headers again).';
 
-CREATE OR REPLACE FUNCTION pgingest.quota_take_v1(p_model text, p_tokens integer, p_requests integer DEFAULT 1)
+CREATE OR REPLACE FUNCTION pgingest.quota_take_v1(
+    p_model text, p_tokens integer, p_requests integer DEFAULT 1, p_max_wait double precision DEFAULT NULL
+)
 RETURNS double precision
 LANGUAGE plpgsql
 VOLATILE
@@ -129,32 +131,44 @@ SECURITY DEFINER
 SET search_path FROM CURRENT
 AS $$
 DECLARE
+    q pgingest.provider_quota;
+    v_requests double precision;
+    v_tokens double precision;
     v_wait double precision;
 BEGIN
-    UPDATE pgingest.provider_quota AS q
-    SET request_level = pgingest._quota_level(q, q.request_level, q.requests_per_minute)
-        - CASE WHEN q.requests_per_minute IS NULL THEN 0 ELSE greatest(p_requests, 0) END,
-        token_level = pgingest._quota_level(q, q.token_level, q.tokens_per_minute)
-        - CASE WHEN q.tokens_per_minute IS NULL THEN 0 ELSE greatest(p_tokens, 0) END,
-        refilled_at = clock_timestamp(),
-        taken_requests = q.taken_requests + greatest(p_requests, 0),
-        taken_tokens = q.taken_tokens + greatest(p_tokens, 0)
-    WHERE q.model = p_model
-    RETURNING greatest(
-        0.0,
-        -q.request_level / pgingest._quota_rate(q, q.requests_per_minute),
-        -q.token_level / pgingest._quota_rate(q, q.tokens_per_minute)
-    ) INTO v_wait;  -- greatest() ignores the NULL of a kind without a limit
-    IF v_wait > 0 THEN
-        UPDATE pgingest.provider_quota AS q SET waited_seconds = q.waited_seconds + v_wait WHERE q.model = p_model;
+    SELECT * INTO q FROM pgingest.provider_quota AS x WHERE x.model = p_model FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
     END IF;
+    v_requests := pgingest._quota_level(q, q.request_level, q.requests_per_minute)
+        - CASE WHEN q.requests_per_minute IS NULL THEN 0 ELSE greatest(p_requests, 0) END;
+    v_tokens := pgingest._quota_level(q, q.token_level, q.tokens_per_minute)
+        - CASE WHEN q.tokens_per_minute IS NULL THEN 0 ELSE greatest(p_tokens, 0) END;
+    -- greatest() ignores the NULL of a kind without a limit
+    v_wait := greatest(
+        0.0,
+        -v_requests / pgingest._quota_rate(q, q.requests_per_minute),
+        -v_tokens / pgingest._quota_rate(q, q.tokens_per_minute)
+    );
+    IF v_wait > p_max_wait THEN
+        RETURN v_wait;  -- not taken: the caller defers the work instead of waiting that long
+    END IF;
+    UPDATE pgingest.provider_quota AS x
+    SET request_level = v_requests,
+        token_level = v_tokens,
+        refilled_at = clock_timestamp(),
+        taken_requests = x.taken_requests + greatest(p_requests, 0),
+        taken_tokens = x.taken_tokens + greatest(p_tokens, 0),
+        waited_seconds = x.waited_seconds + v_wait
+    WHERE x.model = p_model;
     RETURN v_wait;
 END;
 $$;
 
-COMMENT ON FUNCTION pgingest.quota_take_v1(text, integer, integer) IS
+COMMENT ON FUNCTION pgingest.quota_take_v1(text, integer, integer, double precision) IS
 'Worker: takes a request''s tokens (and requests) from the model''s quota buckets before sending it. Returns the '
-'seconds to wait before sending (0: at once), NULL when the model has no known quota (no pacing).';
+'seconds to wait before sending (0: at once), NULL when the model has no known quota (no pacing). A wait over '
+'p_max_wait takes nothing (the worker defers the work instead of holding it).';
 
 CREATE OR REPLACE FUNCTION pgingest.quota_observe_v1(
     p_model text,
@@ -237,3 +251,25 @@ COMMENT ON FUNCTION pgingest.quota_rejected_v1(text, double precision) IS
 'Worker: the provider answered 429 (a rate limit, not an exhausted balance): the model''s pace is cut by a '
 'fifth (to 0.3 at least, once per burst of 429s; back to 1 over a minute) '
 'and nothing more is sent before p_retry_after seconds.';
+
+-- What the operator looks at (pgingest status, pgingest model quota): the pace as it is now.
+CREATE OR REPLACE VIEW pgingest.quota_status AS
+SELECT
+    q.model,
+    q.source,
+    q.requests_per_minute,
+    q.tokens_per_minute,
+    q.headroom,
+    q.rejections,
+    q.rejected_at,
+    q.taken_requests,
+    q.taken_tokens,
+    q.waited_seconds,
+    q.updated_at,
+    least(1.0, q.pace + coalesce(extract(EPOCH FROM clock_timestamp() - q.rejected_at)::double precision / 60.0, 1.0))
+        AS pace
+FROM pgingest.provider_quota AS q;
+
+COMMENT ON VIEW pgingest.quota_status IS
+'Per model with a known quota: its limits (configured or learned from headers), headroom, pace now (cut by '
+'429s), 429s seen, what the workers took and how long they waited for it.';

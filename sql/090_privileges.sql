@@ -71,7 +71,8 @@ pgingest.dead_letter_summary,
 pgingest.worker_status,
 pgingest.vector_health,
 pgingest.index_builds,
-pgingest.source_status
+pgingest.source_status,
+pgingest.quota_status
 TO pgingest_monitor, pgingest_reader;
 
 -- Readers and workers see the registry and the settings (no secret lives there: invariant 8).

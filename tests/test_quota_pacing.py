@@ -97,7 +97,8 @@ def test_a_configured_quota_is_never_exceeded(
     w = worker.Worker(settings(dsn, batch_size=20, request_max_inputs=8))
     assert w.run() == 0
     assert rejected(fake) == 0
-    assert w.embedder.pacer("v1") is not None and w.embedder.pacer("v1").waits > 0  # type: ignore[union-attr]
+    pacer = w.embedder.pacer("v1")
+    assert pacer is not None and pacer.waits > 0
     assert quota_row(conn)["taken_tokens"] == total
     assert_exactly_predicted(conn)
 
@@ -145,3 +146,69 @@ def test_two_workers_share_one_quota(
     # Paced: the tokens beyond the first minute's bucket took at least their time at the quota.
     assert time.monotonic() - t0 >= 0.9 * (total - tpm) / (tpm / 60)
     assert_exactly_predicted(conn)
+
+
+def test_the_cli_sets_shows_and_clears_a_quota(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer, capsys: Any
+) -> None:
+    from pgingest import cli
+
+    register(conn, "v1", fake.url)
+
+    def run(*argv: str) -> str:
+        assert cli.main([*argv, "--database-url", dsn]) == 0
+        return str(capsys.readouterr().out)
+
+    assert "no quota known" in run("model", "quota", "v1")
+    out = run("model", "quota", "v1", "--rpm", "3000", "--tpm", "1000000", "--headroom", "0.1")
+    assert "3,000 requests/min, 1,000,000 tokens/min (configured, 10% headroom)" in out
+    q = quota_row(conn)
+    assert (q["requests_per_minute"], q["tokens_per_minute"], q["headroom"]) == (3000, 1e6, 0.1)
+    status = run("status")
+    assert "QUOTAS" in status and "v1: 3,000 requests/min" in status
+    assert "no quota known" in run("model", "quota", "v1", "--clear")
+    assert conn.execute("SELECT count(*) FROM pgingest.provider_quota").fetchone() == (0,)
+
+
+def test_a_spent_quota_defers_its_model_and_never_starves_the_others(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    """v2's quota (a backfill's new model) has no room for a while: its batches are deferred
+    (no attempt spent: one allowed) and the worker serves v1 meanwhile; both end embedded."""
+    register(conn, "v1", fake.url)
+    register(conn, "v2", fake.url, model_id="fake-768", dimensions=768)
+    total = documents_of(conn, 60)
+    tpm = int(total / 1.08)
+    conn.execute("SELECT pgingest.set_model_quota('v2', NULL, %s)", (tpm,))
+    w = worker.Worker(
+        settings(dsn, batch_size=10, request_max_inputs=8, max_attempts=1, quota_max_wait=0.5)
+    )
+    t = threading.Thread(target=w.run)
+    t0 = time.monotonic()
+    t.start()
+
+    def embedded(model: str) -> int:
+        row = conn.execute(
+            "SELECT count(*) FROM pgingest.embedding_state WHERE model = %s", (model,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    v1_done = None
+    while t.is_alive() and time.monotonic() - t0 < 120:
+        if v1_done is None and embedded("v1") == 60:
+            v1_done = time.monotonic() - t0
+        time.sleep(0.05)
+    t.join(5)
+    total_s = time.monotonic() - t0
+    assert not t.is_alive()
+    assert embedded("v1") == 60 and embedded("v2") == 60
+    assert v1_done is not None and v1_done < total_s / 2  # v1 never waited for v2's quota
+    assert conn.execute("SELECT count(*) FROM pgingest.dead_letters").fetchone() == (0,)
+    assert quota_row_of(conn, "v2")["taken_tokens"] == total
+
+
+def quota_row_of(conn: psycopg.Connection[Any], model: str) -> dict[str, Any]:
+    cur = conn.execute("SELECT * FROM pgingest.provider_quota WHERE model = %s", (model,))
+    row = cur.fetchone()
+    assert row is not None and cur.description is not None
+    return {d.name: v for d, v in zip(cur.description, row, strict=True)}

@@ -41,6 +41,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         http_timeout_max=args.http_timeout_max,
         max_resends=args.max_resends,
         quota_pacing=not args.no_quota_pacing,
+        quota_max_wait=args.quota_max_wait,
         metrics_port=args.metrics_port,
         max_chunks_per_document=args.max_chunks_per_document,
         write_max_chunks=args.write_max_chunks,
@@ -264,6 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-quota-pacing",
         action="store_true",
         help="send without taking from the model's quota (pgingest.provider_quota): 429s only",
+    )
+    p.add_argument(
+        "--quota-max-wait",
+        type=float,
+        default=d.quota_max_wait,
+        help="seconds a request may wait for the model's quota (default %(default)s); a longer"
+        " wait defers its batch and the worker serves its other models meanwhile",
     )
     p.add_argument(
         "--max-resends",

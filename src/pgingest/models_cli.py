@@ -118,6 +118,7 @@ def add_model_commands(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="queue the whole backfill now (CALL pgingest.run_backfill) instead of by the workers",
     )
+    _quota_arguments(p)
     p.set_defaults(func=cmd_add)
 
     p = sub.add_parser("list", help="models with state, backfill progress and index")
@@ -208,6 +209,21 @@ def add_model_commands(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("name")
     p.set_defaults(func=cmd_resume)
 
+    p = sub.add_parser(
+        "quota",
+        help="the provider's quota (requests and tokens per minute) that every worker of the"
+        " model stays within together; no option: show it",
+    )
+    cli_support.add_database_url(p)
+    p.add_argument("name")
+    _quota_arguments(p)
+    p.add_argument(
+        "--clear",
+        action="store_true",
+        help="forget the configured quota (the workers learn it from the x-ratelimit-* headers)",
+    )
+    p.set_defaults(func=cmd_quota)
+
     p = sub.add_parser("backfill", help="queue a model's whole backfill now (run_backfill)")
     cli_support.add_database_url(p)
     p.add_argument("name")
@@ -217,6 +233,17 @@ def add_model_commands(subparsers: Any) -> argparse.ArgumentParser:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _quota_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rpm", type=float, help="the provider's requests per minute for this model")
+    p.add_argument("--tpm", type=float, help="the provider's tokens per minute for this model")
+    p.add_argument(
+        "--headroom",
+        type=float,
+        default=0.05,
+        help="share of the quota never used (default %(default)s: token counts are estimates)",
+    )
 
 
 def _connect(args: argparse.Namespace) -> psycopg.Connection[Any]:
@@ -290,6 +317,8 @@ def cmd_add(args: argparse.Namespace) -> int:
                 f"registered model {args.name} ({state}): store store_{args.name} "
                 f"{args.storage}({args.dimensions}) {args.metric}, queue pgingest_{args.name}"
             )
+            if args.rpm is not None or args.tpm is not None:
+                _set_quota(conn, args)
             if args.backfill:
                 db.run_backfill(conn, args.name)
                 print(f"backfill of {args.name} queued")
@@ -454,6 +483,57 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
 
     return cli_support.run_reporting_db_errors("pgingest model list", run)
+
+
+def _set_quota(conn: psycopg.Connection[Any], args: argparse.Namespace) -> None:
+    conn.execute(
+        "SELECT pgingest.set_model_quota(%s, %s, %s, %s)",
+        (args.name, args.rpm, args.tpm, args.headroom),
+    )
+    limits = ", ".join(
+        f"{v:,.0f} {what} per minute"
+        for v, what in ((args.rpm, "requests"), (args.tpm, "tokens"))
+        if v is not None
+    )
+    print(f"model {args.name}: quota {limits}, {args.headroom:.0%} never used")
+
+
+def quota_rows(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """``pgingest.quota_status``, one dict per model with a known quota."""
+    cur = conn.execute("SELECT * FROM pgingest.quota_status ORDER BY model")
+    cols = [d.name for d in cur.description or ()]
+    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+def quota_line(q: dict[str, Any]) -> str:
+    limits = ", ".join(
+        f"{v:,.0f} {what}/min"
+        for v, what in ((q["requests_per_minute"], "requests"), (q["tokens_per_minute"], "tokens"))
+        if v is not None
+    )
+    return (
+        f"{q['model']}: {limits} ({q['source']}, {q['headroom']:.0%} headroom), pace"
+        f" {q['pace']:.2f}, {q['rejections']} 429s, {q['taken_tokens']:,} tokens taken,"
+        f" {q['waited_seconds']:.0f} s waited"
+    )
+
+
+def cmd_quota(args: argparse.Namespace) -> int:
+    def run() -> int:
+        with _connect(args) as conn:
+            if args.clear:
+                conn.execute("SELECT pgingest.set_model_quota(%s)", (args.name,))
+                print(f"model {args.name}: no configured quota (learned from the headers)")
+            elif args.rpm is not None or args.tpm is not None:
+                _set_quota(conn, args)
+            rows = [q for q in quota_rows(conn) if q["model"] == args.name]
+            if not rows:
+                print(f"model {args.name}: no quota known (none configured, none learned yet)")
+            for q in rows:
+                print(quota_line(q))
+        return 0
+
+    return cli_support.run_reporting_db_errors("pgingest model quota", run)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

@@ -204,6 +204,12 @@ class RateLimited(ProviderError):
     error_class = "rate_limited"
 
 
+class QuotaWait(RateLimited):
+    """The model's shared quota allows a batch only in ``retry_after`` seconds, longer than the
+    worker will hold it (``worker/pacing.py``). Nothing was sent; the worker defers the work as
+    for a 429."""
+
+
 class TransientProviderError(ProviderError):
     """5xx (``server_error``), ``timeout`` or ``connection`` failure, after retries."""
 
@@ -837,8 +843,7 @@ class OpenAICompatibleProvider(ProviderBase):
     with ``status`` the HTTP status code as a string, or ``"timeout"`` / ``"connection"`` when
     no answer came; ``on_retry(error_class)`` before every retry wait; ``on_response(status,
     headers)`` for every answer (the worker reads the ``x-ratelimit-*`` headers:
-    :func:`parse_rate_limits`). ``before_request(n_inputs)`` is called before every HTTP attempt,
-    retries included, and may block (the worker's quota pacing); its time is not the request's.
+    :func:`parse_rate_limits`).
     """
 
     def __init__(
@@ -871,7 +876,6 @@ class OpenAICompatibleProvider(ProviderBase):
         total_timeout: float | None = None,
         max_response_bytes: int | None = None,
         retry_timeouts: bool = True,
-        before_request: Callable[[int], None] | None = None,
         on_response: Callable[[int, Mapping[str, str]], None] | None = None,
     ) -> None:
         check_base_url(base_url)
@@ -899,7 +903,6 @@ class OpenAICompatibleProvider(ProviderBase):
         self.total_timeout = None if total_timeout is None else float(total_timeout)
         self.max_response_bytes = max_response_bytes
         self.retry_timeouts = retry_timeouts
-        self.before_request = before_request
         self.on_response = on_response
         self.request_dimensions = request_dimensions
         self.encoding_format = encoding_format
@@ -1150,8 +1153,6 @@ class OpenAICompatibleProvider(ProviderBase):
 
     def _request(self, inputs: list[str], call_deadline: float | None = None) -> np.ndarray:
         """One HTTP attempt: the vectors, or a classified :class:`ProviderError`."""
-        if self.before_request is not None:
-            self.before_request(len(inputs))
         payload: dict[str, Any] = {
             "model": self.model,
             "input": inputs,

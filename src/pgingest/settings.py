@@ -41,6 +41,9 @@ class WorkerSettings:
     # Pace requests within the model's quota (pgingest.provider_quota, shared by every worker;
     # limits configured with set_model_quota or learned from x-ratelimit-* headers).
     quota_pacing: bool = True
+    # The longest a request waits for the quota; a longer wait defers its batch (no attempt
+    # spent) and holds the model back for that long while the worker serves the others.
+    quota_max_wait: float = 10.0
     commit_target_seconds: float = 0.5
     backfill_batch: int = 5000
     # rows of an attached table registered and queued per step (each one reads that many rows)

@@ -68,6 +68,9 @@ class Report:
     (schema 0013) or this role may not run it (monitors and admins may)."""
     query_log: dict[str, Any] | None = None
     """``pgingest.query_log_status()``: the query log's settings and size (same conditions)."""
+    quotas: list[dict[str, Any]] | None = None
+    """``pgingest.quota_status``: the providers' quotas the workers pace within (issue 25); None
+    when the server predates it (schema 0014)."""
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -88,6 +91,7 @@ class Report:
             "sources": self.sources,
             "traffic": self.traffic,
             "query_log": self.query_log,
+            "quotas": self.quotas,
         }
 
 
@@ -105,6 +109,7 @@ def collect(conn: psycopg.Connection[Any]) -> Report:
             sources=_source_status(conn),
             traffic=_traffic_status(conn),
             query_log=_query_log_status(conn),
+            quotas=_quota_status(conn),
         )
 
 
@@ -145,6 +150,22 @@ def _query_log_status(conn: psycopg.Connection[Any]) -> dict[str, Any] | None:
         conn.cursor(row_factory=dict_row)
         .execute("SELECT * FROM pgingest.query_log_status()")
         .fetchone()
+    )
+
+
+def _quota_status(conn: psycopg.Connection[Any]) -> list[dict[str, Any]] | None:
+    from psycopg.rows import dict_row
+
+    row = conn.execute(
+        "SELECT to_regclass('pgingest.quota_status') IS NOT NULL"
+        " AND has_table_privilege('pgingest.quota_status', 'SELECT')"
+    ).fetchone()
+    if not row or not row[0]:
+        return None
+    return (
+        conn.cursor(row_factory=dict_row)
+        .execute("SELECT * FROM pgingest.quota_status ORDER BY model")
+        .fetchall()
     )
 
 
@@ -505,6 +526,7 @@ def render_text(report: Report, now: dt.datetime | None = None) -> str:
         out.append("  no model")
 
     out.extend(_render_traffic(report))
+    out.extend(_render_quotas(report))
 
     if report.index_builds:
         out.append("\nINDEX BUILDS")
@@ -516,6 +538,17 @@ def render_text(report: Report, now: dt.datetime | None = None) -> str:
                 f"{'-' if pct is None else f'{pct:.1f}%'} elapsed {_duration(_seconds(b['elapsed']))}"
             )
     return "\n".join(out) + "\n"
+
+
+def _render_quotas(report: Report) -> list[str]:
+    """The QUOTAS section: the providers' quotas the workers pace within, where any is known."""
+    if not report.quotas:
+        return []
+    from pgingest.models_cli import quota_line
+
+    return ["\nQUOTAS (requests/tokens per minute, shared by every worker of a model)"] + [
+        "  " + quota_line(q) for q in report.quotas
+    ]
 
 
 def _render_traffic(report: Report) -> list[str]:

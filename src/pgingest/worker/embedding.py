@@ -61,6 +61,7 @@ class Embedder:
         self._breakers: dict[str, providers.CircuitBreaker] = {}
         self._limits: dict[str, ConcurrencyLimit] = {}
         self._pacers: dict[str, Pacer] = {}
+        self._held_until: dict[str, float] = {}  # model -> monotonic time (quota waits)
         self._quota = (
             QuotaStore(settings.conninfo, settings.connect_params())
             if settings.quota_pacing
@@ -77,7 +78,6 @@ class Embedder:
                 pacer = self.pacer(m.name)
                 p = providers.for_model(
                     m,
-                    before_request=None if pacer is None else pacer.before_request,
                     on_response=None if pacer is None else pacer.on_response,
                     timeout=self.s.http_timeout,
                     retry_timeouts=False,  # resent here, after the concurrency backs off
@@ -94,8 +94,13 @@ class Embedder:
             return None
         pacer = self._pacers.get(model)
         if pacer is None:
-            pacer = self._pacers[model] = Pacer(model, self._quota)
+            pacer = self._pacers[model] = Pacer(model, self._quota, max_wait=self.s.quota_max_wait)
         return pacer
+
+    def held(self, model: str) -> bool:
+        """The model's quota has no room for a while (a request met a wait over
+        ``quota_max_wait``): its batches wait, the worker serves its other models."""
+        return time.monotonic() < self._held_until.get(model, 0.0)
 
     def forget(self, model: str) -> None:
         """Drops the model's provider: the next one re-reads the key (environment or file)."""
@@ -142,10 +147,21 @@ class Embedder:
         plans = providers.plan_requests(tokens, per_request, self.s.request_max_tokens)
         timed = getattr(provider, "call_timeout", None)  # an OpenAICompatibleProvider's
         pacer = self._pacers.get(m.name)
+        if pacer is not None:
+            try:
+                paced = pacer.reserve(sum(tokens), len(plans))
+            except providers.QuotaWait as spent:
+                # No room in the quota for a while: nothing is sent, the batch is deferred as
+                # for a 429 (no attempt spent) and the model held back meanwhile.
+                self._held_until[m.name] = time.monotonic() + float(spent.retry_after or 1.0)
+                for r in plans:
+                    inputs.fail(r, classify(spent))
+                inputs.scatter()
+                return True
+            if paced > 0:
+                time.sleep(paced)
 
-        def call(r: range, tokens: int, timeout: float) -> _Answer:
-            if pacer is not None:
-                pacer.request(len(r), tokens)
+        def call(r: range, timeout: float) -> _Answer:
             started = time.monotonic()
             try:
                 with timed(timeout) if timed is not None else contextlib.nullcontext():
@@ -153,9 +169,7 @@ class Embedder:
                 error = None
             except providers.ProviderError as exc:
                 result, error = None, exc
-            # the time slept for the quota is not the provider's latency
-            paced = pacer.waited_now() if pacer is not None else 0.0
-            return _Answer(result, error, max(0.0, time.monotonic() - started - paced))
+            return _Answer(result, error, time.monotonic() - started)
 
         breaker = self.breaker(m.name)
         paused = False
@@ -174,7 +188,7 @@ class Embedder:
                     limit.ceiling_timeout, limit.timeout_for(nxt.tokens, ahead) * 2**nxt.resends
                 )
                 sent = nxt._replace(alone=not running)
-                running[self._pool.submit(call, sent.r, sent.tokens, timeout)] = sent
+                running[self._pool.submit(call, sent.r, timeout)] = sent
                 ahead += sent.tokens
             if not running:
                 break

@@ -353,8 +353,8 @@ class Worker:
                     pending = True
                 if queued > 0:
                     log.info("backfill queued", extra={"model": m.name, "documents": queued})
-            if not self.embedder.breaker(m.name).allow():
-                pending = True
+            if not self.embedder.breaker(m.name).allow() or self.embedder.held(m.name):
+                pending = True  # its provider rests (breaker open) or its quota is spent
                 continue
             try:
                 stats = self.process_batch(m)

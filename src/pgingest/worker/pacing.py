@@ -3,9 +3,15 @@
 A hosted embedding API gives each key a quota in requests and tokens per minute. The model's
 limits (``pgingest.set_model_quota``, or learned from the ``x-ratelimit-*`` headers) and one
 token bucket per limit live in ``pgingest.provider_quota`` (``sql/070_provider_quota.sql``).
-Before every HTTP attempt a request's thread takes its tokens (the chunker's counts) from the
-buckets with ``quota_take_v1`` and sleeps the wait it is given; workers on every machine queue up
-behind one another on the database's clock, so that N workers together stay within one quota.
+Before a batch's requests are sent, the worker takes their tokens (the chunker's counts) and
+their number from the buckets in one call (``quota_take_v1``) and sleeps the wait it is given;
+workers on every machine queue up behind one another on the database's clock, so that N workers
+together stay within one quota. A wait longer than ``--quota-max-wait`` takes nothing and raises
+``providers.QuotaWait`` before anything is sent (no request of the batch is paid for and then
+thrown away): the batch is deferred as for a 429 (no attempt spent) and the worker holds that
+model back for the wait (``Embedder.held``), serving its other models meanwhile: a paced
+backfill of a new model never starves the live one. Retries (a 5xx, a 429) are not taken again:
+the provider did not count them.
 The answers' headers teach the limits when none is configured (``quota_observe_v1``, at most
 once a second per model and worker; what remains starts the buckets of a quota learned); a
 429 cuts the pace (``quota_rejected_v1``), and the provider's client still defers the work
@@ -32,8 +38,6 @@ log = logging.getLogger("pgingest.worker")
 
 NO_QUOTA_RECHECK_SECONDS = 30.0
 OBSERVE_INTERVAL_SECONDS = 1.0
-MAX_WAIT_SECONDS = 120.0
-"""One sleep of a request at most; past it the request goes (the provider judges)."""
 RETRY_CONNECT_SECONDS = 30.0
 
 
@@ -74,9 +78,14 @@ class QuotaStore:
                 self._down_until = time.monotonic() + RETRY_CONNECT_SECONDS
                 return False, None
 
-    def take(self, model: str, tokens: int, requests: int = 1) -> float | None:
+    def take(
+        self, model: str, tokens: int, requests: int = 1, max_wait: float | None = None
+    ) -> float | None:
+        """Seconds to wait before sending (taken), or over ``max_wait`` (not taken), or None (no
+        quota known, or the database failed)."""
         ok, wait = self._call(
-            "SELECT pgingest.quota_take_v1(%s, %s, %s)", (model, int(tokens), int(requests))
+            "SELECT pgingest.quota_take_v1(%s, %s, %s, %s)",
+            (model, int(tokens), int(requests), max_wait),
         )
         return float(wait) if ok and wait is not None else None
 
@@ -104,53 +113,51 @@ class QuotaStore:
 
 
 class Pacer:
-    """One model's pacing: :meth:`before_request` and :meth:`on_response` are the provider's
-    hooks; :meth:`request` tells the request thread how many tokens its next attempts carry."""
+    """One model's pacing: :meth:`reserve` before a batch's requests are sent, and
+    :meth:`on_response` (the provider's hook) for every answer."""
 
     def __init__(
         self,
         model: str,
         store: QuotaStore,
         *,
-        sleep: Callable[[float], None] = time.sleep,
+        max_wait: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``max_wait``: the longest the worker waits for the quota before a batch; a longer
+        wait raises :class:`providers.QuotaWait` (nothing taken), and the worker defers the
+        batch and serves its other models meanwhile."""
         self.model = model
         self.store = store
-        self._sleep = sleep
+        self.max_wait = max_wait
         self._clock = clock
-        self._local = threading.local()
         self._lock = threading.Lock()
-        self._no_quota_until = 0.0  # no quota known: no database call per request until then
+        self._no_quota_until = 0.0  # no quota known: no database call per batch until then
         self._last_observe = -OBSERVE_INTERVAL_SECONDS
         self.waited = 0.0
         self.waits = 0
+        self.deferred = 0
 
-    def request(self, n_inputs: int, tokens: int) -> None:
-        """The current thread's request: ``tokens`` for ``n_inputs`` inputs (an attempt on a
-        part of them, a bisection's, takes its share)."""
-        self._local.per_input = tokens / max(1, n_inputs)
-        self._local.waited = 0.0
-
-    def waited_now(self) -> float:
-        """Seconds this thread slept for the quota since :meth:`request`."""
-        return float(getattr(self._local, "waited", 0.0))
-
-    def before_request(self, n_inputs: int) -> None:
+    def reserve(self, tokens: int, requests: int) -> float:
+        """Takes a batch's tokens and requests from the model's quota: the seconds to wait
+        before sending them (0: at once, also when no quota is known). Raises
+        :class:`providers.QuotaWait` when that would be over ``max_wait`` (nothing taken)."""
         if self._clock() < self._no_quota_until:
-            return
-        tokens = round(getattr(self._local, "per_input", 0.0) * n_inputs)
-        wait = self.store.take(self.model, tokens)
+            return 0.0
+        wait = self.store.take(self.model, tokens, requests, max_wait=self.max_wait)
         if wait is None:
             self._no_quota_until = self._clock() + NO_QUOTA_RECHECK_SECONDS
-            return
+            return 0.0
+        if wait > self.max_wait:
+            self.deferred += 1
+            raise providers.QuotaWait(
+                f"the model's quota allows this batch in {wait:.1f} s; deferred meanwhile",
+                retry_after=wait,
+            )
         if wait > 0:
-            wait = min(wait, MAX_WAIT_SECONDS)
-            self._sleep(wait)
-            self._local.waited = self.waited_now() + wait
-            with self._lock:
-                self.waited += wait
-                self.waits += 1
+            self.waited += wait
+            self.waits += 1
+        return wait
 
     def on_response(self, status: int, headers: Mapping[str, str]) -> None:
         limits = providers.parse_rate_limits(headers)
@@ -172,4 +179,4 @@ class Pacer:
             self._last_observe = now
         learned = limits.limit_tokens is not None or limits.limit_requests is not None
         if self.store.observe(self.model, limits) and learned:
-            self._no_quota_until = 0.0  # a quota exists now: pace from the next request on
+            self._no_quota_until = 0.0  # a quota exists now: pace from the next batch on
