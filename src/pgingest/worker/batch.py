@@ -533,7 +533,7 @@ class BatchSizer:
         if n > 0:
             pace = seconds / n
             prev = self.seconds_per_message
-            self.seconds_per_message = pace if prev is None else 0.5 * prev + 0.5 * pace
+            self.seconds_per_message = pace if prev is None else 0.7 * prev + 0.3 * pace
             self.size = min(self.size, self.cap)
         return self.size
 

@@ -57,9 +57,10 @@ class Worker:
             settings.min_batch_size,
             settings.max_batch_size,
             settings.commit_target_seconds,
-            # a batch is embedded within a third of the visibility timeout at the observed pace
-            # (its claim is extended meanwhile anyway: worker/claims.py)
-            embed_window=settings.visibility_timeout / 3,
+            # a batch is embedded within a third of the visibility timeout at the observed pace,
+            # and never less than 30 s of it (its claim is extended meanwhile anyway:
+            # worker/claims.py; a short timeout must not shrink batches to nothing)
+            embed_window=max(30.0, settings.visibility_timeout / 3),
         )
         self.embedder = Embedder(settings, self.metrics, self._pause)
         self.writer = writer_factory(settings, self.metrics, self.sizers)
