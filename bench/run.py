@@ -57,7 +57,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from bench import common, provider
+from bench import common, provider, queries
 from bench.common import (
     WORKER_APPLICATIONS,
     BackendCpu,
@@ -1329,6 +1329,15 @@ def report(results: dict[str, Any]) -> None:
             f" work done twice {sp['work_done_twice']} texts, {sp['requests_resent']:.0f} requests"
             f" resent, {sp['dead_letters']} dead letters"
         )
+    qr = results.get("queries")
+    if qr:
+        add(
+            "queries: query_cache_hit_latency_ratio ="
+            f" {qr.get('query_cache_hit_latency_ratio', float('nan')):.3f} (a cached search_text"
+            " over one that embeds its query); query_log_overhead_ratio ="
+            f" {qr.get('query_log_overhead_ratio', float('nan')):.3f} (every search logged over"
+            " the log off)"
+        )
     qu = results.get("quota")
     if qu:
         add(
@@ -1424,6 +1433,14 @@ def flatten(results: dict[str, Any]) -> dict[str, Any]:
         sp = results["slow_provider"]
         for key in ("slow_provider_efficiency", "work_done_twice", "requests_resent"):
             out[key] = sp[key]
+    if "queries" in results:
+        for key in (
+            "query_cache_hit_latency_ratio",
+            "query_log_overhead_ratio",
+            "query_log_overhead_ratio_vector",
+        ):
+            if key in results["queries"]:
+                out[key] = results["queries"][key]
     if "quota" in results:
         for key in (
             "quota_utilisation",
@@ -1460,6 +1477,7 @@ BENCHES = (
     "migration",
     "slow_provider",
     "quota",
+    "queries",
 )
 
 
@@ -1527,6 +1545,7 @@ def main(argv: list[str] | None = None) -> int:
         "migration": lambda: bench_migration(url, size["migration_docs"], workdir),
         "slow_provider": lambda: provider.bench_slow_provider(url, size["slow_chunks"], workdir),
         "quota": lambda: provider.bench_quota(url, size["quota_docs"], workdir),
+        "queries": lambda: dict(queries.run(url, workdir=workdir)),
     }
     failures: dict[str, str] = {}
     for name in BENCHES:
