@@ -344,6 +344,102 @@ COMMENT ON FUNCTION pgingest._log_search(text, text, timestamptz, integer, jsonb
 'Writes one pgingest.query_log row (the query text and filter only with query_log_text = on, the md5 of the '
 'normalised text always); an error skips the row (a LOG line in the server log), never fails the search.';
 
+-- The shared query-vector cache (issue 20, item 4): embed_query (plpy_support) looks a query up
+-- here after its per-backend cache misses, and stores what it embedded. Read on primaries and
+-- replicas alike, written on the primary only; rows hold a hash, never the query text.
+
+CREATE OR REPLACE FUNCTION pgingest._query_cache_vector(
+    p_key bytea,
+    p_model text,
+    p_dimensions integer,
+    p_vector vector DEFAULT NULL
+)
+RETURNS vector
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+-- A row another open transaction is inserting, the table locked by DDL: given up on, never waited for.
+SET lock_timeout = '100ms'
+AS $$
+DECLARE
+    -- Rows belong to the login role that computed them: another role cannot plant a vector for them.
+    v_role oid := to_regrole(session_user)::oid;
+    v_max text;
+    v_keep text;
+    v_found vector;
+    v_counter text;
+    v_count text;
+BEGIN
+    SELECT max(c.value) FILTER (WHERE c.key = 'query_cache_max_rows'),
+           max(c.value) FILTER (WHERE c.key = 'query_cache_keep')
+    INTO v_max, v_keep
+    FROM pgingest.config AS c WHERE c.key IN ('query_cache_max_rows', 'query_cache_keep');
+    -- Off (0 rows), or a hand-edited value that is not a row count: neither read nor written.
+    IF v_max IS NULL OR v_max !~ '^\s*[0-9]{1,12}\s*$' OR v_max::bigint = 0 OR v_role IS NULL
+        OR p_key IS NULL OR octet_length(p_key) <> 32 OR p_model IS NULL OR p_dimensions IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF p_vector IS NULL THEN
+        SELECT q.embedding INTO v_found
+        FROM pgingest.query_cache AS q
+        WHERE q.cache_key = p_key AND q.role_id = v_role AND q.model = p_model
+            AND vector_dims(q.embedding) = p_dimensions
+            AND q.created_at > now() - coalesce(v_keep, '7 days')::interval;
+        -- This session's counts (pgingest.query_cache_shared_stats()): custom settings, which a
+        -- read replica can write too.
+        v_counter := 'pgingest.query_cache_shared_' || CASE WHEN v_found IS NULL THEN 'misses' ELSE 'hits' END;
+        v_count := current_setting(v_counter, TRUE);
+        PERFORM set_config(
+            v_counter, (CASE WHEN v_count ~ '^[0-9]{1,15}$' THEN v_count::bigint ELSE 0 END + 1)::text, FALSE
+        );
+        RETURN v_found;
+    END IF;
+    -- Nothing can be written on a read replica or in a read-only transaction: not stored.
+    IF pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on' THEN
+        RETURN NULL;
+    END IF;
+    -- Only a vector of a live model's dimension.
+    IF vector_dims(p_vector) <> p_dimensions OR NOT EXISTS (
+        SELECT 1 FROM pgingest.models AS m
+        WHERE m.name = p_model AND m.state <> 'retired' AND m.dimensions = p_dimensions
+    ) THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO pgingest.query_cache AS q (role_id, cache_key, model, embedding)
+    VALUES (v_role, p_key, p_model, p_vector)
+    ON CONFLICT (cache_key, role_id) DO UPDATE
+        SET model = EXCLUDED.model, embedding = EXCLUDED.embedding, created_at = EXCLUDED.created_at
+        -- Only a row past its age is rewritten: a fresh one stays as it is.
+        WHERE q.created_at <= now() - coalesce(v_keep, '7 days')::interval;
+    RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._query_cache_vector(bytea, text, integer, vector) IS
+'The shared query-vector cache (pgingest.query_cache), for embed_query: without p_vector, the vector cached for '
+'p_key (sha256 of the model''s identity, endpoint and normalised query text) by this login role, younger than '
+'query_cache_keep, else NULL (counted in pgingest.query_cache_shared_stats()); with p_vector, stores it, on the '
+'primary only (never in recovery or a read-only transaction) and only for a live model of that dimension. '
+'query_cache_max_rows = 0 turns it off.';
+
+CREATE OR REPLACE FUNCTION pgingest.query_cache_shared_stats()
+RETURNS TABLE (hits bigint, misses bigint)
+LANGUAGE sql
+STABLE
+SET search_path FROM CURRENT
+AS $$
+    SELECT
+        CASE WHEN h.v ~ '^[0-9]{1,15}$' THEN h.v::bigint ELSE 0 END,
+        CASE WHEN m.v ~ '^[0-9]{1,15}$' THEN m.v::bigint ELSE 0 END
+    FROM (SELECT current_setting('pgingest.query_cache_shared_hits', TRUE) AS v) AS h
+    CROSS JOIN (SELECT current_setting('pgingest.query_cache_shared_misses', TRUE) AS v) AS m
+$$;
+
+COMMENT ON FUNCTION pgingest.query_cache_shared_stats() IS
+'This session''s lookups of the shared query-vector cache (pgingest.query_cache) after a miss of its own cache '
+'(pgingest.query_cache_stats()): hits (no request to the endpoint) and misses. On replicas as well.';
+
 CREATE OR REPLACE FUNCTION pgingest.search(
     query_vector vector,
     k integer DEFAULT 10,

@@ -21,6 +21,44 @@ COMMENT ON FUNCTION pgingest.clear_embedding_cache(text) IS
 'Drops a model''s retained vectors (pgingest.embedding_cache). Vectors of live chunks are still reused '
 'for identical inputs: register a new model when the provider''s model itself changed.';
 
+-- The shared query-vector cache's bounds (issue 20, item 4): called by prune_embedding_cache(), so
+-- run_maintenance() applies them for workers, admins and pg_cron.
+CREATE OR REPLACE FUNCTION pgingest._prune_query_cache()
+RETURNS bigint
+LANGUAGE plpgsql
+VOLATILE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_keep interval;
+    v_max bigint;
+    v_n bigint := 0;
+    v_k bigint;
+    v_cut timestamptz;
+BEGIN
+    SELECT c.value::interval INTO v_keep FROM pgingest.config AS c WHERE c.key = 'query_cache_keep';
+    SELECT c.value::bigint INTO v_max FROM pgingest.config AS c WHERE c.key = 'query_cache_max_rows';
+    -- Past their age, or of a model no longer live (its key can never match again).
+    DELETE FROM pgingest.query_cache AS q
+    WHERE q.created_at < now() - coalesce(v_keep, interval '7 days')
+        OR NOT EXISTS (SELECT 1 FROM pgingest.models AS m WHERE m.name = q.model AND m.state <> 'retired');
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    -- The newest max_rows rows stay (0: the cache is off, every row goes).
+    SELECT q.created_at INTO v_cut FROM pgingest.query_cache AS q
+    ORDER BY q.created_at DESC OFFSET coalesce(v_max, 20000) LIMIT 1;
+    IF v_cut IS NOT NULL THEN
+        DELETE FROM pgingest.query_cache AS q WHERE q.created_at <= v_cut;
+        GET DIAGNOSTICS v_k = ROW_COUNT;
+        v_n := v_n + v_k;
+    END IF;
+    RETURN v_n;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._prune_query_cache() IS
+'Applies the shared query-vector cache''s bounds: rows older than query_cache_keep (7 days) or of a model no '
+'longer live go, then all but the newest query_cache_max_rows (20000); returns how many rows were deleted.';
+
 CREATE OR REPLACE FUNCTION pgingest.prune_embedding_cache()
 RETURNS bigint
 LANGUAGE plpgsql
@@ -42,12 +80,13 @@ BEGIN
     USING ranked AS r
     WHERE e.model = r.model AND e.chunk_hash = r.chunk_hash AND r.rn > coalesce(v_max, 1000000);
     GET DIAGNOSTICS v_n = ROW_COUNT;
-    RETURN v_n;
+    RETURN v_n + pgingest._prune_query_cache();
 END;
 $$;
 
 COMMENT ON FUNCTION pgingest.prune_embedding_cache() IS
-'Keeps the cache_max_rows most recently used cached vectors per model; returns how many were dropped.';
+'Keeps the cache_max_rows most recently used cached vectors per model, and applies the shared query-vector '
+'cache''s bounds (pgingest._prune_query_cache); returns how many rows of both were dropped.';
 
 -- Typed accessors for promoted metadata keys: immutable (generated columns need it), and the error
 -- names the key.

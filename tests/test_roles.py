@@ -120,6 +120,7 @@ REVIEWED_SECURITY_DEFINER = {
     "purge_query_log",
     "traffic_status",
     "query_log_status",
+    "_query_cache_vector",  # issue 20's shared query cache: key length checked, rows per session_user
 }
 # Admin routines that change the structure or write tables: they work for a non-owner admin only as
 # SECURITY DEFINER.

@@ -7,6 +7,7 @@ dependencies. Everything here takes ``plpy`` as an argument so that tests can ca
 
 from __future__ import annotations
 
+import hashlib
 import math
 import unicodedata
 from collections import OrderedDict
@@ -40,8 +41,7 @@ def query_cache(store: dict[str, Any]) -> dict[str, Any]:
     return qc
 
 
-def _query_cache_limit(plpy: Any) -> int:
-    raw = _setting(plpy, "pgingest.query_cache_entries")
+def _query_cache_limit(plpy: Any, raw: str | None) -> int:
     if raw is None:
         return QUERY_CACHE_ENTRIES
     try:
@@ -52,6 +52,57 @@ def _query_cache_limit(plpy: Any) -> int:
             sqlstate="22023",
         )
         raise  # not reached: plpy.error raises
+
+
+def _query_cache_settings(plpy: Any) -> tuple[int, bool]:
+    """This session's cache size (``pgingest.query_cache_entries``) and whether it uses the shared
+    cache table (``pgingest.query_cache_shared``, on unless ``off``), in one statement."""
+    rows = plpy.execute(
+        "SELECT current_setting('pgingest.query_cache_entries', true) AS n,"
+        " current_setting('pgingest.query_cache_shared', true) AS s"
+    )
+    n = (rows[0]["n"] or None) if rows else None
+    shared = (rows[0]["s"] or "on") if rows else "on"
+    return _query_cache_limit(plpy, n), shared.strip().lower() not in ("off", "false", "0", "no")
+
+
+def shared_cache_key(vkey: str) -> bytes:
+    """The shared cache table's key for a per-backend cache key (model identity, endpoint,
+    normalised text): its sha256, so that the table never holds the query text."""
+    return hashlib.sha256(vkey.encode("utf-8", "surrogatepass")).digest()
+
+
+def _shared_lookup(plpy: Any, qc: dict[str, Any], key: bytes, m: dict[str, Any]) -> str | None:
+    """The vector the shared table holds for ``key`` (pgingest._query_cache_vector), or None: on
+    any error too (the table locked, dropped, an older schema), which never fails a search."""
+    try:
+        plan = qc.get("shared_get")
+        if plan is None:
+            plan = qc["shared_get"] = plpy.prepare(
+                "SELECT pgingest._query_cache_vector($1, $2, $3)::text AS v",
+                ["bytea", "text", "integer"],
+            )
+        rows = plpy.execute(plan, [key, m["name"], m["dimensions"]])
+    except plpy.SPIError:
+        qc.pop("shared_get", None)
+        return None
+    value = rows[0]["v"] if rows else None
+    return str(value) if value else None
+
+
+def _shared_store(plpy: Any, qc: dict[str, Any], key: bytes, m: dict[str, Any], text: str) -> None:
+    """Stores a vector in the shared table (the function skips it on a replica or in a
+    read-only transaction); an error is ignored, never a search's failure."""
+    try:
+        plan = qc.get("shared_put")
+        if plan is None:
+            plan = qc["shared_put"] = plpy.prepare(
+                "SELECT pgingest._query_cache_vector($1, $2, $3, $4::vector)",
+                ["bytea", "text", "integer", "text"],
+            )
+        plpy.execute(plan, [key, m["name"], m["dimensions"], text])
+    except plpy.SPIError:
+        qc.pop("shared_put", None)
 
 
 def _setting(plpy: Any, name: str) -> str | None:
@@ -221,7 +272,7 @@ def embed_query(
     # model of another model_id or dimension, another endpoint: another key) and the query's
     # normalised text. Per session: it works on a read replica too.
     qc = query_cache(shared) if shared is not None else None
-    limit = _query_cache_limit(plpy) if qc is not None else 0
+    limit, use_shared = _query_cache_settings(plpy) if qc is not None else (0, False)
     vkey = repr(
         (
             *(m[f] for f in ("name", "base_url", "model_id", "dimensions", "storage", "metric")),
@@ -236,6 +287,17 @@ def embed_query(
             qc["hits"] += 1
             return str(hit)
         qc["misses"] += 1
+    # Then the shared table (on the primary, replicated to every replica): a question another
+    # session of this role embedded costs an index lookup, not a request.
+    skey = shared_cache_key(vkey) if qc is not None and use_shared else None
+    if qc is not None and skey is not None:
+        found = _shared_lookup(plpy, qc, skey, m)
+        if found is not None:
+            if limit > 0:
+                qc["entries"][vkey] = found
+                while len(qc["entries"]) > limit:
+                    qc["entries"].popitem(last=False)
+            return found
     provider = cache.pop(key, None)
     if provider is None:
         try:
@@ -272,6 +334,8 @@ def embed_query(
     except vectors.VectorError as exc:
         plpy.error(f"pgingest: the query vector is invalid: {exc}", sqlstate="22000")
     text = "[" + ",".join(repr(float(x)) for x in vec) + "]"
+    if qc is not None and skey is not None:
+        _shared_store(plpy, qc, skey, m, text)
     if qc is not None and limit > 0:
         entries = qc["entries"]
         entries[vkey] = text
