@@ -5,6 +5,11 @@ measured in one run (the machine's load moves absolute figures by 2x; see bench/
   cache over one that embeds it (``pgingest.query_cache_entries = 0``), against the local model
   (``pgingest serve-model``, all-MiniLM-L6-v2) unless another endpoint is given. Median per
   search, rounds interleaved.
+- ``query_shared_cache_hit_latency_ratio``: a ``search_text`` whose query vector comes from the
+  shared cache table (``pgingest.query_cache``, migration 0015: the session's own cache off, the
+  row stored by an earlier search) over the same uncached one; the side that a session of a read
+  replica pays for a question another session already asked on the primary. Also
+  ``query_shared_over_local_hit_ratio`` (the shared table over the session's own cache).
 - ``query_log_overhead_ratio``: ``search_text`` (query vectors cached, so that the endpoint's
   latency does not dilute it) with the query log on at a sample rate of 1 (every search
   written) over the log off. Also ``query_log_overhead_ratio_vector``: the same for
@@ -90,7 +95,7 @@ def run(
     k: int = 10,
     workdir: Path | None = None,
 ) -> dict[str, float]:
-    """The two ratios of issue 20 in one fresh database on ``database_url``'s server.
+    """The ratios of issue 20 in one fresh database on ``database_url``'s server.
 
     ``model_url``: an OpenAI-compatible endpoint serving ``all-MiniLM-L6-v2`` (384 dimensions);
     None starts ``pgingest serve-model`` (the local model) for the run. ``documents`` of the demo
@@ -145,20 +150,27 @@ def run(
 
             hit: list[float] = []
             miss: list[float] = []
+            shared: list[float] = []
             log_on: list[float] = []
             log_off: list[float] = []
             vec_on: list[float] = []
             vec_off: list[float] = []
             for r in range(rounds):
-                # Cache: hits (warm cache) and misses (cache off: every search embeds).
-                for side in ("hit", "miss") if r % 2 == 0 else ("miss", "hit"):
+                # Cache: hits of the session's cache (warm), of the shared table (the session's
+                # cache off; the warm-up stored every row) and misses (both off: every search
+                # embeds).
+                sides = ("hit", "shared", "miss")
+                for side in sides if r % 2 == 0 else sides[::-1]:
                     conn.execute(
-                        "SELECT set_config('pgingest.query_cache_entries', %s, false)",
-                        ("256" if side == "hit" else "0",),
+                        "SELECT set_config('pgingest.query_cache_entries', %s, false),"
+                        " set_config('pgingest.query_cache_shared', %s, false)",
+                        ("256" if side == "hit" else "0", "off" if side == "miss" else "on"),
                     )
+                    into = {"hit": hit, "shared": shared, "miss": miss}[side]
                     for q in texts:
-                        (hit if side == "hit" else miss).append(_timed(conn, search_text, (q, k)))
+                        into.append(_timed(conn, search_text, (q, k)))
                 conn.execute("RESET pgingest.query_cache_entries")
+                conn.execute("RESET pgingest.query_cache_shared")
                 for q in texts:  # the cache warm again for the log rounds
                     conn.execute(search_text, (q, k)).fetchall()
                 # Query log: every search written (rate 1) or none.
@@ -173,6 +185,9 @@ def run(
                         (vec_on if side == "on" else vec_off).append(t)
             conn.execute("SELECT pgingest.set_query_log(0)")
             logged = int(conn.execute("SELECT count(*) FROM pgingest.query_log").fetchone()[0])  # type: ignore[index]
+            shared_hits = int(
+                conn.execute("SELECT hits FROM pgingest.query_cache_shared_stats()").fetchone()[0]  # type: ignore[index]
+            )
     finally:
         if server is not None:
             server.stop(30.0)
@@ -186,6 +201,10 @@ def run(
         "query_cache_hit_latency_ratio": round(med(hit) / med(miss), 4),
         "query_cache_hit_ms": round(med(hit), 3),
         "query_cache_miss_ms": round(med(miss), 3),
+        "query_shared_cache_hit_latency_ratio": round(med(shared) / med(miss), 4),
+        "query_shared_over_local_hit_ratio": round(med(shared) / med(hit), 4),
+        "query_shared_cache_hit_ms": round(med(shared), 3),
+        "query_shared_cache_hits": float(shared_hits),
         "query_log_overhead_ratio": round(med(log_on) / med(log_off), 4),
         "query_log_on_ms": round(med(log_on), 3),
         "query_log_off_ms": round(med(log_off), 3),
