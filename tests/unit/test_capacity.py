@@ -64,8 +64,9 @@ def simulate(
 
 def test_a_serial_server_settles_at_one_computing_and_one_waiting() -> None:
     """A CPU server (5,000 tokens/s, one request at a time, 0.8 s per request): the limit stays
-    at 2 (never the 8 allowed), the server never idles, and no request outlasts its timeout."""
-    lim = ConcurrencyLimit(max_limit=8, floor_timeout=1.0)
+    at 2 (never the 8 allowed), the server never idles, and no request outlasts its timeout
+    (the floor, 2 s, is what the two first requests take; the default is 30 s)."""
+    lim = ConcurrencyLimit(max_limit=8, floor_timeout=2.0)
     out = simulate(lim, serial=True, seconds_per_token=1 / 5000)
     assert out["late_max"] <= 3 and out["late_min"] >= 1
     assert out["utilisation"] > 0.99
@@ -100,12 +101,17 @@ def test_latency_rising_backs_off_and_falling_grows_back() -> None:
 
 def test_fast_answers_never_read_as_congestion() -> None:
     """A hosted API's small tail requests have a high latency per token, all overhead: under
-    ``fast_seconds`` that does not shrink the limit."""
+    ``fast_seconds`` that does not shrink the limit; and a new limit climbs one per answer."""
     lim = ConcurrencyLimit(max_limit=8, limit=8.0)
     lim.sample(10_000, 0.3, alone=True)
     for _ in range(30):
         lim.sample(100, 0.2)  # 66x the per-token latency, but 0.2 s
     assert lim.allowed == 8
+    new = ConcurrencyLimit(max_limit=8)
+    assert new.allowed == 2
+    for n in (3, 4, 5):
+        new.sample(1000, 0.05)
+        assert new.allowed == n
 
 
 def test_a_timeout_halves_the_limit_at_once() -> None:

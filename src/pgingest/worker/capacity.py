@@ -17,9 +17,10 @@ simply faster. One fixed number cannot serve both, so the worker measures.
   1 until one has (a probe, as TCP Vegas and BBR take: about one round in ``probe_every``), so
   that a baseline measured under load cannot ratchet the limit up;
 * after each answer, ``gradient = baseline / latency`` (clamped to [0.5, 1]): 1 when latency is
-  flat, 1/2 when each request waits for one other; an answer within ``fast_seconds`` counts as
-  flat (waiting that little costs nothing, and the per-token latency of small requests is
-  mostly fixed overhead: a hosted API's tail requests would otherwise read as congestion);
+  flat, 1/2 when each request waits for one other; an answer within ``fast_seconds`` adds one
+  to the limit at once (waiting that little costs nothing, and the per-token latency of small
+  requests is mostly fixed overhead: a hosted API's tail requests would otherwise read as
+  congestion; a restarted worker is at full speed after a few answers);
 * the new limit is ``limit * gradient + queue`` (``queue`` = 1: one request may wait at the
   server, so that it never idles between two of ours), smoothed, between 1 and ``max_limit``.
 
@@ -68,8 +69,8 @@ class ConcurrencyLimit:
             raise ValueError("need 0 < floor_timeout <= ceiling_timeout")
         if self.fast_seconds is None:
             self.fast_seconds = min(1.0, self.floor_timeout / 10)
-        if self.limit <= 0:  # one alone first: the baseline, and a timeout that fits
-            self.limit = 1.0
+        if self.limit <= 0:  # two: the first goes alone (the baseline), the second waits at most
+            self.limit = float(min(2, self.max_limit))
 
     @property
     def probing(self) -> bool:
@@ -110,8 +111,12 @@ class ConcurrencyLimit:
             self._since_alone += 1
         self._recent = per_token if self._recent is None else 0.7 * self._recent + 0.3 * per_token
         baseline = self.baseline or per_token
-        fast = seconds <= (self.fast_seconds or 0.0)
-        gradient = 1.0 if fast else min(1.0, max(0.5, baseline / per_token))
+        if seconds <= (self.fast_seconds or 0.0):
+            # Waiting that little costs nothing: one more in flight per answer (a slow start,
+            # as TCP's), so that a restarted worker is at full speed after a few answers.
+            self.limit = min(float(self.max_limit), self.limit + 1.0)
+            return
+        gradient = min(1.0, max(0.5, baseline / per_token))
         target = self.limit * gradient + self.queue
         self.limit = min(
             float(self.max_limit),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -43,6 +44,7 @@ class _Answer(NamedTuple):
     result: providers.EmbedResult | None
     error: providers.ProviderError | None
     seconds: float
+    retried: bool  # the client waited and sent again (a 429, a 5xx): not a latency
 
 
 class Embedder:
@@ -62,6 +64,7 @@ class Embedder:
         self._limits: dict[str, ConcurrencyLimit] = {}
         self._pacers: dict[str, Pacer] = {}
         self._held_until: dict[str, float] = {}  # model -> monotonic time (quota waits)
+        self._calls = threading.local()  # .retried: the current request thread's client retried
         self._quota = (
             QuotaStore(settings.conninfo, settings.connect_params())
             if settings.quota_pacing
@@ -83,10 +86,14 @@ class Embedder:
                     retry_timeouts=False,  # resent here, after the concurrency backs off
                     max_retry_after=self.s.max_retry_after,
                     on_request=functools.partial(self.metrics.embed_request, m.name),
-                    on_retry=functools.partial(self.metrics.retry, m.name),
+                    on_retry=functools.partial(self._retried, m.name),
                 )
             self._providers[m.name] = p
         return p
+
+    def _retried(self, model: str, error_class: str) -> None:
+        self._calls.retried = True
+        self.metrics.retry(model, error_class)
 
     def pacer(self, model: str) -> Pacer | None:
         """The model's quota pacing (None when turned off)."""
@@ -162,6 +169,7 @@ class Embedder:
                 time.sleep(paced)
 
         def call(r: range, timeout: float) -> _Answer:
+            self._calls.retried = False
             started = time.monotonic()
             try:
                 with timed(timeout) if timed is not None else contextlib.nullcontext():
@@ -169,7 +177,8 @@ class Embedder:
                 error = None
             except providers.ProviderError as exc:
                 result, error = None, exc
-            return _Answer(result, error, time.monotonic() - started)
+            seconds = time.monotonic() - started
+            return _Answer(result, error, seconds, bool(getattr(self._calls, "retried", False)))
 
         breaker = self.breaker(m.name)
         paused = False
@@ -200,7 +209,8 @@ class Embedder:
                 exc = answer.error
                 if exc is None:
                     assert answer.result is not None
-                    if answer.result.requests <= 1:  # a bisection's time is not a latency
+                    # a bisection's or a retried call's time is not the server's latency
+                    if answer.result.requests <= 1 and not answer.retried:
                         limit.sample(sent.tokens, answer.seconds, alone=sent.alone)
                     breaker.record_success()
                     inputs.fill(sent.r, answer.result)
