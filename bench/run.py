@@ -600,43 +600,46 @@ def _capture_breakdown(
     pgbench: dict[str, int],
 ) -> dict[str, Any]:
     """Where a single-row INSERT's microseconds go (bench database only: it rewrites
-    ``_capture_insert`` and ``_enqueue_versions`` there, and puts them back). Variants of
-    ``pgingest.documents``, each adding one piece to the previous one, rotated round by round,
-    against the plain table: the capture trigger disabled; enabled with a ``_capture_insert``
-    that returns at once (the trigger's firing and its transition table); with an empty
-    ``_enqueue_versions`` (the trigger function's aggregation and call); ``_enqueue_versions``
-    reduced to its queue INSERTs (no wake-up of the workers); as installed (a worker has said it
-    waits: ``_register_idle_worker``); where this version has ``pgingest.wakeups``, as installed
-    with no worker ever registered. ``step_us``: the 1-client latency a variant adds to the
-    previous one."""
+    ``_capture_insert`` there, and puts it back). Variants of ``pgingest.documents``, each adding
+    one piece to the previous one, rotated round by round, against the plain table: the capture
+    trigger disabled; enabled with a ``_capture_insert`` that returns at once (the trigger's
+    firing and its transition table); the compiled ``_capture_insert`` with its queue INSERTs
+    only (its wake-up check replaced by ``SELECT NULL``); as installed (a worker has said it
+    waits: ``_register_idle_worker``); as installed with no worker ever registered (no
+    ``pgingest.wakeups`` row). Then, against "as installed", the capture this one replaced: a
+    ``_capture_insert`` that aggregates ``new_rows`` into arrays and calls ``_enqueue_versions``
+    (compiled with the same queue INSERTs and the same wake-up check). ``step_us``: the 1-client
+    latency a variant adds to the one it is measured against (``base``)."""
     import re
-
-    signature = "pgingest._enqueue_versions(bigint[], bytea[])"
-    shipped = _function_def(conn, signature)
-    m = re.search(r"AS (\$[a-z_]*\$)(.*)\1", shipped, re.S)
-    if m is None:
-        raise BenchError(f"cannot read the body of {signature}")
-    empty = shipped.replace(m.group(2), "\nBEGIN\n    RETURN 0;\nEND;\n")
-    # The queue INSERTs alone: whatever else the installed body does (the wake-up of the
-    # workers: a pg_notify per statement, or the check that decides whether to send one) goes.
-    inserts = re.findall(r"INSERT INTO pgmq\.\S+ \(vt, message\).*?;", m.group(2), re.S)
-    if not inserts:
-        raise BenchError(f"no queue INSERT in {signature}:\n{m.group(2)}")
-    inserts_only = shipped.replace(
-        m.group(2), "\nBEGIN\n    " + "\n    ".join(inserts) + "\n    RETURN 0;\nEND;\n"
-    )
 
     capture_sig = "pgingest._capture_insert()"
     capture_def = _function_def(conn, capture_sig)
     mc = re.search(r"AS (\$[a-z_]*\$)(.*)\1", capture_def, re.S)
     if mc is None:
         raise BenchError(f"cannot read the body of {capture_sig}")
-    capture_noop = capture_def.replace(mc.group(2), "\nBEGIN\n    RETURN NULL;\nEND;\n")
+    body = mc.group(2)
+    capture_noop = capture_def.replace(body, "\nBEGIN\n    RETURN NULL;\nEND;\n")
+    # The queue INSERTs alone: the wake-up check of the compiled statement goes.
+    no_wake_body, n = re.subn(
+        r"SELECT /\* wake-up \*/.*?END IF;\n",
+        "SELECT NULL::text[] INTO v_wake;\n",
+        body,
+        flags=re.S,
+    )
+    if n != 1:
+        raise BenchError(f"no wake-up check in {capture_sig}:\n{body}")
+    capture_no_wake = capture_def.replace(body, no_wake_body)
+    # The capture of be1f622: arrays of the new rows, then a second SECURITY DEFINER call.
+    capture_arrays = capture_def.replace(
+        body,
+        "\nDECLARE\n    v_ids bigint[];\n    v_hashes bytea[];\nBEGIN\n"
+        "    SELECT array_agg(n.id), array_agg(n.content_hash) INTO v_ids, v_hashes FROM new_rows AS n;\n"
+        "    PERFORM pgingest._enqueue_versions(v_ids, v_hashes);\n    RETURN NULL;\nEND;\n",
+    )
 
-    def setup(trigger: bool, capture: str, enqueue: str, worker: bool = True) -> Callable[[], None]:
+    def setup(trigger: bool, capture: str, worker: bool = True) -> Callable[[], None]:
         def apply() -> None:
             conn.execute(capture)
-            conn.execute(enqueue)
             if worker:
                 _register_idle_worker(conn)
             elif registered:
@@ -649,27 +652,30 @@ def _capture_breakdown(
 
         return apply
 
-    # Each variant adds one piece to the previous one.
-    variants: dict[str, tuple[str, Callable[[], None] | None]] = {
-        "plain table": (PLAIN, None),
-        "capture trigger disabled": (CAPTURED, setup(False, capture_def, shipped)),
-        "trigger, _capture_insert returns at once": (
+    # Each variant adds one piece to the previous one (base None), or is measured against base.
+    variants: dict[str, tuple[str, Callable[[], None] | None, str | None]] = {
+        "plain table": (PLAIN, None, None),
+        "capture trigger disabled": (CAPTURED, setup(False, capture_def), None),
+        "trigger, _capture_insert returns at once": (CAPTURED, setup(True, capture_noop), None),
+        "compiled _capture_insert, queue INSERTs only (no wake-up check)": (
             CAPTURED,
-            setup(True, capture_noop, shipped),
+            setup(True, capture_no_wake),
+            None,
         ),
-        "trigger, empty _enqueue_versions": (CAPTURED, setup(True, capture_def, empty)),
-        "trigger, _enqueue_versions = its queue INSERTs only": (
-            CAPTURED,
-            setup(True, capture_def, inserts_only),
-        ),
-        "as installed": (CAPTURED, setup(True, capture_def, shipped)),
+        "as installed": (CAPTURED, setup(True, capture_def), None),
     }
     registered = _register_idle_worker(conn)
     if registered:
         variants["as installed, no worker ever registered (no wakeups row)"] = (
             CAPTURED,
-            setup(True, capture_def, shipped, worker=False),
+            setup(True, capture_def, worker=False),
+            "as installed",
         )
+    variants["previous capture: arrays + _enqueue_versions (be1f622)"] = (
+        CAPTURED,
+        setup(True, capture_arrays),
+        "as installed",
+    )
     names = list(variants)
     runs: dict[str, dict[str, list[dict[str, float]]]] = {n: {"1": [], "8": []} for n in names}
     try:
@@ -677,7 +683,7 @@ def _capture_breakdown(
             for r in range(pgbench["rounds"]):
                 k = r % len(names)
                 for name in names[k:] + names[:k]:
-                    table, apply = variants[name]
+                    table, apply, _base = variants[name]
                     if apply is not None:
                         apply()
                     _prepare_run(conn, "insert", table, truncate=True)
@@ -690,17 +696,21 @@ def _capture_breakdown(
                         )
                     )
     finally:
-        setup(True, capture_def, shipped)()
-    out: dict[str, Any] = {"enqueue_versions": shipped, "variants": {}}
-    previous: float | None = None
+        setup(True, capture_def)()
+    out: dict[str, Any] = {"capture_insert": capture_def, "variants": {}}
+    latency: dict[str, float] = {}
+    previous: str | None = None
     for name in names:
-        latency_us = statistics.median(x["latency_ms"] for x in runs[name]["1"]) * 1000
+        latency[name] = statistics.median(x["latency_ms"] for x in runs[name]["1"]) * 1000
+        base = variants[name][2] or previous
         out["variants"][name] = {
-            "latency_us_1_client": round(latency_us, 1),
-            "step_us": None if previous is None else round(latency_us - previous, 1),
+            "latency_us_1_client": round(latency[name], 1),
+            "base": base,
+            "step_us": None if base is None else round(latency[name] - latency[base], 1),
             "tps_8_clients": round(statistics.median(x["tps"] for x in runs[name]["8"])),
         }
-        previous = latency_us
+        if variants[name][2] is None:
+            previous = name
     out["runs"] = runs
     return out
 
@@ -1246,7 +1256,7 @@ def report(results: dict[str, Any]) -> None:
             for name, v in bd["variants"].items():
                 step = "" if v["step_us"] is None else f"({v['step_us']:+6.1f})"
                 add(
-                    f"    {name:58} {v['latency_us_1_client']:7.1f} us {step:8}"
+                    f"    {name:66} {v['latency_us_1_client']:7.1f} us {step:8}"
                     f" {v['tps_8_clients']:>8,} tps"
                 )
     f = results.get("freshness")
@@ -1494,8 +1504,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--capture-breakdown",
         action="store_true",
-        help="capture: also time single-row INSERTs with the trigger disabled, with an empty"
-        " _enqueue_versions and with its queue INSERTs only (in the bench database)",
+        help="capture: also time single-row INSERTs with the trigger disabled, returning at once,"
+        " with its queue INSERTs only, and the previous capture (in the bench database)",
     )
     p.add_argument("--keep-logs", action="store_true", help="keep the worker logs (printed path)")
     p.add_argument(

@@ -2,10 +2,14 @@
 -- One pgmq message per (document version, live model), written straight into each live model's pgmq
 -- queue table; a NOTIFY only when a worker of the model sleeps waiting for one (pgingest.wakeups).
 --
--- _enqueue_versions is compiled from the live models (register_model and retire_model re-compile
--- it, and so does every install): one static INSERT per queue table, whose plan PL/pgSQL caches,
--- instead of pgmq.send_batch's chain of SQL wrapper, PL/pgSQL, validation and dynamic SQL parsed
--- and planned on every call (issue 19: ~180 us of every single-row statement). It writes the
+-- The capture trigger functions are compiled from the live models (_compile_enqueue: register_model,
+-- retire_model, add_source, remove_source and every install re-compile them): each writes the
+-- queue rows itself, from its transition tables, with one static statement whose plan PL/pgSQL
+-- caches (a data-modifying CTE per queue table and the wake-up check), instead of
+-- pgmq.send_batch's chain of SQL wrapper, PL/pgSQL, validation and dynamic SQL parsed and planned
+-- on every call (issue 19: ~180 us of every single-row statement), and without a second
+-- SECURITY DEFINER call and arrays of ids (~23 us more). _enqueue_versions, compiled the same way,
+-- is what the backfills call with arrays of versions. They write the
 -- columns pgmq.send_batch writes (vt, message), so that pgmq's read, metrics and archive work as
 -- before; tests/test_capture.py pins the queue table's layout of the pgmq we ship. No array of
 -- messages is built: a statement of millions of rows costs no 1 GB array (issue 18, item 12).
@@ -62,6 +66,66 @@ COMMENT ON FUNCTION pgingest.worker_idle_v1(text[]) IS
 'again. The worker reads its queues once more after calling this (a write between its last read and this '
 'call sent no notification).';
 
+-- The part of a compiled capture statement that queues: one data-modifying CTE per live model's
+-- queue table, writing the rows of p_rel (columns p_id, p_hash), and the SELECT that names, INTO
+-- v_wake, the models whose workers must be woken: none when p_rel is empty, else those whose
+-- worker sleeps (or whose wakeups row has not changed for a second: a worker may have died
+-- waiting, or none of this version ever ran): a scalar subquery per model, no join. One statement,
+-- one executor run: the queue rows and the wake-up check cost one SPI call together (issue 19).
+-- NULL when no model is live.
+-- Returns {ctes (each starting with ',\n'), final select}.
+CREATE OR REPLACE FUNCTION pgingest._capture_queue_sql(p_rel text, p_id text, p_hash text)
+RETURNS text[]
+LANGUAGE plpgsql
+STABLE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_ctes text := '';
+    v_models text[] := '{}';
+    v_m record;
+BEGIN
+    FOR v_m IN
+        SELECT m.name, m.queue_name FROM pgingest.models AS m
+        WHERE m.state <> 'retired' AND to_regclass(format('pgmq.%I', 'q_' || m.queue_name)) IS NOT NULL
+        ORDER BY m.name
+    LOOP
+        v_models := v_models || format(
+            E'CASE WHEN coalesce((SELECT w.waiting OR w.changed_at < clock_timestamp() - interval ''1 second''\n'
+            || E'                            FROM pgingest.wakeups AS w WHERE w.model = %1$L), TRUE) THEN %1$L END',
+            v_m.name
+        );
+        v_ctes := v_ctes || format(
+            E',\n    %I AS (\n'
+            || E'        INSERT INTO pgmq.%I (vt, message)\n'
+            || E'        SELECT clock_timestamp(), jsonb_build_object(''doc_id'', x.%I, ''hash'', encode(x.%I, ''hex''), '
+            || E'''attempts'', 0)\n'
+            || E'        FROM %I AS x\n'
+            || E'    )',
+            'queue_' || cardinality(v_models), 'q_' || v_m.queue_name, p_id, p_hash, p_rel
+        );
+    END LOOP;
+    IF cardinality(v_models) = 0 THEN
+        RETURN NULL;
+    END IF;
+    RETURN ARRAY[
+        v_ctes,
+        format(
+            E'\n    SELECT /* wake-up */ nullif(array_remove(ARRAY[%s], NULL), ''{}'') INTO v_wake\n'
+            || E'    WHERE EXISTS (SELECT 1 FROM %I);\n'
+            || E'    IF v_wake IS NOT NULL THEN\n'
+            || E'        PERFORM pgingest._wake(k.model) FROM unnest(v_wake) AS k (model);\n'
+            || E'    END IF;\n',
+            array_to_string(v_models, E',\n        '), p_rel
+        )
+    ];
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._capture_queue_sql(text, text, text) IS
+'The queueing part of a compiled capture statement: a CTE per live model''s queue table and the wake-up '
+'check, INTO v_wake (internal; NULL when no model is live).';
+
 CREATE OR REPLACE FUNCTION pgingest._compile_enqueue()
 RETURNS void
 LANGUAGE plpgsql
@@ -72,7 +136,19 @@ DECLARE
     v_body text := '';
     v_n integer := 0;
     v_m record;
+    v_ins text[];
+    v_upd text[];
+    v_models text;
 BEGIN
+    -- One compilation at a time (register_model, retire_model, add_source, remove_source, install):
+    -- the next one waits for this one to commit, then reads the registry as it committed it.
+    PERFORM pg_advisory_xact_lock(1886808435, -1);
+    v_ins := pgingest._capture_queue_sql('new_rows', 'id', 'content_hash');
+    v_upd := pgingest._capture_queue_sql('v', 'id', 'content_hash');
+    v_models := coalesce(
+        (SELECT string_agg(m.name, ', ' ORDER BY m.name) FROM pgingest.models AS m WHERE m.state <> 'retired'), 'none'
+    );
+    -- The backfills' path (backfill_step_v1, source_backfill_step_v1): arrays of versions.
     FOR v_m IN
         SELECT m.name, m.queue_name FROM pgingest.models AS m
         WHERE m.state <> 'retired' AND to_regclass(format('pgmq.%I', 'q_' || m.queue_name)) IS NOT NULL
@@ -107,63 +183,72 @@ BEGIN
     );
     EXECUTE format(
         'COMMENT ON FUNCTION pgingest._enqueue_versions(bigint[], bytea[]) IS %L',
-        format('Queues one message per given document version and live model (internal; called by the capture '
-               'triggers). Compiled by pgingest._compile_enqueue() for the live models: %s.',
-               coalesce((SELECT string_agg(m.name, ', ' ORDER BY m.name) FROM pgingest.models AS m
-                         WHERE m.state <> 'retired'), 'none'))
+        format('Queues one message per given document version and live model (internal; called by the backfills). '
+               'Compiled by pgingest._compile_enqueue() for the live models: %s.', v_models)
     );
+
+    -- The capture triggers of pgingest.documents: one statement each, the queue rows written
+    -- straight from the transition tables (no array, no second function call).
+    EXECUTE format(
+        $ddl$
+        CREATE OR REPLACE FUNCTION pgingest._capture_insert()
+        RETURNS trigger
+        LANGUAGE plpgsql
+        SECURITY DEFINER
+        SET search_path FROM CURRENT
+        AS %L
+        $ddl$,
+        CASE WHEN v_ins IS NULL THEN E'\nBEGIN\n    RETURN NULL;  -- no live model\nEND;\n'
+        ELSE E'\nDECLARE\n    v_wake text[];\nBEGIN\n    WITH ' || substr(v_ins[1], 7) || v_ins[2]
+             || E'    RETURN NULL;\nEND;\n'
+        END
+    );
+    EXECUTE format(
+        $ddl$
+        CREATE OR REPLACE FUNCTION pgingest._capture_update()
+        RETURNS trigger
+        LANGUAGE plpgsql
+        SECURITY DEFINER
+        SET search_path FROM CURRENT
+        AS %L
+        $ddl$,
+        CASE WHEN v_upd IS NULL THEN E'\nBEGIN\n    RETURN NULL;  -- no live model\nEND;\n'
+        ELSE E'\nDECLARE\n    v_wake text[];\nBEGIN\n'
+             || E'    -- The versions the statement changed: (id, hash) pairs of new_rows not in old_rows. A set\n'
+             || E'    -- difference, never a nested loop: PL/pgSQL plans this once per session, and a join planned\n'
+             || E'    -- for a first single-row UPDATE made a later one of 5,000 rows quadratic (9 s, not 0.2 s).\n'
+             || E'    WITH v AS (\n'
+             || E'        SELECT n.id, n.content_hash FROM new_rows AS n\n'
+             || E'        EXCEPT ALL\n'
+             || E'        SELECT o.id, o.content_hash FROM old_rows AS o\n'
+             || E'    )' || v_upd[1] || v_upd[2]
+             || E'    RETURN NULL;\nEND;\n'
+        END
+    );
+    EXECUTE format(
+        'COMMENT ON FUNCTION pgingest._capture_insert() IS %L',
+        format('Statement-level AFTER INSERT trigger on pgingest.documents: queues every new document for every live '
+               'model. Compiled by pgingest._compile_enqueue() for the live models: %s.', v_models)
+    );
+    EXECUTE format(
+        'COMMENT ON FUNCTION pgingest._capture_update() IS %L',
+        format('Statement-level AFTER UPDATE trigger on pgingest.documents: queues only the documents whose content '
+               'hash changed. Compiled by pgingest._compile_enqueue() for the live models: %s.', v_models)
+    );
+    -- The capture of attached tables (sql/015_sources.sql; absent while an install runs this file).
+    IF to_regprocedure('pgingest._compile_source_capture()') IS NOT NULL THEN
+        PERFORM pgingest._compile_source_capture();
+    END IF;
 END;
 $$;
 
 COMMENT ON FUNCTION pgingest._compile_enqueue() IS
-'(Re)compiles pgingest._enqueue_versions with one static INSERT into the pgmq queue table of each live '
-'model (register_model, retire_model and every install call it).';
+'(Re)compiles the capture for the live models: pgingest._capture_insert and _capture_update (the triggers of '
+'pgingest.documents), pgingest._source_capture (attached tables) and _enqueue_versions (the backfills), each '
+'with static INSERTs into the pgmq queue table of every live model (register_model, retire_model, add_source, '
+'remove_source and every install call it).';
 
 SELECT pgingest._compile_enqueue();
-
-CREATE OR REPLACE FUNCTION pgingest._capture_insert()
-RETURNS trigger
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path FROM CURRENT
-AS $$
-DECLARE
-    v_ids bigint[];
-    v_hashes bytea[];
-BEGIN
-    SELECT array_agg(n.id), array_agg(n.content_hash)
-    INTO v_ids, v_hashes
-    FROM new_rows AS n;
-    PERFORM pgingest._enqueue_versions(v_ids, v_hashes);
-    RETURN NULL;
-END;
-$$;
-
-COMMENT ON FUNCTION pgingest._capture_insert() IS
-'Statement-level AFTER INSERT trigger on pgingest.documents: queues every new document for every live model.';
-
-CREATE OR REPLACE FUNCTION pgingest._capture_update()
-RETURNS trigger
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path FROM CURRENT
-AS $$
-DECLARE
-    v_ids bigint[];
-    v_hashes bytea[];
-BEGIN
-    SELECT array_agg(n.id), array_agg(n.content_hash)
-    INTO v_ids, v_hashes
-    FROM new_rows AS n
-    INNER JOIN old_rows AS o ON o.id = n.id
-    WHERE n.content_hash IS DISTINCT FROM o.content_hash;
-    PERFORM pgingest._enqueue_versions(v_ids, v_hashes);
-    RETURN NULL;
-END;
-$$;
-
-COMMENT ON FUNCTION pgingest._capture_update() IS
-'Statement-level AFTER UPDATE trigger: queues only the documents whose content hash changed.';
 
 CREATE OR REPLACE FUNCTION pgingest._capture_delete()
 RETURNS trigger

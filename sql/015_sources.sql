@@ -216,6 +216,10 @@ DECLARE
     v_cmp text := pgingest._source_expr(p_s, 'compare');
     v_table text := p_s.relid::regclass::text;
     v_upsert text;
+    v_insert text;
+    v_update text;
+    v_moved text;
+    v_delete text;
 BEGIN
     -- Registers rows (n: k, title, md, body) and returns the doc_id and hash of each row it
     -- inserted or changed. The title kept for search results is cut at 1,024 bytes-ish characters;
@@ -231,20 +235,23 @@ BEGIN
         $sql$,
         p_s.id
     );
-    RETURN jsonb_build_object(
-        'insert', format(
-            $sql$
+    -- The capture's statements, without their last SELECT: the stored ones (run by EXECUTE when a
+    -- source is not compiled yet) end with one returning arrays; the compiled capture
+    -- (_compile_source_capture) appends the queue CTEs and the wake-up check to capture_insert and
+    -- capture_update (whose rows to queue are up's, v's), INTO v_gone to capture_moved and
+    -- capture_delete (d's doc_ids).
+    v_insert := format(
+        $sql$
             WITH n AS (
                 SELECT %1$s AS k, %2$s AS title, %3$s AS md, %4$s AS body FROM new_rows AS t
             ), up AS (%5$s)
-            SELECT array_agg(up.doc_id), array_agg(up.content_hash) FROM up
-            $sql$,
-            v_key, v_title, v_meta, v_body, v_upsert),
-        -- An UPDATE: rows whose mapped text changed (or whose key is new) are registered and
-        -- queued; rows whose metadata columns alone changed are registered, not queued; rows whose
-        -- other columns alone changed cost a comparison.
-        'update', format(
-            $sql$
+        $sql$,
+        v_key, v_title, v_meta, v_body, v_upsert);
+    -- An UPDATE: rows whose mapped text changed (or whose key is new) are registered and
+    -- queued; rows whose metadata columns alone changed are registered, not queued; rows whose
+    -- other columns alone changed cost a comparison.
+    v_update := format(
+        $sql$
             WITH o AS (
                 SELECT %1$s AS k, %5$s AS e, %3$s AS md FROM old_rows AS t
             ), ch AS MATERIALIZED (
@@ -256,15 +263,15 @@ BEGIN
                 WHERE o.k IS NULL OR o.e IS DISTINCT FROM x.e OR o.md IS DISTINCT FROM x.md
             ), n AS (
                 SELECT ch.k, ch.title, ch.md, ch.body FROM ch
-            ), up AS (%6$s)
-            SELECT array_agg(up.doc_id), array_agg(up.content_hash)
-            FROM up INNER JOIN ch ON ch.k = up.row_key
-            WHERE ch.queue
-            $sql$,
-            v_key, v_title, v_meta, v_body, v_cmp, v_upsert),
-        -- Keys an UPDATE moved away from (a changed primary key): forgotten.
-        'moved', format(
-            $sql$
+            ), up AS (%6$s
+            ), v AS (
+                SELECT up.doc_id, up.content_hash FROM up INNER JOIN ch ON ch.k = up.row_key WHERE ch.queue
+            )
+        $sql$,
+        v_key, v_title, v_meta, v_body, v_cmp, v_upsert);
+    -- Keys an UPDATE moved away from (a changed primary key): forgotten.
+    v_moved := format(
+        $sql$
             WITH gone AS (
                 SELECT %1$s AS k FROM old_rows AS t
                 EXCEPT
@@ -274,19 +281,26 @@ BEGIN
                 WHERE r.source_id = %2$s AND r.row_key = gone.k
                 RETURNING r.doc_id
             )
-            SELECT array_agg(d.doc_id) FROM d
-            $sql$,
-            v_key, p_s.id),
-        'delete', format(
-            $sql$
+        $sql$,
+        v_key, p_s.id);
+    v_delete := format(
+        $sql$
             WITH d AS (
                 DELETE FROM pgingest.source_rows AS r USING old_rows AS t
                 WHERE r.source_id = %2$s AND r.row_key = %1$s
                 RETURNING r.doc_id
             )
-            SELECT array_agg(d.doc_id) FROM d
-            $sql$,
-            v_key, p_s.id),
+        $sql$,
+        v_key, p_s.id);
+    RETURN jsonb_build_object(
+        'insert', v_insert || 'SELECT array_agg(up.doc_id), array_agg(up.content_hash) FROM up',
+        'update', v_update || 'SELECT array_agg(v.doc_id), array_agg(v.content_hash) FROM v',
+        'moved', v_moved || 'SELECT array_agg(d.doc_id) FROM d',
+        'delete', v_delete || 'SELECT array_agg(d.doc_id) FROM d',
+        'capture_insert', v_insert,
+        'capture_update', v_update,
+        'capture_moved', v_moved,
+        'capture_delete', v_delete,
         -- The worker's read path: $1 the doc_ids.
         'read', format(
             $sql$
@@ -323,8 +337,10 @@ END;
 $$;
 
 COMMENT ON FUNCTION pgingest._source_statements(pgingest.sources) IS
-'Compiles a source''s mapping into the SQL of its capture (insert, update, moved, delete), the worker''s read '
-'path (read) and its backfill (backfill_first, backfill_next) (internal; stored in sources.statements).';
+'Compiles a source''s mapping into the SQL of its capture (insert, update, moved, delete; and their CTEs, '
+'capture_insert, capture_update, capture_moved, capture_delete, from which _compile_source_capture builds the '
+'compiled capture), the worker''s read path (read) and its backfill (backfill_first, backfill_next) (internal; '
+'stored in sources.statements).';
 
 -- A failed capture never fails the application's statement (except for the transient errors of
 -- concurrency, which the application retries anyway): it becomes a dead letter per live model,
@@ -353,23 +369,82 @@ $$;
 COMMENT ON FUNCTION pgingest._capture_failed(text, text, text, text) IS
 'Records a failed capture of a source as a dead letter (capture_failed) per live model and warns (internal).';
 
-CREATE OR REPLACE FUNCTION pgingest._source_capture()
-RETURNS trigger
+-- The capture of attached tables: one trigger function, compiled (at add_source, remove_source,
+-- register_model, retire_model and every install) with a branch of static statements per source:
+-- its registry upsert, the queue rows of every live model and the wake-up check are one statement,
+-- planned once per session and table (PL/pgSQL caches a trigger function's plans per table).
+-- A source not compiled yet runs its stored statements (sources.statements) by EXECUTE.
+CREATE OR REPLACE FUNCTION pgingest._compile_source_capture()
+RETURNS void
 LANGUAGE plpgsql
-SECURITY DEFINER
+VOLATILE
 SET search_path FROM CURRENT
 AS $$
+DECLARE
+    v_s record;
+    v_ins text[];
+    v_upd text[];
+    v_case text := '';
+    v_branches text := '';
+    v_names text;
+BEGIN
+    -- One compilation at a time (the lock of _compile_enqueue, which calls this one).
+    PERFORM pg_advisory_xact_lock(1886808435, -1);
+    v_ins := pgingest._capture_queue_sql('up', 'doc_id', 'content_hash');
+    v_upd := pgingest._capture_queue_sql('v', 'doc_id', 'content_hash');
+    FOR v_s IN
+        SELECT s.id, s.name, s.statements FROM pgingest.sources AS s
+        WHERE s.id <> 0 AND s.statements ? 'capture_insert'
+          AND EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c WHERE c.oid = s.relid)
+        ORDER BY s.id
+    LOOP
+        v_case := v_case || format(' WHEN %L THEN %s', v_s.name, v_s.id);
+        v_branches := v_branches
+            || format(E'        ELSIF v_id = %s THEN\n', v_s.id)
+            || E'            IF TG_OP = ''INSERT'' THEN\n'
+            || (v_s.statements ->> 'capture_insert')
+            || coalesce(v_ins[1] || v_ins[2], E'SELECT NULL::text[] INTO v_wake;\n')
+            || E'            ELSIF TG_OP = ''UPDATE'' THEN\n'
+            -- Never a nested loop over the transition tables (see _capture_update): the plan is
+            -- made once per session, maybe for a single row, and kept for bulk statements too.
+            || E'                v_nestloop := current_setting(''enable_nestloop'');\n'
+            || E'                v_set := set_config(''enable_nestloop'', ''off'', TRUE);\n'
+            || (v_s.statements ->> 'capture_update')
+            || coalesce(v_upd[1] || v_upd[2], E'SELECT NULL::text[] INTO v_wake;\n')
+            || E'                v_set := set_config(''enable_nestloop'', v_nestloop, TRUE);\n'
+            || (v_s.statements ->> 'capture_moved') || E'SELECT array_agg(d.doc_id) INTO v_gone FROM d;\n'
+            || E'            ELSE\n'
+            || (v_s.statements ->> 'capture_delete') || E'SELECT array_agg(d.doc_id) INTO v_gone FROM d;\n'
+            || E'            END IF;\n';
+    END LOOP;
+    EXECUTE format(
+        $ddl$
+        CREATE OR REPLACE FUNCTION pgingest._source_capture()
+        RETURNS trigger
+        LANGUAGE plpgsql
+        SECURITY DEFINER
+        SET search_path FROM CURRENT
+        AS %L
+        $ddl$,
+        format(
+            $body$
 DECLARE
     v_id integer;
     v_sql jsonb;
     v_ids bigint[];
     v_hashes bytea[];
     v_gone bigint[];
+    v_wake text[];
     v_lock_timeout text;
+    v_nestloop text;
+    v_set text;
 BEGIN
-    SELECT s.id, s.statements INTO v_id, v_sql FROM pgingest.sources AS s WHERE s.name = TG_ARGV[0];
-    IF NOT FOUND THEN
-        RETURN NULL;  -- remove_source() is running in this transaction
+    v_id := %1$s;
+    IF v_id IS NULL THEN  -- a source not compiled (yet): its stored statements
+        SELECT s.id, s.statements INTO v_id, v_sql FROM pgingest.sources AS s WHERE s.name = TG_ARGV[0];
+        IF NOT FOUND THEN
+            RETURN NULL;  -- remove_source() is running in this transaction
+        END IF;
     END IF;
     -- Held until this transaction ends: a backfill step of this source (which takes it exclusively)
     -- waits for this transaction, then reads the table as it committed it. Without it, a step
@@ -382,19 +457,23 @@ BEGIN
     PERFORM pg_advisory_xact_lock_shared(pgingest._source_lock_key(), v_id);
     PERFORM set_config('lock_timeout', v_lock_timeout, TRUE);
     BEGIN
-        IF TG_OP = 'INSERT' THEN
-            EXECUTE v_sql ->> 'insert' INTO v_ids, v_hashes;
-        ELSIF TG_OP = 'UPDATE' THEN
-            EXECUTE v_sql ->> 'update' INTO v_ids, v_hashes;
-            EXECUTE v_sql ->> 'moved' INTO v_gone;
-        ELSIF TG_OP = 'DELETE' THEN
-            EXECUTE v_sql ->> 'delete' INTO v_gone;
-        ELSE
+        IF TG_OP = 'TRUNCATE' THEN
             WITH d AS (DELETE FROM pgingest.source_rows AS r WHERE r.source_id = v_id RETURNING r.doc_id)
             SELECT array_agg(d.doc_id) INTO v_gone FROM d;
+        ELSIF v_sql IS NOT NULL THEN
+            IF TG_OP = 'INSERT' THEN
+                EXECUTE v_sql ->> 'insert' INTO v_ids, v_hashes;
+            ELSIF TG_OP = 'UPDATE' THEN
+                EXECUTE v_sql ->> 'update' INTO v_ids, v_hashes;
+                EXECUTE v_sql ->> 'moved' INTO v_gone;
+            ELSE
+                EXECUTE v_sql ->> 'delete' INTO v_gone;
+            END IF;
+            PERFORM pgingest._enqueue_versions(v_ids, v_hashes);
+%2$s        END IF;
+        IF v_gone IS NOT NULL THEN
+            PERFORM pgingest._forget_docs(v_gone);
         END IF;
-        PERFORM pgingest._forget_docs(v_gone);
-        PERFORM pgingest._enqueue_versions(v_ids, v_hashes);
     EXCEPTION
         WHEN serialization_failure OR deadlock_detected OR lock_not_available OR query_canceled THEN
             RAISE;
@@ -403,12 +482,31 @@ BEGIN
     END;
     RETURN NULL;
 END;
+$body$,
+            CASE WHEN v_case = '' THEN 'NULL' ELSE 'CASE TG_ARGV[0]' || v_case || ' END' END,
+            v_branches
+        )
+    );
+    SELECT string_agg(s.name, ', ' ORDER BY s.id) INTO v_names FROM pgingest.sources AS s WHERE s.id <> 0;
+    EXECUTE format(
+        'COMMENT ON FUNCTION pgingest._source_capture() IS %L',
+        format('Statement-level AFTER INSERT/UPDATE/DELETE/TRUNCATE trigger of an attached table (argument: the '
+               'source name): keeps pgingest.source_rows, queues changed rows for every live model, forgets '
+               'deleted ones. Never fails the application''s statement: a failure becomes a capture_failed dead '
+               'letter. Compiled by pgingest._compile_source_capture() for the sources (%s) and live models (%s).',
+               coalesce(v_names, 'none'),
+               coalesce((SELECT string_agg(m.name, ', ' ORDER BY m.name) FROM pgingest.models AS m
+                         WHERE m.state <> 'retired'), 'none'))
+    );
+END;
 $$;
 
-COMMENT ON FUNCTION pgingest._source_capture() IS
-'Statement-level AFTER INSERT/UPDATE/DELETE/TRUNCATE trigger of an attached table (argument: the source '
-'name): keeps pgingest.source_rows, queues changed rows for every live model, forgets deleted ones. Never '
-'fails the application''s statement: a failure becomes a capture_failed dead letter.';
+COMMENT ON FUNCTION pgingest._compile_source_capture() IS
+'(Re)compiles pgingest._source_capture, the capture trigger of attached tables: a branch of static statements '
+'per source that registers its rows and queues them for every live model (internal; called by '
+'_compile_enqueue, _attach_source and _detach_source).';
+
+SELECT pgingest._compile_source_capture();
 
 CREATE OR REPLACE FUNCTION pgingest._source_lock_key()
 RETURNS integer
@@ -580,6 +678,7 @@ BEGIN
     RETURNING * INTO v_s;
     UPDATE pgingest.sources AS s SET statements = pgingest._source_statements(v_s) WHERE s.id = v_s.id
     RETURNING * INTO v_s;
+    PERFORM pgingest._compile_source_capture();
     PERFORM pg_notify('pgingest', '');
     RETURN v_s;
 END;
@@ -743,6 +842,7 @@ BEGIN
     END LOOP;
     DELETE FROM pgingest.dead_letters AS l WHERE l.doc_id IS NULL AND l.payload ->> 'source' = v_s.name;
     DELETE FROM pgingest.sources AS s WHERE s.id = v_s.id;
+    PERFORM pgingest._compile_source_capture();
     RETURN cardinality(v_ids);
 END;
 $$;
@@ -1044,6 +1144,9 @@ SELECT pgingest._refresh_source_documents_view();
 -- A new release may compile a mapping differently: every source's statements are re-generated.
 UPDATE pgingest.sources AS s SET statements = pgingest._source_statements(s)
 WHERE s.id <> 0 AND s.relid IN (SELECT c.oid FROM pg_catalog.pg_class AS c);
+
+-- ... and the capture compiled from them.
+SELECT pgingest._compile_source_capture();
 
 CREATE OR REPLACE VIEW pgingest.source_status AS
 SELECT  -- noqa: ST06

@@ -638,3 +638,108 @@ def test_content_hashes_are_unambiguous_in_both_kinds_of_source(
     assert conn.execute(
         "SELECT count(*) FROM pgingest.source_rows WHERE content_hash = pgingest._source_hash('a', 'b' || chr(30) || 'c')"
     ).fetchone() == (1,)
+
+
+def capture_source(conn: psycopg.Connection[Any]) -> str:
+    return str(
+        one(
+            conn,
+            "SELECT prosrc FROM pg_proc WHERE oid = 'pgingest._source_capture()'::regprocedure",
+        )
+    )
+
+
+def test_the_capture_of_attached_tables_is_compiled_per_source_and_per_live_model(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Issue 19: pgingest._source_capture holds a branch of static statements per attached table
+    (the registry upsert, every live model's queue rows and the wake-up check in one statement),
+    recompiled by add_source, remove_source, register_model and retire_model."""
+    url = "http://127.0.0.1:9/v1"
+    conn.execute("CREATE TABLE public.notes (id bigint PRIMARY KEY, body text)")
+    register(conn, "v1", url)
+    conn.execute("SELECT pgingest.add_source('notes', 'public.notes', body => 'body')")
+    notes = one(conn, "SELECT id FROM pgingest.sources WHERE name = 'notes'")
+    body = capture_source(conn)
+    assert f"ELSIF v_id = {notes} THEN" in body and "pgmq.q_pgingest_v1" in body
+    assert "q_pgingest_v2" not in body
+    register(conn, "v2", url, model_id="fake-768", dimensions=768)
+    assert "pgmq.q_pgingest_v2" in capture_source(conn)
+    conn.execute("INSERT INTO public.notes VALUES (1, 'One.'), (2, 'Two.')")
+    conn.execute("UPDATE public.notes SET body = 'One, again.' WHERE id = 1")
+    conn.execute("UPDATE public.notes SET id = 3 WHERE id = 2")  # a key moved: forgotten, new
+    for model in ("v1", "v2"):
+        assert queue_count(conn, model) == 4
+    assert one(conn, "SELECT count(*) FROM pgingest.source_rows") == 2
+    assert one(conn, "SELECT count(*) FROM pgingest.dead_letters") == 0
+    conn.execute("SELECT pgingest.remove_source('notes')")
+    assert f"v_id = {notes}" not in capture_source(conn)
+
+
+def test_a_source_not_compiled_yet_is_captured_by_its_stored_statements(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """A source the compiled capture has no branch for (statements of an older release, before
+    the install re-generates them) runs its stored statements by EXECUTE: the same rows, the
+    same messages."""
+    register(conn, "v1", "http://127.0.0.1:9/v1")
+    conn.execute("CREATE TABLE public.notes (id bigint PRIMARY KEY, body text)")
+    conn.execute("SELECT pgingest.add_source('notes', 'public.notes', body => 'body')")
+    conn.execute(
+        "UPDATE pgingest.sources SET statements = statements - 'capture_insert' WHERE name = 'notes'"
+    )
+    conn.execute("SELECT pgingest._compile_source_capture()")
+    assert "ELSIF v_id = " not in capture_source(conn)
+    conn.execute("INSERT INTO public.notes VALUES (1, 'One.'), (2, 'Two.')")
+    conn.execute("UPDATE public.notes SET body = 'One, again.' WHERE id = 1")
+    conn.execute("DELETE FROM public.notes WHERE id = 2")
+    assert queue_count(conn, "v1") == 3
+    assert one(conn, "SELECT count(*) FROM pgingest.source_rows") == 1
+    assert one(conn, "SELECT count(*) FROM pgingest.dead_letters") == 0
+
+
+def test_columns_named_like_the_captures_variables_are_captured(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """The compiled capture is static PL/pgSQL: a column named like one of its variables
+    (v_id, v_wake, v_gone, found, tg_op) must still be read as the column (every reference to the
+    table is qualified), never as the variable."""
+    register(conn, "v1", "http://127.0.0.1:9/v1")
+    conn.execute(
+        "CREATE TABLE public.odd (v_id bigint PRIMARY KEY, tg_op text, v_wake text, found text,"
+        ' v_gone text, "x"" AS (" text)'
+    )
+    conn.execute(
+        "SELECT pgingest.add_source('odd', 'public.odd', template => '{tg_op} {v_wake}',"
+        " title => 'found', metadata => ARRAY['v_gone', 'x\" AS ('])"
+    )
+    conn.execute("INSERT INTO public.odd VALUES (1, 'first', 'words', 'T', 'g', 'q')")
+    conn.execute("UPDATE public.odd SET v_wake = 'other words'")
+    conn.execute("UPDATE public.odd SET v_gone = 'h'")  # metadata only: registered, not queued
+    assert queue_count(conn, "v1") == 2
+    row = conn.execute("SELECT row_key, title, metadata FROM pgingest.source_rows").fetchone()
+    assert row == ({"v_id": 1}, "T", {"v_gone": "h", 'x" AS (': "q"})
+    assert one(conn, "SELECT count(*) FROM pgingest.dead_letters") == 0
+    conn.execute("DELETE FROM public.odd")
+    assert one(conn, "SELECT count(*) FROM pgingest.source_rows") == 0
+
+
+def test_a_bulk_update_of_an_attached_table_after_a_single_row_one_is_not_quadratic(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """The compiled capture of an attached table plans its UPDATE statement (joins of the
+    transition tables by key) once per session and table: never as a nested loop, which a first
+    single-row UPDATE would leave to a later bulk one."""
+    register(conn, "v1", "http://127.0.0.1:9/v1")
+    conn.execute("CREATE TABLE public.notes (id bigint PRIMARY KEY, body text)")
+    conn.execute("SELECT pgingest.add_source('notes', 'public.notes', body => 'body')")
+    conn.execute(
+        "INSERT INTO public.notes SELECT g, 'note ' || g FROM generate_series(1, 5000) AS g"
+    )
+    conn.execute("UPDATE public.notes SET body = 'one' WHERE id = 1")
+    started = time.monotonic()
+    conn.execute("UPDATE public.notes SET body = body || '!'")
+    assert time.monotonic() - started < 3.0
+    assert one(conn, "SHOW enable_nestloop") == "on"
+    assert queue_count(conn, "v1") == 5000 + 1 + 5000
+    assert one(conn, "SELECT count(*) FROM pgingest.dead_letters") == 0

@@ -113,3 +113,34 @@ def test_an_idle_worker_picks_up_a_single_row_insert_at_once(
         w.stopping.set()
         conn.execute("NOTIFY pgingest, 'v1'")  # out of its 60 s sleep
         t.join(30)
+
+
+def test_every_compiled_capture_wakes_only_when_it_queued_something(
+    conn: psycopg.Connection[Any], listener: psycopg.Connection[Any], fake: FakeEmbeddingServer
+) -> None:
+    """Issue 19: the wake-up check is part of each compiled capture statement (documents' INSERT
+    and UPDATE, an attached table's INSERT and UPDATE): a statement that queues nothing (no row,
+    an UPDATE that changes no text) sends nothing even to a waiting worker; one that queues wakes
+    it, once."""
+    register(conn, "v1", fake.url)
+    conn.execute("CREATE TABLE public.notes (id bigint PRIMARY KEY, body text, views integer)")
+    conn.execute("SELECT pgingest.add_source('notes', 'public.notes', body => 'body')")
+    insert(conn, "a")
+    conn.execute("INSERT INTO public.notes VALUES (1, 'One.', 0)")
+    notifications(listener)
+    db.worker_idle(conn, ["v1"])
+    conn.execute("INSERT INTO pgingest.documents (key, body) SELECT 'x', 'y' WHERE false")
+    conn.execute("UPDATE pgingest.documents SET body = 'Some text.' WHERE key = 'a'")  # same text
+    conn.execute("INSERT INTO public.notes SELECT 2, 'Two.', 0 WHERE false")
+    conn.execute("UPDATE public.notes SET views = views + 1")  # an unmapped column
+    assert notifications(listener) == []
+    assert conn.execute("SELECT waiting FROM pgingest.wakeups").fetchone() == (True,)
+    conn.execute("UPDATE pgingest.documents SET body = 'Other text.' WHERE key = 'a'")
+    assert notifications(listener) == ["v1"]
+    db.worker_idle(conn, ["v1"])
+    conn.execute("UPDATE public.notes SET body = 'One, again.'")
+    conn.execute("INSERT INTO public.notes VALUES (3, 'Three.', 0)")
+    assert notifications(listener) == ["v1"]
+    db.worker_idle(conn, ["v1"])
+    conn.execute("INSERT INTO public.notes VALUES (4, 'Four.', 0)")
+    assert notifications(listener) == ["v1"]
