@@ -364,7 +364,7 @@ SET lock_timeout = '100ms'
 AS $$
 DECLARE
     -- Rows belong to the login role that computed them: another role cannot plant a vector for them.
-    v_role oid := to_regrole(session_user)::oid;
+    v_role oid := (SELECT r.oid FROM pg_catalog.pg_roles AS r WHERE r.rolname = session_user);
     v_max text;
     v_keep text;
     v_found vector;

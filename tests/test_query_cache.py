@@ -233,7 +233,7 @@ def login(dsn: str) -> Iterator[Callable[[str], str]]:
     admin = psycopg.connect(dsn, autocommit=True)
 
     def make(group: str) -> str:
-        name = f"pgingest_t_qc_{uuid.uuid4().hex[:10]}"
+        name = f"pgingest_T qc_{uuid.uuid4().hex[:10]}"  # quoted: mixed case, a space
         admin.execute(
             sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(
                 sql.Identifier(name), sql.Identifier(group)
