@@ -1446,6 +1446,7 @@ def flatten(results: dict[str, Any]) -> dict[str, Any]:
     if "queries" in results:
         for key in (
             "query_cache_hit_latency_ratio",
+            "query_shared_cache_hit_latency_ratio",
             "query_log_overhead_ratio",
             "query_log_overhead_ratio_vector",
         ):
