@@ -600,25 +600,9 @@ DECLARE
     v_i integer;
     v_idxscan text := current_setting('enable_indexscan');
 BEGIN
-    -- Admins run this with their own rights: the models are looked up here (they read the registry)
-    -- rather than through _model(), which only the owner may run; store names come from the registry.
-    -- The checks of _check_model_name(), which only the owner may run either.
-    IF compare_models.a IS NULL OR compare_models.a !~ '^[a-z][a-z0-9_]{0,29}$'
-       OR compare_models.b IS NULL OR compare_models.b !~ '^[a-z][a-z0-9_]{0,29}$' THEN
-        RAISE EXCEPTION 'pgingest: invalid model name %', coalesce(quote_literal(
-            CASE WHEN compare_models.a IS NULL OR compare_models.a !~ '^[a-z][a-z0-9_]{0,29}$' THEN compare_models.a ELSE compare_models.b END
-        ), 'NULL')
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'A model name is 1 to 30 characters: a lower-case letter, then letters, digits or _.';
-    END IF;
-    SELECT * INTO v_a FROM pgingest.models AS m WHERE m.name = compare_models.a AND m.state <> 'retired';
-    SELECT * INTO v_b FROM pgingest.models AS m WHERE m.name = compare_models.b AND m.state <> 'retired';
-    IF v_a.name IS NULL OR v_b.name IS NULL THEN
-        RAISE EXCEPTION 'pgingest: no live model named %',
-            quote_literal(CASE WHEN v_a.name IS NULL THEN compare_models.a ELSE compare_models.b END)
-            USING ERRCODE = 'undefined_object',
-                  HINT = 'SELECT name, state FROM pgingest.models;';
-    END IF;
+    -- _check_model_name() and _model() run as the caller: admins may (sql/090_privileges.sql).
+    v_a := pgingest._model(pgingest._check_model_name(compare_models.a));
+    v_b := pgingest._model(pgingest._check_model_name(compare_models.b));
     IF k IS NULL OR k NOT BETWEEN 1 AND 1000 OR sample IS NULL OR sample NOT BETWEEN 1 AND 10000 THEN
         RAISE EXCEPTION 'pgingest: k must be 1-1000 and sample 1-10000 (got %, %)', k, sample
             USING ERRCODE = 'invalid_parameter_value';
@@ -728,25 +712,9 @@ BEGIN
         RAISE EXCEPTION 'pgingest: k must be 1-1000 and sample 1-10000 (got %, %)', k, sample
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    -- Run by admins with their own rights (they read the log; the searches embed as them): the
-    -- models are looked up here rather than through _model(), which only the owner may run.
-    -- The checks of _check_model_name(), which only the owner may run either.
-    IF replay_query_log.a IS NULL OR replay_query_log.a !~ '^[a-z][a-z0-9_]{0,29}$'
-       OR replay_query_log.b IS NULL OR replay_query_log.b !~ '^[a-z][a-z0-9_]{0,29}$' THEN
-        RAISE EXCEPTION 'pgingest: invalid model name %', coalesce(quote_literal(
-            CASE WHEN replay_query_log.a IS NULL OR replay_query_log.a !~ '^[a-z][a-z0-9_]{0,29}$' THEN replay_query_log.a ELSE replay_query_log.b END
-        ), 'NULL')
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'A model name is 1 to 30 characters: a lower-case letter, then letters, digits or _.';
-    END IF;
-    SELECT * INTO v_a FROM pgingest.models AS m WHERE m.name = replay_query_log.a AND m.state <> 'retired';
-    SELECT * INTO v_b FROM pgingest.models AS m WHERE m.name = replay_query_log.b AND m.state <> 'retired';
-    IF v_a.name IS NULL OR v_b.name IS NULL THEN
-        RAISE EXCEPTION 'pgingest: no live model named %',
-            quote_literal(CASE WHEN v_a.name IS NULL THEN replay_query_log.a ELSE replay_query_log.b END)
-            USING ERRCODE = 'undefined_object',
-                  HINT = 'SELECT name, state FROM pgingest.models;';
-    END IF;
+    -- _check_model_name() and _model() run as the caller: admins may (sql/090_privileges.sql).
+    v_a := pgingest._model(pgingest._check_model_name(replay_query_log.a));
+    v_b := pgingest._model(pgingest._check_model_name(replay_query_log.b));
     IF NOT EXISTS (SELECT 1 FROM pgingest.query_log AS l WHERE l.query_text IS NOT NULL) THEN
         RAISE EXCEPTION 'pgingest: the query log holds no query text to replay'
             USING ERRCODE = 'object_not_in_prerequisite_state',

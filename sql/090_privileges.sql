@@ -124,6 +124,9 @@ BEGIN
                 'set_dead_letter_retention', 'run_maintenance', 'register_filter', 'set_text_search_config',
                 -- The provider's quota, shared by the model's workers (issue 25).
                 'set_model_quota',
+                -- Name checks and registry lookups of the admin functions that run as the caller
+                -- (compare_models, replay_query_log): they read only what admins may read.
+                '_check_model_name', '_model',
                 -- Traffic shifting and the query log (issue 20).
                 'shift_traffic', 'set_query_log', 'purge_query_log', 'replay_query_log', 'compare_models_on_log',
                 -- Sources: add_source() and remove_source() run as the caller (who must own the table) and
