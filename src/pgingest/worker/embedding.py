@@ -152,7 +152,12 @@ class Embedder:
         per_request = request_size(len(send), self.s.request_max_inputs, limit.allowed)
         tokens = inputs.request_tokens()
         plans = providers.plan_requests(tokens, per_request, self.s.request_max_tokens)
-        timed = getattr(provider, "call_timeout", None)  # an OpenAICompatibleProvider's
+        # Timeouts are the worker's (from the observed latency) and resent here when the client
+        # leaves them to it (for_model's clients); a client built otherwise (provider_factory)
+        # keeps its own timeout and retry policy.
+        managed = getattr(provider, "retry_timeouts", True) is False
+        timed = getattr(provider, "call_timeout", None) if managed else None
+        max_resends = self.s.max_resends if managed else 0
         pacer = self._pacers.get(m.name)
         if pacer is not None:
             try:
@@ -215,7 +220,7 @@ class Embedder:
                     breaker.record_success()
                     inputs.fill(sent.r, answer.result)
                     continue
-                if exc.error_class == "timeout" and sent.resends < self.s.max_resends:
+                if exc.error_class == "timeout" and sent.resends < max_resends:
                     limit.timed_out()
                     self.metrics.resend(m.name)
                     todo.append(sent._replace(resends=sent.resends + 1))
