@@ -318,7 +318,8 @@ BEGIN
             (SELECT c.value IN ('on', 'true') FROM pgingest.config AS c WHERE c.key = 'query_log_text'), FALSE
         );
         INSERT INTO pgingest.query_log (
-            kind, model, latency_ms, k, filter_keys, filter, sources, query_hash, query_text, doc_ids, doc_keys
+            kind, model, latency_ms, k, filter_keys, filter, sources, query_hash, query_text, doc_ids, doc_keys,
+            query_vector
         ) VALUES (
             p_kind,
             coalesce(p_model, '?'),
@@ -332,7 +333,12 @@ BEGIN
             md5(pgingest._query_key(p_query_text)),
             CASE WHEN v_text THEN p_query_text END,
             coalesce(p_doc_ids, '{}'),
-            coalesce(p_doc_keys, '{}')
+            coalesce(p_doc_keys, '{}'),
+            -- set by embed_query for the text searches (plpy_support._note_source)
+            CASE WHEN p_kind <> 'search' THEN
+                CASE WHEN current_setting('pgingest.query_vector', TRUE) IN ('session', 'shared', 'endpoint')
+                    THEN current_setting('pgingest.query_vector', TRUE) END
+            END
         );
     EXCEPTION WHEN OTHERS THEN
         RAISE LOG 'pgingest: a search was not logged: % (SQLSTATE %)', sqlerrm, sqlstate;

@@ -674,6 +674,20 @@ COMMENT ON VIEW pgingest.vector_health IS
 'model''s store (store_*).';
 
 -- Traffic shifting and the query log (issue 20): figures for monitors, never the log's rows.
+-- Its columns grew (cached_share): an older definition is dropped first (090 grants it again).
+DO $$
+BEGIN
+    IF to_regprocedure('pgingest.traffic_status(interval)') IS NOT NULL
+       AND NOT EXISTS (
+           SELECT 1 FROM pg_catalog.pg_proc AS p
+           WHERE p.oid = to_regprocedure('pgingest.traffic_status(interval)')
+             AND 'cached_share' = ANY (p.proargnames)
+       ) THEN
+        DROP FUNCTION pgingest.traffic_status(interval);
+    END IF;
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION pgingest.traffic_status(recent interval DEFAULT '15 minutes')
 RETURNS TABLE (
     model text,
@@ -684,7 +698,8 @@ RETURNS TABLE (
     est_searches bigint,
     p50_ms numeric,
     p95_ms numeric,
-    p99_ms numeric
+    p99_ms numeric,
+    cached_share double precision
 )
 LANGUAGE plpgsql
 STABLE
@@ -719,14 +734,17 @@ BEGIN
         CASE WHEN v_rate > 0 THEN round(coalesce(l.n, 0) / v_rate)::bigint END,
         round(l.p50::numeric, 2),
         round(l.p95::numeric, 2),
-        round(l.p99::numeric, 2)
+        round(l.p99::numeric, 2),
+        l.cached
     FROM pgingest.models AS m
     LEFT JOIN LATERAL (
         SELECT
             count(*) AS n,
             percentile_cont(0.5) WITHIN GROUP (ORDER BY q.latency_ms) AS p50,
             percentile_cont(0.95) WITHIN GROUP (ORDER BY q.latency_ms) AS p95,
-            percentile_cont(0.99) WITHIN GROUP (ORDER BY q.latency_ms) AS p99
+            percentile_cont(0.99) WITHIN GROUP (ORDER BY q.latency_ms) AS p99,
+            (count(*) FILTER (WHERE q.query_vector IN ('session', 'shared')))::double precision
+            / nullif(count(q.query_vector), 0) AS cached
         FROM pgingest.query_log AS q
         WHERE q.model = m.name AND q.logged_at > now() - recent
     ) AS l ON TRUE
@@ -738,7 +756,8 @@ $$;
 COMMENT ON FUNCTION pgingest.traffic_status(interval) IS
 'Per live model: its share of the text searches (the active model serves what the shift''s candidate does '
 'not), since when it is shifted, and over the `recent` window the searches the query log recorded '
-'(logged_searches; est_searches divides by the sample rate) with their latency p50/p95/p99 in ms. Figures '
+'(logged_searches; est_searches divides by the sample rate) with their latency p50/p95/p99 in ms, and the '
+'share of the logged text searches whose query vector came from a cache (cached_share). Figures '
 'only: the log''s rows (query texts) stay readable by admins alone. Empty figures with the log off.';
 
 CREATE OR REPLACE FUNCTION pgingest.query_log_status()

@@ -289,3 +289,29 @@ def test_model_compare_from_log(
     report = models_cli.compare_models(dsn, "v1", "v2", k=3, sample=1, from_log=True)
     assert report.queries == 1
     assert report.disagreements == [] or report.disagreements[0].query == "vectors and stores"
+
+
+def test_the_log_says_where_each_query_vector_came_from(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    """A text search's row names the source of its query vector: the endpoint the first time,
+    this session's cache the second, the shared table for another session; a vector search
+    none. traffic_status() gives the cached share."""
+    corpus(conn, dsn, fake, 3)
+    conn.execute("SELECT pgingest.set_query_log(1)")
+    q = "where did my vector come from"
+    conn.execute("SELECT * FROM pgingest.search_text(%s, 2)", (q,)).fetchall()
+    conn.execute("SELECT * FROM pgingest.search_text(%s, 2)", (q,)).fetchall()
+    with psycopg.connect(dsn, autocommit=True) as other:
+        other.execute("SELECT * FROM pgingest.search_text(%s, 2)", (q,)).fetchall()
+    vec = one(conn, "SELECT pgingest.embed_query('another question')::text")
+    conn.execute("SELECT count(*) FROM pgingest.search(%s::vector, 2)", (vec,))
+    rows = conn.execute("SELECT kind, query_vector FROM pgingest.query_log ORDER BY id").fetchall()
+    assert rows == [
+        ("search_text", "endpoint"),
+        ("search_text", "session"),
+        ("search_text", "shared"),
+        ("search", None),
+    ]
+    share = one(conn, "SELECT cached_share FROM pgingest.traffic_status() WHERE model = 'v1'")
+    assert share == pytest.approx(2 / 3)

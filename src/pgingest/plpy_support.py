@@ -105,6 +105,23 @@ def _shared_store(plpy: Any, qc: dict[str, Any], key: bytes, m: dict[str, Any], 
         qc.pop("shared_put", None)
 
 
+def _note_source(plpy: Any, qc: dict[str, Any] | None, source: str) -> None:
+    """Where this search's query vector came from (``session``, ``shared`` or ``endpoint``),
+    for the query log (``pgingest._log_search`` reads ``pgingest.query_vector``): the hit
+    rate of the caches in ``traffic_status()``. An error is ignored."""
+    if qc is None:
+        return
+    try:
+        plan = qc.get("note")
+        if plan is None:
+            plan = qc["note"] = plpy.prepare(
+                "SELECT set_config('pgingest.query_vector', $1, false)", ["text"]
+            )
+        plpy.execute(plan, [source])
+    except plpy.SPIError:
+        qc.pop("note", None)
+
+
 def _setting(plpy: Any, name: str) -> str | None:
     rows = plpy.execute(plpy.prepare("SELECT current_setting($1, true) AS v", ["text"]), [name])
     value = rows[0]["v"] if rows else None
@@ -285,6 +302,7 @@ def embed_query(
         if hit is not None:
             qc["entries"][vkey] = hit  # most recently used last
             qc["hits"] += 1
+            _note_source(plpy, qc, "session")
             return str(hit)
         qc["misses"] += 1
     # Then the shared table (on the primary, replicated to every replica): a question another
@@ -297,6 +315,7 @@ def embed_query(
                 qc["entries"][vkey] = found
                 while len(qc["entries"]) > limit:
                     qc["entries"].popitem(last=False)
+            _note_source(plpy, qc, "shared")
             return found
     provider = cache.pop(key, None)
     if provider is None:
@@ -341,4 +360,5 @@ def embed_query(
         entries[vkey] = text
         while len(entries) > limit:
             entries.popitem(last=False)
+    _note_source(plpy, qc, "endpoint")
     return text

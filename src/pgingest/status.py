@@ -566,6 +566,7 @@ def _render_traffic(report: Report) -> list[str]:
         latency = (
             f"{t['p50_ms']:.1f} / {t['p95_ms']:.1f} ms" if t.get("p50_ms") is not None else "-"
         )
+        cached = t.get("cached_share")
         rows.append(
             [
                 t["model"],
@@ -574,9 +575,15 @@ def _render_traffic(report: Report) -> list[str]:
                 _num(t["logged_searches"]) if log_on else "-",
                 _num(t["est_searches"]) if t.get("est_searches") is not None else "-",
                 latency,
+                "-" if cached is None else f"{100 * cached:.0f}%",
             ]
         )
-    out.append(_table(["model", "state", "share", "logged", "est. searches", "p50 / p95"], rows))
+    out.append(
+        _table(
+            ["model", "state", "share", "logged", "est. searches", "p50 / p95", "query cache hits"],
+            rows,
+        )
+    )
     if log_on:
         out.append(
             f"  query log: {rate} of searches, text {'logged' if log.get('log_text') else 'hashed'}"
