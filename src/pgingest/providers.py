@@ -811,7 +811,8 @@ class OpenAICompatibleProvider(ProviderBase):
       ``retry-after-ms``, else the backoff) is taken while the total waited for 429s in this
       call stays within ``max_retry_after`` seconds and at most ``max_rate_limit_retries``
       times; past that :class:`RateLimited` is raised with ``retry_after`` so the worker can
-      defer the work without spending an attempt.
+      defer the work without spending an attempt. ``retry_rate_limited()`` answering False
+      raises it at once (the worker's quota pacing: a retry would not wait its turn).
     * everything else is raised at once.
 
     The policy is written out here rather than taken from a library: urllib3's ``Retry`` (under
@@ -876,6 +877,7 @@ class OpenAICompatibleProvider(ProviderBase):
         total_timeout: float | None = None,
         max_response_bytes: int | None = None,
         retry_timeouts: bool = True,
+        retry_rate_limited: Callable[[], bool] | None = None,
         on_response: Callable[[int, Mapping[str, str]], None] | None = None,
     ) -> None:
         check_base_url(base_url)
@@ -903,6 +905,7 @@ class OpenAICompatibleProvider(ProviderBase):
         self.total_timeout = None if total_timeout is None else float(total_timeout)
         self.max_response_bytes = max_response_bytes
         self.retry_timeouts = retry_timeouts
+        self.retry_rate_limited = retry_rate_limited
         self.on_response = on_response
         self.request_dimensions = request_dimensions
         self.encoding_format = encoding_format
@@ -1080,6 +1083,7 @@ class OpenAICompatibleProvider(ProviderBase):
                     rate_limit_waits >= self.max_rate_limit_retries
                     or rate_limit_waited + delay > self.max_retry_after
                     or past_deadline(delay)
+                    or (self.retry_rate_limited is not None and not self.retry_rate_limited())
                 ):
                     exc.retry_after = delay
                     raise

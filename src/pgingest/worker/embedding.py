@@ -82,6 +82,7 @@ class Embedder:
                 p = providers.for_model(
                     m,
                     on_response=None if pacer is None else pacer.on_response,
+                    retry_rate_limited=None if pacer is None else pacer.retry_rate_limited,
                     timeout=self.s.http_timeout,
                     retry_timeouts=False,  # resent here, after the concurrency backs off
                     max_retry_after=self.s.max_retry_after,

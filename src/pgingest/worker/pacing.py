@@ -10,8 +10,10 @@ together stay within one quota. A wait longer than ``--quota-max-wait`` takes no
 ``providers.QuotaWait`` before anything is sent (no request of the batch is paid for and then
 thrown away): the batch is deferred as for a 429 (no attempt spent) and the worker holds that
 model back for the wait (``Embedder.held``), serving its other models meanwhile: a paced
-backfill of a new model never starves the live one. Retries (a 5xx, a 429) are not taken again:
-the provider did not count them.
+backfill of a new model never starves the live one. A 5xx retry is not taken again (the provider
+did not count the failed request); a 429 is not retried by the client while the model is paced
+(``retry_rate_limited``): the batch is deferred and the buckets hold every worker for its
+Retry-After, where a retry would have jumped the queue.
 The answers' headers teach the limits when none is configured (``quota_observe_v1``, at most
 once a second per model and worker; what remains starts the buckets of a quota learned); a
 429 cuts the pace (``quota_rejected_v1``), and the provider's client still defers the work
@@ -133,6 +135,7 @@ class Pacer:
         self._clock = clock
         self._lock = threading.Lock()
         self._no_quota_until = 0.0  # no quota known: no database call per batch until then
+        self.known = False  # the last reserve found a quota: the client does not retry 429s
         self._last_observe = -OBSERVE_INTERVAL_SECONDS
         self.waited = 0.0
         self.waits = 0
@@ -145,6 +148,7 @@ class Pacer:
         if self._clock() < self._no_quota_until:
             return 0.0
         wait = self.store.take(self.model, tokens, requests, max_wait=self.max_wait)
+        self.known = wait is not None
         if wait is None:
             self._no_quota_until = self._clock() + NO_QUOTA_RECHECK_SECONDS
             return 0.0
@@ -158,6 +162,12 @@ class Pacer:
             self.waited += wait
             self.waits += 1
         return wait
+
+    def retry_rate_limited(self) -> bool:
+        """The client's question before it retries a 429 by itself: not while the model is
+        paced (a retry would not wait its turn in the buckets; the batch is deferred instead
+        and the buckets hold every worker for the Retry-After)."""
+        return not self.known
 
     def on_response(self, status: int, headers: Mapping[str, str]) -> None:
         limits = providers.parse_rate_limits(headers)
