@@ -1,7 +1,7 @@
 """The provider's capacity (issue 25): the pipeline against a slow server and against a quota.
 
 ``slow_provider``: ``pgingest serve-model`` on this machine's CPU is the slow server (one encode
-at a time). Chunks of realistic length (the demo corpus's long pages: 150-200 tokens each) go
+at a time). Chunks of realistic length (long synthetic documents: 150-200 tokens each) go
 through ``worker`` with its default settings; the reference is the same model encoding the same
 texts directly, in this process, at its best batch size, before and after. Also counted: the
 texts the server encoded beyond the distinct inputs (work done twice: a request abandoned and
@@ -38,8 +38,6 @@ from bench.common import (
     wait_until_embedded,
 )
 
-SLOW_MIN_TOKENS = 150
-
 
 def _connect(dsn: str) -> Any:
     import psycopg
@@ -48,29 +46,27 @@ def _connect(dsn: str) -> Any:
 
 
 def long_chunks(n_chunks: int) -> tuple[list[tuple[str, str, str]], list[str], float]:
-    """Demo-corpus documents whose chunks (default profile) are all but the last at least
-    ``SLOW_MIN_TOKENS`` tokens and average that much, adding up to about ``n_chunks``: the
-    documents, the chunks' model inputs, and their mean token count."""
+    """Documents of 4 synthetic bodies each (4,000-12,000 characters: the demo corpus is mostly
+    short pages, 1,662 chunks in all), whose chunks (default profile: 200 tokens, 20 overlap)
+    are nearly all full length, adding up to about ``n_chunks``: the documents, the chunks'
+    model inputs (distinct), and their mean token count (150-200)."""
     from pgingest import chunking
-    from pgingest.demo import corpus
+    from pgingest.testing import texts
 
     cfg = chunking.ChunkerConfig()
     docs: list[tuple[str, str, str]] = []
-    texts: list[str] = []
+    inputs: list[str] = []
     tokens = 0
-    for d in corpus.iter_corpus():
-        chunks = chunking.chunk_document(d.title, d.body, cfg)
-        if len(chunks) < 2:
-            continue
-        counts = [c.token_count for c in chunks]
-        if min(counts[:-1]) < SLOW_MIN_TOKENS or sum(counts) / len(counts) < SLOW_MIN_TOKENS:
-            continue
-        docs.append((d.key, d.title, d.body))
-        texts.extend(c.embed_input for c in chunks)
-        tokens += sum(counts)
-        if len(texts) >= n_chunks:
-            break
-    return docs, texts, tokens / max(1, len(texts))
+    i = 0
+    while len(inputs) < n_chunks:
+        title = f"Capacity document {i}"
+        body = " ".join(texts.synthetic_body(4 * i + j, seed=23) for j in range(4))
+        chunks = chunking.chunk_document(title, body, cfg)
+        docs.append((f"slow-{i}", title, body))
+        inputs.extend(c.embed_input for c in chunks)
+        tokens += sum(c.token_count for c in chunks)
+        i += 1
+    return docs, inputs, tokens / max(1, len(inputs))
 
 
 def _metric(port: int, name: str) -> float:
@@ -190,12 +186,17 @@ def bench_slow_provider(url: str, n_chunks: int, workdir: Path) -> dict[str, Any
 
 
 def bench_quota(url: str, n_docs: int, workdir: Path) -> dict[str, Any]:
-    """The paced worker, and the same with ``--no-quota-pacing`` (the reference: what the worker
-    did before pacing, 429s and Retry-After only)."""
-    paced = quota_run(url, n_docs, workdir)
+    """The paced worker with the quota configured (``set_model_quota``), the same learning it
+    from the headers, and with ``--no-quota-pacing`` (the reference: what the worker did before
+    pacing, 429s and Retry-After only)."""
+    paced = quota_run(url, n_docs, workdir, configure=True)
+    learned = quota_run(url, n_docs, workdir)
     unpaced = quota_run(url, n_docs, workdir, "--no-quota-pacing")
     return {
         **paced,
+        "learned": learned,
+        "learned_quota_utilisation": learned["quota_utilisation"],
+        "learned_rejected_request_share": learned["rejected_request_share"],
         "unpaced": unpaced,
         "unpaced_quota_utilisation": unpaced["quota_utilisation"],
         "unpaced_rejected_request_share": unpaced["rejected_request_share"],
@@ -207,6 +208,7 @@ def quota_run(
     n_docs: int,
     workdir: Path,
     *extra: str,
+    configure: bool = False,
     processes: int = 2,
     seconds: float = 120.0,
 ) -> dict[str, Any]:
@@ -224,7 +226,8 @@ def quota_run(
     tpm = int(total_tokens / (1.0 + seconds / 60.0))
     log(
         f"quota: {n_docs} documents, {n_chunks} chunks, {total_tokens} tokens; quota"
-        f" {tpm} tokens/min, {processes} worker processes {' '.join(extra)}"
+        f" {tpm} tokens/min, {processes} worker processes"
+        f" {'(configured) ' if configure else ''}{' '.join(extra)}"
     )
     argv = [
         sys.executable,
@@ -242,6 +245,8 @@ def quota_run(
         fake_url = read_line(fake, 30.0, "http://").strip().split()[-1]
         with fresh_database(url, "quota") as dsn, _connect(dsn) as conn:
             register_model(conn, "v1", "fake-384", 384, fake_url)
+            if configure:
+                conn.execute("SELECT pgingest.set_model_quota('v1', NULL, %s)", (tpm,))
             copy_documents(conn, docs)
             worker, fh = start_worker(
                 dsn, workdir / "worker-quota.log", "--processes", str(processes), *extra

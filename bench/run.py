@@ -1352,7 +1352,7 @@ def report(results: dict[str, Any]) -> None:
     if qu:
         add(
             f"quota, {qu['chunks']:,} chunks ({qu['tokens']:,} tokens), {qu['processes']} worker"
-            f" processes, {qu['quota_tpm']:,} tokens/min: {qu['seconds']} s"
+            f" processes, {qu['quota_tpm']:,} tokens/min configured: {qu['seconds']} s"
         )
         add(
             f"  quota_utilisation = {qu['quota_utilisation']:.3f}  "
@@ -1360,6 +1360,12 @@ def report(results: dict[str, Any]) -> None:
             f" {qu['rejected_request_share']:.3f}  "
             f"{_verdict('rejected_request_share', qu['rejected_request_share'])}"
             f" ({qu['requests_rejected']} of {qu['requests_rejected'] + qu['requests_accepted']})"
+        )
+        le = qu["learned"]
+        add(
+            f"  the quota learned from the headers instead: {le['seconds']} s, utilisation"
+            f" {le['quota_utilisation']:.3f}, rejected share {le['rejected_request_share']:.3f}"
+            f" ({le['requests_rejected']} of {le['requests_rejected'] + le['requests_accepted']})"
         )
         un = qu["unpaced"]
         add(
@@ -1456,6 +1462,8 @@ def flatten(results: dict[str, Any]) -> dict[str, Any]:
         for key in (
             "quota_utilisation",
             "rejected_request_share",
+            "learned_quota_utilisation",
+            "learned_rejected_request_share",
             "unpaced_quota_utilisation",
             "unpaced_rejected_request_share",
         ):

@@ -61,7 +61,7 @@ CREATE OR REPLACE FUNCTION pgingest.set_model_quota(
     p_model text,
     p_requests_per_minute double precision DEFAULT NULL,
     p_tokens_per_minute double precision DEFAULT NULL,
-    p_headroom double precision DEFAULT 0.05
+    p_headroom double precision DEFAULT 0.03
 )
 RETURNS void
 LANGUAGE plpgsql
@@ -118,7 +118,7 @@ $$;
 
 COMMENT ON FUNCTION pgingest.set_model_quota(text, double precision, double precision, double precision) IS
 'The provider''s quota for a model: requests and tokens per minute (NULL: no limit of that kind), less a headroom '
-'never used (default 5%: token counts are estimates). All the model''s workers together stay within it. Both '
+'never used (default 3%: token counts are estimates). All the model''s workers together stay within it. Both '
 'NULL: forget it (learned from the x-ratelimit-* headers again).';
 
 CREATE OR REPLACE FUNCTION pgingest.quota_take_v1(
@@ -197,11 +197,11 @@ BEGIN
     -- they leave out what every worker has taken and not yet sent (requests waiting for their
     -- turn), so they would hand the same tokens out twice. Another user of the key shows as 429s.
     INSERT INTO pgingest.provider_quota AS q
-        (model, requests_per_minute, tokens_per_minute, source, request_level, token_level)
+        (model, requests_per_minute, tokens_per_minute, source, headroom, request_level, token_level)
     SELECT
-        m.name, p_limit_requests, p_limit_tokens, 'headers',
-        least(coalesce(p_remaining_requests, p_limit_requests, 0), coalesce(p_limit_requests, 0)) * 0.95,
-        least(coalesce(p_remaining_tokens, p_limit_tokens, 0), coalesce(p_limit_tokens, 0)) * 0.95
+        m.name, p_limit_requests, p_limit_tokens, 'headers', 0.03,
+        least(coalesce(p_remaining_requests, p_limit_requests, 0), coalesce(p_limit_requests, 0)) * 0.97,
+        least(coalesce(p_remaining_tokens, p_limit_tokens, 0), coalesce(p_limit_tokens, 0)) * 0.97
     FROM pgingest.models AS m WHERE m.name = p_model
     ON CONFLICT (model) DO UPDATE
     SET requests_per_minute = coalesce(excluded.requests_per_minute, q.requests_per_minute),

@@ -241,7 +241,7 @@ def _quota_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--headroom",
         type=float,
-        default=0.05,
+        default=0.03,
         help="share of the quota never used (default %(default)s: token counts are estimates)",
     )
 
