@@ -379,6 +379,67 @@ def fake_server(
             child.proc.stdout.close()
 
 
+def connect_plain(dsn: str) -> psycopg.Connection[Any]:
+    """An autocommit connection without pgingest's session setup (no vector type needed)."""
+    return psycopg.connect(dsn, autocommit=True, application_name="pgingest-bench")
+
+
+@dataclass
+class LocalModel:
+    """A running ``pgingest serve-model``: its child process and URLs."""
+
+    server: Child
+    url: str  # the OpenAI-compatible base URL (.../v1)
+
+    @property
+    def health_url(self) -> str:
+        return self.url.rsplit("/v1", 1)[0] + "/health"
+
+    def register(self, conn: psycopg.Connection[Any], name: str = "v1") -> None:
+        """Registers it as model ``name`` with the default chunking profile (MiniLM tokenizer,
+        200 tokens, 20 overlap)."""
+        from pgingest import local_model
+
+        register_model(
+            conn,
+            name,
+            local_model.MODEL_NAME,
+            local_model.DIMENSIONS,
+            self.url,
+            max_input_tokens=local_model.MAX_INPUT_TOKENS,
+        )
+
+
+@contextlib.contextmanager
+def serve_model(warm_up: Sequence[str]) -> Iterator[LocalModel]:
+    """``pgingest serve-model`` on an ephemeral port, warmed up with two requests of
+    ``warm_up`` (the first calls of a new thread and of new shapes are slow: not timed),
+    stopped at the end (its ``server.result`` then holds its CPU)."""
+    import requests
+
+    from pgingest import local_model
+
+    server = Child(
+        "serve-model",
+        [sys.executable, "-m", "pgingest.cli", "serve-model", "--port", "0"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        line = read_line(server, 300.0, "serving")
+        model = LocalModel(server, line.split(" at ", 1)[1].split()[0])
+        for _ in range(2):
+            requests.post(
+                model.url + "/embeddings",
+                json={"model": local_model.MODEL_NAME, "input": list(warm_up[:64])},
+                timeout=300,
+            ).raise_for_status()
+        yield model
+    finally:
+        server.stop(30.0)
+        if server.proc.stdout is not None:
+            server.proc.stdout.close()
+
+
 # --------------------------------------------------------------------------- the worker
 
 

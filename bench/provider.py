@@ -27,22 +27,18 @@ from typing import Any
 from bench.common import (
     BackendCpu,
     Child,
+    connect_plain,
     copy_documents,
     fresh_database,
     log,
     ratio,
     read_line,
     register_model,
+    serve_model,
     start_worker,
     synthetic_docs,
     wait_until_embedded,
 )
-
-
-def _connect(dsn: str) -> Any:
-    import psycopg
-
-    return psycopg.connect(dsn, autocommit=True)
 
 
 def long_chunks(n_chunks: int) -> tuple[list[tuple[str, str, str]], list[str], float]:
@@ -113,51 +109,29 @@ def bench_slow_provider(url: str, n_chunks: int, workdir: Path) -> dict[str, Any
 
     raw_before = raw()
     log(f"slow provider: raw encode {raw_before:.1f} texts/s at batch {best}; starting serve-model")
-    server = Child(
-        "serve-model",
-        [sys.executable, "-m", "pgingest.cli", "serve-model", "--port", "0"],
-        stdout=subprocess.PIPE,
-    )
     port = _free_port()
-    try:
-        line = read_line(server, 300.0, "serving")
-        model_url = line.split(" at ", 1)[1].split()[0]
-        health_url = model_url.rsplit("/v1", 1)[0] + "/health"
-        for _ in range(2):  # warm-up, not timed
-            requests.post(
-                model_url + "/embeddings",
-                json={"model": local_model.MODEL_NAME, "input": texts[:64]},
-                timeout=300,
-            ).raise_for_status()
-        with fresh_database(url, "slowprov") as dsn, _connect(dsn) as conn:
-            register_model(
-                conn,
-                "v1",
-                local_model.MODEL_NAME,
-                local_model.DIMENSIONS,
-                model_url,
-                max_input_tokens=local_model.MAX_INPUT_TOKENS,
-            )
-            worker, fh = start_worker(dsn, workdir / "worker-slow.log", "--metrics-port", str(port))
-            try:
-                time.sleep(3.0)  # the worker's start (imports, connect) is not timed
-                h0 = requests.get(health_url, timeout=30).json()
-                with BackendCpu(dsn):
-                    t0 = time.perf_counter()
-                    copy_documents(conn, docs)
-                    t1 = wait_until_embedded(conn, "v1", len(docs), 3600.0, worker)
-                h1 = requests.get(health_url, timeout=30).json()
-                resends = _metric(port, "pgingest_embedding_resends")
-                row = conn.execute("SELECT count(*) FROM pgingest.chunks").fetchone()
-                chunks = int(row[0]) if row else 0
-                dead = conn.execute("SELECT count(*) FROM pgingest.dead_letters").fetchone()
-            finally:
-                worker.stop(30.0)
-                fh.close()
-    finally:
-        server.stop(30.0)
-        if server.proc.stdout is not None:
-            server.proc.stdout.close()
+    with (
+        serve_model(texts) as model,
+        fresh_database(url, "slowprov") as dsn,
+        connect_plain(dsn) as conn,
+    ):
+        model.register(conn)
+        worker, fh = start_worker(dsn, workdir / "worker-slow.log", "--metrics-port", str(port))
+        try:
+            time.sleep(3.0)  # the worker's start (imports, connect) is not timed
+            h0 = requests.get(model.health_url, timeout=30).json()
+            with BackendCpu(dsn):
+                t0 = time.perf_counter()
+                copy_documents(conn, docs)
+                t1 = wait_until_embedded(conn, "v1", len(docs), 3600.0, worker)
+            h1 = requests.get(model.health_url, timeout=30).json()
+            resends = _metric(port, "pgingest_embedding_resends")
+            row = conn.execute("SELECT count(*) FROM pgingest.chunks").fetchone()
+            chunks = int(row[0]) if row else 0
+            dead = conn.execute("SELECT count(*) FROM pgingest.dead_letters").fetchone()
+        finally:
+            worker.stop(30.0)
+            fh.close()
     raw_after = raw()
     reference = (raw_before + raw_after) / 2
     pipeline = chunks / (t1 - t0)
@@ -243,7 +217,7 @@ def quota_run(
     fake = Child("fake server", argv, stdout=subprocess.PIPE)
     try:
         fake_url = read_line(fake, 30.0, "http://").strip().split()[-1]
-        with fresh_database(url, "quota") as dsn, _connect(dsn) as conn:
+        with fresh_database(url, "quota") as dsn, connect_plain(dsn) as conn:
             register_model(conn, "v1", "fake-384", 384, fake_url)
             if configure:
                 conn.execute("SELECT pgingest.set_model_quota('v1', NULL, %s)", (tpm,))

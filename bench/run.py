@@ -65,6 +65,7 @@ from bench.common import (
     Child,
     MachineLoad,
     capture_ratios,
+    connect_plain,
     copy_documents,
     cpu_budget,
     drop_stale_databases,
@@ -78,12 +79,12 @@ from bench.common import (
     proc_cpu_s,
     production_durability,
     ratio,
-    read_line,
     register_model,
     restore_stale_durability,
     retrying,
     run_pgbench,
     run_worker_drain,
+    serve_model,
     server_url,
     set_chunk_profile,
     start_worker,
@@ -868,39 +869,16 @@ def bench_local(url: str, n_chunks: int, workdir: Path) -> dict[str, Any]:
     local_model.raw_encode_throughput(texts[:32])  # loads the model: not in the CPU figure
     raw_before, raw_cpu_before = raw_encode()
     log(f"local: raw encode {raw_before:.1f} texts/s; starting serve-model")
-    server = Child(
-        "serve-model",
-        [sys.executable, "-m", "pgingest.cli", "serve-model", "--port", "0"],
-        stdout=subprocess.PIPE,
-    )
-    try:
-        line = read_line(server, 300.0, "serving")
-        model_url = line.split(" at ", 1)[1].split()[0]
-        # Warm the server up as measure_encode warms the model up (first calls of a new thread
-        # and of new shapes are slow): not timed.
-        import requests
+    import requests
 
-        health_url = model_url.rsplit("/v1", 1)[0] + "/health"
-        for _ in range(2):
-            requests.post(
-                model_url + "/embeddings",
-                json={"model": local_model.MODEL_NAME, "input": texts[:64]},
-                timeout=300,
-            ).raise_for_status()
+    with serve_model(texts) as model:
+        server = model.server
         with fresh_database(url, "local") as dsn, _connect(dsn) as conn:
-            # The pipeline's default chunker profile (MiniLM tokenizer, 200 tokens, 20 overlap).
-            register_model(
-                conn,
-                "v1",
-                local_model.MODEL_NAME,
-                local_model.DIMENSIONS,
-                model_url,
-                max_input_tokens=local_model.MAX_INPUT_TOKENS,
-            )
+            model.register(conn)
             worker, fh = start_worker(dsn, workdir / "worker-local.log")
             try:
                 time.sleep(3.0)  # the worker's start (imports, connect) is not timed
-                h0 = requests.get(health_url, timeout=30).json()
+                h0 = requests.get(model.health_url, timeout=30).json()
                 cpu0 = (server.cpu_s_now() or 0.0) + (worker.cpu_s_now() or 0.0)
                 with BackendCpu(dsn) as pg_cpu:
                     t0 = time.perf_counter()
@@ -908,16 +886,13 @@ def bench_local(url: str, n_chunks: int, workdir: Path) -> dict[str, Any]:
                     t1 = wait_until_embedded(conn, "v1", len(docs), 900.0, worker)
                 cpu1 = (server.cpu_s_now() or 0.0) + (worker.cpu_s_now() or 0.0)
                 pipeline_cpu = cpu1 - cpu0 + pg_cpu.seconds(WORKER_APPLICATIONS)
-                h1 = requests.get(health_url, timeout=30).json()
+                h1 = requests.get(model.health_url, timeout=30).json()
                 row = conn.execute("SELECT count(*) FROM pgingest.chunks").fetchone()
                 chunks = int(row[0]) if row else 0
             finally:
                 wres = worker.stop(30.0)
                 fh.close()
-    finally:
-        sres = server.stop(30.0)
-        if server.proc.stdout is not None:
-            server.proc.stdout.close()
+    sres = server.stop(30.0)  # stopped by serve_model(): its result
     raw_after, raw_cpu_after = raw_encode()
     raw = (raw_before + raw_after) / 2
     raw_cpu = (raw_cpu_before + raw_cpu_after) / 2
@@ -964,7 +939,7 @@ def bench_backfill(url: str, n: int) -> dict[str, Any]:
     hnsw = "USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64)"
     with (
         fresh_database(url, "backfill", install_pgingest=False) as dsn,
-        _connect_plain(dsn) as conn,
+        connect_plain(dsn) as conn,
     ):
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         from pgvector.psycopg import register_vector
@@ -1132,10 +1107,6 @@ def bench_migration(url: str, n_docs: int, workdir: Path) -> dict[str, Any]:
         "vector_bytes_per_chunk_all_models": round((store_v1 + store_v2) / max(chunks, 1), 1),
         "models": models,
     }
-
-
-def _connect_plain(dsn: str) -> psycopg.Connection[Any]:
-    return psycopg.connect(dsn, autocommit=True, application_name="pgingest-bench")
 
 
 # --------------------------------------------------------------------------- report

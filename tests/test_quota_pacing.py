@@ -33,8 +33,8 @@ def rejected(fake: FakeEmbeddingServer) -> int:
     return sum(fake.stats()["quota_rejected"].values())
 
 
-def quota_row(conn: psycopg.Connection[Any]) -> dict[str, Any]:
-    cur = conn.execute("SELECT * FROM pgingest.provider_quota WHERE model = 'v1'")
+def quota_row(conn: psycopg.Connection[Any], model: str = "v1") -> dict[str, Any]:
+    cur = conn.execute("SELECT * FROM pgingest.provider_quota WHERE model = %s", (model,))
     row = cur.fetchone()
     assert row is not None and cur.description is not None
     return {d.name: v for d, v in zip(cur.description, row, strict=True)}
@@ -204,11 +204,4 @@ def test_a_spent_quota_defers_its_model_and_never_starves_the_others(
     assert embedded("v1") == 60 and embedded("v2") == 60
     assert v1_done is not None and v1_done < total_s / 2  # v1 never waited for v2's quota
     assert conn.execute("SELECT count(*) FROM pgingest.dead_letters").fetchone() == (0,)
-    assert quota_row_of(conn, "v2")["taken_tokens"] == total
-
-
-def quota_row_of(conn: psycopg.Connection[Any], model: str) -> dict[str, Any]:
-    cur = conn.execute("SELECT * FROM pgingest.provider_quota WHERE model = %s", (model,))
-    row = cur.fetchone()
-    assert row is not None and cur.description is not None
-    return {d.name: v for d, v in zip(cur.description, row, strict=True)}
+    assert quota_row(conn, "v2")["taken_tokens"] == total
