@@ -22,7 +22,7 @@ endif
 export DATABASE_URL
 
 .PHONY: help system venv deps db db-stop print-database-url install install.sql lint test clean \
-        demo bench bench-peers chaos
+        demo bench bench-peers chaos eval
 
 # ---- targets -----------------------------------------------------------------------------
 help:
@@ -35,6 +35,7 @@ help:
 	@echo "make demo                 the main job: a real corpus through the pipeline, then searches"
 	@echo "make test                 deps, db, lint, pytest (PYTEST_ARGS=...)"
 	@echo "make bench / bench-peers  benchmarks as ratios to same-run references; pgingest vs pgai"
+	@echo "make eval                 retrieval quality on the project's question set (eval-results.json)"
 	@echo "make chaos                20,000 documents under faults, kills and a restart; checks nothing was lost"
 	@echo "make clean                stop the cluster, remove .pgdata .venv .stamps"
 
@@ -106,6 +107,11 @@ chaos: venv db
 BENCH_ARGS ?=
 bench: db venv
 	$(VBIN)/python -m bench.run $(BENCH_ARGS)
+
+# Retrieval quality: the project's own question set through the SQL API (eval/README.md).
+EVAL_ARGS ?=
+eval: db venv
+	$(VBIN)/python -m eval.run $(EVAL_ARGS)
 
 # pgai's vectorizer worker on the same corpus, embedder and database (installs pgai into .cache/).
 bench-peers: db venv
