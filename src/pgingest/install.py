@@ -57,6 +57,15 @@ PGMQ_META_PRIVILEGES = "SELECT, INSERT, DELETE"
 
 MAX_CHUNK_PARTITIONS = 1024
 
+# Where pgmq comes from (pgingest install --pgmq): the extension where it is available and may be
+# created, else its SQL as plain objects in schema pgmq (auto); always its SQL (sql: a managed
+# service whose allow list lacks pgmq); the extension or an error (extension).
+PGMQ_MODES = ("auto", "sql", "extension")
+
+# pgmq's own SQL, vendored in installer/: the base script pgmq--<version>.sql and the upgrade
+# scripts pgmq--<from>--<to>.sql (pgmq-extension/sql of the pgmq project), applied once each.
+_PGMQ_FILE = re.compile(r"pgmq--(\d+(?:\.\d+)*)(?:--(\d+(?:\.\d+)*))?\.sql")
+
 # Migrations amended before any release: checksums of their earlier texts, accepted as equivalent
 # (the database got the same objects) and replaced by the current checksum on the next install.
 AMENDED_MIGRATIONS: dict[str, tuple[str, ...]] = {
@@ -141,6 +150,62 @@ def idempotent_files(root: Traversable | None = None) -> list[SqlFile]:
         + plpython_files(root)
         + [f for f in sql_files if f.is_privileges]
     )
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("."))
+
+
+@dataclass(frozen=True)
+class PgmqScript:
+    """One vendored file of pgmq's SQL: a base script (``from_version`` None) or an upgrade."""
+
+    file: SqlFile
+    from_version: str | None
+    to_version: str
+
+    @property
+    def key(self) -> str:
+        """Its record in pgingest.schema_migrations: the file name without .sql."""
+        return self.file.name.removesuffix(".sql")
+
+
+def pgmq_scripts(folder: Traversable | None = None) -> list[PgmqScript]:
+    """The vendored pgmq scripts in the order the installer offers them: the base scripts, then
+    the upgrades, each by version (a database takes the base once, then the upgrade path)."""
+    folder = folder or (_package() / "installer")
+    out = []
+    for p in folder.iterdir():
+        m = _PGMQ_FILE.fullmatch(p.name)
+        if m is None:
+            continue
+        f = SqlFile(p.name, p.read_text(encoding="utf-8"), "installer")
+        out.append(PgmqScript(f, m[1] if m[2] else None, m[2] or m[1]))
+    out.sort(
+        key=lambda s: (
+            s.from_version is not None,
+            _version_key(s.from_version or "0"),
+            _version_key(s.to_version),
+        )
+    )
+    if not out:
+        raise InstallError("installer/: no pgmq--<version>.sql (pgmq's SQL) in the package")
+    return out
+
+
+def pgmq_version(folder: Traversable | None = None) -> str:
+    """The pgmq version the vendored scripts lead to (1.13.0: the extension version that the
+    pinned PyPI package pgmq ships, which scripts/install-system.sh installs as the extension)."""
+    return max((s.to_version for s in pgmq_scripts(folder)), key=_version_key)
+
+
+def pgmq_body(script: PgmqScript) -> str:
+    """The file's SQL: without the header pgingest put on top (the comment lines up to the first
+    blank line), that is pgmq's text as its project ships it."""
+    header, sep, body = script.file.text.partition("\n\n")
+    if sep and all(line.startswith("--") for line in header.splitlines()):
+        return body
+    return script.file.text
 
 
 # ---- templates: the installer's own SQL, in installer/*.sql --------------------------------
@@ -285,6 +350,32 @@ def _migration_block(m: SqlFile) -> str:
     )
 
 
+def _check_pgmq_mode(mode: str) -> None:
+    if mode not in PGMQ_MODES:
+        raise InstallError(f"--pgmq must be one of {', '.join(PGMQ_MODES)}, not {mode!r}")
+
+
+def _pgmq_blocks() -> str:
+    """pgmq's SQL, each script applied once where prelude.sql chose it (pgingest.pgmq_install
+    = 'sql'), then the check that it is at the pinned version."""
+    parts = []
+    for s in pgmq_scripts():
+        parts.append(
+            "\n"
+            + render_template(
+                "pgmq_sql.sql",
+                file_name=s.file.name,
+                version=s.key,
+                checksum=s.file.checksum,
+                from_version=s.from_version if s.from_version is not None else Sql("NULL"),
+                to_version=s.to_version,
+                pgmq_body=_dollar_quote(s.file.text, "pgingest_pgmq"),
+            )
+        )
+    parts.append("\n" + render_template("pgmq_sql_check.sql", pgmq_version=pgmq_version()))
+    return "".join(parts)
+
+
 def superuser_setup_sql(owner: str = "app_owner") -> str:
     """What a superuser runs once in the target database before ``owner`` installs pgingest.
 
@@ -397,6 +488,7 @@ def render_script(
     chunk_partitions: int | None = None,
     python_path: str | None = None,
     allow_public_create: bool = False,
+    pgmq: str = "auto",
 ) -> str:
     """The whole installation as one SQL script (without BEGIN/COMMIT unless ``psql``).
 
@@ -408,8 +500,13 @@ def render_script(
     it is on this machine, see :func:`python_path`); only a superuser's install sets it.
     ``allow_public_create``: install even where roles other than the installing one may create
     objects in the vector extension's schema (a WARNING instead of an error).
+    ``pgmq``: where pgmq comes from (:data:`PGMQ_MODES`): ``auto`` creates the extension where
+    the server has it and lets this role create it, and installs pgmq's SQL as plain objects
+    owned by this role otherwise (``sql``: always; ``extension``: never). A database keeps what
+    its first install chose; the SQL's upgrades are applied like migrations.
     """
     _check_partitions(chunk_partitions)
+    _check_pgmq_mode(pgmq)
     python_path_sql = _python_path_sql(python_path) if upto is None else ""
     parts: list[str] = []
     if psql:
@@ -419,8 +516,12 @@ def render_script(
             render_template("chunk_partitions.sql", chunk_partitions=str(int(chunk_partitions)))
         )
     parts.append(
-        "\n" + render_template("prelude.sql", install_lock_key=INSTALL_LOCK_KEY, **_PRIVILEGES)
+        "\n"
+        + render_template(
+            "prelude.sql", install_lock_key=INSTALL_LOCK_KEY, pgmq_mode=pgmq, **_PRIVILEGES
+        )
     )
+    parts.append(_pgmq_blocks())
     parts.append(_vector_schema_check(allow_public_create))
     for m in migrations(root):
         parts.append(_migration_block(m))
@@ -527,16 +628,21 @@ def install(
     chunk_partitions: int | None = None,
     python_path: str | None = None,
     allow_public_create: bool = False,
+    pgmq: str = "auto",
+    root: Traversable | None = None,
 ) -> list[str]:
     """Applies the installation in one transaction; returns pgingest's notices (applied
-    migrations) and warnings (``WARNING: ...``, with their hint)."""
+    migrations) and warnings (``WARNING: ...``, with their hint). ``pgmq``: see
+    :func:`render_script`."""
     return _run(
         conninfo,
         render_script(
+            root,
             upto=upto,
             chunk_partitions=chunk_partitions,
             python_path=python_path,
             allow_public_create=allow_public_create,
+            pgmq=pgmq,
         ),
     )
 

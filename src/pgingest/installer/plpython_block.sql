@@ -23,7 +23,9 @@ BEGIN
         RAISE WARNING 'pgingest: plpython/:file_name skipped: % is not a superuser (plpython3u is untrusted): :function_names are not installed; everything else works',
             current_user
             USING HINT = 'A superuser adds them: pgingest install --plpython-only '
-                         '(or psql -f of pgingest install --plpython-only --print).';
+                         '(or psql -f of pgingest install --plpython-only --print). Without them, search with '
+                         'text from the client: pgingest search, or pgingest.search.embed_query() then '
+                         'pgingest.search(vector) (docs/deployment.md, "Managed PostgreSQL").';
     END IF;
 END;
 $pgingest_install$;
