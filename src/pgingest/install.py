@@ -355,11 +355,11 @@ def _check_pgmq_mode(mode: str) -> None:
         raise InstallError(f"--pgmq must be one of {', '.join(PGMQ_MODES)}, not {mode!r}")
 
 
-def _pgmq_blocks() -> str:
+def _pgmq_blocks(folder: Traversable | None = None) -> str:
     """pgmq's SQL, each script applied once where prelude.sql chose it (pgingest.pgmq_install
     = 'sql'), then the check that it is at the pinned version."""
     parts = []
-    for s in pgmq_scripts():
+    for s in pgmq_scripts(folder):
         parts.append(
             "\n"
             + render_template(
@@ -372,7 +372,7 @@ def _pgmq_blocks() -> str:
                 pgmq_body=_dollar_quote(s.file.text, "pgingest_pgmq"),
             )
         )
-    parts.append("\n" + render_template("pgmq_sql_check.sql", pgmq_version=pgmq_version()))
+    parts.append("\n" + render_template("pgmq_sql_check.sql", pgmq_version=pgmq_version(folder)))
     return "".join(parts)
 
 
@@ -489,6 +489,7 @@ def render_script(
     python_path: str | None = None,
     allow_public_create: bool = False,
     pgmq: str = "auto",
+    pgmq_folder: Traversable | None = None,
 ) -> str:
     """The whole installation as one SQL script (without BEGIN/COMMIT unless ``psql``).
 
@@ -503,7 +504,8 @@ def render_script(
     ``pgmq``: where pgmq comes from (:data:`PGMQ_MODES`): ``auto`` creates the extension where
     the server has it and lets this role create it, and installs pgmq's SQL as plain objects
     owned by this role otherwise (``sql``: always; ``extension``: never). A database keeps what
-    its first install chose; the SQL's upgrades are applied like migrations.
+    its first install chose; the SQL's upgrades are applied like migrations. ``pgmq_folder``:
+    where the pgmq scripts are (default: the package's installer/; tests add upgrade scripts).
     """
     _check_partitions(chunk_partitions)
     _check_pgmq_mode(pgmq)
@@ -521,7 +523,7 @@ def render_script(
             "prelude.sql", install_lock_key=INSTALL_LOCK_KEY, pgmq_mode=pgmq, **_PRIVILEGES
         )
     )
-    parts.append(_pgmq_blocks())
+    parts.append(_pgmq_blocks(pgmq_folder))
     parts.append(_vector_schema_check(allow_public_create))
     for m in migrations(root):
         parts.append(_migration_block(m))
@@ -630,6 +632,7 @@ def install(
     allow_public_create: bool = False,
     pgmq: str = "auto",
     root: Traversable | None = None,
+    pgmq_folder: Traversable | None = None,
 ) -> list[str]:
     """Applies the installation in one transaction; returns pgingest's notices (applied
     migrations) and warnings (``WARNING: ...``, with their hint). ``pgmq``: see
@@ -643,6 +646,7 @@ def install(
             python_path=python_path,
             allow_public_create=allow_public_create,
             pgmq=pgmq,
+            pgmq_folder=pgmq_folder,
         ),
     )
 
@@ -658,6 +662,367 @@ def install_plpython(
         conninfo,
         render_plpython_script(python_path=python_path, allow_public_create=allow_public_create),
     )
+
+
+# ---- what the server offers, and the plan (pgingest install --plan) --------------------------
+
+GROUP_ROLES = (
+    "pgingest_writer",
+    "pgingest_reader",
+    "pgingest_worker",
+    "pgingest_monitor",
+    "pgingest_admin",
+)
+PLPYTHON_FEATURES = ("embed_query()", "search_text()", "hybrid_search_text()", "chunk_preview()")
+CLIENT_SIDE_SEARCH = (
+    "search with text from the client: pgingest search, or pgingest.search.embed_query() then "
+    "pgingest.search() / hybrid_search() with the vector (docs/deployment.md)"
+)
+
+
+@dataclass(frozen=True)
+class Extension:
+    """An extension as the server offers it (``available``: its default version, None where the
+    server has no such extension) and as this database has it (``installed``)."""
+
+    name: str
+    available: str | None = None
+    installed: str | None = None
+    superuser: bool = True
+    trusted: bool = False
+
+
+@dataclass(frozen=True)
+class Offers:
+    """What the server offers and what the connected role may do (:func:`detect`)."""
+
+    server_version: str
+    database: str
+    role: str
+    superuser: bool
+    createrole: bool
+    create_on_database: bool
+    wal_level: str
+    schema_owner: str | None
+    pgmq_schema: bool
+    pgmq_rights: bool
+    roles: dict[str, dict[str, bool]]
+    extensions: dict[str, Extension]
+    pgmq_recorded: tuple[str, ...] = ()
+
+    def extension(self, name: str) -> Extension:
+        return self.extensions.get(name) or Extension(name)
+
+    def may_create(self, name: str) -> bool:
+        """Whether the catalog lets this role create the extension (superuser, trusted, or
+        marked superuser = false). Managed services also let their admin role create the
+        extensions of their allow list that the catalog marks superuser-only."""
+        ext = self.extension(name)
+        return ext.available is not None and (self.superuser or ext.trusted or not ext.superuser)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One line of the plan. ``state``: ``ok`` (present, or the installer does it), ``try`` (the
+    installer tries; a managed service's admin role usually may, the catalog cannot tell),
+    ``missing`` (the install is refused until ``statement`` runs) or ``skipped`` (optional:
+    installed without it)."""
+
+    what: str
+    state: str
+    detail: str
+    statement: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: tuple[Step, ...]
+
+    @property
+    def missing(self) -> tuple[Step, ...]:
+        return tuple(s for s in self.steps if s.state == "missing")
+
+    def lines(self) -> list[str]:
+        out = []
+        for s in self.steps:
+            out.append(f"pgingest plan: {s.state:<8} {s.what}: {s.detail}")
+            if s.statement:
+                out.append(f"pgingest plan:          run: {s.statement}")
+        verdict = (
+            "installable"
+            if not self.missing
+            else "refused until the statements above marked missing have run"
+        )
+        out.append(f"pgingest plan: {verdict}")
+        return out
+
+
+def detect(conninfo: str | None) -> Offers:
+    """What the server of ``conninfo`` offers to the connected role (installer/detect.sql);
+    changes nothing."""
+    from pgingest import db
+
+    with db.connect(conninfo, register_vector=False) as conn:
+        row = conn.execute(render_template("detect.sql").encode()).fetchone()
+        assert row is not None
+        d = row[0]
+        recorded: tuple[str, ...] = ()
+        if d["migrations_table"]:
+            recorded = tuple(
+                r[0] for r in conn.execute(render_template("detect_pgmq.sql").encode())
+            )
+    return Offers(
+        server_version=d["server_version"],
+        database=d["database"],
+        role=d["role"],
+        superuser=d["superuser"],
+        createrole=d["createrole"],
+        create_on_database=d["create_on_database"],
+        wal_level=d["wal_level"],
+        schema_owner=d["schema_owner"],
+        pgmq_schema=d["pgmq_schema"],
+        pgmq_rights=d["pgmq_rights"],
+        roles=d["roles"],
+        extensions={k: Extension(name=k, **v) for k, v in d["extensions"].items()},
+        pgmq_recorded=recorded,
+    )
+
+
+def _ident(name: str) -> str:
+    from psycopg import sql
+
+    return sql.Identifier(name).as_string(None)
+
+
+def _vector_step(o: Offers) -> Step:
+    ext = o.extension("vector")
+    if ext.installed:
+        return Step("vector", "ok", f"pgvector {ext.installed} is installed")
+    statement = "CREATE EXTENSION IF NOT EXISTS vector;"
+    if ext.available is None:
+        return Step(
+            "vector",
+            "missing",
+            "the server offers no pgvector (pg_available_extensions): the service enables it "
+            "(its extension allow list), then its admin role runs",
+            statement,
+        )
+    if o.may_create("vector"):
+        return Step("vector", "ok", f"pgvector {ext.available}: the installer creates it")
+    return Step(
+        "vector",
+        "try",
+        f"pgvector {ext.available} is available but only a superuser may create it: the "
+        f"installer tries (a managed service's admin role usually may); where it is refused, "
+        f"the service's admin role runs, in database {o.database}",
+        statement,
+    )
+
+
+def _pgmq_step(o: Offers, mode: str) -> Step:
+    ext = o.extension("pgmq")
+    role = _ident(o.role)
+    sql_detail = (
+        f"pgmq's SQL {pgmq_version()} as plain objects in schema pgmq, owned by {o.role} "
+        "(no extension; recorded in pgingest.schema_migrations)"
+    )
+    grants = (
+        f"GRANT {PGMQ_SCHEMA_PRIVILEGES} ON SCHEMA pgmq TO {role}; "
+        f"GRANT {PGMQ_META_PRIVILEGES} ON pgmq.meta TO {role};"
+    )
+    if ext.installed:
+        if mode == "sql":
+            return Step(
+                "pgmq",
+                "missing",
+                f"pgmq {ext.installed} is an extension here: --pgmq=sql refuses it",
+                "pgingest install --pgmq=auto",
+            )
+        if not o.pgmq_rights and not o.superuser:
+            return Step(
+                "pgmq",
+                "missing",
+                f"the extension pgmq {ext.installed} is installed but {o.role} lacks "
+                "rights on its schema (the queues live there); a superuser runs",
+                grants,
+            )
+        return Step("pgmq", "ok", f"the extension pgmq {ext.installed} is installed")
+    if o.pgmq_recorded:
+        if mode == "extension":
+            return Step(
+                "pgmq",
+                "missing",
+                f"pgmq's SQL was installed by pgingest ({', '.join(o.pgmq_recorded)}): "
+                "--pgmq=extension refuses it",
+                "pgingest install --pgmq=auto",
+            )
+        return Step(
+            "pgmq",
+            "ok",
+            f"pgmq's SQL installed by pgingest ({', '.join(o.pgmq_recorded)}); "
+            f"upgrades to {pgmq_version()} are applied once each",
+        )
+    if o.pgmq_schema:
+        return Step(
+            "pgmq",
+            "missing",
+            "schema pgmq exists but is neither the extension nor pgmq's SQL installed "
+            "by pgingest; if nothing uses it",
+            "DROP SCHEMA pgmq CASCADE;",
+        )
+    if mode == "sql":
+        return Step("pgmq", "ok", sql_detail + " (--pgmq=sql)")
+    if ext.available is None:
+        if mode == "extension":
+            return Step(
+                "pgmq",
+                "missing",
+                "the server offers no pgmq extension (--pgmq=extension); install it "
+                "(scripts/install-system.sh) or install without it",
+                "pgingest install --pgmq=sql",
+            )
+        return Step("pgmq", "ok", sql_detail + ": the server offers no pgmq extension")
+    if o.may_create("pgmq"):
+        return Step("pgmq", "ok", f"the installer creates the extension pgmq {ext.available}")
+    if mode == "extension":
+        return Step(
+            "pgmq",
+            "try",
+            f"pgmq {ext.available} is available but only a superuser may create it: the "
+            "installer tries; where it is refused, a superuser runs",
+            f"CREATE EXTENSION IF NOT EXISTS pgmq; {grants}",
+        )
+    return Step(
+        "pgmq",
+        "try",
+        f"pgmq {ext.available} is available but only a superuser may create it: the "
+        f"installer tries, and installs {sql_detail} where it is refused",
+    )
+
+
+def _database_step(o: Offers) -> Step:
+    if o.schema_owner is not None:
+        if o.schema_owner == o.role or o.superuser:
+            return Step("schema pgingest", "ok", f"exists, owned by {o.schema_owner}: upgraded")
+        return Step(
+            "schema pgingest",
+            "missing",
+            f"exists, owned by {o.schema_owner}: install as that role "
+            f"(or SET ROLE {_ident(o.schema_owner)})",
+            None,
+        )
+    if o.create_on_database:
+        return Step("schema pgingest", "ok", f"{o.role} creates it in database {o.database}")
+    return Step(
+        "schema pgingest",
+        "missing",
+        f"{o.role} may not create schemas in database {o.database}; its owner or the "
+        "service's admin role runs",
+        f"GRANT CREATE ON DATABASE {_ident(o.database)} TO {_ident(o.role)};",
+    )
+
+
+def _roles_steps(o: Offers) -> list[Step]:
+    absent = [r for r in GROUP_ROLES if not o.roles.get(r, {}).get("exists")]
+    can_create = o.superuser or o.createrole
+    steps = []
+    if not absent:
+        steps.append(Step("group roles", "ok", ", ".join(GROUP_ROLES) + " exist"))
+    elif can_create:
+        steps.append(
+            Step("group roles", "ok", f"{o.role} creates {', '.join(absent)} (CREATEROLE)")
+        )
+    else:
+        statement = (
+            " ".join(f"CREATE ROLE {r} NOLOGIN;" for r in absent)
+            + " GRANT pgingest_reader, pgingest_monitor TO pgingest_admin;"
+            + f" GRANT {', '.join(GROUP_ROLES)} TO {_ident(o.role)} WITH ADMIN OPTION;"
+        )
+        steps.append(
+            Step(
+                "group roles",
+                "missing",
+                f"{', '.join(absent)} do not exist and {o.role} may not create "
+                "roles (no CREATEROLE); the service's admin role runs",
+                statement,
+            )
+        )
+    not_admin = [r for r in GROUP_ROLES if not o.roles.get(r, {}).get("admin")]
+    if absent and not can_create:
+        pass  # the logins get their roles once the admin created them (the statement above)
+    elif can_create or not not_admin:
+        granting = "may grant the group roles to logins" + (" (CREATEROLE)" if o.createrole else "")
+        steps.append(Step("logins", "ok", f"{o.role} {granting}"))
+    else:
+        steps.append(
+            Step(
+                "logins",
+                "skipped",
+                f"{o.role} may not grant {', '.join(not_admin)} to logins; the service's admin "
+                "role grants them, or runs",
+                f"GRANT {', '.join(not_admin)} TO {_ident(o.role)} WITH ADMIN OPTION;",
+            )
+        )
+    return steps
+
+
+def _plpython_step(o: Offers) -> Step:
+    ext = o.extension("plpython3u")
+    features = ", ".join(PLPYTHON_FEATURES)
+    if o.superuser:
+        if ext.installed or ext.available:
+            return Step("plpython3u", "ok", f"{features} are installed (superuser)")
+        return Step(
+            "plpython3u",
+            "missing",
+            "the server has no plpython3u (Debian: apt-get install postgresql-plpython3-<major>)",
+            None,
+        )
+    return Step(
+        "plpython3u",
+        "skipped",
+        f"{features} need a superuser (plpython3u is untrusted; no managed service "
+        f"offers it): not installed; {CLIENT_SIDE_SEARCH}. Where a superuser exists, "
+        "it runs",
+        "CREATE EXTENSION IF NOT EXISTS plpython3u; then pgingest install --plpython-only",
+    )
+
+
+def _replication_step(o: Offers) -> Step:
+    if o.wal_level == "logical":
+        return Step("logical replication", "ok", "wal_level = logical: replicas may subscribe")
+    return Step(
+        "logical replication",
+        "skipped",
+        f"wal_level = {o.wal_level}: read replicas by logical replication need "
+        "wal_level = logical (RDS/Aurora: rds.logical_replication = 1; Cloud SQL, "
+        "AlloyDB: cloudsql.logical_decoding / alloydb.logical_decoding = on; Azure: "
+        "wal_level = logical; then a restart); a superuser elsewhere runs",
+        "ALTER SYSTEM SET wal_level = logical;",
+    )
+
+
+def plan(offers: Offers, pgmq: str = "auto") -> Plan:
+    """What ``pgingest install --pgmq=<pgmq>`` does on a server that offers ``offers``, and for
+    each missing prerequisite the statement that the service's admin role runs."""
+    _check_pgmq_mode(pgmq)
+    o = offers
+    who = "a superuser" if o.superuser else "not a superuser"
+    steps = [
+        Step(
+            "server",
+            "ok",
+            f"PostgreSQL {o.server_version}, database {o.database}, "
+            f"role {o.role} ({who}{', CREATEROLE' if o.createrole else ''})",
+        ),
+        _database_step(o),
+        _vector_step(o),
+        _pgmq_step(o, pgmq),
+        *_roles_steps(o),
+        _plpython_step(o),
+        _replication_step(o),
+    ]
+    return Plan(tuple(steps))
 
 
 # ---- after the migrations: ANN indexes an upgrade left to rebuild (issue 17) ---------------
@@ -707,7 +1072,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "from PostgreSQL 14 or older) may create objects in the vector extension's schema, which "
         "pgingest's routines have on their search_path (a WARNING instead of an error; not advised)",
     )
+    p.add_argument(
+        "--pgmq",
+        choices=PGMQ_MODES,
+        default="auto",
+        help="where pgmq comes from: auto (the default) creates the extension where the server "
+        "has it and this role may create it, and installs pgmq's SQL as plain objects in schema "
+        "pgmq owned by this role otherwise (a managed service); sql: always its SQL; extension: "
+        "the extension or an error. A database keeps what its first install chose",
+    )
     what = p.add_mutually_exclusive_group()
+    what.add_argument(
+        "--plan",
+        action="store_true",
+        help="print what the install would do on this server and, for each missing "
+        "prerequisite, the statement the service's admin role runs; install nothing "
+        "(exit 0: installable, 2: something is missing)",
+    )
     what.add_argument(
         "--plpython-only",
         action="store_true",
@@ -733,6 +1114,10 @@ def command(args: argparse.Namespace, out: Callable[[str], Any] = sys.stdout.wri
         if args.print_uninstall:
             out(render_uninstall_script())
             return 0
+        if args.plan:
+            the_plan = plan(detect(args.database_url), args.pgmq)
+            out("".join(line + "\n" for line in the_plan.lines()))
+            return 2 if the_plan.missing else 0
         if args.plpython_only:
             if args.print:
                 out(
@@ -757,14 +1142,17 @@ def command(args: argparse.Namespace, out: Callable[[str], Any] = sys.stdout.wri
                         chunk_partitions=args.chunk_partitions,
                         python_path=args.python_path,
                         allow_public_create=args.allow_public_create,
+                        pgmq=args.pgmq,
                     )
                 )
                 return 0
+            out("".join(line + "\n" for line in plan(detect(args.database_url), args.pgmq).lines()))
             lines = install(
                 args.database_url,
                 chunk_partitions=args.chunk_partitions,
                 python_path=args.python_path,
                 allow_public_create=args.allow_public_create,
+                pgmq=args.pgmq,
             )
             lines += rebuild_indexes_after_upgrade(args.database_url)
             done = "pgingest: installed (migrations applied, sql/ and plpython/ re-applied)"
