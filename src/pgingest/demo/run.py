@@ -3,8 +3,10 @@
 Starts (unless already running) the local model server and a worker, loads the Python standard
 library's documentation into ``pgingest.documents`` with plain SQL (an upsert by key: a second run
 changes nothing and queues nothing), shows the queue draining, prints a summary next to the
-model's raw encode throughput on the same texts, then runs natural-language searches from SQL
-(``pgingest.search_text``, the PL/Python path a psql user takes).
+model's raw encode throughput on the same texts, builds the model's ANN index (HNSW, the way
+``pgingest model index`` does: a search without it reads every vector, and ``pgingest status``
+warns about it), then runs natural-language searches from SQL (``pgingest.search_text``, the
+PL/Python path a psql user takes) and prints each one's latency.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from pgingest import db
+from pgingest import db, index
 from pgingest.demo import corpus
 
 MODEL_NAME = "minilm"
@@ -164,14 +166,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print("  throughput     nothing new to embed (a second run changes nothing)")
 
+        build_ann_index(args.database_url)
+
         print("\nsearches (SELECT * FROM pgingest.search_text(query, 5, per_document => true))")
+        latencies: list[float] = []
         for q in corpus.DEMO_QUERIES:
+            t0 = time.perf_counter()
             rows = db.search_text(conn, q.query, 5, True, base_url)
-            print(f"\n  {q.query!r}")
+            latencies.append((time.perf_counter() - t0) * 1000)
+            print(f"\n  {q.query!r}  ({latencies[-1]:.1f} ms: the query embedded, then searched)")
             for rank, (key, title, distance) in enumerate(rows, 1):
                 score = 1 - distance
                 mark = "  <- expected" if key == q.expected_key else ""
                 print(f"    {rank}. {score:.3f}  {title}  [{key}]{mark}")
+        if latencies:
+            ordered = sorted(latencies)
+            print(
+                f"\n  search latency: median {ordered[len(ordered) // 2]:.1f} ms, max"
+                f" {ordered[-1]:.1f} ms over {len(latencies)} searches (the first one also warms"
+                " the session's model connection)"
+            )
         if args.keep_running:
             print(
                 f"\nleft running: model server pid {server.pid if server else '(external)'},"
@@ -186,6 +200,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             _stop(w, "worker")
         _stop(server, "model server")
         conn.close()
+
+
+def build_ann_index(database_url: str | None) -> index.IndexResult | None:
+    """Builds the active model's ANN index (``pgingest.index.build_index``: CREATE INDEX
+    CONCURRENTLY, kept when it exists and is valid) and says what it did; None when the model is
+    searched exactly by choice (index_method 'none')."""
+    print(f"\nANN index of model {MODEL_NAME}")
+    try:
+        built = index.build_index(database_url, MODEL_NAME, progress=True, out=sys.stdout)
+    except index.IndexBuildError as exc:
+        print(f"  none built: {exc}")
+        return None
+    size = f", {built.size_bytes / 1e6:.1f} MB" if built.size_bytes else ""
+    when = f" in {built.seconds:.1f} s" if built.action != "exists" else " (already there, valid)"
+    print(f"  {built.index_name}: {built.action}{when}{size}")
+    return built
 
 
 def _compare_raw(conn: Any, pipe_rate: float) -> None:
