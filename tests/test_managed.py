@@ -235,6 +235,36 @@ def test_whole_lifecycle_on_a_managed_like_database(
         pytest.raises(psycopg.errors.UndefinedFunction),
     ):
         r.execute("SELECT * FROM pgingest.search_text('anything', 3)")
+    # Hybrid (full text + vector) and a metadata filter, the same way.
+    with psycopg.connect(m.owner_dsn, autocommit=True) as c:
+        c.execute("SELECT pgingest.set_text_search_config('english')")
+        c.execute(
+            "UPDATE pgingest.documents SET metadata = '{\"lang\": \"en\"}' WHERE key = 'doc-5'"
+        )
+    drain(m.dsn(wlogin))
+    hybrid = cli(
+        "search",
+        "--database-url",
+        m.dsn(reader),
+        "--json",
+        "--hybrid",
+        "--k",
+        "3",
+        "Body of managed document number 3.",
+    )
+    assert hybrid.returncode == 0, hybrid.stderr
+    assert json.loads(hybrid.stdout)[0]["doc_key"] == "doc-3"
+    filtered = cli(
+        "search",
+        "--database-url",
+        m.dsn(reader),
+        "--json",
+        "--filter",
+        '{"lang": "en"}',
+        "Body of managed document number 3.",
+    )
+    assert filtered.returncode == 0, filtered.stderr
+    assert [h["doc_key"] for h in json.loads(filtered.stdout)] == ["doc-5"]
 
     # 5. Swap to a second model and retire the first (pgmq.drop_queue on the owner's pgmq).
     with psycopg.connect(m.owner_dsn, autocommit=True) as c:
