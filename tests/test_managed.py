@@ -487,6 +487,10 @@ def test_the_plan_names_every_missing_prerequisite_and_its_statements_suffice(
     with pytest.raises(install.InstallError, match="permission denied for database") as ei:
         install.install(owner_dsn, pgmq="sql")
     assert ei.value.sqlstate == "42501"
+    refused = cli("install", "--pgmq=sql", "--database-url", owner_dsn)
+    assert refused.returncode == 2
+    assert "permission denied for database" in refused.stderr
+    assert "--plan lists what this server lacks" in refused.stderr
     # The admin runs the statements of the plan (those marked missing, and vector: this server
     # lets no one but a superuser create it); then the install passes.
     with psycopg.connect(scratch.dsn(dbname), autocommit=True) as su:

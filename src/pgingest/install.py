@@ -1158,6 +1158,12 @@ def command(args: argparse.Namespace, out: Callable[[str], Any] = sys.stdout.wri
             done = "pgingest: installed (migrations applied, sql/ and plpython/ re-applied)"
     except InstallError as exc:
         print(f"pgingest install: {exc}", file=sys.stderr)
+        if exc.sqlstate == "42501":
+            print(
+                "pgingest install: --plan lists what this server lacks for this role and the "
+                'statement its admin runs for each (docs/deployment.md, "Managed PostgreSQL")',
+                file=sys.stderr,
+            )
         return 2
     for line in lines:
         print(line, file=sys.stderr if line.startswith("WARNING") else sys.stdout)
