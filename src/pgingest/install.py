@@ -14,6 +14,13 @@ is untrusted): each plpython/ file runs in a DO block that skips it with a WARNI
 role, and :func:`render_plpython_script` (``pgingest install --plpython-only``) is the superuser's
 follow-up that adds them and hands them to the schema's owner.
 
+Managed services (docs/deployment.md, "Managed PostgreSQL"): where the pgmq extension is absent,
+refused or not wanted (``--pgmq``), pgmq's own SQL, vendored in installer/pgmq--<version>.sql, is
+installed as plain objects in schema pgmq owned by the installing role, each script once and
+recorded in pgingest.schema_migrations like a migration (:func:`pgmq_scripts`). :func:`detect`
+and :func:`plan` (``pgingest install --plan``) say what the server offers and, for each missing
+prerequisite, the statement the service's admin runs.
+
 Where the SQL is: sql/, migrations/ and plpython/ are package data of pgingest, read with
 ``importlib.resources`` (:func:`project_root`), so an installed wheel installs the schema with no
 checkout; in a checkout, src/pgingest/{sql,migrations,plpython} are links to the folders at the
