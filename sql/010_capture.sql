@@ -155,9 +155,13 @@ BEGIN
         ORDER BY m.name
     LOOP
         v_body := v_body || format(
-            E'    INSERT INTO pgmq.%I (vt, message)\n'
-            || E'    SELECT clock_timestamp(), jsonb_build_object(''doc_id'', x.id, ''hash'', encode(x.h, ''hex''), '
-            || E'''attempts'', 0)\n'
+            -- Marked as a backfill's; hidden for a day when the model's backfills go through the
+            -- provider's Batch API (models.batch_api, read when the backfill runs).
+            E'    v_bulk := coalesce((SELECT m.batch_api FROM pgingest.models AS m WHERE m.name = %2$L), FALSE);\n'
+            || E'    INSERT INTO pgmq.%1$I (vt, message)\n'
+            || E'    SELECT CASE WHEN v_bulk THEN clock_timestamp() + interval ''1 day'' ELSE clock_timestamp() END,\n'
+            || E'        jsonb_build_object(''doc_id'', x.id, ''hash'', encode(x.h, ''hex''), ''attempts'', 0, '
+            || E'''backfill'', CASE WHEN v_bulk THEN to_jsonb(''bulk''::text) ELSE to_jsonb(TRUE) END)\n'
             || E'    FROM unnest(p_doc_ids, p_hashes) AS x (id, h);\n'
             || E'    IF coalesce((SELECT w.waiting OR w.changed_at < clock_timestamp() - interval ''1 second''\n'
             || E'                 FROM pgingest.wakeups AS w WHERE w.model = %2$L), TRUE) THEN\n'
@@ -177,7 +181,7 @@ BEGIN
         SET search_path FROM CURRENT
         AS %L
         $ddl$,
-        E'BEGIN\n    IF coalesce(cardinality(p_doc_ids), 0) = 0 THEN\n        RETURN 0;\n    END IF;\n'
+        E'DECLARE\n    v_bulk boolean;\nBEGIN\n    IF coalesce(cardinality(p_doc_ids), 0) = 0 THEN\n        RETURN 0;\n    END IF;\n'
         || v_body
         || format(E'    RETURN cardinality(p_doc_ids) * %s;\nEND;\n', v_n)
     );

@@ -36,7 +36,11 @@ RETURN format('%s(%s)', p_m.storage, p_m.dimensions);
 COMMENT ON FUNCTION pgingest._column_type(pgingest.models) IS
 'The SQL type of a model''s embedding column, e.g. vector(384) or halfvec(768).';
 
-CREATE OR REPLACE FUNCTION pgingest.read_batch_v1(p_model text, p_vt integer, p_qty integer)
+-- The messages read (by read_batch_v1, or taken from a provider batch by
+-- provider_batch_messages_v1) with their documents' text and status. Called in a statement of its
+-- own after the claim, so that its snapshot sees every document whose message was claimed (one
+-- statement could claim a message committed after its own snapshot and report it as stale).
+CREATE OR REPLACE FUNCTION pgingest._read_messages(p_model text, p_msgs pgmq.message_record[])
 RETURNS TABLE (
     msg_id bigint,
     read_ct integer,
@@ -49,21 +53,9 @@ RETURNS TABLE (
 )
 LANGUAGE plpgsql
 VOLATILE
-SECURITY DEFINER
 SET search_path FROM CURRENT
 AS $$
-DECLARE
-    v_m pgingest.models := pgingest._model(p_model);
-    v_msgs pgmq.message_record[];
 BEGIN
-    IF p_vt < 1 OR p_qty < 1 THEN
-        RAISE EXCEPTION 'pgingest: visibility timeout and quantity must be positive (got %, %)', p_vt, p_qty
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    -- Two statements on purpose: the second one's snapshot is taken after the claim, so it sees
-    -- every document whose message was claimed (one statement could claim a message committed
-    -- after its own snapshot and report the document as stale).
-    SELECT array_agg(r) INTO v_msgs FROM pgmq.read(v_m.queue_name, p_vt, p_qty) AS r;
     RETURN QUERY
     WITH msgs AS (
         SELECT
@@ -78,7 +70,7 @@ BEGIN
                 WHEN jsonb_typeof(r.message) = 'object' AND r.message ->> 'hash' ~ '^[0-9a-f]{64}$'
                     THEN decode(r.message ->> 'hash', 'hex')
             END AS hash
-        FROM unnest(v_msgs) AS r
+        FROM unnest(p_msgs) AS r
     )
     SELECT
         m.msg_id,
@@ -107,8 +99,44 @@ BEGIN
         FROM pgingest._read_source_rows(ARRAY(SELECT u.doc_id FROM msgs AS u WHERE u.doc_id IS NOT NULL)) AS r
     ) AS d ON d.id = m.doc_id
     LEFT JOIN pgingest.embedding_state AS s
-        ON s.doc_id = m.doc_id AND s.model = v_m.name AND s.content_hash = m.hash
+        ON s.doc_id = m.doc_id AND s.model = p_model AND s.content_hash = m.hash
     ORDER BY m.msg_id;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._read_messages(text, pgmq.message_record[]) IS
+'The messages given with their documents'' text and status for a model (internal: read_batch_v1, '
+'provider_batch_messages_v1).';
+
+CREATE OR REPLACE FUNCTION pgingest.read_batch_v1(p_model text, p_vt integer, p_qty integer)
+RETURNS TABLE (
+    msg_id bigint,
+    read_ct integer,
+    message jsonb,
+    doc_id bigint,
+    doc_key text,
+    title text,
+    body text,
+    status text
+)
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_m pgingest.models := pgingest._model(p_model);
+    v_msgs pgmq.message_record[];
+BEGIN
+    IF p_vt < 1 OR p_qty < 1 THEN
+        RAISE EXCEPTION 'pgingest: visibility timeout and quantity must be positive (got %, %)', p_vt, p_qty
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Two statements on purpose: the second one's snapshot is taken after the claim, so it sees
+    -- every document whose message was claimed (one statement could claim a message committed
+    -- after its own snapshot and report the document as stale).
+    SELECT array_agg(r) INTO v_msgs FROM pgmq.read(v_m.queue_name, p_vt, p_qty) AS r;
+    RETURN QUERY SELECT * FROM pgingest._read_messages(v_m.name, v_msgs);
 END;
 $$;
 

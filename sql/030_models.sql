@@ -513,10 +513,16 @@ BEGIN
         UPDATE pgingest.models SET backfill_completed_at = now() WHERE name = v_m.name;
         RETURN 0;
     END IF;
-    SELECT array_agg(jsonb_build_object('doc_id', x.id, 'hash', encode(x.h, 'hex'), 'attempts', 0))
+    -- Marked as a backfill's; a model whose backfills go through the provider's Batch API (issue
+    -- 25) gets them hidden for a day: a worker hands them to a provider batch
+    -- (provider_batch_open_v1), or they come back to the online path if none does.
+    SELECT array_agg(jsonb_build_object(
+        'doc_id', x.id, 'hash', encode(x.h, 'hex'), 'attempts', 0,
+        'backfill', CASE WHEN v_m.batch_api THEN to_jsonb('bulk'::text) ELSE to_jsonb(TRUE) END
+    ))
     INTO v_msgs
     FROM unnest(v_ids, v_hashes) AS x (id, h);
-    PERFORM pgmq.send_batch(v_m.queue_name, v_msgs);
+    PERFORM pgmq.send_batch(v_m.queue_name, v_msgs, CASE WHEN v_m.batch_api THEN 86400 ELSE 0 END);
     UPDATE pgingest.models
     SET backfill_cursor = v_max, backfill_queued = backfill_queued + cardinality(v_ids)
     WHERE name = v_m.name;

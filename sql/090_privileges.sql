@@ -72,7 +72,8 @@ pgingest.worker_status,
 pgingest.vector_health,
 pgingest.index_builds,
 pgingest.source_status,
-pgingest.quota_status
+pgingest.quota_status,
+pgingest.provider_batch_status
 TO pgingest_monitor, pgingest_reader;
 
 -- Readers and workers see the registry and the settings (no secret lives there: invariant 8).
@@ -124,6 +125,8 @@ BEGIN
                 'set_dead_letter_retention', 'run_maintenance', 'register_filter', 'set_text_search_config',
                 -- The provider's quota, shared by the model's workers (issue 25).
                 'set_model_quota',
+                -- Backfills through the provider's Batch API (issue 25).
+                'set_model_batch_api',
                 -- Name checks and registry lookups of the admin functions that run as the caller
                 -- (compare_models, replay_query_log): they read only what admins may read.
                 '_check_model_name', '_model',

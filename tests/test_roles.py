@@ -78,6 +78,14 @@ REVIEWED_SECURITY_DEFINER = {
     "quota_take_v1",
     "quota_observe_v1",
     "quota_rejected_v1",
+    # backfills through the provider's Batch API (issue 25): rows leased by worker name, queue
+    # from the registry
+    "provider_batch_open_v1",
+    "provider_batch_lease_v1",
+    "provider_batch_update_v1",
+    "provider_batch_release_v1",
+    "provider_batch_messages_v1",
+    "provider_batch_unlease_v1",
     # read-only figures the views need (the pgmq tables; other sessions' progress rows; the
     # backfill counts of backfill_progress, for roles that cannot read documents)
     "queue_stats_v1",
@@ -90,6 +98,7 @@ REVIEWED_SECURITY_DEFINER = {
     "requeue_dead_letters",
     "forget_stale_workers",
     "set_model_quota",
+    "set_model_batch_api",
     # search reads chunks for readers who cannot read the table
     "search",
     "hybrid_search",
