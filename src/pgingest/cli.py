@@ -42,6 +42,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         max_resends=args.max_resends,
         quota_pacing=not args.no_quota_pacing,
         quota_max_wait=args.quota_max_wait,
+        batch_api=not args.no_batch_api,
+        batch_api_documents=args.batch_api_documents,
+        batch_api_poll_interval=args.batch_api_poll_interval,
         metrics_port=args.metrics_port,
         max_chunks_per_document=args.max_chunks_per_document,
         write_max_chunks=args.write_max_chunks,
@@ -278,6 +281,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d.max_resends,
         help="times a request that timed out is sent again (default %(default)s)",
+    )
+    p.add_argument(
+        "--no-batch-api",
+        action="store_true",
+        help="leave the backfills of models with batch_api on to other workers (this one embeds"
+        " online only)",
+    )
+    p.add_argument(
+        "--batch-api-documents",
+        type=int,
+        default=d.batch_api_documents,
+        help="documents per provider batch of a backfill through the Batch API (default %(default)s)",
+    )
+    p.add_argument(
+        "--batch-api-poll-interval",
+        type=float,
+        default=d.batch_api_poll_interval,
+        help="seconds between two polls of a provider batch in flight (default %(default)s)",
     )
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics on this port")
     p.add_argument("--processes", type=int, default=1, help="worker processes on this machine")

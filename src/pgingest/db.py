@@ -193,6 +193,8 @@ class Model:
     chunk_max_tokens: int = 200
     chunk_overlap_tokens: int = 20
     title_in_chunks: bool = True
+    # Its backfills go through the provider's Batch API (set_model_batch_api; worker/bulk.py).
+    batch_api: bool = False
 
 
 @dataclass(frozen=True)
@@ -244,7 +246,7 @@ _MODEL_COLUMNS = """
     m.max_input_tokens, m.request_dimensions, m.state, m.paused, m.paused_reason, m.store_name,
     m.queue_name, m.index_method, m.index_options, m.backfill_completed_at IS NOT NULL AS backfill_done,
     m.profile_id, p.tokenizer AS chunk_tokenizer, p.max_tokens AS chunk_max_tokens,
-    p.overlap_tokens AS chunk_overlap_tokens, p.title_in_chunks
+    p.overlap_tokens AS chunk_overlap_tokens, p.title_in_chunks, m.batch_api
 """
 _MODEL_FROM = "pgingest.models AS m JOIN pgingest.chunk_profiles AS p ON p.id = m.profile_id"
 
@@ -271,6 +273,110 @@ def read_batch(conn: psycopg.Connection[Any], model: str, vt: int, qty: int) -> 
         "SELECT msg_id, read_ct, message, doc_id, doc_key, title, body, status"
         " FROM pgingest.read_batch_v1(%s, %s, %s)",
         (model, vt, qty),
+    ).fetchall()
+    return [Message(*r) for r in rows]
+
+
+# -- provider batches (the Batch API, sql/075_provider_batches.sql) ------------------------------
+
+
+@dataclass(frozen=True)
+class ProviderBatch:
+    """A row of pgingest.provider_batches that this worker leases."""
+
+    id: int
+    submission: str
+    state: str  # preparing | submitted | collecting
+    provider_batch_id: str | None
+    input_file_id: str | None
+    messages: int
+    input_hashes: list[bytes] | None
+    request_sizes: list[int] | None
+
+
+def provider_batch_open(
+    conn: psycopg.Connection[Any], model: str, max_messages: int, worker: str, lease: int
+) -> int | None:
+    row = conn.execute(
+        "SELECT pgingest.provider_batch_open_v1(%s, %s, %s, %s)",
+        (model, max_messages, worker, lease),
+    ).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def provider_batch_lease(
+    conn: psycopg.Connection[Any], model: str, worker: str, lease: int
+) -> ProviderBatch | None:
+    row = conn.execute(
+        "SELECT id, submission::text, state, provider_batch_id, input_file_id, messages,"
+        " input_hashes, request_sizes FROM pgingest.provider_batch_lease_v1(%s, %s, %s)",
+        (model, worker, lease),
+    ).fetchone()
+    if row is None:
+        return None
+    hashes = None if row[6] is None else [bytes(h) for h in row[6]]
+    return ProviderBatch(row[0], row[1], row[2], row[3], row[4], row[5], hashes, row[7])
+
+
+_PROVIDER_BATCH_FIELDS = frozenset(
+    (
+        "state",
+        "provider_batch_id",
+        "input_file_id",
+        "provider_status",
+        "input_hashes",
+        "request_sizes",
+        "tokens",
+        "requests_completed",
+        "requests_failed",
+        "error",
+        "inputs_embedded",
+        "inputs_rejected",
+        "inputs_online",
+    )
+)
+
+
+def provider_batch_update(
+    conn: psycopg.Connection[Any], batch_id: int, worker: str, lease: int, **fields: Any
+) -> bool:
+    """``provider_batch_update_v1`` with the named fields (state, provider_batch_id,
+    input_file_id, provider_status, input_hashes, request_sizes, tokens, requests_completed,
+    requests_failed, error, inputs_embedded, inputs_rejected, inputs_online)."""
+    names = sorted(fields)
+    unknown = set(names) - _PROVIDER_BATCH_FIELDS
+    if unknown:
+        raise ValueError(f"provider_batch_update: unknown fields {sorted(unknown)}")
+    args = ", ".join(f"p_{n} => %s" for n in names)
+    row = conn.execute(
+        f"SELECT pgingest.provider_batch_update_v1(%s, %s, {args}, p_lease_seconds => %s)",
+        (batch_id, worker, *(fields[n] for n in names), lease),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def provider_batch_release(
+    conn: psycopg.Connection[Any], batch_id: int, worker: str, msg_ids: Sequence[int]
+) -> int:
+    row = conn.execute(
+        "SELECT pgingest.provider_batch_release_v1(%s, %s, %s::bigint[])",
+        (batch_id, worker, list(msg_ids)),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def provider_batch_unlease(conn: psycopg.Connection[Any], worker: str) -> int:
+    row = conn.execute("SELECT pgingest.provider_batch_unlease_v1(%s)", (worker,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def provider_batch_messages(
+    conn: psycopg.Connection[Any], batch_id: int, worker: str, vt: int, qty: int, take: bool
+) -> list[Message]:
+    rows = conn.execute(
+        "SELECT msg_id, read_ct, message, doc_id, doc_key, title, body, status"
+        " FROM pgingest.provider_batch_messages_v1(%s, %s, %s, %s, %s)",
+        (batch_id, worker, vt, qty, take),
     ).fetchall()
     return [Message(*r) for r in rows]
 

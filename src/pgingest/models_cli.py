@@ -119,6 +119,12 @@ def add_model_commands(subparsers: Any) -> argparse.ArgumentParser:
         help="queue the whole backfill now (CALL pgingest.run_backfill) instead of by the workers",
     )
     _quota_arguments(p)
+    p.add_argument(
+        "--batch-api",
+        action="store_true",
+        help="send its backfill through the provider's Batch API (about half the price, done"
+        " within 24 h; live writes stay online)",
+    )
     p.set_defaults(func=cmd_add)
 
     p = sub.add_parser("list", help="models with state, backfill progress and index")
@@ -224,6 +230,16 @@ def add_model_commands(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_quota)
 
+    p = sub.add_parser(
+        "batch-api",
+        help="whether the model's backfills go through the provider's Batch API (on) or online"
+        " (off); no argument: show its provider batches",
+    )
+    cli_support.add_database_url(p)
+    p.add_argument("name")
+    p.add_argument("switch", nargs="?", choices=("on", "off"))
+    p.set_defaults(func=cmd_batch_api)
+
     p = sub.add_parser("backfill", help="queue a model's whole backfill now (run_backfill)")
     cli_support.add_database_url(p)
     p.add_argument("name")
@@ -319,6 +335,9 @@ def cmd_add(args: argparse.Namespace) -> int:
             )
             if args.rpm is not None or args.tpm is not None:
                 _set_quota(conn, args)
+            if args.batch_api:
+                row = conn.execute("SELECT pgingest.set_model_batch_api(%s)", (args.name,))
+                print(row.fetchone()[0])  # type: ignore[index]
             if args.backfill:
                 db.run_backfill(conn, args.name)
                 print(f"backfill of {args.name} queued")
@@ -534,6 +553,38 @@ def cmd_quota(args: argparse.Namespace) -> int:
         return 0
 
     return cli_support.run_reporting_db_errors("pgingest model quota", run)
+
+
+def cmd_batch_api(args: argparse.Namespace) -> int:
+    from pgingest import status
+
+    def run() -> int:
+        with _connect(args) as conn:
+            if args.switch is not None:
+                row = conn.execute(
+                    "SELECT pgingest.set_model_batch_api(%s, %s)", (args.name, args.switch == "on")
+                ).fetchone()
+                print(row[0] if row else "")
+            on = conn.execute(
+                "SELECT batch_api FROM pgingest.models WHERE name = %s", (args.name,)
+            ).fetchone()
+            if on is None:
+                print(f"pgingest model batch-api: no model {args.name}", file=sys.stderr)
+                return 2
+            print(f"model {args.name}: backfills {'through the Batch API' if on[0] else 'online'}")
+            for line in status.provider_batch_lines(_batches_of(conn, args.name)):
+                print(line)
+        return 0
+
+    return cli_support.run_reporting_db_errors("pgingest model batch-api", run)
+
+
+def _batches_of(conn: psycopg.Connection[Any], name: str) -> list[dict[str, Any]]:
+    cur = conn.execute(
+        "SELECT * FROM pgingest.provider_batch_status WHERE model = %s ORDER BY id", (name,)
+    )
+    cols = [d.name for d in cur.description or []]
+    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

@@ -66,7 +66,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 import numpy as np
 import requests
@@ -1131,6 +1131,180 @@ class OpenAICompatibleProvider(ProviderBase):
         if self.on_retry is not None:
             self.on_retry(exc.error_class)
         self._sleep(delay)
+
+    # -- the Batch API (OpenAI's /v1/files and /v1/batches; worker/bulk.py) -----------------
+
+    def _api_url(self, path: str) -> str:
+        """``{base_url}/{path}``, the query string of the base URL kept (Azure's api-version)."""
+        parts = urlsplit(self.base_url)
+        base = parts.path.rstrip("/")
+        if base.endswith("/embeddings"):
+            base = base[: -len("/embeddings")]
+        return urlunsplit((parts.scheme, parts.netloc, f"{base}/{path}", parts.query, ""))
+
+    def _api(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        files: Any = None,
+        form: dict[str, str] | None = None,
+        limit: int = MIN_RESPONSE_BYTES,
+        raw: bool = False,
+    ) -> Any:
+        """One call of the Batch API, with this provider's key, deadline and size cap: the
+        parsed JSON (``raw``: the bytes), or a classified :class:`ProviderError` (not retried
+        here: the worker polls again later)."""
+        headers = self._headers()
+        body: bytes | None = None
+        if files is not None:
+            del headers["Content-Type"]  # multipart: requests writes it with the boundary
+        elif json_body is not None:
+            body = json.dumps(json_body).encode("utf-8")
+        started = self._clock()
+        deadline = started + (getattr(self._local, "timeout", None) or self.timeout)
+        _deadline.value = (self._clock, deadline)
+        try:
+            try:
+                resp = self._session().request(
+                    method,
+                    self._api_url(path),
+                    data=body if files is None else form,
+                    files=files,
+                    headers=headers,
+                    timeout=(self.connect_timeout, self.timeout),
+                    stream=True,
+                    allow_redirects=False,
+                )
+            except requests.Timeout as exc:
+                raise TransientProviderError(
+                    f"no answer within {self.timeout:g}s: {type(exc).__name__}",
+                    error_class="timeout",
+                ) from None
+            except requests.RequestException as exc:
+                raise TransientProviderError(
+                    self._describe(exc), error_class="connection"
+                ) from None
+            ok = 200 <= resp.status_code < 300
+            try:
+                content = self._read_body(
+                    resp, deadline, limit if ok else ERROR_BODY_BYTES, truncate=not ok
+                )
+            finally:
+                resp.close()
+        finally:
+            _deadline.value = None
+        if not ok:
+            raise self._classify(resp, content)
+        if raw:
+            return content
+        try:
+            return json.loads(content)
+        except (ValueError, UnicodeDecodeError):
+            raise BadResponse(f"{method} {path}: not valid JSON", status=resp.status_code) from None
+
+    def upload_batch_file(self, data: bytes, filename: str = "pgingest-batch.jsonl") -> str:
+        """``POST /files`` (purpose ``batch``) of a JSONL of requests; the file's id."""
+        doc = self._api(
+            "POST",
+            "files",
+            files={"file": (filename, data, "application/jsonl")},
+            form={"purpose": "batch"},
+        )
+        file_id = doc.get("id") if isinstance(doc, dict) else None
+        if not isinstance(file_id, str) or not file_id:
+            raise BadResponse("POST /files: no file id in the answer", status=200)
+        return file_id
+
+    def create_batch(self, input_file_id: str, metadata: dict[str, str]) -> dict[str, Any]:
+        """``POST /batches`` of an uploaded file of ``/v1/embeddings`` requests (24 h window)."""
+        doc = self._api(
+            "POST",
+            "batches",
+            json_body={
+                "input_file_id": input_file_id,
+                "endpoint": "/v1/embeddings",
+                "completion_window": "24h",
+                "metadata": metadata,
+            },
+        )
+        if not isinstance(doc, dict) or not isinstance(doc.get("id"), str):
+            raise BadResponse("POST /batches: no batch id in the answer", status=200)
+        return doc
+
+    def get_batch(self, batch_id: str) -> dict[str, Any]:
+        doc = self._api("GET", f"batches/{quote(batch_id, safe='')}")
+        if not isinstance(doc, dict) or not isinstance(doc.get("status"), str):
+            raise BadResponse("GET /batches/{id}: no status in the answer", status=200)
+        return doc
+
+    def find_batch(self, key: str, value: str, pages: int = 10) -> dict[str, Any] | None:
+        """The batch whose ``metadata[key]`` is ``value`` among the newest ``pages`` x 100
+        (``GET /batches``, newest first), or None."""
+        after: str | None = None
+        for _ in range(pages):
+            path = "batches?limit=100" + (f"&after={quote(after, safe='')}" if after else "")
+            doc = self._api("GET", path)
+            data = doc.get("data") if isinstance(doc, dict) else None
+            if not isinstance(data, list):
+                raise BadResponse("GET /batches: no data list in the answer", status=200)
+            for b in data:
+                meta = b.get("metadata") if isinstance(b, dict) else None
+                if isinstance(meta, dict) and meta.get(key) == value:
+                    return b
+            if not doc.get("has_more") or not data:
+                return None
+            last = data[-1].get("id") if isinstance(data[-1], dict) else None
+            if not isinstance(last, str):
+                return None
+            after = last
+        return None
+
+    def file_content(self, file_id: str, limit: int) -> bytes:
+        """``GET /files/{id}/content``, at most ``limit`` bytes."""
+        content: bytes = self._api(
+            "GET", f"files/{quote(file_id, safe='')}/content", limit=limit, raw=True
+        )
+        return content
+
+    def batch_request(self, custom_id: str, inputs: Sequence[str]) -> dict[str, Any]:
+        """One line of a batch input file: the request :meth:`embed` would send."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "input": list(inputs),
+            "encoding_format": self.encoding_format,
+        }
+        if self.request_dimensions:
+            body["dimensions"] = self._dimensions
+        return {"custom_id": custom_id, "method": "POST", "url": "/v1/embeddings", "body": body}
+
+    def batch_line_result(self, line: Any, n: int) -> np.ndarray | ProviderError:
+        """The vectors of one line of a batch's output or error file (``n`` inputs), or the
+        error it holds, classified as an answer with that status would be."""
+        if not isinstance(line, dict):
+            return BadResponse("batch result line is not an object", status=200)
+        response = line.get("response")
+        if not isinstance(response, dict):
+            err = line.get("error")
+            code = err.get("code") if isinstance(err, dict) else None
+            msg = err.get("message") if isinstance(err, dict) else None
+            text = self._redact(str(msg or code or "no response"))
+            return TransientProviderError(
+                f"batch request not run: {text}", error_class=clean_text(str(code or "batch_error"))
+            )
+        status = response.get("status_code")
+        content = json.dumps(response.get("body")).encode("utf-8")
+        if not isinstance(status, int) or not 200 <= status < 300:
+            fake = requests.Response()
+            fake.status_code = status if isinstance(status, int) else 500
+            return self._classify(fake, content)
+        try:
+            return self._decode(content, n)
+        except RaggedResponse as exc:  # vectors of several lengths: the right ones are used
+            return exc
+        except ProviderError as exc:
+            return exc
 
     def _headers(self) -> dict[str, str]:
         headers = {

@@ -44,6 +44,13 @@ class WorkerSettings:
     # The longest a request waits for the quota; a longer wait defers its batch (no attempt
     # spent) and holds the model back for that long while the worker serves the others.
     quota_max_wait: float = 10.0
+    # Backfills of models with batch_api on (set_model_batch_api) go through the provider's
+    # Batch API (worker/bulk.py): documents per provider batch, and seconds between two polls of
+    # a batch in flight. batch_api False: this worker leaves them to the others (after a day,
+    # to the online path).
+    batch_api: bool = True
+    batch_api_documents: int = 5000
+    batch_api_poll_interval: float = 30.0
     commit_target_seconds: float = 0.5
     backfill_batch: int = 5000
     # rows of an attached table registered and queued per step (each one reads that many rows)

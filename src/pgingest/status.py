@@ -71,6 +71,10 @@ class Report:
     quotas: list[dict[str, Any]] | None = None
     """``pgingest.quota_status``: the providers' quotas the workers pace within (issue 25); None
     when the server predates it (schema 0014)."""
+    provider_batches: list[dict[str, Any]] | None = None
+    """``pgingest.provider_batch_status``: backfills through the provider's Batch API (issue
+    25), those not collected and the last collected one per model; None when the server
+    predates it (schema 0017)."""
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -92,6 +96,7 @@ class Report:
             "traffic": self.traffic,
             "query_log": self.query_log,
             "quotas": self.quotas,
+            "provider_batches": self.provider_batches,
         }
 
 
@@ -110,6 +115,7 @@ def collect(conn: psycopg.Connection[Any]) -> Report:
             traffic=_traffic_status(conn),
             query_log=_query_log_status(conn),
             quotas=_quota_status(conn),
+            provider_batches=_provider_batches(conn),
         )
 
 
@@ -153,18 +159,41 @@ def _query_log_status(conn: psycopg.Connection[Any]) -> dict[str, Any] | None:
     )
 
 
+def _may_read(conn: psycopg.Connection[Any], view: str) -> bool:
+    """Whether ``view`` exists and this role may read it."""
+    row = conn.execute(
+        "SELECT to_regclass(%(v)s) IS NOT NULL AND has_table_privilege(%(v)s, 'SELECT')",
+        {"v": view},
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def _quota_status(conn: psycopg.Connection[Any]) -> list[dict[str, Any]] | None:
     from psycopg.rows import dict_row
 
-    row = conn.execute(
-        "SELECT to_regclass('pgingest.quota_status') IS NOT NULL"
-        " AND has_table_privilege('pgingest.quota_status', 'SELECT')"
-    ).fetchone()
-    if not row or not row[0]:
+    if not _may_read(conn, "pgingest.quota_status"):
         return None
     return (
         conn.cursor(row_factory=dict_row)
         .execute("SELECT * FROM pgingest.quota_status ORDER BY model")
+        .fetchall()
+    )
+
+
+def _provider_batches(conn: psycopg.Connection[Any]) -> list[dict[str, Any]] | None:
+    """Provider batches not collected yet, and each model's last collected one."""
+    from psycopg.rows import dict_row
+
+    if not _may_read(conn, "pgingest.provider_batch_status"):
+        return None
+    return (
+        conn.cursor(row_factory=dict_row)
+        .execute(
+            "SELECT * FROM pgingest.provider_batch_status AS b"
+            " WHERE b.state <> 'collected' OR b.id = (SELECT max(x.id)"
+            "  FROM pgingest.provider_batch_status AS x WHERE x.model = b.model)"
+            " ORDER BY b.model, b.id"
+        )
         .fetchall()
     )
 
@@ -527,6 +556,7 @@ def render_text(report: Report, now: dt.datetime | None = None) -> str:
 
     out.extend(_render_traffic(report))
     out.extend(_render_quotas(report))
+    out.extend(_render_provider_batches(report))
 
     if report.index_builds:
         out.append("\nINDEX BUILDS")
@@ -549,6 +579,38 @@ def _render_quotas(report: Report) -> list[str]:
     return ["\nQUOTAS (requests/tokens per minute, shared by every worker of a model)"] + [
         "  " + quota_line(q) for q in report.quotas
     ]
+
+
+def _render_provider_batches(report: Report) -> list[str]:
+    """The BATCH API section: backfills in provider batches (in flight, and the last one)."""
+    if not report.provider_batches:
+        return []
+    return ["\nBATCH API (backfills in provider batches)"] + provider_batch_lines(
+        report.provider_batches
+    )
+
+
+def provider_batch_lines(batches: list[dict[str, Any]]) -> list[str]:
+    """One line per row of ``pgingest.provider_batch_status``."""
+    out = []
+    for b in batches:
+        where = f" {b['provider_batch_id']}" if b.get("provider_batch_id") else ""
+        line = (
+            f"  {b['model']} #{b['id']}{where}: {b['state']}"
+            f" ({b.get('provider_status') or 'not submitted'}), {b['messages']:,} documents,"
+            f" {b['inputs']:,} inputs"
+        )
+        if b["state"] in ("collecting", "collected"):
+            line += (
+                f": {b['inputs_embedded']:,} embedded, {b['inputs_rejected']:,} rejected,"
+                f" {b['inputs_online']:,} online"
+            )
+        elif b.get("requests_completed") or b.get("requests_failed"):
+            line += f": {b['requests_completed']:,} done, {b['requests_failed']:,} failed so far"
+        if b.get("error"):
+            line += f"; {b['error']}"
+        out.append(line)
+    return out
 
 
 def _render_traffic(report: Report) -> list[str]:

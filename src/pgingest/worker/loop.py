@@ -19,6 +19,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,7 @@ from pgingest import __version__, chunking, db, providers
 from pgingest.metrics import Metrics
 from pgingest.settings import WorkerSettings
 from pgingest.worker import batch as core
+from pgingest.worker.bulk import Bulk, Results
 from pgingest.worker.claims import ClaimKeeper
 from pgingest.worker.embedding import Embedder
 from pgingest.worker.heartbeat import Heartbeat, WorkerSnapshot
@@ -81,6 +83,8 @@ class Worker:
         self._last_batch_end: float | None = None
         self._last_tick = time.monotonic()  # the main loop's progress (the heartbeat reports it)
         self._served: list[str] = []  # the live models the last pass served (tick)
+        # Backfills through the provider's Batch API; provider batches leased by this process.
+        self.bulk = Bulk(self, f"{self.hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
         self.heartbeat = (
             Heartbeat(
                 settings.conninfo,
@@ -251,16 +255,18 @@ class Worker:
     def _release_held(self) -> None:
         """On the way out: the claims still held (a batch interrupted by KeyboardInterrupt or
         SystemExit) are released with their deliveries given back (``release_v2``), so that
-        stopping a worker charges no attempt. Best effort: if the database is unreachable they
+        stopping a worker charges no attempt, and the provider batches it leases are left to
+        the others at once (worker/bulk.py). Best effort: if the database is unreachable they
         expire as after a crash."""
         held = self.claims.held()
-        if not held:
+        if not held and not self.bulk.leased:
             return
         conn: psycopg.Connection[Any] | None = None
         try:
             conn = db.connect(
                 self.s.conninfo, application_name="pgingest-worker", **self.connect_params
             )
+            self.bulk.close(conn)
             for model, claims in held.items():
                 n = db.release(conn, model, list(claims), list(claims.values()), 0)
                 self.claims.drop(model, list(claims))
@@ -357,6 +363,8 @@ class Worker:
             if not self.embedder.breaker(m.name).allow() or self.embedder.held(m.name):
                 pending = True  # its provider rests (breaker open) or its quota is spent
                 continue
+            if m.batch_api and self.s.batch_api and self._bulk_step(m):
+                pending = True  # a backfill waits for, or sits in, a provider batch
             try:
                 stats = self.process_batch(m)
                 busy = bool(stats.read or stats.deferred or stats.released)
@@ -387,6 +395,19 @@ class Worker:
         if not worked:
             self.writer.flush()  # --drain must not exit, nor the queue look empty, mid-write
         return worked, pending
+
+    def _bulk_step(self, m: db.Model) -> bool:
+        """One step of the model's backfill through the provider's Batch API (worker/bulk.py);
+        its failure fails that step, not the worker."""
+        try:
+            return self.bulk.step(m)
+        except MODEL_GONE:
+            return False
+        except Exception as exc:
+            if passes_through(exc):
+                raise
+            self._batch_failed(m, exc)
+            return True
 
     def _batch_failed(self, m: db.Model, exc: Exception) -> None:
         self.failed_batches += 1
@@ -486,12 +507,27 @@ class Worker:
             self.claims.drop(m.name, ids)
             raise
 
+    def process_known(self, m: db.Model, msgs: list[db.Message], known: Results) -> core.BatchStats:
+        """Messages taken back from a provider batch that ended (worker/bulk.py): written like
+        an online batch, with ``known``'s vectors in place of requests."""
+        stats = core.BatchStats(read=len(msgs))
+        self.in_flight = len(msgs)
+        self.claims.hold(m.name, msgs)
+        try:
+            return self._embed_and_submit(m, self._connection(), msgs, stats, known)
+        except Exception:
+            self.claims.drop(m.name, [msg.msg_id for msg in msgs])
+            raise
+        finally:
+            self.in_flight = 0
+
     def _embed_and_submit(
         self,
         m: db.Model,
         conn: psycopg.Connection[Any],
         msgs: list[db.Message],
         stats: core.BatchStats,
+        known: Results | None = None,
     ) -> core.BatchStats:
         t0 = time.perf_counter()
         batch = core.triage(msgs, self.max_attempts)
@@ -502,8 +538,22 @@ class Worker:
         core.check_chunks(batch, self.s.max_chunks_per_document)
 
         todo = batch.todo()
+        if todo and known is not None:
+            # A provider batch's results: the documents of an input it rejected are
+            # dead-lettered with its reason; the other inputs take its vectors.
+            for job in Inputs(todo, m.name, m.dimensions).jobs:
+                for h in job.hashes:
+                    err = known.rejected.get(h)
+                    if err is not None:
+                        job.fail(core.Failure("rejected", err.error_class, str(err)))
+                        break
+            todo = batch.todo()
         if todo:
             inputs = Inputs(todo, m.name, m.dimensions)
+            if known is not None:
+                inputs.fill_cached(
+                    {h: known.vectors[h] for h in inputs.distinct() if h in known.vectors}
+                )
             inputs.fill_cached(db.cached_vectors(conn, m.name, inputs.distinct()))
             self.metrics.cache(m.name, inputs.hits, len(inputs.unseen()))
             sent = bool(inputs.unseen())
