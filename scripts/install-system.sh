@@ -5,7 +5,9 @@
 #   python3-numpy/requests (PL/Python runs the system Python), python3-venv/pip,
 #   pgvector >= 0.8.0 (Debian package if apt has a candidate, else built from Debian trixie's
 #   source package, fetched from the Debian mirror of the system's own apt sources), pgmq 1.13.0 as a real extension (the SQL script shipped in the PyPI
-#   package pgmq==1.1.4, installed as pgmq--1.13.0.sql + pgmq.control),
+#   package pgmq==1.1.4, installed as pgmq--1.13.0.sql + pgmq.control), and promtool (checks
+#   and unit-tests ops/prometheus: only /usr/bin/promtool of Debian's prometheus package,
+#   installed as /usr/local/bin/promtool; no Prometheus server is installed or started),
 #
 # then checks `CREATE EXTENSION vector; CREATE EXTENSION pgmq; CREATE EXTENSION plpython3u`
 # in a throw-away cluster, and restarts the checkout's private clusters (scripts/pgcluster.sh
@@ -420,6 +422,39 @@ ensure_pgmq() {
     log "pgmq $ver: installed into $ext"
 }
 
+# --- promtool -------------------------------------------------------------------------------
+# Debian ships promtool only inside the prometheus package, whose installation adds a system user
+# and starts (or, without systemd, fails to start) a Prometheus server. The rules' checks need the
+# tool alone: the package is downloaded (apt-get download, the system's own sources) and only
+# usr/bin/promtool is taken out of it (a static Go program but for libc).
+PROMTOOL=${PROMTOOL_DEST:-/usr/local/bin/promtool}
+ensure_promtool() {
+    local have
+    if have=$(promtool --version 2>/dev/null | head -n1) && [[ -n $have ]]; then
+        log "promtool: present (${have#promtool, })"
+        return 0
+    fi
+    if ! has_candidate prometheus; then apt_update_once; fi
+    has_candidate prometheus || die "no apt candidate for the prometheus package (promtool)"
+    new_tmpdir promtool
+    chmod 755 "$NEWTMP"
+    log "promtool: apt-get download prometheus (only usr/bin/promtool is installed)"
+    local o=()
+    ((IS_ROOT)) && o+=(-o APT::Sandbox::User=root)
+    (cd "$NEWTMP" && apt-get "${o[@]}" -q download prometheus >"$NEWTMP/download.log" 2>&1) || {
+        cat "$NEWTMP/download.log" >&2
+        die "apt-get download prometheus failed"
+    }
+    local deb
+    deb=$(find "$NEWTMP" -maxdepth 1 -name 'prometheus_*.deb' | head -n1)
+    [[ -n $deb ]] || die "apt-get download prometheus produced no .deb"
+    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$NEWTMP" ./usr/bin/promtool ||
+        die "no usr/bin/promtool in ${deb##*/}"
+    "$NEWTMP/usr/bin/promtool" --version >/dev/null 2>&1 || die "the extracted promtool does not run"
+    as_root install -D -m 0755 "$NEWTMP/usr/bin/promtool" "$PROMTOOL"
+    log "promtool: installed $PROMTOOL ($("$PROMTOOL" --version 2>&1 | head -n1))"
+}
+
 # --- verification in a scratch cluster ------------------------------------------------------
 verify_extensions() {
     local tmp port=5499 out
@@ -482,6 +517,7 @@ apt_install "${pkgs[@]}"
 
 ensure_pgvector
 ensure_pgmq
+if [[ $mode == native ]]; then ensure_promtool; fi
 
 if ((verify)); then
     stamp=$STAMPS/system-pg$M.ok
