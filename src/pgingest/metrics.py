@@ -11,8 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
+from collections.abc import Iterable
 from typing import Any
 
+import psycopg
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
@@ -20,6 +23,29 @@ from opentelemetry.sdk.metrics.export import MetricReader
 log = logging.getLogger("pgingest.metrics")
 
 _BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+# Why the worker dead-letters a document whose vector is invalid: core.validate's error classes
+# are "invalid_vector_" + a reason of pgingest.vectors.REASONS. The first three exist at 0 for
+# every live model (rate() and increase() see the first one).
+_INVALID_VECTOR = "invalid_vector_"
+_INVALID_REASONS = ("dimension", "non_finite", "zero_vector")
+
+# pgingest.ann_index.status: the active model's ANN index as pgingest.vector_health sees it.
+ANN_INDEX_STATUS = {"ok": 0, "building": 1, "invalid": 2, "missing": 3}
+
+# The database-side gauges (status views, pg_stat_activity) are read at most this often, by the
+# heartbeat thread, with its connection.
+DATABASE_REFRESH_SECONDS = 30.0
+
+# Read-only and cheap: one row from pg_stat_activity and two settings. Backends connected to a
+# database (clients, autovacuum and parallel workers): every role sees datid, while backend_type
+# is hidden from a role that is not the session's and lacks pg_read_all_stats.
+_CONNECTIONS_QUERY = (
+    "SELECT count(*) FILTER (WHERE a.datid IS NOT NULL) AS used,"
+    " current_setting('max_connections')::integer"
+    " - current_setting('superuser_reserved_connections')::integer AS available"
+    " FROM pg_catalog.pg_stat_activity AS a"
+)
 
 # Histogram boundaries: OpenTelemetry's default ones (0, 5, 10, 25, ... 10000) suit milliseconds;
 # these instruments record seconds and message counts.
@@ -107,6 +133,15 @@ class Metrics:
             unit="{chunk}",
             description="Embedding cache hits and misses",
         )
+        self._invalid = meter.create_counter(
+            "pgingest.vectors.invalid",
+            unit="{document}",
+            description="Documents dead-lettered for an invalid vector from the provider, by "
+            "reason: dimension (not the model's dimensions: drift), non_finite, zero_vector, "
+            "count, type",
+        )
+        self._database_refreshed = float("-inf")
+        self._views_refused_logged = False
         for name, desc, unit in (
             ("pgingest.batch.size", "Current adaptive batch size", "{message}"),
             ("pgingest.queue.depth", "Messages in the model's queue", "{message}"),
@@ -122,6 +157,57 @@ class Metrics:
                 "pgingest.embedding.token_latency",
                 "Recent seconds per token of the model's provider",
                 "s",
+            ),
+            (
+                "pgingest.worker.loop.age",
+                "Seconds since the worker's main loop last completed a pass (heartbeat)",
+                "s",
+            ),
+            # From the database (status views, pg_stat_activity), every DATABASE_REFRESH_SECONDS
+            # by the heartbeat: the same figures in every worker, aggregate them with max.
+            (
+                "pgingest.status_views.readable",
+                "1 when the worker's role may read the status views (pgingest_monitor), else 0",
+                "1",
+            ),
+            (
+                "pgingest.ann_index.status",
+                "A live model's ANN index: 0 ok (or exact search by choice), 1 building, "
+                "2 invalid, 3 missing (pgingest.vector_health)",
+                "1",
+            ),
+            (
+                "pgingest.table.live_tuples",
+                "Live tuples of pgingest.chunks and of each live model's store",
+                "{tuple}",
+            ),
+            (
+                "pgingest.table.dead_tuples",
+                "Dead tuples of pgingest.chunks and of each live model's store",
+                "{tuple}",
+            ),
+            (
+                "pgingest.dead_letters.stored",
+                "Rows in pgingest.dead_letters, by model and error class (0 for a live model "
+                "with none)",
+                "{document}",
+            ),
+            (
+                "pgingest.workers",
+                "Workers with a heartbeat row, by status: live, stale (silent: died or hangs), "
+                "stuck (heartbeat fresh, main loop silent) (pgingest.worker_status)",
+                "{worker}",
+            ),
+            (
+                "pgingest.postgres.connections",
+                "Backends connected to a database of the PostgreSQL server now (pg_stat_activity)",
+                "{connection}",
+            ),
+            (
+                "pgingest.postgres.connections.max",
+                "Connections a non-superuser may open: max_connections minus "
+                "superuser_reserved_connections",
+                "{connection}",
             ),
         ):
             meter.create_observable_gauge(
@@ -139,6 +225,13 @@ class Metrics:
     def _set(self, name: str, value: float, **attrs: str) -> None:
         with self._lock:
             self._gauges.setdefault(name, {})[tuple(sorted(attrs.items()))] = value
+
+    def _replace(self, name: str, values: Iterable[tuple[dict[str, str], float]]) -> None:
+        """Every series of gauge ``name`` at once: a series absent from ``values`` disappears
+        (a dropped model, a requeued error class)."""
+        new = {tuple(sorted(attrs.items())): value for attrs, value in values}
+        with self._lock:
+            self._gauges[name] = new
 
     @classmethod
     def start(cls, port: int | None) -> Metrics:
@@ -202,6 +295,8 @@ class Metrics:
 
     def dead_letter(self, model: str, error_class: str) -> None:
         self._dead.add(1, {"model": model, "error.type": error_class})
+        if error_class.startswith(_INVALID_VECTOR):
+            self._invalid.add(1, {"model": model, "reason": error_class[len(_INVALID_VECTOR) :]})
 
     def batch_failed(self, model: str, error_type: str) -> None:
         self._failed_batches.add(1, {"model": model, "error.type": error_type})
@@ -233,4 +328,99 @@ class Metrics:
         self._set("pgingest.circuit_breaker.state", _BREAKER_STATES.get(state, 0), model=model)
 
     def paused(self, model: str, paused: bool) -> None:
+        """Called for every live model at each heartbeat: also makes the model's
+        invalid-vector counters exist at 0."""
         self._set("pgingest.model.paused", 1 if paused else 0, model=model)
+        for reason in _INVALID_REASONS:
+            self._invalid.add(0, {"model": model, "reason": reason})
+
+    def loop_age(self, seconds: float | None) -> None:
+        if seconds is not None:
+            self._set("pgingest.worker.loop.age", seconds)
+
+    # -- from the database -----------------------------------------------------------------------
+
+    def refresh_database(self, conn: psycopg.Connection[Any], *, force: bool = False) -> bool:
+        """Reads the database-side gauges (status views vector_health, dead_letter_summary and
+        worker_status; pg_stat_activity) with ``conn`` (autocommit), at most every
+        ``DATABASE_REFRESH_SECONDS`` unless ``force``. Returns whether it read them.
+
+        A role without the status views (a worker login that is not in ``pgingest_monitor``)
+        sets ``pgingest.status_views.readable`` to 0, logs it once, and still exports the
+        connection counts. Other database errors propagate (the heartbeat retries)."""
+        from pgingest import db
+
+        now = time.monotonic()
+        if not force and now - self._database_refreshed < DATABASE_REFRESH_SECONDS:
+            return False
+        self._database_refreshed = now
+        row = conn.execute(_CONNECTIONS_QUERY).fetchone()
+        if row is not None:
+            self._set("pgingest.postgres.connections", int(row[0]))
+            self._set("pgingest.postgres.connections.max", int(row[1]))
+        try:
+            health = db.status_view(conn, "vector_health")
+            builds = db.status_view(conn, "index_builds")
+            dead = db.status_view(conn, "dead_letter_summary")
+            workers = db.status_view(conn, "worker_status")
+        except psycopg.errors.InsufficientPrivilege as exc:
+            self._set("pgingest.status_views.readable", 0)
+            if not self._views_refused_logged:
+                self._views_refused_logged = True
+                log.warning(
+                    "no database gauges: the worker's role may not read the status views "
+                    "(GRANT pgingest_monitor TO it)",
+                    extra={"sqlstate": exc.sqlstate, "error": str(exc).strip()[:200]},
+                )
+            return True
+        self._set("pgingest.status_views.readable", 1)
+        self._database_gauges(health, builds, dead, workers)
+        return True
+
+    def _database_gauges(
+        self,
+        health: list[dict[str, Any]],
+        builds: list[dict[str, Any]],
+        dead: list[dict[str, Any]],
+        workers: list[dict[str, Any]],
+    ) -> None:
+        building = {b["model"] for b in builds}
+        index, live, dead_tuples = [], [], []
+        for h in health:
+            model = h["model"]
+            if h["index_method"] == "none" or h["index_status"] == "ok":
+                status = "ok"
+            elif h["building"] or model in building:
+                status = "building"
+            elif h["index_name"] is None:
+                status = "missing"
+            else:
+                status = "invalid"
+            attrs = {"model": model, "state": h["state"], "index_method": h["index_method"]}
+            index.append((attrs, float(ANN_INDEX_STATUS[status])))
+            store = {"table": "store", "model": model}
+            live.append((store, float(h["store_live_tuples"] or 0)))
+            dead_tuples.append((store, float(h["store_dead_tuples"] or 0)))
+        if health:  # the chunks table's figures are repeated on every row
+            live.append(({"table": "chunks"}, float(health[0]["chunks_live_tuples"] or 0)))
+            dead_tuples.append(({"table": "chunks"}, float(health[0]["chunks_dead_tuples"] or 0)))
+        self._replace("pgingest.ann_index.status", index)
+        self._replace("pgingest.table.live_tuples", live)
+        self._replace("pgingest.table.dead_tuples", dead_tuples)
+
+        stored: dict[tuple[str, str], float] = {(h["model"], ""): 0.0 for h in health}
+        for d in dead:
+            stored.pop((d["model"], ""), None)
+            stored[(d["model"], d["error_class"])] = float(d["dead_letters"])
+        self._replace(
+            "pgingest.dead_letters.stored",
+            (
+                ({"model": m, "error_type": e} if e else {"model": m}, n)
+                for (m, e), n in stored.items()
+            ),
+        )
+
+        counts = {"live": 0, "stale": 0, "stuck": 0}
+        for w in workers:
+            counts["stale" if w["stale"] else "stuck" if w["stuck"] else "live"] += 1
+        self._replace("pgingest.workers", (({"status": k}, float(v)) for k, v in counts.items()))

@@ -125,6 +125,8 @@ class Heartbeat:
                 continue
             self.metrics.paused(m.name, m.paused)
             self.metrics.breaker_state(m.name, snap.breakers.get(m.name, "closed"))
+        self.metrics.loop_age(snap.seconds_since_tick)
+        self.metrics.refresh_database(conn)  # status views, connections: every 30 s at most
 
     def _run(self) -> None:
         delay = 0.0
