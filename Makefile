@@ -12,6 +12,8 @@ STAMPS       := .stamps
 VENV_STAMP   := $(STAMPS)/venv
 PGCLUSTER    := scripts/pgcluster.sh
 PYTEST_ARGS  ?=
+# Prometheus rule files (their unit tests, *.test.yml, are run by tests/test_prometheus_rules.py)
+PROM_RULES   := $(filter-out %.test.yml,$(wildcard ops/prometheus/*.yml))
 
 # DATABASE_URL from the environment (or the command line) wins over the private cluster in
 # .pgdata (scripts/pgcluster.sh); every recipe sees it.
@@ -26,12 +28,12 @@ export DATABASE_URL
 
 # ---- targets -----------------------------------------------------------------------------
 help:
-	@echo "make deps                 system packages + extensions (system) and .venv (venv)"
+	@echo "make deps                 system packages + extensions + promtool (system) and .venv (venv)"
 	@echo "make db / db-stop         start / stop the private cluster in .pgdata"
 	@echo "make print-database-url   the URL everything uses (DATABASE_URL overrides)"
 	@echo "make install              install pgingest into DATABASE_URL"
 	@echo "make install.sql          write the install script to install.sql"
-	@echo "make lint                 ruff, ruff format, sqlfluff, mypy"
+	@echo "make lint                 ruff, ruff format, sqlfluff, mypy, promtool check rules"
 	@echo "make demo                 the main job: a real corpus through the pipeline, then searches"
 	@echo "make test                 deps, db, lint, pytest (PYTEST_ARGS=...)"
 	@echo "make bench / bench-peers  benchmarks as ratios to same-run references; pgingest vs pgai"
@@ -82,6 +84,8 @@ lint: venv
 	$(VBIN)/ruff format --check src tests scripts bench
 	$(VBIN)/sqlfluff lint sql migrations plpython src/pgingest/installer
 	$(VBIN)/mypy
+	@command -v promtool >/dev/null || { echo "promtool is missing: make system installs it" >&2; exit 1; }
+	promtool check rules $(PROM_RULES)
 
 test: deps db lint
 	$(VBIN)/pytest $(PYTEST_ARGS)
