@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -19,6 +21,7 @@ from langchain_core.retrievers import BaseRetriever as LangChainBaseRetriever
 from llama_index.core.retrievers import BaseRetriever as LlamaIndexBaseRetriever
 from llama_index.core.schema import MetadataMode, NodeWithScore, TextNode
 from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
+from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from pgingest.integrations import NoActiveModel, retrieve
@@ -262,6 +265,46 @@ def test_empty_query_and_no_active_model_are_refused(
         LCRetriever(connection=dsn).invoke("anything")
     with pytest.raises(ValueError, match="query_embedding"):
         retrieve(dsn, "x", query_embedding="gpu")  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def reader_dsn(dsn: str) -> Iterator[str]:
+    """The conninfo of a new LOGIN user whose only rights are pgingest_reader's."""
+    name = f"pgingest_t_reader_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("CREATE ROLE {} LOGIN IN ROLE pgingest_reader").format(sql.Identifier(name))
+        )
+        try:
+            yield psycopg.conninfo.make_conninfo(dsn, user=name)
+        finally:
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+def test_a_reader_login_searches_every_way(
+    corpus: psycopg.Connection[Any], dsn: str, reader_dsn: str
+) -> None:
+    # What the adapters read and call is granted to pgingest_reader: the same hits as the
+    # superuser gets, for each kind of search and both ways of embedding the query.
+    _, _, _, embedded = a_chunk(corpus)
+    kinds: list[dict[str, Any]] = [
+        {},
+        {"per_document": True, "filter": {"lang": "en"}},
+        {"sources": ["notes"]},
+        {"hybrid": True},
+        {"hybrid": True, "per_document": True, "query_embedding": "sql"},
+        {"query_embedding": "sql", "model": "v1"},
+    ]
+    for kw in kinds:
+        as_reader = retrieve(reader_dsn, embedded, k=5, **kw)
+        assert as_reader == retrieve(dsn, embedded, k=5, **kw), kw
+        assert as_reader and all(h.key and h.metadata for h in as_reader), kw
+    left_open = corpus.execute(
+        "SELECT usename FROM pg_stat_activity WHERE application_name = 'pgingest-integrations'"
+        " AND datname = current_database()"
+    ).fetchall()
+    assert left_open == []  # each search's connection was closed
 
 
 # -- LlamaIndex --------------------------------------------------------------------------------
