@@ -29,6 +29,7 @@ _BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 # every live model (rate() and increase() see the first one).
 _INVALID_VECTOR = "invalid_vector_"
 _INVALID_REASONS = ("dimension", "non_finite", "zero_vector")
+_DEFERRAL_REASONS = ("rate_limited", "transient")  # writer.py's deferred() calls
 
 # pgingest.ann_index.status: the active model's ANN index as pgingest.vector_health sees it.
 ANN_INDEX_STATUS = {"ok": 0, "building": 1, "invalid": 2, "missing": 3}
@@ -140,6 +141,10 @@ class Metrics:
             "reason: dimension (not the model's dimensions: drift), non_finite, zero_vector, "
             "count, type",
         )
+        # Counters without labels exist at 0 from the start (rate() and increase() see their
+        # first event); those by model, from the model's first heartbeat (paused()).
+        self._purged.add(0)
+        self._pruned.add(0)
         self._database_refreshed = float("-inf")
         self._views_refused_logged = False
         for name, desc, unit in (
@@ -328,11 +333,16 @@ class Metrics:
         self._set("pgingest.circuit_breaker.state", _BREAKER_STATES.get(state, 0), model=model)
 
     def paused(self, model: str, paused: bool) -> None:
-        """Called for every live model at each heartbeat: also makes the model's
-        invalid-vector counters exist at 0."""
+        """Called for every live model at each heartbeat: also makes the model's counters exist
+        at 0 (invalid vectors and deferrals by reason, resends, and failed batches without an
+        error.type), so that rate() and increase() see their first event."""
         self._set("pgingest.model.paused", 1 if paused else 0, model=model)
         for reason in _INVALID_REASONS:
             self._invalid.add(0, {"model": model, "reason": reason})
+        for reason in _DEFERRAL_REASONS:
+            self._deferrals.add(0, {"model": model, "reason": reason})
+        self._resends.add(0, {"model": model})
+        self._failed_batches.add(0, {"model": model})
 
     def loop_age(self, seconds: float | None) -> None:
         if seconds is not None:
