@@ -9,9 +9,10 @@ ordinal, source or metadata fails here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import psycopg
@@ -254,6 +255,14 @@ def test_connection_string_connection_and_pool_give_the_same_results(
     assert by_conn == by_dsn == by_pool
     with pytest.raises(TypeError, match="connection must be"):
         retrieve(42, embedded)
+
+    class AsyncPoolLike:  # what psycopg_pool.AsyncConnectionPool.connection() gives
+        @contextlib.asynccontextmanager
+        async def connection(self) -> AsyncIterator[None]:
+            yield None
+
+    with pytest.raises(TypeError, match="AsyncPoolLike is asynchronous"):
+        retrieve(AsyncPoolLike(), embedded)
 
 
 def test_empty_query_and_no_active_model_are_refused(

@@ -126,7 +126,13 @@ def connect(target: ConnectionLike) -> Iterator[psycopg.Connection[Any]]:
     elif isinstance(target, psycopg.Connection):
         yield target
     elif callable(getattr(target, "connection", None)):
-        with target.connection() as conn:
+        borrowed = target.connection()
+        if not hasattr(borrowed, "__enter__"):  # psycopg_pool.AsyncConnectionPool
+            raise TypeError(
+                f"connection: {type(target).__name__} is asynchronous; pass a sync pool,"
+                " a psycopg.Connection or a conninfo (the async methods run the search in a thread)"
+            )
+        with borrowed as conn:
             yield conn
     else:
         raise TypeError(
