@@ -24,8 +24,11 @@ import psycopg
 import pytest
 import requests
 import yaml
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pgingest.metrics import Metrics
 from pgingest.testing.fake_provider import FakeEmbeddingServer
 from tests.helpers import insert_docs, register, wait_for
 
@@ -283,3 +286,111 @@ def test_the_dashboard_is_well_formed() -> None:
             for y in range(g["y"], g["y"] + g["h"]):
                 assert (x, y) not in cells, p["title"]
                 cells.add((x, y))
+
+
+def read(
+    metrics_registry: CollectorRegistry,
+) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(generate_latest(metrics_registry).decode()):
+        for s in family.samples:
+            key = tuple(sorted((k, v) for k, v in s.labels.items() if v and "otel" not in k))
+            out.setdefault(s.name, {})[key] = s.value
+    return out
+
+
+@pytest.fixture
+def registry() -> Iterator[tuple[Metrics, CollectorRegistry]]:
+    reg = CollectorRegistry()
+    metrics = Metrics([PrometheusMetricReader(registry=reg)])
+    yield metrics, reg
+    metrics.provider.shutdown()
+
+
+def test_a_worker_role_without_pgingest_monitor_says_so(
+    conn: psycopg.Connection[Any], registry: tuple[Metrics, CollectorRegistry]
+) -> None:
+    metrics, reg = registry
+    register(conn, "v1", "http://127.0.0.1:9/v1")
+    conn.execute("SET ROLE pgingest_worker")
+    assert metrics.refresh_database(conn, force=True)
+    got = read(reg)
+    assert got["pgingest_status_views_readable"] == {(): 0}
+    assert got["pgingest_postgres_connections"][()] >= 1
+    assert got["pgingest_postgres_connections_max"][()] >= 1
+    assert "pgingest_ann_index_status" not in got
+    conn.execute("RESET ROLE")
+    assert not metrics.refresh_database(conn)  # at most every DATABASE_REFRESH_SECONDS
+    assert metrics.refresh_database(conn, force=True)
+    got = read(reg)
+    assert got["pgingest_status_views_readable"] == {(): 1}
+    # registered, active, never indexed: missing
+    assert got["pgingest_ann_index_status"] == {
+        (("index_method", "hnsw"), ("model", "v1"), ("state", "active")): 3
+    }
+    assert got["pgingest_dead_letters_stored"] == {(("model", "v1"),): 0}
+
+
+def test_ann_index_status_and_dead_letters_from_the_view_rows(
+    registry: tuple[Metrics, CollectorRegistry],
+) -> None:
+    metrics, reg = registry
+
+    def h(model: str, method: str, status: str, name: str | None, building: bool) -> dict[str, Any]:
+        return {
+            "model": model,
+            "state": "active",
+            "index_method": method,
+            "index_status": status,
+            "index_name": name,
+            "building": building,
+            "store_live_tuples": 10,
+            "store_dead_tuples": 5,
+            "chunks_live_tuples": 100,
+            "chunks_dead_tuples": 50,
+        }
+
+    health = [
+        h("ok", "hnsw", "ok", "ix_ok", False),
+        h("exact", "none", "not indexed (exact search)", None, False),
+        h("building", "hnsw", "invalid or building", "ix_b", True),
+        h("plain_build", "hnsw", "missing", None, False),  # CREATE INDEX, not concurrent
+        h("invalid", "ivfflat", "invalid or building", "ix_i", False),
+        h("missing", "hnsw", "missing", None, False),
+    ]
+    builds = [{"model": "plain_build"}]
+    dead = [{"model": "invalid", "error_class": "http_400", "dead_letters": 4}]
+    workers = [
+        {"stale": False, "stuck": False},
+        {"stale": True, "stuck": False},
+        {"stale": False, "stuck": True},
+        {"stale": False, "stuck": False},
+    ]
+    metrics._database_gauges(health, builds, dead, workers)
+    got = read(reg)
+    status = {dict(k)["model"]: v for k, v in got["pgingest_ann_index_status"].items()}
+    assert status == {
+        "ok": 0,
+        "exact": 0,
+        "building": 1,
+        "plain_build": 1,
+        "invalid": 2,
+        "missing": 3,
+    }
+    stored = {
+        tuple(sorted(dict(k).items())): v for k, v in got["pgingest_dead_letters_stored"].items()
+    }
+    assert stored[(("error_type", "http_400"), ("model", "invalid"))] == 4
+    assert stored[(("model", "ok"),)] == 0 and (("model", "invalid"),) not in stored
+    assert {dict(k)["status"]: v for k, v in got["pgingest_workers"].items()} == {
+        "live": 2,
+        "stale": 1,
+        "stuck": 1,
+    }
+    assert got["pgingest_table_dead_tuples"][(("table", "chunks"),)] == 50
+    assert got["pgingest_table_dead_tuples"][(("model", "ok"), ("table", "store"))] == 5
+    # a model gone from the view: its series go too
+    metrics._database_gauges(health[:1], [], [], [])
+    assert set(read(reg)["pgingest_ann_index_status"]) == {
+        (("index_method", "hnsw"), ("model", "ok"), ("state", "active"))
+    }
