@@ -246,6 +246,10 @@ def test_connection_string_connection_and_pool_give_the_same_results(
         assert own.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         assert retrieve(own, embedded, k=4, hybrid=True)
         assert own.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    # One with dict rows, in a LangChain retriever.
+    with psycopg.connect(dsn, row_factory=psycopg.rows.dict_row, autocommit=True) as own:
+        docs = LCRetriever(connection=own, k=4).invoke(embedded)
+        assert [d.id for d in docs] == [h.chunk_id for h in by_dsn]
     with ConnectionPool(dsn, min_size=1, max_size=1, open=True) as pool:
         by_pool = retrieve(pool, embedded, k=4)
         retriever = LIRetriever(pool, similarity_top_k=4)

@@ -54,7 +54,11 @@ def url_of(dsn: str) -> str:
     auth = quote(str(p.get("user", "postgres")), safe="")
     if p.get("password"):
         auth += ":" + quote(str(p["password"]), safe="")
-    return f"postgresql://{auth}@{p['host']}:{p['port']}/{quote(str(p['dbname']), safe='')}"
+    dbname = quote(str(p["dbname"]), safe="")
+    host, port = str(p.get("host", "")), str(p.get("port", "5432"))
+    if host.startswith("/"):  # a socket directory
+        return f"postgresql://{auth}@/{dbname}?host={quote(host, safe='')}&port={port}"
+    return f"postgresql://{auth}@{host}:{port}/{dbname}"
 
 
 def run(lang: str, code: str, url: str, tmp_path: Path) -> str:

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 
 from pgingest import db, providers
 from pgingest import search as query_embedding_path
@@ -293,7 +293,8 @@ def retrieve(
 
 
 def _route(conn: psycopg.Connection[Any], routing_key: str) -> str:
-    row = conn.execute("SELECT pgingest.route_model(%s)", (routing_key,)).fetchone()
+    cur = conn.cursor(row_factory=tuple_row)  # whatever the caller's connection's factory
+    row = cur.execute("SELECT pgingest.route_model(%s)", (routing_key,)).fetchone()
     if row is None or row[0] is None:
         raise NoActiveModel(
             "pgingest: no active model to search (name one, or register one with"
