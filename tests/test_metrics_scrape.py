@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -394,3 +395,28 @@ def test_ann_index_status_and_dead_letters_from_the_view_rows(
     assert set(read(reg)["pgingest_ann_index_status"]) == {
         (("index_method", "hnsw"), ("model", "ok"), ("state", "active"))
     }
+
+
+def test_the_dashboards_promql_parses(tmp_path: Path) -> None:
+    """promtool parses every dashboard query (as recording rules; $model as Grafana's All)."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is not installed: run scripts/install-system.sh (make deps)"
+    exprs = dashboard_exprs()
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query:{i}", "expr": e.replace("$model", ".*")}
+                    for i, e in enumerate(exprs)
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "dashboard-queries.yml"
+    path.write_text(yaml.safe_dump(rules))
+    res = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"SUCCESS: {len(exprs)} rules found" in res.stdout
