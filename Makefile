@@ -24,7 +24,7 @@ endif
 export DATABASE_URL
 
 .PHONY: help system venv deps db db-stop print-database-url install install.sql lint test clean \
-        demo bench bench-peers chaos eval
+        demo bench bench-peers chaos eval compat
 
 # ---- targets -----------------------------------------------------------------------------
 help:
@@ -38,6 +38,7 @@ help:
 	@echo "make test                 deps, db, lint, pytest (PYTEST_ARGS=...)"
 	@echo "make bench / bench-peers  benchmarks as ratios to same-run references; pgingest vs pgai"
 	@echo "make eval                 retrieval quality on the project's question set (eval-results.json)"
+	@echo "make compat               the pipeline against Infinity, a real embedding server (.cache/compat)"
 	@echo "make chaos                20,000 documents under faults, kills and a restart; checks nothing was lost"
 	@echo "make clean                stop the cluster, remove .pgdata .venv .stamps"
 
@@ -80,8 +81,8 @@ install.sql: venv
 	mv $@.tmp $@
 
 lint: venv
-	$(VBIN)/ruff check src tests scripts bench
-	$(VBIN)/ruff format --check src tests scripts bench
+	$(VBIN)/ruff check src tests scripts bench eval
+	$(VBIN)/ruff format --check src tests scripts bench eval
 	$(VBIN)/sqlfluff lint sql migrations plpython src/pgingest/installer
 	$(VBIN)/mypy
 	@command -v promtool >/dev/null || { echo "promtool is missing: make system installs it" >&2; exit 1; }
@@ -116,6 +117,11 @@ bench: db venv
 EVAL_ARGS ?=
 eval: db venv
 	$(VBIN)/python -m eval.run $(EVAL_ARGS)
+
+# A real embedding server: Infinity in its own venv under .cache/compat (scripts/compat.py).
+COMPAT_ARGS ?=
+compat: db venv
+	$(VBIN)/python scripts/compat.py $(COMPAT_ARGS)
 
 # pgai's vectorizer worker on the same corpus, embedder and database (installs pgai into .cache/).
 bench-peers: db venv
