@@ -3,6 +3,7 @@
 
     .venv/bin/python scripts/chaos.py                 # make chaos: 20,000 documents
     .venv/bin/python scripts/chaos.py --small         # 1,500 documents (make test runs this)
+    .venv/bin/python scripts/chaos.py --managed       # as on a managed service (issue 23)
     .venv/bin/python scripts/chaos.py --docs 5000 --keep --seed 7
 
 What it does, against a fresh database it creates on the server of ``$DATABASE_URL`` (else the
@@ -86,6 +87,7 @@ import json
 import os
 import random
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -107,7 +109,7 @@ from psycopg import sql
 
 from pgingest import chunking, db, install, providers
 from pgingest.settings import WorkerSettings
-from pgingest.testing import texts
+from pgingest.testing import managed, texts
 from pgingest.testing.fake_provider import control
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -685,6 +687,8 @@ class Chaos:
         self.base_url = server_url(args.database_url)
         self.dbname = f"pgingest_chaos_{os.getpid()}"
         self.dsn = with_dbname(self.base_url, self.dbname)
+        # --managed: everything runs as this owner (not a superuser), as on a managed service
+        self.owner = f"pgingest_chaos_owner_{os.getpid()}" if args.managed else None
         self.env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
         self.logdir = Path(tempfile.mkdtemp(prefix="pgingest-chaos-"))
         self.slots: list[WorkerSlot] = []
@@ -712,14 +716,49 @@ class Chaos:
                     sql.Identifier(self.dbname)
                 )
             )
-            c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.dbname)))
-        install.install(self.dsn)
+            if self.owner is None:
+                c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.dbname)))
+            else:
+                self.create_managed(c)
+        if self.owner is None:
+            install.install(self.dsn)
+        else:
+            # pgmq as plain SQL owned by the owner (the extension is refused here)
+            install.install(self.dsn, pgmq="sql")
+            with psycopg.connect(self.dsn, autocommit=True) as c:
+                row = c.execute(
+                    "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname IN ('pgmq',"
+                    " 'plpython3u')), (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),"
+                    " (SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'pgmq')"
+                ).fetchone()
+            assert row == (False, False, self.owner), f"not managed-like: {row}"
+            say(
+                f"managed-like: {self.owner} (CREATEDB, CREATEROLE, not a superuser) owns the"
+                " database and installed pgingest with pgmq as plain SQL; CREATE EXTENSION refused"
+            )
         with psycopg.connect(self.dsn, autocommit=True) as c:
             c.execute(
                 "CREATE TABLE public.chaos_articles (tenant_id uuid, id bigint, title text, body text,"
                 " tags text[], PRIMARY KEY (tenant_id, id))"
             )
             self.setup_reader(c)
+
+    def create_managed(self, c: psycopg.Connection[Any]) -> None:
+        """The owner role and its database, set up like a managed service's (issue 23)."""
+        assert self.owner is not None
+        owner = sql.Identifier(self.owner)
+        password = secrets.token_urlsafe(18)
+        c.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(owner))
+        c.execute(
+            sql.SQL("CREATE ROLE {} LOGIN CREATEDB CREATEROLE NOSUPERUSER PASSWORD {}").format(
+                owner, sql.Literal(password)
+            )
+        )
+        c.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(self.dbname), owner))
+        with psycopg.connect(self.dsn, autocommit=True) as su:
+            su.execute("CREATE EXTENSION vector")  # the service's allow list has it
+            su.execute(managed.ALLOW_LIST.format(code="P0001").encode())
+        self.dsn = psycopg.conninfo.make_conninfo(self.dsn, user=self.owner, password=password)
 
     def setup_reader(self, c: psycopg.Connection[Any]) -> None:
         """A login role that is a member of pgingest_reader only, and a listener on 127.0.0.1
@@ -773,6 +812,8 @@ class Chaos:
                 c.execute(
                     sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(self.reader_role))
                 )
+                if self.owner is not None:
+                    c.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(self.owner)))
         except psycopg.Error as exc:
             say(f"could not drop database {self.dbname} or role {self.reader_role}: {exc}")
 
@@ -2465,6 +2506,13 @@ def main(argv: list[str] | None = None) -> int:
         "--database-url", default=None, help="default: $DATABASE_URL, else the private cluster"
     )
     p.add_argument("--no-pg-restart", action="store_true", help="do not restart PostgreSQL")
+    p.add_argument(
+        "--managed",
+        action="store_true",
+        help="run as on a managed service (issue 23): a non-superuser owner with CREATEDB and"
+        " CREATEROLE installs pgingest with pgmq as plain SQL; no plpython3u; CREATE EXTENSION"
+        " refused in the database",
+    )
     p.add_argument("--keep", action="store_true", help="keep the database and the logs")
     args = p.parse_args(argv)
     if args.docs is not None and args.docs < 100:

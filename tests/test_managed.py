@@ -29,6 +29,7 @@ from psycopg import sql
 
 from pgingest import index, install
 from pgingest.testing.fake_provider import FakeEmbeddingServer
+from pgingest.testing.managed import ALLOW_LIST
 from tests.conftest import ROOT
 from tests.helpers import drain, register, schema_dump
 from tests.test_dba_install import (
@@ -45,20 +46,9 @@ from tests.test_upgrade import assert_same_catalog, checkout, previous_migration
 
 pytestmark = pytest.mark.slow
 
-# The service's allow list: CREATE EXTENSION is refused to everyone in the database once the
-# admin created what the service allows (vector). P0001 is no SQLSTATE the installer catches.
-ALLOW_LIST = """
-CREATE SCHEMA managed_service;
-CREATE FUNCTION managed_service.refuse_create_extension() RETURNS event_trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION 'managed-like service: CREATE EXTENSION is refused in this database'
-        USING ERRCODE = '{code}';
-END;
-$$;
-CREATE EVENT TRIGGER managed_service_allow_list ON ddl_command_start
-WHEN TAG IN ('CREATE EXTENSION') EXECUTE FUNCTION managed_service.refuse_create_extension();
-"""
+# The service's allow list (ALLOW_LIST): CREATE EXTENSION is refused to everyone in the
+# database once the admin created what the service allows (vector). P0001 is no SQLSTATE the
+# installer catches.
 
 
 @dataclass
