@@ -22,7 +22,6 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from unittest import mock
 
 from pgingest.demo import corpus
 
@@ -47,18 +46,7 @@ class Question:
 
 def eval_documents() -> list[corpus.CorpusDoc]:
     """The demo corpus with whole bodies, in the demo's order (same keys, same titles)."""
-    root = corpus.stdlib_dir()
-    docs: list[corpus.CorpusDoc] = []
-    keys: set[str] = set()
-    # corpus._module_docs reads the module constant at call time; nothing else runs meanwhile.
-    with mock.patch.object(corpus, "MAX_BODY_CHARS", FULL_BODY_CHARS):
-        for module, path in corpus._iter_module_files(root):
-            for doc in corpus._module_docs(module, path, root):
-                if doc.key in keys or not doc.body:
-                    continue
-                keys.add(doc.key)
-                docs.append(doc)
-    return docs
+    return list(corpus.iter_corpus(max_body_chars=FULL_BODY_CHARS))
 
 
 def _norm(text: str) -> str:

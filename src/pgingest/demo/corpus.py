@@ -279,7 +279,9 @@ def _class_body(module: str, node: ast.ClassDef, doc: str) -> str:
     return text
 
 
-def _module_docs(module: str, path: Path, root: Path) -> Iterator[CorpusDoc]:
+def _module_docs(
+    module: str, path: Path, root: Path, max_body_chars: int = MAX_BODY_CHARS
+) -> Iterator[CorpusDoc]:
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     except (SyntaxError, UnicodeDecodeError, ValueError):
@@ -289,7 +291,7 @@ def _module_docs(module: str, path: Path, root: Path) -> Iterator[CorpusDoc]:
 
     def make(name: str | None, kind: str, body: str) -> CorpusDoc:
         qualname = f"{module}.{name}" if name else module
-        text, truncated = _truncate(_clean(body), MAX_BODY_CHARS)
+        text, truncated = _truncate(_clean(body), max_body_chars)
         meta: dict[str, Any] = {**base_meta, "kind": kind, "qualname": qualname}
         if truncated:
             meta["truncated"] = True
@@ -324,12 +326,12 @@ def _module_docs(module: str, path: Path, root: Path) -> Iterator[CorpusDoc]:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_corpus(root: str) -> tuple[CorpusDoc, ...]:
+def _load_corpus(root: str, max_body_chars: int = MAX_BODY_CHARS) -> tuple[CorpusDoc, ...]:
     base = Path(root)
     docs: list[CorpusDoc] = []
     keys: set[str] = set()
     for module, path in _iter_module_files(base):
-        for doc in _module_docs(module, path, base):
+        for doc in _module_docs(module, path, base, max_body_chars):
             if doc.key in keys or not doc.body:
                 continue
             keys.add(doc.key)
@@ -338,14 +340,19 @@ def _load_corpus(root: str) -> tuple[CorpusDoc, ...]:
 
 
 def iter_corpus(
-    limit: int | None = None, *, root: str | os.PathLike[str] | None = None
+    limit: int | None = None,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    max_body_chars: int = MAX_BODY_CHARS,
 ) -> Iterator[CorpusDoc]:
     """The demo corpus, in a deterministic order (modules sorted by name).
 
     ``limit`` keeps the first ``limit`` documents. ``root`` reads another standard library
-    directory than the running interpreter's.
+    directory than the running interpreter's. ``max_body_chars``: bodies are cut at a paragraph
+    or line boundary below it (the demo's 1,600; ``make eval`` reads them whole).
     """
-    docs = _load_corpus(str(Path(root) if root is not None else stdlib_dir()))
+    root_dir = str(Path(root) if root is not None else stdlib_dir())
+    docs = _load_corpus(root_dir, max_body_chars)
     if limit is not None:
         if limit < 0:
             raise ValueError("limit must be >= 0")
