@@ -326,6 +326,12 @@ class Article:
         }
 
 
+def same_tags(a: list[str | None] | None, b: list[str | None] | None) -> bool:
+    """Whether two tag arrays render the same text (array_to_string skips NULL elements):
+    ['a', NULL] and ['a'] do, so changing one into the other queues nothing."""
+    return [t for t in a or [] if t is not None] == [t for t in b or [] if t is not None]
+
+
 def random_tags(rng: random.Random) -> list[str | None] | None:
     r = rng.random()
     if r < 0.1:
@@ -838,7 +844,9 @@ class Chaos:
             "--batch-api-poll-interval",
             str(BATCH_POLL_S),
             "--batch-api-documents",
-            str(max(200, self.plan.docs // 6)),  # about six provider batches
+            # about six provider batches (--small), at most 1,000 documents each: the fake
+            # builds a batch's output file in one go, holding its other answers meanwhile
+            str(max(200, min(1000, self.plan.docs // 6))),
             *extra,
         ]
 
@@ -1222,8 +1230,8 @@ class Chaos:
                         "SELECT tags FROM public.chaos_articles WHERE tenant_id = %s AND id = %s",
                         key,
                     ).fetchone()
-                    if old is None or (op == "tags" and old[0] == value):
-                        return None  # gone meanwhile, or the same tags: no change to probe
+                    if old is None or (op == "tags" and same_tags(old[0], value)):
+                        return None  # gone meanwhile, or the same text: no change to probe
                     cur = c.execute(change, (value, *key))
                     if cur.rowcount != 1:
                         return None
