@@ -27,9 +27,8 @@ CREATE TABLE pgingest.provider_batches (
     -- the queue messages it embeds, and those not yet written back
     msg_ids bigint[] NOT NULL,
     pending_msg_ids bigint[] NOT NULL,
-    -- sha256 of each input in file order, and the inputs of each request line (custom_id r<k>)
+    -- sha256 of each input sent (one request line each; its custom_id: worker/bulk.custom_id)
     input_hashes bytea[],
-    request_sizes integer[],
     inputs integer NOT NULL DEFAULT 0,
     tokens bigint NOT NULL DEFAULT 0,
     -- the provider's request_counts, and what became of the inputs

@@ -120,8 +120,7 @@ RETURNS TABLE (
     provider_batch_id text,
     input_file_id text,
     messages integer,
-    input_hashes bytea[],
-    request_sizes integer[]
+    input_hashes bytea[]
 )
 LANGUAGE plpgsql
 VOLATILE
@@ -144,7 +143,7 @@ BEGIN
     SET leased_until = clock_timestamp() + make_interval(secs => p_lease_seconds), leased_by = p_worker
     FROM c WHERE b.id = c.id
     RETURNING b.id, b.submission, b.state, b.provider_batch_id, b.input_file_id, cardinality(b.msg_ids),
-        b.input_hashes, b.request_sizes;
+        b.input_hashes;
 END;
 $$;
 
@@ -160,7 +159,6 @@ CREATE OR REPLACE FUNCTION pgingest.provider_batch_update_v1(
     p_input_file_id text DEFAULT NULL,
     p_provider_status text DEFAULT NULL,
     p_input_hashes bytea[] DEFAULT NULL,
-    p_request_sizes integer[] DEFAULT NULL,
     p_tokens bigint DEFAULT NULL,
     p_requests_completed integer DEFAULT NULL,
     p_requests_failed integer DEFAULT NULL,
@@ -187,7 +185,6 @@ BEGIN
         input_file_id = coalesce(p_input_file_id, b.input_file_id),
         provider_status = coalesce(p_provider_status, b.provider_status),
         input_hashes = coalesce(p_input_hashes, b.input_hashes),
-        request_sizes = coalesce(p_request_sizes, b.request_sizes),
         inputs = coalesce(cardinality(p_input_hashes), b.inputs),
         tokens = coalesce(p_tokens, b.tokens),
         requests_completed = coalesce(p_requests_completed, b.requests_completed),
@@ -209,8 +206,7 @@ END;
 $$;
 
 COMMENT ON FUNCTION pgingest.provider_batch_update_v1(
-    bigint, text, text, text, text, text, bytea[], integer[], bigint, integer, integer, text, integer, integer,
-    integer, integer
+    bigint, text, text, text, text, text, bytea[], bigint, integer, integer, text, integer, integer, integer, integer
 ) IS
 'Worker: records what became of a provider batch it leases (state, the provider''s ids and status, the '
 'inputs sent, request counts, the inputs embedded, rejected and left to the online path, an error) and renews '

@@ -291,7 +291,6 @@ class ProviderBatch:
     input_file_id: str | None
     messages: int
     input_hashes: list[bytes] | None
-    request_sizes: list[int] | None
 
 
 def provider_batch_open(
@@ -309,13 +308,13 @@ def provider_batch_lease(
 ) -> ProviderBatch | None:
     row = conn.execute(
         "SELECT id, submission::text, state, provider_batch_id, input_file_id, messages,"
-        " input_hashes, request_sizes FROM pgingest.provider_batch_lease_v1(%s, %s, %s)",
+        " input_hashes FROM pgingest.provider_batch_lease_v1(%s, %s, %s)",
         (model, worker, lease),
     ).fetchone()
     if row is None:
         return None
     hashes = None if row[6] is None else [bytes(h) for h in row[6]]
-    return ProviderBatch(row[0], row[1], row[2], row[3], row[4], row[5], hashes, row[7])
+    return ProviderBatch(row[0], row[1], row[2], row[3], row[4], row[5], hashes)
 
 
 _PROVIDER_BATCH_FIELDS = frozenset(
@@ -325,7 +324,6 @@ _PROVIDER_BATCH_FIELDS = frozenset(
         "input_file_id",
         "provider_status",
         "input_hashes",
-        "request_sizes",
         "tokens",
         "requests_completed",
         "requests_failed",
@@ -341,7 +339,7 @@ def provider_batch_update(
     conn: psycopg.Connection[Any], batch_id: int, worker: str, lease: int, **fields: Any
 ) -> bool:
     """``provider_batch_update_v1`` with the named fields (state, provider_batch_id,
-    input_file_id, provider_status, input_hashes, request_sizes, tokens, requests_completed,
+    input_file_id, provider_status, input_hashes, tokens, requests_completed,
     requests_failed, error, inputs_embedded, inputs_rejected, inputs_online)."""
     names = sorted(fields)
     unknown = set(names) - _PROVIDER_BATCH_FIELDS

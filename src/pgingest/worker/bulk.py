@@ -71,12 +71,20 @@ class Results:
         return embedded, rejected, len(hashes) - embedded - rejected
 
 
+def custom_id(input_hash: bytes) -> str:
+    """A request line's custom_id: its input's sha256 (160 bits of it), so that the results of a
+    batch map to inputs by what each line holds, whatever order a file was written in (a
+    successor may find a batch built from another file than the one it recorded)."""
+    return "h" + input_hash.hex()[:40]
+
+
 def parse_results(
     provider: providers.OpenAICompatibleProvider, files: Sequence[bytes], hashes: Sequence[bytes]
 ) -> Results:
-    """The lines of a batch's output and error files (custom_id ``i<k>``: input k). An input
-    without a line, or whose line failed other than by a rejection (a 5xx, ``batch_expired``,
-    cancelled), is in neither map: it is embedded online."""
+    """The lines of a batch's output and error files whose custom_id (:func:`custom_id`) is one
+    of ``hashes``. An input without a line, or whose line failed other than by a rejection (a
+    5xx, ``batch_expired``, cancelled), is in neither map: it is embedded online."""
+    by_id = {custom_id(h): h for h in hashes}
     results = Results()
     for data in files:
         for raw in data.splitlines():
@@ -87,19 +95,17 @@ def parse_results(
             except ValueError:
                 continue
             cid = line.get("custom_id") if isinstance(line, dict) else None
-            if not isinstance(cid, str) or not cid.startswith("i") or not cid[1:].isdigit():
-                continue
-            k = int(cid[1:])
-            if k >= len(hashes):
+            h = by_id.get(cid) if isinstance(cid, str) else None
+            if h is None:
                 continue
             got = provider.batch_line_result(line, 1)
             if isinstance(got, providers.RaggedResponse):
                 got = got.rows[0][None, :] if got.rows else got
             if isinstance(got, np.ndarray):
                 if got.shape[0] == 1:
-                    results.vectors[hashes[k]] = got[0]
+                    results.vectors[h] = got[0]
             elif isinstance(got, providers.InputRejected):
-                results.rejected[hashes[k]] = got
+                results.rejected[h] = got
     return results
 
 
@@ -237,8 +243,8 @@ class Bulk:
             return
         self._update(conn, pb, input_hashes=hashes, tokens=tokens)
         data = "".join(
-            json.dumps(provider.batch_request(f"i{k}", [t]), ensure_ascii=False) + "\n"
-            for k, t in enumerate(texts)
+            json.dumps(provider.batch_request(custom_id(h), [t]), ensure_ascii=False) + "\n"
+            for h, t in zip(hashes, texts, strict=True)
         ).encode("utf-8", "surrogatepass")
         file_id = provider.upload_batch_file(data)
         self._update(conn, pb, input_file_id=file_id)
