@@ -11,8 +11,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import ir_measures
-from eval.dataset import KINDS, SPLITS, Question
 from ir_measures import RR, R, Success, nDCG
+
+from eval.dataset import KINDS, SPLITS, Question
 
 MEASURES = {
     "recall@1": R @ 1,
