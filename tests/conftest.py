@@ -134,3 +134,16 @@ def worker_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFi
         yield caplog
     finally:
         logger.removeHandler(caplog.handler)
+
+
+@pytest.fixture(autouse=True)
+def _pgingest_logging_restored() -> Iterator[None]:
+    """``cli.main`` configures the ``pgingest`` logger (its own stderr handler, no propagation):
+    each test gets it back as it was, so that a CLI test does not change what later tests'
+    caplog sees (one of them counted every batch line twice)."""
+    logger = logging.getLogger("pgingest")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:] = saved[0]
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]
