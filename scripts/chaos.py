@@ -748,6 +748,10 @@ class Chaos:
                 " tags text[], PRIMARY KEY (tenant_id, id))"
             )
             self.setup_reader(c)
+            if self.args.trace:
+                c.execute(TRACE_SQL)
+                for table in TRACED:
+                    trace_table(c, table)
 
     def create_managed(self, c: psycopg.Connection[Any]) -> None:
         """The owner role and its database, set up like a managed service's (issue 23)."""
@@ -1312,6 +1316,8 @@ class Chaos:
             # the workers learn it from the headers and pace the backfill within it.
             control(self.fake_url, {"quota": {"models": {MODEL2_ID: {"tpm": self.quota_tpm}}}})
             state = client.run(register)
+            if self.args.trace:
+                client.run(lambda c: trace_queue(c, MODEL2))
             with self.state.lock:
                 self.state.migrated_at = time.monotonic() - _T0
                 inserted, kills = len(self.state.inserted), self.state.kills
@@ -1552,6 +1558,8 @@ class Chaos:
                 "SELECT pgingest.register_model(%s, 'fake-384', %s, %s, index_method => 'none')",
                 (MODEL, DIMENSIONS, self.fake_url),
             )
+            if self.args.trace:
+                trace_queue(c, MODEL)
         assert max_response_cap() < HUGE_BODY_BYTES
         control(
             self.fake_url,
@@ -2354,6 +2362,62 @@ class Chaos:
 UPDATE_BODY = "UPDATE pgingest.documents SET body = %s WHERE key = %s"
 
 
+TRACE_SQL = """
+CREATE SCHEMA IF NOT EXISTS chaos_trace;
+CREATE TABLE IF NOT EXISTS chaos_trace.ops (
+    id bigserial PRIMARY KEY,
+    at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    tbl text NOT NULL,
+    op text NOT NULL,
+    doc_id bigint,
+    old jsonb,
+    new jsonb,
+    pid integer NOT NULL DEFAULT pg_backend_pid(),
+    app text DEFAULT current_setting('application_name'),
+    xid bigint DEFAULT txid_current()
+);
+CREATE INDEX IF NOT EXISTS ops_doc ON chaos_trace.ops (doc_id);
+CREATE OR REPLACE FUNCTION chaos_trace.log() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog AS $t$
+DECLARE
+    o jsonb := CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END;
+    n jsonb := CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END;
+    r jsonb := coalesce(n, o);
+BEGIN
+    INSERT INTO chaos_trace.ops (tbl, op, doc_id, old, new)
+    VALUES (TG_TABLE_NAME, TG_OP,
+        coalesce(r ->> 'doc_id', r -> 'message' ->> 'doc_id')::bigint, o, n);
+    RETURN NULL;
+END $t$;
+"""
+"""--trace: an audit of every row change of the tables that decide a document's fate."""
+
+TRACED = (
+    "pgingest.source_rows",
+    "pgingest.embedding_state",
+    "pgingest.dead_letters",
+    "pgingest.provider_batches",
+)
+
+
+def trace_table(conn: psycopg.Connection[Any], table: str) -> None:
+    schema, name = table.split(".")
+    conn.execute(
+        sql.SQL(
+            "CREATE TRIGGER chaos_trace AFTER INSERT OR UPDATE OR DELETE ON {}"
+            " FOR EACH ROW EXECUTE FUNCTION chaos_trace.log()"
+        ).format(sql.Identifier(schema, name))
+    )
+
+
+def trace_queue(conn: psycopg.Connection[Any], model: str) -> None:
+    row = conn.execute(
+        "SELECT queue_name FROM pgingest.models WHERE name = %s", (model,)
+    ).fetchone()
+    assert row is not None
+    trace_table(conn, f"pgmq.q_{row[0]}")
+
+
 def insert_articles(conn: psycopg.Connection[Any], rows: list[Article], style: str) -> None:
     """Idempotent inserts into the articles table: one multi-row statement, a statement per row
     in one transaction (a trigger run each), or COPY into a staging table then one INSERT."""
@@ -2522,6 +2586,12 @@ def main(argv: list[str] | None = None) -> int:
         " refused in the database",
     )
     p.add_argument("--keep", action="store_true", help="keep the database and the logs")
+    p.add_argument(
+        "--trace",
+        action="store_true",
+        help="record every change to the queues, source_rows and embedding_state in"
+        " chaos_trace.ops (row triggers; for hunting a lost document with --keep)",
+    )
     args = p.parse_args(argv)
     if args.docs is not None and args.docs < 100:
         p.error("--docs must be at least 100")
