@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pgingest import __version__, cli_support, models_cli, sources_cli
+from pgingest import __version__, adopt_pgai, cli_support, models_cli, sources_cli
 from pgingest.settings import WorkerSettings
 
 
@@ -367,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     models_cli.add_model_commands(sub)
     sources_cli.add_source_commands(sub)
+    adopt_pgai.add_adopt_commands(sub)
 
     p = sub.add_parser(
         "demo", help="the demo: a real corpus through the pipeline, then searches", add_help=False
