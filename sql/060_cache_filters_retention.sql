@@ -207,9 +207,13 @@ BEGIN
         DELETE FROM pgingest.config WHERE key = 'text_search_config';
         RETURN;
     END IF;
+    -- The words, plus the parts of dotted names (concurrent.futures.process.BrokenProcessPool is one
+    -- token to the parser: its parts make brokenprocesspool findable); migration 0018 has the same.
     EXECUTE format(
-        'ALTER TABLE pgingest.chunks ADD COLUMN tsv tsvector GENERATED ALWAYS AS (to_tsvector(%L::regconfig, content)) STORED',
-        p_config::text
+        'ALTER TABLE pgingest.chunks ADD COLUMN tsv tsvector GENERATED ALWAYS AS ('
+        'to_tsvector(%1$L::regconfig, content) || to_tsvector(%1$L::regconfig, '
+        'translate(regexp_replace(content, %2$L, '' '', ''g''), ''.'', '' ''))) STORED',
+        p_config::text, '(^|\s)[^.\s]+(?=\s|$)'
     );
     CREATE INDEX chunks_tsv ON pgingest.chunks USING gin (tsv);
     INSERT INTO pgingest.config AS c (key, value) VALUES ('text_search_config', p_config::text)
@@ -219,8 +223,9 @@ $$;
 
 COMMENT ON FUNCTION pgingest.set_text_search_config(regconfig) IS
 'Full-text search on chunks (hybrid search), off by default: a configuration (e.g. ''english'') adds or '
-'rebuilds the generated column chunks.tsv and its GIN index (rewrites pgingest.chunks, and costs about '
-'75 us of database CPU per chunk written afterwards); NULL removes them.';
+'rebuilds the generated column chunks.tsv (the words, plus the parts of dotted names) and its GIN index '
+'(rewrites pgingest.chunks, and costs about 75 us of database CPU per chunk written afterwards); NULL '
+'removes them.';
 
 CREATE OR REPLACE FUNCTION pgingest.set_dead_letter_retention(
     p_model text, p_keep interval DEFAULT NULL, p_max_rows integer DEFAULT NULL
