@@ -475,3 +475,34 @@ def test_drop_pgai_only_after_verification(
     # pgingest keeps serving.
     assert _pgingest_search(conn, "vector search with hnsw indexes")
     assert fake.counters.requests == 0
+
+
+def test_a_failed_cutover_changes_nothing_and_a_rerun_completes(
+    pgai_db: str, conn: psycopg.Connection[Any], fake: FakeEmbeddingServer
+) -> None:
+    blocker = db.connect(pgai_db)
+    try:
+        blocker.execute("BEGIN")
+        blocker.execute(
+            "UPDATE public.notes SET body = 'Blocked edit.' WHERE tenant = 'acme' AND id = 0"
+        )
+        code, _out, err = _adopt(pgai_db, "--no-index", "--lock-timeout", "300ms")
+        assert code != 0
+        assert "lock timeout" in err
+        # Nothing of the cut-over happened: pgai still runs the table (the model is kept for the rerun).
+        assert _one(conn, "SELECT count(*) FROM pgingest.sources WHERE id <> 0") == 0
+        assert _one(conn, "SELECT disabled FROM ai.vectorizer") is False
+        assert _one(
+            conn,
+            "SELECT bool_and(tgenabled = 'O') FROM pg_trigger"
+            " WHERE tgrelid = 'public.notes'::regclass AND tgname LIKE '\\_vectorizer%%'",
+        )
+        blocker.execute("COMMIT")
+    finally:
+        blocker.close()
+    assert _one(conn, "SELECT count(*) FROM ai._vectorizer_q_1") == 1  # pgai queued the edit
+    code, out, err = _adopt(pgai_db, "--no-index")
+    assert code == 0, err
+    assert "1 rows queued (1 moved from pgai's queue)" in out
+    drain(pgai_db)
+    assert _inputs(fake) == ["Note 0: Blocked edit."]

@@ -134,6 +134,7 @@ class Plan:
     queued: int = 0
     table_rows: int = 0
     state: str = "new"  # new | adopted
+    model_state: str = "active"  # what register_model makes it: active, or shadow
     differences: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
@@ -146,7 +147,8 @@ class Plan:
             f"  model    {self.model}: {self.model_id}, {self.dimensions} dimensions, "
             f"{self.metric}, base_url {self.base_url}, key "
             f"{'$' + self.api_key_env if self.api_key_env else 'none'}, max_input_tokens "
-            f"{self.max_input_tokens}",
+            f"{self.max_input_tokens}; {self.model_state}"
+            + (" (pgingest model swap makes it active)" if self.model_state == "shadow" else ""),
             f"  profile  tokenizer {self.chunk_tokenizer}, max_tokens {self.chunk_max_tokens}, "
             f"overlap {self.chunk_overlap_tokens}, no title in chunks",
             f"  vectors  {self.store_schema}.{self.store_table}: {self.store_rows} rows of "
@@ -558,6 +560,10 @@ def _check_pgingest_side(conn: psycopg.Connection[Any], p: Plan, v: dict[str, An
                 f"a pgingest model named {p.model!r} exists and is not this adoption's "
                 "(give --model NAME)",
             )
+    if m is not None:
+        p.model_state = m[2]
+    elif _one(conn, "SELECT count(*) FROM pgingest.models WHERE state = 'active'"):
+        p.model_state = "shadow"
     shared = conn.execute(
         "SELECT string_agg(m.name, ', ' ORDER BY m.name) FROM pgingest.models AS m"
         " INNER JOIN pgingest.chunk_profiles AS p ON p.id = m.profile_id"
