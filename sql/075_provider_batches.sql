@@ -212,6 +212,29 @@ COMMENT ON FUNCTION pgingest.provider_batch_update_v1(
 'inputs sent, request counts, the inputs embedded, rejected and left to the online path, an error) and renews '
 'its lease; false when the lease is another worker''s (or collected is asked while messages are pending).';
 
+-- The provider batch p_worker leases (locked for the rest of the transaction) with its model's
+-- queue table; no row when the lease is another worker's or the batch is collected.
+CREATE OR REPLACE FUNCTION pgingest._leased_batch(p_id bigint, p_worker text)
+RETURNS TABLE (model text, state text, pending_msg_ids bigint[], queue_table text)
+LANGUAGE sql
+VOLATILE
+SET search_path FROM CURRENT
+BEGIN ATOMIC
+    SELECT
+        b.model,
+        b.state,
+        b.pending_msg_ids,
+        'q_' || m.queue_name AS queue_table
+    FROM pgingest.provider_batches AS b
+    INNER JOIN pgingest.models AS m ON b.model = m.name
+    WHERE b.id = p_id AND b.leased_by = p_worker AND b.state <> 'collected'
+    FOR UPDATE OF b;
+END;
+
+COMMENT ON FUNCTION pgingest._leased_batch(bigint, text) IS
+'The provider batch p_worker leases, locked, with its model''s queue table (internal: provider_batch_release_v1, '
+'provider_batch_messages_v1).';
+
 CREATE OR REPLACE FUNCTION pgingest.provider_batch_release_v1(p_id bigint, p_worker text, p_msg_ids bigint[])
 RETURNS integer
 LANGUAGE plpgsql
@@ -220,12 +243,10 @@ SECURITY DEFINER
 SET search_path FROM CURRENT
 AS $$
 DECLARE
-    v_b pgingest.provider_batches;
+    v_b record;
     v_n integer;
 BEGIN
-    SELECT * INTO v_b FROM pgingest.provider_batches AS b
-    WHERE b.id = p_id AND b.leased_by = p_worker AND b.state <> 'collected'
-    FOR UPDATE;
+    SELECT * INTO v_b FROM pgingest._leased_batch(p_id, p_worker);
     IF NOT FOUND THEN
         RETURN 0;
     END IF;
@@ -235,7 +256,7 @@ BEGIN
         UPDATE pgmq.%I AS q SET vt = clock_timestamp(), message = q.message - 'bulk' - 'backfill'
         WHERE q.msg_id = ANY ($1) AND q.msg_id = ANY ($2)
         $sql$,
-        'q_' || (SELECT m.queue_name FROM pgingest.models AS m WHERE m.name = v_b.model)
+        v_b.queue_table
     ) USING p_msg_ids, v_b.pending_msg_ids;
     GET DIAGNOSTICS v_n = ROW_COUNT;
     UPDATE pgingest.provider_batches AS b
@@ -273,7 +294,7 @@ SECURITY DEFINER
 SET search_path FROM CURRENT
 AS $$
 DECLARE
-    v_b pgingest.provider_batches;
+    v_b record;
     v_queue text;
     v_take bigint[];
     v_msgs pgmq.message_record[];
@@ -282,9 +303,7 @@ BEGIN
         RAISE EXCEPTION 'pgingest: visibility timeout and quantity must be positive (got %, %)', p_vt, p_qty
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT * INTO v_b FROM pgingest.provider_batches AS b
-    WHERE b.id = p_id AND b.leased_by = p_worker AND b.state <> 'collected'
-    FOR UPDATE;
+    SELECT * INTO v_b FROM pgingest._leased_batch(p_id, p_worker);
     IF NOT FOUND THEN
         RETURN;
     END IF;
@@ -292,7 +311,7 @@ BEGIN
         RAISE EXCEPTION 'pgingest: provider batch % has not ended (state %)', p_id, v_b.state
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
-    v_queue := 'q_' || (SELECT m.queue_name FROM pgingest.models AS m WHERE m.name = v_b.model);
+    v_queue := v_b.queue_table;
     IF NOT p_take THEN
         -- To build the input file: every message of the batch, untouched.
         EXECUTE format(

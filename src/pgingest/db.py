@@ -363,18 +363,43 @@ def provider_batch_release(
     return int(row[0]) if row else 0
 
 
+def provider_batch_rows(
+    conn: psycopg.Connection[Any], model: str | None = None, *, latest: bool = False
+) -> list[dict[str, Any]]:
+    """Rows of ``pgingest.provider_batch_status`` as dicts, by model and id: the model's (or
+    every model's); ``latest``: only those not collected and each model's last one."""
+    from psycopg.rows import dict_row
+
+    where = []
+    if model is not None:
+        where.append("b.model = %(model)s")
+    if latest:
+        where.append(
+            "(b.state <> 'collected' OR b.id = (SELECT max(x.id)"
+            " FROM pgingest.provider_batch_status AS x WHERE x.model = b.model))"
+        )
+    query = "SELECT * FROM pgingest.provider_batch_status AS b"
+    if where:
+        query += " WHERE " + " AND ".join(where)
+    cur = conn.cursor(row_factory=dict_row)
+    return cur.execute(query + " ORDER BY b.model, b.id", {"model": model}).fetchall()
+
+
 def provider_batch_unlease(conn: psycopg.Connection[Any], worker: str) -> int:
     row = conn.execute("SELECT pgingest.provider_batch_unlease_v1(%s)", (worker,)).fetchone()
     return int(row[0]) if row else 0
 
 
 def provider_batch_messages(
-    conn: psycopg.Connection[Any], batch_id: int, worker: str, vt: int, qty: int, take: bool
+    conn: psycopg.Connection[Any], batch_id: int, worker: str, vt: int, take: int = 0
 ) -> list[Message]:
+    """The messages of a provider batch the worker leases, with their documents. ``take``: the
+    next ``take`` pending ones are taken out of the batch (visible again after ``vt``
+    seconds); 0: every pending one, untouched."""
     rows = conn.execute(
         "SELECT msg_id, read_ct, message, doc_id, doc_key, title, body, status"
         " FROM pgingest.provider_batch_messages_v1(%s, %s, %s, %s, %s)",
-        (batch_id, worker, vt, qty, take),
+        (batch_id, worker, vt, max(1, take), take > 0),
     ).fetchall()
     return [Message(*r) for r in rows]
 

@@ -556,7 +556,7 @@ def cmd_quota(args: argparse.Namespace) -> int:
 
 
 def cmd_batch_api(args: argparse.Namespace) -> int:
-    from pgingest import status
+    from pgingest import db, status
 
     def run() -> int:
         with _connect(args) as conn:
@@ -572,19 +572,11 @@ def cmd_batch_api(args: argparse.Namespace) -> int:
                 print(f"pgingest model batch-api: no model {args.name}", file=sys.stderr)
                 return 2
             print(f"model {args.name}: backfills {'through the Batch API' if on[0] else 'online'}")
-            for line in status.provider_batch_lines(_batches_of(conn, args.name)):
+            for line in status.provider_batch_lines(db.provider_batch_rows(conn, args.name)):
                 print(line)
         return 0
 
     return cli_support.run_reporting_db_errors("pgingest model batch-api", run)
-
-
-def _batches_of(conn: psycopg.Connection[Any], name: str) -> list[dict[str, Any]]:
-    cur = conn.execute(
-        "SELECT * FROM pgingest.provider_batch_status WHERE model = %s ORDER BY id", (name,)
-    )
-    cols = [d.name for d in cur.description or []]
-    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

@@ -182,20 +182,9 @@ def _quota_status(conn: psycopg.Connection[Any]) -> list[dict[str, Any]] | None:
 
 def _provider_batches(conn: psycopg.Connection[Any]) -> list[dict[str, Any]] | None:
     """Provider batches not collected yet, and each model's last collected one."""
-    from psycopg.rows import dict_row
-
     if not _may_read(conn, "pgingest.provider_batch_status"):
         return None
-    return (
-        conn.cursor(row_factory=dict_row)
-        .execute(
-            "SELECT * FROM pgingest.provider_batch_status AS b"
-            " WHERE b.state <> 'collected' OR b.id = (SELECT max(x.id)"
-            "  FROM pgingest.provider_batch_status AS x WHERE x.model = b.model)"
-            " ORDER BY b.model, b.id"
-        )
-        .fetchall()
-    )
+    return db.provider_batch_rows(conn, latest=True)
 
 
 def _source_status(conn: psycopg.Connection[Any]) -> list[dict[str, Any]] | None:

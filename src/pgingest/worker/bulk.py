@@ -37,8 +37,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pgingest import db, providers
-from pgingest.worker import batch as core
-from pgingest.worker.inputs import Inputs
 
 if TYPE_CHECKING:
     from pgingest.worker.loop import Worker
@@ -176,9 +174,7 @@ class Bulk:
 
     def _give_up(self, conn: Any, pb: db.ProviderBatch, why: str) -> None:
         """Every message of the batch back to the online path; the batch closed with ``why``."""
-        msgs = db.provider_batch_messages(
-            conn, pb.id, self.name, self.w.s.visibility_timeout, max(1, pb.messages), take=False
-        )
+        msgs = db.provider_batch_messages(conn, pb.id, self.name, self.w.s.visibility_timeout)
         db.provider_batch_release(conn, pb.id, self.name, [m.msg_id for m in msgs])
         self._update(conn, pb, state="collected", error=why)
         log.warning(
@@ -210,14 +206,9 @@ class Bulk:
                     extra={"model": m.name, "batch": pb.id, "provider_batch": found["id"]},
                 )
                 return
-        msgs = db.provider_batch_messages(
-            conn, pb.id, self.name, self.w.s.visibility_timeout, max(1, pb.messages), take=False
-        )
-        batch = core.triage(msgs, self.w.max_attempts)
-        core.chunk(batch, self.w.chunker(m))
-        core.check_chunks(batch, self.w.s.max_chunks_per_document)
-        inputs = Inputs(batch.todo(), m.name, m.dimensions)
-        inputs.fill_cached(db.cached_vectors(conn, m.name, inputs.distinct()))
+        msgs = db.provider_batch_messages(conn, pb.id, self.name, self.w.s.visibility_timeout)
+        p = self.w.prepare(m, conn, msgs)
+        batch, inputs = p.batch, p.inputs
         send = {inputs.hashes[i] for i in inputs.unseen()}
         keep: set[int] = set()
         texts: list[str] = []
@@ -346,7 +337,7 @@ class Bulk:
             results = self._download(provider, provider.get_batch(pb.provider_batch_id), pb)
         size = self.w.sizers.for_model(m.name).size
         msgs = db.provider_batch_messages(
-            conn, pb.id, self.name, self.w.s.visibility_timeout, max(1, size), take=True
+            conn, pb.id, self.name, self.w.s.visibility_timeout, take=max(1, size)
         )
         if msgs:
             self.w.process_known(m, msgs, results)

@@ -25,6 +25,13 @@ def request_size(unseen: int, max_inputs: int, in_flight: int) -> int:
     return min(max_inputs, max(16, -(-unseen // max(1, in_flight))))
 
 
+def hash_inputs(job: Job) -> list[bytes]:
+    """The sha256 of each of the job's model inputs (``job.hashes``, computed once)."""
+    if len(job.hashes) != len(job.chunks):
+        job.hashes = [hashlib.sha256(c.embed_input.encode("utf-8")).digest() for c in job.chunks]
+    return job.hashes
+
+
 class Inputs:
     """The model inputs of a batch's jobs: one row per chunk, in job order.
 
@@ -42,9 +49,8 @@ class Inputs:
         self.owners: list[Job] = []
         self.token_counts: list[int] = []
         for job in self.jobs:
-            job.hashes = []
+            hash_inputs(job)
             for c in job.chunks:
-                job.hashes.append(hashlib.sha256(c.embed_input.encode("utf-8")).digest())
                 self.texts.append(c.embed_input)
                 self.owners.append(job)
                 self.token_counts.append(c.token_count)

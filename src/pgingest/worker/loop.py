@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -33,12 +34,23 @@ from pgingest.worker.bulk import Bulk, Results
 from pgingest.worker.claims import ClaimKeeper
 from pgingest.worker.embedding import Embedder
 from pgingest.worker.heartbeat import Heartbeat, WorkerSnapshot
-from pgingest.worker.inputs import Inputs
+from pgingest.worker.inputs import Inputs, hash_inputs
 from pgingest.worker.writer import MODEL_GONE, Timings, Writer, error_text, passes_through
 
 log = logging.getLogger("pgingest.worker")
 
 WriterFactory = Callable[[WorkerSettings, Metrics, core.BatchSizers], Writer]
+
+
+@dataclass
+class Prepared:
+    """A batch ready to embed (:meth:`Worker.prepare`)."""
+
+    batch: core.Batch
+    inputs: Inputs  # of the jobs still to do, the vectors at hand filled in
+    chunker_version: str
+    t_read: float  # time.perf_counter() when it was read, and chunked
+    t_chunked: float
 
 
 class Worker:
@@ -521,6 +533,43 @@ class Worker:
         finally:
             self.in_flight = 0
 
+    def prepare(
+        self,
+        m: db.Model,
+        conn: psycopg.Connection[Any],
+        msgs: list[db.Message],
+        known: Results | None = None,
+    ) -> Prepared:
+        """What a batch of messages asks of the model: triaged, chunked, chunk counts checked,
+        and its inputs with the vectors already at hand filled in (``known``: a provider
+        batch's; then the embedding cache's). ``known``'s rejected inputs fail their documents
+        first. The online path sends the rest; a provider batch (worker/bulk.py) is built from
+        it."""
+        t0 = time.perf_counter()
+        batch = core.triage(msgs, self.max_attempts)
+        chunker = self.chunker(m)
+        core.chunk(batch, chunker)
+        t_chunk = time.perf_counter()
+        self.metrics.chunking_seconds(m.name, t_chunk - t0)
+        core.check_chunks(batch, self.s.max_chunks_per_document)
+        if known is not None and known.rejected:
+            # A provider batch's results: the documents of an input it rejected are
+            # dead-lettered with its reason; the other inputs take its vectors.
+            for job in batch.todo():
+                for h in hash_inputs(job):
+                    err = known.rejected.get(h)
+                    if err is not None:
+                        job.fail(core.Failure("rejected", err.error_class, str(err)))
+                        break
+        inputs = Inputs(batch.todo(), m.name, m.dimensions)
+        if inputs.jobs:
+            if known is not None:
+                inputs.fill_cached(
+                    {h: known.vectors[h] for h in inputs.distinct() if h in known.vectors}
+                )
+            inputs.fill_cached(db.cached_vectors(conn, m.name, inputs.distinct()))
+        return Prepared(batch, inputs, chunker.version, t0, t_chunk)
+
     def _embed_and_submit(
         self,
         m: db.Model,
@@ -529,32 +578,10 @@ class Worker:
         stats: core.BatchStats,
         known: Results | None = None,
     ) -> core.BatchStats:
-        t0 = time.perf_counter()
-        batch = core.triage(msgs, self.max_attempts)
-        chunker = self.chunker(m)
-        core.chunk(batch, chunker)
-        t_chunk = time.perf_counter()
-        self.metrics.chunking_seconds(m.name, t_chunk - t0)
-        core.check_chunks(batch, self.s.max_chunks_per_document)
-
-        todo = batch.todo()
-        if todo and known is not None:
-            # A provider batch's results: the documents of an input it rejected are
-            # dead-lettered with its reason; the other inputs take its vectors.
-            for job in Inputs(todo, m.name, m.dimensions).jobs:
-                for h in job.hashes:
-                    err = known.rejected.get(h)
-                    if err is not None:
-                        job.fail(core.Failure("rejected", err.error_class, str(err)))
-                        break
-            todo = batch.todo()
+        p = self.prepare(m, conn, msgs, known)
+        batch, inputs = p.batch, p.inputs
+        todo = inputs.jobs
         if todo:
-            inputs = Inputs(todo, m.name, m.dimensions)
-            if known is not None:
-                inputs.fill_cached(
-                    {h: known.vectors[h] for h in inputs.distinct() if h in known.vectors}
-                )
-            inputs.fill_cached(db.cached_vectors(conn, m.name, inputs.distinct()))
             self.metrics.cache(m.name, inputs.hits, len(inputs.unseen()))
             sent = bool(inputs.unseen())
             t_send = time.perf_counter()
@@ -579,9 +606,9 @@ class Worker:
             m.name,
             plan,
             stats,
-            chunker.version,
+            p.chunker_version,
             m.profile_id,
-            Timings(t0, t_chunk, t_embed),
+            Timings(p.t_read, p.t_chunked, t_embed),
             done=functools.partial(self.claims.drop, m.name, [msg.msg_id for msg in msgs]),
         )
         return stats
