@@ -132,14 +132,20 @@ COMMENT ON FUNCTION pgingest.search_text(text, integer, jsonb, boolean, text[], 
 'candidate of pgingest.shift_traffic for this routing_key, else the query text: pgingest.route_model), then '
 'pgingest.search() (every source, or those named in sources); model_name says which model served.';
 
+-- The signature before issue 21 (point 2): no per_document, no metadata column.
+DROP FUNCTION IF EXISTS pgingest.hybrid_search_text(
+    text, integer, jsonb, double precision, double precision, text[], text
+);
+
 CREATE OR REPLACE FUNCTION pgingest.hybrid_search_text(
     query text,
     k integer DEFAULT 10,
     filter jsonb DEFAULT '{}',
-    vector_weight double precision DEFAULT 1.0,
-    text_weight double precision DEFAULT 1.0,
+    vector_weight double precision DEFAULT NULL,
+    text_weight double precision DEFAULT NULL,
     sources text[] DEFAULT NULL,
-    routing_key text DEFAULT NULL
+    routing_key text DEFAULT NULL,
+    per_document boolean DEFAULT FALSE
 )
 RETURNS TABLE (
     doc_id bigint,
@@ -152,7 +158,8 @@ RETURNS TABLE (
     text_rank integer,
     source text,
     source_key jsonb,
-    model_name text
+    model_name text,
+    metadata jsonb
 )
 LANGUAGE plpgsql
 VOLATILE
@@ -166,13 +173,15 @@ BEGIN
     RETURN QUERY SELECT * FROM pgingest.hybrid_search(
         hybrid_search_text.query, pgingest.embed_query(hybrid_search_text.query, v_model), hybrid_search_text.k,
         hybrid_search_text.filter, hybrid_search_text.vector_weight, hybrid_search_text.text_weight,
-        60, 100, FALSE, hybrid_search_text.sources, v_model, v_t0
+        NULL, NULL, FALSE, hybrid_search_text.sources, v_model, v_t0, hybrid_search_text.per_document
     );
 END;
 $$;
 
 COMMENT ON FUNCTION pgingest.hybrid_search_text(
-    text, integer, jsonb, double precision, double precision, text[], text
+    text, integer, jsonb, double precision, double precision, text[], text, boolean
 ) IS
-'Hybrid (full-text + vector, reciprocal rank fusion) search from psql: embeds the query with the model that '
-'serves it (the active one, or the traffic shift''s candidate for this routing_key, else the query text).';
+'Hybrid (full-text BM25 + vector, weighted reciprocal rank fusion) search from psql: embeds the query with the '
+'model that serves it (the active one, or the traffic shift''s candidate for this routing_key, else the query '
+'text), then pgingest.hybrid_search() with its defaults (NULL weights: pgingest.hybrid_search_defaults()); '
+'per_document => true gives one row a document, its best chunk.';

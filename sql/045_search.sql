@@ -537,20 +537,76 @@ DROP FUNCTION IF EXISTS pgingest.hybrid_search(
 DROP FUNCTION IF EXISTS pgingest.hybrid_search(
     text, vector, integer, jsonb, double precision, double precision, integer, integer, boolean, text[]
 ) CASCADE;
+-- The signature before issue 21 (point 2): no per_document, no text_ranking, no metadata column.
+DROP FUNCTION IF EXISTS pgingest.hybrid_search(
+    text, vector, integer, jsonb, double precision, double precision, integer, integer, boolean, text[], text,
+    timestamptz
+) CASCADE;
+
+-- Hybrid search's defaults, chosen by `make eval`'s grid on the tuning half of the project's question set
+-- (eval/hybrid_defaults.json records the choice, tests/test_hybrid_quality.py checks both agree;
+-- docs/retrieval.md has the figures).
+CREATE OR REPLACE FUNCTION pgingest.hybrid_search_defaults()
+RETURNS TABLE (
+    text_ranking text,
+    vector_weight double precision,
+    text_weight double precision,
+    rrf_k integer,
+    candidates integer
+)
+LANGUAGE sql
+IMMUTABLE
+PARALLEL SAFE
+SET search_path FROM CURRENT
+AS $$
+    SELECT 'bm25'::text, 1.0::float8, 0.4::float8, 5, 100
+$$;
+
+COMMENT ON FUNCTION pgingest.hybrid_search_defaults() IS
+'The defaults of hybrid_search / hybrid_search_text (a NULL argument takes them): the text side''s ranking '
+'(bm25), the weights and k of the reciprocal rank fusion, the candidates taken from each side. Chosen by '
+'make eval on the tuning half of the project''s question set (docs/retrieval.md).';
+
+-- The text side's query terms: the question's lexemes (stop words dropped by the configuration), and the
+-- parts of its dotted names as well as the names whole (chunks.tsv holds both: sql/060).
+CREATE OR REPLACE FUNCTION pgingest._text_query_terms(p_config regconfig, p_query text)
+RETURNS text[]
+LANGUAGE sql
+IMMUTABLE
+PARALLEL SAFE
+SET search_path FROM CURRENT
+RETURN (
+    SELECT coalesce(array_agg(l.lexeme ORDER BY l.lexeme), '{}')
+    FROM (
+        SELECT l.lexeme
+        FROM
+            unnest(
+                tsvector_to_array(to_tsvector(p_config, p_query) || to_tsvector(p_config, translate(p_query, '.', ' ')))
+            ) AS l (lexeme)
+        ORDER BY l.lexeme
+        LIMIT 64
+    ) AS l
+);
+
+COMMENT ON FUNCTION pgingest._text_query_terms(regconfig, text) IS
+'Hybrid search''s text terms for a question: its lexemes under the configuration (stop words dropped), the '
+'parts of its dotted names added to the names whole; at most 64.';
 
 CREATE OR REPLACE FUNCTION pgingest.hybrid_search(
     query_text text,
     query_vector vector,
     k integer DEFAULT 10,
     filter jsonb DEFAULT '{}',
-    vector_weight double precision DEFAULT 1.0,
-    text_weight double precision DEFAULT 1.0,
-    rrf_k integer DEFAULT 60,
-    candidates integer DEFAULT 100,
+    vector_weight double precision DEFAULT NULL,
+    text_weight double precision DEFAULT NULL,
+    rrf_k integer DEFAULT NULL,
+    candidates integer DEFAULT NULL,
     match_all boolean DEFAULT FALSE,
     sources text[] DEFAULT NULL,
     model text DEFAULT NULL,
-    started_at timestamptz DEFAULT NULL
+    started_at timestamptz DEFAULT NULL,
+    per_document boolean DEFAULT FALSE,
+    text_ranking text DEFAULT NULL
 )
 RETURNS TABLE (
     doc_id bigint,
@@ -563,7 +619,8 @@ RETURNS TABLE (
     text_rank integer,
     source text,
     source_key jsonb,
-    model_name text
+    model_name text,
+    metadata jsonb
 )
 LANGUAGE plpgsql
 VOLATILE
@@ -574,6 +631,15 @@ AS $$
 DECLARE
     v_cfg regconfig;
     v_pred text := pgingest._filter_predicate(filter) || ' AND ' || pgingest._sources_predicate(sources);
+    v_def record;
+    v_ranking text;
+    v_wv double precision;
+    v_wt double precision;
+    v_rrf_k integer;
+    v_candidates integer;
+    v_terms text[];
+    v_idf double precision[];
+    v_n double precision;
     v_query tsquery;
     v_m pgingest.models;
     v_t0 timestamptz := greatest(coalesce(hybrid_search.started_at, clock_timestamp()), statement_timestamp());
@@ -582,10 +648,28 @@ DECLARE
     v_ids bigint[] := '{}';
     v_keys text[] := '{}';
 BEGIN
+    SELECT * INTO v_def FROM pgingest.hybrid_search_defaults();
+    v_ranking := lower(coalesce(hybrid_search.text_ranking, v_def.text_ranking));
+    v_wv := coalesce(hybrid_search.vector_weight, v_def.vector_weight);
+    v_wt := coalesce(hybrid_search.text_weight, v_def.text_weight);
+    v_rrf_k := coalesce(hybrid_search.rrf_k, v_def.rrf_k);
+    v_candidates := coalesce(hybrid_search.candidates, v_def.candidates);
     -- rrf_k + rank is a divisor (rank >= 1): rrf_k < 1 could make it 0 (issue 18, item 14).
-    IF rrf_k IS NULL OR rrf_k < 1 THEN
-        RAISE EXCEPTION 'pgingest: rrf_k must be at least 1, not %', coalesce(rrf_k::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'The usual value is 60 (the default).';
+    IF v_rrf_k < 1 THEN
+        RAISE EXCEPTION 'pgingest: rrf_k must be at least 1, not %', v_rrf_k
+            USING ERRCODE = 'invalid_parameter_value', HINT = format('NULL takes the default (%s).', v_def.rrf_k);
+    END IF;
+    IF v_ranking NOT IN ('bm25', 'ts_rank_cd') THEN
+        RAISE EXCEPTION 'pgingest: text_ranking must be bm25 or ts_rank_cd, not %', hybrid_search.text_ranking
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_wv < 0 OR v_wt < 0 OR v_wv = 'NaN' OR v_wt = 'NaN' THEN
+        RAISE EXCEPTION 'pgingest: vector_weight and text_weight must be at least 0, not % and %', v_wv, v_wt
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF k IS NULL OR k < 1 OR k > 1000 THEN
+        RAISE EXCEPTION 'pgingest: k must be between 1 and 1000, not %', k
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF hybrid_search.model IS NULL THEN
         SELECT * INTO v_m FROM pgingest.models AS m WHERE m.state = 'active';
@@ -599,13 +683,36 @@ BEGIN
               HINT = 'An admin runs SELECT pgingest.set_text_search_config(''english''); it adds chunks.tsv '
                      'and its index (rewrites pgingest.chunks).';
     END IF;
+    v_terms := pgingest._text_query_terms(v_cfg, query_text);
     IF match_all THEN
         v_query := websearch_to_tsquery(v_cfg, query_text);
     ELSE
-        -- Natural-language questions: any of the query's lexemes, ranked by how many match.
-        SELECT coalesce(string_agg(quote_literal(l.lexeme), ' | '), '')::tsquery
-        INTO v_query
-        FROM unnest(tsvector_to_array(to_tsvector(v_cfg, query_text))) AS l (lexeme);
+        -- Natural-language questions: any of the query's terms.
+        SELECT coalesce(string_agg(quote_literal(t.lexeme), ' | '), '')::tsquery INTO v_query
+        FROM unnest(v_terms) AS t (lexeme);
+    END IF;
+    IF v_ranking = 'bm25' THEN
+        -- BM25 (k1 1.2, b 0: chunks are of bounded size, so no average length to keep right). Each term's
+        -- document frequency is counted through the GIN index of chunks.tsv; the number of chunks is
+        -- PostgreSQL's own estimate (pg_class.reltuples, kept by ANALYZE and autovacuum), counted only
+        -- while the table was never analysed. Never a scan of every chunk per search.
+        SELECT sum(greatest(c.reltuples, 0)) INTO v_n
+        FROM pg_catalog.pg_partition_tree('pgingest.chunks'::regclass) AS p
+        INNER JOIN pg_catalog.pg_class AS c ON c.oid = p.relid
+        WHERE p.isleaf;
+        IF coalesce(v_n, 0) < 1 THEN
+            SELECT count(*) INTO v_n FROM pgingest.chunks;
+        END IF;
+        SELECT coalesce(array_agg(s.lexeme ORDER BY s.lexeme), '{}'),
+               coalesce(array_agg(ln(1 + (greatest(v_n, s.df) - s.df + 0.5) / (s.df + 0.5)) ORDER BY s.lexeme), '{}')
+        INTO v_terms, v_idf
+        FROM (
+            SELECT t.lexeme, (
+                SELECT count(*) FROM pgingest.chunks AS c WHERE c.tsv @@ quote_literal(t.lexeme)::tsquery
+            )::float8 AS df
+            FROM unnest(v_terms) AS t (lexeme)
+        ) AS s
+        WHERE s.df > 0;
     END IF;
     FOR v_r IN EXECUTE format(
         $sql$
@@ -614,30 +721,52 @@ BEGIN
             FROM pgingest._nearest($1, $3, $4, FALSE, $12, $11) AS s
         ), t AS (
             SELECT c.doc_id, c.ordinal,
-                   row_number() OVER (ORDER BY ts_rank_cd(c.tsv, q.q) DESC, c.doc_id, c.ordinal)::integer AS rnk
+                   row_number() OVER (ORDER BY %2$s DESC, c.doc_id, c.ordinal)::integer AS rnk
             FROM pgingest.chunks AS c
             INNER JOIN pgingest.source_documents AS d ON d.doc_id = c.doc_id
             CROSS JOIN (SELECT $2::tsquery AS q) AS q
             WHERE c.profile_id = $10 AND c.tsv @@ q.q AND %1$s
-            ORDER BY ts_rank_cd(c.tsv, q.q) DESC, c.doc_id, c.ordinal
+            ORDER BY %2$s DESC, c.doc_id, c.ordinal
             LIMIT $3
         ), fused AS (
             SELECT coalesce(v.doc_id, t.doc_id) AS doc_id, coalesce(v.ordinal, t.ordinal) AS ordinal,
                    coalesce($6 / ($8 + v.rnk), 0) + coalesce($7 / ($8 + t.rnk), 0) AS score,
                    v.rnk AS vector_rank, t.rnk AS text_rank
             FROM v FULL JOIN t ON v.doc_id = t.doc_id AND v.ordinal = t.ordinal
+        ), per_doc AS (
+            -- One row a document: its best rank on each side fused, shown with its best fused chunk.
+            SELECT DISTINCT ON (f.doc_id) f.doc_id, f.ordinal,
+                   coalesce($6 / ($8 + min(f.vector_rank) OVER w), 0)
+                   + coalesce($7 / ($8 + min(f.text_rank) OVER w), 0) AS score,
+                   (min(f.vector_rank) OVER w)::integer AS vector_rank,
+                   (min(f.text_rank) OVER w)::integer AS text_rank
+            FROM fused AS f
+            WINDOW w AS (PARTITION BY f.doc_id)
+            ORDER BY f.doc_id, f.score DESC, f.vector_rank NULLS LAST, f.ordinal
+        ), ranked AS (
+            SELECT * FROM fused WHERE NOT $15
+            UNION ALL
+            SELECT * FROM per_doc WHERE $15
         )
         SELECT f.doc_id, d.doc_key, d.title, f.ordinal, c.content, f.score, f.vector_rank, f.text_rank,
-               d.source, d.source_key, $12 AS model_name
-        FROM fused AS f
+               d.source, d.source_key, $12 AS model_name, d.metadata
+        FROM ranked AS f
         INNER JOIN pgingest.source_documents AS d ON d.doc_id = f.doc_id
         INNER JOIN pgingest.chunks AS c ON c.profile_id = $10 AND c.doc_id = f.doc_id AND c.ordinal = f.ordinal
         ORDER BY f.score DESC, f.doc_id, f.ordinal
         LIMIT $9
         $sql$,
-        v_pred
-    ) USING query_vector, v_query, greatest(candidates, k), filter, query_text,
-            vector_weight, text_weight, rrf_k::double precision, k, v_m.profile_id, sources, v_m.name
+        v_pred,
+        CASE WHEN v_ranking = 'bm25'
+            -- sum over the question's terms in the chunk of idf * tf * (k1 + 1) / (tf + k1)
+            THEN '(SELECT sum(w.idf * (coalesce(array_length(u.positions, 1), 1) * 2.2)'
+                 ' / (coalesce(array_length(u.positions, 1), 1) + 1.2))'
+                 ' FROM unnest(c.tsv) AS u INNER JOIN unnest($13::text[], $14::float8[]) AS w (lexeme, idf)'
+                 ' ON w.lexeme = u.lexeme)'
+            ELSE 'ts_rank_cd(c.tsv, q.q)' END
+    ) USING query_vector, v_query, greatest(v_candidates, k), filter, query_text,
+            v_wv, v_wt, v_rrf_k::double precision, k, v_m.profile_id, sources, v_m.name, v_terms, v_idf,
+            coalesce(per_document, FALSE)
     LOOP
         doc_id := v_r.doc_id;
         doc_key := v_r.doc_key;
@@ -650,6 +779,7 @@ BEGIN
         source := v_r.source;
         source_key := v_r.source_key;
         model_name := v_r.model_name;
+        metadata := v_r.metadata;
         IF v_log THEN
             v_ids := v_ids || v_r.doc_id;
             v_keys := v_keys || v_r.doc_key;
@@ -666,11 +796,15 @@ $$;
 
 COMMENT ON FUNCTION pgingest.hybrid_search(
     text, vector, integer, jsonb, double precision, double precision,
-    integer, integer, boolean, text[], text, timestamptz
+    integer, integer, boolean, text[], text, timestamptz, boolean, text
 ) IS
-'Hybrid search: vector search (active model''s store) and full-text search (chunks.tsv of the active model''s '
-'profile, websearch syntax) fused '
-'by reciprocal rank fusion: score = vector_weight/(rrf_k + vector rank) + text_weight/(rrf_k + text rank). '
-'The text side matches any query term (ranked by ts_rank_cd), or all of them in websearch syntax with '
-'match_all => true. Under the active model, or `model` (model_name says which served); logged to '
+'Hybrid search: vector search (the active model''s store, or `model`''s) and full-text search (chunks.tsv of '
+'its profile) fused by weighted reciprocal rank fusion: score = vector_weight/(rrf_k + vector rank) + '
+'text_weight/(rrf_k + text rank), over the best `candidates` chunks of each side. The text side matches any '
+'of the question''s terms (its lexemes without stop words, dotted names whole and in parts), or all of them '
+'in websearch syntax with match_all => true, ranked by BM25 (text_ranking ''bm25'': idf from each term''s '
+'document frequency, tf saturated with k1 1.2) or by ts_rank_cd (''ts_rank_cd'', the ranking before issue '
+'21). per_document => true: one row a document, its best rank on each side fused, shown with its best '
+'chunk. A NULL weight, rrf_k, candidates or text_ranking takes pgingest.hybrid_search_defaults() (chosen by '
+'make eval). Returns each document''s metadata; model_name says which model served; logged to '
 'pgingest.query_log like search().';
