@@ -212,10 +212,18 @@ def test_hybrid_search_finds_a_rare_term_that_vector_search_ranks_low(
         r[0] for r in conn.execute("SELECT doc_key FROM pgingest.search(%s, 50)", (Vector(qvec),))
     ]
     assert "doc-77" not in vector_only[:10]
+    # A text side weighted above the vector side puts its first hit first.
     hybrid = conn.execute(
-        "SELECT doc_key, text_rank FROM pgingest.hybrid_search(%s, %s, 5)", (query, Vector(qvec))
+        "SELECT doc_key, text_rank FROM pgingest.hybrid_search(%s, %s, 5, text_weight => 2.0)",
+        (query, Vector(qvec)),
     ).fetchall()
     assert hybrid[0] == ("doc-77", 1)
+    # With the defaults (text weight 0.4 of the vector side's), still among the first 10 documents.
+    defaults = conn.execute(
+        "SELECT doc_key FROM pgingest.hybrid_search(%s, %s, 10, per_document => true)",
+        (query, Vector(qvec)),
+    ).fetchall()
+    assert ("doc-77",) in defaults
 
 
 def test_retention_purges_only_what_the_policy_says(
