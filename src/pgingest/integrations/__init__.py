@@ -45,12 +45,6 @@ QueryEmbedding = Literal["client", "sql"]
 
 APPLICATION_NAME = "pgingest-integrations"
 
-HYBRID_PER_DOCUMENT_FACTOR = 8
-"""Per-document hybrid search asks ``hybrid_search`` for ``k * 8`` fused chunks (at most 1000)
-and keeps each document's best one: ``pgingest.search`` widens its per-document search the same
-way. ``hybrid_search`` itself has no per-document mode, so a document whose best chunk ranks
-below those rows is not returned, and fewer than k documents may come back."""
-
 
 class NoActiveModel(LookupError):
     """No model was named and the database has no active model to serve the search."""
@@ -62,7 +56,7 @@ class Hit:
 
     ``score``: higher is better. Vector search: ``1 - distance`` for a cosine model (the cosine
     similarity), ``-distance`` for an inner-product model (the inner product) and for an L2
-    model. Hybrid search: the reciprocal rank fusion score of ``pgingest.hybrid_search``.
+    model. Hybrid search: the weighted reciprocal rank fusion score of ``pgingest.hybrid_search``.
     ``distance`` (vector search only) is ``pgingest.search``'s, in the model's metric;
     ``vector_rank`` and ``text_rank`` (hybrid only) are the chunk's ranks on each side (None: not
     among that side's candidates).
@@ -160,16 +154,12 @@ _VECTOR_SEARCH = sql.SQL(
     " ORDER BY r.ordinality"
 )
 
-# hybrid_search returns no metadata: each document's is read from pgingest.search_chunks (the
-# reader's view over the active model's store, with every source's documents).
 _HYBRID_SEARCH = sql.SQL(
     "SELECT r.doc_id, r.doc_key, r.title, r.ordinal, r.content, r.score, r.vector_rank,"
-    " r.text_rank, r.source, r.source_key, r.model_name, md.metadata"
+    " r.text_rank, r.source, r.source_key, r.model_name, r.metadata"
     " FROM pgingest.hybrid_search(%(query)s, {vector}, %(k)s, %(filter)s::jsonb,"
-    " %(vector_weight)s, %(text_weight)s, sources => %(sources)s::text[], model => %(model)s)"
-    " WITH ORDINALITY AS r"
-    " LEFT JOIN LATERAL (SELECT c.metadata FROM pgingest.search_chunks AS c"
-    " WHERE c.doc_id = r.doc_id LIMIT 1) AS md ON TRUE"
+    " %(vector_weight)s, %(text_weight)s, sources => %(sources)s::text[], model => %(model)s,"
+    " per_document => %(per_document)s) WITH ORDINALITY AS r"
     " ORDER BY r.ordinality"
 )
 
@@ -190,8 +180,8 @@ def retrieve(
     query_embedding: QueryEmbedding = "client",
     embedding_url: str | None = None,
     routing_key: str | None = None,
-    vector_weight: float = 1.0,
-    text_weight: float = 1.0,
+    vector_weight: float | None = None,
+    text_weight: float | None = None,
     timeout: float = 30.0,
 ) -> list[Hit]:
     """Searches ``query`` through pgingest's SQL API and returns up to ``k`` hits, best first.
@@ -201,7 +191,9 @@ def retrieve(
     it to its candidate). ``filter``: pgingest's metadata filter (promoted keys use their typed
     columns, others jsonb containment). ``sources``: only these sources (None: all; an unknown
     name raises ``psycopg.errors.UndefinedObject``). ``hybrid``: full-text and vector search fused
-    (``pgingest.hybrid_search``; full-text search must be on: ``set_text_search_config``).
+    (``pgingest.hybrid_search``; full-text search must be on: ``set_text_search_config``);
+    ``vector_weight`` / ``text_weight``: its fusion's weights (None: its defaults,
+    ``pgingest.hybrid_search_defaults()``).
     ``per_document``: one hit per document, its best chunk. ``query_embedding``: ``"client"``
     embeds here through the model's endpoint (``embedding_url`` overrides it, without the
     model's API key unless it is the same endpoint), ``"sql"`` in the database (plpython3u).
@@ -244,8 +236,6 @@ def retrieve(
         cur = conn.cursor(row_factory=dict_row)
         with conn.transaction():
             if hybrid:
-                if per_document:
-                    params["k"] = min(max(k, 1) * HYBRID_PER_DOCUMENT_FACTOR, 1000)
                 rows = cur.execute(_HYBRID_SEARCH.format(vector=vector), params).fetchall()
             else:
                 rows = cur.execute(_VECTOR_SEARCH.format(vector=vector), params).fetchall()
@@ -266,30 +256,23 @@ def retrieve(
             )
             for r in rows
         ]
-    hits: list[Hit] = []
-    seen: set[int] = set()
-    for r in rows:
-        if per_document:
-            if r["doc_id"] in seen:
-                continue
-            seen.add(r["doc_id"])
-        hits.append(
-            Hit(
-                key=r["doc_key"],
-                doc_id=r["doc_id"],
-                ordinal=r["ordinal"],
-                content=r["content"],
-                title=r["title"],
-                score=r["score"],
-                source=r["source"],
-                source_key=r["source_key"],
-                model=r["model_name"],
-                metadata=r["metadata"] or {},
-                vector_rank=r["vector_rank"],
-                text_rank=r["text_rank"],
-            )
+    return [
+        Hit(
+            key=r["doc_key"],
+            doc_id=r["doc_id"],
+            ordinal=r["ordinal"],
+            content=r["content"],
+            title=r["title"],
+            score=r["score"],
+            source=r["source"],
+            source_key=r["source_key"],
+            model=r["model_name"],
+            metadata=r["metadata"] or {},
+            vector_rank=r["vector_rank"],
+            text_rank=r["text_rank"],
         )
-    return hits[:k]
+        for r in rows
+    ]
 
 
 def _route(conn: psycopg.Connection[Any], routing_key: str) -> str:

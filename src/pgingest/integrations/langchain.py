@@ -59,8 +59,8 @@ class PgingestRetriever(BaseRetriever):
     query_embedding: QueryEmbedding = "client"
     embedding_url: str | None = None
     routing_key: str | None = None
-    vector_weight: float = 1.0
-    text_weight: float = 1.0
+    vector_weight: float | None = None
+    text_weight: float | None = None
     timeout: float = 30.0
 
     def _get_relevant_documents(
