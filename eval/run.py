@@ -11,9 +11,12 @@ with whole bodies) and drained by a ``pgingest worker``. Then every question is 
   nearest neighbours); ``vector_chunks``: the same with ``per_document => false``;
 * ``hnsw`` / ``hnsw_chunks``: the same after ``pgingest.index.build_index`` built the model's HNSW
   index (``pg_stat_user_indexes`` checks that the searches used it);
-* ``hybrid_chunks``: ``pgingest.hybrid_search(q, v, 10)`` as shipped (chunks, RRF, defaults);
-  ``hybrid``: per document, ``hybrid_search(q, v, 100)``'s chunks kept at each document's best
-  (hybrid_search has no ``per_document`` option yet: issue 21, point 2).
+* ``hybrid``: ``pgingest.hybrid_search(q, v, 10, per_document => true)`` with its defaults (BM25
+  text side, weighted RRF: ``pgingest.hybrid_search_defaults()``, chosen on the tuning half:
+  ``eval/hybrid_defaults.json``); ``hybrid_chunks``: the same per chunk;
+  ``hybrid_ts_rank_cd``: per document, the same fusion over a ``ts_rank_cd`` text side;
+  ``hybrid_rrf60``: per document, the fusion shipped before issue 21 (``ts_rank_cd``, k 60,
+  equal weights).
 
 A per-chunk result names the documents of its 10 chunks, each at its first chunk's rank. Scores:
 recall@1/5/10, MRR@10, nDCG@10 and hit@5 (ir-measures: trec_eval's measures), per split (the
@@ -35,15 +38,37 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
-from eval import dataset, scoring
+from eval import dataset, scoring, tune
 from pgingest import db, index, local_model
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "minilm"
 K = 10
-HYBRID_POOL = 100  # chunks asked of hybrid_search to keep 10 distinct documents
-SYSTEMS = ("vector", "vector_chunks", "hnsw", "hnsw_chunks", "hybrid", "hybrid_chunks")
+SYSTEMS = (
+    "vector",
+    "vector_chunks",
+    "hnsw",
+    "hnsw_chunks",
+    "hybrid",
+    "hybrid_chunks",
+    "hybrid_ts_rank_cd",
+    "hybrid_rrf60",
+)
+# hybrid_search arguments of each hybrid system (None: its defaults)
+HYBRID_VARIANTS: dict[str, dict[str, Any]] = {
+    "hybrid": {"per_document": True},
+    "hybrid_chunks": {"per_document": False},
+    "hybrid_ts_rank_cd": {"per_document": True, "text_ranking": "ts_rank_cd"},
+    "hybrid_rrf60": {
+        "per_document": True,
+        "text_ranking": "ts_rank_cd",
+        "vector_weight": 1.0,
+        "text_weight": 1.0,
+        "rrf_k": 60,
+    },
+}
 # Chunking profiles compared by exact vector search (one model each, the same encoder): register
 # parameters over the default profile (MiniLM tokenizer, 200 tokens, 20 overlap, title in chunks).
 PROFILES: dict[str, dict[str, Any]] = {
@@ -51,6 +76,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     "no_title": {"title_in_chunks": False},
     "small": {"chunk_max_tokens": 100, "chunk_overlap_tokens": 10},
 }
+
+DEFAULTS_PATH = ROOT / "eval" / "hybrid_defaults.json"
 
 _T0 = time.monotonic()
 
@@ -173,11 +200,17 @@ def vector_search(per_document: bool, model: str = MODEL) -> Search:
     return run
 
 
-def hybrid_search(pool: int) -> Search:
+def hybrid_search(**options: Any) -> Search:
+    named = sql.SQL("").join(
+        sql.SQL(", {} => {}").format(sql.Identifier(name), sql.Placeholder(name))
+        for name in sorted(options)
+    )
+    query = sql.SQL("SELECT doc_key FROM pgingest.hybrid_search(%(q)s, %(v)s, %(k)s{})").format(
+        named
+    )
+
     def run(conn: psycopg.Connection[Any], q: dataset.Question, vec: Any) -> list[str]:
-        rows = conn.execute(
-            "SELECT doc_key FROM pgingest.hybrid_search(%s, %s, %s)", (q.text, vec, pool)
-        ).fetchall()
+        rows = conn.execute(query, {"q": q.text, "v": vec, "k": K, **options}).fetchall()
         return _distinct([str(r[0]) for r in rows])
 
     return run
@@ -210,20 +243,20 @@ def print_table(results: dict[str, Any], questions: Sequence[dataset.Question]) 
     n = {s: sum(1 for q in questions if q.split == s) for s in dataset.SPLITS}
     for split in ("heldout", "tuning"):
         print(f"\n{split} half ({n[split]} questions), per document unless *_chunks")
-        print(f"  {'system':<15}" + "".join(f"{c:>11}" for c in cols))
+        print(f"  {'system':<18}" + "".join(f"{c:>11}" for c in cols))
         for system in SYSTEMS:
             m = results[split][system]
-            print(f"  {system:<15}" + "".join(f"{m[c]:>11.3f}" for c in cols))
+            print(f"  {system:<18}" + "".join(f"{m[c]:>11.3f}" for c in cols))
     print("\nall questions by kind: recall@5 / MRR@10 (per document unless *_chunks)")
     kinds = results["by_kind"]
     heads = [f"{k} ({kinds[k]['n']})" for k in dataset.KINDS]
-    print(f"  {'system':<15}" + "".join(f"{h:>22}" for h in heads))
+    print(f"  {'system':<18}" + "".join(f"{h:>22}" for h in heads))
     for system in SYSTEMS:
         cells = [
             f"{kinds[k][system]['recall@5']:.3f} / {kinds[k][system]['mrr@10']:.3f}"
             for k in dataset.KINDS
         ]
-        print(f"  {system:<15}" + "".join(f"{c:>22}" for c in cells))
+        print(f"  {system:<18}" + "".join(f"{c:>22}" for c in cells))
 
 
 def print_profiles(profiles: dict[str, Any]) -> None:
@@ -254,6 +287,33 @@ def print_profiles(profiles: dict[str, Any]) -> None:
     )
 
 
+def print_tuning(tuning: dict[str, Any], shipped: dict[str, Any] | None) -> None:
+    print(f"\nhybrid fusion grid ({len(tuning['grid'])} points; {tuning['criterion']})")
+    cols = ("recall@5", "mrr@10", "ndcg@10")
+    print(
+        f"  {'text':<11}{'rrf_k':>6}{'w_text':>7}  "
+        + "".join(f"{c:>9}" for c in cols)
+        + "  |"
+        + "".join(f"{c:>9}" for c in cols)
+        + "   (tuning | heldout)"
+    )
+    for ranking in tune.RANKINGS:
+        rows = [r for r in tuning["grid"] if r["text_ranking"] == ranking]
+        top = sorted(rows, key=lambda r: -(r["tuning"]["recall@5"] + r["tuning"]["mrr@10"]))[:3]
+        for r in top:
+            print(
+                f"  {ranking:<11}{r['rrf_k']:>6}{r['text_weight']:>7}  "
+                + "".join(f"{r['tuning'][c]:>9.3f}" for c in cols)
+                + "  |"
+                + "".join(f"{r['heldout'][c]:>9.3f}" for c in cols)
+            )
+    same = shipped == tuning["chosen"]
+    print(
+        f"  chosen: {json.dumps(tuning['chosen'])}; shipped defaults"
+        f" {'are the same' if same else 'DIFFER: ' + json.dumps(shipped)}"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from bench.common import fresh_database, serve_model, server_url
 
@@ -263,6 +323,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--keep-database", action="store_true", help="do not drop the database")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds for the drain")
     p.add_argument("--log-dir", default=str(ROOT / ".pgdata"))
+    p.add_argument(
+        "--write-defaults",
+        action="store_true",
+        help=f"record the grid's choice in {DEFAULTS_PATH.relative_to(ROOT)}",
+    )
     p.add_argument(
         "--profiles",
         default="default,no_title",
@@ -354,13 +419,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             scans += hnsw_scans
             if hnsw_scans < 2 * len(questions):
                 raise RuntimeError(f"the HNSW searches scanned the index {hnsw_scans} times")
-            log("hybrid search (pgingest.hybrid_search, as shipped, planner's choice)")
-            runs["hybrid"] = ask_all(
-                conn, "hybrid", hybrid_search(HYBRID_POOL), questions, vectors, latencies
-            )
-            runs["hybrid_chunks"] = ask_all(
-                conn, "hybrid_chunks", hybrid_search(K), questions, vectors, latencies
-            )
+            log("hybrid search (pgingest.hybrid_search, planner's choice)")
+            # BM25's chunk count is PostgreSQL's estimate (pg_class.reltuples): analysed as
+            # autovacuum would after the load.
+            conn.execute("ANALYZE pgingest.chunks")
+            for name, options in HYBRID_VARIANTS.items():
+                runs[name] = ask_all(
+                    conn, name, hybrid_search(**options), questions, vectors, latencies
+                )
+            results_defaults = conn.execute(
+                "SELECT row_to_json(d) FROM pgingest.hybrid_search_defaults() AS d"
+            ).fetchone()
+            log("the hybrid fusion grid on the tuning half (eval/tune.py)")
+            t0 = time.monotonic()
+            tuning = tune.run_grid(conn, questions, vectors)
+            timings["tune_s"] = time.monotonic() - t0
             hybrid_scans = index_scans(conn, built.index_name) - scans
         finally:
             conn.close()
@@ -378,6 +451,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     results["latency_ms_median"] = {k: round(statistics.median(v), 2) for k, v in latencies.items()}
     results["index_scans"] = {"hnsw_searches": hnsw_scans, "hybrid_searches": hybrid_scans}
+    results["hybrid_defaults"] = results_defaults[0] if results_defaults else None
+    results["hybrid_tuning"] = tuning
+    if args.write_defaults:
+        record = json.loads(DEFAULTS_PATH.read_text()) if DEFAULTS_PATH.exists() else {}
+        record.update({k: tuning[k] for k in ("criterion", "chosen", "chosen_figures")})
+        DEFAULTS_PATH.write_text(json.dumps(record, indent=2) + "\n")
     results["corpus"] = {
         "documents": len(docs),
         "chunks": chunks,
@@ -395,6 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
     print_table(results, questions)
     print_profiles(results["profiles"])
+    print_tuning(tuning, results["hybrid_defaults"])
     print(f"\nmedian latency (ms): {json.dumps(results['latency_ms_median'])}")
     print(f"wrote {args.output} in {results['timings_s']['total_s']:.0f} s")
     return 0
