@@ -869,7 +869,7 @@ class Chaos:
             self.fake_log.close()
         if self.listener is not None:
             self.listener.close()
-        if self.args.keep:
+        if self.args.keep or (self.args.trace and not passed):
             say(
                 f"kept database {self.dbname} ({self.dsn}), role {self.reader_role} and logs in"
                 f" {self.logdir}"
@@ -2590,7 +2590,7 @@ def main(argv: list[str] | None = None) -> int:
         "--trace",
         action="store_true",
         help="record every change to the queues, source_rows and embedding_state in"
-        " chaos_trace.ops (row triggers; for hunting a lost document with --keep)",
+        " chaos_trace.ops (row triggers; the database is kept when a check fails)",
     )
     args = p.parse_args(argv)
     if args.docs is not None and args.docs < 100:
