@@ -116,6 +116,7 @@ class Plan:
     request_dimensions: bool
     max_input_tokens: int
     metric: str
+    storage: str
     index_options: dict[str, int]
     chunk_tokenizer: str
     chunk_max_tokens: int
@@ -128,6 +129,7 @@ class Plan:
     queue_table: str
     queue_failed_table: str | None
     trigger_name: str
+    scheduling: str | None = None
     store_rows: int = 0
     store_keys: int = 0
     orphan_rows: int = 0
@@ -145,7 +147,7 @@ class Plan:
             f"(key {', '.join(self.key_columns)}): {self.state}",
             f"  source   {self.source}: {mapping}, backfill off (rows registered at cut-over)",
             f"  model    {self.model}: {self.model_id}, {self.dimensions} dimensions, "
-            f"{self.metric}, base_url {self.base_url}, key "
+            f"{self.metric}, {self.storage}, base_url {self.base_url}, key "
             f"{'$' + self.api_key_env if self.api_key_env else 'none'}, max_input_tokens "
             f"{self.max_input_tokens}; {self.model_state}"
             + (" (pgingest model swap makes it active)" if self.model_state == "shadow" else ""),
@@ -188,6 +190,7 @@ class AdoptResult:
     cutover_s: float = 0.0
     compat_view: str | None = None
     index: str | None = None
+    steps: dict[str, float] = field(default_factory=dict)
 
 
 # -- the catalog -----------------------------------------------------------------------------
@@ -438,6 +441,13 @@ def _plan_one(
     else:
         raise Refusal(name, "chunking", f"chunking implementation {cimpl!r}")
     limit = max(max_input_tokens or default_limit, max_tokens)
+    storage = "vector"
+    if dimensions > 2000:
+        storage = "halfvec"
+        differences.append(
+            f"storage: {dimensions} dimensions are stored as halfvec (16-bit floats): pgvector "
+            "indexes vector columns of at most 2,000 dimensions"
+        )
 
     indexing = cfg.get("indexing") or {}
     iimpl = indexing.get("implementation")
@@ -471,7 +481,7 @@ def _plan_one(
         )
 
     src = source or _sanitize(table)
-    mdl = model or _sanitize(name, "pgai_")
+    mdl = model or _sanitize(f"{v['id']}_{table}", "pgai_")
     for what, value in (("--source", src), ("--model", mdl)):
         if not _NAME_RE.match(value):
             raise Refusal(name, what, f"{value!r} is not a valid pgingest name")
@@ -494,6 +504,7 @@ def _plan_one(
         request_dimensions=request_dimensions,
         max_input_tokens=limit,
         metric=metric,
+        storage=storage,
         index_options=index_options,
         chunk_tokenizer="heuristic",
         chunk_max_tokens=max_tokens,
@@ -506,6 +517,7 @@ def _plan_one(
         queue_table=v["queue_table"],
         queue_failed_table=v.get("queue_failed_table"),
         trigger_name=v["trigger_name"],
+        scheduling=sched,
         differences=differences,
     )
     _check_pgingest_side(conn, p, v)
@@ -653,7 +665,7 @@ def _register_model(conn: psycopg.Connection[Any], p: Plan, allow_insecure_http:
         return
     conn.execute(
         "SELECT pgingest.register_model(name => %s, model_id => %s, dimensions => %s,"
-        " base_url => %s, metric => %s, max_input_tokens => %s, api_key_env => %s,"
+        " base_url => %s, storage => %s, metric => %s, max_input_tokens => %s, api_key_env => %s,"
         " index_options => %s::jsonb, request_dimensions => %s, chunk_tokenizer => %s,"
         " chunk_max_tokens => %s, chunk_overlap_tokens => %s, title_in_chunks => false,"
         " allow_insecure_http => %s)",
@@ -662,6 +674,7 @@ def _register_model(conn: psycopg.Connection[Any], p: Plan, allow_insecure_http:
             p.model_id,
             p.dimensions,
             p.base_url,
+            p.storage,
             p.metric,
             p.max_input_tokens,
             p.api_key_env,
@@ -683,6 +696,11 @@ def _cutover(
     compat_view: bool,
     res: AdoptResult,
 ) -> None:
+    """One transaction. First, before the table's lock (the application's writes go on), pgai's
+    vectors are copied into the model's chunks and store under doc_ids taken from the sequence
+    now (invisible to others until the commit). Then, under the lock: pgai off, the source
+    attached, every row registered (a row pgai has vectors for gets the doc_id its vectors were
+    copied under), what changed since the copy reconciled, the versions recorded, the queues."""
     from psycopg import sql
 
     tbl = sql.Identifier(p.table_schema, p.table_name)
@@ -696,17 +714,76 @@ def _cutover(
     queues = [sql.Identifier(p.queue_schema, p.queue_table)]
     if p.queue_failed_table:
         queues.append(sql.Identifier(p.queue_schema, p.queue_failed_table))
-    started = time.monotonic()
+    seq = sql.SQL("nextval(pg_get_serial_sequence('pgingest.documents', 'id'))")
+    clock = [time.monotonic()]
+
+    def step(name: str) -> None:
+        now = time.monotonic()
+        res.steps[name] = round(now - clock[0], 3)
+        clock[0] = now
+
+    started = clock[0]
     with conn.transaction():
+        profile_id, store_name, queue_name = conn.execute(
+            "SELECT m.profile_id, m.store_name, m.queue_name FROM pgingest.models AS m"
+            " WHERE m.name = %s",
+            (p.model,),
+        ).fetchone()  # type: ignore[misc]
+        st = sql.Identifier(store_name)
+        # -- 1. the copy, before the lock ---------------------------------------------------
+        conn.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE pgingest_adopt_docs ON COMMIT DROP AS"
+                " SELECT k.row_key, {seq} AS doc_id"
+                " FROM (SELECT DISTINCT {k} AS row_key FROM {store} AS x) AS k"
+            ).format(seq=seq, k=key_json, store=store)
+        )
+        conn.execute("CREATE UNIQUE INDEX ON pgingest_adopt_docs (row_key)")
+        conn.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE pgingest_adopt_rows ON COMMIT DROP AS"
+                " SELECT d.doc_id, (row_number() OVER (PARTITION BY d.doc_id ORDER BY x.chunk_seq)"
+                " - 1)::integer AS ordinal, x.chunk, sha256(convert_to(x.chunk, 'UTF8')) AS h,"
+                " x.embedding_uuid"
+                " FROM {store} AS x INNER JOIN pgingest_adopt_docs AS d ON d.row_key = {k}"
+            ).format(store=store, k=key_json)
+        )
+        conn.execute("ANALYZE pgingest_adopt_docs, pgingest_adopt_rows")
+        chunker = (
+            f"pgai-adopted {p.vectorizer} (chunks as pgai cut and formatted them; "
+            "re-chunked at the next edit)"
+        )
+        conn.execute(
+            "INSERT INTO pgingest.chunks (profile_id, doc_id, ordinal, content, chunk_hash,"
+            " token_count, char_start, char_end, chunker)"
+            " SELECT %s, a.doc_id, a.ordinal, a.chunk, a.h,"
+            " greatest(1, ceil(octet_length(a.chunk) / 3.0))::integer, 0, 0, %s"
+            " FROM pgingest_adopt_rows AS a ORDER BY a.doc_id, a.ordinal",
+            (profile_id, chunker),
+        )
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO pgingest.{st} (doc_id, ordinal, chunk_hash, embedding)"
+                " SELECT a.doc_id, a.ordinal, a.h, l2_normalize(x.embedding)::{ty}"
+                " FROM pgingest_adopt_rows AS a INNER JOIN {store} AS x"
+                " ON x.embedding_uuid = a.embedding_uuid ORDER BY a.doc_id, a.ordinal"
+            ).format(
+                st=st, store=store, ty=sql.SQL("halfvec" if p.storage == "halfvec" else "vector")
+            )
+        )
+        step("copy_s")
+        # -- 2. the cut-over, under the lock -------------------------------------------------
         conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))
         conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(tbl))
         locked = time.monotonic()
-        res.lock_wait_s = locked - started
+        step("lock_wait_s")
         # pgai's worker (if still running) finishes what it holds and takes nothing more.
         for q in queues:
             conn.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(q))
         conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(store))
         conn.execute("UPDATE ai.vectorizer SET disabled = true WHERE id = %s", (p.vectorizer_id,))
+        if p.scheduling == "timescaledb":
+            conn.execute("SELECT ai.disable_vectorizer_schedule(%s)", (p.vectorizer_id,))
         for trg in (p.trigger_name, p.trigger_name + "_truncate"):
             conn.execute(
                 sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(tbl, sql.Identifier(trg))
@@ -716,90 +793,99 @@ def _cutover(
             " template => %s, backfill => false)",
             (p.source, p.table, p.body, p.template),
         )
-        sid, first, profile_id, store_name, queue_name = conn.execute(
-            "SELECT s.id, s.statements ->> 'backfill_first', m.profile_id, m.store_name,"
-            " m.queue_name FROM pgingest.sources AS s, pgingest.models AS m"
-            " WHERE s.name = %s AND m.name = %s",
-            (p.source, p.model),
+        step("pgai_off_source_on_s")
+        # Every row registered as the source's backfill would (same expressions, same hash),
+        # nothing queued; a row with adopted vectors gets the doc_id they were copied under.
+        sid, e_key, e_title, e_meta, e_body = conn.execute(
+            "SELECT s.id, pgingest._source_expr(s, 'key'), pgingest._source_expr(s, 'title'),"
+            " pgingest._source_expr(s, 'metadata'), pgingest._source_expr(s, 'body')"
+            " FROM pgingest.sources AS s WHERE s.name = %s",
+            (p.source,),
         ).fetchone()  # type: ignore[misc]
-        # Every row registered (doc_id, content hash), as the backfill does, nothing queued.
-        conn.execute(
-            sql.SQL("PREPARE pgingest_adopt_register (jsonb, integer) AS ") + sql.SQL(first)
-        )
-        try:
-            conn.execute("EXECUTE pgingest_adopt_register(NULL, 2147483647)")
-        finally:
-            conn.execute("DEALLOCATE pgingest_adopt_register")
-        res.rows_registered = int(
-            _one(conn, "SELECT count(*) FROM pgingest.source_rows WHERE source_id = %s", (sid,))
-        )
+        res.rows_registered = conn.execute(
+            sql.SQL(
+                "INSERT INTO pgingest.source_rows (doc_id, source_id, row_key, content_hash, title,"
+                " metadata)"
+                " SELECT coalesce(d.doc_id, {seq}), %s, n.k, pgingest._source_hash(n.title, n.body),"
+                " left(n.title, 1024), n.md"
+                " FROM (SELECT {ek} AS k, {et} AS title, {em} AS md, {eb} AS body FROM {tbl} AS t)"
+                " AS n LEFT JOIN pgingest_adopt_docs AS d ON d.row_key = n.k"
+            ).format(
+                seq=seq,
+                ek=sql.SQL(e_key),
+                et=sql.SQL(e_title),
+                em=sql.SQL(e_meta),
+                eb=sql.SQL(e_body),
+                tbl=tbl,
+            ),
+            (sid,),
+        ).rowcount
         conn.execute(
             "UPDATE pgingest.sources SET backfill_rows = %s WHERE id = %s",
             (res.rows_registered, sid),
         )
-        # The keys pgai still had to (re-)embed: their store rows are an older version's.
+        step("register_s")
+        # Vectors of keys deleted from the table since (or before) the copy: not adopted.
+        conn.execute(
+            "CREATE TEMP TABLE pgingest_adopt_gone ON COMMIT DROP AS SELECT d.doc_id"
+            " FROM pgingest_adopt_docs AS d WHERE NOT EXISTS"
+            " (SELECT 1 FROM pgingest.source_rows AS r WHERE r.doc_id = d.doc_id)"
+        )
+        conn.execute(
+            "DELETE FROM pgingest.chunks AS c USING pgingest_adopt_gone AS g"
+            " WHERE c.profile_id = %s AND c.doc_id = g.doc_id",
+            (profile_id,),
+        )
+        conn.execute(
+            sql.SQL(
+                "DELETE FROM pgingest.{} AS v USING pgingest_adopt_gone AS g"
+                " WHERE v.doc_id = g.doc_id"
+            ).format(st)
+        )
+        res.chunks_adopted = int(
+            _one(
+                conn,
+                "SELECT count(*) FROM pgingest_adopt_rows AS a WHERE NOT EXISTS"
+                " (SELECT 1 FROM pgingest_adopt_gone AS g WHERE g.doc_id = a.doc_id)",
+            )
+        )
+        # The rows pgingest must embed: pgai's queued and failed keys (their vectors are an older
+        # version's), and keys whose store rows pgai's worker rewrote after the copy.
         conn.execute(
             sql.SQL(
                 "CREATE TEMP TABLE pgingest_adopt_pending ON COMMIT DROP AS"
-                " SELECT DISTINCT r.doc_id FROM ({u}) AS x"
+                " SELECT r.doc_id FROM ({u}) AS x"
                 " INNER JOIN pgingest.source_rows AS r ON r.source_id = %s AND r.row_key = {k}"
+                " UNION"
+                " SELECT a.doc_id FROM pgingest_adopt_rows AS a WHERE NOT EXISTS"
+                "  (SELECT 1 FROM {store} AS x WHERE x.embedding_uuid = a.embedding_uuid)"
             ).format(
                 u=sql.SQL(" UNION ").join(
-                    sql.SQL("SELECT {keys} FROM {q}").format(keys=keys, q=q) for q in queues
+                    [sql.SQL("SELECT {keys} FROM {q}").format(keys=keys, q=q) for q in queues]
+                    + [
+                        sql.SQL(
+                            "SELECT {keys} FROM {store} AS s WHERE NOT EXISTS (SELECT 1 FROM"
+                            " pgingest_adopt_rows AS a WHERE a.embedding_uuid = s.embedding_uuid)"
+                        ).format(keys=keys, store=store)
+                    ]
                 ),
                 k=key_json,
+                store=store,
             ),
             (sid,),
         )
-        conn.execute(
-            sql.SQL(
-                "CREATE TEMP TABLE pgingest_adopt_rows ON COMMIT DROP AS"
-                " SELECT r.doc_id, (row_number() OVER (PARTITION BY r.doc_id ORDER BY x.chunk_seq)"
-                " - 1)::integer AS ordinal, x.chunk, sha256(convert_to(x.chunk, 'UTF8')) AS h,"
-                " x.embedding_uuid"
-                " FROM {store} AS x"
-                " INNER JOIN pgingest.source_rows AS r ON r.source_id = %s AND r.row_key = {k}"
-            ).format(store=store, k=key_json),
-            (sid,),
-        )
-        conn.execute("ANALYZE pgingest_adopt_rows")
-        chunker = (
-            f"pgai-adopted {p.vectorizer} (chunks as pgai cut and formatted them; "
-            "re-chunked at the next edit)"
-        )
-        cur = conn.execute(
-            "INSERT INTO pgingest.chunks (profile_id, doc_id, ordinal, content, chunk_hash,"
-            " token_count, char_start, char_end, chunker)"
-            " SELECT %s, a.doc_id, a.ordinal, a.chunk, a.h,"
-            " greatest(1, ceil(octet_length(a.chunk) / 3.0))::integer, 0, 0, %s"
-            " FROM pgingest_adopt_rows AS a ORDER BY a.doc_id, a.ordinal"
-            " ON CONFLICT (profile_id, doc_id, ordinal) DO NOTHING",
-            (profile_id, chunker),
-        )
-        res.chunks_adopted = cur.rowcount
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO pgingest.{st} (doc_id, ordinal, chunk_hash, embedding)"
-                " SELECT a.doc_id, a.ordinal, a.h, l2_normalize(x.embedding)"
-                " FROM pgingest_adopt_rows AS a INNER JOIN {store} AS x"
-                " ON x.embedding_uuid = a.embedding_uuid"
-                " ORDER BY a.doc_id, a.ordinal ON CONFLICT (doc_id, ordinal) DO NOTHING"
-            ).format(st=sql.Identifier(store_name), store=store)
-        )
-        cur = conn.execute(
+        res.documents_embedded = conn.execute(
             "INSERT INTO pgingest.embedding_state (doc_id, model, content_hash, chunk_count)"
             " SELECT r.doc_id, %s, r.content_hash, a.n FROM pgingest.source_rows AS r"
             " INNER JOIN (SELECT a.doc_id, count(*)::integer AS n FROM pgingest_adopt_rows AS a"
             "   GROUP BY a.doc_id) AS a ON a.doc_id = r.doc_id"
-            " WHERE r.source_id = %s"
-            " AND NOT EXISTS (SELECT 1 FROM pgingest_adopt_pending AS q WHERE q.doc_id = r.doc_id)"
-            " ON CONFLICT (doc_id, model) DO NOTHING",
-            (p.model, sid),
-        )
-        res.documents_embedded = cur.rowcount
+            " WHERE NOT EXISTS (SELECT 1 FROM pgingest_adopt_pending AS q WHERE q.doc_id = r.doc_id)",
+            (p.model,),
+        ).rowcount
+        step("reconcile_s")
         # Queued for the adopted model: every row whose version it has not embedded (pgai's
         # queue, its failed items, rows it never embedded). Other live models: every row.
-        cur = conn.execute(
+        res.queued = conn.execute(
             sql.SQL(
                 "INSERT INTO pgmq.{q} (vt, message)"
                 " SELECT clock_timestamp(), jsonb_build_object('doc_id', r.doc_id, 'hash',"
@@ -810,8 +896,7 @@ def _cutover(
                 " ORDER BY r.doc_id"
             ).format(q=sql.Identifier("q_" + queue_name)),
             (sid, p.model),
-        )
-        res.queued = cur.rowcount
+        ).rowcount
         others = conn.execute(
             "SELECT m.name, m.queue_name FROM pgingest.models AS m"
             " WHERE m.state <> 'retired' AND m.name <> %s ORDER BY m.name",
@@ -835,7 +920,10 @@ def _cutover(
             res.compat_view = _compat_view(conn, p, sid, profile_id, store_name)
         for model_name in [p.model] + [o[0] for o in others]:
             conn.execute("SELECT pg_notify('pgingest', %s)", (model_name,))
+        step("queue_s")
+    step("commit_s")
     done = time.monotonic()
+    res.lock_wait_s = res.steps["lock_wait_s"]
     res.lock_held_s = done - locked
     res.cutover_s = done - started
 
