@@ -202,7 +202,7 @@ def _state(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     }
 
 
-MODEL_NAME = "pgai_public_notes_embedding_st"  # pgai_ + the vectorizer's name, cut at 30
+MODEL_NAME = "pgai_1_notes"  # pgai_<vectorizer id>_<table>
 
 
 def test_dry_run_prints_the_plan_and_changes_nothing(
@@ -506,3 +506,99 @@ def test_a_failed_cutover_changes_nothing_and_a_rerun_completes(
     assert "1 rows queued (1 moved from pgai's queue)" in out
     drain(pgai_db)
     assert _inputs(fake) == ["Note 0: Blocked edit."]
+
+
+def test_changes_between_the_copy_and_the_lock_are_reconciled(
+    pgai_db: str, conn: psycopg.Connection[Any], fake: FakeEmbeddingServer
+) -> None:
+    """pgai's vectors are copied before the table's lock: a row deleted meanwhile leaves no
+    adopted chunk behind, and a row pgai's worker re-embedded meanwhile (its store rows
+    rewritten, its queue item gone) is embedded again by pgingest, not served as current."""
+    other = db.connect(pgai_db)
+
+    def meanwhile() -> None:
+        other.execute("DELETE FROM public.notes WHERE tenant = 'acme' AND id = 4")
+        other.execute(
+            "UPDATE public.notes SET body = 'Rewritten.' WHERE tenant = 'globex' AND id = 6"
+        )
+        assert _pgai_worker(other) == 1  # pgai's worker catches up before pgai is switched off
+
+    try:
+        with db.connect(pgai_db) as c:
+            p = adopt_pgai.plan(c, "public_notes_embedding_store")
+        res = adopt_pgai.adopt(pgai_db, p, build_index=False, before_lock=meanwhile)
+    finally:
+        other.close()
+    assert res.rows_registered == 35
+    assert res.queued == 1  # globex/6: its copied vectors are the old version's
+    store_rows = _one(conn, "SELECT count(*) FROM public.notes_embedding_store")
+    # acme/4's two chunks are gone from both; globex/6's one old chunk was copied, pgai now holds
+    # its one new chunk: as many as pgai's store holds.
+    assert res.chunks_adopted == store_rows
+    orphans = _one(
+        conn,
+        "SELECT count(*) FROM pgingest.chunks AS c WHERE NOT EXISTS"
+        " (SELECT 1 FROM pgingest.source_rows AS r WHERE r.doc_id = c.doc_id)",
+    )
+    assert orphans == 0
+    assert (
+        _one(
+            conn,
+            sql.SQL(
+                "SELECT count(*) FROM pgingest.{} AS v WHERE NOT EXISTS"
+                " (SELECT 1 FROM pgingest.source_rows AS r WHERE r.doc_id = v.doc_id)"
+            ).format(sql.Identifier(f"store_{MODEL_NAME}")),
+        )
+        == 0
+    )
+    drain(pgai_db)
+    assert _inputs(fake) == ["Note 6: Rewritten."]
+
+
+def test_plan_maps_ollama_and_wide_openai_models(
+    dsn: str, conn: psycopg.Connection[Any], fake: FakeEmbeddingServer
+) -> None:
+    _install_pgai(dsn)
+    conn.execute(NOTES)
+    conn.execute("CREATE TABLE public.wide (LIKE public.notes INCLUDING ALL)")
+    _create_vectorizer(
+        conn,
+        fake,
+        embedding="ai.embedding_ollama('nomic-embed-text', 768, base_url => 'http://127.0.0.1:11434')",
+        formatting="ai.formatting_python_template()",
+        chunking="ai.chunking_character_text_splitter(900, 600)",
+    )
+    _create_vectorizer(
+        conn,
+        fake,
+        "public.wide",
+        embedding="ai.embedding_openai('text-embedding-3-large', 3072)",
+    )
+    # An HNSW index needs a TimescaleDB schedule in pgai (not here): the config such an install
+    # holds, from pgai's own function.
+    conn.execute(
+        "UPDATE ai.vectorizer SET config = jsonb_set(config, '{indexing}',"
+        " ai.indexing_hnsw(opclass => 'vector_ip_ops', m => 32)) WHERE id = 2"
+    )
+    code, out, err = _adopt(dsn, "--dry-run", "--json")
+    assert code == 0, err
+    ollama, wide = json.loads(out)
+    assert (ollama["base_url"], ollama["api_key_env"], ollama["body"], ollama["template"]) == (
+        "http://127.0.0.1:11434/v1",
+        None,
+        "body",
+        None,
+    )
+    assert (ollama["chunk_max_tokens"], ollama["chunk_overlap_tokens"]) == (300, 150)
+    assert any("more than half a chunk" in d for d in ollama["differences"])
+    assert (wide["base_url"], wide["api_key_env"], wide["storage"]) == (
+        "https://api.openai.com/v1",
+        "OPENAI_API_KEY",
+        "halfvec",
+    )
+    assert (wide["metric"], wide["index_options"], wide["max_input_tokens"]) == (
+        "ip",
+        {"m": 32},
+        8191,
+    )
+    assert wide["model"] == "pgai_2_wide" and wide["source"] == "wide"

@@ -44,7 +44,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -695,6 +695,7 @@ def _cutover(
     lock_timeout: str,
     compat_view: bool,
     res: AdoptResult,
+    before_lock: Callable[[], None] | None = None,
 ) -> None:
     """One transaction. First, before the table's lock (the application's writes go on), pgai's
     vectors are copied into the model's chunks and store under doc_ids taken from the sequence
@@ -772,6 +773,8 @@ def _cutover(
             )
         )
         step("copy_s")
+        if before_lock is not None:
+            before_lock()  # tests: writes between the copy and the lock
         # -- 2. the cut-over, under the lock -------------------------------------------------
         conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))
         conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(tbl))
@@ -997,6 +1000,7 @@ def adopt(
     compat_view: bool = False,
     build_index: bool = True,
     allow_insecure_http: bool = False,
+    before_lock: Callable[[], None] | None = None,
 ) -> AdoptResult:
     """Adopts the vectorizer of plan ``p`` (see the module's docstring); a plan whose state is
     ``adopted`` changes nothing."""
@@ -1008,7 +1012,14 @@ def adopt(
     with db.connect(conninfo, application_name=APPLICATION_NAME) as conn:
         _check_role(conn)
         _register_model(conn, p, allow_insecure_http)
-        _cutover(conn, p, lock_timeout=lock_timeout, compat_view=compat_view, res=res)
+        _cutover(
+            conn,
+            p,
+            lock_timeout=lock_timeout,
+            compat_view=compat_view,
+            res=res,
+            before_lock=before_lock,
+        )
     res.changed = True
     if build_index:
         built = index.build_index(conninfo, p.model, progress=False)
