@@ -433,6 +433,17 @@ def test_refusals_on_pgingest_side(
     assert "source_pk: the primary key of public.notes is no longer (tenant, id)" in err
     conn.execute("ALTER TABLE public.notes DROP CONSTRAINT notes_pkey")
     conn.execute("ALTER TABLE public.notes ADD PRIMARY KEY (tenant, id)")
+    # pgai's vectorizer is disabled: its store may be behind the table.
+    conn.execute("UPDATE ai.vectorizer SET disabled = true")
+    code, _out, err = _adopt(pgai_db)
+    assert code == 3
+    assert "disabled: the vectorizer is disabled in pgai" in err
+    conn.execute("UPDATE ai.vectorizer SET disabled = false")
+    # A model of that name exists and is not this adoption's.
+    conn.execute("SELECT pgingest.register_model('taken', 'other-model', 8, %s)", (fake.url,))
+    code, _out, err = _adopt(pgai_db, "--model", "taken")
+    assert code == 3
+    assert "--model: a pgingest model named 'taken' exists and is not this adoption's" in err
     # A live model uses the chunking profile the vectorizer maps to.
     conn.execute(
         "SELECT pgingest.register_model('other', 'fake-384', 384, %s, chunk_tokenizer =>"

@@ -533,9 +533,15 @@ def _check_pgingest_side(conn: psycopg.Connection[Any], p: Plan, v: dict[str, An
         (p.table, p.source, p.table),
     ).fetchall()
     for name, same_table in row:
-        if name == p.source and same_table and v["disabled"]:
-            p.state = "adopted"  # verify() says whether pgai's trigger stayed off
-            return
+        if same_table and v["disabled"]:
+            if name == p.source:
+                p.state = "adopted"  # verify() says whether pgai's trigger stayed off
+                return
+            raise Refusal(
+                p.vectorizer,
+                "--source",
+                f"{p.table} was adopted as source {name!r}: run again with --source {name}",
+            )
         if same_table:
             raise Refusal(
                 p.vectorizer,
@@ -1039,11 +1045,14 @@ def verify(conn: psycopg.Connection[Any], p: Plan) -> list[str]:
     problems: list[str] = []
     if p.state != "adopted":
         return [f"{p.vectorizer} is not adopted yet (run pgingest adopt pgai first)"]
-    sid, store_name = conn.execute(
+    found = conn.execute(
         "SELECT s.id, m.store_name FROM pgingest.sources AS s, pgingest.models AS m"
-        " WHERE s.name = %s AND m.name = %s",
+        " WHERE s.name = %s AND m.name = %s AND m.state <> 'retired'",
         (p.source, p.model),
-    ).fetchone()  # type: ignore[misc]
+    ).fetchone()
+    if found is None:
+        return [f"no live pgingest model {p.model} (give the adopted model's name with --model)"]
+    sid, store_name = found
     tbl = sql.Identifier(p.table_schema, p.table_name)
     n_rows = _one(conn, sql.SQL("SELECT count(*) FROM {}").format(tbl))
     n_reg = _one(conn, "SELECT count(*) FROM pgingest.source_rows WHERE source_id = %s", (sid,))
