@@ -16,17 +16,19 @@ Adoption, per vectorizer (docs/migrating-from-pgai.md has the mapping and the ru
    (:class:`Refusal`, naming the option); what is mapped approximately is listed in
    ``Plan.differences``. ``--dry-run`` prints this and stops.
 2. The model is registered (its own transaction: a rerun after a failed cut-over reuses it).
-3. The cut-over, ONE transaction: lock the application table against writes (SHARE ROW
-   EXCLUSIVE: reads go on), mark the vectorizer ``disabled`` and disable pgai's two triggers,
-   attach the source (``add_source(..., backfill => false)``: pgingest's capture starts), register
-   every row (the source's own backfill statement, all rows, nothing queued), copy pgai's store
-   rows as the model's chunks and vectors (``chunk_hash`` = sha256 of ``chunk``, which is exactly
-   the text pgai embedded; vectors L2-normalised as pgingest stores them), record the versions
-   embedded, queue the rows pgai had still queued (or failed, or never embedded) for the model,
-   every row for the other live models, and delete pgai's queue items (moved). No provider is
-   called. A write committed before the lock went through pgai's trigger and is moved with the
-   queue; one waiting on the lock goes through pgingest's trigger after the commit: none lost,
-   none twice.
+3. The cut-over, ONE transaction (:func:`_cutover`). First, with the application's writes going
+   on, pgai's store rows are copied as the model's chunks and vectors under doc_ids taken from
+   pgingest's sequence (``chunk_hash`` = sha256 of ``chunk``, which is exactly the text pgai
+   embedded; vectors L2-normalised as pgingest stores them), invisible until the commit. Then the
+   application table is locked against writes (SHARE ROW EXCLUSIVE: reads go on), the vectorizer
+   marked ``disabled``, pgai's two triggers disabled, the source attached (``add_source(...,
+   backfill => false)``: pgingest's capture starts), every row registered (the source's own
+   expressions and hash; a row with copied vectors gets their doc_id), what changed during the
+   copy reconciled, the versions embedded recorded, the rows pgai had still queued (or failed, or
+   never embedded, or re-embedded during the copy) queued for the model, every row for the other
+   live models, and pgai's queue items deleted (moved). No provider is called. A write committed
+   before the lock went through pgai's trigger and is moved with the queue; one waiting on the
+   lock goes through pgingest's trigger after the commit: none lost, none twice.
 4. The model's ANN index is built (``CREATE INDEX CONCURRENTLY``, outside the cut-over).
 
 Nothing of pgai's is dropped unless ``--drop-pgai`` is given on a later run, after
@@ -159,9 +161,11 @@ class Plan:
             f"  queue    {self.queued} keys queued in {self.queue_schema}.{self.queue_table}"
             f"{' and ' + self.queue_failed_table if self.queue_failed_table else ''}: moved "
             f"to pgingest_{self.model}; {self.table_rows} rows in the table",
-            f"  cut-over one transaction: lock {self.table} (SHARE ROW EXCLUSIVE: reads go on, "
-            f"writes wait), ai.vectorizer.disabled, pgai triggers {self.trigger_name} and "
-            f"{self.trigger_name}_truncate disabled, pgingest capture on, queue moved",
+            f"  cut-over one transaction: the vectors copied first (writes go on), then "
+            f"{self.table} locked (SHARE ROW EXCLUSIVE: reads go on, writes wait) for "
+            f"ai.vectorizer.disabled, pgai triggers {self.trigger_name} and "
+            f"{self.trigger_name}_truncate disabled, pgingest capture on, rows registered, "
+            "queue moved",
             f"  index    pgingest.store_{self.model}_idx: hnsw "
             f"{json.dumps(self.index_options) if self.index_options else '(defaults)'}, "
             f"built concurrently after the cut-over",
