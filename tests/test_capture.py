@@ -77,6 +77,30 @@ def test_noop_update_queues_nothing_real_update_queues_one(
     assert queue_count(conn, "v1") == 3
 
 
+def test_every_update_of_a_row_stamps_updated_at(conn: psycopg.Connection[Any]) -> None:
+    """documents_touch_updated_at sets updated_at to the UPDATE's now(), a no-op UPDATE too (as
+    it always did: its old `NEW IS DISTINCT FROM OLD` saw the generated hash NULL in NEW); it
+    runs without SET search_path (a SET clause cost ~9 us a row, issue 19), with the writer's
+    rights."""
+    conn.execute("INSERT INTO pgingest.documents (key, title, body) VALUES ('k', 'T', 'b')")
+    for stmt in (
+        "UPDATE pgingest.documents SET body = 'b2'",
+        "UPDATE pgingest.documents SET body = 'b2'",  # nothing changes
+        "UPDATE pgingest.documents SET updated_at = '2000-01-01'",
+    ):
+        with conn.transaction():
+            conn.execute(stmt)
+            row = conn.execute(
+                "SELECT d.updated_at = now(), d.updated_at > d.created_at FROM pgingest.documents AS d"
+            ).fetchone()
+        assert row == (True, True), stmt
+    fn = conn.execute(
+        "SELECT p.proconfig, p.prosecdef FROM pg_proc AS p"
+        " WHERE p.oid = 'pgingest._touch_updated_at()'::regprocedure"
+    ).fetchone()
+    assert fn == (None, False)
+
+
 def _fake_chunks(conn: psycopg.Connection[Any], model: str, dims: int) -> None:
     """Writes one chunk per document through the worker API (as a worker would)."""
     docs = conn.execute("SELECT id, content_hash FROM pgingest.documents ORDER BY id").fetchall()
