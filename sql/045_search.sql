@@ -720,13 +720,16 @@ BEGIN
             SELECT s.doc_id, s.ordinal, row_number() OVER (ORDER BY s.distance)::integer AS rnk
             FROM pgingest._nearest($1, $3, $4, FALSE, $12, $11) AS s
         ), t AS (
-            SELECT c.doc_id, c.ordinal,
-                   row_number() OVER (ORDER BY %2$s DESC, c.doc_id, c.ordinal)::integer AS rnk
-            FROM pgingest.chunks AS c
-            INNER JOIN pgingest.source_documents AS d ON d.doc_id = c.doc_id
-            CROSS JOIN (SELECT $2::tsquery AS q) AS q
-            WHERE c.profile_id = $10 AND c.tsv @@ q.q AND %1$s
-            ORDER BY %2$s DESC, c.doc_id, c.ordinal
+            SELECT x.doc_id, x.ordinal,
+                   row_number() OVER (ORDER BY x.score DESC, x.doc_id, x.ordinal)::integer AS rnk
+            FROM (
+                SELECT c.doc_id, c.ordinal, %2$s AS score
+                FROM pgingest.chunks AS c
+                INNER JOIN pgingest.source_documents AS d ON d.doc_id = c.doc_id
+                CROSS JOIN (SELECT $2::tsquery AS q) AS q
+                WHERE c.profile_id = $10 AND c.tsv @@ q.q AND %1$s
+            ) AS x
+            ORDER BY x.score DESC, x.doc_id, x.ordinal
             LIMIT $3
         ), fused AS (
             SELECT coalesce(v.doc_id, t.doc_id) AS doc_id, coalesce(v.ordinal, t.ordinal) AS ordinal,
@@ -761,7 +764,9 @@ BEGIN
             -- sum over the question's terms in the chunk of idf * tf * (k1 + 1) / (tf + k1)
             THEN '(SELECT sum(w.idf * (coalesce(array_length(u.positions, 1), 1) * 2.2)'
                  ' / (coalesce(array_length(u.positions, 1), 1) + 1.2))'
-                 ' FROM unnest(c.tsv) AS u INNER JOIN unnest($13::text[], $14::float8[]) AS w (lexeme, idf)'
+                 -- only the question's terms unnested: marked with weight A, then kept
+                 ' FROM unnest(ts_filter(setweight(c.tsv, ''A'', $13::text[]), ''{a}''))'
+                 ' AS u INNER JOIN unnest($13::text[], $14::float8[]) AS w (lexeme, idf)'
                  ' ON w.lexeme = u.lexeme)'
             ELSE 'ts_rank_cd(c.tsv, q.q)' END
     ) USING query_vector, v_query, greatest(v_candidates, k), filter, query_text,
