@@ -1158,7 +1158,7 @@ def add_adopt_commands(subparsers: Any) -> argparse.ArgumentParser:
         help="pgai vectorizer name (ai.vectorizer.name); repeat; default: all",
     )
     a.add_argument("--source", help="pgingest source name (default: the table's name)")
-    a.add_argument("--model", help="pgingest model name (default: pgai_<vectorizer name>)")
+    a.add_argument("--model", help="pgingest model name (default: pgai_<vectorizer id>_<table>)")
     a.add_argument(
         "--max-input-tokens",
         type=int,

@@ -1,5 +1,5 @@
 """pgingest's command line: install, migrate, worker, status, search, maintenance, serve-model,
-model, source, demo.
+model, source, adopt, demo.
 
 Dead letters are requeued from SQL with pgingest.requeue_dead_letters(), not by a command."""
 
