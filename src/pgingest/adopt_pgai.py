@@ -862,6 +862,7 @@ def _cutover(
                 " (SELECT 1 FROM pgingest_adopt_gone AS g WHERE g.doc_id = a.doc_id)",
             )
         )
+        step("gone_s")
         # The rows pgingest must embed: pgai's queued and failed keys (their vectors are an older
         # version's), and keys whose store rows pgai's worker rewrote after the copy.
         conn.execute(
@@ -887,6 +888,7 @@ def _cutover(
             ),
             (sid,),
         )
+        step("pending_s")
         res.documents_embedded = conn.execute(
             "INSERT INTO pgingest.embedding_state (doc_id, model, content_hash, chunk_count)"
             " SELECT r.doc_id, %s, r.content_hash, a.n FROM pgingest.source_rows AS r"
@@ -895,7 +897,7 @@ def _cutover(
             " WHERE NOT EXISTS (SELECT 1 FROM pgingest_adopt_pending AS q WHERE q.doc_id = r.doc_id)",
             (p.model,),
         ).rowcount
-        step("reconcile_s")
+        step("state_s")
         # Queued for the adopted model: every row whose version it has not embedded (pgai's
         # queue, its failed items, rows it never embedded). Other live models: every row.
         res.queued = conn.execute(
