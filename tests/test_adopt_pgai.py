@@ -613,3 +613,21 @@ def test_plan_maps_ollama_and_wide_openai_models(
         8191,
     )
     assert wide["model"] == "pgai_2_wide" and wide["source"] == "wide"
+
+
+def test_compat_view_on_a_later_run_and_drop_pgai_keeps_it(
+    pgai_db: str, conn: psycopg.Connection[Any], fake: FakeEmbeddingServer
+) -> None:
+    before = _pgai_search(conn, "logical replication slots")
+    assert _adopt(pgai_db, "--no-index")[0] == 0
+    code, out, err = _adopt(pgai_db, "--compat-view")
+    assert code == 0, err
+    assert "adopted already (source notes, model pgai_1_notes); view public.notes_embedding" in out
+    assert _adopt(pgai_db, "--compat-view")[1].count("view") == 0  # there already: nothing
+    code, out, err = _adopt(pgai_db, "--drop-pgai")
+    assert code == 0, err
+    assert "dropped view public.notes_embedding_pgai" in out
+    assert _one(conn, "SELECT to_regclass('public.notes_embedding_store')") is None
+    # The application's query on pgai's view name still answers, from pgingest's data.
+    assert _pgai_search(conn, "logical replication slots") == before
+    assert fake.counters.requests == 0

@@ -1004,6 +1004,26 @@ def _compat_view(
     return f"{p.view_schema}.{p.view_name}"
 
 
+def _later_compat_view(conn: psycopg.Connection[Any], p: Plan) -> str | None:
+    """``--compat-view`` on an adopted vectorizer: the view, unless it is there already."""
+    comment = _one(
+        conn,
+        "SELECT obj_description(to_regclass(format('%%I.%%I', %s::text, %s::text)), 'pg_class')",
+        (p.view_schema, p.view_name),
+    )
+    if (comment or "").startswith(f"pgai's {p.view_name} view over pgingest"):
+        return None
+    found = conn.execute(
+        "SELECT s.id, m.profile_id, m.store_name FROM pgingest.sources AS s, pgingest.models AS m"
+        " WHERE s.name = %s AND m.name = %s",
+        (p.source, p.model),
+    ).fetchone()
+    if found is None:
+        raise Refusal(p.vectorizer, "--compat-view", f"no pgingest model {p.model} (give --model)")
+    with conn.transaction():
+        return _compat_view(conn, p, found[0], found[1], found[2])
+
+
 def adopt(
     conninfo: str | None,
     p: Plan,
@@ -1020,6 +1040,10 @@ def adopt(
 
     res = AdoptResult(vectorizer=p.vectorizer, source=p.source, model=p.model, changed=False)
     if p.state == "adopted":
+        if compat_view:  # asked for on a later run: the view alone
+            with db.connect(conninfo, application_name=APPLICATION_NAME) as conn:
+                res.compat_view = _later_compat_view(conn, p)
+            res.changed = res.compat_view is not None
         return res
     with db.connect(conninfo, application_name=APPLICATION_NAME) as conn:
         _check_role(conn)
@@ -1252,8 +1276,11 @@ def cmd_adopt_pgai(args: argparse.Namespace) -> int:
                 return EXIT_REFUSED
             results.append(r)
             if not args.json:
-                if not r.changed:
-                    print(f"{p.vectorizer}: adopted already (source {r.source}, model {r.model})")
+                if p.state == "adopted":
+                    print(
+                        f"{p.vectorizer}: adopted already (source {r.source}, model {r.model})"
+                        + (f"; view {r.compat_view} created" if r.compat_view else "")
+                    )
                     continue
                 print(
                     f"{p.vectorizer}: adopted as source {r.source}, model {r.model}: "
