@@ -166,3 +166,53 @@ def test_a_rare_exact_term_is_found_by_hybrid_and_missed_by_vector_search(
         " AND NOT strip(to_tsvector('english', content)) @@ 'limitoverrunerror'::tsquery"
     ).fetchone()
     assert whole == (1,)
+
+
+def test_query_terms_drop_stop_words_and_keep_dotted_names_whole_and_in_parts(
+    conn: psycopg.Connection[Any],
+) -> None:
+    row = conn.execute(
+        "SELECT pgingest._text_query_terms('english',"
+        " 'What does concurrent.futures.process.BrokenProcessPool mean for my pool?')"
+    ).fetchone()
+    assert row is not None
+    terms = set(row[0])
+    assert {"concurrent.futures.process.brokenprocesspool", "brokenprocesspool"} <= terms
+    assert {"concurr", "futur", "process", "pool", "mean"} <= terms
+    assert not terms & {"what", "does", "for", "my"}
+    empty = conn.execute("SELECT pgingest._text_query_terms('english', 'what is it')").fetchone()
+    assert empty == ([],)
+
+
+def test_bm25_ranks_a_rare_word_above_a_common_one_repeated(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    register(conn, "v1", fake.url)
+    conn.execute("SELECT pgingest.set_text_search_config('english')")
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO pgingest.documents (key, title, body) VALUES (%s, %s, %s)",
+            [
+                (f"common-{i}", f"Note {i}", "The timeout of the job. " + "Timeout again. " * 8)
+                for i in range(30)
+            ]
+            + [("rare", "Note", "The quuxotron of the job, once.")],
+        )
+    drain(dsn)
+    qvec = _unit(fake, "timeout quuxotron")
+
+    def text_first(ranking: str) -> list[str]:
+        rows = conn.execute(
+            "SELECT doc_key FROM pgingest.hybrid_search('timeout quuxotron', %s, 3,"
+            " vector_weight => 0, text_ranking => %s)",
+            (qvec, ranking),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    # idf: 'quuxotron' is in 1 chunk of 31, 'timeout' in 30; the repetitions saturate (k1 1.2).
+    assert text_first("bm25")[0] == "rare"
+    # ts_rank_cd rewards the density of the common word instead.
+    assert text_first("ts_rank_cd")[0] != "rare"
+    # Still right once the table's row estimate exists (N from pg_class.reltuples).
+    conn.execute("ANALYZE pgingest.chunks")
+    assert text_first("bm25")[0] == "rare"
