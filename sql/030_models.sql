@@ -485,12 +485,48 @@ DECLARE
     v_msgs jsonb[];
     v_max_queue integer;
     v_depth integer;
+    v_fence text[];
 BEGIN
     SELECT * INTO v_m FROM pgingest.models AS m
     WHERE m.name = p_model AND m.state <> 'retired' AND m.backfill_completed_at IS NULL
     FOR NO KEY UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
         RETURN 0;
+    END IF;
+    -- The fence (migration 0021): a capture that started while the model was being registered
+    -- may have loaded the capture's body of before, and register its rows after backfill_upto
+    -- was read, queued for the other models only. The first step records the transactions
+    -- writing to the captured tables; once they have all ended, backfill_upto is raised to the
+    -- newest doc_id, so that the versions they wrote are in the backfill. -1 while waiting.
+    IF v_m.backfill_fence IS NULL OR cardinality(v_m.backfill_fence) > 0 THEN
+        v_fence := v_m.backfill_fence;
+        IF v_fence IS NULL THEN
+            SELECT coalesce(array_agg(DISTINCT l.virtualtransaction), '{}') INTO v_fence
+            FROM pg_catalog.pg_locks AS l
+            WHERE
+                l.locktype = 'relation'
+                AND l.database = (SELECT d.oid FROM pg_catalog.pg_database AS d WHERE d.datname = current_database())
+                AND l.mode IN ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')
+                AND l.pid IS DISTINCT FROM pg_backend_pid()
+                AND (
+                    l.relation IN ('pgingest.documents'::regclass, 'pgingest.source_rows'::regclass)
+                    OR l.relation IN (SELECT s.relid FROM pgingest.sources AS s WHERE s.id <> 0)
+                );
+        END IF;
+        IF EXISTS (
+            SELECT 1 FROM pg_catalog.pg_locks AS l
+            WHERE l.locktype = 'virtualxid' AND l.virtualxid = ANY (v_fence)
+        ) THEN
+            UPDATE pgingest.models SET backfill_fence = v_fence WHERE name = v_m.name;
+            RETURN -1;
+        END IF;
+        -- Every capture of before has ended: what it registered is visible now.
+        v_m.backfill_upto := greatest(
+            v_m.backfill_upto,
+            (SELECT max(d.id) FROM pgingest.documents AS d),
+            (SELECT max(r.doc_id) FROM pgingest.source_rows AS r)
+        );
+        UPDATE pgingest.models SET backfill_fence = '{}', backfill_upto = v_m.backfill_upto WHERE name = v_m.name;
     END IF;
     -- Paced on the model's queue (issue 18, item 12): the backfill keeps at most
     -- backfill_max_queue messages ahead of the workers, so that the application's new writes,
@@ -533,7 +569,8 @@ $$;
 COMMENT ON FUNCTION pgingest.backfill_step_v1(text, integer, boolean) IS
 'Queues the next batch of existing documents (of every source) for a model''s backfill and advances its '
 'cursor; marks the backfill queued when nothing is left. Returns the number queued (0 when done or busy '
-'elsewhere, -1 while the model''s queue holds config backfill_max_queue messages, 20,000 by default).';
+'elsewhere, -1 while the model''s queue holds config backfill_max_queue messages, 20,000 by default, or while '
+'the captures that ran when the model was registered have not ended: its fence, migration 0021).';
 
 -- No SET clause here: a procedure with one cannot COMMIT. Every name is schema-qualified.
 CREATE OR REPLACE PROCEDURE pgingest.run_backfill(p_model text, p_batch integer DEFAULT 5000)
@@ -546,6 +583,10 @@ BEGIN
         v_n := pgingest.backfill_step_v1(p_model, p_batch, FALSE);
         COMMIT;
         EXIT WHEN v_n = 0;
+        IF v_n < 0 THEN
+            -- Waiting for the captures that ran when the model was registered (its fence).
+            PERFORM pg_catalog.pg_sleep(0.05);
+        END IF;
     END LOOP;
 END;
 $$;
