@@ -171,6 +171,45 @@ def test_a_successor_finds_the_batch_of_a_worker_that_died_and_never_submits_twi
     assert_exactly_predicted(conn, "v2", 768)
 
 
+def test_a_worker_whose_lease_ran_out_while_preparing_never_submits(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker slow enough to lose its lease while it uploads (another worker took the batch
+    over) stops before it creates the provider's batch; the batch is submitted once, by the
+    lease's holder (found by a loaded chaos run: 5 batches created at the provider for 4)."""
+    insert_corpus(conn, 20)
+    v2_in_batch_mode(conn, dsn, fake)
+    fake.configure(batch_completion_s=0.2)
+    real = providers.OpenAICompatibleProvider.upload_batch_file
+
+    slow = worker.Worker(bulk_settings(dsn))
+
+    def upload_then_lose_the_lease(self: Any, data: bytes) -> str:
+        file_id = real(self, data)
+        conn.execute("UPDATE pgingest.provider_batches SET leased_by = 'a-successor'")
+        slow.stopping.set()  # (its drain would wait for the batch another worker holds)
+        return file_id
+
+    monkeypatch.setattr(
+        providers.OpenAICompatibleProvider, "upload_batch_file", upload_then_lose_the_lease
+    )
+    slow.run()
+    monkeypatch.undo()
+    assert fake.stats()["batch_submissions"] == 0 and fake.stats()["files_uploaded"] == 1
+    (b,) = batches(conn)
+    assert b["state"] == "preparing" and b["provider_batch_id"] is None
+    # The successor's lease (as if it died in its turn) runs out; a worker finishes the batch.
+    conn.execute("UPDATE pgingest.provider_batches SET leased_until = now() - interval '1 second'")
+    assert worker.Worker(bulk_settings(dsn)).run() == 0
+    assert fake.stats()["batch_submissions"] == 1
+    (b,) = batches(conn)
+    assert b["state"] == "collected" and b["inputs_embedded"] == b["inputs"] > 0
+    assert_exactly_predicted(conn, "v2", 768)
+
+
 def test_a_lease_keeps_other_workers_off_a_batch(
     conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
 ) -> None:

@@ -172,6 +172,12 @@ class Bulk:
     def _update(self, conn: Any, pb: db.ProviderBatch, **fields: Any) -> bool:
         return db.provider_batch_update(conn, pb.id, self.name, self.lease, **fields)
 
+    def _lost(self, m: db.Model, pb: db.ProviderBatch, when: str) -> None:
+        log.warning(
+            "provider batch: the lease ran out while it was being prepared; another worker has it",
+            extra={"model": m.name, "batch": pb.id, "when": when},
+        )
+
     def _give_up(self, conn: Any, pb: db.ProviderBatch, why: str) -> None:
         """Every message of the batch back to the online path; the batch closed with ``why``."""
         msgs = db.provider_batch_messages(conn, pb.id, self.name, self.w.s.visibility_timeout)
@@ -232,13 +238,20 @@ class Bulk:
         if not hashes:
             self._update(conn, pb, state="collected", error="nothing to send: all online")
             return
-        self._update(conn, pb, input_hashes=hashes, tokens=tokens)
+        # Each step renews the lease, and one that finds it lost stops there: chunking and
+        # uploading a large batch can outlast the lease, and its successor, which took the batch
+        # over meanwhile, submits it (a second submission would be paid for twice).
+        if not self._update(conn, pb, input_hashes=hashes, tokens=tokens):
+            self._lost(m, pb, "before its inputs were recorded")
+            return
         data = "".join(
             json.dumps(provider.batch_request(custom_id(h), [t]), ensure_ascii=False) + "\n"
             for h, t in zip(hashes, texts, strict=True)
         ).encode("utf-8", "surrogatepass")
         file_id = provider.upload_batch_file(data)
-        self._update(conn, pb, input_file_id=file_id)
+        if not self._update(conn, pb, input_file_id=file_id):
+            self._lost(m, pb, "after its file was uploaded (not submitted)")
+            return
         created = provider.create_batch(
             file_id, {"pgingest_submission": pb.submission, "pgingest_model": m.name}
         )
