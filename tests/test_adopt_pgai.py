@@ -533,6 +533,12 @@ def test_changes_between_the_copy_and_the_lock_are_reconciled(
             "UPDATE public.notes SET body = 'Rewritten.' WHERE tenant = 'globex' AND id = 6"
         )
         assert _pgai_worker(other) == 1  # pgai's worker catches up before pgai is switched off
+        # A change whose queue item pgai's worker took without writing anything (no trace in
+        # pgai's store or queue): the content hash tells.
+        other.execute(
+            "UPDATE public.notes SET title = 'Retitled 9' WHERE tenant = 'acme' AND id = 9"
+        )
+        other.execute("DELETE FROM ai._vectorizer_q_1")
 
     try:
         with db.connect(pgai_db) as c:
@@ -541,7 +547,8 @@ def test_changes_between_the_copy_and_the_lock_are_reconciled(
     finally:
         other.close()
     assert res.rows_registered == 35
-    assert res.queued == 1  # globex/6: its copied vectors are the old version's
+    assert res.documents_embedded == 33  # 35 rows, less the two whose recorded version is stale
+    assert res.queued == 2  # globex/6, acme/9: their copied vectors are the old versions'
     store_rows = _one(conn, "SELECT count(*) FROM public.notes_embedding_store")
     # acme/4's two chunks are gone from both; globex/6's one old chunk was copied, pgai now holds
     # its one new chunk: as many as pgai's store holds.
@@ -563,7 +570,10 @@ def test_changes_between_the_copy_and_the_lock_are_reconciled(
         == 0
     )
     drain(pgai_db)
-    assert _inputs(fake) == ["Note 6: Rewritten."]
+    assert sorted(_inputs(fake)) == [
+        "Note 6: Rewritten.",
+        "Retitled 9: " + _body("acme", 9),
+    ]
 
 
 def test_plan_maps_ollama_and_wide_openai_models(

@@ -782,6 +782,37 @@ def _cutover(
                 st=st, store=store, ty=sql.SQL("halfvec" if p.storage == "halfvec" else "vector")
             )
         )
+        # The versions those vectors are of, as the table holds them now, recorded already
+        # (checked against the registration under the lock). The source's expressions, from
+        # the mapping add_source() will record.
+        mapping = {
+            "relid": p.table,
+            "key_columns": p.key_columns,
+            "key_types": p.key_types,
+            "body_column": p.body,
+            "template": p.template,
+            "title_column": None,
+            "metadata_columns": [],
+        }
+        e_key, e_title, e_body = conn.execute(
+            "SELECT pgingest._source_expr(s, 'key'), pgingest._source_expr(s, 'title'),"
+            " pgingest._source_expr(s, 'body')"
+            " FROM jsonb_populate_record(NULL::pgingest.sources,"
+            "   jsonb_set(%s::jsonb, '{relid}', to_jsonb(%s::regclass::oid))) AS s",
+            (json.dumps(mapping), p.table),
+        ).fetchone()  # type: ignore[misc]
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO pgingest.embedding_state (doc_id, model, content_hash, chunk_count)"
+                " SELECT d.doc_id, %s, pgingest._source_hash(n.title, n.body), c.n"
+                " FROM (SELECT {ek} AS k, {et} AS title, {eb} AS body FROM {tbl} AS t) AS n"
+                " INNER JOIN pgingest_adopt_docs AS d ON d.row_key = n.k"
+                " INNER JOIN (SELECT a.doc_id, count(*)::integer AS n FROM pgingest_adopt_rows AS a"
+                "   GROUP BY a.doc_id) AS c ON c.doc_id = d.doc_id"
+                " ORDER BY d.doc_id"
+            ).format(ek=sql.SQL(e_key), et=sql.SQL(e_title), eb=sql.SQL(e_body), tbl=tbl),
+            (p.model,),
+        )
         step("copy_s")
         if before_lock is not None:
             before_lock()  # tests: writes between the copy and the lock
@@ -889,14 +920,24 @@ def _cutover(
             (sid,),
         )
         step("pending_s")
-        res.documents_embedded = conn.execute(
-            "INSERT INTO pgingest.embedding_state (doc_id, model, content_hash, chunk_count)"
-            " SELECT r.doc_id, %s, r.content_hash, a.n FROM pgingest.source_rows AS r"
-            " INNER JOIN (SELECT a.doc_id, count(*)::integer AS n FROM pgingest_adopt_rows AS a"
-            "   GROUP BY a.doc_id) AS a ON a.doc_id = r.doc_id"
-            " WHERE NOT EXISTS (SELECT 1 FROM pgingest_adopt_pending AS q WHERE q.doc_id = r.doc_id)",
+        # The versions recorded before the lock stand where the registration computed the same
+        # hash and the row is not pending; the others go (their rows are queued below).
+        conn.execute(
+            "DELETE FROM pgingest.embedding_state AS e USING pgingest_adopt_docs AS d"
+            " WHERE e.doc_id = d.doc_id AND e.model = %s AND (NOT EXISTS ("
+            "   SELECT 1 FROM pgingest.source_rows AS r"
+            "   WHERE r.doc_id = e.doc_id AND r.content_hash = e.content_hash)"
+            " OR EXISTS (SELECT 1 FROM pgingest_adopt_pending AS q WHERE q.doc_id = e.doc_id))",
             (p.model,),
-        ).rowcount
+        )
+        res.documents_embedded = int(
+            _one(
+                conn,
+                "SELECT count(*) FROM pgingest.embedding_state AS e"
+                " INNER JOIN pgingest_adopt_docs AS d ON d.doc_id = e.doc_id WHERE e.model = %s",
+                (p.model,),
+            )
+        )
         step("state_s")
         # Queued for the adopted model: every row whose version it has not embedded (pgai's
         # queue, its failed items, rows it never embedded). Other live models: every row.
