@@ -295,12 +295,19 @@ BEGIN
     IF cardinality(v_current) > 0 THEN
         -- This model's vectors about to be replaced or dropped go to the embedding cache. Only this
         -- model's store is read or written here: another model's rows are never touched.
+        -- The store is read per document through its primary key (a LATERAL subquery behind OFFSET
+        -- 0, so never a join the planner could turn into a scan of the whole store: `doc_id = ANY
+        -- ($1)` was planned as one while the store had no statistics, which made every batch's
+        -- write-back cost grow with the rows already stored, issue 19).
         EXECUTE format(
             $sql$
             INSERT INTO pgingest.embedding_cache AS e (model, chunk_hash, embedding)
             SELECT DISTINCT ON (s.chunk_hash) %1$L, s.chunk_hash, s.embedding::vector
-            FROM pgingest.%2$I AS s
-            WHERE s.doc_id = ANY ($1) AND s.chunk_hash <> ALL ($2)
+            FROM unnest($1) AS x (id)
+            CROSS JOIN LATERAL (
+                SELECT o.chunk_hash, o.embedding FROM pgingest.%2$I AS o WHERE o.doc_id = x.id OFFSET 0
+            ) AS s
+            WHERE s.chunk_hash <> ALL ($2)
             ON CONFLICT (model, chunk_hash) DO UPDATE SET used_at = now()
             $sql$,
             v_m.name, v_m.store_name
@@ -362,17 +369,22 @@ BEGIN
             GROUP BY u.doc_id
         ) AS k
         WHERE c.profile_id = v_m.profile_id AND c.doc_id = k.doc_id AND c.ordinal >= k.n;
+        -- (The rows to delete are found per document through the primary key, then deleted by
+        -- ctid: a join with the store was planned as a hash join over all of it, see above.)
         EXECUTE format(
             $sql$
             DELETE FROM pgingest.%1$I AS s
-            USING (
-                SELECT x.id AS doc_id, coalesce(k.n, 0) AS n
+            WHERE s.ctid = ANY (ARRAY(
+                SELECT o.ctid
                 FROM unnest($2) AS x (id)
                 LEFT JOIN (
                     SELECT u.doc_id, count(*) AS n FROM unnest($1) AS u (doc_id) GROUP BY u.doc_id
                 ) AS k ON k.doc_id = x.id
-            ) AS k
-            WHERE s.doc_id = k.doc_id AND s.ordinal >= k.n
+                CROSS JOIN LATERAL (
+                    SELECT t.ctid FROM pgingest.%1$I AS t
+                    WHERE t.doc_id = x.id AND t.ordinal >= coalesce(k.n, 0) OFFSET 0
+                ) AS o
+            ))
             $sql$,
             v_m.store_name
         ) USING p_chunk_doc_ids, v_current;
@@ -707,11 +719,15 @@ AS $$
 DECLARE
     v_m pgingest.models := pgingest._model(p_model);
 BEGIN
+    -- Per hash through the store's chunk_hash index (LATERAL behind OFFSET 0: never a scan of the
+    -- whole store, whatever its statistics say; see complete_batch_v2).
     RETURN QUERY EXECUTE format(
         $sql$
-        SELECT DISTINCT ON (s.chunk_hash) s.chunk_hash, s.embedding::vector
-        FROM pgingest.%1$I AS s
-        WHERE s.chunk_hash = ANY ($1)
+        SELECT DISTINCT ON (h.chunk_hash) h.chunk_hash, s.embedding::vector
+        FROM unnest($1) AS h (chunk_hash)
+        CROSS JOIN LATERAL (
+            SELECT o.embedding FROM pgingest.%1$I AS o WHERE o.chunk_hash = h.chunk_hash OFFSET 0
+        ) AS s
         $sql$,
         v_m.store_name
     ) USING p_hashes;

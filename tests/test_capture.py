@@ -120,6 +120,39 @@ def _fake_chunks(conn: psycopg.Connection[Any], model: str, dims: int) -> None:
     assert (written, stale, chunks) == (len(docs), 0, len(docs))
 
 
+def test_the_write_back_never_scans_a_whole_store(two_models: psycopg.Connection[Any]) -> None:
+    """complete_batch_v2 (the vectors saved to the embedding cache, the surplus rows) and
+    cached_vectors_v1 read a model's store per document or per hash through its indexes, so a
+    batch's write-back does not cost more as the store grows: with `doc_id = ANY (...)` of a
+    few hundred documents on a store without statistics they were planned as scans of the whole
+    store, every batch (issue 19)."""
+    conn = two_models
+    conn.execute(
+        "INSERT INTO pgingest.documents (key, body)"
+        " SELECT 'k' || g, 'body ' || g FROM generate_series(1, 300) AS g"
+    )
+    _fake_chunks(conn, "v2", 768)
+    conn.execute(  # other documents' vectors: a store of some size (a scan would cost more)
+        "INSERT INTO pgingest.store_v2 (doc_id, ordinal, chunk_hash, embedding)"
+        " SELECT 1000000 + g, 0, sha256(g::text::bytea), array_fill(0.5, ARRAY[768])::vector"
+        " FROM generate_series(1, 5000) AS g"
+    )
+    conn.execute("UPDATE pgingest.documents SET body = body || ' changed'")
+    # The counts of the statements above (the first write scanned the empty store) are flushed,
+    # so that pg_stat_xact_user_tables shows only the transaction below.
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    conn.execute("SELECT 1")
+    with conn.transaction():
+        _fake_chunks(conn, "v2", 768)
+        hashes = [b"h", *(i.to_bytes(2, "big") * 16 for i in range(299))]
+        assert list(db.cached_vectors(conn, "v2", hashes)) == [b"h"]
+        scans = conn.execute(
+            "SELECT count(*), coalesce(sum(seq_scan), 0) FROM pg_stat_xact_user_tables"
+            " WHERE schemaname = 'pgingest' AND relname ~ '^store_v2(_p[0-9]+)?$'"
+        ).fetchone()
+    assert scans is not None and scans[0] >= 1 and scans[1] == 0, scans
+
+
 def test_delete_and_truncate_leave_no_chunk(two_models: psycopg.Connection[Any]) -> None:
     conn = two_models
     conn.execute(
