@@ -246,6 +246,12 @@ def test_adoption_keeps_vectors_and_hands_writes_to_pgingest(
     assert _rows(conn, "pgmq", f"q_pgingest_{MODEL_NAME}") == 2
     assert _one(conn, "SELECT count(*) FROM ai._vectorizer_q_1") == 0
     assert _one(conn, "SELECT disabled FROM ai.vectorizer") is True
+    # The model's own backfill ends below the adopted rows: it never queues them.
+    assert _one(
+        conn,
+        "SELECT coalesce(m.backfill_upto, 0) < (SELECT min(doc_id) FROM pgingest.source_rows)"
+        " FROM pgingest.models AS m WHERE m.backfill_fence = '{}'",
+    )
     # The same keys, in the same order, from pgingest's search and from the compat view.
     for q in queries:
         assert _pgingest_search(conn, q) == before[q], q

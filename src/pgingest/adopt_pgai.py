@@ -698,6 +698,31 @@ def _register_model(conn: psycopg.Connection[Any], p: Plan, allow_insecure_http:
     )
 
 
+def _settle_backfill_fence(
+    conn: psycopg.Connection[Any], model: str, timeout_s: float = 60.0
+) -> None:
+    """Has the model's backfill fix its extent (``backfill_upto``, after its fence: migration
+    0021) before the cut-over takes doc_ids, so that it never queues the adopted rows (they would
+    be acknowledged as done, 50,000 messages for nothing). Runs the model's backfill steps (what
+    its workers would do) until the fence is settled."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        row = conn.execute(
+            "SELECT m.backfill_fence IS NOT NULL AND cardinality(m.backfill_fence) = 0"
+            " OR m.backfill_completed_at IS NOT NULL FROM pgingest.models AS m WHERE m.name = %s",
+            (model,),
+        ).fetchone()
+        if row is None or row[0]:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"the backfill of model {model} waits for transactions that write the captured "
+                "tables; run the command again when they have ended"
+            )
+        conn.execute("SELECT pgingest.backfill_step_v1(%s, 1000, true)", (model,))
+        time.sleep(0.1)
+
+
 def _cutover(
     conn: psycopg.Connection[Any],
     p: Plan,
@@ -1089,6 +1114,7 @@ def adopt(
     with db.connect(conninfo, application_name=APPLICATION_NAME) as conn:
         _check_role(conn)
         _register_model(conn, p, allow_insecure_http)
+        _settle_backfill_fence(conn, p.model)
         _cutover(
             conn,
             p,
