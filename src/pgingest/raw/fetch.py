@@ -1,0 +1,572 @@
+"""Fetching a document by URI: ``file://`` under allow-listed roots, ``https://`` (``http://``
+only for hosts allow-listed for it) to allow-listed hosts, ``s3://bucket/key`` in allow-listed
+buckets (an optional endpoint for S3-compatible stores).
+
+Security, in order of the checks:
+
+* The policy (:class:`FetchPolicy`) is the admin's, built from the worker's environment
+  (:meth:`FetchPolicy.from_env`); a URI (written by an application into a table) can only pick
+  among what it allows. Nothing in a URI or a table carries credentials: S3 credentials come from
+  the worker's environment through boto3's standard chain, HTTP requests carry none.
+* A host name is resolved once; every address it resolves to must be public (not loopback,
+  private, link-local, shared, multicast or reserved) unless it lies in a network the admin
+  allow-listed explicitly; the connection goes to the checked address (no DNS rebinding between
+  check and connect) with the name kept for TLS (SNI, certificate) and the Host header.
+* Redirects are followed by hand (at most ``max_redirects``), each target checked like the first
+  URI: a redirect to a host not allowed makes no connection to it.
+* Sizes: the declared size (HEAD / ``head_object`` / ``stat``) is checked before the download, and
+  the bytes counted during it (a server that lies or sends no Content-Length is cut at the cap).
+
+Errors are :class:`~pgingest.raw.errors.RawDocumentError`: transient (``server_error``,
+``throttled``, ``fetch_timeout``, ``connect_error``; :func:`fetch_with_retry` backs off with full
+jitter and honours ``Retry-After``) or permanent (``not_found``, ``forbidden``, ``too_large``,
+``not_allowed``, ``bad_uri``, ``http_error``). ``access`` with ``scope="source"`` says the whole
+bucket is unreadable (no credentials, invalid key, no such bucket, bucket access denied): the
+worker pauses the source instead of dead-lettering each document.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import http.client
+import ipaddress
+import os
+import random
+import socket
+import ssl
+import stat
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urljoin, urlsplit
+
+from pgingest.raw.errors import RawDocumentError
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Resolver = Callable[[str, int], Sequence[str]]
+
+_CHUNK = 64 * 1024
+_USER_AGENT = "pgingest-raw/1"
+
+
+def _system_resolver(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """What the worker may fetch, and how. Built by the admin (environment), never from a table.
+
+    ``allowed_hosts``: exact host names (or IP literals); ``".example.com"`` allows its
+    subdomains. ``http_hosts``: the hosts also allowed over plain ``http://``.
+    ``allowed_networks``: the non-public networks an admin opens explicitly (``127.0.0.1/32`` for
+    a test server); public addresses need no entry. ``allowed_buckets``: S3 buckets (``"*"``:
+    any bucket the credentials can read). ``s3_endpoint``: an S3-compatible store's URL (trusted:
+    it is the admin's)."""
+
+    allowed_roots: tuple[Path, ...] = ()
+    allowed_hosts: frozenset[str] = frozenset()
+    http_hosts: frozenset[str] = frozenset()
+    allowed_networks: tuple[IPNetwork, ...] = ()
+    allowed_buckets: frozenset[str] = frozenset()
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    max_bytes: int = 100 * 1024 * 1024
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    max_redirects: int = 3
+    resolver: Resolver = field(default=_system_resolver, repr=False, compare=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> FetchPolicy:
+        """``PGINGEST_RAW_ROOTS`` (``:``-separated directories), ``PGINGEST_RAW_HOSTS``,
+        ``PGINGEST_RAW_HTTP_HOSTS``, ``PGINGEST_RAW_NETWORKS``, ``PGINGEST_RAW_BUCKETS``
+        (comma-separated), ``PGINGEST_RAW_S3_ENDPOINT``, ``PGINGEST_RAW_S3_REGION``,
+        ``PGINGEST_RAW_MAX_BYTES``, ``PGINGEST_RAW_CONNECT_TIMEOUT``,
+        ``PGINGEST_RAW_READ_TIMEOUT``. Unset: nothing is allowed."""
+        env = os.environ if env is None else env
+
+        def items(name: str) -> list[str]:
+            return [v.strip() for v in env.get(name, "").split(",") if v.strip()]
+
+        roots = tuple(Path(p) for p in env.get("PGINGEST_RAW_ROOTS", "").split(":") if p)
+        return cls(
+            allowed_roots=roots,
+            allowed_hosts=frozenset(h.lower() for h in items("PGINGEST_RAW_HOSTS")),
+            http_hosts=frozenset(h.lower() for h in items("PGINGEST_RAW_HTTP_HOSTS")),
+            allowed_networks=tuple(
+                ipaddress.ip_network(n, strict=False) for n in items("PGINGEST_RAW_NETWORKS")
+            ),
+            allowed_buckets=frozenset(items("PGINGEST_RAW_BUCKETS")),
+            s3_endpoint=env.get("PGINGEST_RAW_S3_ENDPOINT") or None,
+            s3_region=env.get("PGINGEST_RAW_S3_REGION") or None,
+            max_bytes=int(env.get("PGINGEST_RAW_MAX_BYTES", 100 * 1024 * 1024)),
+            connect_timeout=float(env.get("PGINGEST_RAW_CONNECT_TIMEOUT", 5.0)),
+            read_timeout=float(env.get("PGINGEST_RAW_READ_TIMEOUT", 30.0)),
+        )
+
+    def host_allowed(self, host: str) -> bool:
+        host = host.lower().rstrip(".")
+        if host in self.allowed_hosts:
+            return True
+        return any(h.startswith(".") and host.endswith(h) for h in self.allowed_hosts)
+
+    def address_allowed(self, address: str) -> bool:
+        ip: IPAddress = ipaddress.ip_address(address.split("%", 1)[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if any(ip in net for net in self.allowed_networks):
+            return True
+        return ip.is_global and not ip.is_multicast
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """The bytes of a document with what the store says about them."""
+
+    uri: str
+    data: bytes
+    sha256: str
+    content_type: str | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+def _fetched(uri: str, data: bytes, **meta: str | None) -> Fetched:
+    return Fetched(uri=uri, data=data, sha256=hashlib.sha256(data).hexdigest(), **meta)
+
+
+def _too_large(size: int, policy: FetchPolicy, when: str) -> RawDocumentError:
+    return RawDocumentError(
+        "too_large", f"{when}: {size} bytes over the cap of {policy.max_bytes} bytes"
+    )
+
+
+def fetch(uri: str, policy: FetchPolicy) -> Fetched:
+    """Fetch ``uri`` once under ``policy`` (no retry: see :func:`fetch_with_retry`)."""
+    scheme = urlsplit(uri).scheme.lower()
+    if scheme == "file":
+        return _fetch_file(uri, policy)
+    if scheme in ("http", "https"):
+        return _fetch_http(uri, policy)
+    if scheme == "s3":
+        return _fetch_s3(uri, policy)
+    raise RawDocumentError("not_allowed", f"scheme {scheme!r} (file, https, http, s3 only)")
+
+
+# --- retries ---------------------------------------------------------------------------------
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` in seconds (delta-seconds or an HTTP date), ``None`` if absent/invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    now = time.time() if now is None else now
+    return max(0.0, when.timestamp() - now)
+
+
+def backoff_delay(
+    attempt: int,
+    retry_after: float | None = None,
+    *,
+    base: float = 0.5,
+    cap: float = 30.0,
+    rng: random.Random | None = None,
+) -> float:
+    """Seconds to wait before retry number ``attempt`` (1-based): full jitter on an exponential
+    ceiling, never less than the server's ``Retry-After`` (itself capped at ``cap``)."""
+    rng = rng or random.Random()
+    delay = rng.uniform(0, min(cap, base * 2 ** (attempt - 1)))
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, cap))
+    return delay
+
+
+def fetch_with_retry(
+    uri: str,
+    policy: FetchPolicy,
+    *,
+    attempts: int = 4,
+    sleep: Callable[[float], None] = time.sleep,
+    rng: random.Random | None = None,
+) -> Fetched:
+    """:func:`fetch`, retrying transient errors up to ``attempts`` times in all; permanent ones
+    (and the last transient one) are raised with their class."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fetch(uri, policy)
+        except RawDocumentError as exc:
+            if exc.permanent or attempt == attempts:
+                raise
+            sleep(backoff_delay(attempt, exc.retry_after, rng=rng))
+    raise AssertionError("unreachable")
+
+
+# --- file:// ---------------------------------------------------------------------------------
+
+
+def _fetch_file(uri: str, policy: FetchPolicy) -> Fetched:
+    parts = urlsplit(uri)
+    if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+        raise RawDocumentError("bad_uri", "file:// URIs name a local path only")
+    raw_path = unquote(parts.path)
+    if not raw_path.startswith("/") or "\x00" in raw_path:
+        raise RawDocumentError("bad_uri", "file:// needs an absolute path")
+    # realpath follows every symbolic link: a link inside a root that points outside is refused
+    path = Path(os.path.realpath(raw_path))
+    roots = [Path(os.path.realpath(r)) for r in policy.allowed_roots]
+    if not any(path == r or r in path.parents for r in roots):
+        raise RawDocumentError("not_allowed", f"{raw_path} is outside the allowed roots")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise RawDocumentError("not_found", raw_path) from None
+    except PermissionError:
+        raise RawDocumentError("forbidden", raw_path) from None
+    except OSError as exc:
+        raise RawDocumentError("not_found", f"{raw_path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise RawDocumentError("not_allowed", f"{raw_path} is not a regular file")
+        if st.st_size > policy.max_bytes:
+            raise _too_large(st.st_size, policy, "file size")
+        data = _read_capped(fh.read, policy)
+    mtime = email.utils.formatdate(st.st_mtime, usegmt=True)
+    return _fetched(uri, data, last_modified=mtime)
+
+
+def _read_capped(read: Callable[[int], bytes], policy: FetchPolicy) -> bytes:
+    buf = bytearray()
+    while True:
+        chunk = read(_CHUNK)
+        if not chunk:
+            return bytes(buf)
+        buf += chunk
+        if len(buf) > policy.max_bytes:
+            raise _too_large(len(buf), policy, "during the download")
+
+
+# --- http(s):// ------------------------------------------------------------------------------
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to a checked address; the host name stays in the Host header."""
+
+    def __init__(self, host: str, port: int, address: str, policy: FetchPolicy) -> None:
+        super().__init__(host, port, timeout=policy.connect_timeout)
+        self._address = address
+        self._read_timeout = policy.read_timeout
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self._address, self.port), timeout=self.timeout)
+        self.sock.settimeout(self._read_timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """TLS to a checked address, verified against the host name (SNI and certificate)."""
+
+    def __init__(self, host: str, port: int, address: str, policy: FetchPolicy) -> None:
+        self._ctx = ssl.create_default_context()
+        super().__init__(host, port, timeout=policy.connect_timeout, context=self._ctx)
+        self._address = address
+        self._read_timeout = policy.read_timeout
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._address, self.port), timeout=self.timeout)
+        self.sock = self._ctx.wrap_socket(sock, server_hostname=self.host)
+        self.sock.settimeout(self._read_timeout)
+
+
+@dataclass(frozen=True)
+class _Target:
+    scheme: str
+    host: str
+    port: int
+    path: str
+    address: str
+
+
+def check_http_uri(uri: str, policy: FetchPolicy) -> _Target:
+    """The checked target of an http(s) URI: scheme and host allowed, the name resolved once and
+    every address allowed. Raises ``not_allowed`` / ``bad_uri`` before any connection."""
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    try:
+        host = (parts.hostname or "").lower()
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError:
+        raise RawDocumentError("bad_uri", "invalid port") from None
+    if not host:
+        raise RawDocumentError("bad_uri", "no host")
+    if parts.username or parts.password:
+        raise RawDocumentError("not_allowed", "credentials in a URI are refused")
+    if not policy.host_allowed(host):
+        raise RawDocumentError("not_allowed", f"host {host!r} is not allow-listed")
+    if scheme == "http" and host not in policy.http_hosts:
+        raise RawDocumentError("not_allowed", f"plain http to {host!r} is not allow-listed")
+    if scheme not in ("http", "https"):
+        raise RawDocumentError("not_allowed", f"scheme {scheme!r}")
+    try:
+        addresses = list(policy.resolver(host, port))
+    except OSError as exc:
+        raise RawDocumentError("connect_error", f"cannot resolve {host!r}: {exc}") from None
+    if not addresses:
+        raise RawDocumentError("connect_error", f"{host!r} resolves to nothing")
+    refused = [a for a in addresses if not policy.address_allowed(a)]
+    if refused:
+        raise RawDocumentError(
+            "not_allowed", f"{host!r} resolves to a non-public address ({refused[0]})"
+        )
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return _Target(scheme, host, port, path, addresses[0])
+
+
+def _http_error(status: int, reason: str, retry_after: str | None) -> RawDocumentError:
+    if status == 429 or status == 503:
+        cls = "throttled" if status == 429 else "server_error"
+        return RawDocumentError(
+            cls, f"HTTP {status} {reason}", retry_after=parse_retry_after(retry_after)
+        )
+    if status >= 500 or status == 408:
+        return RawDocumentError(
+            "server_error", f"HTTP {status} {reason}", retry_after=parse_retry_after(retry_after)
+        )
+    if status in (401, 403):
+        return RawDocumentError("forbidden", f"HTTP {status} {reason}")
+    if status in (404, 410):
+        return RawDocumentError("not_found", f"HTTP {status} {reason}")
+    return RawDocumentError("http_error", f"HTTP {status} {reason}")
+
+
+def _request(
+    target: _Target, method: str, policy: FetchPolicy
+) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    cls = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
+    conn = cls(target.host, target.port, target.address, policy)
+    try:
+        conn.request(
+            method,
+            target.path,
+            headers={"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"},
+        )
+        return conn, conn.getresponse()
+    except BaseException:
+        conn.close()
+        raise
+
+
+def _fetch_http(uri: str, policy: FetchPolicy) -> Fetched:
+    current = uri
+    for _hop in range(policy.max_redirects + 1):
+        target = check_http_uri(current, policy)
+        try:
+            result = _fetch_http_once(current, target, policy)
+        except RawDocumentError:
+            raise
+        except TimeoutError as exc:
+            raise RawDocumentError("fetch_timeout", f"{target.host}: {exc}") from None
+        except ssl.SSLError as exc:
+            raise RawDocumentError("connect_error", f"TLS with {target.host}: {exc}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise RawDocumentError("connect_error", f"{target.host}: {exc}") from None
+        if isinstance(result, Fetched):
+            return result
+        current = urljoin(current, result)
+    raise RawDocumentError("http_error", f"more than {policy.max_redirects} redirects")
+
+
+def _fetch_http_once(uri: str, target: _Target, policy: FetchPolicy) -> Fetched | str:
+    """The document, or the Location of a redirect (to be checked by the caller)."""
+    # HEAD first: a declared size over the cap costs no download. A server without HEAD
+    # (405/501) or without a Content-Length is checked during the GET.
+    conn, resp = _request(target, "HEAD", policy)
+    try:
+        resp.read()
+        if resp.status < 300:
+            declared = resp.getheader("Content-Length")
+            if declared and declared.isdigit() and int(declared) > policy.max_bytes:
+                raise _too_large(int(declared), policy, "Content-Length")
+    finally:
+        conn.close()
+    conn, resp = _request(target, "GET", policy)
+    try:
+        if resp.status in (301, 302, 303, 307, 308):
+            location = resp.getheader("Location")
+            if not location:
+                raise RawDocumentError("http_error", f"HTTP {resp.status} without Location")
+            return location
+        if resp.status != 200:
+            raise _http_error(resp.status, resp.reason, resp.getheader("Retry-After"))
+        declared = resp.getheader("Content-Length")
+        if declared and declared.isdigit() and int(declared) > policy.max_bytes:
+            raise _too_large(int(declared), policy, "Content-Length")
+        data = _read_capped(resp.read, policy)
+        if declared and declared.isdigit() and len(data) != int(declared):
+            raise RawDocumentError("connect_error", f"short body: {len(data)} of {declared} bytes")
+        return _fetched(
+            uri,
+            data,
+            content_type=resp.getheader("Content-Type"),
+            etag=resp.getheader("ETag"),
+            last_modified=resp.getheader("Last-Modified"),
+        )
+    finally:
+        conn.close()
+
+
+# --- s3:// -----------------------------------------------------------------------------------
+
+# Error codes that say the whole bucket (or the credentials) is unusable: pause the source.
+_S3_SOURCE_CODES = frozenset(
+    {
+        "NoSuchBucket",
+        "AllAccessDisabled",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "AccountProblem",
+        "AuthorizationHeaderMalformed",
+    }
+)
+_S3_THROTTLE_CODES = frozenset(
+    {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
+)
+_S3_NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+_S3_FORBIDDEN_CODES = frozenset({"AccessDenied", "403", "Forbidden"})
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    parts = urlsplit(uri)
+    bucket, key = parts.netloc, unquote(parts.path.lstrip("/"))
+    if not bucket or not key or parts.query or parts.fragment:
+        raise RawDocumentError("bad_uri", "s3 URIs are s3://bucket/key")
+    return bucket, key
+
+
+def classify_s3_error(exc: Exception, bucket: str) -> RawDocumentError:
+    """A botocore exception as a :class:`RawDocumentError` (``scope="source"`` for a bucket-wide
+    one). An object-level ``AccessDenied`` is told apart by the caller (see ``_fetch_s3``)."""
+    from botocore import exceptions as bex
+
+    if isinstance(exc, bex.NoCredentialsError | bex.PartialCredentialsError):
+        return RawDocumentError(
+            "access", "no S3 credentials in the worker's environment", scope="source"
+        )
+    if isinstance(exc, bex.ConnectTimeoutError | bex.ReadTimeoutError):
+        return RawDocumentError("fetch_timeout", f"s3://{bucket}: {exc}")
+    if isinstance(exc, bex.EndpointConnectionError | bex.ConnectionClosedError):
+        return RawDocumentError("connect_error", f"s3://{bucket}: {exc}")
+    if isinstance(exc, bex.ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        meta = exc.response.get("ResponseMetadata", {})
+        status = int(meta.get("HTTPStatusCode", 0) or 0)
+        headers = meta.get("HTTPHeaders", {}) or {}
+        retry_after = parse_retry_after(headers.get("retry-after"))
+        if code in _S3_SOURCE_CODES:
+            return RawDocumentError("access", f"bucket {bucket!r}: {code}", scope="source")
+        if code in _S3_THROTTLE_CODES or status == 429:
+            return RawDocumentError("throttled", f"{code or status}", retry_after=retry_after)
+        if status >= 500 or code in ("InternalError", "ServiceUnavailable", "503", "500"):
+            return RawDocumentError("server_error", f"{code or status}", retry_after=retry_after)
+        if code in _S3_NOT_FOUND_CODES or status == 404:
+            return RawDocumentError("not_found", code or "404")
+        if code in _S3_FORBIDDEN_CODES or status == 403:
+            return RawDocumentError("forbidden", code or "403")
+        return RawDocumentError("http_error", f"{code} (HTTP {status})")
+    if isinstance(exc, bex.BotoCoreError):
+        return RawDocumentError("connect_error", f"s3://{bucket}: {exc}")
+    raise exc
+
+
+def s3_client(policy: FetchPolicy) -> Any:
+    """A boto3 S3 client: credentials from the standard chain only (environment, profile,
+    instance role), timeouts from the policy, no retries of its own (:func:`fetch_with_retry`
+    has the policy)."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        connect_timeout=policy.connect_timeout,
+        read_timeout=policy.read_timeout,
+        retries={"max_attempts": 1, "mode": "standard"},
+        s3={"addressing_style": "path"} if policy.s3_endpoint else None,
+    )
+    return boto3.session.Session().client(
+        "s3", endpoint_url=policy.s3_endpoint, region_name=policy.s3_region, config=config
+    )
+
+
+def _fetch_s3(uri: str, policy: FetchPolicy, client: Any = None) -> Fetched:
+    bucket, key = parse_s3_uri(uri)
+    if "*" not in policy.allowed_buckets and bucket not in policy.allowed_buckets:
+        raise RawDocumentError("not_allowed", f"bucket {bucket!r} is not allow-listed")
+    client = client or s3_client(policy)
+    try:
+        try:
+            head = client.head_object(Bucket=bucket, Key=key)
+            size = int(head.get("ContentLength", 0))
+            if size > policy.max_bytes:
+                raise _too_large(size, policy, "head_object")
+            obj = client.get_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            if isinstance(exc, RawDocumentError):
+                raise
+            err = classify_s3_error(exc, bucket)
+            if err.error_class in ("forbidden", "not_found") and _bucket_unreadable(client, bucket):
+                raise RawDocumentError(
+                    "access", f"bucket {bucket!r} is not readable ({err.detail})", scope="source"
+                ) from None
+            raise err from None
+        body = obj["Body"]
+        try:
+            data = _read_capped(body.read, policy)
+        finally:
+            body.close()
+    except RawDocumentError:
+        raise
+    except Exception as exc:
+        raise classify_s3_error(exc, bucket) from None
+    return _fetched(
+        uri,
+        data,
+        content_type=obj.get("ContentType"),
+        etag=obj.get("ETag"),
+        last_modified=(
+            email.utils.format_datetime(obj["LastModified"], usegmt=True)
+            if obj.get("LastModified")
+            else None
+        ),
+    )
+
+
+def _bucket_unreadable(client: Any, bucket: str) -> bool:
+    """After a 403/404 on an object: is the whole bucket unreadable (missing, or access denied
+    to the bucket itself)? Then the source pauses instead of failing document by document."""
+    try:
+        client.head_bucket(Bucket=bucket)
+    except Exception as exc:
+        try:
+            err = classify_s3_error(exc, bucket)
+        except Exception:
+            return False
+        return err.error_class in ("forbidden", "not_found", "access")
+    return False
