@@ -647,3 +647,34 @@ def test_compat_view_on_a_later_run_and_drop_pgai_keeps_it(
     # The application's query on pgai's view name still answers, from pgingest's data.
     assert _pgai_search(conn, "logical replication slots") == before
     assert fake.counters.requests == 0
+
+
+def test_next_to_an_active_model_the_adopted_one_is_shadow_and_the_other_backfills(
+    pgai_db: str, conn: psycopg.Connection[Any], fake: FakeEmbeddingServer
+) -> None:
+    """pgingest already runs a model: the adopted model starts in shadow with pgai's vectors,
+    and the other model gets every row of the table queued (its own backfill of the source)."""
+    conn.execute(
+        "SELECT pgingest.register_model('mini', 'fake-384', 384, %s, max_input_tokens => 512)",
+        (fake.url,),
+    )
+    query = "write ahead log archiving"
+    before = _pgai_search(conn, query)
+    code, out, err = _adopt(pgai_db, "--no-index")
+    assert code == 0, err
+    assert fake.counters.requests == 0
+    assert (
+        _one(conn, "SELECT state FROM pgingest.models WHERE name = %s", (MODEL_NAME,)) == "shadow"
+    )
+    assert _rows(conn, "pgmq", "q_pgingest_mini") == 36
+    assert _rows(conn, "pgmq", f"q_pgingest_{MODEL_NAME}") == 0
+    v = _unit(query)
+    rows = conn.execute(
+        "SELECT source_key FROM pgingest.search(%s, 8, model => %s)", (v, MODEL_NAME)
+    ).fetchall()
+    assert [(r[0]["tenant"], r[0]["id"]) for r in rows] == before
+    drain(pgai_db)
+    # Only 'mini' embedded: 36 rows, each once (its own chunking: title in chunks).
+    assert len(_inputs(fake)) == len(set(_inputs(fake))) >= 36
+    assert _one(conn, "SELECT count(*) FROM pgingest.embedding_state WHERE model = 'mini'") == 36
+    assert _rows(conn, "pgmq", f"q_pgingest_{MODEL_NAME}") == 0
