@@ -247,15 +247,18 @@ BEGIN
     -- Partitioned like the chunks (install --chunk-partitions): same modulus, same key.
     SELECT count(*)::integer INTO v_parts
     FROM pg_partition_tree('pgingest.chunks') AS t WHERE t.isleaf AND t.level > 0;
+    -- toast_tuple_target = 4080 (on the tables that hold rows): a vector of up to ~4 KB stays in
+    -- its row instead of going to TOAST (migration 0019).
     EXECUTE format(
         'CREATE TABLE pgingest.%1$I (doc_id bigint NOT NULL, ordinal integer NOT NULL, '
         'chunk_hash bytea NOT NULL, embedding %2$s NOT NULL, '
         'CONSTRAINT %3$I PRIMARY KEY (doc_id, ordinal))%4$s',
         p_m.store_name, pgingest._column_type(p_m), p_m.store_name || '_pkey',
-        CASE WHEN v_parts > 0 THEN ' PARTITION BY HASH (doc_id)' ELSE '' END
+        CASE WHEN v_parts > 0 THEN ' PARTITION BY HASH (doc_id)' ELSE ' WITH (toast_tuple_target = 4080)' END
     );
     FOR v_i IN 0 .. v_parts - 1 LOOP
-        EXECUTE format('CREATE TABLE pgingest.%I PARTITION OF pgingest.%I FOR VALUES WITH (MODULUS %s, REMAINDER %s)',
+        EXECUTE format('CREATE TABLE pgingest.%I PARTITION OF pgingest.%I FOR VALUES WITH (MODULUS %s, REMAINDER %s) '
+                       'WITH (toast_tuple_target = 4080)',
                        p_m.store_name || '_p' || v_i, p_m.store_name, v_parts, v_i);
     END LOOP;
     EXECUTE format('CREATE INDEX %I ON pgingest.%I (chunk_hash)', p_m.store_name || '_chunk_hash', p_m.store_name);

@@ -153,6 +153,22 @@ def test_the_write_back_never_scans_a_whole_store(two_models: psycopg.Connection
     assert scans is not None and scans[0] >= 1 and scans[1] == 0, scans
 
 
+def test_a_store_keeps_vectors_of_up_to_4_kb_in_its_rows(
+    two_models: psycopg.Connection[Any],
+) -> None:
+    """A vector(768) (3 KB) stays in the store's row (toast_tuple_target = 4080 on the tables
+    that hold rows): no TOAST rows to write and read back per chunk (issue 19, migration 0019)."""
+    conn = two_models
+    conn.execute("INSERT INTO pgingest.documents (key, body) VALUES ('a', 'one'), ('b', 'two')")
+    _fake_chunks(conn, "v2", 768)
+    leaves = conn.execute(
+        "SELECT c.reloptions, pg_relation_size(c.reltoastrelid)"
+        " FROM pg_class AS c WHERE c.relkind = 'r' AND (c.oid = 'pgingest.store_v2'::regclass"
+        " OR c.oid IN (SELECT t.relid FROM pg_partition_tree('pgingest.store_v2') AS t))"
+    ).fetchall()
+    assert leaves and all(r == (["toast_tuple_target=4080"], 0) for r in leaves), leaves
+
+
 def test_delete_and_truncate_leave_no_chunk(two_models: psycopg.Connection[Any]) -> None:
     conn = two_models
     conn.execute(
