@@ -27,6 +27,7 @@ worker pauses the source instead of dead-lettering each document.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import hashlib
 import http.client
@@ -551,7 +552,7 @@ def _fetch_s3(uri: str, policy: FetchPolicy, client: Any = None) -> Fetched:
         content_type=obj.get("ContentType"),
         etag=obj.get("ETag"),
         last_modified=(
-            email.utils.format_datetime(obj["LastModified"], usegmt=True)
+            email.utils.format_datetime(obj["LastModified"].astimezone(datetime.UTC), usegmt=True)
             if obj.get("LastModified")
             else None
         ),
