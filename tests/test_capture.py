@@ -151,6 +151,16 @@ def test_the_write_back_never_scans_a_whole_store(two_models: psycopg.Connection
             " WHERE schemaname = 'pgingest' AND relname ~ '^store_v2(_p[0-9]+)?$'"
         ).fetchone()
     assert scans is not None and scans[0] >= 1 and scans[1] == 0, scans
+    # Nor JIT: those reads are estimated at millions of rows on a store without statistics, and
+    # compiling them cost ~0.2 s a batch.
+    configs = conn.execute(
+        "SELECT p.proname, 'jit=off' = ANY (p.proconfig) FROM pg_proc AS p"
+        " WHERE p.oid IN ('pgingest.cached_vectors_v1(text, bytea[])'::regprocedure,"
+        " 'pgingest.complete_batch_v2(text, bigint[], bigint[], bytea[], bigint[], integer[],"
+        " text[], bytea[], integer[], integer[], integer[], vector[], text, integer)'::regprocedure)"
+        " ORDER BY 1"
+    ).fetchall()
+    assert configs == [("cached_vectors_v1", True), ("complete_batch_v2", True)]
 
 
 def test_a_store_keeps_vectors_of_up_to_4_kb_in_its_rows(
