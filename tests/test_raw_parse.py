@@ -194,3 +194,22 @@ def test_submit_returns_futures_in_a_pool_of_its_own_size(
 def test_unknown_test_hooks_are_refused() -> None:
     with parse.ParsePool(1) as p, pytest.raises(ValueError):
         p.parse(b"x", detect.TEXT, test_hook="rm -rf")
+
+
+@pytest.mark.parametrize("backend", ["python-docx", "mammoth"])
+def test_both_docx_backends_keep_headings_and_table_rows(
+    backend: str, fixtures: tuple[Path, dict[str, Expected]]
+) -> None:
+    folder, expected = fixtures
+    doc = parse.parse_bytes(
+        (folder / "handbook.docx").read_bytes(),
+        detect.DOCX,
+        parse.ParseOptions(docx_backend=backend),
+    )
+    assert doc.parser == backend
+    exp = expected["handbook.docx"]
+    assert [b.heading_path for b in doc.blocks if b.kind == "heading"] == exp.headings
+    [table_block] = [b for b in doc.blocks if "throttled" in b.text]
+    assert table_block.heading_path == ("Handbook", "Operating")
+    row = next(line for line in table_block.text.splitlines() if "throttled" in line)
+    assert row.index("throttled") < row.index("always")

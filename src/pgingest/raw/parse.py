@@ -7,7 +7,8 @@ Formats (docs/raw-documents.md has the measurements behind each default):
 * PDF: pypdfium2 (default) or pypdf, page by page; headings from the document outline
   (bookmarks), matched to the lines of their page. A PDF without a text layer (a scan) is
   ``empty_text``; one that needs a password ``encrypted``; more pages than the cap ``too_large``.
-* DOCX: mammoth (Word styles -> HTML headings), then the HTML path.
+* DOCX: python-docx (default; paragraphs styled ``Heading N`` make the heading path, tables
+  as ``a | b`` rows) or mammoth (Word styles -> HTML headings -> Markdown).
 * HTML: the main content with trafilatura (default) or BeautifulSoup + markdownify (navigation,
   header, footer, aside, scripts removed), as Markdown.
 * Markdown and plain text: charset detection with charset-normalizer; Markdown headings (ATX and
@@ -73,6 +74,7 @@ class ParseOptions:
     max_pages: int = 2000
     pdf_backend: str = "pypdfium2"
     html_backend: str = "trafilatura"
+    docx_backend: str = "python-docx"
 
 
 # --- text decoding ---------------------------------------------------------------------------
@@ -322,6 +324,40 @@ def html_to_markdown(html: bytes | str, backend: str = "trafilatura") -> str:
     raise ValueError(f"unknown HTML backend {backend!r}")
 
 
+_HEADING_STYLE = re.compile(r"^Heading ([1-9])$")
+
+
+def docx_blocks(data: bytes) -> list[Block]:
+    """DOCX with python-docx: paragraphs and tables in document order; paragraphs styled
+    ``Heading N`` (or ``Title``) make the heading path; a table's rows become ``a | b`` lines."""
+    import zipfile
+
+    import docx
+    from docx.text.paragraph import Paragraph
+
+    try:
+        document = docx.Document(io.BytesIO(data))
+    except (zipfile.BadZipFile, KeyError, ValueError) as exc:
+        raise RawDocumentError("parse_error", f"DOCX: {type(exc).__name__}: {exc}") from None
+    s = _Sections()
+    for item in document.iter_inner_content():
+        if isinstance(item, Paragraph):
+            style = item.style.name if item.style is not None else ""
+            text = item.text.strip()
+            m = _HEADING_STYLE.match(style or "")
+            if text and (m or style == "Title"):
+                s.heading(int(m.group(1)) if m else 1, text)
+            else:
+                s.lines.append(item.text)
+        else:
+            s.lines.append("")
+            for row in item.rows:
+                s.lines.append(" | ".join(" ".join(c.text.split()) for c in row.cells))
+            s.lines.append("")
+    s.flush()
+    return s.blocks
+
+
 def docx_to_markdown(data: bytes) -> str:
     """Word's heading styles become HTML headings (mammoth), then Markdown."""
     import zipfile
@@ -353,7 +389,12 @@ def parse_bytes(data: bytes, mime: str, options: ParseOptions | None = None) -> 
         blocks = pdf_blocks(page_texts, outline)
         parser = backend
     elif mime == detect.DOCX:
-        blocks, parser = markdown_blocks(docx_to_markdown(data)), "mammoth"
+        if options.docx_backend == "python-docx":
+            blocks, parser = docx_blocks(data), "python-docx"
+        elif options.docx_backend == "mammoth":
+            blocks, parser = markdown_blocks(docx_to_markdown(data)), "mammoth"
+        else:
+            raise ValueError(f"unknown DOCX backend {options.docx_backend!r}")
     elif mime == detect.HTML:
         backend = options.html_backend
         blocks, parser = markdown_blocks(html_to_markdown(data, backend)), backend
