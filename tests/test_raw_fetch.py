@@ -290,6 +290,92 @@ def test_a_closed_port_is_a_transient_connect_error() -> None:
     assert err.value.error_class == "connect_error" and not err.value.permanent
 
 
+def _self_signed(folder: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for ``name`` (DNS) and 127.0.0.1 (IP), and its key."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+def https_server(tmp_path: Path) -> Iterator[tuple[int, Counter, Path]]:
+    import ssl
+
+    cert, key = _self_signed(tmp_path, "docs.test")
+    server = _Server(("127.0.0.1", 0), _Handler)
+    server.counter = Counter()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], server.counter, cert
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_https_connects_to_the_checked_address_and_verifies_the_name(
+    https_server: tuple[int, Counter, Path],
+) -> None:
+    port, counter, cert = https_server
+    # docs.test resolves (by the policy's resolver) to the test server's address: the socket
+    # goes there, TLS checks the certificate against the name docs.test
+    policy = _http_policy(
+        allowed_hosts=frozenset({"docs.test", "other.test"}),
+        http_hosts=frozenset(),
+        ca_file=str(cert),
+        resolver=lambda host, p: ["127.0.0.1"],
+    )
+    got = fetch.fetch(f"https://docs.test:{port}/doc.md", policy)
+    assert got.data == DOC
+    # a name the certificate does not carry: refused by TLS (transient: connect_error)
+    with pytest.raises(RawDocumentError) as err:
+        fetch.fetch(f"https://other.test:{port}/doc.md", policy)
+    assert err.value.error_class == "connect_error" and "TLS" in str(err.value)
+    # the system's CAs do not trust a self-signed certificate
+    with pytest.raises(RawDocumentError) as err:
+        fetch.fetch(f"https://docs.test:{port}/doc.md", dataclasses.replace(policy, ca_file=None))
+    assert err.value.error_class == "connect_error"
+    assert counter.requests == [("HEAD", "/doc.md"), ("GET", "/doc.md")]
+
+
 # --- S3: moto's standalone server ------------------------------------------------------------
 
 

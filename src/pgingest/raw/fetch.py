@@ -66,7 +66,8 @@ class FetchPolicy:
     ``allowed_hosts``: exact host names (or IP literals); ``".example.com"`` allows its
     subdomains. ``http_hosts``: the hosts also allowed over plain ``http://``.
     ``allowed_networks``: the non-public networks an admin opens explicitly (``127.0.0.1/32`` for
-    a test server); public addresses need no entry. ``allowed_buckets``: S3 buckets (``"*"``:
+    a test server); public addresses need no entry. ``ca_file``: the CA certificates https trusts
+    (default: the system's). ``allowed_buckets``: S3 buckets (``"*"``:
     any bucket the credentials can read). ``s3_endpoint``: an S3-compatible store's URL (trusted:
     it is the admin's)."""
 
@@ -81,6 +82,7 @@ class FetchPolicy:
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     max_redirects: int = 3
+    ca_file: str | None = None
     resolver: Resolver = field(default=_system_resolver, repr=False, compare=False)
 
     @classmethod
@@ -89,7 +91,8 @@ class FetchPolicy:
         ``PGINGEST_RAW_HTTP_HOSTS``, ``PGINGEST_RAW_NETWORKS``, ``PGINGEST_RAW_BUCKETS``
         (comma-separated), ``PGINGEST_RAW_S3_ENDPOINT``, ``PGINGEST_RAW_S3_REGION``,
         ``PGINGEST_RAW_MAX_BYTES``, ``PGINGEST_RAW_CONNECT_TIMEOUT``,
-        ``PGINGEST_RAW_READ_TIMEOUT``. Unset: nothing is allowed."""
+        ``PGINGEST_RAW_READ_TIMEOUT``, ``PGINGEST_RAW_CA_FILE`` (CA certificates trusted for
+        https instead of the system's, for an internal CA). Unset: nothing is allowed."""
         env = os.environ if env is None else env
 
         def items(name: str) -> list[str]:
@@ -109,6 +112,7 @@ class FetchPolicy:
             max_bytes=int(env.get("PGINGEST_RAW_MAX_BYTES", 100 * 1024 * 1024)),
             connect_timeout=float(env.get("PGINGEST_RAW_CONNECT_TIMEOUT", 5.0)),
             read_timeout=float(env.get("PGINGEST_RAW_READ_TIMEOUT", 30.0)),
+            ca_file=env.get("PGINGEST_RAW_CA_FILE") or None,
         )
 
     def host_allowed(self, host: str) -> bool:
@@ -282,7 +286,7 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
     """TLS to a checked address, verified against the host name (SNI and certificate)."""
 
     def __init__(self, host: str, port: int, address: str, policy: FetchPolicy) -> None:
-        self._ctx = ssl.create_default_context()
+        self._ctx = ssl.create_default_context(cafile=policy.ca_file)
         super().__init__(host, port, timeout=policy.connect_timeout, context=self._ctx)
         self._address = address
         self._read_timeout = policy.read_timeout
