@@ -213,3 +213,30 @@ def test_both_docx_backends_keep_headings_and_table_rows(
     assert table_block.heading_path == ("Handbook", "Operating")
     row = next(line for line in table_block.text.splitlines() if "throttled" in line)
     assert row.index("throttled") < row.index("always")
+
+
+def test_an_asyncio_loop_is_not_blocked_while_a_parse_runs() -> None:
+    import asyncio
+
+    async def main(pool: parse.ParsePool) -> tuple[int, str]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.05)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        try:
+            await asyncio.wrap_future(pool.submit(b"x", detect.TEXT, test_hook="hang"))
+        except RawDocumentError as exc:
+            error_class = exc.error_class
+        finally:
+            task.cancel()
+        return ticks, error_class
+
+    with parse.ParsePool(1, parse.ParseOptions(timeout_s=1.5)) as p:
+        ticks, error_class = asyncio.run(main(p))
+    assert error_class == "timeout"
+    assert ticks >= 15  # the loop ran all along (1.5 s / 0.05 s = 30 at best)
