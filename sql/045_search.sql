@@ -640,6 +640,7 @@ DECLARE
     v_terms text[];
     v_idf double precision[];
     v_n double precision;
+    v_share double precision;
     v_query tsquery;
     v_m pgingest.models;
     v_t0 timestamptz := greatest(coalesce(hybrid_search.started_at, clock_timestamp()), statement_timestamp());
@@ -692,23 +693,34 @@ BEGIN
         FROM unnest(v_terms) AS t (lexeme);
     END IF;
     IF v_ranking = 'bm25' THEN
-        -- BM25 (k1 1.2, b 0: chunks are of bounded size, so no average length to keep right). Each term's
-        -- document frequency is counted through the GIN index of chunks.tsv; the number of chunks is
-        -- PostgreSQL's own estimate (pg_class.reltuples, kept by ANALYZE and autovacuum), counted only
-        -- while the table was never analysed. Never a scan of every chunk per search.
+        -- BM25 (k1 1.2, b 0: chunks are of bounded size, so no average length to keep right), over the
+        -- chunks of the model's profile. Each term's document frequency is counted through the GIN index
+        -- of chunks.tsv; the profile's number of chunks is PostgreSQL's own estimate (pg_class.reltuples
+        -- times the profile's share among profile_id's most common values in pg_stats, both kept by
+        -- ANALYZE and autovacuum), counted only while the table has no statistics. Never a scan of
+        -- every chunk per search.
         SELECT sum(greatest(c.reltuples, 0)) INTO v_n
         FROM pg_catalog.pg_partition_tree('pgingest.chunks'::regclass) AS p
         INNER JOIN pg_catalog.pg_class AS c ON c.oid = p.relid
         WHERE p.isleaf;
+        SELECT f.freq INTO v_share
+        FROM pg_catalog.pg_stats AS s
+        CROSS JOIN LATERAL unnest(s.most_common_vals::text::integer [], s.most_common_freqs) AS f (profile_id, freq)
+        WHERE s.schemaname = 'pgingest' AND s.tablename = 'chunks' AND s.attname = 'profile_id'
+            AND f.profile_id = v_m.profile_id
+        ORDER BY s.inherited DESC
+        LIMIT 1;
+        v_n := v_n * v_share;
         IF coalesce(v_n, 0) < 1 THEN
-            SELECT count(*) INTO v_n FROM pgingest.chunks;
+            SELECT count(*) INTO v_n FROM pgingest.chunks AS c WHERE c.profile_id = v_m.profile_id;
         END IF;
         SELECT coalesce(array_agg(s.lexeme ORDER BY s.lexeme), '{}'),
                coalesce(array_agg(ln(1 + (greatest(v_n, s.df) - s.df + 0.5) / (s.df + 0.5)) ORDER BY s.lexeme), '{}')
         INTO v_terms, v_idf
         FROM (
             SELECT t.lexeme, (
-                SELECT count(*) FROM pgingest.chunks AS c WHERE c.tsv @@ quote_literal(t.lexeme)::tsquery
+                SELECT count(*) FROM pgingest.chunks AS c
+                WHERE c.profile_id = v_m.profile_id AND c.tsv @@ quote_literal(t.lexeme)::tsquery
             )::float8 AS df
             FROM unnest(v_terms) AS t (lexeme)
         ) AS s

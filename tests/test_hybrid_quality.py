@@ -188,6 +188,10 @@ def test_bm25_ranks_a_rare_word_above_a_common_one_repeated(
     conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
 ) -> None:
     register(conn, "v1", fake.url)
+    # A second model with its own chunking profile: each searches its profile's chunks, and
+    # BM25's statistics are that profile's (df counted per profile, the chunk count from the
+    # profile's share in pg_stats).
+    register(conn, "v2", fake.url, title_in_chunks=False)
     conn.execute("SELECT pgingest.set_text_search_config('english')")
     with conn.cursor() as cur:
         cur.executemany(
@@ -201,12 +205,13 @@ def test_bm25_ranks_a_rare_word_above_a_common_one_repeated(
     drain(dsn)
     qvec = _unit(fake, "timeout quuxotron")
 
-    def text_first(ranking: str) -> list[str]:
+    def text_first(ranking: str, model: str = "v1") -> list[str]:
         rows = conn.execute(
-            "SELECT doc_key FROM pgingest.hybrid_search('timeout quuxotron', %s, 3,"
-            " vector_weight => 0, text_ranking => %s)",
-            (qvec, ranking),
+            "SELECT doc_key, model_name FROM pgingest.hybrid_search('timeout quuxotron', %s, 3,"
+            " vector_weight => 0, text_ranking => %s, model => %s)",
+            (qvec, ranking, model),
         ).fetchall()
+        assert {r[1] for r in rows} == {model}
         return [r[0] for r in rows]
 
     # idf: 'quuxotron' is in 1 chunk of 31, 'timeout' in 30; the repetitions saturate (k1 1.2).
@@ -214,5 +219,7 @@ def test_bm25_ranks_a_rare_word_above_a_common_one_repeated(
     # ts_rank_cd rewards the density of the common word instead.
     assert text_first("ts_rank_cd")[0] != "rare"
     # Still right once the table's row estimate exists (N from pg_class.reltuples).
+    assert text_first("bm25", "v2")[0] == "rare"
     conn.execute("ANALYZE pgingest.chunks")
     assert text_first("bm25")[0] == "rare"
+    assert text_first("bm25", "v2")[0] == "rare"
