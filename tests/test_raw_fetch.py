@@ -134,6 +134,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif path == "/redirect-other-host":
             port = self.server.server_address[1]
             self._send(302, b"", head, Location=f"http://localhost:{port}/doc.md")
+        elif path == "/etag-on-get-only":
+            if head:
+                self._send(200, b"", True, Content_Length=str(len(DOC)))
+            elif self.headers.get("If-None-Match") == '"v2"':
+                self._send(304, b"", True)
+            else:
+                self._send(200, DOC, False, ETag='"v2"')
         elif path == "/redirect-loop":
             self._send(302, b"", head, Location="/redirect-loop")
         else:
@@ -376,6 +383,26 @@ def test_https_connects_to_the_checked_address_and_verifies_the_name(
     assert counter.requests == [("HEAD", "/doc.md"), ("GET", "/doc.md")]
 
 
+def test_conditional_fetch_over_http(http_server: tuple[str, Counter]) -> None:
+    base, counter = http_server
+    policy = _http_policy()
+    # HEAD says the ETag is the recorded one: no GET at all
+    assert fetch.fetch_if_changed(f"{base}/doc.md", policy, fetch.Validators(etag='"v1"')) is None
+    assert counter.requests == [("HEAD", "/doc.md")]
+    # by Last-Modified when there is no recorded ETag
+    known = fetch.Validators(last_modified="Mon, 07 Dec 2026 00:00:00 GMT")
+    assert fetch.fetch_if_changed(f"{base}/doc.md", policy, known) is None
+    # changed: downloaded
+    got = fetch.fetch_if_changed(f"{base}/doc.md", policy, fetch.Validators(etag='"v0"'))
+    assert got is not None and got.data == DOC and got.etag == '"v1"'
+    # a server whose HEAD carries no validator answers the conditional GET with 304
+    counter.requests.clear()
+    path = f"{base}/etag-on-get-only"
+    assert fetch.fetch_if_changed(path, policy, fetch.Validators(etag='"v2"')) is None
+    assert counter.requests == [("HEAD", "/etag-on-get-only"), ("GET", "/etag-on-get-only")]
+    assert fetch.fetch(path, policy).etag == '"v2"'
+
+
 # --- S3: moto's standalone server ------------------------------------------------------------
 
 
@@ -509,3 +536,57 @@ def test_s3_endpoint_down_is_transient(aws_env: None) -> None:
     with pytest.raises(RawDocumentError) as err:
         fetch.fetch("s3://docs/a/guide.md", policy)
     assert err.value.error_class == "connect_error" and not err.value.permanent
+
+
+def test_s3_conditional_fetch(bucket: str) -> None:
+    policy = _s3_policy(bucket)
+    first = fetch.fetch("s3://docs/a/guide.md", policy)
+    known = fetch.Validators(etag=first.etag, last_modified=first.last_modified)
+    assert fetch.fetch_if_changed("s3://docs/a/guide.md", policy, known) is None
+    client = fetch.s3_client(policy)
+    client.put_object(Bucket="docs", Key="a/guide.md", Body=DOC + b"\nmore\n")
+    try:
+        got = fetch.fetch_if_changed("s3://docs/a/guide.md", policy, known)
+        assert got is not None and got.data.endswith(b"more\n") and got.etag != first.etag
+    finally:
+        client.put_object(Bucket="docs", Key="a/guide.md", Body=DOC, ContentType="text/markdown")
+
+
+def test_s3_listing(bucket: str) -> None:
+    policy = _s3_policy(bucket)
+    client = fetch.s3_client(policy)
+    client.put_object(Bucket="docs", Key="b/one two.md", Body=b"one")
+    client.put_object(Bucket="docs", Key="b/sub/", Body=b"")
+    client.put_object(Bucket="docs", Key="b/sub/three.txt", Body=b"three")
+    listed = list(fetch.list_objects("s3://docs/b/", policy))
+    assert [o.uri for o in listed] == ["s3://docs/b/one%20two.md", "s3://docs/b/sub/three.txt"]
+    assert [o.size for o in listed] == [3, 5]
+    assert all(o.etag and o.last_modified for o in listed)
+    # each listed URI fetches, with the same ETag
+    got = fetch.fetch(listed[0].uri, policy)
+    assert got.data == b"one" and got.etag == listed[0].etag
+    with pytest.raises(RawDocumentError) as err:
+        list(fetch.list_objects("s3://nobucket/", policy))
+    assert (err.value.error_class, err.value.scope) == ("access", "source")
+    with pytest.raises(RawDocumentError) as err:
+        list(fetch.list_objects("s3://other/", policy))
+    assert err.value.error_class == "not_allowed"
+
+
+def test_file_listing_stays_under_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.md").write_text("a")
+    (root / "sub" / "b.pdf").write_bytes(b"%PDF-1.4")
+    (tmp_path / "outside.txt").write_text("secret")
+    (root / "link.txt").symlink_to(tmp_path / "outside.txt")
+    policy = fetch.FetchPolicy(allowed_roots=(root,))
+    listed = list(fetch.list_objects(root.as_uri(), policy))
+    assert [o.uri for o in listed] == [(root / "a.md").as_uri(), (root / "sub" / "b.pdf").as_uri()]
+    assert [fetch.fetch(o.uri, policy).data for o in listed] == [b"a", b"%PDF-1.4"]
+    with pytest.raises(RawDocumentError) as err:
+        list(fetch.list_objects(tmp_path.as_uri(), policy))
+    assert err.value.error_class == "not_allowed"
+    with pytest.raises(RawDocumentError) as err:
+        list(fetch.list_objects("https://example.com/", policy))
+    assert err.value.error_class == "bad_uri"

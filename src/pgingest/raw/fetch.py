@@ -38,11 +38,11 @@ import socket
 import ssl
 import stat
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import unquote, urljoin, urlsplit
+from typing import Any, TypeVar
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from pgingest.raw.errors import RawDocumentError
 
@@ -152,15 +152,37 @@ def _too_large(size: int, policy: FetchPolicy, when: str) -> RawDocumentError:
     )
 
 
+@dataclass(frozen=True)
+class Validators:
+    """What was recorded of an object's last fetch (its ETag, its Last-Modified)."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+
 def fetch(uri: str, policy: FetchPolicy) -> Fetched:
     """Fetch ``uri`` once under ``policy`` (no retry: see :func:`fetch_with_retry`)."""
+    got = _dispatch(uri, policy, None)
+    assert got is not None
+    return got
+
+
+def fetch_if_changed(uri: str, policy: FetchPolicy, known: Validators) -> Fetched | None:
+    """:func:`fetch`, or ``None`` when the store says the object is unchanged since ``known``:
+    S3's ``head_object`` ETag, HTTP's HEAD (ETag, else Last-Modified) or a 304 to the
+    conditional GET. No body is downloaded then. ``file://`` is always read (the caller
+    compares the sha256, which it does for every store anyway)."""
+    return _dispatch(uri, policy, known)
+
+
+def _dispatch(uri: str, policy: FetchPolicy, known: Validators | None) -> Fetched | None:
     scheme = urlsplit(uri).scheme.lower()
     if scheme == "file":
         return _fetch_file(uri, policy)
     if scheme in ("http", "https"):
-        return _fetch_http(uri, policy)
+        return _fetch_http(uri, policy, known)
     if scheme == "s3":
-        return _fetch_s3(uri, policy)
+        return _fetch_s3(uri, policy, known=known)
     raise RawDocumentError("not_allowed", f"scheme {scheme!r} (file, https, http, s3 only)")
 
 
@@ -201,6 +223,29 @@ def backoff_delay(
     return delay
 
 
+T = TypeVar("T")
+
+
+def retrying(
+    call: Callable[[], T],
+    *,
+    attempts: int = 4,
+    sleep: Callable[[float], None] = time.sleep,
+    rng: random.Random | None = None,
+) -> T:
+    """``call()``, retrying transient :class:`RawDocumentError`s up to ``attempts`` times in all
+    (backoff with jitter, ``Retry-After`` honoured); permanent ones (and the last transient one)
+    are raised with their class."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except RawDocumentError as exc:
+            if exc.permanent or attempt == attempts:
+                raise
+            sleep(backoff_delay(attempt, exc.retry_after, rng=rng))
+    raise AssertionError("unreachable")
+
+
 def fetch_with_retry(
     uri: str,
     policy: FetchPolicy,
@@ -209,16 +254,8 @@ def fetch_with_retry(
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
 ) -> Fetched:
-    """:func:`fetch`, retrying transient errors up to ``attempts`` times in all; permanent ones
-    (and the last transient one) are raised with their class."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return fetch(uri, policy)
-        except RawDocumentError as exc:
-            if exc.permanent or attempt == attempts:
-                raise
-            sleep(backoff_delay(attempt, exc.retry_after, rng=rng))
-    raise AssertionError("unreachable")
+    """:func:`fetch` under :func:`retrying`."""
+    return retrying(lambda: fetch(uri, policy), attempts=attempts, sleep=sleep, rng=rng)
 
 
 # --- file:// ---------------------------------------------------------------------------------
@@ -361,7 +398,7 @@ def _http_error(status: int, reason: str, retry_after: str | None) -> RawDocumen
 
 
 def _request(
-    target: _Target, method: str, policy: FetchPolicy
+    target: _Target, method: str, policy: FetchPolicy, extra: Mapping[str, str] | None = None
 ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
     cls = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
     conn = cls(target.host, target.port, target.address, policy)
@@ -369,7 +406,7 @@ def _request(
         conn.request(
             method,
             target.path,
-            headers={"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"},
+            headers={"User-Agent": _USER_AGENT, "Accept-Encoding": "identity", **(extra or {})},
         )
         return conn, conn.getresponse()
     except BaseException:
@@ -377,12 +414,12 @@ def _request(
         raise
 
 
-def _fetch_http(uri: str, policy: FetchPolicy) -> Fetched:
+def _fetch_http(uri: str, policy: FetchPolicy, known: Validators | None = None) -> Fetched | None:
     current = uri
     for _hop in range(policy.max_redirects + 1):
         target = check_http_uri(current, policy)
         try:
-            result = _fetch_http_once(current, target, policy)
+            result = _fetch_http_once(current, target, policy, known)
         except RawDocumentError:
             raise
         except TimeoutError as exc:
@@ -391,14 +428,25 @@ def _fetch_http(uri: str, policy: FetchPolicy) -> Fetched:
             raise RawDocumentError("connect_error", f"TLS with {target.host}: {exc}") from None
         except (OSError, http.client.HTTPException) as exc:
             raise RawDocumentError("connect_error", f"{target.host}: {exc}") from None
-        if isinstance(result, Fetched):
+        if not isinstance(result, str):
             return result
         current = urljoin(current, result)
     raise RawDocumentError("http_error", f"more than {policy.max_redirects} redirects")
 
 
-def _fetch_http_once(uri: str, target: _Target, policy: FetchPolicy) -> Fetched | str:
-    """The document, or the Location of a redirect (to be checked by the caller)."""
+def _unchanged(known: Validators | None, etag: str | None, last_modified: str | None) -> bool:
+    if known is None:
+        return False
+    if known.etag and etag:
+        return known.etag == etag and not etag.startswith("W/")
+    return bool(known.last_modified and last_modified and known.last_modified == last_modified)
+
+
+def _fetch_http_once(
+    uri: str, target: _Target, policy: FetchPolicy, known: Validators | None = None
+) -> Fetched | str | None:
+    """The document, the Location of a redirect (to be checked by the caller), or ``None``: not
+    modified since ``known``."""
     # HEAD first: a declared size over the cap costs no download. A server without HEAD
     # (405/501) or without a Content-Length is checked during the GET.
     conn, resp = _request(target, "HEAD", policy)
@@ -408,10 +456,19 @@ def _fetch_http_once(uri: str, target: _Target, policy: FetchPolicy) -> Fetched 
             declared = resp.getheader("Content-Length")
             if declared and declared.isdigit() and int(declared) > policy.max_bytes:
                 raise _too_large(int(declared), policy, "Content-Length")
+            if _unchanged(known, resp.getheader("ETag"), resp.getheader("Last-Modified")):
+                return None
     finally:
         conn.close()
-    conn, resp = _request(target, "GET", policy)
+    conditional = {}
+    if known is not None and known.etag:
+        conditional["If-None-Match"] = known.etag
+    if known is not None and known.last_modified:
+        conditional["If-Modified-Since"] = known.last_modified
+    conn, resp = _request(target, "GET", policy, conditional)
     try:
+        if resp.status == 304 and known is not None:
+            return None
         if resp.status in (301, 302, 303, 307, 308):
             location = resp.getheader("Location")
             if not location:
@@ -520,10 +577,16 @@ def s3_client(policy: FetchPolicy) -> Any:
     )
 
 
-def _fetch_s3(uri: str, policy: FetchPolicy, client: Any = None) -> Fetched:
-    bucket, key = parse_s3_uri(uri)
+def _check_bucket(bucket: str, policy: FetchPolicy) -> None:
     if "*" not in policy.allowed_buckets and bucket not in policy.allowed_buckets:
         raise RawDocumentError("not_allowed", f"bucket {bucket!r} is not allow-listed")
+
+
+def _fetch_s3(
+    uri: str, policy: FetchPolicy, client: Any = None, known: Validators | None = None
+) -> Fetched | None:
+    bucket, key = parse_s3_uri(uri)
+    _check_bucket(bucket, policy)
     client = client or s3_client(policy)
     try:
         try:
@@ -531,6 +594,8 @@ def _fetch_s3(uri: str, policy: FetchPolicy, client: Any = None) -> Fetched:
             size = int(head.get("ContentLength", 0))
             if size > policy.max_bytes:
                 raise _too_large(size, policy, "head_object")
+            if known is not None and known.etag and head.get("ETag") == known.etag:
+                return None
             obj = client.get_object(Bucket=bucket, Key=key)
         except Exception as exc:
             if isinstance(exc, RawDocumentError):
@@ -575,3 +640,95 @@ def _bucket_unreadable(client: Any, bucket: str) -> bool:
             return False
         return err.error_class in ("forbidden", "not_found", "access")
     return False
+
+
+# --- listing, for `source sync` ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object under a prefix: enough to tell new, changed and vanished objects apart."""
+
+    uri: str
+    size: int
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+def list_objects(prefix_uri: str, policy: FetchPolicy) -> Iterator[ObjectInfo]:
+    """The objects under ``s3://bucket/prefix`` or a ``file:///dir`` under an allowed root,
+    under the same policy as :func:`fetch` (bucket and root allow-lists). Symbolic links are
+    not followed out of the root. An unlistable bucket raises ``access`` (``scope="source"``)."""
+    parts = urlsplit(prefix_uri)
+    scheme = parts.scheme.lower()
+    if scheme == "s3":
+        yield from _list_s3(prefix_uri, policy)
+    elif scheme == "file":
+        yield from _list_files(prefix_uri, policy)
+    else:
+        raise RawDocumentError("bad_uri", f"cannot list {scheme!r} URIs (s3 and file only)")
+
+
+def _list_s3(prefix_uri: str, policy: FetchPolicy, client: Any = None) -> Iterator[ObjectInfo]:
+    parts = urlsplit(prefix_uri)
+    bucket, prefix = parts.netloc, unquote(parts.path.lstrip("/"))
+    if not bucket:
+        raise RawDocumentError("bad_uri", "s3 prefixes are s3://bucket/prefix")
+    _check_bucket(bucket, policy)
+    client = client or s3_client(policy)
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                key = obj["Key"]
+                if key.endswith("/"):
+                    continue  # a "folder" marker
+                modified = obj.get("LastModified")
+                yield ObjectInfo(
+                    uri=f"s3://{bucket}/{quote(key)}",
+                    size=int(obj.get("Size", 0)),
+                    etag=obj.get("ETag"),
+                    last_modified=(
+                        email.utils.format_datetime(modified.astimezone(datetime.UTC), usegmt=True)
+                        if modified
+                        else None
+                    ),
+                )
+    except RawDocumentError:
+        raise
+    except Exception as exc:
+        err = classify_s3_error(exc, bucket)
+        if err.error_class in ("forbidden", "not_found"):
+            raise RawDocumentError(
+                "access", f"bucket {bucket!r} cannot be listed ({err.detail})", scope="source"
+            ) from None
+        raise err from None
+
+
+def _list_files(prefix_uri: str, policy: FetchPolicy) -> Iterator[ObjectInfo]:
+    parts = urlsplit(prefix_uri)
+    if parts.netloc not in ("", "localhost"):
+        raise RawDocumentError("bad_uri", "file:// URIs name a local path only")
+    top = Path(os.path.realpath(unquote(parts.path)))
+    roots = [Path(os.path.realpath(r)) for r in policy.allowed_roots]
+    root = next((r for r in roots if top == r or r in top.parents), None)
+    if root is None:
+        raise RawDocumentError("not_allowed", f"{parts.path} is outside the allowed roots")
+    if not top.is_dir():
+        raise RawDocumentError("not_found", f"{parts.path} is not a directory")
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath, name)
+            if path.is_symlink():
+                continue  # a link may point out of the root: fetch() would refuse it
+            try:
+                st = path.stat()
+            except OSError:
+                continue  # vanished while listing
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            yield ObjectInfo(
+                uri=path.as_uri(),
+                size=st.st_size,
+                last_modified=email.utils.formatdate(st.st_mtime, usegmt=True),
+            )
