@@ -110,7 +110,8 @@ BEGIN
             ('pgingest_writer', ARRAY['_content_hash', '_meta_cast', '_meta_text_array']),
             ('pgingest_reader', ARRAY[
                 '_query_cache_vector', 'query_cache_shared_stats',  -- the shared query-vector cache (issue 20)
-                'search', 'search_text', 'hybrid_search', 'hybrid_search_text', 'embed_query', 'chunk_preview',
+                'search', 'search_text', 'hybrid_search', 'hybrid_search_text', 'hybrid_search_defaults', 'embed_query',
+                'chunk_preview',
                 '_plpy_bootstrap', 'model_index_status', 'query_cache_stats', 'route_model'
             ]),
             ('pgingest_monitor', ARRAY['queue_stats_v1', 'traffic_status', 'query_log_status']),
