@@ -112,6 +112,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             time.sleep(3)
             with contextlib.suppress(OSError):
                 self.wfile.write(b"0123456789")
+        elif path == "/trickle":
+            # a byte every 0.2 s: each read is within the read timeout, the whole is not
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            with contextlib.suppress(OSError):
+                for _ in range(100 if not head else 0):
+                    self.wfile.write(b"t")
+                    self.wfile.flush()
+                    time.sleep(0.2)
         elif path == "/flaky":
             with c.lock:
                 fail = self.command == "GET" and c.flaky_left > 0
@@ -257,6 +267,17 @@ def test_read_timeout_is_transient(http_server: tuple[str, Counter]) -> None:
         fetch.fetch(f"{base}/slow", _http_policy(read_timeout=0.5))
     assert err.value.error_class == "fetch_timeout" and not err.value.permanent
     assert time.monotonic() - started < 2.5
+
+
+def test_a_trickling_download_is_cut_at_the_download_timeout(
+    http_server: tuple[str, Counter],
+) -> None:
+    base, _ = http_server
+    started = time.monotonic()
+    with pytest.raises(RawDocumentError) as err:
+        fetch.fetch(f"{base}/trickle", _http_policy(read_timeout=1.0, download_timeout=1.0))
+    assert err.value.error_class == "fetch_timeout" and not err.value.permanent
+    assert time.monotonic() - started < 3
 
 
 def test_transient_errors_are_retried_honouring_retry_after(

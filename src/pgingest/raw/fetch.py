@@ -81,6 +81,7 @@ class FetchPolicy:
     max_bytes: int = 100 * 1024 * 1024
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
+    download_timeout: float = 300.0
     max_redirects: int = 3
     ca_file: str | None = None
     resolver: Resolver = field(default=_system_resolver, repr=False, compare=False)
@@ -91,7 +92,7 @@ class FetchPolicy:
         ``PGINGEST_RAW_HTTP_HOSTS``, ``PGINGEST_RAW_NETWORKS``, ``PGINGEST_RAW_BUCKETS``
         (comma-separated), ``PGINGEST_RAW_S3_ENDPOINT``, ``PGINGEST_RAW_S3_REGION``,
         ``PGINGEST_RAW_MAX_BYTES``, ``PGINGEST_RAW_CONNECT_TIMEOUT``,
-        ``PGINGEST_RAW_READ_TIMEOUT``, ``PGINGEST_RAW_CA_FILE`` (CA certificates trusted for
+        ``PGINGEST_RAW_READ_TIMEOUT``, ``PGINGEST_RAW_DOWNLOAD_TIMEOUT``, ``PGINGEST_RAW_CA_FILE`` (CA certificates trusted for
         https instead of the system's, for an internal CA). Unset: nothing is allowed."""
         env = os.environ if env is None else env
 
@@ -112,6 +113,7 @@ class FetchPolicy:
             max_bytes=int(env.get("PGINGEST_RAW_MAX_BYTES", 100 * 1024 * 1024)),
             connect_timeout=float(env.get("PGINGEST_RAW_CONNECT_TIMEOUT", 5.0)),
             read_timeout=float(env.get("PGINGEST_RAW_READ_TIMEOUT", 30.0)),
+            download_timeout=float(env.get("PGINGEST_RAW_DOWNLOAD_TIMEOUT", 300.0)),
             ca_file=env.get("PGINGEST_RAW_CA_FILE") or None,
         )
 
@@ -293,6 +295,9 @@ def _fetch_file(uri: str, policy: FetchPolicy) -> Fetched:
 
 
 def _read_capped(read: Callable[[int], bytes], policy: FetchPolicy) -> bytes:
+    """Read to the end, cut at ``max_bytes`` and at ``download_timeout`` seconds in all (a server
+    trickling a byte per ``read_timeout`` would otherwise hold the worker for ever)."""
+    deadline = time.monotonic() + policy.download_timeout
     buf = bytearray()
     while True:
         chunk = read(_CHUNK)
@@ -301,6 +306,10 @@ def _read_capped(read: Callable[[int], bytes], policy: FetchPolicy) -> bytes:
         buf += chunk
         if len(buf) > policy.max_bytes:
             raise _too_large(len(buf), policy, "during the download")
+        if time.monotonic() > deadline:
+            raise RawDocumentError(
+                "fetch_timeout", f"download over {policy.download_timeout:g} s ({len(buf)} bytes)"
+            )
 
 
 # --- http(s):// ------------------------------------------------------------------------------
@@ -479,7 +488,7 @@ def _fetch_http_once(
         declared = resp.getheader("Content-Length")
         if declared and declared.isdigit() and int(declared) > policy.max_bytes:
             raise _too_large(int(declared), policy, "Content-Length")
-        data = _read_capped(resp.read, policy)
+        data = _read_capped(resp.read1, policy)  # read1: whatever has arrived
         if declared and declared.isdigit() and len(data) != int(declared):
             raise RawDocumentError("connect_error", f"short body: {len(data)} of {declared} bytes")
         return _fetched(
