@@ -122,6 +122,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     self.wfile.write(b"t")
                     self.wfile.flush()
                     time.sleep(0.2)
+        elif path.startswith("/busy-bucket/"):
+            # an S3-compatible store shedding load
+            body = b"<Error><Code>SlowDown</Code><Message>Reduce your rate</Message></Error>"
+            self._send(503, body, head, Retry_After="3", Content_Type="application/xml")
         elif path == "/flaky":
             with c.lock:
                 fail = self.command == "GET" and c.flaky_left > 0
@@ -611,3 +615,21 @@ def test_file_listing_stays_under_the_root(tmp_path: Path) -> None:
     with pytest.raises(RawDocumentError) as err:
         list(fetch.list_objects("https://example.com/", policy))
     assert err.value.error_class == "bad_uri"
+
+
+def test_s3_throttling_is_transient_with_retry_after(
+    aws_env: None, http_server: tuple[str, Counter]
+) -> None:
+    # boto3 against a store answering 503 SlowDown with Retry-After (the HTTP test server)
+    base, counter = http_server
+    policy = _s3_policy(base, allowed_buckets=frozenset({"busy-bucket"}))
+    slept: list[float] = []
+    with pytest.raises(RawDocumentError) as err:
+        fetch.retrying(
+            lambda: fetch.fetch("s3://busy-bucket/a.pdf", policy), attempts=2, sleep=slept.append
+        )
+    assert err.value.error_class in ("throttled", "server_error")
+    assert not err.value.permanent and err.value.retry_after == 3.0
+    assert slept and slept[0] >= 3.0
+    # boto3's own retries are off: one HEAD per attempt
+    assert counter.requests == [("HEAD", "/busy-bucket/a.pdf")] * 2

@@ -578,7 +578,7 @@ def s3_client(policy: FetchPolicy) -> Any:
     config = Config(
         connect_timeout=policy.connect_timeout,
         read_timeout=policy.read_timeout,
-        retries={"max_attempts": 1, "mode": "standard"},
+        retries={"total_max_attempts": 1, "mode": "standard"},  # one try: ours retry
         s3={"addressing_style": "path"} if policy.s3_endpoint else None,
     )
     return boto3.session.Session().client(
