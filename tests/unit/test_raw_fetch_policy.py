@@ -210,3 +210,31 @@ def test_s3_uris() -> None:
     for bad in ["s3://bucket", "s3:///key", "s3://bucket/key?versionId=1"]:
         with pytest.raises(RawDocumentError):
             fetch.parse_s3_uri(bad)
+
+
+def test_a_hanging_resolver_is_a_transient_timeout() -> None:
+    import threading
+
+    release = threading.Event()
+
+    def hang(host: str, port: int) -> list[str]:
+        release.wait(10)
+        return ["93.184.216.34"]
+
+    try:
+        with pytest.raises(RawDocumentError) as err:
+            fetch.check_http_uri(
+                "https://docs.example.com/x", _policy(resolver=hang, connect_timeout=0.2)
+            )
+        assert err.value.error_class == "fetch_timeout" and not err.value.permanent
+    finally:
+        release.set()
+
+
+def test_a_failing_resolver_is_a_connect_error() -> None:
+    def fail(host: str, port: int) -> list[str]:
+        raise OSError("Name or service not known")
+
+    with pytest.raises(RawDocumentError) as err:
+        fetch.check_http_uri("https://docs.example.com/x", _policy(resolver=fail))
+    assert err.value.error_class == "connect_error"

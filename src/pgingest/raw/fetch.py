@@ -27,8 +27,10 @@ worker pauses the source instead of dead-lettering each document.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import email.utils
+import functools
 import hashlib
 import http.client
 import ipaddress
@@ -352,6 +354,25 @@ class _Target:
     address: str
 
 
+@functools.cache
+def _resolvers() -> concurrent.futures.ThreadPoolExecutor:
+    """getaddrinfo has no timeout of its own: it runs on these threads (made on first use),
+    waited for ``connect_timeout``."""
+    return concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="raw-dns")
+
+
+def _resolve(policy: FetchPolicy, host: str, port: int) -> list[str]:
+    future = _resolvers().submit(policy.resolver, host, port)
+    try:
+        return list(future.result(timeout=policy.connect_timeout))
+    except concurrent.futures.TimeoutError:
+        raise RawDocumentError(
+            "fetch_timeout", f"resolving {host!r} took over {policy.connect_timeout:g} s"
+        ) from None
+    except OSError as exc:
+        raise RawDocumentError("connect_error", f"cannot resolve {host!r}: {exc}") from None
+
+
 def check_http_uri(uri: str, policy: FetchPolicy) -> _Target:
     """The checked target of an http(s) URI: scheme and host allowed, the name resolved once and
     every address allowed. Raises ``not_allowed`` / ``bad_uri`` before any connection."""
@@ -372,10 +393,7 @@ def check_http_uri(uri: str, policy: FetchPolicy) -> _Target:
         raise RawDocumentError("not_allowed", f"plain http to {host!r} is not allow-listed")
     if scheme not in ("http", "https"):
         raise RawDocumentError("not_allowed", f"scheme {scheme!r}")
-    try:
-        addresses = list(policy.resolver(host, port))
-    except OSError as exc:
-        raise RawDocumentError("connect_error", f"cannot resolve {host!r}: {exc}") from None
+    addresses = _resolve(policy, host, port)
     if not addresses:
         raise RawDocumentError("connect_error", f"{host!r} resolves to nothing")
     refused = [a for a in addresses if not policy.address_allowed(a)]
