@@ -355,6 +355,14 @@ def test_search_source_limits_results_and_prints_the_source_and_key(
     assert {r["source"] for r in both} == {"documents", "articles"}
     hybrid = search("--hybrid", "--source", "articles")
     assert hybrid and {r["source"] for r in hybrid} == {"articles"}
+    # A long document matches in several chunks; per document, it comes back once.
+    insert_docs(conn, [("doc-long", "Long report", "Quarterly tenant reports, again. " * 300)])
+    drain(dsn)
+    chunks = search("--hybrid", "--source", "documents")
+    assert sum(r["doc_key"] == "doc-long" for r in chunks) > 1
+    docs = search("--hybrid", "--source", "documents", "--per-document")
+    assert sum(r["doc_key"] == "doc-long" for r in docs) == 1
+    assert len(docs) == len({r["doc_id"] for r in docs})
 
     # The text output names the source and the key an application joins back on.
     code, out, _ = run(

@@ -93,7 +93,14 @@ def cmd_search(args: argparse.Namespace) -> int:
         try:
             if args.hybrid:
                 rows = db.hybrid_search(
-                    conn, args.query, qvec, args.k, json.loads(args.filter), args.source
+                    conn,
+                    args.query,
+                    qvec,
+                    args.k,
+                    json.loads(args.filter),
+                    args.source,
+                    args.per_document,
+                    model.name,
                 )
                 for r in rows:
                     r["distance"] = 1 - r["score"]

@@ -1016,21 +1016,27 @@ def hybrid_search(
     k: int,
     filter_: dict[str, Any],
     sources: Sequence[str] | None = None,
+    per_document: bool = False,
+    model: str | None = None,
 ) -> list[dict[str, Any]]:
-    """pgingest.hybrid_search() over the active model, with the source and the key (jsonb) of
-    each row; ``sources``: only these sources (None: all)."""
+    """pgingest.hybrid_search() with its tuned defaults, with the source and the key (jsonb) of
+    each row; ``sources``: only these sources (None: all); ``per_document``: a row per document
+    (its best chunk); ``model``: the model whose vector ``query_vector`` is (None: as routed)."""
     from pgvector import Vector
 
     cur = conn.cursor(row_factory=dict_row)
     return cur.execute(
         "SELECT doc_id, doc_key, title, ordinal, content, score, vector_rank, text_rank, source,"
-        " source_key FROM pgingest.hybrid_search(%s, %s, %s, %s::jsonb, sources => %s::text[])",
+        " source_key FROM pgingest.hybrid_search(%s, %s, %s, %s::jsonb, sources => %s::text[],"
+        " per_document => %s, model => %s)",
         (
             query_text,
             Vector(query_vector),
             k,
             json.dumps(filter_),
             None if sources is None else list(sources),
+            per_document,
+            model,
         ),
     ).fetchall()
 
