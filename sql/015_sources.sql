@@ -456,6 +456,8 @@ BEGIN
     PERFORM set_config('lock_timeout', '0', TRUE);
     PERFORM pg_advisory_xact_lock_shared(pgingest._source_lock_key(), v_id);
     PERFORM set_config('lock_timeout', v_lock_timeout, TRUE);
+    <<capture>>
+    LOOP
     BEGIN
         IF TG_OP = 'TRUNCATE' THEN
             WITH d AS (DELETE FROM pgingest.source_rows AS r WHERE r.source_id = v_id RETURNING r.doc_id)
@@ -477,9 +479,23 @@ BEGIN
     EXCEPTION
         WHEN serialization_failure OR deadlock_detected OR lock_not_available OR query_canceled THEN
             RAISE;
+        WHEN undefined_table THEN
+            -- This body was loaded while a model was being retired (its trigger fired, then waited
+            -- for source_rows until retire_model committed), and it names the queue that was
+            -- dropped. Once more through the stored statements and the current _enqueue_versions,
+            -- which see the models as they are now.
+            IF v_sql IS NULL THEN
+                SELECT s.statements INTO v_sql FROM pgingest.sources AS s WHERE s.id = v_id;
+                IF FOUND THEN
+                    CONTINUE capture;
+                END IF;
+            END IF;
+            PERFORM pgingest._capture_failed(TG_ARGV[0], TG_OP, SQLSTATE, SQLERRM);
         WHEN OTHERS THEN
             PERFORM pgingest._capture_failed(TG_ARGV[0], TG_OP, SQLSTATE, SQLERRM);
     END;
+    EXIT capture;
+    END LOOP;
     RETURN NULL;
 END;
 $body$,
