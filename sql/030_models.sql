@@ -497,13 +497,15 @@ BEGIN
         RETURN 0;
     END IF;
     -- The fence (migration 0021): a capture that started while the model was being registered
-    -- may have loaded the capture's body of before, and register its rows after backfill_upto
-    -- was read, queued for the other models only. The first step records the transactions
-    -- writing to the captured tables; if there are any, once they have all ended, backfill_upto
-    -- is raised to the newest doc_id, so that the versions they wrote are in the backfill (those
-    -- written meanwhile by others are queued twice; the second is acknowledged as done). -1
-    -- while waiting. A writer of that kind that has already committed when the first step runs
-    -- is not seen: that case is still open (docs/reliability.md).
+    -- may have loaded the capture's body of before (an attached table's capture takes its lock on
+    -- source_rows inside the body it loaded), and register its rows after backfill_upto was read,
+    -- queued for the other models only. The first step records the transactions writing to the
+    -- captured tables and returns -1 until they have all ended; then, once, it queues every version
+    -- registered after backfill_upto that the model has no trace of: no message in its queue, no
+    -- embedding_state and no dead letter at that hash. A capture that knew the model leaves one of
+    -- the three in every snapshot (a worker deletes the message in the transaction that writes the
+    -- state or the dead letter), so this queues exactly the versions the stale bodies wrote, the
+    -- writers already committed at the first step included (issue 25's note).
     IF v_m.backfill_fence IS NULL OR cardinality(v_m.backfill_fence) > 0 THEN
         v_fence := v_m.backfill_fence;
         IF v_fence IS NULL THEN
@@ -526,19 +528,39 @@ BEGIN
             UPDATE pgingest.models SET backfill_fence = v_fence WHERE name = v_m.name;
             RETURN -1;
         END IF;
-        v_m.backfill_fence := v_fence;
-        IF cardinality(v_fence) = 0 THEN
-            UPDATE pgingest.models SET backfill_fence = '{}' WHERE name = v_m.name;
+        -- Every writer it saw has ended: what they registered is visible to this statement.
+        EXECUTE format(
+            $q$
+            SELECT array_agg(jsonb_build_object(
+                       'doc_id', d.doc_id, 'hash', encode(d.content_hash, 'hex'), 'attempts', 0,
+                       'backfill', TRUE
+                   ) ORDER BY d.doc_id)
+            FROM pgingest.source_documents AS d
+            WHERE d.doc_id > $1
+              AND NOT EXISTS (
+                  SELECT 1 FROM pgmq.%I AS q
+                  WHERE q.message ->> 'doc_id' = d.doc_id::text AND q.message ->> 'hash' = encode(d.content_hash, 'hex')
+              )
+              AND NOT EXISTS (
+                  SELECT 1 FROM pgingest.embedding_state AS e
+                  WHERE e.doc_id = d.doc_id AND e.model = $2 AND e.content_hash = d.content_hash
+              )
+              AND NOT EXISTS (
+                  SELECT 1 FROM pgingest.dead_letters AS x
+                  WHERE x.doc_id = d.doc_id AND x.model = $2 AND x.content_hash = d.content_hash
+              )
+            $q$,
+            'q_' || v_m.queue_name
+        ) INTO v_msgs USING coalesce(v_m.backfill_upto, 0), v_m.name;
+        IF v_msgs IS NOT NULL THEN
+            PERFORM pgmq.send_batch(v_m.queue_name, v_msgs);
+            RAISE LOG 'pgingest: backfill of % queued % version(s) written by captures that ran during its registration',
+                v_m.name, cardinality(v_msgs);
         END IF;
-    END IF;
-    IF cardinality(v_m.backfill_fence) > 0 THEN
-        -- Every writer it waited for has ended: what they registered is visible now.
-        v_m.backfill_upto := greatest(
-            v_m.backfill_upto,
-            (SELECT max(d.id) FROM pgingest.documents AS d),
-            (SELECT max(r.doc_id) FROM pgingest.source_rows AS r)
-        );
-        UPDATE pgingest.models SET backfill_fence = '{}', backfill_upto = v_m.backfill_upto WHERE name = v_m.name;
+        UPDATE pgingest.models SET backfill_fence = '{}' WHERE name = v_m.name;
+        IF v_msgs IS NOT NULL THEN
+            RETURN cardinality(v_msgs);
+        END IF;
     END IF;
     -- Paced on the model's queue (issue 18, item 12): the backfill keeps at most
     -- backfill_max_queue messages ahead of the workers, so that the application's new writes,
@@ -577,6 +599,11 @@ BEGIN
     RETURN cardinality(v_ids);
 END;
 $$;
+
+COMMENT ON COLUMN pgingest.models.backfill_fence IS
+'NULL until the first backfill step; then the virtual transaction ids of the writers to the captured tables '
+'it waits for before it queues the versions registered after backfill_upto that the model has no trace of '
+'(written by captures that ran during the registration); empty once done.';
 
 COMMENT ON FUNCTION pgingest.backfill_step_v1(text, integer, boolean) IS
 'Queues the next batch of existing documents (of every source) for a model''s backfill and advances its '
