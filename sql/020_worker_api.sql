@@ -285,6 +285,8 @@ DECLARE
     v_m pgingest.models := pgingest._model(p_model);
     v_current bigint[];
     v_chunks integer := 0;
+    v_ids bigint[];
+    v_counts integer[];
 BEGIN
     IF p_profile_id IS DISTINCT FROM v_m.profile_id THEN
         RAISE EXCEPTION 'pgingest: batch of model % was chunked with profile %, the model uses profile %',
@@ -372,25 +374,31 @@ BEGIN
             GROUP BY u.doc_id
         ) AS k
         WHERE c.profile_id = v_m.profile_id AND c.doc_id = k.doc_id AND c.ordinal >= k.n;
-        -- (The rows to delete are found per document through the primary key, then deleted by
-        -- ctid: a join with the store was planned as a hash join over all of it, see above.)
+        -- The store's surplus rows are found per document through the primary key, then deleted by
+        -- ctid (a join with the store was planned as a hash join over all of it, see above). On a
+        -- hash-partitioned store a ctid names a row in every partition, so the ctid only finds
+        -- candidates: a row goes only if it is itself a surplus row (its document is written here
+        -- and its ordinal is past the new version's count).
+        SELECT array_agg(x.id), array_agg(coalesce(k.n, 0)::integer) INTO v_ids, v_counts
+        FROM unnest(v_current) AS x (id)
+        LEFT JOIN (
+            SELECT u.doc_id, count(*) AS n FROM unnest(p_chunk_doc_ids) AS u (doc_id) GROUP BY u.doc_id
+        ) AS k ON k.doc_id = x.id;
         EXECUTE format(
             $sql$
             DELETE FROM pgingest.%1$I AS s
             WHERE s.ctid = ANY (ARRAY(
                 SELECT o.ctid
-                FROM unnest($2) AS x (id)
-                LEFT JOIN (
-                    SELECT u.doc_id, count(*) AS n FROM unnest($1) AS u (doc_id) GROUP BY u.doc_id
-                ) AS k ON k.doc_id = x.id
+                FROM unnest($1, $2) AS x (id, n)
                 CROSS JOIN LATERAL (
                     SELECT t.ctid FROM pgingest.%1$I AS t
-                    WHERE t.doc_id = x.id AND t.ordinal >= coalesce(k.n, 0) OFFSET 0
+                    WHERE t.doc_id = x.id AND t.ordinal >= x.n OFFSET 0
                 ) AS o
             ))
+            AND s.ordinal >= $2[array_position($1, s.doc_id)]
             $sql$,
             v_m.store_name
-        ) USING p_chunk_doc_ids, v_current;
+        ) USING v_ids, v_counts;
 
         UPDATE pgingest.chunk_profiles AS p SET chunker = p_chunker
         WHERE p.id = v_m.profile_id AND p.chunker IS DISTINCT FROM p_chunker;

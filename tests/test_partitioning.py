@@ -248,3 +248,57 @@ def test_partitioned_chunks_embed_index_and_search(
         assert one(conn, "SELECT count(*) FROM pgingest.store_v2") == 0
     finally:
         conn.close()
+
+
+def test_shorter_versions_delete_only_their_own_surplus_rows_in_a_partitioned_store(
+    empty_database: Any, fake: FakeEmbeddingServer
+) -> None:
+    """complete_batch_v2 deletes the surplus rows of a shorter new version. On a hash-partitioned
+    store the same ctid exists in every partition: deleting by ctid alone would take other
+    documents' rows (in other partitions) with them."""
+    dsn = empty_database("surplus")
+    install.install(dsn, chunk_partitions=PARTITIONS)
+    conn = db.connect(dsn)
+    try:
+        register(conn, "v1", fake.url, chunk_max_tokens=20, chunk_overlap_tokens=0)
+        long_body = " ".join(f"Sentence number {j} of a long body, with words." for j in range(30))
+        insert_docs(conn, [(f"doc-{i}", None, f"{i}: {long_body}") for i in range(24)])
+        drain(dsn)
+
+        def per_doc() -> dict[int, list[int]]:
+            out: dict[int, list[int]] = {}
+            for doc_id, ordinal in conn.execute(
+                "SELECT doc_id, ordinal FROM pgingest.store_v1 ORDER BY doc_id, ordinal"
+            ):
+                out.setdefault(doc_id, []).append(ordinal)
+            return out
+
+        before = per_doc()
+        assert len(before) == 24 and min(len(v) for v in before.values()) >= 5
+        spread = conn.execute("SELECT count(DISTINCT tableoid) FROM pgingest.store_v1").fetchone()
+        assert spread == (PARTITIONS,)
+
+        # Shrink a few documents (to one chunk each), in one batch.
+        shrunk = {
+            r[0]
+            for r in conn.execute(
+                "UPDATE pgingest.documents SET body = 'Short now.'"
+                " WHERE key IN ('doc-0', 'doc-5', 'doc-11') RETURNING id"
+            )
+        }
+        drain(dsn)
+        after = per_doc()
+        assert {d: after[d] for d in shrunk} == {d: [0] for d in shrunk}
+        assert {d: v for d, v in after.items() if d not in shrunk} == {
+            d: v for d, v in before.items() if d not in shrunk
+        }
+        # The store, the chunks and the embedding state agree for every document.
+        assert conn.execute(
+            "SELECT count(*) FROM pgingest.embedding_state AS e"
+            " WHERE e.chunk_count <> (SELECT count(*) FROM pgingest.store_v1 AS s"
+            " WHERE s.doc_id = e.doc_id)"
+            " OR e.chunk_count <> (SELECT count(*) FROM pgingest.chunks AS c"
+            " WHERE c.doc_id = e.doc_id)"
+        ).fetchone() == (0,)
+    finally:
+        conn.close()
