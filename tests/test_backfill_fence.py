@@ -30,32 +30,19 @@ def one(conn: psycopg.Connection[Any], query: str, params: Any = None) -> Any:
     return row[0]
 
 
-def test_a_write_caught_by_a_registration_is_backfilled(
-    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+def write_while_held(
+    conn: psycopg.Connection[Any], dsn: str, holder: psycopg.Connection[Any], statement: str
 ) -> None:
-    register(conn, "v1", fake.url, index_method="none")
-    conn.execute(
-        "CREATE TABLE public.notes (tenant text, id bigint, body text, PRIMARY KEY (tenant, id))"
-    )
-    conn.execute("INSERT INTO public.notes VALUES ('a', 1, 'A note written before anything.')")
-    conn.execute("SELECT pgingest.add_source('notes', 'public.notes', body => 'body')")
-    drain(dsn)
-
-    # The registration holds source_rows in SHARE mode until it commits ...
-    registrar = psycopg.connect(dsn)
-    register(registrar, "v2", fake.url, model_id="fake-768", dimensions=768, index_method="none")
-
-    # ... while an application's INSERT fires its capture (the body compiled for v1 alone),
-    # which waits for source_rows.
+    """Runs the application's ``statement`` in its own connection, waits until its capture waits
+    for a lock that ``holder`` (a registration or retirement not yet committed) holds, then
+    commits ``holder`` and lets the statement finish."""
     errors: list[BaseException] = []
 
     def write() -> None:
         try:
             with psycopg.connect(dsn, autocommit=True) as w:
                 w.execute("SET application_name = 'fence-writer'")
-                w.execute(
-                    "INSERT INTO public.notes VALUES ('a', 2, 'A note caught mid-registration.')"
-                )
+                w.execute(statement)
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -73,10 +60,35 @@ def test_a_write_caught_by_a_registration_is_backfilled(
             timeout=20,
         )
     finally:
-        registrar.commit()
-        registrar.close()
+        holder.commit()
+        holder.close()
     writer.join(30)
     assert not writer.is_alive() and errors == []
+
+
+def test_a_write_caught_by_a_registration_is_backfilled(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    register(conn, "v1", fake.url, index_method="none")
+    conn.execute(
+        "CREATE TABLE public.notes (tenant text, id bigint, body text, PRIMARY KEY (tenant, id))"
+    )
+    conn.execute("INSERT INTO public.notes VALUES ('a', 1, 'A note written before anything.')")
+    conn.execute("SELECT pgingest.add_source('notes', 'public.notes', body => 'body')")
+    drain(dsn)
+
+    # The registration holds source_rows in SHARE mode until it commits ...
+    registrar = psycopg.connect(dsn)
+    register(registrar, "v2", fake.url, model_id="fake-768", dimensions=768, index_method="none")
+
+    # ... while an application's INSERT fires its capture (the body compiled for v1 alone),
+    # which waits for source_rows.
+    write_while_held(
+        conn,
+        dsn,
+        registrar,
+        "INSERT INTO public.notes VALUES ('a', 2, 'A note caught mid-registration.')",
+    )
 
     doc = one(
         conn,
@@ -173,36 +185,17 @@ def test_a_write_caught_by_a_retirement_is_captured_for_the_live_models(
 
     retirer = psycopg.connect(dsn)
     retirer.execute("SELECT pgingest.retire_model('v2')")
-    errors: list[BaseException] = []
+    write_while_held(
+        conn, dsn, retirer, "INSERT INTO public.notes VALUES (7, 'A note caught mid-retirement.')"
+    )
 
-    def write() -> None:
-        try:
-            with psycopg.connect(dsn, autocommit=True) as w:
-                w.execute("SET application_name = 'retire-writer'")
-                w.execute("INSERT INTO public.notes VALUES (7, 'A note caught mid-retirement.')")
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    writer = threading.Thread(target=write)
-    writer.start()
-    try:
-        wait_for(
-            lambda: bool(
-                one(
-                    conn,
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE application_name = 'retire-writer' AND wait_event_type = 'Lock'",
-                )
-            ),
-            timeout=20,
+    assert (
+        one(
+            conn,
+            "SELECT string_agg(error_class || ': ' || error_message, '; ') FROM pgingest.dead_letters",
         )
-    finally:
-        retirer.commit()
-        retirer.close()
-    writer.join(30)
-    assert not writer.is_alive() and errors == []
-
-    assert one(conn, "SELECT string_agg(error_class || ': ' || error_message, '; ') FROM pgingest.dead_letters") is None
+        is None
+    )
     doc = one(
         conn,
         "SELECT r.doc_id FROM pgingest.source_rows AS r WHERE r.row_key = %s::jsonb",
