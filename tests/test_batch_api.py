@@ -210,6 +210,48 @@ def test_a_worker_whose_lease_ran_out_while_preparing_never_submits(
     assert_exactly_predicted(conn, "v2", 768)
 
 
+def test_a_worker_whose_lease_ran_out_while_creating_cancels_its_batch(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The narrowest window: the lease runs out between the worker's last renewal and the
+    provider's answer to POST /batches. The worker cannot record its batch, so it cancels it;
+    the successor submits the batch once more and only that one is paid for and collected."""
+    insert_corpus(conn, 20)
+    v2_in_batch_mode(conn, dsn, fake)
+    fake.configure(batch_completion_s=0.2)
+    real = providers.OpenAICompatibleProvider.create_batch
+
+    slow = worker.Worker(bulk_settings(dsn))
+
+    def create_then_lose_the_lease(self: Any, file_id: str, metadata: dict[str, str]) -> Any:
+        created = real(self, file_id, metadata)
+        conn.execute("UPDATE pgingest.provider_batches SET leased_by = 'a-successor'")
+        slow.stopping.set()
+        return created
+
+    monkeypatch.setattr(
+        providers.OpenAICompatibleProvider, "create_batch", create_then_lose_the_lease
+    )
+    slow.run()
+    monkeypatch.undo()
+    (orphan,) = fake.batches()
+    assert orphan["status"] in ("cancelling", "cancelled")
+    (b,) = batches(conn)
+    assert b["state"] == "preparing" and b["provider_batch_id"] is None
+    conn.execute("UPDATE pgingest.provider_batches SET leased_until = now() - interval '1 second'")
+    assert worker.Worker(bulk_settings(dsn)).run() == 0
+    assert fake.stats()["batch_submissions"] == 2
+    statuses = sorted(x["status"] for x in fake.batches())
+    assert statuses == ["cancelled", "completed"]
+    (b,) = batches(conn)
+    assert b["state"] == "collected" and b["inputs_embedded"] == b["inputs"] > 0
+    assert b["provider_batch_id"] != orphan["id"]
+    assert_exactly_predicted(conn, "v2", 768)
+
+
 def test_a_lease_keeps_other_workers_off_a_batch(
     conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
 ) -> None:

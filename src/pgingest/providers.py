@@ -1239,6 +1239,13 @@ class OpenAICompatibleProvider(ProviderBase):
             raise BadResponse("GET /batches/{id}: no status in the answer", status=200)
         return doc
 
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        """``POST /batches/{id}/cancel``: the batch stops (requests already run are billed)."""
+        doc = self._api("POST", f"batches/{quote(batch_id, safe='')}/cancel")
+        if not isinstance(doc, dict):
+            raise BadResponse("POST /batches/{id}/cancel: no batch in the answer", status=200)
+        return doc
+
     def find_batch(self, key: str, value: str, pages: int = 10) -> dict[str, Any] | None:
         """The batch whose ``metadata[key]`` is ``value`` among the newest ``pages`` x 100
         (``GET /batches``, newest first), or None."""

@@ -198,7 +198,7 @@ class Bulk:
         if pb.input_hashes is not None:
             # Recorded before an upload: this batch may exist at the provider already.
             found = provider.find_batch("pgingest_submission", pb.submission)
-            if found is not None:
+            if found is not None and found.get("status") not in ("cancelling", "cancelled"):
                 self._update(
                     conn,
                     pb,
@@ -255,13 +255,30 @@ class Bulk:
         created = provider.create_batch(
             file_id, {"pgingest_submission": pb.submission, "pgingest_model": m.name}
         )
-        self._update(
+        if not self._update(
             conn,
             pb,
             state="submitted",
             provider_batch_id=created["id"],
             provider_status=created.get("status"),
-        )
+        ):
+            # The lease ran out between the last renewal and the provider's answer: the
+            # successor that holds the batch now may submit it again. This one is cancelled at
+            # once, so that the documents are paid for once (if the successor adopted it instead,
+            # found by its metadata, its poll sees it cancelled and the online path takes over).
+            self._lost(m, pb, "while its provider batch was being created (cancelled)")
+            try:
+                provider.cancel_batch(created["id"])
+            except providers.ProviderError as exc:
+                log.warning(
+                    "provider batch: cancelling the orphan failed",
+                    extra={
+                        "batch": pb.id,
+                        "provider_batch": created["id"],
+                        "error": str(exc)[:300],
+                    },
+                )
+            return
         self._next[m.name] = time.monotonic() + self.w.s.batch_api_poll_interval
         log.info(
             "provider batch submitted",
