@@ -140,12 +140,43 @@ BEGIN
             FROM unnest(p_s.metadata_columns) WITH ORDINALITY AS m (col, n)
         ));
     WHEN 'compare' THEN
-        -- What an UPDATE must change to be embedded again: the mapped text columns.
+        -- What an UPDATE must change to be embedded again: the mapped text columns (a raw
+        -- source's bytea column by its sha256, not by its bytes).
         RETURN format('ROW(%s, NULL::text)', (
-            SELECT string_agg(format('t.%I::text', c), ', ')
+            SELECT string_agg(
+                CASE WHEN c = p_s.content_column THEN format('sha256(t.%I)::text', c) ELSE format('t.%I::text', c) END,
+                ', ')
             FROM unnest(pgingest._source_text_columns(p_s)) AS c
         ));
+    WHEN 'read_body' THEN
+        -- What the worker's read path returns as the text: none for a raw source (the worker
+        -- reads the bytes or fetches the URI itself: raw_documents_v1).
+        IF p_s.content_column IS NOT NULL OR p_s.uri_column IS NOT NULL THEN
+            RETURN 'NULL::text';
+        END IF;
+        RETURN pgingest._source_expr(p_s, 'body');
+    WHEN 'raw' THEN
+        -- A raw source's row: (bytea up to $2 bytes, its size, URI, MIME type) over t.
+        RETURN format('%s, %s, %s, %s',
+            CASE WHEN p_s.content_column IS NULL THEN 'NULL::bytea'
+                 ELSE format('CASE WHEN octet_length(t.%1$I) <= $2 THEN t.%1$I END', p_s.content_column) END,
+            CASE WHEN p_s.content_column IS NULL THEN 'NULL::bigint'
+                 ELSE format('octet_length(t.%I)::bigint', p_s.content_column) END,
+            CASE WHEN p_s.uri_column IS NULL THEN 'NULL::text' ELSE format('t.%I::text', p_s.uri_column) END,
+            CASE WHEN p_s.mime_column IS NULL THEN 'NULL::text' ELSE format('t.%I::text', p_s.mime_column) END);
     WHEN 'body' THEN
+        -- A raw source's version: the sha256 of its bytes, or its URI, with its MIME type (the
+        -- bytes themselves are never copied: the worker reads them).
+        IF p_s.content_column IS NOT NULL OR p_s.uri_column IS NOT NULL THEN
+            RETURN format('CASE WHEN %1$s IS NOT NULL THEN concat_ws(%2$L, %3$s, %4$s) END',
+                format('t.%I', coalesce(p_s.content_column, p_s.uri_column)),
+                E'\n',
+                CASE WHEN p_s.content_column IS NOT NULL
+                     THEN format('''content:'' || encode(sha256(t.%I), ''hex'')', p_s.content_column)
+                     ELSE format('''uri:'' || t.%I::text', p_s.uri_column) END,
+                CASE WHEN p_s.mime_column IS NULL THEN 'NULL::text'
+                     ELSE format('''mime:'' || t.%I::text', p_s.mime_column) END);
+        END IF;
         IF p_s.body_column IS NOT NULL THEN
             RETURN format('t.%I::text', p_s.body_column);
         END IF;
@@ -191,6 +222,12 @@ RETURN (
     FROM (
         SELECT p_s.body_column AS col  -- noqa: RF01
         UNION ALL
+        SELECT p_s.content_column  -- noqa: RF01
+        UNION ALL
+        SELECT p_s.uri_column  -- noqa: RF01
+        UNION ALL
+        SELECT p_s.mime_column  -- noqa: RF01
+        UNION ALL
         SELECT p_s.title_column  -- noqa: RF01
         UNION ALL
         SELECT unnest(pgingest._template_columns(p_s.template))  -- noqa: RF01
@@ -199,7 +236,8 @@ RETURN (
 );
 
 COMMENT ON FUNCTION pgingest._source_text_columns(pgingest.sources) IS
-'The columns whose text a source embeds: body column or the template''s columns, and the title column.';
+'The columns whose text a source embeds: body column or the template''s columns, a raw source''s content, URI '
+'and MIME columns, and the title column.';
 
 -- The statements of a source, compiled from its mapping.
 CREATE OR REPLACE FUNCTION pgingest._source_statements(p_s pgingest.sources)
@@ -309,8 +347,17 @@ BEGIN
             INNER JOIN %4$s AS t ON %5$s
             WHERE r.source_id = %6$s AND r.doc_id = ANY ($1)
             $sql$,
-            pgingest._source_expr(p_s, 'doc_key'), v_title, v_body, v_table,
+            pgingest._source_expr(p_s, 'doc_key'), v_title, pgingest._source_expr(p_s, 'read_body'), v_table,
             pgingest._source_expr(p_s, 'key_match'), p_s.id),
+        -- A raw source's bytes or URI for the worker: $1 the doc_ids, $2 the largest bytea read.
+        'raw', CASE WHEN p_s.content_column IS NOT NULL OR p_s.uri_column IS NOT NULL THEN format(
+            $sql$
+            SELECT r.doc_id, %1$s
+            FROM pgingest.source_rows AS r
+            INNER JOIN %2$s AS t ON %3$s
+            WHERE r.source_id = %4$s AND r.doc_id = ANY ($1)
+            $sql$,
+            pgingest._source_expr(p_s, 'raw'), v_table, pgingest._source_expr(p_s, 'key_match'), p_s.id) END,
         -- The backfill: the next $2 rows in key order after the key $1 (from the first without).
         'backfill_first', format(
             $sql$
@@ -339,7 +386,8 @@ $$;
 COMMENT ON FUNCTION pgingest._source_statements(pgingest.sources) IS
 'Compiles a source''s mapping into the SQL of its capture (insert, update, moved, delete; and their CTEs, '
 'capture_insert, capture_update, capture_moved, capture_delete, from which _compile_source_capture builds the '
-'compiled capture), the worker''s read path (read) and its backfill (backfill_first, backfill_next) (internal; '
+'compiled capture), the worker''s read path (read; raw for a raw source''s bytes or URI) and its backfill '
+'(backfill_first, backfill_next) (internal; '
 'stored in sources.statements).';
 
 -- A failed capture never fails the application's statement (except for the transient errors of
@@ -581,6 +629,10 @@ COMMENT ON FUNCTION pgingest._is_text_type(regtype) IS
 'Whether a column of this type is text to embed: string types (text, varchar, char, name, citext), json, '
 'jsonb, xml, and domains over them.';
 
+-- The signatures before raw sources (content, uri, mime: migrations/0022_raw_sources.sql).
+DROP FUNCTION IF EXISTS pgingest._attach_source(text, regclass, text, text, text, text[], boolean, name);
+DROP FUNCTION IF EXISTS pgingest.add_source(text, regclass, text, text, text, text[], boolean);
+
 -- The part of add_source() that writes pgingest's own tables, as their owner.
 CREATE OR REPLACE FUNCTION pgingest._attach_source(
     p_name text,
@@ -590,7 +642,10 @@ CREATE OR REPLACE FUNCTION pgingest._attach_source(
     p_title text,
     p_metadata text[],
     p_backfill boolean,
-    p_granted_to name
+    p_granted_to name,
+    p_content text DEFAULT NULL,
+    p_uri text DEFAULT NULL,
+    p_mime text DEFAULT NULL
 )
 RETURNS pgingest.sources
 LANGUAGE plpgsql
@@ -641,9 +696,39 @@ BEGIN
     END IF;
 
     -- The mapping.
-    IF (p_body IS NULL) = (p_template IS NULL) THEN
+    IF num_nonnulls(p_body, p_template, p_content, p_uri) <> 1 THEN
         RAISE EXCEPTION 'pgingest: give either body => a column or template => a text with {column} placeholders'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Or, for raw documents, content => a bytea column or uri => a text column of URIs.';
+    END IF;
+    IF p_mime IS NOT NULL AND p_content IS NULL AND p_uri IS NULL THEN
+        RAISE EXCEPTION 'pgingest: mime => names the MIME type of raw documents: give content => or uri => too'
             USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_content IS NOT NULL THEN
+        v_type := pgingest._source_column(p_table, p_content, 'content');
+        IF v_type <> 'bytea'::regtype THEN
+            RAISE EXCEPTION 'pgingest: the content column % of % is of type %, not bytea', quote_ident(p_content),
+                p_table, v_type
+                USING ERRCODE = 'datatype_mismatch',
+                      HINT = 'content => maps the bytes of documents; a text column is body =>.';
+        END IF;
+    END IF;
+    IF p_uri IS NOT NULL THEN
+        v_type := pgingest._source_column(p_table, p_uri, 'uri');
+        IF NOT pgingest._is_text_type(v_type) OR v_type IN ('json'::regtype, 'jsonb'::regtype, 'xml'::regtype) THEN
+            RAISE EXCEPTION 'pgingest: the URI column % of % is of type %, not text', quote_ident(p_uri), p_table,
+                v_type
+                USING ERRCODE = 'datatype_mismatch';
+        END IF;
+    END IF;
+    IF p_mime IS NOT NULL THEN
+        v_type := pgingest._source_column(p_table, p_mime, 'mime');
+        IF NOT pgingest._is_text_type(v_type) THEN
+            RAISE EXCEPTION 'pgingest: the MIME column % of % is of type %, not text', quote_ident(p_mime), p_table,
+                v_type
+                USING ERRCODE = 'datatype_mismatch';
+        END IF;
     END IF;
     IF p_body IS NOT NULL THEN
         v_type := pgingest._source_column(p_table, p_body, 'body');
@@ -653,7 +738,7 @@ BEGIN
                 USING ERRCODE = 'datatype_mismatch',
                       HINT = 'Map a text column (text, varchar, json, ...), or a template such as ''{title} {body}''.';
         END IF;
-    ELSE
+    ELSIF p_template IS NOT NULL THEN
         IF cardinality(pgingest._template_columns(p_template)) = 0 THEN
             RAISE EXCEPTION 'pgingest: the template names no column (placeholders are {column})'
                 USING ERRCODE = 'invalid_parameter_value';
@@ -686,10 +771,11 @@ BEGIN
 
     INSERT INTO pgingest.sources AS s (
         name, relid, table_name, key_columns, key_types, body_column, template, title_column, metadata_columns,
-        backfill_started_at, backfill_completed_at, select_granted_to
+        backfill_started_at, backfill_completed_at, select_granted_to, content_column, uri_column, mime_column
     ) VALUES (
         p_name, p_table, p_table::text, v_key, v_types, p_body, p_template, p_title, coalesce(p_metadata, '{}'),
-        CASE WHEN p_backfill THEN now() END, CASE WHEN NOT p_backfill THEN now() END, p_granted_to
+        CASE WHEN p_backfill THEN now() END, CASE WHEN NOT p_backfill THEN now() END, p_granted_to,
+        p_content, p_uri, p_mime
     )
     RETURNING * INTO v_s;
     UPDATE pgingest.sources AS s SET statements = pgingest._source_statements(v_s) WHERE s.id = v_s.id
@@ -700,7 +786,9 @@ BEGIN
 END;
 $$;
 
-COMMENT ON FUNCTION pgingest._attach_source(text, regclass, text, text, text, text[], boolean, name) IS
+COMMENT ON FUNCTION pgingest._attach_source(
+    text, regclass, text, text, text, text[], boolean, name, text, text, text
+) IS
 'add_source()''s own writes, as the owner of pgingest: checks the mapping and records the source '
 '(internal: refuses a table on which add_source() did not create the capture triggers).';
 
@@ -711,7 +799,10 @@ CREATE OR REPLACE FUNCTION pgingest.add_source(
     template text DEFAULT NULL,
     title text DEFAULT NULL,
     metadata text[] DEFAULT '{}',
-    backfill boolean DEFAULT TRUE
+    backfill boolean DEFAULT TRUE,
+    content text DEFAULT NULL,
+    uri text DEFAULT NULL,
+    mime text DEFAULT NULL
 )
 RETURNS bigint
 LANGUAGE plpgsql
@@ -793,7 +884,7 @@ BEGIN
        AND NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles AS r WHERE r.rolname = v_owner) THEN
         SELECT string_agg(DISTINCT quote_ident(c), ', ') INTO v_cols
         FROM unnest(
-            ARRAY[body, title] || coalesce(metadata, '{}')
+            ARRAY[body, title, content, uri, mime] || coalesce(metadata, '{}')
             || pgingest._template_columns(template)
             || ARRAY(SELECT a.attname::text FROM pg_catalog.pg_index AS i
                      INNER JOIN pg_catalog.pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
@@ -808,7 +899,9 @@ BEGIN
         END IF;
     END IF;
 
-    v_s := pgingest._attach_source(name, source_table, body, template, title, metadata, backfill, v_granted);
+    v_s := pgingest._attach_source(
+        name, source_table, body, template, title, metadata, backfill, v_granted, content, uri, mime
+    );
     RAISE NOTICE 'pgingest: source % attached to % (key: %); %', name, source_table,
         array_to_string(v_s.key_columns, ', '),
         CASE WHEN backfill THEN 'its rows are queued by the workers in paced batches (pgingest status)'
@@ -817,9 +910,11 @@ BEGIN
 END;
 $$;
 
-COMMENT ON FUNCTION pgingest.add_source(text, regclass, text, text, text, text[], boolean) IS
+COMMENT ON FUNCTION pgingest.add_source(text, regclass, text, text, text, text[], boolean, text, text, text) IS
 'Attaches an application table, unchanged, as a source: key = its primary key (any types, composite too); '
-'body => a column or template => ''{title}\n{body}'' (columns between braces); title => a column; metadata '
+'body => a column or template => ''{title}\n{body}'' (columns between braces), or raw documents: content => a '
+'bytea column or uri => a text column of URIs (file://, https://, s3://, fetched by the worker within '
+'pgingest.raw_allowlist), mime => a column overriding type detection; title => a column; metadata '
 '=> columns exposed to search filters. Creates statement-level capture triggers on it, grants the owner of '
 'pgingest SELECT on the mapped and key columns only, and queues the rows it holds as a paced backfill '
 '(backfill => false: only later changes). The caller must own the table. Returns the table''s estimated rows.';
@@ -1169,7 +1264,7 @@ SELECT  -- noqa: ST06
     s.name AS source,
     coalesce(c.oid::regclass::text, s.table_name || ' (dropped)') AS table_name,
     s.key_columns,
-    coalesce(s.body_column, s.template) AS mapping,
+    coalesce(s.body_column, s.template, 'content => ' || s.content_column, 'uri => ' || s.uri_column) AS mapping,
     CASE
         WHEN s.id = 0 THEN (SELECT count(*) FROM pgingest.documents)
         ELSE (
@@ -1193,10 +1288,25 @@ SELECT  -- noqa: ST06
     (
         SELECT count(*) FROM pgingest.dead_letters AS l
         WHERE l.doc_id IS NULL AND l.payload ->> 'source' = s.name
-    ) AS capture_failures
+    ) AS capture_failures,
+    s.paused_reason,
+    (
+        SELECT count(*) FROM pgingest.source_rows AS r
+        WHERE
+            r.source_id = s.id AND (s.content_column IS NOT NULL OR s.uri_column IS NOT NULL)
+            AND r.parsed_version IS DISTINCT FROM r.content_hash AND r.parse_error_class IS NULL
+    ) AS raw_waiting,
+    (
+        SELECT r.parse_error_class FROM pgingest.source_rows AS r
+        WHERE r.source_id = s.id AND r.parse_error_class IS NOT NULL
+        ORDER BY r.fetched_at DESC NULLS LAST, r.doc_id DESC
+        LIMIT 1
+    ) AS last_parse_error
 FROM pgingest.sources AS s
 LEFT JOIN pg_catalog.pg_class AS c ON s.relid = c.oid;
 
 COMMENT ON VIEW pgingest.source_status IS
 'One row per source: its table, key, mapping, rows registered, the progress of the backfill of the rows it '
-'held when attached (paced on the queues), and failed captures (capture_failed dead letters).';
+'held when attached (paced on the queues), failed captures (capture_failed dead letters), and for raw '
+'document sources why fetching is paused, the documents waiting to be fetched and parsed, and the class of '
+'the last fetch or parse error.';

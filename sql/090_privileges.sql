@@ -111,7 +111,7 @@ BEGIN
             ('pgingest_reader', ARRAY[
                 '_query_cache_vector', 'query_cache_shared_stats',  -- the shared query-vector cache (issue 20)
                 'search', 'search_text', 'hybrid_search', 'hybrid_search_text', 'hybrid_search_defaults', 'embed_query',
-                'chunk_preview',
+                'chunk_preview', 'chunk_location',
                 '_plpy_bootstrap', 'model_index_status', 'query_cache_stats', 'route_model'
             ]),
             ('pgingest_monitor', ARRAY['queue_stats_v1', 'traffic_status', 'query_log_status']),
@@ -136,7 +136,9 @@ BEGIN
                 -- Sources: add_source() and remove_source() run as the caller (who must own the table) and
                 -- call these two to write pgingest's tables; creating the triggers needs _source_capture.
                 'add_source', 'remove_source', 'resync_source', 'run_source_backfill', '_attach_source',
-                '_detach_source', '_source_capture'
+                '_detach_source', '_source_capture',
+                -- Raw-document sources (sql/016_raw.sql): the allow-list, re-checks, resuming a paused source.
+                'allow_raw_location', 'disallow_raw_location', 'refresh_source_rows', 'resume_source'
             ])
         ) AS g (rolname, routines) ON p.proname = ANY (g.routines)
         WHERE p.pronamespace = 'pgingest'::regnamespace

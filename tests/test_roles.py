@@ -61,6 +61,19 @@ REVIEWED_SECURITY_DEFINER = {
     "_detach_source",
     "resync_source",
     "source_backfill_step_v1",
+    # raw-document sources (sql/016_raw.sql): the worker reads bytes/URIs and records fetches of
+    # raw rows by doc_id; admins manage the allow-list, re-checks and paused sources; readers
+    # map a chunk onto its pages and headings (no text, only offsets' page numbers and headings)
+    "raw_documents_v1",
+    "raw_record_v1",
+    "raw_unchanged_v1",
+    "raw_pause_source_v1",
+    "raw_allowlist_v1",
+    "resume_source",
+    "refresh_source_rows",
+    "allow_raw_location",
+    "disallow_raw_location",
+    "chunk_location",
     # the worker API: the worker role has no table rights at all
     "read_batch_v1",
     "complete_batch_v1",
