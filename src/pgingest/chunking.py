@@ -40,6 +40,7 @@ is shared by every model, and another model's tokenizer would see thousands of t
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 import unicodedata
@@ -63,6 +64,7 @@ __all__ = [
     "Tokenizer",
     "chunk_document",
     "chunk_documents",
+    "chunk_structured",
     "get_tokenizer",
 ]
 
@@ -102,6 +104,7 @@ _LV_WORD: Final = 1
 _LV_SENTENCE: Final = 2
 _LV_LINE: Final = 3
 _LV_PARAGRAPH: Final = 4
+_LV_HEADING: Final = 5  # a line break before a heading the parser found (chunk_structured only)
 
 # Character classes, looked up in one table (one gather per text).
 _C_SPACE: Final = 1  # str.isspace()
@@ -662,6 +665,32 @@ def chunk_documents(
     ]
 
 
+def chunk_structured(
+    title: str | None, body: str, config: ChunkerConfig, heading_starts: Iterable[int]
+) -> list[Chunk]:
+    """``chunk_document`` for a parsed document whose headings start at the character offsets
+    ``heading_starts`` of ``body`` (``pgingest.raw``): a line break before a heading is the
+    strongest place to end a chunk (above a paragraph break), and the chunk after it starts at
+    the heading, without overlap. Without headings it gives exactly ``chunk_document``'s chunks.
+    """
+    tok = get_tokenizer(config.tokenizer)
+    layout = _with_headings(tok._layouts([body])[0], heading_starts)
+    return _chunk(tok, layout, _titles(tok, [title], config)[0], config)
+
+
+def _with_headings(layout: _Layout, heading_starts: Iterable[int]) -> _Layout:
+    """``layout`` with the line-break gaps before the given offsets raised to _LV_HEADING."""
+    starts = np.fromiter((int(h) + layout.base for h in heading_starts), dtype=np.int64)
+    if starts.size == 0 or layout.gs.size == 0:
+        return layout
+    levels = np.frombuffer(layout.levels, dtype=np.int8).copy()
+    hit = np.isin(layout.gs, starts) & (levels >= _LV_LINE)
+    if not hit.any():
+        return layout
+    levels[hit] = _LV_HEADING
+    return dataclasses.replace(layout, levels=levels.tobytes())
+
+
 @dataclass(frozen=True, slots=True)
 class _Title:
     text: str  # "" when the embed input has no title
@@ -749,7 +778,12 @@ def _chunk(tok: Tokenizer, layout: _Layout, title: _Title, config: ChunkerConfig
             while text[nxt].isspace():
                 nxt += 1
             no_overlap = (nxt, _first_gap_after(layout, nxt), True)
-        ov = _overlap_start(layout, after, end, gap, overlap) if overlap > 0 else -1
+        at_heading = gap >= 0 and layout.levels[gap] == _LV_HEADING
+        ov = (
+            _overlap_start(layout, after, end, gap, overlap)
+            if overlap > 0 and not at_heading
+            else -1
+        )
         if ov < 0:
             (start, after, start_hard), fallback = no_overlap, None
         else:
@@ -800,7 +834,7 @@ def _pick_end(layout: _Layout, start: int, lo: int, budget: int) -> tuple[int, i
         # Strongest gap in the window, furthest among equals; but a gap that would leave the
         # chunk less than _MIN_FILL full (the tail of a paragraph) only when there is no other.
         a = full if lo <= full < hi else lo
-        for level in range(_LV_PARAGRAPH, _LV_NONE, -1):
+        for level in range(_LV_HEADING, _LV_NONE, -1):
             idx = layout.levels.rfind(level, a, hi)
             if idx >= 0:
                 break
