@@ -102,10 +102,16 @@ class Inputs:
     def fill(self, r: range, result: providers.EmbedResult) -> None:
         """Stores the answer to request ``r``; a rejected input or a vector of the wrong
         dimension fails the owners of that input only."""
+        firsts = self._send[r.start : r.stop]
+        block = result.block
+        if not result.errors and block is not None and block.shape == (len(r), self.dimensions):
+            # the common case: the answer's array, copied once, in one numpy assignment
+            self.out[firsts] = block
+            self.ok[firsts] = True
+            return
         if not result.errors and all(
             getattr(v, "shape", None) == (self.dimensions,) for v in result.vectors
-        ):  # the common case in one numpy assignment
-            firsts = self._send[r.start : r.stop]
+        ):
             self.out[firsts] = np.stack(result.vectors)  # type: ignore[arg-type]
             self.ok[firsts] = True
             return
