@@ -56,6 +56,10 @@ class WorkerSettings:
     # rows of an attached table registered and queued per step (each one reads that many rows)
     source_backfill_batch: int = 1000
     max_chunks_per_document: int = 5000
+    # Raw documents (worker/raw.py): child processes parsing (apart from the embedding
+    # concurrency) and threads fetching, started at the first raw document.
+    parse_processes: int = 2
+    raw_fetch_threads: int = 8
     # One write-back transaction (complete_batch_v2: one Bind of every chunk and vector) holds at
     # most this many chunks and bytes (text + float32 vectors + 64 per row); a batch over either
     # is written as several transactions, a document over them alone (worker/batch.split).

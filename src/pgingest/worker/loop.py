@@ -35,6 +35,7 @@ from pgingest.worker.claims import ClaimKeeper
 from pgingest.worker.embedding import Embedder
 from pgingest.worker.heartbeat import Heartbeat, WorkerSnapshot
 from pgingest.worker.inputs import Inputs, hash_inputs
+from pgingest.worker.raw import RawStage
 from pgingest.worker.writer import MODEL_GONE, Timings, Writer, error_text, passes_through
 
 log = logging.getLogger("pgingest.worker")
@@ -77,6 +78,7 @@ class Worker:
             embed_window=max(30.0, settings.visibility_timeout / 3),
         )
         self.embedder = Embedder(settings, self.metrics, self._pause)
+        self.raw = RawStage(settings)  # raw documents: fetch and parse (pools start lazily)
         self.writer = writer_factory(settings, self.metrics, self.sizers)
         self.connect_params = settings.connect_params()
         self.claims = ClaimKeeper(
@@ -249,6 +251,7 @@ class Worker:
             self._release_held()
             self.claims.stop()
             self.embedder.shutdown()
+            self.raw.close()
             self._reset_connections()
             log.info("worker stopped")
         return code
@@ -545,9 +548,11 @@ class Worker:
         batch's; then the embedding cache's). ``known``'s rejected inputs fail their documents
         first. The online path sends the rest; a provider batch (worker/bulk.py) is built from
         it."""
+        msgs, raw = self.raw.prepare(conn, msgs)  # raw documents fetched and parsed (worker/raw.py)
         t0 = time.perf_counter()
         batch = core.triage(msgs, self.max_attempts)
         chunker = self.chunker(m)
+        self.raw.chunk(batch, raw, chunker)
         core.chunk(batch, chunker)
         t_chunk = time.perf_counter()
         self.metrics.chunking_seconds(m.name, t_chunk - t0)

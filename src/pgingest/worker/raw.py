@@ -1,0 +1,429 @@
+"""Raw documents in the worker: fetch, detect, parse, and hand the text to the chunker.
+
+A message of a raw source (``add_source(..., content => | uri =>)``, ``sql/016_raw.sql``) comes
+from ``read_batch_v1`` as ``current`` with no text. :meth:`RawStage.prepare` reads the bytes of
+those documents (``raw_documents_v1``: a bytea column, up to the fetch cap) or fetches their URI
+(``pgingest.raw.fetch``: the allow-list of the worker's environment plus the admin-managed
+``pgingest.raw_allowlist``, pinned addresses, size caps, retries with backoff), detects the type
+and parses it in the :class:`~pgingest.raw.parse.ParsePool` (``--parse-processes`` child
+processes with a wall-clock timeout, a memory limit and a page cap), on a pool of fetch threads:
+the documents of a batch are fetched and parsed concurrently, the main thread waits for its own
+batch only, and the write-back of the previous batch goes on meanwhile (worker/writer.py).
+
+What becomes of each document:
+
+* parsed: its text goes through the batch as any text (``chunking.chunk_structured``: heading
+  boundaries preferred); the sha256 of its bytes, the store's ETag / Last-Modified and its
+  structure (page and heading offsets, which ``pgingest.chunk_location()`` maps chunks onto) are
+  recorded (``raw_record_v1``);
+* a re-check (``refresh_source_rows``) that finds the same bytes (the store's validators say so,
+  or the same sha256): the version before the refresh is restored (``raw_unchanged_v1``), and
+  nothing is parsed or embedded;
+* a permanent :class:`RawDocumentError` (``not_found``, ``forbidden``, ``unsupported_type``,
+  ``too_large``, ``encrypted``, ``empty_text``, ``timeout``, ``oom``, ``parse_error``, ...):
+  dead-lettered at once with its class;
+* a transient one (``fetch_timeout``, ``throttled``, ``server_error``, ``connect_error``, after
+  the fetch's own retries): deferred with backoff, one attempt spent;
+* an error for the whole source (``scope == "source"``: a bucket the credentials cannot read):
+  the source is paused with the reason (``source_status.paused_reason``) and its documents wait,
+  no attempt spent, until ``pgingest.resume_source()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from pgingest import chunking
+from pgingest.raw import detect, fetch, queries
+from pgingest.raw.errors import RawDocumentError
+from pgingest.raw.parse import ParsedDocument, ParseOptions, ParsePool
+from pgingest.worker import batch as core
+
+if TYPE_CHECKING:
+    from pgingest import db
+    from pgingest.settings import WorkerSettings
+
+log = logging.getLogger("pgingest.worker")
+
+ALLOWLIST_TTL = 60.0
+"""Seconds the admin-managed allow-list is cached (a removed entry stops working within it)."""
+
+TEST_HOOK_MIME = "application/x-pgingest-test-"
+"""With ``PGINGEST_RAW_TEST_HOOKS=1`` only: a MIME override ``application/x-pgingest-test-hang``
+(``alloc``, ``crash``) runs the parse pool's test hook on that document (tests and chaos)."""
+
+
+def parse_options_from_env(env: dict[str, str] | None = None) -> ParseOptions:
+    """``PGINGEST_RAW_PARSE_TIMEOUT`` (s), ``PGINGEST_RAW_PARSE_MEMORY`` (bytes, 0: no limit),
+    ``PGINGEST_RAW_MAX_PAGES``, ``PGINGEST_RAW_PDF_BACKEND``, ``PGINGEST_RAW_HTML_BACKEND``,
+    ``PGINGEST_RAW_DOCX_BACKEND``; defaults: :class:`ParseOptions`'."""
+    env = dict(os.environ) if env is None else env
+    d = ParseOptions()
+    memory = int(env.get("PGINGEST_RAW_PARSE_MEMORY", d.memory_bytes or 0))
+    return ParseOptions(
+        timeout_s=float(env.get("PGINGEST_RAW_PARSE_TIMEOUT", d.timeout_s)),
+        memory_bytes=memory or None,
+        max_pages=int(env.get("PGINGEST_RAW_MAX_PAGES", d.max_pages)),
+        pdf_backend=env.get("PGINGEST_RAW_PDF_BACKEND", d.pdf_backend),
+        html_backend=env.get("PGINGEST_RAW_HTML_BACKEND", d.html_backend),
+        docx_backend=env.get("PGINGEST_RAW_DOCX_BACKEND", d.docx_backend),
+    )
+
+
+def with_allowlist(policy: fetch.FetchPolicy, entries: list[tuple[str, str]]) -> fetch.FetchPolicy:
+    """``policy`` widened by the admin-managed allow-list rows ``(kind, value)``."""
+    import ipaddress
+
+    if not entries:
+        return policy
+    roots = list(policy.allowed_roots)
+    hosts, http_hosts = set(policy.allowed_hosts), set(policy.http_hosts)
+    networks = list(policy.allowed_networks)
+    buckets = set(policy.allowed_buckets)
+    for kind, value in entries:
+        if kind == "root":
+            roots.append(Path(value))
+        elif kind == "host":
+            hosts.add(value.lower())
+        elif kind == "http_host":
+            hosts.add(value.lower())
+            http_hosts.add(value.lower())
+        elif kind == "network":
+            networks.append(ipaddress.ip_network(value, strict=False))
+        elif kind == "bucket":
+            buckets.add(value)
+    return dataclasses.replace(
+        policy,
+        allowed_roots=tuple(roots),
+        allowed_hosts=frozenset(hosts),
+        http_hosts=frozenset(http_hosts),
+        allowed_networks=tuple(networks),
+        allowed_buckets=frozenset(buckets),
+    )
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A parsed document as the text the chunker gets, with where its headings start and its
+    structure (``source_rows.structure``)."""
+
+    text: str
+    heading_starts: tuple[int, ...]
+    structure: dict[str, Any]
+
+
+def render(doc: ParsedDocument) -> Rendered:
+    """Blocks joined by blank lines; a heading is a paragraph of its own. ``structure``:
+    ``pages`` ``[[offset, page], ...]`` where the page changes, ``headings`` ``[[offset,
+    [heading, ...]], ...]`` where the heading path changes (offsets in characters of ``text``)."""
+    parts: list[str] = []
+    pos = 0
+    pages: list[list[int]] = []
+    headings: list[list[Any]] = []
+    starts: list[int] = []
+    last_page: int | None = None
+    last_path: list[str] | None = None
+    for block in doc.blocks:
+        text = block.text.strip()
+        if not text:
+            continue
+        if parts:
+            pos += 2
+        if block.page is not None and block.page != last_page:
+            pages.append([pos, block.page])
+            last_page = block.page
+        path = list(block.heading_path)
+        if path != last_path:
+            headings.append([pos, path])
+            last_path = path
+        if block.kind == "heading":
+            starts.append(pos)
+        parts.append(text)
+        pos += len(text)
+    structure: dict[str, Any] = {
+        "mime": doc.mime,
+        "parser": doc.parser,
+        "pages": pages,
+        "headings": headings,
+    }
+    if doc.pages is not None:
+        structure["page_count"] = doc.pages
+    return Rendered("\n\n".join(parts), tuple(starts), structure)
+
+
+@dataclass
+class Outcome:
+    """What fetching and parsing one document gave."""
+
+    row: queries.RawRow
+    rendered: Rendered | None = None
+    error: RawDocumentError | None = None
+    unchanged: bool = False
+    sha256: bytes | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class RawBatch:
+    """The raw documents of one batch: their text (by doc_id) and their failures."""
+
+    rendered: dict[int, Rendered] = field(default_factory=dict)
+    failures: dict[int, core.Failure] = field(default_factory=dict)
+
+
+class RawStage:
+    """Fetching and parsing for the worker (one per worker process; its pools start lazily, at
+    the first raw document)."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        *,
+        policy: fetch.FetchPolicy | None = None,
+        options: ParseOptions | None = None,
+    ) -> None:
+        self.processes = max(1, int(getattr(settings, "parse_processes", 2)))
+        self.fetch_threads = max(1, int(getattr(settings, "raw_fetch_threads", 8)))
+        self.pause_delay = max(1, int(settings.probe_interval))
+        self.env_policy = policy if policy is not None else fetch.FetchPolicy.from_env()
+        self.options = options if options is not None else parse_options_from_env()
+        self.test_hooks = os.environ.get("PGINGEST_RAW_TEST_HOOKS") == "1"
+        self._pool: ParsePool | None = None
+        self._fetchers: ThreadPoolExecutor | None = None
+        self._policy: fetch.FetchPolicy | None = None
+        self._policy_at = 0.0
+        self._lock = threading.Lock()
+        self.parsed = 0
+        self.failed: dict[str, int] = {}
+
+    # -- resources -----------------------------------------------------------------------------
+
+    def pool(self) -> ParsePool:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ParsePool(self.processes, self.options)
+            return self._pool
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._fetchers is None:
+                self._fetchers = ThreadPoolExecutor(
+                    max_workers=self.fetch_threads, thread_name_prefix="pgingest-fetch"
+                )
+            return self._fetchers
+
+    def close(self) -> None:
+        with self._lock:
+            fetchers, pool = self._fetchers, self._pool
+            self._fetchers = self._pool = None
+        if fetchers is not None:
+            fetchers.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            pool.close()
+
+    def policy(self, conn: psycopg.Connection[Any]) -> fetch.FetchPolicy:
+        now = time.monotonic()
+        if self._policy is None or now - self._policy_at > ALLOWLIST_TTL:
+            self._policy = with_allowlist(self.env_policy, queries.allowlist(conn))
+            self._policy_at = now
+        return self._policy
+
+    # -- one batch -----------------------------------------------------------------------------
+
+    def prepare(
+        self, conn: psycopg.Connection[Any], msgs: list[db.Message]
+    ) -> tuple[list[db.Message], RawBatch | None]:
+        """The messages with the parsed text of their raw documents in place (an unchanged
+        re-check's message marked stale: acknowledged), and the failures to apply after triage.
+        Messages of other documents are returned as they were; no query when none may be raw."""
+        ids = [
+            m.doc_id
+            for m in msgs
+            if m.status == "current" and m.body is None and m.doc_id is not None
+        ]
+        if not ids:
+            return msgs, None
+        policy = self.policy(conn)
+        rows = queries.raw_documents(conn, ids, policy.max_bytes)
+        if not rows:
+            return msgs, None
+        out = RawBatch()
+        futures: dict[int, Future[Outcome]] = {}
+        for doc_id, row in rows.items():
+            if row.paused_reason is not None:
+                out.failures[doc_id] = core.Failure(
+                    "rate_limited",
+                    "source_paused",
+                    f"source {row.source} is paused: {row.paused_reason}",
+                    retry_after=self.pause_delay,
+                )
+                continue
+            futures[doc_id] = self._executor().submit(self._one, row, policy)
+        outcomes = {doc_id: f.result() for doc_id, f in futures.items()}
+
+        records: list[queries.Record] = []
+        unchanged: list[Outcome] = []
+        for doc_id, o in outcomes.items():
+            if o.unchanged:
+                unchanged.append(o)
+            elif o.error is not None:
+                out.failures[doc_id] = self._failure(conn, o)
+                if o.error.scope == "object":
+                    records.append(
+                        queries.Record(doc_id, o.row.version, error_class=o.error.error_class)
+                    )
+            else:
+                assert o.rendered is not None
+                out.rendered[doc_id] = o.rendered
+                records.append(
+                    queries.Record(
+                        doc_id,
+                        o.row.version,
+                        o.sha256,
+                        o.etag,
+                        o.last_modified,
+                        None,
+                        o.rendered.structure,
+                    )
+                )
+        queries.record(conn, records)
+        restored = queries.unchanged(
+            conn, [o.row.doc_id for o in unchanged], [o.row.version for o in unchanged]
+        )
+        if unchanged:
+            log.info(
+                "raw documents unchanged: neither parsed nor embedded",
+                extra={"documents": len(unchanged), "restored": restored},
+            )
+        stale = {o.row.doc_id for o in unchanged}
+        result: list[db.Message] = []
+        for m in msgs:
+            if m.doc_id in stale:
+                m = dataclasses.replace(m, status="stale")
+            elif m.doc_id in out.rendered and m.status == "current":
+                m = dataclasses.replace(m, body=out.rendered[m.doc_id].text)
+            result.append(m)
+        return result, out
+
+    def chunk(
+        self, batch: core.Batch, raw: RawBatch | None, config: chunking.ChunkerConfig
+    ) -> None:
+        """After ``core.triage``: fails the raw documents that failed, and chunks those parsed
+        (their texts leave ``batch.texts``: ``core.chunk`` does the others)."""
+        if raw is None:
+            return
+        for doc_id, failure in raw.failures.items():
+            job = batch.jobs.get(doc_id)
+            if job is not None:
+                batch.texts.pop(doc_id, None)
+                job.fail(failure)
+        for doc_id, rendered in raw.rendered.items():
+            job = batch.jobs.get(doc_id)
+            texts = batch.texts.pop(doc_id, None)
+            if job is None or texts is None:
+                continue
+            title, body = texts
+            if len(body.encode("utf-8")) > core.MAX_TEXT_BYTES:
+                job.fail(
+                    core.Failure(
+                        "dead",
+                        "too_large",
+                        f"the parsed text exceeds {core.MAX_TEXT_BYTES:,} bytes",
+                    )
+                )
+                continue
+            try:
+                job.chunks = chunking.chunk_structured(title, body, config, rendered.heading_starts)
+            except ValueError as exc:
+                job.fail(core.Failure("dead", "chunking", str(exc)))
+
+    def _failure(self, conn: psycopg.Connection[Any], o: Outcome) -> core.Failure:
+        exc = o.error
+        assert exc is not None
+        self.failed[exc.error_class] = self.failed.get(exc.error_class, 0) + 1
+        log.warning(
+            "raw document failed",
+            extra={
+                "doc_id": o.row.doc_id,
+                "source": o.row.source,
+                "error_class": exc.error_class,
+                "permanent": exc.permanent,
+                "scope": exc.scope,
+                "error": exc.detail[:300],
+            },
+        )
+        if exc.scope == "source":
+            queries.pause_source(conn, o.row.source, str(exc))
+            log.error(
+                "source paused: its store refuses access",
+                extra={"source": o.row.source, "error_class": exc.error_class},
+            )
+            return core.Failure("rate_limited", exc.error_class, str(exc), self.pause_delay)
+        if exc.permanent:
+            return core.Failure("dead", exc.error_class, str(exc))
+        return core.Failure("transient", exc.error_class, str(exc))
+
+    def _one(self, row: queries.RawRow, policy: fetch.FetchPolicy) -> Outcome:
+        """Fetch (or read), check for a change, detect and parse one document (a fetch thread)."""
+        t0 = time.perf_counter()
+        try:
+            o = self._fetch_and_parse(row, policy)
+        except RawDocumentError as exc:
+            o = Outcome(row, error=exc)
+        except Exception as exc:  # a parser's or library's bug costs this document only
+            log.exception("raw document: unexpected error", extra={"doc_id": row.doc_id})
+            o = Outcome(row, error=RawDocumentError("parse_error", f"{type(exc).__name__}: {exc}"))
+        o.seconds = time.perf_counter() - t0
+        return o
+
+    def _fetch_and_parse(self, row: queries.RawRow, policy: fetch.FetchPolicy) -> Outcome:
+        content_type: str | None = None
+        etag = last_modified = None
+        recheck = row.refreshed_from is not None and row.parsed_version == row.refreshed_from
+        if row.uri is None:
+            if row.content is None:
+                if row.content_bytes is not None:
+                    raise RawDocumentError(
+                        "too_large",
+                        f"{row.content_bytes} bytes over the cap of {policy.max_bytes} bytes",
+                    )
+                raise RawDocumentError("empty_text", "no content (NULL)")
+            data = row.content
+        else:
+            uri = row.uri
+            if recheck and (row.etag or row.last_modified):
+                known = fetch.Validators(row.etag, row.last_modified)
+                got = fetch.retrying(lambda: fetch.fetch_if_changed(uri, policy, known))
+                if got is None:
+                    return Outcome(row, unchanged=True)
+            else:
+                got = fetch.retrying(lambda: fetch.fetch(uri, policy))
+            data, content_type = got.data, got.content_type
+            etag, last_modified = got.etag, got.last_modified
+        sha = hashlib.sha256(data).digest()
+        if recheck and row.sha256 == sha:
+            return Outcome(row, unchanged=True, sha256=sha)
+        hook: str | None = None
+        override = row.mime
+        if self.test_hooks and override and override.startswith(TEST_HOOK_MIME):
+            hook, override = override[len(TEST_HOOK_MIME) :], "text/plain"
+        mime = detect.detect_type(data, content_type=content_type, name=row.uri, override=override)
+        parsed = self.pool().parse(data, mime, test_hook=hook)
+        rendered = render(parsed)
+        if not rendered.text.strip():
+            raise RawDocumentError("empty_text", "no text")
+        self.parsed += 1
+        return Outcome(row, rendered=rendered, sha256=sha, etag=etag, last_modified=last_modified)

@@ -1,0 +1,364 @@
+"""Raw documents through the worker, end to end (issue 22, phase 2), with real servers started
+here on 127.0.0.1: moto's S3 server, a file root, and bytea columns; the fake embedder counts
+requests.
+
+The fixture set (tests/fixtures/raw/generate.py) ends embedded, with page spans and heading paths
+(``pgingest.chunk_location``), or dead-lettered with its class; nothing is lost or retried
+forever. A re-check of unchanged objects parses and embeds nothing; a changed object is embedded
+again. A parser that hangs is killed at its limit and the others go on. A store refusing the
+whole bucket pauses the source.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgingest import worker
+from pgingest.raw import fetch
+from pgingest.testing.fake_provider import FakeEmbeddingServer
+from tests.fixtures.raw.generate import Expected, build_fixtures
+from tests.helpers import queue_count, register, settings, wait_for
+from tests.test_raw_fetch import _moto_server
+
+pytestmark = pytest.mark.timeout(300)
+
+EMBEDDED = [
+    "multipage.pdf",
+    "table.pdf",
+    "handbook.docx",
+    "page.html",
+    "guide.md",
+    "latin1.txt",
+    "README",
+]
+POISONED = {
+    "scan.pdf": "empty_text",
+    "encrypted.pdf": "encrypted",
+    "truncated.pdf": "parse_error",
+    "empty.pdf": "empty_text",
+}
+
+
+@pytest.fixture(scope="module")
+def fixture_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Expected]]:
+    folder = tmp_path_factory.mktemp("rawdocs")
+    return folder, build_fixtures(folder)
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[str]:
+    with _moto_server() as url:
+        yield url
+
+
+@pytest.fixture
+def raw_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, moto: str) -> str:
+    """The worker's environment: test credentials, the moto endpoint, short parse limits; the
+    allow-list itself comes from the database (allow_raw_location)."""
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "PGINGEST_RAW_S3_ENDPOINT": moto,
+        "PGINGEST_RAW_S3_REGION": "us-east-1",
+        "PGINGEST_RAW_PARSE_TIMEOUT": "20",
+        "PGINGEST_RAW_CONNECT_TIMEOUT": "2",
+        "PGINGEST_RAW_READ_TIMEOUT": "5",
+    }.items():
+        monkeypatch.setenv(k, v)
+    for k in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "PGINGEST_RAW_ROOTS", "PGINGEST_RAW_BUCKETS"):
+        monkeypatch.delenv(k, raising=False)
+    return moto
+
+
+def _s3(endpoint: str) -> Any:
+    return fetch.s3_client(
+        fetch.FetchPolicy(
+            s3_endpoint=endpoint, s3_region="us-east-1", allowed_buckets=frozenset({"*"})
+        )
+    )
+
+
+def _bucket(endpoint: str, name: str, folder: Path, names: list[str]) -> Any:
+    client = _s3(endpoint)
+    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+        client.create_bucket(Bucket=name)
+    for n in names:
+        client.put_object(Bucket=name, Key=f"docs/{n}", Body=(folder / n).read_bytes())
+    return client
+
+
+def _drain(dsn: str, **kw: Any) -> worker.Worker:
+    w = worker.Worker(settings(dsn, parse_processes=2, **kw))
+    w.run()
+    return w
+
+
+def _state(conn: psycopg.Connection[Any], source: str) -> dict[str, str]:
+    """Per URI or key: 'embedded' or the dead letter's class."""
+    rows = conn.execute(
+        "SELECT coalesce(r.row_key ->> 'uri', r.row_key ->> 'name'),"
+        " CASE WHEN e.doc_id IS NOT NULL THEN 'embedded' ELSE l.error_class END"
+        " FROM pgingest.source_rows AS r JOIN pgingest.sources AS s ON s.id = r.source_id"
+        " LEFT JOIN pgingest.embedding_state AS e ON e.doc_id = r.doc_id AND e.model = 'v1'"
+        "  AND e.content_hash = r.content_hash"
+        " LEFT JOIN pgingest.dead_letters AS l ON l.doc_id = r.doc_id AND l.model = 'v1'"
+        "  AND l.content_hash = r.content_hash"
+        " WHERE s.name = %s",
+        (source,),
+    ).fetchall()
+    return {k: v for k, v in rows}
+
+
+def _doc_id(conn: psycopg.Connection[Any], uri: str) -> int:
+    row = conn.execute(
+        "SELECT doc_id FROM pgingest.source_rows WHERE row_key ->> 'uri' = %s", (uri,)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.fixture
+def model(conn: psycopg.Connection[Any], fake: FakeEmbeddingServer) -> psycopg.Connection[Any]:
+    # small chunks: a section of the fixture PDF is a chunk or two
+    register(conn, "v1", fake.url, chunk_max_tokens=48, chunk_overlap_tokens=8)
+    return conn
+
+
+def test_a_bucket_and_a_file_root_are_embedded_with_pages_and_headings(
+    model: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    raw_env: str,
+    fixture_files: tuple[Path, dict[str, Expected]],
+) -> None:
+    conn = model
+    folder, expected = fixture_files
+    names = EMBEDDED + list(POISONED)
+    _bucket(raw_env, "docs", folder, names)
+    conn.execute("SELECT pgingest.allow_raw_location('bucket', 'docs')")
+    conn.execute("SELECT pgingest.allow_raw_location('root', %s)", (str(folder),))
+    conn.execute("CREATE TABLE public.objects (uri text PRIMARY KEY)")
+    conn.execute("SELECT pgingest.add_source('objects', 'public.objects', uri => 'uri')")
+    uris = [f"s3://docs/docs/{n}" for n in names]
+    refused = {
+        "s3://docs/docs/missing.pdf": "not_found",
+        "s3://other-bucket/x.pdf": "not_allowed",
+        f"file://{folder}/guide.md": "embedded",
+        f"file://{folder.parent}/outside.md": "not_allowed",
+        "http://169.254.169.254/latest/meta-data/": "not_allowed",
+        "ftp://example.com/x.pdf": "not_allowed",
+    }
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO public.objects (uri) VALUES (%s)", [(u,) for u in uris + list(refused)]
+        )
+    # The queue holds versions, never bytes.
+    messages = [m for (m,) in conn.execute("SELECT message FROM pgmq.q_pgingest_v1").fetchall()]
+    assert len(messages) == len(uris) + len(refused)
+    assert all({"doc_id", "hash"} <= set(m) and len(str(m)) < 200 for m in messages), messages[:2]
+
+    w = _drain(dsn)
+
+    state = _state(conn, "objects")
+    want = {f"s3://docs/docs/{n}": "embedded" for n in EMBEDDED}
+    want |= {f"s3://docs/docs/{n}": cls for n, cls in POISONED.items()}
+    want |= refused
+    assert state == want
+    assert queue_count(conn, "v1") == 0  # none left to retry
+    assert w.raw.parsed == len(EMBEDDED) + 1  # and the file; the poisoned ones failed
+    # What was recorded: the sha256 and ETag of each fetch; the class of each failure.
+    rec = conn.execute(
+        "SELECT count(*) FILTER (WHERE sha256 IS NOT NULL AND etag IS NOT NULL AND parsed_version = content_hash),"
+        " count(*) FILTER (WHERE parse_error_class IS NOT NULL) FROM pgingest.source_rows"
+    ).fetchone()
+    assert rec == (len(EMBEDDED), len(POISONED) + 5)
+    status = conn.execute(
+        "SELECT raw_waiting, last_parse_error IS NOT NULL FROM pgingest.source_status WHERE source = 'objects'"
+    ).fetchone()
+    assert status == (0, True)
+
+    # Page spans and heading paths: the chunks of the 5-page PDF, and a search result.
+    pdf = _doc_id(conn, "s3://docs/docs/multipage.pdf")
+    located = conn.execute(
+        "SELECT c.content, pgingest.chunk_location('v1', c.doc_id, c.ordinal) FROM pgingest.chunks AS c"
+        " WHERE c.doc_id = %s ORDER BY c.ordinal",
+        (pdf,),
+    ).fetchall()
+    assert len(located) >= 2
+    for phrase, page in expected["multipage.pdf"].page_of.items():
+        hits = [loc for content, loc in located if phrase in content]
+        assert hits and all(loc["page_start"] <= page <= loc["page_end"] for loc in hits), (
+            phrase,
+            hits,
+        )
+    paths = [tuple(loc["heading_path"]) for _, loc in located if "heading_path" in loc]
+    assert paths and set(paths) <= set(expected["multipage.pdf"].headings)
+    assert ("2 Method", "2.1 Limits") in paths
+    # Headings are chunk boundaries: a heading line starts its chunk.
+    assert any(content.startswith("2.1 Limits") for content, _ in located)
+    md = _doc_id(conn, "s3://docs/docs/guide.md")
+    md_paths = {
+        tuple(r[0]["heading_path"])
+        for r in conn.execute(
+            "SELECT pgingest.chunk_location('v1', doc_id, ordinal) FROM pgingest.chunks WHERE doc_id = %s",
+            (md,),
+        )
+    }
+    assert md_paths and md_paths <= set(expected["guide.md"].headings)
+    result = conn.execute(
+        "SELECT r.doc_id, pgingest.chunk_location('v1', r.doc_id, r.ordinal)"
+        " FROM pgingest.search((SELECT s.embedding FROM pgingest.store_v1 AS s WHERE s.doc_id = %s"
+        " ORDER BY s.ordinal DESC LIMIT 1), 3) AS r",
+        (pdf,),
+    ).fetchone()
+    assert result is not None and result[0] == pdf and result[1]["page_end"] == 5
+
+
+def test_unchanged_objects_are_neither_parsed_nor_embedded_and_changed_ones_are(
+    model: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    raw_env: str,
+    fixture_files: tuple[Path, dict[str, Expected]],
+) -> None:
+    conn = model
+    folder, _ = fixture_files
+    names = ["multipage.pdf", "guide.md", "handbook.docx"]
+    client = _bucket(raw_env, "sync", folder, names)
+    conn.execute("SELECT pgingest.allow_raw_location('bucket', 'sync')")
+    conn.execute("CREATE TABLE public.objects (uri text PRIMARY KEY)")
+    conn.execute("SELECT pgingest.add_source('objects', 'public.objects', uri => 'uri')")
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO public.objects (uri) VALUES (%s)",
+            [(f"s3://sync/docs/{n}",) for n in names],
+        )
+    _drain(dsn)
+    assert set(_state(conn, "objects").values()) == {"embedded"}
+    requests = fake.stats()["requests"]
+    versions = conn.execute(
+        "SELECT doc_id, content_hash FROM pgingest.source_rows ORDER BY doc_id"
+    ).fetchall()
+
+    # A re-check of every row: the store's ETags say unchanged, nothing is downloaded or parsed.
+    assert conn.execute("SELECT pgingest.refresh_source_rows('objects')").fetchone() == (3,)
+    w = _drain(dsn)
+    assert w.raw.parsed == 0
+    assert fake.stats()["requests"] == requests
+    assert (
+        conn.execute(
+            "SELECT doc_id, content_hash FROM pgingest.source_rows ORDER BY doc_id"
+        ).fetchall()
+        == versions
+    )
+    assert set(_state(conn, "objects").values()) == {"embedded"}
+    assert queue_count(conn, "v1") == 0
+
+    # One object changes behind the same URI: only it is parsed and embedded again.
+    new_text = b"# Guide\n\nA rewritten guide about changed objects and their re-embedding.\n"
+    client.put_object(Bucket="sync", Key="docs/guide.md", Body=new_text)
+    conn.execute("SELECT pgingest.refresh_source_rows('objects')")
+    w = _drain(dsn)
+    assert w.raw.parsed == 1
+    assert fake.stats()["requests"] > requests
+    guide = _doc_id(conn, "s3://sync/docs/guide.md")
+    contents = [
+        r[0]
+        for r in conn.execute("SELECT content FROM pgingest.chunks WHERE doc_id = %s", (guide,))
+    ]
+    assert any("rewritten guide" in c for c in contents)
+    assert set(_state(conn, "objects").values()) == {"embedded"}
+
+
+def test_bytea_documents_and_a_hanging_parser(
+    model: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    raw_env: str,
+    monkeypatch: pytest.MonkeyPatch,
+    fixture_files: tuple[Path, dict[str, Expected]],
+) -> None:
+    conn = model
+    folder, _ = fixture_files
+    monkeypatch.setenv("PGINGEST_RAW_TEST_HOOKS", "1")
+    monkeypatch.setenv("PGINGEST_RAW_PARSE_TIMEOUT", "3")
+    conn.execute("CREATE TABLE public.blobs (name text PRIMARY KEY, data bytea, mime text)")
+    conn.execute(
+        "SELECT pgingest.add_source('blobs', 'public.blobs', content => 'data', mime => 'mime', title => 'name')"
+    )
+    rows = [
+        (n, (folder / n).read_bytes(), None) for n in ["multipage.pdf", "handbook.docx", "README"]
+    ]
+    rows += [
+        ("hang", b"any bytes", "application/x-pgingest-test-hang"),
+        ("after-hang", b"Plain text parsed after the hanging one was killed.", "text/plain"),
+        ("binary", bytes(range(256)) * 8, None),
+        ("null", None, None),
+    ]
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO public.blobs (name, data, mime) VALUES (%s, %s, %s)", rows)
+    _drain(dsn)
+    assert _state(conn, "blobs") == {
+        "multipage.pdf": "embedded",
+        "handbook.docx": "embedded",
+        "README": "embedded",
+        "hang": "timeout",
+        "after-hang": "embedded",
+        "binary": "unsupported_type",
+        "null": "empty_text",
+    }
+    assert queue_count(conn, "v1") == 0
+    # The same bytes written again queue nothing; other bytes do.
+    conn.execute("UPDATE public.blobs SET data = data WHERE name = 'README'")
+    assert queue_count(conn, "v1") == 0
+    conn.execute("UPDATE public.blobs SET data = data || '\nmore'::bytea WHERE name = 'README'")
+    assert queue_count(conn, "v1") == 1
+
+
+def test_a_bucket_refusing_access_pauses_the_source(
+    model: psycopg.Connection[Any], dsn: str, raw_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = model
+    with _moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as endpoint:
+        monkeypatch.setenv("PGINGEST_RAW_S3_ENDPOINT", endpoint)
+        conn.execute("SELECT pgingest.allow_raw_location('bucket', 'locked')")
+        conn.execute("CREATE TABLE public.objects (uri text PRIMARY KEY)")
+        conn.execute("SELECT pgingest.add_source('objects', 'public.objects', uri => 'uri')")
+        conn.execute(
+            "INSERT INTO public.objects VALUES ('s3://locked/a.pdf'), ('s3://locked/b.pdf')"
+        )
+        w = worker.Worker(settings(dsn, drain=False, poll_interval=0.2))
+        t = threading.Thread(target=w.run, daemon=True)
+        t.start()
+        try:
+            wait_for(
+                lambda: (
+                    conn.execute(
+                        "SELECT paused_reason IS NOT NULL FROM pgingest.sources WHERE name = 'objects'"
+                    ).fetchone()
+                    == (True,)
+                ),
+                timeout=60,
+            )
+        finally:
+            w.stopping.set()
+            t.join(30)
+        reason = conn.execute(
+            "SELECT paused_reason FROM pgingest.source_status WHERE source = 'objects'"
+        ).fetchone()
+        assert reason is not None and "locked" in reason[0]
+        assert "testing" not in reason[0]  # no credential in a reason
+        # Nothing was dead-lettered: the documents wait for resume_source().
+        assert conn.execute("SELECT count(*) FROM pgingest.dead_letters").fetchone() == (0,)
+        assert queue_count(conn, "v1") == 2
