@@ -404,3 +404,31 @@ def test_a_bulk_update_after_a_single_row_one_is_not_quadratic(
     assert time.monotonic() - started < 3.0  # ~0.2 s; quadratic: ~9 s
     assert conn.execute("SHOW enable_nestloop").fetchone() == ("on",)
     assert queue_count(conn, "v1") == 5000 + 1 + 5000
+
+
+def test_packed_arrays_reach_the_server_as_the_values_given(conn: psycopg.Connection[Any]) -> None:
+    """The write-back's column arrays are sent pre-packed in binary (db.PackedArray): what the
+    server receives is exactly the list given, empty arrays, extremes, non-ASCII and NUL bytes
+    included; a value out of range or text the server refuses is an error, not a wrong row."""
+    ints = [0, 1, -1, 2**31 - 1, -(2**31)]
+    bigs = [0, 2**63 - 1, -(2**63), 42]
+    texts = ["", "plain", "é ü 漢字 😀", "x" * 5000]
+    blobs = [b"", b"\x00\x01\xff", bytes(range(256)) * 3]
+    cur = db.packed_cursor(conn)
+    row = cur.execute(
+        "SELECT %b::integer[], %b::bigint[], %b::text[], %b::bytea[], %b::integer[],"
+        " cardinality(%b::text[])",
+        (
+            db.Int4Array(ints),
+            db.Int8Array(bigs),
+            db.TextArray(texts),
+            db.ByteaArray(blobs),
+            db.Int4Array([]),
+            db.TextArray([]),
+        ),
+    ).fetchone()
+    assert row == (ints, bigs, texts, blobs, [], 0)
+    with pytest.raises(ValueError, match="out of the range of int32"):
+        db.Int4Array([2**31])
+    with pytest.raises(psycopg.errors.CharacterNotInRepertoire):
+        cur.execute("SELECT %b::text[]", (db.TextArray(["a\x00b"]),))
