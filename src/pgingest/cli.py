@@ -47,6 +47,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         batch_api_poll_interval=args.batch_api_poll_interval,
         metrics_port=args.metrics_port,
         max_chunks_per_document=args.max_chunks_per_document,
+        parse_processes=args.parse_processes,
         write_max_chunks=args.write_max_chunks,
         write_max_bytes=args.write_max_bytes,
         connect_timeout=args.connect_timeout,
@@ -340,6 +341,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         type=int,
         default=d.max_chunks_per_document,
         help="a document cut into more chunks is dead-lettered (too_many_chunks)",
+    )
+    p.add_argument(
+        "--parse-processes",
+        type=int,
+        default=d.parse_processes,
+        help="child processes parsing raw documents (PDF, DOCX, HTML), apart from the embedding"
+        " concurrency (default %(default)s; started at the first raw document)",
     )
     p.add_argument(
         "--write-max-chunks",
