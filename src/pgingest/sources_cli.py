@@ -20,7 +20,8 @@ import argparse
 import datetime as dt
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pgingest import cli_support
@@ -89,6 +90,20 @@ def add_source_commands(subparsers: Any) -> argparse.ArgumentParser:
         metavar="TEXT",
         help="text with {column} placeholders, e.g. '{title}: {body} ({tags})'",
     )
+    mapping.add_argument(
+        "--content",
+        metavar="COLUMN",
+        help="a bytea column of documents (PDF, DOCX, HTML, Markdown, text) the workers parse",
+    )
+    mapping.add_argument(
+        "--uri",
+        metavar="COLUMN",
+        help="a text column of URIs (file://, https://, s3://) the workers fetch and parse, within"
+        " the allow-list (pgingest.allow_raw_location)",
+    )
+    p.add_argument(
+        "--mime", metavar="COLUMN", help="a column whose MIME type overrides type detection"
+    )
     p.add_argument("--title", metavar="COLUMN", help="the title column (search results, chunks)")
     p.add_argument(
         "--metadata",
@@ -139,6 +154,48 @@ def add_source_commands(subparsers: Any) -> argparse.ArgumentParser:
     cli_support.add_database_url(p)
     p.add_argument("name", metavar="NAME")
     p.set_defaults(func=cmd_resync)
+
+    p = sub.add_parser(
+        "sync",
+        help="upsert the objects under a bucket prefix or file root into a URI source's table",
+        description="Lists the objects under PREFIX (s3://bucket/prefix or file:///dir, within the "
+        "allow-list of this environment and pgingest.raw_allowlist) and brings the table of URI "
+        "source NAME in line: new objects are inserted (their URI is the key), changed ones "
+        "(another ETag, or Last-Modified for files) re-checked by the workers, the rows of "
+        "vanished ones deleted (their chunks go). Unchanged objects cost nothing. The source's "
+        "key must be its URI column alone; the login must write its table and be a member of "
+        "pgingest_admin.",
+    )
+    cli_support.add_database_url(p)
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("prefix", metavar="PREFIX", help="s3://bucket/prefix or file:///directory")
+    p.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
+    p.add_argument(
+        "--progress-every",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="print progress every N objects listed (default %(default)s; 0: never)",
+    )
+    p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser(
+        "refresh",
+        help="re-check raw documents: changed bytes are embedded again, unchanged ones are not",
+        description="Queues a re-check of rows of raw source NAME (pgingest.refresh_source_rows): "
+        "the workers fetch each again (conditionally where the store allows); changed bytes are "
+        "parsed and embedded, unchanged ones neither.",
+    )
+    cli_support.add_database_url(p)
+    p.add_argument("name", metavar="NAME")
+    p.add_argument(
+        "keys",
+        metavar="KEY",
+        nargs="*",
+        help='row keys as JSON objects (e.g. \'{"uri": "s3://b/k.pdf"}\'), or, for a source '
+        "keyed by its URI column, URIs; none: every row",
+    )
+    p.set_defaults(func=cmd_refresh)
     return source
 
 
@@ -335,7 +392,7 @@ def cmd_add(args: argparse.Namespace) -> int:
             row = conn.execute(
                 "SELECT pgingest.add_source(name => %s, source_table => %s::regclass,"
                 " body => %s, template => %s, title => %s, metadata => %s::text[],"
-                " backfill => %s)",
+                " backfill => %s, content => %s, uri => %s, mime => %s)",
                 (
                     args.name,
                     args.table,
@@ -344,6 +401,9 @@ def cmd_add(args: argparse.Namespace) -> int:
                     args.title,
                     list(args.metadata),
                     args.backfill,
+                    args.content,
+                    args.uri,
+                    args.mime,
                 ),
             ).fetchone()
             st = show_source(conn, args.name)
@@ -437,3 +497,166 @@ def cmd_resync(args: argparse.Namespace) -> int:
         return 0
 
     return _run("pgingest source resync", run)
+
+
+# -- raw sources: sync and refresh -------------------------------------------------------------
+
+
+def _etag(value: str | None) -> str | None:
+    return value.strip('"') if value else None
+
+
+@dataclass
+class SyncPlan:
+    """What ``source sync`` does: URIs to insert, row keys to re-check, URIs to delete."""
+
+    listed: int = 0
+    new: list[str] = field(default_factory=list)
+    changed: list[Any] = field(default_factory=list)
+    unchanged: int = 0
+    vanished: list[str] = field(default_factory=list)
+
+
+def plan_sync(
+    listed: Iterable[Any],
+    recorded: dict[str, tuple[Any, str | None, bytes | None, str | None]],
+    prefix: str,
+    progress: Callable[[int], None] | None = None,
+) -> SyncPlan:
+    """Compares the objects listed under ``prefix`` (``fetch.ObjectInfo``) with the rows
+    recorded (``queries.recorded_objects``: key, ETag, sha256, Last-Modified): an object is
+    changed when its ETag differs from the recorded one (without ETags, its Last-Modified); an
+    object not fetched yet is left to the worker (its row is queued already)."""
+    plan = SyncPlan()
+    seen: set[str] = set()
+    for obj in listed:
+        plan.listed += 1
+        if progress is not None:
+            progress(plan.listed)
+        seen.add(obj.uri)
+        rec = recorded.get(obj.uri)
+        if rec is None:
+            plan.new.append(obj.uri)
+            continue
+        key, etag, sha, modified = rec
+        if obj.etag:
+            changed = _etag(obj.etag) != _etag(etag)
+        else:
+            changed = obj.last_modified is not None and obj.last_modified != modified
+        if changed and sha is not None:  # (not fetched yet: the queued row will be)
+            plan.changed.append(key)
+        else:
+            plan.unchanged += 1
+    plan.vanished = sorted(u for u in recorded if u.startswith(prefix) and u not in seen)
+    return plan
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from psycopg import sql
+
+    from pgingest.raw import fetch, queries
+    from pgingest.raw.errors import RawDocumentError
+    from pgingest.worker.raw import with_allowlist
+
+    prog = "pgingest source sync"
+
+    def run() -> int:
+        with _connect(args) as conn:
+            cli_support.print_notices(conn, sys.stderr)
+            src = queries.sync_source(conn, args.name)
+            if src is None:
+                print(f"{prog}: no source {args.name!r} (pgingest source list)", file=sys.stderr)
+                return EXIT_INVALID
+            if src.uri_column is None or src.key_columns != [src.uri_column]:
+                print(
+                    f"{prog}: source {args.name} is not keyed by a URI column alone (add it with"
+                    " --uri COLUMN over a table whose primary key is that column)",
+                    file=sys.stderr,
+                )
+                return EXIT_INVALID
+            policy = with_allowlist(fetch.FetchPolicy.from_env(), queries.allowlist(conn))
+            recorded = queries.recorded_objects(conn, args.name, src.uri_column)
+            every = max(0, args.progress_every)
+
+            def progress(n: int) -> None:
+                if every and n % every == 0:
+                    print(f"{prog}: {n:,} objects listed", file=sys.stderr, flush=True)
+
+            try:
+                plan = plan_sync(
+                    fetch.list_objects(args.prefix, policy), recorded, args.prefix, progress
+                )
+            except RawDocumentError as exc:
+                print(f"{prog}: {args.prefix}: {exc}", file=sys.stderr)
+                return EXIT_INVALID if exc.error_class in ("bad_uri", "not_allowed") else EXIT_ERROR
+            summary = (
+                f"{plan.listed:,} objects listed: {len(plan.new):,} new, {len(plan.changed):,}"
+                f" changed, {plan.unchanged:,} unchanged; {len(plan.vanished):,} vanished"
+            )
+            if args.dry_run:
+                print(f"dry run: {summary}")
+                for uri in plan.new:
+                    print(f"  new       {uri}")
+                for key in plan.changed:
+                    print(f"  changed   {key.get(src.uri_column)}")
+                for uri in plan.vanished:
+                    print(f"  vanished  {uri}")
+                return 0
+            schema, table = queries.table_name(conn, args.name)
+            target, column = sql.Identifier(schema, table), sql.Identifier(src.uri_column)
+            with conn.transaction():
+                for i in range(0, len(plan.new), 1000):
+                    conn.execute(
+                        sql.SQL(
+                            "INSERT INTO {t} ({c}) SELECT u FROM unnest(%s::text[]) AS u"
+                            " ON CONFLICT DO NOTHING"
+                        ).format(t=target, c=column),
+                        (plan.new[i : i + 1000],),
+                    )
+                if plan.vanished:
+                    conn.execute(
+                        sql.SQL("DELETE FROM {t} WHERE {c} = ANY (%s::text[])").format(
+                            t=target, c=column
+                        ),
+                        (plan.vanished,),
+                    )
+                if plan.changed:
+                    queries.refresh(conn, args.name, plan.changed)
+            print(f"source {args.name} synced with {args.prefix}: {summary}")
+            return 0
+
+    return _run(prog, run)
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    from pgingest.raw import queries
+
+    prog = "pgingest source refresh"
+
+    def run() -> int:
+        keys: list[Any] | None = None
+        with _connect(args) as conn:
+            if args.keys:
+                src = queries.sync_source(conn, args.name)
+                keys = []
+                for k in args.keys:
+                    if k.lstrip().startswith("{"):
+                        try:
+                            keys.append(json.loads(k))
+                        except json.JSONDecodeError as exc:
+                            print(f"{prog}: {k!r} is not a JSON object: {exc}", file=sys.stderr)
+                            return EXIT_INVALID
+                    elif src is not None and src.uri_column and src.key_columns == [src.uri_column]:
+                        keys.append({src.uri_column: k})
+                    else:
+                        print(
+                            f"{prog}: {k!r}: give row keys as JSON objects (the source is not keyed"
+                            " by a URI column alone)",
+                            file=sys.stderr,
+                        )
+                        return EXIT_INVALID
+            n = queries.refresh(conn, args.name, keys)
+        print(f"source {args.name}: {n:,} rows queued for a re-check")
+        return 0
+
+    return _run(prog, run)

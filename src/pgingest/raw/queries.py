@@ -142,15 +142,31 @@ def sync_source(conn: psycopg.Connection[Any], name: str) -> SyncSource | None:
 
 def recorded_objects(
     conn: psycopg.Connection[Any], source: str, uri_column: str
-) -> dict[str, tuple[Any, str | None, bytes | None]]:
+) -> dict[str, tuple[Any, str | None, bytes | None, str | None]]:
     """Per URI of a URI source's rows (its key being the URI column): (row key as jsonb,
-    recorded ETag, recorded sha256)."""
+    recorded ETag, recorded sha256, recorded Last-Modified)."""
     rows = conn.execute(
-        "SELECT r.row_key ->> %s, r.row_key, r.etag, r.sha256 FROM pgingest.source_rows AS r"
+        "SELECT r.row_key ->> %s, r.row_key, r.etag, r.sha256, r.last_modified"
+        " FROM pgingest.source_rows AS r"
         " INNER JOIN pgingest.sources AS s ON s.id = r.source_id WHERE s.name = %s",
         (uri_column, source),
     ).fetchall()
-    return {u: (k, e, bytes(h) if h is not None else None) for u, k, e, h in rows if u is not None}
+    return {
+        u: (k, e, bytes(h) if h is not None else None, m) for u, k, e, h, m in rows if u is not None
+    }
+
+
+def table_name(conn: psycopg.Connection[Any], source: str) -> tuple[str, str]:
+    """(schema, table) of a source's table, for ``psycopg.sql.Identifier``."""
+    row = conn.execute(
+        "SELECT n.nspname, c.relname FROM pgingest.sources AS s"
+        " INNER JOIN pg_catalog.pg_class AS c ON c.oid = s.relid"
+        " INNER JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE s.name = %s",
+        (source,),
+    ).fetchone()
+    if row is None:
+        raise LookupError(f"source {source!r} has no table")
+    return str(row[0]), str(row[1])
 
 
 def refresh(conn: psycopg.Connection[Any], source: str, keys: Sequence[Any] | None) -> int:

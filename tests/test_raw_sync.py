@@ -1,0 +1,143 @@
+"""``pgingest source add --uri``, ``source sync NAME PREFIX`` and ``source refresh`` against moto's
+S3 server and a file root (issue 22, phase 2, step 5).
+
+A sync inserts new objects, re-checks changed ones and deletes the rows of vanished ones (their
+chunks go); a sync of an unchanged bucket makes no embedding request; ``--dry-run`` changes
+nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgingest import cli
+from pgingest.testing.fake_provider import FakeEmbeddingServer
+from tests import test_raw_worker as rw
+from tests.fixtures.raw.generate import Expected
+from tests.helpers import queue_count
+from tests.test_raw_worker import _bucket, _drain, _state
+
+# the fixtures of tests/test_raw_worker.py: moto's server, the fixture files, the environment
+moto = rw.moto
+fixture_files = rw.fixture_files
+raw_env = rw.raw_env
+model = rw.model
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def run(capsys: pytest.CaptureFixture[str], dsn: str, *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = cli.main([*argv, "--database-url", dsn])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _rows(conn: psycopg.Connection[Any]) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT uri FROM public.objects ORDER BY uri")]
+
+
+def test_sync_a_bucket_prefix(
+    model: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    raw_env: str,
+    fixture_files: tuple[Path, dict[str, Expected]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    conn = model
+    folder, _ = fixture_files
+    client = _bucket(raw_env, "syncb", folder, ["multipage.pdf", "guide.md", "README"])
+    client.put_object(Bucket="syncb", Key="elsewhere/skip.md", Body=b"# Not under the prefix\n")
+    conn.execute("SELECT pgingest.allow_raw_location('bucket', 'syncb')")
+    conn.execute("CREATE TABLE public.objects (uri text PRIMARY KEY, note text)")
+    code, out, err = run(capsys, dsn, "source", "add", "objects", "public.objects", "--uri", "uri")
+    assert code == 0, err
+
+    code, out, err = run(capsys, dsn, "source", "sync", "objects", "s3://syncb/docs/", "--dry-run")
+    assert code == 0, err
+    assert "3 objects listed: 3 new, 0 changed, 0 unchanged; 0 vanished" in out
+    assert "new       s3://syncb/docs/guide.md" in out
+    assert _rows(conn) == []
+
+    code, out, err = run(
+        capsys, dsn, "source", "sync", "objects", "s3://syncb/docs/", "--progress-every", "2"
+    )
+    assert code == 0, err
+    assert "2 objects listed" in err  # progress
+    assert _rows(conn) == [f"s3://syncb/docs/{n}" for n in ["README", "guide.md", "multipage.pdf"]]
+    _drain(dsn)
+    assert set(_state(conn, "objects").values()) == {"embedded"}
+    requests = fake.stats()["requests"]
+
+    # Nothing changed: nothing queued, no request.
+    code, out, err = run(capsys, dsn, "source", "sync", "objects", "s3://syncb/docs/")
+    assert code == 0, err
+    assert "3 objects listed: 0 new, 0 changed, 3 unchanged; 0 vanished" in out
+    assert queue_count(conn, "v1") == 0
+    # An explicit refresh of one URI: re-checked, unchanged, nothing embedded.
+    code, out, err = run(capsys, dsn, "source", "refresh", "objects", "s3://syncb/docs/README")
+    assert (code, out.strip()) == (0, "source objects: 1 rows queued for a re-check"), err
+    w = _drain(dsn)
+    assert w.raw.parsed == 0 and fake.stats()["requests"] == requests
+
+    # One object changes, one vanishes, one appears.
+    client.put_object(
+        Bucket="syncb", Key="docs/guide.md", Body=b"# Guide\n\nRewritten after sync.\n"
+    )
+    client.delete_object(Bucket="syncb", Key="docs/README")
+    client.put_object(Bucket="syncb", Key="docs/new.md", Body=b"# New\n\nA new object.\n")
+    readme = conn.execute(
+        "SELECT doc_id FROM pgingest.source_rows WHERE row_key ->> 'uri' LIKE '%%README'"
+    ).fetchone()
+    assert readme is not None
+    code, out, err = run(capsys, dsn, "source", "sync", "objects", "s3://syncb/docs/")
+    assert code == 0, err
+    assert "3 objects listed: 1 new, 1 changed, 1 unchanged; 1 vanished" in out
+    _drain(dsn)
+    assert _state(conn, "objects") == {
+        "s3://syncb/docs/guide.md": "embedded",
+        "s3://syncb/docs/multipage.pdf": "embedded",
+        "s3://syncb/docs/new.md": "embedded",
+    }
+    assert conn.execute(
+        "SELECT count(*) FROM pgingest.chunks WHERE doc_id = %s", readme
+    ).fetchone() == (0,)
+    rewritten = conn.execute(
+        "SELECT count(*) FROM pgingest.chunks AS c JOIN pgingest.source_rows AS r USING (doc_id)"
+        " WHERE r.row_key ->> 'uri' = 's3://syncb/docs/guide.md' AND c.content LIKE '%%Rewritten%%'"
+    ).fetchone()
+    assert rewritten is not None and rewritten[0] >= 1
+
+
+def test_sync_refusals(
+    model: psycopg.Connection[Any],
+    dsn: str,
+    raw_env: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    conn = model
+    conn.execute("CREATE TABLE public.objects (id int PRIMARY KEY, uri text)")
+    conn.execute("SELECT pgingest.add_source('objects', 'public.objects', uri => 'uri')")
+    code, _, err = run(capsys, dsn, "source", "sync", "objects", "s3://syncb/docs/")
+    assert code == 2 and "not keyed by a URI column alone" in err
+    code, _, err = run(capsys, dsn, "source", "sync", "nope", "s3://syncb/docs/")
+    assert code == 2 and "no source" in err
+    conn.execute("CREATE TABLE public.files (uri text PRIMARY KEY)")
+    conn.execute("SELECT pgingest.add_source('files', 'public.files', uri => 'uri')")
+    code, _, err = run(capsys, dsn, "source", "sync", "files", tmp_path.as_uri())
+    assert code == 2 and "outside the allowed roots" in err
+    # A file root, allow-listed by an admin: listed and inserted.
+    (tmp_path / "a.md").write_text("# A\n\ntext\n")
+    conn.execute("SELECT pgingest.allow_raw_location('root', %s)", (str(tmp_path),))
+    code, out, err = run(capsys, dsn, "source", "sync", "files", tmp_path.as_uri())
+    assert code == 0, err
+    assert "1 new" in out
+    assert [r[0] for r in conn.execute("SELECT uri FROM public.files")] == [
+        (tmp_path / "a.md").as_uri()
+    ]
