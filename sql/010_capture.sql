@@ -313,6 +313,30 @@ COMMENT ON FUNCTION pgingest._capture_truncate() IS
 -- and restores it (on PostgreSQL 15 a walk over every setting at exit): about 9 of the ~21 us
 -- this trigger cost a single-row UPDATE (perf). Not SECURITY DEFINER: it runs with the writer's
 -- rights, and names nothing through the search path (pg_catalog.now()).
+-- The content hash of a document version (the generated documents.content_hash; migration 0001
+-- defined it as LANGUAGE sql). convert_to() is STABLE, so the planner may not inline a SQL body
+-- into the IMMUTABLE generated column: fmgr_sql planned it once per statement and started an
+-- executor for it per row (35-67 us of every single-row write to pgingest.documents, issue 19).
+-- PL/pgSQL keeps its compiled body and the expression's plan per session. No SET clause (it would
+-- send every call through a save and restore of the setting, ~20 us): every name is schema-qualified
+-- instead (the operator too: textcat), and the result is the same bytes as before.
+CREATE OR REPLACE FUNCTION pgingest._content_hash(p_title text, p_body text)
+RETURNS bytea
+LANGUAGE plpgsql
+IMMUTABLE
+PARALLEL SAFE
+AS $$
+BEGIN
+    RETURN pg_catalog.sha256(pg_catalog.convert_to(
+        pg_catalog.textcat(pg_catalog.textcat(coalesce(p_title, ''), pg_catalog.chr(30)), p_body), 'UTF8'
+    ));
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._content_hash(text, text) IS
+'sha256 of title || RS || body: identifies the embedded content of a document version (no SET '
+'search_path: it runs for every row written, and names pg_catalog explicitly).';
+
 -- Every UPDATE of a row stamps it, as before: the `NEW IS DISTINCT FROM OLD` test this function
 -- had never held false, since a BEFORE trigger sees the generated content_hash as NULL in NEW
 -- (computed after BEFORE triggers) and not in OLD. It cost a whole-row comparison a row.

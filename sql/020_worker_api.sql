@@ -287,6 +287,7 @@ DECLARE
     v_chunks integer := 0;
     v_ids bigint[];
     v_counts integer[];
+    v_new bigint[];
 BEGIN
     IF p_profile_id IS DISTINCT FROM v_m.profile_id THEN
         RAISE EXCEPTION 'pgingest: batch of model % was chunked with profile %, the model uses profile %',
@@ -346,21 +347,51 @@ BEGIN
         WHERE (c.chunk_hash, c.char_start, c.char_end, c.content)
             IS DISTINCT FROM (EXCLUDED.chunk_hash, EXCLUDED.char_start, EXCLUDED.char_end, EXCLUDED.content);
 
-        -- This model's vectors: a row whose input is unchanged keeps its vector (not rewritten).
+        -- This model's vectors. The documents with no row in the store yet (a first embedding, the
+        -- common case; one probe of the primary key each, a subplan behind OFFSET 0, never a scan)
+        -- get a plain INSERT: ON CONFLICT's speculative insertion costs more a row (issue 19). Should
+        -- another transaction have written rows of one of them meanwhile (a batch claimed twice),
+        -- the plain INSERT fails as a whole and every row goes through the upsert below instead.
         EXECUTE format(
             $sql$
-            INSERT INTO pgingest.%1$I AS s (doc_id, ordinal, chunk_hash, embedding)
-            SELECT u.doc_id, u.ordinal, u.chunk_hash, u.emb::%2$s
-            FROM unnest($1, $2, $3, $4) AS u (doc_id, ordinal, chunk_hash, emb)
-            WHERE u.doc_id = ANY ($5)
-            ORDER BY u.doc_id, u.ordinal
-            ON CONFLICT (doc_id, ordinal) DO UPDATE SET
-                chunk_hash = EXCLUDED.chunk_hash,
-                embedding = EXCLUDED.embedding
-            WHERE s.chunk_hash IS DISTINCT FROM EXCLUDED.chunk_hash
+            SELECT coalesce(array_agg(x.id), '{}') FROM unnest($1) AS x (id)
+            WHERE NOT EXISTS (SELECT 1 FROM pgingest.%1$I AS o WHERE o.doc_id = x.id OFFSET 0)
             $sql$,
-            v_m.store_name, pgingest._column_type(v_m)
-        ) USING p_chunk_doc_ids, p_ordinals, p_chunk_hashes, p_embeddings, v_current;
+            v_m.store_name
+        ) INTO v_new USING v_current;
+        IF cardinality(v_new) > 0 THEN
+            BEGIN
+                EXECUTE format(
+                    $sql$
+                    INSERT INTO pgingest.%1$I (doc_id, ordinal, chunk_hash, embedding)
+                    SELECT u.doc_id, u.ordinal, u.chunk_hash, u.emb::%2$s
+                    FROM unnest($1, $2, $3, $4) AS u (doc_id, ordinal, chunk_hash, emb)
+                    WHERE u.doc_id = ANY ($5)
+                    ORDER BY u.doc_id, u.ordinal
+                    $sql$,
+                    v_m.store_name, pgingest._column_type(v_m)
+                ) USING p_chunk_doc_ids, p_ordinals, p_chunk_hashes, p_embeddings, v_new;
+            EXCEPTION WHEN unique_violation THEN
+                v_new := '{}';
+            END;
+        END IF;
+        -- The others: a row whose input is unchanged keeps its vector (not rewritten).
+        IF cardinality(v_new) < cardinality(v_current) THEN
+            EXECUTE format(
+                $sql$
+                INSERT INTO pgingest.%1$I AS s (doc_id, ordinal, chunk_hash, embedding)
+                SELECT u.doc_id, u.ordinal, u.chunk_hash, u.emb::%2$s
+                FROM unnest($1, $2, $3, $4) AS u (doc_id, ordinal, chunk_hash, emb)
+                WHERE u.doc_id = ANY ($5) AND NOT u.doc_id = ANY ($6)
+                ORDER BY u.doc_id, u.ordinal
+                ON CONFLICT (doc_id, ordinal) DO UPDATE SET
+                    chunk_hash = EXCLUDED.chunk_hash,
+                    embedding = EXCLUDED.embedding
+                WHERE s.chunk_hash IS DISTINCT FROM EXCLUDED.chunk_hash
+                $sql$,
+                v_m.store_name, pgingest._column_type(v_m)
+            ) USING p_chunk_doc_ids, p_ordinals, p_chunk_hashes, p_embeddings, v_current, v_new;
+        END IF;
 
         SELECT count(*)::integer INTO v_chunks
         FROM unnest(p_chunk_doc_ids) AS u (doc_id) WHERE u.doc_id = ANY (v_current);

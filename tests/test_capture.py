@@ -3,7 +3,9 @@ DELETE and TRUNCATE leave no chunk behind."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
+import threading
 import time
 from typing import Any
 
@@ -432,3 +434,93 @@ def test_packed_arrays_reach_the_server_as_the_values_given(conn: psycopg.Connec
         db.Int4Array([2**31])
     with pytest.raises(psycopg.errors.CharacterNotInRepertoire):
         cur.execute("SELECT %b::text[]", (db.TextArray(["a\x00b"]),))
+
+
+def test_content_hash_is_the_same_bytes_and_cheap_to_call(conn: psycopg.Connection[Any]) -> None:
+    """_content_hash (the generated documents.content_hash) is sha256(title || RS || body) in
+    UTF-8, NULL title as '', as migration 0001 defined it; PL/pgSQL with no SET clause (issue 19:
+    the SQL function was planned per statement, the SET cost a save and restore per row)."""
+    rows = [("k1", None, "body"), ("k2", "Tïtle", "bödy 漢字 😀"), ("k3", "", "x" * 9000)]
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO pgingest.documents (key, title, body) VALUES (%s, %s, %s)", rows
+        )
+    got = dict(conn.execute("SELECT key, content_hash FROM pgingest.documents").fetchall())
+    for key, title, body in rows:
+        want = hashlib.sha256(((title or "") + "\x1e" + body).encode("utf-8")).digest()
+        assert got[key] == want, key
+    conn.execute("UPDATE pgingest.documents SET title = 'new' WHERE key = 'k1'")
+    assert conn.execute(
+        "SELECT content_hash FROM pgingest.documents WHERE key = 'k1'"
+    ).fetchone() == (hashlib.sha256(b"new\x1ebody").digest(),)
+    fn = conn.execute(
+        "SELECT l.lanname, p.provolatile, p.proparallel, p.proconfig FROM pg_proc AS p"
+        " JOIN pg_language AS l ON l.oid = p.prolang"
+        " WHERE p.oid = 'pgingest._content_hash(text, text)'::regprocedure"
+    ).fetchone()
+    assert fn == ("plpgsql", "i", "s", None)
+
+
+def test_a_first_write_that_meets_rows_written_meanwhile_upserts_them(
+    two_models: psycopg.Connection[Any], dsn: str
+) -> None:
+    """complete_batch_v2 writes the vectors of a document with no store rows with a plain INSERT;
+    should another transaction write rows of that document between the check and the INSERT
+    (a batch claimed twice), the INSERT's unique violation sends the rows through the upsert:
+    the batch succeeds and the store holds its vectors."""
+    conn = two_models
+    conn.execute("INSERT INTO pgingest.documents (key, body) VALUES ('a', 'text a'), ('b', 'b')")
+    docs = conn.execute("SELECT id, content_hash FROM pgingest.documents ORDER BY id").fetchall()
+    other = db.connect(dsn)
+    try:
+        other.execute("BEGIN")
+        other.execute(
+            "INSERT INTO pgingest.store_v1 (doc_id, ordinal, chunk_hash, embedding)"
+            " VALUES (%s, 0, 'old', array_fill(0.5, ARRAY[384])::vector)",
+            (docs[0][0],),
+        )
+        result: list[Any] = []
+
+        def write() -> None:
+            with db.connect(dsn) as c:
+                rows = db.ChunkRows(
+                    doc_ids=[d[0] for d in docs],
+                    ordinals=[0, 0],
+                    contents=["c", "d"],
+                    chunk_hashes=[b"h1", b"h2"],
+                    token_counts=[1, 1],
+                    char_starts=[0, 0],
+                    char_ends=[1, 1],
+                    embeddings=[np.ones(384, dtype=np.float32)] * 2,
+                )
+                try:
+                    result.append(
+                        db.complete_batch(
+                            c, "v1", [], [d[0] for d in docs], [d[1] for d in docs], rows, "t", 1
+                        )
+                    )
+                except Exception as exc:  # reported below
+                    result.append(exc)
+
+        t = threading.Thread(target=write)
+        t.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the plain INSERT waits for our uncommitted row
+            waiting = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE '%complete_batch_v2%'"
+            ).fetchone()
+            if waiting == (1,):
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the write-back never waited for the other transaction")
+        other.execute("COMMIT")
+        t.join(10)
+        assert result == [(2, 0, 2)]
+    finally:
+        other.close()
+    stored = conn.execute(
+        "SELECT doc_id, ordinal, chunk_hash FROM pgingest.store_v1 ORDER BY doc_id"
+    ).fetchall()
+    assert stored == [(docs[0][0], 0, b"h1"), (docs[1][0], 0, b"h2")]
