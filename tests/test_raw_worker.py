@@ -308,7 +308,9 @@ def test_bytea_documents_and_a_hanging_parser(
     ]
     with conn.cursor() as cur:
         cur.executemany("INSERT INTO public.blobs (name, data, mime) VALUES (%s, %s, %s)", rows)
-    _drain(dsn)
+    # The batch waits 0.5 s for its documents: the hanging one (killed at 3 s) is released
+    # meanwhile, no attempt spent, and its next delivery takes the parse's result.
+    _drain(dsn, raw_wait_seconds=0.5)
     assert _state(conn, "blobs") == {
         "multipage.pdf": "embedded",
         "handbook.docx": "embedded",
@@ -319,6 +321,9 @@ def test_bytea_documents_and_a_hanging_parser(
         "null": "empty_text",
     }
     assert queue_count(conn, "v1") == 0
+    assert conn.execute(
+        "SELECT attempts FROM pgingest.dead_letters WHERE error_class = 'timeout'"
+    ).fetchall() == [(1,)]
     # The same bytes written again queue nothing; other bytes do.
     conn.execute("UPDATE public.blobs SET data = data WHERE name = 'README'")
     assert queue_count(conn, "v1") == 0

@@ -60,6 +60,9 @@ class WorkerSettings:
     # concurrency) and threads fetching, started at the first raw document.
     parse_processes: int = 2
     raw_fetch_threads: int = 8
+    # A batch waits at most this long for its raw documents; those still fetching or parsing are
+    # released (no attempt spent) and picked up, parsed, at their next delivery.
+    raw_wait_seconds: float = 10.0
     # One write-back transaction (complete_batch_v2: one Bind of every chunk and vector) holds at
     # most this many chunks and bytes (text + float32 vectors + 64 per row); a batch over either
     # is written as several transactions, a document over them alone (worker/batch.split).

@@ -417,14 +417,38 @@ def parse_bytes(data: bytes, mime: str, options: ParseOptions | None = None) -> 
 _TEST_HOOKS = frozenset({"hang", "alloc", "crash"})
 
 
-def _child_main(conn: Connection, memory_bytes: int | None) -> None:
-    """The child's loop: receive (data, mime, options, hook), answer ("ok", doc) or
-    ("err", class, detail). Runs under ``RLIMIT_AS``; exits after a MemoryError."""
+# The default backends, imported by a child before it says it is ready: their import time (a
+# second or more on a loaded machine) is not counted in the first document's parse timeout.
+_WARM_MODULES = ("charset_normalizer", "pypdfium2", "docx", "trafilatura")
+
+
+def _warm_up(options: ParseOptions) -> None:
+    import importlib
+
+    modules = list(_WARM_MODULES)
+    if options.pdf_backend == "pypdf":
+        modules.append("pypdf")
+    for name in modules:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
+
+def _child_main(
+    conn: Connection, memory_bytes: int | None, options: ParseOptions | None = None
+) -> None:
+    """The child's loop: import the parsers and say ("ready",), then receive (data, mime,
+    options, hook), answer ("ok", doc) or ("err", class, detail). Runs under ``RLIMIT_AS``;
+    exits after a MemoryError."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if memory_bytes:
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    try:
+        _warm_up(options or ParseOptions())
+        conn.send(("ready",))
+    except (EOFError, OSError):
+        return
     while True:
         try:
             request = conn.recv()
@@ -465,6 +489,10 @@ class _Slot:
     conn: Connection | None = None
     served: int = 0
     pids: list[int] = field(default_factory=list)
+
+
+STARTUP_TIMEOUT = 60.0
+"""Seconds a new parse process may take to import its parsers."""
 
 
 class ParsePool:
@@ -508,13 +536,25 @@ class ParsePool:
         parent, child = self._ctx.Pipe()
         process = self._ctx.Process(
             target=_child_main,
-            args=(child, self.options.memory_bytes),
+            args=(child, self.options.memory_bytes, self.options),
             name="pgingest-parse",
             daemon=True,
         )
         process.start()
         child.close()
         slot.process, slot.conn, slot.served = process, parent, 0
+        # Started when it has imported the parsers (not counted in a document's timeout).
+        try:
+            ready = parent.poll(STARTUP_TIMEOUT) and parent.recv() == ("ready",)
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            code = self._stop(slot, kill=True)
+            raise RawDocumentError(
+                "parse_error",
+                f"the parser process did not start within {STARTUP_TIMEOUT:g} s ({code})",
+                permanent=False,
+            )
 
     def _stop(self, slot: _Slot, *, kill: bool) -> int | None:
         process, conn = slot.process, slot.conn

@@ -7,8 +7,11 @@ those documents (``raw_documents_v1``: a bytea column, up to the fetch cap) or f
 ``pgingest.raw_allowlist``, pinned addresses, size caps, retries with backoff), detects the type
 and parses it in the :class:`~pgingest.raw.parse.ParsePool` (``--parse-processes`` child
 processes with a wall-clock timeout, a memory limit and a page cap), on a pool of fetch threads:
-the documents of a batch are fetched and parsed concurrently, the main thread waits for its own
-batch only, and the write-back of the previous batch goes on meanwhile (worker/writer.py).
+the documents of a batch are fetched and parsed concurrently. The main loop waits for them at
+most ``raw_wait_seconds`` (10 s): documents still fetching or parsing then are released without
+an attempt spent (``raw_pending``, back in 2 s) while their work goes on, and their next delivery
+takes the result, so a slow parse never holds the embedding of the other documents and models
+for longer than that. At most ``4 x max(fetch threads, parse processes)`` documents are in flight.
 
 What becomes of each document:
 
@@ -37,7 +40,7 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,6 +58,9 @@ if TYPE_CHECKING:
     from pgingest.settings import WorkerSettings
 
 log = logging.getLogger("pgingest.worker")
+
+INFLIGHT_TTL = 600.0
+"""Seconds a finished fetch and parse waits for its message to come back."""
 
 ALLOWLIST_TTL = 60.0
 """Seconds the admin-managed allow-list is cached (a removed entry stops working within it)."""
@@ -201,6 +207,10 @@ class RawStage:
         self.env_policy = policy if policy is not None else fetch.FetchPolicy.from_env()
         self.options = options if options is not None else parse_options_from_env()
         self.test_hooks = os.environ.get("PGINGEST_RAW_TEST_HOOKS") == "1"
+        self.wait_seconds = max(0.0, float(getattr(settings, "raw_wait_seconds", 10.0)))
+        self.retry_delay = 2
+        self.max_inflight = 4 * max(self.fetch_threads, self.processes)
+        self._inflight: dict[tuple[int, bytes], tuple[float, Future[Outcome]]] = {}
         self._pool: ParsePool | None = None
         self._fetchers: ThreadPoolExecutor | None = None
         self._policy: fetch.FetchPolicy | None = None
@@ -262,6 +272,7 @@ class RawStage:
             return msgs, None
         out = RawBatch()
         futures: dict[int, Future[Outcome]] = {}
+        self._prune()
         for doc_id, row in rows.items():
             if row.paused_reason is not None:
                 out.failures[doc_id] = core.Failure(
@@ -271,8 +282,25 @@ class RawStage:
                     retry_after=self.pause_delay,
                 )
                 continue
-            futures[doc_id] = self._executor().submit(self._one, row, policy)
-        outcomes = {doc_id: f.result() for doc_id, f in futures.items()}
+            key = (doc_id, row.version)
+            held = self._inflight.get(key)
+            if held is None:
+                if len(self._inflight) >= self.max_inflight:
+                    out.failures[doc_id] = self._later("the fetch and parse pools are full")
+                    continue
+                held = (time.monotonic(), self._executor().submit(self._one, row, policy))
+                self._inflight[key] = held
+            futures[doc_id] = held[1]
+        # The batch waits for its documents at most raw_wait_seconds: the others are released
+        # (no attempt spent) and go on parsing; their next delivery takes the result.
+        done, _ = wait(list(futures.values()), timeout=self.wait_seconds)
+        outcomes: dict[int, Outcome] = {}
+        for doc_id, f in futures.items():
+            if f in done:
+                self._inflight.pop((doc_id, rows[doc_id].version), None)
+                outcomes[doc_id] = f.result()
+            else:
+                out.failures[doc_id] = self._later("still fetching or parsing")
 
         records: list[queries.Record] = []
         unchanged: list[Outcome] = []
@@ -317,6 +345,18 @@ class RawStage:
                 m = dataclasses.replace(m, body=out.rendered[m.doc_id].text)
             result.append(m)
         return result, out
+
+    def _later(self, why: str) -> core.Failure:
+        """Released without an attempt spent, back in ``retry_delay`` s."""
+        return core.Failure("rate_limited", "raw_pending", why, retry_after=self.retry_delay)
+
+    def _prune(self) -> None:
+        """Forgets results nobody came back for (the message went to another worker, or its
+        document changed) after ``INFLIGHT_TTL`` s."""
+        now = time.monotonic()
+        for key, (since, f) in list(self._inflight.items()):
+            if f.done() and now - since > INFLIGHT_TTL:
+                del self._inflight[key]
 
     def chunk(
         self, batch: core.Batch, raw: RawBatch | None, config: chunking.ChunkerConfig
