@@ -19,8 +19,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from pgingest import worker
+from pgingest.metrics import Metrics
 from pgingest.raw import fetch
 from pgingest.testing.fake_provider import FakeEmbeddingServer
 from tests.fixtures.raw.generate import Expected, build_fixtures
@@ -98,10 +100,25 @@ def _bucket(endpoint: str, name: str, folder: Path, names: list[str]) -> Any:
     return client
 
 
-def _drain(dsn: str, **kw: Any) -> worker.Worker:
-    w = worker.Worker(settings(dsn, parse_processes=2, **kw))
+def _drain(dsn: str, metrics: Metrics | None = None, **kw: Any) -> worker.Worker:
+    w = worker.Worker(settings(dsn, parse_processes=2, **kw), metrics)
     w.run()
     return w
+
+
+def _sums(reader: InMemoryMetricReader, name: str, label: str) -> dict[str, float]:
+    """A metric's points summed by one label (histograms: their count)."""
+    out: dict[str, float] = {}
+    data = reader.get_metrics_data()
+    for rm in data.resource_metrics if data else ():
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name == name:
+                    for p in metric.data.data_points:
+                        v = getattr(p, "count", None) or getattr(p, "value", 0)
+                        key = str(p.attributes.get(label))
+                        out[key] = out.get(key, 0) + v
+    return out
 
 
 def _state(conn: psycopg.Connection[Any], source: str) -> dict[str, str]:
@@ -310,7 +327,8 @@ def test_bytea_documents_and_a_hanging_parser(
         cur.executemany("INSERT INTO public.blobs (name, data, mime) VALUES (%s, %s, %s)", rows)
     # The batch waits 0.5 s for its documents: the hanging one (killed at 3 s) is released
     # meanwhile, no attempt spent, and its next delivery takes the parse's result.
-    _drain(dsn, raw_wait_seconds=0.5)
+    reader = InMemoryMetricReader()
+    _drain(dsn, Metrics([reader]), raw_wait_seconds=0.5)
     assert _state(conn, "blobs") == {
         "multipage.pdf": "embedded",
         "handbook.docx": "embedded",
@@ -324,6 +342,18 @@ def test_bytea_documents_and_a_hanging_parser(
     assert conn.execute(
         "SELECT attempts FROM pgingest.dead_letters WHERE error_class = 'timeout'"
     ).fetchall() == [(1,)]
+    # Metrics: bytes read, parse time by type, pages, failures by class.
+    assert _sums(reader, "pgingest.raw.fetch.bytes", "source") == {
+        "blobs": sum(len(d) for _, d, _ in rows if d is not None)
+    }
+    parsed = _sums(reader, "pgingest.raw.parse.duration", "mime")
+    assert parsed["application/pdf"] == 1 and parsed["text/plain"] >= 3
+    assert _sums(reader, "pgingest.raw.pages", "mime") == {"application/pdf": 5}
+    assert _sums(reader, "pgingest.raw.failures", "error.class") == {
+        "timeout": 1,
+        "unsupported_type": 1,
+        "empty_text": 1,
+    }
     # The same bytes written again queue nothing; other bytes do.
     conn.execute("UPDATE public.blobs SET data = data WHERE name = 'README'")
     assert queue_count(conn, "v1") == 0

@@ -129,6 +129,34 @@ class Metrics:
         self._pruned = meter.create_counter(
             "pgingest.embedding.cache.pruned", unit="{vector}", description="Cached vectors evicted"
         )
+        # Raw documents (worker/raw.py, issue 22).
+        self._raw_bytes = meter.create_counter(
+            "pgingest.raw.fetch.bytes",
+            unit="By",
+            description="Bytes of raw documents fetched or read",
+        )
+        self._raw_fetch = meter.create_histogram(
+            "pgingest.raw.fetch.duration",
+            unit="s",
+            description="Time to fetch (or read) one raw document, by source",
+            explicit_bucket_boundaries_advisory=_SECONDS,
+        )
+        self._raw_parse = meter.create_histogram(
+            "pgingest.raw.parse.duration",
+            unit="s",
+            description="Time to parse one raw document in a child process, by type",
+            explicit_bucket_boundaries_advisory=_SECONDS,
+        )
+        self._raw_pages = meter.create_counter(
+            "pgingest.raw.pages",
+            unit="{page}",
+            description="Pages of raw documents parsed, by type",
+        )
+        self._raw_failures = meter.create_counter(
+            "pgingest.raw.failures",
+            unit="{document}",
+            description="Raw documents that failed to fetch or parse, by error.class",
+        )
         self._cache = meter.create_counter(
             "pgingest.embedding.cache",
             unit="{chunk}",
@@ -315,6 +343,18 @@ class Metrics:
             self._cache.add(hits, {"model": model, "result": "hit"})
         if misses:
             self._cache.add(misses, {"model": model, "result": "miss"})
+
+    def raw_fetched(self, source: str, n_bytes: int, seconds: float) -> None:
+        self._raw_bytes.add(n_bytes, {"source": source})
+        self._raw_fetch.record(seconds, {"source": source})
+
+    def raw_parsed(self, mime: str, seconds: float, pages: int | None) -> None:
+        self._raw_parse.record(seconds, {"mime": mime})
+        if pages:
+            self._raw_pages.add(pages, {"mime": mime})
+
+    def raw_failed(self, source: str, error_class: str) -> None:
+        self._raw_failures.add(1, {"source": source, "error.class": error_class})
 
     def maintenance(self, result: dict[str, int]) -> None:
         self._purged.add(result.get("purged_dead_letters", 0))

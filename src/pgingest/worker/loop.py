@@ -78,7 +78,7 @@ class Worker:
             embed_window=max(30.0, settings.visibility_timeout / 3),
         )
         self.embedder = Embedder(settings, self.metrics, self._pause)
-        self.raw = RawStage(settings)  # raw documents: fetch and parse (pools start lazily)
+        self.raw = RawStage(settings, metrics=self.metrics)  # raw documents (pools start lazily)
         self.writer = writer_factory(settings, self.metrics, self.sizers)
         self.connect_params = settings.connect_params()
         self.claims = ClaimKeeper(

@@ -55,6 +55,7 @@ from pgingest.worker import batch as core
 
 if TYPE_CHECKING:
     from pgingest import db
+    from pgingest.metrics import Metrics
     from pgingest.settings import WorkerSettings
 
 log = logging.getLogger("pgingest.worker")
@@ -180,6 +181,11 @@ class Outcome:
     etag: str | None = None
     last_modified: str | None = None
     seconds: float = 0.0
+    fetched_bytes: int | None = None  # None: nothing fetched or read
+    fetch_seconds: float = 0.0
+    mime: str | None = None  # parsed with this type
+    parse_seconds: float = 0.0
+    pages: int | None = None
 
 
 @dataclass
@@ -200,6 +206,7 @@ class RawStage:
         *,
         policy: fetch.FetchPolicy | None = None,
         options: ParseOptions | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.processes = max(1, int(getattr(settings, "parse_processes", 2)))
         self.fetch_threads = max(1, int(getattr(settings, "raw_fetch_threads", 8)))
@@ -207,6 +214,7 @@ class RawStage:
         self.env_policy = policy if policy is not None else fetch.FetchPolicy.from_env()
         self.options = options if options is not None else parse_options_from_env()
         self.test_hooks = os.environ.get("PGINGEST_RAW_TEST_HOOKS") == "1"
+        self.metrics = metrics
         self.wait_seconds = max(0.0, float(getattr(settings, "raw_wait_seconds", 10.0)))
         self.retry_delay = 2
         self.max_inflight = 4 * max(self.fetch_threads, self.processes)
@@ -298,7 +306,8 @@ class RawStage:
         for doc_id, f in futures.items():
             if f in done:
                 self._inflight.pop((doc_id, rows[doc_id].version), None)
-                outcomes[doc_id] = f.result()
+                outcomes[doc_id] = o = f.result()
+                self._observe(o)
             else:
                 out.failures[doc_id] = self._later("still fetching or parsing")
 
@@ -345,6 +354,16 @@ class RawStage:
                 m = dataclasses.replace(m, body=out.rendered[m.doc_id].text)
             result.append(m)
         return result, out
+
+    def _observe(self, o: Outcome) -> None:
+        if self.metrics is None:
+            return
+        if o.fetched_bytes is not None:
+            self.metrics.raw_fetched(o.row.source, o.fetched_bytes, o.fetch_seconds)
+        if o.mime is not None:
+            self.metrics.raw_parsed(o.mime, o.parse_seconds, o.pages)
+        if o.error is not None:
+            self.metrics.raw_failed(o.row.source, o.error.error_class)
 
     def _later(self, why: str) -> core.Failure:
         """Released without an attempt spent, back in ``retry_delay`` s."""
@@ -419,19 +438,22 @@ class RawStage:
     def _one(self, row: queries.RawRow, policy: fetch.FetchPolicy) -> Outcome:
         """Fetch (or read), check for a change, detect and parse one document (a fetch thread)."""
         t0 = time.perf_counter()
+        o = Outcome(row)
         try:
-            o = self._fetch_and_parse(row, policy)
+            self._fetch_and_parse(o, policy)
         except RawDocumentError as exc:
-            o = Outcome(row, error=exc)
+            o.error = exc
         except Exception as exc:  # a parser's or library's bug costs this document only
             log.exception("raw document: unexpected error", extra={"doc_id": row.doc_id})
-            o = Outcome(row, error=RawDocumentError("parse_error", f"{type(exc).__name__}: {exc}"))
+            o.error = RawDocumentError("parse_error", f"{type(exc).__name__}: {exc}")
         o.seconds = time.perf_counter() - t0
         return o
 
-    def _fetch_and_parse(self, row: queries.RawRow, policy: fetch.FetchPolicy) -> Outcome:
+    def _fetch_and_parse(self, o: Outcome, policy: fetch.FetchPolicy) -> None:
+        """Fills ``o`` (its row given): unchanged, or fetched and parsed; raises the failure."""
+        row = o.row
+        t0 = time.perf_counter()
         content_type: str | None = None
-        etag = last_modified = None
         recheck = row.refreshed_from is not None and row.parsed_version == row.refreshed_from
         if row.uri is None:
             if row.content is None:
@@ -448,22 +470,30 @@ class RawStage:
                 known = fetch.Validators(row.etag, row.last_modified)
                 got = fetch.retrying(lambda: fetch.fetch_if_changed(uri, policy, known))
                 if got is None:
-                    return Outcome(row, unchanged=True)
+                    o.unchanged = True
+                    return
             else:
                 got = fetch.retrying(lambda: fetch.fetch(uri, policy))
             data, content_type = got.data, got.content_type
-            etag, last_modified = got.etag, got.last_modified
-        sha = hashlib.sha256(data).digest()
-        if recheck and row.sha256 == sha:
-            return Outcome(row, unchanged=True, sha256=sha)
+            o.etag, o.last_modified = got.etag, got.last_modified
+        o.fetched_bytes, o.fetch_seconds = len(data), time.perf_counter() - t0
+        o.sha256 = hashlib.sha256(data).digest()
+        if recheck and row.sha256 == o.sha256:
+            o.unchanged = True
+            return
         hook: str | None = None
         override = row.mime
         if self.test_hooks and override and override.startswith(TEST_HOOK_MIME):
             hook, override = override[len(TEST_HOOK_MIME) :], "text/plain"
         mime = detect.detect_type(data, content_type=content_type, name=row.uri, override=override)
-        parsed = self.pool().parse(data, mime, test_hook=hook)
+        t1 = time.perf_counter()
+        try:
+            parsed = self.pool().parse(data, mime, test_hook=hook)
+        finally:
+            o.mime, o.parse_seconds = mime, time.perf_counter() - t1
+        o.pages = parsed.pages
         rendered = render(parsed)
         if not rendered.text.strip():
             raise RawDocumentError("empty_text", "no text")
         self.parsed += 1
-        return Outcome(row, rendered=rendered, sha256=sha, etag=etag, last_modified=last_modified)
+        o.rendered = rendered
