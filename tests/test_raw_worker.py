@@ -27,7 +27,8 @@ from pgingest.raw import fetch
 from pgingest.testing.fake_provider import FakeEmbeddingServer
 from tests.fixtures.raw.generate import Expected, build_fixtures
 from tests.helpers import queue_count, register, settings, wait_for
-from tests.test_raw_fetch import _moto_server
+from tests.test_raw_fetch import Counter, _moto_server
+from tests.test_raw_fetch import http_server as http_server
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -397,3 +398,39 @@ def test_a_bucket_refusing_access_pauses_the_source(
         # Nothing was dead-lettered: the documents wait for resume_source().
         assert conn.execute("SELECT count(*) FROM pgingest.dead_letters").fetchone() == (0,)
         assert queue_count(conn, "v1") == 2
+
+
+def test_http_uris_reach_only_what_an_admin_allow_listed(
+    model: psycopg.Connection[Any],
+    dsn: str,
+    raw_env: str,
+    http_server: tuple[str, Counter],
+) -> None:
+    """A URI an application writes to a loopback server is dead-lettered (not_allowed) without a
+    connection; once an admin allow-lists the host and network, the same kind of URI is fetched
+    and embedded."""
+    conn = model
+    base, counter = http_server
+    conn.execute("CREATE TABLE public.links (id int PRIMARY KEY, url text)")
+    conn.execute("SELECT pgingest.add_source('links', 'public.links', uri => 'url')")
+    conn.execute("INSERT INTO public.links VALUES (1, %s)", (f"{base}/doc.md",))
+    _drain(dsn)
+    assert conn.execute("SELECT error_class FROM pgingest.dead_letters").fetchall() == [
+        ("not_allowed",)
+    ]
+    assert counter.connections == 0 and counter.requests == []
+
+    conn.execute("SELECT pgingest.allow_raw_location('http_host', '127.0.0.1')")
+    conn.execute("SELECT pgingest.allow_raw_location('network', '127.0.0.1/32')")
+    conn.execute("INSERT INTO public.links VALUES (2, %s)", (f"{base}/doc.md",))
+    _drain(dsn)
+    state = conn.execute(
+        "SELECT r.row_key ->> 'id', e.doc_id IS NOT NULL FROM pgingest.source_rows AS r"
+        " LEFT JOIN pgingest.embedding_state AS e ON e.doc_id = r.doc_id AND e.model = 'v1'"
+        " ORDER BY 1"
+    ).fetchall()
+    assert state == [("1", False), ("2", True)], conn.execute(
+        "SELECT error_class, error_message FROM pgingest.dead_letters"
+    ).fetchall()
+    assert counter.connections >= 1
+    assert ("GET", "/doc.md") in counter.requests
