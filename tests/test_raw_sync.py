@@ -8,6 +8,7 @@ nothing.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +142,31 @@ def test_sync_refusals(
     assert [r[0] for r in conn.execute("SELECT uri FROM public.files")] == [
         (tmp_path / "a.md").as_uri()
     ]
+
+
+def test_source_show_of_a_raw_source(
+    model: psycopg.Connection[Any], dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conn = model
+    conn.execute("CREATE TABLE public.blobs (id int PRIMARY KEY, data bytea, kind text)")
+    code, _, err = run(
+        capsys, dsn, "source", "add", "blobs", "public.blobs", "--content", "data", "--mime", "kind"
+    )
+    assert code == 0, err
+    conn.execute("SELECT pgingest.raw_pause_source_v1('blobs', 'access: bucket b refuses access')")
+    code, out, err = run(capsys, dsn, "source", "show", "blobs")
+    assert code == 0, err
+    assert "content:" in out and "data (bytea: raw documents)" in out
+    assert "mime:" in out and "kind" in out
+    assert "waiting to be parsed:" in out
+    assert "paused:" in out and "bucket b refuses access" in out
+    code, out, err = run(capsys, dsn, "source", "show", "blobs", "--json")
+    shown = json.loads(out)
+    assert (shown["content_column"], shown["mime_column"], shown["raw_waiting"]) == (
+        "data",
+        "kind",
+        0,
+    )
+    conn.execute("CREATE TABLE public.blobs2 (id int PRIMARY KEY, data bytea)")
+    code, _, err = run(capsys, dsn, "source", "add", "b2", "public.blobs2", "--uri", "data")
+    assert code == 2 and "not text" in err

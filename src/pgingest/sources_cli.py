@@ -232,7 +232,11 @@ def _status_rows(conn: psycopg.Connection[Any], name: str | None) -> list[dict[s
     return cur.execute(
         "SELECT st.source, st.table_name, st.key_columns, st.mapping, st.rows_registered,"
         " st.table_rows_estimate, st.backfill, st.backfill_rows, st.backfill_percent,"
-        " st.backfill_started_at, st.backfill_completed_at, st.capture_failures"
+        " st.backfill_started_at, st.backfill_completed_at, st.capture_failures,"
+        # raw sources (schema 0022; NULL before)
+        " to_jsonb(st) ->> 'paused_reason' AS paused_reason,"
+        " (to_jsonb(st) ->> 'raw_waiting')::bigint AS raw_waiting,"
+        " to_jsonb(st) ->> 'last_parse_error' AS last_parse_error"
         " FROM pgingest.source_status AS st"
         " WHERE %(name)s::text IS NULL OR st.source = %(name)s"
         " ORDER BY st.source <> 'documents', st.source",
@@ -262,7 +266,10 @@ def show_source(conn: psycopg.Connection[Any], name: str) -> dict[str, Any] | No
             conn.cursor(row_factory=dict_row)
             .execute(
                 "SELECT s.key_types, s.body_column, s.template, s.title_column,"
-                " s.metadata_columns, s.created_at, s.created_by, s.select_granted_to"
+                " s.metadata_columns, s.created_at, s.created_by, s.select_granted_to,"
+                " to_jsonb(s) ->> 'content_column' AS content_column,"
+                " to_jsonb(s) ->> 'uri_column' AS uri_column,"
+                " to_jsonb(s) ->> 'mime_column' AS mime_column"
                 " FROM pgingest.sources AS s WHERE s.name = %s",
                 (name,),
             )
@@ -347,8 +354,14 @@ def format_source(r: dict[str, Any]) -> str:
         lines.append(("mapping", json.dumps(r["mapping"], ensure_ascii=False)))
     elif r["template"] is not None:
         lines.append(("template", json.dumps(r["template"], ensure_ascii=False)))
+    elif r.get("content_column"):
+        lines.append(("content", f"{r['content_column']} (bytea: raw documents)"))
+    elif r.get("uri_column"):
+        lines.append(("uri", f"{r['uri_column']} (URIs of raw documents)"))
     else:
         lines.append(("body", r["body_column"]))
+    if r.get("mime_column"):
+        lines.append(("mime", r["mime_column"]))
     if "template" in r:
         lines += [
             ("title", r["title_column"] or "-"),
@@ -366,6 +379,13 @@ def format_source(r: dict[str, Any]) -> str:
         ("backfill completed", _ts(r["backfill_completed_at"])),
         ("capture failures", _num(r["capture_failures"])),
     ]
+    if r.get("content_column") or r.get("uri_column") or r.get("raw_waiting"):
+        lines += [
+            ("waiting to be parsed", _num(r.get("raw_waiting"))),
+            ("last parse error", r.get("last_parse_error") or "-"),
+        ]
+    if r.get("paused_reason"):
+        lines.append(("paused", f"{r['paused_reason']} (pgingest.resume_source once fixed)"))
     if r.get("created_by") is not None:
         lines.append(("attached", f"{_ts(r['created_at'])} by {r['created_by']}"))
     if r.get("select_granted_to"):
