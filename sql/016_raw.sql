@@ -376,3 +376,18 @@ END;
 COMMENT ON FUNCTION pgingest.chunk_location(text, bigint, integer) IS
 'Where a chunk (a search result''s doc_id and ordinal, for a model) sits in its raw document: '
 '{"page_start", "page_end", "heading_path"}, from the structure the worker recorded; NULL for other documents.';
+
+CREATE OR REPLACE FUNCTION pgingest.raw_resume_source_v1(p_source text)
+RETURNS void
+LANGUAGE sql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+BEGIN ATOMIC
+    UPDATE pgingest.sources AS s
+    SET paused_at = NULL, paused_reason = NULL
+    WHERE s.name = p_source AND s.id <> 0 AND s.paused_reason IS NOT NULL;
+END;
+
+COMMENT ON FUNCTION pgingest.raw_resume_source_v1(text) IS
+'Worker: resumes a paused raw source after a probe (one of its documents fetched again) succeeded.';

@@ -187,6 +187,11 @@ def test_pause_and_resume_a_source(files: psycopg.Connection[Any]) -> None:
     )
     files.execute("SELECT pgingest.resume_source('u')")
     assert one(files, "SELECT paused_reason FROM pgingest.sources WHERE name = 'u'") is None
+    files.execute("SELECT pgingest.raw_pause_source_v1('u', 'access: again')")
+    files.execute("SET ROLE pgingest_worker")
+    files.execute("SELECT pgingest.raw_resume_source_v1('u')")  # a probe that succeeded
+    files.execute("RESET ROLE")
+    assert one(files, "SELECT paused_at FROM pgingest.sources WHERE name = 'u'") is None
     with pytest.raises(psycopg.errors.UndefinedObject):
         files.execute("SELECT pgingest.resume_source('nope')")
 

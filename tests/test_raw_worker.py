@@ -434,3 +434,28 @@ def test_http_uris_reach_only_what_an_admin_allow_listed(
     ).fetchall()
     assert counter.connections >= 1
     assert ("GET", "/doc.md") in counter.requests
+
+
+def test_a_paused_source_is_probed_and_resumed(
+    model: psycopg.Connection[Any], dsn: str, raw_env: str
+) -> None:
+    """A paused source's documents wait (no attempt spent); every probe_interval one is fetched
+    as a probe, and its success resumes the source: then every document is embedded."""
+    conn = model
+    conn.execute("CREATE TABLE public.blobs (id int PRIMARY KEY, data bytea)")
+    conn.execute("SELECT pgingest.add_source('blobs', 'public.blobs', content => 'data')")
+    conn.execute("SELECT pgingest.raw_pause_source_v1('blobs', 'access: bucket x refused')")
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO public.blobs VALUES (%s, %s)",
+            [(i, f"Document {i} waits for its source to resume.".encode()) for i in range(5)],
+        )
+    _drain(dsn, probe_interval=0.5)
+    assert conn.execute(
+        "SELECT paused_reason FROM pgingest.sources WHERE name = 'blobs'"
+    ).fetchone() == (None,)
+    assert conn.execute(
+        "SELECT count(*) FROM pgingest.embedding_state AS e JOIN pgingest.source_rows AS r"
+        " ON r.doc_id = e.doc_id AND r.content_hash = e.content_hash WHERE e.model = 'v1'"
+    ).fetchone() == (5,)
+    assert conn.execute("SELECT count(*) FROM pgingest.dead_letters").fetchone() == (0,)

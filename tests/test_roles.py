@@ -68,6 +68,7 @@ REVIEWED_SECURITY_DEFINER = {
     "raw_record_v1",
     "raw_unchanged_v1",
     "raw_pause_source_v1",
+    "raw_resume_source_v1",
     "raw_allowlist_v1",
     "resume_source",
     "refresh_source_rows",

@@ -107,6 +107,10 @@ def pause_source(conn: psycopg.Connection[Any], source: str, reason: str) -> Non
     conn.execute("SELECT pgingest.raw_pause_source_v1(%s, %s)", (source, reason))
 
 
+def resume_source(conn: psycopg.Connection[Any], source: str) -> None:
+    conn.execute("SELECT pgingest.raw_resume_source_v1(%s)", (source,))
+
+
 def allowlist(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
     """The admin-managed allow-list; empty on a schema without it (before 0022)."""
     row = conn.execute(

@@ -29,7 +29,9 @@ What becomes of each document:
   the fetch's own retries): deferred with backoff, one attempt spent;
 * an error for the whole source (``scope == "source"``: a bucket the credentials cannot read):
   the source is paused with the reason (``source_status.paused_reason``) and its documents wait,
-  no attempt spent, until ``pgingest.resume_source()``.
+  no attempt spent; every ``probe_interval`` one of them is fetched as a probe, and a probe that
+  gets past the source-wide error resumes the source (``raw_resume_source_v1``), as does
+  ``pgingest.resume_source()``.
 """
 
 from __future__ import annotations
@@ -211,6 +213,8 @@ class RawStage:
         self.processes = max(1, int(getattr(settings, "parse_processes", 2)))
         self.fetch_threads = max(1, int(getattr(settings, "raw_fetch_threads", 8)))
         self.pause_delay = max(1, int(settings.probe_interval))
+        self.probe_interval = float(settings.probe_interval)
+        self._last_probe: dict[str, float] = {}  # by paused source
         self.env_policy = policy if policy is not None else fetch.FetchPolicy.from_env()
         self.options = options if options is not None else parse_options_from_env()
         self.test_hooks = os.environ.get("PGINGEST_RAW_TEST_HOOKS") == "1"
@@ -281,8 +285,17 @@ class RawStage:
         out = RawBatch()
         futures: dict[int, Future[Outcome]] = {}
         self._prune()
+        probes: dict[int, str] = {}  # doc_id -> its paused source, fetched as a probe
+        now = time.monotonic()
         for doc_id, row in rows.items():
-            if row.paused_reason is not None:
+            if (
+                row.paused_reason is not None
+                and row.source not in probes.values()
+                and now - self._last_probe.get(row.source, 0.0) >= self.probe_interval
+            ):
+                self._last_probe[row.source] = now
+                probes[doc_id] = row.source
+            elif row.paused_reason is not None:
                 out.failures[doc_id] = core.Failure(
                     "rate_limited",
                     "source_paused",
@@ -311,6 +324,11 @@ class RawStage:
             else:
                 out.failures[doc_id] = self._later("still fetching or parsing")
 
+        for doc_id, source in probes.items():
+            probe = outcomes.get(doc_id)
+            if probe is not None and (probe.error is None or probe.error.scope == "object"):
+                queries.resume_source(conn, source)
+                log.warning("source resumed after a successful probe", extra={"source": source})
         records: list[queries.Record] = []
         unchanged: list[Outcome] = []
         for doc_id, o in outcomes.items():
