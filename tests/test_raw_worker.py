@@ -459,3 +459,28 @@ def test_a_paused_source_is_probed_and_resumed(
         " ON r.doc_id = e.doc_id AND r.content_hash = e.content_hash WHERE e.model = 'v1'"
     ).fetchone() == (5,)
     assert conn.execute("SELECT count(*) FROM pgingest.dead_letters").fetchone() == (0,)
+
+
+def test_a_row_changed_after_the_read_is_stale_not_parsed(
+    model: psycopg.Connection[Any], dsn: str, raw_env: str
+) -> None:
+    """The bytes read for a message are those of its version: a row rewritten between the read
+    and the fetch makes the message stale (the rewrite queued its own); nothing is parsed."""
+    from pgingest import db
+    from pgingest.worker.raw import RawStage
+
+    conn = model
+    conn.execute("CREATE TABLE public.blobs (id int PRIMARY KEY, data bytea)")
+    conn.execute("SELECT pgingest.add_source('blobs', 'public.blobs', content => 'data')")
+    conn.execute("INSERT INTO public.blobs VALUES (1, 'first text'::bytea), (2, 'second'::bytea)")
+    msgs = db.read_batch(conn, "v1", 30, 10)
+    assert [m.status for m in msgs] == ["current", "current"]
+    conn.execute("UPDATE public.blobs SET data = 'rewritten'::bytea WHERE id = 1")
+    stage = RawStage(settings(dsn))
+    try:
+        out, raw = stage.prepare(conn, msgs)
+    finally:
+        stage.close()
+    assert raw is not None
+    assert [(m.status, m.body) for m in out] == [("stale", None), ("current", "second")]
+    assert stage.parsed == 1

@@ -282,6 +282,11 @@ class RawStage:
         rows = queries.raw_documents(conn, ids, policy.max_bytes)
         if not rows:
             return msgs, None
+        # A row that changed since the read is another version: this message is stale (the
+        # change queued its own).
+        hashes = {m.doc_id: m.content_hash for m in msgs if m.doc_id in rows}
+        moved = {d for d, row in rows.items() if hashes.get(d) != row.version}
+        rows = {d: row for d, row in rows.items() if d not in moved}
         out = RawBatch()
         futures: dict[int, Future[Outcome]] = {}
         self._prune()
@@ -363,7 +368,7 @@ class RawStage:
                 "raw documents unchanged: neither parsed nor embedded",
                 extra={"documents": len(unchanged), "restored": restored},
             )
-        stale = {o.row.doc_id for o in unchanged}
+        stale = {o.row.doc_id for o in unchanged} | moved
         result: list[db.Message] = []
         for m in msgs:
             if m.doc_id in stale:
@@ -465,6 +470,8 @@ class RawStage:
             log.exception("raw document: unexpected error", extra={"doc_id": row.doc_id})
             o.error = RawDocumentError("parse_error", f"{type(exc).__name__}: {exc}")
         o.seconds = time.perf_counter() - t0
+        if row.content is not None:  # a result may wait for its message: not with the bytes
+            o.row = dataclasses.replace(row, content=None)
         return o
 
     def _fetch_and_parse(self, o: Outcome, policy: fetch.FetchPolicy) -> None:
