@@ -225,15 +225,17 @@ def test_a_bucket_and_a_file_root_are_embedded_with_pages_and_headings(
     assert ("2 Method", "2.1 Limits") in paths
     # Headings are chunk boundaries: a heading line starts its chunk.
     assert any(content.startswith("2.1 Limits") for content, _ in located)
-    md = _doc_id(conn, "s3://docs/docs/guide.md")
-    md_paths = {
-        tuple(r[0]["heading_path"])
-        for r in conn.execute(
-            "SELECT pgingest.chunk_location('v1', doc_id, ordinal) FROM pgingest.chunks WHERE doc_id = %s",
-            (md,),
-        )
-    }
-    assert md_paths and md_paths <= set(expected["guide.md"].headings)
+    for name in ["guide.md", "handbook.docx", "page.html"]:
+        doc = _doc_id(conn, f"s3://docs/docs/{name}")
+        found = {
+            tuple(r[0]["heading_path"])
+            for r in conn.execute(
+                "SELECT pgingest.chunk_location('v1', doc_id, ordinal) FROM pgingest.chunks"
+                " WHERE doc_id = %s",
+                (doc,),
+            )
+        }
+        assert found and found <= set(expected[name].headings), (name, found)
     result = conn.execute(
         "SELECT r.doc_id, pgingest.chunk_location('v1', r.doc_id, r.ordinal)"
         " FROM pgingest.search((SELECT s.embedding FROM pgingest.store_v1 AS s WHERE s.doc_id = %s"
