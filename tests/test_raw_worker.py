@@ -236,6 +236,19 @@ def test_a_bucket_and_a_file_root_are_embedded_with_pages_and_headings(
             )
         }
         assert found and found <= set(expected[name].headings), (name, found)
+
+    # Latin-1 decoded, the HTML page's navigation chrome left out.
+    def text_of(name: str) -> str:
+        rows = conn.execute(
+            "SELECT content FROM pgingest.chunks WHERE doc_id = %s ORDER BY ordinal",
+            (_doc_id(conn, f"s3://docs/docs/{name}"),),
+        ).fetchall()
+        return " ".join(r[0] for r in rows)
+
+    assert "crème brûlée très appréciée" in text_of("latin1.txt")
+    html = text_of("page.html")
+    assert "Downloads are streamed" in html
+    assert not [w for w in expected["page.html"].absent if w in html]
     result = conn.execute(
         "SELECT r.doc_id, pgingest.chunk_location('v1', r.doc_id, r.ordinal)"
         " FROM pgingest.search((SELECT s.embedding FROM pgingest.store_v1 AS s WHERE s.doc_id = %s"
