@@ -58,13 +58,15 @@ BEGIN
             INSERT INTO pgingest.wakeups AS w (model) VALUES (v_model) ON CONFLICT (model) DO NOTHING;
         END IF;
     END LOOP;
+    -- A new generation: every session's capture reads pgingest.wakeups again (_capture_queue_sql).
+    PERFORM nextval('pgingest.wakeup_generation');
 END;
 $$;
 
 COMMENT ON FUNCTION pgingest.worker_idle_v1(text[]) IS
 'Worker: it is about to sleep until a NOTIFY (or its poll interval): the capture of these models notifies '
-'again. The worker reads its queues once more after calling this (a write between its last read and this '
-'call sent no notification).';
+'again (and takes the next pgingest.wakeup_generation, so that every session checks). The worker reads its '
+'queues once more after calling this (a write between its last read and this call sent no notification).';
 
 -- The part of a compiled capture statement that queues: one data-modifying CTE per live model's
 -- queue table, writing the rows of p_rel (columns p_id, p_hash), and the SELECT that names, INTO
@@ -72,6 +74,17 @@ COMMENT ON FUNCTION pgingest.worker_idle_v1(text[]) IS
 -- worker sleeps (or whose wakeups row has not changed for a second: a worker may have died
 -- waiting, or none of this version ever ran): a scalar subquery per model, no join. One statement,
 -- one executor run: the queue rows and the wake-up check cost one SPI call together (issue 19).
+-- The check itself is skipped in the common case (issue 19, ~15 us of a single-row statement): a
+-- session whose last check found no worker to wake remembers it (the session setting
+-- pgingest.wake_memo: the wake-up generation and the second of that check) and skips the check
+-- while both are unchanged. worker_idle_v1 takes a new generation, so a worker that goes to sleep is
+-- seen by the next statement of every session; the second bounds everything else (the stale rule,
+-- a worker whose idle call had not committed when a check read the table, workers that predate the
+-- generation) to about a second. A statement that woke someone does not remember (the next one
+-- checks again); a rolled back one forgets (a setting's change is transactional). A session that
+-- sets pgingest.wake_memo itself can only keep its own writes from waking a worker (they are
+-- picked up at the worker's next poll).
+-- v_wake: NULL (nothing queued, or remembered), else {key, models to wake...}.
 -- NULL when no model is live.
 -- Returns {ctes (each starting with ',\n'), final select}.
 CREATE OR REPLACE FUNCTION pgingest._capture_queue_sql(p_rel text, p_id text, p_hash text)
@@ -111,10 +124,17 @@ BEGIN
     RETURN ARRAY[
         v_ctes,
         format(
-            E'\n    SELECT /* wake-up */ nullif(array_remove(ARRAY[%s], NULL), ''{}'') INTO v_wake\n'
+            E'\n    SELECT /* wake-up */ CASE WHEN current_setting(''pgingest.wake_memo'', TRUE) = g.memo THEN NULL\n'
+            || E'        ELSE array_prepend(g.memo, array_remove(ARRAY[%s], NULL)) END INTO v_wake\n'
+            || E'    FROM (SELECT concat(pg_sequence_last_value(''pgingest.wakeup_generation''::regclass), ''/'',\n'
+            || E'                        date_part(''epoch'', clock_timestamp())::bigint) AS memo) AS g\n'
             || E'    WHERE EXISTS (SELECT 1 FROM %I);\n'
-            || E'    IF v_wake IS NOT NULL THEN\n'
-            || E'        PERFORM pgingest._wake(k.model) FROM unnest(v_wake) AS k (model);\n'
+            || E'    IF v_wake IS NULL THEN\n'
+            || E'        NULL;  -- nothing queued, or no worker to wake at this generation and second\n'
+            || E'    ELSIF cardinality(v_wake) = 1 THEN\n'
+            || E'        PERFORM set_config(''pgingest.wake_memo'', v_wake[1], FALSE);\n'
+            || E'    ELSE\n'
+            || E'        PERFORM pgingest._wake(k.model) FROM unnest(v_wake[2:]) AS k (model);\n'
             || E'    END IF;\n',
             array_to_string(v_models, E',\n        '), p_rel
         )

@@ -13,7 +13,7 @@ import pytest
 
 from pgingest import db, worker
 from pgingest.testing.fake_provider import FakeEmbeddingServer
-from tests.helpers import register, settings, wait_for
+from tests.helpers import queue_count, register, settings, wait_for
 
 
 @pytest.fixture
@@ -49,8 +49,10 @@ def test_the_capture_notifies_only_while_a_worker_waits(
     assert conn.execute("SELECT waiting FROM pgingest.wakeups WHERE model = 'v1'").fetchone() == (
         False,
     )
-    # Nobody said it waits for a second (a worker may have died asleep): notified again, once.
+    # Nobody said it waits for a second (a worker may have died asleep): notified again, once
+    # (a session that found nobody to wake checks again at the latest a second later).
     conn.execute("UPDATE pgingest.wakeups SET changed_at = now() - interval '2 s'")
+    time.sleep(1.0)
     insert(conn, "f")
     insert(conn, "g")
     assert notifications(listener) == ["v1"]
@@ -60,6 +62,38 @@ def test_the_capture_notifies_only_while_a_worker_waits(
         for key in ("h", "i", "j"):
             insert(conn, key)
     assert notifications(listener) == ["v1"]
+
+
+def test_a_session_that_found_nobody_to_wake_sees_a_worker_go_to_sleep_at_once(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    listener: psycopg.Connection[Any],
+    fake: FakeEmbeddingServer,
+) -> None:
+    """Issue 19: a session whose last check found no worker asleep skips the check of
+    pgingest.wakeups (its memo: the wake-up generation and the second), but a worker that says it
+    waits takes a new generation: the session's next statement wakes it, without waiting for
+    the second to pass."""
+    register(conn, "v1", fake.url)
+    notifications(listener)  # register_model's own
+    db.worker_idle(conn, ["v1"])
+    insert(conn, "a")  # wakes the worker
+    insert(conn, "b")  # checks again: nobody waits, remembered
+    assert notifications(listener) == ["v1"]
+    memo = conn.execute("SELECT current_setting('pgingest.wake_memo', true)").fetchone()
+    assert memo is not None and memo[0]
+    with psycopg.connect(dsn, autocommit=True) as worker_conn:
+        db.worker_idle(worker_conn, ["v1"])  # another session goes to sleep
+    insert(conn, "c")
+    assert notifications(listener, timeout=0.1) == ["v1"]
+    # A rolled back statement that remembered leaves the memo as it was.
+    conn.execute("SELECT set_config('pgingest.wake_memo', 'before', false)")
+    with pytest.raises(psycopg.errors.UniqueViolation), conn.transaction():
+        insert(conn, "d")
+        insert(conn, "d")
+    assert conn.execute("SELECT current_setting('pgingest.wake_memo')").fetchone() == ("before",)
+    # The queue has exactly the committed versions.
+    assert queue_count(conn, "v1") == 3
 
 
 def test_a_writer_holding_the_wake_up_does_not_block_other_writers_or_the_worker(
