@@ -743,22 +743,41 @@ def meets(op: str, target: float, value: float) -> bool:
 
 
 def cpu_budget(
-    chunks: int, db_cpu_s: float, worker_cpu_s: float, copy_cpu_s: float, copy_rows: int
+    chunks: int,
+    db_cpu_s: float,
+    worker_cpu_s: float,
+    copy_cpu_s: float,
+    copy_rows: int,
+    worker_startup_cpu_s: float | None = None,
 ) -> dict[str, float]:
     """The e2e run's CPU per stored chunk against binary COPY's CPU per row of the same rows:
     ``db_cpu_us_per_chunk`` (every backend of the run's database while the worker drained),
     ``worker_cpu_us_per_chunk`` (the worker process), ``copy_cpu_us_per_row`` (the COPY's client
-    and backend) and ``db_cpu_vs_copy_ratio`` (the first over the last)."""
+    and backend) and ``db_cpu_vs_copy_ratio`` (the first over the last).
+
+    With ``worker_startup_cpu_s`` (the CPU of the same worker command draining nothing, in the same
+    run: imports, connections, one empty pass, exit), also ``worker_cpu_us_per_chunk_steady``: the
+    drain's CPU less that start-up, per chunk, what a long-running worker spends (it starts once)."""
     if chunks <= 0 or copy_rows <= 0:
         raise ValueError(f"no chunks ({chunks}) or no COPY rows ({copy_rows})")
     db_us = db_cpu_s / chunks * 1e6
     copy_us = copy_cpu_s / copy_rows * 1e6
-    return {
+    out = {
         "db_cpu_us_per_chunk": round(db_us, 2),
         "worker_cpu_us_per_chunk": round(worker_cpu_s / chunks * 1e6, 2),
         "copy_cpu_us_per_row": round(copy_us, 2),
         "db_cpu_vs_copy_ratio": round(db_us / copy_us, 4) if copy_us else float("nan"),
     }
+    if worker_startup_cpu_s is not None:
+        if not 0 <= worker_startup_cpu_s <= worker_cpu_s:
+            raise ValueError(
+                f"the worker's start-up CPU ({worker_startup_cpu_s} s) is not within its drain's"
+                f" ({worker_cpu_s} s)"
+            )
+        out["worker_startup_cpu_s"] = round(worker_startup_cpu_s, 3)
+        steady = (worker_cpu_s - worker_startup_cpu_s) / chunks * 1e6
+        out["worker_cpu_us_per_chunk_steady"] = round(steady, 2)
+    return out
 
 
 def capture_ratios(runs: dict[str, dict[str, dict[str, list[dict[str, float]]]]]) -> dict[str, Any]:
