@@ -80,6 +80,41 @@ try:  # SIMD base64 (a dependency); PL/Python runs the system Python, which may 
 except ImportError:  # pragma: no cover - the venv has it
     _pybase64 = None  # type: ignore[assignment]
 
+try:  # native JSON (a dependency); the system Python of PL/Python may lack it: json then
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - the venv has it
+    _orjson = None  # type: ignore[assignment]
+
+
+def _json_loads(content: bytes) -> Any:
+    """An answer's JSON: ``orjson`` where installed (a 128-vector base64 answer ~1.9 against ~3.9
+    us a vector; float answers ~40 against ~300), else ``json``. What orjson refuses goes to
+    ``json``, which also reads ``NaN`` and ``Infinity`` (outside RFC 8259): a float answer with
+    a non-finite vector is then that input's fault, as in a base64 answer, not the whole
+    answer's. ``ValueError`` on invalid JSON."""
+    if _orjson is not None:
+        try:
+            return _orjson.loads(content)
+        except ValueError:  # orjson.JSONDecodeError: invalid, or NaN/Infinity
+            pass
+    return json.loads(content)
+
+
+def _json_request_body(payload: dict[str, Any]) -> bytes:
+    """A request's JSON, UTF-8: ``orjson`` where installed (~0.06 against ~2.4 us an input of
+    800 characters); ``json`` for what orjson refuses (a lone surrogate, which json escapes and
+    the server judges) and where orjson is missing."""
+    if _orjson is not None:
+        try:
+            return _orjson.dumps(payload)
+        except TypeError:  # orjson.JSONEncodeError: not valid UTF-8 (a lone surrogate)
+            pass
+    try:
+        return json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: let the server judge the escaped text
+        return json.dumps(payload).encode("ascii")
+
+
 if TYPE_CHECKING:
     from pgingest.db import Model
 
@@ -1356,10 +1391,7 @@ class OpenAICompatibleProvider(ProviderBase):
         }
         if self.request_dimensions:
             payload["dimensions"] = self._dimensions
-        try:
-            body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate: let the server judge the escaped text
-            body = json.dumps(payload).encode("ascii")
+        body = _json_request_body(payload)
         started = self._clock()
         deadline = started + (getattr(self._local, "timeout", None) or self.timeout)
         if call_deadline is not None:
@@ -1566,7 +1598,7 @@ class OpenAICompatibleProvider(ProviderBase):
 
     def _decode(self, content: bytes, n: int) -> np.ndarray:
         try:
-            doc = json.loads(content)
+            doc = _json_loads(content)
         except (ValueError, UnicodeDecodeError):
             message, _, _ = self._error_info(content)
             raise BadResponse(f"not valid JSON: {message}", status=200) from None
