@@ -499,3 +499,36 @@ def test_a_row_changed_after_the_read_is_stale_not_parsed(
     assert raw is not None
     assert [(m.status, m.body) for m in out] == [("stale", None), ("current", "second")]
     assert stage.parsed == 1
+
+
+def test_a_batch_larger_than_the_in_flight_cap_is_parsed_in_one_delivery(
+    model: psycopg.Connection[Any], dsn: str, raw_env: str
+) -> None:
+    """Every document of a batch is fetched and parsed in that delivery: none is released as
+    ``raw_pending`` because the batch is larger than the cap on documents in flight (that cap
+    bounds only what earlier batches left in work). Before, a 256-message batch of small files
+    went through in 5 deliveries 2 s apart."""
+    from pgingest import db
+    from pgingest.worker.raw import RawStage
+
+    conn = model
+    conn.execute("CREATE TABLE public.blobs (id int PRIMARY KEY, data bytea)")
+    conn.execute("SELECT pgingest.add_source('blobs', 'public.blobs', content => 'data')")
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO public.blobs VALUES (%s, %s)",
+            [(i, f"Document number {i}, plain text.".encode()) for i in range(10)],
+        )
+    msgs = db.read_batch(conn, "v1", 30, 10)
+    assert len(msgs) == 10
+    stage = RawStage(settings(dsn, parse_processes=1, raw_fetch_threads=1))
+    assert stage.max_inflight == 4
+    try:
+        out, raw = stage.prepare(conn, msgs)
+        assert raw is not None
+        assert raw.failures == {}
+        assert len(raw.rendered) == 10
+        assert all(m.status == "current" and m.body for m in out)
+        assert stage.parsed == 10
+    finally:
+        stage.close()
