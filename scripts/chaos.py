@@ -45,6 +45,17 @@ private cluster of ``scripts/pgcluster.sh``), dropped at the end unless ``--keep
   moves primary keys, deletes and re-creates rows: a fifth of it back to back on the rows the
   backfill is registering; 12 planted bad rows: the four poison markers, rows whose mapped columns
   are all NULL (no text) and rows emptied that way once their first version is embedded;
+* a third source, of raw documents (issue 22): the application table ``public.chaos_files``
+  (``id``, ``name``, ``data bytea``, ``mime``) holds the fixtures of
+  ``tests/fixtures/raw/generate.py`` (PDFs with an outline and with a table, DOCX, HTML, Markdown,
+  Latin-1 text, a file without an extension), 40% of them before it is attached mid-run with
+  ``add_source(content => 'data', mime => 'mime', title => 'name')``; a file actor inserts the
+  rest, updates bytes (bursts too, and the same bytes again), deletes and re-creates rows; 8
+  planted poisoned files: the scan without a text layer, the encrypted PDF, the truncated PDF, a
+  0-byte file, a NULL content, bytes of no known type, the parse pool's hang hook (the workers
+  run with ``PGINGEST_RAW_TEST_HOOKS=1``, ``PGINGEST_RAW_PARSE_TIMEOUT=3``) and a good PDF
+  overwritten with the encrypted one once embedded; the audit parses every file's current bytes
+  with the same parser to predict its chunks or its dead letter's class ("document source");
 * a model migration: model v2 (``fake-768``, 768 dimensions) is registered halfway through the
   writing, while the kills go on; the workers backfill it from both sources, within a
   tokens-per-minute quota the fake server enforces for ``fake-768`` (about twice the corpus a
@@ -108,9 +119,13 @@ import psycopg
 from psycopg import sql
 
 from pgingest import chunking, db, install, providers
+from pgingest.raw import detect as raw_detect
+from pgingest.raw import parse as raw_parse
+from pgingest.raw.errors import RawDocumentError
 from pgingest.settings import WorkerSettings
 from pgingest.testing import managed, texts
 from pgingest.testing.fake_provider import control
+from pgingest.worker import raw as raw_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 PGCLUSTER = ROOT / "scripts" / "pgcluster.sh"
@@ -206,6 +221,36 @@ MARKERS = {
     "__REJECT__": POISONS[3][2:],
 }
 EMPTY = POISONS[4][2:]
+# The third source, a document source (issue 22): an application table of files in a bytea column
+# with an optional MIME column, attached mid-run with add_source(content => 'data', mime =>
+# 'mime', title => 'name'); the worker reads, detects and parses the bytes in its parse pool.
+FILES_SOURCE = "files"
+FILES = "public.chaos_files"
+# The good fixtures of tests/fixtures/raw/generate.py (every type the default parsers read).
+GOOD_FILES = (
+    "multipage.pdf",
+    "table.pdf",
+    "handbook.docx",
+    "page.html",
+    "guide.md",
+    "latin1.txt",
+    "README",
+)
+HANG_MIME = "application/x-pgingest-test-hang"  # with PGINGEST_RAW_TEST_HOOKS=1 only
+PARSE_TIMEOUT_S = 3  # the workers' PGINGEST_RAW_PARSE_TIMEOUT: the hanging parse is killed then
+# Planted poisoned files: kind -> (fixture, MIME override, the class it must be dead-lettered
+# with). None: a NULL content; "<binary>": bytes of no known type; "spoiled": a good PDF that the
+# file actor overwrites late in the run with the encrypted PDF's bytes.
+FILE_POISONS: dict[str, tuple[str | None, str | None, str]] = {
+    "scan": ("scan.pdf", None, "empty_text"),
+    "encrypted": ("encrypted.pdf", None, "encrypted"),
+    "truncated": ("truncated.pdf", None, "parse_error"),
+    "zero-bytes": ("empty.pdf", None, "empty_text"),
+    "null": (None, None, "empty_text"),
+    "binary": ("<binary>", None, "unsupported_type"),
+    "hang": ("README", HANG_MIME, "timeout"),
+    "spoiled": ("multipage.pdf", None, "encrypted"),
+}
 
 
 T = TypeVar("T")
@@ -221,6 +266,7 @@ class Plan:
     articles: int
     preload: int
     bad_articles: int
+    files: int
     writers: int
     workers: int
     min_kills: int
@@ -245,6 +291,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         articles=articles,
         preload=int(articles * 0.4),
         bad_articles=2 * len(ARTICLE_POISONS),
+        files=args.files if args.files is not None else max(42, docs // 40),
         writers=args.writers,
         workers=args.workers,
         min_kills=args.kills,
@@ -400,6 +447,106 @@ def expected_failure(text: str | None) -> tuple[str, str] | None:
     return None
 
 
+@dataclass
+class FileRow:
+    id: int
+    name: str
+    data: bytes | None
+    mime: str | None
+
+
+def load_fixtures(folder: Path) -> dict[str, bytes]:
+    """The raw-document fixture set of the tests (tests/fixtures/raw/generate.py), by name."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from tests.fixtures.raw.generate import build_fixtures
+
+    build_fixtures(folder)
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def fixture_variant(fx: dict[str, bytes], name: str, n: int) -> bytes:
+    """A good fixture's bytes; the text ones made unique per row (a line of their own added)."""
+    data = fx[name]
+    if name == "guide.md":
+        return data + f"\n\nCopy number {n} of the guide.\n".encode()
+    if name == "README":
+        return data + f"\nThis is copy {n} of the read-me.\n".encode()
+    if name == "latin1.txt":
+        return data + f"\nCopie numéro {n}, été.\n".encode("latin-1")
+    return data
+
+
+def make_files(
+    plan: Plan, rng: random.Random, fx: dict[str, bytes]
+) -> tuple[list[FileRow], list[FileRow], dict[int, str]]:
+    """Rows of public.chaos_files: (preloaded before the attach, inserted during the run,
+    planted id -> kind). Good rows cycle through every good fixture type; a few carry the
+    right MIME type in the MIME column, the others are detected from their bytes."""
+    rows = []
+    for i in range(plan.files):
+        name = GOOD_FILES[i % len(GOOD_FILES)]
+        mime = "text/markdown" if name == "guide.md" and rng.random() < 0.5 else None
+        rows.append(FileRow(1 + i, f"{i:04d}-{name}", fixture_variant(fx, name, i), mime))
+    planted: dict[int, str] = {}
+    for j, (kind, (fixture, mime, _)) in enumerate(FILE_POISONS.items()):
+        if fixture is None:
+            data = None
+        elif fixture == "<binary>":
+            data = bytes(range(256)) * 8
+        else:
+            data = fx[fixture]
+        rows.append(FileRow(900_000 + j, f"planted-{kind}", data, mime))
+        planted[900_000 + j] = kind
+    rng.shuffle(rows)
+    preload = int(len(rows) * 0.4)
+    return rows[:preload], rows[preload:], planted
+
+
+def file_version_text(data: bytes | None, mime: str | None) -> str | None:
+    """The text a raw row's version hash covers (pgingest._source_expr 'body' of a content
+    column): 'content:' and the bytes' sha256 in hex, a line 'mime:' and the MIME column's value
+    when it is set; NULL content: none."""
+    if data is None:
+        return None
+    text = "content:" + hashlib.sha256(data).hexdigest()
+    return text if mime is None else f"{text}\nmime:{mime}"
+
+
+def predict_file(
+    data: bytes | None, mime: str | None, options: raw_parse.ParseOptions
+) -> tuple[raw_worker.Rendered | None, str | None]:
+    """What the worker makes of these bytes, predicted in this process with the same detection,
+    parser and rendering (worker/raw.py's _fetch_and_parse): (rendered text, None), or (None,
+    the class of its failure)."""
+    if data is None:
+        return None, "empty_text"
+    if mime == HANG_MIME:
+        return None, "timeout"
+    try:
+        detected = raw_detect.detect_type(data, content_type=None, name=None, override=mime)
+        rendered = raw_worker.render(raw_parse.parse_bytes(data, detected, options))
+        if not rendered.text.strip():
+            raise RawDocumentError("empty_text", "no text")
+    except RawDocumentError as exc:
+        return None, exc.error_class
+    return rendered, None
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (its parse pool's children), from /proc."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        for children in Path(f"/proc/{p}/task").glob("*/children"):
+            with suppress(OSError):
+                for c in children.read_text().split():
+                    out.append(int(c))
+                    todo.append(int(c))
+    return out
+
+
 # -------------------------------------------------------------------------------- database
 
 
@@ -507,12 +654,26 @@ class WorkerSlot:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def kill(self) -> None:
+    def kill(self) -> int:
+        """SIGKILL; returns how many of its parse processes outlived it (then ended here)."""
+        below: list[int] = []
         if self.proc is not None and self.proc.poll() is None:
+            below = descendants(self.proc.pid)
             self.proc.send_signal(signal.SIGKILL)
         else:
             self._exited()
         self._reap(10)
+        # An idle parse child sees its pipe close and exits; one busy in a parse (the hanging
+        # file's) does not notice its parent is gone: count it, and end it by its pid.
+        orphans = 0
+        if below:
+            time.sleep(1.0)
+            for pid in below:
+                with suppress(OSError):
+                    if b"multiprocessing" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        os.kill(pid, signal.SIGKILL)
+                        orphans += 1
+        return orphans
 
     def revive(self) -> bool:
         """Restarts the worker if it exited on its own (recorded); True when it had."""
@@ -665,6 +826,15 @@ class State:
     art_deleted: set[tuple[str, int]] = field(default_factory=set)
     art_deleted_ids: set[int] = field(default_factory=set)
     attached_at: float | None = None
+    # The files table (the document source): ids written, ids deleted, the doc_ids those had.
+    file_inserted: list[int] = field(default_factory=list)
+    file_inserted_set: set[int] = field(default_factory=set)
+    file_deleted: set[int] = field(default_factory=set)
+    file_deleted_ids: set[int] = field(default_factory=set)
+    files_attached_at: float | None = None
+    spoiled_after_embedding: int = 0
+    # Parse processes a SIGKILLed worker left behind (busy in a parse), ended by the killer.
+    parse_orphans: int = 0
     # Capture probes: (kind, key, messages queued by the statement, live models then).
     probes: list[tuple[str, tuple[str, int], int, int]] = field(default_factory=list)
     migration: str = ""
@@ -695,7 +865,14 @@ class Chaos:
         self.dsn = with_dbname(self.base_url, self.dbname)
         # --managed: everything runs as this owner (not a superuser), as on a managed service
         self.owner = f"pgingest_chaos_owner_{os.getpid()}" if args.managed else None
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        # The document source's hanging file needs the parse pool's test hook, killed after
+        # PARSE_TIMEOUT_S; the checks parse the same bytes with the same options.
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT / "src"),
+            "PGINGEST_RAW_TEST_HOOKS": "1",
+            "PGINGEST_RAW_PARSE_TIMEOUT": str(PARSE_TIMEOUT_S),
+        }
         self.logdir = Path(tempfile.mkdtemp(prefix="pgingest-chaos-"))
         self.slots: list[WorkerSlot] = []
         self.fake: subprocess.Popen[str] | None = None
@@ -704,6 +881,12 @@ class Chaos:
         self.checks: list[tuple[str, str, str]] = []  # (PASS|FAIL|SKIP, name, detail)
         self.bad: dict[str, tuple[str, str]] = {}
         self.planted: dict[tuple[str, int], str] = {}
+        self.planted_files: dict[int, str] = {}
+        self.files: dict[int, tuple[int, str | None, bytes | None, str | None, bytes]] = {}
+        self.fixtures: dict[str, bytes] = {}
+        # doc_id -> heading offsets of a parsed file's text (chunk_structured), for the checks
+        self.raw_starts: dict[int, tuple[int, ...]] = {}
+        self.file_outcomes: dict[int, tuple[int, str, str | None]] = {}  # id -> doc, kind, class
         self.restart_note = ""
         self.reader_role = f"pgingest_chaos_reader_{os.getpid()}"
         self.reader_dsn: str | None = None  # None: embed_query is absent (reader_skip says why)
@@ -746,6 +929,10 @@ class Chaos:
             c.execute(
                 "CREATE TABLE public.chaos_articles (tenant_id uuid, id bigint, title text, body text,"
                 " tags text[], PRIMARY KEY (tenant_id, id))"
+            )
+            c.execute(
+                "CREATE TABLE public.chaos_files (id bigint PRIMARY KEY, name text, data bytea,"
+                " mime text)"
             )
             self.setup_reader(c)
             if self.args.trace:
@@ -1015,10 +1202,11 @@ class Chaos:
             with self.killer_pause:  # never during the PostgreSQL restart and its check
                 slot = rng.choice(self.slots)
                 pid = slot.pid
-                slot.kill()
+                orphans = slot.kill()
                 slot.start()
                 with self.state.lock:
                     self.state.kills += 1
+                    self.state.parse_orphans += orphans
                     k = self.state.kills
             say(f"SIGKILL worker {slot.index} (pid {pid}), kill #{k}; restarted as pid {slot.pid}")
 
@@ -1289,6 +1477,148 @@ class Chaos:
             client.run(lambda c: insert_articles(c, [a], "multi"))
             with self.state.lock:
                 self.state.art_deleted.discard(key)
+
+    def file_actor(self, rest: list[FileRow]) -> None:
+        """The document source: attaches public.chaos_files mid-run (a bytea column, a MIME
+        column, the name as title), then inserts the rest of its rows, updates (other bytes,
+        bursts, the same bytes written again), deletes and re-creates rows over the writing
+        phase, and at the end overwrites a planted good PDF with an encrypted one once it is
+        embedded."""
+        rng = random.Random(self.args.seed + 31)
+        client = Client(self.dsn, "file-actor", self.t_deadline)
+        n = self.plan.files
+        budget = Counter(
+            update=max(4, n // 6),
+            burst=max(2, n // 40),
+            touch=max(2, n // 40),
+            delete=max(3, n // 15),
+            delete_many=1,
+            recreate=max(2, n // 40),
+        )
+        ops: list[tuple[str, list[FileRow]]] = [
+            ("insert", rest[i : i + 3]) for i in range(0, len(rest), 3)
+        ]
+        ops += [(op, []) for op in budget.elements()]
+        rng.shuffle(ops)
+        interval = self.plan.write_seconds * 0.6 / (len(ops) + 1)
+        try:
+            if self.stop.wait(self.plan.write_seconds * 0.25):
+                return
+
+            def attach(c: psycopg.Connection[Any]) -> int:
+                if c.execute(
+                    "SELECT 1 FROM pgingest.sources WHERE name = %s", (FILES_SOURCE,)
+                ).fetchone():
+                    return -1  # a retry of an attach whose commit was acknowledged too late
+                row = c.execute(
+                    "SELECT pgingest.add_source(%s, %s::regclass, content => 'data',"
+                    " mime => 'mime', title => 'name')",
+                    (FILES_SOURCE, FILES),
+                ).fetchone()
+                assert row is not None
+                return int(row[0])
+
+            client.run(attach)
+            with self.state.lock:
+                self.state.files_attached_at = time.monotonic() - _T0
+                held = len(self.state.file_inserted_set)
+            say(
+                f"attached {FILES} as document source {FILES_SOURCE!r} ({held} rows written so far)"
+            )
+            for op, batch in ops:
+                if self.stop.wait(interval * rng.uniform(0.5, 1.5)):
+                    return
+                if op == "insert":
+                    style = rng.choice(("multi", "rows"))
+                    client.run(lambda c, b=batch, st=style: insert_files(c, b, st))  # type: ignore[misc]
+                    with self.state.lock:
+                        for f in batch:
+                            self.state.file_inserted.append(f.id)
+                            self.state.file_inserted_set.add(f.id)
+                else:
+                    with self.state.lock:
+                        live = [
+                            i
+                            for i in self.state.file_inserted
+                            if i not in self.planted_files and i not in self.state.file_deleted
+                        ]
+                        deleted = sorted(self.state.file_deleted)
+                    if len(live) < 5:
+                        continue
+                    self.mutate_file(client, rng, op, live, deleted)
+                with self.state.lock:
+                    self.state.ops[f"files_{op}"] += 1
+            # The planted "spoiled" PDF gets the encrypted PDF's bytes once its first version is
+            # embedded: the dead-lettered new version must leave nothing of the old one.
+            for fid in sorted(k for k, kind in self.planted_files.items() if kind == "spoiled"):
+                until = time.monotonic() + self.plan.write_seconds + self.plan.settle_seconds / 2
+                while not client.run(lambda c, i=fid: embedded_file(c, i)):  # type: ignore[misc]
+                    if time.monotonic() > until or self.stop.wait(0.5):
+                        break
+                else:
+                    with self.state.lock:
+                        self.state.spoiled_after_embedding += 1
+                data = self.fixtures["encrypted.pdf"]
+                client.run(
+                    lambda c, i=fid, d=data: c.execute(  # type: ignore[misc]
+                        "UPDATE public.chaos_files SET data = %s WHERE id = %s", (d, i)
+                    )
+                )
+                with self.state.lock:
+                    self.state.ops["files_spoil"] += 1
+        except Exception as exc:
+            with self.state.lock:
+                self.state.errors.append(f"file actor: {type(exc).__name__}: {exc}")
+        finally:
+            with self.state.lock:
+                self.state.writer_retries += client.retries
+            client.close()
+
+    def mutate_file(
+        self, client: Client, rng: random.Random, op: str, live: list[int], deleted: list[int]
+    ) -> None:
+        def new_version(fid: int) -> tuple[str, bytes]:
+            name = rng.choice(GOOD_FILES)
+            return f"{fid:04d}-{name}", fixture_variant(self.fixtures, name, rng.randrange(10**6))
+
+        update = "UPDATE public.chaos_files SET name = %s, data = %s, mime = NULL WHERE id = %s"
+        if op == "update":
+            fid = rng.choice(live)
+            name, data = new_version(fid)
+            client.run(lambda c: c.execute(update, (name, data, fid)))
+        elif op == "burst":  # quick successive versions: only the last one may stay embedded
+            fid = rng.choice(live)
+            for _ in range(rng.randint(3, 6)):
+                name, data = new_version(fid)
+                client.run(lambda c, nm=name, d=data: c.execute(update, (nm, d, fid)))  # type: ignore[misc]
+        elif op == "touch":  # the same bytes written again: the same version, nothing queued
+            fid = rng.choice(live)
+            client.run(
+                lambda c: c.execute(
+                    "UPDATE public.chaos_files SET data = data WHERE id = %s", (fid,)
+                )
+            )
+        elif op in ("delete", "delete_many"):
+            ids = [rng.choice(live)] if op == "delete" else rng.sample(live, min(len(live), 4))
+            with self.state.lock:  # before the statement: a lost ack still counts as deleted
+                self.state.file_deleted.update(ids)
+            rows = client.run(
+                lambda c: c.execute(
+                    "WITH w AS (DELETE FROM public.chaos_files WHERE id = ANY (%s) RETURNING id)"
+                    " SELECT r.doc_id FROM w JOIN pgingest.sources AS s ON s.name = %s"
+                    " JOIN pgingest.source_rows AS r ON r.source_id = s.id"
+                    " AND r.row_key = jsonb_build_object('id', w.id)",
+                    (ids, FILES_SOURCE),
+                ).fetchall()
+            )
+            with self.state.lock:
+                self.state.file_deleted_ids.update(int(r[0]) for r in rows)
+        elif op == "recreate" and deleted:  # a deleted id comes back as a new row (new doc_id)
+            fid = rng.choice(deleted)
+            name, data = new_version(fid)
+            client.run(lambda c: insert_files(c, [FileRow(fid, name, data, None)], "rows"))
+            with self.state.lock:
+                self.state.file_deleted.discard(fid)
 
     def migrator(self) -> None:
         """Registers model v2 mid-run (shadow): the workers backfill it from every source."""
@@ -1604,6 +1934,18 @@ class Chaos:
             f"{ARTICLES}: {len(preload)} rows before the attach, {len(articles)} more during the"
             f" run ({len(self.planted)} planted bad ones)"
         )
+        self.fixtures = load_fixtures(self.logdir / "fixtures")
+        file_preload, files, self.planted_files = make_files(plan, self.rng, self.fixtures)
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            insert_files(c, file_preload, "multi")
+        with self.state.lock:
+            self.state.file_inserted += [f.id for f in file_preload]
+            self.state.file_inserted_set.update(f.id for f in file_preload)
+        say(
+            f"{FILES}: {len(file_preload)} files before the attach, {len(files)} more during the"
+            f" run ({len(self.planted_files)} planted poisoned ones:"
+            f" {', '.join(self.planted_files.values())})"
+        )
         for i in range(plan.workers):
             slot = WorkerSlot(i, self.worker_cmd(), self.env, self.logdir)
             slot.start()
@@ -1619,6 +1961,7 @@ class Chaos:
             threading.Thread(target=self.article_writer, args=(articles,), name="article-writer")
         )
         threads.append(threading.Thread(target=self.article_mutator, name="article-mutator"))
+        threads.append(threading.Thread(target=self.file_actor, args=(files,), name="file-actor"))
         threads.append(threading.Thread(target=self.migrator, name="migrator"))
         killer = threading.Thread(target=self.killer, name="killer")
         # Not among the writing threads (the chaos phase does not wait for them): the reader
@@ -1756,6 +2099,7 @@ class Chaos:
             self.check_chunks(conn, live)
             self.check_deleted(conn)
             self.check_dead_letters(conn, live)
+            self.check_files(conn)
             queues = live_queues(conn)
             left = {q: count_rows(conn, queue_table(q)) for _, q in queues}
             self.record(
@@ -2032,8 +2376,8 @@ class Chaos:
             )
         others = conn.execute(
             "SELECT count(*) FROM pgingest.source_rows AS r JOIN pgingest.sources AS s"
-            " ON s.id = r.source_id WHERE s.name <> %s",
-            (SOURCE,),
+            " ON s.id = r.source_id WHERE s.name NOT IN (%s, %s)",
+            (SOURCE, FILES_SOURCE),
         ).fetchone()
         assert others is not None
         problems = []
@@ -2070,16 +2414,73 @@ class Chaos:
             )
         if others[0]:
             problems.append(f"{others[0]} rows registered for another source")
+        self.files, file_detail = self.file_rows(conn, problems)
         self.record(
             not problems,
             "source rows",
             f"{len(table):,} rows in {ARTICLES} = written {len(self.state.art_inserted_set):,} -"
             f" deleted or moved {len(self.state.art_deleted)}; each registered once with its"
             f" current content hash (backfill: {src[1] if src else '-'} rows, attached at"
-            f" {self.state.attached_at or 0:.0f}s)"
+            f" {self.state.attached_at or 0:.0f}s); {file_detail}"
             + ("; " + "; ".join(problems) if problems else ""),
         )
         return rows
+
+    def file_rows(
+        self, conn: psycopg.Connection[Any], problems: list[str]
+    ) -> tuple[dict[int, tuple[int, str | None, bytes | None, str | None, bytes]], str]:
+        """The document source's part of "source rows": the files table holds what the file
+        actor wrote, each row registered once with the version hash of its current bytes and
+        MIME column. Returns id -> (doc_id, name, data, mime, content_hash), and a summary."""
+        table = {
+            int(r[0]): (r[1], None if r[2] is None else bytes(r[2]), r[3])
+            for r in conn.execute("SELECT id, name, data, mime FROM public.chaos_files")
+        }
+        expected = self.state.file_inserted_set - self.state.file_deleted
+        src = conn.execute(
+            "SELECT backfill_completed_at IS NOT NULL, backfill_rows FROM pgingest.sources"
+            " WHERE name = %s",
+            (FILES_SOURCE,),
+        ).fetchone()
+        registered: dict[int, list[tuple[int, bytes, str | None]]] = {}
+        for doc_id, key, h, title in conn.execute(
+            "SELECT r.doc_id, r.row_key, r.content_hash, r.title FROM pgingest.source_rows AS r"
+            " JOIN pgingest.sources AS s ON s.id = r.source_id AND s.name = %s",
+            (FILES_SOURCE,),
+        ):
+            registered.setdefault(int(key["id"]), []).append((int(doc_id), bytes(h), title))
+        if src is None or not src[0]:
+            problems.append(f"{FILES} source backfill not done ({src})")
+        if missing := sorted(expected - table.keys()):
+            problems.append(f"{len(missing)} files missing from the table: {missing[:3]}")
+        if extra := sorted(table.keys() - expected):
+            problems.append(f"{len(extra)} unexpected files in the table: {extra[:3]}")
+        if unregistered := sorted(table.keys() - registered.keys()):
+            problems.append(f"{len(unregistered)} files not registered: {unregistered[:3]}")
+        if ghosts := sorted(registered.keys() - table.keys()):
+            problems.append(f"{len(ghosts)} registered files the table does not hold: {ghosts[:3]}")
+        if twice := sorted(k for k, v in registered.items() if len(v) > 1):
+            problems.append(f"{len(twice)} files registered twice: {twice[:3]}")
+        stale = []
+        rows: dict[int, tuple[int, str | None, bytes | None, str | None, bytes]] = {}
+        for fid, (name, data, mime) in table.items():
+            if fid not in registered:
+                continue
+            doc_id, h, reg_title = registered[fid][0]
+            rows[fid] = (doc_id, name, data, mime, h)
+            if h != content_hash(name, file_version_text(data, mime)) or reg_title != name:
+                stale.append(f"file {fid} doc {doc_id}")
+        if stale:
+            problems.append(
+                f"{len(stale)} files registered with a version hash or title that is not the"
+                f" row's current one: {stale[:3]}"
+            )
+        return rows, (
+            f"{len(table):,} rows in {FILES} = written {len(self.state.file_inserted_set):,} -"
+            f" deleted {len(self.state.file_deleted)}, each registered once with the hash of its"
+            f" current bytes (backfill: {src[1] if src else '-'} rows, attached at"
+            f" {self.state.files_attached_at or 0:.0f}s)"
+        )
 
     def check_captures(self) -> None:
         probes = self.state.probes
@@ -2113,6 +2514,22 @@ class Chaos:
             if key in self.planted:
                 label += f" ({self.planted[key]})"
             live.append((doc_id, label, title, text or "", h, expected_failure(text)))
+        # The files: their bytes parsed here as the worker parses them; a good one's text and
+        # heading offsets are what it must have chunked, a failing one's class its dead letter's.
+        options = raw_worker.parse_options_from_env(self.env)
+        t = time.monotonic()
+        for fid, (doc_id, name, data, mime, h) in sorted(self.files.items()):
+            rendered, error_class = predict_file(data, mime, options)
+            kind = self.planted_files.get(fid)
+            self.file_outcomes[fid] = (doc_id, kind or "good", error_class)
+            label = f"file {fid} {name}" + (f" ({kind})" if kind else "")
+            if rendered is None:
+                assert error_class is not None
+                live.append((doc_id, label, name, "", h, (error_class, "")))
+            else:
+                self.raw_starts[doc_id] = rendered.heading_starts
+                live.append((doc_id, label, name, rendered.text, h, None))
+        say(f"parsed the {len(self.files)} files of {FILES} in {time.monotonic() - t:.1f}s")
         return live
 
     def check_chunks(
@@ -2125,7 +2542,19 @@ class Chaos:
         good = [d for d in live if d[5] is None]
         bad = [d for d in live if d[5] is not None]
         t = time.monotonic()
-        predicted = chunking.chunk_documents([(d[2], d[3]) for d in good], cfg)
+        # Texts as chunk_documents cuts them; a parsed file's with its heading offsets
+        # (chunk_structured, as worker/raw.py does).
+        plain = iter(
+            chunking.chunk_documents(
+                [(d[2], d[3]) for d in good if d[0] not in self.raw_starts], cfg
+            )
+        )
+        predicted = [
+            chunking.chunk_structured(d[2], d[3], cfg, self.raw_starts[d[0]])
+            if d[0] in self.raw_starts
+            else next(plain)
+            for d in good
+        ]
         say(f"predicted the chunks of {len(good):,} documents in {time.monotonic() - t:.1f}s")
         wrong: list[str] = []
         bad_vectors: list[str] = []
@@ -2199,10 +2628,12 @@ class Chaos:
                 if got.get(doc_id):
                     leftovers.add(f"{key}: {got[doc_id][0][2][:40]!r}")
         n_art = sum(1 for d in good if d[1].startswith("article "))
+        n_files = sum(1 for d in good if d[0] in self.raw_starts)
         self.record(
             not wrong,
             "chunks as predicted",
-            f"{len(good):,} live good documents ({n_art:,} of them rows of {ARTICLES}),"
+            f"{len(good):,} live good documents ({n_art:,} of them rows of {ARTICLES}, {n_files}"
+            f" parsed files of {FILES}),"
             f" {n_chunks:,} chunks, each exactly as chunk_documents predicts for the latest"
             f" version, embedding_state current, for {' and '.join(MODELS)}; the"
             f" {len(bad)} dead-lettered ones hold no vector or state"
@@ -2215,7 +2646,8 @@ class Chaos:
             not leftovers,
             "no chunk of an older version",
             f"{len(bad)} dead-lettered documents ({self.state.emptied_after_embedding} of them"
-            " rows emptied after their first version was embedded) hold no chunk"
+            f" rows emptied, {self.state.spoiled_after_embedding} a file spoiled, after their"
+            " first version was embedded) hold no chunk"
             + (
                 f"; {len(leftovers)} still hold their older version's: {sorted(leftovers)[:4]}"
                 if leftovers
@@ -2252,6 +2684,7 @@ class Chaos:
     def check_deleted(self, conn: psycopg.Connection[Any]) -> None:
         ids = sorted(self.state.deleted_ids)
         art_ids = sorted(self.state.art_deleted_ids)
+        file_ids = sorted(self.state.file_deleted_ids)
 
         def gone(table: str, alias: str) -> sql.Composable:
             return sql.SQL(
@@ -2271,14 +2704,14 @@ class Chaos:
                 " (SELECT count(*) FROM pgingest.documents WHERE id = ANY (%s)),"
                 " (SELECT count(*) FROM pgingest.source_rows WHERE doc_id = ANY (%s))"
             ).format(vectors=vectors, state=gone("embedding_state", "s")),
-            (ids, art_ids),
+            (ids, art_ids + file_ids),
         ).fetchone()
         assert row is not None
         self.record(
-            all(v == 0 for v in row) and len(ids) > 0 and len(art_ids) > 0,
+            all(v == 0 for v in row) and len(ids) > 0 and len(art_ids) > 0 and len(file_ids) > 0,
             "deleted documents leave nothing",
-            f"{len(ids)} deleted documents and {len(art_ids)} deleted (or moved) rows of"
-            f" {ARTICLES}: {row[0]} orphan chunks and vectors ({', '.join(MODELS)}), {row[1]}"
+            f"{len(ids)} deleted documents, {len(art_ids)} deleted (or moved) rows of"
+            f" {ARTICLES} and {len(file_ids)} deleted files of {FILES}: {row[0]} orphan chunks and vectors ({', '.join(MODELS)}), {row[1]}"
             f" orphan states, {row[2]} orphan dead letters, {row[3]} deleted ids still present,"
             f" {row[4]} deleted rows still registered",
         )
@@ -2342,6 +2775,66 @@ class Chaos:
                 sample.setdefault(r[3], r[4])
             for error_class, message in sorted(sample.items()):
                 print(f"      e.g. {error_class}: {message[:110]}", flush=True)
+
+    def check_files(self, conn: psycopg.Connection[Any]) -> None:
+        """The document source in one line: each planted poisoned file is dead-lettered, for
+        every model, with the class it was planted for (and the parse here agrees); every other
+        file is embedded for every model with its current version."""
+        letters = {
+            (r[0], int(r[1])): r[2]
+            for r in conn.execute(
+                "SELECT l.model, l.doc_id, l.error_class FROM pgingest.dead_letters AS l"
+                " JOIN pgingest.source_documents AS d ON d.doc_id = l.doc_id"
+                " AND d.content_hash = l.content_hash"
+            )
+        }
+        states = {
+            (r[0], int(r[1]))
+            for r in conn.execute(
+                "SELECT e.model, e.doc_id FROM pgingest.embedding_state AS e"
+                " JOIN pgingest.source_documents AS d ON d.doc_id = e.doc_id"
+                " AND d.content_hash = e.content_hash"
+            )
+        }
+        problems = []
+        planted_seen = []
+        for fid, kind in sorted(self.planted_files.items(), key=lambda kv: kv[1]):
+            want = FILE_POISONS[kind][2]
+            if fid not in self.file_outcomes:
+                problems.append(f"planted {kind} (file {fid}) is not in the table")
+                continue
+            doc_id, _, predicted = self.file_outcomes[fid]
+            got = {
+                m: letters.get((m, doc_id), "embedded" if (m, doc_id) in states else "nowhere")
+                for m in MODELS
+            }
+            planted_seen.append(f"{kind} {'/'.join(sorted(set(got.values())))}")
+            if predicted != want:
+                problems.append(f"planted {kind}: parsed here as {predicted}, planted as {want}")
+            if any(v != want for v in got.values()):
+                problems.append(f"planted {kind}: {got}, want {want}")
+        good = [(fid, o) for fid, o in self.file_outcomes.items() if o[1] == "good"]
+        embedded = Counter[str]()
+        for fid, (doc_id, _, predicted) in good:
+            for m in MODELS:
+                if (m, doc_id) in states and predicted is None:
+                    embedded[m] += 1
+                else:
+                    where = letters.get((m, doc_id), "nowhere")
+                    problems.append(f"good file {fid} ({predicted or 'parsed'}): {m} {where}")
+        types = Counter(
+            self.files[fid][1].split("-", 1)[1] for fid, _ in good if self.files[fid][1]
+        )
+        self.record(
+            not problems and len(planted_seen) == len(FILE_POISONS),
+            "document source",
+            f"planted {len(FILE_POISONS)} poisoned files, each dead-lettered with its class for"
+            f" {' and '.join(MODELS)}: {', '.join(planted_seen)}; {len(good)} good files"
+            f" ({', '.join(f'{t} {n}' for t, n in sorted(types.items()))}) embedded for "
+            + ", ".join(f"{m} {embedded[m]}" for m in MODELS)
+            + f"; {self.state.parse_orphans} parse processes outlived a SIGKILLed worker"
+            + (f"; {len(problems)} wrong: {problems[:6]}" if problems else ""),
+        )
 
     def print_log_tails(self) -> None:
         for path in sorted(self.logdir.glob("*.log")):
@@ -2453,6 +2946,42 @@ def insert_articles(conn: psycopg.Connection[Any], rows: list[Article], style: s
         )
 
 
+def insert_files(conn: psycopg.Connection[Any], rows: list[FileRow], style: str) -> None:
+    """Idempotent inserts into the files table: one statement over arrays, or a statement per
+    row in one transaction."""
+    if style == "rows":
+        with conn.transaction(), conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO public.chaos_files (id, name, data, mime) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT DO NOTHING",
+                [(f.id, f.name, f.data, f.mime) for f in rows],
+            )
+    else:
+        conn.execute(
+            "INSERT INTO public.chaos_files (id, name, data, mime)"
+            " SELECT * FROM unnest(%s::bigint[], %s::text[], %s::bytea[], %s::text[])"
+            " ON CONFLICT DO NOTHING",
+            (
+                [f.id for f in rows],
+                [f.name for f in rows],
+                [f.data for f in rows],
+                [f.mime for f in rows],
+            ),
+        )
+
+
+def embedded_file(conn: psycopg.Connection[Any], fid: int) -> bool:
+    """Has this row of the files table a version embedded for model v1?"""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pgingest.source_rows AS r"
+        " JOIN pgingest.sources AS s ON s.id = r.source_id AND s.name = %s"
+        " JOIN pgingest.embedding_state AS e ON e.doc_id = r.doc_id AND e.model = %s"
+        " WHERE r.row_key = jsonb_build_object('id', %s::bigint))",
+        (FILES_SOURCE, MODEL, fid),
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def embedded_row(conn: psycopg.Connection[Any], key: tuple[str, int]) -> bool:
     """Has this row of the articles table a version embedded for model v1?"""
     row = conn.execute(
@@ -2560,6 +3089,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help="rows of the attached table public.chaos_articles (default: documents / 5, at least 100)",
+    )
+    p.add_argument(
+        "--files",
+        type=int,
+        default=None,
+        help="good rows of the document source public.chaos_files (default: documents / 40,"
+        " at least 42)",
     )
     p.add_argument("--writers", type=int, default=4)
     p.add_argument("--workers", type=int, default=2)

@@ -2,7 +2,10 @@
 concurrent writers, updated and deleted while 2 workers drain through 429s, 503s and timeouts,
 workers SIGKILLed at least 5 times, 50 planted bad documents; a second source (an application
 table with a composite key, attached mid-run, with planted bad rows) and a second model
-registered mid-run and swapped to at the end; hostile provider answers (error bodies with NUL
+registered mid-run and swapped to at the end; a third source of raw documents (a bytea column
+of PDFs, DOCX, HTML, Markdown and text, attached mid-run, with poisoned files: a scan, an
+encrypted, a truncated, a 0-byte, an undetectable and a hanging one) whose poisoned files must
+end dead-lettered with their class and the rest embedded as the parser and chunker predict; hostile provider answers (error bodies with NUL
 and lone surrogates, binary 403 pages, answers over the client's size cap), windows of answers
 slower than the visibility timeout, and a reader role that keeps trying to point
 ``pgingest.embed_query`` at a listener of its own; then every check must pass, for both sources
@@ -59,6 +62,7 @@ def test_small_chaos_run_loses_nothing() -> None:
         "deleted documents leave nothing",
         "dead letters",
         "queue empty",
+        "document source",
         "hostile answers",
         "slow answers",
     ):
