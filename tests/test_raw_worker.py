@@ -532,3 +532,51 @@ def test_a_batch_larger_than_the_in_flight_cap_is_parsed_in_one_delivery(
         assert stage.parsed == 10
     finally:
         stage.close()
+
+
+def test_parsed_documents_are_chunked_on_their_fetch_thread(
+    model: psycopg.Connection[Any], dsn: str, raw_env: str, fixture_files: tuple[Path, Any]
+) -> None:
+    """With the model's chunker, a document is chunked as soon as it is parsed, on its fetch
+    thread, while the others still parse; the batch takes those chunks (the same as chunking it
+    afterwards) and chunks again only for another chunker."""
+    import dataclasses
+
+    from pgingest import chunking, db
+    from pgingest.worker import batch as core
+    from pgingest.worker.raw import RawStage
+
+    folder, _ = fixture_files
+    conn = model
+    conn.execute("CREATE TABLE public.blobs (name text PRIMARY KEY, data bytea)")
+    conn.execute(
+        "SELECT pgingest.add_source('blobs', 'public.blobs', content => 'data', title => 'name')"
+    )
+    conn.execute(
+        "INSERT INTO public.blobs VALUES ('multipage.pdf', %s)",
+        ((folder / "multipage.pdf").read_bytes(),),
+    )
+    msgs = db.read_batch(conn, "v1", 30, 10)
+    config = chunking.ChunkerConfig(tokenizer="heuristic", max_tokens=64, overlap_tokens=0)
+    stage = RawStage(settings(dsn, parse_processes=1))
+    try:
+        out, raw = stage.prepare(conn, msgs, config)
+    finally:
+        stage.close()
+    assert raw is not None
+    [doc_id] = raw.rendered
+    rendered = raw.rendered[doc_id]
+    pre_config, title, pre_chunks = raw.chunked[doc_id]
+    assert (pre_config, title) == (config, "multipage.pdf")
+    expected = chunking.chunk_structured(title, rendered.text, config, rendered.heading_starts)
+    assert pre_chunks == expected and len(expected) > 1
+
+    batch = core.triage(out, 5)
+    stage.chunk(batch, raw, config)
+    assert batch.jobs[doc_id].chunks is pre_chunks  # taken, not chunked again
+    other = dataclasses.replace(config, max_tokens=128)
+    batch = core.triage(out, 5)
+    stage.chunk(batch, raw, other)
+    again = batch.jobs[doc_id].chunks
+    assert again is not pre_chunks
+    assert again == chunking.chunk_structured(title, rendered.text, other, rendered.heading_starts)

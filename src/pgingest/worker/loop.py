@@ -548,7 +548,8 @@ class Worker:
         batch's; then the embedding cache's). ``known``'s rejected inputs fail their documents
         first. The online path sends the rest; a provider batch (worker/bulk.py) is built from
         it."""
-        msgs, raw = self.raw.prepare(conn, msgs)  # raw documents fetched and parsed (worker/raw.py)
+        # raw documents fetched, parsed and chunked on the fetch threads (worker/raw.py)
+        msgs, raw = self.raw.prepare(conn, msgs, self.chunker(m))
         t0 = time.perf_counter()
         batch = core.triage(msgs, self.max_attempts)
         chunker = self.chunker(m)

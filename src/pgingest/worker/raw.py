@@ -37,6 +37,7 @@ What becomes of each document:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -189,6 +190,8 @@ class Outcome:
     mime: str | None = None  # parsed with this type
     parse_seconds: float = 0.0
     pages: int | None = None
+    # chunked on the fetch thread, while other documents parse: (config, title, chunks)
+    chunked: tuple[chunking.ChunkerConfig, str | None, list[chunking.Chunk]] | None = None
 
 
 @dataclass
@@ -197,6 +200,9 @@ class RawBatch:
 
     rendered: dict[int, Rendered] = field(default_factory=dict)
     failures: dict[int, core.Failure] = field(default_factory=dict)
+    chunked: dict[int, tuple[chunking.ChunkerConfig, str | None, list[chunking.Chunk]]] = field(
+        default_factory=dict
+    )
 
 
 class RawStage:
@@ -267,11 +273,16 @@ class RawStage:
     # -- one batch -----------------------------------------------------------------------------
 
     def prepare(
-        self, conn: psycopg.Connection[Any], msgs: list[db.Message]
+        self,
+        conn: psycopg.Connection[Any],
+        msgs: list[db.Message],
+        chunker: chunking.ChunkerConfig | None = None,
     ) -> tuple[list[db.Message], RawBatch | None]:
         """The messages with the parsed text of their raw documents in place (an unchanged
         re-check's message marked stale: acknowledged), and the failures to apply after triage.
-        Messages of other documents are returned as they were; no query when none may be raw."""
+        Messages of other documents are returned as they were; no query when none may be raw.
+        With ``chunker``, each document is also chunked on its fetch thread as soon as it is
+        parsed, while the others still parse (:meth:`chunk` takes those chunks)."""
         ids = [
             m.doc_id
             for m in msgs
@@ -292,6 +303,7 @@ class RawStage:
         futures: dict[int, Future[Outcome]] = {}
         self._prune()
         probes: dict[int, str] = {}  # doc_id -> its paused source, fetched as a probe
+        titles = {m.doc_id: m.title for m in msgs if m.doc_id in rows}
         # The whole batch goes in (its bytes are read already; releasing the documents over a
         # fixed cap cost a 2 s round trip each time: a 256-message batch of small files took 5
         # deliveries). The cap bounds only what earlier batches left in work: a document is
@@ -320,7 +332,11 @@ class RawStage:
                 if len(self._inflight) >= limit:
                     out.failures[doc_id] = self._later("the fetch and parse pools are full")
                     continue
-                held = (time.monotonic(), self._executor().submit(self._one, row, policy))
+                title = titles.get(doc_id)
+                held = (
+                    time.monotonic(),
+                    self._executor().submit(self._one, row, policy, title, chunker),
+                )
                 self._inflight[key] = held
             futures[doc_id] = held[1]
         # The batch waits for its documents at most raw_wait_seconds: the others are released
@@ -354,6 +370,8 @@ class RawStage:
             else:
                 assert o.rendered is not None
                 out.rendered[doc_id] = o.rendered
+                if o.chunked is not None:
+                    out.chunked[doc_id] = o.chunked
                 records.append(
                     queries.Record(
                         doc_id,
@@ -433,6 +451,10 @@ class RawStage:
                     )
                 )
                 continue
+            pre = raw.chunked.get(doc_id)
+            if pre is not None and pre[0] == config and pre[1] == title:
+                job.chunks = pre[2]  # chunked on the fetch thread
+                continue
             try:
                 job.chunks = chunking.chunk_structured(title, body, config, rendered.heading_starts)
             except ValueError as exc:
@@ -464,12 +486,25 @@ class RawStage:
             return core.Failure("dead", exc.error_class, str(exc))
         return core.Failure("transient", exc.error_class, str(exc))
 
-    def _one(self, row: queries.RawRow, policy: fetch.FetchPolicy) -> Outcome:
-        """Fetch (or read), check for a change, detect and parse one document (a fetch thread)."""
+    def _one(
+        self,
+        row: queries.RawRow,
+        policy: fetch.FetchPolicy,
+        title: str | None = None,
+        chunker: chunking.ChunkerConfig | None = None,
+    ) -> Outcome:
+        """Fetch (or read), check for a change, detect and parse one document (a fetch thread);
+        with ``chunker``, chunk it there too (a failure to chunk is left to :meth:`chunk`)."""
         t0 = time.perf_counter()
         o = Outcome(row)
         try:
             self._fetch_and_parse(o, policy)
+            r = o.rendered
+            fits = r is not None and len(r.text.encode("utf-8")) <= core.MAX_TEXT_BYTES
+            if chunker is not None and r is not None and fits:
+                with contextlib.suppress(ValueError):
+                    chunks = chunking.chunk_structured(title, r.text, chunker, r.heading_starts)
+                    o.chunked = (chunker, title, chunks)
         except RawDocumentError as exc:
             o.error = exc
         except Exception as exc:  # a parser's or library's bug costs this document only
