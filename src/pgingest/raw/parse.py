@@ -533,6 +533,24 @@ class ParsePool:
             s.process.pid for s in self._slots if s.process is not None and s.process.is_alive()
         ]
 
+    def start(self) -> None:
+        """Starts every child that is not running, in parallel, and returns once each has
+        imported its parsers (otherwise children start at their first document): a worker that
+        expects documents, or a measurement of the pool in its steady state."""
+        if self._closed:
+            raise RuntimeError("the parse pool is closed")
+        slots = [self._idle.get() for _ in self._slots]
+        try:
+            todo = [s for s in slots if s.process is None or not s.process.is_alive()]
+            for slot in todo:
+                if slot.process is not None:
+                    self._stop(slot, kill=True)
+            for f in [self._executor.submit(self._start, slot) for slot in todo]:
+                f.result()
+        finally:
+            for slot in slots:
+                self._idle.put(slot)
+
     def _start(self, slot: _Slot) -> None:
         parent, child = self._ctx.Pipe()
         process = self._ctx.Process(
