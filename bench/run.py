@@ -33,6 +33,10 @@ migration  a second model (same chunking profile) backfilled by ``pgingest worke
            during the backfill (updated rows, new dead tuples: pg_stat_user_tables); the
            bookkeeping bytes per stored chunk (embedding state, chunk rows, queues, cache) next
            to the vector bytes per chunk (a store with its indexes).
+parse      raw documents (bench/parse.py): documents/s through the worker (bytea source, fake
+           embedder, 2 parse processes) over the parsers alone (a warm ParsePool(2)) on the same
+           files: parse_efficiency; the worker's peak RSS, parse children included, while a
+           200-page PDF is parsed: parse_peak_rss_mib.
 
 Prints a table and writes bench-results.json at the checkout's root.
 """
@@ -58,6 +62,7 @@ import psycopg
 from psycopg import sql
 
 from bench import common, provider, queries
+from bench import parse as parse_bench
 from bench.common import (
     WORKER_APPLICATIONS,
     BackendCpu,
@@ -144,6 +149,7 @@ TARGETS = {
     "slow_provider_efficiency": (">=", 0.85),
     "quota_utilisation": (">=", 0.9),
     "rejected_request_share": ("<=", 0.02),
+    "parse_efficiency": (">=", 0.8),
 }
 
 
@@ -1467,6 +1473,9 @@ def flatten(results: dict[str, Any]) -> dict[str, Any]:
             "unpaced_rejected_request_share",
         ):
             out[key] = results["quota"][key]
+    if "parse" in results:  # raw documents (issue 22): bench/parse.py
+        for key in ("parse_efficiency", "parse_peak_rss_mib"):
+            out[key] = results["parse"][key]
     return out
 
 
@@ -1496,6 +1505,7 @@ BENCHES = (
     "slow_provider",
     "quota",
     "queries",
+    "parse",
 )
 
 
@@ -1564,6 +1574,7 @@ def main(argv: list[str] | None = None) -> int:
         "slow_provider": lambda: provider.bench_slow_provider(url, size["slow_chunks"], workdir),
         "quota": lambda: provider.bench_quota(url, size["quota_docs"], workdir),
         "queries": lambda: dict(queries.run(url, workdir=workdir)),
+        "parse": lambda: parse_bench.bench_parse(url, workdir),
     }
     failures: dict[str, str] = {}
     for name in BENCHES:
