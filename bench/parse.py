@@ -4,7 +4,9 @@ peak RSS of the pool's child while a generated 200-page PDF is parsed.
 
     .venv/bin/python bench/parse.py [--repeat 20] [--pages 200] [--json out.json]
 
-Standalone (not part of ``bench/run.py``); docs/raw-documents.md reports its figures. Quality:
+Standalone; docs/raw-documents.md reports its figures. ``bench_parse`` is ``make bench``'s
+``parse`` case (``python -m bench.run --only parse``): ``parse_efficiency`` and
+``parse_peak_rss_mib``. Quality:
 word recall against the text the generator wrote (case-folded, punctuation stripped), the heading
 paths found, whether each table row comes out on one line in order, and for HTML the navigation
 words that leaked. No database, no network.
@@ -177,6 +179,217 @@ def pool_figures(
             "child_peak_rss_mib_before": round(idle / 2**20, 1),
             "child_peak_rss_mib": round(peak / 2**20, 1),
         }
+    return out
+
+
+# --------------------------------------------------------------------------- make bench: parse
+
+GOOD = [
+    "multipage.pdf",
+    "table.pdf",
+    "handbook.docx",
+    "page.html",
+    "guide.md",
+    "latin1.txt",
+    "README",
+]
+
+
+def _mix(folder: Path, copies: int, pdf_pages: int) -> list[tuple[str, bytes]]:
+    """The 7 good fixtures and one ``pdf_pages``-page PDF per copy, each copy's bytes distinct
+    (a trailing line; a PDF comment after %%EOF) except the DOCX: a realistic mix where the
+    parsers' cost is a real share, not only tiny files."""
+    big = large_pdf(pdf_pages)
+    files = []
+    for c in range(copies):
+        tail = b"\n" * (c + 1)
+        for n in GOOD:
+            data = (folder / n).read_bytes()
+            if n.endswith(".pdf"):
+                data += b"\n%% copy %d\n" % c
+            elif not n.endswith(".docx"):
+                data += tail
+            files.append((f"{c}-{n}", data))
+        files.append((f"{c}-long.pdf", big + b"\n%% copy %d\n" % c))
+    return files
+
+
+def _cpu() -> tuple[float, float]:
+    """CPU seconds of this process and of its reaped children (the parse pool's, once closed)."""
+    import resource
+
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+def _parsers_alone(items: list[tuple[bytes, str]], processes: int) -> float:
+    """Seconds for ``items`` through a warm ``ParsePool(processes)`` (the worker's pool)."""
+    with parse.ParsePool(processes) as pool:
+        pool.start()
+        list(pool.map(items[: processes * 2]))  # children started and warm
+        t = time.perf_counter()
+        results = list(pool.map(items))
+        seconds = time.perf_counter() - t
+    bad = [r for r in results if isinstance(r, RawDocumentError)]
+    if bad:
+        raise RuntimeError(f"{len(bad)} fixture documents failed to parse: {bad[0]}")
+    return seconds
+
+
+def _through_worker(
+    conn: Any, dsn: str, files: list[tuple[str, bytes]], processes: int, cpu: dict[str, float]
+) -> float:
+    """Seconds for ``pgingest.worker.Worker(--drain)`` in this process over a bytea source of
+    ``files``: fetch (read), detect, parse in the pool, chunk, embed (fake), write back. ``cpu``
+    gets the CPU seconds of the worker process, of its parse children (their start included)
+    and of the database's backends."""
+    from bench.common import BackendCpu
+    from pgingest import worker
+
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO public.blobs VALUES (%s, %s)", files)
+    settings = worker.WorkerSettings(
+        conninfo=dsn,
+        drain=True,
+        install_signal_handlers=False,
+        poll_interval=0.2,
+        parse_processes=processes,
+        heartbeat=False,
+    )
+    w = worker.Worker(settings)
+    # Steady state, as the parsers alone are measured: the worker's parse children started
+    # (a running worker's are; their start, 0.3-3 s on this loaded machine, is a one-off).
+    w.raw.pool().start()
+    self0, kids0 = _cpu()
+    with BackendCpu(dsn) as backends:
+        t = time.perf_counter()
+        code = w.run()
+        seconds = time.perf_counter() - t
+    self1, kids1 = _cpu()
+    cpu["worker_process_cpu_s"] = round(self1 - self0, 3)
+    cpu["parse_children_cpu_s"] = round(kids1 - kids0, 3)
+    cpu["database_cpu_s"] = backends.seconds()
+    if code != 0:
+        raise RuntimeError(f"the worker exited with {code}")
+    return seconds
+
+
+def _peak_rss(dsn: str, log_path: Path, processes: int) -> dict[str, Any]:
+    """``pgingest worker --drain`` (a subprocess) over a source holding only the 200-page PDF:
+    the peak RSS of the worker with its parse children (sum over the process tree), sampled
+    every 10 ms, and of the worker process alone."""
+    import threading
+
+    import psutil
+
+    from bench.common import start_worker
+
+    child, fh = start_worker(dsn, log_path, "--drain", "--parse-processes", str(processes))
+    me = psutil.Process(child.proc.pid)
+    peak = {"tree": 0, "worker": 0}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            try:
+                own = me.memory_info().rss
+                total = own
+                for ch in me.children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        total += ch.memory_info().rss
+            except psutil.Error:
+                return
+            peak["worker"] = max(peak["worker"], own)
+            peak["tree"] = max(peak["tree"], total)
+            time.sleep(0.01)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    try:
+        res = child.wait(300)
+    finally:
+        stop.set()
+        th.join()
+        fh.close()
+    if res.rc != 0:
+        raise RuntimeError(f"worker exited with {res.rc}")
+    return {
+        "parse_peak_rss_mib": round(peak["tree"] / 2**20, 1),
+        "parse_peak_rss_worker_process_mib": round(peak["worker"] / 2**20, 1),
+    }
+
+
+def bench_parse(
+    url: str, workdir: Path, copies: int = 12, pdf_pages: int = 20, processes: int = 2
+) -> dict[str, Any]:
+    """``make bench``'s parse case: documents per second through the worker (bytea source,
+    fake embedder, ``processes`` parse processes) over documents per second of the parsers alone
+    (a warm ``ParsePool(processes)``) on the same files, in this run: ``parse_efficiency``
+    (target >= 0.8). The parsers alone are timed before and after the worker (their mean: the
+    machine's load drifts). Then ``parse_peak_rss_mib`` while a 200-page PDF is parsed."""
+    import psycopg
+
+    from bench.common import fake_server, fresh_database, log, register_model
+
+    folder = workdir / "parse-fixtures"
+    folder.mkdir(exist_ok=True)
+    build_fixtures(folder)
+    files = _mix(folder, copies, pdf_pages)
+    items = [(d, detect.detect_type(d, name=n)) for n, d in files]
+    out: dict[str, Any] = {
+        "documents": len(files),
+        "bytes": sum(len(d) for _, d in files),
+        "pdf_pages_per_long_pdf": pdf_pages,
+        "parse_processes": processes,
+    }
+    kids0 = _cpu()[1]
+    before = _parsers_alone(items, processes)
+    alone_cpu = _cpu()[1] - kids0  # the children's, their start and warm-up included
+    with fake_server(("fake-384=384",)) as (base, _fake), fresh_database(url, "parse") as dsn:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            register_model(conn, "v1", "fake-384", 384, base)
+            conn.execute("CREATE TABLE public.blobs (name text PRIMARY KEY, data bytea)")
+            conn.execute(
+                "SELECT pgingest.add_source('blobs', 'public.blobs', content => 'data',"
+                " title => 'name')"
+            )
+            # warm-up: imports, the tokenizer's vocabulary, the first connections
+            cpu: dict[str, float] = {}
+            _through_worker(conn, dsn, [(f"warm-{n}", d) for n, d in files[:8]], processes, cpu)
+            through = _through_worker(conn, dsn, files, processes, cpu)
+            row = conn.execute(
+                "SELECT count(*) FROM pgingest.embedding_state WHERE model = 'v1'"
+            ).fetchone()
+            embedded = int(row[0]) - 8 if row else 0
+            if embedded != len(files):
+                raise RuntimeError(f"{embedded} of {len(files)} documents embedded")
+            after = _parsers_alone(items, processes)
+            conn.execute("TRUNCATE public.blobs")
+            big = large_pdf(200)
+            conn.execute("INSERT INTO public.blobs VALUES ('big.pdf', %s)", (big,))
+        out.update(_peak_rss(dsn, workdir / "parse-rss-worker.log", processes))
+    alone = (before + after) / 2
+    out["parsers_alone_s"] = [round(before, 3), round(after, 3)]
+    out["parsers_alone_docs_per_s"] = round(len(files) / alone, 1)
+    out["pipeline_s"] = round(through, 3)
+    out["pipeline_docs_per_s"] = round(len(files) / through, 1)
+    out["parse_efficiency"] = round(alone / through, 3)
+    # Where the CPU went (the machine's cores are shared: on 2 cores the pipeline is CPU-bound,
+    # and parse CPU over all CPU bounds parse_efficiency there).
+    out["parsers_alone_cpu_s"] = round(alone_cpu, 3)
+    out.update(cpu)
+    total = sum(cpu.values())
+    out["pipeline_parse_cpu_share"] = (
+        round(cpu["parse_children_cpu_s"] / total, 3) if total else None
+    )
+    log(
+        f"parse: {len(files)} documents, parsers alone {out['parsers_alone_docs_per_s']} doc/s,"
+        f" through the worker {out['pipeline_docs_per_s']} doc/s:"
+        f" parse_efficiency {out['parse_efficiency']}; peak RSS {out['parse_peak_rss_mib']} MiB"
+    )
     return out
 
 
