@@ -63,6 +63,10 @@ class WorkerSettings:
     # A batch waits at most this long for its raw documents; those still fetching or parsing are
     # released (no attempt spent) and picked up, parsed, at their next delivery.
     raw_wait_seconds: float = 10.0
+    # A batch reads at most this many bytes of bytea content at once (each document's own cap is
+    # the fetch policy's max_bytes); the documents over it wait for a later delivery, no attempt
+    # spent (the first one is always read).
+    raw_batch_bytes: int = 256 * 1024 * 1024
     # One write-back transaction (complete_batch_v2: one Bind of every chunk and vector) holds at
     # most this many chunks and bytes (text + float32 vectors + 64 per row); a batch over either
     # is written as several transactions, a document over them alone (worker/batch.split).

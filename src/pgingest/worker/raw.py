@@ -227,6 +227,7 @@ class RawStage:
         self.test_hooks = os.environ.get("PGINGEST_RAW_TEST_HOOKS") == "1"
         self.metrics = metrics
         self.wait_seconds = max(0.0, float(getattr(settings, "raw_wait_seconds", 10.0)))
+        self.batch_bytes = max(1, int(getattr(settings, "raw_batch_bytes", 256 * 1024 * 1024)))
         self.retry_delay = 2
         self.max_inflight = 4 * max(self.fetch_threads, self.processes)
         self._inflight: dict[tuple[int, bytes], tuple[float, Future[Outcome]]] = {}
@@ -291,7 +292,7 @@ class RawStage:
         if not ids:
             return msgs, None
         policy = self.policy(conn)
-        rows = queries.raw_documents(conn, ids, policy.max_bytes)
+        rows, over = self._read(conn, ids, policy.max_bytes)
         if not rows:
             return msgs, None
         # A row that changed since the read is another version: this message is stale (the
@@ -300,6 +301,8 @@ class RawStage:
         moved = {d for d, row in rows.items() if hashes.get(d) != row.version}
         rows = {d: row for d, row in rows.items() if d not in moved}
         out = RawBatch()
+        for doc_id in over:
+            out.failures[doc_id] = self._later("over the batch's budget of bytes read at once")
         futures: dict[int, Future[Outcome]] = {}
         self._prune()
         probes: dict[int, str] = {}  # doc_id -> its paused source, fetched as a probe
@@ -411,6 +414,32 @@ class RawStage:
             self.metrics.raw_parsed(o.mime, o.parse_seconds, o.pages)
         if o.error is not None:
             self.metrics.raw_failed(o.row.source, o.error.error_class)
+
+    def _read(
+        self, conn: psycopg.Connection[Any], ids: list[int], max_bytes: int
+    ) -> tuple[dict[int, queries.RawRow], list[int]]:
+        """The raw rows among ``ids`` with their bytes, at most ``batch_bytes`` of bytea content
+        in all (in message order, the first always), and the documents left for a later
+        delivery. Sizes come first, without the bytes; a document already in work from an
+        earlier batch costs nothing."""
+        rows = queries.raw_documents(conn, ids, 0)
+        want: list[int] = []
+        over: list[int] = []
+        total = 0
+        for doc_id in ids:
+            row = rows.get(doc_id)
+            if row is None:
+                continue
+            size = row.content_bytes or 0
+            if row.uri is None and size > 0 and (doc_id, row.version) not in self._inflight:
+                if total and total + min(size, max_bytes) > self.batch_bytes:
+                    over.append(doc_id)
+                    continue
+                total += min(size, max_bytes)
+            want.append(doc_id)
+        if total == 0:
+            return {d: rows[d] for d in want}, over
+        return queries.raw_documents(conn, want, max_bytes), over
 
     def _later(self, why: str) -> core.Failure:
         """Released without an attempt spent, back in ``retry_delay`` s."""
