@@ -434,12 +434,30 @@ def _warm_up(options: ParseOptions) -> None:
             importlib.import_module(name)
 
 
+ORPHAN_CHECK_S = 1.0
+"""How often a parse process checks that the worker that started it is alive."""
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    """A daemon thread of the child: once the worker is gone (a SIGKILL, the OOM killer; the
+    child is then re-parented), the child exits, even in the middle of a parse, instead of
+    parsing on for nobody and writing a broken pipe's traceback into the worker's log."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(ORPHAN_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="pgingest-orphan-check", daemon=True).start()
+
+
 def _child_main(
     conn: Connection, memory_bytes: int | None, options: ParseOptions | None = None
 ) -> None:
     """The child's loop: import the parsers and say ("ready",), then receive (data, mime,
     options, hook), answer ("ok", doc) or ("err", class, detail). Runs under ``RLIMIT_AS``;
-    exits after a MemoryError."""
+    exits after a MemoryError, or when the worker that started it is gone."""
+    _exit_when_orphaned(os.getppid())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if memory_bytes:
         import resource
