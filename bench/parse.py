@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.fixtures.raw.generate import (  # noqa: E402
     DOCX_TABLE,
+    GOOD,
     TABLE_ROWS,
     Expected,
     build_fixtures,
@@ -183,16 +184,6 @@ def pool_figures(
 
 
 # --------------------------------------------------------------------------- make bench: parse
-
-GOOD = [
-    "multipage.pdf",
-    "table.pdf",
-    "handbook.docx",
-    "page.html",
-    "guide.md",
-    "latin1.txt",
-    "README",
-]
 
 
 def _mix(folder: Path, copies: int, pdf_pages: int) -> list[tuple[str, bytes]]:

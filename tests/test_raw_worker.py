@@ -25,22 +25,14 @@ from pgingest import worker
 from pgingest.metrics import Metrics
 from pgingest.raw import fetch
 from pgingest.testing.fake_provider import FakeEmbeddingServer
-from tests.fixtures.raw.generate import Expected, build_fixtures
+from tests.fixtures.raw.generate import GOOD, Expected, build_fixtures
 from tests.helpers import queue_count, register, settings, wait_for
 from tests.test_raw_fetch import Counter, _moto_server
 from tests.test_raw_fetch import http_server as http_server
 
 pytestmark = pytest.mark.timeout(300)
 
-EMBEDDED = [
-    "multipage.pdf",
-    "table.pdf",
-    "handbook.docx",
-    "page.html",
-    "guide.md",
-    "latin1.txt",
-    "README",
-]
+EMBEDDED = list(GOOD)
 POISONED = {
     "scan.pdf": "empty_text",
     "encrypted.pdf": "encrypted",
