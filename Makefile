@@ -24,7 +24,7 @@ endif
 export DATABASE_URL
 
 .PHONY: help system venv deps db db-stop print-database-url install install.sql lint test clean \
-        demo bench bench-peers chaos eval compat
+        demo bench bench-peers chaos chaos-small eval compat
 
 # ---- targets -----------------------------------------------------------------------------
 help:
@@ -40,6 +40,7 @@ help:
 	@echo "make eval                 retrieval quality on the project's question set (eval-results.json)"
 	@echo "make compat               the pipeline against Infinity, a real embedding server (.cache/compat)"
 	@echo "make chaos                20,000 documents under faults, kills and a restart; checks nothing was lost"
+	@echo "make chaos-small          the same at 1,500 documents, as a test (minutes; not in make test)"
 	@echo "make clean                stop the cluster, remove .pgdata .venv .stamps"
 
 system:
@@ -89,7 +90,7 @@ lint: venv
 	promtool check rules $(PROM_RULES)
 
 test: deps db lint
-	$(VBIN)/pytest $(PYTEST_ARGS)
+	$(VBIN)/pytest -m "not chaos" $(PYTEST_ARGS)
 
 clean:
 	-$(PGCLUSTER) destroy-second
@@ -107,6 +108,10 @@ demo: install
 CHAOS_ARGS ?=
 chaos: venv db
 	$(VBIN)/python scripts/chaos.py $(CHAOS_ARGS)
+
+# The small chaos run (1,500 documents, all three sources, kills, a second model), as a test.
+chaos-small: venv db
+	$(VBIN)/pytest -m chaos tests/test_chaos.py $(PYTEST_ARGS)
 
 # Benchmarks: every figure next to a reference measured in the same run (bench/README.md).
 BENCH_ARGS ?=
