@@ -128,6 +128,10 @@ from pgingest.testing.fake_provider import control
 from pgingest.worker import raw as raw_worker
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from tests.fixtures.raw.generate import GOOD, build_fixtures  # noqa: E402
+
 PGCLUSTER = ROOT / "scripts" / "pgcluster.sh"
 MODEL = "v1"
 DIMENSIONS = 384
@@ -227,15 +231,7 @@ EMPTY = POISONS[4][2:]
 FILES_SOURCE = "files"
 FILES = "public.chaos_files"
 # The good fixtures of tests/fixtures/raw/generate.py (every type the default parsers read).
-GOOD_FILES = (
-    "multipage.pdf",
-    "table.pdf",
-    "handbook.docx",
-    "page.html",
-    "guide.md",
-    "latin1.txt",
-    "README",
-)
+GOOD_FILES = GOOD
 HANG_MIME = "application/x-pgingest-test-hang"  # with PGINGEST_RAW_TEST_HOOKS=1 only
 PARSE_TIMEOUT_S = 3  # the workers' PGINGEST_RAW_PARSE_TIMEOUT: the hanging parse is killed then
 # Planted poisoned files: kind -> (fixture, MIME override, the class it must be dead-lettered
@@ -457,10 +453,6 @@ class FileRow:
 
 def load_fixtures(folder: Path) -> dict[str, bytes]:
     """The raw-document fixture set of the tests (tests/fixtures/raw/generate.py), by name."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from tests.fixtures.raw.generate import build_fixtures
-
     build_fixtures(folder)
     return {p.name: p.read_bytes() for p in folder.iterdir()}
 
