@@ -243,12 +243,17 @@ def _parsers_alone(items: list[tuple[bytes, str]], processes: int) -> float:
 
 
 def _through_worker(
-    conn: Any, dsn: str, files: list[tuple[str, bytes]], processes: int, cpu: dict[str, float]
+    conn: Any,
+    dsn: str,
+    files: list[tuple[str, bytes]],
+    processes: int,
+    cpu: dict[str, float],
+    fake_pid: int | None = None,
 ) -> float:
     """Seconds for ``pgingest.worker.Worker(--drain)`` in this process over a bytea source of
     ``files``: fetch (read), detect, parse in the pool, chunk, embed (fake), write back. ``cpu``
-    gets the CPU seconds of the worker process, of its parse children (their start included)
-    and of the database's backends."""
+    gets the CPU seconds of the worker process, of its parse children (their start excluded),
+    of the database's backends and of the fake embedder's process (``fake_pid``)."""
     from bench.common import BackendCpu
     from pgingest import worker
 
@@ -268,6 +273,7 @@ def _through_worker(
     w.raw.pool().start()
     started_cpu = _children_cpu(w.raw.pool().child_pids)  # their imports: not the parses'
     self0, kids0 = _cpu()
+    fake0 = _children_cpu([fake_pid]) if fake_pid is not None else 0.0
     with BackendCpu(dsn) as backends:
         t = time.perf_counter()
         code = w.run()
@@ -276,6 +282,8 @@ def _through_worker(
     cpu["worker_process_cpu_s"] = round(self1 - self0, 3)
     cpu["parse_children_cpu_s"] = round(kids1 - kids0 - started_cpu, 3)
     cpu["database_cpu_s"] = backends.seconds()
+    if fake_pid is not None:
+        cpu["fake_embedder_cpu_s"] = round(_children_cpu([fake_pid]) - fake0, 3)
     if code != 0:
         raise RuntimeError(f"the worker exited with {code}")
     return seconds
@@ -359,7 +367,7 @@ def bench_parse(
     }
     alone_runs = [_parsers_alone(items, processes)]
     through_runs: list[float] = []
-    with fake_server(("fake-384=384",)) as (base, _fake), fresh_database(url, "parse") as dsn:
+    with fake_server(("fake-384=384",)) as (base, fake), fresh_database(url, "parse") as dsn:
         with psycopg.connect(dsn, autocommit=True) as conn:
             register_model(conn, "v1", "fake-384", 384, base)
             conn.execute("CREATE TABLE public.blobs (name text PRIMARY KEY, data bytea)")
@@ -372,7 +380,7 @@ def bench_parse(
             _through_worker(conn, dsn, [(f"warm-{n}", d) for n, d in files[:8]], processes, cpu)
             for r in range(rounds):
                 mine = [(f"r{r}-{n}", d) for n, d in files]
-                through_runs.append(_through_worker(conn, dsn, mine, processes, cpu))
+                through_runs.append(_through_worker(conn, dsn, mine, processes, cpu, fake.proc.pid))
                 alone_runs.append(_parsers_alone(items, processes))
             row = conn.execute(
                 "SELECT count(*) FROM pgingest.embedding_state WHERE model = 'v1'"

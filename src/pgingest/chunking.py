@@ -531,6 +531,7 @@ class WordPieceTokenizer(Tokenizer):
         self._tk: Any = tk
         unk = tk.token_to_id("[UNK]")
         self._unk_id: int = -1 if unk is None else int(unk)
+        self._words: dict[str, _Pieces] = {}  # word -> its pieces (see _encode_many)
 
     def count(self, text: str) -> int:
         return len(self._tk.encode(text, add_special_tokens=False).ids)
@@ -544,13 +545,49 @@ class WordPieceTokenizer(Tokenizer):
         return False
 
     def _layouts(self, texts: Sequence[str]) -> list[_Layout]:
-        if not texts:
-            return []
-        if len(texts) == 1:
-            encodings = [self._tk.encode(texts[0], add_special_tokens=False)]
-        else:
-            encodings = self._tk.encode_batch(list(texts), add_special_tokens=False)
-        return [self._layout(t, e) for t, e in zip(texts, encodings, strict=True)]
+        return [self._layout(t, e) for t, e in zip(texts, self._encode_many(texts), strict=True)]
+
+    def _encode_many(self, texts: Sequence[str]) -> list[_Encoding]:
+        """What ``encode(text, add_special_tokens=False)`` gives for each text, as arrays, from
+        the encodings of its words (runs of characters other than ASCII space, tab, CR and LF).
+
+        Exact: the BERT normalizer works character by character (clean-up, CJK spacing, lower
+        case, accents) and the pre-tokenizer splits at every whitespace character, these four
+        included, so no token, added tokens included, spans one of them and a word's tokens
+        depend on the word alone. Rather than the whole text (a whole text costs about 5 us per
+        token: 90 ms for a 20-page PDF's 100 KB), each distinct word is encoded once, in one
+        batch, and remembered (words up to ``_CACHED_WORD_CHARS`` characters, at most
+        ``_CACHED_WORDS`` of them): prose repeats its words, so the text's arrays are gathered
+        from a few thousand words' pieces (8 ms for the same PDF). Word ids only keep their
+        grouping (numbered from 0 along each text), which is all ``_layout`` reads of them.
+        """
+        splits = [_split_words(t) for t in texts]
+        cache = self._words
+        found: dict[str, _Pieces] = {}
+        missing: dict[str, None] = {}
+        for _, words in splits:
+            for w in dict.fromkeys(words):
+                if w not in found:
+                    pieces = cache.get(w)
+                    if pieces is None:
+                        missing[w] = None
+                    else:
+                        found[w] = pieces
+        if missing:
+            batch = list(missing)
+            encodings = self._tk.encode_batch(batch, add_special_tokens=False)
+            if len(cache) + len(batch) > _CACHED_WORDS:
+                cache.clear()  # rare: a corpus with that many distinct words
+            for w, enc in zip(batch, encodings, strict=True):
+                pieces = (
+                    tuple(enc.ids),
+                    tuple(itertools.chain.from_iterable(enc.offsets)),
+                    tuple(enc.word_ids),
+                )
+                found[w] = pieces
+                if len(w) <= _CACHED_WORD_CHARS:
+                    cache[w] = pieces
+        return [_gather(starts, words, found) for starts, words in splits]
 
     def _measure(self, texts: list[str]) -> list[tuple[int, int] | None]:
         out: list[tuple[int, int] | None] = []
@@ -562,22 +599,15 @@ class WordPieceTokenizer(Tokenizer):
                 out.append((len(ids) * _UNITS, len(ids)))
         return out
 
-    def _layout(self, text: str, enc: Any) -> _Layout:
-        ids_list = enc.ids
+    def _layout(self, text: str, enc: _Encoding) -> _Layout:
+        ids, ts, te, words = enc
         cp, cls = _classes(text)
         ws = (cls & _C_SPACE) != 0
         start, end = _content_span(ws)
-        n_tok = len(ids_list)
+        n_tok = ids.shape[0]
         if start >= end or n_tok == 0:
             return _empty_layout(text)  # nothing the model would see
         n = len(text)
-        offsets = np.fromiter(
-            itertools.chain.from_iterable(enc.offsets), dtype=np.int64, count=2 * n_tok
-        ).reshape(n_tok, 2)
-        ts = offsets[:, 0]
-        te = offsets[:, 1]
-        ids = np.array(ids_list, dtype=np.int64)
-        words = np.array(enc.word_ids, dtype=np.int64)
 
         starts_per_char = np.bincount(ts, minlength=n)[:n]
         real = _prefix(starts_per_char)
@@ -609,6 +639,69 @@ class WordPieceTokenizer(Tokenizer):
         ws_prefix = _prefix(ws)
         gaps = _gaps(text, cp, cls, g0, g1, ws_prefix[g1] - ws_prefix[g0])
         return _layouts_of(text, [(0, n, start, end)], cost, real, gaps, hard_cuts)[0]
+
+
+_Pieces = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+"""A word's encoding: token ids, (start, end) offsets in the word flattened, word ids."""
+_Encoding = tuple[IntArray, IntArray, IntArray, IntArray]
+"""A text's encoding: token ids, token starts, token ends (offsets in the text), word ids."""
+
+_CACHED_WORDS: Final = 1 << 16
+_CACHED_WORD_CHARS: Final = 48
+_SPLITS_ASCII: Final = np.zeros(256, dtype=np.bool_)
+_SPLITS_ASCII[[0x09, 0x0A, 0x0D, 0x20]] = True
+
+
+def _split_words(text: str) -> tuple[IntArray, list[str]]:
+    """Where each word of ``text`` starts, and the words: maximal runs of characters other than
+    ASCII space, tab, CR and LF (which every tokenizer here splits at)."""
+    if text.isascii():
+        split = _SPLITS_ASCII.take(np.frombuffer(text.encode("ascii"), dtype=np.uint8))
+    else:
+        cp = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+        split = (cp == 0x20) | (cp == 0x0A) | (cp == 0x09) | (cp == 0x0D)
+    padded = np.ones(split.shape[0] + 2, dtype=np.bool_)
+    padded[1:-1] = split
+    runs = np.flatnonzero(padded[1:] != padded[:-1])  # a word starts, ends, starts, ...
+    starts = runs[0::2]
+    return starts, [text[a:b] for a, b in zip(starts.tolist(), runs[1::2].tolist(), strict=True)]
+
+
+def _gather(starts: IntArray, words: list[str], pieces: Mapping[str, _Pieces]) -> _Encoding:
+    """The text's encoding from its words' pieces: one gather over the distinct words'."""
+    local: dict[str, int] = {}
+    occ = np.fromiter(
+        (local.setdefault(w, len(local)) for w in words), dtype=np.int64, count=len(words)
+    )
+    entries = [pieces[w] for w in local]
+    lens = np.fromiter((len(e[0]) for e in entries), dtype=np.int64, count=len(entries))
+    n_words = np.fromiter(
+        (e[2][-1] + 1 if e[2] else 0 for e in entries), dtype=np.int64, count=len(entries)
+    )
+    total_distinct = int(lens.sum())
+    flat_ids = np.fromiter(
+        itertools.chain.from_iterable(e[0] for e in entries), np.int64, total_distinct
+    )
+    flat_offsets = np.fromiter(
+        itertools.chain.from_iterable(e[1] for e in entries), np.int64, 2 * total_distinct
+    ).reshape(total_distinct, 2)
+    flat_words = np.fromiter(
+        itertools.chain.from_iterable(e[2] for e in entries), np.int64, total_distinct
+    )
+    first = _prefix(lens)  # word k's pieces: flat[first[k]:first[k + 1]]
+    per_occ = lens[occ]
+    out_first = _prefix(per_occ)  # occurrence i's tokens: out[out_first[i]:out_first[i + 1]]
+    idx = np.arange(int(out_first[-1]), dtype=np.int64) + np.repeat(
+        first[:-1][occ] - out_first[:-1], per_occ
+    )
+    shift = np.repeat(starts, per_occ)
+    word_base = np.repeat(_prefix(n_words[occ])[:-1], per_occ)
+    return (
+        flat_ids[idx],
+        flat_offsets[idx, 0] + shift,
+        flat_offsets[idx, 1] + shift,
+        flat_words[idx] + word_base,
+    )
 
 
 _registry_lock = threading.Lock()

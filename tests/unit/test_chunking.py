@@ -623,3 +623,61 @@ def random_title(rng: random.Random) -> str | None:
     if kind == 3:
         return rng.choice(SPECIALS) * rng.randint(1, 40)
     return random_text(rng, 80)
+
+
+# --------------------------------------------------------------------------- word pieces
+
+
+def _reference_arrays(text: str) -> tuple[list[int], list[tuple[int, int]], list[bool]]:
+    enc = reference_tokenizer().encode(text, add_special_tokens=False)
+    words = enc.word_ids
+    starts = [i == 0 or words[i] != words[i - 1] for i in range(len(words))]
+    return enc.ids, [(a, b) for a, b in enc.offsets], starts
+
+
+def _word_piece_arrays(
+    texts: list[str],
+) -> list[tuple[list[int], list[tuple[int, int]], list[bool]]]:
+    tok = get_tokenizer(MINILM)
+    out = []
+    for ids, ts, te, words in tok._encode_many(texts):  # type: ignore[attr-defined]
+        starts = [i == 0 or words[i] != words[i - 1] for i in range(len(words))]
+        out.append((ids.tolist(), list(zip(ts.tolist(), te.tolist(), strict=True)), starts))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_word_pieces_equal_the_whole_text_encoding(seed: int) -> None:
+    """The chunker encodes each distinct word once (cached) and gathers a text's tokens from
+    its words': the ids, the offsets and the word grouping must be exactly what the tokenizer
+    gives for the whole text, on every kind of character (controls that the normalizer drops
+    between two words, Unicode spaces, CJK, accents, added tokens such as [MASK], words over
+    the 100 characters WordPiece turns into [UNK], words over the cached length)."""
+    rng = random.Random(seed)
+    pieces = [*SPECIALS, "[MASK]", "[CLS]x", "y[SEP]", "Ünïcödé", "a\x1fb", "c\x0bd", "é" * 60]
+    texts = []
+    for _ in range(150):
+        if rng.random() < 0.5:
+            texts.append(random_text(rng, 600))
+        else:
+            seps = ["", " ", "\n", "\t", "\r\n", "  "]
+            texts.append(
+                "".join(rng.choice(pieces) + rng.choice(seps) for _ in range(rng.randint(0, 40)))
+            )
+    got = _word_piece_arrays(texts)  # one batch: words shared across texts
+    assert got == [_reference_arrays(t) for t in texts]
+    assert _word_piece_arrays(texts[:5]) == got[:5]  # again, from the cache
+
+
+def test_word_piece_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgingest import chunking
+
+    tok = get_tokenizer(MINILM)
+    monkeypatch.setattr(chunking, "_CACHED_WORDS", 50)
+    tok._words.clear()  # type: ignore[attr-defined]
+    text = " ".join(f"word{i}" for i in range(40)) + " " + "z" * 60
+    assert _word_piece_arrays([text]) == [_reference_arrays(text)]
+    assert len(tok._words) == 40  # type: ignore[attr-defined]  # not the 60-character word
+    text2 = " ".join(f"other{i}" for i in range(30))
+    assert _word_piece_arrays([text2, text]) == [_reference_arrays(text2), _reference_arrays(text)]
+    assert len(tok._words) <= 50  # type: ignore[attr-defined]
