@@ -224,7 +224,9 @@ class ChildResult:
 
 class Child:
     """A subprocess measured on its own: CPU time from ``os.wait4``, peak RSS from ``VmHWM``,
-    and ``VmRSS`` samples every 100 ms (``rss_samples_kb``)."""
+    and ``VmRSS`` samples every 100 ms (``rss_samples_kb``). ``sample=False``: no sampling
+    thread (a server whose memory nobody reads: the thread's /proc reads, 50 a second, would
+    cost CPU and the GIL in the measuring process, which may be the measured one)."""
 
     def __init__(
         self,
@@ -234,6 +236,7 @@ class Child:
         env: dict[str, str] | None = None,
         stdout: Any = None,
         stderr: Any = None,
+        sample: bool = True,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -246,7 +249,8 @@ class Child:
         self._hwm_kb = 0
         self._done = threading.Event()
         self._sampler = threading.Thread(target=self._sample, name=f"rss-{name}", daemon=True)
-        self._sampler.start()
+        if sample:
+            self._sampler.start()
 
     @property
     def pid(self) -> int:
@@ -272,7 +276,8 @@ class Child:
         if pid == 0:
             return None
         self._done.set()
-        self._sampler.join(1.0)
+        if self._sampler.is_alive():
+            self._sampler.join(1.0)
         rc = os.waitstatus_to_exitcode(status)
         self.proc.returncode = rc  # reaped here: Popen must not wait again
         self.result = ChildResult(
@@ -369,7 +374,7 @@ def fake_server(
     argv = [python, "-m", "pgingest.testing.fake_provider", "--port", "0"]
     for d in dims:
         argv += ["--dims", d]
-    child = Child("fake server", argv, stdout=subprocess.PIPE)
+    child = Child("fake server", argv, stdout=subprocess.PIPE, sample=False)
     try:
         url = read_line(child, 30.0, "http://")
         yield url, child

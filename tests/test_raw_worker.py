@@ -572,3 +572,91 @@ def test_parsed_documents_are_chunked_on_their_fetch_thread(
     again = batch.jobs[doc_id].chunks
     assert again is not pre_chunks
     assert again == chunking.chunk_structured(title, rendered.text, other, rendered.heading_starts)
+
+
+def _hang_and_fast(conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bytea source of one document whose parse hangs (killed at 4 s) and four fast ones."""
+    monkeypatch.setenv("PGINGEST_RAW_TEST_HOOKS", "1")
+    monkeypatch.setenv("PGINGEST_RAW_PARSE_TIMEOUT", "4")
+    conn.execute("CREATE TABLE public.blobs (name text PRIMARY KEY, data bytea, mime text)")
+    conn.execute(
+        "SELECT pgingest.add_source('blobs', 'public.blobs', content => 'data', mime => 'mime')"
+    )
+    rows = [("hang", b"any bytes", "application/x-pgingest-test-hang")]
+    rows += [(f"fast-{i}", f"Fast document {i}, plain text.".encode(), None) for i in range(4)]
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO public.blobs (name, data, mime) VALUES (%s, %s, %s)", rows)
+
+
+def _doc(conn: psycopg.Connection[Any], name: str) -> int:
+    row = conn.execute(
+        "SELECT doc_id FROM pgingest.source_rows WHERE row_key ->> 'name' = %s", (name,)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_with_carry_a_batch_goes_on_and_its_slow_document_comes_along(
+    model: psycopg.Connection[Any], dsn: str, raw_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``prepare(carry=True)`` returns once half of the batch's documents are ready, not when
+    the slowest is: the message of the one still parsing leaves the batch (``carried``, not
+    released: no failure), and a later batch given that message takes its parse's result."""
+    import time
+
+    from pgingest import db
+    from pgingest.worker.raw import RawStage
+
+    conn = model
+    _hang_and_fast(conn, monkeypatch)
+    hang = _doc(conn, "hang")
+    msgs = db.read_batch(conn, "v1", 30, 10)
+    assert len(msgs) == 5
+    stage = RawStage(settings(dsn, parse_processes=2))
+    try:
+        stage.pool().start()  # the children's start is not what is measured
+        t = time.monotonic()
+        out, raw = stage.prepare(conn, msgs, carry=True)
+        assert time.monotonic() - t < 3.0  # the hanging parse is killed at 4 s
+        assert raw is not None
+        carried = {m.doc_id for m in raw.carried}
+        assert hang in carried  # with the fast ones not parsed yet, if any (a loaded machine)
+        assert raw.failures == {}
+        assert len(raw.rendered) >= 3  # half of 5, rounded up
+        assert set(raw.rendered) | carried == {m.doc_id for m in msgs}
+        assert not carried & {m.doc_id for m in out}
+        out2, raw2 = stage.prepare(conn, raw.carried, carry=True)
+        while raw2 is not None and raw2.carried:  # the same rule again
+            out2, raw2 = stage.prepare(conn, raw2.carried, carry=True)
+        assert raw2 is not None
+        assert raw2.failures[hang].error_class == "timeout"
+        assert raw2.failures[hang].kind == "dead"
+        assert stage.parsed == 4
+    finally:
+        stage.close()
+
+
+def test_the_worker_embeds_a_batch_without_waiting_for_its_slowest_parse(
+    model: psycopg.Connection[Any], dsn: str, raw_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker writes the documents that are ready while one of the same batch still
+    parses (it waited for all of them, up to raw_wait_seconds, 10 s by default), and the slow
+    one is handled when its parse ends: dead-lettered once, its delivery never released."""
+    conn = model
+    _hang_and_fast(conn, monkeypatch)
+    _drain(dsn)
+    assert _state(conn, "blobs") == {
+        "hang": "timeout",
+        **{f"fast-{i}": "embedded" for i in range(4)},
+    }
+    row = conn.execute(
+        "SELECT max(e.embedded_at), (SELECT last_failed_at FROM pgingest.dead_letters),"
+        " (SELECT attempts FROM pgingest.dead_letters)"
+        " FROM pgingest.embedding_state AS e WHERE e.model = 'v1'"
+    ).fetchone()
+    assert row is not None
+    last_embedded, failed_at, attempts = row
+    assert attempts == 1
+    # written while the hanging parse went on (killed 4 s after it began)
+    assert (failed_at - last_embedded).total_seconds() > 2.0
+    assert queue_count(conn, "v1") == 0

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -52,6 +52,7 @@ class Prepared:
     chunker_version: str
     t_read: float  # time.perf_counter() when it was read, and chunked
     t_chunked: float
+    carried: list[db.Message] = field(default_factory=list)  # raw documents still in work
 
 
 class Worker:
@@ -97,6 +98,9 @@ class Worker:
         self._last_batch_end: float | None = None
         self._last_tick = time.monotonic()  # the main loop's progress (the heartbeat reports it)
         self._served: list[str] = []  # the live models the last pass served (tick)
+        # Per model: messages of raw documents still fetching or parsing, claimed, taken out of
+        # their batch and brought into the model's next one (RawStage.prepare(carry=True)).
+        self._carry: dict[str, list[db.Message]] = {}
         # Backfills through the provider's Batch API; provider batches leased by this process.
         self.bulk = Bulk(self, f"{self.hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
         self.heartbeat = (
@@ -256,6 +260,25 @@ class Worker:
             log.info("worker stopped")
         return code
 
+    def _release_carry(self, model: str, delay: int) -> int:
+        """Gives back the deliveries of the model's carried messages (``release_v2``: no attempt
+        charged; their parses go on and a later delivery here takes the results)."""
+        carried = self._carry.pop(model, None)
+        if not carried:
+            return 0
+        ids = [c.msg_id for c in carried]
+        self.claims.drop(model, ids)
+        try:
+            return db.release(self._connection(), model, ids, [c.read_ct for c in carried], delay)
+        except MODEL_GONE:
+            return 0  # retired: nothing to give back
+
+    def _drop_carry(self, model: str) -> None:
+        """Forgets the model's carried messages (its queue is gone)."""
+        carried = self._carry.pop(model, None)
+        if carried:
+            self.claims.drop(model, [c.msg_id for c in carried])
+
     def _announce_idle(self) -> bool:
         """``worker_idle_v1`` for the models this worker serves. False when it could not (a
         schema older than the function: the capture then notifies on every statement anyway)."""
@@ -353,6 +376,8 @@ class Worker:
         if self.s.models:
             models = [m for m in models if m.name in self.s.models]
         self._served = [m.name for m in models]  # for _announce_idle, after this pass
+        for name in [n for n in self._carry if n not in self._served]:
+            self._release_carry(name, 0)  # no longer served here (retired, filtered out)
         worked = 0
         pending = False
         if models:
@@ -366,6 +391,7 @@ class Worker:
             if self.stopping.is_set():
                 break
             if m.paused:
+                self._release_carry(m.name, int(self.s.probe_interval))
                 if self._maybe_probe(m):
                     pending = True  # resumed: its released messages come back (--drain waits)
                 continue
@@ -377,6 +403,7 @@ class Worker:
                     log.info("backfill queued", extra={"model": m.name, "documents": queued})
             if not self.embedder.breaker(m.name).allow() or self.embedder.held(m.name):
                 pending = True  # its provider rests (breaker open) or its quota is spent
+                self._release_carry(m.name, 0)
                 continue
             if m.batch_api and self.s.batch_api and self._bulk_step(m):
                 pending = True  # a backfill waits for, or sits in, a provider batch
@@ -392,6 +419,7 @@ class Worker:
                     "model retired while its batch was in flight; batch dropped",
                     extra={"model": m.name, "error": str(exc).splitlines()[0][:200]},
                 )
+                self._drop_carry(m.name)
                 continue
             except Exception as exc:
                 if passes_through(exc):
@@ -406,6 +434,10 @@ class Worker:
                 self.consecutive_failed = 0
             worked += stats.read
             if busy:
+                pending = True
+            if self._carry.get(m.name):
+                # in work here: the next pass comes at once (no idle wait) and takes them
+                worked += len(self._carry[m.name])
                 pending = True
         if not worked:
             self.writer.flush()  # --drain must not exit, nor the queue look empty, mid-write
@@ -482,19 +514,29 @@ class Worker:
         conn = self._connection()
         stats = core.BatchStats()
         sizer = self.sizers.for_model(m.name)
+        carried = self._carry.pop(m.name, [])  # claimed already: the batch takes them first
+        msgs: list[db.Message] = []
         try:
-            msgs = db.read_batch(conn, m.name, self.s.visibility_timeout, sizer.size)
+            if sizer.size > len(carried):
+                msgs = db.read_batch(
+                    conn, m.name, self.s.visibility_timeout, sizer.size - len(carried)
+                )
         except Exception as exc:
+            if carried:
+                self._carry[m.name] = carried  # still claimed: the next pass takes them
             if not isinstance(exc, MODEL_GONE):
                 # Out of memory, a statement timeout, a message too large (up to batch_size
                 # bodies of 10 MiB): the next read of this model asks for half as many.
                 self.metrics.batch_size(sizer.failed())
             raise
-        if not msgs:
+        if not msgs and not carried:
             return stats
         # Crash redeliveries: only a group of the most crashed suspects is processed, the rest
-        # given back at once without charge (batch.isolate, sql/025_claims.sql).
+        # given back at once without charge (batch.isolate, sql/025_claims.sql). Suspects are
+        # not mixed with carried messages: they wait for a batch of their own.
         msgs, aside = core.isolate(msgs)
+        if carried and msgs and msgs[0].crashes:
+            msgs, aside = [], aside + msgs
         if aside:
             stats.released = db.release(
                 conn, m.name, [a.msg_id for a in aside], [a.read_ct for a in aside], 0
@@ -510,16 +552,19 @@ class Worker:
                     "msg_ids": [msg.msg_id for msg in msgs][:16],
                 },
             )
-        stats.read = self.in_flight = len(msgs)
         # Claimed until written: extended while the batch is embedded (worker/claims.py).
         self.claims.hold(m.name, msgs)
+        msgs = carried + msgs
+        stats.read = self.in_flight = len(msgs)
         ids = [msg.msg_id for msg in msgs]
         try:
-            return self._embed_and_submit(m, conn, msgs, stats)
+            return self._embed_and_submit(m, conn, msgs, stats, carry=True)
         except Exception:
-            # Not handed to the writer: the claims expire. (KeyboardInterrupt, SystemExit: the
-            # worker stops and run() releases the claims still held, charging nothing.)
+            # Not handed to the writer: the claims expire, those carried out of it included.
+            # (KeyboardInterrupt, SystemExit: the worker stops and run() releases the claims
+            # still held, charging nothing.)
             self.claims.drop(m.name, ids)
+            self._carry.pop(m.name, None)
             raise
 
     def process_known(self, m: db.Model, msgs: list[db.Message], known: Results) -> core.BatchStats:
@@ -542,14 +587,17 @@ class Worker:
         conn: psycopg.Connection[Any],
         msgs: list[db.Message],
         known: Results | None = None,
+        *,
+        carry: bool = False,
     ) -> Prepared:
         """What a batch of messages asks of the model: triaged, chunked, chunk counts checked,
         and its inputs with the vectors already at hand filled in (``known``: a provider
         batch's; then the embedding cache's). ``known``'s rejected inputs fail their documents
         first. The online path sends the rest; a provider batch (worker/bulk.py) is built from
-        it."""
+        it. With ``carry`` (the online path), raw documents still fetching or parsing leave the
+        batch in ``Prepared.carried`` (RawStage.prepare)."""
         # raw documents fetched, parsed and chunked on the fetch threads (worker/raw.py)
-        msgs, raw = self.raw.prepare(conn, msgs, self.chunker(m))
+        msgs, raw = self.raw.prepare(conn, msgs, self.chunker(m), carry=carry)
         t0 = time.perf_counter()
         batch = core.triage(msgs, self.max_attempts)
         chunker = self.chunker(m)
@@ -574,7 +622,8 @@ class Worker:
                     {h: known.vectors[h] for h in inputs.distinct() if h in known.vectors}
                 )
             inputs.fill_cached(db.cached_vectors(conn, m.name, inputs.distinct()))
-        return Prepared(batch, inputs, chunker.version, t0, t_chunk)
+        carried = raw.carried if raw is not None else []
+        return Prepared(batch, inputs, chunker.version, t0, t_chunk, carried)
 
     def _embed_and_submit(
         self,
@@ -583,8 +632,17 @@ class Worker:
         msgs: list[db.Message],
         stats: core.BatchStats,
         known: Results | None = None,
+        *,
+        carry: bool = False,
     ) -> core.BatchStats:
-        p = self.prepare(m, conn, msgs, known)
+        p = self.prepare(m, conn, msgs, known, carry=carry)
+        if p.carried:
+            self._carry[m.name] = p.carried  # still claimed: the model's next batch takes them
+            out = {c.msg_id for c in p.carried}
+            msgs = [msg for msg in msgs if msg.msg_id not in out]
+            stats.read -= len(p.carried)
+            if not msgs:
+                return stats  # all of it still in work
         batch, inputs = p.batch, p.inputs
         todo = inputs.jobs
         if todo:
@@ -599,6 +657,7 @@ class Worker:
                 stats.released += db.release(
                     conn, m.name, ids, [msg.read_ct for msg in msgs], int(self.s.probe_interval)
                 )
+                stats.released += self._release_carry(m.name, int(self.s.probe_interval))
                 return stats
             if sent:
                 self.sizers.for_model(m.name).embedded(time.perf_counter() - t_send, len(msgs))

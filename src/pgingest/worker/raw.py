@@ -7,11 +7,14 @@ those documents (``raw_documents_v1``: a bytea column, up to the fetch cap) or f
 ``pgingest.raw_allowlist``, pinned addresses, size caps, retries with backoff), detects the type
 and parses it in the :class:`~pgingest.raw.parse.ParsePool` (``--parse-processes`` child
 processes with a wall-clock timeout, a memory limit and a page cap), on a pool of fetch threads:
-the documents of a batch are fetched and parsed concurrently. The main loop waits for them at
-most ``raw_wait_seconds`` (10 s): documents still fetching or parsing then are released without
-an attempt spent (``raw_pending``, back in 2 s) while their work goes on, and their next delivery
-takes the result, so a slow parse never holds the embedding of the other documents and models
-for longer than that. Every document of a batch is submitted; of those that earlier batches left
+the documents of a batch are fetched and parsed concurrently. The worker's loop goes on once
+half of them are ready (at most ``raw_wait_seconds``, 10 s): the messages of documents still
+fetching or parsing leave the batch, still claimed, and come into the model's next batch, which
+takes their results (``prepare(carry=True)``), so the parse pool works on them while the ready
+ones are embedded and written, and a slow parse never holds the others. Without carrying (a
+provider batch's messages), the batch waits for all of them at most ``raw_wait_seconds``, and
+those still in work are released without an attempt spent (``raw_pending``, back in 2 s) while
+their work goes on; their next delivery takes the result. Every document of a batch is submitted; of those that earlier batches left
 in work, at most ``4 x max(fetch threads, parse processes)`` are held before new ones wait.
 
 What becomes of each document:
@@ -44,7 +47,7 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -203,6 +206,9 @@ class RawBatch:
     chunked: dict[int, tuple[chunking.ChunkerConfig, str | None, list[chunking.Chunk]]] = field(
         default_factory=dict
     )
+    # prepare(carry=True): the messages of documents still fetching or parsing, taken out of
+    # the batch and still claimed: the caller brings them into its next batch
+    carried: list[db.Message] = field(default_factory=list)
 
 
 class RawStage:
@@ -278,12 +284,23 @@ class RawStage:
         conn: psycopg.Connection[Any],
         msgs: list[db.Message],
         chunker: chunking.ChunkerConfig | None = None,
+        *,
+        carry: bool = False,
     ) -> tuple[list[db.Message], RawBatch | None]:
         """The messages with the parsed text of their raw documents in place (an unchanged
         re-check's message marked stale: acknowledged), and the failures to apply after triage.
         Messages of other documents are returned as they were; no query when none may be raw.
         With ``chunker``, each document is also chunked on its fetch thread as soon as it is
-        parsed, while the others still parse (:meth:`chunk` takes those chunks)."""
+        parsed, while the others still parse (:meth:`chunk` takes those chunks).
+
+        Without ``carry`` the batch waits for all of its documents, at most ``raw_wait_seconds``;
+        those still in work then are released (``raw_pending``). With ``carry`` (the worker's
+        online loop) it goes on as soon as half of them are ready (or all, or after
+        ``raw_wait_seconds``): the messages of the others leave the batch, still claimed, in
+        ``RawBatch.carried``, and the caller brings them into its next batch (which reads that
+        many fewer new messages), which takes their results. So the parse pool works on them
+        while the ready half is embedded and written, instead of idling until the slowest
+        document of the batch is parsed."""
         ids = [
             m.doc_id
             for m in msgs
@@ -342,15 +359,22 @@ class RawStage:
                 )
                 self._inflight[key] = held
             futures[doc_id] = held[1]
-        # The batch waits for its documents at most raw_wait_seconds: the others are released
-        # (no attempt spent) and go on parsing; their next delivery takes the result.
-        done, _ = wait(list(futures.values()), timeout=self.wait_seconds)
+        # The batch waits for its documents at most raw_wait_seconds (with carry: until half
+        # are ready): the others are carried into the next batch or released (no attempt
+        # spent) and go on parsing; their next delivery takes the result.
+        if carry:
+            self._wait_for_half(list(futures.values()))
+        else:
+            wait(list(futures.values()), timeout=self.wait_seconds)
         outcomes: dict[int, Outcome] = {}
+        carried: set[int] = set()
         for doc_id, f in futures.items():
-            if f in done:
+            if f.done():
                 self._inflight.pop((doc_id, rows[doc_id].version), None)
                 outcomes[doc_id] = o = f.result()
                 self._observe(o)
+            elif carry:
+                carried.add(doc_id)
             else:
                 out.failures[doc_id] = self._later("still fetching or parsing")
 
@@ -398,12 +422,27 @@ class RawStage:
         stale = {o.row.doc_id for o in unchanged} | moved
         result: list[db.Message] = []
         for m in msgs:
+            if m.doc_id in carried and m.status == "current" and m.body is None:
+                out.carried.append(m)
+                continue
             if m.doc_id in stale:
                 m = dataclasses.replace(m, status="stale")
             elif m.doc_id in out.rendered and m.status == "current":
                 m = dataclasses.replace(m, body=out.rendered[m.doc_id].text)
             result.append(m)
         return result, out
+
+    def _wait_for_half(self, futures: list[Future[Outcome]]) -> None:
+        """Returns once half of ``futures`` (rounded up) are done, or after ``wait_seconds``."""
+        deadline = time.monotonic() + self.wait_seconds
+        need = (len(futures) + 1) // 2
+        pending = [f for f in futures if not f.done()]
+        while pending and len(futures) - len(pending) < need:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            _, rest = wait(pending, timeout=left, return_when=FIRST_COMPLETED)
+            pending = list(rest)
 
     def _observe(self, o: Outcome) -> None:
         if self.metrics is None:
