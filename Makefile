@@ -52,10 +52,14 @@ $(VENV)/pyvenv.cfg:
 	$(PYTHON) -m venv $(VENV)
 
 # Re-done only when pyproject.toml changes (or the venv is recreated).
-# torch first, pinned: 2.13.0 is the CPU build on this machine's disk; anything else downloads GBs.
+# torch first, pinned, with pip (which reads pip's config: 2.13.0 is the CPU build in its
+# find-links on this machine's disk; anything else downloads GBs), without compiling its .py files
+# (Python compiles what it imports). The rest with uv, installed from the registry into the venv:
+# on a fresh machine 23 s instead of pip's 372 s for the same 192 packages, same versions; torch
+# named again so that no dependency can replace the installed CPU build.
 $(VENV_STAMP): pyproject.toml $(VENV)/pyvenv.cfg
-	$(VBIN)/python -m pip install -q --disable-pip-version-check 'torch==2.13.0'
-	$(VBIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,local]'
+	$(VBIN)/python -m pip install -q --disable-pip-version-check --no-compile 'torch==2.13.0' 'uv==0.13.9'
+	$(VBIN)/uv pip install -q --python $(VBIN)/python -e '.[dev,local]' 'torch==2.13.0'
 	@mkdir -p $(STAMPS) && touch $@
 
 deps: system venv
