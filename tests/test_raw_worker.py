@@ -660,3 +660,43 @@ def test_the_worker_embeds_a_batch_without_waiting_for_its_slowest_parse(
     # written while the hanging parse went on (killed 4 s after it began)
     assert (failed_at - last_embedded).total_seconds() > 2.0
     assert queue_count(conn, "v1") == 0
+
+
+def test_crash_suspects_wait_while_the_batch_carries_messages(
+    model: psycopg.Connection[Any], dsn: str, raw_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that brings carried messages does not mix crash suspects (redeliveries of a
+    worker that died) into them: the suspects are given back at once, uncharged, and come in a
+    batch of their own once nothing is carried. (The batch failed with an IndexError here.)"""
+    from pgingest import db
+    from tests.helpers import insert_docs
+
+    conn = model
+    _hang_and_fast(conn, monkeypatch)
+    w = worker.Worker(settings(dsn, parse_processes=1))
+    [m] = [x for x in db.live_models(conn) if x.name == "v1"]
+    carried = db.read_batch(conn, "v1", 30, 10)
+    assert len(carried) == 5
+    w.claims.hold("v1", carried)
+    w._carry["v1"] = carried
+    insert_docs(conn, [("suspect", None, "A document whose worker died twice.")])
+    conn.execute("UPDATE pgmq.q_pgingest_v1 SET read_ct = 3 WHERE read_ct = 0")
+    try:
+        stats = w.process_batch(m)
+        assert stats.released == 1  # the suspect, given back, not processed with them
+        assert conn.execute(
+            "SELECT count(*) FROM pgingest.embedding_state AS e JOIN pgingest.documents AS d"
+            " ON d.id = e.doc_id WHERE d.key = 'suspect'"
+        ).fetchone() == (0,)
+        w.run()  # --drain: the rest
+    finally:
+        w.raw.close()
+    assert _state(conn, "blobs") == {
+        "hang": "timeout",
+        **{f"fast-{i}": "embedded" for i in range(4)},
+    }
+    assert conn.execute(
+        "SELECT count(*) FROM pgingest.embedding_state AS e JOIN pgingest.documents AS d"
+        " ON d.id = e.doc_id WHERE d.key = 'suspect' AND e.model = 'v1'"
+    ).fetchone() == (1,)
+    assert queue_count(conn, "v1") == 0

@@ -538,15 +538,20 @@ class Worker:
         if carried and msgs and msgs[0].crashes:
             msgs, aside = [], aside + msgs
         if aside:
-            stats.released = db.release(
-                conn, m.name, [a.msg_id for a in aside], [a.read_ct for a in aside], 0
-            )
-            crashes = msgs[0].crashes
+            try:
+                stats.released = db.release(
+                    conn, m.name, [a.msg_id for a in aside], [a.read_ct for a in aside], 0
+                )
+            except Exception:
+                if carried:
+                    self._carry[m.name] = carried  # still claimed: the next pass takes them
+                raise
+            group = msgs or aside  # empty: the suspects wait for the carried messages
             log.warning(
                 "crash redeliveries: processing a smaller group, the rest released",
                 extra={
                     "model": m.name,
-                    "crashes": crashes,
+                    "crashes": group[0].crashes,
                     "group": len(msgs),
                     "released": len(aside),
                     "msg_ids": [msg.msg_id for msg in msgs][:16],
