@@ -167,10 +167,11 @@ class Inserter(threading.Thread):
 def test_register_backfill_index_swap_rollback_under_load(
     conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer, background_worker: Any
 ) -> None:
-    """2,000 documents, inserts arriving all along the backfill, a search loop in another
-    connection through register, backfill, index, swap, rollback and swap again."""
+    """1,000 documents (two backfill batches of 500), inserts arriving all along the backfill,
+    a search loop in another connection through register, backfill, index, swap, rollback and
+    swap again."""
     assert register(conn, "v1", fake.url) == "active"
-    insert_docs(conn, 1, 2000)
+    insert_docs(conn, 1, 1000)
     wait_for(lambda: progress(conn, "v1")["pending"] == 0, timeout=60)
     assert index.build_index(dsn, "v1", progress=False).valid  # built after the initial load
 
@@ -182,7 +183,7 @@ def test_register_backfill_index_swap_rollback_under_load(
 
     assert register(conn, "v2", fake.url, model_id="fake-768", dimensions=768) == "shadow"
     upto = conn.execute("SELECT backfill_upto FROM pgingest.models WHERE name = 'v2'").fetchone()
-    assert upto is not None and upto[0] >= 2000
+    assert upto is not None and upto[0] >= 1000
     # Refused at once: nothing of the backfill is embedded yet.
     diag = refusal(conn, "v2")
     assert diag.sqlstate == "55000"
@@ -197,7 +198,7 @@ def test_register_backfill_index_swap_rollback_under_load(
 
     # The backfill completes while documents keep arriving (dual write).
     wait_for(
-        lambda: (p := progress(conn, "v2"))["backfill_queued_all"] and p["embedded"] >= 2000,
+        lambda: (p := progress(conn, "v2"))["backfill_queued_all"] and p["embedded"] >= 1000,
         timeout=60,
     )
     inserted_during = inserter.inserted
@@ -213,7 +214,7 @@ def test_register_backfill_index_swap_rollback_under_load(
     ).fetchone()
     assert late is not None and late[0] > 0  # inserted after register_model, embedded by dual write
     p2 = progress(conn, "v2")
-    assert p2["documents"] == 2000 + inserter.inserted
+    assert p2["documents"] == 1000 + inserter.inserted
     assert p2["embedded"] == p2["documents"] and p2["dead_lettered"] == 0
     assert p2["percent"] == 100
 
