@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 import threading
 import unicodedata
 from abc import ABC, abstractmethod
@@ -652,6 +653,12 @@ _SPLITS_ASCII: Final = np.zeros(256, dtype=np.bool_)
 _SPLITS_ASCII[[0x09, 0x0A, 0x0D, 0x20]] = True
 
 
+_OTHER_SPACE: Final = re.compile(
+    "[\x0b\x0c\x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+)
+"""The characters ``str.split()`` splits at besides ASCII space, tab, CR and LF."""
+
+
 def _split_words(text: str) -> tuple[IntArray, list[str]]:
     """Where each word of ``text`` starts, and the words: maximal runs of characters other than
     ASCII space, tab, CR and LF (which every tokenizer here splits at)."""
@@ -664,16 +671,17 @@ def _split_words(text: str) -> tuple[IntArray, list[str]]:
     padded[1:-1] = split
     runs = np.flatnonzero(padded[1:] != padded[:-1])  # a word starts, ends, starts, ...
     starts = runs[0::2]
+    if _OTHER_SPACE.search(text) is None:  # str.split() splits exactly there (in C)
+        return starts, text.split()
     return starts, [text[a:b] for a, b in zip(starts.tolist(), runs[1::2].tolist(), strict=True)]
 
 
 def _gather(starts: IntArray, words: list[str], pieces: Mapping[str, _Pieces]) -> _Encoding:
     """The text's encoding from its words' pieces: one gather over the distinct words'."""
-    local: dict[str, int] = {}
-    occ = np.fromiter(
-        (local.setdefault(w, len(local)) for w in words), dtype=np.int64, count=len(words)
-    )
-    entries = [pieces[w] for w in local]
+    distinct = list(dict.fromkeys(words))
+    index = {w: k for k, w in enumerate(distinct)}
+    occ = np.fromiter(map(index.__getitem__, words), dtype=np.int64, count=len(words))
+    entries = [pieces[w] for w in distinct]
     lens = np.fromiter((len(e[0]) for e in entries), dtype=np.int64, count=len(entries))
     n_words = np.fromiter(
         (e[2][-1] + 1 if e[2] else 0 for e in entries), dtype=np.int64, count=len(entries)
