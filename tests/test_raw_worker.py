@@ -700,3 +700,47 @@ def test_crash_suspects_wait_while_the_batch_carries_messages(
         " ON d.id = e.doc_id WHERE d.key = 'suspect' AND e.model = 'v1'"
     ).fetchone() == (1,)
     assert queue_count(conn, "v1") == 0
+
+
+def test_two_models_share_one_parse_of_each_document(
+    model: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    raw_env: str,
+    monkeypatch: pytest.MonkeyPatch,
+    fixture_files: tuple[Path, dict[str, Expected]],
+) -> None:
+    """With two models (a migration), each document has a message per model; the worker
+    fetches and parses it once and the other model's batch takes that result: parsed texts and
+    permanent failures alike (a hanging parse is waited for once, not once per model)."""
+    from pgingest.worker.raw import RawStage
+
+    conn = model
+    register(conn, "v2", fake.url, model_id="fake-768", dimensions=768)
+    folder, _ = fixture_files
+    _hang_and_fast(conn, monkeypatch)
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO public.blobs (name, data) VALUES (%s, %s)",
+            [(n, (folder / n).read_bytes()) for n in ["multipage.pdf", "handbook.docx"]],
+        )
+    calls: list[int] = []
+    original = RawStage._fetch_and_parse
+
+    def counting(self: RawStage, o: Any, policy: Any) -> None:
+        calls.append(o.row.doc_id)
+        original(self, o, policy)
+
+    monkeypatch.setattr(RawStage, "_fetch_and_parse", counting)
+    _drain(dsn)
+    expected = {"hang": "timeout", "multipage.pdf": "embedded", "handbook.docx": "embedded"}
+    expected |= {f"fast-{i}": "embedded" for i in range(4)}
+    assert _state(conn, "blobs") == expected  # v1
+    assert conn.execute(
+        "SELECT count(*) FROM pgingest.embedding_state WHERE model = 'v2'"
+    ).fetchone() == (6,)
+    assert conn.execute(
+        "SELECT model, error_class FROM pgingest.dead_letters ORDER BY model"
+    ).fetchall() == [("v1", "timeout"), ("v2", "timeout")]
+    assert sorted(calls) == sorted(set(calls)) and len(calls) == 7  # once each
+    assert queue_count(conn, "v1") == 0 and queue_count(conn, "v2") == 0

@@ -602,7 +602,9 @@ class Worker:
         it. With ``carry`` (the online path), raw documents still fetching or parsing leave the
         batch in ``Prepared.carried`` (RawStage.prepare)."""
         # raw documents fetched, parsed and chunked on the fetch threads (worker/raw.py)
-        msgs, raw = self.raw.prepare(conn, msgs, self.chunker(m), carry=carry)
+        msgs, raw = self.raw.prepare(
+            conn, msgs, self.chunker(m), carry=carry, share=max(1, len(self._served))
+        )
         t0 = time.perf_counter()
         batch = core.triage(msgs, self.max_attempts)
         chunker = self.chunker(m)

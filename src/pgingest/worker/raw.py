@@ -47,6 +47,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,12 @@ log = logging.getLogger("pgingest.worker")
 
 INFLIGHT_TTL = 600.0
 """Seconds a finished fetch and parse waits for its message to come back."""
+
+SHARED_TTL = 300.0
+"""Seconds a result waits for the batches of the worker's other models (``prepare(share=)``)."""
+
+SHARED_BYTES = 64 * 1024 * 1024
+"""Parsed text kept at most for those batches (the oldest results go first)."""
 
 ALLOWLIST_TTL = 60.0
 """Seconds the admin-managed allow-list is cached (a removed entry stops working within it)."""
@@ -211,6 +218,10 @@ class RawBatch:
     carried: list[db.Message] = field(default_factory=list)
 
 
+def _text_bytes(o: Outcome) -> int:
+    return len(o.rendered.text) if o.rendered is not None else 0
+
+
 class RawStage:
     """Fetching and parsing for the worker (one per worker process; its pools start lazily, at
     the first raw document)."""
@@ -237,6 +248,10 @@ class RawStage:
         self.retry_delay = 2
         self.max_inflight = 4 * max(self.fetch_threads, self.processes)
         self._inflight: dict[tuple[int, bytes], tuple[float, Future[Outcome]]] = {}
+        # Results kept for the worker's other models: (done at, the result, models still to
+        # take it), oldest first; their parsed text is at most SHARED_BYTES in all.
+        self._shared: OrderedDict[tuple[int, bytes], tuple[float, Outcome, int]] = OrderedDict()
+        self._shared_bytes = 0
         self._pool: ParsePool | None = None
         self._fetchers: ThreadPoolExecutor | None = None
         self._policy: fetch.FetchPolicy | None = None
@@ -286,6 +301,7 @@ class RawStage:
         chunker: chunking.ChunkerConfig | None = None,
         *,
         carry: bool = False,
+        share: int = 1,
     ) -> tuple[list[db.Message], RawBatch | None]:
         """The messages with the parsed text of their raw documents in place (an unchanged
         re-check's message marked stale: acknowledged), and the failures to apply after triage.
@@ -300,7 +316,13 @@ class RawStage:
         ``RawBatch.carried``, and the caller brings them into its next batch (which reads that
         many fewer new messages), which takes their results. So the parse pool works on them
         while the ready half is embedded and written, instead of idling until the slowest
-        document of the batch is parsed."""
+        document of the batch is parsed.
+
+        ``share``: how many models this worker serves (each has its own message for a
+        document): a document parsed (or failed for good) for one of them is kept, up to
+        ``SHARED_BYTES`` of text and ``SHARED_TTL`` s, for the batches of the ``share - 1``
+        others, which take it without fetching or parsing it again (a model migration parses
+        each document once, not once per model)."""
         ids = [
             m.doc_id
             for m in msgs
@@ -321,6 +343,7 @@ class RawStage:
         for doc_id in over:
             out.failures[doc_id] = self._later("over the batch's budget of bytes read at once")
         futures: dict[int, Future[Outcome]] = {}
+        shared: dict[int, Outcome] = {}
         self._prune()
         probes: dict[int, str] = {}  # doc_id -> its paused source, fetched as a probe
         titles = {m.doc_id: m.title for m in msgs if m.doc_id in rows}
@@ -347,6 +370,10 @@ class RawStage:
                 )
                 continue
             key = (doc_id, row.version)
+            kept = self._take_shared(key)
+            if kept is not None:  # parsed for another model's batch
+                shared[doc_id] = kept
+                continue
             held = self._inflight.get(key)
             if held is None:
                 if len(self._inflight) >= limit:
@@ -366,13 +393,15 @@ class RawStage:
             self._wait_for_half(list(futures.values()))
         else:
             wait(list(futures.values()), timeout=self.wait_seconds)
-        outcomes: dict[int, Outcome] = {}
+        outcomes: dict[int, Outcome] = dict(shared)
         carried: set[int] = set()
         for doc_id, f in futures.items():
             if f.done():
                 self._inflight.pop((doc_id, rows[doc_id].version), None)
                 outcomes[doc_id] = o = f.result()
                 self._observe(o)
+                if share > 1:
+                    self._keep_shared((doc_id, rows[doc_id].version), o, share - 1)
             elif carry:
                 carried.add(doc_id)
             else:
@@ -470,7 +499,13 @@ class RawStage:
             if row is None:
                 continue
             size = row.content_bytes or 0
-            if row.uri is None and size > 0 and (doc_id, row.version) not in self._inflight:
+            key = (doc_id, row.version)
+            if (
+                row.uri is None
+                and size > 0
+                and key not in self._inflight
+                and key not in self._shared
+            ):
                 if total and total + min(size, max_bytes) > self.batch_bytes:
                     over.append(doc_id)
                     continue
@@ -486,11 +521,44 @@ class RawStage:
 
     def _prune(self) -> None:
         """Forgets results nobody came back for (the message went to another worker, or its
-        document changed) after ``INFLIGHT_TTL`` s."""
+        document changed) after ``INFLIGHT_TTL`` s, and kept ones after ``SHARED_TTL`` s."""
         now = time.monotonic()
         for key, (since, f) in list(self._inflight.items()):
             if f.done() and now - since > INFLIGHT_TTL:
                 del self._inflight[key]
+        while self._shared:
+            key, (since, _, _) = next(iter(self._shared.items()))
+            if now - since <= SHARED_TTL:
+                break
+            self._drop_shared(key)
+
+    def _keep_shared(self, key: tuple[int, bytes], o: Outcome, takers: int) -> None:
+        """Keeps a parse's result (or its permanent failure) for ``takers`` more batches."""
+        if o.rendered is None and (o.error is None or not o.error.permanent):
+            return  # an unchanged re-check, a transient failure: each model looks again
+        if o.error is not None and o.error.scope != "object":
+            return
+        self._drop_shared(key)
+        self._shared[key] = (time.monotonic(), o, takers)
+        self._shared_bytes += _text_bytes(o)
+        while self._shared_bytes > SHARED_BYTES and self._shared:
+            self._drop_shared(next(iter(self._shared)))
+
+    def _take_shared(self, key: tuple[int, bytes]) -> Outcome | None:
+        kept = self._shared.get(key)
+        if kept is None:
+            return None
+        since, o, takers = kept
+        if takers <= 1:
+            self._drop_shared(key)
+        else:
+            self._shared[key] = (since, o, takers - 1)
+        return o
+
+    def _drop_shared(self, key: tuple[int, bytes]) -> None:
+        kept = self._shared.pop(key, None)
+        if kept is not None:
+            self._shared_bytes -= _text_bytes(kept[1])
 
     def chunk(
         self, batch: core.Batch, raw: RawBatch | None, config: chunking.ChunkerConfig
