@@ -341,6 +341,7 @@ def bench_parse(
     pdf_pages: int = 20,
     processes: int = 2,
     rounds: int = 3,
+    spare_rounds: int = 2,
 ) -> dict[str, Any]:
     """``make bench``'s parse case: documents per second through the worker (bytea source,
     fake embedder, ``processes`` parse processes) over documents per second of the parsers alone
@@ -349,7 +350,12 @@ def bench_parse(
     worker run; a round's ratio takes the mean of the parsers' runs on either side of it, and
     ``parse_efficiency`` is the median of the rounds' (the machine's load drifts). Each round's
     rows have their own keys and titles (the titles are in the model's input: no cache hit
-    across rounds). Then ``parse_peak_rss_mib`` while a 200-page PDF is parsed."""
+    across rounds). ``pipeline_parse_cpu_share``: the parse children's CPU over the CPU of the
+    children, the worker process, the database's backends and the fake embedder in the last
+    round; where the cores are all busy it bounds ``parse_efficiency``. Then
+    ``spare_rounds`` rounds with one parse process against the parsers alone in one:
+    ``parse_efficiency_one_process``. Then ``parse_peak_rss_mib`` while a 200-page PDF is
+    parsed."""
     import psycopg
 
     from bench.common import fake_server, fresh_database, log, register_model
@@ -382,12 +388,24 @@ def bench_parse(
                 mine = [(f"r{r}-{n}", d) for n, d in files]
                 through_runs.append(_through_worker(conn, dsn, mine, processes, cpu, fake.proc.pid))
                 alone_runs.append(_parsers_alone(items, processes))
+            # The same with one parse process against one (the pipeline's loop, the database and
+            # the embedder then have a core of their own on a 2-core machine): how much of the
+            # gap above is the pipeline's own waiting, how much the CPU the cores share.
+            one_alone = [_parsers_alone(items, 1)]
+            one_through: list[float] = []
+            one_cpu: dict[str, float] = {}
+            for r in range(spare_rounds):
+                mine = [(f"s{r}-{n}", d) for n, d in files]
+                one_through.append(_through_worker(conn, dsn, mine, 1, one_cpu, fake.proc.pid))
+                one_alone.append(_parsers_alone(items, 1))
             row = conn.execute(
                 "SELECT count(*) FROM pgingest.embedding_state WHERE model = 'v1'"
             ).fetchone()
             embedded = int(row[0]) - 8 if row else 0
-            if embedded != len(files) * rounds:
-                raise RuntimeError(f"{embedded} of {len(files) * rounds} documents embedded")
+            if embedded != len(files) * (rounds + spare_rounds):
+                raise RuntimeError(
+                    f"{embedded} of {len(files) * (rounds + spare_rounds)} documents embedded"
+                )
             conn.execute("TRUNCATE public.blobs")
             big = large_pdf(200)
             conn.execute("INSERT INTO public.blobs VALUES ('big.pdf', %s)", (big,))
@@ -407,10 +425,20 @@ def bench_parse(
     out["pipeline_parse_cpu_share"] = (
         round(cpu["parse_children_cpu_s"] / total, 3) if total else None
     )
+    one = [(one_alone[r] + one_alone[r + 1]) / 2 / one_through[r] for r in range(spare_rounds)]
+    out["one_process"] = {
+        "parsers_alone_s": [round(x, 3) for x in one_alone],
+        "pipeline_s": [round(x, 3) for x in one_through],
+        "rounds": [round(x, 3) for x in one],
+        **one_cpu,
+    }
+    out["parse_efficiency_one_process"] = round(statistics.median(one), 3) if one else None
     log(
         f"parse: {len(files)} documents, parsers alone {out['parsers_alone_docs_per_s']} doc/s,"
         f" through the worker {out['pipeline_docs_per_s']} doc/s:"
-        f" parse_efficiency {out['parse_efficiency']}; peak RSS {out['parse_peak_rss_mib']} MiB"
+        f" parse_efficiency {out['parse_efficiency']} (parse CPU share"
+        f" {out['pipeline_parse_cpu_share']}; one process against one:"
+        f" {out['parse_efficiency_one_process']}); peak RSS {out['parse_peak_rss_mib']} MiB"
     )
     return out
 

@@ -1474,7 +1474,12 @@ def flatten(results: dict[str, Any]) -> dict[str, Any]:
         ):
             out[key] = results["quota"][key]
     if "parse" in results:  # raw documents (issue 22): bench/parse.py
-        for key in ("parse_efficiency", "parse_peak_rss_mib"):
+        for key in (
+            "parse_efficiency",
+            "pipeline_parse_cpu_share",
+            "parse_efficiency_one_process",
+            "parse_peak_rss_mib",
+        ):
             out[key] = results["parse"][key]
     return out
 
