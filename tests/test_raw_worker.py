@@ -744,3 +744,76 @@ def test_two_models_share_one_parse_of_each_document(
     ).fetchall() == [("v1", "timeout"), ("v2", "timeout")]
     assert sorted(calls) == sorted(set(calls)) and len(calls) == 7  # once each
     assert queue_count(conn, "v1") == 0 and queue_count(conn, "v2") == 0
+
+
+def test_a_message_of_an_older_version_is_stale_whatever_the_order(
+    model: psycopg.Connection[Any], dsn: str, raw_env: str
+) -> None:
+    """Staleness is decided message by message: a carried message of the version before (read
+    earlier, its status as old as that read) beside the current version's message is stale, and
+    the current one is parsed, in either order; an older message read as stale does not make the
+    current one stale. (Keyed by document, the last message decided for both: the current
+    version was acknowledged unembedded, or embedded under the old version's hash.)"""
+    import dataclasses
+
+    from pgingest import db
+    from pgingest.worker.raw import RawStage
+
+    conn = model
+    conn.execute("CREATE TABLE public.blobs (id int PRIMARY KEY, data bytea)")
+    conn.execute("SELECT pgingest.add_source('blobs', 'public.blobs', content => 'data')")
+    conn.execute("INSERT INTO public.blobs VALUES (1, 'The first version.')")
+    [old] = db.read_batch(conn, "v1", 30, 10)
+    conn.execute("UPDATE public.blobs SET data = 'The second version.' WHERE id = 1")
+    [new] = db.read_batch(conn, "v1", 30, 10)
+    assert old.doc_id == new.doc_id and old.content_hash != new.content_hash
+    assert old.status == new.status == "current"  # the old one as it was read, before the update
+    stage = RawStage(settings(dsn, parse_processes=1))
+    try:
+        for batch in ([old, new], [new, old], [new, dataclasses.replace(old, status="stale")]):
+            out, raw = stage.prepare(conn, batch, carry=True)
+            assert raw is not None and raw.carried == [] and raw.failures == {}
+            got = {m.msg_id: (m.status, m.body) for m in out}
+            assert got[old.msg_id][0] == "stale"
+            assert got[new.msg_id] == ("current", "The second version.")
+    finally:
+        stage.close()
+
+
+def test_a_carried_crash_suspect_is_not_joined_by_new_messages(
+    model: psycopg.Connection[Any], dsn: str, raw_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A carried message that is a crash suspect (a redelivery after a worker died) stays in a
+    batch of its own: the pass that brings it reads nothing new, so that if it kills the worker
+    again, no other message becomes a suspect with it."""
+    import dataclasses
+
+    from pgingest import db
+    from tests.helpers import insert_docs
+
+    conn = model
+    _hang_and_fast(conn, monkeypatch)
+    w = worker.Worker(settings(dsn, parse_processes=1))
+    [m] = [x for x in db.live_models(conn) if x.name == "v1"]
+    hang = _doc(conn, "hang")
+    msgs = db.read_batch(conn, "v1", 30, 10)
+    suspect = [dataclasses.replace(x, read_ct=3) for x in msgs if x.doc_id == hang]
+    others = [x for x in msgs if x.doc_id != hang]
+    db.release(conn, "v1", [x.msg_id for x in others], [x.read_ct for x in others], 0)
+    w.claims.hold("v1", suspect)
+    w._carry["v1"] = suspect
+    insert_docs(conn, [("fresh", None, "A fresh document.")])
+    before = dict(conn.execute("SELECT msg_id, read_ct FROM pgmq.q_pgingest_v1").fetchall())
+    try:
+        w.process_batch(m)  # the suspect's parse hangs until its timeout (4 s): dead-lettered
+        w.writer.flush()
+    finally:
+        w.raw.close()
+        w.writer.shutdown()
+    after = dict(conn.execute("SELECT msg_id, read_ct FROM pgmq.q_pgingest_v1").fetchall())
+    # the suspect's message is gone (written); the others, the fresh one too, were not read
+    assert after == {i: n for i, n in before.items() if i != suspect[0].msg_id}
+    assert len(after) == 5
+    assert conn.execute("SELECT error_class FROM pgingest.dead_letters").fetchall() == [
+        ("timeout",)
+    ]

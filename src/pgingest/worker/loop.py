@@ -228,6 +228,8 @@ class Worker:
                     if lost:
                         self.writer.settle()
                         self._reset_connections()
+                        for name in list(self._carry):  # their claims may lapse meanwhile
+                            self._drop_carry(name)
                     self.stopping.wait(delay)
                     continue
                 if self.s.drain and self._write_kept_failing():
@@ -272,6 +274,14 @@ class Worker:
             return db.release(self._connection(), model, ids, [c.read_ct for c in carried], delay)
         except MODEL_GONE:
             return 0  # retired: nothing to give back
+        except psycopg.OperationalError:
+            raise  # the loop reconnects; the claims, dropped, expire
+        except psycopg.Error as exc:  # not worth dying for: the claims, dropped, expire
+            log.warning(
+                "could not give back carried messages; they come back after the visibility timeout",
+                extra={"model": model, "error": str(exc).splitlines()[0][:200]},
+            )
+            return 0
 
     def _drop_carry(self, model: str) -> None:
         """Forgets the model's carried messages (its queue is gone)."""
@@ -516,8 +526,10 @@ class Worker:
         sizer = self.sizers.for_model(m.name)
         carried = self._carry.pop(m.name, [])  # claimed already: the batch takes them first
         msgs: list[db.Message] = []
+        # A carried crash suspect keeps its isolation: nothing new joins it.
+        alone = any(c.crashes for c in carried)
         try:
-            if sizer.size > len(carried):
+            if sizer.size > len(carried) and not alone:
                 msgs = db.read_batch(
                     conn, m.name, self.s.visibility_timeout, sizer.size - len(carried)
                 )
@@ -565,11 +577,13 @@ class Worker:
         try:
             return self._embed_and_submit(m, conn, msgs, stats, carry=True)
         except Exception:
-            # Not handed to the writer: the claims expire, those carried out of it included.
-            # (KeyboardInterrupt, SystemExit: the worker stops and run() releases the claims
-            # still held, charging nothing.)
-            self.claims.drop(m.name, ids)
-            self._carry.pop(m.name, None)
+            # Not handed to the writer: the claims expire, except those of the messages carried
+            # out of it (still parsing: the next pass takes them; the failure, such as an
+            # earlier batch's write re-raised by the writer, was not theirs). (KeyboardInterrupt,
+            # SystemExit: the worker stops and run() releases the claims still held, charging
+            # nothing.)
+            kept = {c.msg_id for c in self._carry.get(m.name, [])}
+            self.claims.drop(m.name, [i for i in ids if i not in kept])
             raise
 
     def process_known(self, m: db.Model, msgs: list[db.Message], known: Results) -> core.BatchStats:

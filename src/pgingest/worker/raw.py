@@ -75,6 +75,12 @@ SHARED_TTL = 300.0
 """Seconds a result waits for the batches of the worker's other models (``prepare(share=)``)."""
 
 SHARED_BYTES = 64 * 1024 * 1024
+
+SHARED_FAILURES = frozenset(
+    {"timeout", "oom", "encrypted", "empty_text", "parse_error", "unsupported_type"}
+)
+"""The failures a kept result may carry: the parse's, which another attempt would repeat (a
+fetch's, such as a refusal or a vanished object, each model finds for itself)."""
 """Parsed text kept at most for those batches (the oldest results go first)."""
 
 ALLOWLIST_TTL = 60.0
@@ -219,7 +225,11 @@ class RawBatch:
 
 
 def _text_bytes(o: Outcome) -> int:
-    return len(o.rendered.text) if o.rendered is not None else 0
+    """About the memory a kept result holds: its text and the text of its chunks."""
+    n = len(o.rendered.text) if o.rendered is not None else 0
+    if o.chunked is not None:
+        n += sum(len(c.embed_input) for c in o.chunked[2])
+    return n
 
 
 class RawStage:
@@ -331,20 +341,34 @@ class RawStage:
         if not ids:
             return msgs, None
         policy = self.policy(conn)
+        self._prune()  # first: _read counts a document held here as read already
         rows, over = self._read(conn, ids, policy.max_bytes)
         if not rows:
             return msgs, None
-        # A row that changed since the read is another version: this message is stale (the
-        # change queued its own).
-        hashes = {m.doc_id: m.content_hash for m in msgs if m.doc_id in rows}
-        moved = {d for d, row in rows.items() if hashes.get(d) != row.version}
-        rows = {d: row for d, row in rows.items() if d not in moved}
+        # A message of another version than the row's is stale (a change queued its own),
+        # decided message by message: a carried message was read earlier than the others, and
+        # its status is as old as that read.
+        versions = {d: row.version for d, row in rows.items()}
+
+        def behind(m: db.Message) -> bool:
+            return (
+                m.status == "current"
+                and m.body is None
+                and m.doc_id in versions
+                and m.content_hash != versions[m.doc_id]
+            )
+
+        wanted = {
+            m.doc_id
+            for m in msgs
+            if m.status == "current" and m.body is None and m.doc_id in versions and not behind(m)
+        }
+        rows = {d: row for d, row in rows.items() if d in wanted}
         out = RawBatch()
         for doc_id in over:
             out.failures[doc_id] = self._later("over the batch's budget of bytes read at once")
         futures: dict[int, Future[Outcome]] = {}
         shared: dict[int, Outcome] = {}
-        self._prune()
         probes: dict[int, str] = {}  # doc_id -> its paused source, fetched as a probe
         titles = {m.doc_id: m.title for m in msgs if m.doc_id in rows}
         # The whole batch goes in (its bytes are read already; releasing the documents over a
@@ -370,7 +394,7 @@ class RawStage:
                 )
                 continue
             key = (doc_id, row.version)
-            kept = self._take_shared(key)
+            kept = self._take_shared(key) if doc_id not in probes else None
             if kept is not None:  # parsed for another model's batch
                 shared[doc_id] = kept
                 continue
@@ -448,13 +472,15 @@ class RawStage:
                 "raw documents unchanged: neither parsed nor embedded",
                 extra={"documents": len(unchanged), "restored": restored},
             )
-        stale = {o.row.doc_id for o in unchanged} | moved
+        unchanged_docs = {o.row.doc_id for o in unchanged}
         result: list[db.Message] = []
         for m in msgs:
-            if m.doc_id in carried and m.status == "current" and m.body is None:
+            if behind(m):
+                m = dataclasses.replace(m, status="stale")
+            elif m.doc_id in carried and m.status == "current" and m.body is None:
                 out.carried.append(m)
                 continue
-            if m.doc_id in stale:
+            elif m.doc_id in unchanged_docs and m.status == "current" and m.body is None:
                 m = dataclasses.replace(m, status="stale")
             elif m.doc_id in out.rendered and m.status == "current":
                 m = dataclasses.replace(m, body=out.rendered[m.doc_id].text)
@@ -463,7 +489,9 @@ class RawStage:
 
     def _wait_for_half(self, futures: list[Future[Outcome]]) -> None:
         """Returns once half of ``futures`` (rounded up) are done, or after ``wait_seconds``."""
-        deadline = time.monotonic() + self.wait_seconds
+        # at least 0.1 s: with nothing ready, a pass must not come straight back (the loop does
+        # not sleep while it carries documents)
+        deadline = time.monotonic() + max(self.wait_seconds, 0.1)
         need = (len(futures) + 1) // 2
         pending = [f for f in futures if not f.done()]
         while pending and len(futures) - len(pending) < need:
@@ -534,10 +562,8 @@ class RawStage:
 
     def _keep_shared(self, key: tuple[int, bytes], o: Outcome, takers: int) -> None:
         """Keeps a parse's result (or its permanent failure) for ``takers`` more batches."""
-        if o.rendered is None and (o.error is None or not o.error.permanent):
-            return  # an unchanged re-check, a transient failure: each model looks again
-        if o.error is not None and o.error.scope != "object":
-            return
+        if o.rendered is None and (o.error is None or o.error.error_class not in SHARED_FAILURES):
+            return  # an unchanged re-check, a fetch's failure: each model looks again
         self._drop_shared(key)
         self._shared[key] = (time.monotonic(), o, takers)
         self._shared_bytes += _text_bytes(o)
