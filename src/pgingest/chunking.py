@@ -562,12 +562,15 @@ class WordPieceTokenizer(Tokenizer):
         from a few thousand words' pieces (8 ms for the same PDF). Word ids only keep their
         grouping (numbered from 0 along each text), which is all ``_layout`` reads of them.
         """
-        splits = [_split_words(t) for t in texts]
+        splits = [
+            (starts, words, list(dict.fromkeys(words)))
+            for starts, words in map(_split_words, texts)
+        ]
         cache = self._words
         found: dict[str, _Pieces] = {}
         missing: dict[str, None] = {}
-        for _, words in splits:
-            for w in dict.fromkeys(words):
+        for _, _, distinct in splits:
+            for w in distinct:
                 if w not in found:
                     pieces = cache.get(w)
                     if pieces is None:
@@ -588,7 +591,7 @@ class WordPieceTokenizer(Tokenizer):
                 found[w] = pieces
                 if len(w) <= _CACHED_WORD_CHARS:
                     cache[w] = pieces
-        return [_gather(starts, words, found) for starts, words in splits]
+        return [_gather(starts, words, distinct, found) for starts, words, distinct in splits]
 
     def _measure(self, texts: list[str]) -> list[tuple[int, int] | None]:
         out: list[tuple[int, int] | None] = []
@@ -676,9 +679,11 @@ def _split_words(text: str) -> tuple[IntArray, list[str]]:
     return starts, [text[a:b] for a, b in zip(starts.tolist(), runs[1::2].tolist(), strict=True)]
 
 
-def _gather(starts: IntArray, words: list[str], pieces: Mapping[str, _Pieces]) -> _Encoding:
-    """The text's encoding from its words' pieces: one gather over the distinct words'."""
-    distinct = list(dict.fromkeys(words))
+def _gather(
+    starts: IntArray, words: list[str], distinct: list[str], pieces: Mapping[str, _Pieces]
+) -> _Encoding:
+    """The text's encoding from its words' pieces (``distinct``: its words, each once, in order
+    of first use): one gather over the distinct words'."""
     index = {w: k for k, w in enumerate(distinct)}
     occ = np.fromiter(map(index.__getitem__, words), dtype=np.int64, count=len(words))
     entries = [pieces[w] for w in distinct]

@@ -265,11 +265,10 @@ class Worker:
     def _release_carry(self, model: str, delay: int) -> int:
         """Gives back the deliveries of the model's carried messages (``release_v2``: no attempt
         charged; their parses go on and a later delivery here takes the results)."""
-        carried = self._carry.pop(model, None)
+        carried = self._drop_carry(model)
         if not carried:
             return 0
         ids = [c.msg_id for c in carried]
-        self.claims.drop(model, ids)
         try:
             return db.release(self._connection(), model, ids, [c.read_ct for c in carried], delay)
         except MODEL_GONE:
@@ -283,11 +282,12 @@ class Worker:
             )
             return 0
 
-    def _drop_carry(self, model: str) -> None:
-        """Forgets the model's carried messages (its queue is gone)."""
-        carried = self._carry.pop(model, None)
+    def _drop_carry(self, model: str) -> list[db.Message]:
+        """Forgets the model's carried messages and stops extending their claims; returns them."""
+        carried = self._carry.pop(model, [])
         if carried:
             self.claims.drop(model, [c.msg_id for c in carried])
+        return carried
 
     def _announce_idle(self) -> bool:
         """``worker_idle_v1`` for the models this worker serves. False when it could not (a
@@ -523,52 +523,15 @@ class Worker:
     def _process_batch(self, m: db.Model) -> core.BatchStats:
         conn = self._connection()
         stats = core.BatchStats()
-        sizer = self.sizers.for_model(m.name)
         carried = self._carry.pop(m.name, [])  # claimed already: the batch takes them first
-        msgs: list[db.Message] = []
-        # A carried crash suspect keeps its isolation: nothing new joins it.
-        alone = any(c.crashes for c in carried)
         try:
-            if sizer.size > len(carried) and not alone:
-                msgs = db.read_batch(
-                    conn, m.name, self.s.visibility_timeout, sizer.size - len(carried)
-                )
-        except Exception as exc:
+            msgs = self._read_new(m, conn, stats, carried)
+        except Exception:
             if carried:
                 self._carry[m.name] = carried  # still claimed: the next pass takes them
-            if not isinstance(exc, MODEL_GONE):
-                # Out of memory, a statement timeout, a message too large (up to batch_size
-                # bodies of 10 MiB): the next read of this model asks for half as many.
-                self.metrics.batch_size(sizer.failed())
             raise
         if not msgs and not carried:
             return stats
-        # Crash redeliveries: only a group of the most crashed suspects is processed, the rest
-        # given back at once without charge (batch.isolate, sql/025_claims.sql). Suspects are
-        # not mixed with carried messages: they wait for a batch of their own.
-        msgs, aside = core.isolate(msgs)
-        if carried and msgs and msgs[0].crashes:
-            msgs, aside = [], aside + msgs
-        if aside:
-            try:
-                stats.released = db.release(
-                    conn, m.name, [a.msg_id for a in aside], [a.read_ct for a in aside], 0
-                )
-            except Exception:
-                if carried:
-                    self._carry[m.name] = carried  # still claimed: the next pass takes them
-                raise
-            group = msgs or aside  # empty: the suspects wait for the carried messages
-            log.warning(
-                "crash redeliveries: processing a smaller group, the rest released",
-                extra={
-                    "model": m.name,
-                    "crashes": group[0].crashes,
-                    "group": len(msgs),
-                    "released": len(aside),
-                    "msg_ids": [msg.msg_id for msg in msgs][:16],
-                },
-            )
         # Claimed until written: extended while the batch is embedded (worker/claims.py).
         self.claims.hold(m.name, msgs)
         msgs = carried + msgs
@@ -585,6 +548,50 @@ class Worker:
             kept = {c.msg_id for c in self._carry.get(m.name, [])}
             self.claims.drop(m.name, [i for i in ids if i not in kept])
             raise
+
+    def _read_new(
+        self,
+        m: db.Model,
+        conn: psycopg.Connection[Any],
+        stats: core.BatchStats,
+        carried: list[db.Message],
+    ) -> list[db.Message]:
+        """The messages a batch reads beside the ``carried`` ones (up to the model's batch
+        size), crash suspects isolated (``stats.released``: those given back)."""
+        sizer = self.sizers.for_model(m.name)
+        # A carried crash suspect keeps its isolation: nothing new joins it.
+        if sizer.size <= len(carried) or any(c.crashes for c in carried):
+            return []
+        try:
+            msgs = db.read_batch(conn, m.name, self.s.visibility_timeout, sizer.size - len(carried))
+        except Exception as exc:
+            if not isinstance(exc, MODEL_GONE):
+                # Out of memory, a statement timeout, a message too large (up to batch_size
+                # bodies of 10 MiB): the next read of this model asks for half as many.
+                self.metrics.batch_size(sizer.failed())
+            raise
+        # Crash redeliveries: only a group of the most crashed suspects is processed, the rest
+        # given back at once without charge (batch.isolate, sql/025_claims.sql). Suspects are
+        # not mixed with carried messages: they wait for a batch of their own.
+        msgs, aside = core.isolate(msgs)
+        if carried and msgs and msgs[0].crashes:
+            msgs, aside = [], aside + msgs
+        if aside:
+            stats.released = db.release(
+                conn, m.name, [a.msg_id for a in aside], [a.read_ct for a in aside], 0
+            )
+            group = msgs or aside  # empty: the suspects wait for the carried messages
+            log.warning(
+                "crash redeliveries: processing a smaller group, the rest released",
+                extra={
+                    "model": m.name,
+                    "crashes": group[0].crashes,
+                    "group": len(msgs),
+                    "released": len(aside),
+                    "msg_ids": [msg.msg_id for msg in msgs][:16],
+                },
+            )
+        return msgs
 
     def process_known(self, m: db.Model, msgs: list[db.Message], known: Results) -> core.BatchStats:
         """Messages taken back from a provider batch that ended (worker/bulk.py): written like

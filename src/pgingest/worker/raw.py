@@ -14,8 +14,9 @@ takes their results (``prepare(carry=True)``), so the parse pool works on them w
 ones are embedded and written, and a slow parse never holds the others. Without carrying (a
 provider batch's messages), the batch waits for all of them at most ``raw_wait_seconds``, and
 those still in work are released without an attempt spent (``raw_pending``, back in 2 s) while
-their work goes on; their next delivery takes the result. Every document of a batch is submitted; of those that earlier batches left
-in work, at most ``4 x max(fetch threads, parse processes)`` are held before new ones wait.
+their work goes on; their next delivery takes the result. Every document of a batch is
+submitted; of those that earlier batches left in work, at most ``4 x max(fetch threads, parse
+processes)`` are held before new ones wait.
 
 What becomes of each document:
 
@@ -75,13 +76,13 @@ SHARED_TTL = 300.0
 """Seconds a result waits for the batches of the worker's other models (``prepare(share=)``)."""
 
 SHARED_BYTES = 64 * 1024 * 1024
+"""Parsed text (and chunks) kept at most for those batches (the oldest results go first)."""
 
 SHARED_FAILURES = frozenset(
     {"timeout", "oom", "encrypted", "empty_text", "parse_error", "unsupported_type"}
 )
 """The failures a kept result may carry: the parse's, which another attempt would repeat (a
 fetch's, such as a refusal or a vanished object, each model finds for itself)."""
-"""Parsed text kept at most for those batches (the oldest results go first)."""
 
 ALLOWLIST_TTL = 60.0
 """Seconds the admin-managed allow-list is cached (a removed entry stops working within it)."""
@@ -329,7 +330,7 @@ class RawStage:
         document of the batch is parsed.
 
         ``share``: how many models this worker serves (each has its own message for a
-        document): a document parsed (or failed for good) for one of them is kept, up to
+        document): a document parsed (or its parse failed) for one of them is kept, up to
         ``SHARED_BYTES`` of text and ``SHARED_TTL`` s, for the batches of the ``share - 1``
         others, which take it without fetching or parsing it again (a model migration parses
         each document once, not once per model)."""
@@ -350,19 +351,13 @@ class RawStage:
         # its status is as old as that read.
         versions = {d: row.version for d, row in rows.items()}
 
-        def behind(m: db.Message) -> bool:
-            return (
-                m.status == "current"
-                and m.body is None
-                and m.doc_id in versions
-                and m.content_hash != versions[m.doc_id]
-            )
+        def raw_current(m: db.Message) -> bool:
+            return m.status == "current" and m.body is None and m.doc_id in versions
 
-        wanted = {
-            m.doc_id
-            for m in msgs
-            if m.status == "current" and m.body is None and m.doc_id in versions and not behind(m)
-        }
+        def behind(m: db.Message) -> bool:
+            return raw_current(m) and m.content_hash != versions.get(m.doc_id or 0)
+
+        wanted = {m.doc_id for m in msgs if raw_current(m) and not behind(m)}
         rows = {d: row for d, row in rows.items() if d in wanted}
         out = RawBatch()
         for doc_id in over:
@@ -477,10 +472,10 @@ class RawStage:
         for m in msgs:
             if behind(m):
                 m = dataclasses.replace(m, status="stale")
-            elif m.doc_id in carried and m.status == "current" and m.body is None:
+            elif m.doc_id in carried and raw_current(m):
                 out.carried.append(m)
                 continue
-            elif m.doc_id in unchanged_docs and m.status == "current" and m.body is None:
+            elif m.doc_id in unchanged_docs and raw_current(m):
                 m = dataclasses.replace(m, status="stale")
             elif m.doc_id in out.rendered and m.status == "current":
                 m = dataclasses.replace(m, body=out.rendered[m.doc_id].text)
@@ -561,7 +556,7 @@ class RawStage:
             self._drop_shared(key)
 
     def _keep_shared(self, key: tuple[int, bytes], o: Outcome, takers: int) -> None:
-        """Keeps a parse's result (or its permanent failure) for ``takers`` more batches."""
+        """Keeps a parse's result (or its failure) for ``takers`` more batches."""
         if o.rendered is None and (o.error is None or o.error.error_class not in SHARED_FAILURES):
             return  # an unchanged re-check, a fetch's failure: each model looks again
         self._drop_shared(key)
