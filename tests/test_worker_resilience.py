@@ -791,3 +791,22 @@ def test_a_failed_read_halves_the_next_read(
     assert asked[:2] == [16, 8]
     assert w.documents_done == 20
     assert queue_count(conn, "v1") == 0
+
+
+def test_a_connection_lost_while_announcing_idle_does_not_end_the_worker(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    """The idle announcement runs between two passes, outside their retry: a restart that ends
+    its connection there (chaos: AdminShutdown) must not end the worker; the next pass
+    reconnects."""
+    register(conn, "v1", fake.url)
+    w = worker.Worker(settings(dsn))
+    try:
+        pid = w._connection().info.backend_pid
+        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        w._served = ["v1"]
+        assert w._announce_idle() is False
+        insert_docs(conn, [("after", None, "Written after the lost connection.")])
+        assert w.tick()[0] == 1  # reconnected
+    finally:
+        w.writer.shutdown()

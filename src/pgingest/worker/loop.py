@@ -298,6 +298,14 @@ class Worker:
             db.worker_idle(self._connection(), self._served)
         except psycopg.errors.UndefinedFunction:
             return False
+        except psycopg.OperationalError as exc:
+            # A restart or a lost connection between two passes (this call is outside tick's
+            # retry): not announced; the next pass reconnects.
+            log.warning(
+                "database unavailable, reconnecting", extra={"error": str(exc).strip()[:200]}
+            )
+            self._reset_connections()
+            return False
         return True
 
     def _release_held(self) -> None:
