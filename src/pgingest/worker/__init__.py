@@ -17,14 +17,14 @@ Where things live:
 from pgingest.settings import WorkerSettings
 from pgingest.worker.batch import BatchStats, backoff_delay
 from pgingest.worker.loop import Worker
-from pgingest.worker.process import fix_malloc_mmap_threshold, run, run_processes
+from pgingest.worker.process import run, run_processes, tune_malloc
 
 __all__ = [
     "BatchStats",
     "Worker",
     "WorkerSettings",
     "backoff_delay",
-    "fix_malloc_mmap_threshold",
     "run",
     "run_processes",
+    "tune_malloc",
 ]

@@ -1,0 +1,72 @@
+"""The worker's allocator tuning (worker/process.py, tune_malloc): each check runs in a fresh
+interpreter, since mallopt changes the whole process."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+    reason="glibc's mallopt only",
+)
+
+# Allocates, touches and frees a 2 MiB buffer 40 times; prints the minor page faults that took.
+_REUSE = """
+import json, resource, sys
+from pgingest.worker.process import tune_malloc
+applied = {} if sys.argv[1] == "default" else tune_malloc()
+if sys.argv[1] == "before":  # the setting this tuning replaced: a fixed 1 MiB threshold
+    import ctypes
+    ctypes.CDLL(None).mallopt(-3, 1 << 20)
+size = 2 << 20
+b = bytearray(size); del b  # the first one may fault
+f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(40):
+    b = bytearray(size)
+    del b
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+print(json.dumps({"applied": applied, "faults": faults, "pages": 40 * size // 4096}))
+"""
+
+
+def _run(mode: str, **env: str) -> tuple[dict[str, int], int, int]:
+    """(settings applied, page faults of the 40 buffers, pages they touched)."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    full.pop("GLIBC_TUNABLES", None)
+    full.update(env)
+    out = subprocess.run(
+        [sys.executable, "-c", _REUSE, mode],
+        capture_output=True,
+        text=True,
+        env=full,
+        check=True,
+        timeout=60,
+    )
+    result = json.loads(out.stdout)
+    return result["applied"], int(result["faults"]), int(result["pages"])
+
+
+def test_a_batch_sized_buffer_is_reused_without_page_faults() -> None:
+    _, before, pages = _run("before")
+    applied, tuned, _ = _run("tuned")
+    assert applied == {"mmap_threshold": 8 << 20, "trim_threshold": 32 << 20, "arena_max": 2}
+    # With a 1 MiB mmap threshold every 2 MiB buffer comes from the kernel again, page by page.
+    assert before > pages // 2
+    assert tuned < pages // 20
+
+
+def test_a_setting_from_the_environment_is_left_as_it_is() -> None:
+    applied, _, _ = _run(
+        "tuned", MALLOC_ARENA_MAX="4", GLIBC_TUNABLES="glibc.malloc.trim_threshold=65536"
+    )
+    assert applied == {"mmap_threshold": 8 << 20}
+    applied, faults, pages = _run("tuned", MALLOC_MMAP_THRESHOLD_="1048576")
+    assert applied == {"trim_threshold": 32 << 20, "arena_max": 2}
+    # the operator's 1 MiB threshold holds: the 2 MiB buffer is mmapped each time
+    assert faults > pages // 2
