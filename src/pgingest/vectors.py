@@ -112,8 +112,9 @@ def validate_and_normalize(
             narrow = arr.astype(np.float32)
         _check_finite(narrow, f", beyond float32's range (max {_FLOAT32_MAX:.4g})", source=arr)
 
-    wide = narrow.astype(np.float64)  # norms in float64: no overflow, no underflow
-    norms = np.sqrt(np.einsum("ij,ij->i", wide, wide))
+    # Norms in float64 (no overflow, no underflow), accumulated from the float32 values in
+    # einsum's buffers rather than from a float64 copy of the whole block.
+    norms = np.sqrt(np.einsum("ij,ij->i", narrow, narrow, dtype=np.float64))
     zero = norms < ZERO_NORM_EPSILON
     if zero.any():
         bad = np.flatnonzero(zero)
@@ -125,7 +126,9 @@ def validate_and_normalize(
         )
 
     if metric in NORMALIZED_METRICS:
-        out = np.ascontiguousarray(wide / norms[:, None], dtype=np.float32)
+        # divided in float64, rounded once to float32 (as float64 division then astype)
+        out = np.empty(narrow.shape, dtype=np.float32)
+        np.divide(narrow, norms[:, None], out=out, dtype=np.float64, casting="same_kind")
     else:
         out = np.array(narrow, dtype=np.float32, order="C", copy=True)
 

@@ -274,3 +274,20 @@ def test_decoded_vectors_validate() -> None:
     with pytest.raises(VectorError) as info:
         validate_and_normalize([rows[0], nan_row], dimensions=DIM, metric="cosine")
     assert (info.value.reason, info.value.index) == ("non_finite", 1)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip"])
+def test_normalised_as_a_float64_division_rounded_once(metric: str) -> None:
+    """Each value is the float64 quotient by the float64 norm, rounded once to float32, at any
+    scale float32 holds above the zero-vector floor (no overflow in the squares, no
+    underflow), bit for bit."""
+    rng = np.random.default_rng(11)
+    for _ in range(60):
+        dims = int(rng.choice([3, 384, 768]))
+        scale = 10.0 ** rng.uniform(-10, 18)
+        a = (rng.standard_normal((int(rng.integers(1, 80)), dims)) * scale).astype(np.float32)
+        wide = a.astype(np.float64)
+        expected = (wide / np.sqrt((wide * wide).sum(axis=1))[:, None]).astype(np.float32)
+        got = validate_and_normalize(a, dimensions=dims, metric=metric)
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+        np.testing.assert_array_max_ulp(got, expected, maxulp=0)
