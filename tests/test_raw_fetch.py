@@ -617,6 +617,39 @@ def test_file_listing_stays_under_the_root(tmp_path: Path) -> None:
     assert err.value.error_class == "bad_uri"
 
 
+def test_a_file_rewritten_within_its_second_is_seen_as_changed(tmp_path: Path) -> None:
+    """Last-Modified has whole seconds; a file's ETag (mtime in ns, size) does not: ``source
+    sync`` sees a rewrite of the same size within the second of the last fetch. A row recorded
+    without an ETag (fetched before files had one) is judged by Last-Modified, as before."""
+    from pgingest.sources_cli import plan_sync
+
+    root = tmp_path / "root"
+    root.mkdir()
+    doc = root / "a.md"
+    doc.write_text("version 1")
+    second = 1_700_000_000 * 10**9
+    os.utime(doc, ns=(second + 100, second + 100))
+    policy = fetch.FetchPolicy(allowed_roots=(root,))
+    got = fetch.fetch(doc.as_uri(), policy)
+    (listed,) = fetch.list_objects(root.as_uri(), policy)
+    assert got.etag == listed.etag and got.etag is not None
+    recorded = {doc.as_uri(): ("k", got.etag, bytes.fromhex(got.sha256), got.last_modified)}
+    assert plan_sync([listed], recorded, root.as_uri()).unchanged == 1
+
+    doc.write_text("version 2")  # the same size, within the same second
+    os.utime(doc, ns=(second + 900, second + 900))
+    (relisted,) = fetch.list_objects(root.as_uri(), policy)
+    assert relisted.last_modified == listed.last_modified and relisted.etag != listed.etag
+    plan = plan_sync([relisted], recorded, root.as_uri())
+    assert (plan.changed, plan.unchanged) == (["k"], 0)
+
+    before = {doc.as_uri(): ("k", None, bytes.fromhex(got.sha256), got.last_modified)}
+    assert plan_sync([relisted], before, root.as_uri()).unchanged == 1  # as before: no ETag
+    os.utime(doc, ns=(second + 2 * 10**9, second + 2 * 10**9))
+    (later,) = fetch.list_objects(root.as_uri(), policy)
+    assert plan_sync([later], before, root.as_uri()).changed == ["k"]
+
+
 def test_s3_throttling_is_transient_with_retry_after(
     aws_env: None, http_server: tuple[str, Counter]
 ) -> None:

@@ -545,8 +545,9 @@ def plan_sync(
 ) -> SyncPlan:
     """Compares the objects listed under ``prefix`` (``fetch.ObjectInfo``) with the rows
     recorded (``queries.recorded_objects``: key, ETag, sha256, Last-Modified): an object is
-    changed when its ETag differs from the recorded one (without ETags, its Last-Modified); an
-    object not fetched yet is left to the worker (its row is queued already)."""
+    changed when its ETag differs from the recorded one (without both ETags, its Last-Modified:
+    a file fetched before files had one, for instance); an object not fetched yet is left to the
+    worker (its row is queued already)."""
     plan = SyncPlan()
     seen: set[str] = set()
     for obj in listed:
@@ -559,7 +560,7 @@ def plan_sync(
             plan.new.append(obj.uri)
             continue
         key, etag, sha, modified = rec
-        if obj.etag:
+        if obj.etag and etag:
             changed = _etag(obj.etag) != _etag(etag)
         else:
             changed = obj.last_modified is not None and obj.last_modified != modified
