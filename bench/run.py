@@ -645,13 +645,21 @@ def _capture_breakdown(
         raise BenchError(f"cannot read the body of {capture_sig}")
     body = mc.group(2)
     capture_noop = capture_def.replace(body, "\nBEGIN\n    RETURN NULL;\nEND;\n")
-    # The queue INSERTs alone: the wake-up check of the compiled statement goes.
+    # The queue INSERTs alone: the wake-up check goes (since issue 19's concurrent capture, a
+    # block of its own after the INSERT; before, the main query of the compiled statement).
     no_wake_body, n = re.subn(
-        r"SELECT /\* wake-up \*/.*?END IF;\n",
-        "SELECT NULL::text[] INTO v_wake;\n",
+        r"    -- The wake-up check:.*?END IF;  -- the end of the wake-up check\n",
+        "",
         body,
         flags=re.S,
     )
+    if n == 0:
+        no_wake_body, n = re.subn(
+            r"SELECT /\* wake-up \*/.*?END IF;\n",
+            "SELECT NULL::text[] INTO v_wake;\n",
+            body,
+            flags=re.S,
+        )
     if n != 1:
         raise BenchError(f"no wake-up check in {capture_sig}:\n{body}")
     capture_no_wake = capture_def.replace(body, no_wake_body)

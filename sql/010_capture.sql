@@ -146,6 +146,95 @@ COMMENT ON FUNCTION pgingest._capture_queue_sql(text, text, text) IS
 'The queueing part of a compiled capture statement: a CTE per live model''s queue table and the wake-up '
 'check, INTO v_wake (internal; NULL when no model is live).';
 
+-- The body of pgingest.documents' compiled capture trigger functions (_compile_enqueue). Issue 19,
+-- concurrent capture: PL/pgSQL starts an executor for every SQL statement it runs, and a single-row
+-- statement's capture paid for the start-up of every node of one larger statement (the queue CTEs,
+-- a CTE scan, the wake-up check's subquery scan and its scalar subqueries, initialised even when
+-- the memo skipped them). Here the queue INSERT is the statement itself (the first live model's
+-- queue; the others' as CTEs of it), its row count comes from GET DIAGNOSTICS, and the wake-up memo
+-- is tested by PL/pgSQL expressions without a FROM clause (evaluated without an executor):
+-- pgingest.wakeups is read only when the memo differs. The rule and the setting are those of
+-- _capture_queue_sql (above), which the attached tables' capture still uses. vt is
+-- statement_timestamp(), not clock_timestamp(): a volatile function in the SELECT list keeps the
+-- planner from pulling the SELECT up into the INSERT (one node more to start per statement); a
+-- message is invisible until its transaction commits either way, and pgmq.read compares vt with
+-- clock_timestamp(), which is later.
+-- p_diff: NULL for the INSERT capture (new_rows), else the query of the (id, content_hash) rows an
+-- UPDATE changed. Returns NULL when no model is live.
+CREATE OR REPLACE FUNCTION pgingest._capture_docs_body(p_diff text)
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_queues text[];
+    v_models text[];
+    v_from text;
+    v_with text := '';
+    v_checks text;
+    v_insert text := E'INSERT INTO pgmq.%I (vt, message)\n'
+        || E'    SELECT statement_timestamp(), jsonb_build_object(''doc_id'', x.id, ''hash'', encode(x.content_hash, ''hex''), '
+        || E'''attempts'', 0)\n'
+        || E'    FROM %s AS x';
+BEGIN
+    SELECT array_agg('q_' || m.queue_name ORDER BY m.name), array_agg(m.name ORDER BY m.name)
+    INTO v_queues, v_models
+    FROM pgingest.models AS m
+    WHERE m.state <> 'retired' AND to_regclass(format('pgmq.%I', 'q_' || m.queue_name)) IS NOT NULL;
+    IF v_queues IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF p_diff IS NULL THEN
+        v_from := 'new_rows';
+    ELSIF cardinality(v_queues) = 1 THEN
+        v_from := format(E'(\n%s\n    )', p_diff);
+    ELSE
+        v_from := 'v';  -- the set difference once, read by every queue's INSERT
+        v_with := format(E'v AS (\n%s\n    )', p_diff);
+    END IF;
+    FOR i IN 2 .. cardinality(v_queues) LOOP
+        v_with := v_with || CASE WHEN v_with = '' THEN '' ELSE E',\n    ' END
+            || format(E'queue_%s AS (\n    ', i) || format(v_insert, v_queues[i], v_from) || E'\n    )';
+    END LOOP;
+    SELECT string_agg(
+        format(
+            E'CASE WHEN coalesce((SELECT w.waiting OR w.changed_at < clock_timestamp() - interval ''1 second''\n'
+            || E'                FROM pgingest.wakeups AS w WHERE w.model = %1$L), TRUE) THEN %1$L END',
+            x.model
+        ),
+        E',\n            '
+        ORDER BY x.o
+    )
+    INTO v_checks
+    FROM unnest(v_models) WITH ORDINALITY AS x (model, o);
+    RETURN E'\nDECLARE\n    v_n bigint;\n    v_memo text;\n    v_wake text[];\nBEGIN\n    '
+        || CASE WHEN v_with = '' THEN '' ELSE 'WITH ' || v_with || E'\n    ' END
+        || format(v_insert, v_queues[1], v_from) || E';\n'
+        || E'    GET DIAGNOSTICS v_n = ROW_COUNT;\n'
+        || E'    -- The wake-up check: no executor unless the memo differs (see _capture_queue_sql).\n'
+        || E'    IF v_n > 0 AND current_setting(''pgingest.wake_memo'', TRUE) IS DISTINCT FROM\n'
+        || E'            concat(pg_sequence_last_value(''pgingest.wakeup_generation''::regclass), ''/'',\n'
+        || E'                   date_part(''epoch'', clock_timestamp())::bigint) THEN\n'
+        || E'        v_memo := concat(pg_sequence_last_value(''pgingest.wakeup_generation''::regclass), ''/'',\n'
+        || E'                         date_part(''epoch'', clock_timestamp())::bigint);\n'
+        || E'        SELECT /* wake-up */ array_remove(ARRAY[\n            '
+        || v_checks || E'\n        ], NULL) INTO v_wake;\n'
+        || E'        IF cardinality(v_wake) = 0 THEN\n'
+        || E'            PERFORM set_config(''pgingest.wake_memo'', v_memo, FALSE);\n'
+        || E'        ELSE\n'
+        || E'            PERFORM pgingest._wake(k.model) FROM unnest(v_wake) AS k (model);\n'
+        || E'        END IF;\n'
+        || E'    END IF;  -- the end of the wake-up check\n'
+        || E'    RETURN NULL;\nEND;\n';
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._capture_docs_body(text) IS
+'The body of the compiled capture trigger functions of pgingest.documents: the queue INSERT of every live model '
+'and the wake-up check (internal; NULL when no model is live; p_diff: the query of the rows an UPDATE changed, '
+'NULL for the INSERT capture).';
+
 CREATE OR REPLACE FUNCTION pgingest._compile_enqueue()
 RETURNS void
 LANGUAGE plpgsql
@@ -156,15 +245,22 @@ DECLARE
     v_body text := '';
     v_n integer := 0;
     v_m record;
-    v_ins text[];
-    v_upd text[];
+    v_ins text;
+    v_upd text;
     v_models text;
 BEGIN
     -- One compilation at a time (register_model, retire_model, add_source, remove_source, install):
     -- the next one waits for this one to commit, then reads the registry as it committed it.
     PERFORM pg_advisory_xact_lock(1886808435, -1);
-    v_ins := pgingest._capture_queue_sql('new_rows', 'id', 'content_hash');
-    v_upd := pgingest._capture_queue_sql('v', 'id', 'content_hash');
+    v_ins := pgingest._capture_docs_body(NULL);
+    -- The versions an UPDATE changed: (id, hash) pairs of new_rows not in old_rows. A set
+    -- difference, never a nested loop: PL/pgSQL plans this once per session, and a join planned
+    -- for a first single-row UPDATE made a later one of 5,000 rows quadratic (9 s, not 0.2 s).
+    v_upd := pgingest._capture_docs_body(
+        E'        SELECT n.id, n.content_hash FROM new_rows AS n\n'
+        || E'        EXCEPT ALL\n'
+        || E'        SELECT o.id, o.content_hash FROM old_rows AS o'
+    );
     v_models := coalesce(
         (SELECT string_agg(m.name, ', ' ORDER BY m.name) FROM pgingest.models AS m WHERE m.state <> 'retired'), 'none'
     );
@@ -222,10 +318,7 @@ BEGIN
         SET search_path FROM CURRENT
         AS %L
         $ddl$,
-        CASE WHEN v_ins IS NULL THEN E'\nBEGIN\n    RETURN NULL;  -- no live model\nEND;\n'
-        ELSE E'\nDECLARE\n    v_wake text[];\nBEGIN\n    WITH ' || substr(v_ins[1], 7) || v_ins[2]
-             || E'    RETURN NULL;\nEND;\n'
-        END
+        coalesce(v_ins, E'\nBEGIN\n    RETURN NULL;  -- no live model\nEND;\n')
     );
     EXECUTE format(
         $ddl$
@@ -236,18 +329,7 @@ BEGIN
         SET search_path FROM CURRENT
         AS %L
         $ddl$,
-        CASE WHEN v_upd IS NULL THEN E'\nBEGIN\n    RETURN NULL;  -- no live model\nEND;\n'
-        ELSE E'\nDECLARE\n    v_wake text[];\nBEGIN\n'
-             || E'    -- The versions the statement changed: (id, hash) pairs of new_rows not in old_rows. A set\n'
-             || E'    -- difference, never a nested loop: PL/pgSQL plans this once per session, and a join planned\n'
-             || E'    -- for a first single-row UPDATE made a later one of 5,000 rows quadratic (9 s, not 0.2 s).\n'
-             || E'    WITH v AS (\n'
-             || E'        SELECT n.id, n.content_hash FROM new_rows AS n\n'
-             || E'        EXCEPT ALL\n'
-             || E'        SELECT o.id, o.content_hash FROM old_rows AS o\n'
-             || E'    )' || v_upd[1] || v_upd[2]
-             || E'    RETURN NULL;\nEND;\n'
-        END
+        coalesce(v_upd, E'\nBEGIN\n    RETURN NULL;  -- no live model\nEND;\n')
     );
     EXECUTE format(
         'COMMENT ON FUNCTION pgingest._capture_insert() IS %L',
