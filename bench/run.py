@@ -630,7 +630,7 @@ def _capture_breakdown(
     one piece to the previous one, rotated round by round, against the plain table: the capture
     trigger disabled; enabled with a ``_capture_insert`` that returns at once (the trigger's
     firing and its transition table); the compiled ``_capture_insert`` with its queue INSERTs
-    only (its wake-up check replaced by ``SELECT NULL``); as installed (a worker has said it
+    only (its wake-up check taken out); as installed (a worker has said it
     waits: ``_register_idle_worker``); as installed with no worker ever registered (no
     ``pgingest.wakeups`` row). Then, against "as installed", the capture this one replaced: a
     ``_capture_insert`` that aggregates ``new_rows`` into arrays and calls ``_enqueue_versions``
