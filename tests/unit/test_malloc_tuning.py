@@ -1,5 +1,5 @@
-"""The worker's allocator tuning (worker/process.py, tune_malloc): each check runs in a fresh
-interpreter, since mallopt changes the whole process."""
+"""The worker's allocator and collector tuning (worker/process.py: tune_malloc, tune_gc): each
+check runs in a fresh interpreter, since both change the whole process."""
 
 from __future__ import annotations
 
@@ -70,3 +70,26 @@ def test_a_setting_from_the_environment_is_left_as_it_is() -> None:
     assert applied == {"trim_threshold": 32 << 20, "arena_max": 2}
     # the operator's 1 MiB threshold holds: the 2 MiB buffer is mmapped each time
     assert faults > pages // 2
+
+
+_GC = """
+import gc, json, sys
+from pgingest.worker.process import tune_gc
+if sys.argv[1] == "off":
+    gc.disable()
+before = gc.get_threshold()
+after = tune_gc()
+print(json.dumps({"before": before, "after": after, "enabled": gc.isenabled()}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_the_young_collections_are_spaced_unless_the_collector_is_off(mode: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _GC, mode], capture_output=True, text=True, check=True, timeout=60
+    )
+    got = json.loads(out.stdout)
+    if mode == "on":
+        assert got["after"] == [10_000, *got["before"][1:]] and got["enabled"]
+    else:
+        assert got["after"] == got["before"] and not got["enabled"]

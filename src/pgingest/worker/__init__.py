@@ -17,7 +17,7 @@ Where things live:
 from pgingest.settings import WorkerSettings
 from pgingest.worker.batch import BatchStats, backoff_delay
 from pgingest.worker.loop import Worker
-from pgingest.worker.process import run, run_processes, tune_malloc
+from pgingest.worker.process import run, run_processes, tune_gc, tune_malloc
 
 __all__ = [
     "BatchStats",
@@ -26,5 +26,6 @@ __all__ = [
     "backoff_delay",
     "run",
     "run_processes",
+    "tune_gc",
     "tune_malloc",
 ]

@@ -1,14 +1,15 @@
 """Starting workers: one in this process, or several processes.
 
-:func:`run` is what ``pgingest worker`` calls: the glibc allocator tuned for a long-running
-process (:func:`tune_malloc`), the metrics exporter started, then
-:class:`~pgingest.worker.loop.Worker` until it stops.
+:func:`run` is what ``pgingest worker`` calls: the glibc allocator and the garbage collector tuned
+for a long-running process (:func:`tune_malloc`, :func:`tune_gc`), the metrics exporter started,
+then :class:`~pgingest.worker.loop.Worker` until it stops.
 :func:`run_processes` (``--processes N``) spawns N such processes and forwards SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import signal
 from typing import Any
@@ -56,8 +57,28 @@ def tune_malloc() -> dict[str, int]:
     return applied
 
 
+GC_THRESHOLD = 10_000
+"""Net container allocations between two young collections (CPython's default: 700)."""
+
+
+def tune_gc() -> tuple[int, int, int]:
+    """Fewer collections of the young generations for a long-running worker; the thresholds set.
+
+    A batch holds thousands of live containers until it is written (chunks, jobs, messages, the
+    answers' dicts), and with CPython's default of 700 net allocations each of them was scanned
+    by several young collections before it died by reference counting: ~450 collections, 0.12 s
+    (4%) of a 20,000-document drain's CPU (``gc.callbacks``). At 10,000 the same drain runs 2
+    (0.003 s). Cyclic garbage is still collected, after at most 10,000 net allocations; a process
+    that turned the collector off keeps it off."""
+    if gc.isenabled():
+        _, second, third = gc.get_threshold()
+        gc.set_threshold(GC_THRESHOLD, second, third)
+    return gc.get_threshold()
+
+
 def run(settings: WorkerSettings) -> int:
     tune_malloc()
+    tune_gc()
     metrics = Metrics.start(settings.metrics_port)
     return Worker(settings, metrics=metrics).run()
 
