@@ -1,5 +1,6 @@
-"""The worker's allocator and collector tuning (worker/process.py: tune_malloc, tune_gc): each
-check runs in a fresh interpreter, since both change the whole process."""
+"""The worker's allocator and collector tuning (worker/memory.py: tune_malloc, tune_gc,
+release_free_memory): each check runs in a fresh interpreter, since they change the whole
+process."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.skipif(
 # Allocates, touches and frees a 2 MiB buffer 40 times; prints the minor page faults that took.
 _REUSE = """
 import json, resource, sys
-from pgingest.worker.process import tune_malloc
+from pgingest.worker.memory import tune_malloc
 applied = {} if sys.argv[1] == "default" else tune_malloc()
 if sys.argv[1] == "before":  # the setting this tuning replaced: a fixed 1 MiB threshold
     import ctypes
@@ -74,7 +75,7 @@ def test_a_setting_from_the_environment_is_left_as_it_is() -> None:
 
 _GC = """
 import gc, json, sys
-from pgingest.worker.process import tune_gc
+from pgingest.worker.memory import tune_gc
 if sys.argv[1] == "off":
     gc.disable()
 before = gc.get_threshold()
@@ -93,3 +94,35 @@ def test_the_young_collections_are_spaced_unless_the_collector_is_off(mode: str)
         assert got["after"] == [10_000, *got["before"][1:]] and got["enabled"]
     else:
         assert got["after"] == got["before"] and not got["enabled"]
+
+
+# 100 buffers of 2 MiB, each followed by a small block that stays: freed, they are kept by the
+# heap (below a block in use); handed back by release_free_memory. Prints RSS in MiB.
+_BURST = """
+import json, os
+from pgingest.worker.memory import release_free_memory, tune_malloc
+tune_malloc()
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+start = rss()
+big, small = [], []
+for i in range(100):
+    big.append(bytearray(2 << 20))
+    small.append(bytearray(4096))  # from the same heap (pymalloc takes 512 bytes and less)
+peak = rss()
+del big
+kept = rss()
+released = release_free_memory()
+print(json.dumps({"start": start, "peak": peak, "kept": kept, "after": rss(), "released": released}))
+"""
+
+
+def test_the_memory_of_a_burst_goes_back_when_idle() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _BURST], capture_output=True, text=True, check=True, timeout=60
+    )
+    got = json.loads(out.stdout)
+    assert got["peak"] - got["start"] > 150  # the burst was resident
+    assert got["released"] is True
+    assert got["after"] < got["start"] + 50  # most of it handed back

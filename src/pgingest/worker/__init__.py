@@ -17,13 +17,15 @@ Where things live:
 from pgingest.settings import WorkerSettings
 from pgingest.worker.batch import BatchStats, backoff_delay
 from pgingest.worker.loop import Worker
-from pgingest.worker.process import run, run_processes, tune_gc, tune_malloc
+from pgingest.worker.memory import release_free_memory, tune_gc, tune_malloc
+from pgingest.worker.process import run, run_processes
 
 __all__ = [
     "BatchStats",
     "Worker",
     "WorkerSettings",
     "backoff_delay",
+    "release_free_memory",
     "run",
     "run_processes",
     "tune_gc",

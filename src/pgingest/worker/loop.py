@@ -30,6 +30,7 @@ from pgingest import __version__, chunking, db, providers
 from pgingest.metrics import Metrics
 from pgingest.settings import WorkerSettings
 from pgingest.worker import batch as core
+from pgingest.worker import memory
 from pgingest.worker.bulk import Bulk, Results
 from pgingest.worker.claims import ClaimKeeper
 from pgingest.worker.embedding import Embedder
@@ -197,6 +198,7 @@ class Worker:
         failures = 0
         code = 0
         announced = False
+        trimmed = True  # nothing to hand back before the first batch
         try:
             while not self.stopping.is_set():
                 try:
@@ -237,6 +239,7 @@ class Worker:
                     break
                 if worked:
                     announced = False
+                    trimmed = False
                     continue
                 if self.s.drain and not pending:
                     code = self._drained_exit_code()
@@ -248,6 +251,11 @@ class Worker:
                     if announced:
                         continue
                 announced = False
+                if not trimmed:
+                    # Idle: the batches' free memory goes back to the system (worker/memory.py;
+                    # kept while batches come one after another), once per idle spell.
+                    memory.release_free_memory()
+                    trimmed = True
                 self._wait_for_work(self.s.poll_interval if not self.s.drain else 0.2)
         finally:
             if self.heartbeat is not None:
