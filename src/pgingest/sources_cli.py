@@ -161,7 +161,7 @@ def add_source_commands(subparsers: Any) -> argparse.ArgumentParser:
         description="Lists the objects under PREFIX (s3://bucket/prefix or file:///dir, within the "
         "allow-list of this environment and pgingest.raw_allowlist) and brings the table of URI "
         "source NAME in line: new objects are inserted (their URI is the key), changed ones "
-        "(another ETag, or Last-Modified for files) re-checked by the workers, the rows of "
+        "(another ETag; a file's is its modification time and size) re-checked by the workers, the rows of "
         "vanished ones deleted (their chunks go). Unchanged objects cost nothing. The source's "
         "key must be its URI column alone; the login must write its table and be a member of "
         "pgingest_admin.",

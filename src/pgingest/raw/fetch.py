@@ -300,7 +300,9 @@ def file_etag(st: os.stat_result) -> str:
     """A local file's validator, as an ETag: its modification time in nanoseconds and its size
     (as a web server's ETag of a static file). Last-Modified has whole seconds: a file rewritten
     within the second of its last fetch, at the same size, would look unchanged to ``source
-    sync``. Taken before the file is read, so a write during the read makes it differ next time."""
+    sync``. The file system's own timestamp granularity still applies (a few ms on ext4, xfs and
+    tmpfs; 1 s on HFS+, 2 s on FAT). Taken before the file is read, so a write during the read
+    makes it differ next time."""
     return f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
 
 
