@@ -128,8 +128,12 @@ COMMENT ON FUNCTION pgingest.raw_record_v1(bigint[], bytea[], bytea[], text[], t
 
 -- A re-check (refresh_source_rows) that found the same bytes: the version before the refresh
 -- comes back, and is queued again for every live model (those that embedded it acknowledge it as
--- done: nothing is parsed or embedded).
-CREATE OR REPLACE FUNCTION pgingest.raw_unchanged_v1(p_doc_ids bigint[], p_versions bytea[])
+-- done: nothing is parsed or embedded). The validators the re-check saw (p_etags,
+-- p_last_modified; NULL: keep the recorded one) are recorded: a file whose mtime moved but whose
+-- bytes did not is then unchanged for the next source sync, not re-checked on every one.
+CREATE OR REPLACE FUNCTION pgingest.raw_unchanged_v2(
+    p_doc_ids bigint[], p_versions bytea[], p_etags text[], p_last_modified text[]
+)
 RETURNS integer
 LANGUAGE plpgsql
 VOLATILE
@@ -142,8 +146,10 @@ DECLARE
 BEGIN
     WITH up AS (
         UPDATE pgingest.source_rows AS r
-        SET content_hash = r.refreshed_from, refreshed_from = NULL, fetched_at = now(), parse_error_class = NULL
-        FROM unnest(p_doc_ids, p_versions) AS x (doc_id, version)
+        SET content_hash = r.refreshed_from, refreshed_from = NULL, fetched_at = now(), parse_error_class = NULL,
+            etag = coalesce(x.etag, r.etag), last_modified = coalesce(x.last_modified, r.last_modified)
+        -- (unnest pads the shorter arrays with NULLs: NULL validators keep the recorded ones)
+        FROM unnest(p_doc_ids, p_versions, p_etags, p_last_modified) AS x (doc_id, version, etag, last_modified)
         WHERE r.doc_id = x.doc_id AND r.content_hash = x.version AND r.refreshed_from IS NOT NULL
         RETURNING r.doc_id, r.content_hash
     )
@@ -154,10 +160,25 @@ BEGIN
 END;
 $$;
 
-COMMENT ON FUNCTION pgingest.raw_unchanged_v1(bigint[], bytea[]) IS
+COMMENT ON FUNCTION pgingest.raw_unchanged_v2(bigint[], bytea[], text[], text[]) IS
 'Worker: raw documents whose re-check (pgingest.refresh_source_rows) found unchanged bytes go back to their '
-'version before the refresh, queued again for every live model (already embedded: acknowledged as done). '
-'Returns the rows restored.';
+'version before the refresh, queued again for every live model (already embedded: acknowledged as done), with '
+'the ETag and Last-Modified the re-check saw (NULL: the recorded ones kept). Returns the rows restored.';
+
+-- The call of workers before raw_unchanged_v2 (a rolling upgrade): the recorded validators kept.
+CREATE OR REPLACE FUNCTION pgingest.raw_unchanged_v1(p_doc_ids bigint[], p_versions bytea[])
+RETURNS integer
+LANGUAGE sql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+BEGIN ATOMIC
+    SELECT pgingest.raw_unchanged_v2(p_doc_ids, p_versions, NULL::text[], NULL::text[]);
+END;
+
+COMMENT ON FUNCTION pgingest.raw_unchanged_v1(bigint[], bytea[]) IS
+'Worker (before raw_unchanged_v2): raw_unchanged_v2 with the recorded ETag and Last-Modified kept. Returns the '
+'rows restored.';
 
 CREATE OR REPLACE FUNCTION pgingest.raw_pause_source_v1(p_source text, p_reason text)
 RETURNS void

@@ -170,3 +170,42 @@ def test_source_show_of_a_raw_source(
     conn.execute("CREATE TABLE public.blobs2 (id int PRIMARY KEY, data bytea)")
     code, _, err = run(capsys, dsn, "source", "add", "b2", "public.blobs2", "--uri", "data")
     assert code == 2 and "not text" in err
+
+
+def test_a_touched_file_is_rechecked_once_not_on_every_sync(
+    model: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    raw_env: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A file whose mtime moves but whose bytes do not (a checkout, a copy without -t): the next
+    sync re-checks it (same sha256: nothing parsed or embedded) and records the validators the
+    re-check saw (raw_unchanged_v2), so the sync after that finds it unchanged. (With the
+    validators of the first fetch kept, it was re-checked on every sync.)"""
+    import os
+
+    conn = model
+    root = tmp_path / "root"
+    root.mkdir()
+    doc = root / "a.md"
+    doc.write_text("# A\n\nSome text to embed.\n")
+    conn.execute("SELECT pgingest.allow_raw_location('root', %s)", (str(root),))
+    conn.execute("CREATE TABLE public.files (uri text PRIMARY KEY)")
+    conn.execute("SELECT pgingest.add_source('files', 'public.files', uri => 'uri')")
+    code, out, err = run(capsys, dsn, "source", "sync", "files", root.as_uri())
+    assert code == 0 and "1 new" in out, err
+    _drain(dsn)
+    assert set(_state(conn, "files").values()) == {"embedded"}
+    requests = fake.stats()["requests"]
+
+    st = doc.stat()
+    os.utime(doc, ns=(st.st_atime_ns, st.st_mtime_ns + 5 * 10**9))  # touched: same bytes
+    code, out, err = run(capsys, dsn, "source", "sync", "files", root.as_uri())
+    assert code == 0 and "1 changed, 0 unchanged" in out, err
+    w = _drain(dsn)
+    assert w.raw.parsed == 0 and fake.stats()["requests"] == requests
+    code, out, err = run(capsys, dsn, "source", "sync", "files", root.as_uri())
+    assert code == 0 and "0 changed, 1 unchanged" in out, err
+    assert queue_count(conn, "v1") == 0

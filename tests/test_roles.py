@@ -67,6 +67,7 @@ REVIEWED_SECURITY_DEFINER = {
     "raw_documents_v1",
     "raw_record_v1",
     "raw_unchanged_v1",
+    "raw_unchanged_v2",
     "raw_pause_source_v1",
     "raw_resume_source_v1",
     "raw_allowlist_v1",

@@ -92,13 +92,19 @@ def record(conn: psycopg.Connection[Any], records: Sequence[Record]) -> int:
 
 
 def unchanged(
-    conn: psycopg.Connection[Any], doc_ids: Sequence[int], versions: Sequence[bytes]
+    conn: psycopg.Connection[Any],
+    doc_ids: Sequence[int],
+    versions: Sequence[bytes],
+    etags: Sequence[str | None],
+    last_modified: Sequence[str | None],
 ) -> int:
+    """Re-checked rows whose bytes did not change: their version before the refresh back, with
+    the validators the re-check saw (None: the recorded one kept)."""
     if not doc_ids:
         return 0
     row = conn.execute(
-        "SELECT pgingest.raw_unchanged_v1(%s::bigint[], %s::bytea[])",
-        (list(doc_ids), list(versions)),
+        "SELECT pgingest.raw_unchanged_v2(%s::bigint[], %s::bytea[], %s::text[], %s::text[])",
+        (list(doc_ids), list(versions), list(etags), list(last_modified)),
     ).fetchone()
     return int(row[0]) if row else 0
 

@@ -25,7 +25,7 @@ What becomes of each document:
   structure (page and heading offsets, which ``pgingest.chunk_location()`` maps chunks onto) are
   recorded (``raw_record_v1``);
 * a re-check (``refresh_source_rows``) that finds the same bytes (the store's validators say so,
-  or the same sha256): the version before the refresh is restored (``raw_unchanged_v1``), and
+  or the same sha256): the version before the refresh is restored (``raw_unchanged_v2``), and
   nothing is parsed or embedded;
 * a permanent :class:`RawDocumentError` (``not_found``, ``forbidden``, ``unsupported_type``,
   ``too_large``, ``encrypted``, ``empty_text``, ``timeout``, ``oom``, ``parse_error``, ...):
@@ -460,7 +460,11 @@ class RawStage:
                 )
         queries.record(conn, records)
         restored = queries.unchanged(
-            conn, [o.row.doc_id for o in unchanged], [o.row.version for o in unchanged]
+            conn,
+            [o.row.doc_id for o in unchanged],
+            [o.row.version for o in unchanged],
+            [o.etag for o in unchanged],
+            [o.last_modified for o in unchanged],
         )
         if unchanged:
             log.info(
