@@ -68,6 +68,24 @@ COMMENT ON FUNCTION pgingest.worker_idle_v1(text[]) IS
 'again (and takes the next pgingest.wakeup_generation, so that every session checks). The worker reads its '
 'queues once more after calling this (a write between its last read and this call sent no notification).';
 
+-- The test a compiled capture makes of whether a model's workers must be woken (as SQL, for the
+-- generated bodies): one sleeps waiting (waiting), or its wakeups row has not changed for a second
+-- (a worker may have died waiting), or no worker ever said it waits (no row).
+CREATE OR REPLACE FUNCTION pgingest._wake_needed_sql(p_model text)
+RETURNS text
+LANGUAGE sql
+IMMUTABLE
+SET search_path FROM CURRENT
+RETURN format(
+    E'coalesce((SELECT w.waiting OR w.changed_at < clock_timestamp() - interval ''1 second''\n'
+    || E'                FROM pgingest.wakeups AS w WHERE w.model = %L), TRUE)',
+    p_model
+);
+
+COMMENT ON FUNCTION pgingest._wake_needed_sql(text) IS
+'The SQL expression that is TRUE when the workers of a model must be woken (internal; used by the compiled '
+'capture and _enqueue_versions).';
+
 -- The part of a compiled capture statement that queues: one data-modifying CTE per live model's
 -- queue table, writing the rows of p_rel (columns p_id, p_hash), and the SELECT that names, INTO
 -- v_wake, the models whose workers must be woken: none when p_rel is empty, else those whose
@@ -103,11 +121,7 @@ BEGIN
         WHERE m.state <> 'retired' AND to_regclass(format('pgmq.%I', 'q_' || m.queue_name)) IS NOT NULL
         ORDER BY m.name
     LOOP
-        v_models := v_models || format(
-            E'CASE WHEN coalesce((SELECT w.waiting OR w.changed_at < clock_timestamp() - interval ''1 second''\n'
-            || E'                            FROM pgingest.wakeups AS w WHERE w.model = %1$L), TRUE) THEN %1$L END',
-            v_m.name
-        );
+        v_models := v_models || format('CASE WHEN %s THEN %L END', pgingest._wake_needed_sql(v_m.name), v_m.name);
         v_ctes := v_ctes || format(
             E',\n    %I AS (\n'
             || E'        INSERT INTO pgmq.%I (vt, message)\n'
@@ -198,11 +212,7 @@ BEGIN
             || format(E'queue_%s AS (\n    ', i) || format(v_insert, v_queues[i], v_from) || E'\n    )';
     END LOOP;
     SELECT string_agg(
-        format(
-            E'CASE WHEN coalesce((SELECT w.waiting OR w.changed_at < clock_timestamp() - interval ''1 second''\n'
-            || E'                FROM pgingest.wakeups AS w WHERE w.model = %1$L), TRUE) THEN %1$L END',
-            x.model
-        ),
+        format('CASE WHEN %s THEN %L END', pgingest._wake_needed_sql(x.model), x.model),
         E',\n            '
         ORDER BY x.o
     )
@@ -279,11 +289,10 @@ BEGIN
             || E'        jsonb_build_object(''doc_id'', x.id, ''hash'', encode(x.h, ''hex''), ''attempts'', 0, '
             || E'''backfill'', CASE WHEN v_bulk THEN to_jsonb(''bulk''::text) ELSE to_jsonb(TRUE) END)\n'
             || E'    FROM unnest(p_doc_ids, p_hashes) AS x (id, h);\n'
-            || E'    IF coalesce((SELECT w.waiting OR w.changed_at < clock_timestamp() - interval ''1 second''\n'
-            || E'                 FROM pgingest.wakeups AS w WHERE w.model = %2$L), TRUE) THEN\n'
+            || E'    IF %3$s THEN\n'
             || E'        PERFORM pgingest._wake(%2$L);\n'
             || E'    END IF;\n',
-            'q_' || v_m.queue_name, v_m.name
+            'q_' || v_m.queue_name, v_m.name, pgingest._wake_needed_sql(v_m.name)
         );
         v_n := v_n + 1;
     END LOOP;

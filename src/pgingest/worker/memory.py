@@ -6,6 +6,7 @@ memory handed back when the worker goes idle (:func:`release_free_memory`)."""
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import os
 from typing import Any
@@ -18,7 +19,9 @@ _MALLOC_PARAMS: tuple[tuple[str, int, str, int], ...] = (
 )
 
 
+@functools.cache
 def _libc() -> Any | None:
+    """glibc, once (None elsewhere: musl, macOS)."""
     try:
         libc = ctypes.CDLL(None)
         libc.mallopt  # noqa: B018 (glibc's, not musl's or macOS's)
