@@ -746,6 +746,44 @@ def test_two_models_share_one_parse_of_each_document(
     assert queue_count(conn, "v1") == 0 and queue_count(conn, "v2") == 0
 
 
+def test_a_paused_model_is_not_counted_among_those_a_result_is_kept_for(
+    model: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    raw_env: str,
+    fixture_files: tuple[Path, dict[str, Expected]],
+) -> None:
+    """A parse is kept for the batches of the worker's other models that are not paused: a
+    paused model's batch does not come, and the result would hold up to SHARED_BYTES for
+    SHARED_TTL (it counted every live model). Its documents stay queued for it."""
+    import time
+
+    conn = model
+    register(conn, "v2", fake.url, model_id="fake-768", dimensions=768)
+    folder, _ = fixture_files
+    conn.execute("CREATE TABLE public.blobs (name text PRIMARY KEY, data bytea)")
+    conn.execute("SELECT pgingest.add_source('blobs', 'public.blobs', content => 'data')")
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO public.blobs (name, data) VALUES (%s, %s)",
+            [(n, (folder / n).read_bytes()) for n in ["multipage.pdf", "handbook.docx"]],
+        )
+    conn.execute("SELECT pgingest.pause_model('v2', 'paused by a test')")
+    w = worker.Worker(settings(dsn, parse_processes=1, probe_interval=3600))
+    w._last_probe["v2"] = time.monotonic()  # not probed (and resumed) during the test
+    try:
+        for _ in range(50):
+            w.tick()
+            if queue_count(conn, "v1") == 0:
+                break
+        assert _state(conn, "blobs") == {"multipage.pdf": "embedded", "handbook.docx": "embedded"}
+        assert w._sharing == 1
+        assert len(w.raw._shared) == 0 and w.raw._shared_bytes == 0
+        assert queue_count(conn, "v2") == 2
+    finally:
+        w.raw.close()
+
+
 def test_a_message_of_an_older_version_is_stale_whatever_the_order(
     model: psycopg.Connection[Any], dsn: str, raw_env: str
 ) -> None:

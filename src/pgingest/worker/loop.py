@@ -99,6 +99,10 @@ class Worker:
         self._last_batch_end: float | None = None
         self._last_tick = time.monotonic()  # the main loop's progress (the heartbeat reports it)
         self._served: list[str] = []  # the live models the last pass served (tick)
+        # of those, the ones not paused: a raw document parsed for one of them is kept for the
+        # others' batches (RawStage.prepare(share=)); a paused model's batch would not come
+        # for it, and the result would hold memory until SHARED_TTL
+        self._sharing = 1
         # Per model: messages of raw documents still fetching or parsing, claimed, taken out of
         # their batch and brought into the model's next one (RawStage.prepare(carry=True)).
         self._carry: dict[str, list[db.Message]] = {}
@@ -402,6 +406,7 @@ class Worker:
         if self.s.models:
             models = [m for m in models if m.name in self.s.models]
         self._served = [m.name for m in models]  # for _announce_idle, after this pass
+        self._sharing = max(1, sum(1 for m in models if not m.paused))
         for name in [n for n in self._carry if n not in self._served]:
             self._release_carry(name, 0)  # no longer served here (retired, filtered out)
         worked = 0
@@ -639,9 +644,7 @@ class Worker:
         it. With ``carry`` (the online path), raw documents still fetching or parsing leave the
         batch in ``Prepared.carried`` (RawStage.prepare)."""
         # raw documents fetched, parsed and chunked on the fetch threads (worker/raw.py)
-        msgs, raw = self.raw.prepare(
-            conn, msgs, self.chunker(m), carry=carry, share=max(1, len(self._served))
-        )
+        msgs, raw = self.raw.prepare(conn, msgs, self.chunker(m), carry=carry, share=self._sharing)
         t0 = time.perf_counter()
         batch = core.triage(msgs, self.max_attempts)
         chunker = self.chunker(m)
