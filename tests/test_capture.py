@@ -165,6 +165,77 @@ def test_the_write_back_never_scans_a_whole_store(two_models: psycopg.Connection
     assert configs == [("cached_vectors_v1", True), ("complete_batch_v2", True)]
 
 
+def _write(
+    conn: psycopg.Connection[Any],
+    docs: list[tuple[int, bytes]],
+    chunks: list[tuple[int, int]],
+) -> tuple[int, int, int]:
+    """complete_batch of model v2 for ``docs`` (doc_id, hash) with chunk rows (doc_id, ordinal)."""
+    rows = db.ChunkRows(
+        doc_ids=[d for d, _ in chunks],
+        ordinals=[o for _, o in chunks],
+        contents=[f"c{d}.{o}" for d, o in chunks],
+        chunk_hashes=[hashlib.sha256(f"{d}.{o}".encode()).digest() for d, o in chunks],
+        token_counts=[1] * len(chunks),
+        char_starts=[0] * len(chunks),
+        char_ends=[1] * len(chunks),
+        embeddings=[np.ones(768, dtype=np.float32) for _ in chunks],
+    )
+    return db.complete_batch(
+        conn, "v2", [], [d for d, _ in docs], [h for _, h in docs], rows, "test", 1
+    )
+
+
+def test_a_batch_writes_its_current_versions_only(two_models: psycopg.Connection[Any]) -> None:
+    """complete_batch_v2 writes chunk rows, vectors and state for the documents whose version is
+    still current, and counts those rows only: a chunk row of a stale version, or of a document
+    not in the batch, is not written. With every version current (the common batch, where the
+    filters by the current versions are skipped) a shorter new version's surplus rows go."""
+    conn = two_models
+    conn.execute(
+        "INSERT INTO pgingest.documents (key, body) VALUES ('a', 'a1'), ('b', 'b1'), ('c', 'c1')"
+    )
+
+    def docs() -> dict[str, tuple[int, bytes]]:
+        rows = conn.execute("SELECT key, id, content_hash FROM pgingest.documents").fetchall()
+        return {k: (i, bytes(h)) for k, i, h in rows}
+
+    def stored() -> dict[int, tuple[int, int, Any]]:
+        rows = conn.execute(
+            "SELECT d.id,"
+            " (SELECT count(*) FROM pgingest.chunks AS c WHERE c.doc_id = d.id),"
+            " (SELECT count(*) FROM pgingest.store_v2 AS s WHERE s.doc_id = d.id),"
+            " (SELECT e.chunk_count FROM pgingest.embedding_state AS e"
+            "   WHERE e.doc_id = d.id AND e.model = 'v2' AND e.content_hash = d.content_hash)"
+            " FROM pgingest.documents AS d"
+        ).fetchall()
+        return {r[0]: (int(r[1]), int(r[2]), r[3]) for r in rows}
+
+    v1 = docs()
+    a, b, c = v1["a"][0], v1["b"][0], v1["c"][0]
+    chunks = [(a, 0), (a, 1), (a, 2), (b, 0), (b, 1), (c, 0)]
+    assert _write(conn, [v1["a"], v1["b"], v1["c"]], chunks) == (3, 0, 6)
+    assert stored() == {a: (3, 3, 3), b: (2, 2, 2), c: (1, 1, 1)}
+
+    conn.execute("UPDATE pgingest.documents SET body = body || ' changed' WHERE key IN ('a', 'b')")
+    v2 = docs()
+    # a: its new version, shorter; b: the version before (stale); c: a row, not in the batch
+    got = _write(conn, [v2["a"], v1["b"]], [(a, 0), (b, 0), (c, 0), (c, 1)])
+    assert got == (1, 1, 1)
+    assert stored() == {a: (1, 1, 1), b: (2, 2, None), c: (1, 1, 1)}
+
+    # every version of the batch current, but a chunk row of a document not in it (a): not written
+    conn.execute("UPDATE pgingest.documents SET body = body || ' again' WHERE key IN ('b', 'c')")
+    v3 = docs()
+    assert _write(conn, [v3["b"], v3["c"]], [(a, 5), (b, 0), (c, 0), (c, 1)]) == (2, 0, 3)
+    assert stored() == {a: (1, 1, 1), b: (1, 1, 1), c: (2, 2, 2)}
+
+    # every row current: the filters are skipped, and the surplus rows still go
+    conn.execute("UPDATE pgingest.documents SET body = body || ' more' WHERE key = 'c'")
+    assert _write(conn, [docs()["c"]], [(c, 0)]) == (1, 0, 1)
+    assert stored() == {a: (1, 1, 1), b: (1, 1, 1), c: (1, 1, 1)}
+
+
 def test_a_store_keeps_vectors_of_up_to_4_kb_in_its_rows(
     two_models: psycopg.Connection[Any],
 ) -> None:
