@@ -68,6 +68,28 @@ RETURN sha256(convert_to(
 COMMENT ON FUNCTION pgingest._source_hash(text, text) IS
 'Content hash of an attached table''s row: sha256 of octet_length(title) (or null) || '':'' || title || text.';
 
+-- The same hash as an expression over two SQL expressions, for the statements a source's mapping
+-- compiles to (its capture, its backfill). Issue 19, attached tables' capture: a LANGUAGE sql
+-- function with a SET clause is never inlined, and fmgr_sql decompressed, parsed and planned
+-- _source_hash's body for every statement that called it (~30 us of every single-row INSERT or
+-- UPDATE of an attached table); written into the statement, the expression costs what sha256
+-- costs. Those statements run with search_path pg_catalog first (their functions' SET clause).
+-- tests/test_source_capture_cost.py checks that both give the same bytes.
+CREATE OR REPLACE FUNCTION pgingest._source_hash_sql(p_title text, p_body text)
+RETURNS text
+LANGUAGE sql
+IMMUTABLE
+SET search_path FROM CURRENT
+RETURN format(
+    'sha256(convert_to(coalesce(octet_length(%1$s)::text, ''null'') || '':'' || coalesce(%1$s, '''') '
+    || '|| coalesce(%2$s, ''''), ''UTF8''))',
+    p_title, p_body
+);
+
+COMMENT ON FUNCTION pgingest._source_hash_sql(text, text) IS
+'pgingest._source_hash(title, body) as an SQL expression over the given expressions, for compiled statements '
+'(internal).';
+
 -- The columns a template names, in order ('{title} {body}' -> {title, body}): the one parser of
 -- the placeholder syntax (the mapping's checks, its grant, its text columns and its body expression).
 CREATE OR REPLACE FUNCTION pgingest._template_columns(p_template text)
@@ -260,22 +282,22 @@ DECLARE
     v_delete text;
 BEGIN
     -- Registers rows (n: k, title, md, body) and returns the doc_id and hash of each row it
-    -- inserted or changed. The title kept for search results is cut at 1,024 bytes-ish characters;
+    -- inserted or changed (the hash of _source_hash, written into the statement: _source_hash_sql). The title kept for search results is cut at 1,024 bytes-ish characters;
     -- the worker embeds the full one from the table.
     v_upsert := format(
         $sql$
         INSERT INTO pgingest.source_rows AS r (source_id, row_key, content_hash, title, metadata)
-        SELECT %1$s, n.k, pgingest._source_hash(n.title, n.body), left(n.title, 1024), n.md FROM n
+        SELECT %1$s, n.k, %2$s, left(n.title, 1024), n.md FROM n
         ON CONFLICT (source_id, row_key) DO UPDATE
         SET content_hash = excluded.content_hash, title = excluded.title, metadata = excluded.metadata
         WHERE (r.content_hash, r.title, r.metadata) IS DISTINCT FROM (excluded.content_hash, excluded.title, excluded.metadata)
         RETURNING r.doc_id, r.content_hash, r.row_key
         $sql$,
-        p_s.id
+        p_s.id, pgingest._source_hash_sql('n.title', 'n.body')
     );
     -- The capture's statements, without their last SELECT: the stored ones (run by EXECUTE when a
     -- source is not compiled yet) end with one returning arrays; the compiled capture
-    -- (_compile_source_capture) appends the queue CTEs and the wake-up check to capture_insert and
+    -- (_compile_source_capture) appends the queue INSERT (_source_queue_sql) to capture_insert and
     -- capture_update (whose rows to queue are up's, v's), INTO v_gone to capture_moved and
     -- capture_delete (d's doc_ids).
     v_insert := format(
@@ -417,11 +439,113 @@ $$;
 COMMENT ON FUNCTION pgingest._capture_failed(text, text, text, text) IS
 'Records a failed capture of a source as a dead letter (capture_failed) per live model and warns (internal).';
 
+CREATE OR REPLACE FUNCTION pgingest._source_lock_key()
+RETURNS integer
+LANGUAGE sql
+IMMUTABLE
+SET search_path FROM CURRENT
+RETURN 1886808435;  -- 'pgis'
+
+COMMENT ON FUNCTION pgingest._source_lock_key() IS
+'The first key of the advisory locks (the source id is the second) by which a source''s backfill steps '
+'and its captures take turns (internal).';
+
+-- The queueing part of the compiled capture of attached tables (issue 19, attached tables'
+-- capture): the queue INSERT of the first live model as the statement itself, reading the rows of
+-- p_rel (doc_id, content_hash), the other live models' as data-modifying CTEs of it, as the
+-- compiled capture of pgingest.documents does (_capture_docs_body): one node less to start per
+-- statement than a SELECT over the CTEs, and the row count from GET DIAGNOSTICS. vt is
+-- statement_timestamp() for the same reason as there. Returns {CTEs (each starting with ',\n'),
+-- the INSERT and its GET DIAGNOSTICS}, or NULL when no model is live.
+CREATE OR REPLACE FUNCTION pgingest._source_queue_sql(p_rel text)
+RETURNS text[]
+LANGUAGE plpgsql
+STABLE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_queues text[];
+    v_ctes text := '';
+    v_insert text := E'INSERT INTO pgmq.%I (vt, message)\n'
+        || E'    SELECT statement_timestamp(), jsonb_build_object(''doc_id'', x.doc_id, ''hash'', '
+        || E'encode(x.content_hash, ''hex''), ''attempts'', 0)\n'
+        || E'    FROM %I AS x';
+BEGIN
+    SELECT array_agg('q_' || m.queue_name ORDER BY m.name) INTO v_queues
+    FROM pgingest.models AS m
+    WHERE m.state <> 'retired' AND to_regclass(format('pgmq.%I', 'q_' || m.queue_name)) IS NOT NULL;
+    IF v_queues IS NULL THEN
+        RETURN NULL;
+    END IF;
+    FOR i IN 2 .. cardinality(v_queues) LOOP
+        v_ctes := v_ctes || format(E',\n    queue_%s AS (\n    ', i) || format(v_insert, v_queues[i], p_rel)
+            || E'\n    )';
+    END LOOP;
+    RETURN ARRAY[
+        v_ctes,
+        E'\n    ' || format(v_insert, v_queues[1], p_rel) || E';\n    GET DIAGNOSTICS v_n = ROW_COUNT;\n'
+    ];
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._source_queue_sql(text) IS
+'The queueing part of the compiled capture of attached tables: the first live model''s queue INSERT as the '
+'statement, the others'' as its CTEs, and its row count INTO v_n (internal; NULL when no model is live).';
+
+-- The wake-up check of the compiled capture of attached tables, once per statement after the
+-- queue INSERT (v_n: the rows it queued): the rule and the session memo of _capture_queue_sql and
+-- _capture_docs_body (sql/010_capture.sql), tested by PL/pgSQL expressions without a FROM clause
+-- (no executor): pgingest.wakeups is read only when the memo differs. '' when no model is live.
+CREATE OR REPLACE FUNCTION pgingest._source_wake_sql()
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_checks text;
+BEGIN
+    SELECT string_agg(
+        format('CASE WHEN %s THEN %L END', pgingest._wake_needed_sql(m.name), m.name), E',\n                '
+        ORDER BY m.name
+    )
+    INTO v_checks
+    FROM pgingest.models AS m
+    WHERE m.state <> 'retired' AND to_regclass(format('pgmq.%I', 'q_' || m.queue_name)) IS NOT NULL;
+    IF v_checks IS NULL THEN
+        RETURN '';
+    END IF;
+    RETURN E'        -- The wake-up check: no executor unless the memo differs (see _capture_queue_sql).\n'
+        || E'        IF v_n > 0 AND current_setting(''pgingest.wake_memo'', TRUE) IS DISTINCT FROM\n'
+        || E'                concat(pg_sequence_last_value(''pgingest.wakeup_generation''::regclass), ''/'',\n'
+        || E'                       date_part(''epoch'', clock_timestamp())::bigint) THEN\n'
+        || E'            v_memo := concat(pg_sequence_last_value(''pgingest.wakeup_generation''::regclass), ''/'',\n'
+        || E'                             date_part(''epoch'', clock_timestamp())::bigint);\n'
+        || E'            SELECT /* wake-up */ array_remove(ARRAY[\n                '
+        || v_checks || E'\n            ], NULL) INTO v_wake;\n'
+        || E'            IF cardinality(v_wake) = 0 THEN\n'
+        || E'                PERFORM set_config(''pgingest.wake_memo'', v_memo, FALSE);\n'
+        || E'            ELSE\n'
+        || E'                PERFORM pgingest._wake(k.model) FROM unnest(v_wake) AS k (model);\n'
+        || E'            END IF;\n'
+        || E'        END IF;  -- the end of the wake-up check\n';
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._source_wake_sql() IS
+'The wake-up check of the compiled capture of attached tables, after its queue INSERT (internal; '''' when no '
+'model is live).';
+
 -- The capture of attached tables: one trigger function, compiled (at add_source, remove_source,
 -- register_model, retire_model and every install) with a branch of static statements per source:
--- its registry upsert, the queue rows of every live model and the wake-up check are one statement,
--- planned once per session and table (PL/pgSQL caches a trigger function's plans per table).
+-- its registry upsert and the queue rows of every live model are one statement (the queue INSERT,
+-- the upsert a CTE of it), planned once per session and table (PL/pgSQL caches a trigger
+-- function's plans per table); the wake-up check follows, once.
 -- A source not compiled yet runs its stored statements (sources.statements) by EXECUTE.
+-- Issue 19, attached tables' capture: what a single-row statement pays besides its statements is
+-- kept to PL/pgSQL expressions (no executor): the source's id from a CASE over TG_ARGV[0], the
+-- advisory lock's key as a literal (pgingest._source_lock_key() is a SQL function with a SET
+-- clause: fmgr_sql planned it on every call), lock_timeout set and put back only when it is not 0.
 CREATE OR REPLACE FUNCTION pgingest._compile_source_capture()
 RETURNS void
 LANGUAGE plpgsql
@@ -438,8 +562,8 @@ DECLARE
 BEGIN
     -- One compilation at a time (the lock of _compile_enqueue, which calls this one).
     PERFORM pg_advisory_xact_lock(1886808435, -1);
-    v_ins := pgingest._capture_queue_sql('up', 'doc_id', 'content_hash');
-    v_upd := pgingest._capture_queue_sql('v', 'doc_id', 'content_hash');
+    v_ins := pgingest._source_queue_sql('up');
+    v_upd := pgingest._source_queue_sql('v');
     FOR v_s IN
         SELECT s.id, s.name, s.statements FROM pgingest.sources AS s
         WHERE s.id <> 0 AND s.statements ? 'capture_insert'
@@ -451,14 +575,14 @@ BEGIN
             || format(E'        ELSIF v_id = %s THEN\n', v_s.id)
             || E'            IF TG_OP = ''INSERT'' THEN\n'
             || (v_s.statements ->> 'capture_insert')
-            || coalesce(v_ins[1] || v_ins[2], E'SELECT NULL::text[] INTO v_wake;\n')
+            || coalesce(v_ins[1] || v_ins[2], E'SELECT count(*) INTO v_n FROM up;\n')
             || E'            ELSIF TG_OP = ''UPDATE'' THEN\n'
             -- Never a nested loop over the transition tables (see _capture_update): the plan is
             -- made once per session, maybe for a single row, and kept for bulk statements too.
             || E'                v_nestloop := current_setting(''enable_nestloop'');\n'
             || E'                v_set := set_config(''enable_nestloop'', ''off'', TRUE);\n'
             || (v_s.statements ->> 'capture_update')
-            || coalesce(v_upd[1] || v_upd[2], E'SELECT NULL::text[] INTO v_wake;\n')
+            || coalesce(v_upd[1] || v_upd[2], E'SELECT count(*) INTO v_n FROM v;\n')
             || E'                v_set := set_config(''enable_nestloop'', v_nestloop, TRUE);\n'
             || (v_s.statements ->> 'capture_moved') || E'SELECT array_agg(d.doc_id) INTO v_gone FROM d;\n'
             || E'            ELSE\n'
@@ -482,6 +606,8 @@ DECLARE
     v_ids bigint[];
     v_hashes bytea[];
     v_gone bigint[];
+    v_n bigint;
+    v_memo text;
     v_wake text[];
     v_lock_timeout text;
     v_nestloop text;
@@ -499,14 +625,20 @@ BEGIN
     -- reading the table before this commit would register the old text over what this statement
     -- registers, or a row this statement deletes.
     -- (It waits at most for one backfill step, ~0.1 s: never with the application's lock_timeout,
-    -- which would fail its statement because of pgingest.)
-    v_lock_timeout := current_setting('lock_timeout');
-    PERFORM set_config('lock_timeout', '0', TRUE);
-    PERFORM pg_advisory_xact_lock_shared(pgingest._source_lock_key(), v_id);
-    PERFORM set_config('lock_timeout', v_lock_timeout, TRUE);
+    -- which would fail its statement because of pgingest; set to 0 and put back only when it is
+    -- not 0 already, the default.)
+    IF current_setting('lock_timeout') = '0' THEN
+        PERFORM pg_advisory_xact_lock_shared(%3$s, v_id);
+    ELSE
+        v_lock_timeout := current_setting('lock_timeout');
+        PERFORM set_config('lock_timeout', '0', TRUE);
+        PERFORM pg_advisory_xact_lock_shared(%3$s, v_id);
+        PERFORM set_config('lock_timeout', v_lock_timeout, TRUE);
+    END IF;
     <<capture>>
     LOOP
     BEGIN
+        v_n := 0;
         IF TG_OP = 'TRUNCATE' THEN
             WITH d AS (DELETE FROM pgingest.source_rows AS r WHERE r.source_id = v_id RETURNING r.doc_id)
             SELECT array_agg(d.doc_id) INTO v_gone FROM d;
@@ -521,7 +653,7 @@ BEGIN
             END IF;
             PERFORM pgingest._enqueue_versions(v_ids, v_hashes);
 %2$s        END IF;
-        IF v_gone IS NOT NULL THEN
+%4$s        IF v_gone IS NOT NULL THEN
             PERFORM pgingest._forget_docs(v_gone);
         END IF;
     EXCEPTION
@@ -548,7 +680,9 @@ BEGIN
 END;
 $body$,
             CASE WHEN v_case = '' THEN 'NULL' ELSE 'CASE TG_ARGV[0]' || v_case || ' END' END,
-            v_branches
+            v_branches,
+            pgingest._source_lock_key(),
+            pgingest._source_wake_sql()
         )
     );
     SELECT string_agg(s.name, ', ' ORDER BY s.id) INTO v_names FROM pgingest.sources AS s WHERE s.id <> 0;
@@ -571,17 +705,6 @@ COMMENT ON FUNCTION pgingest._compile_source_capture() IS
 '_compile_enqueue, _attach_source and _detach_source).';
 
 SELECT pgingest._compile_source_capture();
-
-CREATE OR REPLACE FUNCTION pgingest._source_lock_key()
-RETURNS integer
-LANGUAGE sql
-IMMUTABLE
-SET search_path FROM CURRENT
-RETURN 1886808435;  -- 'pgis'
-
-COMMENT ON FUNCTION pgingest._source_lock_key() IS
-'The first key of the advisory locks (the source id is the second) by which a source''s backfill steps '
-'and its captures take turns (internal).';
 
 -- The column of a table, or an error naming it.
 CREATE OR REPLACE FUNCTION pgingest._source_column(p_table regclass, p_column text, p_role text)
