@@ -127,6 +127,13 @@ EVAL_ARGS ?=
 eval: db venv
 	$(VBIN)/python -m eval.run $(EVAL_ARGS)
 
+# The heading path in the model's input, with and without (issue 22): CPU only, no database
+# (eval/headings/; docs/retrieval.md).
+EVAL_HEADINGS_ARGS ?=
+.PHONY: eval-headings
+eval-headings: venv
+	$(VBIN)/python -m eval.headings.run $(EVAL_HEADINGS_ARGS)
+
 # A real embedding server: Infinity in its own venv under .cache/compat (scripts/compat.py).
 COMPAT_ARGS ?=
 compat: db venv
