@@ -157,6 +157,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._send(200, DOC, False, ETag='"v2"')
         elif path == "/redirect-loop":
             self._send(302, b"", head, Location="/redirect-loop")
+        elif path == "/redirect-space":
+            self._send(302, b"", head, Location="/q3 final.pdf?sig=deadbeefSECRET")
         else:
             self._send(404, b"no", head)
 

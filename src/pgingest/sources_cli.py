@@ -608,7 +608,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
                     fetch.list_objects(args.prefix, policy), recorded, args.prefix, progress
                 )
             except RawDocumentError as exc:
-                print(f"{prog}: {args.prefix}: {exc}", file=sys.stderr)
+                print(f"{prog}: {fetch.redact_uri(args.prefix)}: {exc}", file=sys.stderr)
                 return EXIT_INVALID if exc.error_class in ("bad_uri", "not_allowed") else EXIT_ERROR
             summary = (
                 f"{plan.listed:,} objects listed: {len(plan.new):,} new, {len(plan.changed):,}"
@@ -643,7 +643,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
                     )
                 if plan.changed:
                     queries.refresh(conn, args.name, plan.changed)
-            print(f"source {args.name} synced with {args.prefix}: {summary}")
+            print(f"source {args.name} synced with {fetch.redact_uri(args.prefix)}: {summary}")
             return 0
 
     return _run(prog, run)

@@ -36,6 +36,7 @@ import http.client
 import ipaddress
 import os
 import random
+import re
 import socket
 import ssl
 import stat
@@ -44,7 +45,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote, unquote, urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
 from pgingest.raw.errors import RawDocumentError
 
@@ -54,6 +55,51 @@ Resolver = Callable[[str, int], Sequence[str]]
 
 _CHUNK = 64 * 1024
 _USER_AGENT = "pgingest-raw/1"
+
+
+# A request line cannot carry these (http.client refuses them with a message quoting the whole
+# path and query: a presigned URL's signature).
+_UNSAFE_URI_CHARS = re.compile(r"[\x00-\x20\x7f]")
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` fit for an error message or a log: no userinfo (credentials), query (a presigned
+    URL's signature) or fragment, control characters escaped, at most 300 characters. Every
+    message that names a URI goes through it."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "<invalid URI>"
+    netloc = parts.netloc.rpartition("@")[2]
+    try:
+        _ = parts.port  # not a number: a secret cut at a '/' ("s3://KEY:SE/CRET@bucket/k")?
+    except ValueError:
+        netloc, path = "<redacted>", parts.path
+        if "@" in path:
+            netloc, _, rest = path.rpartition("@")[2].partition("/")
+            path = "/" + rest
+    else:
+        path = parts.path
+    suffix = "?<redacted>" if parts.query else ""
+    text = urlunsplit((parts.scheme, netloc, path, "", "")) + suffix
+    text = _UNSAFE_URI_CHARS.sub(lambda m: f"%{ord(m.group()):02X}", text)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception of the network stack (socket, ssl, http.client, urllib3, botocore) in a few
+    words, never its message text: those quote URLs (http.client's InvalidURL quotes the path
+    and the query; botocore's the endpoint URL with the key)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verify failed ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        return f"{type(exc).__name__} ({exc.reason or 'TLS error'})"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return type(exc).__name__
 
 
 def _system_resolver(host: str, port: int) -> list[str]:
@@ -180,6 +226,9 @@ def fetch_if_changed(uri: str, policy: FetchPolicy, known: Validators) -> Fetche
 
 
 def _dispatch(uri: str, policy: FetchPolicy, known: Validators | None) -> Fetched | None:
+    if _CONTROL_CHARS.search(uri):
+        # urlsplit silently drops tabs and newlines: "a\tb" would name another object, "ab"
+        raise RawDocumentError("bad_uri", "a control character in the URI (percent-encode it)")
     scheme = urlsplit(uri).scheme.lower()
     if scheme == "file":
         return _fetch_file(uri, policy)
@@ -276,19 +325,19 @@ def _fetch_file(uri: str, policy: FetchPolicy) -> Fetched:
     path = Path(os.path.realpath(raw_path))
     roots = [Path(os.path.realpath(r)) for r in policy.allowed_roots]
     if not any(path == r or r in path.parents for r in roots):
-        raise RawDocumentError("not_allowed", f"{raw_path} is outside the allowed roots")
+        raise RawDocumentError("not_allowed", f"{redact_uri(uri)} is outside the allowed roots")
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise RawDocumentError("not_found", raw_path) from None
+        raise RawDocumentError("not_found", redact_uri(uri)) from None
     except PermissionError:
-        raise RawDocumentError("forbidden", raw_path) from None
+        raise RawDocumentError("forbidden", redact_uri(uri)) from None
     except OSError as exc:
-        raise RawDocumentError("not_found", f"{raw_path}: {exc.strerror}") from None
+        raise RawDocumentError("not_found", f"{redact_uri(uri)}: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as fh:
         st = os.fstat(fh.fileno())
         if not stat.S_ISREG(st.st_mode):
-            raise RawDocumentError("not_allowed", f"{raw_path} is not a regular file")
+            raise RawDocumentError("not_allowed", f"{redact_uri(uri)} is not a regular file")
         if st.st_size > policy.max_bytes:
             raise _too_large(st.st_size, policy, "file size")
         data = _read_capped(fh.read, policy)
@@ -380,7 +429,9 @@ def _resolve(policy: FetchPolicy, host: str, port: int) -> list[str]:
             "fetch_timeout", f"resolving {host!r} took over {policy.connect_timeout:g} s"
         ) from None
     except OSError as exc:
-        raise RawDocumentError("connect_error", f"cannot resolve {host!r}: {exc}") from None
+        raise RawDocumentError(
+            "connect_error", f"cannot resolve {host!r}: {_describe(exc)}"
+        ) from None
 
 
 def check_http_uri(uri: str, policy: FetchPolicy) -> _Target:
@@ -397,6 +448,8 @@ def check_http_uri(uri: str, policy: FetchPolicy) -> _Target:
         raise RawDocumentError("bad_uri", "no host")
     if parts.username or parts.password:
         raise RawDocumentError("not_allowed", "credentials in a URI are refused")
+    if _UNSAFE_URI_CHARS.search(uri):  # before any look-up (urlsplit drops tabs and newlines)
+        raise _UNSAFE_URI
     if not policy.host_allowed(host):
         raise RawDocumentError("not_allowed", f"host {host!r} is not allow-listed")
     if scheme == "http" and host not in policy.http_hosts:
@@ -411,10 +464,28 @@ def check_http_uri(uri: str, policy: FetchPolicy) -> _Target:
         raise RawDocumentError(
             "not_allowed", f"{host!r} resolves to a non-public address ({refused[0]})"
         )
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
-    return _Target(scheme, host, port, path, addresses[0])
+    return _Target(scheme, host, port, _request_target(parts.path, parts.query), addresses[0])
+
+
+_UNSAFE_URI = RawDocumentError(
+    "bad_uri", "a space or control character in the URI (percent-encode it: %20)"
+)
+
+
+def _request_target(path: str, query: str) -> str:
+    """The request target of a path and query. A space or control character is refused
+    (permanent ``bad_uri``): a URI cannot hold one, and encoding it would guess at what the
+    application meant (a ``+``? a ``%20``? a stray tab?) and fetch an object it may not have
+    named; the application percent-encodes it. A non-ASCII character is percent-encoded as
+    UTF-8 (an IRI's one mapping to a URI, RFC 3987, as browsers do)."""
+    if _UNSAFE_URI_CHARS.search(path) or _UNSAFE_URI_CHARS.search(query):
+        raise _UNSAFE_URI
+    target = path or "/"
+    if query:
+        target += "?" + query
+    if not target.isascii():
+        target = quote(target, safe="".join(chr(c) for c in range(0x21, 0x7F)))
+    return target
 
 
 def _http_error(status: int, reason: str, retry_after: str | None) -> RawDocumentError:
@@ -459,12 +530,19 @@ def _fetch_http(uri: str, policy: FetchPolicy, known: Validators | None = None) 
             result = _fetch_http_once(current, target, policy, known)
         except RawDocumentError:
             raise
-        except TimeoutError as exc:
-            raise RawDocumentError("fetch_timeout", f"{target.host}: {exc}") from None
+        except TimeoutError:
+            raise RawDocumentError("fetch_timeout", f"{target.host}: timed out") from None
         except ssl.SSLError as exc:
-            raise RawDocumentError("connect_error", f"TLS with {target.host}: {exc}") from None
+            raise RawDocumentError(
+                "connect_error", f"TLS with {target.host}: {_describe(exc)}"
+            ) from None
+        except http.client.InvalidURL as exc:
+            raise RawDocumentError("bad_uri", f"{target.host}: {_describe(exc)}") from None
         except (OSError, http.client.HTTPException) as exc:
-            raise RawDocumentError("connect_error", f"{target.host}: {exc}") from None
+            raise RawDocumentError("connect_error", f"{target.host}: {_describe(exc)}") from None
+        except (ValueError, UnicodeError) as exc:
+            # what http.client cannot send (a non-ASCII header, say): never retried
+            raise RawDocumentError("bad_uri", f"{target.host}: {_describe(exc)}") from None
         if not isinstance(result, str):
             return result
         current = urljoin(current, result)
@@ -749,9 +827,11 @@ def _list_files(prefix_uri: str, policy: FetchPolicy) -> Iterator[ObjectInfo]:
     roots = [Path(os.path.realpath(r)) for r in policy.allowed_roots]
     root = next((r for r in roots if top == r or r in top.parents), None)
     if root is None:
-        raise RawDocumentError("not_allowed", f"{parts.path} is outside the allowed roots")
+        raise RawDocumentError(
+            "not_allowed", f"{redact_uri(prefix_uri)} is outside the allowed roots"
+        )
     if not top.is_dir():
-        raise RawDocumentError("not_found", f"{parts.path} is not a directory")
+        raise RawDocumentError("not_found", f"{redact_uri(prefix_uri)} is not a directory")
     for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
         dirnames.sort()
         for name in sorted(filenames):

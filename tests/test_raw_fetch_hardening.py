@@ -1,0 +1,85 @@
+"""Fetching hardened after the review of 2026-12-07 (issue 22), against real servers on
+127.0.0.1 (tests/test_raw_fetch.py's HTTP server and moto's S3 server): secrets in URIs never
+reach an error message, a URI http.client cannot send is a permanent ``bad_uri``."""
+
+from __future__ import annotations
+
+import pytest
+
+from pgingest.raw import fetch
+from pgingest.raw.errors import RawDocumentError
+from tests import test_raw_fetch as rf
+from tests.test_raw_fetch import Counter, _http_policy
+
+# tests/test_raw_fetch.py's fixtures: its HTTP server, moto's S3 server, the test credentials
+http_server = rf.http_server
+moto_endpoint = rf.moto_endpoint
+aws_env = rf.aws_env
+bucket = rf.bucket
+
+pytestmark = pytest.mark.timeout(120)
+
+SECRET = "deadbeefSECRET"
+
+
+# -- bug 1: a space or control character in a URI --------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["/q3 final.pdf", "/q3\tfinal.pdf", "/q3\x7ffinal.pdf", "/a\x00"])
+def test_a_space_in_a_uri_is_a_permanent_bad_uri_without_its_query(
+    http_server: tuple[str, Counter], bad: str
+) -> None:
+    url, counter = http_server
+    uri = f"{url}{bad}?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature={SECRET}"
+    calls: list[int] = []
+
+    def once() -> fetch.Fetched:
+        calls.append(1)
+        return fetch.fetch(uri, _http_policy())
+
+    with pytest.raises(RawDocumentError) as err:
+        fetch.retrying(once, sleep=lambda s: None)
+    assert (err.value.error_class, err.value.permanent) == ("bad_uri", True)
+    assert SECRET not in str(err.value) and "AKIAEXAMPLE" not in str(err.value)
+    assert calls == [1]  # not retried
+    assert counter.connections == 0
+
+
+def test_a_redirect_to_a_uri_with_a_space_is_refused(http_server: tuple[str, Counter]) -> None:
+    url, counter = http_server
+    with pytest.raises(RawDocumentError) as err:
+        fetch.fetch(f"{url}/redirect-space", _http_policy())
+    assert (err.value.error_class, err.value.permanent) == ("bad_uri", True)
+    assert SECRET not in str(err.value)
+
+
+def test_a_non_ascii_path_is_percent_encoded(http_server: tuple[str, Counter]) -> None:
+    url, counter = http_server
+    with pytest.raises(RawDocumentError) as err:
+        fetch.fetch(f"{url}/caf\u00e9.md?q=\u00e9", _http_policy())
+    assert err.value.error_class == "not_found"  # the server got the request
+    assert ("HEAD", "/caf%C3%A9.md?q=%C3%A9") in counter.requests
+
+
+def test_a_network_error_message_has_no_query(http_server: tuple[str, Counter]) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    with pytest.raises(RawDocumentError) as err:
+        fetch.fetch(f"http://127.0.0.1:{port}/a.md?sig={SECRET}", _http_policy())
+    assert err.value.error_class == "connect_error" and SECRET not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        (f"https://u:{SECRET}@h.example/a b?sig={SECRET}#f", "https://h.example/a%20b?<redacted>"),
+        (f"s3://AKIA:{SECRET}@bucket/k", "s3://bucket/k"),
+        (f"s3://AKIA:SE/CR/{SECRET}@bucket/k", "s3://bucket/k"),
+        ("file:///docs/a\x00.md", "file:///docs/a%00.md"),
+    ],
+)
+def test_redact_uri(uri: str, shown: str) -> None:
+    assert fetch.redact_uri(uri) == shown
