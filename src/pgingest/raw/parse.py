@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import io
 import multiprocessing
+import multiprocessing.util
 import os
 import queue
 import re
@@ -415,7 +416,9 @@ def parse_bytes(data: bytes, mime: str, options: ParseOptions | None = None) -> 
 # --- isolation: one child process per slot ---------------------------------------------------
 
 # Test hooks, only reachable through ParsePool.parse(test_hook=...) (never from document bytes).
-_TEST_HOOKS = frozenset({"hang", "alloc", "crash"})
+# "slow": the parse takes SLOW_HOOK_S more, then goes on as usual (a big PDF, say).
+_TEST_HOOKS = frozenset({"hang", "alloc", "crash", "slow"})
+SLOW_HOOK_S = 2.0
 
 
 # The default backends, imported by a child before it says it is ready: their import time (a
@@ -456,9 +459,16 @@ def _child_main(
 ) -> None:
     """The child's loop: import the parsers and say ("ready",), then receive (data, mime,
     options, hook), answer ("ok", doc) or ("err", class, detail). Runs under ``RLIMIT_AS``;
-    exits after a MemoryError, or when the worker that started it is gone."""
+    exits after a MemoryError, or when the worker that started it is gone.
+
+    SIGINT and SIGTERM are ignored: a Ctrl-C in a terminal, and a ``systemctl stop``
+    (KillMode=control-group sends SIGTERM to every process of the service), reach the children
+    too, and a child killed in the middle of a parse would cost its document. The worker stops
+    them itself once its batch is done (:meth:`ParsePool.close`: told to exit, SIGKILL after
+    5 s), and at the interpreter's exit (:func:`_kill_children_at_exit`)."""
     _exit_when_orphaned(os.getppid())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if memory_bytes:
         import resource
 
@@ -488,6 +498,8 @@ def _child_main(
                     hog.append(bytearray(32 << 20))
             if hook == "crash":
                 os.kill(os.getpid(), signal.SIGSEGV)
+            if hook == "slow":
+                time.sleep(SLOW_HOOK_S)
             answer: tuple[Any, ...] = ("ok", parse_bytes(data, mime, options))
         except MemoryError:
             hog.clear()
@@ -512,6 +524,46 @@ class _Slot:
 
 STARTUP_TIMEOUT = 60.0
 """Seconds a new parse process may take to import its parsers."""
+
+# Signals that come from outside (an operator, a service manager stopping the service), not
+# from the parser: a child that dies of one is retried (a transient error), not dead-lettered.
+_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+# The children started and not yet stopped, of every pool, with the pid of the process that
+# started each: killed at the interpreter's exit (:func:`_kill_children_at_exit`).
+_LIVE: dict[Any, int] = {}
+_LIVE_LOCK = threading.Lock()
+_EXIT_HOOK_PID: int | None = None
+
+
+def _kill_children_at_exit() -> None:
+    """multiprocessing's exit handler (``util._exit_function``: at the exit of the main process,
+    and at the end of a ``multiprocessing`` child such as a worker of ``--processes N``) stops
+    daemonic children with SIGTERM, then waits for each: a parse child ignores SIGTERM, so a pool
+    left open would hang the exit. That handler runs its finalizers first, this one among them:
+    SIGKILL to the children this process started, then a short wait."""
+    me = os.getpid()
+    with _LIVE_LOCK:
+        processes = [p for p, owner in _LIVE.items() if owner == me]
+        _LIVE.clear()
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.kill()
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.join(5)
+
+
+def _track(process: Any) -> None:
+    """Remembers a started child; registers the exit hook once per process (a forked process
+    starts with no finalizers)."""
+    global _EXIT_HOOK_PID
+    me = os.getpid()
+    with _LIVE_LOCK:
+        _LIVE[process] = me
+        if me != _EXIT_HOOK_PID:
+            _EXIT_HOOK_PID = me
+            multiprocessing.util.Finalize(None, _kill_children_at_exit, exitpriority=100)
 
 
 class ParsePool:
@@ -578,6 +630,7 @@ class ParsePool:
             daemon=True,
         )
         process.start()
+        _track(process)
         child.close()
         slot.process, slot.conn, slot.served = process, parent, 0
         # Started when it has imported the parsers (not counted in a document's timeout).
@@ -598,6 +651,7 @@ class ParsePool:
         slot.process, slot.conn = None, None
         if process is None:
             return None
+        # never process.terminate(): the child ignores SIGTERM
         if kill:
             process.kill()
         elif conn is not None:
@@ -610,6 +664,8 @@ class ParsePool:
         if conn is not None:
             conn.close()
         code: int | None = process.exitcode
+        with _LIVE_LOCK:
+            _LIVE.pop(process, None)
         process.close()
         return code
 
@@ -660,6 +716,13 @@ class ParsePool:
         if code == -signal.SIGKILL:
             # the kernel's OOM killer (or an operator): count it as memory
             return RawDocumentError("oom", "the parser was killed (SIGKILL)")
+        if code is not None and code < 0 and -code in _STOP_SIGNALS:
+            # an operator or a service manager stopping things (the child ignores SIGTERM and
+            # SIGINT, but not before its first lines run): nothing wrong with the document
+            name = signal.Signals(-code).name
+            return RawDocumentError(
+                "parse_error", f"the parser was stopped from outside ({name})", permanent=False
+            )
         if code is not None and code < 0:
             name = signal.Signals(-code).name
             return RawDocumentError("parse_error", f"the parser crashed ({name})")
