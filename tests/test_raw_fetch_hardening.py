@@ -83,3 +83,32 @@ def test_a_network_error_message_has_no_query(http_server: tuple[str, Counter]) 
 )
 def test_redact_uri(uri: str, shown: str) -> None:
     assert fetch.redact_uri(uri) == shown
+
+
+# -- bug 2: credentials in an s3:// URI -----------------------------------------------------
+
+
+@pytest.mark.parametrize("buckets", [{"docs"}, {"*"}])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        f"s3://AKIAIOSFODNN7EXAMPLE:{SECRET}@docs/a/guide.md",
+        f"s3://AKIAIOSFODNN7EXAMPLE:SE/CR/{SECRET}@docs/a/guide.md",
+        "s3://AKIAIOSFODNN7EXAMPLE@docs/a/guide.md",
+        "s3://docs:443/a/guide.md",
+        "s3://do cs/a/guide.md",
+    ],
+)
+def test_credentials_in_an_s3_uri_are_a_permanent_bad_uri_never_echoed(
+    bucket: str, uri: str, buckets: set[str]
+) -> None:
+    policy = rf._s3_policy(bucket, allowed_buckets=frozenset(buckets))
+    for call in (
+        lambda: fetch.fetch(uri, policy),
+        lambda: list(fetch.list_objects(uri.rsplit("/", 1)[0] + "/", policy)),
+    ):
+        with pytest.raises(RawDocumentError) as err:
+            call()
+        assert (err.value.error_class, err.value.permanent) == ("bad_uri", True)
+        assert SECRET not in str(err.value) and "AKIA" not in str(err.value)
+        assert "SE/CR" not in str(err.value)

@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, unquote, urljoin, urlsplit, urlunsplit
 
 from pgingest.raw.errors import RawDocumentError
 
@@ -630,10 +630,28 @@ _S3_NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _S3_FORBIDDEN_CODES = frozenset({"AccessDenied", "403", "Forbidden"})
 
 
+# What boto3 accepts as a bucket name (legacy names included); never '@' or ':' (credentials).
+_BUCKET_NAME = re.compile(r"[A-Za-z0-9._-]{1,255}")
+
+
+def _s3_bucket(parts: SplitResult) -> str:
+    """The bucket of a split ``s3://`` URI. A netloc that is no bucket name is refused without
+    being echoed: ``s3://KEY:SECRET@bucket/k`` carries credentials (none go in a URI: they come
+    from the worker's environment)."""
+    if not _BUCKET_NAME.fullmatch(parts.netloc):
+        raise RawDocumentError(
+            "bad_uri",
+            "s3 URIs are s3://bucket/key and the bucket name has characters a bucket name cannot"
+            " have (credentials never go in a URI)",
+        )
+    return parts.netloc
+
+
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     parts = urlsplit(uri)
-    bucket, key = parts.netloc, unquote(parts.path.lstrip("/"))
-    if not bucket or not key or parts.query or parts.fragment:
+    bucket = _s3_bucket(parts)
+    key = unquote(parts.path.lstrip("/"))
+    if not key or parts.query or parts.fragment:
         raise RawDocumentError("bad_uri", "s3 URIs are s3://bucket/key")
     return bucket, key
 
@@ -647,10 +665,13 @@ def classify_s3_error(exc: Exception, bucket: str) -> RawDocumentError:
         return RawDocumentError(
             "access", "no S3 credentials in the worker's environment", scope="source"
         )
+    if isinstance(exc, bex.ParamValidationError):
+        # a bucket or key boto3 refuses (its message quotes them): the URI's fault, for good
+        return RawDocumentError("bad_uri", "an S3 bucket or key that boto3 refuses")
     if isinstance(exc, bex.ConnectTimeoutError | bex.ReadTimeoutError):
-        return RawDocumentError("fetch_timeout", f"s3://{bucket}: {exc}")
+        return RawDocumentError("fetch_timeout", f"s3://{bucket}: {_describe(exc)}")
     if isinstance(exc, bex.EndpointConnectionError | bex.ConnectionClosedError):
-        return RawDocumentError("connect_error", f"s3://{bucket}: {exc}")
+        return RawDocumentError("connect_error", f"s3://{bucket}: {_describe(exc)}")
     if isinstance(exc, bex.ClientError):
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
@@ -670,7 +691,7 @@ def classify_s3_error(exc: Exception, bucket: str) -> RawDocumentError:
             return RawDocumentError("forbidden", code or "403")
         return RawDocumentError("http_error", f"{code} (HTTP {status})")
     if isinstance(exc, bex.BotoCoreError):
-        return RawDocumentError("connect_error", f"s3://{bucket}: {exc}")
+        return RawDocumentError("connect_error", f"s3://{bucket}: {_describe(exc)}")
     raise exc
 
 
@@ -786,8 +807,8 @@ def list_objects(prefix_uri: str, policy: FetchPolicy) -> Iterator[ObjectInfo]:
 
 def _list_s3(prefix_uri: str, policy: FetchPolicy, client: Any = None) -> Iterator[ObjectInfo]:
     parts = urlsplit(prefix_uri)
-    bucket, prefix = parts.netloc, unquote(parts.path.lstrip("/"))
-    if not bucket:
+    bucket, prefix = _s3_bucket(parts), unquote(parts.path.lstrip("/"))
+    if parts.query or parts.fragment:
         raise RawDocumentError("bad_uri", "s3 prefixes are s3://bucket/prefix")
     _check_bucket(bucket, policy)
     client = client or s3_client(policy)
