@@ -546,6 +546,11 @@ COMMENT ON FUNCTION pgingest._source_wake_sql() IS
 -- kept to PL/pgSQL expressions (no executor): the source's id from a CASE over TG_ARGV[0], the
 -- advisory lock's key as a literal (pgingest._source_lock_key() is a SQL function with a SET
 -- clause: fmgr_sql planned it on every call), lock_timeout set and put back only when it is not 0.
+-- jit = off: PL/pgSQL plans each statement once per session, with the transition tables' sizes
+-- of the statement that first fires it. After a first UPDATE of 20,000 rows the UPDATE's plan
+-- was estimated at billions of rows (the join of the registry rows with the changes), over
+-- jit_optimize_above_cost, and every later single-row UPDATE of that session JIT-compiled it:
+-- ~350 ms a statement instead of ~0.3. A capture's expressions gain nothing worth that.
 CREATE OR REPLACE FUNCTION pgingest._compile_source_capture()
 RETURNS void
 LANGUAGE plpgsql
@@ -596,6 +601,7 @@ BEGIN
         LANGUAGE plpgsql
         SECURITY DEFINER
         SET search_path FROM CURRENT
+        SET jit = off
         AS %L
         $ddl$,
         format(

@@ -12,6 +12,7 @@ becomes a dead letter and never fails the statement, and the wake-up of a sleepi
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import psycopg
@@ -304,3 +305,29 @@ def test_an_attached_table_is_registered_without_a_live_model_and_queued_once_on
     register(conn, "v1", fake.url)
     conn.execute("UPDATE public.orders SET body = 'D'")
     assert queued(conn, "v1")[-1] == registry(conn)['{"id": 1, "tenant": "a"}'][:2]
+
+
+def test_a_single_row_update_after_a_bulk_one_in_the_same_session_is_not_jit_compiled(
+    conn: psycopg.Connection[Any], fake: FakeEmbeddingServer
+) -> None:
+    """PL/pgSQL plans the capture's statements once per session, with the transition tables'
+    sizes of the first statement: after a bulk UPDATE the plan's estimates passed the JIT
+    thresholds, and every later single-row UPDATE of the session compiled it (~350 ms)."""
+    register(conn, "v1", fake.url)
+    attach_orders(conn)
+    assert "jit=off" in one(
+        conn, "SELECT proconfig FROM pg_proc WHERE oid = 'pgingest._source_capture()'::regprocedure"
+    )
+    conn.execute(
+        "INSERT INTO public.orders (tenant, id, title, body, lang)"
+        " SELECT 'a', g, 'T' || g, 'Body ' || g, 'en' FROM generate_series(1, 20000) AS g"
+    )
+    conn.execute("SET jit = on")  # as most servers run (it changes nothing where JIT is absent)
+    conn.execute("UPDATE public.orders SET body = body || '.'")  # plans the capture: 20,000 rows
+    elapsed = []
+    for i in range(3):
+        t0 = time.perf_counter()
+        conn.execute("UPDATE public.orders SET body = %s WHERE tenant = 'a' AND id = 7", (str(i),))
+        elapsed.append(time.perf_counter() - t0)
+    assert min(elapsed) < 0.1, elapsed
+    assert queue_count(conn, "v1") == 20000 + 20000 + 3
