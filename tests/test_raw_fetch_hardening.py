@@ -4,10 +4,13 @@ reach an error message, a URI http.client cannot send is a permanent ``bad_uri``
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pgingest.raw import fetch
 from pgingest.raw.errors import RawDocumentError
+from pgingest.sources_cli import SyncPlan, plan_sync
 from tests import test_raw_fetch as rf
 from tests.test_raw_fetch import Counter, _http_policy
 
@@ -112,3 +115,59 @@ def test_credentials_in_an_s3_uri_are_a_permanent_bad_uri_never_echoed(
         assert (err.value.error_class, err.value.permanent) == ("bad_uri", True)
         assert SECRET not in str(err.value) and "AKIA" not in str(err.value)
         assert "SE/CR" not in str(err.value)
+
+
+# -- bugs 14 and 15: which recorded URIs a sync's prefix covers --------------------------------
+
+
+def _plan(prefix: str, policy: fetch.FetchPolicy, recorded_uris: list[str]) -> SyncPlan:
+    recorded = {u: ({"uri": u}, None, b"s", None) for u in recorded_uris}
+    return plan_sync(fetch.list_objects(prefix, policy), recorded, prefix)
+
+
+def test_a_deleted_file_vanishes_whatever_form_the_prefix_has(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "my docs").mkdir(parents=True)
+    (root / "my docs2").mkdir()
+    (tmp_path / "link").symlink_to(root)
+    (root / "my docs" / "a.md").write_text("# a\n")
+    (root / "my docs" / "b.md").write_text("# b\n")
+    (root / "my docs2" / "c.md").write_text("# c\n")
+    policy = fetch.FetchPolicy(allowed_roots=(root,))
+    listed = [o.uri for o in fetch.list_objects((root / "my docs").as_uri(), policy)]
+    assert listed == [(root / "my docs" / n).as_uri() for n in ("a.md", "b.md")]
+    recorded = [*listed, (root / "my docs2" / "c.md").as_uri()]
+    (root / "my docs" / "b.md").unlink()
+    for prefix in [
+        f"file://{root}/my docs",  # a space, as typed
+        (root / "my docs").as_uri(),  # %20
+        f"file://localhost{root}/my%20docs",
+        (tmp_path / "link" / "my docs").as_uri(),  # through a symbolic link
+        (root / "my docs").as_uri() + "/",
+    ]:
+        plan = _plan(prefix, policy, recorded)
+        assert plan.vanished == [(root / "my docs" / "b.md").as_uri()], prefix
+        assert plan.new == [] and len(plan.changed) + plan.unchanged == 1, prefix
+
+
+def test_recorded_uris_of_another_form_are_matched_not_duplicated(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "my docs").mkdir(parents=True)
+    (root / "my docs" / "a.md").write_text("# a\n")
+    policy = fetch.FetchPolicy(allowed_roots=(root,))
+    typed = f"file://localhost{root}/my docs/a.md"  # how an application wrote it
+    plan = _plan((root / "my docs").as_uri(), policy, [typed])
+    assert (plan.new, plan.vanished, plan.changed) == ([], [], [{"uri": typed}])
+
+
+def test_an_s3_prefix_with_a_space_matches_the_listed_keys(bucket: str) -> None:
+    policy = rf._s3_policy(bucket)
+    client = fetch.s3_client(policy)
+    client.put_object(Bucket="docs", Key="my docs/a.md", Body=b"# a\n")
+    client.put_object(Bucket="docs", Key="my docs/b.md", Body=b"# b\n")
+    listed = [o.uri for o in fetch.list_objects("s3://docs/my docs/", policy)]
+    assert listed == ["s3://docs/my%20docs/a.md", "s3://docs/my%20docs/b.md"]
+    client.delete_object(Bucket="docs", Key="my docs/b.md")
+    for prefix in ["s3://docs/my docs/", "s3://docs/my%20docs/"]:
+        plan = _plan(prefix, policy, listed)
+        assert plan.vanished == ["s3://docs/my%20docs/b.md"], prefix

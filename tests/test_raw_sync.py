@@ -209,3 +209,39 @@ def test_a_touched_file_is_rechecked_once_not_on_every_sync(
     code, out, err = run(capsys, dsn, "source", "sync", "files", root.as_uri())
     assert code == 0 and "0 changed, 1 unchanged" in out, err
     assert queue_count(conn, "v1") == 0
+
+
+def test_a_sync_of_a_directory_never_deletes_the_rows_of_a_sibling(
+    model: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    raw_env: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Review bug 14 (data loss): ``source sync files file:///root/docs`` deleted the rows of
+    ``docs2/`` (vanished was "the URI starts with the prefix string")."""
+    conn = model
+    root = tmp_path / "root"
+    (root / "docs").mkdir(parents=True)
+    (root / "docs2").mkdir()
+    (root / "docs" / "a.md").write_text("# A\n\nAlpha text.\n")
+    (root / "docs2" / "b.md").write_text("# B\n\nBeta text.\n")
+    conn.execute("SELECT pgingest.allow_raw_location('root', %s)", (str(root),))
+    conn.execute("CREATE TABLE public.files (uri text PRIMARY KEY)")
+    conn.execute("SELECT pgingest.add_source('files', 'public.files', uri => 'uri')")
+    code, out, err = run(capsys, dsn, "source", "sync", "files", (root / "docs2").as_uri())
+    assert code == 0 and "1 new" in out, err
+    for prefix in [(root / "docs").as_uri(), (root / "docs").as_uri() + "/"]:
+        code, out, err = run(capsys, dsn, "source", "sync", "files", prefix, "--dry-run")
+        assert code == 0 and "0 vanished" in out and "vanished  " not in out, err
+        code, out, err = run(capsys, dsn, "source", "sync", "files", prefix)
+        assert code == 0 and "0 vanished" in out, err
+    rows = [r[0] for r in conn.execute("SELECT uri FROM public.files ORDER BY uri")]
+    assert rows == [(root / "docs" / "a.md").as_uri(), (root / "docs2" / "b.md").as_uri()]
+    # A vanished file under the prefix still goes; its sibling's row stays.
+    (root / "docs" / "a.md").unlink()
+    code, out, err = run(capsys, dsn, "source", "sync", "files", (root / "docs").as_uri())
+    assert code == 0 and "1 vanished" in out, err
+    rows = [r[0] for r in conn.execute("SELECT uri FROM public.files ORDER BY uri")]
+    assert rows == [(root / "docs2" / "b.md").as_uri()]

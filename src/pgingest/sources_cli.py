@@ -547,7 +547,16 @@ def plan_sync(
     recorded (``queries.recorded_objects``: key, ETag, sha256, Last-Modified): an object is
     changed when its ETag differs from the recorded one (without both ETags, its Last-Modified:
     a file fetched before files had one, for instance); an object not fetched yet is left to the
-    worker (its row is queued already)."""
+    worker (its row is queued already).
+
+    A recorded URI is compared in the listing's form (``fetch.canonical_uri``: ``localhost``
+    dropped, percent-encoded alike); it vanished when it lies under the prefix in that form
+    (``fetch.canonical_prefix``: a directory's real path, matched by path segment, so that
+    ``docs`` never covers ``docs2/``) and was not listed."""
+    from pgingest.raw import fetch
+
+    canonical = fetch.canonical_prefix(prefix)  # before the listing: the directory exists
+    by_form = {fetch.canonical_uri(u): u for u in recorded}
     plan = SyncPlan()
     seen: set[str] = set()
     for obj in listed:
@@ -556,6 +565,8 @@ def plan_sync(
             progress(plan.listed)
         seen.add(obj.uri)
         rec = recorded.get(obj.uri)
+        if rec is None and obj.uri in by_form:
+            rec = recorded[by_form[obj.uri]]
         if rec is None:
             plan.new.append(obj.uri)
             continue
@@ -568,7 +579,11 @@ def plan_sync(
             plan.changed.append(key)
         else:
             plan.unchanged += 1
-    plan.vanished = sorted(u for u in recorded if u.startswith(prefix) and u not in seen)
+    plan.vanished = sorted(
+        u
+        for form, u in by_form.items()
+        if fetch.under_prefix(form, canonical) and form not in seen and u not in seen
+    )
     return plan
 
 

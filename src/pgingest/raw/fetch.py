@@ -314,11 +314,16 @@ def fetch_with_retry(
 # --- file:// ---------------------------------------------------------------------------------
 
 
+def _local_path(parts: SplitResult) -> str:
+    """The local path a split ``file://`` URI names."""
+    return unquote(parts.path)
+
+
 def _fetch_file(uri: str, policy: FetchPolicy) -> Fetched:
     parts = urlsplit(uri)
     if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
         raise RawDocumentError("bad_uri", "file:// URIs name a local path only")
-    raw_path = unquote(parts.path)
+    raw_path = _local_path(parts)
     if not raw_path.startswith("/") or "\x00" in raw_path:
         raise RawDocumentError("bad_uri", "file:// needs an absolute path")
     # realpath follows every symbolic link: a link inside a root that points outside is refused
@@ -649,8 +654,7 @@ def _s3_bucket(parts: SplitResult) -> str:
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     parts = urlsplit(uri)
-    bucket = _s3_bucket(parts)
-    key = unquote(parts.path.lstrip("/"))
+    bucket, key = _s3_bucket(parts), _s3_key(parts)
     if not key or parts.query or parts.fragment:
         raise RawDocumentError("bad_uri", "s3 URIs are s3://bucket/key")
     return bucket, key
@@ -805,9 +809,58 @@ def list_objects(prefix_uri: str, policy: FetchPolicy) -> Iterator[ObjectInfo]:
         raise RawDocumentError("bad_uri", f"cannot list {scheme!r} URIs (s3 and file only)")
 
 
+def canonical_uri(uri: str) -> str:
+    """``uri`` in the form :func:`list_objects` gives its objects: ``file:///path`` without
+    ``localhost``, percent-encoded as :meth:`pathlib.Path.as_uri` does; ``s3://bucket/key``
+    with the key quoted as the listing does. A URI of another form comes back as it is."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    scheme = parts.scheme.lower()
+    if parts.query or parts.fragment:
+        return uri
+    if scheme == "file" and parts.netloc in ("", "localhost"):
+        path = _local_path(parts)
+        return Path(path).as_uri() if path.startswith("/") else uri
+    if scheme == "s3" and _BUCKET_NAME.fullmatch(parts.netloc):
+        return f"s3://{parts.netloc}/{quote(_s3_key(parts))}"
+    return uri
+
+
+def canonical_prefix(prefix_uri: str) -> str:
+    """The prefix of ``source sync`` in the listing's own URI form, to tell which recorded URIs
+    it covers (:func:`under_prefix`): a directory is its real path (symbolic links resolved,
+    ``localhost`` dropped, percent-encoded as the listing does) and ends with ``/``, so that it
+    covers the files below it and never a sibling sharing its name's start (``docs2/`` is not
+    under ``docs``); an S3 prefix is a string prefix of the quoted keys (as S3 lists it)."""
+    parts = urlsplit(prefix_uri)
+    if parts.scheme.lower() == "file" and parts.netloc in ("", "localhost"):
+        path = os.path.realpath(_local_path(parts))
+        uri = Path(path).as_uri()
+        if os.path.isdir(path) and not uri.endswith("/"):
+            uri += "/"
+        return uri
+    if parts.scheme.lower() == "s3":
+        return f"s3://{_s3_bucket(parts)}/{quote(_s3_key(parts))}"
+    return prefix_uri
+
+
+def under_prefix(uri: str, prefix: str) -> bool:
+    """Whether the canonical ``uri`` lies under a :func:`canonical_prefix`: below a directory
+    (by path segment), the file itself, or (S3) a key starting with the prefix."""
+    if prefix.startswith("file:") and not prefix.endswith("/"):
+        return uri == prefix or uri.startswith(prefix + "/")
+    return uri.startswith(prefix)
+
+
+def _s3_key(parts: SplitResult) -> str:
+    return unquote(parts.path.lstrip("/"))
+
+
 def _list_s3(prefix_uri: str, policy: FetchPolicy, client: Any = None) -> Iterator[ObjectInfo]:
     parts = urlsplit(prefix_uri)
-    bucket, prefix = _s3_bucket(parts), unquote(parts.path.lstrip("/"))
+    bucket, prefix = _s3_bucket(parts), _s3_key(parts)
     if parts.query or parts.fragment:
         raise RawDocumentError("bad_uri", "s3 prefixes are s3://bucket/prefix")
     _check_bucket(bucket, policy)
@@ -844,7 +897,7 @@ def _list_files(prefix_uri: str, policy: FetchPolicy) -> Iterator[ObjectInfo]:
     parts = urlsplit(prefix_uri)
     if parts.netloc not in ("", "localhost"):
         raise RawDocumentError("bad_uri", "file:// URIs name a local path only")
-    top = Path(os.path.realpath(unquote(parts.path)))
+    top = Path(os.path.realpath(_local_path(parts)))
     roots = [Path(os.path.realpath(r)) for r in policy.allowed_roots]
     root = next((r for r in roots if top == r or r in top.parents), None)
     if root is None:
