@@ -171,3 +171,33 @@ def test_an_s3_prefix_with_a_space_matches_the_listed_keys(bucket: str) -> None:
     for prefix in ["s3://docs/my docs/", "s3://docs/my%20docs/"]:
         plan = _plan(prefix, policy, listed)
         assert plan.vanished == ["s3://docs/my%20docs/b.md"], prefix
+
+
+# -- bug 16: a listing error is never a subtree silently skipped --------------------------------
+
+
+def test_a_directory_removed_during_the_listing_is_skipped_other_errors_raise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "x.md").write_text("# x\n")
+    policy = fetch.FetchPolicy(allowed_roots=(tmp_path,))
+    real_scandir = os.scandir
+    fail = {"errno": errno.ENOENT}
+
+    def scandir(path: object = ".") -> object:
+        if str(path).endswith("/b"):
+            raise OSError(fail["errno"], os.strerror(fail["errno"]), str(path))
+        return real_scandir(path)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    listed = [o.uri for o in fetch.list_objects(tmp_path.as_uri(), policy)]
+    assert listed == [(tmp_path / "a" / "x.md").as_uri()]
+    fail["errno"] = errno.EIO
+    with pytest.raises(RawDocumentError) as err:
+        list(fetch.list_objects(tmp_path.as_uri(), policy))
+    assert err.value.error_class == "server_error" and "cannot list" in str(err.value)

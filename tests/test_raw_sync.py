@@ -245,3 +245,58 @@ def test_a_sync_of_a_directory_never_deletes_the_rows_of_a_sibling(
     assert code == 0 and "1 vanished" in out, err
     rows = [r[0] for r in conn.execute("SELECT uri FROM public.files ORDER BY uri")]
     assert rows == [(root / "docs2" / "b.md").as_uri()]
+
+
+@pytest.mark.parametrize("fault", ["scandir", "lstat"])
+def test_a_listing_error_stops_the_sync_before_any_delete(
+    model: psycopg.Connection[Any],
+    dsn: str,
+    raw_env: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    fault: str,
+) -> None:
+    """Review bug 16: a directory that cannot be read (os.walk without onerror) or a file whose
+    lstat fails (EIO on a flaky mount) was skipped silently, and the sync deleted its rows.
+    (The tests run as root, which reads any directory: the fault is injected into os.)"""
+    import errno
+    import os
+
+    conn = model
+    root = tmp_path / "root"
+    for sub, name in [("a", "1.md"), ("b", "2.md")]:
+        (root / sub).mkdir(parents=True)
+        (root / sub / name).write_text(f"# {name}\n\ntext\n")
+    conn.execute("SELECT pgingest.allow_raw_location('root', %s)", (str(root),))
+    conn.execute("CREATE TABLE public.files (uri text PRIMARY KEY)")
+    conn.execute("SELECT pgingest.add_source('files', 'public.files', uri => 'uri')")
+    code, out, err = run(capsys, dsn, "source", "sync", "files", root.as_uri())
+    assert code == 0 and "2 new" in out, err
+    rows = [r[0] for r in conn.execute("SELECT uri FROM public.files ORDER BY uri")]
+    (root / "a" / "1.md").unlink()  # a real deletion: not applied either, the sync stops
+
+    if fault == "scandir":
+        real_scandir = os.scandir
+
+        def scandir(path: Any = ".") -> Any:
+            if str(path).rstrip("/").endswith("/root/b"):
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real_scandir(path)
+
+        monkeypatch.setattr(os, "scandir", scandir)
+    else:
+        real_lstat = os.lstat
+
+        def lstat(path: Any, *args: Any, **kw: Any) -> Any:
+            if str(path).endswith("/b/2.md"):
+                raise OSError(errno.EIO, "Input/output error", str(path))
+            return real_lstat(path, *args, **kw)
+
+        monkeypatch.setattr(os, "lstat", lstat)
+    code, out, err = run(capsys, dsn, "source", "sync", "files", root.as_uri())
+    assert code != 0 and "cannot list" in err and "nothing was inserted" in err, (out, err)
+    assert [r[0] for r in conn.execute("SELECT uri FROM public.files ORDER BY uri")] == rows
+    monkeypatch.undo()
+    code, out, err = run(capsys, dsn, "source", "sync", "files", root.as_uri())
+    assert code == 0 and "1 vanished" in out, err

@@ -623,7 +623,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
                     fetch.list_objects(args.prefix, policy), recorded, args.prefix, progress
                 )
             except RawDocumentError as exc:
-                print(f"{prog}: {fetch.redact_uri(args.prefix)}: {exc}", file=sys.stderr)
+                print(
+                    f"{prog}: {fetch.redact_uri(args.prefix)}: {exc} (the sync stopped: nothing"
+                    " was inserted, re-checked or deleted)",
+                    file=sys.stderr,
+                )
                 return EXIT_INVALID if exc.error_class in ("bad_uri", "not_allowed") else EXIT_ERROR
             summary = (
                 f"{plan.listed:,} objects listed: {len(plan.new):,} new, {len(plan.changed):,}"

@@ -30,6 +30,7 @@ from __future__ import annotations
 import concurrent.futures
 import datetime
 import email.utils
+import errno
 import functools
 import hashlib
 import http.client
@@ -906,16 +907,36 @@ def _list_files(prefix_uri: str, policy: FetchPolicy) -> Iterator[ObjectInfo]:
         )
     if not top.is_dir():
         raise RawDocumentError("not_found", f"{redact_uri(prefix_uri)} is not a directory")
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
+    try:
+        yield from _walk_files(top)
+    except OSError as exc:
+        # A subtree not listed is not a subtree deleted: source sync must stop, not delete
+        # the rows of every file it could not see.
+        where = redact_uri(Path(exc.filename or top).as_uri())
+        raise RawDocumentError(
+            "forbidden" if isinstance(exc, PermissionError) else "server_error",
+            f"cannot list {where}: {exc.strerror or type(exc).__name__}",
+        ) from None
+
+
+def _walk_error(exc: OSError) -> None:
+    if exc.errno != errno.ENOENT:  # a directory removed while listing is not an error
+        raise exc
+
+
+def _walk_files(top: Path) -> Iterator[ObjectInfo]:
+    """The regular files under ``top``; an unreadable directory or a failed ``lstat`` raises
+    (``OSError``): only a file or directory removed during the walk is skipped."""
+    for dirpath, dirnames, filenames in os.walk(top, onerror=_walk_error, followlinks=False):
         dirnames.sort()
         for name in sorted(filenames):
             path = Path(dirpath, name)
-            if path.is_symlink():
-                continue  # a link may point out of the root: fetch() would refuse it
             try:
-                st = path.stat()
-            except OSError:
+                st = os.lstat(path)
+            except FileNotFoundError:
                 continue  # vanished while listing
+            if stat.S_ISLNK(st.st_mode):
+                continue  # a link may point out of the root: fetch() would refuse it
             if not stat.S_ISREG(st.st_mode):
                 continue
             yield ObjectInfo(
