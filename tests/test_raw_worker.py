@@ -636,6 +636,53 @@ def test_with_carry_a_batch_goes_on_and_its_slow_document_comes_along(
         stage.close()
 
 
+def test_the_bytes_of_a_carried_document_are_not_read_again(
+    model: psycopg.Connection[Any], dsn: str, raw_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A document still parsing when its batch goes on comes into the next batches with its
+    message, but its bytes, read with the first, are not read again with each of them (they
+    were, whole, for every document in work: raw_batch_bytes did not hold)."""
+    from pgingest import db
+    from pgingest.raw import queries
+    from pgingest.worker.raw import RawStage
+
+    conn = model
+    _hang_and_fast(conn, monkeypatch)
+    hang = _doc(conn, "hang")
+    conn.execute("UPDATE public.blobs SET data = %s WHERE name = 'hang'", (b"x" * 200_000,))
+    msgs = db.read_batch(conn, "v1", 30, 10)
+    read: list[dict[int, int]] = []  # per call: the bytes read of each document
+    real = queries.raw_documents
+
+    def counting(c: Any, ids: Any, max_bytes: int) -> dict[int, Any]:
+        out = real(c, ids, max_bytes)
+        read.append({d: len(r.content or b"") for d, r in out.items()})
+        return out
+
+    monkeypatch.setattr(queries, "raw_documents", counting)
+    stage = RawStage(settings(dsn, parse_processes=2))
+    try:
+        stage.pool().start()
+        out, raw = stage.prepare(conn, msgs, carry=True)
+        assert raw is not None and hang in {m.doc_id for m in raw.carried}
+        assert sum(r.get(hang, 0) for r in read) == 200_000  # read once, with its batch
+        conn.execute(
+            "INSERT INTO public.blobs (name, data) VALUES ('late', 'A document written later.')"
+        )
+        late = _doc(conn, "late")
+        for _ in range(3):  # the carried message again, with a new document the first time
+            new = [m for m in db.read_batch(conn, "v1", 30, 10) if m.doc_id == late]
+            read.clear()
+            out, raw = stage.prepare(conn, raw.carried + new, carry=True)
+            assert raw is not None
+            assert read and all(r.get(hang, 0) == 0 for r in read), read
+            if not raw.carried:
+                break
+        assert raw.failures[hang].error_class == "timeout"
+    finally:
+        stage.close()
+
+
 def test_the_worker_embeds_a_batch_without_waiting_for_its_slowest_parse(
     model: psycopg.Connection[Any], dsn: str, raw_env: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -782,6 +829,54 @@ def test_a_paused_model_is_not_counted_among_those_a_result_is_kept_for(
         assert queue_count(conn, "v2") == 2
     finally:
         w.raw.close()
+
+
+def test_a_document_refused_alone_is_dead_lettered_not_pausing_its_source_forever(
+    model: psycopg.Connection[Any], dsn: str, raw_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A source-wide refusal pauses the source; a probe of another document that gets through
+    resumes it. The document that paused it, refused the same way again, has an error of its
+    own (its URI names a bucket the credentials cannot read): dead-lettered, once, and the
+    source runs. (It paused the source again at every delivery, and was never dead-lettered.)"""
+    from pgingest.raw.errors import RawDocumentError
+    from pgingest.worker.raw import RawStage
+
+    conn = model
+    conn.execute("CREATE TABLE public.blobs (name text PRIMARY KEY, data bytea)")
+    conn.execute("SELECT pgingest.add_source('blobs', 'public.blobs', content => 'data')")
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO public.blobs (name, data) VALUES (%s, %s)",
+            [("bad", b"refused")]
+            + [(f"ok-{i}", f"Readable document {i}.".encode()) for i in range(3)],
+        )
+    bad = _doc(conn, "bad")
+    original = RawStage._fetch_and_parse
+    pauses: list[int] = []
+
+    def refusing(self: RawStage, o: Any, policy: Any) -> None:
+        if o.row.doc_id == bad:
+            pauses.append(bad)
+            raise RawDocumentError(
+                "forbidden", "bucket 'other' refuses the credentials", scope="source"
+            )
+        original(self, o, policy)
+
+    monkeypatch.setattr(RawStage, "_fetch_and_parse", refusing)
+    w = worker.Worker(settings(dsn, drain=False, parse_processes=1))
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    expected = {"bad": "forbidden", **{f"ok-{i}": "embedded" for i in range(3)}}
+    try:
+        wait_for(lambda: _state(conn, "blobs") == expected, timeout=30)
+    finally:
+        w.stopping.set()
+        t.join(30)
+    assert conn.execute(
+        "SELECT paused_reason FROM pgingest.source_status WHERE source = 'blobs'"
+    ).fetchone() == (None,)
+    assert 2 <= len(pauses) <= 3  # paused once (the probe may be it), then dead-lettered
+    assert queue_count(conn, "v1") == 0
 
 
 def test_a_message_of_an_older_version_is_stale_whatever_the_order(

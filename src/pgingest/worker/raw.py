@@ -250,6 +250,13 @@ class RawStage:
         self.pause_delay = max(1, int(settings.probe_interval))
         self.probe_interval = float(settings.probe_interval)
         self._last_probe: dict[str, float] = {}  # by paused source
+        # A source-wide error (the store refuses the credentials) pauses the source; a probe of
+        # one of its documents that gets through resumes it. A document that paused its source
+        # (when, by doc_id) and fails the same way after a probe of another one resumed it
+        # (when, by source) has an error of its own (a URI naming a bucket the credentials
+        # cannot read): it is dead-lettered rather than pausing the source again and again.
+        self._paused_by: dict[int, float] = {}
+        self._resumed: dict[str, float] = {}
         self.env_policy = policy if policy is not None else fetch.FetchPolicy.from_env()
         self.options = options if options is not None else parse_options_from_env()
         self.test_hooks = os.environ.get("PGINGEST_RAW_TEST_HOOKS") == "1"
@@ -430,6 +437,7 @@ class RawStage:
             probe = outcomes.get(doc_id)
             if probe is not None and (probe.error is None or probe.error.scope == "object"):
                 queries.resume_source(conn, source)
+                self._resumed[source] = time.monotonic()
                 log.warning("source resumed after a successful probe", extra={"source": source})
         records: list[queries.Record] = []
         unchanged: list[Outcome] = []
@@ -444,6 +452,7 @@ class RawStage:
                     )
             else:
                 assert o.rendered is not None
+                self._paused_by.pop(doc_id, None)
                 out.rendered[doc_id] = o.rendered
                 if o.chunked is not None:
                     out.chunked[doc_id] = o.chunked
@@ -531,6 +540,7 @@ class RawStage:
         earlier batch costs nothing."""
         rows = queries.raw_documents(conn, ids, 0)
         want: list[int] = []
+        read: list[int] = []  # the documents whose bytes are read now
         over: list[int] = []
         total = 0
         for doc_id in ids:
@@ -549,10 +559,18 @@ class RawStage:
                     over.append(doc_id)
                     continue
                 total += min(size, max_bytes)
+                read.append(doc_id)
             want.append(doc_id)
-        if total == 0:
-            return {d: rows[d] for d in want}, over
-        return queries.raw_documents(conn, want, max_bytes), over
+        # The bytes of these only: a document in work from an earlier batch (its bytes read
+        # then) is not read again with every batch that brings it (raw_batch_bytes would not hold).
+        fresh = queries.raw_documents(conn, read, max_bytes) if read else {}
+        counted = set(read)
+        out: dict[int, queries.RawRow] = {}
+        for doc_id in want:  # message order; a row gone since the first read is left out
+            row = fresh.get(doc_id) if doc_id in counted else rows[doc_id]
+            if row is not None:
+                out[doc_id] = row
+        return out, over
 
     def _later(self, why: str) -> core.Failure:
         """Released without an attempt spent, back in ``retry_delay`` s."""
@@ -649,6 +667,18 @@ class RawStage:
             },
         )
         if exc.scope == "source":
+            paused = self._paused_by.pop(o.row.doc_id, None)
+            resumed = self._resumed.get(o.row.source)
+            if paused is not None and resumed is not None and resumed > paused:
+                return core.Failure(
+                    "dead",
+                    exc.error_class,
+                    f"{exc} (this document only: the source's other documents were readable"
+                    " after it paused the source)",
+                )
+            if len(self._paused_by) >= 10_000:
+                self._paused_by.clear()
+            self._paused_by[o.row.doc_id] = time.monotonic()
             queries.pause_source(conn, o.row.source, str(exc))
             log.error(
                 "source paused: its store refuses access",
