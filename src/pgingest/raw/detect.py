@@ -3,8 +3,10 @@ the extension of the URI's path (query string and fragment removed). A file that
 but decodes as text is plain text (a text file without an extension is not an error); anything
 else is ``unsupported_type``, a permanent error (dead-lettered once, never retried).
 
-DOCX: a ZIP whose central directory names ``word/document.xml``, read within bounds (the worker
-runs this, outside the parse sandbox)."""
+PDF: ``%PDF-`` at offset 0, or after non-text junk in the first KiB (as PDF readers allow);
+after text (a Markdown page that mentions the signature), an explicit text label wins. DOCX: a
+ZIP whose central directory names ``word/document.xml``, read within bounds (the worker runs
+this, outside the parse sandbox)."""
 
 from __future__ import annotations
 
@@ -71,6 +73,18 @@ def extension_of(name: str | None) -> str:
         return ""
     path = unquote(urlsplit(name).path) if "://" in name else name.split("?", 1)[0].split("#")[0]
     return posixpath.splitext(posixpath.basename(path))[1].lower()
+
+
+_PDF_MAGIC = b"%PDF-"
+_LOOSE_PDF = "pdf?"  # _sniff's answer for a PDF signature after text: the labels decide
+_TEXT_MIMES = frozenset({HTML, MARKDOWN, TEXT})
+_TEXT_BYTES = b"\t\n\r\x0b\x0c" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
+
+
+def _is_text_prefix(prefix: bytes) -> bool:
+    """No control byte but whitespace: what precedes a ``%PDF-`` is text (a document that
+    mentions the signature), not the junk a PDF reader skips (a MacBinary or mail header)."""
+    return not prefix.translate(None, _TEXT_BYTES)
 
 
 # A DOCX is a ZIP with a ``word/document.xml``. The ZIP's central directory is read here, in
@@ -145,7 +159,8 @@ def _zip_has_docx_part(data: bytes) -> bool:
 
 def _sniff(data: bytes) -> str | None:
     head = data[:1024]
-    if b"%PDF-" in head:
+    at = head.find(_PDF_MAGIC)
+    if at == 0 or (at > 0 and not _is_text_prefix(head[:at])):
         return PDF
     if data.startswith(b"PK\x03\x04"):
         if _zip_has_docx_part(data):
@@ -157,6 +172,8 @@ def _sniff(data: bytes) -> str | None:
     lowered = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if lowered.startswith(_HTML_STARTS):
         return HTML
+    if at > 0:
+        return _LOOSE_PDF
     return None
 
 
@@ -192,16 +209,26 @@ def detect_type(
 
     ``override`` (a source's MIME column) wins over everything; then magic bytes, then
     ``content_type`` (unless it is ``application/octet-stream`` or the like), then the extension
-    of ``name`` (a URI or a file name). An unlabelled file that decodes as text is plain text."""
+    of ``name`` (a URI or a file name). An unlabelled file that decodes as text is plain text.
+    A ``%PDF-`` after text in the first KiB loses to a text label (Content-Type, else the
+    extension), and wins otherwise."""
     if override:
         mime = _MIME_ALIASES.get(normalize_mime(override))
         if mime is None:
             raise RawDocumentError("unsupported_type", f"MIME override {override!r}")
         return mime
     sniffed = _sniff(data)
-    if sniffed:
+    if sniffed and sniffed != _LOOSE_PDF:
         return sniffed
     declared = normalize_mime(content_type)
+    if sniffed == _LOOSE_PDF:
+        # "%PDF-" after text: a PDF with junk in front, or a text that mentions the signature.
+        # An explicit text label (Content-Type, else the extension) says which; else a PDF.
+        if declared in _UNINFORMATIVE:
+            labelled = _EXTENSIONS.get(extension_of(name))
+        else:
+            labelled = _MIME_ALIASES.get(declared)
+        return labelled if labelled in _TEXT_MIMES else PDF
     if declared not in _UNINFORMATIVE:
         mime = _MIME_ALIASES.get(declared)
         if mime is None:
