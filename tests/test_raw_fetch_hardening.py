@@ -201,3 +201,40 @@ def test_a_directory_removed_during_the_listing_is_skipped_other_errors_raise(
     with pytest.raises(RawDocumentError) as err:
         list(fetch.list_objects(tmp_path.as_uri(), policy))
     assert err.value.error_class == "server_error" and "cannot list" in str(err.value)
+
+
+# -- bug 5: a FIFO under a file root --------------------------------------------------------
+
+
+def test_a_fifo_is_refused_at_once_not_waited_on(tmp_path: Path) -> None:
+    import os
+    import threading
+    import time
+
+    os.mkfifo(tmp_path / "pipe.md")
+    policy = fetch.FetchPolicy(allowed_roots=(tmp_path,), download_timeout=5, read_timeout=5)
+    calls: list[int] = []
+    result: list[BaseException] = []
+
+    def go() -> None:
+        def once() -> fetch.Fetched:
+            calls.append(1)
+            return fetch.fetch((tmp_path / "pipe.md").as_uri(), policy)
+
+        try:
+            fetch.retrying(once, sleep=lambda s: None)
+        except BaseException as exc:
+            result.append(exc)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=go, daemon=True)  # a hung open must not hang pytest
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "the fetch of a FIFO blocks in open()"
+    assert time.monotonic() - started < 2
+    (err,) = result
+    assert isinstance(err, RawDocumentError)
+    assert (err.error_class, err.permanent, calls) == ("not_allowed", True, [1])
+    # a regular file is still read whole (O_NONBLOCK cleared)
+    (tmp_path / "a.md").write_bytes(b"# a\n" * 50_000)
+    assert fetch.fetch((tmp_path / "a.md").as_uri(), policy).data == b"# a\n" * 50_000

@@ -332,8 +332,11 @@ def _fetch_file(uri: str, policy: FetchPolicy) -> Fetched:
     roots = [Path(os.path.realpath(r)) for r in policy.allowed_roots]
     if not any(path == r or r in path.parents for r in roots):
         raise RawDocumentError("not_allowed", f"{redact_uri(uri)} is outside the allowed roots")
+    # O_NONBLOCK: opening a FIFO for reading blocks until a writer comes (for ever, holding a
+    # fetch thread); a non-blocking open returns at once and fstat refuses what is not a file.
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise RawDocumentError("not_found", redact_uri(uri)) from None
     except PermissionError:
@@ -343,7 +346,10 @@ def _fetch_file(uri: str, policy: FetchPolicy) -> Fetched:
     with os.fdopen(fd, "rb") as fh:
         st = os.fstat(fh.fileno())
         if not stat.S_ISREG(st.st_mode):
+            # a directory, a FIFO, a socket, a device: no document (permanent, as a URI
+            # outside the roots is)
             raise RawDocumentError("not_allowed", f"{redact_uri(uri)} is not a regular file")
+        os.set_blocking(fh.fileno(), True)
         if st.st_size > policy.max_bytes:
             raise _too_large(st.st_size, policy, "file size")
         data = _read_capped(fh.read, policy)
