@@ -4,6 +4,8 @@ reach an error message, a URI http.client cannot send is a permanent ``bad_uri``
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -238,3 +240,67 @@ def test_a_fifo_is_refused_at_once_not_waited_on(tmp_path: Path) -> None:
     # a regular file is still read whole (O_NONBLOCK cleared)
     (tmp_path / "a.md").write_bytes(b"# a\n" * 50_000)
     assert fetch.fetch((tmp_path / "a.md").as_uri(), policy).data == b"# a\n" * 50_000
+
+
+# -- bug 6: one deadline over the whole fetch, headers included -------------------------------
+
+
+@pytest.fixture
+def slow_headers() -> Iterator[str]:
+    """A server that sends its status line, then a header byte every 0.2 s, for ever: each read
+    is within the read timeout, the whole is not."""
+    import socket
+    import threading
+    import time
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    stop = threading.Event()
+
+    def handle(c: socket.socket) -> None:
+        with contextlib.suppress(OSError), c:
+            c.recv(65536)
+            c.sendall(b"HTTP/1.1 200 OK\r\n")
+            while not stop.is_set():
+                for ch in b"X-Slow: a\r\n":
+                    c.sendall(bytes([ch]))
+                    time.sleep(0.2)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                c, _ = srv.accept()
+                threading.Thread(target=handle, args=(c,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    finally:
+        stop.set()
+        srv.close()
+
+
+def test_slow_response_headers_are_cut_at_the_download_timeout(slow_headers: str) -> None:
+    import threading
+    import time
+
+    policy = _http_policy(read_timeout=1.0, download_timeout=2.0)
+    result: list[BaseException] = []
+
+    def go() -> None:
+        try:
+            fetch.fetch(f"{slow_headers}/doc.md", policy)
+        except BaseException as exc:
+            result.append(exc)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=go, daemon=True)
+    thread.start()
+    thread.join(15)
+    assert not thread.is_alive(), "slow headers escape the download timeout"
+    assert time.monotonic() - started < 4
+    (err,) = result
+    assert isinstance(err, RawDocumentError)
+    assert (err.error_class, err.permanent) == ("fetch_timeout", False)
+    assert "download timeout" in str(err)

@@ -34,6 +34,7 @@ import errno
 import functools
 import hashlib
 import http.client
+import io
 import ipaddress
 import os
 import random
@@ -367,10 +368,14 @@ def file_etag(st: os.stat_result) -> str:
     return f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
 
 
-def _read_capped(read: Callable[[int], bytes], policy: FetchPolicy) -> bytes:
+def _read_capped(
+    read: Callable[[int], bytes], policy: FetchPolicy, deadline: float | None = None
+) -> bytes:
     """Read to the end, cut at ``max_bytes`` and at ``download_timeout`` seconds in all (a server
-    trickling a byte per ``read_timeout`` would otherwise hold the worker for ever)."""
-    deadline = time.monotonic() + policy.download_timeout
+    trickling a byte per ``read_timeout`` would otherwise hold the worker for ever); ``deadline``
+    (``time.monotonic()``): the fetch's, when it started before the body."""
+    if deadline is None:
+        deadline = time.monotonic() + policy.download_timeout
     buf = bytearray()
     while True:
         chunk = read(_CHUNK)
@@ -388,32 +393,112 @@ def _read_capped(read: Callable[[int], bytes], policy: FetchPolicy) -> bytes:
 # --- http(s):// ------------------------------------------------------------------------------
 
 
-class _PinnedHTTPConnection(http.client.HTTPConnection):
+def _over_deadline(policy: FetchPolicy) -> RawDocumentError:
+    return RawDocumentError(
+        "fetch_timeout", f"over the download timeout of {policy.download_timeout:g} s"
+    )
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A response's socket read under the fetch's one deadline: each read waits at most the
+    read timeout and never past the deadline (a server sending its status line and headers a
+    byte at a time is cut like one trickling its body)."""
+
+    def __init__(self, sock: socket.socket, deadline: float, policy: FetchPolicy) -> None:
+        super().__init__()
+        self._sock, self._deadline, self._policy = sock, deadline, policy
+        # the socket's own reader, which keeps it open while the response reads it (http.client
+        # closes the connection before the body of a response that ends it has been read)
+        self._raw = sock.makefile("rb", buffering=0)
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+    def readinto(self, buffer: Any) -> int | None:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise _over_deadline(self._policy)
+        self._sock.settimeout(min(self._policy.read_timeout, left))
+        try:
+            return self._raw.readinto(buffer)
+        except TimeoutError:
+            if time.monotonic() >= self._deadline:
+                raise _over_deadline(self._policy) from None
+            raise
+
+
+class _DeadlineSocket:
+    """What http.client.HTTPResponse reads its socket through (``makefile``)."""
+
+    def __init__(self, sock: socket.socket, deadline: float, policy: FetchPolicy) -> None:
+        self._reader = _DeadlineReader(sock, deadline, policy)
+
+    def makefile(self, mode: str, *args: Any, **kwargs: Any) -> io.BufferedReader:
+        return io.BufferedReader(self._reader)
+
+
+class _DeadlineMixin:
+    """Connects to a checked address, every step (connect, TLS, request, status line,
+    headers, body) within the fetch's deadline."""
+
+    host: str
+    port: int
+    timeout: float | None
+    sock: Any
+
+    def _setup(self, address: str, policy: FetchPolicy, deadline: float) -> None:
+        self._address, self._policy, self._deadline = address, policy, deadline
+
+        def response(sock: socket.socket, *args: Any, **kwargs: Any) -> http.client.HTTPResponse:
+            shim: Any = _DeadlineSocket(sock, deadline, policy)
+            return http.client.HTTPResponse(shim, *args, **kwargs)
+
+        self.response_class: Any = response
+
+    def _left(self, limit: float) -> float:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise _over_deadline(self._policy)
+        return min(limit, left)
+
+    def _open(self) -> socket.socket:
+        return socket.create_connection(
+            (self._address, self.port), timeout=self._left(self._policy.connect_timeout)
+        )
+
+
+class _PinnedHTTPConnection(_DeadlineMixin, http.client.HTTPConnection):
     """Connects to a checked address; the host name stays in the Host header."""
 
-    def __init__(self, host: str, port: int, address: str, policy: FetchPolicy) -> None:
+    def __init__(
+        self, host: str, port: int, address: str, policy: FetchPolicy, deadline: float
+    ) -> None:
         super().__init__(host, port, timeout=policy.connect_timeout)
-        self._address = address
-        self._read_timeout = policy.read_timeout
+        self._setup(address, policy, deadline)
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self._address, self.port), timeout=self.timeout)
-        self.sock.settimeout(self._read_timeout)
+        self.sock = self._open()
+        self.sock.settimeout(self._left(self._policy.read_timeout))
 
 
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+class _PinnedHTTPSConnection(_DeadlineMixin, http.client.HTTPSConnection):
     """TLS to a checked address, verified against the host name (SNI and certificate)."""
 
-    def __init__(self, host: str, port: int, address: str, policy: FetchPolicy) -> None:
+    def __init__(
+        self, host: str, port: int, address: str, policy: FetchPolicy, deadline: float
+    ) -> None:
         self._ctx = ssl.create_default_context(cafile=policy.ca_file)
         super().__init__(host, port, timeout=policy.connect_timeout, context=self._ctx)
-        self._address = address
-        self._read_timeout = policy.read_timeout
+        self._setup(address, policy, deadline)
 
     def connect(self) -> None:
-        sock = socket.create_connection((self._address, self.port), timeout=self.timeout)
+        sock = self._open()  # the handshake runs under the connect timeout
         self.sock = self._ctx.wrap_socket(sock, server_hostname=self.host)
-        self.sock.settimeout(self._read_timeout)
+        self.sock.settimeout(self._left(self._policy.read_timeout))
 
 
 @dataclass(frozen=True)
@@ -518,10 +603,14 @@ def _http_error(status: int, reason: str, retry_after: str | None) -> RawDocumen
 
 
 def _request(
-    target: _Target, method: str, policy: FetchPolicy, extra: Mapping[str, str] | None = None
+    target: _Target,
+    method: str,
+    policy: FetchPolicy,
+    deadline: float,
+    extra: Mapping[str, str] | None = None,
 ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
     cls = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
-    conn = cls(target.host, target.port, target.address, policy)
+    conn = cls(target.host, target.port, target.address, policy, deadline)
     try:
         conn.request(
             method,
@@ -535,11 +624,14 @@ def _request(
 
 
 def _fetch_http(uri: str, policy: FetchPolicy, known: Validators | None = None) -> Fetched | None:
+    # One deadline over every request of the fetch (redirects, HEAD, GET: connect, headers,
+    # body); a read waits at most read_timeout within it.
+    deadline = time.monotonic() + policy.download_timeout
     current = uri
     for _hop in range(policy.max_redirects + 1):
         target = check_http_uri(current, policy)
         try:
-            result = _fetch_http_once(current, target, policy, known)
+            result = _fetch_http_once(current, target, policy, deadline, known)
         except RawDocumentError:
             raise
         except TimeoutError:
@@ -570,13 +662,17 @@ def _unchanged(known: Validators | None, etag: str | None, last_modified: str | 
 
 
 def _fetch_http_once(
-    uri: str, target: _Target, policy: FetchPolicy, known: Validators | None = None
+    uri: str,
+    target: _Target,
+    policy: FetchPolicy,
+    deadline: float,
+    known: Validators | None = None,
 ) -> Fetched | str | None:
     """The document, the Location of a redirect (to be checked by the caller), or ``None``: not
     modified since ``known``."""
     # HEAD first: a declared size over the cap costs no download. A server without HEAD
     # (405/501) or without a Content-Length is checked during the GET.
-    conn, resp = _request(target, "HEAD", policy)
+    conn, resp = _request(target, "HEAD", policy, deadline)
     try:
         resp.read()
         if resp.status < 300:
@@ -592,7 +688,7 @@ def _fetch_http_once(
         conditional["If-None-Match"] = known.etag
     if known is not None and known.last_modified:
         conditional["If-Modified-Since"] = known.last_modified
-    conn, resp = _request(target, "GET", policy, conditional)
+    conn, resp = _request(target, "GET", policy, deadline, conditional)
     try:
         if resp.status == 304 and known is not None:
             return None
@@ -606,7 +702,7 @@ def _fetch_http_once(
         declared = resp.getheader("Content-Length")
         if declared and declared.isdigit() and int(declared) > policy.max_bytes:
             raise _too_large(int(declared), policy, "Content-Length")
-        data = _read_capped(resp.read1, policy)  # read1: whatever has arrived
+        data = _read_capped(resp.read1, policy, deadline)  # read1: whatever has arrived
         if declared and declared.isdigit() and len(data) != int(declared):
             raise RawDocumentError("connect_error", f"short body: {len(data)} of {declared} bytes")
         return _fetched(
