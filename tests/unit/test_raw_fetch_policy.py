@@ -186,7 +186,7 @@ def _client_error(code: str, status: int, headers: dict[str, str] | None = None)
     [
         (_client_error("NoSuchKey", 404), "not_found", True, "object"),
         (_client_error("AccessDenied", 403), "forbidden", True, "object"),
-        (_client_error("NoSuchBucket", 404), "access", True, "source"),
+        (_client_error("NoSuchBucket", 404), "not_found", True, "object"),
         (_client_error("InvalidAccessKeyId", 403), "access", True, "source"),
         (_client_error("SignatureDoesNotMatch", 403), "access", True, "source"),
         (_client_error("SlowDown", 503), "throttled", False, "object"),

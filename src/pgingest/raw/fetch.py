@@ -21,8 +21,9 @@ Errors are :class:`~pgingest.raw.errors.RawDocumentError`: transient (``server_e
 ``throttled``, ``fetch_timeout``, ``connect_error``; :func:`fetch_with_retry` backs off with full
 jitter and honours ``Retry-After``) or permanent (``not_found``, ``forbidden``, ``too_large``,
 ``not_allowed``, ``bad_uri``, ``http_error``). ``access`` with ``scope="source"`` says the whole
-bucket is unreadable (no credentials, invalid key, no such bucket, bucket access denied): the
-worker pauses the source instead of dead-lettering each document.
+bucket is unreadable (no credentials, invalid key, bucket access denied): the worker pauses the
+source instead of dead-lettering each document. A bucket that does not exist is the row's
+``not_found`` (a typo in one URI must not pause the source).
 """
 
 from __future__ import annotations
@@ -718,10 +719,11 @@ def _fetch_http_once(
 
 # --- s3:// -----------------------------------------------------------------------------------
 
-# Error codes that say the whole bucket (or the credentials) is unusable: pause the source.
+# Error codes that say the credentials cannot read the bucket: pause the source. (Not
+# NoSuchBucket: a bucket named in one row's URI that does not exist is that row's typo, its
+# not_found; pausing the source for it paused every other row, again at each resume.)
 _S3_SOURCE_CODES = frozenset(
     {
-        "NoSuchBucket",
         "AllAccessDisabled",
         "InvalidAccessKeyId",
         "SignatureDoesNotMatch",
@@ -734,7 +736,7 @@ _S3_SOURCE_CODES = frozenset(
 _S3_THROTTLE_CODES = frozenset(
     {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
 )
-_S3_NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+_S3_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "404", "NotFound"})
 _S3_FORBIDDEN_CODES = frozenset({"AccessDenied", "403", "Forbidden"})
 
 
@@ -872,8 +874,9 @@ def _fetch_s3(
 
 
 def _bucket_unreadable(client: Any, bucket: str) -> bool:
-    """After a 403/404 on an object: is the whole bucket unreadable (missing, or access denied
-    to the bucket itself)? Then the source pauses instead of failing document by document."""
+    """After a 403/404 on an object: do the credentials fail on the bucket itself (access
+    denied to it, credentials refused)? Then the source pauses instead of failing document by
+    document. A bucket that does not exist is not: the object's not_found stands."""
     try:
         client.head_bucket(Bucket=bucket)
     except Exception as exc:
@@ -881,7 +884,7 @@ def _bucket_unreadable(client: Any, bucket: str) -> bool:
             err = classify_s3_error(exc, bucket)
         except Exception:
             return False
-        return err.error_class in ("forbidden", "not_found", "access")
+        return err.error_class in ("forbidden", "access")
     return False
 
 
@@ -989,10 +992,12 @@ def _list_s3(prefix_uri: str, policy: FetchPolicy, client: Any = None) -> Iterat
         raise
     except Exception as exc:
         err = classify_s3_error(exc, bucket)
-        if err.error_class in ("forbidden", "not_found"):
+        if err.error_class == "forbidden":
             raise RawDocumentError(
                 "access", f"bucket {bucket!r} cannot be listed ({err.detail})", scope="source"
             ) from None
+        if err.error_class == "not_found":
+            raise RawDocumentError("not_found", f"no bucket {bucket!r} ({err.detail})") from None
         raise err from None
 
 
