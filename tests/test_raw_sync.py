@@ -300,3 +300,51 @@ def test_a_listing_error_stops_the_sync_before_any_delete(
     monkeypatch.undo()
     code, out, err = run(capsys, dsn, "source", "sync", "files", root.as_uri())
     assert code == 0 and "1 vanished" in out, err
+
+
+def test_an_object_whose_last_fetch_failed_is_requeued_once_per_sync(
+    model: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    raw_env: str,
+    fixture_files: tuple[Path, dict[str, Expected]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Review bug 17: a failure records no sha256 or validators, and sync skipped rows without a
+    sha256 ("not fetched yet"): a dead-lettered object fixed since was never re-checked."""
+    import os
+
+    conn = model
+    root = tmp_path / "root"
+    root.mkdir()
+    doc = root / "report.pdf"
+    doc.write_bytes(b"%PDF-1.4\n1 0 obj\n<<")  # truncated: parse_error, dead-lettered
+    conn.execute("SELECT pgingest.allow_raw_location('root', %s)", (str(root),))
+    conn.execute("CREATE TABLE public.files (uri text PRIMARY KEY)")
+    conn.execute("SELECT pgingest.add_source('files', 'public.files', uri => 'uri')")
+    code, out, err = run(capsys, dsn, "source", "sync", "files", root.as_uri())
+    assert code == 0 and "1 new" in out, err
+    _drain(dsn)
+    assert _state(conn, "files") == {doc.as_uri(): "parse_error"}
+
+    # Still there, still broken: re-queued once by a sync (nothing recorded to compare with),
+    # not more (a second sync before the worker comes queues nothing more).
+    code, out, err = run(capsys, dsn, "source", "sync", "files", root.as_uri())
+    assert code == 0 and "1 changed, 0 unchanged" in out, err
+    queued = queue_count(conn, "v1")
+    assert queued == 1
+    _drain(dsn)
+    assert _state(conn, "files") == {doc.as_uri(): "parse_error"}
+
+    # Fixed: the next sync re-queues it, the worker embeds it, the sync after finds it unchanged.
+    doc.write_bytes((fixture_files[0] / "multipage.pdf").read_bytes())
+    st = doc.stat()
+    os.utime(doc, ns=(st.st_atime_ns, st.st_mtime_ns + 5 * 10**9))
+    code, out, err = run(capsys, dsn, "source", "sync", "files", root.as_uri())
+    assert code == 0 and "1 changed, 0 unchanged" in out, err
+    _drain(dsn)
+    assert _state(conn, "files") == {doc.as_uri(): "embedded"}
+    code, out, err = run(capsys, dsn, "source", "sync", "files", root.as_uri())
+    assert code == 0 and "0 changed, 1 unchanged" in out, err
+    assert queue_count(conn, "v1") == 0

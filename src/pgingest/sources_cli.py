@@ -20,7 +20,7 @@ import argparse
 import datetime as dt
 import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -539,15 +539,17 @@ class SyncPlan:
 
 def plan_sync(
     listed: Iterable[Any],
-    recorded: dict[str, tuple[Any, str | None, bytes | None, str | None]],
+    recorded: Mapping[str, tuple[Any, ...]],
     prefix: str,
     progress: Callable[[int], None] | None = None,
 ) -> SyncPlan:
     """Compares the objects listed under ``prefix`` (``fetch.ObjectInfo``) with the rows
-    recorded (``queries.recorded_objects``: key, ETag, sha256, Last-Modified): an object is
-    changed when its ETag differs from the recorded one (without both ETags, its Last-Modified:
-    a file fetched before files had one, for instance); an object not fetched yet is left to the
-    worker (its row is queued already).
+    recorded (``queries.recorded_objects``: key, ETag, sha256, Last-Modified, last attempt
+    failed): an object is changed when its ETag differs from the recorded one (without both
+    ETags, its Last-Modified: a file fetched before files had one, for instance); an object not
+    fetched yet is left to the worker (its row is queued already); one whose last fetch or parse
+    failed is re-queued when its validators differ from those recorded (none, when it never
+    succeeded).
 
     A recorded URI is compared in the listing's form (``fetch.canonical_uri``: ``localhost``
     dropped, percent-encoded alike); it vanished when it lies under the prefix in that form
@@ -570,12 +572,17 @@ def plan_sync(
         if rec is None:
             plan.new.append(obj.uri)
             continue
-        key, etag, sha, modified = rec
+        key, etag, sha, modified = rec[:4]
+        failed = len(rec) > 4 and bool(rec[4])
         if obj.etag and etag:
             changed = _etag(obj.etag) != _etag(etag)
         else:
             changed = obj.last_modified is not None and obj.last_modified != modified
-        if changed and sha is not None:  # (not fetched yet: the queued row will be)
+            changed = changed or (failed and bool(obj.etag))  # an ETag against none recorded
+        # Not fetched yet: the queued row will be. Its last attempt failed: a failure records
+        # no validators, so an object fixed since (or still there, with nothing recorded) is
+        # re-queued, once per sync.
+        if changed and (sha is not None or failed):
             plan.changed.append(key)
         else:
             plan.unchanged += 1

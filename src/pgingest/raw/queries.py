@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -150,19 +150,33 @@ def sync_source(conn: psycopg.Connection[Any], name: str) -> SyncSource | None:
     return SyncSource(row[0], row[1], list(row[2]), row[3], row[4])
 
 
+class RecordedObject(NamedTuple):
+    """What a URI source's row recorded of its object's last fetch."""
+
+    key: Any  # the row key, as jsonb
+    etag: str | None
+    sha256: bytes | None
+    last_modified: str | None
+    failed: bool = False  # the last fetch or parse failed (source_rows.parse_error_class)
+
+
 def recorded_objects(
     conn: psycopg.Connection[Any], source: str, uri_column: str
-) -> dict[str, tuple[Any, str | None, bytes | None, str | None]]:
-    """Per URI of a URI source's rows (its key being the URI column): (row key as jsonb,
-    recorded ETag, recorded sha256, recorded Last-Modified)."""
+) -> dict[str, RecordedObject]:
+    """Per URI of a URI source's rows (its key being the URI column): its row key, the
+    recorded ETag, sha256 and Last-Modified (those of the last success: a failure records
+    none), and whether the last attempt failed."""
     rows = conn.execute(
-        "SELECT r.row_key ->> %s, r.row_key, r.etag, r.sha256, r.last_modified"
+        "SELECT r.row_key ->> %s, r.row_key, r.etag, r.sha256, r.last_modified,"
+        " r.parse_error_class IS NOT NULL"
         " FROM pgingest.source_rows AS r"
         " INNER JOIN pgingest.sources AS s ON s.id = r.source_id WHERE s.name = %s",
         (uri_column, source),
     ).fetchall()
     return {
-        u: (k, e, bytes(h) if h is not None else None, m) for u, k, e, h, m in rows if u is not None
+        u: RecordedObject(k, e, bytes(h) if h is not None else None, m, bool(f))
+        for u, k, e, h, m, f in rows
+        if u is not None
     }
 
 
