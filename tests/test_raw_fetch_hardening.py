@@ -304,3 +304,41 @@ def test_slow_response_headers_are_cut_at_the_download_timeout(slow_headers: str
     assert isinstance(err, RawDocumentError)
     assert (err.error_class, err.permanent) == ("fetch_timeout", False)
     assert "download timeout" in str(err)
+
+
+# -- bug 3: a directory swapped for a link between the check and the open ----------------------
+
+
+def test_a_directory_swapped_for_a_link_after_the_check_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import shutil
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (root / "sub" / "doc.md").write_text("# inside\n")
+    (outside / "doc.md").write_text("# SECRET outside the root\n")
+    policy = fetch.FetchPolicy(allowed_roots=(root,))
+    real = os.path.realpath
+
+    def racing_realpath(p: object, *args: object, **kw: object) -> str:
+        out: str = real(p, *args, **kw)  # type: ignore[call-overload]
+        if str(p).endswith("sub/doc.md"):
+            # whoever can write in the root wins the race: after the check, before the open
+            shutil.rmtree(root / "sub")
+            (root / "sub").symlink_to(outside)
+        return out
+
+    monkeypatch.setattr(os.path, "realpath", racing_realpath)
+    with pytest.raises(RawDocumentError) as err:
+        fetch.fetch((root / "sub" / "doc.md").as_uri(), policy)
+    assert (err.value.error_class, err.value.permanent) == ("not_allowed", True)
+    monkeypatch.undo()
+    # no race: a file under the root is read, one through the link is refused by the check
+    (root / "real.md").write_text("# real\n")
+    assert fetch.fetch((root / "real.md").as_uri(), policy).data == b"# real\n"
+    with pytest.raises(RawDocumentError) as err:
+        fetch.fetch((root / "sub" / "doc.md").as_uri(), policy)
+    assert err.value.error_class == "not_allowed"

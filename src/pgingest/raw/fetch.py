@@ -347,6 +347,10 @@ def _fetch_file(uri: str, policy: FetchPolicy) -> Fetched:
         raise RawDocumentError("not_found", f"{redact_uri(uri)}: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as fh:
         st = os.fstat(fh.fileno())
+        if not _opened_under(fh.fileno(), st, path, roots):
+            # a directory of the path swapped for a link out of the root between the check and
+            # the open (O_NOFOLLOW guards the last component only)
+            raise RawDocumentError("not_allowed", f"{redact_uri(uri)} is outside the allowed roots")
         if not stat.S_ISREG(st.st_mode):
             # a directory, a FIFO, a socket, a device: no document (permanent, as a URI
             # outside the roots is)
@@ -357,6 +361,24 @@ def _fetch_file(uri: str, policy: FetchPolicy) -> Fetched:
         data = _read_capped(fh.read, policy)
     mtime = email.utils.formatdate(st.st_mtime, usegmt=True)
     return _fetched(uri, data, last_modified=mtime, etag=file_etag(st))
+
+
+def _opened_under(fd: int, st: os.stat_result, checked: Path, roots: list[Path]) -> bool:
+    """Whether the file opened as ``fd`` lies under a root: the path the kernel gives for the
+    descriptor (``/proc/self/fd``); without ``/proc``, the file the checked path names now must
+    be the one opened (same device and inode)."""
+    try:
+        opened = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        try:
+            now = os.stat(checked, follow_symlinks=False)
+        except OSError:
+            return False
+        return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
+    if opened.endswith(" (deleted)") and not os.path.exists(opened):
+        opened = opened[: -len(" (deleted)")]  # removed since the open: where it was
+    real = Path(opened)
+    return any(real == r or r in real.parents for r in roots)
 
 
 def file_etag(st: os.stat_result) -> str:
