@@ -89,7 +89,7 @@ ALLOWLIST_TTL = 60.0
 
 TEST_HOOK_MIME = "application/x-pgingest-test-"
 """With ``PGINGEST_RAW_TEST_HOOKS=1`` only: a MIME override ``application/x-pgingest-test-hang``
-(``alloc``, ``crash``) runs the parse pool's test hook on that document (tests and chaos)."""
+(``alloc``, ``crash``, ``slow``: 2 s more) runs the parse pool's test hook on that document (tests and chaos)."""
 
 
 def parse_options_from_env(env: dict[str, str] | None = None) -> ParseOptions:
