@@ -37,3 +37,36 @@ def test_plan_sync_requeues_a_failed_object_only_when_its_validators_differ() ->
     # failed after a success whose ETag is still the object's: nothing new to fetch
     recorded["s3://b/a"] = RecordedObject({"uri": "s3://b/a"}, '"e2"', b"h", None, failed=True)
     assert plan_sync(listed, recorded, "s3://b/").changed == []
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "::7f00:1",  # IPv4-compatible 127.0.0.1
+        "::a9fe:a9fe",  # IPv4-compatible 169.254.169.254
+        "::ffff:0:7f00:1",  # SIIT
+        "64:ff9b::7f00:1",  # NAT64 well-known prefix
+        "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
+        "64:ff9b:1::5db8:d822",  # NAT64 local-use prefix
+        "2002:7f00:1::1",  # 6to4 of 127.0.0.1
+        "2002:a9fe:a9fe::1",  # 6to4 of 169.254.169.254
+        "fec0::1",  # site-local
+        "::",
+        "::1",
+    ],
+)
+def test_ipv6_forms_of_private_ipv4_addresses_are_refused(address: str) -> None:
+    assert not fetch.FetchPolicy().address_allowed(address)
+
+
+@pytest.mark.parametrize("address", ["64:ff9b::5db8:d822", "2002:5db8:d822::1", "2606:4700::1"])
+def test_ipv6_forms_of_public_addresses_are_allowed(address: str) -> None:
+    assert fetch.FetchPolicy().address_allowed(address)
+
+
+def test_an_allow_listed_ipv4_network_covers_its_ipv6_forms() -> None:
+    import ipaddress
+
+    policy = fetch.FetchPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),))
+    assert policy.address_allowed("::ffff:127.0.0.1") and policy.address_allowed("::7f00:1")
+    assert not policy.address_allowed("::7f00:2")

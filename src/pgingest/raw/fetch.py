@@ -176,11 +176,40 @@ class FetchPolicy:
 
     def address_allowed(self, address: str) -> bool:
         ip: IPAddress = ipaddress.ip_address(address.split("%", 1)[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
         if any(ip in net for net in self.allowed_networks):
             return True
+        if isinstance(ip, ipaddress.IPv6Address):
+            if any(ip in net for net in _V6_REFUSED):
+                return False
+            embedded = _embedded_ipv4(ip)
+            if embedded is not None:  # reaches that IPv4 address: checked as it
+                return self.address_allowed(str(embedded))
         return ip.is_global and not ip.is_multicast
+
+
+# IPv6 ranges refused whatever follows: site-local (deprecated, routed as private) and the
+# local-use NAT64 prefix (RFC 8215: its IPv4 embedding depends on the operator's prefix length).
+_V6_REFUSED = (ipaddress.IPv6Network("fec0::/10"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+# IPv6 forms with an IPv4 address in their last 32 bits: IPv4-compatible (::a.b.c.d), SIIT
+# (::ffff:0:a.b.c.d), NAT64's well-known prefix (64:ff9b::a.b.c.d). IPv4-mapped and 6to4
+# (2002::/16) have ipaddress's own accessors.
+_V4_IN_LAST_32 = (
+    ipaddress.IPv6Network("::/96"),
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),
+    ipaddress.IPv6Network("64:ff9b::/96"),
+)
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]  # the client's address (2001::/32 is not global anyway)
+    if any(ip in net for net in _V4_IN_LAST_32):
+        return ipaddress.IPv4Address(ip.packed[12:])
+    return None
 
 
 @dataclass(frozen=True)
