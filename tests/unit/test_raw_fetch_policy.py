@@ -191,6 +191,12 @@ def _client_error(code: str, status: int, headers: dict[str, str] | None = None)
         (_client_error("SignatureDoesNotMatch", 403), "access", True, "source"),
         (_client_error("SlowDown", 503), "throttled", False, "object"),
         (_client_error("InternalError", 500), "server_error", False, "object"),
+        # review bug 10: 4xx codes that are transient
+        (_client_error("RequestTimeout", 400), "fetch_timeout", False, "object"),
+        (_client_error("RequestTimeoutException", 400), "fetch_timeout", False, "object"),
+        (_client_error("OperationAborted", 409), "server_error", False, "object"),
+        (_client_error("PriorRequestNotComplete", 503), "server_error", False, "object"),
+        (_client_error("InvalidArgument", 400), "http_error", True, "object"),
         (NoCredentialsError(), "access", True, "source"),
         (ReadTimeoutError(endpoint_url="http://s3"), "fetch_timeout", False, "object"),
     ],

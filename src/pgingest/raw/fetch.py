@@ -787,6 +787,9 @@ _S3_SOURCE_CODES = frozenset(
 _S3_THROTTLE_CODES = frozenset(
     {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
 )
+# 4xx codes that say "try again" (a 400 or 409 is otherwise the request's fault, for good)
+_S3_TIMEOUT_CODES = frozenset({"RequestTimeout", "RequestTimeoutException"})
+_S3_RETRY_CODES = frozenset({"OperationAborted", "PriorRequestNotComplete"})
 _S3_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "404", "NotFound"})
 _S3_FORBIDDEN_CODES = frozenset({"AccessDenied", "403", "Forbidden"})
 
@@ -843,6 +846,12 @@ def classify_s3_error(exc: Exception, bucket: str) -> RawDocumentError:
             return RawDocumentError("access", f"bucket {bucket!r}: {code}", scope="source")
         if code in _S3_THROTTLE_CODES or status == 429:
             return RawDocumentError("throttled", f"{code or status}", retry_after=retry_after)
+        if code in _S3_TIMEOUT_CODES:
+            return RawDocumentError("fetch_timeout", f"{code} (HTTP {status})")
+        if code in _S3_RETRY_CODES:
+            return RawDocumentError(
+                "server_error", f"{code} (HTTP {status})", retry_after=retry_after
+            )
         if status >= 500 or code in ("InternalError", "ServiceUnavailable", "503", "500"):
             return RawDocumentError("server_error", f"{code or status}", retry_after=retry_after)
         if code in _S3_NOT_FOUND_CODES or status == 404:
