@@ -70,3 +70,73 @@ def test_an_allow_listed_ipv4_network_covers_its_ipv6_forms() -> None:
     policy = fetch.FetchPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),))
     assert policy.address_allowed("::ffff:127.0.0.1") and policy.address_allowed("::7f00:1")
     assert not policy.address_allowed("::7f00:2")
+
+
+def test_slow_name_lookups_do_not_starve_the_others() -> None:
+    """Review bug 13: look-ups ran on a pool of 4 threads and a timed-out one kept its thread:
+    four names whose server never answers stopped every other look-up."""
+    import threading
+    import time
+
+    from pgingest.raw.errors import RawDocumentError
+
+    release = threading.Event()
+    calls: list[str] = []
+
+    def resolver(host: str, port: int) -> list[str]:
+        calls.append(host)
+        if host.startswith("slow"):
+            release.wait(30)  # a server that never answers (getaddrinfo's own retries)
+        return ["93.184.216.34"]
+
+    policy = fetch.FetchPolicy(
+        allowed_hosts=frozenset({".example.com"}), resolver=resolver, connect_timeout=1.0
+    )
+    results: list[str] = []
+
+    def go(host: str) -> None:
+        try:
+            fetch.check_http_uri(f"https://{host}/x", policy)
+            results.append("resolved")
+        except RawDocumentError as exc:
+            results.append(exc.error_class)
+
+    try:
+        threads = [
+            threading.Thread(target=go, args=(f"slow{i % 8}.example.com",), daemon=True)
+            for i in range(40)
+        ]
+        for t in threads:
+            t.start()
+        time.sleep(0.2)
+        started = time.monotonic()
+        go("fast.example.com")
+        assert results[-1:] == ["resolved"] and time.monotonic() - started < 0.5
+        for t in threads:
+            t.join(5)
+        assert sorted(set(results)) == ["fetch_timeout", "resolved"]
+        assert results.count("fetch_timeout") == 40  # each waited its connect_timeout
+        assert sum(h.startswith("slow") for h in calls) == 8  # one look-up a name
+        # still pending (the 8 threads hung): another name resolves at once
+        started = time.monotonic()
+        go("fast2.example.com")
+        assert results[-1] == "resolved" and time.monotonic() - started < 0.5
+        # the pending look-ups are bounded: past the cap, a new name fails at once
+        hung = [
+            threading.Thread(target=go, args=(f"slowmore{i}.example.com",), daemon=True)
+            for i in range(fetch._DNS_MAX_PENDING)
+        ]
+        for t in hung:
+            t.start()
+        time.sleep(0.2)
+        started = time.monotonic()
+        go("slowest.example.com")
+        assert results[-1] == "fetch_timeout" and time.monotonic() - started < 0.5
+    finally:
+        release.set()
+    deadline = time.monotonic() + 5
+    while fetch._dns_pending and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not fetch._dns_pending
+    go("fast3.example.com")
+    assert results[-1] == "resolved"

@@ -28,11 +28,9 @@ source instead of dead-lettering each document. A bucket that does not exist is 
 
 from __future__ import annotations
 
-import concurrent.futures
 import datetime
 import email.utils
 import errno
-import functools
 import hashlib
 import http.client
 import io
@@ -43,6 +41,7 @@ import re
 import socket
 import ssl
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -562,25 +561,63 @@ class _Target:
     address: str
 
 
-@functools.cache
-def _resolvers() -> concurrent.futures.ThreadPoolExecutor:
-    """getaddrinfo has no timeout of its own: it runs on these threads (made on first use),
-    waited for ``connect_timeout``."""
-    return concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="raw-dns")
+# getaddrinfo has no timeout of its own and cannot be cancelled: each look-up runs on a daemon
+# thread of its own, waited for connect_timeout. Concurrent look-ups of one name share one
+# thread (a name whose server never answers holds one thread, not the pool); at most
+# _DNS_MAX_PENDING look-ups run at once (the threads a run of hung names can hold).
+_DNS_MAX_PENDING = 32
+
+
+@dataclass
+class _Lookup:
+    done: threading.Event = field(default_factory=threading.Event)
+    addresses: list[str] | None = None
+    error: BaseException | None = None
+
+
+_dns_lock = threading.Lock()
+_dns_pending: dict[tuple[Resolver, str, int], _Lookup] = {}
+
+
+def _run_lookup(key: tuple[Resolver, str, int], lookup: _Lookup) -> None:
+    resolver, host, port = key
+    try:
+        lookup.addresses = list(resolver(host, port))
+    except BaseException as exc:  # handed to the callers waiting for it
+        lookup.error = exc
+    finally:
+        with _dns_lock:
+            if _dns_pending.get(key) is lookup:
+                del _dns_pending[key]
+        lookup.done.set()
 
 
 def _resolve(policy: FetchPolicy, host: str, port: int) -> list[str]:
-    future = _resolvers().submit(policy.resolver, host, port)
-    try:
-        return list(future.result(timeout=policy.connect_timeout))
-    except concurrent.futures.TimeoutError:
+    key = (policy.resolver, host, port)
+    with _dns_lock:
+        lookup = _dns_pending.get(key)
+        if lookup is None:
+            if len(_dns_pending) >= _DNS_MAX_PENDING:
+                raise RawDocumentError(
+                    "fetch_timeout",
+                    f"resolving {host!r}: {_DNS_MAX_PENDING} look-ups of other names pending",
+                )
+            lookup = _dns_pending[key] = _Lookup()
+            threading.Thread(
+                target=_run_lookup, args=(key, lookup), name="raw-dns", daemon=True
+            ).start()
+    if not lookup.done.wait(policy.connect_timeout):
         raise RawDocumentError(
             "fetch_timeout", f"resolving {host!r} took over {policy.connect_timeout:g} s"
-        ) from None
-    except OSError as exc:
+        )
+    if isinstance(lookup.error, OSError):
         raise RawDocumentError(
-            "connect_error", f"cannot resolve {host!r}: {_describe(exc)}"
+            "connect_error", f"cannot resolve {host!r}: {_describe(lookup.error)}"
         ) from None
+    if lookup.error is not None:
+        raise lookup.error
+    assert lookup.addresses is not None
+    return list(lookup.addresses)
 
 
 def check_http_uri(uri: str, policy: FetchPolicy) -> _Target:
