@@ -342,3 +342,34 @@ def test_a_directory_swapped_for_a_link_after_the_check_is_refused(
     with pytest.raises(RawDocumentError) as err:
         fetch.fetch((root / "sub" / "doc.md").as_uri(), policy)
     assert err.value.error_class == "not_allowed"
+
+
+# -- bug 18: keys starting with '/', file names that are not UTF-8 -----------------------------
+
+
+def test_an_s3_key_starting_with_a_slash_is_its_own_object(bucket: str) -> None:
+    policy = rf._s3_policy(bucket)
+    client = fetch.s3_client(policy)
+    client.put_object(Bucket="docs", Key="/slash/a.md", Body=b"# the leading-slash key\n")
+    client.put_object(Bucket="docs", Key="slash/a.md", Body=b"# another object\n")
+    assert fetch.parse_s3_uri("s3://docs//slash/a.md") == ("docs", "/slash/a.md")
+    listed = {o.uri for o in fetch.list_objects("s3://docs//slash/", policy)}
+    assert listed == {"s3://docs//slash/a.md"}
+    got = fetch.fetch("s3://docs//slash/a.md", policy)
+    assert got.data == b"# the leading-slash key\n"
+    assert fetch.fetch("s3://docs/slash/a.md", policy).data == b"# another object\n"
+
+
+def test_a_file_name_that_is_not_utf8_is_listed_and_fetched(tmp_path: Path) -> None:
+    import os
+
+    name = os.fsdecode(b"caf\xe9.md")
+    (tmp_path / name).write_bytes(b"# latin-1 name\n")
+    policy = fetch.FetchPolicy(allowed_roots=(tmp_path,))
+    (listed,) = fetch.list_objects(tmp_path.as_uri(), policy)
+    assert listed.uri.endswith("/caf%E9.md")
+    assert fetch.fetch(listed.uri, policy).data == b"# latin-1 name\n"
+    # a UTF-8 name, encoded or not, still names its file
+    (tmp_path / "th\u00e9.md").write_bytes(b"# utf-8 name\n")
+    assert fetch.fetch((tmp_path / "th\u00e9.md").as_uri(), policy).data == b"# utf-8 name\n"
+    assert fetch.fetch(f"file://{tmp_path}/th\u00e9.md", policy).data == b"# utf-8 name\n"

@@ -47,7 +47,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import SplitResult, quote, unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import (
+    SplitResult,
+    quote,
+    unquote,
+    unquote_to_bytes,
+    urljoin,
+    urlsplit,
+    urlunsplit,
+)
 
 from pgingest.raw.errors import RawDocumentError
 
@@ -346,8 +354,10 @@ def fetch_with_retry(
 
 
 def _local_path(parts: SplitResult) -> str:
-    """The local path a split ``file://`` URI names."""
-    return unquote(parts.path)
+    """The local path a split ``file://`` URI names: its percent-encoded bytes decoded as the
+    file system does (``Path.as_uri`` encodes a name that is not UTF-8 as its bytes, ``%E9``;
+    ``unquote`` made it U+FFFD, another name)."""
+    return os.fsdecode(unquote_to_bytes(parts.path))
 
 
 def _fetch_file(uri: str, policy: FetchPolicy) -> Fetched:
@@ -1058,7 +1068,10 @@ def under_prefix(uri: str, prefix: str) -> bool:
 
 
 def _s3_key(parts: SplitResult) -> str:
-    return unquote(parts.path.lstrip("/"))
+    """The key of a split ``s3://bucket/key``: the path less its one leading ``/`` (a key may
+    start with ``/`` itself: the listing gives ``s3://bucket//k`` for the key ``/k``)."""
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    return unquote(path)
 
 
 def _list_s3(prefix_uri: str, policy: FetchPolicy, client: Any = None) -> Iterator[ObjectInfo]:
