@@ -645,7 +645,7 @@ def check_http_uri(uri: str, policy: FetchPolicy) -> _Target:
     if parts.username or parts.password:
         raise RawDocumentError("not_allowed", "credentials in a URI are refused")
     if _UNSAFE_URI_CHARS.search(uri):  # before any look-up (urlsplit drops tabs and newlines)
-        raise _UNSAFE_URI
+        raise _unsafe_uri()
     if not policy.host_allowed(host):
         raise RawDocumentError("not_allowed", f"host {host!r} is not allow-listed")
     if scheme == "http" and host not in policy.http_hosts:
@@ -663,9 +663,10 @@ def check_http_uri(uri: str, policy: FetchPolicy) -> _Target:
     return _Target(scheme, host, port, _request_target(parts.path, parts.query), addresses[0])
 
 
-_UNSAFE_URI = RawDocumentError(
-    "bad_uri", "a space or control character in the URI (percent-encode it: %20)"
-)
+def _unsafe_uri() -> RawDocumentError:
+    return RawDocumentError(
+        "bad_uri", "a space or control character in the URI (percent-encode it: %20)"
+    )
 
 
 def _request_target(path: str, query: str) -> str:
@@ -675,7 +676,7 @@ def _request_target(path: str, query: str) -> str:
     named; the application percent-encodes it. A non-ASCII character is percent-encoded as
     UTF-8 (an IRI's one mapping to a URI, RFC 3987, as browsers do)."""
     if _UNSAFE_URI_CHARS.search(path) or _UNSAFE_URI_CHARS.search(query):
-        raise _UNSAFE_URI
+        raise _unsafe_uri()
     target = path or "/"
     if query:
         target += "?" + query
