@@ -315,7 +315,8 @@ BEGIN
             WITH o AS (
                 SELECT %1$s AS k, %5$s AS e, %3$s AS md FROM old_rows AS t
             ), ch AS MATERIALIZED (
-                SELECT x.k, x.title, x.md, x.body, (o.k IS NULL OR o.e IS DISTINCT FROM x.e) AS queue
+                SELECT x.k, x.title, x.md, x.body, (o.k IS NULL OR o.e IS DISTINCT FROM x.e) AS queue,
+                       o.k IS NULL AS new_key
                 FROM (
                     SELECT %1$s AS k, %5$s AS e, %3$s AS md, %2$s AS title, %4$s AS body FROM new_rows AS t
                 ) AS x
@@ -456,7 +457,9 @@ COMMENT ON FUNCTION pgingest._source_lock_key() IS
 -- compiled capture of pgingest.documents does (_capture_docs_body): one node less to start per
 -- statement than a SELECT over the CTEs, and the row count from GET DIAGNOSTICS. vt is
 -- statement_timestamp() for the same reason as there. Returns {CTEs (each starting with ',\n'),
--- the INSERT and its GET DIAGNOSTICS}, or NULL when no model is live.
+-- the INSERT and its GET DIAGNOSTICS, the first model's INSERT as a CTE too (for a statement
+-- whose main query is a SELECT: the UPDATE's, _compile_source_capture)}, or NULL when no model
+-- is live.
 CREATE OR REPLACE FUNCTION pgingest._source_queue_sql(p_rel text)
 RETURNS text[]
 LANGUAGE plpgsql
@@ -483,14 +486,16 @@ BEGIN
     END LOOP;
     RETURN ARRAY[
         v_ctes,
-        E'\n    ' || format(v_insert, v_queues[1], p_rel) || E';\n    GET DIAGNOSTICS v_n = ROW_COUNT;\n'
+        E'\n    ' || format(v_insert, v_queues[1], p_rel) || E';\n    GET DIAGNOSTICS v_n = ROW_COUNT;\n',
+        E',\n    queue_1 AS (\n    ' || format(v_insert, v_queues[1], p_rel) || E'\n    )'
     ];
 END;
 $$;
 
 COMMENT ON FUNCTION pgingest._source_queue_sql(text) IS
 'The queueing part of the compiled capture of attached tables: the first live model''s queue INSERT as the '
-'statement, the others'' as its CTEs, and its row count INTO v_n (internal; NULL when no model is live).';
+'statement, the others'' as its CTEs, and its row count INTO v_n; and the first one as a CTE (internal; NULL '
+'when no model is live).';
 
 -- The wake-up check of the compiled capture of attached tables, once per statement after the
 -- queue INSERT (v_n: the rows it queued): the rule and the session memo of _capture_queue_sql and
@@ -570,7 +575,24 @@ BEGIN
     v_ins := pgingest._source_queue_sql('up');
     v_upd := pgingest._source_queue_sql('v');
     FOR v_s IN
-        SELECT s.id, s.name, s.statements FROM pgingest.sources AS s
+        SELECT s.id, s.name, s.statements,
+               -- Its key is unique in every statement's old and new rows: a unique index on exactly
+               -- its columns, checked row by row (not deferrable), and no NULL in them.
+               EXISTS (
+                   SELECT 1 FROM pg_catalog.pg_index AS i
+                   WHERE i.indrelid = s.relid AND i.indisunique AND i.indimmediate AND i.indisvalid
+                     AND i.indpred IS NULL AND i.indexprs IS NULL
+                     AND ARRAY(
+                         SELECT a.attname::text
+                         FROM unnest(i.indkey::smallint[]) WITH ORDINALITY AS k (attnum, n)
+                         INNER JOIN pg_catalog.pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                         ORDER BY k.n
+                     ) = s.key_columns
+               ) AND NOT EXISTS (
+                   SELECT 1 FROM pg_catalog.pg_attribute AS a
+                   WHERE a.attrelid = s.relid AND a.attname = ANY (s.key_columns) AND NOT a.attnotnull
+               ) AND strpos(s.statements ->> 'capture_update', 'AS new_key') > 0 AS unique_key
+        FROM pgingest.sources AS s
         WHERE s.id <> 0 AND s.statements ? 'capture_insert'
           AND EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c WHERE c.oid = s.relid)
         ORDER BY s.id
@@ -587,9 +609,20 @@ BEGIN
             || E'                v_nestloop := current_setting(''enable_nestloop'');\n'
             || E'                v_set := set_config(''enable_nestloop'', ''off'', TRUE);\n'
             || (v_s.statements ->> 'capture_update')
-            || coalesce(v_upd[1] || v_upd[2], E'SELECT count(*) INTO v_n FROM v;\n')
+            || CASE WHEN v_s.unique_key THEN
+                   -- Whether a key moved comes out of the same statement (a changed row whose key is
+                   -- not among the old rows': with unique keys, the only way an old key can be gone),
+                   -- and the key-change statement (11 plan nodes to start) runs only then.
+                   coalesce(v_upd[3] || v_upd[1], '')
+                   || E'\n    SELECT (SELECT count(*) FROM v), EXISTS (SELECT 1 FROM ch WHERE ch.new_key)'
+                   || E' INTO v_n, v_moved;\n'
+               ELSE
+                   coalesce(v_upd[1] || v_upd[2], E'SELECT count(*) INTO v_n FROM v;\n')
+               END
             || E'                v_set := set_config(''enable_nestloop'', v_nestloop, TRUE);\n'
+            || CASE WHEN v_s.unique_key THEN E'                IF v_moved THEN\n' ELSE '' END
             || (v_s.statements ->> 'capture_moved') || E'SELECT array_agg(d.doc_id) INTO v_gone FROM d;\n'
+            || CASE WHEN v_s.unique_key THEN E'                END IF;\n' ELSE '' END
             || E'            ELSE\n'
             || (v_s.statements ->> 'capture_delete') || E'SELECT array_agg(d.doc_id) INTO v_gone FROM d;\n'
             || E'            END IF;\n';
@@ -613,6 +646,7 @@ DECLARE
     v_hashes bytea[];
     v_gone bigint[];
     v_n bigint;
+    v_moved boolean;
     v_memo text;
     v_wake text[];
     v_lock_timeout text;

@@ -331,3 +331,45 @@ def test_a_single_row_update_after_a_bulk_one_in_the_same_session_is_not_jit_com
         elapsed.append(time.perf_counter() - t0)
     assert min(elapsed) < 0.1, elapsed
     assert queue_count(conn, "v1") == 20000 + 20000 + 3
+
+
+def test_a_key_moved_away_is_forgotten_when_the_key_is_deferrable_too(
+    conn: psycopg.Connection[Any], fake: FakeEmbeddingServer
+) -> None:
+    """The key-change statement runs only when a changed row's key is not among the old rows'
+    keys: enough where the key is unique in every statement (a unique index checked row by row).
+    A deferrable key may hold duplicates within a transaction: its statement always runs."""
+    register(conn, "v1", fake.url)
+    conn.execute(
+        "CREATE TABLE public.dnotes (id integer, body text,"
+        " CONSTRAINT dnotes_pkey PRIMARY KEY (id) DEFERRABLE INITIALLY DEFERRED)"
+    )
+    conn.execute("SELECT pgingest.add_source('dnotes', 'public.dnotes', body => 'body')")
+    attach_orders(conn)  # a source with an immediate key beside it, in the same function
+    body = one(
+        conn, "SELECT prosrc FROM pg_proc WHERE oid = 'pgingest._source_capture()'::regprocedure"
+    )
+    assert body.count("IF v_moved THEN") == 1  # orders' branch only
+    conn.execute("INSERT INTO public.dnotes VALUES (1, 'first text'), (2, 'second text')")
+
+    def keys() -> list[str]:
+        return [
+            r[0]
+            for r in conn.execute(
+                "SELECT r.row_key ->> 'id' FROM pgingest.source_rows AS r"
+                " JOIN pgingest.sources AS s ON s.id = r.source_id WHERE s.name = 'dnotes'"
+                " ORDER BY 1"
+            ).fetchall()
+        ]
+
+    assert keys() == ["1", "2"]
+    # Every new key is an old one, and key 2 is gone (a duplicate until the transaction ends:
+    # here it never does, the constraint refuses it at commit).
+    with pytest.raises(psycopg.errors.UniqueViolation), conn.transaction():
+        conn.execute("UPDATE public.dnotes SET id = 1 WHERE id IN (1, 2)")
+        assert keys() == ["1"]
+    assert keys() == ["1", "2"]
+    # the immediate key's branch forgets a moved key too (its new key is not an old one)
+    conn.execute("INSERT INTO public.orders (tenant, id, title, body) VALUES ('a', 1, 'T', 'B')")
+    conn.execute("UPDATE public.orders SET id = 2")
+    assert list(registry(conn)) == ['{"id": 2, "tenant": "a"}']
