@@ -542,23 +542,27 @@ def plan_sync(
     recorded: Mapping[str, tuple[Any, ...]],
     prefix: str,
     progress: Callable[[int], None] | None = None,
+    unlisted: Sequence[str] = (),
 ) -> SyncPlan:
     """Compares the objects listed under ``prefix`` (``fetch.ObjectInfo``) with the rows
     recorded (``queries.recorded_objects``: key, ETag, sha256, Last-Modified, last attempt
     failed): an object is changed when its ETag differs from the recorded one (without both
     ETags, its Last-Modified: a file fetched before files had one, for instance); an object not
     fetched yet is left to the worker (its row is queued already); one whose last fetch or parse
-    failed is re-queued when its validators differ from those recorded (none, when it never
-    succeeded).
+    failed is compared alike when the failure recorded validators (it came after the fetch),
+    and re-queued (once per sync) when none are recorded.
 
     A recorded URI is compared in the listing's form (``fetch.canonical_uri``: ``localhost``
-    dropped, percent-encoded alike); it vanished when it lies under the prefix in that form
+    dropped, its directory's real path, percent-encoded alike); it vanished when it lies under the prefix in that form
     (``fetch.canonical_prefix``: a directory's real path, matched by path segment, so that
-    ``docs`` never covers ``docs2/``) and was not listed."""
+    ``docs`` never covers ``docs2/``) and was not listed, nor lies under one of ``unlisted``
+    (read once the listing is consumed: the subtrees ``fetch.list_objects`` could not list,
+    whose files were not seen, so not seen deleted either)."""
     from pgingest.raw import fetch
 
     canonical = fetch.canonical_prefix(prefix)  # before the listing: the directory exists
-    by_form = {fetch.canonical_uri(u): u for u in recorded}
+    real_dirs: dict[str, str] = {}
+    by_form = {fetch.canonical_uri(u, real_dirs): u for u in recorded}
     plan = SyncPlan()
     seen: set[str] = set()
     for obj in listed:
@@ -578,10 +582,12 @@ def plan_sync(
             changed = _etag(obj.etag) != _etag(etag)
         else:
             changed = obj.last_modified is not None and obj.last_modified != modified
-            changed = changed or (failed and bool(obj.etag))  # an ETag against none recorded
-        # Not fetched yet: the queued row will be. Its last attempt failed: a failure records
-        # no validators, so an object fixed since (or still there, with nothing recorded) is
-        # re-queued, once per sync.
+        # Its last attempt failed: a failure after the fetch records the fetched object's
+        # validators, compared like a success's (a broken object left as it is stays
+        # unchanged: not re-queued by every sync); one before any fetch records none, and the
+        # object is re-queued, once per sync (it may have been fixed since).
+        changed = changed or (failed and etag is None and modified is None)
+        # Not fetched yet (no sha256, no failure): the queued row will be.
         if changed and (sha is not None or failed):
             plan.changed.append(key)
         else:
@@ -589,7 +595,10 @@ def plan_sync(
     plan.vanished = sorted(
         u
         for form, u in by_form.items()
-        if fetch.under_prefix(form, canonical) and form not in seen and u not in seen
+        if fetch.under_prefix(form, canonical)
+        and form not in seen
+        and u not in seen
+        and not any(fetch.under_prefix(form, d.rstrip("/")) for d in unlisted)
     )
     return plan
 
@@ -625,9 +634,14 @@ def cmd_sync(args: argparse.Namespace) -> int:
                 if every and n % every == 0:
                     print(f"{prog}: {n:,} objects listed", file=sys.stderr, flush=True)
 
+            unlisted: list[str] = []
             try:
                 plan = plan_sync(
-                    fetch.list_objects(args.prefix, policy), recorded, args.prefix, progress
+                    fetch.list_objects(args.prefix, policy, unlisted),
+                    recorded,
+                    args.prefix,
+                    progress,
+                    unlisted,
                 )
             except RawDocumentError as exc:
                 print(
@@ -636,6 +650,16 @@ def cmd_sync(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return EXIT_INVALID if exc.error_class in ("bad_uri", "not_allowed") else EXIT_ERROR
+            if unlisted:
+                # A directory this user cannot read (a volume's lost+found) is not a failed
+                # sync: the rest is synced, nothing under it is deleted, exit status 0.
+                shown = ", ".join(fetch.redact_uri(u) for u in unlisted[:10])
+                more = f" and {len(unlisted) - 10:,} more" if len(unlisted) > 10 else ""
+                print(
+                    f"{prog}: warning: {len(unlisted):,} paths could not be listed, their rows"
+                    f" are kept (not deleted): {shown}{more}",
+                    file=sys.stderr,
+                )
             summary = (
                 f"{plan.listed:,} objects listed: {len(plan.new):,} new, {len(plan.changed):,}"
                 f" changed, {plan.unchanged:,} unchanged; {len(plan.vanished):,} vanished"

@@ -71,28 +71,51 @@ _USER_AGENT = "pgingest-raw/1"
 # path and query: a presigned URL's signature).
 _UNSAFE_URI_CHARS = re.compile(r"[\x00-\x20\x7f]")
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+# What WHATWG URL parsing strips from both ends of a URL: C0 controls and space (a CRLF CSV's
+# line end, an indented cell). Only those inside the URI are refused.
+_URI_TRIM = "".join(map(chr, range(0x21)))
+
+
+def strip_uri(uri: str) -> str:
+    """``uri`` less the C0 control characters and spaces at its ends, as a browser reads it."""
+    return uri.strip(_URI_TRIM)
+
+
+_SCHEME_SLASHES = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _cut_userinfo(uri: str) -> str:
+    """``uri`` less everything between ``scheme://`` (or its start, without one) and the last
+    ``@`` before the query or fragment: the userinfo, whatever it holds (an empty or numeric
+    password, a ``/`` or an ``@`` in the secret), found without urlsplit, which takes
+    ``s3://KEY:/SECRET@bucket`` for a host ``KEY`` with an empty port and a path. A ``file:///``
+    URI has no authority: an ``@`` in its path is a file name's."""
+    end = len(uri)
+    for mark in "?#":
+        i = uri.find(mark)
+        if i >= 0:
+            end = min(end, i)
+    at = uri.rfind("@", 0, end)
+    if at < 0:
+        return uri
+    m = _SCHEME_SLASHES.match(uri)
+    start = m.end() if m else 0
+    if m and uri[start : start + 1] == "/":
+        return uri  # "file:///a@b.md": an empty authority, no userinfo
+    return uri[:start] + uri[at + 1 :]
 
 
 def redact_uri(uri: str) -> str:
     """``uri`` fit for an error message or a log: no userinfo (credentials), query (a presigned
     URL's signature) or fragment, control characters escaped, at most 300 characters. Every
     message that names a URI goes through it."""
+    uri = _cut_userinfo(uri)
     try:
         parts = urlsplit(uri)
     except ValueError:
         return "<invalid URI>"
-    netloc = parts.netloc.rpartition("@")[2]
-    try:
-        _ = parts.port  # not a number: a secret cut at a '/' ("s3://KEY:SE/CRET@bucket/k")?
-    except ValueError:
-        netloc, path = "<redacted>", parts.path
-        if "@" in path:
-            netloc, _, rest = path.rpartition("@")[2].partition("/")
-            path = "/" + rest
-    else:
-        path = parts.path
     suffix = "?<redacted>" if parts.query else ""
-    text = urlunsplit((parts.scheme, netloc, path, "", "")) + suffix
+    text = urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")) + suffix
     text = _UNSAFE_URI_CHARS.sub(lambda m: f"%{ord(m.group()):02X}", text)
     return text if len(text) <= 300 else text[:297] + "..."
 
@@ -265,6 +288,7 @@ def fetch_if_changed(uri: str, policy: FetchPolicy, known: Validators) -> Fetche
 
 
 def _dispatch(uri: str, policy: FetchPolicy, known: Validators | None) -> Fetched | None:
+    uri = strip_uri(uri)
     if _CONTROL_CHARS.search(uri):
         # urlsplit silently drops tabs and newlines: "a\tb" would name another object, "ab"
         raise RawDocumentError("bad_uri", "a control character in the URI (percent-encode it)")
@@ -602,7 +626,16 @@ def _run_lookup(key: tuple[Resolver, str, int], lookup: _Lookup) -> None:
         lookup.done.set()
 
 
-def _resolve(policy: FetchPolicy, host: str, port: int) -> list[str]:
+def _resolve(policy: FetchPolicy, host: str, port: int, deadline: float | None = None) -> list[str]:
+    """The addresses of ``host``, waited for at most ``connect_timeout`` and never past the
+    fetch's ``deadline``. A failure is a fresh :class:`RawDocumentError` in each waiting thread
+    (one exception instance raised in several threads has its traceback rewritten by each)."""
+    wait = policy.connect_timeout
+    if deadline is not None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _over_deadline(policy)
+        wait = min(wait, left)
     key = (policy.resolver, host, port)
     with _dns_lock:
         lookup = _dns_pending.get(key)
@@ -616,23 +649,41 @@ def _resolve(policy: FetchPolicy, host: str, port: int) -> list[str]:
             threading.Thread(
                 target=_run_lookup, args=(key, lookup), name="raw-dns", daemon=True
             ).start()
-    if not lookup.done.wait(policy.connect_timeout):
+    if not lookup.done.wait(wait):
+        if wait < policy.connect_timeout:
+            raise _over_deadline(policy)
         raise RawDocumentError(
             "fetch_timeout", f"resolving {host!r} took over {policy.connect_timeout:g} s"
         )
-    if isinstance(lookup.error, OSError):
+    error = lookup.error
+    if isinstance(error, OSError):
         raise RawDocumentError(
-            "connect_error", f"cannot resolve {host!r}: {_describe(lookup.error)}"
+            "connect_error", f"cannot resolve {host!r}: {_describe(error)}"
         ) from None
-    if lookup.error is not None:
-        raise lookup.error
+    if isinstance(error, UnicodeError):  # the idna codec: a label over 63 characters, say
+        raise RawDocumentError(
+            "bad_uri", f"cannot resolve {host!r}: not a valid host name"
+        ) from None
+    if isinstance(error, RawDocumentError):
+        raise RawDocumentError(
+            error.error_class,
+            error.detail,
+            permanent=error.permanent,
+            retry_after=error.retry_after,
+            scope=error.scope,
+        ) from None
+    if error is not None:
+        raise RawDocumentError(
+            "connect_error", f"cannot resolve {host!r}: {type(error).__name__}"
+        ) from None
     assert lookup.addresses is not None
     return list(lookup.addresses)
 
 
-def check_http_uri(uri: str, policy: FetchPolicy) -> _Target:
-    """The checked target of an http(s) URI: scheme and host allowed, the name resolved once and
-    every address allowed. Raises ``not_allowed`` / ``bad_uri`` before any connection."""
+def check_http_uri(uri: str, policy: FetchPolicy, deadline: float | None = None) -> _Target:
+    """The checked target of an http(s) URI: scheme and host allowed, the name resolved once
+    (waited for never past ``deadline``, the fetch's) and every address allowed. Raises
+    ``not_allowed`` / ``bad_uri`` before any connection."""
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
     try:
@@ -644,7 +695,8 @@ def check_http_uri(uri: str, policy: FetchPolicy) -> _Target:
         raise RawDocumentError("bad_uri", "no host")
     if parts.username or parts.password:
         raise RawDocumentError("not_allowed", "credentials in a URI are refused")
-    if _UNSAFE_URI_CHARS.search(uri):  # before any look-up (urlsplit drops tabs and newlines)
+    # before any look-up (urlsplit drops tabs and newlines); the fragment is never sent
+    if _UNSAFE_URI_CHARS.search(uri.partition("#")[0]):
         raise _unsafe_uri()
     if not policy.host_allowed(host):
         raise RawDocumentError("not_allowed", f"host {host!r} is not allow-listed")
@@ -652,7 +704,7 @@ def check_http_uri(uri: str, policy: FetchPolicy) -> _Target:
         raise RawDocumentError("not_allowed", f"plain http to {host!r} is not allow-listed")
     if scheme not in ("http", "https"):
         raise RawDocumentError("not_allowed", f"scheme {scheme!r}")
-    addresses = _resolve(policy, host, port)
+    addresses = _resolve(policy, host, port, deadline)
     if not addresses:
         raise RawDocumentError("connect_error", f"{host!r} resolves to nothing")
     refused = [a for a in addresses if not policy.address_allowed(a)]
@@ -729,7 +781,7 @@ def _fetch_http(uri: str, policy: FetchPolicy, known: Validators | None = None) 
     deadline = time.monotonic() + policy.download_timeout
     current = uri
     for _hop in range(policy.max_redirects + 1):
-        target = check_http_uri(current, policy)
+        target = check_http_uri(current, policy, deadline)
         try:
             result = _fetch_http_once(current, target, policy, deadline, known)
         except RawDocumentError:
@@ -1009,24 +1061,36 @@ class ObjectInfo:
     last_modified: str | None = None
 
 
-def list_objects(prefix_uri: str, policy: FetchPolicy) -> Iterator[ObjectInfo]:
+def list_objects(
+    prefix_uri: str, policy: FetchPolicy, unlisted: list[str] | None = None
+) -> Iterator[ObjectInfo]:
     """The objects under ``s3://bucket/prefix`` or a ``file:///dir`` under an allowed root,
     under the same policy as :func:`fetch` (bucket and root allow-lists). Symbolic links are
-    not followed out of the root. An unlistable bucket raises ``access`` (``scope="source"``)."""
+    not followed out of the root. An unlistable bucket raises ``access`` (``scope="source"``).
+
+    A directory below ``file:///dir`` that cannot be listed (a root-owned ``lost+found``), or a
+    file whose ``lstat`` fails, raises; with ``unlisted`` given, its URI (the listing's form)
+    is appended there instead and the walk goes on: what lies under it was not seen, and
+    ``source sync`` must not take it for deleted. The directory itself unlistable raises."""
     parts = urlsplit(prefix_uri)
     scheme = parts.scheme.lower()
     if scheme == "s3":
         yield from _list_s3(prefix_uri, policy)
     elif scheme == "file":
-        yield from _list_files(prefix_uri, policy)
+        yield from _list_files(prefix_uri, policy, unlisted)
     else:
         raise RawDocumentError("bad_uri", f"cannot list {scheme!r} URIs (s3 and file only)")
 
 
-def canonical_uri(uri: str) -> str:
+def canonical_uri(uri: str, real_dirs: dict[str, str] | None = None) -> str:
     """``uri`` in the form :func:`list_objects` gives its objects: ``file:///path`` without
-    ``localhost``, percent-encoded as :meth:`pathlib.Path.as_uri` does; ``s3://bucket/key``
-    with the key quoted as the listing does. A URI of another form comes back as it is."""
+    ``localhost``, its directory's real path (symbolic links resolved, as the listing's prefix
+    is: a row written through ``/link/docs/a.md`` is the listing's ``/real/docs/a.md``; the
+    directory of a vanished file usually still exists; one that does not is kept as written),
+    percent-encoded as :meth:`pathlib.Path.as_uri` does; ``s3://bucket/key``
+    with the key quoted as the listing does (both less the spaces and C0 control characters at
+    their ends, as :func:`fetch` reads them). A URI of another form comes back as it is."""
+    uri = strip_uri(uri)
     try:
         parts = urlsplit(uri)
     except ValueError:
@@ -1036,7 +1100,15 @@ def canonical_uri(uri: str) -> str:
         return uri
     if scheme == "file" and parts.netloc in ("", "localhost"):
         path = _local_path(parts)
-        return Path(path).as_uri() if path.startswith("/") else uri
+        if not path.startswith("/") or "\x00" in path:
+            return uri
+        parent, name = os.path.split(path)
+        real = real_dirs.get(parent) if real_dirs is not None else None
+        if real is None:
+            real = os.path.realpath(parent) if os.path.isdir(parent) else parent
+            if real_dirs is not None:  # the caller's cache: a sync's rows share directories
+                real_dirs[parent] = real
+        return Path(real, name).as_uri()
     if scheme == "s3" and _BUCKET_NAME.fullmatch(parts.netloc):
         return f"s3://{parts.netloc}/{quote(_s3_key(parts))}"
     return uri
@@ -1112,7 +1184,9 @@ def _list_s3(prefix_uri: str, policy: FetchPolicy, client: Any = None) -> Iterat
         raise err from None
 
 
-def _list_files(prefix_uri: str, policy: FetchPolicy) -> Iterator[ObjectInfo]:
+def _list_files(
+    prefix_uri: str, policy: FetchPolicy, unlisted: list[str] | None = None
+) -> Iterator[ObjectInfo]:
     parts = urlsplit(prefix_uri)
     if parts.netloc not in ("", "localhost"):
         raise RawDocumentError("bad_uri", "file:// URIs name a local path only")
@@ -1126,7 +1200,7 @@ def _list_files(prefix_uri: str, policy: FetchPolicy) -> Iterator[ObjectInfo]:
     if not top.is_dir():
         raise RawDocumentError("not_found", f"{redact_uri(prefix_uri)} is not a directory")
     try:
-        yield from _walk_files(top)
+        yield from _walk_files(top, unlisted)
     except OSError as exc:
         # A subtree not listed is not a subtree deleted: source sync must stop, not delete
         # the rows of every file it could not see.
@@ -1137,15 +1211,19 @@ def _list_files(prefix_uri: str, policy: FetchPolicy) -> Iterator[ObjectInfo]:
         ) from None
 
 
-def _walk_error(exc: OSError) -> None:
-    if exc.errno != errno.ENOENT:  # a directory removed while listing is not an error
-        raise exc
-
-
-def _walk_files(top: Path) -> Iterator[ObjectInfo]:
+def _walk_files(top: Path, unlisted: list[str] | None = None) -> Iterator[ObjectInfo]:
     """The regular files under ``top``; an unreadable directory or a failed ``lstat`` raises
-    (``OSError``): only a file or directory removed during the walk is skipped."""
-    for dirpath, dirnames, filenames in os.walk(top, onerror=_walk_error, followlinks=False):
+    (``OSError``), or with ``unlisted`` given is appended there (``top`` itself raises): only a
+    file or directory removed during the walk is skipped."""
+
+    def walk_error(exc: OSError) -> None:
+        if exc.errno == errno.ENOENT:  # a directory removed while listing is not an error
+            return
+        if unlisted is None or exc.filename is None or Path(exc.filename) == top:
+            raise exc
+        unlisted.append(Path(exc.filename).as_uri())
+
+    for dirpath, dirnames, filenames in os.walk(top, onerror=walk_error, followlinks=False):
         dirnames.sort()
         for name in sorted(filenames):
             path = Path(dirpath, name)
@@ -1153,6 +1231,11 @@ def _walk_files(top: Path) -> Iterator[ObjectInfo]:
                 st = os.lstat(path)
             except FileNotFoundError:
                 continue  # vanished while listing
+            except OSError:
+                if unlisted is None:
+                    raise
+                unlisted.append(path.as_uri())
+                continue
             if stat.S_ISLNK(st.st_mode):
                 continue  # a link may point out of the root: fetch() would refuse it
             if not stat.S_ISREG(st.st_mode):
