@@ -879,6 +879,115 @@ def test_a_document_refused_alone_is_dead_lettered_not_pausing_its_source_foreve
     assert queue_count(conn, "v1") == 0
 
 
+def test_a_probe_refused_before_any_request_does_not_resume_its_source(
+    model: psycopg.Connection[Any], dsn: str, raw_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe whose failure proves nothing about the credentials (refused before any request:
+    not allow-listed) leaves its source paused, and the documents refused by the source-wide
+    error wait for it: none is dead-lettered. (It resumed the source, and the rule that
+    dead-letters a document refused again after a resume took the credentials' refusal for
+    each document's own.)"""
+    from pgingest import db
+    from pgingest.raw.errors import RawDocumentError
+    from pgingest.worker.raw import RawStage
+
+    conn = model
+    conn.execute("CREATE TABLE public.blobs (name text PRIMARY KEY, data bytea)")
+    conn.execute("SELECT pgingest.add_source('blobs', 'public.blobs', content => 'data')")
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO public.blobs VALUES (%s, %s)", [(f"doc-{i}", b"x") for i in range(3)]
+        )
+    typo = [-1]
+
+    def refusing(self: RawStage, o: Any, policy: Any) -> None:
+        if o.row.doc_id == typo[0]:
+            raise RawDocumentError("not_allowed", "bucket 'typo' is not allow-listed")
+        raise RawDocumentError("access", "bucket 'docs': InvalidAccessKeyId", scope="source")
+
+    def paused() -> Any:
+        row = conn.execute(
+            "SELECT paused_reason FROM pgingest.source_status WHERE source = 'blobs'"
+        ).fetchone()
+        return row[0] if row else None
+
+    monkeypatch.setattr(RawStage, "_fetch_and_parse", refusing)
+    stage = RawStage(settings(dsn, parse_processes=1, probe_interval=0.01))
+    try:
+        msgs = db.read_batch(conn, "v1", 30, 10)
+        _, raw = stage.prepare(conn, msgs)
+        assert raw is not None
+        assert {(f.kind, f.error_class) for f in raw.failures.values()} == {
+            ("rate_limited", "access")
+        }
+        assert paused() is not None
+        conn.execute("INSERT INTO public.blobs VALUES ('typo', 'y')")
+        typo[0] = _doc(conn, "typo")
+        probe = [m for m in db.read_batch(conn, "v1", 30, 10) if m.doc_id == typo[0]]
+        _, raw = stage.prepare(conn, probe + msgs)
+        assert raw is not None and raw.failures[typo[0]].error_class == "not_allowed"
+        assert paused() is not None  # still paused: the probe proved nothing
+        for _ in range(2):
+            _, raw = stage.prepare(conn, msgs)
+            assert raw is not None
+            assert {f.kind for f in raw.failures.values()} == {"rate_limited"}
+    finally:
+        stage.close()
+
+
+def test_a_paused_source_is_probed_with_another_document_than_the_one_that_paused_it(
+    model: psycopg.Connection[Any], dsn: str, raw_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe of a paused source is, where the batch has one, a document that did not pause
+    it (the oldest message, the refused document, was probed each time, and a source paused by
+    one document alone never resumed for the others); once another document got through, the
+    one that paused the source is dead-lettered at its next refusal, also when it is alone."""
+    from pgingest import db
+    from pgingest.raw.errors import RawDocumentError
+    from pgingest.worker.raw import RawStage
+
+    conn = model
+    conn.execute("CREATE TABLE public.blobs (name text PRIMARY KEY, data bytea)")
+    conn.execute("SELECT pgingest.add_source('blobs', 'public.blobs', content => 'data')")
+    conn.execute("INSERT INTO public.blobs VALUES ('bad', 'refused')")
+    bad = _doc(conn, "bad")
+    original = RawStage._fetch_and_parse
+
+    def refusing(self: RawStage, o: Any, policy: Any) -> None:
+        if o.row.doc_id == bad:
+            raise RawDocumentError(
+                "forbidden", "bucket 'other' refuses the credentials", scope="source"
+            )
+        original(self, o, policy)
+
+    def paused() -> Any:
+        row = conn.execute(
+            "SELECT paused_reason FROM pgingest.source_status WHERE source = 'blobs'"
+        ).fetchone()
+        return row[0] if row else None
+
+    monkeypatch.setattr(RawStage, "_fetch_and_parse", refusing)
+    stage = RawStage(settings(dsn, parse_processes=1, probe_interval=0.01))
+    try:
+        [first] = db.read_batch(conn, "v1", 30, 10)
+        _, raw = stage.prepare(conn, [first])
+        assert raw is not None and raw.failures[bad].kind == "rate_limited"
+        assert paused() is not None
+        conn.execute("INSERT INTO public.blobs VALUES ('new', 'A readable document.')")
+        new = _doc(conn, "new")
+        [later] = db.read_batch(conn, "v1", 30, 10)
+        _, raw = stage.prepare(conn, [first, later])  # the refused one first, as it is older
+        assert raw is not None and new in raw.rendered  # the probe: the new document
+        assert raw.failures[bad].error_class == "source_paused"  # not fetched this time
+        assert paused() is None
+        _, raw = stage.prepare(conn, [first])  # alone now: its refusal is its own
+        assert raw is not None
+        assert (raw.failures[bad].kind, raw.failures[bad].error_class) == ("dead", "forbidden")
+        assert paused() is None
+    finally:
+        stage.close()
+
+
 def test_a_message_of_an_older_version_is_stale_whatever_the_order(
     model: psycopg.Connection[Any], dsn: str, raw_env: str
 ) -> None:

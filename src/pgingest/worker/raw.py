@@ -225,6 +225,20 @@ class RawBatch:
     carried: list[db.Message] = field(default_factory=list)
 
 
+STORE_ANSWERS = frozenset({"not_found", "forbidden", "too_large", "http_error"})
+"""Object-level failures the store itself answered (the credentials got through)."""
+
+
+def _store_answered(probe: Outcome) -> bool:
+    """Whether a probe of a paused source got past its source-wide refusal: its bytes came (a
+    parse may still fail), or the store answered about that object. A refusal before any
+    request (``not_allowed``, ``bad_uri``) or a transient failure proves nothing: the source
+    stays paused and is probed again."""
+    if probe.error is None or probe.fetched_bytes is not None:
+        return True
+    return probe.error.scope == "object" and probe.error.error_class in STORE_ANSWERS
+
+
 def _text_bytes(o: Outcome) -> int:
     """About the memory a kept result holds: its text and the text of its chunks."""
     n = len(o.rendered.text) if o.rendered is not None else 0
@@ -252,11 +266,14 @@ class RawStage:
         self._last_probe: dict[str, float] = {}  # by paused source
         # A source-wide error (the store refuses the credentials) pauses the source; a probe of
         # one of its documents that gets through resumes it. A document that paused its source
-        # (when, by doc_id) and fails the same way after a probe of another one resumed it
-        # (when, by source) has an error of its own (a URI naming a bucket the credentials
-        # cannot read): it is dead-lettered rather than pausing the source again and again.
-        self._paused_by: dict[int, float] = {}
-        self._resumed: dict[str, float] = {}
+        # (in which batch, by doc_id) and is refused the same way again after another document
+        # of the source got through in that batch or later (the last such batch, by source)
+        # has a refusal of its own (a URI naming a bucket the credentials cannot read): it is
+        # dead-lettered rather than pausing the source again and again. A probe is a document
+        # that did not pause its source where the batch has one.
+        self._batches = 0
+        self._paused_by: dict[int, int] = {}
+        self._answered: dict[str, int] = {}
         self.env_policy = policy if policy is not None else fetch.FetchPolicy.from_env()
         self.options = options if options is not None else parse_options_from_env()
         self.test_hooks = os.environ.get("PGINGEST_RAW_TEST_HOOKS") == "1"
@@ -379,10 +396,18 @@ class RawStage:
         # refused while more than max_inflight of those are still held.
         limit = self.max_inflight + len(rows)
         now = time.monotonic()
+        self._batches += 1
+        candidates: dict[str, int] = {}  # paused source -> its probe in this batch
+        for doc_id, row in rows.items():
+            if row.paused_reason is None:
+                continue
+            chosen = candidates.get(row.source)
+            if chosen is None or (chosen in self._paused_by and doc_id not in self._paused_by):
+                candidates[row.source] = doc_id
         for doc_id, row in rows.items():
             if (
                 row.paused_reason is not None
-                and row.source not in probes.values()
+                and candidates.get(row.source) == doc_id
                 and now - self._last_probe.get(row.source, 0.0) >= self.probe_interval
             ):
                 self._last_probe[row.source] = now
@@ -435,12 +460,14 @@ class RawStage:
 
         for doc_id, source in probes.items():
             probe = outcomes.get(doc_id)
-            if probe is not None and (probe.error is None or probe.error.scope == "object"):
+            if probe is not None and _store_answered(probe):
                 queries.resume_source(conn, source)
-                self._resumed[source] = time.monotonic()
                 log.warning("source resumed after a successful probe", extra={"source": source})
         records: list[queries.Record] = []
         unchanged: list[Outcome] = []
+        for o in outcomes.values():
+            if _store_answered(o):
+                self._answered[o.row.source] = self._batches
         for doc_id, o in outcomes.items():
             if o.unchanged:
                 unchanged.append(o)
@@ -668,8 +695,8 @@ class RawStage:
         )
         if exc.scope == "source":
             paused = self._paused_by.pop(o.row.doc_id, None)
-            resumed = self._resumed.get(o.row.source)
-            if paused is not None and resumed is not None and resumed > paused:
+            answered = self._answered.get(o.row.source)
+            if paused is not None and answered is not None and answered >= paused:
                 return core.Failure(
                     "dead",
                     exc.error_class,
@@ -678,7 +705,7 @@ class RawStage:
                 )
             if len(self._paused_by) >= 10_000:
                 self._paused_by.clear()
-            self._paused_by[o.row.doc_id] = time.monotonic()
+            self._paused_by[o.row.doc_id] = self._batches
             queries.pause_source(conn, o.row.source, str(exc))
             log.error(
                 "source paused: its store refuses access",
