@@ -371,3 +371,77 @@ def test_a_lookup_waits_no_longer_than_the_fetch_deadline() -> None:
         release.set()
     assert err.value.error_class == "fetch_timeout" and not err.value.permanent
     assert time.monotonic() - t0 < 3
+
+
+# -- G: an S3 endpoint trickling its headers ----------------------------------------------------
+
+
+@pytest.fixture
+def trickling_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An "S3 endpoint" that sends its status line, then a header byte every 0.2 s, for ever."""
+    import socket
+
+    for name, value in [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]:
+        monkeypatch.setenv(name, value)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(5)
+    stop = threading.Event()
+
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                while not stop.is_set():
+                    for ch in b"X-Slow: a\r\n":
+                        conn.sendall(bytes([ch]))
+                        time.sleep(0.2)
+            except OSError:
+                pass
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    finally:
+        stop.set()
+        srv.close()
+
+
+def test_an_s3_fetch_ends_at_its_deadline_while_headers_trickle(trickling_endpoint: str) -> None:
+    policy = fetch.FetchPolicy(
+        allowed_buckets=frozenset({"b"}),
+        s3_endpoint=trickling_endpoint,
+        s3_region="us-east-1",
+        read_timeout=1,
+        download_timeout=1.5,
+    )
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(fetch.fetch("s3://b/doc.md", policy))
+        except RawDocumentError as exc:
+            outcome.append(exc)
+
+    t0 = time.monotonic()
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "the fetch outlived its deadline"
+    assert time.monotonic() - t0 < 4
+    (err,) = outcome
+    assert isinstance(err, RawDocumentError), err  # not the headers so far as an empty object
+    assert err.error_class == "fetch_timeout" and not err.permanent

@@ -28,6 +28,7 @@ source instead of dead-lettering each document. A bucket that does not exist is 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import email.utils
 import errno
@@ -987,12 +988,120 @@ def _check_bucket(bucket: str, policy: FetchPolicy) -> None:
         raise RawDocumentError("not_allowed", f"bucket {bucket!r} is not allow-listed")
 
 
+class _S3Watchdog:
+    """The fetch's one deadline over an S3 client of its own (head, get, the body): botocore's
+    read timeout bounds each read, not the response, and an endpoint trickling its headers a
+    byte per second held a fetch thread for ever. Past the deadline, a thread shuts down the
+    sockets of the client's connections (again every 0.2 s until the fetch ends: one connected
+    meanwhile), which ends the blocked read; :attr:`fired` tells the caller why. The sockets
+    are found through botocore's ``URLLib3Session`` (its connection manager's pools, whose
+    connections are noted as they are taken); a botocore without them gets no watchdog (each
+    read still bounded by the read timeout)."""
+
+    def __init__(self, client: Any, deadline: float) -> None:
+        self.fired = False
+        self._deadline = deadline
+        self._conns: list[Any] = []
+        self._done = threading.Event()
+        self._hook(client)
+        self._thread = threading.Thread(target=self._watch, name="raw-s3-deadline", daemon=True)
+
+    def _hook(self, client: Any) -> None:
+        session: Any = getattr(getattr(client, "_endpoint", None), "http_session", None)
+        get_manager = getattr(session, "_get_connection_manager", None)
+        if session is None or get_manager is None:
+            return
+        conns = self._conns
+
+        def watched_pool(pool: Any) -> Any:
+            get_conn = getattr(pool, "_get_conn", None)
+            if get_conn is not None and not getattr(pool, "_pgingest_watched", False):
+
+                def take(*args: Any, **kw: Any) -> Any:
+                    conn = get_conn(*args, **kw)
+                    conns.append(conn)
+                    return conn
+
+                pool._get_conn = take
+                pool._pgingest_watched = True
+            return pool
+
+        def manager(*args: Any, **kw: Any) -> Any:
+            mgr = get_manager(*args, **kw)
+            if not getattr(mgr, "_pgingest_watched", False):
+                from_url = mgr.connection_from_url
+                mgr.connection_from_url = lambda *a, **k: watched_pool(from_url(*a, **k))
+                mgr._pgingest_watched = True
+            return mgr
+
+        session._get_connection_manager = manager
+
+    def _watch(self) -> None:
+        if self._done.wait(max(0.0, self._deadline - time.monotonic())):
+            return
+        self.fired = True
+        while True:
+            for conn in list(self._conns):
+                sock = getattr(conn, "sock", None)
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+            if self._done.wait(0.2):
+                return
+
+    def __enter__(self) -> _S3Watchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+
+
 def _fetch_s3(
     uri: str, policy: FetchPolicy, client: Any = None, known: Validators | None = None
 ) -> Fetched | None:
     bucket, key = parse_s3_uri(uri)
     _check_bucket(bucket, policy)
-    client = client or s3_client(policy)
+    deadline = time.monotonic() + policy.download_timeout
+    if client is not None:  # the caller's: not ours to shut down
+        return _fetch_s3_with(uri, policy, client, known, bucket, key, deadline, None)
+    client = s3_client(policy)
+    with _S3Watchdog(client, deadline) as watchdog:
+        return _fetch_s3_with(uri, policy, client, known, bucket, key, deadline, watchdog)
+
+
+def _fetch_s3_with(
+    uri: str,
+    policy: FetchPolicy,
+    client: Any,
+    known: Validators | None,
+    bucket: str,
+    key: str,
+    deadline: float,
+    watchdog: _S3Watchdog | None,
+) -> Fetched | None:
+    try:
+        got = _fetch_s3_once(uri, policy, client, known, bucket, key, deadline)
+    except Exception:
+        if watchdog is not None and watchdog.fired:
+            raise _over_deadline(policy) from None
+        raise
+    if watchdog is not None and watchdog.fired:
+        # A socket shut down mid-headers reads as their end (http.client takes EOF for the
+        # blank line): a "response" cut by the watchdog is not the object.
+        raise _over_deadline(policy)
+    return got
+
+
+def _fetch_s3_once(
+    uri: str,
+    policy: FetchPolicy,
+    client: Any,
+    known: Validators | None,
+    bucket: str,
+    key: str,
+    deadline: float,
+) -> Fetched | None:
     try:
         try:
             head = client.head_object(Bucket=bucket, Key=key)
@@ -1013,7 +1122,7 @@ def _fetch_s3(
             raise err from None
         body = obj["Body"]
         try:
-            data = _read_capped(body.read, policy)
+            data = _read_capped(body.read, policy, deadline)
         finally:
             body.close()
     except RawDocumentError:
