@@ -71,8 +71,12 @@ COMMENT ON FUNCTION pgingest._raw_rows(text, bigint[], bigint) IS
 'Runs a raw source''s compiled read statement (sources.statements ->> ''raw'') (internal: raw_documents_v1).';
 
 -- After a fetch and parse: a success records the bytes' sha256, the store's validators, the
--- version parsed and the structure, and clears the error; a failure records its class (and keeps
--- what the last success recorded). Only rows still at the given version are touched.
+-- version parsed and the structure, and clears the error; a failure records its class, and when
+-- it came after the bytes were fetched (a parse's failure), their sha256 and validators too, so
+-- that source sync tells an unchanged broken object from a changed one; such a failure also ends
+-- a pending re-check (refreshed_from: the bytes are not the ones parsed last, and the next
+-- refresh must fetch and parse them, not find them unchanged). Otherwise (nothing fetched) it
+-- keeps what the last success recorded. Only rows still at the given version are touched.
 CREATE OR REPLACE FUNCTION pgingest.raw_record_v1(
     p_doc_ids bigint[],
     p_versions bytea[],
@@ -110,7 +114,7 @@ BEGIN ATOMIC
             last_modified = CASE WHEN x.sha IS NULL THEN r.last_modified ELSE x.last_modified END,
             parsed_version = CASE WHEN x.error_class IS NULL THEN x.version ELSE r.parsed_version END,
             structure = CASE WHEN x.error_class IS NULL THEN x.structure ELSE r.structure END,
-            refreshed_from = CASE WHEN x.error_class IS NULL THEN NULL ELSE r.refreshed_from END,
+            refreshed_from = CASE WHEN x.error_class IS NULL OR x.sha IS NOT NULL THEN NULL ELSE r.refreshed_from END,
             parse_error_class = x.error_class,
             fetched_at = now()
         FROM x
@@ -123,8 +127,8 @@ END;
 
 COMMENT ON FUNCTION pgingest.raw_record_v1(bigint[], bytea[], bytea[], text[], text[], text[], jsonb[]) IS
 'Worker: records the fetch and parse of raw documents (by doc_id, at the version read): on success (error '
-'class NULL) the sha256, ETag, Last-Modified, version parsed and structure; on failure its class. Returns the '
-'rows updated.';
+'class NULL) the sha256, ETag, Last-Modified, version parsed and structure; on failure its class (and the '
+'sha256 and validators of the bytes when they were fetched). Returns the rows updated.';
 
 -- A re-check (refresh_source_rows) that found the same bytes: the version before the refresh
 -- comes back, and is queued again for every live model (those that embedded it acknowledge it as

@@ -12,6 +12,7 @@ whole bucket pauses the source.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -304,6 +305,48 @@ def test_unchanged_objects_are_neither_parsed_nor_embedded_and_changed_ones_are(
     ]
     assert any("rewritten guide" in c for c in contents)
     assert set(_state(conn, "objects").values()) == {"embedded"}
+
+
+def test_a_broken_object_records_what_it_read_and_is_never_found_unchanged(
+    model: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    raw_env: str,
+    fixture_files: tuple[Path, dict[str, Expected]],
+) -> None:
+    """A parse that fails records the sha256 and ETag of the bytes it read (source sync then
+    tells an unchanged broken object from a fixed one), and ends the pending re-check: a later
+    refresh of the still broken object fetches and fails again, and never restores the version
+    parsed before it broke (a re-check compared the broken bytes' ETag, found them unchanged and
+    restored the old, embedded version)."""
+    conn = model
+    folder, _ = fixture_files
+    client = _bucket(raw_env, "broken", folder, ["multipage.pdf"])
+    conn.execute("SELECT pgingest.allow_raw_location('bucket', 'broken')")
+    conn.execute("CREATE TABLE public.objects (uri text PRIMARY KEY)")
+    conn.execute("SELECT pgingest.add_source('objects', 'public.objects', uri => 'uri')")
+    conn.execute("INSERT INTO public.objects VALUES ('s3://broken/docs/multipage.pdf')")
+    _drain(dsn)
+    assert _state(conn, "objects") == {"s3://broken/docs/multipage.pdf": "embedded"}
+
+    broken = (folder / "multipage.pdf").read_bytes()[:700]  # truncated: a parse_error
+    etag = client.put_object(Bucket="broken", Key="docs/multipage.pdf", Body=broken)["ETag"]
+    for _ in range(2):  # the same broken bytes at both re-checks
+        conn.execute("SELECT pgingest.refresh_source_rows('objects')")
+        w = _drain(dsn)
+        assert w.raw.parsed == 0 and w.raw.failed.get("parse_error") == 1
+        assert _state(conn, "objects") == {"s3://broken/docs/multipage.pdf": "parse_error"}
+        row = conn.execute(
+            "SELECT sha256, etag, parse_error_class, refreshed_from FROM pgingest.source_rows"
+        ).fetchone()
+        assert row is not None
+        assert (bytes(row[0]), row[1], row[2], row[3]) == (
+            hashlib.sha256(broken).digest(),
+            etag,
+            "parse_error",
+            None,
+        )
+    assert queue_count(conn, "v1") == 0
 
 
 def test_bytea_documents_and_a_hanging_parser(

@@ -474,8 +474,17 @@ class RawStage:
             elif o.error is not None:
                 out.failures[doc_id] = self._failure(conn, o)
                 if o.error.scope == "object":
+                    # with the bytes' sha256 and validators when they were fetched (a parse's
+                    # failure): source sync then tells an unchanged broken object from a fixed one
                     records.append(
-                        queries.Record(doc_id, o.row.version, error_class=o.error.error_class)
+                        queries.Record(
+                            doc_id,
+                            o.row.version,
+                            o.sha256,
+                            o.etag if o.sha256 is not None else None,
+                            o.last_modified if o.sha256 is not None else None,
+                            error_class=o.error.error_class,
+                        )
                     )
             else:
                 assert o.rendered is not None
