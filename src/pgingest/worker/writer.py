@@ -24,7 +24,9 @@ chunked and embedded. The contract (tested end to end in ``tests/test_worker.py`
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -300,11 +302,38 @@ class Writer:
                 extra={
                     "model": model,
                     "doc_id": job.doc_id,
-                    "doc_key": job.doc_key,
+                    "doc_key": _loggable_key(job.doc_key),
                     "error_class": job.failure.error_class,
                     "error": job.failure.message[:300],
                 },
             )
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _loggable_key(key: str | None) -> str | None:
+    """A document's key for the log: a URI in it (a raw source's row key: the URI itself, or a
+    composite key as JSON) without userinfo or query string, as in the error messages (a
+    presigned URL's signature, credentials written into an s3:// URI)."""
+    if key is None or "://" not in key:
+        return key
+    from pgingest.raw.fetch import redact_uri
+
+    def clean(v: Any) -> Any:
+        return redact_uri(v) if isinstance(v, str) and "://" in v else v
+
+    if _SCHEME.match(key):
+        return redact_uri(key)
+    try:
+        value = json.loads(key)
+    except ValueError:
+        return "<a key naming a URI>"
+    if isinstance(value, dict):
+        return json.dumps({k: clean(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return json.dumps([clean(v) for v in value])
+    return "<a key naming a URI>"
 
 
 def _add(total: BatchStats, part: BatchStats) -> None:
