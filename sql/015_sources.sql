@@ -283,13 +283,16 @@ DECLARE
 BEGIN
     -- Registers rows (n: k, title, md, body) and returns the doc_id and hash of each row it
     -- inserted or changed (the hash of _source_hash, written into the statement: _source_hash_sql). The title kept for search results is cut at 1,024 bytes-ish characters;
-    -- the worker embeds the full one from the table.
+    -- the worker embeds the full one from the table. A changed row is a new version, not a
+    -- re-check: a pending refresh (refreshed_from) ends, or the worker would judge the new
+    -- version (a new URI, say) by the validators and sha256 recorded for the old one.
     v_upsert := format(
         $sql$
         INSERT INTO pgingest.source_rows AS r (source_id, row_key, content_hash, title, metadata)
         SELECT %1$s, n.k, %2$s, left(n.title, 1024), n.md FROM n
         ON CONFLICT (source_id, row_key) DO UPDATE
-        SET content_hash = excluded.content_hash, title = excluded.title, metadata = excluded.metadata
+        SET content_hash = excluded.content_hash, title = excluded.title, metadata = excluded.metadata,
+            refreshed_from = NULL
         WHERE (r.content_hash, r.title, r.metadata) IS DISTINCT FROM (excluded.content_hash, excluded.title, excluded.metadata)
         RETURNING r.doc_id, r.content_hash, r.row_key
         $sql$,

@@ -349,6 +349,59 @@ def test_a_broken_object_records_what_it_read_and_is_never_found_unchanged(
     assert queue_count(conn, "v1") == 0
 
 
+def test_a_row_changed_during_a_refresh_is_a_new_version_not_a_re_check(
+    model: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    raw_env: str,
+    tmp_path: Path,
+) -> None:
+    """A refresh queues a re-check of a row; the application then points the row at another
+    URI: that is a new version, fetched and parsed, not a re-check judged by the validators of
+    the old URI (two files of the same second: the same Last-Modified, so the new one was found
+    unchanged and the old text stayed embedded)."""
+    import functools
+    import http.server
+    import os
+
+    conn = model
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "a.md").write_text("# Alpha\n\nAlpha document about apples.\n")
+    (site / "b.md").write_text("# Bravo\n\nBravo document about bananas and more.\n")
+    for n in ("a.md", "b.md"):
+        os.utime(site / n, (1_700_000_000, 1_700_000_000))  # deployed in the same second
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *a: Any) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(site))
+    )
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_port}"
+    try:
+        conn.execute("SELECT pgingest.allow_raw_location('http_host', '127.0.0.1')")
+        conn.execute("SELECT pgingest.allow_raw_location('network', '127.0.0.1/32')")
+        conn.execute("CREATE TABLE public.links (id int PRIMARY KEY, uri text)")
+        conn.execute("SELECT pgingest.add_source('links', 'public.links', uri => 'uri')")
+        conn.execute("INSERT INTO public.links VALUES (1, %s)", (base + "/a.md",))
+        _drain(dsn)
+        conn.execute("SELECT pgingest.refresh_source_rows('links')")
+        conn.execute("UPDATE public.links SET uri = %s WHERE id = 1", (base + "/b.md",))
+        w = _drain(dsn)
+        assert w.raw.parsed == 1
+        contents = [r[0] for r in conn.execute("SELECT content FROM pgingest.chunks")]
+        assert any("Bravo" in c for c in contents) and not any("Alpha" in c for c in contents)
+        assert conn.execute(
+            "SELECT refreshed_from IS NULL, content_hash = parsed_version FROM pgingest.source_rows"
+        ).fetchone() == (True, True)
+        assert queue_count(conn, "v1") == 0
+    finally:
+        srv.shutdown()
+
+
 def test_bytea_documents_and_a_hanging_parser(
     model: psycopg.Connection[Any],
     dsn: str,
