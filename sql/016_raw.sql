@@ -130,6 +130,68 @@ COMMENT ON FUNCTION pgingest.raw_record_v1(bigint[], bytea[], bytea[], text[], t
 'class NULL) the sha256, ETag, Last-Modified, version parsed and structure; on failure its class (and the '
 'sha256 and validators of the bytes when they were fetched). Returns the rows updated.';
 
+-- A source-wide refusal (class access: the store refuses the credentials) pauses the source, and
+-- the refused document's row records it (raw_record_v1: parse_error_class, fetched_at). Of the
+-- documents refused again now, those whose row recorded that refusal before, with another
+-- document of the same source got through since (by any worker: fetched, with no error or an
+-- error the store answered), have a refusal of their own (a URI naming a bucket the credentials
+-- cannot read): the worker dead-letters them instead of pausing the source again and again.
+-- Reads the source's rows once per call (at most one call per batch with such refusals).
+CREATE OR REPLACE FUNCTION pgingest.raw_refused_alone_v1(p_doc_ids bigint[], p_versions bytea[], p_error_classes text[])
+RETURNS SETOF bigint
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+BEGIN ATOMIC
+    WITH x AS (
+        SELECT
+            u.doc_id,
+            u.version,
+            u.error_class
+        FROM unnest(p_doc_ids, p_versions, p_error_classes) AS u (doc_id, version, error_class)
+    ),
+
+    mine AS (
+        SELECT
+            r.doc_id,
+            r.source_id,
+            r.fetched_at
+        FROM x
+        INNER JOIN pgingest.source_rows AS r
+            ON x.doc_id = r.doc_id AND x.version = r.content_hash AND x.error_class = r.parse_error_class
+        WHERE r.fetched_at IS NOT NULL
+    ),
+
+    answered AS (
+        SELECT
+            o.source_id,
+            max(o.fetched_at) AS at
+        FROM pgingest.source_rows AS o
+        WHERE
+            o.source_id IN (SELECT mine.source_id FROM mine)
+            AND NOT o.doc_id = ANY(p_doc_ids)
+            AND o.fetched_at IS NOT NULL
+            AND (
+                o.parse_error_class IS NULL
+                OR o.parse_error_class NOT IN (
+                    'access', 'not_allowed', 'bad_uri', 'fetch_timeout', 'throttled', 'server_error',
+                    'connect_error', 'raw_pending'
+                )
+            )
+        GROUP BY o.source_id
+    )
+
+    SELECT mine.doc_id
+    FROM mine
+    INNER JOIN answered ON mine.source_id = answered.source_id
+    WHERE answered.at >= mine.fetched_at;
+END;
+
+COMMENT ON FUNCTION pgingest.raw_refused_alone_v1(bigint[], bytea[], text[]) IS
+'Worker: of these documents refused source-wide again, those that paused their source before while another '
+'document of it got through since: their refusal is their own (dead-letter them, do not pause the source).';
+
 -- A re-check (refresh_source_rows) that found the same bytes: the version before the refresh
 -- comes back, and is queued again for every live model (those that embedded it acknowledge it as
 -- done: nothing is parsed or embedded). The validators the re-check saw (p_etags,

@@ -1084,6 +1084,56 @@ def test_a_paused_source_is_probed_with_another_document_than_the_one_that_pause
         stage.close()
 
 
+def test_a_refusal_of_its_own_is_found_across_worker_processes(
+    model: psycopg.Connection[Any], dsn: str, raw_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The memory of which document paused its source, and whether another one got through
+    since, is in the document's row, not in one process: a document refused by one worker
+    process after another process's probe resumed the source is dead-lettered (two worker
+    processes passed the refusal back and forth, pausing the source at every delivery)."""
+    from pgingest import db
+    from pgingest.raw.errors import RawDocumentError
+    from pgingest.worker.raw import RawStage
+
+    conn = model
+    conn.execute("CREATE TABLE public.blobs (name text PRIMARY KEY, data bytea)")
+    conn.execute("SELECT pgingest.add_source('blobs', 'public.blobs', content => 'data')")
+    conn.execute("INSERT INTO public.blobs VALUES ('bad', 'refused')")
+    bad = _doc(conn, "bad")
+    original = RawStage._fetch_and_parse
+
+    def refusing(self: RawStage, o: Any, policy: Any) -> None:
+        if o.row.doc_id == bad:
+            raise RawDocumentError("access", "bucket 'other': AccessDenied", scope="source")
+        original(self, o, policy)
+
+    def paused() -> Any:
+        row = conn.execute(
+            "SELECT paused_reason FROM pgingest.source_status WHERE source = 'blobs'"
+        ).fetchone()
+        return row[0] if row else None
+
+    monkeypatch.setattr(RawStage, "_fetch_and_parse", refusing)
+    one = RawStage(settings(dsn, parse_processes=1, probe_interval=0.01))
+    two = RawStage(settings(dsn, parse_processes=1, probe_interval=0.01))
+    try:
+        [first] = db.read_batch(conn, "v1", 30, 10)
+        _, raw = one.prepare(conn, [first])
+        assert raw is not None and raw.failures[bad].kind == "rate_limited"
+        assert paused() is not None
+        conn.execute("INSERT INTO public.blobs VALUES ('new', 'A readable document.')")
+        [later] = db.read_batch(conn, "v1", 30, 10)
+        _, raw = two.prepare(conn, [later])  # the other process's probe gets through
+        assert raw is not None and raw.rendered and paused() is None
+        _, raw = one.prepare(conn, [first])  # refused again: its own refusal
+        assert raw is not None
+        assert (raw.failures[bad].kind, raw.failures[bad].error_class) == ("dead", "access")
+        assert paused() is None
+    finally:
+        one.close()
+        two.close()
+
+
 def test_a_message_of_an_older_version_is_stale_whatever_the_order(
     model: psycopg.Connection[Any], dsn: str, raw_env: str
 ) -> None:

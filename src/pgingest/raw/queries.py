@@ -109,6 +109,20 @@ def unchanged(
     return int(row[0]) if row else 0
 
 
+def refused_alone(
+    conn: psycopg.Connection[Any], refusals: Sequence[tuple[int, bytes, str]]
+) -> set[int]:
+    """Of these source-wide refusals (doc_id, version, class), the documents that paused their
+    source before while another document of it got through since (``raw_refused_alone_v1``)."""
+    if not refusals:
+        return set()
+    rows = conn.execute(
+        "SELECT * FROM pgingest.raw_refused_alone_v1(%s::bigint[], %s::bytea[], %s::text[])",
+        ([r[0] for r in refusals], [r[1] for r in refusals], [r[2] for r in refusals]),
+    ).fetchall()
+    return {int(r[0]) for r in rows}
+
+
 def pause_source(conn: psycopg.Connection[Any], source: str, reason: str) -> None:
     conn.execute("SELECT pgingest.raw_pause_source_v1(%s, %s)", (source, reason))
 

@@ -266,14 +266,12 @@ class RawStage:
         self._last_probe: dict[str, float] = {}  # by paused source
         # A source-wide error (the store refuses the credentials) pauses the source; a probe of
         # one of its documents that gets through resumes it. A document that paused its source
-        # (in which batch, by doc_id) and is refused the same way again after another document
-        # of the source got through in that batch or later (the last such batch, by source)
-        # has a refusal of its own (a URI naming a bucket the credentials cannot read): it is
-        # dead-lettered rather than pausing the source again and again. A probe is a document
-        # that did not pause its source where the batch has one.
-        self._batches = 0
-        self._paused_by: dict[int, int] = {}
-        self._answered: dict[str, int] = {}
+        # and is refused again after another document of it got through (by any worker: its
+        # row records the refusal, raw_refused_alone_v1) has a refusal of its own (a URI naming
+        # a bucket the credentials cannot read): it is dead-lettered rather than pausing the
+        # source again and again. The probe of a paused source is a document that did not pause
+        # it (this process's memory of them, by doc_id) where the batch has one.
+        self._paused_by: set[int] = set()
         self.env_policy = policy if policy is not None else fetch.FetchPolicy.from_env()
         self.options = options if options is not None else parse_options_from_env()
         self.test_hooks = os.environ.get("PGINGEST_RAW_TEST_HOOKS") == "1"
@@ -396,7 +394,6 @@ class RawStage:
         # refused while more than max_inflight of those are still held.
         limit = self.max_inflight + len(rows)
         now = time.monotonic()
-        self._batches += 1
         candidates: dict[str, int] = {}  # paused source -> its probe in this batch
         for doc_id, row in rows.items():
             if row.paused_reason is None:
@@ -465,17 +462,23 @@ class RawStage:
                 log.warning("source resumed after a successful probe", extra={"source": source})
         records: list[queries.Record] = []
         unchanged: list[Outcome] = []
-        for o in outcomes.values():
-            if _store_answered(o):
-                self._answered[o.row.source] = self._batches
+        own = queries.refused_alone(
+            conn,
+            [
+                (d, o.row.version, o.error.error_class)
+                for d, o in outcomes.items()
+                if o.error is not None and o.error.scope == "source"
+            ],
+        )
         for doc_id, o in outcomes.items():
             if o.unchanged:
                 unchanged.append(o)
             elif o.error is not None:
-                out.failures[doc_id] = self._failure(conn, o)
-                if o.error.scope == "object":
+                out.failures[doc_id] = self._failure(conn, o, own=doc_id in own)
+                if o.error.scope == "object" or doc_id not in own:
                     # with the bytes' sha256 and validators when they were fetched (a parse's
-                    # failure): source sync then tells an unchanged broken object from a fixed one
+                    # failure): source sync then tells an unchanged broken object from a fixed
+                    # one; a source-wide refusal: its row remembers it paused the source
                     records.append(
                         queries.Record(
                             doc_id,
@@ -488,7 +491,7 @@ class RawStage:
                     )
             else:
                 assert o.rendered is not None
-                self._paused_by.pop(doc_id, None)
+                self._paused_by.discard(doc_id)
                 out.rendered[doc_id] = o.rendered
                 if o.chunked is not None:
                     out.chunked[doc_id] = o.chunked
@@ -687,7 +690,11 @@ class RawStage:
             except ValueError as exc:
                 job.fail(core.Failure("dead", "chunking", str(exc)))
 
-    def _failure(self, conn: psycopg.Connection[Any], o: Outcome) -> core.Failure:
+    def _failure(
+        self, conn: psycopg.Connection[Any], o: Outcome, *, own: bool = False
+    ) -> core.Failure:
+        """The failure of a document for the batch (``own``: a source-wide refusal found to be
+        this document's own, raw_refused_alone_v1)."""
         exc = o.error
         assert exc is not None
         self.failed[exc.error_class] = self.failed.get(exc.error_class, 0) + 1
@@ -703,18 +710,17 @@ class RawStage:
             },
         )
         if exc.scope == "source":
-            paused = self._paused_by.pop(o.row.doc_id, None)
-            answered = self._answered.get(o.row.source)
-            if paused is not None and answered is not None and answered >= paused:
+            if own:
+                self._paused_by.discard(o.row.doc_id)
                 return core.Failure(
                     "dead",
                     exc.error_class,
-                    f"{exc} (this document only: the source's other documents were readable"
-                    " after it paused the source)",
+                    f"{exc} (this document only: other documents of the source were read after"
+                    " it paused the source; or this worker's credentials differ from the others')",
                 )
             if len(self._paused_by) >= 10_000:
                 self._paused_by.clear()
-            self._paused_by[o.row.doc_id] = self._batches
+            self._paused_by.add(o.row.doc_id)
             queries.pause_source(conn, o.row.source, str(exc))
             log.error(
                 "source paused: its store refuses access",
