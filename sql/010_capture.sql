@@ -58,7 +58,7 @@ BEGIN
             INSERT INTO pgingest.wakeups AS w (model) VALUES (v_model) ON CONFLICT (model) DO NOTHING;
         END IF;
     END LOOP;
-    -- A new generation: every session's capture reads pgingest.wakeups again (_capture_queue_sql).
+    -- A new generation: every session's capture reads pgingest.wakeups again (_wake_check_sql).
     PERFORM nextval('pgingest.wakeup_generation');
 END;
 $$;
@@ -102,63 +102,36 @@ COMMENT ON FUNCTION pgingest._wake_needed_sql(text) IS
 -- checks again); a rolled back one forgets (a setting's change is transactional). A session that
 -- sets pgingest.wake_memo itself can only keep its own writes from waking a worker (they are
 -- picked up at the worker's next poll).
--- v_wake: NULL (nothing queued, or remembered), else {key, models to wake...}.
--- NULL when no model is live.
--- Returns {ctes (each starting with ',\n'), final select}.
-CREATE OR REPLACE FUNCTION pgingest._capture_queue_sql(p_rel text, p_id text, p_hash text)
-RETURNS text[]
-LANGUAGE plpgsql
-STABLE
+-- The generated check, for the compiled captures (_capture_docs_body here, _source_wake_sql in
+-- sql/015_sources.sql), after their queue INSERT (v_n: the rows it queued; v_memo text and v_wake
+-- text[] declared): tested by PL/pgSQL expressions without a FROM clause (no executor), so
+-- pgingest.wakeups is read only when the memo differs. p_checks: one CASE per live model
+-- (_wake_needed_sql); every line of the block starts with p_indent.
+CREATE OR REPLACE FUNCTION pgingest._wake_check_sql(p_checks text[], p_indent text)
+RETURNS text
+LANGUAGE sql
+IMMUTABLE
 SET search_path FROM CURRENT
-AS $$
-DECLARE
-    v_ctes text := '';
-    v_models text[] := '{}';
-    v_m record;
-BEGIN
-    FOR v_m IN
-        SELECT m.name, m.queue_name FROM pgingest.models AS m
-        WHERE m.state <> 'retired' AND to_regclass(format('pgmq.%I', 'q_' || m.queue_name)) IS NOT NULL
-        ORDER BY m.name
-    LOOP
-        v_models := v_models || format('CASE WHEN %s THEN %L END', pgingest._wake_needed_sql(v_m.name), v_m.name);
-        v_ctes := v_ctes || format(
-            E',\n    %I AS (\n'
-            || E'        INSERT INTO pgmq.%I (vt, message)\n'
-            || E'        SELECT clock_timestamp(), jsonb_build_object(''doc_id'', x.%I, ''hash'', encode(x.%I, ''hex''), '
-            || E'''attempts'', 0)\n'
-            || E'        FROM %I AS x\n'
-            || E'    )',
-            'queue_' || cardinality(v_models), 'q_' || v_m.queue_name, p_id, p_hash, p_rel
-        );
-    END LOOP;
-    IF cardinality(v_models) = 0 THEN
-        RETURN NULL;
-    END IF;
-    RETURN ARRAY[
-        v_ctes,
-        format(
-            E'\n    SELECT /* wake-up */ CASE WHEN current_setting(''pgingest.wake_memo'', TRUE) = g.memo THEN NULL\n'
-            || E'        ELSE array_prepend(g.memo, array_remove(ARRAY[%s], NULL)) END INTO v_wake\n'
-            || E'    FROM (SELECT concat(pg_sequence_last_value(''pgingest.wakeup_generation''::regclass), ''/'',\n'
-            || E'                        date_part(''epoch'', clock_timestamp())::bigint) AS memo) AS g\n'
-            || E'    WHERE EXISTS (SELECT 1 FROM %I);\n'
-            || E'    IF v_wake IS NULL THEN\n'
-            || E'        NULL;  -- nothing queued, or no worker to wake at this generation and second\n'
-            || E'    ELSIF cardinality(v_wake) = 1 THEN\n'
-            || E'        PERFORM set_config(''pgingest.wake_memo'', v_wake[1], FALSE);\n'
-            || E'    ELSE\n'
-            || E'        PERFORM pgingest._wake(k.model) FROM unnest(v_wake[2:]) AS k (model);\n'
-            || E'    END IF;\n',
-            array_to_string(v_models, E',\n        '), p_rel
-        )
-    ];
-END;
-$$;
+RETURN regexp_replace(
+    E'-- The wake-up check: no executor unless the memo differs (see _wake_check_sql).\n'
+    || E'IF v_n > 0 AND current_setting(''pgingest.wake_memo'', TRUE) IS DISTINCT FROM\n'
+    || E'        concat(pg_sequence_last_value(''pgingest.wakeup_generation''::regclass), ''/'',\n'
+    || E'               date_part(''epoch'', clock_timestamp())::bigint) THEN\n'
+    || E'    v_memo := concat(pg_sequence_last_value(''pgingest.wakeup_generation''::regclass), ''/'',\n'
+    || E'                     date_part(''epoch'', clock_timestamp())::bigint);\n'
+    || E'    SELECT /* wake-up */ array_remove(ARRAY[\n        '
+    || array_to_string(p_checks, E',\n        ') || E'\n    ], NULL) INTO v_wake;\n'
+    || E'    IF cardinality(v_wake) = 0 THEN\n'
+    || E'        PERFORM set_config(''pgingest.wake_memo'', v_memo, FALSE);\n'
+    || E'    ELSE\n'
+    || E'        PERFORM pgingest._wake(k.model) FROM unnest(v_wake) AS k (model);\n'
+    || E'    END IF;\n'
+    || E'END IF;  -- the end of the wake-up check\n',
+    '^(?=.)', p_indent, 'gn'
+);
 
-COMMENT ON FUNCTION pgingest._capture_queue_sql(text, text, text) IS
-'The queueing part of a compiled capture statement: a CTE per live model''s queue table and the wake-up '
-'check, INTO v_wake (internal; NULL when no model is live).';
+COMMENT ON FUNCTION pgingest._wake_check_sql(text[], text) IS
+'The wake-up check of the compiled captures, as PL/pgSQL lines indented by p_indent (internal).';
 
 -- The body of pgingest.documents' compiled capture trigger functions (_compile_enqueue). Issue 19,
 -- concurrent capture: PL/pgSQL starts an executor for every SQL statement it runs, and a single-row
@@ -167,8 +140,8 @@ COMMENT ON FUNCTION pgingest._capture_queue_sql(text, text, text) IS
 -- the memo skipped them). Here the queue INSERT is the statement itself (the first live model's
 -- queue; the others' as CTEs of it), its row count comes from GET DIAGNOSTICS, and the wake-up memo
 -- is tested by PL/pgSQL expressions without a FROM clause (evaluated without an executor):
--- pgingest.wakeups is read only when the memo differs. The rule and the setting are those of
--- _capture_queue_sql (above), which the attached tables' capture still uses. vt is
+-- pgingest.wakeups is read only when the memo differs (_wake_check_sql, shared with the attached
+-- tables' capture). vt is
 -- statement_timestamp(), not clock_timestamp(): a volatile function in the SELECT list keeps the
 -- planner from pulling the SELECT up into the INSERT (one node more to start per statement); a
 -- message is invisible until its transaction commits either way, and pgmq.read compares vt with
@@ -186,7 +159,7 @@ DECLARE
     v_models text[];
     v_from text;
     v_with text := '';
-    v_checks text;
+    v_checks text[];
     v_insert text := E'INSERT INTO pgmq.%I (vt, message)\n'
         || E'    SELECT statement_timestamp(), jsonb_build_object(''doc_id'', x.id, ''hash'', encode(x.content_hash, ''hex''), '
         || E'''attempts'', 0)\n'
@@ -211,31 +184,14 @@ BEGIN
         v_with := v_with || CASE WHEN v_with = '' THEN '' ELSE E',\n    ' END
             || format(E'queue_%s AS (\n    ', i) || format(v_insert, v_queues[i], v_from) || E'\n    )';
     END LOOP;
-    SELECT string_agg(
-        format('CASE WHEN %s THEN %L END', pgingest._wake_needed_sql(x.model), x.model),
-        E',\n            '
-        ORDER BY x.o
-    )
+    SELECT array_agg(format('CASE WHEN %s THEN %L END', pgingest._wake_needed_sql(x.model), x.model) ORDER BY x.o)
     INTO v_checks
     FROM unnest(v_models) WITH ORDINALITY AS x (model, o);
     RETURN E'\nDECLARE\n    v_n bigint;\n    v_memo text;\n    v_wake text[];\nBEGIN\n    '
         || CASE WHEN v_with = '' THEN '' ELSE 'WITH ' || v_with || E'\n    ' END
         || format(v_insert, v_queues[1], v_from) || E';\n'
         || E'    GET DIAGNOSTICS v_n = ROW_COUNT;\n'
-        || E'    -- The wake-up check: no executor unless the memo differs (see _capture_queue_sql).\n'
-        || E'    IF v_n > 0 AND current_setting(''pgingest.wake_memo'', TRUE) IS DISTINCT FROM\n'
-        || E'            concat(pg_sequence_last_value(''pgingest.wakeup_generation''::regclass), ''/'',\n'
-        || E'                   date_part(''epoch'', clock_timestamp())::bigint) THEN\n'
-        || E'        v_memo := concat(pg_sequence_last_value(''pgingest.wakeup_generation''::regclass), ''/'',\n'
-        || E'                         date_part(''epoch'', clock_timestamp())::bigint);\n'
-        || E'        SELECT /* wake-up */ array_remove(ARRAY[\n            '
-        || v_checks || E'\n        ], NULL) INTO v_wake;\n'
-        || E'        IF cardinality(v_wake) = 0 THEN\n'
-        || E'            PERFORM set_config(''pgingest.wake_memo'', v_memo, FALSE);\n'
-        || E'        ELSE\n'
-        || E'            PERFORM pgingest._wake(k.model) FROM unnest(v_wake) AS k (model);\n'
-        || E'        END IF;\n'
-        || E'    END IF;  -- the end of the wake-up check\n'
+        || pgingest._wake_check_sql(v_checks, '    ')
         || E'    RETURN NULL;\nEND;\n';
 END;
 $$;

@@ -501,9 +501,8 @@ COMMENT ON FUNCTION pgingest._source_queue_sql(text) IS
 'when no model is live).';
 
 -- The wake-up check of the compiled capture of attached tables, once per statement after the
--- queue INSERT (v_n: the rows it queued): the rule and the session memo of _capture_queue_sql and
--- _capture_docs_body (sql/010_capture.sql), tested by PL/pgSQL expressions without a FROM clause
--- (no executor): pgingest.wakeups is read only when the memo differs. '' when no model is live.
+-- queue INSERT (v_n: the rows it queued): _wake_check_sql (sql/010_capture.sql), the rule and the
+-- session memo of pgingest.documents' capture. '' when no model is live.
 CREATE OR REPLACE FUNCTION pgingest._source_wake_sql()
 RETURNS text
 LANGUAGE plpgsql
@@ -511,32 +510,16 @@ STABLE
 SET search_path FROM CURRENT
 AS $$
 DECLARE
-    v_checks text;
+    v_checks text[];
 BEGIN
-    SELECT string_agg(
-        format('CASE WHEN %s THEN %L END', pgingest._wake_needed_sql(m.name), m.name), E',\n                '
-        ORDER BY m.name
-    )
+    SELECT array_agg(format('CASE WHEN %s THEN %L END', pgingest._wake_needed_sql(m.name), m.name) ORDER BY m.name)
     INTO v_checks
     FROM pgingest.models AS m
     WHERE m.state <> 'retired' AND to_regclass(format('pgmq.%I', 'q_' || m.queue_name)) IS NOT NULL;
     IF v_checks IS NULL THEN
         RETURN '';
     END IF;
-    RETURN E'        -- The wake-up check: no executor unless the memo differs (see _capture_queue_sql).\n'
-        || E'        IF v_n > 0 AND current_setting(''pgingest.wake_memo'', TRUE) IS DISTINCT FROM\n'
-        || E'                concat(pg_sequence_last_value(''pgingest.wakeup_generation''::regclass), ''/'',\n'
-        || E'                       date_part(''epoch'', clock_timestamp())::bigint) THEN\n'
-        || E'            v_memo := concat(pg_sequence_last_value(''pgingest.wakeup_generation''::regclass), ''/'',\n'
-        || E'                             date_part(''epoch'', clock_timestamp())::bigint);\n'
-        || E'            SELECT /* wake-up */ array_remove(ARRAY[\n                '
-        || v_checks || E'\n            ], NULL) INTO v_wake;\n'
-        || E'            IF cardinality(v_wake) = 0 THEN\n'
-        || E'                PERFORM set_config(''pgingest.wake_memo'', v_memo, FALSE);\n'
-        || E'            ELSE\n'
-        || E'                PERFORM pgingest._wake(k.model) FROM unnest(v_wake) AS k (model);\n'
-        || E'            END IF;\n'
-        || E'        END IF;  -- the end of the wake-up check\n';
+    RETURN pgingest._wake_check_sql(v_checks, '        ');
 END;
 $$;
 
@@ -748,6 +731,11 @@ COMMENT ON FUNCTION pgingest._compile_source_capture() IS
 '_compile_enqueue, _attach_source and _detach_source).';
 
 SELECT pgingest._compile_source_capture();
+
+-- Before the compiled captures' statement form (issue 19), _capture_queue_sql generated a queue CTE
+-- per model and a SELECT wake-up check; nothing calls it any more (dropped here, after the
+-- _compile_source_capture above replaced the one of an earlier install that called it).
+DROP FUNCTION IF EXISTS pgingest._capture_queue_sql(text, text, text);
 
 -- The column of a table, or an error naming it.
 CREATE OR REPLACE FUNCTION pgingest._source_column(p_table regclass, p_column text, p_role text)
