@@ -379,8 +379,15 @@ class Worker:
         return 0
 
     def _wait_for_work(self, timeout: float) -> None:
+        fresh = self._listen is None or self._listen.closed
         try:
-            gen = self._listener().notifies(timeout=timeout, stop_after=1)
+            listener = self._listener()
+            if fresh:
+                # LISTEN began after the last read (the first wait, or the listening connection
+                # was lost and opened again): a write in between notified nobody. Back to the
+                # loop, which reads (and says it waits) once more before sleeping on it.
+                return
+            gen = listener.notifies(timeout=timeout, stop_after=1)
             for _ in gen:
                 break
         except psycopg.OperationalError:
