@@ -684,6 +684,19 @@ def _hang_and_fast(conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatc
         cur.executemany("INSERT INTO public.blobs (name, data, mime) VALUES (%s, %s, %s)", rows)
 
 
+def _blob_source(conn: psycopg.Connection[Any]) -> None:
+    """A bytea source ``blobs`` over ``public.blobs (name, data)``."""
+    conn.execute("CREATE TABLE public.blobs (name text PRIMARY KEY, data bytea)")
+    conn.execute("SELECT pgingest.add_source('blobs', 'public.blobs', content => 'data')")
+
+
+def _paused_reason(conn: psycopg.Connection[Any], source: str) -> str | None:
+    row = conn.execute(
+        "SELECT paused_reason FROM pgingest.source_status WHERE source = %s", (source,)
+    ).fetchone()
+    return row[0] if row else None
+
+
 def _doc(conn: psycopg.Connection[Any], name: str) -> int:
     row = conn.execute(
         "SELECT doc_id FROM pgingest.source_rows WHERE row_key ->> 'name' = %s", (name,)
@@ -904,8 +917,7 @@ def test_a_paused_model_is_not_counted_among_those_a_result_is_kept_for(
     conn = model
     register(conn, "v2", fake.url, model_id="fake-768", dimensions=768)
     folder, _ = fixture_files
-    conn.execute("CREATE TABLE public.blobs (name text PRIMARY KEY, data bytea)")
-    conn.execute("SELECT pgingest.add_source('blobs', 'public.blobs', content => 'data')")
+    _blob_source(conn)
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO public.blobs (name, data) VALUES (%s, %s)",
@@ -938,8 +950,7 @@ def test_a_document_refused_alone_is_dead_lettered_not_pausing_its_source_foreve
     from pgingest.worker.raw import RawStage
 
     conn = model
-    conn.execute("CREATE TABLE public.blobs (name text PRIMARY KEY, data bytea)")
-    conn.execute("SELECT pgingest.add_source('blobs', 'public.blobs', content => 'data')")
+    _blob_source(conn)
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO public.blobs (name, data) VALUES (%s, %s)",
@@ -968,9 +979,7 @@ def test_a_document_refused_alone_is_dead_lettered_not_pausing_its_source_foreve
     finally:
         w.stopping.set()
         t.join(30)
-    assert conn.execute(
-        "SELECT paused_reason FROM pgingest.source_status WHERE source = 'blobs'"
-    ).fetchone() == (None,)
+    assert _paused_reason(conn, "blobs") is None
     assert 2 <= len(pauses) <= 3  # paused once (the probe may be it), then dead-lettered
     assert queue_count(conn, "v1") == 0
 
@@ -988,8 +997,7 @@ def test_a_probe_refused_before_any_request_does_not_resume_its_source(
     from pgingest.worker.raw import RawStage
 
     conn = model
-    conn.execute("CREATE TABLE public.blobs (name text PRIMARY KEY, data bytea)")
-    conn.execute("SELECT pgingest.add_source('blobs', 'public.blobs', content => 'data')")
+    _blob_source(conn)
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO public.blobs VALUES (%s, %s)", [(f"doc-{i}", b"x") for i in range(3)]
@@ -1001,12 +1009,6 @@ def test_a_probe_refused_before_any_request_does_not_resume_its_source(
             raise RawDocumentError("not_allowed", "bucket 'typo' is not allow-listed")
         raise RawDocumentError("access", "bucket 'docs': InvalidAccessKeyId", scope="source")
 
-    def paused() -> Any:
-        row = conn.execute(
-            "SELECT paused_reason FROM pgingest.source_status WHERE source = 'blobs'"
-        ).fetchone()
-        return row[0] if row else None
-
     monkeypatch.setattr(RawStage, "_fetch_and_parse", refusing)
     stage = RawStage(settings(dsn, parse_processes=1, probe_interval=0.01))
     try:
@@ -1016,13 +1018,13 @@ def test_a_probe_refused_before_any_request_does_not_resume_its_source(
         assert {(f.kind, f.error_class) for f in raw.failures.values()} == {
             ("rate_limited", "access")
         }
-        assert paused() is not None
+        assert _paused_reason(conn, "blobs") is not None
         conn.execute("INSERT INTO public.blobs VALUES ('typo', 'y')")
         typo[0] = _doc(conn, "typo")
         probe = [m for m in db.read_batch(conn, "v1", 30, 10) if m.doc_id == typo[0]]
         _, raw = stage.prepare(conn, probe + msgs)
         assert raw is not None and raw.failures[typo[0]].error_class == "not_allowed"
-        assert paused() is not None  # still paused: the probe proved nothing
+        assert _paused_reason(conn, "blobs") is not None  # still paused: the probe proved nothing
         for _ in range(2):
             _, raw = stage.prepare(conn, msgs)
             assert raw is not None
@@ -1043,8 +1045,7 @@ def test_a_paused_source_is_probed_with_another_document_than_the_one_that_pause
     from pgingest.worker.raw import RawStage
 
     conn = model
-    conn.execute("CREATE TABLE public.blobs (name text PRIMARY KEY, data bytea)")
-    conn.execute("SELECT pgingest.add_source('blobs', 'public.blobs', content => 'data')")
+    _blob_source(conn)
     conn.execute("INSERT INTO public.blobs VALUES ('bad', 'refused')")
     bad = _doc(conn, "bad")
     original = RawStage._fetch_and_parse
@@ -1056,30 +1057,24 @@ def test_a_paused_source_is_probed_with_another_document_than_the_one_that_pause
             )
         original(self, o, policy)
 
-    def paused() -> Any:
-        row = conn.execute(
-            "SELECT paused_reason FROM pgingest.source_status WHERE source = 'blobs'"
-        ).fetchone()
-        return row[0] if row else None
-
     monkeypatch.setattr(RawStage, "_fetch_and_parse", refusing)
     stage = RawStage(settings(dsn, parse_processes=1, probe_interval=0.01))
     try:
         [first] = db.read_batch(conn, "v1", 30, 10)
         _, raw = stage.prepare(conn, [first])
         assert raw is not None and raw.failures[bad].kind == "rate_limited"
-        assert paused() is not None
+        assert _paused_reason(conn, "blobs") is not None
         conn.execute("INSERT INTO public.blobs VALUES ('new', 'A readable document.')")
         new = _doc(conn, "new")
         [later] = db.read_batch(conn, "v1", 30, 10)
         _, raw = stage.prepare(conn, [first, later])  # the refused one first, as it is older
         assert raw is not None and new in raw.rendered  # the probe: the new document
         assert raw.failures[bad].error_class == "source_paused"  # not fetched this time
-        assert paused() is None
+        assert _paused_reason(conn, "blobs") is None
         _, raw = stage.prepare(conn, [first])  # alone now: its refusal is its own
         assert raw is not None
         assert (raw.failures[bad].kind, raw.failures[bad].error_class) == ("dead", "forbidden")
-        assert paused() is None
+        assert _paused_reason(conn, "blobs") is None
     finally:
         stage.close()
 
@@ -1096,8 +1091,7 @@ def test_a_refusal_of_its_own_is_found_across_worker_processes(
     from pgingest.worker.raw import RawStage
 
     conn = model
-    conn.execute("CREATE TABLE public.blobs (name text PRIMARY KEY, data bytea)")
-    conn.execute("SELECT pgingest.add_source('blobs', 'public.blobs', content => 'data')")
+    _blob_source(conn)
     conn.execute("INSERT INTO public.blobs VALUES ('bad', 'refused')")
     bad = _doc(conn, "bad")
     original = RawStage._fetch_and_parse
@@ -1107,12 +1101,6 @@ def test_a_refusal_of_its_own_is_found_across_worker_processes(
             raise RawDocumentError("access", "bucket 'other': AccessDenied", scope="source")
         original(self, o, policy)
 
-    def paused() -> Any:
-        row = conn.execute(
-            "SELECT paused_reason FROM pgingest.source_status WHERE source = 'blobs'"
-        ).fetchone()
-        return row[0] if row else None
-
     monkeypatch.setattr(RawStage, "_fetch_and_parse", refusing)
     one = RawStage(settings(dsn, parse_processes=1, probe_interval=0.01))
     two = RawStage(settings(dsn, parse_processes=1, probe_interval=0.01))
@@ -1120,15 +1108,15 @@ def test_a_refusal_of_its_own_is_found_across_worker_processes(
         [first] = db.read_batch(conn, "v1", 30, 10)
         _, raw = one.prepare(conn, [first])
         assert raw is not None and raw.failures[bad].kind == "rate_limited"
-        assert paused() is not None
+        assert _paused_reason(conn, "blobs") is not None
         conn.execute("INSERT INTO public.blobs VALUES ('new', 'A readable document.')")
         [later] = db.read_batch(conn, "v1", 30, 10)
         _, raw = two.prepare(conn, [later])  # the other process's probe gets through
-        assert raw is not None and raw.rendered and paused() is None
+        assert raw is not None and raw.rendered and _paused_reason(conn, "blobs") is None
         _, raw = one.prepare(conn, [first])  # refused again: its own refusal
         assert raw is not None
         assert (raw.failures[bad].kind, raw.failures[bad].error_class) == ("dead", "access")
-        assert paused() is None
+        assert _paused_reason(conn, "blobs") is None
     finally:
         one.close()
         two.close()
