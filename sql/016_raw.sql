@@ -133,11 +133,17 @@ COMMENT ON FUNCTION pgingest.raw_record_v1(bigint[], bytea[], bytea[], text[], t
 -- A source-wide refusal (class access: the store refuses the credentials) pauses the source, and
 -- the refused document's row records it (raw_record_v1: parse_error_class, fetched_at). Of the
 -- documents refused again now, those whose row recorded that refusal before, with another
--- document of the same source got through since (by any worker: fetched, with no error or an
--- error the store answered), have a refusal of their own (a URI naming a bucket the credentials
--- cannot read): the worker dead-letters them instead of pausing the source again and again.
+-- document of the same source got through since (by any worker: read with no error, or with an
+-- error class the worker does not list in p_unanswered: the store answered about that object),
+-- have a refusal of their own (a URI naming a bucket the credentials cannot read): the worker
+-- dead-letters them instead of pausing the source again and again. The classes that prove
+-- nothing (refused before any request, or no answer from the store) come from the worker
+-- (pgingest.raw.errors.UNANSWERED_CLASSES), the one place that defines them: the worker decides
+-- with the same list whether a probe of a paused source resumes it.
 -- Reads the source's rows once per call (at most one call per batch with such refusals).
-CREATE OR REPLACE FUNCTION pgingest.raw_refused_alone_v1(p_doc_ids bigint[], p_versions bytea[], p_error_classes text[])
+CREATE OR REPLACE FUNCTION pgingest.raw_refused_alone_v2(
+    p_doc_ids bigint[], p_versions bytea[], p_error_classes text[], p_unanswered text[]
+)
 RETURNS SETOF bigint
 LANGUAGE sql
 STABLE
@@ -172,13 +178,7 @@ BEGIN ATOMIC
             o.source_id IN (SELECT mine.source_id FROM mine)
             AND NOT o.doc_id = ANY(p_doc_ids)
             AND o.fetched_at IS NOT NULL
-            AND (
-                o.parse_error_class IS NULL
-                OR o.parse_error_class NOT IN (
-                    'access', 'not_allowed', 'bad_uri', 'fetch_timeout', 'throttled', 'server_error',
-                    'connect_error', 'raw_pending'
-                )
-            )
+            AND (o.parse_error_class IS NULL OR NOT o.parse_error_class = ANY(coalesce(p_unanswered, '{}')))
         GROUP BY o.source_id
     )
 
@@ -188,9 +188,33 @@ BEGIN ATOMIC
     WHERE answered.at >= mine.fetched_at;
 END;
 
-COMMENT ON FUNCTION pgingest.raw_refused_alone_v1(bigint[], bytea[], text[]) IS
+COMMENT ON FUNCTION pgingest.raw_refused_alone_v2(bigint[], bytea[], text[], text[]) IS
 'Worker: of these documents refused source-wide again, those that paused their source before while another '
-'document of it got through since: their refusal is their own (dead-letter them, do not pause the source).';
+'document of it got through since (no error, or a class not in p_unanswered): their refusal is their own '
+'(dead-letter them, do not pause the source).';
+
+-- The call of workers older than raw_refused_alone_v2, kept for a rolling upgrade: the classes
+-- those workers treated as proving nothing.
+CREATE OR REPLACE FUNCTION pgingest.raw_refused_alone_v1(p_doc_ids bigint[], p_versions bytea[], p_error_classes text[])
+RETURNS SETOF bigint
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+BEGIN ATOMIC
+    SELECT a.doc_id
+    FROM pgingest.raw_refused_alone_v2(
+        p_doc_ids, p_versions, p_error_classes,
+        ARRAY[
+            'access', 'not_allowed', 'bad_uri', 'fetch_timeout', 'throttled', 'server_error', 'connect_error',
+            'raw_pending'
+        ]
+    ) AS a (doc_id);
+END;
+
+COMMENT ON FUNCTION pgingest.raw_refused_alone_v1(bigint[], bytea[], text[]) IS
+'Worker (before raw_refused_alone_v2): raw_refused_alone_v2 with the classes those workers treated as '
+'proving nothing.';
 
 -- A re-check (refresh_source_rows) that found the same bytes: the version before the refresh
 -- comes back, and is queued again for every live model (those that embedded it acknowledge it as

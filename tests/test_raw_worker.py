@@ -25,6 +25,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from pgingest import worker
 from pgingest.metrics import Metrics
 from pgingest.raw import fetch
+from pgingest.raw.errors import PERMANENT_CLASSES, TRANSIENT_CLASSES, UNANSWERED_CLASSES
 from pgingest.testing.fake_provider import FakeEmbeddingServer
 from tests.fixtures.raw.generate import GOOD, Expected, build_fixtures
 from tests.helpers import queue_count, register, settings, wait_for
@@ -965,7 +966,7 @@ def test_a_document_refused_alone_is_dead_lettered_not_pausing_its_source_foreve
         if o.row.doc_id == bad:
             pauses.append(bad)
             raise RawDocumentError(
-                "forbidden", "bucket 'other' refuses the credentials", scope="source"
+                "access", "bucket 'other' refuses the credentials", scope="source"
             )
         original(self, o, policy)
 
@@ -973,7 +974,7 @@ def test_a_document_refused_alone_is_dead_lettered_not_pausing_its_source_foreve
     w = worker.Worker(settings(dsn, drain=False, parse_processes=1))
     t = threading.Thread(target=w.run, daemon=True)
     t.start()
-    expected = {"bad": "forbidden", **{f"ok-{i}": "embedded" for i in range(3)}}
+    expected = {"bad": "access", **{f"ok-{i}": "embedded" for i in range(3)}}
     try:
         wait_for(lambda: _state(conn, "blobs") == expected, timeout=30)
     finally:
@@ -1033,6 +1034,45 @@ def test_a_probe_refused_before_any_request_does_not_resume_its_source(
         stage.close()
 
 
+@pytest.mark.parametrize(
+    "error_class",
+    [None, *sorted(PERMANENT_CLASSES | TRANSIENT_CLASSES)],
+)
+def test_the_worker_and_the_database_agree_on_what_the_store_answered(
+    model: psycopg.Connection[Any], error_class: str | None
+) -> None:
+    """One definition of "the store answered" (``UNANSWERED_CLASSES``): a probe whose outcome
+    resumes its paused source is exactly an outcome that, recorded for another document of the
+    source, makes a document refused source-wide again have a refusal of its own
+    (``raw_refused_alone_v2``). The SQL kept its own list, which could drift from the worker's."""
+    from pgingest.raw import queries
+    from pgingest.raw.errors import RawDocumentError
+    from pgingest.worker.raw import Outcome, _store_answered
+
+    conn = model
+    _blob_source(conn)
+    conn.execute("INSERT INTO public.blobs VALUES ('refused', 'a'), ('other', 'b')")
+    refused, other = _doc(conn, "refused"), _doc(conn, "other")
+    versions = dict(
+        conn.execute("SELECT doc_id, content_hash FROM pgingest.source_rows").fetchall()
+    )
+    queries.record(conn, [queries.Record(refused, versions[refused], error_class="access")])
+    queries.record(conn, [queries.Record(other, versions[other], error_class=error_class)])
+    row = queries.raw_documents(conn, [other], 1 << 20)[other]
+    probe = Outcome(row)
+    if error_class is not None:
+        probe.error = RawDocumentError(error_class, "x")
+    alone = queries.refused_alone(conn, [(refused, versions[refused], "access")])
+    assert (alone == {refused}) is _store_answered(probe)
+    assert _store_answered(probe) is (error_class not in UNANSWERED_CLASSES)
+    # the call of older workers (raw_refused_alone_v1) keeps their list
+    old = conn.execute(
+        "SELECT * FROM pgingest.raw_refused_alone_v1(%s::bigint[], %s::bytea[], %s::text[])",
+        ([refused], [versions[refused]], ["access"]),
+    ).fetchall()
+    assert {r[0] for r in old} == alone
+
+
 def test_a_paused_source_is_probed_with_another_document_than_the_one_that_paused_it(
     model: psycopg.Connection[Any], dsn: str, raw_env: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1053,7 +1093,7 @@ def test_a_paused_source_is_probed_with_another_document_than_the_one_that_pause
     def refusing(self: RawStage, o: Any, policy: Any) -> None:
         if o.row.doc_id == bad:
             raise RawDocumentError(
-                "forbidden", "bucket 'other' refuses the credentials", scope="source"
+                "access", "bucket 'other' refuses the credentials", scope="source"
             )
         original(self, o, policy)
 
@@ -1073,7 +1113,7 @@ def test_a_paused_source_is_probed_with_another_document_than_the_one_that_pause
         assert _paused_reason(conn, "blobs") is None
         _, raw = stage.prepare(conn, [first])  # alone now: its refusal is its own
         assert raw is not None
-        assert (raw.failures[bad].kind, raw.failures[bad].error_class) == ("dead", "forbidden")
+        assert (raw.failures[bad].kind, raw.failures[bad].error_class) == ("dead", "access")
         assert _paused_reason(conn, "blobs") is None
     finally:
         stage.close()

@@ -70,6 +70,7 @@ REVIEWED_SECURITY_DEFINER = {
     "raw_unchanged_v2",
     "raw_pause_source_v1",
     "raw_refused_alone_v1",
+    "raw_refused_alone_v2",
     "raw_resume_source_v1",
     "raw_allowlist_v1",
     "resume_source",

@@ -10,6 +10,8 @@ from typing import Any, NamedTuple
 import psycopg
 from psycopg.types.json import Jsonb
 
+from pgingest.raw.errors import UNANSWERED_CLASSES
+
 
 @dataclass(frozen=True)
 class RawRow:
@@ -113,12 +115,19 @@ def refused_alone(
     conn: psycopg.Connection[Any], refusals: Sequence[tuple[int, bytes, str]]
 ) -> set[int]:
     """Of these source-wide refusals (doc_id, version, class), the documents that paused their
-    source before while another document of it got through since (``raw_refused_alone_v1``)."""
+    source before while another document of it got through since (``raw_refused_alone_v2``:
+    with no error, or with a class not in ``UNANSWERED_CLASSES``)."""
     if not refusals:
         return set()
     rows = conn.execute(
-        "SELECT * FROM pgingest.raw_refused_alone_v1(%s::bigint[], %s::bytea[], %s::text[])",
-        ([r[0] for r in refusals], [r[1] for r in refusals], [r[2] for r in refusals]),
+        "SELECT * FROM pgingest.raw_refused_alone_v2(%s::bigint[], %s::bytea[], %s::text[],"
+        " %s::text[])",
+        (
+            [r[0] for r in refusals],
+            [r[1] for r in refusals],
+            [r[2] for r in refusals],
+            sorted(UNANSWERED_CLASSES),
+        ),
     ).fetchall()
     return {int(r[0]) for r in rows}
 

@@ -58,7 +58,7 @@ import psycopg
 
 from pgingest import chunking
 from pgingest.raw import detect, fetch, queries
-from pgingest.raw.errors import RawDocumentError
+from pgingest.raw.errors import UNANSWERED_CLASSES, RawDocumentError
 from pgingest.raw.parse import ParsedDocument, ParseOptions, ParsePool
 from pgingest.worker import batch as core
 
@@ -225,18 +225,13 @@ class RawBatch:
     carried: list[db.Message] = field(default_factory=list)
 
 
-STORE_ANSWERS = frozenset({"not_found", "forbidden", "too_large", "http_error"})
-"""Object-level failures the store itself answered (the credentials got through)."""
-
-
 def _store_answered(probe: Outcome) -> bool:
     """Whether a probe of a paused source got past its source-wide refusal: its bytes came (a
     parse may still fail), or the store answered about that object. A refusal before any
     request (``not_allowed``, ``bad_uri``) or a transient failure proves nothing: the source
-    stays paused and is probed again."""
-    if probe.error is None or probe.fetched_bytes is not None:
-        return True
-    return probe.error.scope == "object" and probe.error.error_class in STORE_ANSWERS
+    stays paused and is probed again (``UNANSWERED_CLASSES``, the list ``raw_refused_alone_v2``
+    decides with too)."""
+    return probe.error is None or probe.error.error_class not in UNANSWERED_CLASSES
 
 
 def _text_bytes(o: Outcome) -> int:
