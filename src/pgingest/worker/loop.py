@@ -37,7 +37,14 @@ from pgingest.worker.embedding import Embedder
 from pgingest.worker.heartbeat import Heartbeat, WorkerSnapshot
 from pgingest.worker.inputs import Inputs, hash_inputs
 from pgingest.worker.raw import RawStage
-from pgingest.worker.writer import MODEL_GONE, Timings, Writer, error_text, passes_through
+from pgingest.worker.writer import (
+    MODEL_GONE,
+    Timings,
+    Writer,
+    error_text,
+    model_retired,
+    passes_through,
+)
 
 log = logging.getLogger("pgingest.worker")
 
@@ -451,6 +458,14 @@ class Worker:
                 if not busy:
                     busy = db.has_messages(conn, m.name)
             except MODEL_GONE as exc:
+                if not model_retired(self._connection(), m.name):
+                    # Not a retirement: something the batch reads is gone (an attached
+                    # table dropped or renamed, a mapped column renamed). The batch fails
+                    # (its messages come back; --drain gives up after a few), never dropped
+                    # as if the model were gone.
+                    self._batch_failed(m, exc)
+                    pending = True
+                    continue
                 # retire_model() ran while this batch was in flight: the model's queue and
                 # column are gone, nothing is left to write or acknowledge. Not worth dying for.
                 log.warning(

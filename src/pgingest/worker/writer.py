@@ -54,6 +54,19 @@ MODEL_GONE = (
 RETRIED = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
 
 
+def model_retired(conn: psycopg.Connection[Any], model: str) -> bool:
+    """Whether ``model`` is retired (or gone) now: what an undefined table, column or object in
+    its batch means only then. Otherwise something the batch reads or writes is missing (an
+    attached table dropped or renamed, a mapped column renamed, a store renamed by hand): the
+    batch fails and its messages come back, never dropped as if the model were gone."""
+    try:
+        conn.rollback()  # autocommit: a no-op unless the failed statement left one open
+        found = db.get_model(conn, model)
+    except psycopg.Error:
+        return True  # cannot tell: as before, the batch is dropped and its claims expire
+    return found is None or found.state == "retired"
+
+
 def passes_through(exc: BaseException) -> bool:
     """True for what is not one batch's failure: the loop's reconnect path, a retired model,
     or not an ``Exception`` at all (KeyboardInterrupt, SystemExit)."""
@@ -171,7 +184,9 @@ class Writer:
                         # A statement timeout, out of memory, a message too large, a lost
                         # connection: smaller batches next (the loop retries or reconnects).
                         self.metrics.batch_size(sizer.failed())
-                    if passes_through(exc):
+                    if passes_through(exc) and not (
+                        isinstance(exc, MODEL_GONE) and not model_retired(self.connection(), model)
+                    ):
                         raise
                     # This part's failure, not the worker's: nothing of it was committed, its
                     # messages come back after their visibility timeout.
