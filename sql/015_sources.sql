@@ -542,6 +542,10 @@ COMMENT ON FUNCTION pgingest._source_wake_sql() IS
 -- was estimated at billions of rows (the join of the registry rows with the changes), over
 -- jit_optimize_above_cost, and every later single-row UPDATE of that session JIT-compiled it:
 -- ~350 ms a statement instead of ~0.3. A capture's expressions gain nothing worth that.
+-- TimeZone, DateStyle, IntervalStyle, bytea_output, extra_float_digits and lc_monetary are pinned
+-- (as in source_backfill_step_v1 and _read_source_rows): the registry's keys (jsonb of the key
+-- columns) and the text hashed are the same whatever the application's session sets (review
+-- 2026-12-07: a DELETE from a session in another time zone missed its registry row).
 CREATE OR REPLACE FUNCTION pgingest._compile_source_capture()
 RETURNS void
 LANGUAGE plpgsql
@@ -621,6 +625,12 @@ BEGIN
         SECURITY DEFINER
         SET search_path FROM CURRENT
         SET jit = off
+        SET timezone = 'UTC'
+        SET datestyle = 'ISO, MDY'
+        SET intervalstyle = 'postgres'
+        SET bytea_output = 'hex'
+        SET extra_float_digits = 1
+        SET lc_monetary = 'C'
         AS %L
         $ddl$,
         format(
@@ -1196,6 +1206,12 @@ LANGUAGE plpgsql
 VOLATILE
 SECURITY DEFINER
 SET search_path FROM CURRENT
+SET timezone = 'UTC'
+SET datestyle = 'ISO, MDY'
+SET intervalstyle = 'postgres'
+SET bytea_output = 'hex'
+SET extra_float_digits = 1
+SET lc_monetary = 'C'
 AS $$
 DECLARE
     v_s pgingest.sources;
@@ -1284,6 +1300,12 @@ LANGUAGE plpgsql
 STABLE
 SECURITY DEFINER
 SET search_path FROM CURRENT
+SET timezone = 'UTC'
+SET datestyle = 'ISO, MDY'
+SET intervalstyle = 'postgres'
+SET bytea_output = 'hex'
+SET extra_float_digits = 1
+SET lc_monetary = 'C'
 AS $$
 DECLARE
     v_s record;
@@ -1405,6 +1427,81 @@ COMMENT ON FUNCTION pgingest._meta_try_text_array(jsonb, text) IS
 'A promoted text[] metadata key of a source row (NULL when absent or not an array).';
 
 SELECT pgingest._refresh_source_documents_view();
+
+-- The registry's keys and the text of a row are written by its statements under pinned settings
+-- (the SET clauses of _source_capture, source_backfill_step_v1 and _read_source_rows: TimeZone,
+-- DateStyle, IntervalStyle, bytea_output, extra_float_digits, lc_monetary): the jsonb of a
+-- timestamptz key, or a template's text of one, was the session's (a DELETE from a session in
+-- another time zone missed the registry row; review 2026-12-07). The keys registered before, in
+-- the sessions' settings, are rewritten once in the pinned form (parsed back by the key's type,
+-- which reads any of those forms); two rows of one key (the duplicate that bug made) keep the
+-- newest, the others are forgotten. Sources whose key types print the same in every session
+-- (integers, text, uuid, dates...) cost nothing.
+CREATE OR REPLACE FUNCTION pgingest._normalize_source_keys()
+RETURNS bigint
+LANGUAGE plpgsql
+VOLATILE
+SET search_path FROM CURRENT
+SET timezone = 'UTC'
+SET datestyle = 'ISO, MDY'
+SET intervalstyle = 'postgres'
+SET bytea_output = 'hex'
+SET extra_float_digits = 1
+SET lc_monetary = 'C'
+AS $$
+DECLARE
+    v_s record;
+    v_expr text;
+    v_dups bigint[];
+    v_n bigint;
+    v_total bigint := 0;
+BEGIN
+    FOR v_s IN
+        SELECT s.id, s.key_columns, s.key_types
+        FROM pgingest.sources AS s
+        WHERE s.id <> 0
+          AND EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c WHERE c.oid = s.relid)
+          AND EXISTS (
+              SELECT 1
+              FROM pg_catalog.pg_attribute AS a
+              INNER JOIN pg_catalog.pg_type AS t ON t.oid = a.atttypid
+              WHERE a.attrelid = s.relid AND a.attname = ANY (s.key_columns) AND NOT a.attisdropped
+                AND (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END)
+                IN ('timestamptz'::regtype, 'bytea'::regtype, 'interval'::regtype, 'float4'::regtype,
+                    'float8'::regtype, 'money'::regtype)
+          )
+        ORDER BY s.id
+    LOOP
+        v_expr := format('jsonb_build_object(%s)', (
+            SELECT string_agg(format('%L, (r.row_key ->> %L)::%s', k.col, k.col, k.typ), ', ' ORDER BY k.n)
+            FROM unnest(v_s.key_columns, v_s.key_types) WITH ORDINALITY AS k (col, typ, n)
+        ));
+        EXECUTE format(
+            $sql$
+            SELECT array_agg(x.doc_id) FROM (
+                SELECT r.doc_id, row_number() OVER (PARTITION BY %1$s ORDER BY r.doc_id DESC) AS n
+                FROM pgingest.source_rows AS r WHERE r.source_id = $1
+            ) AS x WHERE x.n > 1
+            $sql$, v_expr) INTO v_dups USING v_s.id;
+        IF v_dups IS NOT NULL THEN
+            DELETE FROM pgingest.source_rows AS r WHERE r.doc_id = ANY (v_dups);
+            PERFORM pgingest._forget_docs(v_dups);
+        END IF;
+        EXECUTE format(
+            'UPDATE pgingest.source_rows AS r SET row_key = %1$s WHERE r.source_id = $1 AND r.row_key <> %1$s',
+            v_expr) USING v_s.id;
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        v_total := v_total + v_n + coalesce(cardinality(v_dups), 0);
+    END LOOP;
+    RETURN v_total;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._normalize_source_keys() IS
+'Rewrites the registered keys of attached tables in the form the pinned settings of the capture give (UTC '
+'timestamps, hex bytea, ...); run by every install (internal).';
+
+SELECT pgingest._normalize_source_keys();
 
 -- A new release may compile a mapping differently: every source's statements are re-generated.
 UPDATE pgingest.sources AS s SET statements = pgingest._source_statements(s)
