@@ -275,7 +275,9 @@ DECLARE
     v_body text := pgingest._source_expr(p_s, 'body');
     v_cmp text := pgingest._source_expr(p_s, 'compare');
     v_table text := p_s.relid::regclass::text;
+    v_hash text := pgingest._source_hash_sql('n.title', 'n.body');
     v_upsert text;
+    v_upsert_update text;
     v_insert text;
     v_update text;
     v_moved text;
@@ -294,10 +296,14 @@ BEGIN
         SET content_hash = excluded.content_hash, title = excluded.title, metadata = excluded.metadata,
             refreshed_from = NULL
         WHERE (r.content_hash, r.title, r.metadata) IS DISTINCT FROM (excluded.content_hash, excluded.title, excluded.metadata)
-        RETURNING r.doc_id, r.content_hash, r.row_key
+        RETURNING r.doc_id, r.content_hash, r.row_key, r.xmax = 0 AS inserted
         $sql$,
-        p_s.id, pgingest._source_hash_sql('n.title', 'n.body')
+        p_s.id, 'n.hash'
     );
+    -- An UPDATE's upsert: a row whose metadata alone changed keeps the hash registered (n.keep):
+    -- the version queued or embedded for it is that one, and this UPDATE did not change its text.
+    v_upsert_update := replace(v_upsert, 'n.hash', format('coalesce(n.keep, %s)', v_hash));
+    v_upsert := replace(v_upsert, 'n.hash', v_hash);
     -- The capture's statements, without their last SELECT: the stored ones (run by EXECUTE when a
     -- source is not compiled yet) end with one returning arrays; the compiled capture
     -- (_compile_source_capture) appends the queue INSERT (_source_queue_sql) to capture_insert and
@@ -311,7 +317,9 @@ BEGIN
         $sql$,
         v_key, v_title, v_meta, v_body, v_upsert);
     -- An UPDATE: rows whose mapped text changed (or whose key is new) are registered and
-    -- queued; rows whose metadata columns alone changed are registered, not queued; rows whose
+    -- queued; rows whose metadata columns alone changed are registered, not queued (their hash
+    -- kept: n.keep), unless not registered yet (the backfill has not reached them, or none ran:
+    -- up.inserted, review 2026-12-07: such a row was registered and never embedded); rows whose
     -- other columns alone changed cost a comparison.
     v_update := format(
         $sql$
@@ -326,13 +334,17 @@ BEGIN
                 LEFT JOIN o ON o.k = x.k
                 WHERE o.k IS NULL OR o.e IS DISTINCT FROM x.e OR o.md IS DISTINCT FROM x.md
             ), n AS (
-                SELECT ch.k, ch.title, ch.md, ch.body FROM ch
+                SELECT ch.k, ch.title, ch.md, ch.body,
+                       CASE WHEN NOT ch.queue THEN (
+                           SELECT r.content_hash FROM pgingest.source_rows AS r WHERE r.source_id = %7$s AND r.row_key = ch.k
+                       ) END AS keep
+                FROM ch
             ), up AS (%6$s
             ), v AS (
-                SELECT up.doc_id, up.content_hash FROM up INNER JOIN ch ON ch.k = up.row_key WHERE ch.queue
+                SELECT up.doc_id, up.content_hash FROM up INNER JOIN ch ON ch.k = up.row_key WHERE ch.queue OR up.inserted
             )
         $sql$,
-        v_key, v_title, v_meta, v_body, v_cmp, v_upsert);
+        v_key, v_title, v_meta, v_body, v_cmp, v_upsert_update, p_s.id);
     -- Keys an UPDATE moved away from (a changed primary key): forgotten.
     v_moved := format(
         $sql$
