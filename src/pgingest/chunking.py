@@ -46,7 +46,7 @@ import re
 import threading
 import unicodedata
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
@@ -391,6 +391,25 @@ def _gaps(
 # --------------------------------------------------------------------------- tokenizers
 
 
+def _groups(texts: Sequence[str]) -> Iterator[Sequence[str]]:
+    """Consecutive texts in groups of about ``_GROUP_CHARS`` characters (a longer text alone)."""
+    i = 0
+    while i < len(texts):
+        j, size = i + 1, len(texts[i])
+        while j < len(texts) and size + len(texts[j]) < _GROUP_CHARS:
+            size += len(texts[j]) + 1
+            j += 1
+        yield texts[i:j]
+        i = j
+
+
+def _joined(texts: Sequence[str]) -> tuple[str, IntArray, IntArray]:
+    """The texts joined by a space, and where each starts and stops in the joined text."""
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    stops = np.cumsum(lengths + 1) - 1  # text i is text[bases[i]:stops[i]]
+    return " ".join(texts), stops - lengths, stops
+
+
 class Tokenizer(ABC):
     """A token counter with what the chunker needs to cut text at token boundaries."""
 
@@ -459,14 +478,8 @@ class HeuristicTokenizer(Tokenizer):
 
     def _layouts(self, texts: Sequence[str]) -> list[_Layout]:
         layouts: list[_Layout] = []
-        i = 0
-        while i < len(texts):  # groups of about _GROUP_CHARS characters
-            j, size = i + 1, len(texts[i])
-            while j < len(texts) and size + len(texts[j]) < _GROUP_CHARS:
-                size += len(texts[j]) + 1
-                j += 1
-            layouts += self._joined_layouts(texts[i:j])
-            i = j
+        for group in _groups(texts):
+            layouts += self._joined_layouts(group)
         return layouts
 
     def _joined_layouts(self, texts: Sequence[str]) -> list[_Layout]:
@@ -475,10 +488,7 @@ class HeuristicTokenizer(Tokenizer):
         the gap around it is dropped, and the levels of the other gaps see it at most as the
         character before a closing quote that starts a text, where it is no sentence end (as
         for the text alone)."""
-        text = " ".join(texts)
-        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
-        stops = np.cumsum(lengths + 1) - 1  # text i is text[bases[i]:stops[i]]
-        bases = stops - lengths
+        text, bases, stops = _joined(texts)
         cp, cls = _classes(text)
         ws = (cls & _C_SPACE).view(np.bool_)
         cost = _utf8_offsets(text)
@@ -532,7 +542,8 @@ class WordPieceTokenizer(Tokenizer):
         self._tk: Any = tk
         unk = tk.token_to_id("[UNK]")
         self._unk_id: int = -1 if unk is None else int(unk)
-        self._words: dict[str, _Pieces] = {}  # word -> its pieces (see _encode_many)
+        self._table = _WordTable()  # words' pieces (see _encode_many)
+        self._table_lock = threading.Lock()
 
     def count(self, text: str) -> int:
         return len(self._tk.encode(text, add_special_tokens=False).ids)
@@ -546,7 +557,10 @@ class WordPieceTokenizer(Tokenizer):
         return False
 
     def _layouts(self, texts: Sequence[str]) -> list[_Layout]:
-        return [self._layout(t, e) for t, e in zip(texts, self._encode_many(texts), strict=True)]
+        layouts: list[_Layout] = []
+        for group in _groups(texts):
+            layouts += self._joined_layouts(group)
+        return layouts
 
     def _encode_many(self, texts: Sequence[str]) -> list[_Encoding]:
         """What ``encode(text, add_special_tokens=False)`` gives for each text, as arrays, from
@@ -562,36 +576,27 @@ class WordPieceTokenizer(Tokenizer):
         from a few thousand words' pieces (8 ms for the same PDF). Word ids only keep their
         grouping (numbered from 0 along each text), which is all ``_layout`` reads of them.
         """
-        splits = [
-            (starts, words, list(dict.fromkeys(words)))
-            for starts, words in map(_split_words, texts)
-        ]
-        cache = self._words
-        found: dict[str, _Pieces] = {}
-        missing: dict[str, None] = {}
-        for _, _, distinct in splits:
-            for w in distinct:
-                if w not in found:
-                    pieces = cache.get(w)
-                    if pieces is None:
-                        missing[w] = None
-                    else:
-                        found[w] = pieces
-        if missing:
-            batch = list(missing)
-            encodings = self._tk.encode_batch(batch, add_special_tokens=False)
-            if len(cache) + len(batch) > _CACHED_WORDS:
-                cache.clear()  # rare: a corpus with that many distinct words
-            for w, enc in zip(batch, encodings, strict=True):
-                pieces = (
-                    tuple(enc.ids),
-                    tuple(itertools.chain.from_iterable(enc.offsets)),
-                    tuple(enc.word_ids),
-                )
-                found[w] = pieces
-                if len(w) <= _CACHED_WORD_CHARS:
-                    cache[w] = pieces
-        return [_gather(starts, words, distinct, found) for starts, words, distinct in splits]
+        splits = list(map(_split_words, texts))
+        with self._table_lock:  # the table is shared by the threads that chunk
+            table = self._table
+            index = table.index
+            distinct = dict.fromkeys(itertools.chain.from_iterable(w for _, w in splits))
+            missing = [w for w in distinct if w not in index]
+            kept = [w for w in missing if len(w) <= _CACHED_WORD_CHARS]
+            if kept and table.count + len(kept) > _CACHED_WORDS:
+                table.clear()  # rare: a corpus with that many distinct words
+                missing = list(distinct)
+                kept = [w for w in missing if len(w) <= _CACHED_WORD_CHARS]
+            if missing:
+                # the words kept first: the others (long words, rarely repeated) are dropped
+                # after this call, by cutting the table back to where they start
+                once = [w for w in missing if len(w) > _CACHED_WORD_CHARS]
+                table.add(kept + once, self._tk.encode_batch(kept + once, add_special_tokens=False))
+                out = [table.gather(starts, words) for starts, words in splits]
+                table.truncate(min(table.count - len(once), _CACHED_WORDS))
+            else:
+                out = [table.gather(starts, words) for starts, words in splits]
+        return out
 
     def _measure(self, texts: list[str]) -> list[tuple[int, int] | None]:
         out: list[tuple[int, int] | None] = []
@@ -603,15 +608,35 @@ class WordPieceTokenizer(Tokenizer):
                 out.append((len(ids) * _UNITS, len(ids)))
         return out
 
-    def _layout(self, text: str, enc: _Encoding) -> _Layout:
-        ids, ts, te, words = enc
+    def _joined_layouts(self, texts: Sequence[str]) -> list[_Layout]:
+        """The texts measured at once, joined by a space (as ``HeuristicTokenizer`` does): each
+        numpy call runs once for all of them (per text, some 30 calls cost more than the
+        measure of a short document). No token spans the separator (whitespace), the gap
+        across it is dropped, and each text's content span and tokens are its own."""
+        text, bases, stops = _joined(texts)
+        ids, ts, te, words = self._encode_many([text])[0]
+        if ids.shape[0] == 0:
+            return [_empty_layout(t) for t in texts]  # nothing the model would see
         cp, cls = _classes(text)
         ws = (cls & _C_SPACE) != 0
-        start, end = _content_span(ws)
-        n_tok = ids.shape[0]
-        if start >= end or n_tok == 0:
-            return _empty_layout(text)  # nothing the model would see
         n = len(text)
+        content = np.flatnonzero(~ws)
+        c0, c1 = content.searchsorted(bases), content.searchsorted(stops)
+        t0, t1 = ts.searchsorted(bases), ts.searchsorted(stops)
+        spans = []
+        for base, stop, a, b, x, y in zip(
+            bases.tolist(),
+            stops.tolist(),
+            c0.tolist(),
+            c1.tolist(),
+            t0.tolist(),
+            t1.tolist(),
+            strict=True,
+        ):
+            if a < b and x < y:
+                spans.append((base, stop, content.item(a), content.item(b - 1) + 1))
+            else:  # empty, whitespace only, or only characters the tokenizer drops
+                spans.append((base, stop, base, base))
 
         starts_per_char = np.bincount(ts, minlength=n)[:n]
         real = _prefix(starts_per_char)
@@ -631,22 +656,22 @@ class WordPieceTokenizer(Tokenizer):
             hard_cuts = te
         cost = _prefix(per_char)
 
-        # Words of the pre-tokenizer and the gaps between them.
+        # Words of the pre-tokenizer and the gaps between them (not across a separator).
         first = np.flatnonzero(np.concatenate(([True], words[1:] != words[:-1])))
         w_start = np.minimum.reduceat(ts, first)
         w_end = np.maximum.reduceat(te, first)
-        g0 = w_end[:-1]
-        g1 = w_start[1:]
+        owner = bases.searchsorted(w_start, side="right")  # the text of each word, plus one
+        same = owner[:-1] == owner[1:]
+        g0 = w_end[:-1][same]
+        g1 = w_start[1:][same]
         ok = g1 >= g0
         if not ok.all():  # overlapping words (never seen): do not cut there
             g0, g1 = g0[ok], g1[ok]
         ws_prefix = _prefix(ws)
         gaps = _gaps(text, cp, cls, g0, g1, ws_prefix[g1] - ws_prefix[g0])
-        return _layouts_of(text, [(0, n, start, end)], cost, real, gaps, hard_cuts)[0]
+        return _layouts_of(text, spans, cost, real, gaps, hard_cuts)
 
 
-_Pieces = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
-"""A word's encoding: token ids, (start, end) offsets in the word flattened, word ids."""
 _Encoding = tuple[IntArray, IntArray, IntArray, IntArray]
 """A text's encoding: token ids, token starts, token ends (offsets in the text), word ids."""
 
@@ -679,42 +704,96 @@ def _split_words(text: str) -> tuple[IntArray, list[str]]:
     return starts, [text[a:b] for a, b in zip(starts.tolist(), runs[1::2].tolist(), strict=True)]
 
 
-def _gather(
-    starts: IntArray, words: list[str], distinct: list[str], pieces: Mapping[str, _Pieces]
-) -> _Encoding:
-    """The text's encoding from its words' pieces (``distinct``: its words, each once, in order
-    of first use): one gather over the distinct words'."""
-    index = {w: k for k, w in enumerate(distinct)}
-    occ = np.fromiter(map(index.__getitem__, words), dtype=np.int64, count=len(words))
-    entries = [pieces[w] for w in distinct]
-    lens = np.fromiter((len(e[0]) for e in entries), dtype=np.int64, count=len(entries))
-    n_words = np.fromiter(
-        (e[2][-1] + 1 if e[2] else 0 for e in entries), dtype=np.int64, count=len(entries)
-    )
-    total_distinct = int(lens.sum())
-    flat_ids = np.fromiter(
-        itertools.chain.from_iterable(e[0] for e in entries), np.int64, total_distinct
-    )
-    flat_offsets = np.fromiter(
-        itertools.chain.from_iterable(e[1] for e in entries), np.int64, 2 * total_distinct
-    ).reshape(total_distinct, 2)
-    flat_words = np.fromiter(
-        itertools.chain.from_iterable(e[2] for e in entries), np.int64, total_distinct
-    )
-    first = _prefix(lens)  # word k's pieces: flat[first[k]:first[k + 1]]
-    per_occ = lens[occ]
-    out_first = _prefix(per_occ)  # occurrence i's tokens: out[out_first[i]:out_first[i + 1]]
-    idx = np.arange(int(out_first[-1]), dtype=np.int64) + np.repeat(
-        first[:-1][occ] - out_first[:-1], per_occ
-    )
-    shift = np.repeat(starts, per_occ)
-    word_base = np.repeat(_prefix(n_words[occ])[:-1], per_occ)
-    return (
-        flat_ids[idx],
-        flat_offsets[idx, 0] + shift,
-        flat_offsets[idx, 1] + shift,
-        flat_words[idx] + word_base,
-    )
+class _WordTable:
+    """Distinct words' WordPiece encodings, flattened into arrays: word ``k``'s tokens are
+    ``ids[first[k]:first[k] + lens[k]]`` (their offsets in the word ``starts``/``ends``, their
+    pre-tokenizer word ids ``wids``, numbered from 0 in the word, ``nwords[k]`` of them). A text
+    is then gathered with numpy alone, from its words' numbers (``index``)."""
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}
+        self.words: list[str] = []  # by number
+        self.count = 0  # words
+        self.flat = 0  # tokens
+        self.lens = np.zeros(1024, np.int64)
+        self.nwords = np.zeros(1024, np.int64)
+        self.first = np.zeros(1025, np.int64)  # first[count] == flat
+        self.ids = np.zeros(4096, np.int64)
+        self.starts = np.zeros(4096, np.int64)
+        self.ends = np.zeros(4096, np.int64)
+        self.wids = np.zeros(4096, np.int64)
+
+    def clear(self) -> None:
+        self.index.clear()
+        self.words.clear()
+        self.count = self.flat = 0
+
+    def add(self, words: list[str], encodings: Sequence[Any]) -> None:
+        n = len(words)
+        lens = np.fromiter((len(e.ids) for e in encodings), np.int64, n)
+        total = int(lens.sum())
+        self._reserve(self.count + n, self.flat + total)
+        c, f = self.count, self.flat
+        self.lens[c : c + n] = lens
+        self.nwords[c : c + n] = np.fromiter(
+            (e.word_ids[-1] + 1 if e.word_ids else 0 for e in encodings), np.int64, n
+        )
+        np.cumsum(lens, out=self.first[c + 1 : c + n + 1])
+        self.first[c + 1 : c + n + 1] += f
+        chain = itertools.chain.from_iterable
+        self.ids[f : f + total] = np.fromiter(chain(e.ids for e in encodings), np.int64, total)
+        offsets = np.fromiter(chain(chain(e.offsets for e in encodings)), np.int64, 2 * total)
+        self.starts[f : f + total] = offsets[0::2]
+        self.ends[f : f + total] = offsets[1::2]
+        self.wids[f : f + total] = np.fromiter(
+            chain(e.word_ids for e in encodings), np.int64, total
+        )
+        self.index.update(zip(words, range(c, c + n), strict=True))
+        self.words += words
+        self.count, self.flat = c + n, f + total
+
+    def truncate(self, count: int) -> None:
+        """Keeps the first ``count`` words only."""
+        if count >= self.count:
+            return
+        for w in self.words[count:]:
+            del self.index[w]
+        del self.words[count:]
+        self.count, self.flat = count, int(self.first[count])
+
+    def _reserve(self, words: int, tokens: int) -> None:
+        if words >= self.lens.shape[0]:
+            size = max(words + 1, 2 * self.lens.shape[0])
+            for name in ("lens", "nwords"):
+                setattr(self, name, _grown(getattr(self, name), size))
+            self.first = _grown(self.first, size + 1)
+        if tokens > self.ids.shape[0]:
+            size = max(tokens, 2 * self.ids.shape[0])
+            for name in ("ids", "starts", "ends", "wids"):
+                setattr(self, name, _grown(getattr(self, name), size))
+
+    def gather(self, starts: IntArray, words: list[str]) -> _Encoding:
+        """The encoding of a text whose words (each in the table) start at ``starts``."""
+        occ = np.fromiter(map(self.index.__getitem__, words), np.int64, len(words))
+        per_occ = self.lens[occ]
+        out_first = _prefix(per_occ)  # occurrence i's tokens: out[out_first[i]:out_first[i + 1]]
+        idx = np.arange(int(out_first[-1]), dtype=np.int64) + np.repeat(
+            self.first[occ] - out_first[:-1], per_occ
+        )
+        shift = np.repeat(starts, per_occ)
+        word_base = np.repeat(_prefix(self.nwords[occ])[:-1], per_occ)
+        return (
+            self.ids[idx],
+            self.starts[idx] + shift,
+            self.ends[idx] + shift,
+            self.wids[idx] + word_base,
+        )
+
+
+def _grown(a: IntArray, size: int) -> IntArray:
+    out = np.zeros(size, dtype=a.dtype)
+    out[: a.shape[0]] = a
+    return out
 
 
 _registry_lock = threading.Lock()

@@ -674,10 +674,10 @@ def test_word_piece_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 
     tok = get_tokenizer(MINILM)
     monkeypatch.setattr(chunking, "_CACHED_WORDS", 50)
-    tok._words.clear()  # type: ignore[attr-defined]
+    tok._table.clear()  # type: ignore[attr-defined]
     text = " ".join(f"word{i}" for i in range(40)) + " " + "z" * 60
     assert _word_piece_arrays([text]) == [_reference_arrays(text)]
-    assert len(tok._words) == 40  # type: ignore[attr-defined]  # not the 60-character word
+    assert len(tok._table.index) == 40  # type: ignore[attr-defined]  # not the 60-character word
     text2 = " ".join(f"other{i}" for i in range(30))
     assert _word_piece_arrays([text2, text]) == [_reference_arrays(text2), _reference_arrays(text)]
-    assert len(tok._words) <= 50  # type: ignore[attr-defined]
+    assert len(tok._table.index) <= 50  # type: ignore[attr-defined]
