@@ -41,6 +41,9 @@ parse      raw documents (bench/parse.py): documents/s through the worker (bytea
            embedder, 2 parse processes) over the parsers alone (a warm ParsePool(2)) on the same
            files: parse_efficiency; the worker's peak RSS, parse children included, while a
            200-page PDF is parsed: parse_peak_rss_mib.
+chunker    the chunker's CPU per chunk with the heuristic tokenizer (the e2e case's) and with
+           WordPiece (every chunk profile's default) on the e2e documents (bench/chunker.py):
+           wordpiece_vs_heuristic_cpu.
 
 Prints a table and writes bench-results.json at the checkout's root.
 """
@@ -65,7 +68,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from bench import common, provider, queries
+from bench import chunker, common, provider, queries
 from bench import parse as parse_bench
 from bench.common import (
     WORKER_APPLICATIONS,
@@ -1588,6 +1591,13 @@ def flatten(results: dict[str, Any]) -> dict[str, Any]:
             "parse_peak_rss_mib",
         ):
             out[key] = results["parse"][key]
+    if "chunker" in results:  # bench/chunker.py
+        for key in (
+            "chunk_cpu_us_per_chunk_heuristic",
+            "chunk_cpu_us_per_chunk_wordpiece",
+            "wordpiece_vs_heuristic_cpu",
+        ):
+            out[key] = results["chunker"][key]
     return out
 
 
@@ -1618,6 +1628,7 @@ BENCHES = (
     "quota",
     "queries",
     "parse",
+    "chunker",
 )
 
 
@@ -1687,6 +1698,7 @@ def main(argv: list[str] | None = None) -> int:
         "quota": lambda: provider.bench_quota(url, size["quota_docs"], workdir),
         "queries": lambda: dict(queries.run(url, workdir=workdir)),
         "parse": lambda: parse_bench.bench_parse(url, workdir),
+        "chunker": lambda: chunker.bench_chunker(),
     }
     failures: dict[str, str] = {}
     for name in BENCHES:

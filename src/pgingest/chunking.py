@@ -40,6 +40,7 @@ is shared by every model, and another model's tokenizer would see thousands of t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import re
@@ -579,6 +580,8 @@ class WordPieceTokenizer(Tokenizer):
         splits = list(map(_split_words, texts))
         with self._table_lock:  # the table is shared by the threads that chunk
             table = self._table
+            with contextlib.suppress(KeyError):  # the common case: every word known
+                return [table.gather(starts, words) for starts, words in splits]
             index = table.index
             distinct = dict.fromkeys(itertools.chain.from_iterable(w for _, w in splits))
             missing = [w for w in distinct if w not in index]
