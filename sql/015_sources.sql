@@ -539,6 +539,106 @@ COMMENT ON FUNCTION pgingest._source_wake_sql() IS
 'The wake-up check of the compiled capture of attached tables, after its queue INSERT (internal; '''' when no '
 'model is live).';
 
+-- Why a column's type cannot be mapped (NULL when it can). pgingest reads the key, mapped and
+-- metadata columns of an attached table as the owner of pgingest (the SECURITY DEFINER capture,
+-- backfill and read path), through casts to text and to_jsonb: a type of the table owner's own (an
+-- enum, a domain, a composite) with a CAST to text or json of theirs, or a domain whose CHECK calls
+-- their function, would run their code as the owner of pgingest (review 2026-12-07). Only the
+-- types built into PostgreSQL or an extension's are read (through a domain: its base type; an
+-- array: its element type), and only when no cast of theirs to text, varchar, char, json or jsonb
+-- is a function of someone else's.
+CREATE OR REPLACE FUNCTION pgingest._source_type_refusal(p_type regtype)
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_oid oid := p_type;
+    v_t record;
+    v_cast text;
+BEGIN
+    LOOP
+        SELECT t.typtype, t.typbasetype, t.typelem, t.typcategory INTO v_t
+        FROM pg_catalog.pg_type AS t WHERE t.oid = v_oid;
+        -- An array type is its element's (made with it, owned by its owner): the element is checked.
+        IF v_oid >= 16384 AND NOT (v_t.typcategory = 'A' AND v_t.typelem <> 0) AND NOT EXISTS (
+            SELECT 1 FROM pg_catalog.pg_depend AS d
+            WHERE d.classid = 'pg_catalog.pg_type'::regclass AND d.objid = v_oid AND d.deptype = 'e'
+        ) THEN
+            RETURN format('of type %s%s, which is neither built into PostgreSQL nor an extension''s', p_type,
+                          CASE WHEN v_oid <> p_type THEN format(' (over %s)', v_oid::regtype) ELSE '' END);
+        END IF;
+        SELECT format('%s runs %s', c.casttarget::regtype, c.castfunc::regprocedure) INTO v_cast
+        FROM pg_catalog.pg_cast AS c
+        WHERE c.castsource = v_oid
+          AND c.casttarget IN ('text'::regtype, 'varchar'::regtype, 'bpchar'::regtype, 'json'::regtype, 'jsonb'::regtype)
+          AND c.castfunc >= 16384
+          AND NOT EXISTS (
+              SELECT 1 FROM pg_catalog.pg_depend AS d
+              WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = c.castfunc AND d.deptype = 'e'
+          )
+        ORDER BY c.casttarget
+        LIMIT 1;
+        IF v_cast IS NOT NULL THEN
+            RETURN format('of type %s, whose cast to %s, a function neither built in nor an extension''s', p_type,
+                          v_cast);
+        END IF;
+        IF v_t.typtype = 'd' THEN
+            v_oid := v_t.typbasetype;
+        ELSIF v_t.typcategory = 'A' AND v_t.typelem <> 0 THEN
+            v_oid := v_t.typelem;
+        ELSE
+            RETURN NULL;
+        END IF;
+    END LOOP;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._source_type_refusal(regtype) IS
+'Why a column of this type cannot be mapped by a source (its type, domain base or array element type is not '
+'built in nor an extension''s, or a cast of it to text or json is a user''s function), or NULL (internal).';
+
+-- The first column of a source's key (p_key) or mapping (p_cols) that cannot be read: why, as a
+-- sentence naming it (NULL when none). Columns not found are skipped (their statements fail).
+CREATE OR REPLACE FUNCTION pgingest._source_columns_refusal(p_table regclass, p_key text[], p_cols text[])
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path FROM CURRENT
+RETURN (
+    SELECT format('the %s column %s of %s is %s', c.role, quote_ident(c.col), p_table, c.why)
+    FROM (
+        SELECT
+            x.col,
+            x.role,
+            x.n,
+            pgingest._source_type_refusal(a.atttypid::regtype) AS why
+        FROM (
+            SELECT
+                k.col,
+                k.n,
+                'key' AS role
+            FROM unnest(p_key) WITH ORDINALITY AS k (col, n)
+            UNION ALL
+            SELECT
+                m.col,
+                100 + m.n AS n,
+                'mapped' AS role
+            FROM unnest(p_cols) WITH ORDINALITY AS m (col, n)
+        ) AS x
+        INNER JOIN pg_catalog.pg_attribute AS a
+            ON x.col = a.attname AND a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped
+    ) AS c
+    WHERE c.why IS NOT NULL
+    ORDER BY c.n
+    LIMIT 1
+);
+
+COMMENT ON FUNCTION pgingest._source_columns_refusal(regclass, text[], text[]) IS
+'The first key or mapped column of a table whose type a source cannot read safely, and why; NULL when none '
+'(internal: _source_type_refusal).';
+
 -- The capture of attached tables: one trigger function, compiled (at add_source, remove_source,
 -- register_model, retire_model and every install) with a branch of static statements per source:
 -- its registry upsert and the queue rows of every live model are one statement (the queue INSERT,
@@ -593,13 +693,25 @@ BEGIN
                ) AND NOT EXISTS (
                    SELECT 1 FROM pg_catalog.pg_attribute AS a
                    WHERE a.attrelid = s.relid AND a.attname = ANY (s.key_columns) AND NOT a.attnotnull
-               ) AND strpos(s.statements ->> 'capture_update', 'AS new_key') > 0 AS unique_key
+               ) AND strpos(s.statements ->> 'capture_update', 'AS new_key') > 0 AS unique_key,
+               pgingest._source_columns_refusal(
+                   s.relid, s.key_columns, pgingest._source_text_columns(s) || s.metadata_columns
+               ) AS refusal
         FROM pgingest.sources AS s
         WHERE s.id <> 0 AND s.statements ? 'capture_insert'
           AND EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c WHERE c.oid = s.relid)
         ORDER BY s.id
     LOOP
         v_case := v_case || format(' WHEN %L THEN %s', v_s.name, v_s.id);
+        IF v_s.refusal IS NOT NULL THEN
+            -- A column's type changed since add_source() to one whose casts are its owner's code:
+            -- never run (a capture_failed dead letter per statement instead).
+            v_branches := v_branches
+                || format(E'        ELSIF v_id = %s THEN\n', v_s.id)
+                || format(E'            RAISE EXCEPTION USING MESSAGE = %L, ERRCODE = ''insufficient_privilege'';\n',
+                          'pgingest: ' || v_s.refusal || ': not read (remove the source, or change the type back)');
+            CONTINUE;
+        END IF;
         v_branches := v_branches
             || format(E'        ELSIF v_id = %s THEN\n', v_s.id)
             || E'            IF TG_OP = ''INSERT'' THEN\n'
@@ -835,6 +947,7 @@ DECLARE
     v_types text[];
     v_type regtype;
     v_col text;
+    v_why text;
 BEGIN
     -- Only the table's owner could have created these: they prove the caller owns it.
     IF (SELECT count(*) FROM pg_catalog.pg_trigger AS g
@@ -943,6 +1056,18 @@ BEGIN
     END LOOP;
     IF cardinality(p_metadata) <> (SELECT count(DISTINCT m) FROM unnest(p_metadata) AS m) THEN
         RAISE EXCEPTION 'pgingest: a metadata column is named twice' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_why := pgingest._source_columns_refusal(
+        p_table, v_key,
+        ARRAY[p_body, p_content, p_uri, p_mime, p_title] || pgingest._template_columns(p_template)
+        || coalesce(p_metadata, '{}')
+    );
+    IF v_why IS NOT NULL THEN
+        RAISE EXCEPTION 'pgingest: %', v_why
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'pgingest reads these columns as its owner, and a type of your own (its casts, its '
+                         'domain''s checks) would run your code as that role: map a column of a built-in type '
+                         'instead (text with a CHECK constraint, or a generated column of the value as text).';
     END IF;
 
     INSERT INTO pgingest.sources AS s (
@@ -1234,6 +1359,7 @@ DECLARE
     v_n bigint;
     v_last jsonb;
     v_lock_timeout text := current_setting('lock_timeout');
+    v_why text;
 BEGIN
     SELECT * INTO v_s FROM pgingest.sources AS s
     WHERE s.backfill_completed_at IS NULL AND s.id <> 0
@@ -1242,6 +1368,14 @@ BEGIN
     FOR NO KEY UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
         RETURN 0;
+    END IF;
+    v_why := pgingest._source_columns_refusal(
+        v_s.relid, v_s.key_columns, pgingest._source_text_columns(v_s) || v_s.metadata_columns
+    );
+    IF v_why IS NOT NULL THEN  -- a column's type changed since add_source(): _source_type_refusal
+        RAISE EXCEPTION 'pgingest: source %: %: not read', v_s.name, v_why
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Change the column back to a built-in type, or pgingest.remove_source() it.';
     END IF;
     -- Paced on the queues: the application's own changes keep their freshness behind at most
     -- p_max_queue backfill messages.
@@ -1323,11 +1457,19 @@ DECLARE
     v_s record;
 BEGIN
     FOR v_s IN
-        SELECT s.id, s.statements ->> 'read' AS sql
+        SELECT s.id, s.name, s.statements ->> 'read' AS sql,
+               pgingest._source_columns_refusal(
+                   s.relid, s.key_columns, pgingest._source_text_columns(s) || s.metadata_columns
+               ) AS refusal
         FROM pgingest.sources AS s
         WHERE s.id IN (SELECT DISTINCT r.source_id FROM pgingest.source_rows AS r WHERE r.doc_id = ANY (p_doc_ids))
         ORDER BY s.id
     LOOP
+        IF v_s.refusal IS NOT NULL THEN  -- a column's type changed since add_source(): _source_type_refusal
+            RAISE EXCEPTION 'pgingest: source %: %: not read', v_s.name, v_s.refusal
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'Change the column back to a built-in type, or pgingest.remove_source() it.';
+        END IF;
         RETURN QUERY EXECUTE v_s.sql USING p_doc_ids;
     END LOOP;
 END;

@@ -3,9 +3,12 @@ review (2026-12-07)"). Each test reproduces what the reviewer found, against the
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg import sql
 
 from pgingest import install
@@ -220,3 +223,97 @@ def test_a_metadata_update_keeps_the_registered_hash_so_a_resync_still_queues_th
     conn.execute("SELECT pgingest.resync_source('art')")
     conn.execute("CALL pgingest.run_source_backfill(100)")
     assert (doc_id, real) in messages(conn, "art")
+
+
+# -- 1: no column whose type runs the table owner's code as the owner of pgingest ----------------
+
+
+@pytest.fixture
+def owner(conn: psycopg.Connection[Any]) -> Iterator[str]:
+    """A role in pgingest_admin owning a schema of its own, with a type whose cast to text and
+    to json is its own function (which notes the role it ran as in public.ran_as)."""
+    name = f"pgingest_t_app_{uuid.uuid4().hex[:8]}"
+    conn.execute(sql.SQL("CREATE ROLE {} IN ROLE pgingest_admin").format(sql.Identifier(name)))
+    conn.execute(sql.SQL("CREATE SCHEMA app AUTHORIZATION {}").format(sql.Identifier(name)))
+    conn.execute("CREATE TABLE public.ran_as (who text)")
+    conn.execute(sql.SQL("GRANT INSERT ON public.ran_as TO {}").format(sql.Identifier(name)))
+    conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(name)))
+    conn.execute("CREATE TYPE app.mood AS ENUM ('ok', 'sad')")
+    for target in ("text", "jsonb"):
+        note = (
+            "BEGIN INSERT INTO public.ran_as VALUES (current_user); RETURN to_jsonb($1::varchar)::"
+        )
+        body = note + target + "; END"
+        conn.execute(
+            sql.SQL("CREATE FUNCTION {}(app.mood) RETURNS {} LANGUAGE plpgsql AS {}").format(
+                sql.Identifier("app", f"mood_{target}"), sql.SQL(target), sql.Literal(body)
+            )
+        )
+        conn.execute(
+            sql.SQL("CREATE CAST (app.mood AS {}) WITH FUNCTION {}(app.mood)").format(
+                sql.SQL(target), sql.Identifier("app", f"mood_{target}")
+            )
+        )
+    conn.execute("CREATE DOMAIN app.code AS text CHECK (length(VALUE) < 10)")
+    conn.execute("RESET ROLE")
+    try:
+        yield name
+    finally:
+        conn.execute("RESET ROLE")
+        conn.execute("DROP SCHEMA app CASCADE")
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+@pytest.mark.parametrize(
+    ("table", "mapping", "column"),
+    [
+        ("id int PRIMARY KEY, entry text, m app.mood", "template => '{entry} ({m})'", "m"),
+        ("id int PRIMARY KEY, entry text, m app.mood", "body => 'entry', metadata => '{m}'", "m"),
+        ("id int PRIMARY KEY, entry text, m app.mood[]", "template => '{entry} {m}'", "m"),
+        ("id int PRIMARY KEY, entry text, t app.code", "body => 'entry', title => 't'", "t"),
+        ("id app.mood PRIMARY KEY, entry text", "body => 'entry'", "id"),
+        ("id app.code PRIMARY KEY, entry text", "body => 'entry'", "id"),
+        ("id int PRIMARY KEY, entry app.code", "body => 'entry'", "entry"),
+    ],
+)
+def test_a_column_of_the_owners_own_type_is_refused_at_attach(
+    conn: psycopg.Connection[Any], owner: str, table: str, mapping: str, column: str
+) -> None:
+    register(conn)
+    conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
+    conn.execute(f"CREATE TABLE app.diary ({table})")
+    with pytest.raises(
+        psycopg.errors.FeatureNotSupported, match=f"column {column} of app.diary"
+    ) as exc:
+        conn.execute(
+            f"SELECT pgingest.add_source('diary', 'app.diary', {mapping}, backfill => false)"
+        )
+    assert "built-in type" in (exc.value.diag.message_hint or "")
+    conn.execute("RESET ROLE")
+    assert one(conn, "SELECT count(*) FROM pgingest.sources WHERE name = 'diary'") == 0
+
+
+def test_a_column_changed_to_the_owners_own_type_after_attaching_is_never_read(
+    conn: psycopg.Connection[Any], owner: str
+) -> None:
+    register(conn)
+    conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
+    conn.execute("CREATE TABLE app.diary (id int PRIMARY KEY, entry text, m text)")
+    conn.execute("INSERT INTO app.diary VALUES (1, 'held before', 'ok')")
+    conn.execute("SELECT pgingest.add_source('diary', 'app.diary', template => '{entry} ({m})')")
+    conn.execute("INSERT INTO app.diary VALUES (3, 'dear diary', 'ok')")  # registered
+    conn.execute("ALTER TABLE app.diary ALTER COLUMN m TYPE app.mood USING m::app.mood")
+    conn.execute("RESET ROLE")
+    conn.execute("SELECT pgingest._compile_source_capture()")  # what any install does
+    conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
+    conn.execute("INSERT INTO app.diary VALUES (2, 'dear diary', 'sad')")  # never fails
+    conn.execute("RESET ROLE")
+    assert capture_failures(conn) == 1
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="column m of app.diary"):
+        conn.execute("SELECT pgingest.source_backfill_step_v1(100, NULL)")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="column m of app.diary"):
+        conn.execute(
+            "SELECT * FROM pgingest._read_source_rows(ARRAY(SELECT doc_id FROM pgingest.source_rows))"
+        )
+    assert conn.execute("SELECT who FROM public.ran_as").fetchall() == []
