@@ -137,6 +137,12 @@ BEGIN
                 -- call these two to write pgingest's tables; creating the triggers needs _source_capture.
                 'add_source', 'remove_source', 'resync_source', 'run_source_backfill', '_attach_source',
                 '_detach_source', '_source_capture',
+                -- The column names of a source's template (a regexp, nothing read): add_source calls it as
+                -- the caller (only a superuser owner's tests ever passed without it).
+                '_template_columns',
+                -- run_source_backfill (a procedure, as the caller: it commits between steps) takes its steps with
+                -- the worker's source_backfill_step_v1, as run_backfill takes backfill_step_v1.
+                'source_backfill_step_v1',
                 -- Raw-document sources (sql/016_raw.sql): the allow-list, re-checks, resuming a paused source.
                 'allow_raw_location', 'disallow_raw_location', 'refresh_source_rows', 'resume_source'
             ])

@@ -198,6 +198,23 @@ def test_owner_installs_without_superuser_and_runs_the_pipeline(
         assert register(c, "v1", fake.url) == "active"
         assert one(c, "SELECT count(*) FROM pgmq.meta WHERE queue_name = 'pgingest_v1'") == 1
 
+    # 4b. An admin login attaches a table it owns (add_source runs as the caller: every
+    #     internal routine it calls must be granted to pgingest_admin, which a superuser owner
+    #     never showed: add_source failed for any admin here, "permission denied for function
+    #     _template_columns").
+    adm = scratch.role("pgingest_adm")
+    with psycopg.connect(owner_dsn, autocommit=True) as c:
+        c.execute(sql.SQL("GRANT pgingest_admin TO {}").format(sql.Identifier(adm)))
+    with psycopg.connect(scratch.dsn(dbname), autocommit=True) as su:
+        su.execute(sql.SQL("CREATE SCHEMA appx AUTHORIZATION {}").format(sql.Identifier(adm)))
+    with psycopg.connect(scratch.dsn(dbname, adm), autocommit=True) as a:
+        a.execute("CREATE TABLE appx.notes (id int PRIMARY KEY, title text, body text)")
+        a.execute("INSERT INTO appx.notes VALUES (1, 'Opening hours', 'Nine to five.')")
+        # pgingest's owner reads the mapped columns (add_source grants them): the schema too
+        a.execute(sql.SQL("GRANT USAGE ON SCHEMA appx TO {}").format(sql.Identifier(owner)))
+        a.execute("SELECT pgingest.add_source('notes', 'appx.notes', template => '{title}: {body}')")
+        a.execute("CALL pgingest.run_source_backfill()")
+
     # 5. The application writes as a writer login; the worker embeds as a worker login.
     with psycopg.connect(scratch.dsn(dbname, app), autocommit=True) as a:
         a.execute(
@@ -214,10 +231,14 @@ def test_owner_installs_without_superuser_and_runs_the_pipeline(
         )
     ).run()
     with psycopg.connect(owner_dsn, autocommit=True) as c:
-        assert one(c, "SELECT count(*) FROM pgingest.embedding_state WHERE model = 'v1'") == 2
-        assert one(c, "SELECT count(*) FROM pgingest.store_v1") >= 2
+        assert one(c, "SELECT count(*) FROM pgingest.embedding_state WHERE model = 'v1'") == 3
+        assert one(c, "SELECT count(*) FROM pgingest.store_v1") >= 3
         assert one(c, "SELECT count(*) FROM pgmq.q_pgingest_v1") == 0
-        q = one(c, "SELECT embedding::text FROM pgingest.store_v1 ORDER BY doc_id LIMIT 1")
+        q = one(
+            c,
+            "SELECT s.embedding::text FROM pgingest.store_v1 AS s JOIN pgingest.documents AS d"
+            " ON d.id = s.doc_id WHERE d.key = 'faq-1' ORDER BY s.ordinal LIMIT 1",
+        )
         assert one(c, "SELECT doc_key FROM pgingest.search(%s::vector, 1)", (q,)) == "faq-1"
 
         # 6. Model lifecycle as the owner: retire drops the queue (pgmq.drop_queue, pgmq.meta).
