@@ -212,7 +212,9 @@ def test_owner_installs_without_superuser_and_runs_the_pipeline(
         a.execute("INSERT INTO appx.notes VALUES (1, 'Opening hours', 'Nine to five.')")
         # pgingest's owner reads the mapped columns (add_source grants them): the schema too
         a.execute(sql.SQL("GRANT USAGE ON SCHEMA appx TO {}").format(sql.Identifier(owner)))
-        a.execute("SELECT pgingest.add_source('notes', 'appx.notes', template => '{title}: {body}')")
+        a.execute(
+            "SELECT pgingest.add_source('notes', 'appx.notes', template => '{title}: {body}')"
+        )
         a.execute("CALL pgingest.run_source_backfill()")
 
     # 5. The application writes as a writer login; the worker embeds as a worker login.
