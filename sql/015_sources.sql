@@ -677,7 +677,7 @@ BEGIN
     v_ins := pgingest._source_queue_sql('up');
     v_upd := pgingest._source_queue_sql('v');
     FOR v_s IN
-        SELECT s.id, s.name, s.statements,
+        SELECT s.id, s.name, s.relid, s.statements,
                -- Its key is unique in every statement's old and new rows: a unique index on exactly
                -- its columns, checked row by row (not deferrable), and no NULL in them.
                EXISTS (
@@ -702,7 +702,9 @@ BEGIN
           AND EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c WHERE c.oid = s.relid)
         ORDER BY s.id
     LOOP
-        v_case := v_case || format(' WHEN %L THEN %s', v_s.name, v_s.id);
+        -- Only for the table the source is attached to (TG_RELID): a trigger on another table
+        -- naming this source (anyone with TRIGGER on some table can create one) does nothing.
+        v_case := v_case || format(' WHEN %L THEN CASE WHEN TG_RELID = %s THEN %s END', v_s.name, v_s.relid, v_s.id);
         IF v_s.refusal IS NOT NULL THEN
             -- A column's type changed since add_source() to one whose casts are its owner's code:
             -- never run (a capture_failed dead letter per statement instead).
@@ -775,9 +777,11 @@ DECLARE
 BEGIN
     v_id := %1$s;
     IF v_id IS NULL THEN  -- a source not compiled (yet): its stored statements
-        SELECT s.id, s.statements INTO v_id, v_sql FROM pgingest.sources AS s WHERE s.name = TG_ARGV[0];
+        SELECT s.id, s.statements INTO v_id, v_sql FROM pgingest.sources AS s
+        WHERE s.name = TG_ARGV[0] AND s.relid = TG_RELID;
         IF NOT FOUND THEN
-            RETURN NULL;  -- remove_source() is running in this transaction
+            -- remove_source() is running in this transaction, or the trigger is not on the source's table
+            RETURN NULL;
         END IF;
     END IF;
     -- Held until this transaction ends: a backfill step of this source (which takes it exclusively)
@@ -957,6 +961,16 @@ BEGIN
        <> 4 THEN
         RAISE EXCEPTION 'pgingest: call pgingest.add_source(), not pgingest._attach_source()'
             USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    -- ... but a role with the TRIGGER privilege alone can create them too (review 2026-12-07): the
+    -- session's user must own the table (or be a member of its owner). session_user, not
+    -- current_user, which is pgingest's owner here; add_source() checked its caller, the role the
+    -- session SET ROLE to, and a session can only SET ROLE to roles its user is a member of.
+    IF NOT pg_has_role(session_user, (SELECT c.relowner FROM pg_catalog.pg_class AS c WHERE c.oid = p_table), 'MEMBER')
+        THEN
+        RAISE EXCEPTION 'pgingest: only the owner of % may attach it (% does not own it)', p_table, session_user
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'The table''s owner (or a member of that role) runs pgingest.add_source().';
     END IF;
 
     -- The key: the primary key, else the narrowest unique index over NOT NULL columns.

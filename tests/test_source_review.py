@@ -317,3 +317,74 @@ def test_a_column_changed_to_the_owners_own_type_after_attaching_is_never_read(
             "SELECT * FROM pgingest._read_source_rows(ARRAY(SELECT doc_id FROM pgingest.source_rows))"
         )
     assert conn.execute("SELECT who FROM public.ran_as").fetchall() == []
+
+
+# -- 2: attaching needs the table's owner; a trigger elsewhere naming a source does nothing ------
+
+
+def test_a_role_with_only_the_trigger_privilege_cannot_attach_anothers_table(
+    conn: psycopg.Connection[Any], dsn: str
+) -> None:
+    evil = f"pgingest_t_evil_{uuid.uuid4().hex[:8]}"
+    conn.execute(
+        sql.SQL("CREATE ROLE {} LOGIN IN ROLE pgingest_admin").format(sql.Identifier(evil))
+    )
+    try:
+        conn.execute("CREATE TABLE public.secret (id int PRIMARY KEY, ssn text)")
+        conn.execute("INSERT INTO public.secret VALUES (1, 'SSN 123-45-6789')")
+        conn.execute(sql.SQL("GRANT TRIGGER ON public.secret TO {}").format(sql.Identifier(evil)))
+        with psycopg.connect(
+            psycopg.conninfo.make_conninfo(dsn, user=evil), autocommit=True
+        ) as as_evil:
+            for op, ref in (
+                ("insert", "REFERENCING NEW TABLE AS new_rows"),
+                ("update", "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows"),
+                ("delete", "REFERENCING OLD TABLE AS old_rows"),
+                ("truncate", ""),
+            ):
+                as_evil.execute(
+                    sql.SQL(
+                        "CREATE TRIGGER {} AFTER {} ON public.secret {} FOR EACH STATEMENT"
+                        " EXECUTE FUNCTION pgingest._source_capture('leak')"
+                    ).format(
+                        sql.Identifier(f"pgingest_leak_capture_{op}"),
+                        sql.SQL(op.upper()),
+                        sql.SQL(ref),
+                    )
+                )
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="only the owner"):
+                as_evil.execute(
+                    "SELECT pgingest._attach_source('leak', 'public.secret', 'ssn', NULL, 'ssn', '{}',"
+                    " true, NULL)"
+                )
+        assert one(conn, "SELECT count(*) FROM pgingest.sources WHERE name = 'leak'") == 0
+    finally:
+        conn.execute("DROP TABLE IF EXISTS public.secret")
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(evil)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(evil)))
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_trigger_on_another_table_naming_a_source_leaves_its_registry_alone(
+    conn: psycopg.Connection[Any], compiled: bool
+) -> None:
+    art(conn, backfill=True)
+    conn.execute("CALL pgingest.run_source_backfill(100)")
+    before = registry(conn, "art")
+    assert len(before) == 5
+    if not compiled:  # a source whose capture is not compiled yet runs its stored statements
+        conn.execute("UPDATE pgingest.sources SET statements = statements - 'capture_insert'")
+        conn.execute("SELECT pgingest._compile_source_capture()")
+    conn.execute("CREATE TABLE public.decoy (id int PRIMARY KEY, body text, status text)")
+    conn.execute(
+        "CREATE TRIGGER x AFTER TRUNCATE ON public.decoy FOR EACH STATEMENT"
+        " EXECUTE FUNCTION pgingest._source_capture('art')"
+    )
+    conn.execute(
+        "CREATE TRIGGER y AFTER INSERT ON public.decoy REFERENCING NEW TABLE AS new_rows"
+        " FOR EACH STATEMENT EXECUTE FUNCTION pgingest._source_capture('art')"
+    )
+    conn.execute("INSERT INTO public.decoy VALUES (1, 'forged text', 'forged')")
+    conn.execute("TRUNCATE public.decoy")
+    assert registry(conn, "art") == before
+    assert capture_failures(conn) == 0
