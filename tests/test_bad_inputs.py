@@ -811,25 +811,30 @@ def test_a_model_retired_while_its_batch_is_in_flight_does_not_crash_the_worker(
     assert count(conn, "SELECT count(*) FROM pgingest.embedding_state WHERE model = 'v2'") == 0
 
 
+@pytest.mark.parametrize("table", ["store", "chunks"])
 def test_a_missing_table_of_a_live_model_fails_its_batches_and_loses_nothing(
-    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer, table: str
 ) -> None:
-    """An undefined table in a batch means "retired" only when the model is: the store of a
-    live model renamed by hand makes each write-back fail (the worker counted it as a
-    retirement: batches dropped, ``--drain`` exiting 0 with every message still queued).
-    Now the batches fail, ``--drain`` gives up with an error, and once the store is back every
+    """An undefined table in a batch means "retired" only when the model is: a table of a live
+    model renamed by hand (its store: the batch's preparation fails, on the main thread; the
+    chunk table: its write-back fails, on the writer's) made the worker take it for a
+    retirement: batches dropped, ``--drain`` exiting 0 with every message still queued. Now
+    the batches fail, ``--drain`` gives up with an error, and once the table is back every
     document is embedded."""
     register(conn, "v1", fake.url)
     insert_corpus(conn, 6)
-    store = conn.execute("SELECT store_name FROM pgingest.models WHERE name = 'v1'").fetchone()
-    assert store is not None
+    name = "chunks"
+    if table == "store":
+        row = conn.execute("SELECT store_name FROM pgingest.models WHERE name = 'v1'").fetchone()
+        assert row is not None
+        name = row[0]
     renamed = sql.SQL("ALTER TABLE pgingest.{} RENAME TO {}")
-    conn.execute(renamed.format(sql.Identifier(store[0]), sql.Identifier("moved_by_hand")))
+    conn.execute(renamed.format(sql.Identifier(name), sql.Identifier("moved_by_hand")))
     w = worker.Worker(settings(dsn, visibility_timeout=1))
     assert w.run() != 0
-    assert w.failed_batches + w.writer.failures >= 3
+    assert (w.failed_batches if table == "store" else w.writer.failures) >= 3
     assert queue_count(conn, "v1") == 6  # nothing acknowledged, nothing dropped
-    conn.execute(renamed.format(sql.Identifier("moved_by_hand"), sql.Identifier(store[0])))
+    conn.execute(renamed.format(sql.Identifier("moved_by_hand"), sql.Identifier(name)))
     time.sleep(1.1)  # the failed batches' claims expire
     drain(dsn)
     assert_embedded(conn)
