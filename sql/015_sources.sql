@@ -1375,58 +1375,62 @@ DECLARE
     v_lock_timeout text := current_setting('lock_timeout');
     v_why text;
 BEGIN
-    SELECT * INTO v_s FROM pgingest.sources AS s
-    WHERE s.backfill_completed_at IS NULL AND s.id <> 0
-    ORDER BY s.id
-    LIMIT 1
-    FOR NO KEY UPDATE SKIP LOCKED;
-    IF NOT FOUND THEN
-        RETURN 0;
-    END IF;
-    v_why := pgingest._source_columns_refusal(
-        v_s.relid, v_s.key_columns, pgingest._source_text_columns(v_s) || v_s.metadata_columns
-    );
-    IF v_why IS NOT NULL THEN  -- a column's type changed since add_source(): _source_type_refusal
-        RAISE EXCEPTION 'pgingest: source %: %: not read', v_s.name, v_why
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'Change the column back to a built-in type, or pgingest.remove_source() it.';
-    END IF;
-    -- Paced on the queues: the application's own changes keep their freshness behind at most
-    -- p_max_queue backfill messages.
-    IF p_max_queue IS NOT NULL THEN
-        FOR v_m IN SELECT m.queue_name FROM pgingest.models AS m WHERE m.state <> 'retired' ORDER BY m.name LOOP
-            EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM pgmq.%I LIMIT $1) AS q', 'q_' || v_m.queue_name)
-            INTO v_depth USING p_max_queue;
-            IF v_depth >= p_max_queue THEN
-                RETURN -1;
-            END IF;
-        END LOOP;
-    END IF;
-    -- Wait (at most 1 s, then try again later) for the application's transactions that wrote this
-    -- source to end, and hold new ones back until this step commits: the statements below then
-    -- read the table as committed, and no capture interleaves with them (see _source_capture).
-    BEGIN
-        PERFORM set_config('lock_timeout', '1s', TRUE);
-        PERFORM pg_advisory_xact_lock(pgingest._source_lock_key(), v_s.id);
-        PERFORM set_config('lock_timeout', v_lock_timeout, TRUE);
-    EXCEPTION WHEN lock_not_available THEN
-        RETURN -1;
-    END;
-    IF v_s.backfill_cursor IS NULL THEN
-        EXECUTE v_s.statements ->> 'backfill_first' INTO v_ids, v_hashes, v_n, v_last USING NULL::jsonb, p_batch;
-    ELSE
-        EXECUTE v_s.statements ->> 'backfill_next' INTO v_ids, v_hashes, v_n, v_last
-        USING v_s.backfill_cursor, p_batch;
-    END IF;
-    IF v_n = 0 THEN
-        UPDATE pgingest.sources AS s SET backfill_completed_at = now() WHERE s.id = v_s.id;
-        RETURN 0;
-    END IF;
-    PERFORM pgingest._enqueue_versions(v_ids, v_hashes);
-    UPDATE pgingest.sources AS s
-    SET backfill_cursor = v_last, backfill_rows = s.backfill_rows + v_n
-    WHERE s.id = v_s.id;
-    RETURN v_n;
+    LOOP
+        SELECT * INTO v_s FROM pgingest.sources AS s
+        WHERE s.backfill_completed_at IS NULL AND s.id <> 0
+        ORDER BY s.id
+        LIMIT 1
+        FOR NO KEY UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            RETURN 0;
+        END IF;
+        v_why := pgingest._source_columns_refusal(
+            v_s.relid, v_s.key_columns, pgingest._source_text_columns(v_s) || v_s.metadata_columns
+        );
+        IF v_why IS NOT NULL THEN  -- a column's type changed since add_source(): _source_type_refusal
+            RAISE EXCEPTION 'pgingest: source %: %: not read', v_s.name, v_why
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'Change the column back to a built-in type, or pgingest.remove_source() it.';
+        END IF;
+        -- Paced on the queues: the application's own changes keep their freshness behind at most
+        -- p_max_queue backfill messages.
+        IF p_max_queue IS NOT NULL THEN
+            FOR v_m IN SELECT m.queue_name FROM pgingest.models AS m WHERE m.state <> 'retired' ORDER BY m.name LOOP
+                EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM pgmq.%I LIMIT $1) AS q', 'q_' || v_m.queue_name)
+                INTO v_depth USING p_max_queue;
+                IF v_depth >= p_max_queue THEN
+                    RETURN -1;
+                END IF;
+            END LOOP;
+        END IF;
+        -- Wait (at most 1 s, then try again later) for the application's transactions that wrote this
+        -- source to end, and hold new ones back until this step commits: the statements below then
+        -- read the table as committed, and no capture interleaves with them (see _source_capture).
+        BEGIN
+            PERFORM set_config('lock_timeout', '1s', TRUE);
+            PERFORM pg_advisory_xact_lock(pgingest._source_lock_key(), v_s.id);
+            PERFORM set_config('lock_timeout', v_lock_timeout, TRUE);
+        EXCEPTION WHEN lock_not_available THEN
+            RETURN -1;
+        END;
+        IF v_s.backfill_cursor IS NULL THEN
+            EXECUTE v_s.statements ->> 'backfill_first' INTO v_ids, v_hashes, v_n, v_last USING NULL::jsonb, p_batch;
+        ELSE
+            EXECUTE v_s.statements ->> 'backfill_next' INTO v_ids, v_hashes, v_n, v_last
+            USING v_s.backfill_cursor, p_batch;
+        END IF;
+        IF v_n = 0 THEN
+            UPDATE pgingest.sources AS s SET backfill_completed_at = now() WHERE s.id = v_s.id;
+            -- The next source's backfill, if any: 0 means none is left (review 2026-12-07: the first
+            -- source done, the step said 0 and run_source_backfill() stopped with others left).
+            CONTINUE;
+        END IF;
+        PERFORM pgingest._enqueue_versions(v_ids, v_hashes);
+        UPDATE pgingest.sources AS s
+        SET backfill_cursor = v_last, backfill_rows = s.backfill_rows + v_n
+        WHERE s.id = v_s.id;
+        RETURN v_n;
+    END LOOP;
 END;
 $$;
 

@@ -388,3 +388,21 @@ def test_a_trigger_on_another_table_naming_a_source_leaves_its_registry_alone(
     conn.execute("TRUNCATE public.decoy")
     assert registry(conn, "art") == before
     assert capture_failures(conn) == 0
+
+
+# -- 9: run_source_backfill() backfills every source ---------------------------------------------
+
+
+def test_run_source_backfill_goes_on_after_the_first_source_is_done(
+    conn: psycopg.Connection[Any],
+) -> None:
+    art(conn, backfill=True)
+    conn.execute("CREATE TABLE public.note (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO public.note SELECT g, 'note ' || g FROM generate_series(1, 3) AS g")
+    conn.execute("SELECT pgingest.add_source('note', 'public.note', body => 'body')")
+    conn.execute("CALL pgingest.run_source_backfill(100)")
+    assert conn.execute(
+        "SELECT source, backfill, rows_registered FROM pgingest.source_status"
+        " WHERE source <> 'documents' ORDER BY source"
+    ).fetchall() == [("art", "done", 5), ("note", "done", 3)]
+    assert len(messages(conn, "art")) == 5 and len(messages(conn, "note")) == 3
