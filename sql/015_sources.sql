@@ -1144,17 +1144,22 @@ BEGIN
             USING ERRCODE = 'duplicate_object',
                   HINT = 'Pick another name, or pgingest.remove_source() the existing one first.';
     END IF;
-    SELECT c.relkind, c.relpersistence, c.relowner, n.nspname INTO v_c
+    SELECT c.relkind, c.relpersistence, c.relowner, c.relispartition, n.nspname INTO v_c
     FROM pg_catalog.pg_class AS c INNER JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
     WHERE c.oid = source_table;
     IF v_c.relkind IN ('v', 'm') THEN
         RAISE EXCEPTION 'pgingest: % is a view; a source is a table', source_table
             USING ERRCODE = 'wrong_object_type',
                   HINT = 'Attach the table the view reads, or keep the view and copy its rows into pgingest.documents.';
-    ELSIF v_c.relkind = 'p' THEN
-        RAISE EXCEPTION 'pgingest: % is a partitioned table, which a source cannot be (yet)', source_table
+    ELSIF v_c.relkind = 'p' OR v_c.relispartition THEN
+        -- A statement trigger fires for the table a statement names: on a partition, not for the
+        -- rows written through its parent; on the parent, not for those written to a partition
+        -- directly (review 2026-12-07: attaching each partition lost every write through the parent).
+        RAISE EXCEPTION 'pgingest: % is %, which a source cannot be', source_table,
+            CASE WHEN v_c.relkind = 'p' THEN 'a partitioned table' ELSE 'a partition' END
             USING ERRCODE = 'feature_not_supported',
-                  HINT = 'Attach each partition as a source of its own.';
+                  HINT = 'Statement triggers cannot capture the writes to a partitioned table: write its rows '
+                         '(or the text to embed) to a table that is not partitioned, and attach that one.';
     ELSIF v_c.relkind = 'f' THEN
         RAISE EXCEPTION 'pgingest: % is a foreign table: its changes cannot be captured', source_table
             USING ERRCODE = 'feature_not_supported';

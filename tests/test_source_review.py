@@ -406,3 +406,20 @@ def test_run_source_backfill_goes_on_after_the_first_source_is_done(
         " WHERE source <> 'documents' ORDER BY source"
     ).fetchall() == [("art", "done", 5), ("note", "done", 3)]
     assert len(messages(conn, "art")) == 5 and len(messages(conn, "note")) == 3
+
+
+# -- 5: neither a partition nor a partitioned table is attached ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("table", "words"), [("public.p", "partitioned table"), ("public.p1", "partition")]
+)
+def test_a_partition_and_a_partitioned_table_are_refused(
+    conn: psycopg.Connection[Any], table: str, words: str
+) -> None:
+    conn.execute("CREATE TABLE public.p (id int PRIMARY KEY, body text) PARTITION BY RANGE (id)")
+    conn.execute("CREATE TABLE public.p1 PARTITION OF public.p FOR VALUES FROM (0) TO (100)")
+    with pytest.raises(psycopg.errors.FeatureNotSupported, match=f"is a {words}") as exc:
+        conn.execute("SELECT pgingest.add_source('s', %s::regclass, body => 'body')", (table,))
+    assert "each partition" not in (exc.value.diag.message_hint or "")
+    assert one(conn, "SELECT count(*) FROM pgingest.sources WHERE name = 's'") == 0
