@@ -993,6 +993,24 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'pgingest keys its chunks and vectors by the row''s key: add a primary key.';
     END IF;
+    -- Each key column reads back from the registry's jsonb by a cast to its type (key_match,
+    -- key_after): an array, a composite or a range is nested jsonb that does not (review
+    -- 2026-12-07: an array key broke the read path of the whole queue, 'malformed array literal').
+    SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) INTO v_col, v_why
+    FROM unnest(v_key) WITH ORDINALITY AS k (col, ord)
+    INNER JOIN pg_catalog.pg_attribute AS a ON k.col = a.attname AND a.attrelid = p_table
+    INNER JOIN pg_catalog.pg_type AS d ON a.atttypid = d.oid
+    INNER JOIN pg_catalog.pg_type AS t ON t.oid = CASE WHEN d.typtype = 'd' THEN d.typbasetype ELSE d.oid END
+    WHERE t.typtype IN ('c', 'r', 'm', 'p') OR t.typcategory = 'A'
+    ORDER BY k.ord
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'pgingest: the key column % of % is of type %, which a source cannot key on', quote_ident(v_col),
+            p_table, v_why
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'A source''s key is one or more scalar columns (numbers, text, uuid, timestamps, ...), not an '
+                         'array, composite or range: add a scalar primary key (an identity column, say).';
+    END IF;
     IF cardinality(v_key) > 8 THEN
         RAISE EXCEPTION 'pgingest: the key of table % has % columns; 8 at most', p_table, cardinality(v_key)
             USING ERRCODE = 'feature_not_supported';

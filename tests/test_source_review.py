@@ -423,3 +423,25 @@ def test_a_partition_and_a_partitioned_table_are_refused(
         conn.execute("SELECT pgingest.add_source('s', %s::regclass, body => 'body')", (table,))
     assert "each partition" not in (exc.value.diag.message_hint or "")
     assert one(conn, "SELECT count(*) FROM pgingest.sources WHERE name = 's'") == 0
+
+
+# -- 7: a key that does not read back from the registry's jsonb is refused -----------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "words"),
+    [
+        ("tags int[] PRIMARY KEY", "integer\\[\\]"),
+        ("span int4range PRIMARY KEY", "int4range"),
+        ("pair public.pair PRIMARY KEY", "pair"),
+        ("id int NOT NULL, tags text[] NOT NULL, PRIMARY KEY (id, tags)", "text\\[\\]"),
+    ],
+)
+def test_an_array_composite_or_range_key_is_refused_at_attach(
+    conn: psycopg.Connection[Any], key: str, words: str
+) -> None:
+    conn.execute("CREATE TYPE public.pair AS (a int, b int)")
+    conn.execute(f"CREATE TABLE public.arr ({key}, body text)")
+    with pytest.raises(psycopg.errors.FeatureNotSupported, match=f"key column .* of type {words}"):
+        conn.execute("SELECT pgingest.add_source('arr', 'public.arr', body => 'body')")
+    assert one(conn, "SELECT count(*) FROM pgingest.sources WHERE name = 'arr'") == 0
