@@ -274,7 +274,15 @@ DECLARE
     v_meta text := pgingest._source_expr(p_s, 'metadata');
     v_body text := pgingest._source_expr(p_s, 'body');
     v_cmp text := pgingest._source_expr(p_s, 'compare');
-    v_table text := p_s.relid::regclass::text;
+    -- Schema-qualified, always (review 2026-12-07): relid::regclass::text leaves out a schema on
+    -- the pinned search_path (public, where the vector extension often is), and a table created
+    -- later under the old name of a renamed one was read instead. A rename is caught where the
+    -- statements naming it run (_read_source_rows, source_backfill_step_v1: statements ->> 'table').
+    v_table text := (
+        SELECT format('%I.%I', n.nspname, c.relname)
+        FROM pg_catalog.pg_class AS c INNER JOIN pg_catalog.pg_namespace AS n ON c.relnamespace = n.oid
+        WHERE c.oid = p_s.relid
+    );
     v_hash text := pgingest._source_hash_sql('n.title', 'n.body');
     v_upsert text;
     v_upsert_update text;
@@ -369,6 +377,8 @@ BEGIN
         $sql$,
         v_key, p_s.id);
     RETURN jsonb_build_object(
+        -- The table's name in read, raw, backfill_first and backfill_next.
+        'table', v_table,
         'insert', v_insert || 'SELECT array_agg(up.doc_id), array_agg(up.content_hash) FROM up',
         'update', v_update || 'SELECT array_agg(v.doc_id), array_agg(v.content_hash) FROM v',
         'moved', v_moved || 'SELECT array_agg(d.doc_id) FROM d',
@@ -1397,6 +1407,7 @@ DECLARE
     v_last jsonb;
     v_lock_timeout text := current_setting('lock_timeout');
     v_why text;
+    v_table text;
 BEGIN
     LOOP
         SELECT * INTO v_s FROM pgingest.sources AS s
@@ -1414,6 +1425,19 @@ BEGIN
             RAISE EXCEPTION 'pgingest: source %: %: not read', v_s.name, v_why
                 USING ERRCODE = 'insufficient_privilege',
                       HINT = 'Change the column back to a built-in type, or pgingest.remove_source() it.';
+        END IF;
+        v_table := (
+            SELECT format('%I.%I', n.nspname, c.relname)
+            FROM pg_catalog.pg_class AS c INNER JOIN pg_catalog.pg_namespace AS n ON c.relnamespace = n.oid
+            WHERE c.oid = v_s.relid
+        );
+        IF v_table IS NULL THEN  -- the table was dropped: no row is left to backfill
+            UPDATE pgingest.sources AS s SET backfill_completed_at = now() WHERE s.id = v_s.id;
+            CONTINUE;
+        ELSIF v_table IS DISTINCT FROM v_s.statements ->> 'table' THEN
+            -- renamed (or moved) since its statements were compiled: compiled again, under its name now
+            UPDATE pgingest.sources AS s SET statements = pgingest._source_statements(s) WHERE s.id = v_s.id
+            RETURNING * INTO v_s;
         END IF;
         -- Paced on the queues: the application's own changes keep their freshness behind at most
         -- p_max_queue backfill messages.
@@ -1480,11 +1504,21 @@ $$;
 COMMENT ON PROCEDURE pgingest.run_source_backfill (integer) IS
 'Registers and queues every source''s pending backfill from psql without pacing, committing after each batch.';
 
--- The worker's read path for the rows of attached tables.
+-- The worker's read path for the rows of attached tables. Each source is read on its own
+-- (review 2026-12-07): a source whose table was dropped, or whose mapped column was renamed or
+-- dropped, failed the read of the whole queue, every source's rows. Its rows now become dead
+-- letters (source_unreadable, for every live model that has not embedded their version; a
+-- WARNING names the source): their messages are acknowledged as stale, and
+-- requeue_dead_letters(p_error_class => 'source_unreadable') puts them back once the table is
+-- fixed: nothing is lost, and nothing is retried forever. (Leaving them queued would have the
+-- worker read them again and again, and a message past its attempts would be dead-lettered
+-- anyway, as attempts_exhausted.) The transient errors (serialization, deadlock, lock timeout,
+-- cancel) fail the read as before. A renamed table is read under its new name (the statement is
+-- compiled again for this call when statements ->> 'table' is not the table's name now).
 CREATE OR REPLACE FUNCTION pgingest._read_source_rows(p_doc_ids bigint[])
 RETURNS TABLE (doc_id bigint, doc_key text, title text, body text, content_hash bytea)
 LANGUAGE plpgsql
-STABLE
+VOLATILE
 SECURITY DEFINER
 SET search_path FROM CURRENT
 SET timezone = 'UTC'
@@ -1494,11 +1528,17 @@ SET bytea_output = 'hex'
 SET extra_float_digits = 1
 SET lc_monetary = 'C'
 AS $$
+#variable_conflict use_column
 DECLARE
     v_s record;
+    v_sql text;
 BEGIN
     FOR v_s IN
-        SELECT s.id, s.name, s.statements ->> 'read' AS sql,
+        SELECT s AS src, s.id, s.name, s.key_columns, s.statements ->> 'read' AS sql,
+               s.statements ->> 'table' AS stored_table,
+               (SELECT format('%I.%I', n.nspname, c.relname)
+                FROM pg_catalog.pg_class AS c INNER JOIN pg_catalog.pg_namespace AS n ON c.relnamespace = n.oid
+                WHERE c.oid = s.relid) AS table_now,
                pgingest._source_columns_refusal(
                    s.relid, s.key_columns, pgingest._source_text_columns(s) || s.metadata_columns
                ) AS refusal
@@ -1506,18 +1546,57 @@ BEGIN
         WHERE s.id IN (SELECT DISTINCT r.source_id FROM pgingest.source_rows AS r WHERE r.doc_id = ANY (p_doc_ids))
         ORDER BY s.id
     LOOP
-        IF v_s.refusal IS NOT NULL THEN  -- a column's type changed since add_source(): _source_type_refusal
-            RAISE EXCEPTION 'pgingest: source %: %: not read', v_s.name, v_s.refusal
-                USING ERRCODE = 'insufficient_privilege',
-                      HINT = 'Change the column back to a built-in type, or pgingest.remove_source() it.';
-        END IF;
-        RETURN QUERY EXECUTE v_s.sql USING p_doc_ids;
+        BEGIN
+            IF v_s.table_now IS NULL THEN
+                RAISE EXCEPTION 'the table of source % was dropped', v_s.name USING ERRCODE = 'undefined_table';
+            ELSIF v_s.refusal IS NOT NULL THEN  -- a column's type changed since add_source(): _source_type_refusal
+                RAISE EXCEPTION '%: not read', v_s.refusal USING ERRCODE = 'insufficient_privilege';
+            END IF;
+            v_sql := v_s.sql;
+            IF v_s.stored_table IS DISTINCT FROM v_s.table_now THEN  -- renamed (or moved) since compiled
+                v_sql := pgingest._source_statements(v_s.src) ->> 'read';
+            END IF;
+            RETURN QUERY EXECUTE v_sql USING p_doc_ids;
+        EXCEPTION
+            WHEN serialization_failure OR deadlock_detected OR lock_not_available OR query_canceled THEN
+                RAISE;
+            WHEN OTHERS THEN
+                INSERT INTO pgingest.dead_letters AS l (
+                    doc_id, doc_key, model, content_hash, error_class, error_message, payload
+                )
+                SELECT
+                    r.doc_id,
+                    CASE WHEN cardinality(v_s.key_columns) = 1 THEN r.row_key ->> v_s.key_columns[1]
+                         ELSE r.row_key::text END,
+                    m.name,
+                    r.content_hash,
+                    'source_unreadable',
+                    left(format('source %s: its rows cannot be read (SQLSTATE %s: %s); fix the table, then '
+                                'SELECT pgingest.requeue_dead_letters(p_error_class => ''source_unreadable'')',
+                                v_s.name, SQLSTATE, SQLERRM), 2000),
+                    jsonb_build_object('source', v_s.name, 'sqlstate', SQLSTATE)
+                FROM pgingest.source_rows AS r
+                CROSS JOIN pgingest.models AS m
+                WHERE r.source_id = v_s.id AND r.doc_id = ANY (p_doc_ids) AND m.state <> 'retired'
+                  AND NOT EXISTS (
+                      SELECT 1 FROM pgingest.embedding_state AS e
+                      WHERE e.doc_id = r.doc_id AND e.model = m.name AND e.content_hash = r.content_hash
+                  )
+                ON CONFLICT (doc_id, model) WHERE doc_id IS NOT NULL DO UPDATE
+                SET content_hash = excluded.content_hash, error_class = excluded.error_class,
+                    error_message = excluded.error_message, payload = excluded.payload,
+                    attempts = l.attempts + 1, last_failed_at = now();
+                RAISE WARNING 'pgingest: source %: its rows cannot be read: %', v_s.name, SQLERRM
+                    USING HINT = 'Fix the table (or pgingest.remove_source() it), then SELECT '
+                                 'pgingest.requeue_dead_letters(p_error_class => ''source_unreadable'');';
+        END;
     END LOOP;
 END;
 $$;
 
 COMMENT ON FUNCTION pgingest._read_source_rows(bigint[]) IS
-'The current title, text and content hash of rows of attached tables, by doc_id (internal: read_batch_v1).';
+'The current title, text and content hash of rows of attached tables, by doc_id; the rows of a source that '
+'cannot be read become source_unreadable dead letters (internal: read_batch_v1).';
 
 -- Every document of every source, with its key in the form an application joins back on. Search,
 -- status and the worker API read this; the promoted filter columns (register_filter) are columns

@@ -312,10 +312,17 @@ def test_a_column_changed_to_the_owners_own_type_after_attaching_is_never_read(
     assert capture_failures(conn) == 1
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="column m of app.diary"):
         conn.execute("SELECT pgingest.source_backfill_step_v1(100, NULL)")
-    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="column m of app.diary"):
+    # The read path reads none of its rows: they become dead letters (item 6).
+    assert (
         conn.execute(
             "SELECT * FROM pgingest._read_source_rows(ARRAY(SELECT doc_id FROM pgingest.source_rows))"
-        )
+        ).fetchall()
+        == []
+    )
+    assert "column m of app.diary" in one(
+        conn,
+        "SELECT error_message FROM pgingest.dead_letters WHERE error_class = 'source_unreadable'",
+    )
     assert conn.execute("SELECT who FROM public.ran_as").fetchall() == []
 
 
@@ -445,3 +452,82 @@ def test_an_array_composite_or_range_key_is_refused_at_attach(
     with pytest.raises(psycopg.errors.FeatureNotSupported, match=f"key column .* of type {words}"):
         conn.execute("SELECT pgingest.add_source('arr', 'public.arr', body => 'body')")
     assert one(conn, "SELECT count(*) FROM pgingest.sources WHERE name = 'arr'") == 0
+
+
+# -- 6: a renamed or broken source's table: no other table read, no other source's rows failed ---
+
+
+def read_batch(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    """(doc_key, body, status) of what read_batch_v1 gives (in a transaction rolled back: the
+    messages stay queued)."""
+    conn.execute("BEGIN")
+    try:
+        return conn.execute(
+            "SELECT doc_key, body, status FROM pgingest.read_batch_v1(%s, 30, 100) ORDER BY msg_id",
+            (MODEL,),
+        ).fetchall()
+    finally:
+        conn.execute("ROLLBACK")
+
+
+def test_a_renamed_table_is_read_under_its_new_name_never_a_new_table_of_its_old_one(
+    conn: psycopg.Connection[Any],
+) -> None:
+    register(conn)
+    conn.execute("CREATE TABLE public.rn (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT pgingest.add_source('rn', 'public.rn', body => 'body', backfill => false)")
+    conn.execute("INSERT INTO public.rn VALUES (1, 'a')")
+    conn.execute("ALTER TABLE public.rn RENAME TO rn2")
+    conn.execute("INSERT INTO public.rn2 VALUES (2, 'b')")
+    assert read_batch(conn) == [("1", "a", "current"), ("2", "b", "current")]
+    # a new table takes the old name (a blue/green swap): never read
+    conn.execute("CREATE TABLE public.rn (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO public.rn VALUES (1, 'SECRET'), (2, 'SECRET'), (3, 'SECRET')")
+    assert read_batch(conn) == [("1", "a", "current"), ("2", "b", "current")]
+    conn.execute("SELECT pgingest.resync_source('rn')")
+    conn.execute("CALL pgingest.run_source_backfill(100)")
+    assert sorted(r[0]["id"] for r in registry(conn, "rn")) == [1, 2]
+    assert len(messages(conn, "rn")) == 2  # the versions queued when written, nothing new
+    assert one(conn, "SELECT statements ->> 'table' FROM pgingest.sources WHERE name = 'rn'") == (
+        "public.rn2"
+    )
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    ["ALTER TABLE public.note RENAME COLUMN body TO txt", "DROP TABLE public.note"],
+)
+def test_a_source_that_cannot_be_read_leaves_the_others_read_and_its_rows_dead_lettered(
+    conn: psycopg.Connection[Any], breakage: str
+) -> None:
+    art(conn, backfill=False)
+    conn.execute("CREATE TABLE public.note (id int PRIMARY KEY, body text)")
+    conn.execute(
+        "SELECT pgingest.add_source('note', 'public.note', body => 'body', backfill => false)"
+    )
+    conn.execute("INSERT INTO public.note VALUES (1, 'note one'), (2, 'note two')")
+    conn.execute("UPDATE public.art SET body = 'new ' || id WHERE id <= 2")
+    conn.execute(breakage)
+    assert read_batch(conn) == [
+        (None, None, "stale"),
+        (None, None, "stale"),
+        ("1", "new 1", "current"),
+        ("2", "new 2", "current"),
+    ]
+    conn.execute(
+        sql.SQL("SELECT * FROM pgingest.read_batch_v1(%s, 30, 100)"), (MODEL,)
+    )  # the note rows' messages are acknowledged by the worker; their dead letters stay
+    dead = conn.execute(
+        "SELECT doc_key, model, error_message FROM pgingest.dead_letters"
+        " WHERE error_class = 'source_unreadable' ORDER BY doc_key"
+    ).fetchall()
+    assert [(d[0], d[1]) for d in dead] == [("1", MODEL), ("2", MODEL)]
+    assert all("source note" in d[2] for d in dead)
+    if breakage.startswith("ALTER"):  # fixed: the rows are requeued and read
+        conn.execute("ALTER TABLE public.note RENAME COLUMN txt TO body")
+        conn.execute(sql.SQL("DELETE FROM pgmq.{}").format(sql.Identifier(f"q_pgingest_{MODEL}")))
+        assert (
+            one(conn, "SELECT pgingest.requeue_dead_letters(p_error_class => 'source_unreadable')")
+            == 2
+        )
+        assert read_batch(conn) == [("1", "note one", "current"), ("2", "note two", "current")]
