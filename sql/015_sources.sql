@@ -962,6 +962,7 @@ DECLARE
     v_type regtype;
     v_col text;
     v_why text;
+    v_immediate boolean;
 BEGIN
     -- Only the table's owner could have created these: they prove the caller owns it.
     IF (SELECT count(*) FROM pg_catalog.pg_trigger AS g
@@ -984,10 +985,11 @@ BEGIN
     END IF;
 
     -- The key: the primary key, else the narrowest unique index over NOT NULL columns.
-    SELECT array_agg(a.attname::text ORDER BY k.n), array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY k.n)
-    INTO v_key, v_types
+    SELECT array_agg(a.attname::text ORDER BY k.n), array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY k.n),
+           bool_and(ix.indimmediate)
+    INTO v_key, v_types, v_immediate
     FROM (
-        SELECT i.indkey, i.indisprimary
+        SELECT i.indkey, i.indisprimary, i.indimmediate
         FROM pg_catalog.pg_index AS i
         WHERE i.indrelid = p_table AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
           AND (i.indisprimary OR NOT EXISTS (
@@ -1002,6 +1004,14 @@ BEGIN
         RAISE EXCEPTION 'pgingest: table % has no primary key (nor a unique index over NOT NULL columns)', p_table
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'pgingest keys its chunks and vectors by the row''s key: add a primary key.';
+    END IF;
+    -- A deferrable key may hold a duplicate until its transaction commits, and the capture, which
+    -- registers rows by key statement by statement, then lost a row (review 2026-12-07).
+    IF NOT v_immediate THEN
+        RAISE EXCEPTION 'pgingest: the key (%) of table % is deferrable', array_to_string(v_key, ', '), p_table
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'A source''s key must be unique after every statement: drop the constraint and add it '
+                         'again NOT DEFERRABLE.';
     END IF;
     -- Each key column reads back from the registry's jsonb by a cast to its type (key_match,
     -- key_after): an array, a composite or a range is nested jsonb that does not (review

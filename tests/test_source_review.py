@@ -531,3 +531,22 @@ def test_a_source_that_cannot_be_read_leaves_the_others_read_and_its_rows_dead_l
             == 2
         )
         assert read_batch(conn) == [("1", "note one", "current"), ("2", "note two", "current")]
+
+
+# -- 8: a deferrable key is refused ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "id int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED",
+        "id int PRIMARY KEY DEFERRABLE INITIALLY IMMEDIATE",
+        "id int NOT NULL, CONSTRAINT kd_id UNIQUE (id) DEFERRABLE",
+    ],
+)
+def test_a_deferrable_key_is_refused_at_attach(conn: psycopg.Connection[Any], key: str) -> None:
+    conn.execute(f"CREATE TABLE public.kd ({key}, body text)")
+    with pytest.raises(psycopg.errors.FeatureNotSupported, match="deferrable") as exc:
+        conn.execute("SELECT pgingest.add_source('kd', 'public.kd', body => 'body')")
+    assert "NOT DEFERRABLE" in (exc.value.diag.message_hint or "")
+    assert one(conn, "SELECT count(*) FROM pgingest.sources WHERE name = 'kd'") == 0
