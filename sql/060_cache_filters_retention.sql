@@ -269,11 +269,19 @@ BEGIN
             FROM pgingest.dead_letters AS l
             WHERE l.model = v_m.name
         )
+        -- Never the letter of a version that is still current (review 2026-12-07, item 1): it is
+        -- what counts the document as dead-lettered; without it the version counted as pending
+        -- for good (swap_model and shift_traffic refused, requeue_dead_letters had nothing to put
+        -- back). Such letters count towards dead_letter_max_rows but are kept.
         DELETE FROM pgingest.dead_letters AS l
         USING ranked AS r
         WHERE l.id = r.id
           AND (v_m.dead_letter_retention IS NOT NULL AND r.last_failed_at < now() - v_m.dead_letter_retention
-               OR v_m.dead_letter_max_rows IS NOT NULL AND r.rn > v_m.dead_letter_max_rows);
+               OR v_m.dead_letter_max_rows IS NOT NULL AND r.rn > v_m.dead_letter_max_rows)
+          AND (l.doc_id IS NULL OR NOT EXISTS (
+              SELECT 1 FROM pgingest.source_documents AS d
+              WHERE d.doc_id = l.doc_id AND d.content_hash = l.content_hash
+          ));
         GET DIAGNOSTICS v_k = ROW_COUNT;
         v_n := v_n + v_k;
     END LOOP;
@@ -282,7 +290,10 @@ END;
 $$;
 
 COMMENT ON FUNCTION pgingest.purge_dead_letters(text) IS
-'Applies the dead-letter retention policies (all models, or one); returns how many letters were purged.';
+'Applies the dead-letter retention policies (all models, or one); returns how many letters were purged. '
+'The letter of a document version that is still current is never purged (it keeps the document counted '
+'as dead-lettered, and requeue_dead_letters() can put it back); letters of deleted or changed versions '
+'and invalid_message letters are.';
 
 CREATE OR REPLACE FUNCTION pgingest.set_query_log(
     sample_rate double precision,

