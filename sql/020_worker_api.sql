@@ -726,6 +726,7 @@ DECLARE
     v_model record;
     v_msgs jsonb[];
     v_gone bigint;
+    v_invalid bigint;
     v_total integer := 0;
 BEGIN
     FOR v_model IN
@@ -733,22 +734,42 @@ BEGIN
         WHERE m.state <> 'retired' AND (p_model IS NULL OR m.name = p_model)
         ORDER BY m.name
     LOOP
+        -- Letters of no version (doc_id NULL: invalid_message, the message kept whole in payload)
+        -- cannot be requeued: left alone (review 2026-12-07, item 5), unless the class filter
+        -- names invalid_message, which deletes them (and says so).
         WITH picked AS (
             DELETE FROM pgingest.dead_letters AS l
             WHERE l.model = v_model.name
               AND (p_error_class IS NULL OR l.error_class = p_error_class)
               AND (p_older_than IS NULL OR l.last_failed_at < now() - p_older_than)
               AND (p_ids IS NULL OR l.id = ANY (p_ids))
+              AND (l.doc_id IS NOT NULL OR p_error_class = 'invalid_message')
             RETURNING l.doc_id, l.content_hash
         )
         SELECT
             array_agg(jsonb_build_object('doc_id', d.doc_id, 'hash', encode(d.content_hash, 'hex'), 'attempts', 0))
                 FILTER (WHERE d.doc_id IS NOT NULL),
-            count(*) FILTER (WHERE d.doc_id IS NULL)
-        INTO v_msgs, v_gone
+            count(*) FILTER (WHERE d.doc_id IS NULL AND p.doc_id IS NOT NULL),
+            count(*) FILTER (WHERE p.doc_id IS NULL)
+        INTO v_msgs, v_gone, v_invalid
         FROM picked AS p
         LEFT JOIN pgingest.source_documents AS d ON d.doc_id = p.doc_id AND d.content_hash = p.content_hash;
 
+        IF v_invalid > 0 THEN
+            RAISE NOTICE 'pgingest: model %: % invalid_message dead letters deleted, not requeued: a queue message that is not a pgingest job cannot be requeued (its payload is gone with the letter)',
+                v_model.name, v_invalid;
+        ELSIF p_error_class IS DISTINCT FROM 'invalid_message' THEN
+            SELECT count(*) INTO v_invalid
+            FROM pgingest.dead_letters AS l
+            WHERE l.model = v_model.name AND l.doc_id IS NULL
+              AND (p_error_class IS NULL OR l.error_class = p_error_class)
+              AND (p_older_than IS NULL OR l.last_failed_at < now() - p_older_than)
+              AND (p_ids IS NULL OR l.id = ANY (p_ids));
+            IF v_invalid > 0 THEN
+                RAISE NOTICE 'pgingest: model %: % dead letters of no document version (invalid_message) left alone: they cannot be requeued; their payload stays in pgingest.dead_letters (requeue_dead_letters(p_error_class => ''invalid_message'') deletes them)',
+                    v_model.name, v_invalid;
+            END IF;
+        END IF;
         IF v_gone > 0 THEN
             RAISE NOTICE 'pgingest: model %: % dead letters dropped, not requeued: their document was deleted or has changed since (a changed document was queued again when it changed)',
                 v_model.name, v_gone;
@@ -766,7 +787,9 @@ $$;
 COMMENT ON FUNCTION pgingest.requeue_dead_letters(text, text, interval, bigint[]) IS
 'Puts dead letters back in their model''s queue with a fresh attempt budget, filtered by model, error '
 'class, age and ids (NULL = any). Letters of versions that no longer exist are dropped, with a NOTICE '
-'per model saying how many. Returns the count requeued.';
+'per model saying how many. Letters of no version (doc_id NULL: invalid_message) are left alone, with a '
+'NOTICE, unless p_error_class is ''invalid_message'': then they are deleted (a NOTICE says how many). '
+'Returns the count requeued.';
 
 CREATE OR REPLACE FUNCTION pgingest.cached_vectors_v1(p_model text, p_hashes bytea[])
 RETURNS TABLE (chunk_hash bytea, embedding vector)

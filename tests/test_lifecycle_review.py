@@ -110,3 +110,35 @@ def test_index_wait_stops_when_only_versions_nothing_will_embed_remain(
     err = capsys.readouterr().err
     assert "1 documents of v2 are not embedded and nothing is queued or in work" in err
     assert db.model_index_status(conn, "v2")[0]["valid"]
+
+
+# -- 5. requeue_dead_letters leaves invalid_message letters alone -----------------------------
+
+
+def test_requeue_leaves_invalid_message_letters_alone_unless_named(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    register(conn, "v1", fake.url, index_method="none")
+    insert_docs(conn, [("zw", None, "\u200b")])
+    conn.execute("SELECT pgmq.send('pgingest_v1', '\"garbage\"'::jsonb)")
+    drain(dsn)
+    letters = "SELECT error_class, payload FROM pgingest.dead_letters ORDER BY error_class"
+    before = conn.execute(letters).fetchall()
+    assert [r[0] for r in before] == ["empty_document", "invalid_message"]
+    notices: list[str] = []
+    conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+
+    assert conn.execute("SELECT pgingest.requeue_dead_letters()").fetchone() == (1,)
+    assert conn.execute(letters).fetchall() == [before[1]]
+    assert any(
+        "1 dead letters of no document version (invalid_message) left alone" in n for n in notices
+    )
+    assert not any("deleted or has changed" in n for n in notices)
+    drain(dsn)
+
+    notices.clear()
+    assert conn.execute(
+        "SELECT pgingest.requeue_dead_letters(p_error_class => 'invalid_message')"
+    ).fetchone() == (0,)
+    assert any("1 invalid_message dead letters deleted, not requeued" in n for n in notices)
+    assert [r[0] for r in conn.execute(letters).fetchall()] == ["empty_document"]
