@@ -105,6 +105,28 @@ RETURN (
 COMMENT ON FUNCTION pgingest._template_columns(text) IS
 'The column names a source template''s {column} placeholders name, in order (internal).';
 
+-- Raised by the guard of a source's capture statements (_source_expr 'guard'): never folded
+-- (VOLATILE), evaluated only when a column's type is not what the guard allows.
+CREATE OR REPLACE FUNCTION pgingest._source_type_changed(p_source integer)
+RETURNS boolean
+LANGUAGE plpgsql
+VOLATILE
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    RAISE EXCEPTION 'pgingest: source %: a key or mapped column of its table changed type since its statements were '
+                    'compiled, to a type neither built in nor an extension''s (or from an extension''s): not read',
+        (SELECT s.name FROM pgingest.sources AS s WHERE s.id = p_source)
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = 'Change the column back to a built-in type (or run pgingest install again if its new type is an '
+                     'extension''s), or pgingest.remove_source() it.';
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._source_type_changed(integer) IS
+'Raises insufficient_privilege for a source whose key or mapped column changed type (internal: the guard of its '
+'capture statements).';
+
 -- The expression a source's mapping gives, over a row of its table aliased t.
 CREATE OR REPLACE FUNCTION pgingest._source_expr(p_s pgingest.sources, p_what text)
 RETURNS text
@@ -131,6 +153,24 @@ BEGIN
             SELECT string_agg(format('t.%I = (r.row_key ->> %L)::%s', k.col, k.col, k.typ), ' AND ' ORDER BY k.n)
             FROM unnest(p_s.key_columns, p_s.key_types) WITH ORDINALITY AS k (col, typ, n)
         );
+    WHEN 'guard', 'guard_key' THEN
+        -- A filter over t (the transition tables of the capture) that fails the statement when a
+        -- column read (the key's; 'guard': the mapped and metadata ones too) is not of a type
+        -- built in (or of the extension type it had when compiled): a type changed by ALTER TABLE
+        -- after add_source() to one whose casts are its owner's code is never read by the capture
+        -- (_source_type_refusal: add_source() refuses them). pg_typeof runs no code of the type's.
+        SELECT string_agg(
+            CASE WHEN a.atttypid < 16384 THEN format('pg_catalog.pg_typeof(t.%I)::pg_catalog.oid < 16384', a.attname)
+                 ELSE format('pg_catalog.pg_typeof(t.%I)::pg_catalog.oid = %s', a.attname, a.atttypid) END,
+            ' AND ' ORDER BY a.attnum)
+        INTO v_sql
+        FROM pg_catalog.pg_attribute AS a
+        WHERE a.attrelid = p_s.relid AND a.attnum > 0 AND NOT a.attisdropped
+          AND a.attname = ANY (p_s.key_columns || CASE WHEN p_what = 'guard'
+                                                      THEN pgingest._source_text_columns(p_s) || p_s.metadata_columns
+                                                      ELSE '{}' END);
+        RETURN format('CASE WHEN %s THEN TRUE ELSE pgingest._source_type_changed(%s) END', coalesce(v_sql, 'TRUE'),
+                      p_s.id);
     WHEN 'key_order' THEN
         RETURN (SELECT string_agg(format('t.%I', k.col), ', ' ORDER BY k.n)
                 FROM unnest(p_s.key_columns) WITH ORDINALITY AS k (col, n));
@@ -278,6 +318,8 @@ DECLARE
     -- the pinned search_path (public, where the vector extension often is), and a table created
     -- later under the old name of a renamed one was read instead. A rename is caught where the
     -- statements naming it run (_read_source_rows, source_backfill_step_v1: statements ->> 'table').
+    v_guard text := pgingest._source_expr(p_s, 'guard');
+    v_guard_key text := pgingest._source_expr(p_s, 'guard_key');
     v_table text := (
         SELECT format('%I.%I', n.nspname, c.relname)
         FROM pg_catalog.pg_class AS c INNER JOIN pg_catalog.pg_namespace AS n ON c.relnamespace = n.oid
@@ -320,10 +362,10 @@ BEGIN
     v_insert := format(
         $sql$
             WITH n AS (
-                SELECT %1$s AS k, %2$s AS title, %3$s AS md, %4$s AS body FROM new_rows AS t
+                SELECT %1$s AS k, %2$s AS title, %3$s AS md, %4$s AS body FROM new_rows AS t WHERE %6$s
             ), up AS (%5$s)
         $sql$,
-        v_key, v_title, v_meta, v_body, v_upsert);
+        v_key, v_title, v_meta, v_body, v_upsert, v_guard);
     -- An UPDATE: rows whose mapped text changed (or whose key is new) are registered and
     -- queued; rows whose metadata columns alone changed are registered, not queued (their hash
     -- kept: n.keep), unless not registered yet (the backfill has not reached them, or none ran:
@@ -332,12 +374,13 @@ BEGIN
     v_update := format(
         $sql$
             WITH o AS (
-                SELECT %1$s AS k, %5$s AS e, %3$s AS md FROM old_rows AS t
+                SELECT %1$s AS k, %5$s AS e, %3$s AS md FROM old_rows AS t WHERE %8$s
             ), ch AS MATERIALIZED (
                 SELECT x.k, x.title, x.md, x.body, (o.k IS NULL OR o.e IS DISTINCT FROM x.e) AS queue,
                        o.k IS NULL AS new_key
                 FROM (
                     SELECT %1$s AS k, %5$s AS e, %3$s AS md, %2$s AS title, %4$s AS body FROM new_rows AS t
+                    WHERE %8$s
                 ) AS x
                 LEFT JOIN o ON o.k = x.k
                 WHERE o.k IS NULL OR o.e IS DISTINCT FROM x.e OR o.md IS DISTINCT FROM x.md
@@ -352,30 +395,30 @@ BEGIN
                 SELECT up.doc_id, up.content_hash FROM up INNER JOIN ch ON ch.k = up.row_key WHERE ch.queue OR up.inserted
             )
         $sql$,
-        v_key, v_title, v_meta, v_body, v_cmp, v_upsert_update, p_s.id);
+        v_key, v_title, v_meta, v_body, v_cmp, v_upsert_update, p_s.id, v_guard);
     -- Keys an UPDATE moved away from (a changed primary key): forgotten.
     v_moved := format(
         $sql$
             WITH gone AS (
-                SELECT %1$s AS k FROM old_rows AS t
+                SELECT %1$s AS k FROM old_rows AS t WHERE %3$s
                 EXCEPT
-                SELECT %1$s AS k FROM new_rows AS t
+                SELECT %1$s AS k FROM new_rows AS t WHERE %3$s
             ), d AS (
                 DELETE FROM pgingest.source_rows AS r USING gone
                 WHERE r.source_id = %2$s AND r.row_key = gone.k
                 RETURNING r.doc_id
             )
         $sql$,
-        v_key, p_s.id);
+        v_key, p_s.id, v_guard_key);
     v_delete := format(
         $sql$
             WITH d AS (
                 DELETE FROM pgingest.source_rows AS r USING old_rows AS t
-                WHERE r.source_id = %2$s AND r.row_key = %1$s
+                WHERE r.source_id = %2$s AND r.row_key = %1$s AND %3$s
                 RETURNING r.doc_id
             )
         $sql$,
-        v_key, p_s.id);
+        v_key, p_s.id, v_guard_key);
     RETURN jsonb_build_object(
         -- The table's name in read, raw, backfill_first and backfill_next.
         'table', v_table,

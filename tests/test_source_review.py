@@ -303,13 +303,22 @@ def test_a_column_changed_to_the_owners_own_type_after_attaching_is_never_read(
     conn.execute("INSERT INTO app.diary VALUES (1, 'held before', 'ok')")
     conn.execute("SELECT pgingest.add_source('diary', 'app.diary', template => '{entry} ({m})')")
     conn.execute("INSERT INTO app.diary VALUES (3, 'dear diary', 'ok')")  # registered
+    conn.execute("INSERT INTO app.diary VALUES (5, 'kept', 'ok')")  # registered, read below
     conn.execute("ALTER TABLE app.diary ALTER COLUMN m TYPE app.mood USING m::app.mood")
+    # The capture's statements (planned again after the ALTER) never read it: each fails, as a
+    # capture_failed dead letter, and never fails the application's statement (a DELETE reads
+    # the key alone).
+    conn.execute("INSERT INTO app.diary VALUES (2, 'dear diary', 'sad')")
+    conn.execute("UPDATE app.diary SET m = 'ok' WHERE id = 3")
+    conn.execute("DELETE FROM app.diary WHERE id = 3")
     conn.execute("RESET ROLE")
+    assert capture_failures(conn) == 2
+    assert one(conn, "SELECT count(*) FROM pgingest.source_rows") == 1  # 5's
     conn.execute("SELECT pgingest._compile_source_capture()")  # what any install does
     conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
-    conn.execute("INSERT INTO app.diary VALUES (2, 'dear diary', 'sad')")  # never fails
+    conn.execute("INSERT INTO app.diary VALUES (4, 'dear diary', 'sad')")
     conn.execute("RESET ROLE")
-    assert capture_failures(conn) == 1
+    assert capture_failures(conn) == 3
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="column m of app.diary"):
         conn.execute("SELECT pgingest.source_backfill_step_v1(100, NULL)")
     # The read path reads none of its rows: they become dead letters (item 6).
