@@ -289,6 +289,10 @@ DECLARE
     v_counts integer[];
     v_new bigint[];
     v_all boolean;
+    v_changed bigint[];
+    v_gone bigint[];
+    v_o record;
+    v_msgs jsonb[];
 BEGIN
     IF p_profile_id IS DISTINCT FROM v_m.profile_id THEN
         RAISE EXCEPTION 'pgingest: batch of model % was chunked with profile %, the model uses profile %',
@@ -335,6 +339,9 @@ BEGIN
         -- The profile's chunk rows, shared with the other models of the profile: a row whose text
         -- and span are unchanged is not written at all (a second model backfilling the versions
         -- another one already wrote writes nothing here). Rows are locked in (doc_id, ordinal) order.
+        -- The documents of the rows updated (not inserted: xmax is set only on an update) are kept
+        -- in v_changed: see below, after the surplus rows.
+        WITH w AS (
         INSERT INTO pgingest.chunks AS c
             (profile_id, doc_id, ordinal, content, chunk_hash, token_count, char_start, char_end, chunker, updated_at)
         SELECT v_m.profile_id, u.doc_id, u.ordinal, u.content, u.chunk_hash, u.token_count, u.char_start,
@@ -358,7 +365,11 @@ BEGIN
             chunker = EXCLUDED.chunker,
             updated_at = EXCLUDED.updated_at
         WHERE (c.chunk_hash, c.char_start, c.char_end, c.content)
-            IS DISTINCT FROM (EXCLUDED.chunk_hash, EXCLUDED.char_start, EXCLUDED.char_end, EXCLUDED.content);
+            IS DISTINCT FROM (EXCLUDED.chunk_hash, EXCLUDED.char_start, EXCLUDED.char_end, EXCLUDED.content)
+        RETURNING c.doc_id, c.xmax::text <> '0' AS updated
+        )
+
+        SELECT array_agg(DISTINCT w.doc_id) FILTER (WHERE w.updated) INTO v_changed FROM w;
 
         -- This model's vectors. The documents with no row in the store yet (a first embedding, the
         -- common case; one probe of the primary key each, a subplan behind OFFSET 0, never a scan)
@@ -414,14 +425,54 @@ BEGIN
         END IF;
 
         -- Surplus rows of a shorter new version: the profile's chunks, this model's store.
-        DELETE FROM pgingest.chunks AS c
-        USING (
-            SELECT u.doc_id, count(*) AS n
-            FROM unnest(p_chunk_doc_ids) AS u (doc_id)
-            WHERE (v_all OR u.doc_id = ANY (v_current))
-            GROUP BY u.doc_id
-        ) AS k
-        WHERE c.profile_id = v_m.profile_id AND c.doc_id = k.doc_id AND c.ordinal >= k.n;
+        WITH d AS (
+            DELETE FROM pgingest.chunks AS c
+            USING (
+                SELECT u.doc_id, count(*) AS n
+                FROM unnest(p_chunk_doc_ids) AS u (doc_id)
+                WHERE (v_all OR u.doc_id = ANY (v_current))
+                GROUP BY u.doc_id
+            ) AS k
+            WHERE c.profile_id = v_m.profile_id AND c.doc_id = k.doc_id AND c.ordinal >= k.n
+            RETURNING c.doc_id
+        )
+
+        SELECT array_agg(DISTINCT d.doc_id) INTO v_gone FROM d;
+        -- Shared chunk rows rewritten for a version another live model of the profile has embedded
+        -- (review 2026-12-07, item 7: a worker whose chunker cuts the same version differently, a
+        -- newer release say): that model's store rows point at chunk hashes that are gone, and the
+        -- document would vanish from its search for good while its embedding_state says current.
+        -- Its state of that version is deleted and the version queued for it again, in this
+        -- transaction. Only when rows of a current version were updated or deleted (a new version
+        -- of a document is the usual case: no other model has embedded it yet, one probe of
+        -- embedding_state's primary key per document and model finds nothing).
+        v_changed := coalesce(v_changed, '{}') || coalesce(v_gone, '{}');
+        IF cardinality(v_changed) > 0 THEN
+            FOR v_o IN
+                SELECT m.name, m.queue_name FROM pgingest.models AS m
+                WHERE m.profile_id = v_m.profile_id AND m.name <> v_m.name AND m.state <> 'retired'
+                ORDER BY m.name
+            LOOP
+                WITH gone AS (
+                    DELETE FROM pgingest.embedding_state AS e
+                    USING unnest(p_doc_ids, p_hashes) AS x (id, h)
+                    WHERE x.id = ANY (v_changed) AND e.doc_id = x.id AND e.model = v_o.name AND e.content_hash = x.h
+                    RETURNING e.doc_id, e.content_hash
+                )
+
+                SELECT array_agg(jsonb_build_object(
+                    'doc_id', g.doc_id, 'hash', encode(g.content_hash, 'hex'), 'attempts', 0
+                ) ORDER BY g.doc_id)
+                INTO v_msgs
+                FROM gone AS g;
+                IF v_msgs IS NOT NULL THEN
+                    PERFORM pgmq.send_batch(v_o.queue_name, v_msgs);
+                    PERFORM pgingest._wake(v_o.name);
+                    RAISE LOG 'pgingest: model % rewrote the shared chunks of % version(s) model % had embedded: queued again for %',
+                        v_m.name, cardinality(v_msgs), v_o.name, v_o.name;
+                END IF;
+            END LOOP;
+        END IF;
         -- The store's surplus rows are found per document through the primary key, then deleted by
         -- ctid (a join with the store was planned as a hash join over all of it, see above). On a
         -- hash-partitioned store a ctid names a row in every partition, so the ctid only finds
@@ -486,7 +537,9 @@ COMMENT ON FUNCTION pgingest.complete_batch_v2(
 'the model''s profile (rows whose text is unchanged are left alone) and the model''s vectors into its own '
 'store (upsert), deletes their surplus rows of that profile and that store, records the embedding state '
 'and acknowledges every message of the batch (stale ones included). p_profile_id: the profile the worker '
-'chunked with (must be the model''s). No other model''s store is read or written.';
+'chunked with (must be the model''s). No other model''s store is read or written; when the shared chunk rows '
+'of a version another live model of the profile has embedded change (another chunker), that model''s '
+'embedding_state of the version is deleted and the version queued for it again.';
 
 CREATE OR REPLACE FUNCTION pgingest.dead_letter_v1(
     p_model text,

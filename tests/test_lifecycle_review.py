@@ -142,3 +142,52 @@ def test_requeue_leaves_invalid_message_letters_alone_unless_named(
     ).fetchone() == (0,)
     assert any("1 invalid_message dead letters deleted, not requeued" in n for n in notices)
     assert [r[0] for r in conn.execute(letters).fetchall()] == ["empty_document"]
+
+
+# -- 7. shared chunk rows rewritten by another model's chunker --------------------------------
+
+
+def test_a_model_rewriting_shared_chunks_requeues_the_version_for_the_others(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    register(conn, "v1", fake.url, index_method="none")
+    insert_corpus(conn, 3)
+    drain(dsn)
+    register(conn, "v2", fake.url, model_id="fake-768", dimensions=768, index_method="none")
+    drain(dsn)
+    profiles = conn.execute("SELECT DISTINCT profile_id FROM pgingest.models").fetchall()
+    assert len(profiles) == 1
+    doc, h, text = conn.execute(
+        "SELECT id, content_hash, left(body, 300) FROM pgingest.documents ORDER BY id LIMIT 1"
+    ).fetchone() or (0, b"", "")
+    search_rows = "SELECT count(*) FROM pgingest.search_chunks WHERE doc_id = %s"
+    before = conn.execute(search_rows, (doc,)).fetchone()
+    assert before is not None and before[0] > 1
+    # A v2 worker whose chunker cuts this same version differently: one chunk.
+    vec = "[" + ",".join(["0.036"] * 768) + "]"
+    conn.execute(
+        "SELECT * FROM pgingest.complete_batch_v2('v2', '{}'::bigint[], ARRAY[%s]::bigint[],"
+        " ARRAY[%s]::bytea[], ARRAY[%s]::bigint[], ARRAY[0], ARRAY[%s],"
+        " ARRAY[sha256(convert_to(%s, 'UTF8'))], ARRAY[10], ARRAY[0], ARRAY[300],"
+        " ARRAY[%s::vector], 'chunker-next', %s)",
+        (doc, h, doc, text, text, vec, profiles[0][0]),
+    )
+    # v1's state of that version is gone and the version is queued for v1 again.
+    assert conn.execute(
+        "SELECT count(*) FROM pgingest.embedding_state WHERE model = 'v1' AND doc_id = %s", (doc,)
+    ).fetchone() == (0,)
+    assert conn.execute(
+        "SELECT count(*) FROM pgmq.q_pgingest_v1 WHERE (message ->> 'doc_id')::bigint = %s"
+        " AND message ->> 'hash' = encode(%s, 'hex')",
+        (doc, h),
+    ).fetchone() == (1,)
+    assert _progress(conn, "v1")["pending"] == 1
+    drain(dsn)
+    # The workers re-embed it (v1 writes its own cut back, which queues v2 again): both models
+    # serve the document, and nothing is pending.
+    assert conn.execute(search_rows, (doc,)).fetchone() == before
+    for m in ("v1", "v2"):
+        p = _progress(conn, m)
+        assert (p["pending"], p["embedded"]) == (0, 3)
+    assert db.swap_model(conn, "v2") == "v2 active, v1 standby"
+    assert conn.execute(search_rows, (doc,)).fetchone() == before
