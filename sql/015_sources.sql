@@ -1006,6 +1006,7 @@ DECLARE
     v_col text;
     v_why text;
     v_immediate boolean;
+    v_caller name;
 BEGIN
     -- Only the table's owner could have created these: they prove the caller owns it.
     IF (SELECT count(*) FROM pg_catalog.pg_trigger AS g
@@ -1017,12 +1018,13 @@ BEGIN
             USING ERRCODE = 'insufficient_privilege';
     END IF;
     -- ... but a role with the TRIGGER privilege alone can create them too (review 2026-12-07): the
-    -- session's user must own the table (or be a member of its owner). session_user, not
-    -- current_user, which is pgingest's owner here; add_source() checked its caller, the role the
-    -- session SET ROLE to, and a session can only SET ROLE to roles its user is a member of.
-    IF NOT pg_has_role(session_user, (SELECT c.relowner FROM pg_catalog.pg_class AS c WHERE c.oid = p_table), 'MEMBER')
+    -- session's role must own the table (or be a member of its owner). Here current_user is
+    -- pgingest's owner: the session's role is the one it SET ROLE to (the setting role, which a
+    -- SECURITY DEFINER function cannot change), else its user (session_user).
+    v_caller := CASE WHEN current_setting('role') = 'none' THEN session_user ELSE current_setting('role') END;
+    IF NOT pg_has_role(v_caller, (SELECT c.relowner FROM pg_catalog.pg_class AS c WHERE c.oid = p_table), 'MEMBER')
         THEN
-        RAISE EXCEPTION 'pgingest: only the owner of % may attach it (% does not own it)', p_table, session_user
+        RAISE EXCEPTION 'pgingest: only the owner of % may attach it (% does not own it)', p_table, v_caller
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'The table''s owner (or a member of that role) runs pgingest.add_source().';
     END IF;

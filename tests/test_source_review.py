@@ -368,13 +368,20 @@ def test_a_role_with_only_the_trigger_privilege_cannot_attach_anothers_table(
                         sql.SQL(ref),
                     )
                 )
+            attach = (
+                "SELECT pgingest._attach_source('leak', 'public.secret', 'ssn', NULL, 'ssn', '{}',"
+                " true, NULL)"
+            )
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="only the owner"):
-                as_evil.execute(
-                    "SELECT pgingest._attach_source('leak', 'public.secret', 'ssn', NULL, 'ssn', '{}',"
-                    " true, NULL)"
-                )
+                as_evil.execute(attach)
+        # the same from a session of a superuser that SET ROLE to it
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(evil)))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="only the owner"):
+            conn.execute(attach)
+        conn.execute("RESET ROLE")
         assert one(conn, "SELECT count(*) FROM pgingest.sources WHERE name = 'leak'") == 0
     finally:
+        conn.execute("RESET ROLE")
         conn.execute("DROP TABLE IF EXISTS public.secret")
         conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(evil)))
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(evil)))
