@@ -115,6 +115,54 @@ COMMENT ON FUNCTION pgingest._check_index_options(text, jsonb) IS
 'Validates a model''s index options for its index method (hnsw: m 2-100, ef_construction 4-1000 and at '
 'least 2 m; ivfflat: lists 1-32768) and returns them with the hnsw defaults filled in; raises 22023.';
 
+CREATE OR REPLACE FUNCTION pgingest._check_search_view_droppable(p_storage text)
+RETURNS void
+LANGUAGE plpgsql
+STABLE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_view regclass := to_regclass('pgingest.search_chunks');
+    v_deps text[];
+BEGIN
+    IF v_view IS NULL OR EXISTS (
+        SELECT 1 FROM pg_attribute AS a
+        WHERE a.attrelid = v_view AND a.attname = 'embedding'
+          AND a.atttypid = p_storage::regtype AND a.atttypmod = -1 AND NOT a.attisdropped
+    ) THEN
+        RETURN;  -- replaced in place: its dependants are kept
+    END IF;
+    -- What DROP VIEW would refuse for: views (through their rewrite rules), functions with a
+    -- SQL-standard body, ... (the view's own rule and row type excluded).
+    SELECT array_agg(DISTINCT coalesce(
+        CASE WHEN r.ev_class IS NOT NULL THEN format('view %s', r.ev_class::regclass) END,
+        pg_describe_object(d.classid, d.objid, d.objsubid)
+    ) ORDER BY coalesce(
+        CASE WHEN r.ev_class IS NOT NULL THEN format('view %s', r.ev_class::regclass) END,
+        pg_describe_object(d.classid, d.objid, d.objsubid)
+    ))
+    INTO v_deps
+    FROM pg_depend AS d
+    LEFT JOIN pg_rewrite AS r ON d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid
+    WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = v_view AND d.deptype = 'n'
+      AND r.ev_class IS DISTINCT FROM v_view;
+    IF v_deps IS NOT NULL THEN
+        RAISE EXCEPTION 'pgingest: pgingest.search_chunks cannot be re-created for % storage: % depend% on it',
+            p_storage, array_to_string(v_deps, ', '), CASE WHEN cardinality(v_deps) = 1 THEN 's' ELSE '' END
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'A change of storage type (vector <-> halfvec) changes the type of its embedding column: '
+                  || 'the view is dropped and re-created, which PostgreSQL refuses while other objects depend on it. '
+                  || 'Nothing was changed.',
+                  HINT = 'Drop those objects (save their definitions: SELECT pg_get_viewdef(''<view>''::regclass)), '
+                  || 'swap, then create them again; or swap to a model of the same storage type.';
+    END IF;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._check_search_view_droppable(text) IS
+'Raises 55000 naming the objects that depend on pgingest.search_chunks when a model of storage p_storage '
+'would make _refresh_search_view() drop and re-create it (a vector <-> halfvec swap); nothing otherwise.';
+
 CREATE OR REPLACE FUNCTION pgingest._refresh_search_view()
 RETURNS void
 LANGUAGE plpgsql
@@ -124,13 +172,19 @@ AS $$
 DECLARE
     v_m pgingest.models;
     v_active boolean;
+    v_acl aclitem[];
+    v_owner oid;
+    v_dropped boolean := FALSE;
+    v_g record;
 BEGIN
     SELECT * INTO v_m FROM pgingest.models AS m WHERE m.state = 'active';
     v_active := FOUND;
     -- `embedding` has no typmod (vector, not vector(384)): a swap between two models of the same
     -- storage type keeps the view's row type, so it is replaced in place (same oid, grants and
     -- dependants kept) and statements prepared by clients survive the swap. Only a change of
-    -- storage type (vector <-> halfvec) drops and re-creates it.
+    -- storage type (vector <-> halfvec) drops and re-creates it: refused while other objects
+    -- depend on it (they would have to go with it), and its grants and owner are saved and put back
+    -- (review 2026-12-07, items 3 and 4).
     IF to_regclass('pgingest.search_chunks') IS NOT NULL AND (
         NOT v_active OR NOT EXISTS (
             SELECT 1 FROM pg_attribute AS a
@@ -138,7 +192,13 @@ BEGIN
               AND a.atttypid = v_m.storage::regtype AND a.atttypmod = -1 AND NOT a.attisdropped
         )
     ) THEN
+        IF v_active THEN
+            PERFORM pgingest._check_search_view_droppable(v_m.storage);
+        END IF;
+        SELECT c.relacl, c.relowner INTO v_acl, v_owner
+        FROM pg_class AS c WHERE c.oid = to_regclass('pgingest.search_chunks');
         DROP VIEW pgingest.search_chunks;
+        v_dropped := TRUE;
     END IF;
     IF v_active THEN
         EXECUTE format(
@@ -177,12 +237,40 @@ BEGIN
         IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgingest_reader') THEN
             GRANT SELECT ON pgingest.search_chunks TO pgingest_reader;
         END IF;
+        IF v_dropped THEN
+            -- The grants of the view dropped (its owner's own included), by whoever runs this.
+            FOR v_g IN
+                SELECT x.grantee, x.privilege_type, bool_or(x.is_grantable) AS grantable
+                FROM aclexplode(coalesce(v_acl, '{}')) AS x
+                WHERE x.grantee = 0 OR EXISTS (SELECT 1 FROM pg_roles AS r WHERE r.oid = x.grantee)
+                GROUP BY x.grantee, x.privilege_type
+                ORDER BY x.grantee, x.privilege_type
+            LOOP
+                EXECUTE format(
+                    'GRANT %s ON pgingest.search_chunks TO %s%s',
+                    v_g.privilege_type,
+                    CASE WHEN v_g.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(v_g.grantee)) END,
+                    CASE WHEN v_g.grantable THEN ' WITH GRANT OPTION' ELSE '' END
+                );
+            END LOOP;
+            IF v_owner IS NOT NULL AND v_owner IS DISTINCT FROM (
+                SELECT c.relowner FROM pg_class AS c WHERE c.oid = to_regclass('pgingest.search_chunks')
+            ) THEN
+                BEGIN
+                    EXECUTE format('ALTER VIEW pgingest.search_chunks OWNER TO %I', pg_get_userbyid(v_owner));
+                EXCEPTION WHEN insufficient_privilege THEN
+                    RAISE WARNING 'pgingest: pgingest.search_chunks was re-created owned by %, not by its owner % (%)',
+                        current_user, pg_get_userbyid(v_owner), sqlerrm;
+                END;
+            END IF;
+        END IF;
     END IF;
 END;
 $$;
 
 COMMENT ON FUNCTION pgingest._refresh_search_view() IS
-'(Re)creates the view pgingest.search_chunks over the active model''s store.';
+'(Re)creates the view pgingest.search_chunks over the active model''s store. A change of storage type '
+'drops and re-creates it: refused (55000) while other objects depend on it; its grants and owner are put back.';
 
 CREATE OR REPLACE FUNCTION pgingest._profile(
     p_tokenizer text,

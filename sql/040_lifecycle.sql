@@ -346,6 +346,9 @@ BEGIN
             USING DETAIL = array_to_string(v_details, E'\n');
     END IF;
 
+    -- A change of storage type drops and re-creates the view: refused here, before anything
+    -- changes, while other objects depend on it (review 2026-12-07, item 4).
+    PERFORM pgingest._check_search_view_droppable(v_target.storage);
     SELECT * INTO v_prev FROM pgingest.models AS m WHERE m.state = 'active' FOR NO KEY UPDATE;
     IF FOUND THEN
         UPDATE pgingest.models AS m SET state = 'standby' WHERE m.name = v_prev.name;

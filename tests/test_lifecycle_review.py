@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import threading
 import time
+import uuid
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from pgingest import db, models_cli
 from pgingest.testing.fake_provider import FakeEmbeddingServer
@@ -191,3 +193,109 @@ def test_a_model_rewriting_shared_chunks_requeues_the_version_for_the_others(
         assert (p["pending"], p["embedded"]) == (0, 3)
     assert db.swap_model(conn, "v2") == "v2 active, v1 standby"
     assert conn.execute(search_rows, (doc,)).fetchone() == before
+
+
+# -- 3 and 4. a vector <-> halfvec swap: grants, owner and dependants of search_chunks --------
+
+
+@pytest.fixture
+def app_roles(conn: psycopg.Connection[Any]) -> Any:
+    """Two roles of this test (the cluster's roles are shared): a reader and an owner."""
+    names = [f"app_{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    for name in names:
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(name)))
+    yield names
+    for name in names:
+        ident = sql.Identifier(name)
+        conn.execute(sql.SQL("DROP OWNED BY {}; DROP ROLE {}").format(ident, ident))
+
+
+def _halfvec_pair(conn: psycopg.Connection[Any], dsn: str, url: str) -> None:
+    """v1 (vector, active) and v2 (halfvec, shadow), both complete, no index needed."""
+    register(conn, "v1", url, index_method="none")
+    insert_corpus(conn, 5)
+    register(
+        conn, "v2", url, model_id="fake-768", dimensions=768, storage="halfvec",
+        index_method="none",
+    )  # fmt: skip
+    drain(dsn)
+
+
+def _grants(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        "SELECT grantee, privilege_type, is_grantable FROM information_schema.role_table_grants"
+        " WHERE table_schema = 'pgingest' AND table_name = 'search_chunks' ORDER BY 1, 2"
+    ).fetchall()
+
+
+def _view_type(conn: psycopg.Connection[Any]) -> str:
+    row = conn.execute(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+        " WHERE attrelid = 'pgingest.search_chunks'::regclass AND attname = 'embedding'"
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_a_storage_swap_keeps_the_grants_and_owner_of_search_chunks(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer, app_roles: list[str]
+) -> None:
+    _halfvec_pair(conn, dsn, fake.url)
+    app_role, app_owner = app_roles
+    role = sql.Identifier(app_role)
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA pgingest TO {}").format(role))
+    conn.execute(sql.SQL("GRANT SELECT ON pgingest.search_chunks TO {}").format(role))
+    conn.execute(
+        sql.SQL("GRANT REFERENCES ON pgingest.search_chunks TO {} WITH GRANT OPTION").format(role)
+    )
+    before = _grants(conn)
+    assert (app_role, "SELECT", "NO") in before and (app_role, "REFERENCES", "YES") in before
+    assert _view_type(conn) == "vector"
+
+    assert db.swap_model(conn, "v2") == "v2 active, v1 standby"
+    assert _view_type(conn) == "halfvec"
+    assert _grants(conn) == before
+    # The role reads the view (its grants, not just the catalog's word).
+    conn.execute(sql.SQL("SET ROLE {}").format(role))
+    try:
+        assert conn.execute("SELECT count(*) > 0 FROM pgingest.search_chunks").fetchone() == (True,)
+    finally:
+        conn.execute("RESET ROLE")
+
+    # An owner of the DBA's choice is kept too (grants made by the owner move with it).
+    conn.execute(
+        sql.SQL("ALTER VIEW pgingest.search_chunks OWNER TO {}").format(sql.Identifier(app_owner))
+    )
+    before = _grants(conn)
+    assert db.swap_model(conn, "v1") == "v1 active, v2 standby"
+    assert _view_type(conn) == "vector"
+    assert _grants(conn) == before
+    owner = conn.execute(
+        "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'pgingest.search_chunks'::regclass"
+    ).fetchone()
+    assert owner == (app_owner,)
+
+
+def test_a_storage_swap_names_the_views_that_depend_on_search_chunks(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    _halfvec_pair(conn, dsn, fake.url)
+    conn.execute(
+        "CREATE VIEW public.app_hits AS SELECT doc_id, content FROM pgingest.search_chunks"
+    )
+    states = "SELECT name, state FROM pgingest.models ORDER BY name"
+    before = conn.execute(states).fetchall()
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as ei:
+        db.swap_model(conn, "v2")
+    assert "view app_hits depends on it" in str(ei.value)
+    assert "Nothing was changed" in (ei.value.diag.message_detail or "")
+    assert "Drop those objects" in (ei.value.diag.message_hint or "")
+    assert conn.execute(states).fetchall() == before
+    assert _view_type(conn) == "vector"
+    # Same storage: replaced in place, the dependant kept.
+    register(conn, "v3", fake.url, model_id="fake-768", dimensions=768, index_method="none")
+    drain(dsn)
+    assert db.swap_model(conn, "v3") == "v3 active, v1 standby"
+    assert conn.execute("SELECT count(*) > 0 FROM public.app_hits").fetchone() == (True,)
+    conn.execute("DROP VIEW public.app_hits")
+    assert db.swap_model(conn, "v2") == "v2 active, v3 standby"
