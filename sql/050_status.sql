@@ -674,14 +674,15 @@ COMMENT ON VIEW pgingest.vector_health IS
 'model''s store (store_*).';
 
 -- Traffic shifting and the query log (issue 20): figures for monitors, never the log's rows.
--- Its columns grew (cached_share): an older definition is dropped first (090 grants it again).
+-- Its columns grew (cached_share, then configured_share): an older definition is dropped first
+-- (090 grants it again).
 DO $$
 BEGIN
     IF to_regprocedure('pgingest.traffic_status(interval)') IS NOT NULL
        AND NOT EXISTS (
            SELECT 1 FROM pg_catalog.pg_proc AS p
            WHERE p.oid = to_regprocedure('pgingest.traffic_status(interval)')
-             AND 'cached_share' = ANY (p.proargnames)
+             AND 'configured_share' = ANY (p.proargnames)
        ) THEN
         DROP FUNCTION pgingest.traffic_status(interval);
     END IF;
@@ -699,7 +700,8 @@ RETURNS TABLE (
     p50_ms numeric,
     p95_ms numeric,
     p99_ms numeric,
-    cached_share double precision
+    cached_share double precision,
+    configured_share double precision
 )
 LANGUAGE plpgsql
 STABLE
@@ -710,6 +712,7 @@ AS $$
 DECLARE
     v_rate double precision;
     v_shift pgingest.traffic_shift;
+    v_serves boolean;
 BEGIN
     IF recent IS NULL OR recent <= interval '0' OR recent > interval '31 days' THEN
         RAISE EXCEPTION 'pgingest: the window must be positive and at most 31 days, not %',
@@ -720,13 +723,19 @@ BEGIN
     INTO v_rate
     FROM pgingest.config AS c WHERE c.key = 'query_log_sample_rate';
     SELECT * INTO v_shift FROM pgingest.traffic_shift AS t;
+    -- What route_model does (review 2026-12-07, item 2): a paused candidate serves nothing, the
+    -- active model everything; configured_share keeps the share the shift was given.
+    v_serves := EXISTS (
+        SELECT 1 FROM pgingest.models AS m
+        WHERE m.name = v_shift.model AND m.state IN ('shadow', 'standby') AND NOT m.paused
+    );
     RETURN QUERY
     SELECT
         m.name,
         m.state,
         CASE
-            WHEN m.name = v_shift.model THEN v_shift.share
-            WHEN m.state = 'active' THEN 1 - coalesce(v_shift.share, 0)
+            WHEN m.name = v_shift.model THEN CASE WHEN v_serves THEN v_shift.share ELSE 0 END
+            WHEN m.state = 'active' THEN 1 - CASE WHEN v_serves THEN v_shift.share ELSE 0 END
             ELSE 0
         END,
         CASE WHEN m.name = v_shift.model THEN v_shift.started_at END,
@@ -735,7 +744,12 @@ BEGIN
         round(l.p50::numeric, 2),
         round(l.p95::numeric, 2),
         round(l.p99::numeric, 2),
-        l.cached
+        l.cached,
+        CASE
+            WHEN m.name = v_shift.model THEN v_shift.share
+            WHEN m.state = 'active' THEN 1 - coalesce(v_shift.share, 0)
+            ELSE 0
+        END
     FROM pgingest.models AS m
     LEFT JOIN LATERAL (
         SELECT
@@ -754,8 +768,10 @@ END;
 $$;
 
 COMMENT ON FUNCTION pgingest.traffic_status(interval) IS
-'Per live model: its share of the text searches (the active model serves what the shift''s candidate does '
-'not), since when it is shifted, and over the `recent` window the searches the query log recorded '
+'Per live model: its share of the text searches as route_model serves them (the active model serves what '
+'the shift''s candidate does not; a paused candidate serves nothing: 0, the active model 1), the share '
+'shift_traffic configured (configured_share: the candidate''s even while paused), since when it is '
+'shifted, and over the `recent` window the searches the query log recorded '
 '(logged_searches; est_searches divides by the sample rate) with their latency p50/p95/p99 in ms, and the '
 'share of the logged text searches whose query vector came from a cache (cached_share). Figures '
 'only: the log''s rows (query texts) stay readable by admins alone. Empty figures with the log off.';

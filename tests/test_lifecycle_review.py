@@ -299,3 +299,43 @@ def test_a_storage_swap_names_the_views_that_depend_on_search_chunks(
     assert conn.execute("SELECT count(*) > 0 FROM public.app_hits").fetchone() == (True,)
     conn.execute("DROP VIEW public.app_hits")
     assert db.swap_model(conn, "v2") == "v2 active, v3 standby"
+
+
+# -- 2. a paused candidate's served share ------------------------------------------------------
+
+
+def test_a_paused_candidate_serves_no_share_and_says_what_was_set(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    register(conn, "v1", fake.url, index_method="none")
+    register(conn, "v2", fake.url, model_id="fake-768", dimensions=768, index_method="none")
+    insert_corpus(conn, 6)
+    drain(dsn)
+    conn.execute("SELECT pgingest.shift_traffic('v2', 0.3)")
+    status = "SELECT model, share, configured_share FROM pgingest.traffic_status() ORDER BY 1"
+    assert conn.execute(status).fetchall() == [
+        ("v1", pytest.approx(0.7), pytest.approx(0.7)),
+        ("v2", pytest.approx(0.3), pytest.approx(0.3)),
+    ]
+    conn.execute("SELECT pgingest.pause_model('v2', 'HTTP 401')")
+    keys = [f"user-{i}" for i in range(40)]
+    routed = {
+        r[0]
+        for r in conn.execute(
+            "SELECT pgingest.route_model(k) FROM unnest(%s::text[]) AS k", (keys,)
+        ).fetchall()
+    }
+    assert routed == {"v1"}
+    assert conn.execute(status).fetchall() == [
+        ("v1", 1.0, pytest.approx(0.7)),
+        ("v2", 0.0, pytest.approx(0.3)),
+    ]
+    listed = {r["name"]: r for r in models_cli.list_models(conn)}
+    assert (listed["v1"]["share"], listed["v2"]["share"]) == (1.0, 0.0)
+    table = models_cli.format_models(list(listed.values()))
+    assert "100.0% (70.0% set)" in table and "0.0% (30.0% set)" in table
+    conn.execute("SELECT pgingest.resume_model('v2')")
+    assert [r[1] for r in conn.execute(status).fetchall()] == [
+        pytest.approx(0.7),
+        pytest.approx(0.3),
+    ]

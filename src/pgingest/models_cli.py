@@ -390,6 +390,7 @@ def list_models(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
                 "index_size": ix.get("size"),
                 "index_build_phase": ix.get("build_phase"),
                 "share": traffic.get(m["name"], {}).get("share"),
+                "configured_share": traffic.get(m["name"], {}).get("configured_share"),
                 "searches_15min": traffic.get(m["name"], {}).get("logged_searches"),
                 "p50_ms": _float(traffic.get(m["name"], {}).get("p50_ms")),
                 "p95_ms": _float(traffic.get(m["name"], {}).get("p95_ms")),
@@ -441,6 +442,18 @@ def _searches_cell(r: dict[str, Any]) -> str:
     return f"{r['searches_15min']} ({r['p50_ms']:.1f}/{r['p95_ms']:.1f} ms)"
 
 
+def _share_cell(r: dict[str, Any]) -> str:
+    """The share of the searches the model serves; the configured one besides when it differs
+    (a paused candidate serves nothing, review 2026-12-07, item 2)."""
+    if r.get("share") is None:
+        return "-"
+    cell = f"{100 * r['share']:.1f}%"
+    configured = r.get("configured_share")
+    if configured is not None and abs(configured - r["share"]) > 1e-9:
+        cell += f" ({100 * configured:.1f}% set)"
+    return cell
+
+
 def format_models(rows: Sequence[dict[str, Any]]) -> str:
     body = []
     for r in rows:
@@ -461,7 +474,7 @@ def format_models(rows: Sequence[dict[str, Any]]) -> str:
                 f"{r['rate_per_s']:.1f}" if live and r["rate_per_s"] is not None else "-",
                 _fmt_eta(r["eta"]) if live else "-",
                 _index_cell(r),
-                "-" if not live or r.get("share") is None else f"{100 * r['share']:.1f}%",
+                _share_cell(r) if live else "-",
                 _searches_cell(r) if live else "-",
             ]
         )
