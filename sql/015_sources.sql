@@ -314,12 +314,12 @@ DECLARE
     v_meta text := pgingest._source_expr(p_s, 'metadata');
     v_body text := pgingest._source_expr(p_s, 'body');
     v_cmp text := pgingest._source_expr(p_s, 'compare');
+    v_guard text := pgingest._source_expr(p_s, 'guard');
+    v_guard_key text := pgingest._source_expr(p_s, 'guard_key');
     -- Schema-qualified, always (review 2026-12-07): relid::regclass::text leaves out a schema on
     -- the pinned search_path (public, where the vector extension often is), and a table created
     -- later under the old name of a renamed one was read instead. A rename is caught where the
     -- statements naming it run (_read_source_rows, source_backfill_step_v1: statements ->> 'table').
-    v_guard text := pgingest._source_expr(p_s, 'guard');
-    v_guard_key text := pgingest._source_expr(p_s, 'guard_key');
     v_table text := (
         SELECT format('%I.%I', n.nspname, c.relname)
         FROM pg_catalog.pg_class AS c INNER JOIN pg_catalog.pg_namespace AS n ON c.relnamespace = n.oid
