@@ -211,10 +211,13 @@ RETURNS text
 LANGUAGE sql
 IMMUTABLE
 SET search_path FROM CURRENT
-RETURN regexp_replace(btrim(p_text, E' \t\r\n\f\x0b'), '\s+', ' ', 'g');
+-- ASCII whitespace only, named (review 2026-12-07, item 8): `\s` depended on the database's
+-- LC_CTYPE and disagreed with Python's `\s` (NBSP, EM SPACE, U+001C-U+001F).
+RETURN regexp_replace(btrim(p_text, E' \t\r\n\f\x0b'), E'[ \t\r\n\f\x0b]+', ' ', 'g');
 
 COMMENT ON FUNCTION pgingest._query_key(text) IS
-'A query text or routing key as it is hashed: ends trimmed, whitespace runs collapsed to one space.';
+'A query text or routing key as it is hashed: ends trimmed, runs of ASCII whitespace (space, tab, CR, LF, '
+'FF, VT) collapsed to one space; any other character, Unicode spaces included, is kept as it is.';
 
 CREATE OR REPLACE FUNCTION pgingest._route_bucket(p_key text)
 RETURNS double precision

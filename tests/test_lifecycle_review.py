@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgingest import db, models_cli
+from pgingest import db, models_cli, search
 from pgingest.testing.fake_provider import FakeEmbeddingServer
 from tests.helpers import drain, insert_corpus, insert_docs, register
 
@@ -339,3 +339,52 @@ def test_a_paused_candidate_serves_no_share_and_says_what_was_set(
         pytest.approx(0.7),
         pytest.approx(0.3),
     ]
+
+
+# -- 8. the routing bucket: ASCII whitespace only, the same in Python and SQL ------------------
+
+TRICKY_KEYS = [
+    "user 42",
+    "  user 42 ",
+    "user\t\t42",
+    "a  b\tc\r\nd\fe\vf",
+    "user\u00a042",  # NBSP
+    "user\u200342",  # EM SPACE
+    "user\u300042",  # IDEOGRAPHIC SPACE
+    "user\u200b42",  # ZERO WIDTH SPACE
+    "user\u202f42",  # NARROW NBSP
+    "user\u205f42",
+    "user\u0085 42",  # NEL
+    "user\u2028\u202942",
+    "user\x1c\x1d\x1e\x1f42",  # Python's \s takes these
+    "\u00a0user 42\u00a0",
+    "\u3000",
+    "",
+    " ",
+    "Ünïcödé ключ 用户",
+]
+
+
+def test_python_and_sql_route_every_key_to_the_same_bucket(
+    conn: psycopg.Connection[Any],
+) -> None:
+    got = conn.execute(
+        "SELECT k, pgingest._route_bucket(k) FROM unnest(%s::text[]) WITH ORDINALITY AS u (k, i)"
+        " ORDER BY i",
+        (TRICKY_KEYS,),
+    ).fetchall()
+    assert [(k, search.route_bucket(k)) for k in TRICKY_KEYS] == got
+    # ASCII whitespace is collapsed and trimmed; Unicode spaces are characters of the key.
+    assert search.route_bucket("  user \t 42\n") == search.route_bucket("user 42")
+    assert search.route_bucket("user\u00a042") != search.route_bucket("user 42")
+    assert search.route_bucket("user\x1f42") != search.route_bucket("user 42")
+    # Whatever the session's collation and ctype: the function names its characters.
+    for collation in ("C", "POSIX", "ucs_basic"):
+        n = conn.execute(
+            sql.SQL(
+                "SELECT count(*) FROM unnest(%s::text[]) AS k"
+                " WHERE pgingest._query_key(k COLLATE {}) IS DISTINCT FROM pgingest._query_key(k)"
+            ).format(sql.Identifier(collation)),
+            (TRICKY_KEYS,),
+        ).fetchone()
+        assert n == (0,)

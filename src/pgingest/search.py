@@ -78,12 +78,18 @@ def embed_query(
     return embed_queries(model, provider, [text])[0]
 
 
+_ASCII_SPACE = " \t\r\n\f\v"
+_ASCII_SPACE_RUNS = re.compile(r"[ \t\r\n\f\v]+")
+
+
 def route_bucket(key: str) -> float:
     """Where a routing key falls in [0, 1), as ``pgingest._route_bucket`` computes it: the first
-    32 bits of the md5 of the key with its ends trimmed and whitespace runs collapsed. A traffic
-    shift (``pgingest.shift_traffic``) of share ``s`` routes the keys below ``s`` to its
-    candidate; the same key always lands on the same model."""
-    normalised = re.sub(r"\s+", " ", key.strip(" \t\r\n\f\v"))
+    32 bits of the md5 of the key with its ends trimmed and runs of ASCII whitespace (space, tab,
+    CR, LF, FF, VT; not ``\\s``, which takes Unicode spaces in Python and depends on LC_CTYPE in
+    PostgreSQL) collapsed to one space. A traffic shift (``pgingest.shift_traffic``) of share
+    ``s`` routes the keys below ``s`` to its candidate; the same key always lands on the same
+    model."""
+    normalised = _ASCII_SPACE_RUNS.sub(" ", key.strip(_ASCII_SPACE))
     return (
         int(hashlib.md5(normalised.encode(), usedforsecurity=False).hexdigest()[:8], 16)
         / 4294967296.0
