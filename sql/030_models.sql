@@ -705,12 +705,26 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     v_n integer;
+    v_said boolean := FALSE;
 BEGIN
     LOOP
         v_n := pgingest.backfill_step_v1(p_model, p_batch, FALSE);
         COMMIT;
-        EXIT WHEN v_n = 0;
-        IF v_n < 0 THEN
+        IF v_n = 0 THEN
+            -- 0 is "done" and also "busy": a worker's step holds the model's row (the step skips a
+            -- locked row, review 2026-12-07, item 6). Done only once the backfill is marked queued
+            -- (or the model is gone); else wait for that step and go on.
+            EXIT WHEN NOT EXISTS (
+                SELECT 1 FROM pgingest.models AS m
+                WHERE m.name = p_model AND m.state <> 'retired' AND m.backfill_completed_at IS NULL
+            );
+            IF NOT v_said THEN
+                RAISE NOTICE 'pgingest: the backfill of % is being stepped by a worker (its model row is locked): waiting for it',
+                    p_model;
+                v_said := TRUE;
+            END IF;
+            PERFORM pg_catalog.pg_sleep(0.1);
+        ELSIF v_n < 0 THEN
             -- Waiting for the captures that ran when the model was registered (its fence).
             PERFORM pg_catalog.pg_sleep(0.05);
         END IF;
@@ -719,7 +733,8 @@ END;
 $$;
 
 COMMENT ON PROCEDURE pgingest.run_backfill (text, integer) IS
-'Queues a model''s whole backfill from psql, committing after each batch (workers also do this by themselves).';
+'Queues a model''s whole backfill from psql, committing after each batch (workers also do this by themselves). '
+'Returns once the backfill is marked queued: while a worker''s backfill step holds the model, it waits for it.';
 
 -- The search view follows the current definition on every install and upgrade (a view created by
 -- an earlier version would otherwise keep that version's definition until the next swap).

@@ -388,3 +388,44 @@ def test_python_and_sql_route_every_key_to_the_same_bucket(
             (TRICKY_KEYS,),
         ).fetchone()
         assert n == (0,)
+
+
+# -- 6. run_backfill waits for a worker's backfill step instead of stopping -------------------
+
+
+def test_run_backfill_waits_for_a_worker_step_that_holds_the_model(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    register(conn, "v1", fake.url, index_method="none")
+    insert_corpus(conn, 30)
+    register(conn, "v2", fake.url, model_id="fake-768", dimensions=768, index_method="none")
+    assert _progress(conn, "v2")["backfill_queued_all"] is False
+    # A worker's backfill step in progress: it holds the model's row.
+    worker_step = psycopg.connect(dsn)
+    worker_step.execute("SELECT 1 FROM pgingest.models WHERE name = 'v2' FOR NO KEY UPDATE")
+    done = threading.Event()
+    notices: list[str] = []
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            with db.connect(dsn) as c:
+                c.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+                db.run_backfill(c, "v2", 10)
+        except BaseException as exc:  # reported by the assertions below
+            errors.append(exc)
+        finally:
+            done.set()
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    try:
+        assert not done.wait(1.5), "run_backfill returned while the backfill was not queued"
+        assert any("is being stepped by a worker" in n for n in notices)
+    finally:
+        worker_step.rollback()
+        worker_step.close()
+    assert done.wait(30) and not errors
+    p = _progress(conn, "v2")
+    assert p["backfill_queued_all"] is True
+    assert p["backfill_queued"] == 30
