@@ -516,8 +516,63 @@ SET search_path FROM CURRENT
 RETURN 1886808435;  -- 'pgis'
 
 COMMENT ON FUNCTION pgingest._source_lock_key() IS
-'The first key of the advisory locks (the source id is the second) by which a source''s backfill steps '
-'and its captures take turns (internal).';
+'The first key of the advisory lock that serializes the compilations of the captures (second key -1) '
+'(internal).';
+
+-- The lock by which a source's backfill steps and its captures take turns (review 2026-12-07,
+-- security finding 3): an empty table pgingest."source_lock_<source id>", which belongs to its
+-- source (created by _attach_source and by every install for the sources there are, dropped by
+-- _detach_source), like a model's store belongs to its model. The capture takes it IN ROW
+-- EXCLUSIVE MODE (a fast-path lock, compatible between writers), a backfill step IN SHARE MODE
+-- (which conflicts with ROW EXCLUSIVE). It used to be an advisory lock keyed (1886808435, source
+-- id): advisory locks need no privilege, and any role that could connect, pgingest role or not,
+-- held pg_advisory_lock(1886808435, <id>) and hung every write to the attached table for ever.
+-- LOCK TABLE in these modes needs INSERT, UPDATE, DELETE or TRUNCATE on the table, which nobody
+-- but the owner of pgingest has: admins get SELECT (as on every table of pgingest), which allows
+-- ACCESS SHARE only, and ACCESS SHARE conflicts with neither mode.
+CREATE OR REPLACE FUNCTION pgingest._source_lock_table(p_id integer)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_name text := 'source_lock_' || p_id;
+BEGIN
+    IF to_regclass(format('pgingest.%I', v_name)) IS NOT NULL THEN
+        RETURN;
+    END IF;
+    EXECUTE format('CREATE TABLE pgingest.%I ()', v_name);
+    EXECUTE format('REVOKE ALL ON pgingest.%I FROM PUBLIC', v_name);
+    EXECUTE format('GRANT SELECT ON pgingest.%I TO pgingest_admin', v_name);
+    EXECUTE format(
+        'COMMENT ON TABLE pgingest.%I IS %L', v_name,
+        format('The lock by which the captures (ROW EXCLUSIVE) and the backfill steps (SHARE) of source id %s '
+               'take turns; empty (internal: goes with its source).', p_id)
+    );
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._source_lock_table(integer) IS
+'Creates the lock table pgingest.source_lock_<id> of a source when it does not exist (internal: '
+'_attach_source, every install, a backfill step).';
+
+-- Every source has its lock table; a lock table of no source is dropped.
+DO $$
+DECLARE
+    v_rel record;
+BEGIN
+    PERFORM pgingest._source_lock_table(s.id) FROM pgingest.sources AS s WHERE s.id <> 0;
+    FOR v_rel IN
+        SELECT c.relname FROM pg_catalog.pg_class AS c
+        WHERE c.relnamespace = 'pgingest'::regnamespace AND c.relkind = 'r' AND c.relname ~ '^source_lock_[0-9]+$'
+          AND NOT EXISTS (SELECT 1 FROM pgingest.sources AS s WHERE 'source_lock_' || s.id = c.relname)
+        ORDER BY c.relname
+    LOOP
+        EXECUTE format('DROP TABLE pgingest.%I', v_rel.relname);
+    END LOOP;
+END;
+$$;
 
 -- The queueing part of the compiled capture of attached tables (issue 19, attached tables'
 -- capture): the queue INSERT of the first live model as the statement itself, reading the rows of
@@ -652,6 +707,27 @@ COMMENT ON FUNCTION pgingest._source_type_refusal(regtype) IS
 'Why a column of this type cannot be mapped by a source (its type, domain base or array element type is not '
 'built in nor an extension''s, or a cast of it to text or json is a user''s function), or NULL (internal).';
 
+-- Whether row-level security is enabled on a table (or forced on its owner). A policy is an
+-- expression of the table owner's choosing, functions of theirs included: the SECURITY DEFINER
+-- backfill, read path and raw read path would evaluate it as the owner of pgingest (review
+-- 2026-12-07, security finding 1). add_source() refuses such a table; one that enables it later
+-- is not read (those routines, and the capture, also run with row_security = off, so that a
+-- policy raises an error instead of running).
+CREATE OR REPLACE FUNCTION pgingest._source_rls(p_table oid)
+RETURNS boolean
+LANGUAGE sql
+STABLE
+SET search_path FROM CURRENT
+RETURN (
+    SELECT c.relrowsecurity OR c.relforcerowsecurity
+    FROM pg_catalog.pg_class AS c
+    WHERE c.oid = p_table
+);
+
+COMMENT ON FUNCTION pgingest._source_rls(oid) IS
+'Whether row-level security is enabled (or forced) on an attached table, which pgingest then does not read '
+'(internal).';
+
 -- The first column of a source's key (p_key) or mapping (p_cols) that cannot be read: why, as a
 -- sentence naming it (NULL when none). Columns not found are skipped (their statements fail).
 CREATE OR REPLACE FUNCTION pgingest._source_columns_refusal(p_table regclass, p_key text[], p_cols text[])
@@ -723,6 +799,7 @@ DECLARE
     v_upd text[];
     v_case text := '';
     v_branches text := '';
+    v_locks text := '';
     v_names text;
 BEGIN
     -- One compilation at a time (the lock of _compile_enqueue, which calls this one).
@@ -758,6 +835,11 @@ BEGIN
         -- Only for the table the source is attached to (TG_RELID): a trigger on another table
         -- naming this source (anyone with TRIGGER on some table can create one) does nothing.
         v_case := v_case || format(' WHEN %L THEN CASE WHEN TG_RELID = %s THEN %s END', v_s.name, v_s.relid, v_s.id);
+        IF to_regclass(format('pgingest.%I', 'source_lock_' || v_s.id)) IS NOT NULL THEN
+            v_locks := v_locks || format(E'        %s v_id = %s THEN\n            LOCK TABLE pgingest.%I IN ROW EXCLUSIVE MODE;\n',
+                                         CASE WHEN v_locks = '' THEN 'IF' ELSE 'ELSIF' END, v_s.id,
+                                         'source_lock_' || v_s.id);
+        END IF;
         IF v_s.refusal IS NOT NULL THEN
             -- A column's type changed since add_source() to one whose casts are its owner's code:
             -- never run (a capture_failed dead letter per statement instead).
@@ -810,6 +892,7 @@ BEGIN
         SET bytea_output = 'hex'
         SET extra_float_digits = 1
         SET lc_monetary = 'C'
+        SET row_security = off
         AS %L
         $ddl$,
         format(
@@ -837,19 +920,20 @@ BEGIN
             RETURN NULL;
         END IF;
     END IF;
-    -- Held until this transaction ends: a backfill step of this source (which takes it exclusively)
-    -- waits for this transaction, then reads the table as it committed it. Without it, a step
-    -- reading the table before this commit would register the old text over what this statement
-    -- registers, or a row this statement deletes.
+    -- Held until this transaction ends: a backfill step of this source (which takes its lock table
+    -- IN SHARE MODE) waits for this transaction, then reads the table as it committed it. Without
+    -- it, a step reading the table before this commit would register the old text over what this
+    -- statement registers, or a row this statement deletes. Only the owner of pgingest can take
+    -- this lock in a mode that conflicts (_source_lock_table).
     -- (It waits at most for one backfill step, ~0.1 s: never with the application's lock_timeout,
     -- which would fail its statement because of pgingest; set to 0 and put back only when it is
     -- not 0 already, the default.)
-    IF current_setting('lock_timeout') = '0' THEN
-        PERFORM pg_advisory_xact_lock_shared(%3$s, v_id);
-    ELSE
-        v_lock_timeout := current_setting('lock_timeout');
+    v_lock_timeout := current_setting('lock_timeout');
+    IF v_lock_timeout <> '0' THEN
         PERFORM set_config('lock_timeout', '0', TRUE);
-        PERFORM pg_advisory_xact_lock_shared(%3$s, v_id);
+    END IF;
+%3$s
+    IF v_lock_timeout <> '0' THEN
         PERFORM set_config('lock_timeout', v_lock_timeout, TRUE);
     END IF;
     <<capture>>
@@ -898,7 +982,10 @@ END;
 $body$,
             CASE WHEN v_case = '' THEN 'NULL' ELSE 'CASE TG_ARGV[0]' || v_case || ' END' END,
             v_branches,
-            pgingest._source_lock_key(),
+            v_locks
+            || CASE WHEN v_locks = '' THEN E'        ' ELSE E'        ELSE\n            ' END
+            || E'EXECUTE format(''LOCK TABLE pgingest.%I IN ROW EXCLUSIVE MODE'', ''source_lock_'' || v_id);\n'
+            || CASE WHEN v_locks = '' THEN '' ELSE E'        END IF;\n' END,
             pgingest._source_wake_sql()
         )
     );
@@ -1178,6 +1265,7 @@ BEGIN
     RETURNING * INTO v_s;
     UPDATE pgingest.sources AS s SET statements = pgingest._source_statements(v_s) WHERE s.id = v_s.id
     RETURNING * INTO v_s;
+    PERFORM pgingest._source_lock_table(v_s.id);
     PERFORM pgingest._compile_source_capture();
     PERFORM pg_notify('pgingest', '');
     RETURN v_s;
@@ -1227,7 +1315,8 @@ BEGIN
             USING ERRCODE = 'duplicate_object',
                   HINT = 'Pick another name, or pgingest.remove_source() the existing one first.';
     END IF;
-    SELECT c.relkind, c.relpersistence, c.relowner, c.relispartition, n.nspname INTO v_c
+    SELECT c.relkind, c.relpersistence, c.relowner, c.relispartition, n.nspname,
+           c.relrowsecurity OR c.relforcerowsecurity AS rls, n.oid AS nsp INTO v_c
     FROM pg_catalog.pg_class AS c INNER JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
     WHERE c.oid = source_table;
     IF v_c.relkind IN ('v', 'm') THEN
@@ -1255,6 +1344,14 @@ BEGIN
             USING ERRCODE = 'wrong_object_type',
                   HINT = 'pgingest.documents is the built-in source ''documents''.';
     END IF;
+    -- (Not pgingest._source_rls: add_source runs as the caller, who may run no internal routine.)
+    IF v_c.rls THEN
+        RAISE EXCEPTION 'pgingest: row-level security is enabled on %; a source cannot be such a table', source_table
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'pgingest reads the table as its owner, and the table''s policies (functions of yours) '
+                         'would run as that role: attach a table without row-level security (ALTER TABLE ... '
+                         'DISABLE ROW LEVEL SECURITY), or copy the rows to embed into one.';
+    END IF;
     IF EXISTS (SELECT 1 FROM pgingest.sources AS s WHERE s.relid = source_table) THEN
         RAISE EXCEPTION 'pgingest: % is already attached as source %', source_table,
             (SELECT quote_literal(s.name) FROM pgingest.sources AS s WHERE s.relid = source_table)
@@ -1264,6 +1361,19 @@ BEGIN
         RAISE EXCEPTION 'pgingest: only the owner of % may attach it (% does not own it)', source_table, current_user
             USING ERRCODE = 'insufficient_privilege',
                   HINT = format('The owner, %s, runs pgingest.add_source().', pg_get_userbyid(v_c.relowner));
+    END IF;
+
+    -- The owner of pgingest reads the table (backfill, worker read path): add_source() grants it
+    -- SELECT on the mapped columns below, but it must be able to use the table's schema too, which
+    -- only the schema's owner can grant: refused here, not by 'permission denied for schema' in
+    -- the backfill later (review 2026-12-07).
+    v_owner := (SELECT pg_get_userbyid(n.nspowner) FROM pg_catalog.pg_namespace AS n WHERE n.nspname = 'pgingest');
+    IF NOT has_schema_privilege(v_owner, v_c.nsp, 'USAGE') THEN
+        RAISE EXCEPTION 'pgingest: the owner of pgingest, %, may not use schema % (of table %)', v_owner,
+            quote_ident(v_c.nspname), source_table
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = format('pgingest reads the mapped columns as its owner: the schema''s owner runs GRANT USAGE '
+                                'ON SCHEMA %I TO %I;', v_c.nspname, v_owner);
     END IF;
 
     -- Creating the triggers locks the table against writes until this transaction ends: every row
@@ -1282,7 +1392,6 @@ BEGIN
                    'pgingest._source_capture(%L)', format('pgingest_%s_capture_truncate', name), source_table, name);
 
     -- The owner of pgingest reads the mapped columns (backfill, worker read path) and nothing else.
-    v_owner := (SELECT pg_get_userbyid(n.nspowner) FROM pg_catalog.pg_namespace AS n WHERE n.nspname = 'pgingest');
     IF NOT pg_has_role(v_owner, v_c.relowner, 'MEMBER')
        AND NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles AS r WHERE r.rolname = v_owner) THEN
         SELECT string_agg(DISTINCT quote_ident(c), ', ') INTO v_cols
@@ -1357,6 +1466,7 @@ BEGIN
     DELETE FROM pgingest.dead_letters AS l WHERE l.doc_id IS NULL AND l.payload ->> 'source' = v_s.name;
     DELETE FROM pgingest.sources AS s WHERE s.id = v_s.id;
     PERFORM pgingest._compile_source_capture();
+    EXECUTE format('DROP TABLE IF EXISTS pgingest.%I', 'source_lock_' || v_s.id);
     RETURN cardinality(v_ids);
 END;
 $$;
@@ -1451,6 +1561,7 @@ SET intervalstyle = 'postgres'
 SET bytea_output = 'hex'
 SET extra_float_digits = 1
 SET lc_monetary = 'C'
+SET row_security = off
 AS $$
 DECLARE
     v_s pgingest.sources;
@@ -1481,6 +1592,13 @@ BEGIN
                 USING ERRCODE = 'insufficient_privilege',
                       HINT = 'Change the column back to a built-in type, or pgingest.remove_source() it.';
         END IF;
+        IF pgingest._source_rls(v_s.relid) THEN  -- enabled since add_source() (row_security = off: never run)
+            RAISE EXCEPTION 'pgingest: source %: row-level security is enabled on table %: not read', v_s.name,
+                v_s.relid::regclass
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'Its policies would run as the owner of pgingest: ALTER TABLE ... DISABLE ROW LEVEL '
+                             'SECURITY (and NO FORCE ROW LEVEL SECURITY), or pgingest.remove_source() it.';
+        END IF;
         v_table := (
             SELECT format('%I.%I', n.nspname, c.relname)
             FROM pg_catalog.pg_class AS c INNER JOIN pg_catalog.pg_namespace AS n ON c.relnamespace = n.oid
@@ -1508,9 +1626,14 @@ BEGIN
         -- Wait (at most 1 s, then try again later) for the application's transactions that wrote this
         -- source to end, and hold new ones back until this step commits: the statements below then
         -- read the table as committed, and no capture interleaves with them (see _source_capture).
+        -- SHARE conflicts with the captures' ROW EXCLUSIVE on the source's lock table, which no
+        -- other role may lock in a mode that conflicts with either (_source_lock_table).
+        IF to_regclass(format('pgingest.%I', 'source_lock_' || v_s.id)) IS NULL THEN
+            PERFORM pgingest._source_lock_table(v_s.id);
+        END IF;
         BEGIN
             PERFORM set_config('lock_timeout', '1s', TRUE);
-            PERFORM pg_advisory_xact_lock(pgingest._source_lock_key(), v_s.id);
+            EXECUTE format('LOCK TABLE pgingest.%I IN SHARE MODE', 'source_lock_' || v_s.id);
             PERFORM set_config('lock_timeout', v_lock_timeout, TRUE);
         EXCEPTION WHEN lock_not_available THEN
             RETURN -1;
@@ -1559,6 +1682,53 @@ $$;
 COMMENT ON PROCEDURE pgingest.run_source_backfill (integer) IS
 'Registers and queues every source''s pending backfill from psql without pacing, committing after each batch.';
 
+-- The rows (among p_doc_ids) of a source that cannot be read become dead letters
+-- (source_unreadable, for every live model that has not embedded their version) and a WARNING
+-- names the source: the read path of text (_read_source_rows) and of raw documents
+-- (raw_documents_v1, sql/016_raw.sql) leave them out and go on with the other sources.
+CREATE OR REPLACE FUNCTION pgingest._source_unreadable(
+    p_id integer, p_name text, p_key_columns text[], p_doc_ids bigint[], p_state text, p_message text
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    INSERT INTO pgingest.dead_letters AS l (
+        doc_id, doc_key, model, content_hash, error_class, error_message, payload
+    )
+    SELECT
+        r.doc_id,
+        CASE WHEN cardinality(p_key_columns) = 1 THEN r.row_key ->> p_key_columns[1] ELSE r.row_key::text END,
+        m.name,
+        r.content_hash,
+        'source_unreadable',
+        left(format('source %s: its rows cannot be read (SQLSTATE %s: %s); fix the table, then '
+                    'SELECT pgingest.requeue_dead_letters(p_error_class => ''source_unreadable'')',
+                    p_name, p_state, p_message), 2000),
+        jsonb_build_object('source', p_name, 'sqlstate', p_state)
+    FROM pgingest.source_rows AS r
+    CROSS JOIN pgingest.models AS m
+    WHERE r.source_id = p_id AND r.doc_id = ANY (p_doc_ids) AND m.state <> 'retired'
+      AND NOT EXISTS (
+          SELECT 1 FROM pgingest.embedding_state AS e
+          WHERE e.doc_id = r.doc_id AND e.model = m.name AND e.content_hash = r.content_hash
+      )
+    ON CONFLICT (doc_id, model) WHERE doc_id IS NOT NULL DO UPDATE
+    SET content_hash = excluded.content_hash, error_class = excluded.error_class,
+        error_message = excluded.error_message, payload = excluded.payload,
+        attempts = l.attempts + 1, last_failed_at = now();
+    RAISE WARNING 'pgingest: source %: its rows cannot be read: %', p_name, p_message
+        USING HINT = 'Fix the table (or pgingest.remove_source() it), then SELECT '
+                     'pgingest.requeue_dead_letters(p_error_class => ''source_unreadable'');';
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._source_unreadable(integer, text, text[], bigint[], text, text) IS
+'Dead-letters (source_unreadable, every live model without that version) the rows among these doc_ids of a '
+'source that cannot be read, and warns (internal: _read_source_rows, raw_documents_v1).';
+
 -- The worker's read path for the rows of attached tables. Each source is read on its own
 -- (review 2026-12-07): a source whose table was dropped, or whose mapped column was renamed or
 -- dropped, failed the read of the whole queue, every source's rows. Its rows now become dead
@@ -1582,6 +1752,7 @@ SET intervalstyle = 'postgres'
 SET bytea_output = 'hex'
 SET extra_float_digits = 1
 SET lc_monetary = 'C'
+SET row_security = off
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -1594,9 +1765,10 @@ BEGIN
                (SELECT format('%I.%I', n.nspname, c.relname)
                 FROM pg_catalog.pg_class AS c INNER JOIN pg_catalog.pg_namespace AS n ON c.relnamespace = n.oid
                 WHERE c.oid = s.relid) AS table_now,
-               pgingest._source_columns_refusal(
+               coalesce(pgingest._source_columns_refusal(
                    s.relid, s.key_columns, pgingest._source_text_columns(s) || s.metadata_columns
-               ) AS refusal
+               ), CASE WHEN pgingest._source_rls(s.relid)
+                       THEN format('row-level security is enabled on table %s', s.relid::regclass) END) AS refusal
         FROM pgingest.sources AS s
         WHERE s.id IN (SELECT DISTINCT r.source_id FROM pgingest.source_rows AS r WHERE r.doc_id = ANY (p_doc_ids))
         ORDER BY s.id
@@ -1616,34 +1788,7 @@ BEGIN
             WHEN serialization_failure OR deadlock_detected OR lock_not_available OR query_canceled THEN
                 RAISE;
             WHEN OTHERS THEN
-                INSERT INTO pgingest.dead_letters AS l (
-                    doc_id, doc_key, model, content_hash, error_class, error_message, payload
-                )
-                SELECT
-                    r.doc_id,
-                    CASE WHEN cardinality(v_s.key_columns) = 1 THEN r.row_key ->> v_s.key_columns[1]
-                         ELSE r.row_key::text END,
-                    m.name,
-                    r.content_hash,
-                    'source_unreadable',
-                    left(format('source %s: its rows cannot be read (SQLSTATE %s: %s); fix the table, then '
-                                'SELECT pgingest.requeue_dead_letters(p_error_class => ''source_unreadable'')',
-                                v_s.name, SQLSTATE, SQLERRM), 2000),
-                    jsonb_build_object('source', v_s.name, 'sqlstate', SQLSTATE)
-                FROM pgingest.source_rows AS r
-                CROSS JOIN pgingest.models AS m
-                WHERE r.source_id = v_s.id AND r.doc_id = ANY (p_doc_ids) AND m.state <> 'retired'
-                  AND NOT EXISTS (
-                      SELECT 1 FROM pgingest.embedding_state AS e
-                      WHERE e.doc_id = r.doc_id AND e.model = m.name AND e.content_hash = r.content_hash
-                  )
-                ON CONFLICT (doc_id, model) WHERE doc_id IS NOT NULL DO UPDATE
-                SET content_hash = excluded.content_hash, error_class = excluded.error_class,
-                    error_message = excluded.error_message, payload = excluded.payload,
-                    attempts = l.attempts + 1, last_failed_at = now();
-                RAISE WARNING 'pgingest: source %: its rows cannot be read: %', v_s.name, SQLERRM
-                    USING HINT = 'Fix the table (or pgingest.remove_source() it), then SELECT '
-                                 'pgingest.requeue_dead_letters(p_error_class => ''source_unreadable'');';
+                PERFORM pgingest._source_unreadable(v_s.id, v_s.name, v_s.key_columns, p_doc_ids, SQLSTATE, SQLERRM);
         END;
     END LOOP;
 END;

@@ -5,6 +5,16 @@
 
 -- The bytes (up to p_max_bytes) or URI of raw documents, with what was recorded of them. Rows of
 -- other sources are not returned.
+-- Each source is read on its own, as by the read path of text (_read_source_rows, review
+-- 2026-12-07): a source whose table was dropped, or whose mapped column was renamed or dropped,
+-- whose column changed to a type of its owner's (_source_type_refusal) or which enabled
+-- row-level security (_source_rls) is not read: its rows become source_unreadable dead letters
+-- (a WARNING names the source) and are left out, and the other sources' rows are returned (one
+-- such source failed the whole batch). A renamed table is read under its new name (the statement
+-- is compiled again for this call when statements ->> 'table' is not the table's name now: it
+-- failed until the next install). row_security = off: a policy (its owner's functions) raises
+-- instead of running as the owner of pgingest; the session settings the key's cast to text
+-- depends on are pinned as in _read_source_rows.
 CREATE OR REPLACE FUNCTION pgingest.raw_documents_v1(p_doc_ids bigint[], p_max_bytes bigint)
 RETURNS TABLE (
     doc_id bigint,
@@ -22,30 +32,62 @@ RETURNS TABLE (
     refreshed_from bytea
 )
 LANGUAGE plpgsql
-STABLE
+VOLATILE
 SECURITY DEFINER
 SET search_path FROM CURRENT
+SET timezone = 'UTC'
+SET datestyle = 'ISO, MDY'
+SET intervalstyle = 'postgres'
+SET bytea_output = 'hex'
+SET extra_float_digits = 1
+SET lc_monetary = 'C'
+SET row_security = off
 AS $$
 DECLARE
     v_s record;
+    v_sql text;
 BEGIN
     FOR v_s IN
-        SELECT s.id, s.name, s.paused_reason, s.statements ->> 'raw' AS sql
+        SELECT s AS src, s.id, s.name, s.paused_reason, s.key_columns, s.statements ->> 'raw' AS sql,
+               s.statements ->> 'table' AS stored_table,
+               (SELECT format('%I.%I', n.nspname, c.relname)
+                FROM pg_catalog.pg_class AS c INNER JOIN pg_catalog.pg_namespace AS n ON c.relnamespace = n.oid
+                WHERE c.oid = s.relid) AS table_now,
+               coalesce(pgingest._source_columns_refusal(
+                   s.relid, s.key_columns, pgingest._source_text_columns(s) || s.metadata_columns
+               ), CASE WHEN pgingest._source_rls(s.relid)
+                       THEN format('row-level security is enabled on table %s', s.relid::regclass) END) AS refusal
         FROM pgingest.sources AS s
         WHERE s.statements ->> 'raw' IS NOT NULL
           AND s.id IN (SELECT DISTINCT r.source_id FROM pgingest.source_rows AS r WHERE r.doc_id = ANY (p_doc_ids))
         ORDER BY s.id
     LOOP
-        RETURN QUERY
-        WITH t (doc_id, content, content_bytes, uri, mime) AS MATERIALIZED (
-            SELECT * FROM pgingest._raw_rows(v_s.sql, p_doc_ids, p_max_bytes)
-        )
-        SELECT
-            r.doc_id, v_s.name, v_s.paused_reason, t.content, t.content_bytes, t.uri, t.mime, r.content_hash,
-            r.sha256, r.etag, r.last_modified, r.parsed_version, r.refreshed_from
-        FROM pgingest.source_rows AS r
-        INNER JOIN t ON t.doc_id = r.doc_id
-        WHERE r.source_id = v_s.id;
+        BEGIN
+            IF v_s.table_now IS NULL THEN
+                RAISE EXCEPTION 'the table of source % was dropped', v_s.name USING ERRCODE = 'undefined_table';
+            ELSIF v_s.refusal IS NOT NULL THEN
+                RAISE EXCEPTION '%: not read', v_s.refusal USING ERRCODE = 'insufficient_privilege';
+            END IF;
+            v_sql := v_s.sql;
+            IF v_s.stored_table IS DISTINCT FROM v_s.table_now THEN  -- renamed (or moved) since compiled
+                v_sql := pgingest._source_statements(v_s.src) ->> 'raw';
+            END IF;
+            RETURN QUERY
+            WITH t (doc_id, content, content_bytes, uri, mime) AS MATERIALIZED (
+                SELECT * FROM pgingest._raw_rows(v_sql, p_doc_ids, p_max_bytes)
+            )
+            SELECT
+                r.doc_id, v_s.name, v_s.paused_reason, t.content, t.content_bytes, t.uri, t.mime, r.content_hash,
+                r.sha256, r.etag, r.last_modified, r.parsed_version, r.refreshed_from
+            FROM pgingest.source_rows AS r
+            INNER JOIN t ON t.doc_id = r.doc_id
+            WHERE r.source_id = v_s.id;
+        EXCEPTION
+            WHEN serialization_failure OR deadlock_detected OR lock_not_available OR query_canceled THEN
+                RAISE;
+            WHEN OTHERS THEN
+                PERFORM pgingest._source_unreadable(v_s.id, v_s.name, v_s.key_columns, p_doc_ids, SQLSTATE, SQLERRM);
+        END;
     END LOOP;
 END;
 $$;
@@ -54,13 +96,14 @@ COMMENT ON FUNCTION pgingest.raw_documents_v1(bigint[], bigint) IS
 'Worker: the raw documents among these doc_ids: their source (and why it is paused), their bytes (a bytea '
 'column; NULL over p_max_bytes, whose size content_bytes gives) or URI, MIME override, current version, and '
 'what was recorded of their last fetch (sha256, ETag, Last-Modified, the version parsed, the version before a '
-'refresh).';
+'refresh). The rows of a source that cannot be read become source_unreadable dead letters and are left out.';
 
 CREATE OR REPLACE FUNCTION pgingest._raw_rows(p_sql text, p_doc_ids bigint[], p_max_bytes bigint)
 RETURNS TABLE (doc_id bigint, content bytea, content_bytes bigint, uri text, mime text)
 LANGUAGE plpgsql
 STABLE
 SET search_path FROM CURRENT
+SET row_security = off
 AS $$
 BEGIN
     RETURN QUERY EXECUTE p_sql USING p_doc_ids, p_max_bytes;
