@@ -454,3 +454,58 @@ def test_raw_documents_reads_a_renamed_table_and_a_broken_source_fails_no_other(
     # a dropped table too
     conn.execute("DROP TABLE public.blobs")
     assert raw() == {ids["files"]: b"bytes of files"}
+
+
+# -- 5: the vector extension's schema, writable by others after the install ---------------------
+
+
+def test_a_vector_schema_made_writable_after_the_install_refuses_compiling_the_capture(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    make_role: Callable[..., str],
+) -> None:
+    schema = one(
+        conn, "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'vector'"
+    )
+    register(conn, "v1", fake.url)
+    attach_notes(conn)
+    intruder = make_role("pgi_intruder")
+    conn.execute(
+        sql.SQL("GRANT CREATE ON SCHEMA {} TO {}").format(
+            sql.Identifier(schema), sql.Identifier(intruder)
+        )
+    )
+    conn.execute("CREATE TABLE public.memos (id int PRIMARY KEY, body text)")
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as ei:
+        conn.execute("SELECT pgingest.add_source('memos', 'public.memos', body => 'body')")
+    assert f"{intruder} may create objects in schema {schema}" in str(ei.value)
+    assert "--allow-public-create" in (ei.value.diag.message_hint or "")
+    assert one(conn, "SELECT count(*) FROM pgingest.sources WHERE name = 'memos'") == 0
+    # the compilation of register_model() too, while a source is attached
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+        register(conn, "v2", fake.url)
+    # the application's writes are still captured (the capture compiled before), and removing a
+    # source is never refused
+    conn.execute("INSERT INTO public.notes VALUES (1, 'still captured')")
+    assert queue_count(conn, "v1") == 1
+    conn.execute("SELECT pgingest.remove_source('notes')")
+    # an install made with --allow-public-create records it: attaching works again
+    with pytest.raises(install.InstallError):
+        install.install(dsn)
+    install.install(dsn, allow_public_create=True)
+    conn.execute("SELECT pgingest.add_source('memos', 'public.memos', body => 'body')")
+    # revoked and installed again: a later grant is refused again
+    conn.execute(
+        sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {}").format(
+            sql.Identifier(schema), sql.Identifier(intruder)
+        )
+    )
+    install.install(dsn)
+    conn.execute(
+        sql.SQL("GRANT CREATE ON SCHEMA {} TO {}").format(
+            sql.Identifier(schema), sql.Identifier(intruder)
+        )
+    )
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+        register(conn, "v2", fake.url)
