@@ -339,8 +339,10 @@ BEGIN
         -- The profile's chunk rows, shared with the other models of the profile: a row whose text
         -- and span are unchanged is not written at all (a second model backfilling the versions
         -- another one already wrote writes nothing here). Rows are locked in (doc_id, ordinal) order.
-        -- The documents of the rows updated (not inserted: xmax is set only on an update) are kept
-        -- in v_changed: see below, after the surplus rows.
+        -- The documents of the rows updated (not inserted) are kept in v_changed: see below, after
+        -- the surplus rows. An update stamps updated_at with clock_timestamp(), an insert with
+        -- now() (the transaction's start, before this statement): RETURNING tells them apart (xmax
+        -- cannot be returned from a partitioned table, install --chunk-partitions).
         WITH w AS (
         INSERT INTO pgingest.chunks AS c
             (profile_id, doc_id, ordinal, content, chunk_hash, token_count, char_start, char_end, chunker, updated_at)
@@ -363,10 +365,10 @@ BEGIN
             char_start = EXCLUDED.char_start,
             char_end = EXCLUDED.char_end,
             chunker = EXCLUDED.chunker,
-            updated_at = EXCLUDED.updated_at
+            updated_at = clock_timestamp()
         WHERE (c.chunk_hash, c.char_start, c.char_end, c.content)
             IS DISTINCT FROM (EXCLUDED.chunk_hash, EXCLUDED.char_start, EXCLUDED.char_end, EXCLUDED.content)
-        RETURNING c.doc_id, c.xmax::text <> '0' AS updated
+        RETURNING c.doc_id, c.updated_at <> now() AS updated
         )
 
         SELECT array_agg(DISTINCT w.doc_id) FILTER (WHERE w.updated) INTO v_changed FROM w;
@@ -455,8 +457,12 @@ BEGIN
             LOOP
                 WITH gone AS (
                     DELETE FROM pgingest.embedding_state AS e
-                    USING unnest(p_doc_ids, p_hashes) AS x (id, h)
-                    WHERE x.id = ANY (v_changed) AND e.doc_id = x.id AND e.model = v_o.name AND e.content_hash = x.h
+                    USING (
+                        SELECT DISTINCT x.id, x.h
+                        FROM unnest(p_doc_ids, p_hashes) AS x (id, h)
+                        INNER JOIN unnest(v_changed) AS k (id) ON k.id = x.id
+                    ) AS x
+                    WHERE e.doc_id = x.id AND e.model = v_o.name AND e.content_hash = x.h
                     RETURNING e.doc_id, e.content_hash
                 )
 

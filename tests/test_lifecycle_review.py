@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgingest import db, models_cli, search
+from pgingest import db, install, models_cli, search
 from pgingest.testing.fake_provider import FakeEmbeddingServer
 from tests.helpers import drain, insert_corpus, insert_docs, register
 
@@ -150,6 +150,24 @@ def test_requeue_leaves_invalid_message_letters_alone_unless_named(
 
 
 def test_a_model_rewriting_shared_chunks_requeues_the_version_for_the_others(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    _rewrite_shared_chunks(conn, dsn, fake)
+
+
+def test_a_model_rewriting_shared_partitioned_chunks_requeues_the_version_for_the_others(
+    empty_database: Any, fake: FakeEmbeddingServer
+) -> None:
+    dsn = empty_database("sharedparts")
+    install.install(dsn, chunk_partitions=4)
+    conn = db.connect(dsn)
+    try:
+        _rewrite_shared_chunks(conn, dsn, fake)
+    finally:
+        conn.close()
+
+
+def _rewrite_shared_chunks(
     conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
 ) -> None:
     register(conn, "v1", fake.url, index_method="none")
