@@ -3,8 +3,8 @@
 The compiled ``pgingest._source_capture()`` writes the content hash into its statements (no call
 of the LANGUAGE sql ``_source_hash``, which fmgr_sql planned on every statement), runs the first
 live model's queue INSERT as the statement itself, tests the wake-up memo without an executor,
-takes the advisory lock by a literal key, and sets ``lock_timeout`` to 0 around it only when the
-application's is not 0. These tests pin what must not change on the way: the application's
+takes its source's lock (``pgingest.source_lock_<id>``), and sets ``lock_timeout`` to 0 around
+it only when the application's is not 0. These tests pin what must not change on the way: the application's
 settings after its statement, one message per (changed version, live model), a failure that
 becomes a dead letter and never fails the statement, and the wake-up of a sleeping worker.
 """
@@ -164,7 +164,7 @@ def test_a_capture_waits_for_a_backfill_step_but_never_fails_by_the_applications
             done.set()
 
     with psycopg.connect(dsn) as step:  # a backfill step holds the source's lock exclusively
-        step.execute("SELECT pg_advisory_xact_lock(pgingest._source_lock_key(), %s)", (source_id,))
+        step.execute(f"LOCK TABLE pgingest.source_lock_{int(source_id)} IN SHARE MODE")
         thread = threading.Thread(target=write)
         thread.start()
         assert not done.wait(0.5), errors  # waiting past its 50 ms, not failed

@@ -469,10 +469,12 @@ def test_only_the_tables_owner_attaches_it_and_the_worker_role_needs_no_grant_on
             conn.execute(
                 sql.SQL("CREATE ROLE {} IN ROLE pgingest_admin").format(sql.Identifier(role))
             )
-        conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(owner)))
-        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
+        # (no CREATE on the vector extension's schema for the owner: the capture's compile
+        # refuses a schema where roles other than pgingest's owner may create objects)
         conn.execute(ARTICLES)
-        conn.execute("RESET ROLE")
+        conn.execute(
+            sql.SQL("ALTER TABLE public.articles OWNER TO {}").format(sql.Identifier(owner))
+        )
         register(conn, "v1", fake.url)
         insert_articles(conn, TENANT_A, range(1, 5))
 
