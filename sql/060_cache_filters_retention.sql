@@ -243,7 +243,8 @@ END;
 
 COMMENT ON FUNCTION pgingest.set_dead_letter_retention(text, interval, integer) IS
 'Retention policy of a model''s dead letters: keep those younger than p_keep and at most p_max_rows '
-'(newest first); NULL keeps everything. Applied by pgingest.purge_dead_letters().';
+'(newest first); NULL keeps everything. Applied by pgingest.purge_dead_letters(), which never purges the '
+'letter of a version that is still current.';
 
 CREATE OR REPLACE FUNCTION pgingest.purge_dead_letters(p_model text DEFAULT NULL)
 RETURNS bigint
