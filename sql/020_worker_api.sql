@@ -293,6 +293,12 @@ DECLARE
     v_gone bigint[];
     v_o record;
     v_msgs jsonb[];
+    -- Whether another live model shares this model's profile (its chunk rows): only then can a
+    -- write here change rows another model has embedded (review 2026-12-07, item 7).
+    v_shared boolean := EXISTS (
+        SELECT 1 FROM pgingest.models AS m
+        WHERE m.profile_id = v_m.profile_id AND m.name <> v_m.name AND m.state <> 'retired'
+    );
 BEGIN
     IF p_profile_id IS DISTINCT FROM v_m.profile_id THEN
         RAISE EXCEPTION 'pgingest: batch of model % was chunked with profile %, the model uses profile %',
@@ -343,35 +349,63 @@ BEGIN
         -- the surplus rows. An update stamps updated_at with clock_timestamp(), an insert with
         -- now() (the transaction's start, before this statement): RETURNING tells them apart (xmax
         -- cannot be returned from a partitioned table, install --chunk-partitions).
-        WITH w AS (
-        INSERT INTO pgingest.chunks AS c
-            (profile_id, doc_id, ordinal, content, chunk_hash, token_count, char_start, char_end, chunker, updated_at)
-        SELECT v_m.profile_id, u.doc_id, u.ordinal, u.content, u.chunk_hash, u.token_count, u.char_start,
-               u.char_end, p_chunker, now()
-        FROM unnest(p_chunk_doc_ids, p_ordinals, p_contents, p_chunk_hashes, p_token_counts, p_char_starts, p_char_ends)
-            AS u (doc_id, ordinal, content, chunk_hash, token_count, char_start, char_end)
-        WHERE (v_all OR u.doc_id = ANY (v_current))
-            AND NOT EXISTS (
-                SELECT 1 FROM pgingest.chunks AS o
-                WHERE o.profile_id = v_m.profile_id AND o.doc_id = u.doc_id AND o.ordinal = u.ordinal
-                    AND o.chunk_hash = u.chunk_hash AND o.char_start = u.char_start AND o.char_end = u.char_end
-                    AND o.content = u.content
+        IF v_shared THEN
+            WITH w AS (
+            INSERT INTO pgingest.chunks AS c
+                (profile_id, doc_id, ordinal, content, chunk_hash, token_count, char_start, char_end, chunker, updated_at)
+            SELECT v_m.profile_id, u.doc_id, u.ordinal, u.content, u.chunk_hash, u.token_count, u.char_start,
+                   u.char_end, p_chunker, now()
+            FROM unnest(p_chunk_doc_ids, p_ordinals, p_contents, p_chunk_hashes, p_token_counts, p_char_starts, p_char_ends)
+                AS u (doc_id, ordinal, content, chunk_hash, token_count, char_start, char_end)
+            WHERE (v_all OR u.doc_id = ANY (v_current))
+                AND NOT EXISTS (
+                    SELECT 1 FROM pgingest.chunks AS o
+                    WHERE o.profile_id = v_m.profile_id AND o.doc_id = u.doc_id AND o.ordinal = u.ordinal
+                        AND o.chunk_hash = u.chunk_hash AND o.char_start = u.char_start AND o.char_end = u.char_end
+                        AND o.content = u.content
+                )
+            ORDER BY u.doc_id, u.ordinal
+            ON CONFLICT (profile_id, doc_id, ordinal) DO UPDATE SET
+                content = EXCLUDED.content,
+                chunk_hash = EXCLUDED.chunk_hash,
+                token_count = EXCLUDED.token_count,
+                char_start = EXCLUDED.char_start,
+                char_end = EXCLUDED.char_end,
+                chunker = EXCLUDED.chunker,
+                updated_at = clock_timestamp()
+            WHERE (c.chunk_hash, c.char_start, c.char_end, c.content)
+                IS DISTINCT FROM (EXCLUDED.chunk_hash, EXCLUDED.char_start, EXCLUDED.char_end, EXCLUDED.content)
+            RETURNING c.doc_id, c.updated_at <> now() AS updated
             )
-        ORDER BY u.doc_id, u.ordinal
-        ON CONFLICT (profile_id, doc_id, ordinal) DO UPDATE SET
-            content = EXCLUDED.content,
-            chunk_hash = EXCLUDED.chunk_hash,
-            token_count = EXCLUDED.token_count,
-            char_start = EXCLUDED.char_start,
-            char_end = EXCLUDED.char_end,
-            chunker = EXCLUDED.chunker,
-            updated_at = clock_timestamp()
-        WHERE (c.chunk_hash, c.char_start, c.char_end, c.content)
-            IS DISTINCT FROM (EXCLUDED.chunk_hash, EXCLUDED.char_start, EXCLUDED.char_end, EXCLUDED.content)
-        RETURNING c.doc_id, c.updated_at <> now() AS updated
-        )
 
-        SELECT array_agg(DISTINCT w.doc_id) FILTER (WHERE w.updated) INTO v_changed FROM w;
+            SELECT array_agg(DISTINCT w.doc_id) FILTER (WHERE w.updated) INTO v_changed FROM w;
+        ELSE
+            -- No other live model reads these rows: nothing to tell apart, nothing returned.
+            INSERT INTO pgingest.chunks AS c
+                (profile_id, doc_id, ordinal, content, chunk_hash, token_count, char_start, char_end, chunker, updated_at)
+            SELECT v_m.profile_id, u.doc_id, u.ordinal, u.content, u.chunk_hash, u.token_count, u.char_start,
+                   u.char_end, p_chunker, now()
+            FROM unnest(p_chunk_doc_ids, p_ordinals, p_contents, p_chunk_hashes, p_token_counts, p_char_starts, p_char_ends)
+                AS u (doc_id, ordinal, content, chunk_hash, token_count, char_start, char_end)
+            WHERE (v_all OR u.doc_id = ANY (v_current))
+                AND NOT EXISTS (
+                    SELECT 1 FROM pgingest.chunks AS o
+                    WHERE o.profile_id = v_m.profile_id AND o.doc_id = u.doc_id AND o.ordinal = u.ordinal
+                        AND o.chunk_hash = u.chunk_hash AND o.char_start = u.char_start AND o.char_end = u.char_end
+                        AND o.content = u.content
+                )
+            ORDER BY u.doc_id, u.ordinal
+            ON CONFLICT (profile_id, doc_id, ordinal) DO UPDATE SET
+                content = EXCLUDED.content,
+                chunk_hash = EXCLUDED.chunk_hash,
+                token_count = EXCLUDED.token_count,
+                char_start = EXCLUDED.char_start,
+                char_end = EXCLUDED.char_end,
+                chunker = EXCLUDED.chunker,
+                updated_at = EXCLUDED.updated_at
+            WHERE (c.chunk_hash, c.char_start, c.char_end, c.content)
+                IS DISTINCT FROM (EXCLUDED.chunk_hash, EXCLUDED.char_start, EXCLUDED.char_end, EXCLUDED.content);
+        END IF;
 
         -- This model's vectors. The documents with no row in the store yet (a first embedding, the
         -- common case; one probe of the primary key each, a subplan behind OFFSET 0, never a scan)
@@ -449,7 +483,7 @@ BEGIN
         -- of a document is the usual case: no other model has embedded it yet, one probe of
         -- embedding_state's primary key per document and model finds nothing).
         v_changed := coalesce(v_changed, '{}') || coalesce(v_gone, '{}');
-        IF cardinality(v_changed) > 0 THEN
+        IF v_shared AND cardinality(v_changed) > 0 THEN
             FOR v_o IN
                 SELECT m.name, m.queue_name FROM pgingest.models AS m
                 WHERE m.profile_id = v_m.profile_id AND m.name <> v_m.name AND m.state <> 'retired'
