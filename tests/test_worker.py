@@ -162,31 +162,35 @@ def test_document_changed_while_embedding_ends_with_the_new_version(
 def test_no_transaction_is_open_during_http_calls(
     conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
 ) -> None:
-    """The claiming connection is idle outside any transaction while HTTP runs. The writer
-    connection may be committing the previous batch at that moment (pipelining), but its
-    transaction never waits on the HTTP call: it ends while the call is still held open."""
+    """No transaction waits on an HTTP call. With two requests in flight the worker's other
+    connections work meanwhile (the main thread reads the next batch, the writer commits the
+    previous one: pipelining), so a statement may be running at the moment a request arrives;
+    but every transaction seen then ends while the call is still held open. (The test asserted
+    the claiming connection idle at that moment: under load its next read was sometimes
+    caught running, a statement, not a transaction held across the call.)"""
     register(conn, "v1", fake.url)
     insert_corpus(conn, 50)
     seen: list[tuple[Any, ...]] = []
-    writer_held: list[tuple[Any, ...]] = []
+    held: list[tuple[Any, ...]] = []
     watcher = psycopg.connect(dsn, autocommit=True)
     lock = threading.Lock()
     query = (
-        "SELECT application_name, state, xact_start FROM pg_stat_activity"
+        "SELECT application_name, state, xact_start, pid FROM pg_stat_activity"
         " WHERE datname = current_database() AND application_name LIKE 'pgingest%%'"
+        " AND application_name <> 'pgingest-claims'"
     )
 
     def hook(info: RequestInfo) -> None:
         with lock:
             rows = watcher.execute(query).fetchall()
             seen.extend(rows)
-            open_writes = {r[2] for r in rows if r[0] == "pgingest-writer" and r[2] is not None}
+            open_xacts = {(r[0], r[3], r[2]) for r in rows if r[2] is not None}
             deadline = time.monotonic() + 10
-            while open_writes and time.monotonic() < deadline:  # the HTTP call is held here
+            while open_xacts and time.monotonic() < deadline:  # the HTTP call is held here
                 time.sleep(0.01)
-                now = {r[2] for r in watcher.execute(query).fetchall() if r[0] == "pgingest-writer"}
-                open_writes &= now
-            writer_held.extend(open_writes)
+                now = {(r[0], r[3], r[2]) for r in watcher.execute(query).fetchall()}
+                open_xacts &= now
+            held.extend(open_xacts)
 
     fake.on_request = hook
     try:
@@ -196,9 +200,7 @@ def test_no_transaction_is_open_during_http_calls(
     assert fake.stats()["requests"] >= 5
     assert any(r[0] == "pgingest-worker" for r in seen)
     assert any(r[0] == "pgingest-writer" for r in seen)
-    claiming = [r for r in seen if r[0] not in ("pgingest-writer", "pgingest-claims")]
-    assert [r for r in claiming if r[2] is not None or r[1] != "idle"] == []
-    assert writer_held == []
+    assert held == []
 
 
 def test_rate_limits_and_unavailable_are_retried_without_spending_attempts(
