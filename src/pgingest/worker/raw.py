@@ -707,6 +707,16 @@ class RawStage:
         if exc.scope == "source":
             if own:
                 self._paused_by.discard(o.row.doc_id)
+                if o.row.paused_reason is not None:
+                    # Paused by this document's earlier refusal, now found to be its own (others
+                    # of the source got through since, with the same credentials): nothing is
+                    # left to probe it with when it was the last document, and the source
+                    # stayed paused. A genuine source-wide refusal pauses it again at once.
+                    queries.resume_source(conn, o.row.source)
+                    log.warning(
+                        "source resumed: its pause came from one document's own refusal",
+                        extra={"source": o.row.source, "doc_id": o.row.doc_id},
+                    )
                 return core.Failure(
                     "dead",
                     exc.error_class,
