@@ -707,6 +707,27 @@ def _doc(conn: psycopg.Connection[Any], name: str) -> int:
     return int(row[0])
 
 
+def _refuse_source_wide(monkeypatch: pytest.MonkeyPatch, doc_id: int) -> list[int]:
+    """Makes every fetch of ``doc_id`` a source-wide refusal (a bucket of its own the credentials
+    cannot read); the others are fetched as usual. Returns the list each refusal appends to."""
+    from pgingest.raw.errors import RawDocumentError
+    from pgingest.worker.raw import RawStage
+
+    original = RawStage._fetch_and_parse
+    refusals: list[int] = []
+
+    def refusing(self: RawStage, o: Any, policy: Any) -> None:
+        if o.row.doc_id == doc_id:
+            refusals.append(doc_id)
+            raise RawDocumentError(
+                "access", "bucket 'other' refuses the credentials", scope="source"
+            )
+        original(self, o, policy)
+
+    monkeypatch.setattr(RawStage, "_fetch_and_parse", refusing)
+    return refusals
+
+
 def test_with_carry_a_batch_goes_on_and_its_slow_document_comes_along(
     model: psycopg.Connection[Any], dsn: str, raw_env: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -948,8 +969,6 @@ def test_a_document_refused_alone_is_dead_lettered_not_pausing_its_source_foreve
     resumes it. The document that paused it, refused the same way again, has an error of its
     own (its URI names a bucket the credentials cannot read): dead-lettered, once, and the
     source runs. (It paused the source again at every delivery, and was never dead-lettered.)"""
-    from pgingest.raw.errors import RawDocumentError
-    from pgingest.worker.raw import RawStage
 
     conn = model
     _blob_source(conn)
@@ -960,18 +979,7 @@ def test_a_document_refused_alone_is_dead_lettered_not_pausing_its_source_foreve
             + [(f"ok-{i}", f"Readable document {i}.".encode()) for i in range(3)],
         )
     bad = _doc(conn, "bad")
-    original = RawStage._fetch_and_parse
-    pauses: list[int] = []
-
-    def refusing(self: RawStage, o: Any, policy: Any) -> None:
-        if o.row.doc_id == bad:
-            pauses.append(bad)
-            raise RawDocumentError(
-                "access", "bucket 'other' refuses the credentials", scope="source"
-            )
-        original(self, o, policy)
-
-    monkeypatch.setattr(RawStage, "_fetch_and_parse", refusing)
+    pauses = _refuse_source_wide(monkeypatch, bad)
     w = worker.Worker(settings(dsn, drain=False, parse_processes=1))
     t = threading.Thread(target=w.run, daemon=True)
     t.start()
@@ -1044,7 +1052,6 @@ def test_a_source_paused_by_a_refusal_found_to_be_its_documents_own_is_resumed(
     (It stayed paused with nothing left to probe it: the whole-run test failed once in a CI run,
     when the four documents came in one batch.)"""
     from pgingest import db
-    from pgingest.raw.errors import RawDocumentError
     from pgingest.worker.raw import RawStage
 
     conn = model
@@ -1056,16 +1063,7 @@ def test_a_source_paused_by_a_refusal_found_to_be_its_documents_own_is_resumed(
             + [(f"ok-{i}", f"Readable document {i}.".encode()) for i in range(3)],
         )
     bad = _doc(conn, "bad")
-    original = RawStage._fetch_and_parse
-
-    def refusing(self: RawStage, o: Any, policy: Any) -> None:
-        if o.row.doc_id == bad:
-            raise RawDocumentError(
-                "access", "bucket 'other' refuses the credentials", scope="source"
-            )
-        original(self, o, policy)
-
-    monkeypatch.setattr(RawStage, "_fetch_and_parse", refusing)
+    _refuse_source_wide(monkeypatch, bad)
     stage = RawStage(settings(dsn, parse_processes=1, probe_interval=0.01))
     try:
         msgs = db.read_batch(conn, "v1", 30, 10)
@@ -1131,23 +1129,13 @@ def test_a_paused_source_is_probed_with_another_document_than_the_one_that_pause
     one document alone never resumed for the others); once another document got through, the
     one that paused the source is dead-lettered at its next refusal, also when it is alone."""
     from pgingest import db
-    from pgingest.raw.errors import RawDocumentError
     from pgingest.worker.raw import RawStage
 
     conn = model
     _blob_source(conn)
     conn.execute("INSERT INTO public.blobs VALUES ('bad', 'refused')")
     bad = _doc(conn, "bad")
-    original = RawStage._fetch_and_parse
-
-    def refusing(self: RawStage, o: Any, policy: Any) -> None:
-        if o.row.doc_id == bad:
-            raise RawDocumentError(
-                "access", "bucket 'other' refuses the credentials", scope="source"
-            )
-        original(self, o, policy)
-
-    monkeypatch.setattr(RawStage, "_fetch_and_parse", refusing)
+    _refuse_source_wide(monkeypatch, bad)
     stage = RawStage(settings(dsn, parse_processes=1, probe_interval=0.01))
     try:
         [first] = db.read_batch(conn, "v1", 30, 10)
