@@ -216,8 +216,10 @@ DECLARE
     v_models text;
 BEGIN
     -- One compilation at a time (register_model, retire_model, add_source, remove_source, install):
-    -- the next one waits for this one to commit, then reads the registry as it committed it.
-    PERFORM pg_advisory_xact_lock(1886808435, -1);
+    -- the next one waits for this one to commit, then reads the registry as it committed it. A
+    -- table only the owner of pgingest can lock in this mode (migration 0024; an advisory lock
+    -- before, which any role that could connect held to make these wait).
+    LOCK TABLE pgingest.compile_lock IN EXCLUSIVE MODE;
     v_ins := pgingest._capture_docs_body(NULL);
     -- The versions an UPDATE changed: (id, hash) pairs of new_rows not in old_rows. A set
     -- difference, never a nested loop: PL/pgSQL plans this once per session, and a join planned

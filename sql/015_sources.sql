@@ -508,16 +508,8 @@ $$;
 COMMENT ON FUNCTION pgingest._capture_failed(text, text, text, text) IS
 'Records a failed capture of a source as a dead letter (capture_failed) per live model and warns (internal).';
 
-CREATE OR REPLACE FUNCTION pgingest._source_lock_key()
-RETURNS integer
-LANGUAGE sql
-IMMUTABLE
-SET search_path FROM CURRENT
-RETURN 1886808435;  -- 'pgis'
-
-COMMENT ON FUNCTION pgingest._source_lock_key() IS
-'The first key of the advisory lock that serializes the compilations of the captures (second key -1) '
-'(internal).';
+-- The key of the advisory lock the compilations took before migration 0024 (pgingest.compile_lock now).
+DROP FUNCTION IF EXISTS pgingest._source_lock_key();
 
 -- The lock by which a source's backfill steps and its captures take turns (review 2026-12-07,
 -- security finding 3): an empty table pgingest."source_lock_<source id>", which belongs to its
@@ -803,7 +795,7 @@ DECLARE
     v_names text;
 BEGIN
     -- One compilation at a time (the lock of _compile_enqueue, which calls this one).
-    PERFORM pg_advisory_xact_lock(1886808435, -1);
+    LOCK TABLE pgingest.compile_lock IN EXCLUSIVE MODE;
     v_ins := pgingest._source_queue_sql('up');
     v_upd := pgingest._source_queue_sql('v');
     FOR v_s IN

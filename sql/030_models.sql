@@ -48,17 +48,22 @@ RETURN CASE p_metric WHEN 'cosine' THEN '<=>' WHEN 'ip' THEN '<#>' ELSE '<->' EN
 
 COMMENT ON FUNCTION pgingest._distance_operator(text) IS 'pgvector distance operator for a metric.';
 
+-- A table only the owner of pgingest can lock in this mode (migration 0024): it used to be an
+-- advisory lock, which any role that could connect held to make the lifecycle wait.
 CREATE OR REPLACE FUNCTION pgingest._lifecycle_lock()
 RETURNS void
-LANGUAGE sql
+LANGUAGE plpgsql
 VOLATILE
 SET search_path FROM CURRENT
--- The installer's key (0x7067696E67657374) plus one.
-RETURN pg_advisory_xact_lock(8099558377751147381);
+AS $$
+BEGIN
+    LOCK TABLE pgingest.lifecycle_lock IN EXCLUSIVE MODE;
+END;
+$$;
 
 COMMENT ON FUNCTION pgingest._lifecycle_lock() IS
-'Serialises the model lifecycle (register_model, swap_model, retire_model) until the end of the '
-'transaction.';
+'Serialises the model lifecycle (register_model, swap_model, retire_model, shift_traffic) until the end '
+'of the transaction: pgingest.lifecycle_lock IN EXCLUSIVE MODE.';
 
 CREATE OR REPLACE FUNCTION pgingest._check_index_options(p_method text, p_options jsonb)
 RETURNS jsonb

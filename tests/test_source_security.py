@@ -509,3 +509,89 @@ def test_a_vector_schema_made_writable_after_the_install_refuses_compiling_the_c
     )
     with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
         register(conn, "v2", fake.url)
+
+
+# -- 6: the compile and lifecycle locks are no advisory locks anyone can take --------------------
+
+LEGACY_ADVISORY_KEYS = ("1886808435, -1", "8099558377751147381")
+"""The compilations' and the lifecycle's advisory locks before migration 0024."""
+
+
+def test_a_login_without_any_pgingest_role_cannot_hold_up_the_lifecycle_or_attaching(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    make_role: Callable[..., str],
+) -> None:
+    """Review 2026-12-07 (left open then): a role with no pgingest role at all held the advisory
+    lock of the capture's compilation or of the model lifecycle, and register_model, add_source,
+    remove_source, swap_model and retire_model waited for as long as it liked (here: failed at
+    lock_timeout)."""
+    nobody = make_role("pgi_nobody")
+    with as_role(dsn, nobody) as attacker:
+        assert not one(attacker, "SELECT has_schema_privilege('pgingest', 'USAGE')")
+        for key in LEGACY_ADVISORY_KEYS:
+            attacker.execute(f"SELECT pg_advisory_lock({key})")
+        # ... nor can it name the tables that replaced them
+        for table in ("pgingest.compile_lock", "pgingest.lifecycle_lock"):
+            attacker.execute("BEGIN")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                attacker.execute(f"LOCK TABLE {table} IN ACCESS SHARE MODE")
+            attacker.execute("ROLLBACK")
+        conn.execute("SET lock_timeout = '3s'")
+        register(conn, "v1", fake.url)
+        attach_notes(conn)
+        register(conn, "v2", fake.url)
+        conn.execute("SELECT pgingest.swap_model('v2', force => true)")
+        conn.execute("SELECT pgingest.retire_model('v1')")
+        conn.execute("SELECT pgingest.remove_source('notes')")
+        conn.execute("RESET lock_timeout")
+        for key in LEGACY_ADVISORY_KEYS:
+            attacker.execute(f"SELECT pg_advisory_unlock({key})")
+    assert one(conn, "SELECT state FROM pgingest.models WHERE name = 'v2'") == "active"
+
+
+def test_the_compile_and_lifecycle_lock_tables_admit_no_conflicting_mode_but_the_owners(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    make_role: Callable[..., str],
+) -> None:
+    owner = one(
+        conn, "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'pgingest'"
+    )
+    for table in ("pgingest.compile_lock", "pgingest.lifecycle_lock"):
+        grants = conn.execute(
+            "SELECT pg_get_userbyid(c.relowner), pg_get_userbyid(a.grantee), a.privilege_type"
+            " FROM pg_class AS c, aclexplode(c.relacl) AS a WHERE c.oid = %s::regclass"
+            " AND a.grantee <> c.relowner",
+            (table,),
+        ).fetchall()
+        assert grants in ([], [(owner, "pgingest_admin", "SELECT")])
+        assert one(conn, sql.SQL("SELECT count(*) FROM {}").format(sql.SQL(table))) == 0
+    for group in (
+        "pgingest_admin",
+        "pgingest_writer",
+        "pgingest_worker",
+        "pgingest_reader",
+        "pgingest_monitor",
+    ):
+        member = make_role("pgi_member", group)
+        with as_role(dsn, member) as c:
+            for table in ("pgingest.compile_lock", "pgingest.lifecycle_lock"):
+                for mode in ("ROW SHARE", "ROW EXCLUSIVE", "SHARE", "EXCLUSIVE"):
+                    c.execute("BEGIN")
+                    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                        c.execute(f"LOCK TABLE {table} IN {mode} MODE")
+                    c.execute("ROLLBACK")
+    # An admin reading them (ACCESS SHARE, which SELECT allows) holds up nothing.
+    admin = make_role("pgi_admin", "pgingest_admin")
+    with as_role(dsn, admin) as c:
+        c.execute("BEGIN")
+        for table in ("pgingest.compile_lock", "pgingest.lifecycle_lock"):
+            c.execute(f"LOCK TABLE {table} IN ACCESS SHARE MODE")
+        conn.execute("SET lock_timeout = '3s'")
+        register(conn, "v1", fake.url)
+        attach_notes(conn)
+        conn.execute("RESET lock_timeout")
+        c.execute("ROLLBACK")
