@@ -208,12 +208,22 @@ BEGIN
         RETURN;
     END IF;
     -- The words, plus the parts of dotted names (concurrent.futures.process.BrokenProcessPool is one
-    -- token to the parser: its parts make brokenprocesspool findable); migration 0018 has the same.
+    -- token to the parser: its parts make brokenprocesspool findable); migration 0026 has the same.
+    -- A dotted name is a run of name characters (anything but spaces and punctuation, plus _) with
+    -- an inner dot: the second pass keeps only those. The first regular expression blanks the
+    -- whitespace-separated tokens without a dot (cheap, most of the text); the second keeps the
+    -- dotted names of what is left (\1) and blanks the rest, so a sentence-final "word." or a
+    -- "(see word.)" adds nothing: until migration 0026 the second pass kept every token holding a
+    -- dot, and counted each word that ends a sentence twice (review 2026-12-07, finding 6).
     EXECUTE format(
         'ALTER TABLE pgingest.chunks ADD COLUMN tsv tsvector GENERATED ALWAYS AS ('
         'to_tsvector(%1$L::regconfig, content) || to_tsvector(%1$L::regconfig, '
-        'translate(regexp_replace(content, %2$L, '' '', ''g''), ''.'', '' ''))) STORED',
-        p_config::text, '(^|\s)[^.\s]+(?=\s|$)'
+        'translate(regexp_replace(regexp_replace(content, %2$L, '' '', ''g''), %3$L, %4$L, ''g''), '
+        '''.'', '' ''))) STORED',
+        p_config::text, '(^|\s)[^.\s]+(?=\s|$)',
+        '((?:_|[^[:space:][:punct:]])+(?:\.(?:_|[^[:space:][:punct:]])+)+)'
+        '|(?:_|[^[:space:][:punct:]])+|[[:space:][:punct:]]+',
+        ' \1'
     );
     CREATE INDEX chunks_tsv ON pgingest.chunks USING gin (tsv);
     INSERT INTO pgingest.config AS c (key, value) VALUES ('text_search_config', p_config::text)
