@@ -187,8 +187,8 @@ def retrieve(
     """Searches ``query`` through pgingest's SQL API and returns up to ``k`` hits, best first.
 
     ``model``: the model to search (default: the one ``pgingest.route_model`` picks for
-    ``routing_key``, else for the query text: the active model unless a traffic shift routes
-    it to its candidate). ``filter``: pgingest's metadata filter (promoted keys use their typed
+    ``routing_key``, else (None, not '') for the query text, as ``search_text`` does: the active
+    model unless a traffic shift routes it to its candidate). ``filter``: pgingest's metadata filter (promoted keys use their typed
     columns, others jsonb containment). ``sources``: only these sources (None: all; an unknown
     name raises ``psycopg.errors.UndefinedObject``). ``hybrid``: full-text and vector search fused
     (``pgingest.hybrid_search``; full-text search must be on: ``set_text_search_config``);
@@ -216,7 +216,7 @@ def retrieve(
     }
     with connect(connection) as conn:
         with conn.transaction():
-            name = model or _route(conn, routing_key or query)
+            name = model or _route(conn, _routing_key(routing_key, query))
             spec = db.get_model(conn, name) if query_embedding == "client" else None
         params["model"] = name
         if query_embedding == "client":
@@ -273,6 +273,16 @@ def retrieve(
         )
         for r in rows
     ]
+
+
+def _routing_key(routing_key: str | None, query: str) -> str:
+    """The key a search routes by: ``routing_key``, else (None) the query text, as
+    ``search_text`` and ``hybrid_search_text`` do (``coalesce(routing_key, query)``). An empty or
+    blank key is a key like any other (its bucket is that of ''), not "no key": until review
+    2026-12-07 ``retrieve`` took ``routing_key or query`` and routed ``''`` by the query text, so
+    the same caller could land on the candidate through one API and on the active model through
+    the other."""
+    return query if routing_key is None else routing_key
 
 
 def _route(conn: psycopg.Connection[Any], routing_key: str) -> str:
