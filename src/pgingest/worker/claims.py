@@ -24,6 +24,11 @@ from pgingest import db
 log = logging.getLogger("pgingest.worker")
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
 class ClaimKeeper:
     def __init__(
         self,
@@ -86,7 +91,21 @@ class ClaimKeeper:
                 self._conn = db.connect(
                     self.conninfo, application_name="pgingest-claims", **self.connect_params
                 )
-            n += db.extend_claims(self._conn, model, list(claims), list(claims.values()), self.vt)
+            try:
+                n += db.extend_claims(
+                    self._conn, model, list(claims), list(claims.values()), self.vt
+                )
+            except psycopg.OperationalError:
+                raise  # the connection: no model's claims can be extended; the round ends
+            except psycopg.Error as exc:
+                # This model's claims only (retired while its batch is in flight, say; the loop
+                # drops them when that batch ends): the other models' claims are still extended,
+                # or their messages would be claimed again by another worker. (Autocommit: the
+                # connection is usable for the next model.)
+                log.warning(
+                    "could not extend the claims of a model's batch in flight",
+                    extra={"model": model, "error": _first_line(exc)},
+                )
         self.extended += n
         return n
 
@@ -99,7 +118,7 @@ class ClaimKeeper:
                 # the next round reconnects.
                 log.warning(
                     "could not extend the claims of the batches in flight",
-                    extra={"error": str(exc).strip().splitlines()[0][:200] if str(exc) else ""},
+                    extra={"error": _first_line(exc)},
                 )
                 db.close_quietly(self._conn)
                 self._conn = None
