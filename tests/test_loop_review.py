@@ -8,10 +8,10 @@ from typing import Any
 
 import psycopg
 
-from pgingest import db
+from pgingest import db, worker
 from pgingest.testing.fake_provider import FakeEmbeddingServer
 from pgingest.worker.claims import ClaimKeeper
-from tests.helpers import insert_corpus, register
+from tests.helpers import insert_corpus, register, settings
 
 # -- finding 8: one model's failing extension does not stop the others' -------------------------
 
@@ -35,3 +35,47 @@ def test_a_retired_model_does_not_stop_the_other_models_claims_from_being_extend
         assert db.read_batch(conn, "v0", 30, 10) == []  # still claimed: not read again
     finally:
         keeper.stop()
+
+
+def _close(w: worker.Worker) -> None:
+    """What run()'s way out does, for a worker driven by tick()."""
+    w.writer.settle()
+    w.writer.shutdown()
+    w.claims.stop()
+    w.embedder.shutdown()
+    w._reset_connections()
+
+
+# -- finding 9: a silent paused model's probe is not repeated on every pass ----------------------
+
+
+def test_a_hanging_probe_is_not_due_again_on_the_next_pass(
+    dsn: str, conn: psycopg.Connection[Any], fake: FakeEmbeddingServer
+) -> None:
+    with FakeEmbeddingServer() as silent:
+        silent.configure(rates={"timeout": 1.0}, hang_s=30)
+        register(conn, "v1", fake.url)
+        register(conn, "v2", silent.url)
+        conn.execute("SELECT pgingest.pause_model('v2', 'auth: test')")
+        insert_corpus(conn, 8)
+        w = worker.Worker(
+            settings(
+                dsn,
+                drain=False,
+                heartbeat=False,
+                batch_size=4,
+                min_batch_size=4,
+                max_batch_size=4,
+                http_timeout=1.0,
+                probe_interval=1.0,
+            )
+        )
+        try:
+            started = time.monotonic()
+            assert w.tick()[0] == 4  # v1's first batch, and v2's probe (hangs for 1 s)
+            assert silent.stats()["requests"] == 1
+            assert w.tick()[0] == 4  # v1's second batch: no probe, its interval runs from its end
+            assert silent.stats()["requests"] == 1
+            assert time.monotonic() - started < 1.9
+        finally:
+            _close(w)

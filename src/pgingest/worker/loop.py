@@ -535,10 +535,8 @@ class Worker:
 
     def _maybe_probe(self, m: db.Model) -> bool:
         """Probe a paused model when it is time; True when the probe resumed it."""
-        now = time.monotonic()
-        if now - self._last_probe.get(m.name, 0.0) < self.s.probe_interval:
+        if time.monotonic() - self._last_probe.get(m.name, 0.0) < self.s.probe_interval:
             return False
-        self._last_probe[m.name] = now
         self.embedder.forget(m.name)  # re-read the key from the environment or file
         try:
             self.embedder.provider(m).embed(["pgingest probe"])
@@ -548,6 +546,11 @@ class Worker:
                 extra={"model": m.name, "error_class": exc.error_class},
             )
             return False
+        finally:
+            # The interval runs from the probe's end: a probe that hangs until the HTTP timeout
+            # (an endpoint that accepts and never answers) is not due again on the very next
+            # pass, so the healthy models' batches go on in between.
+            self._last_probe[m.name] = time.monotonic()
         db.resume_model(self._connection(), m.name)
         log.warning("model resumed after a successful probe", extra={"model": m.name})
         return True
