@@ -91,13 +91,18 @@ def _json_loads(content: bytes) -> Any:
     us a vector; float answers ~40 against ~300), else ``json``. What orjson refuses goes to
     ``json``, which also reads ``NaN`` and ``Infinity`` (outside RFC 8259): a float answer with
     a non-finite vector is then that input's fault, as in a base64 answer, not the whole
-    answer's. ``ValueError`` on invalid JSON."""
+    answer's. ``ValueError`` on invalid JSON, and on JSON nested too deeply to parse (``json``'s
+    ``RecursionError``): every provider body is parsed here, so such an answer is a bad answer
+    (or an error body read as text), never an exception the worker does not expect."""
     if _orjson is not None:
         try:
             return _orjson.loads(content)
-        except ValueError:  # orjson.JSONDecodeError: invalid, or NaN/Infinity
+        except ValueError:  # orjson.JSONDecodeError: invalid, NaN/Infinity, or too deep
             pass
-    return json.loads(content)
+    try:
+        return json.loads(content)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def _json_request_body(payload: dict[str, Any]) -> bytes:
@@ -478,7 +483,10 @@ class CircuitBreaker:
     * closed: calls allowed; ``failure_threshold`` consecutive failures open it.
     * open: calls refused for ``reset_timeout`` seconds, then it is half-open.
     * half-open: ``half_open_max_calls`` trial calls allowed; a success closes it, a failure
-      opens it again for another ``reset_timeout``.
+      opens it again for another ``reset_timeout``. A trial slot taken by :meth:`allow` that is
+      followed by neither :meth:`record_success` nor :meth:`record_failure` within
+      ``reset_timeout`` (the caller took it and then sent nothing, or its answer was never
+      recorded) lapses, so a new trial is allowed: the breaker can never stay half-open for good.
 
     What counts as a failure is the caller's choice: transient errors and timeouts, not
     rejected inputs. Pure apart from a lock: time comes from ``clock``.
@@ -511,10 +519,19 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._trials = 0
+        self._trial_at = 0.0  # when the last half-open trial slot was taken
 
     def _advance(self) -> None:
-        if self._state == self.OPEN and self._clock() - self._opened_at >= self.reset_timeout:
+        now = self._clock()
+        if self._state == self.OPEN and now - self._opened_at >= self.reset_timeout:
             self._state = self.HALF_OPEN
+            self._trials = 0
+        elif (
+            self._state == self.HALF_OPEN
+            and self._trials
+            and now - self._trial_at >= self.reset_timeout
+        ):
+            # the trials taken reported nothing for a whole reset_timeout: their slots lapse
             self._trials = 0
 
     @property
@@ -535,6 +552,7 @@ class CircuitBreaker:
                 return True
             if self._state == self.HALF_OPEN and self._trials < self.half_open_max_calls:
                 self._trials += 1
+                self._trial_at = self._clock()
                 return True
             return False
 
@@ -544,6 +562,9 @@ class CircuitBreaker:
             self._advance()
             if self._state == self.OPEN:
                 return max(self.reset_timeout - (self._clock() - self._opened_at), 0.0)
+            if self._state == self.HALF_OPEN and self._trials >= self.half_open_max_calls:
+                # every trial slot is taken: the next frees when they lapse
+                return max(self.reset_timeout - (self._clock() - self._trial_at), 0.0)
             return 0.0
 
     def check(self) -> None:
@@ -846,6 +867,33 @@ def _settle_environment(session: requests.Session, url: str) -> None:
 
 _BEARER_RE = re.compile(r"(?i)(bearer\s+)\S+")
 
+_KEY_PART_CHARS = 12
+"""The shortest start or end of an API key that :meth:`OpenAICompatible._redact` removes when
+the whole key is not there (a key cut by the server or proxy that echoed it)."""
+
+
+def _redact_key(text: str, key: str) -> str:
+    """``text`` with ``key``, and every run of at least ``_KEY_PART_CHARS`` characters that is
+    a start or an end of ``key``, replaced by ``***``."""
+    text = text.replace(key, "***")
+    if len(key) <= _KEY_PART_CHARS:
+        return text
+    head, tail = key[:_KEY_PART_CHARS], key[-_KEY_PART_CHARS:]
+    while (at := text.find(head)) >= 0:  # a start of the key, as long as it goes on agreeing
+        end = at + _KEY_PART_CHARS
+        while end < len(text) and end - at < len(key) and text[end] == key[end - at]:
+            end += 1
+        text = text[:at] + "***" + text[end:]
+    while (at := text.find(tail)) >= 0:  # an end of the key, as far back as it agrees
+        start = at
+        back = len(key) - _KEY_PART_CHARS - 1
+        while start > 0 and back >= 0 and text[start - 1] == key[back]:
+            start -= 1
+            back -= 1
+        text = text[:start] + "***" + text[at + _KEY_PART_CHARS :]
+    return text
+
+
 MIN_RESPONSE_BYTES = 4 * 1024 * 1024
 """The floor of the response size cap (an answer for few inputs, an error page)."""
 RESPONSE_BYTES_PER_DIMENSION = 48
@@ -1087,10 +1135,13 @@ class OpenAICompatibleProvider(ProviderBase):
 
     def _redact(self, text: str) -> str:
         """``text`` without any key this provider has held (a rotated one included) or URL
-        credentials, made safe to store (:func:`clean_text`)."""
+        credentials, made safe to store (:func:`clean_text`). A run of at least
+        :data:`_KEY_PART_CHARS` characters that begins or ends a known key (a key some server
+        or proxy cut when echoing it) goes too. Redact a whole text before cutting it: a cut
+        key is only caught by the second rule."""
         for key in self._known_keys:
             if key.reveal():
-                text = text.replace(key.reveal(), "***")
+                text = _redact_key(text, key.reveal())
         return clean_text(redact_url(_BEARER_RE.sub(r"\1***", text)))
 
     # -- sessions --------------------------------------------------------------------------
@@ -1266,7 +1317,7 @@ class OpenAICompatibleProvider(ProviderBase):
         if raw:
             return content
         try:
-            return json.loads(content)
+            return _json_loads(content)
         except (ValueError, UnicodeDecodeError):
             raise BadResponse(f"{method} {path}: not valid JSON", status=resp.status_code) from None
 
@@ -1569,7 +1620,7 @@ class OpenAICompatibleProvider(ProviderBase):
     def _error_info(self, content: bytes) -> tuple[str, str | None, str | None]:
         """(message, code, param) from an OpenAI-style error body, or a body excerpt."""
         try:
-            doc = json.loads(content)
+            doc = _json_loads(content)
         except (ValueError, UnicodeDecodeError):
             doc = None
         if isinstance(doc, dict):
@@ -1580,15 +1631,16 @@ class OpenAICompatibleProvider(ProviderBase):
                 param = err.get("param")
                 return (
                     self._redact(message),
-                    None if code is None else clean_text(str(code)[:100]),
-                    None if param is None else clean_text(str(param)[:100]),
+                    None if code is None else self._redact(str(code))[:100],
+                    None if param is None else self._redact(str(param))[:100],
                 )
             if isinstance(err, str):
                 return self._redact(err), None, None
             if isinstance(doc.get("detail"), str):  # FastAPI-style servers
                 return self._redact(str(doc["detail"])), None, None
-        text = content[:200].decode("utf-8", "replace")
-        return self._redact(text.strip() or "(empty body)"), None, None
+        # redacted whole, then cut: a key the cut went through would no longer match
+        text = self._redact(content.decode("utf-8", "replace"))
+        return (text[:200] or "(empty body)"), None, None
 
     def _classify(self, resp: requests.Response, content: bytes) -> ProviderError:
         status = resp.status_code
