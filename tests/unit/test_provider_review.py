@@ -1,6 +1,6 @@
-"""Regression tests of the provider client review (findings 1, 4 and 5): the circuit
-breaker's half-open trial slot, redaction of a key in a cut error body, and deeply nested JSON
-in a provider's answer. No database; the provider
+"""Regression tests of the provider client review (findings 1, 4, 5 and 7): the circuit
+breaker's half-open trial slot, redaction of a key in a cut error body, deeply nested JSON in a
+provider's answer, and a 5xx's Retry-After in the worker's deferral. No database; the provider
 is called over real HTTP (a small local server)."""
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ import requests
 
 from pgingest import providers
 from pgingest.providers import (
+    MAX_RETRY_AFTER,
     AuthError,
     BadResponse,
     CircuitBreaker,
     OpenAICompatibleProvider,
     TransientProviderError,
 )
-from pgingest.worker.batch import classify
+from pgingest.worker.batch import Batch, Job, classify, settle
 
 # --------------------------------------------------------------------------- a local server
 
@@ -214,3 +215,56 @@ def test_a_deeply_nested_batch_api_answer_is_a_bad_response(server: tuple[str, A
     answer.body = DEEP
     with pytest.raises(BadResponse):
         provider(url).upload_batch_file(b"{}\n")
+
+
+# --------------------------------------------------------------------------- finding 7
+
+
+def _job(doc_id: int, attempts: int = 0) -> Job:
+    return Job(
+        msg_ids=[doc_id * 10],
+        doc_id=doc_id,
+        doc_key=f"key-{doc_id}",
+        content_hash=bytes([doc_id]) * 32,
+        attempts_before=attempts,
+        message={"doc_id": doc_id, "attempts": attempts},
+    )
+
+
+def test_a_5xx_retry_after_sets_the_least_deferral() -> None:
+    down = TransientProviderError(
+        "down for maintenance", status=503, error_class="server_error", retry_after=600
+    )
+    failure = classify(down)
+    assert failure.kind == "transient" and failure.retry_after == 600
+    b = Batch(jobs={1: _job(1), 2: _job(2, attempts=1)})
+    b.jobs[1].fail(failure)
+    b.jobs[2].fail(classify(TransientProviderError("502", status=502)))
+    plan = settle(b, 5, lambda attempts: 2)
+    assert plan.transient is not None
+    assert plan.transient.delay == 600  # not the backoff's 2 s
+    assert [m["attempts"] for m in plan.transient.messages] == [1, 2]  # an attempt spent
+    # a longer backoff wins; without a Retry-After, the backoff as before
+    assert settle(b, 5, lambda attempts: 900).transient.delay == 900  # type: ignore[union-attr]
+    b.jobs[1].failure = None
+    b.jobs[1].fail(classify(TransientProviderError("503", status=503)))
+    assert settle(b, 5, lambda attempts: 2).transient.delay == 2  # type: ignore[union-attr]
+
+
+def test_a_5xx_retry_after_is_capped(server: tuple[str, Answer]) -> None:
+    url, answer = server
+    answer.status = 503
+    answer.headers = {"Retry-After": "31536000"}
+    answer.body = b'{"error": {"message": "down"}}'
+    with pytest.raises(TransientProviderError) as info:
+        provider(url).embed(["a"])
+    b = Batch(jobs={1: _job(1)})
+    b.jobs[1].fail(classify(info.value))
+    plan = settle(b, 5, lambda attempts: 2)
+    assert plan.transient is not None and plan.transient.delay == int(MAX_RETRY_AFTER)
+    answer.headers = {"Retry-After": "1.2"}
+    with pytest.raises(TransientProviderError) as info:
+        provider(url).embed(["a"])
+    b = Batch(jobs={1: _job(1)})
+    b.jobs[1].fail(classify(info.value))
+    assert settle(b, 5, lambda attempts: 1).transient.delay == 2  # type: ignore[union-attr]

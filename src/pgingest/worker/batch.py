@@ -62,7 +62,9 @@ class Failure:
     error_class: str
     message: str
     retry_after: float = 0.0
-    """Seconds the provider asked to wait (``rate_limited`` only)."""
+    """Seconds the provider asked to wait (``Retry-After``, at most
+    ``providers.MAX_RETRY_AFTER``): a ``rate_limited`` deferral lasts that long, a ``transient``
+    one (a 5xx that said when to come back) at least that long; 0 when it said nothing."""
 
 
 @dataclass(frozen=True)
@@ -304,6 +306,8 @@ def classify(exc: providers.ProviderError) -> Failure:
         kind = "rejected"
     else:
         kind = "transient"
+        # a 503 announcing its outage (Retry-After): not retried before the server said
+        retry_after = float(exc.retry_after or 0.0)
     return Failure(kind, exc.error_class, str(exc), retry_after)
 
 
@@ -417,7 +421,10 @@ def settle(
         retry_after = max(j.failure.retry_after for j in rate_limited if j.failure is not None)
         plan.rate_limited = _defer(rate_limited, 0, int(retry_after) or 1)
     if transient:
-        plan.transient = _defer(transient, 1, backoff(max(j.attempts_before for j in transient)))
+        delay = backoff(max(j.attempts_before for j in transient))
+        # the server's Retry-After, where it gave one, is the least wait (already capped)
+        asked = max(j.failure.retry_after for j in transient if j.failure is not None)
+        plan.transient = _defer(transient, 1, max(delay, math.ceil(asked)))
     return plan
 
 
