@@ -235,12 +235,13 @@ BEGIN ATOMIC
         END,
         rejected_at = clock_timestamp(),
         rejections = q.rejections + 1,
-        -- nothing is sent before the Retry-After has passed
+        -- nothing is sent before the Retry-After has passed, at most an hour
+        -- (providers.MAX_RETRY_AFTER): one answer must not hold every worker of the model for good
         request_level = CASE WHEN q.requests_per_minute IS NULL THEN 0 ELSE least(
-            q.request_level, -greatest(coalesce(p_retry_after, 1.0), 0.0) * q.requests_per_minute / 60.0
+            q.request_level, -least(greatest(coalesce(p_retry_after, 1.0), 0.0), 3600.0) * q.requests_per_minute / 60.0
         ) END,
         token_level = CASE WHEN q.tokens_per_minute IS NULL THEN 0 ELSE least(
-            q.token_level, -greatest(coalesce(p_retry_after, 1.0), 0.0) * q.tokens_per_minute / 60.0
+            q.token_level, -least(greatest(coalesce(p_retry_after, 1.0), 0.0), 3600.0) * q.tokens_per_minute / 60.0
         ) END,
         refilled_at = clock_timestamp(),
         updated_at = clock_timestamp()
@@ -250,7 +251,7 @@ END;
 COMMENT ON FUNCTION pgingest.quota_rejected_v1(text, double precision) IS
 'Worker: the provider answered 429 (a rate limit, not an exhausted balance): the model''s pace is cut by a '
 'fifth (to 0.3 at least, once per burst of 429s; back to 1 over a minute) '
-'and nothing more is sent before p_retry_after seconds.';
+'and nothing more is sent before p_retry_after seconds (at most 3600, as the worker caps it).';
 
 -- What the operator looks at (pgingest status, pgingest model quota): the pace as it is now.
 CREATE OR REPLACE VIEW pgingest.quota_status AS

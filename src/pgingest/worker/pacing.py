@@ -172,7 +172,9 @@ class Pacer:
     def on_response(self, status: int, headers: Mapping[str, str]) -> None:
         limits = providers.parse_rate_limits(headers)
         if status == 429:
-            retry = providers.retry_after_from(headers)
+            # capped (MAX_RETRY_AFTER) like every other Retry-After: the buckets are shared, and
+            # an uncapped ask (a year, a far-off date) would hold every worker of the model
+            retry = providers._clamp_retry_after(providers.retry_after_from(headers))
             # A 429 for an exhausted balance (insufficient_quota) pauses the model elsewhere;
             # the body is not read here, so any 429 counts as pace: harmless for a paused model.
             if limits:
