@@ -116,6 +116,12 @@ DECLARE
     v_pred text;
     v_matching bigint;
     v_exact_below constant integer := 5000;
+    v_exact boolean;
+    v_sql text;
+    v_rows jsonb;
+    v_n bigint;
+    v_hits bigint;
+    v_max_limit constant integer := 64000;
 BEGIN
     IF k IS NULL OR k < 1 OR k > 1000 THEN
         RAISE EXCEPTION 'pgingest: k must be between 1 and 1000, not %', k
@@ -150,47 +156,79 @@ BEGIN
         INTO v_matching;
     END IF;
 
-    RETURN QUERY EXECUTE format(
+    v_exact := coalesce(v_matching < v_exact_below, FALSE);
+    v_sql := format(
         $sql$
-        WITH %5$s hits AS MATERIALIZED (
-            SELECT s.doc_id, s.ordinal, c.content, (s.embedding %2$s $1::%3$s)::float8 AS distance
-            FROM pgingest.%1$I AS s
+        WITH %4$s hits AS MATERIALIZED (
+            SELECT s.doc_id, s.ordinal, c.content, %2$s AS distance
+            FROM %5$s
             -- OFFSET 0 keeps this a per-row lookup: as a plain join, the planner would multiply the
             -- selectivities of (doc_id, ordinal) and chunk_hash, expect about one row in all, and
             -- sort the whole store instead of walking its ANN index.
             CROSS JOIN LATERAL (
                 SELECT c.content FROM pgingest.chunks AS c
-                WHERE c.profile_id = %9$s AND c.doc_id = s.doc_id AND c.ordinal = s.ordinal
+                WHERE c.profile_id = %7$s AND c.doc_id = s.doc_id AND c.ordinal = s.ordinal
                     AND c.chunk_hash = s.chunk_hash
                 OFFSET 0
             ) AS c
-            INNER JOIN %6$s AS d ON d.doc_id = s.doc_id
-            WHERE %4$s
-            ORDER BY %7$s
+            %9$s
+            WHERE %3$s
+            ORDER BY %6$s
             LIMIT $2
         ), ranked AS (
             SELECT h.*, row_number() OVER (PARTITION BY h.doc_id ORDER BY h.distance) AS rn
             FROM hits AS h
         )
         SELECT r.doc_id, d.doc_key, d.title, r.ordinal, r.content, r.distance, d.metadata, %8$L::text,
-               d.source, d.source_key
+               d.source, d.source_key, (SELECT count(*) FROM hits) AS hits
         FROM ranked AS r
         INNER JOIN pgingest.source_documents AS d ON d.doc_id = r.doc_id
         WHERE NOT $3 OR r.rn = 1
         ORDER BY r.distance
         LIMIT $4
         $sql$,
-        v_m.store_name, v_op, v_type,
-        CASE WHEN v_matching < v_exact_below THEN 'true' ELSE v_pred END,
-        -- Selective filter: the matching documents first (their index), then exact distances.
-        CASE WHEN v_matching < v_exact_below
-             THEN format('docs AS MATERIALIZED (SELECT d.* FROM pgingest.source_documents AS d WHERE %s),', v_pred)
+        v_m.store_name,
+        CASE WHEN v_exact THEN 's.distance' ELSE format('(s.embedding %s $1::%s)::float8', v_op, v_type) END,
+        CASE WHEN v_exact THEN 'true' ELSE v_pred END,
+        -- Selective filter: the matching documents first (their index), then each one's chunks
+        -- through the store's primary key, every distance computed and sorted: exact, never the
+        -- ANN index (the subquery's OFFSET 0 hides the distance's expression from the planner).
+        CASE WHEN v_exact
+             THEN format('docs AS MATERIALIZED (SELECT d.doc_id FROM pgingest.source_documents AS d WHERE %s),', v_pred)
              ELSE '' END,
-        CASE WHEN v_matching < v_exact_below THEN 'docs' ELSE 'pgingest.source_documents' END,
-        CASE WHEN v_matching < v_exact_below THEN 'distance'
+        CASE WHEN v_exact
+             THEN format('docs AS d CROSS JOIN LATERAL (SELECT s.doc_id, s.ordinal, s.chunk_hash, '
+                         '(s.embedding %s $1::%s)::float8 AS distance FROM pgingest.%I AS s '
+                         'WHERE s.doc_id = d.doc_id OFFSET 0) AS s', v_op, v_type, v_m.store_name)
+             ELSE format('pgingest.%I AS s', v_m.store_name) END,
+        CASE WHEN v_exact THEN 's.distance'
              ELSE format('s.embedding %s $1::%s', v_op, v_type) END,
-        v_m.name, v_m.profile_id
-    ) USING query_vector, v_limit, per_document, k;
+        v_m.profile_id, v_m.name,
+        CASE WHEN v_exact THEN '' ELSE 'INNER JOIN pgingest.source_documents AS d ON d.doc_id = s.doc_id' END
+    );
+    IF NOT per_document THEN
+        RETURN QUERY EXECUTE format('SELECT q.doc_id, q.doc_key, q.title, q.ordinal, q.content, q.distance, '
+                                    'q.metadata, q.text, q.source, q.source_key FROM (%s) AS q', v_sql)
+            USING query_vector, v_limit, per_document, k;
+        RETURN;
+    END IF;
+    -- One row a document: the nearest v_limit chunks may come from fewer than k documents (a
+    -- long one holds many of them). Widened (doubled) until k documents, the store's end (fewer
+    -- chunks than asked for) or v_max_limit chunks.
+    LOOP
+        EXECUTE format('SELECT jsonb_agg(to_jsonb(q) ORDER BY q.distance, q.doc_id), count(*), max(q.hits) '
+                       'FROM (%s) AS q', v_sql)
+            INTO v_rows, v_n, v_hits
+            USING query_vector, v_limit, per_document, k;
+        EXIT WHEN v_n >= k OR coalesce(v_hits, 0) < v_limit OR v_limit >= v_max_limit;
+        v_limit := least(v_limit * 2, v_max_limit);
+    END LOOP;
+    RETURN QUERY
+        SELECT (e.r ->> 'doc_id')::bigint, e.r ->> 'doc_key', e.r ->> 'title', (e.r ->> 'ordinal')::integer,
+               e.r ->> 'content', (e.r ->> 'distance')::float8, nullif(e.r -> 'metadata', 'null'),
+               e.r ->> 'text', e.r ->> 'source', nullif(e.r -> 'source_key', 'null')
+        FROM jsonb_array_elements(coalesce(v_rows, '[]')) WITH ORDINALITY AS e (r, n)
+        ORDER BY e.n;
 END;
 $$;
 
@@ -199,7 +237,9 @@ COMMENT ON FUNCTION pgingest._nearest(vector, integer, jsonb, boolean, text, tex
 'active model (or `model`): its store joined to the chunks of its profile on (doc_id, ordinal, chunk_hash), '
 'so a vector is never served with another version''s text. Optionally filtered (jsonb: '
 'promoted keys use their typed indexed columns, other keys containment) and grouped one row per '
-'document. distance is the model''s metric (cosine distance, negative inner product or L2). Spans every '
+'document (k documents while the store holds them). distance is the model''s metric (cosine distance, '
+'negative inner product or L2). A filter matching fewer than 5000 documents is searched exactly, a broader '
+'one or none through the ANN index. Spans every '
 'source, or those named in `sources`; source and source_key (the row''s key as jsonb) say where each row '
 'comes from: join back with, e.g., ON a.id = (s.source_key ->> ''id'')::bigint.';
 
