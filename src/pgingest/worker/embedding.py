@@ -27,10 +27,17 @@ from typing import NamedTuple
 from pgingest import db, providers
 from pgingest.metrics import Metrics
 from pgingest.settings import WorkerSettings
-from pgingest.worker.batch import classify
+from pgingest.worker.batch import Failure, classify
 from pgingest.worker.capacity import ConcurrencyLimit
 from pgingest.worker.inputs import Inputs, request_size
 from pgingest.worker.pacing import Pacer, QuotaStore
+
+STOPPED = Failure(
+    "rate_limited",
+    "stopping",
+    "the worker stopped before this request was answered (deferred, no attempt spent)",
+)
+"""A request not sent (or not resent) because the worker stops: its jobs come back at once."""
 
 
 class _Sent(NamedTuple):
@@ -53,10 +60,13 @@ class Embedder:
         settings: WorkerSettings,
         metrics: Metrics,
         pause: Callable[[db.Model, providers.ProviderError], None],
+        stopping: threading.Event | None = None,
     ) -> None:
         """``pause(model, error)``: called when the provider refuses the credentials or the
-        model (``auth``), as soon as that answer comes."""
+        model (``auth``), as soon as that answer comes. ``stopping``: the worker's; once set, a
+        batch sends no new request and no resend (:data:`STOPPED`)."""
         self.s = settings
+        self._stopping = stopping
         self.metrics = metrics
         self._pause = pause
         self._providers: dict[str, providers.EmbeddingProvider] = {}
@@ -64,6 +74,7 @@ class Embedder:
         self._limits: dict[str, ConcurrencyLimit] = {}
         self._pacers: dict[str, Pacer] = {}
         self._held_until: dict[str, float] = {}  # model -> monotonic time (quota waits)
+        self._quota_turn: set[str] = set()  # models whose next request waits its turn (quota)
         self._calls = threading.local()  # .retried: the current request thread's client retried
         self._quota = (
             QuotaStore(settings.conninfo, settings.connect_params())
@@ -134,6 +145,33 @@ class Embedder:
             )
         return lim
 
+    @staticmethod
+    def _owners(inputs: Inputs, r: range) -> set[int]:
+        """The jobs (their id) that own the inputs of request ``r``."""
+        send = inputs.unseen()
+        return {id(inputs.owners[i]) for j in r for i in inputs.positions[inputs.hashes[send[j]]]}
+
+    def _reserve(self, model: str, pacer: Pacer, tokens: int, committed: bool) -> float:
+        """Takes one request's tokens from the model's quota: the seconds to wait before sending
+        it. Raises :class:`providers.QuotaWait` (nothing taken) when the wait is over
+        ``quota_max_wait``, except for a request that must go: one with inputs of a job whose
+        other inputs were already sent in this batch (``committed``: deferred, the job would
+        pay for them again and again), or the first request after a deferral of the model
+        (its turn: a request larger than the bucket refills within ``quota_max_wait`` would
+        otherwise be deferred for ever). Those take their tokens whatever the wait (the buckets
+        owe it, as for any request) and wait it, so every batch makes progress."""
+        committed = committed or model in self._quota_turn
+        try:
+            wait = pacer.reserve(tokens, 1)
+        except providers.QuotaWait:
+            if not committed:
+                self._quota_turn.add(model)
+                raise
+            taken = pacer.store.take(model, tokens, 1, max_wait=None)
+            wait = 0.0 if taken is None else taken
+        self._quota_turn.discard(model)
+        return wait
+
     def breaker_states(self) -> dict[str, str]:
         return {name: b.state for name, b in list(self._breakers.items())}
 
@@ -160,19 +198,7 @@ class Embedder:
         timed = getattr(provider, "call_timeout", None) if managed else None
         max_resends = self.s.max_resends if managed else 0
         pacer = self._pacers.get(m.name)
-        if pacer is not None:
-            try:
-                paced = pacer.reserve(sum(tokens), len(plans))
-            except providers.QuotaWait as spent:
-                # No room in the quota for a while: nothing is sent, the batch is deferred as
-                # for a 429 (no attempt spent) and the model held back meanwhile.
-                self._held_until[m.name] = time.monotonic() + float(spent.retry_after or 1.0)
-                for r in plans:
-                    inputs.fail(r, classify(spent))
-                inputs.scatter()
-                return True
-            if paced > 0:
-                time.sleep(paced)
+        stopping = self._stopping
 
         def call(r: range, timeout: float) -> _Answer:
             self._calls.retried = False
@@ -191,13 +217,63 @@ class Embedder:
         todo = collections.deque(_Sent(r, sum(tokens[r.start : r.stop]), 0, False) for r in plans)
         running: dict[Future[_Answer], _Sent] = {}
         ahead = 0  # tokens of ours in flight
+        begun: set[int] = set()  # the jobs (id) with an input in a request sent or paid for
+        answered = False  # an answer (or error) came back: the first wave is over
+
+        def defer_rest(failure: Failure) -> None:
+            # What is not sent now is not sent in this batch: deferred (no attempt spent).
+            while todo:
+                inputs.fail(todo.popleft().r, failure)
+
         while todo or running:
             while todo and not paused:
+                if answered and stopping is not None and stopping.is_set():
+                    # The worker stops: no new request after the first wave (the batch in hand,
+                    # in flight together: a stop waits at most about one request timeout), no
+                    # resend; what answered is written, the rest comes back at once for the
+                    # next worker (no attempt spent).
+                    defer_rest(STOPPED)
+                    break
                 nxt = todo[0]
                 # A resend waits until nothing else of ours is in flight; the others while
                 # fewer than the limit allows are.
                 if running and (nxt.resends or len(running) >= limit.allowed):
                     break
+                if not nxt.resends:  # a resend is the same call: its trial, its quota
+                    # The breaker's half-open trial slot is taken by a request really sent; the
+                    # others wait for its answer (a success closes the breaker).
+                    if not breaker.allow():
+                        if running:
+                            break
+                        wait_s = breaker.retry_in()
+                        defer_rest(
+                            classify(
+                                providers.CircuitOpen(
+                                    f"circuit open, retry in {wait_s:.1f}s", retry_after=wait_s
+                                )
+                            )
+                        )
+                        break
+                    if pacer is not None:
+                        owners = self._owners(inputs, nxt.r)
+                        try:
+                            paced = self._reserve(m.name, pacer, nxt.tokens, bool(owners & begun))
+                        except providers.QuotaWait as spent:
+                            # No room in the quota for a while: this request and the rest are
+                            # deferred as for a 429 (no attempt spent), the model held back
+                            # meanwhile; the requests already sent are written.
+                            self._held_until[m.name] = time.monotonic() + float(
+                                spent.retry_after or 1.0
+                            )
+                            defer_rest(classify(spent))
+                            break
+                        begun |= owners
+                        if paced > 0:
+                            if stopping is None:
+                                time.sleep(paced)
+                            elif stopping.wait(paced):
+                                defer_rest(STOPPED)  # stopping: no waiting for the quota
+                                break
                 todo.popleft()
                 timeout = min(
                     limit.ceiling_timeout, limit.timeout_for(nxt.tokens, ahead) * 2**nxt.resends
@@ -208,6 +284,7 @@ class Embedder:
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
+            answered = True
             for fut in done:
                 sent = running.pop(fut)
                 ahead -= sent.tokens
@@ -223,6 +300,9 @@ class Embedder:
                     continue
                 if exc.error_class == "timeout" and sent.resends < max_resends:
                     limit.timed_out()
+                    if stopping is not None and stopping.is_set():
+                        inputs.fail(sent.r, STOPPED)  # not resent: the worker stops
+                        continue
                     self.metrics.resend(m.name)
                     todo.append(sent._replace(resends=sent.resends + 1))
                     continue

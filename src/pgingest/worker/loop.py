@@ -86,7 +86,7 @@ class Worker:
             # worker/claims.py; a short timeout must not shrink batches to nothing)
             embed_window=max(30.0, settings.visibility_timeout / 3),
         )
-        self.embedder = Embedder(settings, self.metrics, self._pause)
+        self.embedder = Embedder(settings, self.metrics, self._pause, self.stopping)
         self.raw = RawStage(settings, metrics=self.metrics)  # raw documents (pools start lazily)
         self.writer = writer_factory(settings, self.metrics, self.sizers)
         self.connect_params = settings.connect_params()
@@ -446,7 +446,10 @@ class Worker:
                     pending = True
                 if queued > 0:
                     log.info("backfill queued", extra={"model": m.name, "documents": queued})
-            if not self.embedder.breaker(m.name).allow() or self.embedder.held(m.name):
+            # retry_in(), not allow(): a pass may send nothing (no message visible, all of them
+            # cached, stale or deferred), and a half-open breaker's trial slot is taken by the
+            # request that is really sent (Embedder.embed), never by the pass.
+            if self.embedder.breaker(m.name).retry_in() > 0 or self.embedder.held(m.name):
                 pending = True  # its provider rests (breaker open) or its quota is spent
                 self._release_carry(m.name, 0)
                 continue
