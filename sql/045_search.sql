@@ -14,6 +14,9 @@ DECLARE
     v_value jsonb;
     v_f pgingest.filters;
     v_parts text[] := '{}';
+    v_contains text;
+    v_json text;
+    v_num numeric;
 BEGIN
     IF p_filter IS NULL OR p_filter = '{}'::jsonb THEN
         RETURN 'true';
@@ -24,17 +27,38 @@ BEGIN
     END IF;
     FOR v_key, v_value IN SELECT e.key, e.value FROM jsonb_each(p_filter) AS e ORDER BY e.key LOOP
         SELECT * INTO v_f FROM pgingest.filters AS f WHERE f.key = v_key;
-        IF FOUND AND v_f.type = 'text[]' THEN
+        v_contains := format('d.metadata @> %L::jsonb', jsonb_build_object(v_key, v_value));
+        v_json := jsonb_typeof(v_value);
+        -- A promoted key's typed column narrows the search (its index) only where the value's JSON
+        -- type is the one the column holds (pgingest._meta_cast); the answer stays what containment
+        -- gives without the promotion: the same documents before and after register_filter, and a
+        -- value no document of that key can hold (7.5 or 99999999999 for an integer) matches none,
+        -- never a cast error.
+        IF FOUND AND v_f.type = 'text[]' AND v_json = 'array' THEN
+            -- the column holds the elements as text (1 and "1" alike): containment decides.
             v_parts := v_parts || format(
-                'd.%I @> %L::text[]', v_f.column_name,
-                CASE WHEN jsonb_typeof(v_value) = 'array'
-                     THEN (SELECT coalesce(array_agg(x), '{}') FROM jsonb_array_elements_text(v_value) AS x)
-                     ELSE ARRAY[v_value #>> '{}'] END
+                'd.%I @> %L::text[] AND %s', v_f.column_name,
+                (SELECT coalesce(array_agg(x), '{}') FROM jsonb_array_elements_text(v_value) AS x),
+                v_contains
             );
-        ELSIF FOUND AND jsonb_typeof(v_value) NOT IN ('object', 'array', 'null') THEN
-            v_parts := v_parts || format('d.%I = %L::%s', v_f.column_name, v_value #>> '{}', v_f.type);
+        ELSIF FOUND AND v_f.type = 'text' AND v_json IN ('string', 'number', 'boolean') THEN
+            -- the column holds strings, numbers and booleans as their text ("5" and 5 alike).
+            v_parts := v_parts || format('d.%I = %L::text AND %s', v_f.column_name, v_value #>> '{}', v_contains);
+        ELSIF FOUND AND v_f.type = 'boolean' AND v_json = 'boolean' THEN
+            v_parts := v_parts || format('d.%I = %L::boolean', v_f.column_name, v_value #>> '{}');
+        ELSIF FOUND AND v_f.type = 'numeric' AND v_json = 'number' THEN
+            v_parts := v_parts || format('d.%I = %L::numeric', v_f.column_name, v_value #>> '{}');
+        ELSIF FOUND AND v_f.type IN ('integer', 'bigint') AND v_json = 'number' THEN
+            v_num := (v_value #>> '{}')::numeric;
+            IF v_num <> trunc(v_num) OR v_f.type = 'integer' AND (v_num < -2147483648 OR v_num > 2147483647)
+                OR v_num < -9223372036854775808 OR v_num > 9223372036854775807 THEN
+                -- no document can hold it under this key (register_filter checks every value)
+                v_parts := v_parts || 'false'::text;
+            ELSE
+                v_parts := v_parts || format('d.%I = %L::%s', v_f.column_name, trunc(v_num)::text, v_f.type);
+            END IF;
         ELSE
-            v_parts := v_parts || format('d.metadata @> %L::jsonb', jsonb_build_object(v_key, v_value));
+            v_parts := v_parts || v_contains;
         END IF;
     END LOOP;
     RETURN array_to_string(v_parts, ' AND ');

@@ -167,3 +167,79 @@ def test_per_document_returns_k_documents_when_one_document_holds_the_nearest_ch
         )
         == 13
     )
+
+
+# 5. register_filter changes nothing a filter matches.
+
+
+FILTERS = [
+    '{"code": "5"}',
+    '{"code": 5}',
+    '{"code": true}',
+    '{"flag": "true"}',
+    '{"flag": true}',
+    '{"n": 7}',
+    '{"n": "7"}',
+    '{"n": 7.0}',
+    '{"n": 7.5}',
+    '{"n": 99999999999}',
+    '{"n": true}',
+    '{"tags": "a"}',
+    '{"tags": ["a"]}',
+    '{"tags": ["1"]}',
+    '{"tags": [1]}',
+    '{"code": "5", "n": 8}',
+    '{"b": true}',
+    '{"b": "true"}',
+    '{"x": 7}',
+    '{"x": "7"}',
+    '{"x": 7.50}',
+    '{"x": 7.5}',
+]
+
+
+def test_promoting_a_metadata_key_changes_nothing_a_filter_matches(
+    conn: psycopg.Connection[Any], fake: FakeEmbeddingServer
+) -> None:
+    register(conn, "v1", fake.url, model_id="fake-8", dimensions=8, index_method="none")
+    _random_store(conn, 6, 1, 8)
+    metas = [
+        '{"code": 5, "flag": true, "n": 7, "tags": ["a", "b"], "b": true, "x": 7}',
+        '{"code": "5", "n": 8, "tags": [1, "c"], "b": false, "x": 7.5}',
+        '{"code": "true", "flag": "true", "tags": ["1"]}',
+        '{"code": true, "n": -7, "flag": false, "x": -7}',
+        '{"code": "x"}',
+        "{}",
+    ]
+    for i, meta in enumerate(metas, start=1):
+        conn.execute(
+            "UPDATE pgingest.documents SET metadata = %s::jsonb WHERE key = %s", (meta, f"k{i}")
+        )
+    q = conn.execute("SELECT embedding::text FROM pgingest.store_v1 LIMIT 1").fetchone()
+    assert q is not None
+
+    def matches() -> dict[str, list[str]]:
+        return {
+            f: [
+                r[0]
+                for r in conn.execute(
+                    "SELECT doc_key FROM pgingest.search(%s::vector, 100, %s::jsonb) ORDER BY doc_key",
+                    (q[0], f),
+                )
+            ]
+            for f in FILTERS
+        }
+
+    before = matches()
+    assert before['{"code": "5"}'] == ["k2"] and before['{"n": 7}'] == ["k1"]
+    for key, typ in (
+        ("code", "text"),
+        ("flag", "text"),
+        ("n", "integer"),
+        ("tags", "text[]"),
+        ("b", "boolean"),
+        ("x", "numeric"),
+    ):
+        conn.execute("SELECT pgingest.register_filter(%s, %s)", (key, typ))
+    after = matches()  # and no cast error for 7.5 or 99999999999 on the integer key
+    assert {f: m for f, m in after.items() if m != before[f]} == {}
