@@ -443,6 +443,9 @@ DECLARE
     v_found vector;
     v_counter text;
     v_count text;
+    v_context text;
+    v_total bigint;
+    v_victim oid;
 BEGIN
     SELECT max(c.value) FILTER (WHERE c.key = 'query_cache_max_rows'),
            max(c.value) FILTER (WHERE c.key = 'query_cache_keep')
@@ -468,6 +471,19 @@ BEGIN
         );
         RETURN v_found;
     END IF;
+    -- Stored only from embed_query, with what its endpoint call just returned (review 2026-12-07,
+    -- finding 2): a reader may call this function (embed_query runs as the caller), and a vector of
+    -- its choosing would be served to every session of its login. The call stack says who calls: the
+    -- statement plpy_support._shared_store prepares, run by the PL/Python function embed_query; a
+    -- role that may not create PL/Python functions cannot make that stack, nor forge its lines (the
+    -- SQL statement line must end the first line of the statement, which no valid statement does).
+    GET DIAGNOSTICS v_context = PG_CONTEXT;
+    IF (string_to_array(v_context, E'\n'))[2:3] IS DISTINCT FROM ARRAY[
+        'SQL statement "SELECT pgingest._query_cache_vector($1, $2, $3, $4::vector)"',
+        'PL/Python function "embed_query"'
+    ] THEN
+        RETURN NULL;
+    END IF;
     -- Nothing can be written on a read replica or in a read-only transaction: not stored.
     IF pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on' THEN
         RETURN NULL;
@@ -478,6 +494,38 @@ BEGIN
         WHERE m.name = p_model AND m.state <> 'retired' AND m.dimensions = p_dimensions
     ) THEN
         RETURN NULL;
+    END IF;
+    -- The bound (query_cache_max_rows) is kept as rows come in, and a role makes room at the cost of
+    -- the role that holds the most rows (itself when it holds as many): one role's many questions
+    -- evict its own older rows, never those of a role that holds fewer, as a prune of the newest rows
+    -- of all would. Rows past their age go first, whoever's they are.
+    IF EXISTS (
+        SELECT 1 FROM pgingest.query_cache AS q
+        WHERE q.cache_key = p_key AND q.role_id = v_role
+            AND q.created_at > now() - coalesce(v_keep, '7 days')::interval
+    ) THEN
+        RETURN NULL;  -- a fresh row stays as it is
+    END IF;
+    SELECT count(*) INTO v_total FROM pgingest.query_cache AS q;
+    IF v_total >= v_max::bigint THEN
+        DELETE FROM pgingest.query_cache AS q
+        WHERE q.created_at <= now() - coalesce(v_keep, '7 days')::interval;
+        GET DIAGNOSTICS v_count = ROW_COUNT;
+        v_total := v_total - v_count::bigint;
+    END IF;
+    IF v_total >= v_max::bigint THEN
+        SELECT q.role_id INTO v_victim
+        FROM pgingest.query_cache AS q
+        GROUP BY q.role_id
+        ORDER BY count(*) DESC, q.role_id = v_role DESC, q.role_id
+        LIMIT 1;
+        DELETE FROM pgingest.query_cache AS q
+        WHERE (q.cache_key, q.role_id) IN (
+            SELECT o.cache_key, o.role_id FROM pgingest.query_cache AS o
+            WHERE o.role_id = v_victim
+            ORDER BY o.created_at, o.cache_key
+            LIMIT v_total - v_max::bigint + 1
+        );
     END IF;
     INSERT INTO pgingest.query_cache AS q (role_id, cache_key, model, embedding)
     VALUES (v_role, p_key, p_model, p_vector)
@@ -492,8 +540,10 @@ $$;
 COMMENT ON FUNCTION pgingest._query_cache_vector(bytea, text, integer, vector) IS
 'The shared query-vector cache (pgingest.query_cache), for embed_query: without p_vector, the vector cached for '
 'p_key (sha256 of the model''s identity, endpoint and normalised query text) by this login role, younger than '
-'query_cache_keep, else NULL (counted in pgingest.query_cache_shared_stats()); with p_vector, stores it, on the '
-'primary only (never in recovery or a read-only transaction) and only for a live model of that dimension. '
+'query_cache_keep, else NULL (counted in pgingest.query_cache_shared_stats()); with p_vector, stores it when '
+'called by embed_query with what its endpoint returned (any other caller: nothing stored), on the primary only '
+'(never in recovery or a read-only transaction) and only for a live model of that dimension; at '
+'query_cache_max_rows, the role holding the most rows (the caller when it holds as many) gives up its oldest. '
 'query_cache_max_rows = 0 turns it off.';
 
 CREATE OR REPLACE FUNCTION pgingest.query_cache_shared_stats()

@@ -8,9 +8,13 @@ and a direct hybrid_search() logged as a query-cache hit."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
+import pytest
+from psycopg import sql
 
 from pgingest.testing.fake_provider import FakeEmbeddingServer
 from pgingest.testing.texts import body as make_body
@@ -21,6 +25,119 @@ def _vector(conn: psycopg.Connection[Any], text: str) -> str:
     row = conn.execute("SELECT pgingest.embed_query(%s)::text", (text,)).fetchone()
     assert row is not None
     return str(row[0])
+
+
+# 2. The shared query cache: only embed_query stores, and one role cannot evict another's rows.
+
+
+@pytest.fixture
+def login(dsn: str) -> Iterator[Callable[[str], str]]:
+    made: list[str] = []
+    admin = psycopg.connect(dsn, autocommit=True)
+
+    def make(group: str) -> str:
+        name = f"pgingest_sr_{uuid.uuid4().hex[:10]}"
+        admin.execute(
+            sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(
+                sql.Identifier(name), sql.Identifier(group)
+            )
+        )
+        made.append(name)
+        conninfo = psycopg.conninfo.make_conninfo(dsn, user=name, password=None)
+        try:
+            psycopg.connect(conninfo, connect_timeout=5).close()
+        except psycopg.OperationalError as exc:
+            pytest.skip(f"cannot log in as a new role on this server: {exc}")
+        return conninfo
+
+    yield make
+    for name in made:
+        admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+        admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+    admin.close()
+
+
+def _cache_key(conn: psycopg.Connection[Any], text: str) -> bytes:
+    """The shared cache's key of ``text`` for model v1 (plpy_support.shared_cache_key)."""
+    from pgingest.plpy_support import normalise_query, shared_cache_key
+
+    m = conn.execute(
+        "SELECT name, base_url, model_id, dimensions, storage, metric FROM pgingest.models"
+        " WHERE name = 'v1'"
+    ).fetchone()
+    assert m is not None
+    return shared_cache_key(repr((*m, None, normalise_query(text))))
+
+
+def test_a_reader_cannot_store_a_vector_of_its_choosing_in_the_shared_cache(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    login: Callable[[str], str],
+) -> None:
+    register(conn, "v1", fake.url, index_method="none")
+    reader = login("pgingest_reader")
+    text = "how are documents chunked"
+    key = _cache_key(conn, text)
+    planted = "[" + ",".join(["1"] + ["0"] * 383) + "]"
+    with psycopg.connect(reader, autocommit=True) as r:
+        r.execute("SELECT pgingest._query_cache_vector(%s, 'v1', 384, %s::vector)", (key, planted))
+        # Nor from a block of its own that names the same statement.
+        r.execute(
+            "DO $$ BEGIN PERFORM pgingest._query_cache_vector(decode(repeat('ab', 32), 'hex'),"
+            " 'v1', 384, array_fill(1, ARRAY[384])::vector); END $$"
+        )
+    assert conn.execute("SELECT count(*) FROM pgingest.query_cache").fetchone() == (0,)
+    # The embedding path still stores what the endpoint returned, for the role's other sessions.
+    with psycopg.connect(reader, autocommit=True) as r:
+        got = _vector(r, text)
+    assert conn.execute(
+        "SELECT count(*), bool_and(embedding::text = %s), bool_and(cache_key = %s)"
+        " FROM pgingest.query_cache",
+        (got, key),
+    ).fetchone() == (1, True, True)
+    with psycopg.connect(reader, autocommit=True) as r2:
+        assert _vector(r2, text) == got
+        assert r2.execute("SELECT hits FROM pgingest.query_cache_shared_stats()").fetchone() == (1,)
+
+
+def test_one_roles_questions_never_evict_another_roles_cached_vectors(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    login: Callable[[str], str],
+) -> None:
+    register(conn, "v1", fake.url, index_method="none")
+    conn.execute("UPDATE pgingest.config SET value = '10' WHERE key = 'query_cache_max_rows'")
+    conn.execute("SET pgingest.query_cache_entries = 0")
+    for i in range(3):
+        _vector(conn, f"the owner's question {i}")
+    mine = conn.execute(
+        "SELECT array_agg(cache_key ORDER BY cache_key) FROM pgingest.query_cache"
+    ).fetchone()
+    reader = login("pgingest_reader")
+    with psycopg.connect(reader, autocommit=True) as r:
+        r.execute("SET pgingest.query_cache_entries = 0")
+        for i in range(25):
+            _vector(r, f"a flood of questions {i}")
+    # Kept within the bound as rows come in, at the cost of the role that holds the most.
+    assert conn.execute(
+        "SELECT count(*) <= 10, count(*) FILTER (WHERE role_id = (SELECT oid FROM pg_roles"
+        " WHERE rolname = current_user)) FROM pgingest.query_cache"
+    ).fetchone() == (True, 3)
+    conn.execute("SELECT pgingest.run_maintenance()")
+    assert (
+        conn.execute(
+            "SELECT array_agg(cache_key ORDER BY cache_key) FROM pgingest.query_cache"
+            " WHERE role_id = (SELECT oid FROM pg_roles WHERE rolname = current_user)"
+        ).fetchone()
+        == mine
+    )
+    # The flooding role's newest questions are the ones it kept.
+    with psycopg.connect(reader, autocommit=True) as r:
+        r.execute("SET pgingest.query_cache_entries = 0")
+        _vector(r, "a flood of questions 24")
+        assert r.execute("SELECT hits FROM pgingest.query_cache_shared_stats()").fetchone() == (1,)
 
 
 # 3. The selective-filter path is exact; the broad one walks the ANN index.
