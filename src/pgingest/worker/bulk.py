@@ -89,8 +89,10 @@ def parse_results(
             if not raw.strip():
                 continue
             try:
-                line = json.loads(raw)
-            except ValueError:
+                # providers' parser: a line nested too deeply is invalid JSON (ValueError), not
+                # a RecursionError that failed the whole collection
+                line = providers._json_loads(raw)
+            except (ValueError, UnicodeDecodeError):
                 continue
             cid = line.get("custom_id") if isinstance(line, dict) else None
             h = by_id.get(cid) if isinstance(cid, str) else None
