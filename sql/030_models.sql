@@ -360,7 +360,12 @@ BEGIN
                           'chunk_hash: the model input the vector was computed for.',
                           p_m.name, p_m.model_id, pgingest._column_type(p_m), p_m.metric));
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgingest_admin') THEN
+        -- The store and its partitions, as every install grants each table of pgingest
+        -- (sql/090_privileges.sql: the next install must find nothing to change).
         EXECUTE format('GRANT SELECT ON pgingest.%I TO pgingest_admin', p_m.store_name);
+        FOR v_i IN 0 .. v_parts - 1 LOOP
+            EXECUTE format('GRANT SELECT ON pgingest.%I TO pgingest_admin', p_m.store_name || '_p' || v_i);
+        END LOOP;
     END IF;
     -- Read replicas (sql/095_replication.sql): the publications of the chunks carry the stores too.
     FOR v_pub IN
