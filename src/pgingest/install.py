@@ -458,6 +458,16 @@ def _vector_schema_check(allow_public_create: bool) -> str:
     )
 
 
+def _newer_schema_check(root: Traversable | None = None) -> str:
+    """The refusal to install over a schema a newer pgingest left (newer_schema_check.sql)."""
+    shipped = [m.name.removesuffix(".sql") for m in migrations(root)]
+    return "\n" + render_template(
+        "newer_schema_check.sql",
+        shipped_migrations=",".join(shipped),
+        schema_version=max(shipped, default=""),
+    )
+
+
 def _file_section(f: SqlFile) -> str:
     return f"\n-- {f.folder}/{f.name}\n{f.text}\n"
 
@@ -530,6 +540,7 @@ def render_script(
             "prelude.sql", install_lock_key=INSTALL_LOCK_KEY, pgmq_mode=pgmq, **_PRIVILEGES
         )
     )
+    parts.append(_newer_schema_check(root))
     parts.append(_pgmq_blocks(pgmq_folder))
     parts.append(_vector_schema_check(allow_public_create))
     for m in migrations(root):
@@ -560,6 +571,7 @@ def render_plpython_script(
     if psql:
         parts.append(_PLPYTHON_HEADER + _PSQL_STOP + "BEGIN;\n")
     parts.append("\n" + render_template("plpython_prelude.sql", install_lock_key=INSTALL_LOCK_KEY))
+    parts.append(_newer_schema_check(root))
     parts.append(_vector_schema_check(allow_public_create))
     parts += [_file_section(f) for f in plpython_files(root)]
     parts.append("\n" + render_template("plpython_ownership.sql"))
