@@ -360,6 +360,33 @@ COMMENT ON FUNCTION pgingest._query_log_sampled() IS
 'Whether this search is logged: the log is on (query_log_sample_rate > 0), the draw falls under the rate, and '
 'the server can write (not a read replica, not a read-only transaction).';
 
+-- Where a search's query vector came from: embed_query (plpy_support._note_source) leaves it in the
+-- session setting pgingest.query_vector; search() and hybrid_search() take it once and clear it, so
+-- that a later search given its vector by the application is not logged with what a search_text
+-- before it left there (review 2026-12-07, finding 9).
+CREATE OR REPLACE FUNCTION pgingest._query_vector_source()
+RETURNS text
+LANGUAGE plpgsql
+VOLATILE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_source text := current_setting('pgingest.query_vector', TRUE);
+BEGIN
+    IF v_source <> '' THEN
+        PERFORM set_config('pgingest.query_vector', '', FALSE);
+    END IF;
+    RETURN CASE WHEN v_source IN ('session', 'shared', 'endpoint') THEN v_source END;
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._query_vector_source() IS
+'Where the query vector of the search being run came from (session, shared or endpoint: set by embed_query), '
+'else NULL; clears it, so that the next search does not inherit it.';
+
+-- The signature before review 2026-12-07 (finding 9): the vector's source read from the session.
+DROP FUNCTION IF EXISTS pgingest._log_search(text, text, timestamptz, integer, jsonb, text[], text, bigint[], text[]);
+
 CREATE OR REPLACE FUNCTION pgingest._log_search(
     p_kind text,
     p_model text,
@@ -369,7 +396,8 @@ CREATE OR REPLACE FUNCTION pgingest._log_search(
     p_sources text[],
     p_query_text text,
     p_doc_ids bigint[],
-    p_doc_keys text[]
+    p_doc_keys text[],
+    p_query_vector text DEFAULT NULL
 )
 RETURNS void
 LANGUAGE plpgsql
@@ -401,11 +429,8 @@ BEGIN
             CASE WHEN v_text THEN p_query_text END,
             coalesce(p_doc_ids, '{}'),
             coalesce(p_doc_keys, '{}'),
-            -- set by embed_query for the text searches (plpy_support._note_source)
-            CASE WHEN p_kind <> 'search' THEN
-                CASE WHEN current_setting('pgingest.query_vector', TRUE) IN ('session', 'shared', 'endpoint')
-                    THEN current_setting('pgingest.query_vector', TRUE) END
-            END
+            -- the text searches' (pgingest._query_vector_source), never a plain search's
+            CASE WHEN p_kind <> 'search' AND p_query_vector IN ('session', 'shared', 'endpoint') THEN p_query_vector END
         );
     EXCEPTION WHEN OTHERS THEN
         RAISE LOG 'pgingest: a search was not logged: % (SQLSTATE %)', sqlerrm, sqlstate;
@@ -413,9 +438,12 @@ BEGIN
 END;
 $$;
 
-COMMENT ON FUNCTION pgingest._log_search(text, text, timestamptz, integer, jsonb, text[], text, bigint[], text[]) IS
+COMMENT ON FUNCTION pgingest._log_search(
+    text, text, timestamptz, integer, jsonb, text[], text, bigint[], text[], text
+) IS
 'Writes one pgingest.query_log row (the query text and filter only with query_log_text = on, the md5 of the '
-'normalised text always); an error skips the row (a LOG line in the server log), never fails the search.';
+'normalised text always; query_vector: where the vector came from, pgingest._query_vector_source); an error '
+'skips the row (a LOG line in the server log), never fails the search.';
 
 -- The shared query-vector cache (issue 20, item 4): embed_query (plpy_support) looks a query up
 -- here after its per-backend cache misses, and stores what it embedded. Read on primaries and
@@ -598,6 +626,8 @@ DECLARE
     v_ids bigint[] := '{}';
     v_keys text[] := '{}';
     v_model text;
+    -- Where the query vector came from (search_text: embed_query), taken once and cleared.
+    v_source text := pgingest._query_vector_source();
 BEGIN
     IF NOT pgingest._query_log_sampled() THEN
         RETURN QUERY SELECT * FROM pgingest._nearest(
@@ -630,7 +660,7 @@ BEGIN
     END IF;
     PERFORM pgingest._log_search(
         CASE WHEN search.query_text IS NULL THEN 'search' ELSE 'search_text' END, v_model, v_t0, search.k,
-        search.filter, search.sources, search.query_text, v_ids, v_keys
+        search.filter, search.sources, search.query_text, v_ids, v_keys, v_source
     );
 END;
 $$;
@@ -765,6 +795,14 @@ DECLARE
     v_r record;
     v_ids bigint[] := '{}';
     v_keys text[] := '{}';
+    v_sql text;
+    v_side integer;
+    v_rows jsonb;
+    v_got bigint;
+    v_nv bigint;
+    v_nt bigint;
+    -- Where the query vector came from (hybrid_search_text: embed_query), taken once: see search().
+    v_source text := pgingest._query_vector_source();
 BEGIN
     SELECT * INTO v_def FROM pgingest.hybrid_search_defaults();
     v_ranking := lower(coalesce(hybrid_search.text_ranking, v_def.text_ranking));
@@ -788,6 +826,12 @@ BEGIN
     IF k IS NULL OR k < 1 OR k > 1000 THEN
         RAISE EXCEPTION 'pgingest: k must be between 1 and 1000, not %', k
             USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_candidates < 1 OR v_candidates > 1000 THEN
+        RAISE EXCEPTION 'pgingest: candidates must be between 1 and 1000, not %', v_candidates
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = format('The chunks taken from each side; NULL takes the default (%s). k larger than '
+                                'candidates takes k from each side.', v_def.candidates);
     END IF;
     IF hybrid_search.model IS NULL THEN
         SELECT * INTO v_m FROM pgingest.models AS m WHERE m.state = 'active';
@@ -843,22 +887,31 @@ BEGIN
         ) AS s
         WHERE s.df > 0;
     END IF;
-    FOR v_r IN EXECUTE format(
+    IF v_m.name IS NULL THEN
+        RAISE EXCEPTION 'pgingest: no active model'
+            USING ERRCODE = 'undefined_object', HINT = 'Register one with pgingest.register_model(...).';
+    END IF;
+    v_sql := format(
         $sql$
         WITH v AS (
             SELECT s.doc_id, s.ordinal, row_number() OVER (ORDER BY s.distance)::integer AS rnk
             FROM pgingest._nearest($1, $3, $4, FALSE, $12, $11) AS s
         ), t AS (
             SELECT x.doc_id, x.ordinal,
-                   row_number() OVER (ORDER BY x.score DESC, x.doc_id, x.ordinal)::integer AS rnk
+                   row_number() OVER (ORDER BY x.score DESC NULLS LAST, x.doc_id, x.ordinal)::integer AS rnk
             FROM (
                 SELECT c.doc_id, c.ordinal, %2$s AS score
                 FROM pgingest.chunks AS c
+                -- Only the chunks the searching model holds, as the vector side: the profile's rows
+                -- are shared by its models, and one of them may keep a version (text) this model
+                -- no longer serves (dead-lettered, removed).
+                INNER JOIN pgingest.%3$I AS s
+                    ON s.doc_id = c.doc_id AND s.ordinal = c.ordinal AND s.chunk_hash = c.chunk_hash
                 INNER JOIN pgingest.source_documents AS d ON d.doc_id = c.doc_id
                 CROSS JOIN (SELECT $2::tsquery AS q) AS q
                 WHERE c.profile_id = $10 AND c.tsv @@ q.q AND %1$s
             ) AS x
-            ORDER BY x.score DESC, x.doc_id, x.ordinal
+            ORDER BY x.score DESC NULLS LAST, x.doc_id, x.ordinal
             LIMIT $3
         ), fused AS (
             SELECT coalesce(v.doc_id, t.doc_id) AS doc_id, coalesce(v.ordinal, t.ordinal) AS ordinal,
@@ -881,26 +934,59 @@ BEGIN
             SELECT * FROM per_doc WHERE $15
         )
         SELECT f.doc_id, d.doc_key, d.title, f.ordinal, c.content, f.score, f.vector_rank, f.text_rank,
-               d.source, d.source_key, $12 AS model_name, d.metadata
+               d.source, d.source_key, $12 AS model_name, d.metadata,
+               (SELECT count(*) FROM v) AS n_v, (SELECT count(*) FROM t) AS n_t
         FROM ranked AS f
         INNER JOIN pgingest.source_documents AS d ON d.doc_id = f.doc_id
-        INNER JOIN pgingest.chunks AS c ON c.profile_id = $10 AND c.doc_id = f.doc_id AND c.ordinal = f.ordinal
+        INNER JOIN pgingest.%3$I AS s ON s.doc_id = f.doc_id AND s.ordinal = f.ordinal
+        INNER JOIN pgingest.chunks AS c
+            ON c.profile_id = $10 AND c.doc_id = f.doc_id AND c.ordinal = f.ordinal AND c.chunk_hash = s.chunk_hash
         ORDER BY f.score DESC, f.doc_id, f.ordinal
         LIMIT $9
         $sql$,
         v_pred,
         CASE WHEN v_ranking = 'bm25'
-            -- sum over the question's terms in the chunk of idf * tf * (k1 + 1) / (tf + k1)
-            THEN '(SELECT sum(w.idf * (coalesce(array_length(u.positions, 1), 1) * 2.2)'
+            -- sum over the question's terms in the chunk of idf * tf * (k1 + 1) / (tf + k1); 0 for a
+            -- chunk that holds none of them (matched through a negation: 'x or -y')
+            THEN 'coalesce((SELECT sum(w.idf * (coalesce(array_length(u.positions, 1), 1) * 2.2)'
                  ' / (coalesce(array_length(u.positions, 1), 1) + 1.2))'
                  -- only the question's terms unnested: marked with weight A, then kept
                  ' FROM unnest(ts_filter(setweight(c.tsv, ''A'', $13::text[]), ''{a}''))'
                  ' AS u INNER JOIN unnest($13::text[], $14::float8[]) AS w (lexeme, idf)'
-                 ' ON w.lexeme = u.lexeme)'
-            ELSE 'ts_rank_cd(c.tsv, q.q)' END
-    ) USING query_vector, v_query, greatest(v_candidates, k), filter, query_text,
-            v_wv, v_wt, v_rrf_k::double precision, k, v_m.profile_id, sources, v_m.name, v_terms, v_idf,
-            coalesce(per_document, FALSE)
+                 ' ON w.lexeme = u.lexeme), 0)'
+            ELSE 'ts_rank_cd(c.tsv, q.q)' END,
+        v_m.store_name
+    );
+    v_side := greatest(v_candidates, k);
+    IF coalesce(per_document, FALSE) THEN
+        -- One row a document: the candidates of both sides may come from fewer than k documents (a
+        -- long one holds many of them). Widened (doubled) until k documents, both sides' end (fewer
+        -- than asked for) or 1000 candidates a side. Ranks do not change as a side widens.
+        LOOP
+            EXECUTE format('SELECT jsonb_agg(to_jsonb(q) ORDER BY q.score DESC, q.doc_id, q.ordinal), count(*), '
+                           'coalesce(max(q.n_v), 0), coalesce(max(q.n_t), 0) FROM (%s) AS q', v_sql)
+                INTO v_rows, v_got, v_nv, v_nt
+                USING query_vector, v_query, v_side, filter, query_text,
+                      v_wv, v_wt, v_rrf_k::double precision, k, v_m.profile_id, sources, v_m.name, v_terms, v_idf,
+                      TRUE;
+            EXIT WHEN v_got >= k OR v_got = 0 OR (v_nv < v_side AND v_nt < v_side) OR v_side >= 1000;
+            v_side := least(v_side * 2, 1000);
+        END LOOP;
+        v_sql := $sql$
+            SELECT (e.r ->> 'doc_id')::bigint AS doc_id, e.r ->> 'doc_key' AS doc_key, e.r ->> 'title' AS title,
+                   (e.r ->> 'ordinal')::integer AS ordinal, e.r ->> 'content' AS content,
+                   (e.r ->> 'score')::float8 AS score, (e.r ->> 'vector_rank')::integer AS vector_rank,
+                   (e.r ->> 'text_rank')::integer AS text_rank, e.r ->> 'source' AS source,
+                   nullif(e.r -> 'source_key', 'null') AS source_key, e.r ->> 'model_name' AS model_name,
+                   nullif(e.r -> 'metadata', 'null') AS metadata
+            FROM jsonb_array_elements(coalesce($16, '[]')) WITH ORDINALITY AS e (r, n)
+            ORDER BY e.n
+        $sql$;
+    END IF;
+    FOR v_r IN EXECUTE v_sql
+        USING query_vector, v_query, v_side, filter, query_text,
+              v_wv, v_wt, v_rrf_k::double precision, k, v_m.profile_id, sources, v_m.name, v_terms, v_idf,
+              coalesce(per_document, FALSE), v_rows
     LOOP
         doc_id := v_r.doc_id;
         doc_key := v_r.doc_key;
@@ -922,7 +1008,7 @@ BEGIN
     END LOOP;
     IF v_log THEN
         PERFORM pgingest._log_search(
-            'hybrid_search', v_m.name, v_t0, k, filter, sources, query_text, v_ids, v_keys
+            'hybrid_search', v_m.name, v_t0, k, filter, sources, query_text, v_ids, v_keys, v_source
         );
     END IF;
 END;
@@ -938,7 +1024,8 @@ COMMENT ON FUNCTION pgingest.hybrid_search(
 'of the question''s terms (its lexemes without stop words, dotted names whole and in parts), or all of them '
 'in websearch syntax with match_all => true, ranked by BM25 (text_ranking ''bm25'': idf from each term''s '
 'document frequency, tf saturated with k1 1.2) or by ts_rank_cd (''ts_rank_cd'', the ranking before issue '
-'21). per_document => true: one row a document, its best rank on each side fused, shown with its best '
-'chunk. A NULL weight, rrf_k, candidates or text_ranking takes pgingest.hybrid_search_defaults() (chosen by '
-'make eval). Returns each document''s metadata; model_name says which model served; logged to '
-'pgingest.query_log like search().';
+'21). Either side serves only the chunks the model holds (its store). per_document => true: one row a '
+'document, its best rank on each side fused, shown with its best chunk (the candidates widened, up to 1000 '
+'a side, until k documents). candidates: 1 to 1000 (k when k is larger). A NULL weight, rrf_k, candidates '
+'or text_ranking takes pgingest.hybrid_search_defaults() (chosen by make eval). Returns each document''s '
+'metadata; model_name says which model served; logged to pgingest.query_log like search().';

@@ -18,13 +18,55 @@ from psycopg import sql
 
 from pgingest.testing.fake_provider import FakeEmbeddingServer
 from pgingest.testing.texts import body as make_body
-from tests.helpers import drain, insert_corpus, register
+from tests.helpers import drain, insert_corpus, insert_docs, register
 
 
 def _vector(conn: psycopg.Connection[Any], text: str) -> str:
     row = conn.execute("SELECT pgingest.embed_query(%s)::text", (text,)).fetchone()
     assert row is not None
     return str(row[0])
+
+
+# 1. Hybrid search's text side: only the chunks the searching model holds.
+
+
+def test_hybrid_text_side_never_serves_text_the_searching_model_dropped(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    register(conn, "v1", fake.url, index_method="none")
+    # v2 shares v1's chunking profile (same default profile): the profile's chunks are shared.
+    register(conn, "v2", fake.url, model_id="fake-768", dimensions=768, index_method="none")
+    insert_corpus(conn, 3)
+    conn.execute(
+        "INSERT INTO pgingest.documents (key, title, body)"
+        " VALUES ('secret', 'Memo', 'The quuxotron launch code is 4471.')"
+    )
+    drain(dsn)
+    conn.execute("SELECT pgingest.set_text_search_config('english')")
+    conn.execute("SELECT pgingest.pause_model('v2', 'endpoint down')")  # v2 stays behind
+    conn.execute("UPDATE pgingest.documents SET body = 'Redacted.' WHERE key = 'secret'")
+    fake.fail_next("bad_request", 20)  # v1 refuses the new version: dead-lettered
+    drain(dsn, models=["v1"])
+    assert conn.execute("SELECT model, doc_key FROM pgingest.dead_letters").fetchall() == [
+        ("v1", "secret")
+    ]
+    # The old text is still in the profile's chunks (kept for v2)...
+    assert conn.execute(
+        "SELECT count(*) FROM pgingest.chunks AS c JOIN pgingest.documents AS d ON d.id = c.doc_id"
+        " WHERE d.key = 'secret' AND c.content LIKE '%%quuxotron%%'"
+    ).fetchone() == (1,)
+    vec = conn.execute("SELECT embedding::text FROM pgingest.store_v1 LIMIT 1").fetchone()
+    assert vec is not None
+    for ranking in ("bm25", "ts_rank_cd"):
+        for per_document in (False, True):
+            rows = conn.execute(
+                "SELECT doc_key, content FROM pgingest.hybrid_search('quuxotron launch code',"
+                " %s::vector, 10, text_ranking => %s, per_document => %s)",
+                (vec[0], ranking, per_document),
+            ).fetchall()
+            # ... but v1's hybrid search never serves it.
+            assert rows and not any("quuxotron" in r[1] for r in rows), (ranking, rows)
+            assert "secret" not in {r[0] for r in rows}
 
 
 # 2. The shared query cache: only embed_query stores, and one role cannot evict another's rows.
@@ -286,6 +328,34 @@ def test_per_document_returns_k_documents_when_one_document_holds_the_nearest_ch
     )
 
 
+# 4b. hybrid_search per_document => true: k documents too.
+
+
+def test_hybrid_per_document_returns_k_documents_when_one_document_fills_the_candidates(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    qv = _one_long_document(conn, dsn, fake)
+    conn.execute("SELECT pgingest.set_text_search_config('english')")
+    for cand in (None, 10):
+        hyb = conn.execute(
+            "SELECT doc_key FROM pgingest.hybrid_search('zzzz', %s::vector, 5,"
+            " per_document => true, candidates => %s)",
+            (qv, cand),
+        ).fetchall()
+        assert len(hyb) == 5 and len({r[0] for r in hyb}) == 5, (cand, hyb)
+    # Fewer documents than k: all of them.
+    assert (
+        len(
+            conn.execute(
+                "SELECT 1 FROM pgingest.hybrid_search('zzzz', %s::vector, 50, per_document => true,"
+                " candidates => 10)",
+                (qv,),
+            ).fetchall()
+        )
+        == 13
+    )
+
+
 # 5. register_filter changes nothing a filter matches.
 
 
@@ -360,3 +430,93 @@ def test_promoting_a_metadata_key_changes_nothing_a_filter_matches(
         conn.execute("SELECT pgingest.register_filter(%s, %s)", (key, typ))
     after = matches()  # and no cast error for 7.5 or 99999999999 on the integer key
     assert {f: m for f, m in after.items() if m != before[f]} == {}
+
+
+# 7. BM25: a chunk matched only through a negation ranks after one holding the word.
+
+
+def test_bm25_ranks_a_chunk_holding_the_word_above_chunks_matched_by_a_negation(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    register(conn, "v1", fake.url, index_method="none")
+    conn.execute("SELECT pgingest.set_text_search_config('english')")
+    insert_docs(
+        conn,
+        [
+            ("has-word", "A", "We calibrate the quuxotron daily"),
+            ("other-1", "B", "Nothing relevant here at all"),
+            ("other-2", "C", "Completely unrelated text about gardens"),
+        ],
+    )
+    drain(dsn)
+    vec = _vector(conn, "x")
+    for ranking in ("bm25", "ts_rank_cd"):
+        rows = conn.execute(
+            "SELECT doc_key FROM pgingest.hybrid_search('quuxotron or -zebra', %s::vector, 5,"
+            " vector_weight => 0, text_weight => 1, match_all => true, text_ranking => %s)"
+            " ORDER BY text_rank",
+            (vec, ranking),
+        ).fetchall()
+        assert [r[0] for r in rows][0] == "has-word", (ranking, rows)
+        assert len(rows) == 3
+
+
+# 10. hybrid_search's candidates: checked, with its own message.
+
+
+def test_hybrid_search_checks_candidates_with_its_own_message(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    register(conn, "v1", fake.url, index_method="none")
+    conn.execute("SELECT pgingest.set_text_search_config('english')")
+    insert_corpus(conn, 2)
+    drain(dsn)
+    vec = _vector(conn, "x")
+    for bad in (2000, 0, -5):
+        with pytest.raises(
+            psycopg.errors.InvalidParameterValue,
+            match=f"candidates must be between 1 and 1000, not {bad}",
+        ):
+            conn.execute(
+                "SELECT * FROM pgingest.hybrid_search('x', %s::vector, 5, candidates => %s)",
+                (vec, bad),
+            )
+    assert conn.execute(
+        "SELECT count(*) > 0 FROM pgingest.hybrid_search('x', %s::vector, 5, candidates => 1000)",
+        (vec,),
+    ).fetchone() == (True,)
+
+
+# 9. The query log: where the vector came from, per search, not what the session last left.
+
+
+def test_a_direct_hybrid_search_is_not_logged_as_a_cache_hit(
+    conn: psycopg.Connection[Any], dsn: str, fake: FakeEmbeddingServer
+) -> None:
+    register(conn, "v1", fake.url, index_method="none")
+    insert_corpus(conn, 4)
+    drain(dsn)
+    conn.execute("SELECT pgingest.set_text_search_config('english')")
+    conn.execute("SELECT pgingest.set_query_log(1.0)")
+    conn.execute("SELECT count(*) FROM pgingest.search_text('vectors', 2)")
+    conn.execute("SELECT count(*) FROM pgingest.search_text('vectors', 2)")  # session cache hit
+    v = conn.execute("SELECT embedding::text FROM pgingest.store_v1 LIMIT 1").fetchone()
+    assert v is not None
+    for _ in range(2):
+        conn.execute(
+            "SELECT count(*) FROM pgingest.hybrid_search('anything', %s::vector, 2)", (v[0],)
+        )
+    conn.execute("SELECT count(*) FROM pgingest.hybrid_search_text('vectors', 2)")
+    conn.execute("SELECT count(*) FROM pgingest.search(%s::vector, 2)", (v[0],))
+    conn.execute("SELECT count(*) FROM pgingest.hybrid_search('anything', %s::vector, 2)", (v[0],))
+    assert conn.execute(
+        "SELECT kind, query_vector FROM pgingest.query_log ORDER BY id"
+    ).fetchall() == [
+        ("search_text", "endpoint"),
+        ("search_text", "session"),
+        ("hybrid_search", None),
+        ("hybrid_search", None),
+        ("hybrid_search", "session"),
+        ("search", None),
+        ("hybrid_search", None),
+    ]
