@@ -220,10 +220,12 @@ BEGIN
         CASE WHEN v_exact
              THEN format('docs AS MATERIALIZED (SELECT d.doc_id FROM pgingest.source_documents AS d WHERE %s),', v_pred)
              ELSE '' END,
+        -- Sorted before the chunks are looked up: only the nearest are (until k rows are found).
         CASE WHEN v_exact
-             THEN format('docs AS d CROSS JOIN LATERAL (SELECT s.doc_id, s.ordinal, s.chunk_hash, '
+             THEN format('(SELECT s.* FROM docs AS d CROSS JOIN LATERAL (SELECT s.doc_id, s.ordinal, s.chunk_hash, '
                          '(s.embedding %s $1::%s)::float8 AS distance FROM pgingest.%I AS s '
-                         'WHERE s.doc_id = d.doc_id OFFSET 0) AS s', v_op, v_type, v_m.store_name)
+                         'WHERE s.doc_id = d.doc_id OFFSET 0) AS s ORDER BY s.distance) AS s',
+                         v_op, v_type, v_m.store_name)
              ELSE format('pgingest.%I AS s', v_m.store_name) END,
         CASE WHEN v_exact THEN 's.distance'
              ELSE format('s.embedding %s $1::%s', v_op, v_type) END,
