@@ -193,3 +193,34 @@ def test_a_pass_that_sends_nothing_leaves_the_half_open_trial_slot_free(
         assert breaker.allow()  # the trial slot is still there for a request really sent
     finally:
         _close(w)
+
+
+def test_a_trial_request_the_quota_defers_leaves_the_half_open_trial_slot_free(
+    dsn: str, conn: psycopg.Connection[Any], fake: FakeEmbeddingServer
+) -> None:
+    register(conn, "v1", fake.url)
+    insert_docs(conn, [("k", None, " ".join(f"word{i}" for i in range(60)))])
+    # a bucket of 29 tokens, and no more than 0.1 s of waiting: the batch is deferred unsent
+    conn.execute("SELECT pgingest.set_model_quota('v1', NULL, 30)")
+    w = worker.Worker(
+        settings(
+            dsn,
+            drain=False,
+            heartbeat=False,
+            breaker_threshold=1,
+            breaker_reset_seconds=1.0,
+            quota_max_wait=0.1,
+        )
+    )
+    try:
+        breaker = w.embedder.breaker("v1")
+        breaker.record_failure()
+        time.sleep(1.05)
+        assert breaker.state == breaker.HALF_OPEN
+        w.tick()
+        w.writer.flush()
+        assert int(fake.stats()["requests"]) == 0  # deferred by the quota, nothing sent
+        assert w.embedder.held("v1")
+        assert breaker.allow()  # the trial slot is still there for a request really sent
+    finally:
+        _close(w)

@@ -40,6 +40,14 @@ STOPPED = Failure(
 """A request not sent (or not resent) because the worker stops: its jobs come back at once."""
 
 
+def circuit_open(breaker: providers.CircuitBreaker) -> Failure:
+    """What a request the breaker does not let through means for its jobs (deferred)."""
+    wait_s = breaker.retry_in()
+    return classify(
+        providers.CircuitOpen(f"circuit open, retry in {wait_s:.1f}s", retry_after=wait_s)
+    )
+
+
 class _Sent(NamedTuple):
     r: range
     tokens: int
@@ -240,19 +248,14 @@ class Embedder:
                 if running and (nxt.resends or len(running) >= limit.allowed):
                     break
                 if not nxt.resends:  # a resend is the same call: its trial, its quota
-                    # The breaker's half-open trial slot is taken by a request really sent; the
-                    # others wait for its answer (a success closes the breaker).
-                    if not breaker.allow():
+                    # The breaker's half-open trial slot is taken (allow) by a request really
+                    # sent, after its quota; the others wait for its answer (a success closes the
+                    # breaker). retry_in() first, which takes nothing: no quota is taken for a
+                    # request the breaker refuses, no trial slot for one the quota defers.
+                    if breaker.retry_in() > 0:
                         if running:
                             break
-                        wait_s = breaker.retry_in()
-                        defer_rest(
-                            classify(
-                                providers.CircuitOpen(
-                                    f"circuit open, retry in {wait_s:.1f}s", retry_after=wait_s
-                                )
-                            )
-                        )
+                        defer_rest(circuit_open(breaker))
                         break
                     if pacer is not None:
                         owners = self._owners(inputs, nxt.r)
@@ -274,6 +277,11 @@ class Embedder:
                             elif stopping.wait(paced):
                                 defer_rest(STOPPED)  # stopping: no waiting for the quota
                                 break
+                if not nxt.resends and not breaker.allow():
+                    # not expected (retry_in() was 0 just now, and answers are recorded on this
+                    # thread); its quota is taken: deferred rather than taken again later
+                    defer_rest(circuit_open(breaker))
+                    break
                 todo.popleft()
                 timeout = min(
                     limit.ceiling_timeout, limit.timeout_for(nxt.tokens, ahead) * 2**nxt.resends
