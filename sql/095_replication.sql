@@ -105,7 +105,31 @@ DECLARE
     ];
     v_active text;
     v_tsconfig text;
+    v_seq bigint;
+    v_want text;
 BEGIN
+    -- The chunking profiles with this database's ids, before any model: pgingest.chunks is replicated
+    -- with this database's profile_id, and every search joins it on the model's profile_id, so a
+    -- model must have the same profile id on the replica. register_model() below then finds its
+    -- profile by its parameters (pgingest._profile) instead of numbering a new one: the ids of the
+    -- profiles of retired models (not registered there) are taken too. The replica's sequence is
+    -- moved up to this one's, so that a profile a later register_model() creates on both servers in
+    -- the same order gets the same id.
+    FOR v_p IN SELECT * FROM pgingest.chunk_profiles AS p ORDER BY p.id LOOP
+        v_sql := v_sql || format(
+            'INSERT INTO pgingest.chunk_profiles (id, tokenizer, max_tokens, overlap_tokens, title_in_chunks) '
+            'VALUES (%s, %L, %s, %s, %L) ON CONFLICT DO NOTHING;',
+            v_p.id, v_p.tokenizer, v_p.max_tokens, v_p.overlap_tokens, v_p.title_in_chunks
+        );
+    END LOOP;
+    v_seq := pg_sequence_last_value(pg_get_serial_sequence('pgingest.chunk_profiles', 'id')::regclass);
+    IF v_seq >= 1 THEN
+        v_sql := v_sql || format(
+            'SELECT setval(pg_get_serial_sequence(%1$L, %2$L), %3$s) WHERE coalesce(pg_sequence_last_value('
+            'pg_get_serial_sequence(%1$L, %2$L)::regclass), 0) < %3$s;',
+            'pgingest.chunk_profiles', 'id', v_seq
+        );
+    END IF;
     -- Live models, oldest first: the replica's first model becomes active there, as it did here.
     FOR v_m IN
         SELECT * FROM pgingest.models AS m WHERE m.state <> 'retired' ORDER BY m.created_at, m.name
@@ -125,6 +149,63 @@ BEGIN
             v_active := v_m.name;
         END IF;
     END LOOP;
+    -- Each live model's profile id, as here. A model registered on the replica by hand (the documented
+    -- way for a new model) may have got another id there (the primary's sequence moved on: a model
+    -- registered and retired, a failed registration): its profile is renumbered to this database's
+    -- id where that id is free on the replica and the parameters are the same (the models sharing
+    -- the profile follow it; no replicated row holds the replica's own ids); anything else is refused,
+    -- naming the models, before the script changes anything more.
+    SELECT string_agg(
+        format('(%L, %s, %L, %s, %s, %L::boolean)', m.name, p.id, p.tokenizer, p.max_tokens, p.overlap_tokens,
+               p.title_in_chunks),
+        ', ' ORDER BY m.created_at, m.name
+    ) INTO v_want
+    FROM pgingest.models AS m INNER JOIN pgingest.chunk_profiles AS p ON p.id = m.profile_id
+    WHERE m.state <> 'retired';
+    IF v_want IS NOT NULL THEN
+        v_sql := v_sql || format(
+            $sql$DO $pgingest_replica$
+DECLARE
+    v_r record;
+    v_have integer;
+    v_bad text;
+BEGIN
+    FOR v_r IN
+        SELECT w.* FROM (VALUES %1$s) AS w (name, profile_id, tokenizer, max_tokens, overlap_tokens, title_in_chunks)
+    LOOP
+        SELECT m.profile_id INTO v_have FROM pgingest.models AS m WHERE m.name = v_r.name;
+        IF v_have <> v_r.profile_id
+            AND NOT EXISTS (SELECT 1 FROM pgingest.chunk_profiles AS p WHERE p.id = v_r.profile_id)
+            AND EXISTS (
+                SELECT 1 FROM pgingest.chunk_profiles AS p
+                WHERE p.id = v_have AND p.tokenizer = v_r.tokenizer AND p.max_tokens = v_r.max_tokens
+                    AND p.overlap_tokens = v_r.overlap_tokens AND p.title_in_chunks = v_r.title_in_chunks
+            ) THEN
+            -- One statement: the foreign key of models is checked at its end, when both moved.
+            WITH moved AS (
+                UPDATE pgingest.models AS m SET profile_id = v_r.profile_id WHERE m.profile_id = v_have RETURNING 1
+            )
+            UPDATE pgingest.chunk_profiles AS p SET id = v_r.profile_id WHERE p.id = v_have;
+            RAISE NOTICE 'pgingest: chunking profile %% renumbered %% (the primary''s id) for model %%',
+                v_have, v_r.profile_id, v_r.name;
+            PERFORM pgingest._refresh_search_view();
+        END IF;
+    END LOOP;
+    SELECT string_agg(format('%%s (profile %%s here, %%s on the primary)', w.name, m.profile_id, w.profile_id), ', ')
+    INTO v_bad
+    FROM (VALUES %1$s) AS w (name, profile_id, tokenizer, max_tokens, overlap_tokens, title_in_chunks)
+    INNER JOIN pgingest.models AS m ON m.name = w.name
+    WHERE m.profile_id <> w.profile_id;
+    IF v_bad IS NOT NULL THEN
+        RAISE EXCEPTION 'pgingest: the chunking profiles of models %% on this replica do not have the primary''s ids: the replicated chunks would not match them', v_bad
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Another profile holds that id here, or the model was registered here with other chunking parameters. Set up the replica again: a new database, pgingest install, this script, then the subscription.';
+    END IF;
+END;
+$pgingest_replica$;$sql$,
+            v_want
+        );
+    END IF;
     -- The same active model (force: the replica runs no backfill; its index is checked by hand).
     IF v_active IS NOT NULL THEN
         v_sql := v_sql || format(
@@ -147,10 +228,11 @@ BEGIN
     FOR v_s IN SELECT * FROM pgingest.sources AS s WHERE s.id <> 0 ORDER BY s.id LOOP
         v_sql := v_sql || format(
             'INSERT INTO pgingest.sources (id, name, relid, table_name, key_columns, key_types, body_column, '
-            'template, title_column, metadata_columns, backfill_completed_at) VALUES '
-            '(%s, %L, NULL, %L, %L, %L, %L, %L, %L, %L, now()) ON CONFLICT (id) DO NOTHING;',
+            'template, content_column, uri_column, mime_column, title_column, metadata_columns, '
+            'backfill_completed_at) VALUES '
+            '(%s, %L, NULL, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, now()) ON CONFLICT (id) DO NOTHING;',
             v_s.id, v_s.name, v_s.table_name, v_s.key_columns, v_s.key_types, v_s.body_column, v_s.template,
-            v_s.title_column, v_s.metadata_columns
+            v_s.content_column, v_s.uri_column, v_s.mime_column, v_s.title_column, v_s.metadata_columns
         );
     END LOOP;
     -- Promoted filters (typed columns of documents, computed on the replica) and text search.
@@ -179,7 +261,8 @@ END;
 $$;
 
 COMMENT ON FUNCTION pgingest.replica_setup_sql() IS
-'SQL to run on a read replica so that it mirrors this database''s DDL-bearing registry: register the live '
-'models (same names and chunking profiles, so the same stores), the same active model, retire retired ones, the '
-'promoted filters and the text search configuration. Idempotent. Run it on the replica before registering '
-'a new model here.';
+'SQL to run on a read replica so that it mirrors this database''s DDL-bearing registry: the chunking profiles '
+'with this database''s ids (the replicated chunks carry them; a model registered there by hand is renumbered, or '
+'refused), register the live models (same names and chunking profiles, so the same stores), the same active '
+'model, retire retired ones, the attached tables'' registry rows (raw sources with their mapping), the promoted '
+'filters and the text search configuration. Idempotent. Run it on the replica before registering a new model here.';
