@@ -79,6 +79,18 @@ DEFAULT_MAX_INPUT_TOKENS = 512
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 OLLAMA_BASE_URL = "http://localhost:11434"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,29}$")
+# The distances pgingest ranks by (register_model's metric), and the pgvector operator classes of
+# an HNSW index that are one of them. pgai accepts vector_cosine_ops, vector_ip_ops and
+# vector_l1_ops; L1 (taxicab) distance has no pgingest metric: refused unless --metric chooses one.
+METRICS = ("cosine", "ip", "l2")
+_OPCLASS_METRICS = {
+    "vector_cosine_ops": "cosine",
+    "vector_ip_ops": "ip",
+    "vector_l2_ops": "l2",
+    "halfvec_cosine_ops": "cosine",
+    "halfvec_ip_ops": "ip",
+    "halfvec_l2_ops": "l2",
+}
 # string.Template's placeholders (pgai formats with Template.substitute): $$, $name, ${name}.
 _TEMPLATE_RE = re.compile(
     r"\$(?:(?P<escaped>\$)|(?P<named>[_a-z][_a-z0-9]*)|\{(?P<braced>[_a-z][_a-z0-9]*)\}|(?P<invalid>))",
@@ -309,6 +321,7 @@ def _plan_one(
     source: str | None,
     model: str | None,
     max_input_tokens: int | None,
+    metric: str | None = None,
 ) -> Plan:
     name = v["name"]
     cfg = v["config"]
@@ -455,14 +468,31 @@ def _plan_one(
 
     indexing = cfg.get("indexing") or {}
     iimpl = indexing.get("implementation")
-    metric = "cosine"
+    pgai_metric = "cosine"  # what pgai's index ranks by; pgai's default opclass is cosine
     index_options: dict[str, int] = {}
     if iimpl == "hnsw":
         for k in ("m", "ef_construction"):
             if isinstance(indexing.get(k), int):
                 index_options[k] = indexing[k]
-        opclass = indexing.get("opclass") or "vector_cosine_ops"
-        metric = {"vector_ip_ops": "ip", "vector_l2_ops": "l2"}.get(opclass, "cosine")
+        opclass = str(indexing.get("opclass") or "vector_cosine_ops")
+        known = _OPCLASS_METRICS.get(opclass)
+        if known is not None:
+            pgai_metric = known
+        else:
+            distance = "L1 (taxicab) distance" if opclass.endswith("_l1_ops") else "its distance"
+            if metric is None:
+                raise Refusal(
+                    name,
+                    "indexing",
+                    f"opclass {opclass}: {distance}, which pgingest does not offer (it ranks by "
+                    f"{', '.join(METRICS)}); give --metric {'|'.join(METRICS)} to adopt it with "
+                    "that metric (searches then rank otherwise than pgai's index)",
+                )
+            differences.append(
+                f"indexing: pgai's opclass {opclass} ({distance}) becomes pgingest's {metric} "
+                f"(--metric {metric}): searches rank by {metric} distance, not {distance}"
+            )
+            pgai_metric = metric
     elif iimpl == "diskann":
         differences.append(
             "indexing: pgai's diskann (pgvectorscale) index becomes pgingest's hnsw index "
@@ -472,6 +502,12 @@ def _plan_one(
         differences.append(
             f"indexing: pgai's {iimpl or 'default'} indexing: pgingest builds an hnsw index at once"
         )
+    if metric is not None and metric != pgai_metric:
+        differences.append(
+            f"indexing: --metric {metric} replaces pgai's {pgai_metric}: searches rank by "
+            f"{metric} distance"
+        )
+    metric = metric or pgai_metric
     sched = (cfg.get("scheduling") or {}).get("implementation")
     if sched not in (None, "none"):
         differences.append(
@@ -636,14 +672,20 @@ def plan_all(
     source: str | None = None,
     model: str | None = None,
     max_input_tokens: int | None = None,
+    metric: str | None = None,
 ) -> list[Plan]:
     """The plans of the vectorizers named (all when none); raises :class:`Refusal` on the first
-    one that cannot be mapped, ``LookupError`` when pgai or a name is missing."""
+    one that cannot be mapped, ``LookupError`` when pgai or a name is missing. ``metric``: the
+    model's metric instead of the one of pgai's index (needed where pgingest has none: L1)."""
+    if metric is not None and metric not in METRICS:
+        raise ValueError(f"--metric must be one of {', '.join(METRICS)}, not {metric!r}")
     rows = _vectorizers(conn, names)
     if (source or model) and len(rows) != 1:
         raise ValueError("--source and --model name one vectorizer's objects: pick one with --name")
     return [
-        _plan_one(conn, v, source=source, model=model, max_input_tokens=max_input_tokens)
+        _plan_one(
+            conn, v, source=source, model=model, max_input_tokens=max_input_tokens, metric=metric
+        )
         for v in rows
     ]
 
@@ -1257,6 +1299,12 @@ def add_adopt_commands(subparsers: Any) -> argparse.ArgumentParser:
         type=int,
         help="the model's input limit (default: 8191 for OpenAI, 512 otherwise)",
     )
+    a.add_argument(
+        "--metric",
+        choices=METRICS,
+        help="the model's metric instead of the one of pgai's HNSW index (required for an L1 "
+        "index, vector_l1_ops: pgingest has no L1; the plan lists the change)",
+    )
     a.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     a.add_argument(
         "--compat-view",
@@ -1296,6 +1344,7 @@ def cmd_adopt_pgai(args: argparse.Namespace) -> int:
                     source=args.source,
                     model=args.model,
                     max_input_tokens=args.max_input_tokens,
+                    metric=args.metric,
                 )
             except Refusal as exc:
                 print(f"pgingest adopt pgai: refused: {exc}", file=sys.stderr)
