@@ -144,6 +144,26 @@ def test_a_model_registered_on_the_replica_first_gets_the_primary_s_profile_id(
     assert replica.execute(PROFILES).fetchall() == conn.execute(PROFILES).fetchall()
 
 
+def test_the_renumbered_profile_of_the_active_model_is_the_search_view_s(
+    conn: psycopg.Connection[Any],
+    fake: FakeEmbeddingServer,
+    replica: psycopg.Connection[Any],
+) -> None:
+    """The same, for the active model: the view search_chunks (which names the profile id) is
+    re-created with the primary's id."""
+    assert register(conn, "trial", fake.url, chunk_max_tokens=100) == "active"
+    assert register(conn, "v1", fake.url, chunk_max_tokens=120) == "shadow"
+    conn.execute("SELECT pgingest.swap_model('v1', force => true)")
+    conn.execute("SELECT pgingest.retire_model('trial')")
+    assert register(replica, "v1", fake.url, chunk_max_tokens=120) == "active"
+    view = "SELECT pg_get_viewdef('pgingest.search_chunks'::regclass)"
+    assert "profile_id = 2" in one(replica, view)
+    apply_setup(conn, replica)
+    assert replica.execute(PROFILES).fetchall() == conn.execute(PROFILES).fetchall()
+    assert "profile_id = 3" in one(replica, view)
+    assert "profile_id = 3" in one(conn, view)
+
+
 def test_a_profile_id_the_replica_cannot_take_is_refused(
     conn: psycopg.Connection[Any],
     fake: FakeEmbeddingServer,
