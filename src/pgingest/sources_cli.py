@@ -312,17 +312,23 @@ def format_sources(rows: Sequence[dict[str, Any]]) -> str:
             _num(r["table_rows_estimate"]),
             _backfill_cell(r),
             _num(r["capture_failures"]),
+            "PAUSED" if r.get("paused_reason") else "",
         ]
         for r in rows
     ]
     headers = ["source", "table", "key", "mapping", "rows", "table rows (est.)", "backfill"]
-    headers.append("capture failures")
+    headers += ["capture failures", "state"]
     text = cli_support.table(headers, body)
     for r in rows:
         if r["capture_failures"]:
             text += (
                 f"\n{r['source']}: {r['capture_failures']} failed capture(s): fix the cause, "
                 f"then pgingest source resync {r['source']}"
+            )
+        if r.get("paused_reason"):  # review finding 6: not only in `source show`
+            text += (
+                f"\n{r['source']} is paused: {r['paused_reason']} "
+                f"(SELECT pgingest.resume_source('{r['source']}') once fixed)"
             )
     return text
 

@@ -7,10 +7,11 @@ The figures come from the views of ``sql/050_status.sql`` (``pgingest.model_stat
 machines) and exits:
 
 * 0: healthy;
-* 1: unhealthy: a paused model, a stale worker (a heartbeat older than the stale threshold), a
-  stuck worker (a fresh heartbeat, a main loop silent past config worker_stuck_after_seconds),
-  more dead letters than ``--max-dead-letters`` (default 0: every dead letter is a document that
-  is not searchable and waits for a decision), an oldest pending message older than ``--max-lag``
+* 1: unhealthy: a paused model, a paused source (raw documents: the worker stopped fetching
+  it), a stale worker (a heartbeat older than the stale threshold), a stuck worker (a fresh
+  heartbeat, a main loop silent past config worker_stuck_after_seconds), more dead letters
+  than ``--max-dead-letters`` (default 0: every dead letter is a document that is not
+  searchable and waits for a decision), an oldest pending message older than ``--max-lag``
   (when given), an invalid ANN index that no build is fixing;
 * 2: the check itself failed (database unreachable, pgingest not installed, no privilege).
 
@@ -281,6 +282,13 @@ def evaluate(report: Report, policy: HealthPolicy) -> Report:
                 f"(or CALL pgingest.run_backfill('{m['model']}'))"
             )
     for src in report.sources or ():
+        if src.get("paused_reason"):
+            # The worker paused fetching (a bucket or host refusing access): its documents wait,
+            # like a paused model's (review finding 6).
+            problems.append(
+                f"source {src['source']} is paused: {src['paused_reason']} "
+                f"(SELECT pgingest.resume_source('{src['source']}') once fixed)"
+            )
         # Failed captures are dead letters too (error class capture_failed): counted above.
         if src.get("capture_failures"):
             warnings.append(
@@ -431,9 +439,12 @@ def render_text(report: Report, now: dt.datetime | None = None) -> str:
 
     if report.sources is not None:
         out.append("\nSOURCES")
+        # A state column while a raw source is paused (review finding 6).
+        paused = any(src.get("paused_reason") for src in report.sources)
         out.append(
             _table(
-                ["source", "table", "rows", "backfill", "capture failures"],
+                ["source", "table", "rows", "backfill", "capture failures"]
+                + (["state"] if paused else []),
                 [
                     [
                         src["source"],
@@ -442,10 +453,14 @@ def render_text(report: Report, now: dt.datetime | None = None) -> str:
                         _source_backfill(src),
                         _num(src["capture_failures"]),
                     ]
+                    + (["PAUSED" if src.get("paused_reason") else ""] if paused else [])
                     for src in report.sources
                 ],
             )
         )
+        for src in report.sources:
+            if src.get("paused_reason"):
+                out.append(f"  {src['source']} paused: {_short(src['paused_reason'], 200)}")
 
     out.append("\nDEAD LETTERS")
     if report.dead_letters:
@@ -722,8 +737,8 @@ def add_status_command(subparsers: Any) -> argparse.ArgumentParser:
         help="models, queues, dead letters, workers and indexes; exit 1 when unhealthy",
         description=(
             "Reads the pgingest status views (GRANT pgingest_monitor to the login). Exit status: "
-            "0 healthy; 1 unhealthy (a paused model, a stale worker, too many dead letters, "
-            "a lag above --max-lag, an invalid index); 2 the check failed."
+            "0 healthy; 1 unhealthy (a paused model or source, a stale worker, too many dead "
+            "letters, a lag above --max-lag, an invalid index); 2 the check failed."
         ),
     )
     cli_support.add_database_url(p)
