@@ -1,5 +1,11 @@
 """Operator CLI review, against the real database: a raw source paused by the worker is a problem
-of `pgingest status` (exit 1, as a paused model) and shows in `source list` (finding 6)."""
+of `pgingest status` (exit 1, as a paused model) and shows in `source list` (finding 6); `model
+add` refused for its quota or Batch API options leaves no model behind (finding 7); `model
+backfill|quota` of a name of no live model exits 2 saying so (finding 9).
+
+The part that needs no database (passwords in messages, `--watch`, `adopt pgai
+--max-input-tokens`, the quota options refused before connecting) is tests/unit/test_cli_review.py.
+"""
 
 from __future__ import annotations
 
@@ -90,3 +96,91 @@ def test_source_list_shows_a_paused_source_with_its_reason(
     rows = {r["source"]: r for r in json.loads(out)}
     assert rows["files"]["paused_reason"] == REASON
     assert rows["documents"]["paused_reason"] is None
+
+
+# -- finding 7: model add refused leaves nothing ---------------------------------------------
+
+ADD = ["model", "add", "q1", "--model-id", "m", "--dimensions", "3"]
+
+
+def models(conn: psycopg.Connection[Any]) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT name FROM pgingest.models ORDER BY name")]
+
+
+@pytest.mark.parametrize(
+    "bad", [["--rpm", "0"], ["--tpm", "0"], ["--headroom", "5"], ["--rpm", "10", "--headroom", "1"]]
+)
+def test_model_add_with_a_bad_quota_registers_nothing(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    capsys: pytest.CaptureFixture[str],
+    bad: list[str],
+) -> None:
+    code, out, err = run(capsys, dsn, *ADD, "--base-url", fake.url, *bad)
+    assert code == 2, out + err
+    assert "registered model" not in out
+    assert models(conn) == []
+    # the same command with a valid quota then works
+    code, out, err = run(capsys, dsn, *ADD, "--base-url", fake.url, "--rpm", "100")
+    assert code == 0, err
+    assert "registered model q1 (active)" in out
+    assert "model q1: quota 100 requests per minute, 3% never used" in out
+    assert models(conn) == ["q1"]
+    assert one(conn, "SELECT requests_per_minute FROM pgingest.provider_quota") == 100
+
+
+def test_model_add_refused_by_the_server_after_registering_leaves_nothing(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The quota is set in the transaction that registers the model: a refusal at that step
+    (here a trigger of the test's own) rolls the registration back."""
+    conn.execute(
+        "CREATE FUNCTION public.refuse() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$BEGIN RAISE EXCEPTION 'planted refusal' USING ERRCODE = 'check_violation'; END$$"
+    )
+    conn.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON pgingest.provider_quota"
+        " FOR EACH ROW EXECUTE FUNCTION public.refuse()"
+    )
+    code, out, err = run(capsys, dsn, *ADD, "--base-url", fake.url, "--rpm", "100")
+    assert code == 2, out + err
+    assert "planted refusal" in err
+    assert "registered model" not in out
+    assert models(conn) == []
+    assert (
+        one(conn, "SELECT count(*) FROM pgmq.list_queues() WHERE queue_name = 'pgingest_q1'") == 0
+    )
+    conn.execute("DROP TRIGGER refuse ON pgingest.provider_quota")
+    code, out, err = run(capsys, dsn, *ADD, "--base-url", fake.url, "--rpm", "100", "--batch-api")
+    assert code == 0, err
+    assert models(conn) == ["q1"]
+    assert one(conn, "SELECT batch_api FROM pgingest.models WHERE name = 'q1'") is True
+    assert "Batch API" in out
+
+
+# -- finding 9: backfill and quota of an unknown model ---------------------------------------
+
+
+@pytest.mark.parametrize("command", ["backfill", "quota"])
+def test_backfill_and_quota_of_no_live_model_exit_2(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    fake: FakeEmbeddingServer,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+) -> None:
+    register(conn, "v1", fake.url)
+    register(conn, "v2", fake.url)
+    conn.execute("SELECT pgingest.retire_model('v2')")
+    for name in ("no_such_model", "v2"):
+        code, out, err = run(capsys, dsn, "model", command, name)
+        assert code == 2, out + err
+        assert f"pgingest model {command}: no live model named {name!r}" in err
+        assert out == ""
+    code, out, err = run(capsys, dsn, "model", command, "v1")
+    assert code == 0, err
+    assert "v1" in out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import decimal
+import math
 import sys
 import uuid
 from collections.abc import Callable, Sequence
@@ -27,9 +28,11 @@ __all__ = [
     "EXIT_REFUSED",
     "add_database_url",
     "json_default",
+    "positive_float",
     "print_notices",
     "report_db_error",
     "run_reporting_db_errors",
+    "share",
     "table",
 ]
 
@@ -49,6 +52,31 @@ DATABASE_URL_HELP = (
 def add_database_url(parser: argparse.ArgumentParser) -> None:
     """Adds ``--database-url`` (``args.database_url``, default None: libpq's defaults)."""
     parser.add_argument("--database-url", default=None, help=DATABASE_URL_HELP)
+
+
+# -- argparse types: a bad value is a usage error (exit 2) before anything connects ----------
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (argparse ``type``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def share(text: str) -> float:
+    """A share: 0 <= value < 1 (argparse ``type``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < 1:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be a share: 0 <= value < 1, got {text}")
+    return value
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, rule: bool = True) -> str:

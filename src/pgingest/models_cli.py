@@ -252,11 +252,21 @@ def add_model_commands(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _quota_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rpm", type=float, help="the provider's requests per minute for this model")
-    p.add_argument("--tpm", type=float, help="the provider's tokens per minute for this model")
+    # Checked here, as pgingest.set_model_quota checks them: `model add` refuses a bad value
+    # before it registers anything (review finding 7).
+    p.add_argument(
+        "--rpm",
+        type=cli_support.positive_float,
+        help="the provider's requests per minute for this model",
+    )
+    p.add_argument(
+        "--tpm",
+        type=cli_support.positive_float,
+        help="the provider's tokens per minute for this model",
+    )
     p.add_argument(
         "--headroom",
-        type=float,
+        type=cli_support.share,
         default=0.03,
         help="share of the quota never used (default %(default)s: token counts are estimates)",
     )
@@ -328,16 +338,24 @@ def cmd_add(args: argparse.Namespace) -> int:
     def run() -> int:
         with _connect(args) as conn:
             cli_support.print_notices(conn, sys.stderr)
-            state = _register_model(conn, args, options)
+            # One transaction: a quota or Batch API setting refused leaves no model registered
+            # (review finding 7); the backfill below commits in batches, so it comes after.
+            with conn.transaction():
+                state = _register_model(conn, args, options)
+                quota = None
+                if args.rpm is not None or args.tpm is not None:
+                    quota = _set_quota(conn, args, show=False)
+                batch_api = None
+                if args.batch_api:
+                    row = conn.execute("SELECT pgingest.set_model_batch_api(%s)", (args.name,))
+                    batch_api = row.fetchone()[0]  # type: ignore[index]
             print(
                 f"registered model {args.name} ({state}): store store_{args.name} "
                 f"{args.storage}({args.dimensions}) {args.metric}, queue pgingest_{args.name}"
             )
-            if args.rpm is not None or args.tpm is not None:
-                _set_quota(conn, args)
-            if args.batch_api:
-                row = conn.execute("SELECT pgingest.set_model_batch_api(%s)", (args.name,))
-                print(row.fetchone()[0])  # type: ignore[index]
+            for line in (quota, batch_api):
+                if line is not None:
+                    print(line)
             if args.backfill:
                 db.run_backfill(conn, args.name)
                 print(f"backfill of {args.name} queued")
@@ -517,7 +535,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     return cli_support.run_reporting_db_errors("pgingest model list", run)
 
 
-def _set_quota(conn: psycopg.Connection[Any], args: argparse.Namespace) -> None:
+def _set_quota(
+    conn: psycopg.Connection[Any], args: argparse.Namespace, *, show: bool = True
+) -> str:
+    """``pgingest.set_model_quota`` with ``--rpm``, ``--tpm`` and ``--headroom``; returns the
+    line that says so, printed too with ``show``."""
     conn.execute(
         "SELECT pgingest.set_model_quota(%s, %s, %s, %s)",
         (args.name, args.rpm, args.tpm, args.headroom),
@@ -527,7 +549,21 @@ def _set_quota(conn: psycopg.Connection[Any], args: argparse.Namespace) -> None:
         for v, what in ((args.rpm, "requests"), (args.tpm, "tokens"))
         if v is not None
     )
-    print(f"model {args.name}: quota {limits}, {args.headroom:.0%} never used")
+    line = f"model {args.name}: quota {limits}, {args.headroom:.0%} never used"
+    if show:
+        print(line)
+    return line
+
+
+def _no_live_model(conn: psycopg.Connection[Any], prog: str, name: str) -> bool:
+    """True, with the CLI's message for it (as ``model index``), when ``name`` is no live
+    model."""
+    from pgingest import db
+
+    if db.backfill_progress(conn, name):
+        return False
+    print(f"{prog}: no live model named {name!r}", file=sys.stderr)
+    return True
 
 
 def quota_rows(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
@@ -560,6 +596,8 @@ def cmd_quota(args: argparse.Namespace) -> int:
                 _set_quota(conn, args)
             rows = [q for q in quota_rows(conn) if q["model"] == args.name]
             if not rows:
+                if _no_live_model(conn, "pgingest model quota", args.name):  # review finding 9
+                    return EXIT_INVALID
                 print(f"model {args.name}: no quota known (none configured, none learned yet)")
             for q in rows:
                 print(quota_line(q))
@@ -609,6 +647,9 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
     def run() -> int:
         with _connect(args) as conn:
+            # run_backfill does nothing for a name of no live model (review finding 9)
+            if _no_live_model(conn, "pgingest model backfill", args.name):
+                return EXIT_INVALID
             db.run_backfill(conn, args.name, args.batch)
             p = db.backfill_progress(conn, args.name)
         if p:
