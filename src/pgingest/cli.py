@@ -443,14 +443,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(command_of(argv))
     args = parser.parse_args(argv)
     configure_logging(args.log_level, args.log_format)
+    # Whatever is printed of an error leaves out the password of this connection string.
+    cli_support.use_conninfo(getattr(args, "database_url", None))
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a last resort: one readable line, the traceback at debug level
-        logging.getLogger("pgingest").debug("fatal", exc_info=True)
-        print(f"pgingest {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        prog = f"pgingest {args.command}"
+        invalid = cli_support.conninfo_error(exc)
+        if invalid is not None:  # libpq quotes the token it cannot read: the password, maybe
+            print(f"{prog}: {invalid}", file=sys.stderr)
+            return 2
+        text = cli_support.redact_conninfo(str(exc))
+        log = logging.getLogger("pgingest")
+        if text == str(exc):
+            log.debug("fatal", exc_info=True)
+        else:  # the traceback would show the password
+            log.debug("fatal: %s: %s", type(exc).__name__, text)
+        print(f"{prog}: {type(exc).__name__}: {text}", file=sys.stderr)
         return 1
+    finally:
+        cli_support.use_conninfo(None)
 
 
 if __name__ == "__main__":

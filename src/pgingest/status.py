@@ -711,8 +711,11 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_ERROR
-        except psycopg.Error as exc:
-            print(f"pgingest status: {str(exc).strip()}", file=sys.stderr)
+        except psycopg.Error as exc:  # no password of the connection string (review finding 10)
+            print(
+                f"pgingest status: {cli_support.error_text(exc, args.database_url)}",
+                file=sys.stderr,
+            )
             return EXIT_ERROR
         code = EXIT_HEALTHY if report.healthy else EXIT_UNHEALTHY
         text = render_json(report) if args.json else render_text(report)

@@ -1,11 +1,12 @@
 """Operator CLI review, with no database: the quota options of `model add` and `model quota` are
-refused before anything connects (finding 7)."""
+refused before anything connects (finding 7), a password of the connection string never reaches
+the terminal (finding 10)."""
 
 from __future__ import annotations
 
 import pytest
 
-from pgingest import cli
+from pgingest import cli, cli_support
 
 # Nothing listens on port 1: a connection string that parses fails to connect, fast.
 BAD_PERCENT = "postgresql://app:Summer%26x%zz!@127.0.0.1:1/pgingest"
@@ -46,3 +47,72 @@ def test_quota_options_are_checked_before_any_connection(
     assert code == 2
     assert "usage:" in err and option in err
     assert "registered" not in out
+
+
+COMMANDS = [
+    ["status"],
+    ["model", "list"],
+    ["model", "backfill", "v1"],
+    ["source", "list"],
+    ["search", "hello"],
+    ["maintenance"],
+    ["install", "--plan"],
+]
+
+
+@pytest.mark.parametrize("argv", COMMANDS, ids=lambda a: " ".join(a))
+@pytest.mark.parametrize(
+    ("url", "secrets"),
+    [
+        (BAD_PERCENT, ["Summer", "%zz"]),
+        (SPACE_IN_URL, ["Summer", "x!"]),
+        (SPACE_IN_KEYWORDS, ["Summer", "Winter"]),
+    ],
+    ids=["percent", "url-space", "keywords-space"],
+)
+def test_an_unparsable_connection_string_never_prints_its_password(
+    capsys: pytest.CaptureFixture[str], argv: list[str], url: str, secrets: list[str]
+) -> None:
+    code, out, err = run(capsys, [*argv, "--database-url", url])
+    assert code == 2  # invalid arguments
+    for secret in secrets:
+        assert secret not in out + err
+    assert "connection string" in err and "not valid" in err, err
+
+
+@pytest.mark.parametrize("argv", [["status"], ["model", "list"], ["source", "list"]])
+def test_the_password_of_database_url_is_not_printed_either(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, argv: list[str]
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", BAD_PERCENT)
+    code, out, err = run(capsys, argv)
+    assert code != 0
+    assert "Summer" not in out + err
+    assert "percent-encoded" in err  # what to fix is still said
+
+
+def test_a_connection_error_of_a_valid_string_is_shown_without_the_password(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _, err = run(capsys, ["status", "--database-url", PARSES])
+    assert code == 2
+    assert "Summer" not in err
+    assert "127.0.0.1" in err  # libpq's own message is kept
+
+
+def test_redact_conninfo() -> None:
+    # The password of a string that parses, in any form it may be quoted in.
+    text = 'x "Summer&x" Summer%26x postgresql://app:Summer%26x@h/db password=Summer&x'
+    red = cli_support.redact_conninfo(text, PARSES)
+    assert "Summer" not in red
+    # A string that does not parse: the tokens libpq quotes from it.
+    assert cli_support.redact_conninfo(
+        'invalid percent-encoded token: "Summer%26x%zz!"\n', BAD_PERCENT
+    ) == ('invalid percent-encoded token: "***"\n')
+    assert "Winter" not in cli_support.redact_conninfo(
+        'missing "=" after "Winter!" in connection info string', SPACE_IN_KEYWORDS
+    )
+    # Nothing to hide: unchanged.
+    assert cli_support.redact_conninfo("relation does not exist", "dbname=x") == (
+        "relation does not exist"
+    )
