@@ -769,7 +769,7 @@ def add_status_command(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--watch",
-        type=float,
+        type=cli_support.positive_float,
         default=None,
         metavar="SECONDS",
         help="redraw every SECONDS until interrupted",

@@ -1,6 +1,11 @@
 """Operator CLI review, with no database: the quota options of `model add` and `model quota` are
 refused before anything connects (finding 7), a password of the connection string never reaches
-the terminal (finding 10)."""
+the terminal (finding 10), `status --watch` takes a positive number of seconds and `adopt pgai
+--max-input-tokens` a positive number of tokens (the two minor findings).
+
+The database side of the review (a paused source in `status` and `source list`, `model add`
+refused without a trace, `model backfill|quota` of an unknown model) is tests/test_cli_review.py.
+"""
 
 from __future__ import annotations
 
@@ -116,3 +121,26 @@ def test_redact_conninfo() -> None:
     assert cli_support.redact_conninfo("relation does not exist", "dbname=x") == (
         "relation does not exist"
     )
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf", "x"])
+def test_status_watch_must_be_a_positive_number_of_seconds(
+    capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    code, out, err = run(capsys, ["status", "--watch", value, "--database-url", PARSES])
+    assert code == 2
+    assert "usage:" in err and "--watch" in err
+    assert "ValueError" not in err and out == ""
+
+
+@pytest.mark.parametrize("value", ["-5", "0"])
+def test_adopt_pgai_max_input_tokens_must_be_positive(
+    capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    code, out, err = run(
+        capsys,
+        ["adopt", "pgai", "--dry-run", "--max-input-tokens", value, "--database-url", PARSES],
+    )
+    assert code == 2
+    assert "--max-input-tokens" in err and "positive" in err
+    assert out == ""
