@@ -96,14 +96,71 @@ $$;
 COMMENT ON FUNCTION pgingest._sources_predicate(text[]) IS
 'SQL predicate limiting a search to the named sources (all when NULL); 42704 for an unknown name.';
 
+-- An older release's signature of a routine, dropped so that calls stay unambiguous (review
+-- 2026-12-07, install finding 1: with CASCADE it took the application's views and BEGIN ATOMIC
+-- functions that called it, without a word). pgingest's own dependants go with it (search_text and
+-- hybrid_search_text are re-created after this folder); anything else that depends on it, directly
+-- or through pgingest's objects, stops the install (2BP01) with its name, and nothing is changed.
+CREATE OR REPLACE FUNCTION pgingest._drop_old_routine(p_signature text)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_oid regprocedure := to_regprocedure(p_signature);
+    v_theirs text;
+BEGIN
+    IF v_oid IS NULL THEN
+        RETURN;
+    END IF;
+    WITH RECURSIVE dep (classid, objid, objsubid, ref_classid, ref_objid) AS (
+        SELECT d.classid, d.objid, d.objsubid,
+               CASE WHEN d.classid = 'pg_catalog.pg_rewrite'::regclass THEN 'pg_catalog.pg_class'::regclass ELSE d.classid END,
+               CASE WHEN d.classid = 'pg_catalog.pg_rewrite'::regclass
+                    THEN (SELECT r.ev_class FROM pg_catalog.pg_rewrite AS r WHERE r.oid = d.objid) ELSE d.objid END
+        FROM pg_catalog.pg_depend AS d
+        WHERE d.refclassid = 'pg_catalog.pg_proc'::regclass AND d.refobjid = v_oid AND d.deptype IN ('n', 'a')
+        UNION
+        SELECT d.classid, d.objid, d.objsubid,
+               CASE WHEN d.classid = 'pg_catalog.pg_rewrite'::regclass THEN 'pg_catalog.pg_class'::regclass ELSE d.classid END,
+               CASE WHEN d.classid = 'pg_catalog.pg_rewrite'::regclass
+                    THEN (SELECT r.ev_class FROM pg_catalog.pg_rewrite AS r WHERE r.oid = d.objid) ELSE d.objid END
+        FROM dep INNER JOIN pg_catalog.pg_depend AS d
+            ON d.refclassid = dep.ref_classid AND d.refobjid = dep.ref_objid AND d.deptype IN ('n', 'a')
+    )
+    SELECT string_agg(DISTINCT CASE
+               WHEN dep.classid = 'pg_catalog.pg_rewrite'::regclass THEN 'view ' || dep.ref_objid::regclass::text
+               ELSE o.type || ' ' || o.identity
+           END, ', ')
+    INTO v_theirs
+    FROM dep
+    CROSS JOIN LATERAL pg_catalog.pg_identify_object(dep.classid, dep.objid, dep.objsubid) AS o
+    WHERE o.schema IS DISTINCT FROM 'pgingest';
+    IF v_theirs IS NOT NULL THEN
+        RAISE EXCEPTION 'pgingest: this release replaces %, which objects outside schema pgingest use: %', v_oid, v_theirs
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  DETAIL = 'Nothing was changed: the install stopped here.',
+                  HINT = 'Keep their definitions (pg_get_viewdef, pg_get_functiondef), drop them, run the install again, '
+                         'and create them again: their calls resolve to the new signature.';
+    END IF;
+    EXECUTE format('DROP FUNCTION %s CASCADE', v_oid);
+END;
+$$;
+
+COMMENT ON FUNCTION pgingest._drop_old_routine(text) IS
+'Drops an older release''s signature of a routine with pgingest''s own dependants; refuses (2BP01, naming them) '
+'when objects outside schema pgingest depend on it (internal: the install).';
+
 -- The signatures before sources (issue 17): dropped so that calls stay unambiguous; search_text
 -- and hybrid_search_text (plpython/) depend on them and are re-created after this folder.
-DROP FUNCTION IF EXISTS pgingest.search(vector, integer, jsonb, boolean, text) CASCADE;
+SELECT pgingest._drop_old_routine('pgingest.search(vector, integer, jsonb, boolean, text)');
 -- The signature before the query log (issue 20): search() took no query_text / started_at.
-DROP FUNCTION IF EXISTS pgingest.search(vector, integer, jsonb, boolean, text, text[]) CASCADE;
-DROP FUNCTION IF EXISTS pgingest.hybrid_search(
-    text, vector, integer, jsonb, double precision, double precision, integer, integer, boolean
-) CASCADE;
+SELECT pgingest._drop_old_routine('pgingest.search(vector, integer, jsonb, boolean, text, text[])');
+SELECT pgingest._drop_old_routine(
+    'pgingest.hybrid_search(text, vector, integer, jsonb, double precision, double precision, integer, integer, '
+    'boolean)'
+);
 
 CREATE OR REPLACE FUNCTION pgingest._nearest(
     query_vector vector,
@@ -474,6 +531,7 @@ DECLARE
     v_counter text;
     v_count text;
     v_context text;
+    v_lines text[];
     v_total bigint;
     v_victim oid;
 BEGIN
@@ -507,11 +565,15 @@ BEGIN
     -- statement plpy_support._shared_store prepares, run by the PL/Python function embed_query; a
     -- role that may not create PL/Python functions cannot make that stack, nor forge its lines (the
     -- SQL statement line must end the first line of the statement, which no valid statement does).
+    -- Read by what no translation of the messages changes (lc_messages: "SQL statement" and
+    -- "PL/Python function" are translated): the quoted statement that ends line 2, the quoted
+    -- function name that ends line 3 (a PL/Python function's line; the other languages' end
+    -- otherwise: "... line N at EXECUTE", "... statement 1").
     GET DIAGNOSTICS v_context = PG_CONTEXT;
-    IF (string_to_array(v_context, E'\n'))[2:3] IS DISTINCT FROM ARRAY[
-        'SQL statement "SELECT pgingest._query_cache_vector($1, $2, $3, $4::vector)"',
-        'PL/Python function "embed_query"'
-    ] THEN
+    v_lines := string_to_array(v_context, E'\n');
+    IF cardinality(v_lines) < 3
+        OR right(v_lines[2], 61) IS DISTINCT FROM '"SELECT pgingest._query_cache_vector($1, $2, $3, $4::vector)"'
+        OR right(v_lines[3], 13) IS DISTINCT FROM '"embed_query"' THEN
         RETURN NULL;
     END IF;
     -- Nothing can be written on a read replica or in a read-only transaction: not stored.
@@ -679,18 +741,19 @@ COMMENT ON FUNCTION pgingest.search(vector, integer, jsonb, boolean, text, text[
 
 -- Obsolete signature (before match_all): dropped so that calls stay unambiguous; hybrid_search_text
 -- (plpython/) depends on it and is re-created after this folder.
-DROP FUNCTION IF EXISTS pgingest.hybrid_search(
-    text, vector, integer, jsonb, double precision, double precision, integer, integer
-) CASCADE;
+SELECT pgingest._drop_old_routine(
+    'pgingest.hybrid_search(text, vector, integer, jsonb, double precision, double precision, integer, integer)'
+);
 -- The signature before traffic shifting (issue 20): no model, no started_at, no model_name column.
-DROP FUNCTION IF EXISTS pgingest.hybrid_search(
-    text, vector, integer, jsonb, double precision, double precision, integer, integer, boolean, text[]
-) CASCADE;
+SELECT pgingest._drop_old_routine(
+    'pgingest.hybrid_search(text, vector, integer, jsonb, double precision, double precision, integer, integer, '
+    'boolean, text[])'
+);
 -- The signature before issue 21 (point 2): no per_document, no text_ranking, no metadata column.
-DROP FUNCTION IF EXISTS pgingest.hybrid_search(
-    text, vector, integer, jsonb, double precision, double precision, integer, integer, boolean, text[], text,
-    timestamptz
-) CASCADE;
+SELECT pgingest._drop_old_routine(
+    'pgingest.hybrid_search(text, vector, integer, jsonb, double precision, double precision, integer, integer, '
+    'boolean, text[], text, timestamptz)'
+);
 
 -- Hybrid search's defaults, chosen by `make eval`'s grid on the tuning half of the project's question set
 -- (eval/hybrid_defaults.json records the choice, tests/test_hybrid_quality.py checks both agree;
