@@ -55,6 +55,40 @@ def as_role(dsn: str, role: str) -> psycopg.Connection[Any]:
     return c
 
 
+def grants_of(conn: psycopg.Connection[Any], table: str) -> list[tuple[str, str, str]]:
+    """(owner, grantee, privilege) of every grant on ``table`` to someone but its owner."""
+    return conn.execute(
+        "SELECT pg_get_userbyid(c.relowner), pg_get_userbyid(a.grantee), a.privilege_type"
+        " FROM pg_class AS c, aclexplode(c.relacl) AS a WHERE c.oid = %s::regclass"
+        " AND a.grantee <> c.relowner",
+        (table,),
+    ).fetchall()
+
+
+PGINGEST_GROUPS = (
+    "pgingest_admin",
+    "pgingest_writer",
+    "pgingest_worker",
+    "pgingest_reader",
+    "pgingest_monitor",
+)
+
+
+def assert_no_member_can_lock(
+    dsn: str, make_role: Callable[..., str], tables: tuple[str, ...], modes: tuple[str, ...]
+) -> None:
+    """A member of each pgingest group role is refused each of ``modes`` on each table."""
+    for group in PGINGEST_GROUPS:
+        member = make_role("pgi_member", group)
+        with as_role(dsn, member) as c:
+            for table in tables:
+                for mode in modes:
+                    c.execute("BEGIN")
+                    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                        c.execute(f"LOCK TABLE {table} IN {mode} MODE")
+                    c.execute("ROLLBACK")
+
+
 def attach_notes(conn: psycopg.Connection[Any], name: str = "notes") -> int:
     conn.execute(f"CREATE TABLE public.{name} (id int PRIMARY KEY, body text)")
     conn.execute(
@@ -112,13 +146,7 @@ def test_the_lock_table_admits_no_conflicting_mode_but_the_owners(
     owner = one(
         conn, "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'pgingest'"
     )
-    grants = conn.execute(
-        "SELECT pg_get_userbyid(c.relowner), pg_get_userbyid(a.grantee), a.privilege_type"
-        " FROM pg_class AS c, aclexplode(c.relacl) AS a WHERE c.oid = %s::regclass"
-        " AND a.grantee <> c.relowner",
-        (lock,),
-    ).fetchall()
-    assert grants == [(owner, "pgingest_admin", "SELECT")]
+    assert grants_of(conn, lock) == [(owner, "pgingest_admin", "SELECT")]
     for group in (
         "pgingest_admin",
         "pgingest_writer",
@@ -561,29 +589,14 @@ def test_the_compile_and_lifecycle_lock_tables_admit_no_conflicting_mode_but_the
         conn, "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'pgingest'"
     )
     for table in ("pgingest.compile_lock", "pgingest.lifecycle_lock"):
-        grants = conn.execute(
-            "SELECT pg_get_userbyid(c.relowner), pg_get_userbyid(a.grantee), a.privilege_type"
-            " FROM pg_class AS c, aclexplode(c.relacl) AS a WHERE c.oid = %s::regclass"
-            " AND a.grantee <> c.relowner",
-            (table,),
-        ).fetchall()
-        assert grants in ([], [(owner, "pgingest_admin", "SELECT")])
+        assert grants_of(conn, table) == [(owner, "pgingest_admin", "SELECT")]
         assert one(conn, sql.SQL("SELECT count(*) FROM {}").format(sql.SQL(table))) == 0
-    for group in (
-        "pgingest_admin",
-        "pgingest_writer",
-        "pgingest_worker",
-        "pgingest_reader",
-        "pgingest_monitor",
-    ):
-        member = make_role("pgi_member", group)
-        with as_role(dsn, member) as c:
-            for table in ("pgingest.compile_lock", "pgingest.lifecycle_lock"):
-                for mode in ("ROW SHARE", "ROW EXCLUSIVE", "SHARE", "EXCLUSIVE"):
-                    c.execute("BEGIN")
-                    with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                        c.execute(f"LOCK TABLE {table} IN {mode} MODE")
-                    c.execute("ROLLBACK")
+    assert_no_member_can_lock(
+        dsn,
+        make_role,
+        ("pgingest.compile_lock", "pgingest.lifecycle_lock"),
+        ("ROW SHARE", "ROW EXCLUSIVE", "SHARE", "EXCLUSIVE"),
+    )
     # An admin reading them (ACCESS SHARE, which SELECT allows) holds up nothing.
     admin = make_role("pgi_admin", "pgingest_admin")
     with as_role(dsn, admin) as c:
