@@ -34,7 +34,7 @@ DECLARE
     v_max bigint;
     v_n bigint := 0;
     v_k bigint;
-    v_cut timestamptz;
+    v_cap bigint;
 BEGIN
     SELECT c.value::interval INTO v_keep FROM pgingest.config AS c WHERE c.key = 'query_cache_keep';
     SELECT c.value::bigint INTO v_max FROM pgingest.config AS c WHERE c.key = 'query_cache_max_rows';
@@ -43,11 +43,22 @@ BEGIN
     WHERE q.created_at < now() - coalesce(v_keep, interval '7 days')
         OR NOT EXISTS (SELECT 1 FROM pgingest.models AS m WHERE m.name = q.model AND m.state <> 'retired');
     GET DIAGNOSTICS v_n = ROW_COUNT;
-    -- The newest max_rows rows stay (0: the cache is off, every row goes).
-    SELECT q.created_at INTO v_cut FROM pgingest.query_cache AS q
-    ORDER BY q.created_at DESC OFFSET coalesce(v_max, 20000) LIMIT 1;
-    IF v_cut IS NOT NULL THEN
-        DELETE FROM pgingest.query_cache AS q WHERE q.created_at <= v_cut;
+    -- Over max_rows (0: the cache is off, every row goes), the roles holding the most rows give up
+    -- their oldest, as at the store (_query_cache_vector, review 2026-12-07): each role keeps at
+    -- most its newest v_cap rows, v_cap the largest that brings the table within the bound (the
+    -- newest max_rows of all roles together would let one role's burst evict every other's).
+    IF (SELECT count(*) FROM pgingest.query_cache) > coalesce(v_max, 20000) THEN
+        WITH r AS (SELECT count(*) AS n FROM pgingest.query_cache GROUP BY role_id)
+        SELECT max(c.cap) INTO v_cap
+        FROM generate_series(0, (SELECT max(r.n) FROM r)) AS c (cap)
+        WHERE (SELECT sum(least(r.n, c.cap)) FROM r) <= coalesce(v_max, 20000);
+        DELETE FROM pgingest.query_cache AS q
+        USING (
+            SELECT o.cache_key, o.role_id,
+                   row_number() OVER (PARTITION BY o.role_id ORDER BY o.created_at DESC, o.cache_key) AS k
+            FROM pgingest.query_cache AS o
+        ) AS x
+        WHERE x.k > v_cap AND q.cache_key = x.cache_key AND q.role_id = x.role_id;
         GET DIAGNOSTICS v_k = ROW_COUNT;
         v_n := v_n + v_k;
     END IF;
@@ -57,7 +68,8 @@ $$;
 
 COMMENT ON FUNCTION pgingest._prune_query_cache() IS
 'Applies the shared query-vector cache''s bounds: rows older than query_cache_keep (7 days) or of a model no '
-'longer live go, then all but the newest query_cache_max_rows (20000); returns how many rows were deleted.';
+'longer live go, then, over query_cache_max_rows (20000), the oldest rows of the roles holding the most; returns '
+'how many rows were deleted.';
 
 CREATE OR REPLACE FUNCTION pgingest.prune_embedding_cache()
 RETURNS bigint
