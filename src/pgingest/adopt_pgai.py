@@ -1265,6 +1265,17 @@ def drop_pgai(conn: psycopg.Connection[Any], p: Plan) -> list[str]:
 # -- the command -----------------------------------------------------------------------------
 
 
+def _positive_int(value: str) -> int:
+    """argparse type of ``--max-input-tokens``: a whole number above 0 (a usage error, exit 2)."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {n}")
+    return n
+
+
 def add_adopt_commands(subparsers: Any) -> argparse.ArgumentParser:
     """``pgingest adopt pgai ...``."""
     p = subparsers.add_parser(
@@ -1296,7 +1307,7 @@ def add_adopt_commands(subparsers: Any) -> argparse.ArgumentParser:
     a.add_argument("--model", help="pgingest model name (default: pgai_<vectorizer id>_<table>)")
     a.add_argument(
         "--max-input-tokens",
-        type=int,
+        type=_positive_int,
         help="the model's input limit (default: 8191 for OpenAI, 512 otherwise)",
     )
     a.add_argument(

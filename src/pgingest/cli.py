@@ -442,7 +442,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(module.main(argv[1:]))
     parser = build_parser(command_of(argv))
     args = parser.parse_args(argv)
-    _check_adopt_arguments(parser, args)
     configure_logging(args.log_level, args.log_format)
     # Whatever is printed of an error leaves out the password of this connection string.
     cli_support.use_conninfo(getattr(args, "database_url", None))
@@ -466,19 +465,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         cli_support.use_conninfo(None)
-
-
-def _check_adopt_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """``adopt pgai --max-input-tokens`` must be positive (a usage error, exit 2): its parser
-    lives in adopt_pgai.py (``type=int``), checked here once parsed."""
-    n = getattr(args, "max_input_tokens", None)
-    if args.command == "adopt" and n is not None and n <= 0:
-        prog = f"pgingest adopt {getattr(args, 'adopt_command', 'pgai')}"
-        parser.exit(
-            2,
-            f"usage: {prog} [options]\n{prog}: error: argument --max-input-tokens: must be a"
-            f" positive integer, got {n}\n",
-        )
 
 
 if __name__ == "__main__":
