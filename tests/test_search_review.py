@@ -8,16 +8,15 @@ and a direct hybrid_search() logged as a query-cache hit."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from pgingest.testing.fake_provider import FakeEmbeddingServer
 from pgingest.testing.texts import body as make_body
+from tests import test_roles
 from tests.helpers import drain, insert_corpus, insert_docs, register
 
 
@@ -71,32 +70,7 @@ def test_hybrid_text_side_never_serves_text_the_searching_model_dropped(
 
 # 2. The shared query cache: only embed_query stores, and one role cannot evict another's rows.
 
-
-@pytest.fixture
-def login(dsn: str) -> Iterator[Callable[[str], str]]:
-    made: list[str] = []
-    admin = psycopg.connect(dsn, autocommit=True)
-
-    def make(group: str) -> str:
-        name = f"pgingest_sr_{uuid.uuid4().hex[:10]}"
-        admin.execute(
-            sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(
-                sql.Identifier(name), sql.Identifier(group)
-            )
-        )
-        made.append(name)
-        conninfo = psycopg.conninfo.make_conninfo(dsn, user=name, password=None)
-        try:
-            psycopg.connect(conninfo, connect_timeout=5).close()
-        except psycopg.OperationalError as exc:
-            pytest.skip(f"cannot log in as a new role on this server: {exc}")
-        return conninfo
-
-    yield make
-    for name in made:
-        admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-        admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
-    admin.close()
+login = test_roles.login  # the fixture: a new LOGIN role in a group role, dropped at the end
 
 
 def _cache_key(conn: psycopg.Connection[Any], text: str) -> bytes:
