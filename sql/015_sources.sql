@@ -767,9 +767,9 @@ COMMENT ON FUNCTION pgingest._source_columns_refusal(regclass, text[], text[]) I
 -- function's plans per table); the wake-up check follows, once.
 -- A source not compiled yet runs its stored statements (sources.statements) by EXECUTE.
 -- Issue 19, attached tables' capture: what a single-row statement pays besides its statements is
--- kept to PL/pgSQL expressions (no executor): the source's id from a CASE over TG_ARGV[0], the
--- advisory lock's key as a literal (pgingest._source_lock_key() is a SQL function with a SET
--- clause: fmgr_sql planned it on every call), lock_timeout set and put back only when it is not 0.
+-- kept to PL/pgSQL expressions (no executor): the source's id from a CASE over TG_ARGV[0], its
+-- lock table's name as a literal (a SQL function for the key of the advisory lock this was before
+-- went through fmgr_sql, planned on every call), lock_timeout set and put back only when it is not 0.
 -- jit = off: PL/pgSQL plans each statement once per session, with the transition tables' sizes
 -- of the statement that first fires it. After a first UPDATE of 20,000 rows the UPDATE's plan
 -- was estimated at billions of rows (the join of the registry rows with the changes), over
